@@ -1,0 +1,239 @@
+"""``segflow`` command line.
+
+    segflow run CONFIG [--source URL] [--output URL] [--verbose]
+    segflow validate CONFIG [--source URL] [--output URL]
+    segflow schema
+    segflow demo --output DIR [--seed N] [--images N]
+    segflow convert-weights yolo IN.pt OUT.pt
+
+Exit status: 0 success, 1 the run failed (some shards did not commit),
+2 the config or the command line is wrong (nothing was started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Sequence
+
+# Quiet, offline-friendly defaults, set before Prefect is imported anywhere.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY", "false")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _eprint(*a: object) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    return {k: v for k, v in (("source", getattr(args, "source", None)), ("output", getattr(args, "output", None))) if v}
+
+
+def _load(args: argparse.Namespace):
+    from flows.config import load_config
+
+    return load_config(args.config, overrides=_overrides(args))
+
+
+def prepare(job, config_file: str):
+    """Checks that need I/O, done before any flow starts: weights (download + sha256), then the plan."""
+    from flows.config import ConfigError
+    from tasks.plan import PlanError, make_plan
+    from tasks.weights import WeightsError, is_builtin_yaml, resolve_weights
+
+    issues = []
+    for name, st in job.stages.items():
+        if st.kind == "yolo" and is_builtin_yaml(st.weights):
+            continue
+        try:
+            resolve_weights(st.weights, st.sha256)
+        except WeightsError as e:
+            issues.append((f"stages.{name}.weights", str(e)))
+    if issues:
+        raise ConfigError(config_file, issues)
+    try:
+        return make_plan(job)
+    except PlanError as e:
+        raise ConfigError(config_file, [("source" if "source" in str(e) else "output", str(e))]) from None
+
+
+class _Progress:
+    """A tqdm bar over images with shard, mask and failure counts."""
+
+    def __init__(self, total_images: int, total_shards: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_images, unit="img", disable=not enabled, dynamic_ncols=True, file=sys.stderr)
+        self.shards_total = total_shards
+        self.shards = self.masks = self.failed = 0
+
+    def __call__(self, images: int = 0, masks: int = 0, failed: int = 0, shards: int = 0) -> None:
+        self.shards += shards
+        self.masks += masks
+        self.failed += failed
+        self.bar.set_postfix_str(f"shards {self.shards}/{self.shards_total} masks {self.masks} failed {self.failed}", refresh=False)
+        self.bar.update(images)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def print_summary(summary: dict) -> None:
+    out = summary["outputs"]
+    print(
+        f"\nsegflow: {summary['job']} done in {summary.get('seconds', 0):.1f}s\n"
+        f"  images labelled : {summary['labelled_images']} of {summary['images']}"
+        f" ({summary['images_without_masks']} without masks, {summary['failed_images']} failed)\n"
+        f"  masks           : {summary['masks']}"
+        + "".join(f"\n    {k:<14}: {v}" for k, v in summary.get("masks_per_category", {}).items())
+        + f"\n  masks manifest  : {out['masks']}\n  images manifest : {out['images']}\n"
+        f"  COCO instances  : {out['coco_instances']}\n  summary         : {out['summary']}",
+        flush=True,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.config import ConfigError
+
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    try:
+        job = _load(args)
+        plan = prepare(job, args.config)
+    except ConfigError as e:
+        _eprint(f"error: {e}")
+        return EXIT_CONFIG
+    return run_prepared(job, plan, progress_bar=not args.no_progress)
+
+
+def run_prepared(job, plan, progress_bar: bool = True) -> int:
+    from flows.label_flow import run_job
+    from tasks import progress
+    from tasks.finalize import IncompleteRunError
+    from tasks.storage import redact
+
+    print(f"segflow: {job.name}: {plan.num_images} images in {len(plan.shard_ids)} shards"
+          f"{' (plan reused)' if plan.reused else ''} -> {redact(job.output)}", flush=True)
+    bar = _Progress(plan.num_images, len(plan.shard_ids), enabled=progress_bar)
+    progress.set_reporter(bar)
+    try:
+        summary = run_job(job)
+    except IncompleteRunError as e:
+        bar.close()
+        _eprint(f"error: run incomplete: {e}")
+        return EXIT_FAILED
+    except Exception as e:  # noqa: BLE001 - reported as one line; details are in the Prefect logs
+        bar.close()
+        _eprint(f"error: run failed: {type(e).__name__}: {e}")
+        return EXIT_FAILED
+    finally:
+        progress.set_reporter(None)
+    bar.close()
+    print_summary(summary)
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from flows.config import ConfigError
+
+    try:
+        job = _load(args)
+    except ConfigError as e:
+        _eprint(f"error: {e}")
+        return EXIT_CONFIG
+    stages = ", ".join(f"{n} ({s.kind})" for n, s in job.stages.items())
+    print(f"{args.config}: ok -- {len(job.ontology)} classes, stages: {stages}, output {job.output}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from flows.config import job_json_schema
+
+    print(json.dumps(job_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from flows.config import ConfigError, load_config
+    from flows.demo import prepare_demo
+
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    t0 = time.time()
+    config_path = prepare_demo(args.output, seed=args.seed, num_images=args.images)
+    print(f"segflow demo: {args.images} synthetic images and tiny models written under {args.output} ({time.time() - t0:.1f}s)", flush=True)
+    try:
+        job = load_config(config_path)
+        plan = prepare(job, str(config_path))
+    except ConfigError as e:
+        _eprint(f"error: {e}")
+        return EXIT_CONFIG
+    rc = run_prepared(job, plan, progress_bar=not args.no_progress)
+    if rc == EXIT_OK:
+        print(f"  job file        : {config_path}  (rerun with: segflow run {config_path})")
+    return rc
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    if args.kind != "yolo":
+        _eprint(f"error: convert-weights supports: yolo (got {args.kind!r})")
+        return EXIT_CONFIG
+    from tasks.models.yolo import convert_ultralytics_checkpoint
+
+    convert_ultralytics_checkpoint(args.src, args.dst)
+    from tasks.weights import sha256_file
+
+    print(f"wrote {args.dst} (sha256 {sha256_file(args.dst)})")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="segflow", description="Declarative auto-labeling of image datasets on Prefect.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a labeling job")
+    r.add_argument("config", help="job YAML file")
+    r.add_argument("--source", help="override source.url (path or URL)")
+    r.add_argument("--output", help="override output (path or URL)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs")
+    r.set_defaults(fn=cmd_run)
+
+    v = sub.add_parser("validate", help="check a job file without running it")
+    v.add_argument("config")
+    v.add_argument("--source")
+    v.add_argument("--output")
+    v.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of job files")
+    s.set_defaults(fn=cmd_schema)
+
+    d = sub.add_parser("demo", help="label a generated example set offline, end to end")
+    d.add_argument("--output", required=True, help="folder for the example data and the results")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--images", type=int, default=24)
+    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--verbose", "-v", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+
+    c = sub.add_parser("convert-weights", help="convert a pickled ultralytics .pt into a weights-only segflow checkpoint (trusted files only)")
+    c.add_argument("kind", choices=["yolo"])
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.set_defaults(fn=cmd_convert)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

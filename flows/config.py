@@ -1,0 +1,387 @@
+"""The job file: one YAML document, parsed once with ``yaml.safe_load`` into pydantic models.
+
+A job declares where the images are, which classes it wants, and a DAG of
+stages (each names the stages it ``needs``). Everything is checked before any
+work starts; every problem is reported as ``FILE: key.path: message``, e.g.::
+
+    job.yaml: stages.masks.needs[0]: no stage named 'detector'
+
+Relative paths inside the YAML (source, output, weights) are resolved against
+the directory of the YAML file, so a job file travels with its models. Paths
+given on the command line are relative to the working directory. URLs
+(``s3://...``, ``memory://...``) are used as they are.
+
+See README.md ("Config reference") for every key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, List, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.images import DEFAULT_MAX_PIXELS
+from tasks.models.registry import ADAPTERS
+
+__all__ = [
+    "ConfigError",
+    "JobConfig",
+    "load_config",
+    "parse_config",
+    "job_json_schema",
+]
+
+DEFAULT_EXTENSIONS = [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"]
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+_STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+_CREDENTIAL_KEYS = re.compile(r"(?i)(secret|password|passwd|token|^key$|access_key|secret_key|session_token|credential)")
+
+
+class ConfigError(Exception):
+    """A job file that cannot run. ``issues`` are ``(key_path, message)`` pairs."""
+
+    def __init__(self, file: str, issues: list[tuple[str, str]]):
+        self.file = file
+        self.issues = issues
+        super().__init__("\n".join(f"{file}: {p}: {m}" if p else f"{file}: {m}" for p, m in issues))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=False)
+
+
+class SourceConfig(_Strict):
+    """Where the images are: a URL/path with an optional glob, or a text file listing URIs."""
+
+    url: str | None = Field(None, description="Folder or prefix (any fsspec URL or local path).")
+    pattern: str | None = Field(None, description="Glob relative to `url` (e.g. '**/*.jpg'). Default: every file with an image extension.")
+    list: str | None = Field(None, description="Text file with one image URI per line (alternative to `url`).")
+    extensions: List[str] = Field(default_factory=lambda: [*DEFAULT_EXTENSIONS], description="Image file extensions (case-insensitive).")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are refused (decompression bombs).")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (e.g. endpoint_url). Never credentials.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "SourceConfig":
+        if (self.url is None) == (self.list is None):
+            raise ValueError("give exactly one of 'url' (a folder or prefix) or 'list' (a file listing URIs)")
+        if self.pattern is not None and self.url is None:
+            raise ValueError("'pattern' applies to 'url', not to 'list'")
+        return self
+
+
+class OntologyClass(_Strict):
+    id: int = Field(..., ge=1, description="Stable category id (COCO category_id), >= 1.")
+    name: str = Field(..., min_length=1, description="Class name.")
+
+
+class _StageBase(_Strict):
+    needs: list[str] = Field(default_factory=list, description="Names of the stages this stage consumes.")
+    device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N', 'mps'.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", v):
+            raise ValueError(f"unknown device {v!r}; use auto, cpu, cuda, cuda:N or mps")
+        return v
+
+
+class _ModelStage(_StageBase):
+    weights: str = Field(..., description="Weights file: local path or any fsspec URL.")
+    sha256: str | None = Field(None, description="Expected sha256 of the weights file; checked before loading.")
+    batch_size: int = Field(8, ge=1, description="Images per model call.")
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        if v is not None and not _SHA256.match(v):
+            raise ValueError("must be 64 hexadecimal characters")
+        return None if v is None else v.lower()
+
+
+class YoloStage(_ModelStage):
+    """Detector: ultralytics YOLO (detect or segment checkpoints; boxes are used)."""
+
+    kind: Literal["yolo"]
+    conf: float = Field(0.25, ge=0.0, le=1.0, description="Confidence threshold.")
+    iou: float = Field(0.7, ge=0.0, le=1.0, description="NMS IoU threshold.")
+    imgsz: int = Field(640, ge=32, description="Inference size (long side, multiple of 32).")
+    max_det: int = Field(300, ge=1, description="Maximum detections per image.")
+    class_map: dict[str, str] = Field(default_factory=dict, description="Model class name -> ontology name. Unlisted classes map by equal name; classes not in the ontology are dropped.")
+
+
+class SamStage(_ModelStage):
+    """Promptable segmenter: Segment Anything, prompted with the boxes of the stage it needs."""
+
+    kind: Literal["sam"]
+    model_type: Literal["auto", "vit_b", "vit_l", "vit_h"] = Field("auto", description="Architecture of a plain SAM state dict; 'auto' infers it.")
+    batch_size: int = Field(4, ge=1, description="Images per image-encoder call.")
+    boxes_per_call: int = Field(64, ge=1, description="Boxes per mask-decoder call (bounds memory for crowded images).")
+    min_mask_area: int = Field(1, ge=0, description="Masks with fewer pixels are dropped (with their detection).")
+
+
+Stage = Annotated[Union[YoloStage, SamStage], Field(discriminator="kind")]
+
+
+class RuntimeConfig(_Strict):
+    task_runner: Literal["threads"] = Field("threads", description="How shard tasks run.")
+    max_workers: int = Field(2, ge=1, description="Shard tasks at once (bounded thread pool).")
+    retries: int = Field(0, ge=0, description="Prefect retries of a failed shard task.")
+    retry_delay_s: float = Field(5.0, ge=0, description="Seconds between retries.")
+    prefetch: int = Field(4, ge=1, description="Images read and decoded ahead of the models, per shard.")
+
+
+class JobConfig(_Strict):
+    """A labeling job."""
+
+    name: str = Field("segflow-job", min_length=1, description="Job name (flow run name, summary).")
+    source: SourceConfig
+    output: str = Field(..., min_length=1, description="Output folder or prefix (any fsspec URL or local path).")
+    shard_size: int = Field(1000, ge=1, description="Images per shard (one Prefect task each).")
+    ontology: list[OntologyClass] = Field(..., description="Classes with stable integer ids.")
+    stages: dict[str, Stage] = Field(..., description="Named stages; `needs` makes them a DAG.")
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    # -- derived ---------------------------------------------------------------------
+    def category_names(self) -> dict[int, str]:
+        return {c.id: c.name for c in self.ontology}
+
+    def stage_order(self) -> list[str]:
+        """Stage names in dependency order (validated acyclic)."""
+        order: list[str] = []
+        seen: set[str] = set()
+
+        def visit(n: str) -> None:
+            if n in seen:
+                return
+            seen.add(n)
+            for d in self.stages[n].needs:
+                visit(d)
+            order.append(n)
+
+        for name in self.stages:
+            visit(name)
+        return order
+
+    def sink_stages(self) -> list[str]:
+        """Stages no other stage needs: their output is what the manifest holds."""
+        needed = {d for s in self.stages.values() for d in s.needs}
+        return [n for n in self.stage_order() if n not in needed]
+
+
+def job_json_schema() -> dict:
+    """JSON Schema of the job file (for editors: `segflow schema > job.schema.json`)."""
+    schema = JobConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "segflow job"
+    return schema
+
+
+# -- loading -------------------------------------------------------------------------------
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _strip_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic puts the discriminator value into the location: stages.<name>.<kind>.key
+    if len(loc) >= 3 and loc[0] == "stages" and loc[2] in ADAPTERS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _pydantic_issues(err: ValidationError) -> list[tuple[str, str]]:
+    issues = []
+    for e in err.errors():
+        loc = _strip_union_tags(tuple(e["loc"]))
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "union_tag_invalid":
+            loc = loc + ("kind",)
+            msg = f"unknown stage kind {e['input'].get('kind')!r} (known: {', '.join(sorted(ADAPTERS))})" if isinstance(e.get("input"), dict) else e["msg"]
+        elif kind == "union_tag_not_found":
+            loc = loc + ("kind",)
+            msg = f"missing 'kind' (known: {', '.join(sorted(ADAPTERS))})"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+        issues.append((_loc_to_path(loc), msg))
+    return issues
+
+
+def _is_url(s: str) -> bool:
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s))
+
+
+def _resolve(path: str, base: Path) -> str:
+    """Make a local relative path absolute against ``base``; URLs stay as they are."""
+    if _is_url(path):
+        return path
+    p = Path(os.path.expanduser(path))
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]:
+    issues: list[tuple[str, str]] = []
+
+    # ontology
+    if not job.ontology:
+        issues.append(("ontology", "the ontology is empty; declare at least one class"))
+    seen_ids: dict[int, int] = {}
+    seen_names: dict[str, int] = {}
+    for i, c in enumerate(job.ontology):
+        if c.id in seen_ids:
+            issues.append((f"ontology[{i}].id", f"duplicate id {c.id} (also ontology[{seen_ids[c.id]}])"))
+        seen_ids.setdefault(c.id, i)
+        if c.name in seen_names:
+            issues.append((f"ontology[{i}].name", f"duplicate name {c.name!r} (also ontology[{seen_names[c.name]}])"))
+        seen_names.setdefault(c.name, i)
+
+    # stages: names, needs, roles, cycles
+    if not job.stages:
+        issues.append(("stages", "no stages declared"))
+    for name, st in job.stages.items():
+        if not _STAGE_NAME.match(name):
+            issues.append((f"stages.{name}", "stage names use letters, digits, '_' and '-' and start with a letter"))
+        for i, dep in enumerate(st.needs):
+            if dep not in job.stages:
+                issues.append((f"stages.{name}.needs[{i}]", f"no stage named {dep!r}"))
+            elif dep == name:
+                issues.append((f"stages.{name}.needs[{i}]", "a stage cannot need itself"))
+    if any(p.endswith("]") and "needs" in p for p, _ in issues):
+        return issues  # cycle and role checks need valid references
+
+    state: dict[str, int] = {}
+
+    def find_cycle(n: str, path: list[str]) -> list[str] | None:
+        state[n] = 1
+        for d in job.stages[n].needs:
+            if state.get(d) == 1:
+                return path[path.index(d):] + [d] if d in path else [n, d]
+            if state.get(d) is None:
+                c = find_cycle(d, path + [d])
+                if c:
+                    return c
+        state[n] = 2
+        return None
+
+    for n in job.stages:
+        if state.get(n) is None:
+            cyc = find_cycle(n, [n])
+            if cyc:
+                issues.append((f"stages.{cyc[0]}.needs", "cycle: " + " -> ".join(cyc)))
+                return issues
+
+    for name, st in job.stages.items():
+        spec = ADAPTERS[st.kind]
+        dep_roles = [ADAPTERS[job.stages[d].kind].role for d in st.needs]
+        for role_needed in spec.needs_roles:
+            matching = [d for d, r in zip(st.needs, dep_roles) if r == role_needed]
+            if len(matching) != 1:
+                kinds = ", ".join(k for k, a in ADAPTERS.items() if a.role == role_needed)
+                issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage needs exactly one {role_needed} stage ({kinds}); found {len(matching)}"))
+        if not spec.needs_roles and st.needs:
+            issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage takes no input stages"))
+    for sink in job.sink_stages() if job.stages else []:
+        if not ADAPTERS[job.stages[sink].kind].produces_masks:
+            issues.append((f"stages.{sink}", f"stage {sink!r} ({job.stages[sink].kind}) produces no masks and no stage consumes it; add a mask stage (e.g. kind: sam, needs: [{sink}])"))
+
+    # class maps point into the ontology
+    for name, st in job.stages.items():
+        for model_name, onto_name in getattr(st, "class_map", {}).items():
+            if onto_name not in seen_names:
+                issues.append((f"stages.{name}.class_map.{model_name}", f"{onto_name!r} is not a class of the ontology"))
+
+    # storage options never carry credentials
+    for key in job.source.storage_options:
+        if _CREDENTIAL_KEYS.search(key):
+            issues.append((f"source.storage_options.{key}", "credentials do not belong in the job file; use the environment, an AWS profile or a Prefect block"))
+
+    # files that must exist
+    if check_files:
+        from tasks.weights import weights_location_issue
+
+        for name, st in job.stages.items():
+            problem = weights_location_issue(st.weights, builtin_yaml_ok=(st.kind == "yolo"))
+            if problem:
+                issues.append((f"stages.{name}.weights", problem))
+        if job.source.url and not _is_url(job.source.url) and not os.path.exists(job.source.url):
+            issues.append(("source.url", f"not found: {job.source.url}"))
+        if job.source.list and not _is_url(job.source.list) and not os.path.isfile(job.source.list):
+            issues.append(("source.list", f"file not found: {job.source.list}"))
+    return issues
+
+
+def parse_config(
+    data: Any,
+    file: str = "<config>",
+    base_dir: str | Path | None = None,
+    overrides: dict[str, str] | None = None,
+    check_files: bool = True,
+) -> JobConfig:
+    """Validate an already-loaded mapping. ``overrides`` (``source``/``output``) are CLI values, relative to cwd."""
+    if data is None:
+        raise ConfigError(file, [("", "the file is empty")])
+    if not isinstance(data, dict):
+        raise ConfigError(file, [("", f"the top level must be a mapping of keys, got {type(data).__name__}")])
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    data = dict(data)
+    try:
+        job = JobConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(file, _pydantic_issues(e)) from None
+
+    # resolve relative paths, apply CLI overrides (relative to cwd)
+    cwd = Path.cwd()
+    src = job.source
+    if overrides and overrides.get("source"):
+        src = src.model_copy(update={"url": _resolve(overrides["source"], cwd), "list": None, "pattern": None})
+    elif src.url:
+        src = src.model_copy(update={"url": _resolve(src.url, base)})
+    else:
+        src = src.model_copy(update={"list": _resolve(src.list, base)})
+    output = _resolve(overrides["output"], cwd) if overrides and overrides.get("output") else _resolve(job.output, base)
+    stages = {}
+    for name, st in job.stages.items():
+        w = st.weights
+        keep = st.kind == "yolo" and w.endswith((".yaml", ".yml")) and "/" not in w and not (base / w).exists()
+        stages[name] = st.model_copy(update={"weights": w if keep else _resolve(w, base)})
+    job = job.model_copy(update={"source": src, "output": output, "stages": stages})
+
+    issues = _semantic_issues(job, check_files)
+    if issues:
+        raise ConfigError(file, issues)
+    return job
+
+
+def load_config(path: str | Path, overrides: dict[str, str] | None = None, check_files: bool = True) -> JobConfig:
+    """Read and validate a job file. Raises :class:`ConfigError` naming the file and key path."""
+    p = Path(path)
+    name = str(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(name, [("", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(name, [("", f"cannot read: {e}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(name, [("", f"{where}invalid YAML: {problem}")]) from None
+    return parse_config(data, file=name, base_dir=p.resolve().parent, overrides=overrides, check_files=check_files)

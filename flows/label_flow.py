@@ -1,0 +1,84 @@
+"""The labeling flow: plan -> one task per shard -> finalize.
+
+Tasks are thin wrappers over plain functions in :mod:`tasks`; what travels
+between them is small: the job as a JSON-able dict and shard ids, never
+images or tensors.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows.config import JobConfig
+from tasks.finalize import IncompleteRunError, finalize
+from tasks.plan import make_plan
+from tasks.shard import run_shard
+from tasks.storage import redact
+
+__all__ = ["label_flow", "run_job"]
+
+
+def _job(job: dict | JobConfig) -> JobConfig:
+    return job if isinstance(job, JobConfig) else JobConfig.model_validate(job)
+
+
+@task(name="plan", retries=2, retry_delay_seconds=5)
+def plan_task(job: dict) -> list[str]:
+    j = _job(job)
+    plan = make_plan(j)
+    get_run_logger().info(
+        "%s plan for %s: %d images in %d shards", "reusing" if plan.reused else "wrote", redact(j.output), plan.num_images, len(plan.shard_ids)
+    )
+    return plan.shard_ids
+
+
+@task(name="label-shard", task_run_name="{shard_id}")
+def shard_task(job: dict, shard_id: str) -> dict:
+    result = run_shard(_job(job), shard_id)
+    get_run_logger().info(
+        "%s: %d images (%d failed), %d masks in %.1fs%s",
+        shard_id, result.images, result.failed, result.masks, result.seconds, " (already committed)" if result.skipped else "",
+    )
+    return result.to_dict()
+
+
+@task(name="finalize")
+def finalize_task(job: dict, started_at: float) -> dict:
+    return finalize(_job(job), started_at=started_at)
+
+
+@flow(name="segflow-label", log_prints=False)
+def label_flow(job: dict) -> dict:
+    """Label every image of the job's source and write the manifests, COCO and summary.
+
+    Shards that fail do not stop the others; the flow fails at the end,
+    naming them, and a new run of the same job on the same output redoes only those.
+    """
+    started = time.time()
+    j = _job(job)
+    shard_ids = plan_task(job)
+    runner = shard_task.with_options(retries=j.runtime.retries, retry_delay_seconds=j.runtime.retry_delay_s)
+    futures = [runner.submit(job, sid) for sid in shard_ids]
+    wait(futures)
+    failed = {}
+    for sid, fut in zip(shard_ids, futures):
+        state = fut.state
+        if not state.is_completed():
+            try:
+                fut.result()
+            except Exception as e:  # noqa: BLE001 - collected and reported below
+                failed[sid] = f"{type(e).__name__}: {e}"
+    if failed:
+        raise IncompleteRunError(sorted(failed), failed)
+    return finalize_task(job, started)
+
+
+def run_job(job: JobConfig) -> dict:
+    """Run ``label_flow`` for a validated job with its configured task runner (bounded threads)."""
+    runner = ThreadPoolTaskRunner(max_workers=job.runtime.max_workers)
+    return label_flow.with_options(task_runner=runner, flow_run_name=f"{job.name}")(job.model_dump(mode="json"))

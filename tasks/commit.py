@@ -1,0 +1,120 @@
+"""Shard commits: a shard's outputs count only once its commit record exists.
+
+Layout under the output::
+
+    shards/<shard_id>/attempts/<attempt>/masks.parquet    data files of one attempt
+    shards/<shard_id>/attempts/<attempt>/images.parquet
+    shards/<shard_id>/_COMMIT.json                        written last, create-if-absent
+    shards/<shard_id>/_ERROR.json                         the last failure (informational)
+
+Protocol: an attempt writes its data files (each published atomically) under
+a fresh attempt id, then creates ``_COMMIT.json`` only if it does not exist
+(``O_EXCL`` locally, ``If-None-Match: *`` on S3). Of two workers racing on a
+shard exactly one commits; the loser removes its attempt. The commit record
+lists the files with row counts and sha256 and the job fingerprint, and
+readers (finalize) read only files a commit record names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.storage import create_exclusive, join, open_fs, read_bytes, write_bytes
+
+__all__ = ["ShardConflict", "read_commit", "commit_shard", "record_failure", "read_error", "clear_error", "read_committed_table"]
+
+
+class ShardConflict(Exception):
+    """The output holds a commit of this shard made by a job with different settings."""
+
+
+def _shard_dir(output: str, shard_id: str) -> str:
+    return join(output, "shards", shard_id)
+
+
+def read_commit(output: str, shard_id: str) -> dict | None:
+    fs, path = open_fs(join(_shard_dir(output, shard_id), "_COMMIT.json"))
+    try:
+        return json.loads(read_bytes(fs, path))
+    except FileNotFoundError:
+        return None
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def commit_shard(output: str, shard_id: str, tables: dict[str, pa.Table], fingerprint: str, stats: dict[str, Any]) -> tuple[dict, bool]:
+    """Write an attempt's files and try to commit them. Returns ``(commit_record, won)``."""
+    attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    rel_dir = f"shards/{shard_id}/attempts/{attempt}"
+    fs, _ = open_fs(output)
+    files = {}
+    for name, table in tables.items():
+        data = _parquet_bytes(table)
+        rel = f"{rel_dir}/{name}.parquet"
+        _, path = open_fs(join(output, rel))
+        write_bytes(fs, path, data)
+        files[name] = {"path": rel, "rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    record = {
+        "shard_id": shard_id,
+        "attempt": attempt,
+        "fingerprint": fingerprint,
+        "files": files,
+        "stats": stats,
+        "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    _, commit_path = open_fs(join(_shard_dir(output, shard_id), "_COMMIT.json"))
+    won = create_exclusive(fs, commit_path, json.dumps(record, indent=1).encode())
+    if not won:
+        _, attempt_path = open_fs(join(output, rel_dir))
+        fs.rm(attempt_path, recursive=True)
+        existing = read_commit(output, shard_id)
+        return existing or record, False
+    clear_error(output, shard_id)
+    return record, True
+
+
+def record_failure(output: str, shard_id: str, error: str) -> None:
+    fs, path = open_fs(join(_shard_dir(output, shard_id), "_ERROR.json"))
+    write_bytes(fs, path, json.dumps({"shard_id": shard_id, "error": error, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode())
+
+
+def read_error(output: str, shard_id: str) -> dict | None:
+    fs, path = open_fs(join(_shard_dir(output, shard_id), "_ERROR.json"))
+    try:
+        return json.loads(read_bytes(fs, path))
+    except FileNotFoundError:
+        return None
+
+
+def clear_error(output: str, shard_id: str) -> None:
+    fs, path = open_fs(join(_shard_dir(output, shard_id), "_ERROR.json"))
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def read_committed_table(output: str, commit: dict, name: str) -> pa.Table:
+    """Read one data file named by a commit record, checking its sha256 and row count."""
+    entry = commit["files"][name]
+    fs, path = open_fs(join(output, entry["path"]))
+    data = read_bytes(fs, path)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != entry["sha256"]:
+        raise ShardConflict(f"{commit['shard_id']}: {entry['path']} does not match its commit record (sha256 {digest} != {entry['sha256']})")
+    table = pq.read_table(io.BytesIO(data))
+    if table.num_rows != entry["rows"]:
+        raise ShardConflict(f"{commit['shard_id']}: {entry['path']} has {table.num_rows} rows, commit says {entry['rows']}")
+    return table

@@ -1,0 +1,133 @@
+"""Finalize: merge committed shards into the manifests, export COCO, write the summary.
+
+Reads only files named by commit records, and refuses to produce anything
+when a planned shard is not committed (naming the missing shards and their
+last errors), so a dataset is never partial.
+
+Outputs (see README "Output schema")::
+
+    manifest/masks.parquet/part-<shard_id>.parquet   one file per shard
+    manifest/images.parquet/part-<shard_id>.parquet
+    coco/instances.json
+    summary.json
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tasks.coco import write_instances
+from tasks.commit import read_commit, read_committed_table, read_error
+from tasks.plan import load_plan
+from tasks.storage import join, open_fs, redact, write_bytes
+
+__all__ = ["IncompleteRunError", "finalize", "output_paths"]
+
+
+class IncompleteRunError(Exception):
+    """Some planned shards have no commit record."""
+
+    def __init__(self, missing: list[str], errors: dict[str, str]):
+        self.missing = missing
+        self.errors = errors
+        shown = ", ".join(missing[:20]) + (f" (+{len(missing) - 20} more)" if len(missing) > 20 else "")
+        detail = "".join(f"\n  {s}: {e}" for s, e in list(errors.items())[:10])
+        super().__init__(f"{len(missing)} shard(s) not committed: {shown}{detail}\nrerun them with `segflow run` on the same config and output")
+
+
+def output_paths(output: str) -> dict[str, str]:
+    return {
+        "masks": join(output, "manifest", "masks.parquet"),
+        "images": join(output, "manifest", "images.parquet"),
+        "coco_instances": join(output, "coco", "instances.json"),
+        "summary": join(output, "summary.json"),
+    }
+
+
+def _collect_commits(output: str) -> tuple[dict, list[dict]]:
+    plan = load_plan(output)
+    commits, missing, errors = [], [], {}
+    for sid in plan["shard_ids"]:
+        c = read_commit(output, sid)
+        if c is None:
+            missing.append(sid)
+            err = read_error(output, sid)
+            if err:
+                errors[sid] = err["error"]
+        else:
+            commits.append(c)
+    if missing:
+        raise IncompleteRunError(missing, errors)
+    return plan, commits
+
+
+def _replace_dir(fs: Any, path: str) -> None:
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def finalize(job: Any, started_at: float | None = None) -> dict:
+    """Merge, export and summarise a fully committed run. Returns the summary dict."""
+    output = job.output
+    plan, commits = _collect_commits(output)
+    paths = output_paths(output)
+    fs, _ = open_fs(output)
+
+    # 1. manifests: one part per shard, copied from the committed attempt files
+    counts = {"images": 0, "labelled_images": 0, "failed_images": 0, "masks": 0}
+    per_category: dict[str, int] = {}
+    for name in ("masks", "images"):
+        _, dir_path = open_fs(paths[name])
+        _replace_dir(fs, dir_path)
+    for c in commits:
+        images = read_committed_table(output, c, "images")
+        masks = read_committed_table(output, c, "masks")
+        for name, table in (("images", images), ("masks", masks)):
+            buf = io.BytesIO()
+            pq.write_table(table, buf, compression="zstd")
+            _, part = open_fs(join(paths[name], f"part-{c['shard_id']}.parquet"))
+            write_bytes(fs, part, buf.getvalue())
+        counts["images"] += images.num_rows
+        counts["failed_images"] += int(pc.sum(pc.equal(images["status"], "failed")).as_py() or 0)
+        counts["labelled_images"] += int(pc.sum(pc.greater(images["num_masks"], 0)).as_py() or 0)
+        counts["masks"] += masks.num_rows
+        if masks.num_rows:
+            for row in masks.group_by("category_name").aggregate([("annotation_id", "count")]).to_pylist():
+                per_category[row["category_name"]] = per_category.get(row["category_name"], 0) + row["annotation_id_count"]
+
+    # 2. COCO instances, streamed shard by shard
+    def tables(name: str):
+        def gen():
+            for c in commits:
+                yield read_committed_table(output, c, name)
+        return gen
+
+    coco_counts = write_instances(paths["coco_instances"], job.category_names(), tables("images"), tables("masks"), description=job.name)
+    if coco_counts["annotations"] != counts["masks"]:  # pragma: no cover - internal consistency guard
+        raise RuntimeError(f"COCO export wrote {coco_counts['annotations']} annotations for {counts['masks']} manifest rows")
+
+    # 3. summary, written last
+    summary = {
+        "job": job.name,
+        "images": counts["images"],
+        "labelled_images": counts["labelled_images"],
+        "failed_images": counts["failed_images"],
+        "images_without_masks": counts["images"] - counts["labelled_images"] - counts["failed_images"],
+        "masks": counts["masks"],
+        "masks_per_category": dict(sorted(per_category.items())),
+        "shards": len(commits),
+        "outputs": {k: redact(v) for k, v in paths.items()},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if started_at is not None:
+        summary["seconds"] = round(time.time() - started_at, 2)
+    _, summary_path = open_fs(paths["summary"])
+    write_bytes(fs, summary_path, json.dumps(summary, indent=2).encode())
+    return summary

@@ -1,0 +1,153 @@
+"""The Parquet manifests: one row per mask, one row per source image.
+
+This module owns the output schema (documented in README.md, "Output
+schema"). Later additions add columns; existing ones never change meaning.
+
+``masks`` (``OUTPUT/manifest/masks.parquet/``, one file per shard):
+
+=================  ============  ==========================================================
+annotation_id      int64         unique, stable: ``image_id * 100000 + k`` (k = 1, 2, ...)
+image_id           int64         see ``images``
+image_uri          string        full URI of the source image
+width, height      int32         upright image size in pixels (the RLE's size)
+category_id        int32         ontology id
+category_name      string        ontology name
+score              float32       detector confidence
+predicted_iou      float32       SAM's predicted mask IoU (null when the stage has none)
+stability_score    float32       SAM stability score (offset 1.0; null when none)
+bbox               list<double>  [x, y, w, h] pixels, tight box of the mask (from the RLE)
+area               int64         mask pixel count (from the RLE)
+rle_counts         string        COCO compressed RLE counts (see ``tasks.rle``)
+prompt_box         list<float>   [x1, y1, x2, y2] detector box that prompted the mask
+stage              string        name of the stage that produced the mask
+model              string        ``kind:file@sha256:<12 hex>`` of the mask model
+prompt_model       string        same for the detector (null when none)
+shard_id           string        shard that produced the row
+=================  ============  ==========================================================
+
+``images`` (``OUTPUT/manifest/images.parquet/``): ``image_id``, ``image_uri``,
+``file_name`` (key relative to the source root), ``width``/``height`` (null
+when the image failed), ``status`` (``ok`` | ``failed``), ``error`` (the
+reason, null when ok), ``exif_orientation``, ``num_masks``, ``shard_id``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tasks.record import Detections
+
+__all__ = ["MASKS_SCHEMA", "IMAGES_SCHEMA", "MAX_MASKS_PER_IMAGE", "ShardTables"]
+
+MAX_MASKS_PER_IMAGE = 99_999
+ANNOTATION_ID_STRIDE = 100_000
+
+MASKS_SCHEMA = pa.schema([
+    ("annotation_id", pa.int64()),
+    ("image_id", pa.int64()),
+    ("image_uri", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("category_id", pa.int32()),
+    ("category_name", pa.string()),
+    ("score", pa.float32()),
+    ("predicted_iou", pa.float32()),
+    ("stability_score", pa.float32()),
+    ("bbox", pa.list_(pa.float64(), 4)),
+    ("area", pa.int64()),
+    ("rle_counts", pa.string()),
+    ("prompt_box", pa.list_(pa.float32(), 4)),
+    ("stage", pa.string()),
+    ("model", pa.string()),
+    ("prompt_model", pa.string()),
+    ("shard_id", pa.string()),
+])
+
+IMAGES_SCHEMA = pa.schema([
+    ("image_id", pa.int64()),
+    ("image_uri", pa.string()),
+    ("file_name", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("exif_orientation", pa.int32()),
+    ("num_masks", pa.int32()),
+    ("shard_id", pa.string()),
+])
+
+
+@dataclass
+class ShardTables:
+    """Accumulates one shard's rows column by column; ``tables()`` builds Arrow tables."""
+
+    shard_id: str
+    category_names: dict[int, str]
+    masks: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in MASKS_SCHEMA})
+    images: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in IMAGES_SCHEMA})
+
+    def add_failed_image(self, image_id: int, uri: str, key: str, error: str) -> None:
+        self._image(image_id, uri, key, None, None, "failed", error, None, 0)
+
+    def add_image(
+        self, image_id: int, uri: str, key: str, size_hw: tuple[int, int], exif_orientation: int,
+        outputs: list[tuple[str, str, str | None, Detections]],
+    ) -> int:
+        """Record an image and its masks. ``outputs``: ``(stage, model, prompt_model, dets)`` per sink stage."""
+        h, w = size_hw
+        k = 0
+        for stage, model, prompt_model, dets in outputs:
+            n = len(dets)
+            if n == 0:
+                continue
+            if k + n > MAX_MASKS_PER_IMAGE:
+                raise ValueError(f"image {uri}: more than {MAX_MASKS_PER_IMAGE} masks; raise thresholds or lower max_det")
+            m = self.masks
+            m["annotation_id"].extend(image_id * ANNOTATION_ID_STRIDE + np.arange(k + 1, k + n + 1))
+            m["image_id"].extend([image_id] * n)
+            m["image_uri"].extend([uri] * n)
+            m["width"].extend([w] * n)
+            m["height"].extend([h] * n)
+            m["category_id"].extend(dets.class_ids.tolist())
+            m["category_name"].extend(self.category_names[int(c)] for c in dets.class_ids)
+            m["score"].extend(dets.scores.tolist())
+            m["predicted_iou"].extend(_field(dets, "predicted_iou"))
+            m["stability_score"].extend(_field(dets, "stability_score"))
+            m["bbox"].extend(dets.mask_bboxes_xywh().tolist())
+            m["area"].extend(dets.mask_areas().tolist())
+            m["rle_counts"].extend(dets.rle_counts.tolist())
+            m["prompt_box"].extend(dets.boxes.tolist())
+            m["stage"].extend([stage] * n)
+            m["model"].extend([model] * n)
+            m["prompt_model"].extend([prompt_model] * n)
+            m["shard_id"].extend([self.shard_id] * n)
+            k += n
+        self._image(image_id, uri, key, h, w, "ok", None, exif_orientation, k)
+        return k
+
+    def _image(self, image_id, uri, key, h, w, status, error, orientation, num_masks) -> None:
+        i = self.images
+        i["image_id"].append(image_id)
+        i["image_uri"].append(uri)
+        i["file_name"].append(key)
+        i["width"].append(w)
+        i["height"].append(h)
+        i["status"].append(status)
+        i["error"].append(error)
+        i["exif_orientation"].append(orientation)
+        i["num_masks"].append(num_masks)
+        i["shard_id"].append(self.shard_id)
+
+    def tables(self) -> tuple[pa.Table, pa.Table]:
+        masks = pa.table({k: pa.array(v, type=MASKS_SCHEMA.field(k).type) for k, v in self.masks.items()}, schema=MASKS_SCHEMA)
+        images = pa.table({k: pa.array(v, type=IMAGES_SCHEMA.field(k).type) for k, v in self.images.items()}, schema=IMAGES_SCHEMA)
+        return masks.sort_by("annotation_id"), images.sort_by("image_id")
+
+
+def _field(dets: Detections, name: str) -> list[Any]:
+    v = dets.fields.get(name)
+    return [None] * len(dets) if v is None else v.astype(np.float32).tolist()

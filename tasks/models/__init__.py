@@ -1,0 +1,1 @@
+"""Model adapters (one module per library) and the process-wide model cache."""

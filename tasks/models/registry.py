@@ -1,0 +1,58 @@
+"""Model adapters looked up by the ``kind`` of a stage, imported lazily.
+
+Like fsspec's ``registry.py``: the table below knows every kind without
+importing any model library; :func:`adapter_class` imports one on first use
+and, when its package is missing, says what to install.
+
+Roles:
+
+* ``detector``  -- images -> :class:`~tasks.record.Detections` with boxes, classes, scores.
+* ``segmenter`` -- images + a detector's Detections -> the same rows with masks (RLE).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+__all__ = ["AdapterSpec", "ADAPTERS", "adapter_class", "MissingDependencyError"]
+
+
+class MissingDependencyError(ImportError):
+    """An adapter's optional package is not installed."""
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    target: str  # "module:Class"
+    role: str  # detector | segmenter
+    package: str  # import name of the library it wraps
+    install: str  # pip requirement that provides it
+    needs_roles: tuple[str, ...] = ()
+    produces_masks: bool = False
+
+
+ADAPTERS: dict[str, AdapterSpec] = {
+    "yolo": AdapterSpec("tasks.models.yolo:YoloDetector", "detector", "ultralytics", "ultralytics"),
+    "sam": AdapterSpec(
+        "tasks.models.sam:SamBoxSegmenter", "segmenter", "segment_anything", "segment-anything",
+        needs_roles=("detector",), produces_masks=True,
+    ),
+}
+
+
+def adapter_class(kind: str) -> type:
+    """The adapter class for a stage kind, importing its module now."""
+    try:
+        spec = ADAPTERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown stage kind {kind!r} (known: {', '.join(sorted(ADAPTERS))})") from None
+    try:
+        importlib.import_module(spec.package)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"stage kind {kind!r} needs the package {spec.package!r}, which is not importable ({e}); "
+            f"install it with: pip install {spec.install}"
+        ) from e
+    module_name, cls_name = spec.target.split(":")
+    return getattr(importlib.import_module(module_name), cls_name)

@@ -1,0 +1,260 @@
+"""Segmenter stage: Segment Anything prompted with detector boxes.
+
+For each image: one image embedding, then **all** of its boxes in one batched
+mask-decoder call (chunked at ``boxes_per_call`` to bound memory) -- never a
+loop over boxes. Images are encoded in batches of ``batch_size``.
+
+Numerics follow ``SamPredictor`` exactly: the image is resized with
+``ResizeLongestSide.apply_image`` (the numpy/PIL path -- PyPI 1.0's
+``apply_image_torch`` swaps height and width), boxes with ``apply_boxes``,
+and low-resolution logits are upsampled as in ``Sam.postprocess_masks``.
+The upsampling runs on the transposed logits so that thresholded masks come
+out as ``N x W x H``, the layout RLE encoding takes without a copy.
+
+Weights:
+
+* a plain SAM state dict (the official ``sam_vit_*.pth`` files); the
+  architecture comes from ``model_type`` or is inferred from tensor shapes;
+* a segflow SAM checkpoint ``{"format": "segflow.sam/1", "arch": {...},
+  "state_dict": ...}`` for custom (small) architectures, see :func:`build_sam`.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tasks import rle
+from tasks.models.device import resolve_device
+from tasks.record import Detections
+from tasks.weights import WeightsError, load_checkpoint
+
+FORMAT = "segflow.sam/1"
+
+__all__ = ["SamBoxSegmenter", "build_sam", "save_sam_checkpoint", "load_sam", "TINY_SAM_ARCH"]
+
+#: Architecture of the official ViT-B/L/H SAM models (1024-px input).
+OFFICIAL_ARCHS = {
+    "vit_b": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]),
+    "vit_l": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]),
+    "vit_h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]),
+}
+
+#: A small SAM for tests and CPU demos (~0.6M parameters, 256-px input).
+TINY_SAM_ARCH = dict(
+    img_size=256, patch_size=16, encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=4,
+    encoder_global_attn_indexes=[1, 3], window_size=4, prompt_embed_dim=64,
+    decoder_depth=2, decoder_mlp_dim=256, decoder_num_heads=4, iou_head_hidden_dim=64, mask_in_chans=16,
+)
+
+
+def build_sam(arch: dict[str, Any]) -> Any:
+    """A randomly initialised ``segment_anything.modeling.Sam`` of the given architecture.
+
+    ``arch`` keys (defaults = official SAM): img_size (1024), patch_size (16),
+    encoder_embed_dim, encoder_depth, encoder_num_heads,
+    encoder_global_attn_indexes, window_size (14), prompt_embed_dim (256),
+    decoder_depth (2), decoder_mlp_dim (2048), decoder_num_heads (8),
+    iou_head_hidden_dim (256), mask_in_chans (16).
+    """
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    a = dict(img_size=1024, patch_size=16, window_size=14, prompt_embed_dim=256, decoder_depth=2,
+             decoder_mlp_dim=2048, decoder_num_heads=8, iou_head_hidden_dim=256, mask_in_chans=16)
+    a.update(arch)
+    emb = a["img_size"] // a["patch_size"]
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=a["encoder_depth"], embed_dim=a["encoder_embed_dim"], img_size=a["img_size"], mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=a["encoder_num_heads"],
+            patch_size=a["patch_size"], qkv_bias=True, use_rel_pos=True,
+            global_attn_indexes=tuple(a["encoder_global_attn_indexes"]), window_size=a["window_size"],
+            out_chans=a["prompt_embed_dim"],
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=a["prompt_embed_dim"], image_embedding_size=(emb, emb),
+            input_image_size=(a["img_size"], a["img_size"]), mask_in_chans=a["mask_in_chans"],
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=a["decoder_depth"], embedding_dim=a["prompt_embed_dim"],
+                                          mlp_dim=a["decoder_mlp_dim"], num_heads=a["decoder_num_heads"]),
+            transformer_dim=a["prompt_embed_dim"], iou_head_depth=3, iou_head_hidden_dim=a["iou_head_hidden_dim"],
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    return sam.eval()
+
+
+def save_sam_checkpoint(sam: Any, arch: dict[str, Any], path: str | Path, half: bool = False) -> None:
+    """Write a SAM of a custom architecture as a weights-only segflow checkpoint."""
+    import torch
+
+    sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone() for k, v in sam.state_dict().items()}
+    torch.save({"format": FORMAT, "arch": dict(arch), "state_dict": sd}, str(path))
+
+
+def _infer_official_type(sd: dict) -> str:
+    w = sd.get("image_encoder.patch_embed.proj.weight")
+    if w is None:
+        raise WeightsError("not a SAM state dict (no image_encoder.patch_embed.proj.weight)")
+    dim = int(w.shape[0])
+    for name, arch in OFFICIAL_ARCHS.items():
+        if arch["encoder_embed_dim"] == dim:
+            return name
+    raise WeightsError(f"cannot infer SAM model type from encoder width {dim}; set model_type")
+
+
+def load_sam(weights: str, model_type: str = "auto") -> Any:
+    """A ``Sam`` in eval mode with weights from a segflow checkpoint or an official state dict."""
+    ckpt = load_checkpoint(weights)
+    if not isinstance(ckpt, dict):
+        raise WeightsError(f"{weights}: expected a state dict or a segflow SAM checkpoint")
+    if ckpt.get("format") == FORMAT:
+        arch, sd = ckpt["arch"], ckpt["state_dict"]
+    else:
+        sd = ckpt
+        try:
+            mt = model_type if model_type != "auto" else _infer_official_type(sd)
+        except WeightsError as e:
+            raise WeightsError(f"{weights}: {e}") from None
+        arch = OFFICIAL_ARCHS[mt]
+    sam = build_sam(arch)
+    try:
+        sam.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise WeightsError(f"{weights}: weights do not fit the SAM architecture: {str(e).splitlines()[0]}") from None
+    return sam.float().eval()
+
+
+class SamBoxSegmenter:
+    """Images + box prompts -> the same rows with masks (RLE), ``predicted_iou`` and ``stability_score``."""
+
+    role = "segmenter"
+
+    def __init__(self, stage: Any, weights_path: str, ontology: dict[int, str] | None = None):
+        import torch
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        self.stage = stage
+        self.device = torch.device(resolve_device(stage.device))
+        self.model = load_sam(weights_path, getattr(stage, "model_type", "auto")).to(self.device)
+        self.img_size = int(self.model.image_encoder.img_size)
+        self.transform = ResizeLongestSide(self.img_size)
+        self.boxes_per_call = int(getattr(stage, "boxes_per_call", 64))
+        self.min_mask_area = int(getattr(stage, "min_mask_area", 1))
+        self._lock = threading.Lock()
+
+    # -- steps -----------------------------------------------------------------------
+    def _encoder_input(self, image: np.ndarray) -> tuple[Any, tuple[int, int]]:
+        """H x W x 3 uint8 RGB -> normalised, padded 3 x S x S tensor and the resized (h, w)."""
+        import torch
+
+        resized = self.transform.apply_image(image)  # numpy/PIL path, same as SamPredictor.set_image
+        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        input_size = (int(x.shape[-2]), int(x.shape[-1]))
+        return self.model.preprocess(x.float())[0], input_size
+
+    def embed(self, images: Sequence[np.ndarray]) -> tuple[Any, list[tuple[int, int]]]:
+        """Image embeddings, ``B x C x h x w``, encoded in batches of ``batch_size``."""
+        import torch
+
+        inputs, sizes = zip(*(self._encoder_input(im) for im in images))
+        embs = []
+        for s in range(0, len(inputs), self.stage.batch_size):
+            embs.append(self.model.image_encoder(torch.stack(inputs[s : s + self.stage.batch_size])))
+        return torch.cat(embs), list(sizes)
+
+    def _upsample_nwh(self, low_res: Any, input_size: tuple[int, int], original_size: tuple[int, int]) -> Any:
+        """``Sam.postprocess_masks`` on transposed logits: B x 1 x h x w -> B x W x H."""
+        import torch.nn.functional as F
+
+        t = low_res.transpose(-1, -2)
+        t = F.interpolate(t, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        t = t[..., : input_size[1], : input_size[0]]
+        t = F.interpolate(t, (original_size[1], original_size[0]), mode="bilinear", align_corners=False)
+        return t[:, 0]
+
+    def decode_boxes(self, embedding: Any, boxes_xyxy: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Any, Any]:
+        """Mask logits for all boxes of one image.
+
+        Arguments:
+          embedding: 1 x C x h x w image embedding.
+          boxes_xyxy: N x 4, XYXY, pixels of the original image.
+          input_size: (h, w) of the resized image fed to the encoder.
+          original_size: (H, W) of the original image.
+
+        Returns:
+          logits N x W x H (transposed, float32) and predicted IoU N.
+        """
+        import torch
+
+        boxes = torch.as_tensor(self.transform.apply_boxes(boxes_xyxy.astype(np.float64), original_size), dtype=torch.float32, device=self.device)
+        pe = self.model.prompt_encoder.get_dense_pe()
+        logits, ious = [], []
+        for s in range(0, len(boxes), self.boxes_per_call):
+            sparse, dense = self.model.prompt_encoder(points=None, boxes=boxes[s : s + self.boxes_per_call], masks=None)
+            low_res, iou = self.model.mask_decoder(
+                image_embeddings=embedding, image_pe=pe, sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense, multimask_output=False,
+            )
+            logits.append(self._upsample_nwh(low_res, input_size, original_size))
+            ious.append(iou[:, 0])
+        return torch.cat(logits), torch.cat(ious)
+
+    # -- the stage -----------------------------------------------------------------------
+    def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Detections]) -> list[Detections]:
+        """Masks for every prompt box.
+
+        Arguments:
+          images: list of H x W x 3 uint8 RGB arrays.
+          prompts: one Detections per image (boxes XYXY in pixels).
+
+        Returns:
+          One Detections per image: the prompt rows that got a mask of at least
+          ``min_mask_area`` pixels, with ``rle_counts`` and the fields
+          ``predicted_iou`` and ``stability_score``.
+        """
+        import torch
+        from segment_anything.utils.amg import calculate_stability_score
+
+        if len(images) != len(prompts):
+            raise ValueError(f"segment: expected one prompt record per image, got {len(prompts)} for {len(images)} images")
+        out: list[Detections] = [Detections.empty(p.image_size, with_masks=True) for p in prompts]
+        todo = [i for i, p in enumerate(prompts) if len(p)]
+        if not todo:
+            return out
+        threshold = float(self.model.mask_threshold)
+        with self._lock, torch.inference_mode():
+            for s in range(0, len(todo), self.stage.batch_size):
+                idx = todo[s : s + self.stage.batch_size]
+                embs, sizes = self.embed([images[i] for i in idx])
+                for j, i in enumerate(idx):
+                    dets = prompts[i]
+                    logits, iou = self.decode_boxes(embs[j : j + 1], dets.boxes, sizes[j], dets.image_size)
+                    stability = calculate_stability_score(logits, threshold, 1.0)
+                    masks_nwh = (logits > threshold).cpu().numpy()
+                    counts = rle.encode_nwh(masks_nwh)
+                    with_masks = dets.with_masks(
+                        counts,
+                        predicted_iou=iou.float().cpu().numpy(),
+                        stability_score=stability.float().cpu().numpy(),
+                    )
+                    area = masks_nwh.reshape(len(dets), -1).sum(1)
+                    out[i] = with_masks[area >= max(self.min_mask_area, 1)]
+        return out
+
+    def box_logits(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mask logits ``N x H x W`` and predicted IoU ``N`` for one image (inspection and tests)."""
+        import torch
+
+        with self._lock, torch.inference_mode():
+            emb, sizes = self.embed([image])
+            logits, iou = self.decode_boxes(emb, np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), sizes[0], image.shape[:2])
+        return logits.transpose(-1, -2).cpu().numpy(), iou.cpu().numpy()

@@ -1,0 +1,44 @@
+"""Tiny random-weight models built offline from configs, saved as segflow checkpoints.
+
+For plumbing tests, benchmarks and the offline demo: they load through the
+same code path as real weights. Random weights label nothing meaningful (and a
+random YOLO only outputs boxes with a confidence threshold of 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["make_tiny_yolo", "make_tiny_sam"]
+
+
+def make_tiny_yolo(path: str | Path, class_names: Sequence[str], seed: int = 0, cfg: str = "yolo11n-seg.yaml") -> Path:
+    """A random ultralytics YOLO with ``class_names``, saved as a segflow YOLO checkpoint."""
+    import torch
+
+    import tasks.models.yolo  # noqa: F401 - sets offline ultralytics defaults
+    from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+
+    torch.manual_seed(seed)
+    cls = SegmentationModel if "-seg" in cfg else DetectionModel
+    model = cls(cfg, nc=len(class_names), verbose=False)
+    model.names = {i: n for i, n in enumerate(class_names)}
+    model.task = "segment" if cls is SegmentationModel else "detect"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tasks.models.yolo.save_yolo_checkpoint(model, path)
+    return path
+
+
+def make_tiny_sam(path: str | Path, seed: int = 0) -> Path:
+    """A random ~0.8M-parameter SAM (256-px input), saved as a segflow SAM checkpoint."""
+    import torch
+
+    from tasks.models.sam import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
+
+    torch.manual_seed(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_sam_checkpoint(build_sam(TINY_SAM_ARCH), TINY_SAM_ARCH, path)
+    return path

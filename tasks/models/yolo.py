@@ -1,0 +1,147 @@
+"""Detector stage: ultralytics YOLO, batched over images.
+
+Weights:
+
+* a segflow YOLO checkpoint (``.pt`` written by :func:`save_yolo_checkpoint`):
+  ``{"format": "segflow.yolo/1", "task", "yaml", "names", "state_dict"}`` --
+  plain tensors and containers, loadable with ``weights_only=True``;
+* an ultralytics architecture YAML (``yolo11n-seg.yaml``): random weights, for
+  plumbing tests only (random YOLO weights find nothing above normal thresholds).
+
+Ultralytics' own ``.pt`` files are pickled model objects; segflow refuses to
+unpickle them at run time. ``segflow convert-weights yolo IN.pt OUT.pt``
+converts one once (a deliberate, local step for files you trust).
+
+Boxes come back in the pixel frame of the (upright RGB) input image as XYXY;
+model classes are mapped to ontology ids by name (``class_map`` overrides),
+and classes outside the ontology are dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from tasks.models.device import resolve_device
+from tasks.record import Detections
+from tasks.weights import WeightsError, load_checkpoint
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_VERBOSE", "False")
+if "YOLO_CONFIG_DIR" not in os.environ:
+    os.environ["YOLO_CONFIG_DIR"] = str(Path(os.environ.get("SEGFLOW_CACHE_DIR") or Path.home() / ".cache" / "segflow") / "ultralytics")
+    Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
+
+FORMAT = "segflow.yolo/1"
+
+__all__ = ["YoloDetector", "save_yolo_checkpoint", "load_yolo", "convert_ultralytics_checkpoint"]
+
+
+def save_yolo_checkpoint(yolo: Any, path: str | Path, half: bool = True) -> None:
+    """Write a YOLO model (``ultralytics.YOLO`` or its ``.model``) as a weights-only segflow checkpoint."""
+    import torch
+
+    model = yolo if hasattr(yolo, "yaml") else yolo.model  # a DetectionModel, or the YOLO wrapper around one
+    sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone() for k, v in model.state_dict().items()}
+    cfg = {k: v for k, v in dict(model.yaml).items()}
+    names = {int(k): str(v) for k, v in dict(model.names).items()}
+    task = getattr(model, "task", None) or ("segment" if "Segment" in type(model).__name__ else "detect")
+    torch.save({"format": FORMAT, "task": task, "yaml": cfg, "names": names, "state_dict": sd}, str(path))
+
+
+def convert_ultralytics_checkpoint(src: str, dst: str) -> None:
+    """Convert a pickled ultralytics ``.pt`` into a weights-only segflow checkpoint.
+
+    This unpickles ``src`` (ultralytics' own loader): only run it on files you trust.
+    """
+    from ultralytics import YOLO
+
+    save_yolo_checkpoint(YOLO(src), dst)
+
+
+def load_yolo(weights: str) -> Any:
+    """An ``ultralytics.YOLO`` built from a segflow checkpoint or an architecture YAML."""
+    from ultralytics import YOLO
+
+    if weights.endswith((".yaml", ".yml")):
+        return YOLO(weights, task=None)
+    ckpt = load_checkpoint(weights)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise WeightsError(f"{weights}: not a segflow YOLO checkpoint (expected format {FORMAT!r}); convert ultralytics files with `segflow convert-weights yolo`")
+    cfg = dict(ckpt["yaml"])
+    name = Path(str(cfg.get("yaml_file") or "yolo.yaml")).name  # the file name carries the model scale
+    with tempfile.TemporaryDirectory(prefix="segflow-yolo-") as tmp:
+        import yaml
+
+        cfg_path = Path(tmp) / name
+        cfg_path.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k not in ("yaml_file",)}))
+        model = YOLO(str(cfg_path), task=ckpt.get("task"))
+    missing, unexpected = model.model.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise WeightsError(f"{weights}: state dict does not match its architecture (missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+    model.model.names = {int(k): v for k, v in ckpt["names"].items()}
+    model.model.float().eval()
+    return model
+
+
+class YoloDetector:
+    """Images -> :class:`Detections` (boxes XYXY in pixels, ontology class ids, scores)."""
+
+    role = "detector"
+
+    def __init__(self, stage: Any, weights_path: str, ontology: dict[int, str]):
+        self.stage = stage
+        self.device = resolve_device(stage.device)
+        self.model = load_yolo(weights_path)
+        names = {int(k): str(v) for k, v in self.model.model.names.items()}
+        by_name = {v: k for k, v in ontology.items()}
+        lookup = np.full(max(names) + 1 if names else 1, -1, dtype=np.int64)
+        for cid, cname in names.items():
+            target = stage.class_map.get(cname, cname)
+            if target in by_name:
+                lookup[cid] = by_name[target]
+        self.class_lookup = lookup
+        self.model_names = names
+        self._lock = threading.Lock()  # ultralytics predictors keep state: one call at a time
+
+    @property
+    def mapped_classes(self) -> dict[str, int]:
+        return {self.model_names[i]: int(c) for i, c in enumerate(self.class_lookup) if c >= 0 and i in self.model_names}
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
+        """Detect objects.
+
+        Arguments:
+          images: list of H x W x 3 uint8 RGB arrays (sizes may differ).
+
+        Returns:
+          One Detections per image: boxes N x 4 XYXY pixels, ontology class ids, scores.
+        """
+        out: list[Detections] = []
+        bs = self.stage.batch_size
+        for start in range(0, len(images), bs):
+            batch = [np.ascontiguousarray(im[..., ::-1]) for im in images[start : start + bs]]  # ultralytics takes BGR
+            with self._lock:
+                results = list(
+                    self.model.predict(
+                        batch, conf=self.stage.conf, iou=self.stage.iou, imgsz=self.stage.imgsz,
+                        max_det=self.stage.max_det, device=self.device, verbose=False, stream=True,
+                    )
+                )
+            for im, r in zip(batch, results):
+                boxes = r.boxes.xyxy.cpu().numpy().astype(np.float32)
+                cls = r.boxes.cls.cpu().numpy().astype(np.int64)
+                conf = r.boxes.conf.cpu().numpy().astype(np.float32)
+                onto = self.class_lookup[np.clip(cls, 0, len(self.class_lookup) - 1)] if len(cls) else cls
+                h, w = im.shape[:2]
+                boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+                boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+                dets = Detections(image_size=(h, w), boxes=boxes, class_ids=onto, scores=conf)
+                out.append(dets[dets.class_ids >= 0])
+        return out
+

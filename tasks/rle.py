@@ -1,0 +1,111 @@
+"""Masks as COCO run-length encoding (RLE) -- the one mask format segflow stores.
+
+Format
+------
+A mask of an image of height H and width W is a boolean array ``m[y, x]``.
+COCO RLE flattens it in **column-major** (Fortran) order -- ``y`` varies
+fastest -- and stores alternating run lengths, starting with a run of zeros
+(which may be 0 long). The *compressed* form used everywhere in segflow is
+pycocotools' ASCII string (``rle["counts"]`` as ``str``); together with
+``(H, W)`` it is a complete mask::
+
+    {"size": [H, W], "counts": "<compressed string>"}
+
+This is exactly what COCO ``segmentation`` fields, ``pycocotools.mask.decode``
+and the manifest column ``rle_counts`` hold.
+
+Layout without copies
+---------------------
+``pycocotools.mask.encode`` wants ``uint8`` arrays of shape ``HxWxN`` in
+Fortran order. A C-contiguous stack of masks of shape ``NxWxH`` *is* that
+memory layout, so ``masks_nwh.transpose(2, 1, 0)`` hands it over for free,
+whereas ``np.asfortranarray`` on a C-ordered ``NxHxW`` stack copies and costs
+several times the encode itself. Producers that can (the SAM stage upsamples
+transposed logits) build ``NxWxH`` directly and call :func:`encode_nwh`.
+
+Functions here are small and pure; names say the layout they take.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+__all__ = [
+    "encode_nwh",
+    "encode_nhw",
+    "decode",
+    "decode_many",
+    "area",
+    "bbox_xywh",
+    "to_coco_segmentation",
+]
+
+
+def _rle_objects(counts: Sequence[str], height: int, width: int) -> list[dict]:
+    return [{"size": [int(height), int(width)], "counts": c.encode("ascii")} for c in counts]
+
+
+def encode_nwh(masks_nwh: np.ndarray) -> list[str]:
+    """Encode masks given as ``N x W x H`` (C-contiguous, transposed) to RLE strings.
+
+    Arguments:
+      masks_nwh: N x W x H, bool or uint8, C-contiguous. ``masks_nwh[i, x, y]``
+        is pixel (x, y) of mask i.
+
+    Returns:
+      N compressed COCO RLE count strings for images of size (H, W).
+    """
+    if masks_nwh.ndim != 3:
+        raise ValueError(f"masks must be N x W x H, got shape {masks_nwh.shape}")
+    if masks_nwh.shape[0] == 0:
+        return []
+    arr = np.ascontiguousarray(masks_nwh).view(np.uint8) if masks_nwh.dtype == np.bool_ else np.ascontiguousarray(masks_nwh, dtype=np.uint8)
+    fortran_hwn = arr.transpose(2, 1, 0)  # H x W x N, Fortran-ordered view, no copy
+    return [r["counts"].decode("ascii") for r in mask_utils.encode(fortran_hwn)]
+
+
+def encode_nhw(masks_nhw: np.ndarray) -> list[str]:
+    """Encode masks given as ``N x H x W`` (the usual layout) to RLE strings.
+
+    One transpose copy is made; prefer :func:`encode_nwh` on hot paths.
+    """
+    if masks_nhw.ndim == 2:
+        masks_nhw = masks_nhw[None]
+    if masks_nhw.ndim != 3:
+        raise ValueError(f"masks must be N x H x W, got shape {masks_nhw.shape}")
+    return encode_nwh(np.ascontiguousarray(masks_nhw.transpose(0, 2, 1)))
+
+
+def decode(counts: str, height: int, width: int) -> np.ndarray:
+    """Decode one RLE string to an ``H x W`` bool mask."""
+    return mask_utils.decode(_rle_objects([counts], height, width)[0]).astype(bool)
+
+
+def decode_many(counts: Sequence[str], height: int, width: int) -> np.ndarray:
+    """Decode RLE strings of one image to an ``N x H x W`` bool stack."""
+    if len(counts) == 0:
+        return np.zeros((0, height, width), dtype=bool)
+    hwn = mask_utils.decode(_rle_objects(counts, height, width))
+    return np.ascontiguousarray(hwn.transpose(2, 0, 1)).astype(bool)
+
+
+def area(counts: Sequence[str], height: int, width: int) -> np.ndarray:
+    """Pixel count of each mask, computed from the RLE. Shape N, int64."""
+    if len(counts) == 0:
+        return np.zeros((0,), dtype=np.int64)
+    return np.asarray(mask_utils.area(_rle_objects(counts, height, width)), dtype=np.int64)
+
+
+def bbox_xywh(counts: Sequence[str], height: int, width: int) -> np.ndarray:
+    """Tight box of each mask, ``N x 4``, XYWH in pixels (COCO ``bbox``); zeros for empty masks."""
+    if len(counts) == 0:
+        return np.zeros((0, 4), dtype=np.float64)
+    return np.asarray(mask_utils.toBbox(_rle_objects(counts, height, width)), dtype=np.float64).reshape(-1, 4)
+
+
+def to_coco_segmentation(counts: str, height: int, width: int) -> dict:
+    """The COCO ``segmentation`` value of one mask (compressed RLE, JSON-ready)."""
+    return {"size": [int(height), int(width)], "counts": counts}

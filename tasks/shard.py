@@ -1,0 +1,184 @@
+"""One shard, start to commit: read -> decode -> stages -> manifest rows -> commit.
+
+1. Skip the shard if it is already committed by this job (same fingerprint).
+2. Read and decode its images through a bounded thread pool, ``prefetch``
+   images ahead of the models, so storage reads overlap compute and memory
+   holds only a few decoded images at a time.
+3. For each chunk of decoded images, run the stages in dependency order; all
+   stages share the decoded pixels and the process-wide loaded models.
+4. Turn the sink stages' :class:`~tasks.record.Detections` into manifest rows.
+5. Write the shard's Parquet files and commit them (:mod:`tasks.commit`).
+
+A file that cannot be read or decoded becomes an ``images`` row with
+``status="failed"`` and its reason; the other images go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+from tasks import progress
+from tasks.commit import ShardConflict, commit_shard, read_commit, record_failure
+from tasks.images import DecodedImage, ImageLoadError, decode_image
+from tasks.manifest import ShardTables
+from tasks.models.cache import get_model
+from tasks.models.registry import ADAPTERS
+from tasks.plan import read_shard_rows
+from tasks.record import Detections
+from tasks.storage import open_fs, redact
+
+__all__ = ["ShardResult", "run_shard", "job_fingerprint"]
+
+
+@dataclass
+class ShardResult:
+    shard_id: str
+    images: int
+    ok: int
+    failed: int
+    masks: int
+    seconds: float
+    skipped: bool  # already committed before this run
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def job_fingerprint(job: Any) -> str:
+    """What makes two runs' shard outputs interchangeable: stages, ontology and plan inputs."""
+    spec = {
+        "stages": {n: s.model_dump(mode="json") for n, s in job.stages.items()},
+        "ontology": [c.model_dump(mode="json") for c in job.ontology],
+        "shard_size": job.shard_size,
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _read_and_decode(row: dict, storage_options: dict, max_pixels: int) -> DecodedImage | str:
+    try:
+        fs, path = open_fs(row["uri"], storage_options)
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        return "file not found"
+    except PermissionError as e:
+        return f"permission denied: {e}"
+    except Exception as e:  # noqa: BLE001 - any read failure is this image's failure
+        return f"read error: {type(e).__name__}: {e}"
+    try:
+        return decode_image(data, max_pixels=max_pixels)
+    except ImageLoadError as e:
+        return str(e)
+
+
+def _decoded_stream(rows: list[dict], job: Any) -> Iterator[tuple[dict, DecodedImage | str]]:
+    """Yield ``(row, image or error)`` in plan order, decoding ``prefetch`` images ahead."""
+    window = job.runtime.prefetch
+    with ThreadPoolExecutor(max_workers=window, thread_name_prefix="segflow-read") as pool:
+        pending: deque[tuple[dict, Future]] = deque()
+        it = iter(rows)
+        for row in it:
+            pending.append((row, pool.submit(_read_and_decode, row, job.source.storage_options, job.source.max_pixels)))
+            if len(pending) >= window:
+                break
+        while pending:
+            row, fut = pending.popleft()
+            result = fut.result()
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_read_and_decode, nxt, job.source.storage_options, job.source.max_pixels)))
+            yield row, result
+
+
+def _chunk_size(job: Any) -> int:
+    return max(st.batch_size for st in job.stages.values())
+
+
+def run_stages(job: Any, images: list[Any], models: dict[str, Any]) -> dict[str, list[Detections]]:
+    """Run every stage, in dependency order, on a list of H x W x 3 RGB uint8 images."""
+    results: dict[str, list[Detections]] = {}
+    for name in job.stage_order():
+        st = job.stages[name]
+        adapter = models[name].adapter
+        role = ADAPTERS[st.kind].role
+        if role == "detector":
+            results[name] = adapter.detect(images)
+        elif role == "segmenter":
+            (src,) = [d for d in st.needs if ADAPTERS[job.stages[d].kind].role == "detector"]
+            results[name] = adapter.segment(images, results[src])
+        else:  # pragma: no cover - the registry and config validation keep roles closed
+            raise ValueError(f"stage {name}: unknown role {role!r}")
+    return results
+
+
+def run_shard(job: Any, shard_id: str) -> ShardResult:
+    """Label one shard and commit it. Raises on failures that are not one image's fault."""
+    t0 = time.perf_counter()
+    fingerprint = job_fingerprint(job)
+    existing = read_commit(job.output, shard_id)
+    if existing is not None:
+        if existing.get("fingerprint") != fingerprint:
+            raise ShardConflict(
+                f"{shard_id} in {redact(job.output)} was committed by a job with different stages or ontology; "
+                f"use another output or delete it"
+            )
+        s = existing["stats"]
+        progress.advance(images=s["images"], masks=s["masks"], failed=s["failed"], shards=1)
+        return ShardResult(shard_id, s["images"], s["ok"], s["failed"], s["masks"], time.perf_counter() - t0, skipped=True)
+    try:
+        return _label_and_commit(job, shard_id, fingerprint, t0)
+    except Exception as e:
+        record_failure(job.output, shard_id, f"{type(e).__name__}: {e}")
+        raise
+
+
+def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> ShardResult:
+    rows = read_shard_rows(job.output, shard_id)
+    if not rows:
+        raise ValueError(f"{shard_id} is not in the plan of {redact(job.output)}")
+    ontology = job.category_names()
+    models = {name: get_model(job.stages[name], ontology) for name in job.stage_order()}
+    sinks = job.sink_stages()
+    prompt_models = {
+        name: next((models[d].identity for d in job.stages[name].needs if ADAPTERS[job.stages[d].kind].role == "detector"), None)
+        for name in sinks
+    }
+    tables = ShardTables(shard_id, ontology)
+    chunk: list[tuple[dict, DecodedImage]] = []
+    n_failed = n_masks = 0
+
+    def flush() -> None:
+        nonlocal n_masks
+        if not chunk:
+            return
+        results = run_stages(job, [img.pixels for _, img in chunk], models)
+        for i, (row, img) in enumerate(chunk):
+            outputs = [(s, models[s].identity, prompt_models[s], results[s][i]) for s in sinks]
+            k = tables.add_image(row["image_id"], row["uri"], row["key"], (img.height, img.width), img.exif_orientation, outputs)
+            n_masks += k
+            progress.advance(images=1, masks=k)
+        chunk.clear()
+
+    size = _chunk_size(job)
+    for row, result in _decoded_stream(rows, job):
+        if isinstance(result, str):
+            tables.add_failed_image(row["image_id"], row["uri"], row["key"], result)
+            n_failed += 1
+            progress.advance(images=1, failed=1)
+            continue
+        chunk.append((row, result))
+        if len(chunk) >= size:
+            flush()
+    flush()
+
+    masks, images = tables.tables()
+    stats = {"images": len(rows), "ok": len(rows) - n_failed, "failed": n_failed, "masks": n_masks}
+    commit, won = commit_shard(job.output, shard_id, {"masks": masks, "images": images}, fingerprint, stats)
+    progress.advance(shards=1)
+    s = commit["stats"]
+    return ShardResult(shard_id, s["images"], s["ok"], s["failed"], s["masks"], time.perf_counter() - t0, skipped=not won)

@@ -1,0 +1,165 @@
+"""Storage through fsspec: any URL (``/path``, ``file://``, ``memory://``, ``s3://``...).
+
+Rules every writer in segflow follows:
+
+* **Nothing partial is ever published.** ``fs.open(path, "wb")`` on object stores
+  uploads what was written even when an exception escapes the ``with`` block,
+  so writers build the bytes first (or a local temporary file) and publish in
+  one call: :func:`write_bytes` / :func:`publish_file`. Locally the publish is
+  a rename, on object stores a single PUT; both are atomic per file.
+* **Keys never escape the output root.** Relative names derived from data go
+  through :func:`safe_join`.
+* **Credentials never appear in logs.** URLs shown to users go through
+  :func:`redact`.
+
+S3-compatible endpoints come from the standard ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``) environment variable; credentials from the usual AWS
+chain (environment, profiles, instance roles).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import tempfile
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs as _url_to_fs
+
+__all__ = [
+    "open_fs",
+    "join",
+    "write_bytes",
+    "publish_file",
+    "read_bytes",
+    "safe_join",
+    "redact",
+    "is_local",
+    "create_exclusive",
+]
+
+
+def storage_options_for(url: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """fsspec options for ``url``: the S3 endpoint from the environment plus ``extra``."""
+    opts: dict[str, Any] = dict(extra or {})
+    if url.startswith(("s3://", "s3a://")):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and "endpoint_url" not in opts and "endpoint_url" not in opts.get("client_kwargs", {}):
+            opts["endpoint_url"] = endpoint
+    return opts
+
+
+def open_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``(filesystem, path)`` for a URL or local path."""
+    return _url_to_fs(url, **storage_options_for(url, storage_options))
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts with ``/`` (URLs and local paths alike)."""
+    out = base.rstrip("/")
+    for p in parts:
+        out = f"{out}/{p.strip('/')}"
+    return out
+
+
+_BAD_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
+
+
+def safe_join(root: str, relative: str) -> str:
+    """Join a data-derived relative key under ``root``, refusing anything that escapes it."""
+    rel = relative.replace("\\", "/")
+    if rel.startswith("/") or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", rel) or _BAD_SEGMENT.search(rel) or not rel:
+        raise ValueError(f"refusing key {relative!r}: it would escape the output root {redact(root)!r}")
+    return join(root, posixpath.normpath(rel))
+
+
+def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    return fs.cat_file(path)
+
+
+def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Publish ``data`` at ``path`` in one atomic step (local rename or one object PUT)."""
+    parent = posixpath.dirname(path)
+    if is_local(fs):
+        fs.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def publish_file(fs: fsspec.AbstractFileSystem, local_file: str, path: str) -> None:
+    """Publish a finished local file at ``path`` (rename locally, one upload remotely)."""
+    if is_local(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        os.replace(local_file, path) if _same_device(local_file, path) else fs.put_file(local_file, path)
+    else:
+        fs.put_file(local_file, path)
+
+
+def _same_device(a: str, b: str) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(os.path.dirname(b) or ".").st_dev
+    except OSError:
+        return False
+
+
+def local_tempfile(fs: fsspec.AbstractFileSystem, path: str, suffix: str = "") -> str:
+    """A temporary file name next to ``path`` when local (same device, so publish is a rename)."""
+    if is_local(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        return f"{path}.tmp-{uuid.uuid4().hex}{suffix}"
+    fd, name = tempfile.mkstemp(suffix=suffix, prefix="segflow-")
+    os.close(fd)
+    return name
+
+
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Write ``path`` only if it does not exist yet. Returns False when it already existed.
+
+    Locally this is ``O_EXCL`` on a fully written temporary file (link, so
+    readers never see a partial file); on S3 a conditional PUT
+    (``If-None-Match: *``); elsewhere a best-effort exists-check then write.
+    """
+    if is_local(fs):
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)  # atomic, fails if path exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+    try:
+        with fs.open(path, "xb") as f:  # s3fs: If-None-Match: *
+            f.write(data)
+        return True
+    except FileExistsError:
+        return False
+    except (NotImplementedError, ValueError):
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, data)
+        return True
+
+
+_CRED_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_CRED_IN_QUERY = re.compile(r"(?i)([?&](?:x-amz-credential|x-amz-signature|x-amz-security-token|signature|sig|token|key)=)[^&\s]+")
+
+
+def redact(url: str) -> str:
+    """Remove credentials from a URL before it is shown or logged."""
+    url = _CRED_IN_URL.sub(r"\g<scheme>***@", str(url))
+    return _CRED_IN_QUERY.sub(r"\1***", url)

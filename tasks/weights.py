@@ -1,0 +1,136 @@
+"""Model weights from a local path or any fsspec URL: cached, verified, loaded safely.
+
+* Remote files are copied once into the cache (``$SEGFLOW_CACHE_DIR`` or
+  ``~/.cache/segflow``) under a name derived from the URL, through a temporary
+  file and a rename, so a cached file is always complete.
+* When a sha256 is given it is checked before anything is loaded; a mismatch is
+  an error that names the file and both digests.
+* Checkpoints are read with ``torch.load(..., weights_only=True)``: tensors and
+  plain containers only, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from tasks.storage import open_fs, redact
+
+__all__ = [
+    "WeightsError",
+    "cache_dir",
+    "sha256_file",
+    "resolve_weights",
+    "load_checkpoint",
+    "weights_location_issue",
+]
+
+_lock = threading.Lock()
+_verified: dict[tuple[str, str], float] = {}
+
+
+class WeightsError(Exception):
+    """Weights that are missing, unreadable or do not match their sha256."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SEGFLOW_CACHE_DIR") or Path.home() / ".cache" / "segflow")
+
+
+def _is_url(s: str) -> bool:
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s)) and not s.startswith("file://")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_builtin_yaml(weights: str) -> bool:
+    """An ultralytics architecture name such as ``yolo11n-seg.yaml`` (random weights, for tests)."""
+    return weights.endswith((".yaml", ".yml")) and "/" not in weights and not os.path.exists(weights)
+
+
+def weights_location_issue(weights: str, builtin_yaml_ok: bool = False) -> str | None:
+    """Why ``weights`` cannot be used, or None. Cheap: existence only (no download, no hashing)."""
+    if builtin_yaml_ok and is_builtin_yaml(weights):
+        return None
+    if _is_url(weights):
+        try:
+            fs, path = open_fs(weights)
+            if not fs.exists(path):
+                return f"file not found: {redact(weights)}"
+        except Exception as e:  # noqa: BLE001 - report, don't crash validation
+            return f"cannot check {redact(weights)}: {type(e).__name__}: {e}"
+        return None
+    local = weights.removeprefix("file://")
+    if not os.path.isfile(local):
+        return f"file not found: {local}"
+    return None
+
+
+def resolve_weights(weights: str, sha256: str | None = None) -> str:
+    """A local, complete, verified copy of ``weights``; returns its path.
+
+    Raises:
+      WeightsError: missing file, failed download, sha256 mismatch.
+    """
+    if _is_url(weights):
+        digest = hashlib.sha256(weights.encode()).hexdigest()[:16]
+        local = cache_dir() / "weights" / digest / os.path.basename(weights.rstrip("/"))
+        if not local.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(local.name + f".part-{os.getpid()}-{threading.get_ident()}")
+            try:
+                fs, path = open_fs(weights)
+                fs.get_file(path, str(tmp))
+                os.replace(tmp, local)
+            except FileNotFoundError:
+                raise WeightsError(f"weights not found: {redact(weights)}") from None
+            except Exception as e:  # noqa: BLE001
+                raise WeightsError(f"cannot download weights {redact(weights)}: {type(e).__name__}: {e}") from None
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+    else:
+        local = Path(weights.removeprefix("file://"))
+        if not local.is_file():
+            raise WeightsError(f"weights not found: {local}")
+    if sha256:
+        key = (str(local), sha256)
+        stat = local.stat().st_mtime_ns
+        with _lock:
+            cached = _verified.get(key)
+        if cached != stat:
+            actual = sha256_file(local)
+            if actual != sha256.lower():
+                if _is_url(weights):
+                    local.unlink(missing_ok=True)  # do not keep a bad download in the cache
+                raise WeightsError(f"sha256 mismatch for {redact(weights)}: expected {sha256.lower()}, got {actual}")
+            with _lock:
+                _verified[key] = stat
+    return str(local)
+
+
+def load_checkpoint(path: str) -> Any:
+    """``torch.load`` with ``weights_only=True`` on CPU; a clear error for pickled objects."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(
+            f"{path}: refusing to load: the file holds pickled Python objects, not plain tensors "
+            f"(weights_only=True). Convert it once with `segflow convert-weights` if you trust it. ({str(e).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise WeightsError(f"{path}: not a readable torch checkpoint: {type(e).__name__}: {e}") from None
