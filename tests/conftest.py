@@ -1,0 +1,86 @@
+"""Shared fixtures: tiny offline models saved to files, synthetic images, job files, Prefect.
+
+Models are built from configs with random weights and loaded back through the
+same loaders users use. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from tasks.synthetic import SHAPE_CLASSES, write_scene_set  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    os.environ["SEGFLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("segflow-cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    from tasks.models.tiny import make_tiny_sam, make_tiny_yolo
+
+    d = tmp_path_factory.mktemp("models")
+    return {"yolo": make_tiny_yolo(d / "yolo-tiny.pt", SHAPE_CLASSES, seed=0), "sam": make_tiny_sam(d / "sam-tiny.pt", seed=0)}
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture()
+def image_dir(tmp_path) -> Path:
+    d = tmp_path / "images"
+    write_scene_set(d, 20, seed=1, corrupt=True)
+    return d
+
+
+def job_dict(images: str, output: str, yolo: str, sam: str, **over) -> dict:
+    job = {
+        "name": "test-job",
+        "source": {"url": str(images)},
+        "output": str(output),
+        "shard_size": 6,
+        "ontology": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
+        "stages": {
+            "detector": {"kind": "yolo", "weights": str(yolo), "conf": 0.0, "imgsz": 160, "max_det": 4, "batch_size": 4, "device": "cpu"},
+            "masks": {"kind": "sam", "needs": ["detector"], "weights": str(sam), "batch_size": 2, "device": "cpu"},
+        },
+        "runtime": {"max_workers": 2},
+    }
+    for k, v in over.items():
+        job[k] = v
+    return job
+
+
+@pytest.fixture()
+def write_job(tmp_path, tiny_models):
+    """Write a job YAML (defaults: tiny models, 6 images per shard); returns its path."""
+
+    def _write(images, output, name="job.yaml", mutate=None, **over) -> Path:
+        job = job_dict(images, output, tiny_models["yolo"], tiny_models["sam"], **over)
+        if mutate:
+            mutate(job)
+        p = tmp_path / name
+        p.write_text(yaml.safe_dump(job, sort_keys=False))
+        return p
+
+    return _write
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)

@@ -1,0 +1,111 @@
+"""Bad job files are rejected before any work, naming the file and the key path."""
+
+import json
+
+import pytest
+import yaml
+
+from flows import cli
+from flows.config import ConfigError, job_json_schema, load_config
+
+
+def set_in(job, path, value):
+    *parents, last = path
+    for p in parents:
+        job = job[p]
+    if value is DELETE:
+        del job[last]
+    else:
+        job[last] = value
+
+
+DELETE = object()
+
+BAD = [
+    # (what changes, expected "key.path: message" fragment)
+    (("stages", "masks", "needs"), ["detektor"], "stages.masks.needs[0]: no stage named 'detektor'"),
+    (("stages", "detector", "kind"), "rcnn9000", "stages.detector.kind: unknown stage kind 'rcnn9000'"),
+    (("stages", "detector", "conf"), "high", "stages.detector.conf: Input should be a valid number"),
+    (("stages", "detector", "conf"), 1.5, "stages.detector.conf: Input should be less than or equal to 1"),
+    (("stages", "masks", "colour"), "red", "stages.masks.colour: unknown key"),
+    (("shard_sise",), 10, "shard_sise: unknown key"),
+    (("ontology",), [], "ontology: the ontology is empty"),
+    (("ontology", 1, "id"), 1, "ontology[1].id: duplicate id 1"),
+    (("stages", "masks", "weights"), "/nonexistent/sam.pt", "stages.masks.weights: file not found: /nonexistent/sam.pt"),
+    (("stages", "detector", "needs"), ["masks"], "stages.detector.needs: cycle: detector -> masks -> detector"),
+    (("stages", "masks", "needs"), [], "stages.masks.needs: a 'sam' stage needs exactly one detector stage (yolo); found 0"),
+    (("stages", "masks", "sha256"), "abc", "stages.masks.sha256: must be 64 hexadecimal characters"),
+    (("shard_size",), 0, "shard_size: Input should be greater than or equal to 1"),
+    (("source",), {"url": "x", "list": "y"}, "source: give exactly one of 'url'"),
+    (("output",), DELETE, "output: required key is missing"),
+    (("stages", "detector", "class_map"), {"square": "cube"}, "stages.detector.class_map.square: 'cube' is not a class of the ontology"),
+    (("source", "storage_options"), {"secret": "hunter2"}, "source.storage_options.secret: credentials do not belong in the job file"),
+    (("runtime", "max_workers"), "many", "runtime.max_workers: Input should be a valid integer"),
+    (("stages", "detector", "device"), "gpu0", "stages.detector.device: unknown device 'gpu0'"),
+]
+
+
+@pytest.mark.parametrize("path,value,expected", BAD, ids=[e.split(":")[0] + "-" + str(i) for i, (_, _, e) in enumerate(BAD)])
+def test_bad_config_rejected_with_key_path(path, value, expected, write_job, image_dir, tmp_path):
+    job_file = write_job(image_dir, tmp_path / "out", mutate=lambda j: set_in(j, path, value))
+    with pytest.raises(ConfigError) as err:
+        load_config(job_file)
+    assert f"{job_file}: {expected}" in str(err.value)
+    assert not (tmp_path / "out").exists()  # nothing started
+
+
+def test_stage_pointing_to_itself(write_job, image_dir, tmp_path):
+    job_file = write_job(image_dir, tmp_path / "out", mutate=lambda j: set_in(j, ("stages", "masks", "needs"), ["masks"]))
+    with pytest.raises(ConfigError, match=r"stages.masks.needs\[0\]: a stage cannot need itself"):
+        load_config(job_file)
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: x\nstages: [\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: line \d+, column \d+: invalid YAML"):
+        load_config(p)
+
+
+def test_unsafe_yaml_tags_are_not_executed(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(p)
+
+
+def test_relative_paths_resolve_against_the_job_file(write_job, image_dir, tmp_path, tiny_models, monkeypatch):
+    job_file = write_job(image_dir, "out/run1", mutate=lambda j: j["source"].update(url="images"))
+    monkeypatch.chdir("/")
+    job = load_config(job_file)
+    assert job.output == str(tmp_path / "out" / "run1")
+    assert job.source.url == str(image_dir)
+    cli_job = load_config(job_file, overrides={"output": "elsewhere"})  # command-line paths: relative to cwd
+    assert cli_job.output == "/elsewhere"
+    assert job.stage_order() == ["detector", "masks"] and job.sink_stages() == ["masks"]
+
+
+def test_validate_and_schema_commands(write_job, image_dir, tmp_path, capsys):
+    good = write_job(image_dir, tmp_path / "out")
+    assert cli.main(["validate", str(good)]) == 0
+    assert "ok" in capsys.readouterr().out
+    bad = write_job(image_dir, tmp_path / "out", name="bad.yaml", mutate=lambda j: set_in(j, ("stages", "masks", "needs"), ["nope"]))
+    assert cli.main(["validate", str(bad)]) == 2
+    assert "bad.yaml: stages.masks.needs[0]: no stage named 'nope'" in capsys.readouterr().err
+    assert cli.main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema == json.loads(json.dumps(job_json_schema()))
+    assert {"source", "output", "ontology", "stages"} <= set(schema["required"])
+    assert "yolo" in json.dumps(schema) and "sam" in json.dumps(schema)
+
+
+def test_example_configs_validate():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    files = sorted(root.glob("*.yaml"))
+    assert files, "configs/ has example jobs"
+    for f in files:
+        data = yaml.safe_load(f.read_text())
+        assert isinstance(data, dict)
+        load_config(f, check_files=False)

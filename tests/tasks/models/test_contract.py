@@ -1,0 +1,78 @@
+"""One contract every registered adapter passes, loaded through the model cache from tiny offline weights."""
+
+import numpy as np
+import pytest
+
+from flows.config import SamStage, YoloStage
+from tasks import rle
+from tasks.models.cache import get_model
+from tasks.models.registry import ADAPTERS, MissingDependencyError, adapter_class
+from tasks.record import Detections
+
+ONTOLOGY = {1: "square", 2: "circle", 3: "triangle"}
+
+
+def stage_for(kind, tiny_models):
+    if kind == "yolo":
+        return YoloStage(kind="yolo", weights=str(tiny_models["yolo"]), device="cpu", conf=0.0, imgsz=160, max_det=6, batch_size=2)
+    if kind == "sam":
+        return SamStage(kind="sam", weights=str(tiny_models["sam"]), device="cpu", needs=["detector"], batch_size=2, boxes_per_call=4)
+    raise AssertionError(f"add a tiny stage for new adapter kind {kind!r} to the contract suite")
+
+
+def images(rng):
+    # non-square, both orientations, one tiny
+    return [rng.integers(0, 256, s, dtype=np.uint8) for s in [(90, 170, 3), (150, 60, 3), (33, 47, 3)]]
+
+
+def prompts_for(imgs):
+    out = []
+    for im in imgs:
+        h, w = im.shape[:2]
+        out.append(Detections((h, w), [[0, 0, w / 2, h / 2], [w / 4, h / 4, w, h]], [1, 3], [0.9, 0.4]))
+    return out
+
+
+def run(adapter, role, imgs):
+    if role == "detector":
+        return adapter.detect(imgs)
+    return adapter.segment(imgs, prompts_for(imgs))
+
+
+@pytest.mark.parametrize("kind", sorted(ADAPTERS))
+def test_adapter_contract(kind, tiny_models, rng):
+    spec = ADAPTERS[kind]
+    loaded = get_model(stage_for(kind, tiny_models), ONTOLOGY)
+    assert loaded is get_model(stage_for(kind, tiny_models), ONTOLOGY)  # loaded once per process
+    assert loaded.identity.startswith(f"{kind}:") and "@sha256:" in loaded.identity
+    imgs = images(rng)
+    out = run(loaded.adapter, spec.role, imgs)
+    assert len(out) == len(imgs)
+    for im, dets in zip(imgs, out):
+        h, w = im.shape[:2]
+        assert isinstance(dets, Detections) and dets.image_size == (h, w)
+        assert dets.boxes.dtype == np.float32 and dets.class_ids.dtype == np.int64
+        assert set(dets.class_ids.tolist()) <= set(ONTOLOGY)
+        if len(dets):
+            assert (dets.boxes[:, [0, 2]] >= 0).all() and (dets.boxes[:, [0, 2]] <= w).all()
+            assert (dets.boxes[:, [1, 3]] >= 0).all() and (dets.boxes[:, [1, 3]] <= h).all()
+        assert dets.has_masks == spec.produces_masks
+        if dets.has_masks:
+            decoded = rle.decode_many(list(dets.rle_counts), h, w)
+            assert decoded.shape == (len(dets), h, w) and decoded.reshape(len(dets), -1).any(1).all()
+    again = run(loaded.adapter, spec.role, imgs)  # deterministic
+    for a, b in zip(out, again):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        if a.has_masks:
+            assert list(a.rle_counts) == list(b.rle_counts)
+    assert [len(d) for d in run(loaded.adapter, spec.role, [])] == []
+
+
+def test_unknown_kind_and_missing_package_errors(monkeypatch):
+    with pytest.raises(ValueError, match="unknown stage kind 'nope'"):
+        adapter_class("nope")
+    from tasks.models import registry
+
+    monkeypatch.setitem(registry.ADAPTERS, "fake", registry.AdapterSpec("x:Y", "detector", "segflow_not_installed_pkg", "segflow-extra-pkg"))
+    with pytest.raises(MissingDependencyError, match="pip install segflow-extra-pkg"):
+        adapter_class("fake")

@@ -1,0 +1,80 @@
+"""The batched SAM path against the reference SamPredictor, box by box, same weights."""
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+
+from flows.config import SamStage
+from tasks import rle
+from tasks.models.sam import SamBoxSegmenter, build_sam, load_sam
+from tasks.record import Detections
+from tasks.weights import WeightsError
+
+
+def stage(**kw):
+    return SamStage(kind="sam", weights="unused", device="cpu", **kw)
+
+
+@pytest.fixture(scope="module")
+def segmenter(tiny_models):
+    return SamBoxSegmenter(stage(boxes_per_call=3, min_mask_area=0), str(tiny_models["sam"]))
+
+
+def test_batched_equals_per_box_predictor_on_non_square_image(segmenter, rng):
+    image = rng.integers(0, 256, (213, 377, 3), dtype=np.uint8)  # landscape, odd sizes
+    boxes = np.array([[5, 7, 120, 90], [100, 50, 370, 210], [0, 0, 377, 213], [300, 20, 360, 80], [40, 150, 90, 200]], np.float32)
+    logits, iou = segmenter.box_logits(image, boxes)  # 5 boxes in 2 decoder calls (boxes_per_call=3)
+
+    predictor = SamPredictor(segmenter.model)
+    predictor.set_image(image)
+    for k, box in enumerate(boxes):
+        ref, ref_iou, _ = predictor.predict(box=box, multimask_output=False, return_logits=True)
+        assert ref.shape == (1, 213, 377)
+        np.testing.assert_allclose(logits[k], ref[0], atol=1e-4)
+        np.testing.assert_allclose(iou[k], ref_iou[0], atol=1e-4)
+        ours_mask, ref_mask = logits[k] > 0, ref[0] > 0
+        differ = ours_mask != ref_mask
+        assert not differ.any() or np.abs(ref[0][differ]).max() < 1e-3
+
+
+def test_segment_returns_rle_of_the_thresholded_logits(segmenter, rng):
+    images = [rng.integers(0, 256, (120, 90, 3), dtype=np.uint8), rng.integers(0, 256, (64, 200, 3), dtype=np.uint8)]
+    prompts = [
+        Detections((120, 90), [[0, 0, 60, 100], [10, 20, 80, 110]], [1, 2], [0.9, 0.8]),
+        Detections.empty((64, 200)),
+    ]
+    out = segmenter.segment(images, prompts)
+    assert len(out[1]) == 0 and out[1].has_masks
+    logits, iou = segmenter.box_logits(images[0], prompts[0].boxes)
+    expected = logits > 0
+    keep = expected.reshape(2, -1).sum(1) > 0
+    assert len(out[0]) == int(keep.sum())
+    np.testing.assert_array_equal(rle.decode_many(list(out[0].rle_counts), 120, 90), expected[keep])
+    np.testing.assert_array_equal(out[0].class_ids, prompts[0].class_ids[keep])  # classes stay with their masks
+    np.testing.assert_allclose(out[0].fields["predicted_iou"], iou[keep], atol=1e-6)
+    assert ((out[0].fields["stability_score"] >= 0) & (out[0].fields["stability_score"] <= 1)).all()
+
+
+def test_chunk_size_does_not_change_results(tiny_models, rng):
+    image = rng.integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    boxes = rng.uniform(0, 90, (7, 2)).repeat(2, axis=1)[:, [0, 2, 1, 3]] + np.array([0, 0, 50, 40])
+    a = SamBoxSegmenter(stage(boxes_per_call=1), str(tiny_models["sam"])).box_logits(image, boxes)[0]
+    b = SamBoxSegmenter(stage(boxes_per_call=64), str(tiny_models["sam"])).box_logits(image, boxes)[0]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_plain_state_dict_needs_known_architecture(tmp_path):
+    torch.manual_seed(0)
+    sam = build_sam({"encoder_embed_dim": 64, "encoder_depth": 1, "encoder_num_heads": 2, "encoder_global_attn_indexes": [0], "img_size": 128, "prompt_embed_dim": 32, "decoder_mlp_dim": 64, "decoder_num_heads": 2, "iou_head_hidden_dim": 32, "window_size": 4})
+    path = tmp_path / "plain.pth"
+    torch.save(sam.state_dict(), path)
+    with pytest.raises(WeightsError, match="cannot infer SAM model type from encoder width 64"):
+        load_sam(str(path))
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a module object, not tensors
+    with pytest.raises(WeightsError, match="refusing to load"):
+        load_sam(str(path))

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+import torch
+
+from flows.config import YoloStage
+from tasks.models.yolo import YoloDetector, load_yolo
+from tasks.weights import WeightsError
+
+
+def stage(**kw):
+    base = dict(kind="yolo", weights="unused", device="cpu", conf=0.0, imgsz=160, max_det=5, batch_size=3)
+    base.update(kw)
+    return YoloStage(**base)
+
+
+def test_checkpoint_round_trip_keeps_weights_and_names(tiny_models):
+    model = load_yolo(str(tiny_models["yolo"]))
+    ckpt = torch.load(tiny_models["yolo"], weights_only=True)
+    assert model.model.names == {0: "square", 1: "circle", 2: "triangle"}
+    sd = model.model.state_dict()
+    k = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and v.numel() > 100)
+    torch.testing.assert_close(sd[k], ckpt["state_dict"][k].float())
+
+
+def test_classes_map_to_ontology_and_unknown_are_dropped(tiny_models, rng):
+    images = [rng.integers(0, 256, (120, 200, 3), dtype=np.uint8) for _ in range(4)]
+    ontology = {7: "box", 9: "circle"}  # 'square' renamed to 'box' by class_map, 'triangle' not wanted
+    det = YoloDetector(stage(class_map={"square": "box"}), str(tiny_models["yolo"]), ontology)
+    assert det.mapped_classes == {"square": 7, "circle": 9}
+    everything = YoloDetector(stage(), str(tiny_models["yolo"]), {1: "square", 2: "circle", 3: "triangle"})
+    all_dets = everything.detect(images)
+    kept = det.detect(images)
+    for a, b in zip(all_dets, kept):
+        expected = {1: 7, 2: 9}
+        want = np.array([expected[c] for c in a.class_ids if c in expected], dtype=np.int64)
+        np.testing.assert_array_equal(b.class_ids, want)
+        np.testing.assert_allclose(b.boxes, a.boxes[np.isin(a.class_ids, [1, 2])])
+
+
+def test_ultralytics_pickle_is_refused_with_hint(tmp_path, tiny_models):
+    from ultralytics import YOLO
+
+    y = YOLO("yolo11n.yaml")
+    path = tmp_path / "ultra.pt"
+    torch.save({"model": y.model}, path)  # ultralytics checkpoints pickle the module
+    with pytest.raises(WeightsError, match="segflow convert-weights"):
+        load_yolo(str(path))
