@@ -1,0 +1,140 @@
+"""Real Prefect flow runs (prefect_test_harness) on synthetic images with tiny models loaded from files."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from flows import cli
+from tasks import rle
+
+
+def read(output: Path, name: str):
+    return ds.dataset(str(output / "manifest" / f"{name}.parquet"), format="parquet").to_table().sort_by(
+        "annotation_id" if name == "masks" else "image_id"
+    )
+
+
+@pytest.fixture()
+def finished_run(prefect_harness, write_job, image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    job = write_job(image_dir, out)
+    assert cli.main(["run", str(job), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "images labelled : 20 of 22" in printed and f"COCO instances  : {out}/coco/instances.json" in printed
+    return job, out
+
+
+def test_flow_writes_manifests_and_coco(finished_run, image_dir):
+    job, out = finished_run
+    masks, images = read(out, "masks"), read(out, "images")
+
+    # images table: every source file, good ones labelled, bad ones recorded with reasons
+    assert images.num_rows == 22
+    rows = {Path(r["image_uri"]).name: r for r in images.to_pylist()}
+    assert rows["broken_empty.jpg"]["status"] == "failed" and rows["broken_empty.jpg"]["error"] == "zero-byte file"
+    assert rows["broken_truncated.jpg"]["status"] == "failed" and "truncated" in rows["broken_truncated.jpg"]["error"]
+    good = [r for r in rows.values() if r["status"] == "ok"]
+    assert len(good) == 20 and all(r["error"] is None for r in good)
+    for r in good:
+        w, h = Image.open(r["image_uri"]).size
+        assert (r["width"], r["height"]) == (w, h)
+    assert sorted(images["image_id"].to_pylist()) == list(range(1, 23))
+
+    # masks table: unique ids, geometry from the RLE, sizes of the image
+    assert masks.num_rows > 0
+    ann_ids = masks["annotation_id"].to_pylist()
+    assert len(set(ann_ids)) == len(ann_ids)
+    by_image = {r["image_id"]: r for r in good}
+    for r in masks.to_pylist()[:40]:
+        m = rle.decode(r["rle_counts"], r["height"], r["width"])
+        img = by_image[r["image_id"]]
+        assert (r["width"], r["height"]) == (img["width"], img["height"])
+        assert r["area"] == int(m.sum()) > 0
+        ys, xs = np.nonzero(m)
+        assert r["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+        assert r["category_name"] in {"square", "circle", "triangle"} and r["stage"] == "masks"
+        assert r["model"].startswith("sam:sam-tiny.pt@sha256:") and r["prompt_model"].startswith("yolo:yolo-tiny.pt@sha256:")
+        assert 0 <= r["predicted_iou"] <= 1.5 and r["annotation_id"] // 100000 == r["image_id"]
+
+    # COCO: loads in pycocotools, one annotation per manifest row, accepted by COCOeval
+    coco = COCO(str(out / "coco" / "instances.json"))
+    assert len(coco.anns) == masks.num_rows
+    assert len(coco.imgs) == 20
+    assert {c["name"] for c in coco.loadCats(coco.getCatIds())} == {"square", "circle", "triangle"}
+    a = coco.anns[ann_ids[0]]
+    np.testing.assert_array_equal(mask_utils.decode(coco.annToRLE(a)), rle.decode(masks["rle_counts"][0].as_py(), a["segmentation"]["size"][0], a["segmentation"]["size"][1]))
+    ev = COCOeval(coco, coco.loadRes(copy.deepcopy(list(coco.anns.values()))), "segm")  # loadRes mutates its input
+    ev.evaluate(), ev.accumulate()
+    assert ev.eval is not None
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 22 and summary["failed_images"] == 2 and summary["masks"] == masks.num_rows
+    assert summary["labelled_images"] == len({r["image_id"] for r in masks.to_pylist()})
+
+
+def test_same_job_gives_same_ids_and_rerun_skips_committed_shards(finished_run, write_job, image_dir, tmp_path):
+    job, out = finished_run
+    first = read(out, "masks")
+    commits = {p: p.read_text() for p in out.glob("shards/*/_COMMIT.json")}
+    attempts = sorted(out.glob("shards/*/attempts/*"))
+    assert len(commits) == 4  # 22 images / 6 per shard
+
+    assert cli.main(["run", str(job), "--no-progress"]) == 0  # same output: nothing is redone
+    assert {p: p.read_text() for p in out.glob("shards/*/_COMMIT.json")} == commits
+    assert sorted(out.glob("shards/*/attempts/*")) == attempts
+    assert read(out, "masks").equals(first)
+
+    out2 = tmp_path / "out2"
+    assert cli.main(["run", str(job), "--output", str(out2), "--no-progress"]) == 0
+    second = read(out2, "masks")
+    for col in ["annotation_id", "image_id", "category_id", "rle_counts", "area"]:
+        assert second[col].to_pylist() == first[col].to_pylist()
+
+
+def test_failed_shard_is_named_and_rerun_alone(prefect_harness, write_job, image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    job = write_job(image_dir, out)
+    blocker = out / "shards" / "shard-00001"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a directory")  # this shard cannot write its files
+    assert cli.main(["run", str(job), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "1 shard(s) not committed: shard-00001" in err
+    assert not (out / "manifest").exists() and not (out / "coco").exists()  # no partial dataset
+    done = {p.parent.name: p.read_text() for p in out.glob("shards/*/_COMMIT.json")}
+    assert set(done) == {"shard-00000", "shard-00002", "shard-00003"}
+
+    blocker.unlink()
+    assert cli.main(["run", str(job), "--no-progress"]) == 0
+    assert {p.parent.name: p.read_text() for p in out.glob("shards/*/_COMMIT.json") if p.parent.name != "shard-00001"} == done
+    assert read(out, "images").num_rows == 22
+
+
+def test_missing_and_empty_sources_fail_before_any_work(write_job, tmp_path, capsys):
+    out = tmp_path / "out"
+    job = write_job(tmp_path / "nowhere", out)
+    assert cli.main(["run", str(job), "--no-progress"]) == 2
+    assert "source.url: not found" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    job = write_job(empty, out, name="empty.yaml")
+    assert cli.main(["run", str(job), "--no-progress"]) == 2
+    assert "has no images matching" in capsys.readouterr().err
+    assert not (out / "plan").exists()
+
+
+def test_sha256_mismatch_stops_before_the_flow(write_job, image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    job = write_job(image_dir, out, mutate=lambda j: j["stages"]["masks"].update(sha256="0" * 64))
+    assert cli.main(["run", str(job), "--no-progress"]) == 2
+    assert "stages.masks.weights: sha256 mismatch" in capsys.readouterr().err
+    assert not out.exists()
