@@ -119,7 +119,7 @@ class SamStage(_ModelStage):
 
     kind: Literal["sam"]
     model_type: Literal["auto", "vit_b", "vit_l", "vit_h"] = Field("auto", description="Architecture of a plain SAM state dict; 'auto' infers it.")
-    batch_size: int = Field(4, ge=1, description="Images per image-encoder call.")
+    batch_size: int | Literal["auto"] = Field("auto", description="Images per image-encoder call; 'auto' = 1 on CPU (batching a ViT there is slower), 8 on GPU.")
     boxes_per_call: int = Field(64, ge=1, description="Boxes per mask-decoder call (bounds memory for crowded images).")
     min_mask_area: int = Field(1, ge=0, description="Masks with fewer pixels are dropped (with their detection).")
 
@@ -166,6 +166,10 @@ class JobConfig(_Strict):
         for name in self.stages:
             visit(name)
         return order
+
+    def chunk_size(self) -> int:
+        """Images handed to the stages at a time: the largest numeric batch size."""
+        return max([s.batch_size for s in self.stages.values() if isinstance(s.batch_size, int)] or [1])
 
     def sink_stages(self) -> list[str]:
         """Stages no other stage needs: their output is what the manifest holds."""

@@ -17,6 +17,7 @@ records in the images table; the run goes on with the other images.
 from __future__ import annotations
 
 import io
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -26,6 +27,30 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 __all__ = ["ImageLoadError", "DecodedImage", "decode_image", "DEFAULT_MAX_PIXELS"]
 
 DEFAULT_MAX_PIXELS = 178_956_970  # 2x Pillow's warning threshold, Pillow's own hard limit
+
+#: Decoders tried on source bytes. An explicit list keeps the attack surface small and
+#: stops openers registered by other libraries (ultralytics' lazy HEIF opener, say) from
+#: turning "not an image" into an import error.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO", "PPM", "TGA", "JPEG2000", "ICO")
+
+
+def _pil_open():
+    """``PIL.Image.open`` as Pillow ships it.
+
+    Importing ultralytics replaces ``Image.open`` process-wide with a wrapper that, on
+    an unidentified file, tries to install and register a HEIF plugin. Source
+    files here are untrusted and runs are offline: use the original.
+    """
+    op = Image.open
+    module = sys.modules.get(getattr(op, "__module__", "") or "")
+    if module is not None and module.__name__.startswith("ultralytics"):
+        op = getattr(module, "_image_open", op)
+    return op
+
+
+def _formats() -> tuple[str, ...]:
+    Image.init()
+    return tuple(f for f in FORMATS if f in Image.OPEN)
 
 
 class ImageLoadError(Exception):
@@ -86,7 +111,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            im = Image.open(io.BytesIO(data))
+            im = _pil_open()(io.BytesIO(data), formats=_formats())
         except Image.DecompressionBombError as e:
             raise ImageLoadError(f"decompression bomb refused: {e}") from None
         except UnidentifiedImageError:

@@ -95,10 +95,6 @@ def _decoded_stream(rows: list[dict], job: Any) -> Iterator[tuple[dict, DecodedI
             yield row, result
 
 
-def _chunk_size(job: Any) -> int:
-    return max(st.batch_size for st in job.stages.values())
-
-
 def run_stages(job: Any, images: list[Any], models: dict[str, Any]) -> dict[str, list[Detections]]:
     """Run every stage, in dependency order, on a list of H x W x 3 RGB uint8 images."""
     results: dict[str, list[Detections]] = {}
@@ -164,7 +160,7 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
             progress.advance(images=1, masks=k)
         chunk.clear()
 
-    size = _chunk_size(job)
+    size = job.chunk_size()
     for row, result in _decoded_stream(rows, job):
         if isinstance(result, str):
             tables.add_failed_image(row["image_id"], row["uri"], row["key"], result)

@@ -49,6 +49,7 @@ def storage_options_for(url: str, extra: dict[str, Any] | None = None) -> dict[s
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_url" not in opts and "endpoint_url" not in opts.get("client_kwargs", {}):
             opts["endpoint_url"] = endpoint
+        opts.setdefault("use_listings_cache", False)  # commit records and plans must be read fresh
     return opts
 
 

@@ -84,3 +84,51 @@ def write_job(tmp_path, tiny_models):
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (as s3fs's own tests run it); credentials only in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update({
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "segflow-test-key-id",
+        "AWS_SECRET_ACCESS_KEY": "segflow-test-secret-do-not-log",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    })
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture()
+def s3(s3_server):
+    """A clean S3 (state reset) and an s3fs filesystem talking to it."""
+    import boto3
+    import requests
+    import s3fs
+
+    requests.post(f"{s3_server}/moto-api/reset", timeout=10)
+    client = boto3.client("s3", endpoint_url=s3_server)
+    for bucket in ("segflow-src", "segflow-out", "segflow-models"):
+        client.create_bucket(Bucket=bucket)
+    s3fs.S3FileSystem.clear_instance_cache()
+    return s3fs.S3FileSystem(endpoint_url=s3_server, use_listings_cache=False)

@@ -147,6 +147,8 @@ class SamBoxSegmenter:
         self.model = load_sam(weights_path, getattr(stage, "model_type", "auto")).to(self.device)
         self.img_size = int(self.model.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.img_size)
+        bs = getattr(stage, "batch_size", "auto")
+        self.batch_size = int(bs) if bs != "auto" else (1 if self.device.type == "cpu" else 8)
         self.boxes_per_call = int(getattr(stage, "boxes_per_call", 64))
         self.min_mask_area = int(getattr(stage, "min_mask_area", 1))
         self._lock = threading.Lock()
@@ -167,8 +169,8 @@ class SamBoxSegmenter:
 
         inputs, sizes = zip(*(self._encoder_input(im) for im in images))
         embs = []
-        for s in range(0, len(inputs), self.stage.batch_size):
-            embs.append(self.model.image_encoder(torch.stack(inputs[s : s + self.stage.batch_size])))
+        for s in range(0, len(inputs), self.batch_size):
+            embs.append(self.model.image_encoder(torch.stack(inputs[s : s + self.batch_size])))
         return torch.cat(embs), list(sizes)
 
     def _upsample_nwh(self, low_res: Any, input_size: tuple[int, int], original_size: tuple[int, int]) -> Any:
@@ -232,8 +234,8 @@ class SamBoxSegmenter:
             return out
         threshold = float(self.model.mask_threshold)
         with self._lock, torch.inference_mode():
-            for s in range(0, len(todo), self.stage.batch_size):
-                idx = todo[s : s + self.stage.batch_size]
+            for s in range(0, len(todo), self.batch_size):
+                idx = todo[s : s + self.batch_size]
                 embs, sizes = self.embed([images[i] for i in idx])
                 for j, i in enumerate(idx):
                     dets = prompts[i]

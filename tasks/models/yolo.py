@@ -32,6 +32,7 @@ from tasks.record import Detections
 from tasks.weights import WeightsError, load_checkpoint
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "False")  # library code never installs packages
 os.environ.setdefault("YOLO_VERBOSE", "False")
 if "YOLO_CONFIG_DIR" not in os.environ:
     os.environ["YOLO_CONFIG_DIR"] = str(Path(os.environ.get("SEGFLOW_CACHE_DIR") or Path.home() / ".cache" / "segflow") / "ultralytics")

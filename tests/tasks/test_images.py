@@ -84,3 +84,12 @@ def test_multi_frame_uses_first_frame():
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
     d = decode_image(buf.getvalue())
     assert d.pixels[0, 0, 0] > 200 and d.pixels[0, 0, 1] < 50
+
+
+def test_not_an_image_after_ultralytics_patched_pillow():
+    import tasks.models.yolo  # noqa: F401 - ultralytics replaces PIL.Image.open on import
+    from PIL import Image as PILImage
+
+    assert PILImage.open.__module__.startswith("ultralytics")
+    with pytest.raises(ImageLoadError, match="not a recognised image format"):
+        decode_image(b"<html>404</html>")

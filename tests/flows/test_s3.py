@@ -1,0 +1,53 @@
+"""The whole job on S3 (moto's server on 127.0.0.1, through s3fs): source, weights and output."""
+
+import io
+import json
+
+import pyarrow.dataset as ds
+from pycocotools.coco import COCO
+
+from flows import cli
+from tasks.weights import sha256_file
+
+
+def test_job_on_s3_source_weights_and_output(prefect_harness, s3, write_job, image_dir, tiny_models, tmp_path, capsys):
+    s3.put(str(image_dir) + "/", "segflow-src/batch1/", recursive=True)
+    s3.put(str(tiny_models["sam"]), "segflow-models/sam-tiny.pt")
+    s3.put(str(tiny_models["yolo"]), "segflow-models/yolo-tiny.pt")
+    sam_sha = sha256_file(tiny_models["sam"])
+
+    def on_s3(job):
+        job["source"] = {"url": "s3://segflow-src/batch1/"}
+        job["output"] = "s3://segflow-out/labels/run1"
+        job["stages"]["detector"]["weights"] = "s3://segflow-models/yolo-tiny.pt"
+        job["stages"]["masks"].update(weights="s3://segflow-models/sam-tiny.pt", sha256=sam_sha)
+
+    job = write_job(image_dir, "unused", mutate=on_s3)
+    assert cli.main(["run", str(job), "--no-progress"]) == 0
+    printed = capsys.readouterr()
+
+    masks = ds.dataset("segflow-out/labels/run1/manifest/masks.parquet", filesystem=s3, format="parquet").to_table()
+    images = ds.dataset("segflow-out/labels/run1/manifest/images.parquet", filesystem=s3, format="parquet").to_table()
+    assert images.num_rows == 22 and masks.num_rows > 0
+    assert all(u.startswith("s3://segflow-src/batch1/") for u in images["image_uri"].to_pylist())
+    failed = {r["file_name"]: r["error"] for r in images.to_pylist() if r["status"] == "failed"}
+    assert failed == {"broken_empty.jpg": "zero-byte file", "broken_truncated.jpg": failed["broken_truncated.jpg"]}
+
+    local = tmp_path / "instances.json"
+    s3.get("segflow-out/labels/run1/coco/instances.json", str(local))
+    assert len(COCO(str(local)).anns) == masks.num_rows
+
+    # credentials never leave the environment: not in outputs, not in what was printed
+    secret = "segflow-test-secret-do-not-log"
+    for key in s3.find("segflow-out/labels/run1"):
+        assert secret.encode() not in s3.cat_file(key), key
+    assert secret not in printed.out + printed.err
+    summary = json.loads(s3.cat_file("segflow-out/labels/run1/summary.json"))
+    assert summary["outputs"]["masks"] == "s3://segflow-out/labels/run1/manifest/masks.parquet"
+
+
+def test_missing_s3_source_is_a_clear_error(s3, write_job, image_dir, capsys):
+    job = write_job(image_dir, "s3://segflow-out/x", mutate=lambda j: j.update(source={"url": "s3://segflow-src/nothing-here/"}))
+    assert cli.main(["run", str(job), "--no-progress"]) == 2
+    assert "source not found: s3://segflow-src/nothing-here/" in capsys.readouterr().err
+    assert not s3.exists("segflow-out/x/plan")
