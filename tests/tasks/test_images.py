@@ -87,7 +87,8 @@ def test_multi_frame_uses_first_frame():
 
 
 def test_not_an_image_after_ultralytics_patched_pillow():
-    import tasks.models.yolo  # noqa: F401 - ultralytics replaces PIL.Image.open on import
+    import tasks.models.yolo  # noqa: F401 - offline ultralytics settings
+    import ultralytics  # noqa: F401 - replaces PIL.Image.open on import
     from PIL import Image as PILImage
 
     assert PILImage.open.__module__.startswith("ultralytics")
