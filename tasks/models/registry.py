@@ -47,6 +47,8 @@ def adapter_class(kind: str) -> type:
         spec = ADAPTERS[kind]
     except KeyError:
         raise ValueError(f"unknown stage kind {kind!r} (known: {', '.join(sorted(ADAPTERS))})") from None
+    module_name, cls_name = spec.target.split(":")
+    module = importlib.import_module(module_name)  # first: adapters set the library's offline defaults
     try:
         importlib.import_module(spec.package)
     except ImportError as e:
@@ -54,5 +56,4 @@ def adapter_class(kind: str) -> type:
             f"stage kind {kind!r} needs the package {spec.package!r}, which is not importable ({e}); "
             f"install it with: pip install {spec.install}"
         ) from e
-    module_name, cls_name = spec.target.split(":")
-    return getattr(importlib.import_module(module_name), cls_name)
+    return getattr(module, cls_name)

@@ -72,3 +72,15 @@ def test_missing_and_empty_sources(tmp_path):
     (tmp_path / "e").mkdir()
     with pytest.raises(PlanError, match="has no images matching extensions"):
         list_source(job(tmp_path / "e", "o").source)
+
+
+def test_memory_and_file_urls(tree, tmp_path):
+    import fsspec
+
+    mem = fsspec.filesystem("memory")
+    mem.pipe_file("/bucket/imgs/x.png", b"1")
+    mem.pipe_file("/bucket/imgs/y/z.jpg", b"22")
+    items = list_source(job("memory://bucket/imgs", "o").source)
+    assert items == [("memory:///bucket/imgs/x.png", "x.png", 1), ("memory:///bucket/imgs/y/z.jpg", "y/z.jpg", 2)]
+    items = list_source(job(f"file://{tree}", "o", pattern="*.png").source)
+    assert items == [(f"{tree}/a.png", "a.png", 5)]

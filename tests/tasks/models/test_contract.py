@@ -73,6 +73,6 @@ def test_unknown_kind_and_missing_package_errors(monkeypatch):
         adapter_class("nope")
     from tasks.models import registry
 
-    monkeypatch.setitem(registry.ADAPTERS, "fake", registry.AdapterSpec("x:Y", "detector", "segflow_not_installed_pkg", "segflow-extra-pkg"))
+    monkeypatch.setitem(registry.ADAPTERS, "fake", registry.AdapterSpec("tasks.models.yolo:YoloDetector", "detector", "segflow_not_installed_pkg", "segflow-extra-pkg"))
     with pytest.raises(MissingDependencyError, match="pip install segflow-extra-pkg"):
         adapter_class("fake")
