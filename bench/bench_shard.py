@@ -51,7 +51,7 @@ def main() -> None:
     from tasks.synthetic import SHAPE_CLASSES, write_scene_set
 
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
-    write_scene_set(work / "images", args.images, seed=7)
+    write_scene_set(work / "images", args.images, seed=7, size_range=(200, 500))
     yolo = make_tiny_yolo(work / "yolo.pt", SHAPE_CLASSES)
     torch.manual_seed(0)
     arch = TINY_SAM_ARCH if args.sam == "tiny" else SMALL_SAM_ARCH

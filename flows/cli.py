@@ -32,7 +32,8 @@ def _eprint(*a: object) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
-    return {k: v for k, v in (("source", getattr(args, "source", None)), ("output", getattr(args, "output", None))) if v}
+    pairs = (("source", getattr(args, "source", None)), ("output", getattr(args, "output", None)), ("gold_set", getattr(args, "gold", None)))
+    return {k: v for k, v in pairs if v}
 
 
 def _load(args: argparse.Namespace):
@@ -93,7 +94,8 @@ def print_summary(summary: dict) -> None:
         f"  masks           : {summary['masks']}"
         + "".join(f"\n    {k:<14}: {v}" for k, v in summary.get("masks_per_category", {}).items())
         + f"\n  masks manifest  : {out['masks']}\n  images manifest : {out['images']}\n"
-        f"  COCO instances  : {out['coco_instances']}\n  summary         : {out['summary']}",
+        f"  COCO instances  : {out['coco_instances']}\n  summary         : {out['summary']}"
+        + (f"\n  quality         : {out['quality']}" if "quality" in out else ""),
         flush=True,
     )
 
@@ -136,6 +138,10 @@ def run_prepared(job, plan, progress_bar: bool = True) -> int:
         progress.set_reporter(None)
     bar.close()
     print_summary(summary)
+    if "quality" in summary:
+        from tasks.quality import format_quality, load_quality
+
+        print("\n" + format_quality(load_quality(job.output)), flush=True)
     return EXIT_OK
 
 
@@ -160,24 +166,62 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+
     from flows.config import ConfigError, load_config
-    from flows.demo import prepare_demo
+    from flows.demo import DEMO_CONFIG, prepare_demo
 
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    if not DEMO_CONFIG.exists():
+        _eprint(f"error: {DEMO_CONFIG} not found: run `segflow demo` from a source checkout (pip install -e .)")
+        return EXIT_CONFIG
     t0 = time.time()
-    config_path = prepare_demo(args.output, seed=args.seed, num_images=args.images)
-    print(f"segflow demo: {args.images} synthetic images and tiny models written under {args.output} ({time.time() - t0:.1f}s)", flush=True)
+    overrides = prepare_demo(args.output, seed=args.seed, num_images=args.images)
+    print(f"segflow demo: {args.images} synthetic scenes (seed {args.seed}) with ground truth under {args.output} ({time.time() - t0:.1f}s)", flush=True)
     try:
-        job = load_config(config_path)
-        plan = prepare(job, str(config_path))
+        job = load_config(DEMO_CONFIG, overrides=overrides)
+        plan = prepare(job, str(DEMO_CONFIG))
     except ConfigError as e:
         _eprint(f"error: {e}")
+        if "demo-" in str(e) and "weights" in str(e):
+            _eprint("the demo models are built by `segflow train-demo-models --output configs/models --update-config configs/demo.yaml`")
         return EXIT_CONFIG
     rc = run_prepared(job, plan, progress_bar=not args.no_progress)
     if rc == EXIT_OK:
-        print(f"  job file        : {config_path}  (rerun with: segflow run {config_path})")
+        quality = os.path.join(overrides["output"], "quality.json")
+        shutil.copyfile(quality, os.path.join(args.output, "quality.json"))
+        print(f"  quality         : {os.path.join(args.output, 'quality.json')}\n  ground truth    : {os.path.join(args.output, 'ground_truth')}")
     return rc
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import re
+    from pathlib import Path
+
+    from tasks.training import train_detector, train_sam
+    from tasks.weights import sha256_file
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    det = train_detector(out / "demo-yolo.pt", images=args.det_images, epochs=args.det_epochs, imgsz=args.det_imgsz, seed=args.seed)
+    sam = train_sam(out / "demo-sam.pt", minutes=args.sam_minutes, seed=args.seed)
+    shas = {name: sha256_file(out / name) for name in ("demo-yolo.pt", "demo-sam.pt")}
+    print(f"trained in {time.time() - t0:.0f}s: detector {det}, sam {sam}")
+    for name, sha in shas.items():
+        print(f"  {out / name}: sha256 {sha} ({(out / name).stat().st_size / 1e6:.1f} MB)")
+    if args.update_config:
+        cfg = Path(args.update_config)
+        text = cfg.read_text()
+        for name, sha in shas.items():
+            text, n = re.subn(rf"(weights: models/{re.escape(name)}\n\s*sha256: )[0-9a-fA-F]{{64}}", rf"\g<1>{sha}", text)
+            if n != 1:
+                _eprint(f"error: {cfg}: no 'weights: models/{name}' followed by a sha256 line")
+                return EXIT_FAILED
+        cfg.write_text(text)
+        print(f"updated sha256 values in {cfg}")
+    return EXIT_OK
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -201,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="job YAML file")
     r.add_argument("--source", help="override source.url (path or URL)")
     r.add_argument("--output", help="override output (path or URL)")
+    r.add_argument("--gold", help="override gold_set: COCO file with human labels to measure the auto-labels against")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs")
     r.set_defaults(fn=cmd_run)
@@ -217,10 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="label a generated example set offline, end to end")
     d.add_argument("--output", required=True, help="folder for the example data and the results")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--images", type=int, default=24)
+    d.add_argument("--images", type=int, default=40)
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--verbose", "-v", action="store_true")
     d.set_defaults(fn=cmd_demo)
+
+    t = sub.add_parser("train-demo-models", help="train the demo detector and SAM on synthetic scenes (CPU, ~12 minutes)")
+    t.add_argument("--output", default="configs/models")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--det-images", type=int, default=400)
+    t.add_argument("--det-epochs", type=int, default=20)
+    t.add_argument("--det-imgsz", type=int, default=320)
+    t.add_argument("--sam-minutes", type=float, default=6.0)
+    t.add_argument("--update-config", help="write the new sha256 values into this job file (e.g. configs/demo.yaml)")
+    t.set_defaults(fn=cmd_train)
 
     c = sub.add_parser("convert-weights", help="convert a pickled ultralytics .pt into a weights-only segflow checkpoint (trusted files only)")
     c.add_argument("kind", choices=["yolo"])

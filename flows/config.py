@@ -76,6 +76,7 @@ class SourceConfig(_Strict):
 class OntologyClass(_Strict):
     id: int = Field(..., ge=1, description="Stable category id (COCO category_id), >= 1.")
     name: str = Field(..., min_length=1, description="Class name.")
+    isthing: bool = Field(True, description="Countable object (thing) or amorphous region (stuff).")
 
 
 class _StageBase(_Strict):
@@ -145,6 +146,7 @@ class JobConfig(_Strict):
     ontology: list[OntologyClass] = Field(..., description="Classes with stable integer ids.")
     stages: dict[str, Stage] = Field(..., description="Named stages; `needs` makes them a DAG.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    gold_set: str | None = Field(None, description="COCO instances file with human labels for some images (matched by file name): the run reports AP and mask IoU against it.")
 
     # -- derived ---------------------------------------------------------------------
     def category_names(self) -> dict[int, str]:
@@ -324,6 +326,8 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
                 issues.append((f"stages.{name}.weights", problem))
         if job.source.url and not _is_url(job.source.url) and not os.path.exists(job.source.url):
             issues.append(("source.url", f"not found: {job.source.url}"))
+        if job.gold_set and not _is_url(job.gold_set) and not os.path.isfile(job.gold_set):
+            issues.append(("gold_set", f"file not found: {job.gold_set}"))
         if job.source.list and not _is_url(job.source.list) and not os.path.isfile(job.source.list):
             issues.append(("source.list", f"file not found: {job.source.list}"))
     return issues
@@ -358,12 +362,16 @@ def parse_config(
     else:
         src = src.model_copy(update={"list": _resolve(src.list, base)})
     output = _resolve(overrides["output"], cwd) if overrides and overrides.get("output") else _resolve(job.output, base)
+    if overrides and overrides.get("gold_set"):
+        gold = _resolve(overrides["gold_set"], cwd)
+    else:
+        gold = _resolve(job.gold_set, base) if job.gold_set else None
     stages = {}
     for name, st in job.stages.items():
         w = st.weights
         keep = st.kind == "yolo" and w.endswith((".yaml", ".yml")) and "/" not in w and not (base / w).exists()
         stages[name] = st.model_copy(update={"weights": w if keep else _resolve(w, base)})
-    job = job.model_copy(update={"source": src, "output": output, "stages": stages})
+    job = job.model_copy(update={"source": src, "output": output, "stages": stages, "gold_set": gold})
 
     issues = _semantic_issues(job, check_files)
     if issues:

@@ -1,45 +1,32 @@
-"""``segflow demo``: a complete job on generated data, offline.
+"""``segflow demo``: label a generated scene set offline with the shipped models and measure it.
 
-Writes synthetic images (with a deliberately corrupt file and an empty one),
-tiny random-weight models and a job file under the demo folder, then the CLI
-runs that job through the normal flow. With random weights the labels are
-plumbing, not quality: the detector runs at ``conf: 0``.
+1. Render ``--images`` synthetic scenes (seeded) into ``DIR/images`` with exact
+   ground truth in ``DIR/ground_truth`` (COCO instances, panoptic, semantic),
+   plus a truncated and an empty file, as real buckets have them.
+2. Run ``configs/demo.yaml`` -- the detector and SAM trained by
+   ``segflow train-demo-models`` and shipped in ``configs/models`` -- through
+   the normal flow with ``DIR/ground_truth/instances.json`` as the gold set.
+3. The run evaluates its labels against the gold set; the figures are written
+   to ``DIR/out/quality.json`` and copied to ``DIR/quality.json``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
+from tasks.synthetic import write_scene_set
 
-from tasks.models.tiny import make_tiny_sam, make_tiny_yolo
-from tasks.synthetic import SHAPE_CLASSES, write_scene_set
+__all__ = ["DEMO_CONFIG", "prepare_demo"]
 
-__all__ = ["prepare_demo"]
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
-def prepare_demo(folder: str | Path, seed: int = 0, num_images: int = 24) -> Path:
-    """Write images, models and ``job.yaml`` under ``folder``; return the job file path."""
+def prepare_demo(folder: str | Path, seed: int = 0, num_images: int = 40) -> dict[str, str]:
+    """Write the scene set and its ground truth; return the CLI overrides for the demo job."""
     folder = Path(folder).resolve()
-    write_scene_set(folder / "images", num_images, seed=seed, corrupt=True)
-    yolo = folder / "models" / "detector-random.pt"
-    sam = folder / "models" / "sam-tiny-random.pt"
-    if not yolo.exists():
-        make_tiny_yolo(yolo, SHAPE_CLASSES, seed=seed)
-    if not sam.exists():
-        make_tiny_sam(sam, seed=seed)
-    job = {
-        "name": "segflow-demo",
-        "source": {"url": "images"},
-        "output": "out",
-        "shard_size": 8,
-        "ontology": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
-        "stages": {
-            "detector": {"kind": "yolo", "weights": "models/detector-random.pt", "conf": 0.0, "imgsz": 320, "max_det": 5, "batch_size": 8, "device": "cpu"},
-            "masks": {"kind": "sam", "needs": ["detector"], "weights": "models/sam-tiny-random.pt", "batch_size": 4, "device": "cpu"},
-        },
-        "runtime": {"max_workers": 2},
+    write_scene_set(folder / "images", num_images, seed=seed, corrupt=True, gt_dir=folder / "ground_truth")
+    return {
+        "source": str(folder / "images"),
+        "output": str(folder / "out"),
+        "gold_set": str(folder / "ground_truth" / "instances.json"),
     }
-    path = folder / "job.yaml"
-    path.write_text("# written by `segflow demo` (random-weight models: plumbing, not label quality)\n" + yaml.safe_dump(job, sort_keys=False))
-    return path

@@ -7,15 +7,18 @@ images or tensors.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import JobConfig
 from tasks.finalize import IncompleteRunError, finalize
+from tasks.quality import format_quality, load_quality
 from tasks.plan import make_plan
 from tasks.shard import run_shard
 from tasks.storage import redact
@@ -49,7 +52,21 @@ def shard_task(job: dict, shard_id: str) -> dict:
 
 @task(name="finalize")
 def finalize_task(job: dict, started_at: float) -> dict:
-    return finalize(_job(job), started_at=started_at)
+    summary = finalize(_job(job), started_at=started_at)
+    artifact_key = re.sub(r"[^a-z0-9-]", "-", f"segflow-{summary['job']}".lower())
+    create_markdown_artifact(
+        key=f"{artifact_key}-summary",
+        markdown=(
+            f"# {summary['job']}\n\n| images | labelled | failed | masks |\n|---:|---:|---:|---:|\n"
+            f"| {summary['images']} | {summary['labelled_images']} | {summary['failed_images']} | {summary['masks']} |\n\n"
+            + "\n".join(f"- {k}: `{v}`" for k, v in summary["outputs"].items())
+        ),
+        description="segflow run summary",
+    )
+    if "quality" in summary:
+        quality = load_quality(_job(job).output)
+        create_table_artifact(key=f"{artifact_key}-quality", table=quality["per_class"], description=format_quality(quality).splitlines()[1].strip())
+    return summary
 
 
 @flow(name="segflow-label", log_prints=False)

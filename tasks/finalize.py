@@ -73,6 +73,29 @@ def _replace_dir(fs: Any, path: str) -> None:
         fs.rm(path, recursive=True)
 
 
+def gold_quality(job: Any, commits: list[dict]) -> dict:
+    """Evaluate the committed labels of the gold set's images against it (see :mod:`tasks.quality`)."""
+    from pathlib import PurePosixPath
+
+    from tasks.quality import evaluate, load_gold
+
+    gold = load_gold(job.gold_set)
+    wanted = {im["file_name"] for im in gold["images"]} | {PurePosixPath(im["file_name"]).name for im in gold["images"]}
+    file_names: dict[str, int] = {}
+    sizes: dict[int, tuple[int, int]] = {}
+    for c in commits:
+        for r in read_committed_table(job.output, c, "images").to_pylist():
+            if r["status"] == "ok" and (r["file_name"] in wanted or PurePosixPath(r["file_name"]).name in wanted):
+                file_names[r["file_name"]] = r["image_id"]
+                sizes[r["image_id"]] = (r["height"], r["width"])
+    ids = pa.array(list(sizes), pa.int64())
+    preds = []
+    for c in commits:
+        t = read_committed_table(job.output, c, "masks")
+        preds.extend(t.filter(pc.is_in(t["image_id"], value_set=ids)).select(["image_id", "category_id", "score", "rle_counts", "bbox"]).to_pylist())
+    return evaluate(gold, job.category_names(), file_names, preds, sizes)
+
+
 def finalize(job: Any, started_at: float | None = None) -> dict:
     """Merge, export and summarise a fully committed run. Returns the summary dict."""
     output = job.output
@@ -113,7 +136,15 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
     if coco_counts["annotations"] != counts["masks"]:  # pragma: no cover - internal consistency guard
         raise RuntimeError(f"COCO export wrote {coco_counts['annotations']} annotations for {counts['masks']} manifest rows")
 
-    # 3. summary, written last
+    # 3. quality against the gold set, when the job names one
+    quality = None
+    if getattr(job, "gold_set", None):
+        quality = gold_quality(job, commits)
+        paths["quality"] = join(output, "quality.json")
+        _, qpath = open_fs(paths["quality"])
+        write_bytes(fs, qpath, json.dumps(quality, indent=2).encode())
+
+    # 4. summary, written last
     summary = {
         "job": job.name,
         "images": counts["images"],
@@ -126,6 +157,8 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
         "outputs": {k: redact(v) for k, v in paths.items()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if quality is not None:
+        summary["quality"] = {k: quality[k] for k in ("images", "gold_instances", "box_ap50", "mask_ap50", "mask_ap", "mean_mask_iou")}
     if started_at is not None:
         summary["seconds"] = round(time.time() - started_at, 2)
     _, summary_path = open_fs(paths["summary"])

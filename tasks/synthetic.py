@@ -1,87 +1,359 @@
-"""Synthetic scenes with exact ground truth: shapes of known classes on plain backgrounds.
+"""Synthetic scenes with exact ground truth, deterministic for a seed.
 
-Deterministic for a given seed. Used by the offline demo, the tests and the
-benchmarks, so nothing needs downloading.
+A scene is a "stuff" layout -- a sky band above a wavy horizon, the ground
+split into grass, water and road regions, each with its own texture -- with
+"thing" shapes on top: circles, squares and triangles of random colour and
+texture (flat, stripes, gradient, noise, checker), rotated, touching and
+occluding each other, some cut by the image border.
+
+Ground truth is exact (rendered from the same masks) and always in the
+upright orientation, also for JPEGs written with pixels stored rotated and an
+EXIF orientation tag:
+
+* ``ground_truth/instances.json`` -- COCO instances (things), compressed RLE;
+* ``ground_truth/panoptic.json`` + ``ground_truth/panoptic/<stem>.png`` -- COCO
+  panoptic (segment id = R + 256 G + 256^2 B, 0 = void);
+* ``ground_truth/semantic/<stem>.png`` -- one byte per pixel holding the
+  category id (0 = void), palette PNG (colours from :data:`CATEGORIES`).
+
+Category ids: things 1-3 (circle, square, triangle), stuff 4-7 (sky, grass,
+water, road).
 """
 
 from __future__ import annotations
 
 import io
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPE_CLASSES", "Scene", "make_scene", "write_scene_set"]
+from tasks import rle
 
-SHAPE_CLASSES = ["square", "circle", "triangle"]
+__all__ = [
+    "THING_CLASSES", "STUFF_CLASSES", "SHAPE_CLASSES", "CATEGORIES",
+    "Scene", "make_scene", "scene_size", "write_scene_set", "rotate_for_exif",
+]
+
+THING_CLASSES = ["circle", "square", "triangle"]
+STUFF_CLASSES = ["sky", "grass", "water", "road"]
+SHAPE_CLASSES = THING_CLASSES
+CATEGORIES = [
+    {"id": 1, "name": "circle", "isthing": 1, "color": [220, 20, 60]},
+    {"id": 2, "name": "square", "isthing": 1, "color": [255, 165, 0]},
+    {"id": 3, "name": "triangle", "isthing": 1, "color": [148, 0, 211]},
+    {"id": 4, "name": "sky", "isthing": 0, "color": [135, 206, 235]},
+    {"id": 5, "name": "grass", "isthing": 0, "color": [34, 139, 34]},
+    {"id": 6, "name": "water", "isthing": 0, "color": [0, 0, 205]},
+    {"id": 7, "name": "road", "isthing": 0, "color": [105, 105, 105]},
+]
+_ID = {c["name"]: c["id"] for c in CATEGORIES}
 
 
 @dataclass
 class Scene:
-    """One image and its objects. Masks are H x W bool, boxes XYXY pixels, upright frame."""
+    """One image and its ground truth, upright.
+
+    Attributes:
+      pixels: H x W x 3 uint8 RGB.
+      class_names: one per thing instance.
+      boxes: XYXY pixels, tight around each visible mask.
+      masks: H x W bool per thing instance (visible part only).
+      semantic: H x W uint8 category ids (0 = void).
+    """
 
     pixels: np.ndarray
     class_names: list[str] = field(default_factory=list)
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
+    semantic: np.ndarray | None = None
 
 
-def make_scene(rng: np.random.Generator, width: int, height: int, max_objects: int = 4) -> Scene:
-    bg = tuple(int(c) for c in rng.integers(0, 256, 3))
-    im = Image.new("RGB", (width, height), bg)
-    scene = Scene(pixels=np.zeros(0))
-    for _ in range(int(rng.integers(1, max_objects + 1))):
-        cls = SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))]
-        s = int(rng.integers(max(8, min(width, height) // 8), max(9, min(width, height) // 3)))
-        x0, y0 = int(rng.integers(0, width - s)), int(rng.integers(0, height - s))
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-        layer = Image.new("L", (width, height), 0)
-        d = ImageDraw.Draw(layer)
-        if cls == "square":
-            d.rectangle([x0, y0, x0 + s - 1, y0 + s - 1], fill=255)
-        elif cls == "circle":
-            d.ellipse([x0, y0, x0 + s - 1, y0 + s - 1], fill=255)
+# -- textures ----------------------------------------------------------------------------------
+
+
+def _noise(rng: np.random.Generator, h: int, w: int, scale: int) -> np.ndarray:
+    """Smooth-ish noise in [-1, 1]: coarse random grid upsampled bilinearly."""
+    gh, gw = max(2, h // scale + 2), max(2, w // scale + 2)
+    grid = rng.uniform(-1, 1, (gh, gw)).astype(np.float32)
+    return np.asarray(Image.fromarray(grid).resize((w, h), Image.BILINEAR))
+
+
+def _stuff_texture(rng: np.random.Generator, name: str, h: int, w: int) -> np.ndarray:
+    yy = np.linspace(0, 1, h, dtype=np.float32)[:, None]
+    xx = np.linspace(0, 1, w, dtype=np.float32)[None, :]
+    fine = rng.normal(0, 1, (h, w)).astype(np.float32)
+    if name == "sky":
+        top, bottom = np.array([70, 130, 210]) + rng.integers(-20, 20, 3), np.array([200, 225, 245]) + rng.integers(-15, 10, 3)
+        img = top[None, None] * (1 - yy[..., None]) + bottom[None, None] * yy[..., None]
+        img = img + 18 * _noise(rng, h, w, 60)[..., None] * np.array([1, 1, 1])
+    elif name == "grass":
+        base = np.array([60, 140, 50]) + rng.integers(-20, 20, 3)
+        img = base[None, None] + 25 * _noise(rng, h, w, 12)[..., None] + 14 * fine[..., None] * np.array([0.6, 1.0, 0.4])
+    elif name == "water":
+        base = np.array([30, 80, 160]) + rng.integers(-20, 20, 3)
+        waves = np.sin(yy * rng.uniform(40, 90) + 3 * np.sin(xx * rng.uniform(5, 15)))
+        img = base[None, None] + 22 * waves[..., None] * np.array([0.4, 0.7, 1.0]) + 6 * fine[..., None]
+    else:  # road
+        g = rng.integers(70, 110)
+        img = np.full((h, w, 3), g, np.float32) + 10 * fine[..., None] + 8 * _noise(rng, h, w, 30)[..., None]
+        stripe = (np.abs(xx - rng.uniform(0.3, 0.7)) < 0.01) & ((yy * 20 % 1) < 0.5)
+        img = np.where(stripe[..., None], np.array([230, 230, 210], np.float32), img)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _thing_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    hue = rng.uniform(0, 1)
+    c1 = np.array(_hsv(hue, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)), np.float32)
+    c2 = np.array(_hsv((hue + rng.uniform(0.1, 0.4)) % 1, rng.uniform(0.5, 1.0), rng.uniform(0.4, 1.0)), np.float32)
+    kind = rng.integers(5)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if kind == 0:  # flat
+        t = np.zeros((h, w), np.float32)
+    elif kind == 1:  # stripes
+        a = rng.uniform(0, math.pi)
+        t = (np.sin((xx * math.cos(a) + yy * math.sin(a)) / rng.uniform(3, 9)) > 0).astype(np.float32)
+    elif kind == 2:  # gradient
+        t = (xx / max(w - 1, 1) + yy / max(h - 1, 1)) / 2
+    elif kind == 3:  # noise
+        t = (_noise(rng, h, w, 6) + 1) / 2
+    else:  # checker
+        s = rng.uniform(4, 12)
+        t = ((np.floor(xx / s) + np.floor(yy / s)) % 2).astype(np.float32)
+    img = c1[None, None] * (1 - t[..., None]) + c2[None, None] * t[..., None]
+    return np.clip(img + rng.normal(0, 4, (h, w, 1)), 0, 255).astype(np.uint8)
+
+
+def _hsv(h: float, s: float, v: float) -> tuple[int, int, int]:
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb(h, s, v)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+# -- layout ------------------------------------------------------------------------------------
+
+
+def _stuff_layout(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """H x W category ids of the stuff regions."""
+    sem = np.zeros((h, w), np.uint8)
+    xs = np.arange(w, dtype=np.float32)
+    horizon = h * rng.uniform(0.2, 0.55) + h * 0.04 * np.sin(xs / w * rng.uniform(2, 8) + rng.uniform(0, 6))
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    sky = yy < horizon[None, :]
+    ground = ["grass", "water", "road"]
+    rng.shuffle(ground)
+    parts = ground[: int(rng.integers(1, 4))]
+    # split the ground with slanted boundaries
+    cuts = np.sort(rng.uniform(0.25, 0.75, len(parts) - 1)) * w
+    slope = rng.uniform(-0.4, 0.4)
+    xx = np.arange(w, dtype=np.float32)[None, :] + slope * (yy - h)
+    region = np.zeros((h, w), np.int64)
+    for c in cuts:
+        region += xx > c
+    for i, name in enumerate(parts):
+        sem[(region == i) & ~sky] = _ID[name]
+    sem[sky] = _ID["sky"]
+    return sem
+
+
+def _shape_layer(cls: str, cx: float, cy: float, size: float, angle: float, h: int, w: int) -> np.ndarray:
+    layer = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(layer)
+    r = size / 2
+    if cls == "circle":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    else:
+        n = 4 if cls == "square" else 3
+        rad = r * (math.sqrt(2) if n == 4 else 1.15)
+        pts = [(cx + rad * math.cos(angle + 2 * math.pi * k / n), cy + rad * math.sin(angle + 2 * math.pi * k / n)) for k in range(n)]
+        d.polygon(pts, fill=255)
+    return np.asarray(layer) > 0
+
+
+def make_scene(rng: np.random.Generator, width: int, height: int, max_objects: int = 6, min_objects: int = 2) -> Scene:
+    """Render one scene of ``width`` x ``height`` with exact ground truth."""
+    h, w = int(height), int(width)
+    semantic = _stuff_layout(rng, h, w)
+    pixels = np.zeros((h, w, 3), np.uint8)
+    for name in STUFF_CLASSES:
+        sel = semantic == _ID[name]
+        if sel.any():
+            pixels[sel] = _stuff_texture(rng, name, h, w)[sel]
+
+    masks: list[np.ndarray] = []
+    names: list[str] = []
+    full_areas: list[int] = []
+    short = min(h, w)
+    target = int(rng.integers(min_objects, max_objects + 1))
+    tries = 0
+    while len(masks) < target and tries < target * 12:
+        tries += 1
+        cls = THING_CLASSES[int(rng.integers(len(THING_CLASSES)))]
+        size = short * rng.uniform(0.15, 0.38)
+        if masks and rng.random() < 0.35:  # touch or overlap an earlier object
+            ys, xs = np.nonzero(masks[int(rng.integers(len(masks)))])
+            k = int(rng.integers(len(xs)))
+            ang = rng.uniform(0, 2 * math.pi)
+            cx, cy = xs[k] + math.cos(ang) * size * 0.55, ys[k] + math.sin(ang) * size * 0.55
+        elif rng.random() < 0.2:  # cut by the border
+            side = int(rng.integers(4))
+            cx = [0, w, rng.uniform(0, w), rng.uniform(0, w)][side] + rng.uniform(-0.15, 0.15) * size
+            cy = [rng.uniform(0, h), rng.uniform(0, h), 0, h][side] + rng.uniform(-0.15, 0.15) * size
         else:
-            d.polygon([(x0 + s / 2, y0), (x0, y0 + s - 1), (x0 + s - 1, y0 + s - 1)], fill=255)
-        mask = np.asarray(layer) > 0
-        im.paste(colour, mask=layer)
-        # occlusion: earlier masks lose the pixels this object covers
-        scene.masks = [m & ~mask for m in scene.masks]
-        scene.masks.append(mask)
-        scene.class_names.append(cls)
-    keep = [i for i, m in enumerate(scene.masks) if m.any()]
-    scene.masks = [scene.masks[i] for i in keep]
-    scene.class_names = [scene.class_names[i] for i in keep]
-    for m in scene.masks:
+            cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
+        m = _shape_layer(cls, cx, cy, size, rng.uniform(0, 2 * math.pi), h, w)
+        area = int(m.sum())
+        if area < max(150, 0.3 * size * size):  # mostly outside the image
+            continue
+        # occlusion limit: never hide more than 45% of an earlier object
+        if any((prev & m).sum() > 0.45 * prev.sum() for prev in masks):
+            continue
+        masks = [prev & ~m for prev in masks]
         ys, xs = np.nonzero(m)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        tex = _thing_texture(rng, int(y1 - y0), int(x1 - x0))  # textures only as large as the object
+        sub = m[y0:y1, x0:x1]
+        pixels[y0:y1, x0:x1][sub] = tex[sub]
+        masks.append(m)
+        names.append(cls)
+        full_areas.append(area)
+    keep = [i for i, m in enumerate(masks) if m.sum() >= 100]
+    scene = Scene(pixels=pixels, semantic=semantic)
+    for i in keep:
+        m = masks[i]
+        ys, xs = np.nonzero(m)
+        scene.masks.append(m)
+        scene.class_names.append(names[i])
         scene.boxes.append((float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)))
-    scene.pixels = np.asarray(im)
+        semantic[m] = _ID[names[i]]
     return scene
 
 
-def write_scene_set(folder: str | Path, num_images: int, seed: int = 0, corrupt: bool = False) -> list[tuple[str, Scene]]:
-    """Write ``num_images`` scenes (JPEG and PNG, portrait and landscape) into ``folder``.
+# -- EXIF ----------------------------------------------------------------------------------------
 
-    With ``corrupt=True`` one truncated JPEG and one zero-byte file are added, as
-    a real bucket would have them. Returns ``(file name, scene)`` of the good images.
+_STORE_FOR_ORIENTATION = {3: Image.Transpose.ROTATE_180, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
+
+
+def rotate_for_exif(upright: Image.Image, orientation: int) -> tuple[Image.Image, bytes]:
+    """Pixels as a camera stores them for ``orientation`` (3, 6 or 8), and the EXIF block saying so."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return upright.transpose(_STORE_FOR_ORIENTATION[orientation]), exif.tobytes()
+
+
+def scene_size(rng: np.random.Generator, size_range: tuple[int, int], landscape: bool | None = None) -> tuple[int, int]:
+    """``(width, height)``: long side in ``size_range``, aspect ratio between 1 and 2."""
+    lo, hi = size_range
+    long = int(rng.integers(lo, hi + 1))
+    short = int(rng.integers(max(lo, long // 2), long + 1))
+    if landscape is None:
+        landscape = bool(rng.random() < 0.5)
+    return (long, short) if landscape else (short, long)
+
+
+# -- writing a set with ground truth ---------------------------------------------------------------
+
+
+def _bbox_xywh(m: np.ndarray) -> list[float]:
+    ys, xs = np.nonzero(m)
+    return [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+
+
+def _palette() -> list[int]:
+    pal = [0, 0, 0] * 256
+    for c in CATEGORIES:
+        pal[c["id"] * 3 : c["id"] * 3 + 3] = c["color"]
+    return pal
+
+
+def write_scene_set(
+    folder: str | Path,
+    num_images: int,
+    seed: int = 0,
+    corrupt: bool = False,
+    gt_dir: str | Path | None = None,
+    size_range: tuple[int, int] = (200, 1000),
+    exif_fraction: float = 0.25,
+    max_objects: int = 6,
+) -> list[tuple[str, Scene]]:
+    """Write ``num_images`` scenes into ``folder`` (JPEG and PNG; some JPEGs EXIF-rotated).
+
+    With ``gt_dir`` the ground truth is written there (instances, panoptic,
+    semantic; see the module docstring). With ``corrupt=True`` a truncated JPEG
+    and a zero-byte file are added, as a real bucket would have them.
+    Returns ``(file name, scene)`` of the good images.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    out = []
+    out: list[tuple[str, Scene]] = []
     for i in range(num_images):
-        w, h = (int(rng.integers(160, 400)), int(rng.integers(120, 300)))
-        if i % 3 == 1:
-            w, h = h, w
-        scene = make_scene(rng, w, h)
-        name = f"img_{i:04d}.{'png' if i % 2 else 'jpg'}"
-        Image.fromarray(scene.pixels).save(folder / name, quality=95)
+        w, h = scene_size(rng, size_range, landscape=(i % 2 == 0))
+        scene = make_scene(rng, w, h, max_objects=max_objects)
+        upright = Image.fromarray(scene.pixels)
+        if i % 3 == 2:
+            name = f"scene_{seed}_{i:04d}.png"
+            upright.save(folder / name)
+        else:
+            name = f"scene_{seed}_{i:04d}.jpg"
+            if rng.random() < exif_fraction:
+                stored, exif = rotate_for_exif(upright, int(rng.choice([3, 6, 8])))
+                stored.save(folder / name, quality=92, exif=exif)
+            else:
+                upright.save(folder / name, quality=92)
         out.append((name, scene))
     if corrupt:
         buf = io.BytesIO()
         Image.fromarray(make_scene(rng, 200, 150).pixels).save(buf, format="JPEG")
         (folder / "broken_truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
         (folder / "broken_empty.jpg").write_bytes(b"")
+    if gt_dir is not None:
+        write_ground_truth(gt_dir, out)
     return out
+
+
+def write_ground_truth(gt_dir: str | Path, scenes: list[tuple[str, Scene]]) -> None:
+    gt = Path(gt_dir)
+    (gt / "panoptic").mkdir(parents=True, exist_ok=True)
+    (gt / "semantic").mkdir(parents=True, exist_ok=True)
+    things = [{"id": c["id"], "name": c["name"], "supercategory": "shape"} for c in CATEGORIES if c["isthing"]]
+    images, anns, pan_anns = [], [], []
+    ann_id = 0
+    for image_id, (name, s) in enumerate(scenes, 1):
+        h, w = s.pixels.shape[:2]
+        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
+        counts = rle.encode_nhw(np.stack(s.masks)) if s.masks else []
+        for cls, m, c in zip(s.class_names, s.masks, counts):
+            ann_id += 1
+            anns.append({
+                "id": ann_id, "image_id": image_id, "category_id": _ID[cls], "iscrowd": 0,
+                "segmentation": {"size": [h, w], "counts": c}, "area": int(m.sum()), "bbox": _bbox_xywh(m),
+            })
+        # panoptic: stuff segments first (ids 1..), then things
+        seg_map = np.zeros((h, w), np.int64)
+        infos = []
+        sid = 0
+        for stuff in STUFF_CLASSES:
+            sel = (s.semantic == _ID[stuff])
+            if sel.any():
+                sid += 1
+                seg_map[sel] = sid
+                infos.append({"id": sid, "category_id": _ID[stuff], "iscrowd": 0, "area": int(sel.sum()), "bbox": _bbox_xywh(sel)})
+        for cls, m in zip(s.class_names, s.masks):
+            sid += 1
+            seg_map[m] = sid
+            infos.append({"id": sid, "category_id": _ID[cls], "iscrowd": 0, "area": int(m.sum()), "bbox": _bbox_xywh(m)})
+        stem = Path(name).stem
+        rgb = np.stack([seg_map % 256, seg_map // 256 % 256, seg_map // 65536], -1).astype(np.uint8)
+        Image.fromarray(rgb).save(gt / "panoptic" / f"{stem}.png")
+        pan_anns.append({"image_id": image_id, "file_name": f"{stem}.png", "segments_info": infos})
+        sem = Image.fromarray(s.semantic.astype(np.uint8))  # "L": the bytes are category ids
+        sem.putpalette(_palette())  # becomes "P" with the same indices
+        sem.save(gt / "semantic" / f"{stem}.png")
+    (gt / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": things}))
+    pan_cats = [{"id": c["id"], "name": c["name"], "isthing": c["isthing"], "color": c["color"], "supercategory": "shape" if c["isthing"] else "stuff"} for c in CATEGORIES]
+    (gt / "panoptic.json").write_text(json.dumps({"images": images, "annotations": pan_anns, "categories": pan_cats}))

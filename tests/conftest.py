@@ -44,7 +44,7 @@ def prefect_harness():
 @pytest.fixture()
 def image_dir(tmp_path) -> Path:
     d = tmp_path / "images"
-    write_scene_set(d, 20, seed=1, corrupt=True)
+    write_scene_set(d, 20, seed=1, corrupt=True, size_range=(160, 400))
     return d
 
 

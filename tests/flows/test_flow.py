@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -44,7 +44,7 @@ def test_flow_writes_manifests_and_coco(finished_run, image_dir):
     good = [r for r in rows.values() if r["status"] == "ok"]
     assert len(good) == 20 and all(r["error"] is None for r in good)
     for r in good:
-        w, h = Image.open(r["image_uri"]).size
+        w, h = ImageOps.exif_transpose(Image.open(r["image_uri"])).size  # upright size
         assert (r["width"], r["height"]) == (w, h)
     assert sorted(images["image_id"].to_pylist()) == list(range(1, 23))
 

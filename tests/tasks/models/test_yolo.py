@@ -16,7 +16,7 @@ def stage(**kw):
 def test_checkpoint_round_trip_keeps_weights_and_names(tiny_models):
     model = load_yolo(str(tiny_models["yolo"]))
     ckpt = torch.load(tiny_models["yolo"], weights_only=True)
-    assert model.model.names == {0: "square", 1: "circle", 2: "triangle"}
+    assert model.model.names == {0: "circle", 1: "square", 2: "triangle"}
     sd = model.model.state_dict()
     k = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and v.numel() > 100)
     torch.testing.assert_close(sd[k], ckpt["state_dict"][k].float())

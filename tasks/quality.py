@@ -1,0 +1,215 @@
+"""Label quality against a gold set: COCO box/mask AP, per-class AP and mean mask IoU.
+
+A gold set is a COCO instances file with human labels for some of the job's
+images. Images are matched by ``file_name`` (the path relative to the source
+root; a unique base name also matches); gold categories are matched to the
+ontology by name. Only matched images are evaluated.
+
+Metrics (``OUTPUT/quality.json``):
+
+* ``box_ap``, ``box_ap50``, ``mask_ap``, ``mask_ap50``: pycocotools ``COCOeval``
+  (IoU 0.50:0.95 and 0.50, all areas, 100 detections), predictions scored by
+  the detector confidence;
+* ``mean_mask_iou``: for every gold instance, the best mask IoU with an
+  auto-label of the same class on the same image (0 when there is none),
+  averaged over gold instances -- "how well is each labelled object covered";
+* ``per_class``: the same per ontology class, with gold and predicted counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections import defaultdict
+from pathlib import PurePosixPath
+from typing import Any, Iterable
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from tasks.storage import open_fs, read_bytes, redact
+
+__all__ = ["GoldSetError", "load_gold", "evaluate", "format_quality", "load_quality"]
+
+
+class GoldSetError(Exception):
+    """The gold set cannot be read or shares no images or classes with the job."""
+
+
+def load_gold(url: str) -> dict:
+    fs, path = open_fs(url)
+    try:
+        data = json.loads(read_bytes(fs, path))
+    except FileNotFoundError:
+        raise GoldSetError(f"gold set not found: {redact(url)}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise GoldSetError(f"gold set {redact(url)} is not JSON: {e}") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise GoldSetError(f"gold set {redact(url)}: missing COCO key {key!r}")
+    return data
+
+
+def match_images(gold: dict, file_names: dict[str, int]) -> dict[int, int]:
+    """Gold image id -> job image id, by exact file name, else by unique base name."""
+    by_base: dict[str, list[int]] = defaultdict(list)
+    for name, image_id in file_names.items():
+        by_base[PurePosixPath(name).name].append(image_id)
+    out = {}
+    for img in gold["images"]:
+        name = img["file_name"]
+        if name in file_names:
+            out[img["id"]] = file_names[name]
+        else:
+            cands = by_base.get(PurePosixPath(name).name, [])
+            if len(cands) == 1:
+                out[img["id"]] = cands[0]
+    return out
+
+
+def _per_class_ap(ev: COCOeval, cat_ids: list[int]) -> dict[int, tuple[float, float]]:
+    """(AP@[.5:.95], AP@.5) per category from an accumulated COCOeval (area all, maxDets 100)."""
+    prec = ev.eval["precision"]  # T x R x K x A x M
+    out = {}
+    for k, cid in enumerate(ev.params.catIds):
+        if cid not in cat_ids:
+            continue
+        p = prec[:, :, k, 0, -1]
+        p50 = prec[0, :, k, 0, -1]
+        ap = float(np.mean(p[p > -1])) if (p > -1).any() else float("nan")
+        ap50 = float(np.mean(p50[p50 > -1])) if (p50 > -1).any() else float("nan")
+        out[cid] = (ap, ap50)
+    return out
+
+
+def _run_eval(gt: COCO, results: list[dict], iou_type: str) -> tuple[COCOeval | None, list[float]]:
+    if not results:
+        return None, [0.0] * 12
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return ev, [max(0.0, float(s)) for s in ev.stats]
+
+
+def evaluate(gold: dict, ontology: dict[int, str], file_names: dict[str, int], predictions: Iterable[dict], sizes: dict[int, tuple[int, int]]) -> dict[str, Any]:
+    """Evaluate predictions (manifest rows as dicts) against a gold set.
+
+    Arguments:
+      gold: a COCO instances dict.
+      ontology: category id -> name of the job.
+      file_names: job file name (key) -> job image id, for the images that decoded.
+      predictions: rows with ``image_id``, ``category_id``, ``score``, ``rle_counts``, ``bbox`` (XYWH).
+      sizes: job image id -> (height, width).
+    """
+    name_to_id = {n: i for i, n in ontology.items()}
+    gold_cat = {c["id"]: name_to_id.get(c["name"]) for c in gold["categories"]}
+    unknown = sorted(c["name"] for c in gold["categories"] if c["name"] not in name_to_id)
+    matched = match_images(gold, file_names)
+    if not matched:
+        raise GoldSetError("no gold image matches an image of the job by file name")
+    job_to_gold = {j: g for g, j in matched.items()}
+
+    gt_images = [
+        {"id": g, "file_name": img["file_name"], "height": img["height"], "width": img["width"]}
+        for img in gold["images"] for g in [img["id"]] if g in matched
+    ]
+    gt_anns = []
+    for a in gold["annotations"]:
+        cid = gold_cat.get(a["category_id"])
+        if a["image_id"] in matched and cid is not None:
+            b = dict(a)
+            b["category_id"] = cid
+            b.setdefault("iscrowd", 0)
+            gt_anns.append(b)
+    cats = [{"id": i, "name": n} for i, n in sorted(ontology.items())]
+    gt = COCO()
+    gt.dataset = {"images": gt_images, "annotations": gt_anns, "categories": cats}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+
+    box_res, seg_res = [], []
+    pred_by_img_cat: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for p in predictions:
+        g = job_to_gold.get(p["image_id"])
+        if g is None:
+            continue
+        h, w = sizes[p["image_id"]]
+        rle = {"size": [h, w], "counts": p["rle_counts"]}
+        score = float(p["score"]) if p.get("score") is not None else 1.0
+        box_res.append({"image_id": g, "category_id": int(p["category_id"]), "bbox": list(map(float, p["bbox"])), "score": score})
+        seg_res.append({"image_id": g, "category_id": int(p["category_id"]), "segmentation": rle, "score": score})
+        pred_by_img_cat[(g, int(p["category_id"]))].append(rle)
+
+    box_ev, box_stats = _run_eval(gt, [dict(r) for r in box_res], "bbox")
+    seg_ev, seg_stats = _run_eval(gt, [dict(r) for r in seg_res], "segm")
+
+    # mean mask IoU over gold instances
+    ious_by_cat: dict[int, list[float]] = defaultdict(list)
+    for a in gt_anns:
+        preds = pred_by_img_cat.get((a["image_id"], a["category_id"]), [])
+        best = 0.0
+        if preds:
+            gt_rle = gt.annToRLE(a)
+            best = float(np.max(mask_utils.iou(preds, [gt_rle], [0])))
+        ious_by_cat[a["category_id"]].append(best)
+    all_ious = [v for vs in ious_by_cat.values() for v in vs]
+
+    box_cls = _per_class_ap(box_ev, list(ontology)) if box_ev else {}
+    seg_cls = _per_class_ap(seg_ev, list(ontology)) if seg_ev else {}
+    n_pred_cat = defaultdict(int)
+    for r in box_res:
+        n_pred_cat[r["category_id"]] += 1
+    per_class = []
+    for cid, name in sorted(ontology.items()):
+        n_gold = len(ious_by_cat.get(cid, []))
+        per_class.append({
+            "category_id": cid, "name": name, "gold_instances": n_gold, "predictions": n_pred_cat.get(cid, 0),
+            "box_ap50": _r(box_cls.get(cid, (None, None))[1]), "mask_ap50": _r(seg_cls.get(cid, (None, None))[1]),
+            "mask_ap": _r(seg_cls.get(cid, (None, None))[0]),
+            "mean_mask_iou": _r(float(np.mean(ious_by_cat[cid]))) if n_gold else None,
+        })
+    return {
+        "images": len(matched),
+        "gold_instances": len(gt_anns),
+        "predictions": len(box_res),
+        "box_ap": _r(box_stats[0]), "box_ap50": _r(box_stats[1]),
+        "mask_ap": _r(seg_stats[0]), "mask_ap50": _r(seg_stats[1]),
+        "mean_mask_iou": _r(float(np.mean(all_ious))) if all_ious else 0.0,
+        "per_class": per_class,
+        "gold_categories_not_in_ontology": unknown,
+    }
+
+
+def load_quality(output: str) -> dict:
+    """``OUTPUT/quality.json`` of a finished run."""
+    from tasks.storage import join
+
+    fs, path = open_fs(join(output, "quality.json"))
+    return json.loads(read_bytes(fs, path))
+
+
+def _r(x: float | None) -> float | None:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return None
+    return round(float(x), 4)
+
+
+def format_quality(q: dict) -> str:
+    """The quality figures and a per-class table, for terminals and Markdown."""
+    lines = [
+        f"quality vs gold set ({q['images']} images, {q['gold_instances']} gold instances, {q['predictions']} auto-labels):",
+        f"  box AP50 {q['box_ap50']:.3f}   mask AP50 {q['mask_ap50']:.3f}   mask AP {q['mask_ap']:.3f}   mean mask IoU {q['mean_mask_iou']:.3f}",
+        "",
+        "  | class | gold | labels | box AP50 | mask AP50 | mask AP | mean IoU |",
+        "  |---|---:|---:|---:|---:|---:|---:|",
+    ]
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for c in q["per_class"]:
+        lines.append(f"  | {c['name']} | {c['gold_instances']} | {c['predictions']} | {f(c['box_ap50'])} | {f(c['mask_ap50'])} | {f(c['mask_ap'])} | {f(c['mean_mask_iou'])} |")
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""Label quality of the shipped demo models on scenes never used for training (seeds < 10000).
+
+The demo models are trained by `segflow train-demo-models` on scenes with
+seeds >= 10000; everything here renders fresh scenes with small seeds.
+"""
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from flows import cli
+from flows.config import load_config
+from tasks.quality import evaluate
+from tasks.synthetic import rotate_for_exif, write_scene_set
+from tasks.training import mean_box_prompt_iou
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "configs" / "demo.yaml"
+
+
+def demo_stage(name):
+    return load_config(DEMO, overrides={"source": str(ROOT), "output": "/tmp/unused"}).stages[name]
+
+
+def coco_eval(gt: COCO, results: list[dict], iou_type: str) -> float:
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(gt, gt.loadRes(results), iou_type)
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+    return float(ev.stats[1])  # AP50
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, prefect_harness):
+    out = tmp_path_factory.mktemp("demo")
+    assert cli.main(["demo", "--output", str(out), "--images", "30", "--seed", "3", "--no-progress"]) == 0
+    return out
+
+
+def test_demo_writes_ground_truth_and_quality(demo_run):
+    gt = demo_run / "ground_truth"
+    assert (gt / "instances.json").exists() and (gt / "panoptic.json").exists()
+    assert len(list((gt / "panoptic").glob("*.png"))) == 30 and len(list((gt / "semantic").glob("*.png"))) == 30
+    q = json.loads((demo_run / "quality.json").read_text())
+    assert {"box_ap50", "mask_ap50", "mask_ap", "mean_mask_iou", "per_class"} <= set(q)
+    assert q["images"] == 30
+    summary = json.loads((demo_run / "out" / "summary.json").read_text())
+    assert summary["failed_images"] == 2 and summary["quality"]["mask_ap50"] == q["mask_ap50"]
+
+
+def test_exported_coco_reaches_ap50_targets(demo_run):
+    """COCOeval on the exported COCO file itself (independent of segflow's own evaluator)."""
+    gt = COCO(str(demo_run / "ground_truth" / "instances.json"))
+    pred = json.loads((demo_run / "out" / "coco" / "instances.json").read_text())
+    by_name = {im["file_name"]: im["id"] for im in gt.dataset["images"]}
+    to_gt = {im["id"]: by_name[im["file_name"]] for im in pred["images"]}
+    names = {c["id"]: c["name"] for c in pred["categories"]}
+    gt_ids = {c["name"]: c["id"] for c in gt.dataset["categories"]}
+    segm = [{"image_id": to_gt[a["image_id"]], "category_id": gt_ids[names[a["category_id"]]], "segmentation": a["segmentation"], "score": a["score"]} for a in pred["annotations"]]
+    boxes = [{"image_id": s["image_id"], "category_id": s["category_id"], "bbox": a["bbox"], "score": a["score"]} for s, a in zip(segm, pred["annotations"])]
+    box_ap50, mask_ap50 = coco_eval(gt, boxes, "bbox"), coco_eval(gt, segm, "segm")
+    print(f"box AP50 {box_ap50:.3f}, mask AP50 {mask_ap50:.3f}")
+    assert box_ap50 >= 0.8 and mask_ap50 >= 0.8
+
+
+def test_sam_alone_with_ground_truth_boxes(tmp_path):
+    miou, ious = mean_box_prompt_iou(demo_stage("masks").weights, seed=4, n=25)
+    print(f"mean mask IoU with ground-truth boxes: {miou:.3f} over {len(ious)} objects")
+    assert miou >= 0.85 and len(ious) > 50
+
+
+def test_negative_control_shifted_boxes_halve_mask_ap(tmp_path):
+    """Boxes moved by half their size must wreck the masks; if not, the quality test measures nothing."""
+    from tasks.models.sam import SamBoxSegmenter
+    from tasks.record import Detections
+
+    write_scene_set(tmp_path / "images", 15, seed=6, gt_dir=tmp_path / "gt", exif_fraction=0.0)
+    gold = json.loads((tmp_path / "gt" / "instances.json").read_text())
+    stage = demo_stage("masks")
+    seg = SamBoxSegmenter(stage, stage.weights)
+    ontology = {1: "circle", 2: "square", 3: "triangle"}
+
+    def ap50(shift):
+        preds, sizes, names = [], {}, {}
+        for im in gold["images"]:
+            pixels = np.asarray(Image.open(tmp_path / "images" / im["file_name"]).convert("RGB"))
+            anns = [a for a in gold["annotations"] if a["image_id"] == im["id"]]
+            boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns], np.float32)
+            boxes += shift * np.repeat(boxes[:, 2:] - boxes[:, :2], 2, axis=0).reshape(-1, 4)[:, [0, 1, 0, 1]] if len(boxes) else 0
+            dets = Detections(pixels.shape[:2], boxes, [a["category_id"] for a in anns], np.ones(len(anns)))
+            out = seg.segment([pixels], [dets])[0]
+            names[im["file_name"]] = im["id"]
+            sizes[im["id"]] = pixels.shape[:2]
+            bb = out.mask_bboxes_xywh()
+            preds += [{"image_id": im["id"], "category_id": int(c), "score": 1.0, "rle_counts": r, "bbox": b.tolist()} for c, r, b in zip(out.class_ids, out.rle_counts, bb)]
+        return evaluate(gold, ontology, names, preds, sizes)["mask_ap50"]
+
+    good, shifted = ap50(0.0), ap50(0.5)
+    print(f"mask AP50 with ground-truth boxes {good:.3f}, with boxes shifted by half their size {shifted:.3f}")
+    assert good >= 0.8
+    assert shifted <= good / 2
+
+
+def test_exif_rotated_copies_get_the_same_labels(prefect_harness, tmp_path):
+    scenes = write_scene_set(tmp_path / "upright", 6, seed=8, exif_fraction=0.0, size_range=(320, 640))
+    src = tmp_path / "mixed"
+    src.mkdir()
+    for i, (name, scene) in enumerate(scenes):
+        h, w = (d - d % 16 for d in scene.pixels.shape[:2])  # whole JPEG blocks: rotation is lossless
+        upright = Image.fromarray(np.ascontiguousarray(scene.pixels[:h, :w]))
+        upright.save(src / f"{i}_upright.jpg", quality=100)
+        stored, exif = rotate_for_exif(upright, [3, 6, 8][i % 3])
+        stored.save(src / f"{i}_rotated.jpg", quality=100, exif=exif)
+    job = tmp_path / "job.yaml"
+    job.write_text(DEMO.read_text())
+    shutil.copytree(DEMO.parent / "models", tmp_path / "models")
+    assert cli.main(["run", str(job), "--source", str(src), "--output", str(tmp_path / "out"), "--no-progress"]) == 0
+    masks = ds.dataset(str(tmp_path / "out" / "manifest" / "masks.parquet")).to_table().to_pylist()
+    images = {r["image_id"]: r for r in ds.dataset(str(tmp_path / "out" / "manifest" / "images.parquet")).to_table().to_pylist()}
+    assert {r["exif_orientation"] for r in images.values()} == {1, 3, 6, 8}
+    by_file = {}
+    for m in masks:
+        by_file.setdefault(images[m["image_id"]]["file_name"], []).append(m)
+    compared = 0
+    for i in range(len(scenes)):
+        up, rot = by_file.get(f"{i}_upright.jpg", []), by_file.get(f"{i}_rotated.jpg", [])
+        assert len(up) == len(rot) > 0
+        for a in up:
+            rles = [{"size": [b["height"], b["width"]], "counts": b["rle_counts"]} for b in rot if b["category_id"] == a["category_id"]]
+            best = mask_utils.iou(rles, [{"size": [a["height"], a["width"]], "counts": a["rle_counts"]}], [0]).max() if rles else 0.0
+            assert best >= 0.99, (i, best)
+            compared += 1
+    assert compared >= 6

@@ -1,0 +1,69 @@
+"""The gold-set evaluator against cases with known answers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tasks import rle
+from tasks.quality import GoldSetError, evaluate, format_quality, match_images
+from tasks.synthetic import write_scene_set
+
+ONTOLOGY = {1: "circle", 2: "square", 3: "triangle"}
+
+
+@pytest.fixture(scope="module")
+def gold_set(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gold")
+    write_scene_set(d / "images", 6, seed=5, gt_dir=d / "gt", size_range=(200, 400))
+    return json.loads((d / "gt" / "instances.json").read_text())
+
+
+def predictions_from(gold, transform=lambda m: m, category=lambda c: c, prefix=""):
+    file_names = {prefix + im["file_name"]: 100 + im["id"] for im in gold["images"]}
+    sizes = {100 + im["id"]: (im["height"], im["width"]) for im in gold["images"]}
+    preds = []
+    for a in gold["annotations"]:
+        h, w = a["segmentation"]["size"]
+        m = transform(rle.decode(a["segmentation"]["counts"], h, w))
+        counts = rle.encode_nhw(m[None])[0]
+        preds.append({"image_id": 100 + a["image_id"], "category_id": category(a["category_id"]), "score": 0.9,
+                      "rle_counts": counts, "bbox": rle.bbox_xywh([counts], h, w)[0].tolist()})
+    return file_names, preds, sizes
+
+
+def test_perfect_labels_score_one(gold_set):
+    names, preds, sizes = predictions_from(gold_set)
+    q = evaluate(gold_set, ONTOLOGY, names, preds, sizes)
+    assert q["images"] == 6 and q["gold_instances"] == len(gold_set["annotations"]) == q["predictions"]
+    assert q["box_ap50"] == q["mask_ap50"] == q["mask_ap"] == q["mean_mask_iou"] == 1.0
+    assert all(c["mean_mask_iou"] in (1.0, None) for c in q["per_class"])
+    assert "| circle |" in format_quality(q)
+
+
+def test_shifted_masks_and_wrong_classes_score_low(gold_set):
+    names, shifted, sizes = predictions_from(gold_set, transform=lambda m: np.roll(m, (m.shape[0] // 3, m.shape[1] // 3), (0, 1)))
+    q = evaluate(gold_set, ONTOLOGY, names, shifted, sizes)
+    assert q["mask_ap50"] < 0.2 and q["mean_mask_iou"] < 0.3
+    names, wrong, sizes = predictions_from(gold_set, category=lambda c: c % 3 + 1)
+    q = evaluate(gold_set, ONTOLOGY, names, wrong, sizes)
+    assert q["mask_ap50"] == 0.0 and q["mean_mask_iou"] == 0.0
+
+
+def test_matching_by_base_name_and_categories_by_name(gold_set):
+    names, preds, sizes = predictions_from(gold_set, prefix="batch/7/")
+    renamed = {1: "circle", 2: "square", 3: "triangle"}
+    ontology = {10 + k: v for k, v in renamed.items()}  # different ids, same names
+    preds = [dict(p, category_id=p["category_id"] + 10) for p in preds]
+    q = evaluate(gold_set, ontology, names, preds, sizes)
+    assert q["images"] == 6 and q["mask_ap50"] == 1.0
+    assert match_images({"images": [{"id": 1, "file_name": "x/a.jpg"}]}, {"a.jpg": 5, "b/a.jpg": 6}) == {}  # ambiguous
+    with pytest.raises(GoldSetError, match="no gold image matches"):
+        evaluate(gold_set, ONTOLOGY, {"other.jpg": 1}, [], {})
+
+
+def test_missing_predictions_count_as_zero_iou(gold_set):
+    names, preds, sizes = predictions_from(gold_set)
+    half = preds[: len(preds) // 2]
+    q = evaluate(gold_set, ONTOLOGY, names, half, sizes)
+    assert q["mean_mask_iou"] == pytest.approx(len(half) / len(preds), abs=1e-3)

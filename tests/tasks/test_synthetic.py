@@ -1,0 +1,54 @@
+import json
+
+import numpy as np
+from PIL import Image
+
+from tasks import rle
+from tasks.images import decode_image
+from tasks.synthetic import CATEGORIES, write_scene_set
+
+
+def test_scene_set_is_deterministic_and_varied(tmp_path):
+    a = write_scene_set(tmp_path / "a", 9, seed=11, size_range=(200, 600))
+    b = write_scene_set(tmp_path / "b", 9, seed=11, size_range=(200, 600))
+    for (na, sa), (nb, sb) in zip(a, b):
+        assert na == nb and (tmp_path / "a" / na).read_bytes() == (tmp_path / "b" / nb).read_bytes()
+    shapes = [s.pixels.shape[:2] for _, s in a]
+    assert any(h > w for h, w in shapes) and any(w > h for h, w in shapes)
+    assert all(200 <= min(h, w) and max(h, w) <= 600 for h, w in shapes)
+    assert {n.rsplit(".", 1)[1] for n, _ in a} == {"jpg", "png"}
+    assert len({c for _, s in a for c in s.class_names}) == 3
+    c = write_scene_set(tmp_path / "c", 3, seed=12, size_range=(200, 600))
+    assert (tmp_path / "c" / c[0][0]).read_bytes() != (tmp_path / "a" / a[0][0]).read_bytes()
+
+
+def test_ground_truth_files_agree_with_each_other(tmp_path):
+    scenes = write_scene_set(tmp_path / "img", 6, seed=2, gt_dir=tmp_path / "gt", exif_fraction=1.0, size_range=(200, 500))
+    inst = json.loads((tmp_path / "gt" / "instances.json").read_text())
+    pan = json.loads((tmp_path / "gt" / "panoptic.json").read_text())
+    isthing = {c["id"]: c["isthing"] for c in pan["categories"]}
+    assert {c["id"] for c in inst["categories"]} == {c["id"] for c in CATEGORIES if c["isthing"]}
+    exif_seen = 0
+    for img, pann, (name, scene) in zip(inst["images"], pan["annotations"], scenes):
+        assert img["file_name"] == name
+        decoded = decode_image((tmp_path / "img" / name).read_bytes())
+        exif_seen += decoded.exif_orientation != 1
+        assert (decoded.height, decoded.width) == (img["height"], img["width"])  # GT is upright
+        if name.endswith(".png"):
+            assert np.array_equal(decoded.pixels, scene.pixels)
+        else:
+            assert np.abs(decoded.pixels.astype(int) - scene.pixels).mean() < 8  # JPEG, same orientation
+        png = np.asarray(Image.open(tmp_path / "gt" / "panoptic" / pann["file_name"]).convert("RGB")).astype(np.int64)
+        ids = png[..., 0] + 256 * png[..., 1] + 65536 * png[..., 2]
+        sem = np.asarray(Image.open(tmp_path / "gt" / "semantic" / pann["file_name"]))
+        assert set(np.unique(ids)) == {s["id"] for s in pann["segments_info"]}  # no void, every id listed
+        for s in pann["segments_info"]:
+            sel = ids == s["id"]
+            assert sel.sum() == s["area"] and (sem[sel] == s["category_id"]).all()
+        things = [s for s in pann["segments_info"] if isthing[s["category_id"]]]
+        anns = [a for a in inst["annotations"] if a["image_id"] == img["id"]]
+        assert len(things) == len(anns) == len(scene.masks)
+        for a, m in zip(anns, scene.masks):
+            assert np.array_equal(rle.decode(a["segmentation"]["counts"], img["height"], img["width"]), m)
+            assert a["area"] == m.sum() > 0
+    assert exif_seen >= 2  # stored rotated with an orientation tag
