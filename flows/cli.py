@@ -2,6 +2,8 @@
 
     segflow run CONFIG [--source URL] [--output URL] [--verbose]
     segflow validate CONFIG [--source URL] [--output URL]
+    segflow status OUTPUT [--all] [--json]
+    segflow rerun OUTPUT
     segflow schema
     segflow demo --output DIR [--seed N] [--images N]
     segflow convert-weights yolo IN.pt OUT.pt
@@ -145,6 +147,59 @@ def run_prepared(job, plan, progress_bar: bool = True) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from tasks.plan import PlanError
+    from tasks.status import shard_states, summarize_states
+    from tasks.storage import redact
+
+    output = _cli_path(args.output)
+    try:
+        states = shard_states(output)
+    except PlanError as e:
+        _eprint(f"error: {e}")
+        return EXIT_CONFIG
+    counts = summarize_states(states)
+    if args.json:
+        print(json.dumps({"output": redact(output), "counts": counts, "shards": states}, indent=2))
+    else:
+        print(f"{redact(output)}: {len(states)} shards -- {counts['committed']} committed, {counts['failed']} failed, {counts['pending']} pending "
+              f"({counts['images_committed']} images, {counts['masks_committed']} masks committed)")
+        shown = states if args.all else [s for s in states if s["state"] != "committed"]
+        for s in shown:
+            detail = (f"{s['images']} images, {s['failed']} failed, {s['masks']} masks" if s["state"] == "committed"
+                      else s.get("error", "not run yet"))
+            print(f"  {s['shard_id']}  {s['state']:<9}  {detail}")
+        if counts["failed"] or counts["pending"]:
+            print(f"rerun what is not committed with: segflow rerun {args.output}")
+    return EXIT_OK if counts["failed"] == counts["pending"] == 0 else EXIT_FAILED
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from flows.config import ConfigError, JobConfig
+    from tasks.storage import join, open_fs, read_bytes
+
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    output = _cli_path(args.output)
+    fs, path = open_fs(join(output, "job.json"))
+    try:
+        job = JobConfig.model_validate(json.loads(read_bytes(fs, path)))
+    except FileNotFoundError:
+        _eprint(f"error: {args.output} has no job.json: it was not written by `segflow run`")
+        return EXIT_CONFIG
+    job = job.model_copy(update={"output": output})
+    try:
+        plan = prepare(job, f"{args.output}/job.json")
+    except ConfigError as e:
+        _eprint(f"error: {e}")
+        return EXIT_CONFIG
+    return run_prepared(job, plan, progress_bar=not args.no_progress)
+
+
+def _cli_path(p: str) -> str:
+    return p if "://" in p else os.path.abspath(os.path.expanduser(p))
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from flows.config import ConfigError
 
@@ -249,6 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs")
     r.set_defaults(fn=cmd_run)
+
+    st = sub.add_parser("status", help="state of every shard of an output: committed, failed (with its error), pending")
+    st.add_argument("output", help="the job's output folder or URL")
+    st.add_argument("--all", action="store_true", help="list committed shards too")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(fn=cmd_status)
+
+    rr = sub.add_parser("rerun", help="run only the shards of an output that are not committed, then finalize")
+    rr.add_argument("output", help="the job's output folder or URL")
+    rr.add_argument("--no-progress", action="store_true")
+    rr.add_argument("--verbose", "-v", action="store_true")
+    rr.set_defaults(fn=cmd_rerun)
 
     v = sub.add_parser("validate", help="check a job file without running it")
     v.add_argument("config")

@@ -134,6 +134,7 @@ class RuntimeConfig(_Strict):
     retries: int = Field(0, ge=0, description="Prefect retries of a failed shard task.")
     retry_delay_s: float = Field(5.0, ge=0, description="Seconds between retries.")
     prefetch: int = Field(4, ge=1, description="Images read and decoded ahead of the models, per shard.")
+    max_failed_fraction: float = Field(0.5, ge=0.0, le=1.0, description="A shard fails (and is not committed) when a larger share of its images cannot be read or decoded.")
 
 
 class JobConfig(_Strict):

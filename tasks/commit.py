@@ -5,7 +5,7 @@ Layout under the output::
     shards/<shard_id>/attempts/<attempt>/masks.parquet    data files of one attempt
     shards/<shard_id>/attempts/<attempt>/images.parquet
     shards/<shard_id>/_COMMIT.json                        written last, create-if-absent
-    shards/<shard_id>/_ERROR.json                         the last failure (informational)
+    shards/_errors/<shard_id>.json                        the last failure of a shard (informational)
 
 Protocol: an attempt writes its data files (each published atomically) under
 a fresh attempt id, then creates ``_COMMIT.json`` only if it does not exist
@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.retry import retry_call
 from tasks.storage import create_exclusive, join, open_fs, read_bytes, write_bytes
 
 __all__ = ["ShardConflict", "read_commit", "commit_shard", "record_failure", "read_error", "clear_error", "read_committed_table"]
@@ -64,7 +65,7 @@ def commit_shard(output: str, shard_id: str, tables: dict[str, pa.Table], finger
         data = _parquet_bytes(table)
         rel = f"{rel_dir}/{name}.parquet"
         _, path = open_fs(join(output, rel))
-        write_bytes(fs, path, data)
+        retry_call(lambda: write_bytes(fs, path, data))
         files[name] = {"path": rel, "rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     record = {
         "shard_id": shard_id,
@@ -75,23 +76,30 @@ def commit_shard(output: str, shard_id: str, tables: dict[str, pa.Table], finger
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     _, commit_path = open_fs(join(_shard_dir(output, shard_id), "_COMMIT.json"))
-    won = create_exclusive(fs, commit_path, json.dumps(record, indent=1).encode())
+    won = retry_call(lambda: create_exclusive(fs, commit_path, json.dumps(record, indent=1).encode()))
     if not won:
-        _, attempt_path = open_fs(join(output, rel_dir))
-        fs.rm(attempt_path, recursive=True)
         existing = read_commit(output, shard_id)
-        return existing or record, False
+        if existing is not None and existing.get("attempt") == attempt:
+            won = True  # our PUT landed but its answer was lost; the retry found our own record
+        else:
+            _, attempt_path = open_fs(join(output, rel_dir))
+            fs.rm(attempt_path, recursive=True)
+            return existing or record, False
     clear_error(output, shard_id)
     return record, True
 
 
+def _error_path(output: str, shard_id: str) -> str:
+    return join(output, "shards", "_errors", f"{shard_id}.json")
+
+
 def record_failure(output: str, shard_id: str, error: str) -> None:
-    fs, path = open_fs(join(_shard_dir(output, shard_id), "_ERROR.json"))
+    fs, path = open_fs(_error_path(output, shard_id))
     write_bytes(fs, path, json.dumps({"shard_id": shard_id, "error": error, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode())
 
 
 def read_error(output: str, shard_id: str) -> dict | None:
-    fs, path = open_fs(join(_shard_dir(output, shard_id), "_ERROR.json"))
+    fs, path = open_fs(_error_path(output, shard_id))
     try:
         return json.loads(read_bytes(fs, path))
     except FileNotFoundError:
@@ -99,7 +107,7 @@ def read_error(output: str, shard_id: str) -> dict | None:
 
 
 def clear_error(output: str, shard_id: str) -> None:
-    fs, path = open_fs(join(_shard_dir(output, shard_id), "_ERROR.json"))
+    fs, path = open_fs(_error_path(output, shard_id))
     try:
         fs.rm_file(path)
     except FileNotFoundError:

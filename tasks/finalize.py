@@ -14,6 +14,7 @@ Outputs (see README "Output schema")::
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -68,6 +69,14 @@ def _collect_commits(output: str) -> tuple[dict, list[dict]]:
     return plan, commits
 
 
+def _previous_summary(fs: Any, url: str) -> dict | None:
+    _, path = open_fs(url)
+    try:
+        return json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def _replace_dir(fs: Any, path: str) -> None:
     if fs.exists(path):
         fs.rm(path, recursive=True)
@@ -102,6 +111,10 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
     plan, commits = _collect_commits(output)
     paths = output_paths(output)
     fs, _ = open_fs(output)
+    digest = hashlib.sha256(json.dumps([[c["shard_id"], c["attempt"]] for c in commits] + [getattr(job, "gold_set", None)]).encode()).hexdigest()
+    previous = _previous_summary(fs, paths["summary"])
+    if previous is not None and previous.get("commits_digest") == digest:
+        return previous  # already finalized from exactly these commits: write nothing
 
     # 1. manifests: one part per shard, copied from the committed attempt files
     counts = {"images": 0, "labelled_images": 0, "failed_images": 0, "masks": 0}
@@ -156,6 +169,7 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
         "shards": len(commits),
         "outputs": {k: redact(v) for k, v in paths.items()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commits_digest": digest,
     }
     if quality is not None:
         summary["quality"] = {k: quality[k] for k in ("images", "gold_instances", "box_ap50", "mask_ap50", "mask_ap", "mean_mask_iou")}

@@ -172,6 +172,7 @@ def make_plan(job: Any) -> Plan:
     parquet_url, meta_url = plan_paths(job.output)
     _, meta_path = open_fs(meta_url)
     fingerprint = _fingerprint(job.source, job.shard_size)
+    _, job_path = open_fs(join(job.output, "job.json"))
     if fs.exists(meta_path):
         meta = json.loads(read_bytes(fs, meta_path))
         if meta.get("fingerprint") != fingerprint:
@@ -180,6 +181,7 @@ def make_plan(job: Any) -> Plan:
                 f"(planned: {meta.get('source', {}).get('url') or meta.get('source', {}).get('list')}, shard_size {meta.get('shard_size')}); "
                 f"use another output or delete it"
             )
+        write_bytes(fs, job_path, json.dumps(job.model_dump(mode="json"), indent=1).encode())
         return Plan(job.output, list(meta["shard_ids"]), int(meta["num_images"]), reused=True)
 
     items = list_source(job.source)
@@ -208,6 +210,7 @@ def make_plan(job: Any) -> Plan:
         "num_shards": len(unique),
         "shard_ids": unique,
     }
+    write_bytes(fs, job_path, json.dumps(job.model_dump(mode="json"), indent=1).encode())  # what `segflow rerun` runs
     write_bytes(fs, meta_path, json.dumps(meta, indent=1).encode())  # written last: the plan exists once this exists
     return Plan(job.output, unique, n, reused=False)
 

@@ -30,10 +30,11 @@ from tasks.manifest import ShardTables
 from tasks.models.cache import get_model
 from tasks.models.registry import ADAPTERS
 from tasks.plan import read_shard_rows
+from tasks.retry import RetryPolicy, is_transient, retry_call
 from tasks.record import Detections
 from tasks.storage import open_fs, redact
 
-__all__ = ["ShardResult", "run_shard", "job_fingerprint"]
+__all__ = ["ShardFailed", "ShardResult", "run_shard", "job_fingerprint"]
 
 
 @dataclass
@@ -60,16 +61,30 @@ def job_fingerprint(job: Any) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
+class ShardFailed(Exception):
+    """Too many of a shard's images failed: something is wrong beyond single files."""
+
+
+READ_RETRIES = RetryPolicy(tries=5, base=0.2, cap=5.0)
+
+
 def _read_and_decode(row: dict, storage_options: dict, max_pixels: int) -> DecodedImage | str:
-    try:
+    tries = [0]
+
+    def read() -> bytes:
+        tries[0] += 1
         fs, path = open_fs(row["uri"], storage_options)
-        data = fs.cat_file(path)
+        return fs.cat_file(path)
+
+    try:
+        data = retry_call(read, READ_RETRIES)
     except FileNotFoundError:
         return "file not found"
     except PermissionError as e:
         return f"permission denied: {e}"
     except Exception as e:  # noqa: BLE001 - any read failure is this image's failure
-        return f"read error: {type(e).__name__}: {e}"
+        again = f" after {tries[0]} tries" if is_transient(e) else ""
+        return f"read error{again}: {type(e).__name__}: {e}"
     try:
         return decode_image(data, max_pixels=max_pixels)
     except ImageLoadError as e:
@@ -116,20 +131,23 @@ def run_shard(job: Any, shard_id: str) -> ShardResult:
     """Label one shard and commit it. Raises on failures that are not one image's fault."""
     t0 = time.perf_counter()
     fingerprint = job_fingerprint(job)
-    existing = read_commit(job.output, shard_id)
-    if existing is not None:
-        if existing.get("fingerprint") != fingerprint:
-            raise ShardConflict(
-                f"{shard_id} in {redact(job.output)} was committed by a job with different stages or ontology; "
-                f"use another output or delete it"
-            )
-        s = existing["stats"]
-        progress.advance(images=s["images"], masks=s["masks"], failed=s["failed"], shards=1)
-        return ShardResult(shard_id, s["images"], s["ok"], s["failed"], s["masks"], time.perf_counter() - t0, skipped=True)
     try:
+        existing = read_commit(job.output, shard_id)
+        if existing is not None:
+            if existing.get("fingerprint") != fingerprint:
+                raise ShardConflict(
+                    f"{shard_id} in {redact(job.output)} was committed by a job with different stages or ontology; "
+                    f"use another output or delete it"
+                )
+            s = existing["stats"]
+            progress.advance(images=s["images"], masks=s["masks"], failed=s["failed"], shards=1)
+            return ShardResult(shard_id, s["images"], s["ok"], s["failed"], s["masks"], time.perf_counter() - t0, skipped=True)
         return _label_and_commit(job, shard_id, fingerprint, t0)
     except Exception as e:
-        record_failure(job.output, shard_id, f"{type(e).__name__}: {e}")
+        try:
+            record_failure(job.output, shard_id, f"{type(e).__name__}: {e}")
+        except Exception:  # noqa: BLE001 - the shard's own error is the one to report
+            pass
         raise
 
 
@@ -172,6 +190,13 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
             flush()
     flush()
 
+    limit = job.runtime.max_failed_fraction
+    if rows and n_failed / len(rows) > limit:
+        errors = [e for e in tables.images["error"] if e][:3]
+        raise ShardFailed(
+            f"{shard_id}: {n_failed} of {len(rows)} images failed ({n_failed / len(rows):.0%} > runtime.max_failed_fraction {limit:.0%}); "
+            f"first errors: {'; '.join(errors)}"
+        )
     masks, images = tables.tables()
     stats = {"images": len(rows), "ok": len(rows) - n_failed, "failed": n_failed, "masks": n_masks}
     commit, won = commit_shard(job.output, shard_id, {"masks": masks, "images": images}, fingerprint, stats)

@@ -112,10 +112,25 @@ def test_failed_shard_is_named_and_rerun_alone(prefect_harness, write_job, image
     done = {p.parent.name: p.read_text() for p in out.glob("shards/*/_COMMIT.json")}
     assert set(done) == {"shard-00000", "shard-00002", "shard-00003"}
 
+    assert cli.main(["status", str(out)]) == 1
+    status = capsys.readouterr().out
+    assert "4 shards -- 3 committed, 1 failed, 0 pending" in status
+    assert "shard-00001  failed" in status and "NotADirectoryError" in status
+
     blocker.unlink()
-    assert cli.main(["run", str(job), "--no-progress"]) == 0
+    assert cli.main(["rerun", str(out), "--no-progress"]) == 0  # the job is read back from OUTPUT/job.json
     assert {p.parent.name: p.read_text() for p in out.glob("shards/*/_COMMIT.json") if p.parent.name != "shard-00001"} == done
     assert read(out, "images").num_rows == 22
+    assert not (out / "shards" / "_errors" / "shard-00001.json").exists()
+    capsys.readouterr()
+    assert cli.main(["status", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["counts"]["committed"] == 4
+
+    # a rerun of a complete output writes nothing
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*") if p.is_file() and p.name != "job.json"}
+    assert cli.main(["rerun", str(out), "--no-progress"]) == 0
+    after = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*") if p.is_file() and p.name != "job.json"}
+    assert after == before
 
 
 def test_missing_and_empty_sources_fail_before_any_work(write_job, tmp_path, capsys):
