@@ -92,14 +92,14 @@ def _stuff_texture(rng: np.random.Generator, name: str, h: int, w: int) -> np.nd
         img = img + 18 * _noise(rng, h, w, 60)[..., None] * np.array([1, 1, 1])
     elif name == "grass":
         base = np.array([60, 140, 50]) + rng.integers(-20, 20, 3)
-        img = base[None, None] + 25 * _noise(rng, h, w, 12)[..., None] + 14 * fine[..., None] * np.array([0.6, 1.0, 0.4])
+        img = base[None, None] + 14 * _noise(rng, h, w, 12)[..., None] + 6 * fine[..., None] * np.array([0.6, 1.0, 0.4])
     elif name == "water":
         base = np.array([30, 80, 160]) + rng.integers(-20, 20, 3)
         waves = np.sin(yy * rng.uniform(40, 90) + 3 * np.sin(xx * rng.uniform(5, 15)))
-        img = base[None, None] + 22 * waves[..., None] * np.array([0.4, 0.7, 1.0]) + 6 * fine[..., None]
+        img = base[None, None] + 10 * waves[..., None] * np.array([0.4, 0.7, 1.0]) + 4 * fine[..., None]
     else:  # road
         g = rng.integers(70, 110)
-        img = np.full((h, w, 3), g, np.float32) + 10 * fine[..., None] + 8 * _noise(rng, h, w, 30)[..., None]
+        img = np.full((h, w, 3), g, np.float32) + 5 * fine[..., None] + 6 * _noise(rng, h, w, 30)[..., None]
         stripe = (np.abs(xx - rng.uniform(0.3, 0.7)) < 0.01) & ((yy * 20 % 1) < 0.5)
         img = np.where(stripe[..., None], np.array([230, 230, 210], np.float32), img)
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -107,8 +107,8 @@ def _stuff_texture(rng: np.random.Generator, name: str, h: int, w: int) -> np.nd
 
 def _thing_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     hue = rng.uniform(0, 1)
-    c1 = np.array(_hsv(hue, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)), np.float32)
-    c2 = np.array(_hsv((hue + rng.uniform(0.1, 0.4)) % 1, rng.uniform(0.5, 1.0), rng.uniform(0.4, 1.0)), np.float32)
+    c1 = np.array(_hsv(hue, rng.uniform(0.65, 1.0), rng.uniform(0.75, 1.0)), np.float32)
+    c2 = np.array(_hsv((hue + rng.uniform(0.05, 0.2)) % 1, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)), np.float32)
     kind = rng.integers(5)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if kind == 0:  # flat

@@ -126,7 +126,7 @@ def _dice_loss(logits, target):
 
 def train_sam(
     out_path: str | Path, minutes: float = 7.0, seed: int = 0, scenes: int = 600, batch_images: int = 8,
-    boxes_per_image: int = 8, lr: float = 1e-3, size_range: tuple[int, int] = (256, 640),
+    boxes_per_image: int = 8, prompts_per_object: int = 2, lr: float = 2e-3, size_range: tuple[int, int] = (256, 640),
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train :data:`DEMO_SAM_ARCH` on box -> mask for ``minutes`` of wall time; save a segflow checkpoint."""
@@ -164,6 +164,7 @@ def train_sam(
             img, (ih, iw), m, b = pool[i]
             imgs.append(sam.preprocess(torch.as_tensor(img).permute(2, 0, 1).float()[None])[0])
             k = rng.choice(len(b), size=min(boxes_per_image, len(b)), replace=False)
+            k = np.repeat(k, prompts_per_object)  # each object prompted with differently jittered boxes
             bb = b[k]
             wh = np.stack([bb[:, 2] - bb[:, 0], bb[:, 3] - bb[:, 1]], 1).repeat(2, 1)
             bb = bb + rng.normal(0, 0.06, bb.shape).astype(np.float32) * wh  # detector-like box noise

@@ -132,3 +132,110 @@ def s3(s3_server):
         client.create_bucket(Bucket=bucket)
     s3fs.S3FileSystem.clear_instance_cache()
     return s3fs.S3FileSystem(endpoint_url=s3_server, use_listings_cache=False)
+
+
+class FaultProxy:
+    """An HTTP proxy on 127.0.0.1 in front of moto's S3 server that injects storage faults.
+
+    ``add(method, pattern, kind, times)``: the next ``times`` requests whose method
+    and path match get ``kind`` instead of being forwarded: ``slowdown`` (503
+    SlowDown), ``error500``, ``denied`` (403 AccessDenied) or ``reset`` (the
+    connection is closed without an answer). Everything else goes to moto.
+    """
+
+    def __init__(self, upstream: str):
+        import http.server
+        import re
+        import threading
+        import urllib.parse
+
+        self.upstream = urllib.parse.urlparse(upstream)
+        self.rules: list[dict] = []
+        self.hits: list[tuple[str, str, str]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):  # quiet
+                pass
+
+            def _handle(self):
+                import http.client
+
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                rule = proxy._match(self.command, self.path)
+                if rule is not None:
+                    proxy.hits.append((self.command, self.path, rule["kind"]))
+                    if rule["kind"] == "reset":
+                        self.close_connection = True
+                        self.connection.shutdown(2)
+                        return
+                    status, code, msg = {"slowdown": (503, "SlowDown", "Please reduce your request rate."),
+                                         "error500": (500, "InternalError", "We encountered an internal error."),
+                                         "denied": (403, "AccessDenied", "Access Denied")}[rule["kind"]]
+                    payload = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{msg}</Message></Error>'.encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload) if self.command != "HEAD" else 0))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                upstream_length = resp.getheader("Content-Length")
+                self.send_header("Content-Length", upstream_length if self.command == "HEAD" and upstream_length else str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self._re = re
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, method: str, pattern: str, kind: str, times: int) -> None:
+        with self.lock:
+            self.rules.append({"method": method, "re": self._re.compile(pattern), "kind": kind, "left": times})
+
+    def _match(self, method: str, path: str):
+        with self.lock:
+            for r in self.rules:
+                if r["left"] > 0 and r["method"] in (method, "*") and r["re"].search(path):
+                    r["left"] -= 1
+                    return r
+        return None
+
+    def count(self, kind: str | None = None) -> int:
+        return sum(1 for h in self.hits if kind is None or h[2] == kind)
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture()
+def s3_faults(s3, s3_server, monkeypatch):
+    """Point segflow's S3 traffic at a fault-injecting proxy in front of moto."""
+    import s3fs
+
+    proxy = FaultProxy(s3_server)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    s3fs.S3FileSystem.clear_instance_cache()
+    yield proxy
+    proxy.close()
+    s3fs.S3FileSystem.clear_instance_cache()
