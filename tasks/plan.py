@@ -6,7 +6,8 @@ on that output, so shards never reshuffle and image ids never change:
 * ``OUTPUT/plan/plan.parquet`` -- one row per image, sorted by ``key``:
   ``shard_id`` (``shard-00000``...), ``image_id`` (1-based position in the
   sorted listing), ``uri`` (full URL or absolute path), ``key`` (path relative
-  to the source root; the COCO ``file_name``), ``size`` (bytes, -1 unknown).
+  to the source root; the COCO ``file_name``), ``size`` (bytes, -1 unknown),
+  ``etag`` (object stores' ETag, null elsewhere).
   One Parquet row group per shard, so a shard reads only its own rows.
 * ``OUTPUT/plan/plan.json`` -- the source spec, shard size, counts and the
   fingerprint that decides whether an existing plan can be reused.
@@ -19,7 +20,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,6 +35,7 @@ PLAN_SCHEMA = pa.schema([
     ("uri", pa.string()),
     ("key", pa.string()),
     ("size", pa.int64()),
+    ("etag", pa.string()),
 ])
 
 
@@ -88,48 +90,84 @@ def glob_to_regex(pattern: str) -> re.Pattern:
     return re.compile(out + r"\Z")
 
 
-def list_source(source: Any) -> list[tuple[str, str, int]]:
-    """``(uri, key, size)`` of every image of the source, sorted by key.
+def iter_source(source: Any) -> Iterator[tuple[str, str, int, str | None]]:
+    """``(uri, key, size, etag)`` of every image of the source, in key order.
 
+    Object stores with paged listings (S3 through s3fs) are streamed one page
+    (1000 keys) at a time -- they list in key order already -- so memory stays
+    bounded for any number of keys. Other filesystems are listed, then sorted.
     ``source`` is a :class:`flows.config.SourceConfig` (url + pattern, or list).
     """
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in source.extensions)
     if source.list:
-        return _list_from_file(source.list, source.storage_options)
+        yield from ((u, k, s, None) for u, k, s in _list_from_file(source.list, source.storage_options))
+        return
     url = source.url
     fs, root = open_fs(url, source.storage_options)
+    regex = glob_to_regex(source.pattern) if source.pattern else None
+    prefix = root.rstrip("/") + "/"
+
+    def wanted(key: str) -> bool:
+        return bool(regex.match(key)) if regex is not None else key.lower().endswith(exts)
+
+    count = 0
     try:
-        if not fs.exists(root):
-            raise PlanError(f"source not found: {redact(url)}")
-        if fs.isfile(root):
-            info = fs.info(root)
-            return [(fs.unstrip_protocol(root) if not _local(fs) else root, root.rsplit("/", 1)[-1], int(info.get("size") or -1))]
-        found = fs.find(root, detail=True)
+        if hasattr(fs, "_iterdir") and hasattr(fs, "split_path"):
+            entries = _iter_object_store(fs, root)
+        else:
+            if not fs.exists(root):
+                raise PlanError(f"source not found: {redact(url)}")
+            if fs.isfile(root):
+                info = fs.info(root)
+                entries = iter([(root, info)])
+                prefix = root.rsplit("/", 1)[0] + "/"
+            else:
+                entries = iter(sorted(fs.find(root, detail=True).items()))
+        for path, info in entries:
+            if info.get("type") == "directory":
+                continue
+            key = path[len(prefix):] if path.startswith(prefix) else path
+            if not wanted(key):
+                continue
+            count += 1
+            uri = path if _local(fs) else fs.unstrip_protocol(path)
+            size = info.get("size")
+            etag = info.get("ETag") or info.get("etag")
+            yield uri, key, int(size) if size is not None else -1, (str(etag).strip('"') if etag else None)
     except PlanError:
         raise
     except PermissionError as e:
         raise PlanError(f"source not readable (permission denied): {redact(url)}: {e}") from None
     except FileNotFoundError:
         raise PlanError(f"source not found: {redact(url)}") from None
-    regex = glob_to_regex(source.pattern) if source.pattern else None
-    prefix = root.rstrip("/") + "/"
-    items = []
-    for path, info in found.items():
-        if info.get("type") == "directory":
-            continue
-        key = path[len(prefix):] if path.startswith(prefix) else path
-        if regex is not None:
-            if not regex.match(key):
-                continue
-        elif not key.lower().endswith(exts):
-            continue
-        uri = path if _local(fs) else fs.unstrip_protocol(path)
-        items.append((uri, key, int(info.get("size") if info.get("size") is not None else -1)))
-    if not items:
+    if count == 0:
+        if hasattr(fs, "_iterdir") and not fs.exists(root):
+            raise PlanError(f"source not found: {redact(url)}")
         what = f"pattern {source.pattern!r}" if source.pattern else f"extensions {', '.join(exts)}"
         raise PlanError(f"source {redact(url)} has no images matching {what}")
-    items.sort(key=lambda t: t[1])
-    return items
+
+
+def _iter_object_store(fs: Any, root: str) -> Iterator[tuple[str, dict]]:
+    """Stream an s3fs listing page by page (``list_objects_v2``, key order, 1000 keys a page)."""
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(root)
+    prefix = key.rstrip("/") + "/" if key else ""
+    pages = fs._list_pages("list_objects_v2", Bucket=bucket, Prefix=prefix, **getattr(fs, "req_kw", {}))
+    while True:
+        try:
+            page = sync(fs.loop, pages.__anext__)
+        except StopAsyncIteration:
+            return
+        for c in page.get("Contents", []):
+            if c["Key"].endswith("/"):
+                continue
+            yield f"{bucket}/{c['Key']}", {"size": c.get("Size"), "ETag": c.get("ETag"), "type": "file"}
+
+
+def list_source(source: Any) -> list[tuple[str, str, int]]:
+    """``(uri, key, size)`` of every image of the source, in key order (materialised; see :func:`iter_source`)."""
+    return [(u, k, s) for u, k, s, _ in iter_source(source)]
 
 
 def _local(fs: Any) -> bool:
@@ -166,6 +204,38 @@ def _fingerprint(source: Any, shard_size: int) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
+def write_plan_rows(items: Iterable[tuple[str, str, int, str | None]], shard_size: int, sink: Any) -> tuple[list[str], int]:
+    """Write plan rows to a Parquet ``sink``, one row group per shard, holding one shard in memory.
+
+    Returns the shard ids and the number of images.
+    """
+    shard_ids: list[str] = []
+    n = 0
+    with pq.ParquetWriter(sink, PLAN_SCHEMA, compression="zstd") as writer:
+        batch: list[tuple[str, str, int, str | None]] = []
+
+        def flush() -> None:
+            sid = shard_name(len(shard_ids))
+            start = n - len(batch) + 1
+            writer.write_table(pa.table({
+                "shard_id": [sid] * len(batch),
+                "image_id": pa.array(range(start, start + len(batch)), pa.int64()),
+                "uri": [b[0] for b in batch], "key": [b[1] for b in batch],
+                "size": pa.array([b[2] for b in batch], pa.int64()), "etag": [b[3] for b in batch],
+            }, schema=PLAN_SCHEMA))
+            shard_ids.append(sid)
+            batch.clear()
+
+        for item in items:
+            batch.append(item)
+            n += 1
+            if len(batch) == shard_size:
+                flush()
+        if batch:
+            flush()
+    return shard_ids, n
+
+
 def make_plan(job: Any) -> Plan:
     """Write (or reuse) the plan of ``job`` under its output. Lists the source at most once."""
     fs, _ = open_fs(job.output)
@@ -184,24 +254,11 @@ def make_plan(job: Any) -> Plan:
         write_bytes(fs, job_path, json.dumps(job.model_dump(mode="json"), indent=1).encode())
         return Plan(job.output, list(meta["shard_ids"]), int(meta["num_images"]), reused=True)
 
-    items = list_source(job.source)
-    n = len(items)
-    shard_ids = [shard_name(i // job.shard_size) for i in range(n)]
-    table = pa.table(
-        {
-            "shard_id": shard_ids,
-            "image_id": pa.array(range(1, n + 1), pa.int64()),
-            "uri": [u for u, _, _ in items],
-            "key": [k for _, k, _ in items],
-            "size": pa.array([s for _, _, s in items], pa.int64()),
-        },
-        schema=PLAN_SCHEMA,
-    )
     buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=job.shard_size)
+    shard_ids, n = write_plan_rows(iter_source(job.source), job.shard_size, buf)
     _, parquet_path = open_fs(parquet_url)
     write_bytes(fs, parquet_path, buf.getvalue())
-    unique = list(dict.fromkeys(shard_ids))
+    unique = shard_ids
     meta = {
         "fingerprint": fingerprint,
         "source": job.source.model_dump(mode="json", exclude={"storage_options"}),

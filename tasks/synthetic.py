@@ -207,10 +207,10 @@ def make_scene(rng: np.random.Generator, width: int, height: int, max_objects: i
             cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
         m = _shape_layer(cls, cx, cy, size, rng.uniform(0, 2 * math.pi), h, w)
         area = int(m.sum())
-        if area < max(150, 0.3 * size * size):  # mostly outside the image
+        if area < max(150, 0.45 * size * size):  # mostly outside the image
             continue
-        # occlusion limit: never hide more than 45% of an earlier object
-        if any((prev & m).sum() > 0.45 * prev.sum() for prev in masks):
+        # occlusion limit: never hide more than 30% of an earlier object
+        if any((prev & m).sum() > 0.3 * prev.sum() for prev in masks):
             continue
         masks = [prev & ~m for prev in masks]
         ys, xs = np.nonzero(m)

@@ -153,3 +153,18 @@ def test_sha256_mismatch_stops_before_the_flow(write_job, image_dir, tmp_path, c
     assert cli.main(["run", str(job), "--no-progress"]) == 2
     assert "stages.masks.weights: sha256 mismatch" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_shard_with_too_many_failed_images_does_not_commit(prefect_harness, write_job, tmp_path, capsys):
+    src = tmp_path / "mostly-broken"
+    src.mkdir()
+    for i in range(3):
+        (src / f"bad_{i}.jpg").write_bytes(b"")
+    from tasks.synthetic import write_scene_set
+
+    write_scene_set(src, 1, seed=3, size_range=(160, 200))
+    out = tmp_path / "out"
+    job = write_job(src, out, shard_size=4, runtime={"max_workers": 1, "max_failed_fraction": 0.5})
+    assert cli.main(["run", str(job), "--no-progress"]) == 1
+    assert "3 of 4 images failed (75% > runtime.max_failed_fraction 50%)" in capsys.readouterr().err
+    assert not list(out.glob("shards/*/_COMMIT.json"))
