@@ -25,7 +25,7 @@ from typing import Any, Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.storage import join, open_fs, read_bytes, redact, write_bytes
+from tasks.storage import is_local, join, open_fs, read_bytes, redact, write_bytes
 
 __all__ = ["PlanError", "Plan", "list_source", "make_plan", "load_plan", "read_shard_rows", "plan_paths"]
 
@@ -130,7 +130,7 @@ def iter_source(source: Any) -> Iterator[tuple[str, str, int, str | None]]:
             if not wanted(key):
                 continue
             count += 1
-            uri = path if _local(fs) else fs.unstrip_protocol(path)
+            uri = path if is_local(fs) else fs.unstrip_protocol(path)
             size = info.get("size")
             etag = info.get("ETag") or info.get("etag")
             yield uri, key, int(size) if size is not None else -1, (str(etag).strip('"') if etag else None)
@@ -168,11 +168,6 @@ def _iter_object_store(fs: Any, root: str) -> Iterator[tuple[str, dict]]:
 def list_source(source: Any) -> list[tuple[str, str, int]]:
     """``(uri, key, size)`` of every image of the source, in key order (materialised; see :func:`iter_source`)."""
     return [(u, k, s) for u, k, s, _ in iter_source(source)]
-
-
-def _local(fs: Any) -> bool:
-    protos = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return "file" in protos
 
 
 def _list_from_file(list_url: str, storage_options: dict) -> list[tuple[str, str, int]]:

@@ -160,6 +160,10 @@ def _stuff_layout(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return sem
 
 
+#: Area of each shape, as a fraction of size^2, when fully inside the image.
+_FULL_AREA = {"circle": math.pi / 4, "square": 1.0, "triangle": 3 * math.sqrt(3) / 4 * 1.15**2 / 4}
+
+
 def _shape_layer(cls: str, cx: float, cy: float, size: float, angle: float, h: int, w: int) -> np.ndarray:
     layer = Image.new("L", (w, h), 0)
     d = ImageDraw.Draw(layer)
@@ -207,7 +211,7 @@ def make_scene(rng: np.random.Generator, width: int, height: int, max_objects: i
             cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
         m = _shape_layer(cls, cx, cy, size, rng.uniform(0, 2 * math.pi), h, w)
         area = int(m.sum())
-        if area < max(150, 0.45 * size * size):  # mostly outside the image
+        if area < max(150, 0.55 * _FULL_AREA[cls] * size * size):  # mostly outside the image
             continue
         # occlusion limit: never hide more than 30% of an earlier object
         if any((prev & m).sum() > 0.3 * prev.sum() for prev in masks):

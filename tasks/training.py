@@ -30,12 +30,13 @@ from tasks.synthetic import THING_CLASSES, make_scene, scene_size, write_scene_s
 
 __all__ = ["DEMO_SAM_ARCH", "train_detector", "train_sam", "mean_box_prompt_iou"]
 
-#: 256-px input, 16-px patches: a 16x16 embedding and 64x64 low-res masks. Upsampling
-#: ideal 64x64 logits gives a mean IoU of ~0.96 on the synthetic scenes, so the
-#: resolution is not what limits a model this size; training steps are.
+#: 256-px input with 8-px patches: a 32x32 embedding and 128x128 low-res masks.
+#: Measured on this task: per training step it learns boundaries far faster than
+#: the 16-px-patch layout of the official SAMs (IoU 0.78 after 400 steps vs 0.69
+#: after 1000), which needs sub-token boundary codes a small model learns slowly.
 DEMO_SAM_ARCH = dict(
-    img_size=256, patch_size=16, encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=4,
-    encoder_global_attn_indexes=[1, 3], window_size=8, prompt_embed_dim=64,
+    img_size=256, patch_size=8, encoder_embed_dim=48, encoder_depth=3, encoder_num_heads=3,
+    encoder_global_attn_indexes=[2], window_size=8, prompt_embed_dim=64,
     decoder_depth=2, decoder_mlp_dim=256, decoder_num_heads=4, iou_head_hidden_dim=64, mask_in_chans=16,
 )
 
@@ -63,10 +64,15 @@ def _yolo_split(root: Path, split: str, n: int, seed: int, size_range: tuple[int
 
 
 def train_detector(
-    out_path: str | Path, images: int = 300, epochs: int = 20, imgsz: int = 256, seed: int = 0,
+    out_path: str | Path, images: int = 500, epochs: int = 20, imgsz: int = 288, seed: int = 0,
     size_range: tuple[int, int] = (200, 640), log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Train a YOLO detector on synthetic scenes; save a segflow checkpoint. Returns metrics."""
+    """Train a YOLO detector on synthetic scenes; save a segflow checkpoint. Returns validation metrics.
+
+    From scratch on CPU the short schedule matters most: no mosaic (it shrinks
+    objects at this input size), mild scale jitter, small batches for more
+    steps, AdamW, one warmup epoch, images cached in RAM, validation at the end.
+    """
     import yaml
 
     import tasks.models.yolo as yolo_adapter  # offline ultralytics settings first
@@ -82,14 +88,15 @@ def train_detector(
         _log(f"detector: {images} training scenes written ({time.time() - t0:.0f}s); training {epochs} epochs at {imgsz}px", log)
         model = YOLO("yolo11n.yaml")
         model.train(
-            data=str(data), epochs=epochs, imgsz=imgsz, batch=16, workers=2, device="cpu", plots=False,
+            data=str(data), epochs=epochs, imgsz=imgsz, batch=8, workers=2, device="cpu", plots=False,
             seed=seed, deterministic=True, amp=False, project=str(Path(tmp) / "runs"), name="det",
-            exist_ok=True, verbose=False, val=True, patience=0,
+            exist_ok=True, verbose=False, val=False, cache="ram", mosaic=0.0, close_mosaic=0, scale=0.25,
+            optimizer="AdamW", lr0=0.002, warmup_epochs=1, patience=0,
         )
-        best = YOLO(str(Path(tmp) / "runs" / "det" / "weights" / "last.pt"))  # our own fresh file: trusted
-        metrics = best.val(data=str(data), imgsz=imgsz, batch=16, device="cpu", plots=False, verbose=False, project=str(Path(tmp) / "runs"), name="val")
-        yolo_adapter.save_yolo_checkpoint(best, out_path)
-    result = {"box_map50_val": float(metrics.box.map50), "box_map_val": float(metrics.box.map), "seconds": round(time.time() - t0, 1)}
+        trained = YOLO(str(Path(tmp) / "runs" / "det" / "weights" / "last.pt"))  # our own fresh file: trusted
+        metrics = trained.val(data=str(data), imgsz=imgsz, batch=16, device="cpu", plots=False, verbose=False, project=str(Path(tmp) / "runs"), name="val")
+        yolo_adapter.save_yolo_checkpoint(trained, out_path)
+    result = {"box_map50_val": round(float(metrics.box.map50), 4), "box_map_val": round(float(metrics.box.map), 4), "seconds": round(time.time() - t0, 1)}
     _log(f"detector: done {result}", log)
     return result
 
@@ -126,7 +133,7 @@ def _dice_loss(logits, target):
 
 def train_sam(
     out_path: str | Path, minutes: float = 7.0, seed: int = 0, scenes: int = 600, batch_images: int = 8,
-    boxes_per_image: int = 8, prompts_per_object: int = 2, lr: float = 2e-3, size_range: tuple[int, int] = (256, 640),
+    boxes_per_image: int = 8, prompts_per_object: int = 1, lr: float = 2e-3, size_range: tuple[int, int] = (256, 640),
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train :data:`DEMO_SAM_ARCH` on box -> mask for ``minutes`` of wall time; save a segflow checkpoint."""
