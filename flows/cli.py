@@ -51,6 +51,13 @@ def prepare(job, config_file: str):
     from tasks.weights import WeightsError, is_builtin_yaml, resolve_weights
 
     issues = []
+    if job.credentials_block:
+        from flows.label_flow import apply_credentials
+
+        try:
+            apply_credentials(job)
+        except ValueError as e:
+            raise ConfigError(config_file, [("credentials_block", str(e))]) from None
     for name, st in job.stages.items():
         if st.kind == "yolo" and is_builtin_yaml(st.weights):
             continue

@@ -147,6 +147,7 @@ class JobConfig(_Strict):
     ontology: list[OntologyClass] = Field(..., description="Classes with stable integer ids.")
     stages: dict[str, Stage] = Field(..., description="Named stages; `needs` makes them a DAG.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    credentials_block: str | None = Field(None, description="Name of a Prefect Secret block with S3 credentials (JSON: aws_access_key_id, aws_secret_access_key, optional aws_session_token, endpoint_url), used for every s3:// URL of the job. Default: the environment / AWS profiles.")
     gold_set: str | None = Field(None, description="COCO instances file with human labels for some images (matched by file name): the run reports AP and mask IoU against it.")
 
     # -- derived ---------------------------------------------------------------------

@@ -21,13 +21,29 @@ from tasks.finalize import IncompleteRunError, finalize
 from tasks.quality import format_quality, load_quality
 from tasks.plan import make_plan
 from tasks.shard import run_shard
-from tasks.storage import redact
+from tasks.storage import load_credentials_block, redact, use_s3_credentials
 
 __all__ = ["label_flow", "run_job"]
 
 
 def _job(job: dict | JobConfig) -> JobConfig:
-    return job if isinstance(job, JobConfig) else JobConfig.model_validate(job)
+    j = job if isinstance(job, JobConfig) else JobConfig.model_validate(job)
+    apply_credentials(j)
+    return j
+
+
+def apply_credentials(job: JobConfig) -> None:
+    """Load the job's credentials block (once per process) for its s3:// URLs. Only the block's name travels."""
+    name = job.credentials_block
+    if name and _loaded_block.get("name") != name:
+        use_s3_credentials(load_credentials_block(name))
+        _loaded_block["name"] = name
+    elif not name and _loaded_block:
+        use_s3_credentials(None)  # back to the environment / profiles
+        _loaded_block.clear()
+
+
+_loaded_block: dict[str, str] = {}
 
 
 @task(name="plan", retries=2, retry_delay_seconds=5)

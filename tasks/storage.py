@@ -30,6 +30,8 @@ import fsspec
 from fsspec.core import url_to_fs as _url_to_fs
 
 __all__ = [
+    "use_s3_credentials",
+    "load_credentials_block",
     "open_fs",
     "join",
     "write_bytes",
@@ -42,10 +44,49 @@ __all__ = [
 ]
 
 
+_s3_credentials: dict[str, Any] = {}
+
+
+def use_s3_credentials(credentials: dict[str, Any] | None) -> None:
+    """Credentials for every ``s3://`` URL opened by this process from now on (``key``, ``secret``, ``token``).
+
+    Set from a Prefect block by the flow (see :func:`load_credentials_block`); never logged or written.
+    """
+    _s3_credentials.clear()
+    if credentials:
+        _s3_credentials.update({k: v for k, v in credentials.items() if v})
+
+
+def load_credentials_block(name: str) -> dict[str, Any]:
+    """Read S3 credentials from a Prefect ``Secret`` block holding JSON.
+
+    The block's value is ``{"aws_access_key_id": ..., "aws_secret_access_key": ...,
+    "aws_session_token": ... (optional), "endpoint_url": ... (optional)}``.
+    """
+    import json
+
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(name).get()
+    except ValueError as e:
+        raise ValueError(f"credentials_block: no Prefect Secret block named {name!r} ({e})") from None
+    data = json.loads(value) if isinstance(value, str) else dict(value)
+    missing = [k for k in ("aws_access_key_id", "aws_secret_access_key") if not data.get(k)]
+    if missing:
+        raise ValueError(f"credentials_block {name!r}: the secret lacks {', '.join(missing)}")
+    out = {"key": data["aws_access_key_id"], "secret": data["aws_secret_access_key"], "token": data.get("aws_session_token")}
+    if data.get("endpoint_url"):
+        out["endpoint_url"] = data["endpoint_url"]
+    return out
+
+
 def storage_options_for(url: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """fsspec options for ``url``: the S3 endpoint from the environment plus ``extra``."""
+    """fsspec options for ``url``: the S3 endpoint from the environment, block credentials, plus ``extra``."""
     opts: dict[str, Any] = dict(extra or {})
     if url.startswith(("s3://", "s3a://")):
+        for k, v in _s3_credentials.items():
+            opts.setdefault(k, v)
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and "endpoint_url" not in opts and "endpoint_url" not in opts.get("client_kwargs", {}):
             opts["endpoint_url"] = endpoint

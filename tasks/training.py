@@ -64,7 +64,7 @@ def _yolo_split(root: Path, split: str, n: int, seed: int, size_range: tuple[int
 
 
 def train_detector(
-    out_path: str | Path, images: int = 500, epochs: int = 20, imgsz: int = 288, seed: int = 0,
+    out_path: str | Path, images: int = 400, epochs: int = 20, imgsz: int = 320, seed: int = 0,
     size_range: tuple[int, int] = (200, 640), log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train a YOLO detector on synthetic scenes; save a segflow checkpoint. Returns validation metrics.

@@ -51,3 +51,34 @@ def test_missing_s3_source_is_a_clear_error(s3, write_job, image_dir, capsys):
     assert cli.main(["run", str(job), "--no-progress"]) == 2
     assert "source not found: s3://segflow-src/nothing-here/" in capsys.readouterr().err
     assert not s3.exists("segflow-out/x/plan")
+
+
+def test_credentials_from_a_prefect_block_never_travel(prefect_harness, s3, write_job, image_dir, monkeypatch, capsys):
+    from prefect.blocks.system import Secret
+    from prefect.client.orchestration import get_client
+
+    s3.put(str(image_dir) + "/", "segflow-src/batch1/", recursive=True)
+    secret = "block-secret-value-never-shown"
+    Secret(value=json.dumps({"aws_access_key_id": "block-key-id", "aws_secret_access_key": secret})).save("segflow-test-s3", overwrite=True)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")  # the block is the only source of credentials
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+
+    def on_s3(job):
+        job["source"] = {"url": "s3://segflow-src/batch1/"}
+        job["output"] = "s3://segflow-out/blockrun"
+        job["credentials_block"] = "segflow-test-s3"
+
+    job = write_job(image_dir, "unused", mutate=on_s3)
+    assert cli.main(["run", str(job), "--no-progress"]) == 0
+    printed = capsys.readouterr()
+    assert secret not in printed.out + printed.err
+    for key in s3.find("segflow-out/blockrun"):
+        assert secret.encode() not in s3.cat_file(key), key
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+    params = [json.dumps(r.parameters, default=str) for r in runs]
+    assert any("segflow-test-s3" in p for p in params) and not any(secret in p for p in params)
+
+    job_missing = write_job(image_dir, "unused", name="missing.yaml", mutate=lambda j: (on_s3(j), j.update(credentials_block="no-such-block")))
+    assert cli.main(["run", str(job_missing), "--no-progress"]) == 2
+    assert "credentials_block: no Prefect Secret block named 'no-such-block'" in capsys.readouterr().err
