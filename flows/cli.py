@@ -59,7 +59,7 @@ def prepare(job, config_file: str):
         except ValueError as e:
             raise ConfigError(config_file, [("credentials_block", str(e))]) from None
     for name, st in job.stages.items():
-        if st.kind == "yolo" and is_builtin_yaml(st.weights):
+        if not hasattr(st, "weights") or (st.kind == "yolo" and is_builtin_yaml(st.weights)):
             continue
         try:
             resolve_weights(st.weights, st.sha256)
@@ -261,14 +261,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     import re
     from pathlib import Path
 
-    from tasks.training import train_detector, train_sam
+    from tasks.training import train_demo_models
     from tasks.weights import sha256_file
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    det = train_detector(out / "demo-yolo.pt", images=args.det_images, epochs=args.det_epochs, imgsz=args.det_imgsz, seed=args.seed)
-    sam = train_sam(out / "demo-sam.pt", minutes=args.sam_minutes, seed=args.seed)
+    det, sam = train_demo_models(out, seed=args.seed, det_images=args.det_images, det_epochs=args.det_epochs,
+                                 det_imgsz=args.det_imgsz, sam_minutes=args.sam_minutes)
     shas = {name: sha256_file(out / name) for name in ("demo-yolo.pt", "demo-sam.pt")}
     print(f"trained in {time.time() - t0:.0f}s: detector {det}, sam {sam}")
     for name, sha in shas.items():
@@ -341,13 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--verbose", "-v", action="store_true")
     d.set_defaults(fn=cmd_demo)
 
-    t = sub.add_parser("train-demo-models", help="train the demo detector and SAM on synthetic scenes (CPU, ~12 minutes)")
+    t = sub.add_parser("train-demo-models", help="train the demo detector and SAM on synthetic scenes (CPU, one core each, ~13 minutes)")
     t.add_argument("--output", default="configs/models")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--det-images", type=int, default=400)
-    t.add_argument("--det-epochs", type=int, default=20)
-    t.add_argument("--det-imgsz", type=int, default=320)
-    t.add_argument("--sam-minutes", type=float, default=6.0)
+    t.add_argument("--det-epochs", type=int, default=24)
+    t.add_argument("--det-imgsz", type=int, default=288)
+    t.add_argument("--sam-minutes", type=float, default=12.0)
     t.add_argument("--update-config", help="write the new sha256 values into this job file (e.g. configs/demo.yaml)")
     t.set_defaults(fn=cmd_train)
 

@@ -125,7 +125,63 @@ class SamStage(_ModelStage):
     min_mask_area: int = Field(1, ge=0, description="Masks with fewer pixels are dropped (with their detection).")
 
 
-Stage = Annotated[Union[YoloStage, SamStage], Field(discriminator="kind")]
+_Action = Literal["reject", "flag", "off"]
+
+
+class _MinRule(_Strict):
+    min: float
+    action: _Action
+
+
+class _AreaMin(_Strict):
+    min_px: float = Field(25, ge=0)
+    min_frac: float = Field(0.0, ge=0, le=1)
+    action: _Action = "reject"
+
+
+class _AreaMax(_Strict):
+    max_frac: float = Field(0.9, ge=0, le=1)
+    action: _Action = "flag"
+
+
+class _Components(_Strict):
+    max: int = Field(3, ge=1)
+    action: _Action = "flag"
+
+
+class _Duplicate(_Strict):
+    iou: float = Field(0.85, ge=0, le=1)
+    action: _Action = "reject"
+
+
+class _ImageRule(_Strict):
+    action: Literal["flag", "off"] = "flag"
+
+
+class _CountOutlier(_Strict):
+    mads: float = Field(5.0, gt=0)
+    min: int = Field(10, ge=1)
+    action: Literal["flag", "off"] = "flag"
+
+
+class QcStage(_StageBase):
+    """Quality checks on the masks of the segmenter stage it needs (see tasks/qc.py for each rule)."""
+
+    kind: Literal["qc"]
+    predicted_iou: _MinRule = Field(default_factory=lambda: _MinRule(min=0.88, action="reject"), description="SAM predicted IoU minimum (SA-1B: 0.88).")
+    stability: _MinRule = Field(default_factory=lambda: _MinRule(min=0.95, action="reject"), description="Stability score minimum, offset 1.0 (SA-1B: 0.95).")
+    min_area: _AreaMin = Field(default_factory=_AreaMin)
+    max_area: _AreaMax = Field(default_factory=_AreaMax)
+    mask_box_iou: _MinRule = Field(default_factory=lambda: _MinRule(min=0.6, action="reject"), description="IoU of the mask's box with its prompt box.")
+    components: _Components = Field(default_factory=_Components)
+    duplicate: _Duplicate = Field(default_factory=_Duplicate)
+    no_labels: _ImageRule = Field(default_factory=_ImageRule)
+    count_outlier: _CountOutlier = Field(default_factory=_CountOutlier)
+    export_flagged: bool = Field(False, description="Include flagged masks in the COCO export (passed masks always are; rejected never).")
+    review_samples: int = Field(24, ge=0, description="Masks per verdict drawn on the contact sheets.")
+
+
+Stage = Annotated[Union[YoloStage, SamStage, QcStage], Field(discriminator="kind")]
 
 
 class RuntimeConfig(_Strict):
@@ -173,7 +229,10 @@ class JobConfig(_Strict):
 
     def chunk_size(self) -> int:
         """Images handed to the stages at a time: the largest numeric batch size."""
-        return max([s.batch_size for s in self.stages.values() if isinstance(s.batch_size, int)] or [1])
+        return max([b for s in self.stages.values() if isinstance(b := getattr(s, "batch_size", None), int)] or [1])
+
+    def qc_stage(self) -> "QcStage | None":
+        return next((s for s in self.stages.values() if s.kind == "qc"), None)
 
     def sink_stages(self) -> list[str]:
         """Stages no other stage needs: their output is what the manifest holds."""
@@ -323,6 +382,8 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
         from tasks.weights import weights_location_issue
 
         for name, st in job.stages.items():
+            if not hasattr(st, "weights"):
+                continue
             problem = weights_location_issue(st.weights, builtin_yaml_ok=(st.kind == "yolo"))
             if problem:
                 issues.append((f"stages.{name}.weights", problem))
@@ -370,6 +431,9 @@ def parse_config(
         gold = _resolve(job.gold_set, base) if job.gold_set else None
     stages = {}
     for name, st in job.stages.items():
+        if not hasattr(st, "weights"):
+            stages[name] = st
+            continue
         w = st.weights
         keep = st.kind == "yolo" and w.endswith((".yaml", ".yml")) and "/" not in w and not (base / w).exists()
         stages[name] = st.model_copy(update={"weights": w if keep else _resolve(w, base)})

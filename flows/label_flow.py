@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.futures import wait
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import JobConfig
@@ -79,6 +79,13 @@ def finalize_task(job: dict, started_at: float) -> dict:
         ),
         description="segflow run summary",
     )
+    if "qc" in summary:
+        from tasks.storage import join, open_fs, read_bytes
+
+        fs, path = open_fs(join(_job(job).output, "qc", "report.md"))
+        create_markdown_artifact(key=f"{artifact_key}-qc-report", markdown=read_bytes(fs, path).decode(), description="segflow QC report")
+        rows = [{"rule": k, "masks": v} for k, v in summary["qc"]["rules"].items()] + [{"rule": f"verdict: {k}", "masks": v} for k, v in summary["qc"]["verdicts"].items()]
+        create_table_artifact(key=f"{artifact_key}-qc", table=rows, description="QC rules and verdicts")
     if "quality" in summary:
         quality = load_quality(_job(job).output)
         create_table_artifact(key=f"{artifact_key}-quality", table=quality["per_class"], description=format_quality(quality).splitlines()[1].strip())
@@ -97,6 +104,9 @@ def label_flow(job: dict) -> dict:
     shard_ids = plan_task(job)
     runner = shard_task.with_options(retries=j.runtime.retries, retry_delay_seconds=j.runtime.retry_delay_s)
     futures = [runner.submit(job, sid) for sid in shard_ids]
+    progress_id = create_progress_artifact(progress=0.0, description=f"{j.name}: shards committed")
+    for done, _ in enumerate(as_completed(futures), 1):
+        update_progress_artifact(progress_id, progress=100.0 * done / max(len(futures), 1))
     wait(futures)
     failed = {}
     for sid, fut in zip(shard_ids, futures):

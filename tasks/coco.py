@@ -12,6 +12,10 @@
   COCOeval results too), ``predicted_iou``.
 * ``categories``: the ontology (``id``, ``name``, ``supercategory``).
 
+With a ``qc`` stage only masks that passed (and flagged ones with
+``export_flagged``) are exported; rejected masks stay in the manifest and the
+quarantine table.
+
 The file is written to a temporary file and published in one step.
 """
 
@@ -40,8 +44,13 @@ def write_instances(
     image_tables: Callable[[], Iterable[pa.Table]],
     mask_tables: Callable[[], Iterable[pa.Table]],
     description: str = "",
+    keep_verdicts: tuple[str, ...] = ("pass",),
 ) -> dict[str, int]:
-    """Stream images then annotations into ``url``. Returns counts."""
+    """Stream images then annotations into ``url``. Returns counts.
+
+    Masks with a QC verdict are exported only when it is in ``keep_verdicts``
+    (masks without a QC stage have no verdict and are always exported).
+    """
     fs, path = open_fs(url)
     tmp = local_tempfile(fs, path, ".json")
     n_images = n_anns = 0
@@ -66,6 +75,9 @@ def write_instances(
             first = True
             cols = ["annotation_id", "image_id", "category_id", "rle_counts", "width", "height", "area", "bbox", "score", "predicted_iou"]
             for t in mask_tables():
+                if "qc_verdict" in t.column_names:
+                    keep = pc.or_kleene(pc.is_null(t["qc_verdict"]), pc.is_in(t["qc_verdict"], value_set=pa.array(list(keep_verdicts), pa.string())))
+                    t = t.filter(keep)
                 for r in t.select(cols).to_pylist():
                     f.write(("" if first else ",") + "\n" + json.dumps({
                         "id": r["annotation_id"], "image_id": r["image_id"], "category_id": r["category_id"],

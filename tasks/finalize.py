@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.coco import write_instances
+from tasks.qc_report import QcAccumulator, write_qc_report
 from tasks.commit import read_commit, read_committed_table, read_error
 from tasks.plan import load_plan
 from tasks.storage import join, open_fs, redact, write_bytes
@@ -82,8 +83,8 @@ def _replace_dir(fs: Any, path: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def gold_quality(job: Any, commits: list[dict]) -> dict:
-    """Evaluate the committed labels of the gold set's images against it (see :mod:`tasks.quality`)."""
+def gold_quality(job: Any, commits: list[dict], keep_verdicts: tuple[str, ...] = ("pass",)) -> dict:
+    """Evaluate the exported labels (QC verdict in ``keep_verdicts`` or none) of the gold set's images against it."""
     from pathlib import PurePosixPath
 
     from tasks.quality import evaluate, load_gold
@@ -101,6 +102,7 @@ def gold_quality(job: Any, commits: list[dict]) -> dict:
     preds = []
     for c in commits:
         t = read_committed_table(job.output, c, "masks")
+        t = t.filter(pc.or_kleene(pc.is_null(t["qc_verdict"]), pc.is_in(t["qc_verdict"], value_set=pa.array(list(keep_verdicts), pa.string()))))
         preds.extend(t.filter(pc.is_in(t["image_id"], value_set=ids)).select(["image_id", "category_id", "score", "rle_counts", "bbox"]).to_pylist())
     return evaluate(gold, job.category_names(), file_names, preds, sizes)
 
@@ -119,13 +121,22 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
     # 1. manifests: one part per shard, copied from the committed attempt files
     counts = {"images": 0, "labelled_images": 0, "failed_images": 0, "masks": 0}
     per_category: dict[str, int] = {}
-    for name in ("masks", "images"):
-        _, dir_path = open_fs(paths[name])
-        _replace_dir(fs, dir_path)
+    qc = job.qc_stage() if hasattr(job, "qc_stage") else None
+    if qc is not None:
+        paths["quarantine"] = join(output, "qc", "quarantine.parquet")
+    acc = QcAccumulator(qc.review_samples) if qc is not None else None
+    for name in ("masks", "images", "quarantine"):
+        if name in paths:
+            _, dir_path = open_fs(paths[name])
+            _replace_dir(fs, dir_path)
     for c in commits:
         images = read_committed_table(output, c, "images")
         masks = read_committed_table(output, c, "masks")
-        for name, table in (("images", images), ("masks", masks)):
+        parts = [("images", images), ("masks", masks)]
+        if acc is not None:
+            acc.add(c["shard_id"], masks, images)
+            parts.append(("quarantine", masks.filter(pc.equal(masks["qc_verdict"], "reject"))))
+        for name, table in parts:
             buf = io.BytesIO()
             pq.write_table(table, buf, compression="zstd")
             _, part = open_fs(join(paths[name], f"part-{c['shard_id']}.parquet"))
@@ -145,14 +156,22 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
                 yield read_committed_table(output, c, name)
         return gen
 
-    coco_counts = write_instances(paths["coco_instances"], job.category_names(), tables("images"), tables("masks"), description=job.name)
-    if coco_counts["annotations"] != counts["masks"]:  # pragma: no cover - internal consistency guard
-        raise RuntimeError(f"COCO export wrote {coco_counts['annotations']} annotations for {counts['masks']} manifest rows")
+    keep = ("pass", "flag") if qc is not None and qc.export_flagged else ("pass",)
+    coco_counts = write_instances(paths["coco_instances"], job.category_names(), tables("images"), tables("masks"), description=job.name, keep_verdicts=keep)
+    qc_summary = None
+    if acc is not None:
+        qc_summary = write_qc_report(output, acc, job.name)
+        paths["qc_report"] = qc_summary["report"]
+        expected = sum(qc_summary["verdicts"][v] for v in keep)
+    else:
+        expected = counts["masks"]
+    if coco_counts["annotations"] != expected:  # pragma: no cover - internal consistency guard
+        raise RuntimeError(f"COCO export wrote {coco_counts['annotations']} annotations, expected {expected}")
 
     # 3. quality against the gold set, when the job names one
     quality = None
     if getattr(job, "gold_set", None):
-        quality = gold_quality(job, commits)
+        quality = gold_quality(job, commits, keep)
         paths["quality"] = join(output, "quality.json")
         _, qpath = open_fs(paths["quality"])
         write_bytes(fs, qpath, json.dumps(quality, indent=2).encode())
@@ -171,6 +190,9 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commits_digest": digest,
     }
+    summary["coco_annotations"] = coco_counts["annotations"]
+    if qc_summary is not None:
+        summary["qc"] = {k: qc_summary[k] for k in ("verdicts", "rules", "image_flags")}
     if quality is not None:
         summary["quality"] = {k: quality[k] for k in ("images", "gold_instances", "box_ap50", "mask_ap50", "mask_ap", "mean_mask_iou")}
     if started_at is not None:

@@ -23,12 +23,15 @@ stage              string        name of the stage that produced the mask
 model              string        ``kind:file@sha256:<12 hex>`` of the mask model
 prompt_model       string        same for the detector (null when none)
 shard_id           string        shard that produced the row
+qc_verdict         string        ``pass`` | ``flag`` | ``reject`` (null without a qc stage)
+qc_reasons         list<string>  QC rules that fired (null without a qc stage)
 =================  ============  ==========================================================
 
 ``images`` (``OUTPUT/manifest/images.parquet/``): ``image_id``, ``image_uri``,
 ``file_name`` (key relative to the source root), ``width``/``height`` (null
 when the image failed), ``status`` (``ok`` | ``failed``), ``error`` (the
-reason, null when ok), ``exif_orientation``, ``num_masks``, ``shard_id``.
+reason, null when ok), ``exif_orientation``, ``num_masks``, ``shard_id``, ``qc_flags`` (image QC flags:
+``no_labels``, ``label_count_outlier``; null without a qc stage).
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ MASKS_SCHEMA = pa.schema([
     ("model", pa.string()),
     ("prompt_model", pa.string()),
     ("shard_id", pa.string()),
+    ("qc_verdict", pa.string()),
+    ("qc_reasons", pa.list_(pa.string())),
 ])
 
 IMAGES_SCHEMA = pa.schema([
@@ -78,6 +83,7 @@ IMAGES_SCHEMA = pa.schema([
     ("exif_orientation", pa.int32()),
     ("num_masks", pa.int32()),
     ("shard_id", pa.string()),
+    ("qc_flags", pa.list_(pa.string())),
 ])
 
 
@@ -91,7 +97,7 @@ class ShardTables:
     images: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in IMAGES_SCHEMA})
 
     def add_failed_image(self, image_id: int, uri: str, key: str, error: str) -> None:
-        self._image(image_id, uri, key, None, None, "failed", error, None, 0)
+        self._image(image_id, uri, key, None, None, "failed", error, None, 0, None)
 
     def add_image(
         self, image_id: int, uri: str, key: str, size_hw: tuple[int, int], exif_orientation: int,
@@ -125,11 +131,27 @@ class ShardTables:
             m["model"].extend([model] * n)
             m["prompt_model"].extend([prompt_model] * n)
             m["shard_id"].extend([self.shard_id] * n)
+            verdicts = dets.fields.get("qc_verdict")
+            m["qc_verdict"].extend([None] * n if verdicts is None else verdicts.tolist())
+            reasons = dets.fields.get("qc_reasons")
+            m["qc_reasons"].extend([None] * n if reasons is None else [r.split(",") if r else [] for r in reasons])
             k += n
-        self._image(image_id, uri, key, h, w, "ok", None, exif_orientation, k)
+        checked = [d for *_, d in outputs if "qc_image_flags" in d.meta]
+        flags = [f for d in checked for f in d.meta["qc_image_flags"]] if checked else None
+        self._image(image_id, uri, key, h, w, "ok", None, exif_orientation, k, flags)
         return k
 
-    def _image(self, image_id, uri, key, h, w, status, error, orientation, num_masks) -> None:
+    def flag_count_outliers(self, mads: float, minimum: int) -> None:
+        """Add ``label_count_outlier`` to decoded images with unusually many masks for this shard."""
+        from tasks.qc import count_outliers
+
+        ok = [i for i, st in enumerate(self.images["status"]) if st == "ok"]
+        out = count_outliers([self.images["num_masks"][i] for i in ok], mads, minimum)
+        for i, is_out in zip(ok, out):
+            if is_out:
+                self.images["qc_flags"][i] = (self.images["qc_flags"][i] or []) + ["label_count_outlier"]
+
+    def _image(self, image_id, uri, key, h, w, status, error, orientation, num_masks, qc_flags) -> None:
         i = self.images
         i["image_id"].append(image_id)
         i["image_uri"].append(uri)
@@ -141,6 +163,7 @@ class ShardTables:
         i["exif_orientation"].append(orientation)
         i["num_masks"].append(num_masks)
         i["shard_id"].append(self.shard_id)
+        i["qc_flags"].append(qc_flags)
 
     def tables(self) -> tuple[pa.Table, pa.Table]:
         masks = pa.table({k: pa.array(v, type=MASKS_SCHEMA.field(k).type) for k, v in self.masks.items()}, schema=MASKS_SCHEMA)

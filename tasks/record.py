@@ -16,7 +16,8 @@ Arrays (N = number of objects):
 ``fields``      N each      extra per-row arrays by name (``predicted_iou``, ...)
 ==============  ==========  =====================================================
 
-``image_size`` is ``(H, W)`` of the upright image the coordinates refer to.
+``image_size`` is ``(H, W)`` of the upright image the coordinates refer to;
+``meta`` holds per-image values (e.g. the QC stage's image flags).
 Masks stay RLE: dense masks exist only transiently inside a stage.
 """
 
@@ -49,6 +50,7 @@ class Detections:
     scores: np.ndarray
     rle_counts: np.ndarray | None = None
     fields: Mapping[str, np.ndarray] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4) if np.size(self.boxes) == 0 else np.asarray(self.boxes, dtype=np.float32)
@@ -90,6 +92,14 @@ class Detections:
             scores=self.scores,
             rle_counts=np.asarray(list(rle_counts), dtype=object) if len(rle_counts) else np.empty(0, dtype=object),
             fields={**self.fields, **fields},
+            meta=self.meta,
+        )
+
+    def with_fields(self, meta: Mapping[str, Any] | None = None, **fields: np.ndarray) -> "Detections":
+        """A copy with extra per-row fields (and per-image ``meta`` entries) added."""
+        return Detections(
+            image_size=self.image_size, boxes=self.boxes, class_ids=self.class_ids, scores=self.scores,
+            rle_counts=self.rle_counts, fields={**self.fields, **fields}, meta={**self.meta, **(meta or {})},
         )
 
     # -- container protocol ------------------------------------------------------------
@@ -109,6 +119,7 @@ class Detections:
             scores=self.scores[index],
             rle_counts=None if self.rle_counts is None else self.rle_counts[index],
             fields={k: v[index] for k, v in self.fields.items()},
+            meta=self.meta,
         )
 
     @property

@@ -110,6 +110,16 @@ def _decoded_stream(rows: list[dict], job: Any) -> Iterator[tuple[dict, DecodedI
             yield row, result
 
 
+def _provenance(job: Any, sink: str, models: dict[str, Any]) -> tuple[str, str, str | None]:
+    """``(mask stage, mask model identity, prompt model identity)`` behind a sink stage's rows."""
+    role = lambda n: ADAPTERS[job.stages[n].kind].role  # noqa: E731
+    mask_stage = sink
+    while role(mask_stage) == "qc":  # QC passes rows through: credit the stage that made the masks
+        mask_stage = next(d for d in job.stages[mask_stage].needs if role(d) in ("segmenter", "qc"))
+    prompt = next((d for d in job.stages[mask_stage].needs if role(d) == "detector"), None)
+    return mask_stage, models[mask_stage].identity, (models[prompt].identity if prompt else None)
+
+
 def run_stages(job: Any, images: list[Any], models: dict[str, Any]) -> dict[str, list[Detections]]:
     """Run every stage, in dependency order, on a list of H x W x 3 RGB uint8 images."""
     results: dict[str, list[Detections]] = {}
@@ -122,6 +132,9 @@ def run_stages(job: Any, images: list[Any], models: dict[str, Any]) -> dict[str,
         elif role == "segmenter":
             (src,) = [d for d in st.needs if ADAPTERS[job.stages[d].kind].role == "detector"]
             results[name] = adapter.segment(images, results[src])
+        elif role == "qc":
+            (src,) = [d for d in st.needs if ADAPTERS[job.stages[d].kind].role == "segmenter"]
+            results[name] = adapter.check(images, results[src])
         else:  # pragma: no cover - the registry and config validation keep roles closed
             raise ValueError(f"stage {name}: unknown role {role!r}")
     return results
@@ -158,10 +171,8 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
     ontology = job.category_names()
     models = {name: get_model(job.stages[name], ontology) for name in job.stage_order()}
     sinks = job.sink_stages()
-    prompt_models = {
-        name: next((models[d].identity for d in job.stages[name].needs if ADAPTERS[job.stages[d].kind].role == "detector"), None)
-        for name in sinks
-    }
+    # what each sink's rows came from: (mask stage name, mask model, prompt model)
+    provenance = {name: _provenance(job, name, models) for name in sinks}
     tables = ShardTables(shard_id, ontology)
     chunk: list[tuple[dict, DecodedImage]] = []
     n_failed = n_masks = 0
@@ -172,7 +183,7 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
             return
         results = run_stages(job, [img.pixels for _, img in chunk], models)
         for i, (row, img) in enumerate(chunk):
-            outputs = [(s, models[s].identity, prompt_models[s], results[s][i]) for s in sinks]
+            outputs = [(*provenance[s], results[s][i]) for s in sinks]
             k = tables.add_image(row["image_id"], row["uri"], row["key"], (img.height, img.width), img.exif_orientation, outputs)
             n_masks += k
             progress.advance(images=1, masks=k)
@@ -190,6 +201,9 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
             flush()
     flush()
 
+    qc = job.qc_stage()
+    if qc is not None and qc.count_outlier.action != "off":
+        tables.flag_count_outliers(qc.count_outlier.mads, qc.count_outlier.min)
     limit = job.runtime.max_failed_fraction
     if rows and n_failed / len(rows) > limit:
         errors = [e for e in tables.images["error"] if e][:3]

@@ -64,7 +64,7 @@ def _yolo_split(root: Path, split: str, n: int, seed: int, size_range: tuple[int
 
 
 def train_detector(
-    out_path: str | Path, images: int = 400, epochs: int = 20, imgsz: int = 320, seed: int = 0,
+    out_path: str | Path, images: int = 400, epochs: int = 24, imgsz: int = 288, seed: int = 0,
     size_range: tuple[int, int] = (200, 640), log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train a YOLO detector on synthetic scenes; save a segflow checkpoint. Returns validation metrics.
@@ -88,14 +88,14 @@ def train_detector(
         _log(f"detector: {images} training scenes written ({time.time() - t0:.0f}s); training {epochs} epochs at {imgsz}px", log)
         model = YOLO("yolo11n.yaml")
         model.train(
-            data=str(data), epochs=epochs, imgsz=imgsz, batch=8, workers=2, device="cpu", plots=False,
+            data=str(data), epochs=epochs, imgsz=imgsz, batch=8, device="cpu", plots=False,
             seed=seed, deterministic=True, amp=False, project=str(Path(tmp) / "runs"), name="det",
-            exist_ok=True, verbose=False, val=False, cache="ram", mosaic=0.0, close_mosaic=0, scale=0.25,
+            exist_ok=True, verbose=False, val=False, cache="ram", mosaic=0.0, close_mosaic=0, scale=0.25, workers=1,
             optimizer="AdamW", lr0=0.002, warmup_epochs=1, patience=0,
         )
         trained = YOLO(str(Path(tmp) / "runs" / "det" / "weights" / "last.pt"))  # our own fresh file: trusted
+        yolo_adapter.save_yolo_checkpoint(trained, out_path)  # before val(), which fuses Conv+BN in place
         metrics = trained.val(data=str(data), imgsz=imgsz, batch=16, device="cpu", plots=False, verbose=False, project=str(Path(tmp) / "runs"), name="val")
-        yolo_adapter.save_yolo_checkpoint(trained, out_path)
     result = {"box_map50_val": round(float(metrics.box.map50), 4), "box_map_val": round(float(metrics.box.map), 4), "seconds": round(time.time() - t0, 1)}
     _log(f"detector: done {result}", log)
     return result
@@ -125,6 +125,29 @@ def _scene_samples(rng: np.random.Generator, n: int, transform, img_size: int, l
     return samples
 
 
+def _decode_all_prompts(decoder, embeddings, image_pe, sparse, dense):
+    """``MaskDecoder.predict_masks`` for P prompts with one image embedding each (P x C x h x w).
+
+    The library repeats a single image's embedding per prompt; in training the
+    prompts of a whole batch of images go through in one call instead. Single
+    mask output (token 0), as at inference with ``multimask_output=False``.
+    """
+    import torch
+
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat((output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1), sparse), dim=1)
+    src = embeddings + dense
+    pos_src = image_pe.expand(src.shape[0], -1, -1, -1)
+    b, c, h, w = src.shape
+    hs, src = decoder.transformer(src, pos_src, tokens)
+    iou_token_out, mask_tokens_out = hs[:, 0, :], hs[:, 1 : 1 + decoder.num_mask_tokens, :]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+    b, c, h, w = upscaled.shape
+    masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+    return masks[:, :1], decoder.iou_prediction_head(iou_token_out)[:, :1]
+
+
 def _dice_loss(logits, target):
     p = logits.sigmoid().flatten(1)
     t = target.flatten(1)
@@ -132,7 +155,7 @@ def _dice_loss(logits, target):
 
 
 def train_sam(
-    out_path: str | Path, minutes: float = 7.0, seed: int = 0, scenes: int = 600, batch_images: int = 8,
+    out_path: str | Path, minutes: float = 12.0, seed: int = 0, scenes: int = 600, batch_images: int = 8,
     boxes_per_image: int = 8, prompts_per_object: int = 1, lr: float = 2e-3, size_range: tuple[int, int] = (256, 640),
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -179,22 +202,14 @@ def train_sam(
             targets.append(m[k])
             sizes.append((ih, iw))
         emb = sam.image_encoder(torch.stack(imgs))
-        loss_mask = loss_dice = loss_iou = 0.0
-        for j in range(len(imgs)):
-            sparse, dense = sam.prompt_encoder(points=None, boxes=prompts[j], masks=None)
-            low, iou_pred = sam.mask_decoder(image_embeddings=emb[j : j + 1], image_pe=pe, sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
-            logits = low[:, 0]  # loss on the 4x-upscaled decoder output against soft targets
-            tgt = targets[j]
-            loss_mask = loss_mask + F.binary_cross_entropy_with_logits(logits, tgt)
-            loss_dice = loss_dice + _dice_loss(logits, tgt)
-            with torch.no_grad():
-                pred, hard = logits > 0, tgt > 0.5
-                inter = (pred & hard).flatten(1).sum(1).float()
-                union = (pred | hard).flatten(1).sum(1).float().clamp(min=1)
-                iou = inter / union
-            loss_iou = loss_iou + F.mse_loss(iou_pred[:, 0], iou)
-        n = len(imgs)
-        loss = (loss_mask * 20 + loss_dice + loss_iou) / n
+        owner = torch.cat([torch.full((len(p),), j, dtype=torch.long) for j, p in enumerate(prompts)])
+        sparse, dense = sam.prompt_encoder(points=None, boxes=torch.cat(prompts), masks=None)
+        low, iou_pred = _decode_all_prompts(sam.mask_decoder, emb[owner], pe, sparse, dense)  # every image's prompts in one call
+        logits, tgt = low[:, 0], torch.cat(targets)  # loss on the 4x-upscaled decoder output against soft targets
+        with torch.no_grad():
+            pred, hard = logits > 0, tgt > 0.5
+            iou = (pred & hard).flatten(1).sum(1).float() / (pred | hard).flatten(1).sum(1).float().clamp(min=1)
+        loss = F.binary_cross_entropy_with_logits(logits, tgt) * 20 + _dice_loss(logits, tgt) + F.mse_loss(iou_pred[:, 0], iou)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
@@ -208,6 +223,42 @@ def train_sam(
     result = {"steps": step, "final_loss": round(float(ema or 0), 4), "seconds": round(time.time() - t0, 1)}
     _log(f"sam: done {result}", log)
     return result
+
+
+def _detector_process(out_path: str, kwargs: dict, queue) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    queue.put(train_detector(out_path, **kwargs))
+
+
+def train_demo_models(out_dir: str | Path, seed: int = 0, det_images: int = 400, det_epochs: int = 24, det_imgsz: int = 288, sam_minutes: float = 12.0) -> tuple[dict, dict]:
+    """Train the detector and the SAM side by side, one CPU core each.
+
+    Neither model's training scales well past one core on a small CPU, so two
+    single-threaded trainings in parallel get about twice the work done in the
+    same wall time as one after the other.
+    """
+    import multiprocessing as mp
+
+    import torch
+
+    out_dir = Path(out_dir)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    det = ctx.Process(target=_detector_process, args=(str(out_dir / "demo-yolo.pt"), dict(images=det_images, epochs=det_epochs, imgsz=det_imgsz, seed=seed), queue))
+    det.start()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sam = train_sam(out_dir / "demo-sam.pt", minutes=sam_minutes, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
+    det_result = queue.get()
+    det.join()
+    if det.exitcode != 0:
+        raise RuntimeError(f"detector training failed (exit code {det.exitcode})")
+    return det_result, sam
 
 
 def mean_box_prompt_iou(sam_weights: str | Path, seed: int = 1, n: int = 30, size_range: tuple[int, int] = (200, 1000), box_shift: float = 0.0) -> tuple[float, list[float]]:

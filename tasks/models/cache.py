@@ -45,6 +45,13 @@ def get_model(stage: Any, ontology: dict[int, str]) -> LoadedModel:
         entry = _entries.setdefault(key, _Entry())
     with entry.lock:
         if entry.model is None:
+            if not hasattr(stage, "weights"):  # rule-based stages (qc)
+                import hashlib
+
+                adapter = adapter_class(stage.kind)(stage, None, ontology)
+                digest = hashlib.sha256(stage.model_dump_json(exclude={"needs"}).encode()).hexdigest()[:12]
+                entry.model = LoadedModel(adapter, f"{stage.kind}:rules@sha256:{digest}")
+                return entry.model
             if stage.kind == "yolo" and is_builtin_yaml(stage.weights):
                 local, path = None, stage.weights
             else:

@@ -8,6 +8,7 @@ Roles:
 
 * ``detector``  -- images -> :class:`~tasks.record.Detections` with boxes, classes, scores.
 * ``segmenter`` -- images + a detector's Detections -> the same rows with masks (RLE).
+* ``qc``        -- a segmenter's Detections -> the same rows with a verdict and fired rules.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
         "tasks.models.sam:SamBoxSegmenter", "segmenter", "segment_anything", "segment-anything",
         needs_roles=("detector",), produces_masks=True,
     ),
+    "qc": AdapterSpec("tasks.qc:QcChecker", "qc", "scipy", "scipy", needs_roles=("segmenter",), produces_masks=True),
 }
 
 

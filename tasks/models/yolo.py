@@ -47,7 +47,9 @@ def save_yolo_checkpoint(yolo: Any, path: str | Path, half: bool = True) -> None
     """Write a YOLO model (``ultralytics.YOLO`` or its ``.model``) as a weights-only segflow checkpoint."""
     import torch
 
-    model = yolo if hasattr(yolo, "yaml") else yolo.model  # a DetectionModel, or the YOLO wrapper around one
+    from ultralytics.nn.tasks import BaseModel
+
+    model = yolo if isinstance(yolo, BaseModel) else yolo.model  # a DetectionModel, or the YOLO wrapper around one
     sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone() for k, v in model.state_dict().items()}
     cfg = {k: v for k, v in dict(model.yaml).items()}
     names = {int(k): str(v) for k, v in dict(model.names).items()}

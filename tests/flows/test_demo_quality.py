@@ -140,3 +140,57 @@ def test_exif_rotated_copies_get_the_same_labels(prefect_harness, tmp_path):
             assert best >= 0.99, (i, best)
             compared += 1
     assert compared >= 6
+
+
+def test_default_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
+    """Masks of the demo run, deliberately corrupted, against the default QC gates (measured rates)."""
+    from scipy import ndimage
+
+    from flows.config import QcStage
+    from tasks import rle
+    from tasks.qc import check_masks
+    from tasks.record import Detections
+
+    masks = ds.dataset(str(demo_run / "out" / "manifest" / "masks.parquet")).to_table().to_pylist()
+    by_image = {}
+    for m in masks:
+        by_image.setdefault(m["image_id"], []).append(m)
+    cfg = QcStage(kind="qc")
+    kept = total = 0
+    caught = {"shifted": [0, 0], "eroded": [0, 0], "duplicated": [0, 0]}
+    rng = np.random.default_rng(0)
+    for rows in by_image.values():
+        h, w = rows[0]["height"], rows[0]["width"]
+        good = [r for r in rows if r["predicted_iou"] is not None]
+        dense = [rle.decode(r["rle_counts"], h, w) for r in good]
+        boxes = np.array([r["prompt_box"] for r in good], np.float32)
+        base = dict(image_size=(h, w), boxes=boxes, class_ids=[r["category_id"] for r in good], scores=[r["score"] for r in good])
+        fields = dict(predicted_iou=np.array([r["predicted_iou"] for r in good]), stability_score=np.array([r["stability_score"] for r in good]))
+        v, _ = check_masks(Detections(**base).with_masks([r["rle_counts"] for r in good], **fields), cfg)
+        kept += int((v != "reject").sum())
+        total += len(good)
+        for kind in caught:
+            corrupted = []
+            for m, b in zip(dense, boxes):
+                size = max(b[2] - b[0], b[3] - b[1])
+                if kind == "shifted":
+                    c = np.roll(m, (int(0.35 * size * rng.choice([-1, 1])), int(0.35 * size * rng.choice([-1, 1]))), (0, 1))
+                elif kind == "eroded":
+                    c = ndimage.binary_erosion(m, iterations=max(1, int(0.2 * size)))
+                else:
+                    c = m
+                corrupted.append(c if c.any() else m)
+            if kind == "duplicated":  # each mask again, with a lower score: the copies must go
+                d = Detections(image_size=(h, w), boxes=np.concatenate([boxes, boxes]), class_ids=base["class_ids"] * 2,
+                               scores=np.concatenate([base["scores"], np.asarray(base["scores"]) * 0.9]))
+                rec = d.with_masks([r["rle_counts"] for r in good] * 2, **{k: np.concatenate([x, x]) for k, x in fields.items()})
+                verdict = check_masks(rec, cfg)[0][len(good):]
+            else:
+                rec = Detections(**base).with_masks(rle.encode_nhw(np.stack(corrupted)), **fields)
+                verdict = check_masks(rec, cfg)[0]
+            caught[kind][0] += int((verdict == "reject").sum())
+            caught[kind][1] += len(good)
+    rates = {k: c / n for k, (c, n) in caught.items()}
+    print(f"good masks kept {kept}/{total} ({kept / total:.2f}); corrupted masks rejected: " + ", ".join(f"{k} {r:.2f}" for k, r in rates.items()))
+    assert kept / total >= 0.9
+    assert rates["shifted"] >= 0.9 and rates["duplicated"] >= 0.95 and rates["eroded"] >= 0.8

@@ -109,3 +109,15 @@ def test_crash_then_rerun_equals_clean_run(prefect_harness, s3, s3_server, write
     assert a.sort_by("annotation_id").select(cols).equals(b.sort_by("annotation_id").select(cols))
     ia, ib = table(s3, "s3://segflow-out/clean", "images"), table(s3, "s3://segflow-out/crashy", "images")
     assert ia.sort_by("image_id").select(["image_id", "status", "error"]).equals(ib.sort_by("image_id").select(["image_id", "status", "error"]))
+
+
+def test_failed_data_write_leaves_no_commit(prefect_harness, s3_faults, s3, write_job, image_dir, capsys):
+    upload(s3, image_dir)
+    s3_faults.add("PUT", r"/segflow-out/wfault/shards/shard-00002/attempts/.*/masks\.parquet", "denied", 1)
+    job = s3_job(write_job, image_dir, "s3://segflow-out/wfault")
+    assert cli.main(["run", str(job), "--no-progress"]) == 1
+    assert "shard-00002" in capsys.readouterr().err
+    assert not s3.exists("segflow-out/wfault/shards/shard-00002/_COMMIT.json")
+    assert not s3.exists("segflow-out/wfault/manifest")  # no partial dataset
+    assert cli.main(["rerun", "s3://segflow-out/wfault", "--no-progress"]) == 0
+    assert table(s3, "s3://segflow-out/wfault", "images").num_rows == 22

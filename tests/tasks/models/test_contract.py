@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flows.config import SamStage, YoloStage
+from flows.config import QcStage, SamStage, YoloStage
 from tasks import rle
 from tasks.models.cache import get_model
 from tasks.models.registry import ADAPTERS, MissingDependencyError, adapter_class
@@ -17,6 +17,8 @@ def stage_for(kind, tiny_models):
         return YoloStage(kind="yolo", weights=str(tiny_models["yolo"]), device="cpu", conf=0.0, imgsz=160, max_det=6, batch_size=2)
     if kind == "sam":
         return SamStage(kind="sam", weights=str(tiny_models["sam"]), device="cpu", needs=["detector"], batch_size=2, boxes_per_call=4)
+    if kind == "qc":
+        return QcStage(kind="qc", needs=["masks"])
     raise AssertionError(f"add a tiny stage for new adapter kind {kind!r} to the contract suite")
 
 
@@ -33,9 +35,19 @@ def prompts_for(imgs):
     return out
 
 
+def with_box_masks(dets):
+    h, w = dets.image_size
+    masks = np.zeros((len(dets), h, w), bool)
+    for m, (x0, y0, x1, y1) in zip(masks, dets.boxes.astype(int)):
+        m[y0:y1, x0:x1] = True
+    return dets.with_masks(rle.encode_nhw(masks), predicted_iou=np.full(len(dets), 0.9), stability_score=np.full(len(dets), 0.97))
+
+
 def run(adapter, role, imgs):
     if role == "detector":
         return adapter.detect(imgs)
+    if role == "qc":
+        return adapter.check(imgs, [with_box_masks(d) for d in prompts_for(imgs)])
     return adapter.segment(imgs, prompts_for(imgs))
 
 

@@ -45,3 +45,18 @@ def test_ultralytics_pickle_is_refused_with_hint(tmp_path, tiny_models):
     torch.save({"model": y.model}, path)  # ultralytics checkpoints pickle the module
     with pytest.raises(WeightsError, match="segflow convert-weights"):
         load_yolo(str(path))
+
+
+def test_saving_the_yolo_wrapper_or_its_model_gives_the_same_checkpoint(tmp_path):
+    from ultralytics import YOLO
+
+    from tasks.models.yolo import save_yolo_checkpoint
+
+    torch.manual_seed(0)
+    y = YOLO("yolo11n.yaml")
+    save_yolo_checkpoint(y, tmp_path / "wrapper.pt", half=False)
+    save_yolo_checkpoint(y.model, tmp_path / "model.pt", half=False)
+    a, b = (torch.load(tmp_path / n, weights_only=True)["state_dict"] for n in ("wrapper.pt", "model.pt"))
+    assert list(a) == list(b) and not any(k.startswith("model.model.") for k in a)
+    reloaded = load_yolo(str(tmp_path / "wrapper.pt"))
+    torch.testing.assert_close(reloaded.model.state_dict()["model.0.conv.weight"], y.model.state_dict()["model.0.conv.weight"])

@@ -1,0 +1,148 @@
+"""Quality checks as a stage: every mask gets a verdict and the rules that fired.
+
+Verdicts: ``pass``, ``flag`` (kept, marked for review) or ``reject`` (kept in
+the manifest and the quarantine table with its reasons, left out of COCO).
+Nothing is dropped silently. A rule fires with its configured action; a mask's
+verdict is the strongest action among its rules (reject > flag > pass).
+
+Mask rules (thresholds and actions in the ``qc`` stage, defaults below):
+
+==================  ==============================================================  =======================
+rule                fires when                                                      default
+==================  ==============================================================  =======================
+``predicted_iou``   SAM's predicted IoU < ``predicted_iou_min``                     0.88, reject (SA-1B)
+``stability``       stability score < ``stability_min`` (logits thresholded at      0.95, reject (SA-1B)
+                    0 +- 1.0: area(>+1) / area(>-1))
+``min_area``        area < ``min_area_px`` pixels or < ``min_area_frac`` of image   25 px / 0, reject
+``max_area``        area > ``max_area_frac`` of the image                           0.9, flag
+``mask_box_iou``    IoU of the mask's tight box with its prompt box < min           0.6, reject
+``components``      more than ``max_components`` 8-connected components            3, flag
+``duplicate``       mask IoU > ``duplicate_iou`` with a higher-scoring mask of the  0.85, reject
+                    same image (greedy NMS by detector score)
+==================  ==============================================================  =======================
+
+Image rules (``qc_flags`` in the images table): ``no_labels`` -- a decoded image
+with no mask; ``label_count_outlier`` -- more masks than the shard's median +
+``count_outlier_mads`` x MAD (and at least ``count_outlier_min``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from tasks import rle
+from tasks.record import Detections
+
+__all__ = ["QcChecker", "RULES", "VERDICTS", "check_masks", "count_outliers", "box_iou_xyxy"]
+
+VERDICTS = ("pass", "flag", "reject")
+RULES = ("predicted_iou", "stability", "min_area", "max_area", "mask_box_iou", "components", "duplicate")
+_RANK = {"pass": 0, "flag": 1, "reject": 2}
+
+
+def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise IoU of two N x 4 XYXY box arrays."""
+    ix = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter = ix * iy
+    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
+    union = area(a) + area(b) - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-9), 0.0)
+
+
+def _components(counts: str, h: int, w: int) -> int:
+    from scipy import ndimage
+
+    _, n = ndimage.label(rle.decode(counts, h, w), structure=np.ones((3, 3), bool))
+    return int(n)
+
+
+def check_masks(dets: Detections, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Verdict and fired rules per row of a record with masks.
+
+    Returns:
+      verdicts: N, object (``pass`` | ``flag`` | ``reject``).
+      reasons: N, object, comma-separated rule names ("" when none fired).
+    """
+    n = len(dets)
+    if n == 0:
+        return np.empty(0, dtype=object), np.empty(0, dtype=object)
+    h, w = dets.image_size
+    fired: list[list[str]] = [[] for _ in range(n)]
+    actions: dict[str, str] = {}
+
+    def fire(rule: str, mask: np.ndarray) -> None:
+        action = getattr(cfg, rule).action
+        if action == "off":
+            return
+        actions[rule] = action
+        for i in np.flatnonzero(mask):
+            fired[i].append(rule)
+
+    counts = list(dets.rle_counts)
+    area = dets.mask_areas().astype(np.float64)
+    boxes_xywh = dets.mask_bboxes_xywh()
+    mask_xyxy = np.concatenate([boxes_xywh[:, :2], boxes_xywh[:, :2] + boxes_xywh[:, 2:]], 1)
+
+    if "predicted_iou" in dets.fields:
+        fire("predicted_iou", dets.fields["predicted_iou"] < cfg.predicted_iou.min)
+    if "stability_score" in dets.fields:
+        fire("stability", dets.fields["stability_score"] < cfg.stability.min)
+    fire("min_area", (area < cfg.min_area.min_px) | (area < cfg.min_area.min_frac * h * w))
+    fire("max_area", area > cfg.max_area.max_frac * h * w)
+    fire("mask_box_iou", box_iou_xyxy(mask_xyxy, dets.boxes.astype(np.float64)) < cfg.mask_box_iou.min)
+    if cfg.components.action != "off":
+        fire("components", np.array([_components(c, h, w) > cfg.components.max for c in counts]))
+    if cfg.duplicate.action != "off" and n > 1:
+        objs = [{"size": [h, w], "counts": c.encode("ascii")} for c in counts]
+        ious = np.asarray(mask_utils.iou(objs, objs, [0] * n))
+        order = np.argsort(-dets.scores, kind="stable")
+        kept: list[int] = []
+        dup = np.zeros(n, bool)
+        for i in order:
+            if any(ious[i, k] > cfg.duplicate.iou for k in kept):
+                dup[i] = True
+            else:
+                kept.append(int(i))
+        fire("duplicate", dup)
+
+    verdicts = np.empty(n, dtype=object)
+    reasons = np.empty(n, dtype=object)
+    for i in range(n):
+        v = "pass"
+        for r in fired[i]:
+            if _RANK[actions[r]] > _RANK[v]:
+                v = actions[r]
+        verdicts[i] = v
+        reasons[i] = ",".join(fired[i])
+    return verdicts, reasons
+
+
+def count_outliers(counts: Sequence[int], mads: float, minimum: int) -> np.ndarray:
+    """Which per-image mask counts are outliers: > median + ``mads`` x MAD and >= ``minimum``."""
+    c = np.asarray(counts, dtype=np.float64)
+    if len(c) == 0:
+        return np.zeros(0, bool)
+    med = float(np.median(c))
+    mad = float(np.median(np.abs(c - med))) or 1.0
+    return (c > med + mads * mad) & (c >= minimum)
+
+
+class QcChecker:
+    """The ``qc`` stage: adds ``qc_verdict`` and ``qc_reasons`` to each row, ``no_labels`` to empty images."""
+
+    role = "qc"
+
+    def __init__(self, stage: Any, weights_path: str | None = None, ontology: dict[int, str] | None = None):
+        self.stage = stage
+
+    def check(self, images: Sequence[np.ndarray], records: Sequence[Detections]) -> list[Detections]:
+        out = []
+        for dets in records:
+            verdicts, reasons = check_masks(dets, self.stage)
+            flags = ["no_labels"] if len(dets) == 0 and self.stage.no_labels.action != "off" else []
+            out.append(dets.with_fields(meta={"qc_image_flags": flags}, qc_verdict=verdicts, qc_reasons=reasons))
+        return out

@@ -1,0 +1,224 @@
+"""QC outputs of a run (written by finalize when the job has a ``qc`` stage).
+
+``OUTPUT/qc/``:
+
+* ``quarantine.parquet/part-<shard>.parquet`` -- the rejected masks (all manifest
+  columns, ``qc_reasons`` says why);
+* ``summary.parquet`` -- counts by shard, class, verdict and rule (``rule`` is
+  ``(none)`` for masks no rule fired on); per-run totals are its sums;
+* ``scores.parquet`` -- score distributions (quantiles of ``score``,
+  ``predicted_iou``, ``stability_score``) per verdict;
+* ``report.md`` and ``report.html`` -- the same, readable, linking the sheets;
+* ``sheets/{passed,flagged,rejected}.png`` -- contact sheets: a sample of masks
+  drawn over their images with class, scores and the rules that fired.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tasks import rle
+from tasks.images import decode_image
+from tasks.storage import join, open_fs, write_bytes
+
+__all__ = ["QcAccumulator", "write_qc_report", "contact_sheet"]
+
+SHEETS = {"pass": "passed", "flag": "flagged", "reject": "rejected"}
+_COLOURS = {"pass": (40, 200, 80), "flag": (250, 190, 30), "reject": (230, 40, 40)}
+
+
+class QcAccumulator:
+    """Collects QC counts, score samples and review candidates shard by shard (bounded memory)."""
+
+    def __init__(self, samples_per_verdict: int, seed: int = 0):
+        self.rows: Counter = Counter()
+        self.scores: dict[str, dict[str, list[float]]] = {v: {"score": [], "predicted_iou": [], "stability_score": []} for v in SHEETS}
+        self.samples_per_verdict = samples_per_verdict
+        self.candidates: dict[str, list[tuple[float, dict]]] = {v: [] for v in SHEETS}
+        self.image_flags: Counter = Counter()
+        self.rng = np.random.default_rng(seed)
+
+    def add(self, shard_id: str, masks: pa.Table, images: pa.Table) -> None:
+        cols = ["annotation_id", "image_id", "image_uri", "width", "height", "category_name", "score", "predicted_iou",
+                "stability_score", "rle_counts", "qc_verdict", "qc_reasons", "prompt_box"]
+        for r in masks.select(cols).to_pylist():
+            v = r["qc_verdict"]
+            if v is None:
+                continue
+            for rule in r["qc_reasons"] or ["(none)"]:
+                self.rows[(shard_id, r["category_name"], v, rule)] += 1
+            for k in ("score", "predicted_iou", "stability_score"):
+                if r[k] is not None:
+                    self.scores[v][k].append(r[k])
+            # reservoir-style: keep the samples with the smallest random keys
+            key = float(self.rng.random())
+            cand = self.candidates[v]
+            cand.append((key, r))
+            if len(cand) > 4 * max(self.samples_per_verdict, 1):
+                cand.sort(key=lambda t: t[0])
+                del cand[self.samples_per_verdict:]
+        for flags in images["qc_flags"].to_pylist():
+            for f in flags or []:
+                self.image_flags[f] += 1
+
+    def samples(self, verdict: str) -> list[dict]:
+        cand = sorted(self.candidates[verdict], key=lambda t: t[0])[: self.samples_per_verdict]
+        return sorted((r for _, r in cand), key=lambda r: r["annotation_id"])
+
+    def summary_table(self) -> pa.Table:
+        keys = sorted(self.rows)
+        return pa.table({
+            "shard_id": [k[0] for k in keys], "category_name": [k[1] for k in keys], "qc_verdict": [k[2] for k in keys],
+            "rule": [k[3] for k in keys], "count": pa.array([self.rows[k] for k in keys], pa.int64()),
+        })
+
+    def verdict_counts(self) -> dict[str, int]:
+        """Masks per verdict (a mask with several rules is in ``rows`` once per rule, here once)."""
+        return {v: len(self.scores[v]["score"]) for v in SHEETS}
+
+    def rule_counts(self) -> dict[str, int]:
+        c: Counter = Counter()
+        for (_, _, _, rule), n in self.rows.items():
+            if rule != "(none)":
+                c[rule] += n
+        return dict(sorted(c.items()))
+
+    def score_table(self) -> pa.Table:
+        rows = []
+        for v in SHEETS:
+            for k, vals in self.scores[v].items():
+                if vals:
+                    q = np.quantile(np.asarray(vals, np.float64), [0.05, 0.25, 0.5, 0.75, 0.95])
+                    rows.append({"qc_verdict": v, "metric": k, "count": len(vals), "p05": q[0], "p25": q[1], "p50": q[2], "p75": q[3], "p95": q[4]})
+        return pa.Table.from_pylist(rows) if rows else pa.table({"qc_verdict": pa.array([], pa.string())})
+
+
+def contact_sheet(samples: list[dict], verdict: str, tile: int = 200, columns: int = 6) -> bytes:
+    """A PNG grid: each tile is the mask's neighbourhood with the mask tinted and its labels."""
+    from PIL import Image, ImageDraw
+
+    rows = max(1, (len(samples) + columns - 1) // columns)
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + 30)), (24, 24, 24))
+    draw = ImageDraw.Draw(sheet)
+    cache: dict[str, np.ndarray | None] = {}
+    for i, r in enumerate(samples):
+        uri = r["image_uri"]
+        if uri not in cache:
+            try:
+                fs, path = open_fs(uri)
+                cache[uri] = decode_image(fs.cat_file(path)).pixels
+            except Exception:  # noqa: BLE001 - a sheet tile is best effort
+                cache[uri] = None
+        pixels = cache[uri]
+        x0, y0 = (i % columns) * tile, (i // columns) * (tile + 30)
+        if pixels is None:
+            draw.text((x0 + 4, y0 + 4), "image unavailable", fill=(200, 200, 200))
+            continue
+        h, w = r["height"], r["width"]
+        m = rle.decode(r["rle_counts"], h, w)
+        ys, xs = np.nonzero(m)
+        bx0, by0, bx1, by1 = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, w, h)
+        pad = int(0.25 * max(bx1 - bx0, by1 - by0)) + 4
+        cx0, cy0, cx1, cy1 = max(0, bx0 - pad), max(0, by0 - pad), min(w, bx1 + pad), min(h, by1 + pad)
+        crop = pixels[cy0:cy1, cx0:cx1].astype(np.float32)
+        mc = m[cy0:cy1, cx0:cx1]
+        crop[mc] = 0.55 * crop[mc] + 0.45 * np.array(_COLOURS[verdict], np.float32)
+        img = Image.fromarray(crop.clip(0, 255).astype(np.uint8))
+        scale = tile / max(img.width, img.height)
+        img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))))
+        d = ImageDraw.Draw(img)
+        if r.get("prompt_box"):
+            px0, py0, px1, py1 = r["prompt_box"]
+            d.rectangle([(px0 - cx0) * scale, (py0 - cy0) * scale, (px1 - cx0) * scale, (py1 - cy0) * scale], outline=(255, 255, 255))
+        sheet.paste(img, (x0, y0))
+        piou = "-" if r["predicted_iou"] is None else f"{r['predicted_iou']:.2f}"
+        draw.text((x0 + 3, y0 + tile + 2), f"{r['category_name']} s{r['score']:.2f} iou{piou}", fill=(235, 235, 235))
+        draw.text((x0 + 3, y0 + tile + 15), ",".join(r["qc_reasons"] or []) or "ok", fill=_COLOURS[verdict])
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_qc_report(output: str, acc: QcAccumulator, job_name: str) -> dict[str, Any]:
+    """Write summary tables, the Markdown/HTML report and the contact sheets; return headline counts."""
+    import pyarrow.parquet as pq
+
+    fs, _ = open_fs(output)
+    root = join(output, "qc")
+
+    def put(rel: str, data: bytes) -> None:
+        _, path = open_fs(join(root, rel))
+        write_bytes(fs, path, data)
+
+    def parquet(table: pa.Table) -> bytes:
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        return buf.getvalue()
+
+    summary, scores = acc.summary_table(), acc.score_table()
+    put("summary.parquet", parquet(summary))
+    put("scores.parquet", parquet(scores))
+    verdicts, rules = acc.verdict_counts(), acc.rule_counts()
+    sheets = {}
+    for v, name in SHEETS.items():
+        samples = acc.samples(v)
+        if samples:
+            put(f"sheets/{name}.png", contact_sheet(samples, v))
+            sheets[v] = f"sheets/{name}.png"
+
+    md = [f"# QC report: {job_name}", "", "| verdict | masks |", "|---|---:|"]
+    md += [f"| {v} | {verdicts[v]} |" for v in SHEETS]
+    md += ["", "## Rules that fired", "", "| rule | masks |", "|---|---:|"] + [f"| {k} | {n} |" for k, n in rules.items()]
+    md += ["", "## By class and rule", "", "| class | verdict | rule | masks |", "|---|---|---|---:|"]
+    agg: Counter = Counter()
+    for r in summary.to_pylist():
+        agg[(r["category_name"], r["qc_verdict"], r["rule"])] += r["count"]
+    md += [f"| {c} | {v} | {rule} | {n} |" for (c, v, rule), n in sorted(agg.items())]
+    md += ["", "## Image flags", "", "| flag | images |", "|---|---:|"] + [f"| {k} | {n} |" for k, n in sorted(acc.image_flags.items())]
+    md += ["", "## Score distributions", "", "| verdict | metric | n | p05 | p50 | p95 |", "|---|---|---:|---:|---:|---:|"]
+    md += [f"| {r['qc_verdict']} | {r['metric']} | {r['count']} | {r['p05']:.3f} | {r['p50']:.3f} | {r['p95']:.3f} |" for r in scores.to_pylist()]
+    md += ["", "## Review sheets", ""] + [f"- {SHEETS[v]}: ![{SHEETS[v]}]({p})" for v, p in sheets.items()]
+    markdown = "\n".join(md) + "\n"
+    put("report.md", markdown.encode())
+    put("report.html", _html(markdown).encode())
+    return {"verdicts": verdicts, "rules": rules, "image_flags": dict(acc.image_flags), "report": join(root, "report.md")}
+
+
+def _html(markdown: str) -> str:
+    """A small Markdown-to-HTML rendering of the report (headings, tables, lists, images)."""
+    import re
+
+    out, in_table = ["<!doctype html><meta charset='utf-8'><title>segflow QC report</title><body style='font-family:sans-serif'>"], False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= set("-:") for c in cells):
+                continue
+            if not in_table:
+                out.append("<table border='1' cellpadding='4' style='border-collapse:collapse'>")
+                in_table = True
+            out.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("- "):
+            m = re.match(r"- (.*?): !\[(.*?)\]\((.*?)\)", line)
+            if m:
+                out.append(f"<p>{html.escape(m.group(1))}<br><a href='{html.escape(m.group(3))}'><img src='{html.escape(m.group(3))}' style='max-width:100%'></a></p>")
+            else:
+                out.append(f"<li>{html.escape(line[2:])}</li>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    return "\n".join(out) + "</body>\n"

@@ -1,0 +1,62 @@
+"""The qc stage in a real flow: verdicts in the manifest, quarantine, COCO filtering, reports that match the manifest."""
+
+import json
+from collections import Counter
+
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from PIL import Image
+from pycocotools.coco import COCO
+
+from flows import cli
+
+
+def add_qc(job, **settings):
+    job["stages"]["qc"] = {"kind": "qc", "needs": ["masks"], **settings}
+
+
+def test_qc_stage_verdicts_reports_and_export(prefect_harness, write_job, image_dir, tmp_path):
+    out = tmp_path / "out"
+    # random-weight SAM: low predicted IoU everywhere, so loosen that gate to see every verdict
+    job = write_job(image_dir, out, mutate=lambda j: add_qc(j, predicted_iou={"min": 0.0, "action": "reject"}, stability={"min": 0.5, "action": "flag"}))
+    assert cli.main(["run", str(job), "--no-progress"]) == 0
+
+    masks = ds.dataset(str(out / "manifest" / "masks.parquet")).to_table().to_pylist()
+    images = ds.dataset(str(out / "manifest" / "images.parquet")).to_table().to_pylist()
+    verdicts = Counter(m["qc_verdict"] for m in masks)
+    assert set(verdicts) <= {"pass", "flag", "reject"} and sum(verdicts.values()) == len(masks) > 0
+    assert all((m["qc_verdict"] == "pass") == (m["qc_reasons"] == []) for m in masks)
+    assert all(m["stage"] == "masks" and m["model"].startswith("sam:") for m in masks)  # QC passes rows through
+    ok = [i for i in images if i["status"] == "ok"]
+    assert all(isinstance(i["qc_flags"], list) for i in ok)
+
+    quarantine = ds.dataset(str(out / "qc" / "quarantine.parquet")).to_table().to_pylist()
+    assert sorted(q["annotation_id"] for q in quarantine) == sorted(m["annotation_id"] for m in masks if m["qc_verdict"] == "reject")
+
+    # report numbers equal the counts in the manifest
+    summary = pq.read_table(out / "qc" / "summary.parquet").to_pylist()
+    by_rule = Counter()
+    for r in summary:
+        by_rule[(r["category_name"], r["qc_verdict"], r["rule"])] += r["count"]
+    expected = Counter()
+    for m in masks:
+        for rule in m["qc_reasons"] or ["(none)"]:
+            expected[(m["category_name"], m["qc_verdict"], rule)] += 1
+    assert by_rule == expected
+    run_summary = json.loads((out / "summary.json").read_text())
+    assert run_summary["qc"]["verdicts"] == {v: verdicts.get(v, 0) for v in ("pass", "flag", "reject")}
+    report = (out / "qc" / "report.md").read_text()
+    for v in ("pass", "flag", "reject"):
+        assert f"| {v} | {verdicts.get(v, 0)} |" in report
+    assert (out / "qc" / "report.html").read_text().count("<table") >= 3
+    for v, name in (("pass", "passed"), ("flag", "flagged"), ("reject", "rejected")):
+        if verdicts.get(v):
+            sheet = Image.open(out / "qc" / "sheets" / f"{name}.png")
+            assert sheet.width >= 600 and f"sheets/{name}.png" in report
+
+    # COCO holds the passed masks only, unless flagged ones are switched on
+    assert len(COCO(str(out / "coco" / "instances.json")).anns) == verdicts.get("pass", 0) == run_summary["coco_annotations"]
+    out2 = tmp_path / "out2"
+    job2 = write_job(image_dir, out2, name="flagged.yaml", mutate=lambda j: add_qc(j, predicted_iou={"min": 0.0, "action": "reject"}, stability={"min": 0.5, "action": "flag"}, export_flagged=True))
+    assert cli.main(["run", str(job2), "--no-progress"]) == 0
+    assert len(COCO(str(out2 / "coco" / "instances.json")).anns) == verdicts.get("pass", 0) + verdicts.get("flag", 0)
