@@ -59,6 +59,9 @@ def s3_listing(n: int) -> dict:
     import boto3
     from moto.server import ThreadedMotoServer
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()

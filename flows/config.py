@@ -175,6 +175,7 @@ class QcStage(_StageBase):
     mask_box_iou: _MinRule = Field(default_factory=lambda: _MinRule(min=0.6, action="reject"), description="IoU of the mask's box with its prompt box.")
     components: _Components = Field(default_factory=_Components)
     duplicate: _Duplicate = Field(default_factory=_Duplicate)
+    class_conflict: _Duplicate = Field(default_factory=lambda: _Duplicate(iou=0.85, action="flag"))
     no_labels: _ImageRule = Field(default_factory=_ImageRule)
     count_outlier: _CountOutlier = Field(default_factory=_CountOutlier)
     export_flagged: bool = Field(False, description="Include flagged masks in the COCO export (passed masks always are; rejected never).")

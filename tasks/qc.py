@@ -17,8 +17,10 @@ rule                fires when                                                  
 ``max_area``        area > ``max_area_frac`` of the image                           0.9, flag
 ``mask_box_iou``    IoU of the mask's tight box with its prompt box < min           0.6, reject
 ``components``      more than ``max_components`` 8-connected components            3, flag
-``duplicate``       mask IoU > ``duplicate_iou`` with a higher-scoring mask of the  0.85, reject
-                    same image (greedy NMS by detector score)
+``duplicate``       mask IoU > ``iou`` with a higher-scoring mask of the same       0.85, reject
+                    class in the image (greedy NMS by detector score)
+``class_conflict``  mask IoU > ``iou`` with a higher-scoring mask of another class  0.85, flag
+                    (the detector is unsure of the class; a reviewer decides)
 ==================  ==============================================================  =======================
 
 Image rules (``qc_flags`` in the images table): ``no_labels`` -- a decoded image
@@ -39,7 +41,7 @@ from tasks.record import Detections
 __all__ = ["QcChecker", "RULES", "VERDICTS", "check_masks", "count_outliers", "box_iou_xyxy"]
 
 VERDICTS = ("pass", "flag", "reject")
-RULES = ("predicted_iou", "stability", "min_area", "max_area", "mask_box_iou", "components", "duplicate")
+RULES = ("predicted_iou", "stability", "min_area", "max_area", "mask_box_iou", "components", "duplicate", "class_conflict")
 _RANK = {"pass": 0, "flag": 1, "reject": 2}
 
 
@@ -96,18 +98,12 @@ def check_masks(dets: Detections, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
     fire("mask_box_iou", box_iou_xyxy(mask_xyxy, dets.boxes.astype(np.float64)) < cfg.mask_box_iou.min)
     if cfg.components.action != "off":
         fire("components", np.array([_components(c, h, w) > cfg.components.max for c in counts]))
-    if cfg.duplicate.action != "off" and n > 1:
+    if (cfg.duplicate.action != "off" or cfg.class_conflict.action != "off") and n > 1:
         objs = [{"size": [h, w], "counts": c.encode("ascii")} for c in counts]
         ious = np.asarray(mask_utils.iou(objs, objs, [0] * n))
-        order = np.argsort(-dets.scores, kind="stable")
-        kept: list[int] = []
-        dup = np.zeros(n, bool)
-        for i in order:
-            if any(ious[i, k] > cfg.duplicate.iou for k in kept):
-                dup[i] = True
-            else:
-                kept.append(int(i))
-        fire("duplicate", dup)
+        same = dets.class_ids[:, None] == dets.class_ids[None, :]
+        fire("duplicate", _greedy_overlaps(ious, same, dets.scores, cfg.duplicate.iou))
+        fire("class_conflict", _greedy_overlaps(ious, ~same, dets.scores, cfg.class_conflict.iou))
 
     verdicts = np.empty(n, dtype=object)
     reasons = np.empty(n, dtype=object)
@@ -119,6 +115,18 @@ def check_masks(dets: Detections, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
         verdicts[i] = v
         reasons[i] = ",".join(fired[i])
     return verdicts, reasons
+
+
+def _greedy_overlaps(ious: np.ndarray, eligible: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """Greedy NMS by score: rows overlapping (> threshold) an earlier kept, eligible row."""
+    kept: list[int] = []
+    hit = np.zeros(len(scores), bool)
+    for i in np.argsort(-scores, kind="stable"):
+        if any(eligible[i, k] and ious[i, k] > threshold for k in kept):
+            hit[i] = True
+        else:
+            kept.append(int(i))
+    return hit
 
 
 def count_outliers(counts: Sequence[int], mads: float, minimum: int) -> np.ndarray:

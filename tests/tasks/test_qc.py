@@ -72,6 +72,14 @@ def test_duplicates_keep_the_higher_score():
     assert v == ["reject", "pass", "pass"] and r[0] == ["duplicate"]
 
 
+def test_class_conflict_is_flagged_not_rejected():
+    a = square(10, 10, 30)
+    rec = record([a, a.copy()], scores=[0.6, 0.9])
+    rec = type(rec)(rec.image_size, rec.boxes, [1, 2], rec.scores, rec.rle_counts, rec.fields)  # same object, two classes
+    v, r = verdicts(rec)
+    assert v == ["flag", "pass"] and r[0] == ["class_conflict"]
+
+
 def test_strongest_action_wins_and_rules_can_be_off():
     rec = record([square(5, 5, 3)], piou=[0.1])
     v, r = verdicts(rec, min_area={"min_px": 25, "action": "flag"})
