@@ -123,6 +123,7 @@ class SamStage(_ModelStage):
     batch_size: int | Literal["auto"] = Field("auto", description="Images per image-encoder call; 'auto' = 1 on CPU (batching a ViT there is slower), 8 on GPU.")
     boxes_per_call: int = Field(64, ge=1, description="Boxes per mask-decoder call (bounds memory for crowded images).")
     min_mask_area: int = Field(1, ge=0, description="Masks with fewer pixels are dropped (with their detection).")
+    min_island_frac: float = Field(0.0, ge=0.0, le=1.0, description="Remove disconnected pieces smaller than this fraction of the mask's largest piece (0 = keep all, as SAM does).")
 
 
 _Action = Literal["reject", "flag", "off"]

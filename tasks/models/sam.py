@@ -133,6 +133,26 @@ def load_sam(weights: str, model_type: str = "auto") -> Any:
     return sam.float().eval()
 
 
+def remove_small_islands(masks: np.ndarray, min_frac: float) -> np.ndarray:
+    """Drop connected pieces smaller than ``min_frac`` of each mask's largest piece.
+
+    Arguments:
+      masks: N x A x B bool (any 2-D layout; 8-connectivity is layout-independent).
+    Returns:
+      The same shape and layout, C-contiguous.
+    """
+    from scipy import ndimage
+
+    out = masks.copy()
+    eight = np.ones((3, 3), bool)
+    for i in range(len(out)):
+        lab, n = ndimage.label(out[i], structure=eight)
+        if n > 1:
+            areas = ndimage.sum_labels(out[i], lab, range(1, n + 1))
+            out[i] = np.isin(lab, 1 + np.flatnonzero(areas >= min_frac * areas.max()))
+    return np.ascontiguousarray(out)
+
+
 class SamBoxSegmenter:
     """Images + box prompts -> the same rows with masks (RLE), ``predicted_iou`` and ``stability_score``."""
 
@@ -151,6 +171,7 @@ class SamBoxSegmenter:
         self.batch_size = int(bs) if bs != "auto" else (1 if self.device.type == "cpu" else 8)
         self.boxes_per_call = int(getattr(stage, "boxes_per_call", 64))
         self.min_mask_area = int(getattr(stage, "min_mask_area", 1))
+        self.min_island_frac = float(getattr(stage, "min_island_frac", 0.0))
         self._lock = threading.Lock()
 
     # -- steps -----------------------------------------------------------------------
@@ -242,6 +263,8 @@ class SamBoxSegmenter:
                     logits, iou = self.decode_boxes(embs[j : j + 1], dets.boxes, sizes[j], dets.image_size)
                     stability = calculate_stability_score(logits, threshold, 1.0)
                     masks_nwh = (logits > threshold).cpu().numpy()
+                    if self.min_island_frac > 0:
+                        masks_nwh = remove_small_islands(masks_nwh, self.min_island_frac)
                     counts = rle.encode_nwh(masks_nwh)
                     with_masks = dets.with_masks(
                         counts,

@@ -78,3 +78,17 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"model": torch.nn.Linear(2, 2)}, path)  # a module object, not tensors
     with pytest.raises(WeightsError, match="refusing to load"):
         load_sam(str(path))
+
+
+def test_remove_small_islands_keeps_the_main_piece():
+    from tasks.models.sam import remove_small_islands
+
+    m = np.zeros((2, 40, 30), bool)
+    m[0, 5:25, 5:20] = True  # main piece, 300 px
+    m[0, 30:33, 25:28] = True  # 9 px speck: < 10%
+    m[0, 30:37, 0:5] = True  # 35 px piece: >= 10%, kept
+    m[1, 0:10, 0:10] = True
+    out = remove_small_islands(m, 0.1)
+    assert out[0, 5:25, 5:20].all() and not out[0, 30:33, 25:28].any() and out[0, 30:37, 0:5].all()
+    np.testing.assert_array_equal(out[1], m[1])
+    assert out.flags.c_contiguous and out.shape == m.shape
