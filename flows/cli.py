@@ -4,6 +4,7 @@
     segflow validate CONFIG [--source URL] [--output URL]
     segflow status OUTPUT [--all] [--json]
     segflow rerun OUTPUT
+    segflow publish OUTPUT DEST [--version NAME]
     segflow schema
     segflow demo --output DIR [--seed N] [--images N]
     segflow convert-weights yolo IN.pt OUT.pt
@@ -207,6 +208,21 @@ def _cli_path(p: str) -> str:
     return p if "://" in p else os.path.abspath(os.path.expanduser(p))
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from tasks.publish import PublishError, publish
+
+    try:
+        result = publish(_cli_path(args.output), _cli_path(args.dest), args.version)
+    except PublishError as e:
+        _eprint(f"error: {e}")
+        return EXIT_FAILED
+    if result["created"]:
+        print(f"published version {result['version']} ({result['files']} files) at {result['url']}")
+    else:
+        print(f"already published as version {result['version']} at {result['url']}: nothing to do")
+    return EXIT_OK
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from flows.config import ConfigError
 
@@ -324,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--verbose", "-v", action="store_true")
     rr.set_defaults(fn=cmd_rerun)
 
+    pb = sub.add_parser("publish", help="publish a finished run to a bucket as a new, immutable dataset version")
+    pb.add_argument("output", help="the run's output folder or URL")
+    pb.add_argument("dest", help="destination prefix, e.g. s3://datasets/vehicles")
+    pb.add_argument("--version", help="version name (default: UTC time + run digest)")
+    pb.set_defaults(fn=cmd_publish)
+
     v = sub.add_parser("validate", help="check a job file without running it")
     v.add_argument("config")
     v.add_argument("--source")
@@ -345,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output", default="configs/models")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--det-images", type=int, default=400)
-    t.add_argument("--det-epochs", type=int, default=24)
+    t.add_argument("--det-epochs", type=int, default=30)
     t.add_argument("--det-imgsz", type=int, default=288)
     t.add_argument("--sam-minutes", type=float, default=12.0)
     t.add_argument("--update-config", help="write the new sha256 values into this job file (e.g. configs/demo.yaml)")

@@ -195,6 +195,11 @@ class RuntimeConfig(_Strict):
     max_failed_fraction: float = Field(0.5, ge=0.0, le=1.0, description="A shard fails (and is not committed) when a larger share of its images cannot be read or decoded.")
 
 
+class PublishConfig(_Strict):
+    dest: str = Field(..., min_length=1, description="Bucket prefix (or folder) that holds the published versions.")
+    version: str | None = Field(None, description="Version name; default: UTC time + run digest. Never overwritten.")
+
+
 class JobConfig(_Strict):
     """A labeling job."""
 
@@ -205,6 +210,7 @@ class JobConfig(_Strict):
     ontology: list[OntologyClass] = Field(..., description="Classes with stable integer ids.")
     stages: dict[str, Stage] = Field(..., description="Named stages; `needs` makes them a DAG.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    publish: PublishConfig | None = Field(None, description="Publish the finished run as a new dataset version (see `segflow publish`).")
     credentials_block: str | None = Field(None, description="Name of a Prefect Secret block with S3 credentials (JSON: aws_access_key_id, aws_secret_access_key, optional aws_session_token, endpoint_url), used for every s3:// URL of the job. Default: the environment / AWS profiles.")
     gold_set: str | None = Field(None, description="COCO instances file with human labels for some images (matched by file name): the run reports AP and mask IoU against it.")
 
@@ -439,7 +445,8 @@ def parse_config(
         w = st.weights
         keep = st.kind == "yolo" and w.endswith((".yaml", ".yml")) and "/" not in w and not (base / w).exists()
         stages[name] = st.model_copy(update={"weights": w if keep else _resolve(w, base)})
-    job = job.model_copy(update={"source": src, "output": output, "stages": stages, "gold_set": gold})
+    publish = job.publish.model_copy(update={"dest": _resolve(job.publish.dest, base)}) if job.publish else None
+    job = job.model_copy(update={"source": src, "output": output, "stages": stages, "gold_set": gold, "publish": publish})
 
     issues = _semantic_issues(job, check_files)
     if issues:

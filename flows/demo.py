@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from tasks.synthetic import write_scene_set
@@ -24,6 +25,9 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 def prepare_demo(folder: str | Path, seed: int = 0, num_images: int = 40) -> dict[str, str]:
     """Write the scene set and its ground truth; return the CLI overrides for the demo job."""
     folder = Path(folder).resolve()
+    for owned in ("images", "ground_truth", "out"):  # a new demo never reuses an earlier one's plan or commits
+        if (folder / owned).exists():
+            shutil.rmtree(folder / owned)
     write_scene_set(folder / "images", num_images, seed=seed, corrupt=True, gt_dir=folder / "ground_truth")
     return {
         "source": str(folder / "images"),

@@ -20,6 +20,7 @@ from flows.config import JobConfig
 from tasks.finalize import IncompleteRunError, finalize
 from tasks.quality import format_quality, load_quality
 from tasks.plan import make_plan
+from tasks.publish import publish
 from tasks.shard import run_shard
 from tasks.storage import load_credentials_block, redact, use_s3_credentials
 
@@ -92,6 +93,14 @@ def finalize_task(job: dict, started_at: float) -> dict:
     return summary
 
 
+@task(name="publish")
+def publish_task(job: dict) -> dict:
+    j = _job(job)
+    result = publish(j.output, j.publish.dest, j.publish.version)
+    get_run_logger().info("%s version %s at %s", "published" if result["created"] else "already published as", result["version"], result["url"])
+    return result
+
+
 @flow(name="segflow-label", log_prints=False)
 def label_flow(job: dict) -> dict:
     """Label every image of the job's source and write the manifests, COCO and summary.
@@ -118,7 +127,10 @@ def label_flow(job: dict) -> dict:
                 failed[sid] = f"{type(e).__name__}: {e}"
     if failed:
         raise IncompleteRunError(sorted(failed), failed)
-    return finalize_task(job, started)
+    summary = finalize_task(job, started)
+    if j.publish is not None:
+        summary = dict(summary, published=publish_task(job))
+    return summary
 
 
 def run_job(job: JobConfig) -> dict:

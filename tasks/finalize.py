@@ -70,6 +70,11 @@ def _collect_commits(output: str) -> tuple[dict, list[dict]]:
     return plan, commits
 
 
+def commits_digest(commits: list[dict], gold_set: str | None) -> str:
+    """What a finalized output was built from: its shards' committed attempts (and the gold set)."""
+    return hashlib.sha256(json.dumps([[c["shard_id"], c["attempt"]] for c in commits] + [gold_set]).encode()).hexdigest()
+
+
 def _previous_summary(fs: Any, url: str) -> dict | None:
     _, path = open_fs(url)
     try:
@@ -113,7 +118,7 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
     plan, commits = _collect_commits(output)
     paths = output_paths(output)
     fs, _ = open_fs(output)
-    digest = hashlib.sha256(json.dumps([[c["shard_id"], c["attempt"]] for c in commits] + [getattr(job, "gold_set", None)]).encode()).hexdigest()
+    digest = commits_digest(commits, getattr(job, "gold_set", None))
     previous = _previous_summary(fs, paths["summary"])
     if previous is not None and previous.get("commits_digest") == digest:
         return previous  # already finalized from exactly these commits: write nothing

@@ -22,7 +22,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def _yolo_split(root: Path, split: str, n: int, seed: int, size_range: tuple[int
 
 
 def train_detector(
-    out_path: str | Path, images: int = 400, epochs: int = 24, imgsz: int = 288, seed: int = 0,
+    out_path: str | Path, images: int = 400, epochs: int = 30, imgsz: int = 288, seed: int = 0,
     size_range: tuple[int, int] = (200, 640), log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train a YOLO detector on synthetic scenes; save a segflow checkpoint. Returns validation metrics.
@@ -155,11 +155,15 @@ def _dice_loss(logits, target):
 
 
 def train_sam(
-    out_path: str | Path, minutes: float = 12.0, seed: int = 0, scenes: int = 600, batch_images: int = 8,
+    out_path: str | Path, minutes: float = 12.0, seed: int = 0, scenes: int = 600, batch_images: int = 6,
     boxes_per_image: int = 8, prompts_per_object: int = 1, lr: float = 2e-3, size_range: tuple[int, int] = (256, 640),
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, threads: Callable[[], int] | None = None,
 ) -> dict:
-    """Train :data:`DEMO_SAM_ARCH` on box -> mask for ``minutes`` of wall time; save a segflow checkpoint."""
+    """Train :data:`DEMO_SAM_ARCH` on box -> mask for ``minutes`` of wall time; save a segflow checkpoint.
+
+    ``threads``, when given, is asked every 50 steps how many CPU threads to use
+    (the side-by-side trainer hands SAM the second core once the detector is done).
+    """
     import torch
     import torch.nn.functional as F
     from segment_anything.utils.transforms import ResizeLongestSide
@@ -218,6 +222,8 @@ def train_sam(
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         if step % 50 == 0:
             _log(f"sam: step {step} loss {ema:.4f} ({time.time() - t0:.0f}s)", log)
+            if threads is not None and torch.get_num_threads() != threads():
+                torch.set_num_threads(threads())
     sam.eval()
     save_sam_checkpoint(sam, DEMO_SAM_ARCH, out_path, half=True)
     result = {"steps": step, "final_loss": round(float(ema or 0), 4), "seconds": round(time.time() - t0, 1)}
@@ -232,7 +238,7 @@ def _detector_process(out_path: str, kwargs: dict, queue) -> None:
     queue.put(train_detector(out_path, **kwargs))
 
 
-def train_demo_models(out_dir: str | Path, seed: int = 0, det_images: int = 400, det_epochs: int = 24, det_imgsz: int = 288, sam_minutes: float = 12.0) -> tuple[dict, dict]:
+def train_demo_models(out_dir: str | Path, seed: int = 0, det_images: int = 400, det_epochs: int = 30, det_imgsz: int = 288, sam_minutes: float = 12.0) -> tuple[dict, dict]:
     """Train the detector and the SAM side by side, one CPU core each.
 
     Neither model's training scales well past one core on a small CPU, so two
@@ -251,7 +257,7 @@ def train_demo_models(out_dir: str | Path, seed: int = 0, det_images: int = 400,
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        sam = train_sam(out_dir / "demo-sam.pt", minutes=sam_minutes, seed=seed)
+        sam = train_sam(out_dir / "demo-sam.pt", minutes=sam_minutes, seed=seed, threads=lambda: 1 if det.is_alive() else threads)
     finally:
         torch.set_num_threads(threads)
     det_result = queue.get()
@@ -261,16 +267,21 @@ def train_demo_models(out_dir: str | Path, seed: int = 0, det_images: int = 400,
     return det_result, sam
 
 
-def mean_box_prompt_iou(sam_weights: str | Path, seed: int = 1, n: int = 30, size_range: tuple[int, int] = (200, 1000), box_shift: float = 0.0) -> tuple[float, list[float]]:
-    """Mean mask IoU of a SAM checkpoint prompted with ground-truth boxes on fresh scenes.
+def mean_box_prompt_iou(sam_weights: str | Path, seed: int = 1, n: int = 30, size_range: tuple[int, int] = (200, 1000), box_shift: float = 0.0, stage: Any = None) -> tuple[float, list[float]]:
+    """Mean mask IoU of the SAM stage prompted with ground-truth boxes on fresh scenes.
 
-    ``box_shift`` moves every box right and down by that fraction of its size
-    (a negative control). Uses the production SAM stage.
+    Runs the production stage (``stage`` settings, e.g. the demo job's, or the
+    defaults) on each scene's exact boxes; ``box_shift`` moves every box right and
+    down by that fraction of its size (a negative control). A box whose mask the
+    stage dropped counts as IoU 0.
     """
     from flows.config import SamStage
+    from tasks import rle
     from tasks.models.sam import SamBoxSegmenter
+    from tasks.record import Detections
 
-    seg = SamBoxSegmenter(SamStage(kind="sam", weights=str(sam_weights), device="cpu", min_mask_area=0), str(sam_weights))
+    stage = stage or SamStage(kind="sam", weights=str(sam_weights), device="cpu")
+    seg = SamBoxSegmenter(stage, str(sam_weights))
     rng = np.random.default_rng(seed)
     ious: list[float] = []
     for _ in range(n):
@@ -281,7 +292,11 @@ def mean_box_prompt_iou(sam_weights: str | Path, seed: int = 1, n: int = 30, siz
         wh = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1).repeat(2, 1)
         boxes = boxes + box_shift * wh
         h, w = s.pixels.shape[:2]
-        logits, _ = seg.box_logits(s.pixels, boxes)  # the stage's embed + batched decode
-        for m, gt in zip(logits > 0, s.masks):
-            ious.append(float((m & gt).sum() / max((m | gt).sum(), 1)))
+        prompts = Detections((h, w), boxes, np.ones(len(boxes)), np.ones(len(boxes)), fields={"gt": np.arange(len(boxes))})
+        out = seg.segment([s.pixels], [prompts])[0]
+        best = np.zeros(len(boxes))
+        for k, m in zip(out.fields["gt"], rle.decode_many(list(out.rle_counts), h, w)):
+            gt = s.masks[int(k)]
+            best[int(k)] = (m & gt).sum() / max((m | gt).sum(), 1)
+        ious.extend(best.tolist())
     return float(np.mean(ious)), ious

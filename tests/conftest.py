@@ -152,6 +152,7 @@ class FaultProxy:
         self.upstream = urllib.parse.urlparse(upstream)
         self.rules: list[dict] = []
         self.hits: list[tuple[str, str, str]] = []
+        self.requests: list[tuple[str, str, str]] = []
         self.lock = threading.Lock()
         proxy = self
 
@@ -167,6 +168,7 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 rule = proxy._match(self.command, self.path)
+                proxy.requests.append((self.command, self.path.split("?")[0], rule["kind"] if rule else "forwarded"))
                 if rule is not None:
                     proxy.hits.append((self.command, self.path, rule["kind"]))
                     if rule["kind"] == "reset":

@@ -1,0 +1,161 @@
+"""Publishing a finished run to a bucket as an immutable, versioned dataset.
+
+Layout under the destination::
+
+    DEST/<version>/manifest/...          the Parquet manifests
+    DEST/<version>/coco/...              COCO files
+    DEST/<version>/qc/...                QC report (when the run has one)
+    DEST/<version>/quality.json, summary.json, job.json
+    DEST/<version>/README.md             dataset card: counts per class, images, models and hashes, job, time
+    DEST/<version>/SHA256SUMS            sha256 of every file above
+    DEST/<version>/_PUBLISHED.json       written after every file, create-if-absent: the version exists once this does
+    DEST/LATEST                          the newest version's name, written last
+
+Rules: only a complete run is published (its summary matches its commit
+records); a version is never overwritten (a different run under an existing
+version name is refused); publishing the same run again is a no-op that
+returns the existing version. A reader who follows ``LATEST`` or checks
+``_PUBLISHED.json`` never sees a half-published version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from typing import Any
+
+from tasks.finalize import IncompleteRunError, _collect_commits, commits_digest
+from tasks.storage import create_exclusive, join, open_fs, read_bytes, redact, write_bytes
+
+__all__ = ["PublishError", "publish"]
+
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_PUBLISHED_DIRS = ("manifest", "coco", "qc")
+_PUBLISHED_FILES = ("summary.json", "quality.json", "job.json")
+
+
+class PublishError(Exception):
+    """The run cannot be published (incomplete, or the version name is taken by other content)."""
+
+
+def _read_json(fs: Any, url: str) -> dict | None:
+    _, path = open_fs(url)
+    try:
+        return json.loads(read_bytes(fs, path))
+    except FileNotFoundError:
+        return None
+
+
+def _run_files(output: str) -> list[str]:
+    """Relative paths of the files a version holds, sorted."""
+    fs, root = open_fs(output)
+    rels = []
+    for d in _PUBLISHED_DIRS:
+        _, p = open_fs(join(output, d))
+        if fs.exists(p):
+            rels += [f[len(root.rstrip("/")) + 1 :] for f in fs.find(p)]
+    for f in _PUBLISHED_FILES:
+        _, p = open_fs(join(output, f))
+        if fs.exists(p):
+            rels.append(f)
+    return sorted(r for r in rels if ".tmp-" not in r)
+
+
+def _card(summary: dict, job: dict, version: str, checksums: dict[str, str]) -> str:
+    models = []
+    for name, st in job.get("stages", {}).items():
+        if "weights" in st:
+            models.append(f"| {name} | {st['kind']} | `{st['weights'].rsplit('/', 1)[-1]}` | `{st.get('sha256') or '-'}` |")
+    per_class = "\n".join(f"| {k} | {v} |" for k, v in summary.get("masks_per_category", {}).items())
+    quality = summary.get("quality")
+    qtext = (f"\nLabel quality against the gold set ({quality['images']} images): box AP50 {quality['box_ap50']}, "
+             f"mask AP50 {quality['mask_ap50']}, mask AP {quality['mask_ap']}, mean mask IoU {quality['mean_mask_iou']} (see quality.json).\n") if quality else ""
+    import yaml
+
+    return f"""# {summary['job']} -- dataset {version}
+
+Auto-labelled by segflow. Created {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}.
+
+| images | labelled | failed | masks | COCO annotations |
+|---:|---:|---:|---:|---:|
+| {summary['images']} | {summary['labelled_images']} | {summary['failed_images']} | {summary['masks']} | {summary.get('coco_annotations', summary['masks'])} |
+
+## Masks per class
+
+| class | masks |
+|---|---:|
+{per_class}
+{qtext}
+## Models
+
+| stage | kind | weights | sha256 |
+|---|---|---|---|
+{chr(10).join(models)}
+
+## Files
+
+`manifest/masks.parquet` (one row per mask, COCO RLE), `manifest/images.parquet`,
+`coco/instances.json`{', `qc/` (QC report, quarantine)' if any(k.startswith('qc/') for k in checksums) else ''}; `SHA256SUMS` lists the sha256 of every file.
+
+## Job
+
+```yaml
+{yaml.safe_dump(job, sort_keys=False).strip()}
+```
+"""
+
+
+def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any]:
+    """Publish the finished run in ``output`` under ``dest``. Returns ``{"version", "url", "created", "files"}``."""
+    fs_out, _ = open_fs(output)
+    summary = _read_json(fs_out, join(output, "summary.json"))
+    try:
+        _, commits = _collect_commits(output)
+    except IncompleteRunError as e:
+        raise PublishError(f"refusing to publish an incomplete run: {e}") from None
+    if summary is None:
+        raise PublishError(f"refusing to publish {redact(output)}: it was not finalized (no summary.json); run `segflow rerun {redact(output)}`")
+    digest = summary.get("commits_digest")
+    job = _read_json(fs_out, join(output, "job.json")) or {}
+    if digest != commits_digest(commits, job.get("gold_set")):
+        raise PublishError(f"refusing to publish {redact(output)}: its summary does not match its committed shards; run `segflow rerun {redact(output)}` first")
+    if version is not None and not _VERSION.match(version):
+        raise PublishError(f"invalid version name {version!r}: letters, digits, '.', '_' and '-'")
+
+    fs_dest, _ = open_fs(dest)
+    # idempotent: the same run already published under some version?
+    _, dest_root = open_fs(dest)
+    existing = fs_dest.glob(f"{dest_root.rstrip('/')}/*/_PUBLISHED.json") if fs_dest.exists(dest_root) else []
+    for marker in sorted(existing):
+        rec = json.loads(fs_dest.cat_file(marker))
+        if rec.get("commits_digest") == digest and (version is None or rec["version"] == version):
+            return {"version": rec["version"], "url": redact(join(dest, rec["version"])), "created": False, "files": len(rec["files"])}
+    version = version or f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{(digest or '0' * 8)[:8]}"
+    target = join(dest, version)
+    _, marker_path = open_fs(join(target, "_PUBLISHED.json"))
+    if fs_dest.exists(marker_path):
+        raise PublishError(f"version {version!r} already exists at {redact(dest)} with other content; published versions are never overwritten")
+
+    checksums: dict[str, str] = {}
+    for rel in _run_files(output):
+        _, src = open_fs(join(output, rel))
+        data = read_bytes(fs_out, src)
+        checksums[rel] = hashlib.sha256(data).hexdigest()
+        _, dst = open_fs(join(target, rel))
+        write_bytes(fs_dest, dst, data)
+    card = _card(summary, job, version, checksums).encode()
+    checksums["README.md"] = hashlib.sha256(card).hexdigest()
+    _, p = open_fs(join(target, "README.md"))
+    write_bytes(fs_dest, p, card)
+    sums = "".join(f"{h}  {rel}\n" for rel, h in sorted(checksums.items())).encode()
+    _, p = open_fs(join(target, "SHA256SUMS"))
+    write_bytes(fs_dest, p, sums)
+    record = {"version": version, "commits_digest": digest, "files": sorted(checksums), "source": redact(output),
+              "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if not create_exclusive(fs_dest, marker_path, json.dumps(record, indent=1).encode()):
+        raise PublishError(f"version {version!r} was published concurrently by someone else")
+    _, latest = open_fs(join(dest, "LATEST"))
+    write_bytes(fs_dest, latest, (version + "\n").encode())  # last: readers following LATEST see complete versions only
+    return {"version": version, "url": redact(target), "created": True, "files": len(checksums)}
