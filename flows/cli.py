@@ -263,7 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ConfigError as e:
         _eprint(f"error: {e}")
         if "demo-" in str(e) and "weights" in str(e):
-            _eprint("the demo models are built by `segflow train-demo-models --output configs/models --update-config configs/demo.yaml`")
+            _eprint("the demo models are built by `segflow train-demo-models --output configs/models --update-config configs/demo.yaml configs/demo-qc.yaml`")
         return EXIT_CONFIG
     rc = run_prepared(job, plan, progress_bar=not args.no_progress)
     if rc == EXIT_OK:
@@ -289,8 +289,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained in {time.time() - t0:.0f}s: detector {det}, sam {sam}")
     for name, sha in shas.items():
         print(f"  {out / name}: sha256 {sha} ({(out / name).stat().st_size / 1e6:.1f} MB)")
-    if args.update_config:
-        cfg = Path(args.update_config)
+    for cfg in map(Path, args.update_config or []):
         text = cfg.read_text()
         for name, sha in shas.items():
             text, n = re.subn(rf"(weights: models/{re.escape(name)}\n\s*sha256: )[0-9a-fA-F]{{64}}", rf"\g<1>{sha}", text)
@@ -367,10 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--output", default="configs/models")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--det-images", type=int, default=400)
-    t.add_argument("--det-epochs", type=int, default=30)
+    t.add_argument("--det-epochs", type=int, default=34)
     t.add_argument("--det-imgsz", type=int, default=288)
-    t.add_argument("--sam-minutes", type=float, default=12.0)
-    t.add_argument("--update-config", help="write the new sha256 values into this job file (e.g. configs/demo.yaml)")
+    t.add_argument("--sam-minutes", type=float, default=13.5)
+    t.add_argument("--update-config", nargs="*", help="write the new sha256 values into these job files (e.g. configs/demo.yaml configs/demo-qc.yaml)")
     t.set_defaults(fn=cmd_train)
 
     c = sub.add_parser("convert-weights", help="convert a pickled ultralytics .pt into a weights-only segflow checkpoint (trusted files only)")

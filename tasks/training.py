@@ -64,7 +64,7 @@ def _yolo_split(root: Path, split: str, n: int, seed: int, size_range: tuple[int
 
 
 def train_detector(
-    out_path: str | Path, images: int = 400, epochs: int = 30, imgsz: int = 288, seed: int = 0,
+    out_path: str | Path, images: int = 400, epochs: int = 34, imgsz: int = 288, seed: int = 0,
     size_range: tuple[int, int] = (200, 640), log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train a YOLO detector on synthetic scenes; save a segflow checkpoint. Returns validation metrics.
@@ -155,7 +155,7 @@ def _dice_loss(logits, target):
 
 
 def train_sam(
-    out_path: str | Path, minutes: float = 12.0, seed: int = 0, scenes: int = 600, batch_images: int = 6,
+    out_path: str | Path, minutes: float = 13.5, seed: int = 0, scenes: int = 600, batch_images: int = 6,
     boxes_per_image: int = 8, prompts_per_object: int = 1, lr: float = 2e-3, size_range: tuple[int, int] = (256, 640),
     log: Callable[[str], None] | None = None, threads: Callable[[], int] | None = None,
 ) -> dict:
@@ -238,7 +238,7 @@ def _detector_process(out_path: str, kwargs: dict, queue) -> None:
     queue.put(train_detector(out_path, **kwargs))
 
 
-def train_demo_models(out_dir: str | Path, seed: int = 0, det_images: int = 400, det_epochs: int = 30, det_imgsz: int = 288, sam_minutes: float = 12.0) -> tuple[dict, dict]:
+def train_demo_models(out_dir: str | Path, seed: int = 0, det_images: int = 400, det_epochs: int = 34, det_imgsz: int = 288, sam_minutes: float = 13.5) -> tuple[dict, dict]:
     """Train the detector and the SAM side by side, one CPU core each.
 
     Neither model's training scales well past one core on a small CPU, so two
