@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact

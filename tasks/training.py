@@ -18,7 +18,6 @@ evaluation is always on scenes never seen in training.
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -193,7 +192,7 @@ def train_sam(
         for g in opt.param_groups:  # warmup then cosine
             g["lr"] = lr * min(1.0, (step + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         idx = rng.choice(len(pool), size=batch_images, replace=False)
-        imgs, prompts, targets, sizes = [], [], [], []
+        imgs, prompts, targets = [], [], []
         for i in idx:
             img, (ih, iw), m, b = pool[i]
             imgs.append(sam.preprocess(torch.as_tensor(img).permute(2, 0, 1).float()[None])[0])
@@ -204,7 +203,6 @@ def train_sam(
             bb = bb + rng.normal(0, 0.06, bb.shape).astype(np.float32) * wh  # detector-like box noise
             prompts.append(torch.as_tensor(bb, dtype=torch.float32))
             targets.append(m[k])
-            sizes.append((ih, iw))
         emb = sam.image_encoder(torch.stack(imgs))
         owner = torch.cat([torch.full((len(p),), j, dtype=torch.long) for j, p in enumerate(prompts)])
         sparse, dense = sam.prompt_encoder(points=None, boxes=torch.cat(prompts), masks=None)

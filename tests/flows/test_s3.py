@@ -1,6 +1,5 @@
 """The whole job on S3 (moto's server on 127.0.0.1, through s3fs): source, weights and output."""
 
-import io
 import json
 
 import pyarrow.dataset as ds

@@ -8,7 +8,6 @@ import threading
 import time
 
 import pyarrow.dataset as ds
-import pytest
 
 from flows import cli
 from flows.config import load_config

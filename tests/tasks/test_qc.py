@@ -1,7 +1,6 @@
 """Every QC rule has a case that trips it and one that passes it."""
 
 import numpy as np
-import pytest
 
 from flows.config import QcStage
 from tasks import rle
