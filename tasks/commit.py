@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from tasks.retry import retry_call
 from tasks.storage import create_exclusive, join, open_fs, read_bytes, write_bytes
 
-__all__ = ["ShardConflict", "read_commit", "commit_shard", "record_failure", "read_error", "clear_error", "read_committed_table"]
+__all__ = ["ShardConflict", "read_commit", "commit_shard", "record_failure", "read_error", "clear_error", "read_committed_table", "read_committed_bytes", "parse_committed"]
 
 
 class ShardConflict(Exception):
@@ -114,15 +114,26 @@ def clear_error(output: str, shard_id: str) -> None:
         pass
 
 
-def read_committed_table(output: str, commit: dict, name: str) -> pa.Table:
-    """Read one data file named by a commit record, checking its sha256 and row count."""
+def read_committed_bytes(output: str, commit: dict, name: str) -> bytes:
+    """The bytes of one data file named by a commit record, checked against its sha256."""
     entry = commit["files"][name]
     fs, path = open_fs(join(output, entry["path"]))
     data = read_bytes(fs, path)
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:
         raise ShardConflict(f"{commit['shard_id']}: {entry['path']} does not match its commit record (sha256 {digest} != {entry['sha256']})")
+    return data
+
+
+def parse_committed(commit: dict, name: str, data: bytes) -> pa.Table:
+    """Parse verified bytes (:func:`read_committed_bytes`), checking the row count."""
+    entry = commit["files"][name]
     table = pq.read_table(io.BytesIO(data))
     if table.num_rows != entry["rows"]:
         raise ShardConflict(f"{commit['shard_id']}: {entry['path']} has {table.num_rows} rows, commit says {entry['rows']}")
     return table
+
+
+def read_committed_table(output: str, commit: dict, name: str) -> pa.Table:
+    """Read one data file named by a commit record, checking its sha256 and row count."""
+    return parse_committed(commit, name, read_committed_bytes(output, commit, name))

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from tasks.coco import write_instances
 from tasks.qc_report import QcAccumulator, write_qc_report
-from tasks.commit import read_commit, read_committed_table, read_error
+from tasks.commit import parse_committed, read_commit, read_committed_bytes, read_committed_table, read_error
 from tasks.plan import load_plan
 from tasks.storage import join, open_fs, redact, write_bytes
 
@@ -135,17 +135,16 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
             _, dir_path = open_fs(paths[name])
             _replace_dir(fs, dir_path)
     for c in commits:
-        images = read_committed_table(output, c, "images")
-        masks = read_committed_table(output, c, "masks")
-        parts = [("images", images), ("masks", masks)]
+        raw = {name: read_committed_bytes(output, c, name) for name in ("images", "masks")}
+        images, masks = (parse_committed(c, name, raw[name]) for name in ("images", "masks"))
         if acc is not None:
             acc.add(c["shard_id"], masks, images)
-            parts.append(("quarantine", masks.filter(pc.equal(masks["qc_verdict"], "reject"))))
-        for name, table in parts:
             buf = io.BytesIO()
-            pq.write_table(table, buf, compression="zstd")
+            pq.write_table(masks.filter(pc.equal(masks["qc_verdict"], "reject")), buf, compression="zstd")
+            raw["quarantine"] = buf.getvalue()
+        for name, data in raw.items():  # the committed files are the manifest parts: copied, not re-encoded
             _, part = open_fs(join(paths[name], f"part-{c['shard_id']}.parquet"))
-            write_bytes(fs, part, buf.getvalue())
+            write_bytes(fs, part, data)
         counts["images"] += images.num_rows
         counts["failed_images"] += int(pc.sum(pc.equal(images["status"], "failed")).as_py() or 0)
         counts["labelled_images"] += int(pc.sum(pc.greater(images["num_masks"], 0)).as_py() or 0)
