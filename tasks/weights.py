@@ -27,6 +27,7 @@ __all__ = [
     "resolve_weights",
     "load_checkpoint",
     "weights_location_issue",
+    "resolve_model_dir",
 ]
 
 _lock = threading.Lock()
@@ -58,9 +59,15 @@ def is_builtin_yaml(weights: str) -> bool:
     return weights.endswith((".yaml", ".yml")) and "/" not in weights and not os.path.exists(weights)
 
 
-def weights_location_issue(weights: str, builtin_yaml_ok: bool = False) -> str | None:
+def weights_location_issue(weights: str, builtin_yaml_ok: bool = False, dir_ok: bool = False) -> str | None:
     """Why ``weights`` cannot be used, or None. Cheap: existence only (no download, no hashing)."""
     if builtin_yaml_ok and is_builtin_yaml(weights):
+        return None
+    if dir_ok and (weights.startswith(HUB_PREFIX) or os.path.isdir(weights.removeprefix("file://"))):
+        try:
+            resolve_model_dir(weights)
+        except WeightsError as e:
+            return str(e)
         return None
     if _is_url(weights):
         try:
@@ -117,6 +124,41 @@ def resolve_weights(weights: str, sha256: str | None = None) -> str:
             with _lock:
                 _verified[key] = stat
     return str(local)
+
+
+HUB_PREFIX = "hub:"
+_MODEL_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_model_dir(weights: str, sha256: str | None = None) -> str:
+    """A local model directory (``save_pretrained`` layout) for a directory path or ``hub:<id>``.
+
+    Hub ids are looked up in the local Hugging Face cache only; nothing is
+    downloaded. With ``sha256`` the directory's weights file is verified.
+    """
+    if weights.startswith(HUB_PREFIX):
+        repo_id = weights.removeprefix(HUB_PREFIX)
+        try:
+            from huggingface_hub import snapshot_download
+
+            local = snapshot_download(repo_id, local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - any lookup failure means "not cached"
+            raise WeightsError(
+                f"{weights}: not in the local Hugging Face cache ({type(e).__name__}); segflow never downloads at run time: "
+                f"fetch it first, e.g. `huggingface-cli download {repo_id}` (or bake it into the worker image)"
+            ) from None
+    else:
+        local = weights.removeprefix("file://")
+        if not os.path.isdir(local):
+            raise WeightsError(f"model directory not found: {local}")
+    found = [f for f in _MODEL_FILES if os.path.isfile(os.path.join(local, f))]
+    if not found or not os.path.isfile(os.path.join(local, "config.json")):
+        raise WeightsError(f"{weights}: expected config.json and {' or '.join(_MODEL_FILES)} in {local}")
+    if sha256:
+        actual = sha256_file(os.path.join(local, found[0]))
+        if actual != sha256.lower():
+            raise WeightsError(f"sha256 mismatch for {weights} ({found[0]}): expected {sha256.lower()}, got {actual}")
+    return local
 
 
 def load_checkpoint(path: str) -> Any:

@@ -27,10 +27,16 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from tasks.models.tiny import make_tiny_sam, make_tiny_yolo
+    from tasks.models.tiny import make_tiny_mask2former, make_tiny_sam, make_tiny_yolo
 
     d = tmp_path_factory.mktemp("models")
-    return {"yolo": make_tiny_yolo(d / "yolo-tiny.pt", SHAPE_CLASSES, seed=0), "sam": make_tiny_sam(d / "sam-tiny.pt", seed=0)}
+    return {
+        "yolo": make_tiny_yolo(d / "yolo-tiny.pt", SHAPE_CLASSES, seed=0),
+        "sam": make_tiny_sam(d / "sam-tiny.pt", seed=0),
+        # labels: the shapes plus one the test ontologies lack (mapping must drop it)
+        "mask2former": make_tiny_mask2former(d / "m2f-tiny.pt", [*SHAPE_CLASSES, "sky"], seed=0, pretrained_dir=d / "m2f-tiny"),
+        "mask2former_dir": d / "m2f-tiny",
+    }
 
 
 @pytest.fixture(scope="session")

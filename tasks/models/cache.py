@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.models.registry import adapter_class
-from tasks.weights import is_builtin_yaml, resolve_weights, sha256_file
+from tasks.weights import HUB_PREFIX, is_builtin_yaml, resolve_model_dir, resolve_weights, sha256_file
 
 __all__ = ["LoadedModel", "get_model", "clear"]
 
@@ -39,8 +39,9 @@ def _identity(kind: str, weights: str, local: str | None) -> str:
     return f"{kind}:{os.path.basename(weights)}@sha256:{sha256_file(local)[:12]}"
 
 
-def get_model(stage: Any, ontology: dict[int, str]) -> LoadedModel:
-    key = (stage.kind, stage.model_dump_json(exclude={"needs"}), tuple(sorted(ontology.items())))
+def get_model(stage: Any, ontology: dict[int, str], isthing: dict[int, bool] | None = None) -> LoadedModel:
+    """The loaded adapter of a stage (``isthing``: ontology id -> thing/stuff, for panoptic stages)."""
+    key = (stage.kind, stage.model_dump_json(exclude={"needs"}), tuple(sorted(ontology.items())), tuple(sorted((isthing or {}).items())))
     with _lock:
         entry = _entries.setdefault(key, _Entry())
     with entry.lock:
@@ -52,12 +53,18 @@ def get_model(stage: Any, ontology: dict[int, str]) -> LoadedModel:
                 digest = hashlib.sha256(stage.model_dump_json(exclude={"needs"}).encode()).hexdigest()[:12]
                 entry.model = LoadedModel(adapter, f"{stage.kind}:rules@sha256:{digest}")
                 return entry.model
+            ident = None
             if stage.kind == "yolo" and is_builtin_yaml(stage.weights):
                 local, path = None, stage.weights
+            elif stage.kind == "mask2former" and (stage.weights.startswith(HUB_PREFIX) or os.path.isdir(stage.weights)):
+                path = resolve_model_dir(stage.weights, stage.sha256)
+                local = next((os.path.join(path, f) for f in ("model.safetensors", "pytorch_model.bin") if os.path.isfile(os.path.join(path, f))), None)
+                ident = f"{stage.kind}:{stage.weights.rstrip('/').rsplit('/', 1)[-1]}@sha256:{sha256_file(local)[:12]}" if local else None
             else:
                 local = path = resolve_weights(stage.weights, stage.sha256)
-            adapter = adapter_class(stage.kind)(stage, path, ontology)
-            entry.model = LoadedModel(adapter, _identity(stage.kind, stage.weights, local))
+            cls = adapter_class(stage.kind)
+            adapter = cls(stage, path, ontology, isthing) if getattr(cls, "role", None) == "panoptic" else cls(stage, path, ontology)
+            entry.model = LoadedModel(adapter, ident or _identity(stage.kind, stage.weights, local))
         return entry.model
 
 

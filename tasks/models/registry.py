@@ -8,7 +8,10 @@ Roles:
 
 * ``detector``  -- images -> :class:`~tasks.record.Detections` with boxes, classes, scores.
 * ``segmenter`` -- images + a detector's Detections -> the same rows with masks (RLE).
-* ``qc``        -- a segmenter's Detections -> the same rows with a verdict and fired rules.
+* ``qc``        -- a segmenter's Detections -> the same rows with a verdict and fired rules
+  (and, given a panoptic stage's segments, their agreement with them).
+* ``panoptic``  -- images -> non-overlapping segments (things and stuff) per image.
+* ``merge``     -- a panoptic stage's segments (+ optionally instance masks) -> one panoptic map per image.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ class AdapterSpec:
     role: str  # detector | segmenter
     package: str  # import name of the library it wraps
     install: str  # pip requirement that provides it
-    needs_roles: tuple[str, ...] = ()
+    needs_roles: tuple[str, ...] = ()  # exactly one input stage of each of these roles
+    optional_roles: tuple[tuple[str, ...], ...] = ()  # at most one input stage from each group
     produces_masks: bool = False
 
 
@@ -39,7 +43,12 @@ ADAPTERS: dict[str, AdapterSpec] = {
         "tasks.models.sam:SamBoxSegmenter", "segmenter", "segment_anything", "segment-anything",
         needs_roles=("detector",), produces_masks=True,
     ),
-    "qc": AdapterSpec("tasks.qc:QcChecker", "qc", "scipy", "scipy", needs_roles=("segmenter",), produces_masks=True),
+    "qc": AdapterSpec("tasks.qc:QcChecker", "qc", "scipy", "scipy", needs_roles=("segmenter",), optional_roles=(("panoptic",),), produces_masks=True),
+    "mask2former": AdapterSpec("tasks.models.mask2former:Mask2FormerPanoptic", "panoptic", "transformers", "transformers scipy", produces_masks=True),
+    "panoptic_merge": AdapterSpec(
+        "tasks.panoptic:PanopticMerger", "merge", "numpy", "numpy",
+        needs_roles=("panoptic",), optional_roles=(("segmenter", "qc"),), produces_masks=True,
+    ),
 }
 
 
@@ -50,9 +59,11 @@ def adapter_class(kind: str) -> type:
     except KeyError:
         raise ValueError(f"unknown stage kind {kind!r} (known: {', '.join(sorted(ADAPTERS))})") from None
     module_name, cls_name = spec.target.split(":")
-    module = importlib.import_module(module_name)  # first: adapters set the library's offline defaults
     try:
+        module = importlib.import_module(module_name)  # first: adapters set the library's offline defaults
         importlib.import_module(spec.package)
+        if spec.role == "panoptic":
+            importlib.import_module("scipy")  # transformers' Mask2Former matcher needs it even for inference
     except ImportError as e:
         raise MissingDependencyError(
             f"stage kind {kind!r} needs the package {spec.package!r}, which is not importable ({e}); "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["make_tiny_yolo", "make_tiny_sam"]
+__all__ = ["make_tiny_yolo", "make_tiny_sam", "make_tiny_mask2former"]
 
 
 def make_tiny_yolo(path: str | Path, class_names: Sequence[str], seed: int = 0, cfg: str = "yolo11n-seg.yaml") -> Path:
@@ -41,4 +41,22 @@ def make_tiny_sam(path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_sam_checkpoint(build_sam(TINY_SAM_ARCH), TINY_SAM_ARCH, path)
+    return path
+
+
+def make_tiny_mask2former(path: str | Path, labels: Sequence[str], seed: int = 0, pretrained_dir: str | Path | None = None) -> Path:
+    """A random ~1.7M-parameter Mask2Former (Swin backbone from a config object, no download), saved as a
+    segflow checkpoint; with ``pretrained_dir`` also in the ``save_pretrained`` layout there."""
+    import torch
+
+    from tasks.models.mask2former import TINY_M2F_ARCH, build_mask2former, save_mask2former_checkpoint
+
+    torch.manual_seed(seed)
+    model, processor = build_mask2former(TINY_M2F_ARCH, labels)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_mask2former_checkpoint(model, processor, path)
+    if pretrained_dir is not None:
+        model.save_pretrained(pretrained_dir)
+        processor.save_pretrained(pretrained_dir)
     return path

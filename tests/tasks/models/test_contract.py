@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flows.config import QcStage, SamStage, YoloStage
+from flows.config import Mask2FormerStage, PanopticMergeStage, QcStage, SamStage, YoloStage
 from tasks import rle
 from tasks.models.cache import get_model
 from tasks.models.registry import ADAPTERS, MissingDependencyError, adapter_class
@@ -19,6 +19,10 @@ def stage_for(kind, tiny_models):
         return SamStage(kind="sam", weights=str(tiny_models["sam"]), device="cpu", needs=["detector"], batch_size=2, boxes_per_call=4)
     if kind == "qc":
         return QcStage(kind="qc", needs=["masks"])
+    if kind == "mask2former":  # random weights: every query kept, so the test sees segments
+        return Mask2FormerStage(kind="mask2former", weights=str(tiny_models["mask2former"]), device="cpu", threshold=0.0, overlap_threshold=0.0, batch_size=2)
+    if kind == "panoptic_merge":
+        return PanopticMergeStage(kind="panoptic_merge", needs=["masks", "panoptic"], min_area=1)
     raise AssertionError(f"add a tiny stage for new adapter kind {kind!r} to the contract suite")
 
 
@@ -43,11 +47,26 @@ def with_box_masks(dets):
     return dets.with_masks(rle.encode_nhw(masks), predicted_iou=np.full(len(dets), 0.9), stability_score=np.full(len(dets), 0.97))
 
 
+def stuff_segments(imgs):
+    """One stuff segment per image (class 2 on the bottom half), as a panoptic model gives them."""
+    out = []
+    for im in imgs:
+        h, w = im.shape[:2]
+        m = np.zeros((1, h, w), bool)
+        m[:, h // 2 :] = True
+        out.append(Detections((h, w), [[0, h // 2, w, h]], [2], [0.8], rle_counts=rle.encode_nhw(m), fields={"isthing": np.array([False])}))
+    return out
+
+
 def run(adapter, role, imgs):
     if role == "detector":
         return adapter.detect(imgs)
     if role == "qc":
         return adapter.check(imgs, [with_box_masks(d) for d in prompts_for(imgs)])
+    if role == "panoptic":
+        return adapter.panoptic(imgs)
+    if role == "merge":
+        return adapter.merge(imgs, [with_box_masks(d) for d in prompts_for(imgs)], stuff_segments(imgs), "masks", "panoptic")
     return adapter.segment(imgs, prompts_for(imgs))
 
 
@@ -72,6 +91,9 @@ def test_adapter_contract(kind, tiny_models, rng):
         if dets.has_masks:
             decoded = rle.decode_many(list(dets.rle_counts), h, w)
             assert decoded.shape == (len(dets), h, w) and decoded.reshape(len(dets), -1).any(1).all()
+        if spec.role in ("panoptic", "merge"):  # segments of one map: never overlapping, thing/stuff known
+            assert len(dets) > 0 and dets.fields["isthing"].dtype == bool
+            assert decoded.sum(0).max() <= 1
     again = run(loaded.adapter, spec.role, imgs)  # deterministic
     for a, b in zip(out, again):
         np.testing.assert_array_equal(a.boxes, b.boxes)
