@@ -126,6 +126,31 @@ class SamStage(_ModelStage):
     min_island_frac: float = Field(0.0, ge=0.0, le=1.0, description="Remove disconnected pieces smaller than this fraction of the mask's largest piece (0 = keep all, as SAM does).")
 
 
+class Mask2FormerStage(_ModelStage):
+    """Panoptic model: transformers Mask2Former (things and stuff, non-overlapping segments per image)."""
+
+    kind: Literal["mask2former"]
+    weights: str = Field(..., description="A segflow Mask2Former checkpoint file, a save_pretrained directory, or hub:<org>/<name> read from the local Hugging Face cache (never downloaded at run time).")
+    sha256: str | None = Field(None, description="Expected sha256 of the checkpoint file (of model.safetensors for a directory or hub id).")
+    batch_size: int = Field(4, ge=1, description="Images per forward pass.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Model dtype (bfloat16 on GPUs that have it).")
+    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Minimum class probability of a query to become a segment.")
+    mask_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Mask probability threshold.")
+    overlap_threshold: float = Field(0.8, ge=0.0, le=1.0, description="A query keeps its segment only if it wins at least this share of its own mask.")
+    label_map: dict[str, str] = Field(default_factory=dict, description="Model label -> ontology class name. Other labels map by equal name, else to `unmapped`.")
+    unmapped: str = Field("drop", description="'drop', or the ontology class name that takes labels with no mapping.")
+
+
+class PanopticMergeStage(_StageBase):
+    """One panoptic map per image from a panoptic stage and (optionally) an instance stage; see tasks/panoptic.py."""
+
+    kind: Literal["panoptic_merge"]
+    things: Literal["instances", "panoptic"] = Field("instances", description="Where things come from: the instance stage it needs (detector -> SAM -> QC) or the panoptic model.")
+    overlap: float = Field(0.5, ge=0.0, le=1.0, description="A thing is dropped when less than this share of its mask is still free (hidden by a higher-scoring one).")
+    min_area: int = Field(64, ge=0, description="Segments left with fewer pixels become void.")
+    include_flagged: bool = Field(False, description="Use QC-flagged instance masks as things (rejected ones never are).")
+
+
 _Action = Literal["reject", "flag", "off"]
 
 
@@ -177,13 +202,14 @@ class QcStage(_StageBase):
     components: _Components = Field(default_factory=_Components)
     duplicate: _Duplicate = Field(default_factory=_Duplicate)
     class_conflict: _Duplicate = Field(default_factory=lambda: _Duplicate(iou=0.85, action="flag"))
+    panoptic_agreement: _MinRule = Field(default_factory=lambda: _MinRule(min=0.5, action="flag"), description="Mask IoU of each thing with the best panoptic segment of its class (only when the qc stage also needs a panoptic stage).")
     no_labels: _ImageRule = Field(default_factory=_ImageRule)
     count_outlier: _CountOutlier = Field(default_factory=_CountOutlier)
     export_flagged: bool = Field(False, description="Include flagged masks in the COCO export (passed masks always are; rejected never).")
     review_samples: int = Field(24, ge=0, description="Masks per verdict drawn on the contact sheets.")
 
 
-Stage = Annotated[Union[YoloStage, SamStage, QcStage], Field(discriminator="kind")]
+Stage = Annotated[Union[YoloStage, SamStage, QcStage, Mask2FormerStage, PanopticMergeStage], Field(discriminator="kind")]
 
 
 class RuntimeConfig(_Strict):
@@ -213,6 +239,7 @@ class JobConfig(_Strict):
     publish: PublishConfig | None = Field(None, description="Publish the finished run as a new dataset version (see `segflow publish`).")
     credentials_block: str | None = Field(None, description="Name of a Prefect Secret block with S3 credentials (JSON: aws_access_key_id, aws_secret_access_key, optional aws_session_token, endpoint_url), used for every s3:// URL of the job. Default: the environment / AWS profiles.")
     gold_set: str | None = Field(None, description="COCO instances file with human labels for some images (matched by file name): the run reports AP and mask IoU against it.")
+    gold_panoptic: str | None = Field(None, description="COCO panoptic JSON with human labels for some images, its PNGs in the folder of the same name without .json (COCO convention): the run reports PQ, SQ, RQ and mIoU of the panoptic output against it.")
 
     # -- derived ---------------------------------------------------------------------
     def category_names(self) -> dict[int, str]:
@@ -243,9 +270,28 @@ class JobConfig(_Strict):
         return next((s for s in self.stages.values() if s.kind == "qc"), None)
 
     def sink_stages(self) -> list[str]:
-        """Stages no other stage needs: their output is what the manifest holds."""
+        """Stages no other stage needs."""
         needed = {d for s in self.stages.values() for d in s.needs}
         return [n for n in self.stage_order() if n not in needed]
+
+    def role(self, name: str) -> str:
+        from tasks.models.registry import ADAPTERS
+
+        return ADAPTERS[self.stages[name].kind].role
+
+    def instance_sinks(self) -> list[str]:
+        """Instance-mask stages (segmenter, qc) whose rows no other instance stage refines: the ``masks`` manifest."""
+        inst = ("segmenter", "qc")
+        refined = {d for n, s in self.stages.items() if self.role(n) in inst for d in s.needs}
+        return [n for n in self.stage_order() if self.role(n) in inst and n not in refined]
+
+    def panoptic_sink(self) -> str | None:
+        """The stage whose segments make the panoptic output: the merge stage, else the one panoptic stage."""
+        for role in ("merge", "panoptic"):
+            names = [n for n in self.stage_order() if self.role(n) == role]
+            if names:
+                return names[0]
+        return None
 
 
 def job_json_schema() -> dict:
@@ -360,19 +406,43 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
                 issues.append((f"stages.{cyc[0]}.needs", "cycle: " + " -> ".join(cyc)))
                 return issues
 
+    def kinds_of(roles: tuple[str, ...]) -> str:
+        return ", ".join(k for k, a in ADAPTERS.items() if a.role in roles)
+
     for name, st in job.stages.items():
         spec = ADAPTERS[st.kind]
         dep_roles = [ADAPTERS[job.stages[d].kind].role for d in st.needs]
         for role_needed in spec.needs_roles:
             matching = [d for d, r in zip(st.needs, dep_roles) if r == role_needed]
             if len(matching) != 1:
-                kinds = ", ".join(k for k, a in ADAPTERS.items() if a.role == role_needed)
-                issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage needs exactly one {role_needed} stage ({kinds}); found {len(matching)}"))
-        if not spec.needs_roles and st.needs:
-            issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage takes no input stages"))
+                issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage needs exactly one {role_needed} stage ({kinds_of((role_needed,))}); found {len(matching)}"))
+        for group in spec.optional_roles:
+            matching = [d for d, r in zip(st.needs, dep_roles) if r in group]
+            if len(matching) > 1:
+                issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage takes at most one {' or '.join(group)} stage ({kinds_of(group)}); found {len(matching)}: {', '.join(matching)}"))
+        allowed = set(spec.needs_roles) | {r for g in spec.optional_roles for r in g}
+        for d, r in zip(st.needs, dep_roles):
+            if r not in allowed:
+                what = f"takes only {', '.join(sorted(allowed))} stages" if allowed else "takes no input stages"
+                issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage {what}; {d!r} is a {r} stage"))
+        if st.kind == "panoptic_merge" and st.things == "instances" and not any(r in ("segmenter", "qc") for r in dep_roles):
+            issues.append((f"stages.{name}.needs", "things: instances needs an instance stage (sam or qc) in needs; or set things: panoptic"))
     for sink in job.sink_stages() if job.stages else []:
         if not ADAPTERS[job.stages[sink].kind].produces_masks:
             issues.append((f"stages.{sink}", f"stage {sink!r} ({job.stages[sink].kind}) produces no masks and no stage consumes it; add a mask stage (e.g. kind: sam, needs: [{sink}])"))
+    merges = [n for n, s in job.stages.items() if ADAPTERS[s.kind].role == "merge"]
+    panoptics = [n for n, s in job.stages.items() if ADAPTERS[s.kind].role == "panoptic"]
+    if len(merges) > 1:
+        issues.append((f"stages.{merges[1]}", f"one panoptic output per job: found {len(merges)} panoptic_merge stages ({', '.join(merges)})"))
+    elif not merges and len(panoptics) > 1:
+        issues.append((f"stages.{panoptics[1]}", f"several panoptic stages ({', '.join(panoptics)}): add one panoptic_merge stage that says which makes the panoptic output"))
+    for name, st in job.stages.items():
+        if st.kind == "mask2former":
+            if st.unmapped != "drop" and st.unmapped not in seen_names:
+                issues.append((f"stages.{name}.unmapped", f"{st.unmapped!r} is not a class of the ontology (or use 'drop')"))
+            for model_label, onto_name in st.label_map.items():
+                if onto_name not in seen_names:
+                    issues.append((f"stages.{name}.label_map.{model_label}", f"{onto_name!r} is not a class of the ontology"))
 
     # class maps point into the ontology
     for name, st in job.stages.items():
@@ -392,13 +462,20 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
         for name, st in job.stages.items():
             if not hasattr(st, "weights"):
                 continue
-            problem = weights_location_issue(st.weights, builtin_yaml_ok=(st.kind == "yolo"))
+            problem = weights_location_issue(st.weights, builtin_yaml_ok=(st.kind == "yolo"), dir_ok=(st.kind == "mask2former"))
             if problem:
                 issues.append((f"stages.{name}.weights", problem))
         if job.source.url and not _is_url(job.source.url) and not os.path.exists(job.source.url):
             issues.append(("source.url", f"not found: {job.source.url}"))
         if job.gold_set and not _is_url(job.gold_set) and not os.path.isfile(job.gold_set):
             issues.append(("gold_set", f"file not found: {job.gold_set}"))
+        if job.gold_panoptic and not _is_url(job.gold_panoptic):
+            if not os.path.isfile(job.gold_panoptic):
+                issues.append(("gold_panoptic", f"file not found: {job.gold_panoptic}"))
+            elif not os.path.isdir(job.gold_panoptic.removesuffix(".json")):
+                issues.append(("gold_panoptic", f"PNG folder not found: {job.gold_panoptic.removesuffix('.json')} (COCO convention: the JSON's name without .json)"))
+    if job.gold_panoptic and not job.panoptic_sink():
+        issues.append(("gold_panoptic", "the job has no panoptic stage (kind: mask2former) to evaluate"))
         if job.source.list and not _is_url(job.source.list) and not os.path.isfile(job.source.list):
             issues.append(("source.list", f"file not found: {job.source.list}"))
     return issues
@@ -437,16 +514,20 @@ def parse_config(
         gold = _resolve(overrides["gold_set"], cwd)
     else:
         gold = _resolve(job.gold_set, base) if job.gold_set else None
+    if overrides and overrides.get("gold_panoptic"):
+        gold_pan = _resolve(overrides["gold_panoptic"], cwd)
+    else:
+        gold_pan = _resolve(job.gold_panoptic, base) if job.gold_panoptic else None
     stages = {}
     for name, st in job.stages.items():
         if not hasattr(st, "weights"):
             stages[name] = st
             continue
         w = st.weights
-        keep = st.kind == "yolo" and w.endswith((".yaml", ".yml")) and "/" not in w and not (base / w).exists()
+        keep = (st.kind == "yolo" and w.endswith((".yaml", ".yml")) and "/" not in w and not (base / w).exists()) or w.startswith("hub:")
         stages[name] = st.model_copy(update={"weights": w if keep else _resolve(w, base)})
     publish = job.publish.model_copy(update={"dest": _resolve(job.publish.dest, base)}) if job.publish else None
-    job = job.model_copy(update={"source": src, "output": output, "stages": stages, "gold_set": gold, "publish": publish})
+    job = job.model_copy(update={"source": src, "output": output, "stages": stages, "gold_set": gold, "gold_panoptic": gold_pan, "publish": publish})
 
     issues = _semantic_issues(job, check_files)
     if issues:

@@ -109,3 +109,40 @@ def test_example_configs_validate():
         data = yaml.safe_load(f.read_text())
         assert isinstance(data, dict)
         load_config(f, check_files=False)
+
+
+def _with_panoptic(tiny_models, **merge):
+    def mutate(j):
+        j["ontology"].append({"id": 9, "name": "ground", "isthing": False})
+        j["stages"]["panoptic"] = {"kind": "mask2former", "weights": str(tiny_models["mask2former"]), "device": "cpu"}
+        j["stages"]["merge"] = {"kind": "panoptic_merge", "needs": ["masks", "panoptic"], **merge}
+    return mutate
+
+
+PANOPTIC_BAD = [
+    (("stages", "panoptic", "unmapped"), "lava", "stages.panoptic.unmapped: 'lava' is not a class of the ontology (or use 'drop')"),
+    (("stages", "panoptic", "label_map"), {"sky": "lava"}, "stages.panoptic.label_map.sky: 'lava' is not a class of the ontology"),
+    (("stages", "merge", "needs"), ["masks"], "stages.merge.needs: a 'panoptic_merge' stage needs exactly one panoptic stage (mask2former); found 0"),
+    (("stages", "merge", "needs"), ["panoptic"], "stages.merge.needs: things: instances needs an instance stage (sam or qc) in needs"),
+    (("stages", "merge", "needs"), ["detector", "panoptic"], "stages.merge.needs: a 'panoptic_merge' stage takes only"),
+    (("stages", "merge", "things"), "everything", "stages.merge.things: Input should be 'instances' or 'panoptic'"),
+    (("stages", "panoptic", "weights"), "hub:nobody/nothing", "stages.panoptic.weights: hub:nobody/nothing: not in the local Hugging Face cache"),
+    (("gold_panoptic",), "/nonexistent/panoptic.json", "gold_panoptic: file not found: /nonexistent/panoptic.json"),
+]
+
+
+@pytest.mark.parametrize("path,value,expected", PANOPTIC_BAD, ids=[f"panoptic-{i}" for i in range(len(PANOPTIC_BAD))])
+def test_bad_panoptic_config_rejected(path, value, expected, write_job, image_dir, tmp_path, tiny_models):
+    base = _with_panoptic(tiny_models)
+    job_file = write_job(image_dir, tmp_path / "out", mutate=lambda j: (base(j), set_in(j, path, value)))
+    with pytest.raises(ConfigError) as err:
+        load_config(job_file)
+    assert f"{job_file}: {expected}" in str(err.value)
+
+
+def test_panoptic_job_roles(write_job, image_dir, tmp_path, tiny_models):
+    job = load_config(write_job(image_dir, tmp_path / "out", mutate=_with_panoptic(tiny_models)))
+    assert job.instance_sinks() == ["masks"] and job.panoptic_sink() == "merge"
+    two = write_job(image_dir, tmp_path / "out", name="two.yaml", mutate=lambda j: (_with_panoptic(tiny_models)(j), j["stages"].update(merge2=dict(j["stages"]["merge"]))))
+    with pytest.raises(ConfigError, match="one panoptic output per job"):
+        load_config(two)
