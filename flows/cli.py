@@ -35,7 +35,7 @@ def _eprint(*a: object) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
-    pairs = (("source", getattr(args, "source", None)), ("output", getattr(args, "output", None)), ("gold_set", getattr(args, "gold", None)))
+    pairs = (("source", getattr(args, "source", None)), ("output", getattr(args, "output", None)), ("gold_set", getattr(args, "gold", None)), ("gold_panoptic", getattr(args, "gold_panoptic", None)))
     return {k: v for k, v in pairs if v}
 
 
@@ -104,7 +104,11 @@ def print_summary(summary: dict) -> None:
         f"  masks           : {summary['masks']}"
         + "".join(f"\n    {k:<14}: {v}" for k, v in summary.get("masks_per_category", {}).items())
         + f"\n  masks manifest  : {out['masks']}\n  images manifest : {out['images']}\n"
-        f"  COCO instances  : {out['coco_instances']}\n  summary         : {out['summary']}"
+        f"  COCO instances  : {out['coco_instances']}"
+        + (f"\n  panoptic        : {summary['panoptic']['segments']} segments on {summary['panoptic']['images']} images"
+           f"\n  panoptic manif. : {out['panoptic']}\n  COCO panoptic   : {out['coco_panoptic']} (+ PNGs in {out['coco_panoptic_pngs']})"
+           f"\n  semantic maps   : {out['semantic_pngs']}" if "panoptic" in summary else "")
+        + f"\n  summary         : {out['summary']}"
         + (f"\n  quality         : {out['quality']}" if "quality" in out else ""),
         flush=True,
     )
@@ -283,10 +287,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    det, sam = train_demo_models(out, seed=args.seed, det_images=args.det_images, det_epochs=args.det_epochs,
-                                 det_imgsz=args.det_imgsz, sam_minutes=args.sam_minutes)
-    shas = {name: sha256_file(out / name) for name in ("demo-yolo.pt", "demo-sam.pt")}
-    print(f"trained in {time.time() - t0:.0f}s: detector {det}, sam {sam}")
+    names = []
+    if args.only in (None, "instances"):
+        det, sam = train_demo_models(out, seed=args.seed, det_images=args.det_images, det_epochs=args.det_epochs,
+                                     det_imgsz=args.det_imgsz, sam_minutes=args.sam_minutes)
+        print(f"instances trained in {time.time() - t0:.0f}s: detector {det}, sam {sam}")
+        names += ["demo-yolo.pt", "demo-sam.pt"]
+    if args.only in (None, "panoptic"):
+        import torch
+
+        from tasks.training import train_mask2former
+
+        t1 = time.time()
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        m2f = train_mask2former(out / "demo-m2f.pt", minutes=args.m2f_minutes, seed=args.seed)
+        print(f"panoptic model trained in {time.time() - t1:.0f}s: {m2f}")
+        names.append("demo-m2f.pt")
+    shas = {name: sha256_file(out / name) for name in names}
     for name, sha in shas.items():
         print(f"  {out / name}: sha256 {sha} ({(out / name).stat().st_size / 1e6:.1f} MB)")
     for cfg in map(Path, args.update_config or []):
@@ -323,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--source", help="override source.url (path or URL)")
     r.add_argument("--output", help="override output (path or URL)")
     r.add_argument("--gold", help="override gold_set: COCO file with human labels to measure the auto-labels against")
+    r.add_argument("--gold-panoptic", help="override gold_panoptic: COCO panoptic JSON (PNGs in the folder of the same name) to measure the panoptic output against")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs")
     r.set_defaults(fn=cmd_run)
@@ -362,13 +380,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--verbose", "-v", action="store_true")
     d.set_defaults(fn=cmd_demo)
 
-    t = sub.add_parser("train-demo-models", help="train the demo detector and SAM on synthetic scenes (CPU, one core each, ~13 minutes)")
+    t = sub.add_parser("train-demo-models", help="train the demo detector + SAM (side by side, ~14 min) and the demo Mask2Former (~14 min) on synthetic scenes, CPU")
     t.add_argument("--output", default="configs/models")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--det-images", type=int, default=400)
     t.add_argument("--det-epochs", type=int, default=34)
     t.add_argument("--det-imgsz", type=int, default=288)
     t.add_argument("--sam-minutes", type=float, default=13.5)
+    t.add_argument("--m2f-minutes", type=float, default=14.0, help="wall-clock budget of the Mask2Former training")
+    t.add_argument("--only", choices=["instances", "panoptic"], help="train only the detector + SAM (~14 min) or only the Mask2Former (~14 min); default: all, one after the other")
     t.add_argument("--update-config", nargs="*", help="write the new sha256 values into these job files (e.g. configs/demo.yaml configs/demo-qc.yaml)")
     t.set_defaults(fn=cmd_train)
 

@@ -88,7 +88,11 @@ def finalize_task(job: dict, started_at: float) -> dict:
         create_table_artifact(key=f"{artifact_key}-qc", table=rows, description="QC rules and verdicts")
     if "quality" in summary:
         quality = load_quality(_job(job).output)
-        create_table_artifact(key=f"{artifact_key}-quality", table=quality["per_class"], description=format_quality(quality).splitlines()[1].strip())
+        if "per_class" in quality:
+            create_table_artifact(key=f"{artifact_key}-quality", table=quality["per_class"], description=format_quality(quality).splitlines()[1].strip())
+        if "panoptic" in quality:
+            rows = [{"class": k, **v} for k, v in quality["panoptic"]["per_class"].items()]
+            create_table_artifact(key=f"{artifact_key}-panoptic-quality", table=rows, description=f"PQ {quality['pq']}, SQ {quality['sq']}, RQ {quality['rq']}, mIoU {quality['miou']}")
     return summary
 
 

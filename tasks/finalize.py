@@ -8,7 +8,10 @@ Outputs (see README "Output schema")::
 
     manifest/masks.parquet/part-<shard_id>.parquet   one file per shard
     manifest/images.parquet/part-<shard_id>.parquet
+    manifest/panoptic.parquet/part-<shard_id>.parquet  (with a panoptic stage)
     coco/instances.json
+    coco/panoptic.json, coco/panoptic/<image_id>.png, semantic/<image_id>.png  (with a panoptic stage)
+    quality.json  (with a gold set)
     summary.json
 """
 
@@ -27,6 +30,7 @@ import pyarrow.parquet as pq
 from tasks.coco import write_instances
 from tasks.qc_report import QcAccumulator, write_qc_report
 from tasks.commit import parse_committed, read_commit, read_committed_bytes, read_committed_table, read_error
+from tasks.panoptic_export import evaluate_panoptic_files, panoptic_categories, render_shard, rendered_attempt, write_panoptic_json
 from tasks.plan import load_plan
 from tasks.storage import join, open_fs, redact, write_bytes
 
@@ -70,9 +74,10 @@ def _collect_commits(output: str) -> tuple[dict, list[dict]]:
     return plan, commits
 
 
-def commits_digest(commits: list[dict], gold_set: str | None) -> str:
-    """What a finalized output was built from: its shards' committed attempts (and the gold set)."""
-    return hashlib.sha256(json.dumps([[c["shard_id"], c["attempt"]] for c in commits] + [gold_set]).encode()).hexdigest()
+def commits_digest(commits: list[dict], gold_set: str | None, gold_panoptic: str | None = None) -> str:
+    """What a finalized output was built from: its shards' committed attempts (and the gold sets)."""
+    golds = [gold_set] + ([gold_panoptic] if gold_panoptic else [])
+    return hashlib.sha256(json.dumps([[c["shard_id"], c["attempt"]] for c in commits] + golds).encode()).hexdigest()
 
 
 def _previous_summary(fs: Any, url: str) -> dict | None:
@@ -112,13 +117,24 @@ def gold_quality(job: Any, commits: list[dict], keep_verdicts: tuple[str, ...] =
     return evaluate(gold, job.category_names(), file_names, preds, sizes)
 
 
+def _render_missing(output: str, commits: list[dict]) -> int:
+    """Render the panoptic PNGs of committed shards whose ``_RENDERED.json`` is missing or names another attempt."""
+    n = 0
+    for c in commits:
+        if "panoptic" in c["files"] and rendered_attempt(output, c["shard_id"]) != c["attempt"]:
+            render_shard(output, c["shard_id"], c["attempt"], read_committed_table(output, c, "images"), read_committed_table(output, c, "panoptic"))
+            n += 1
+    return n
+
+
 def finalize(job: Any, started_at: float | None = None) -> dict:
     """Merge, export and summarise a fully committed run. Returns the summary dict."""
     output = job.output
     plan, commits = _collect_commits(output)
     paths = output_paths(output)
     fs, _ = open_fs(output)
-    digest = commits_digest(commits, getattr(job, "gold_set", None))
+    rendered_now = _render_missing(output, commits)  # PNGs of shards whose own rendering did not finish
+    digest = commits_digest(commits, getattr(job, "gold_set", None), getattr(job, "gold_panoptic", None))
     previous = _previous_summary(fs, paths["summary"])
     if previous is not None and previous.get("commits_digest") == digest:
         return previous  # already finalized from exactly these commits: write nothing
@@ -130,13 +146,28 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
     if qc is not None:
         paths["quarantine"] = join(output, "qc", "quarantine.parquet")
     acc = QcAccumulator(qc.review_samples) if qc is not None else None
-    for name in ("masks", "images", "quarantine"):
+    has_panoptic = all("panoptic" in c["files"] for c in commits) and bool(commits)
+    if has_panoptic:
+        paths.update({
+            "panoptic": join(output, "manifest", "panoptic.parquet"), "coco_panoptic": join(output, "coco", "panoptic.json"),
+            "coco_panoptic_pngs": join(output, "coco", "panoptic"), "semantic_pngs": join(output, "semantic"),
+        })
+    elif any("panoptic" in c["files"] for c in commits):  # pragma: no cover - fingerprints keep a run's shards alike
+        raise RuntimeError("some shards have panoptic segments and others not; rerun into a fresh output")
+    for name in ("masks", "images", "quarantine", "panoptic"):
         if name in paths:
             _, dir_path = open_fs(paths[name])
             _replace_dir(fs, dir_path)
+    segments_per_category: dict[str, int] = {}
     for c in commits:
-        raw = {name: read_committed_bytes(output, c, name) for name in ("images", "masks")}
+        names = ("images", "masks", "panoptic") if has_panoptic else ("images", "masks")
+        raw = {name: read_committed_bytes(output, c, name) for name in names}
         images, masks = (parse_committed(c, name, raw[name]) for name in ("images", "masks"))
+        if has_panoptic:
+            pan = parse_committed(c, "panoptic", raw["panoptic"])
+            if pan.num_rows:
+                for row in pan.group_by("category_name").aggregate([("segment_id", "count")]).to_pylist():
+                    segments_per_category[row["category_name"]] = segments_per_category.get(row["category_name"], 0) + row["segment_id_count"]
         if acc is not None:
             acc.add(c["shard_id"], masks, images)
             buf = io.BytesIO()
@@ -172,10 +203,21 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
     if coco_counts["annotations"] != expected:  # pragma: no cover - internal consistency guard
         raise RuntimeError(f"COCO export wrote {coco_counts['annotations']} annotations, expected {expected}")
 
-    # 3. quality against the gold set, when the job names one
+    pan_counts = None
+    if has_panoptic:
+        def pairs():
+            for c in commits:
+                yield read_committed_table(output, c, "images"), read_committed_table(output, c, "panoptic")
+        pan_counts = write_panoptic_json(paths["coco_panoptic"], panoptic_categories(job.ontology), pairs, description=job.name)
+
+    # 3. quality against the gold set(s), when the job names them
     quality = None
     if getattr(job, "gold_set", None):
         quality = gold_quality(job, commits, keep)
+    if getattr(job, "gold_panoptic", None) and has_panoptic:
+        pan_q = evaluate_panoptic_files(job.gold_panoptic, paths["coco_panoptic"])
+        quality = (quality or {}) | {"panoptic": pan_q, "pq": pan_q["pq"], "sq": pan_q["sq"], "rq": pan_q["rq"], "miou": pan_q["miou"]}
+    if quality is not None:
         paths["quality"] = join(output, "quality.json")
         _, qpath = open_fs(paths["quality"])
         write_bytes(fs, qpath, json.dumps(quality, indent=2).encode())
@@ -197,8 +239,10 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
     summary["coco_annotations"] = coco_counts["annotations"]
     if qc_summary is not None:
         summary["qc"] = {k: qc_summary[k] for k in ("verdicts", "rules", "image_flags")}
+    if pan_counts is not None:
+        summary["panoptic"] = {"images": pan_counts["images"], "segments": pan_counts["segments"], "segments_per_category": dict(sorted(segments_per_category.items())), "shards_rendered_by_finalize": rendered_now}
     if quality is not None:
-        summary["quality"] = {k: quality[k] for k in ("images", "gold_instances", "box_ap50", "mask_ap50", "mask_ap", "mean_mask_iou")}
+        summary["quality"] = {k: quality[k] for k in ("images", "gold_instances", "box_ap50", "mask_ap50", "mask_ap", "mean_mask_iou", "pq", "sq", "rq", "miou") if k in quality}
     if started_at is not None:
         summary["seconds"] = round(time.time() - started_at, 2)
     _, summary_path = open_fs(paths["summary"])

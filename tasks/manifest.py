@@ -27,6 +27,26 @@ qc_verdict         string        ``pass`` | ``flag`` | ``reject`` (null without 
 qc_reasons         list<string>  QC rules that fired (null without a qc stage)
 =================  ============  ==========================================================
 
+``panoptic`` (``OUTPUT/manifest/panoptic.parquet/``, only with a panoptic stage): one row
+per segment of the merged panoptic map (segments never overlap):
+
+=================  ============  ==========================================================
+image_id           int64         see ``images``
+segment_id         int32         the segment's id in ``coco/panoptic/<image_id>.png`` (1..n)
+image_uri          string        full URI of the source image
+width, height      int32         upright image size (the RLE's size)
+category_id        int32         ontology id
+category_name      string        ontology name
+isthing            bool          thing (countable) or stuff
+score              float32       detector confidence (things from instances) or class probability
+bbox, area         as above      from the RLE
+rle_counts         string        COCO compressed RLE
+source_stage       string        stage the segment came from (instance stage or panoptic model)
+model              string        model identity of that stage
+annotation_id      int64         the ``masks`` row of a thing taken from an instance stage (else null)
+shard_id           string        shard that produced the row
+=================  ============  ==========================================================
+
 ``images`` (``OUTPUT/manifest/images.parquet/``): ``image_id``, ``image_uri``,
 ``file_name`` (key relative to the source root), ``width``/``height`` (null
 when the image failed), ``status`` (``ok`` | ``failed``), ``error`` (the
@@ -44,7 +64,7 @@ import pyarrow as pa
 
 from tasks.record import Detections
 
-__all__ = ["MASKS_SCHEMA", "IMAGES_SCHEMA", "MAX_MASKS_PER_IMAGE", "ShardTables"]
+__all__ = ["MASKS_SCHEMA", "IMAGES_SCHEMA", "PANOPTIC_SCHEMA", "MAX_MASKS_PER_IMAGE", "ShardTables"]
 
 MAX_MASKS_PER_IMAGE = 99_999
 ANNOTATION_ID_STRIDE = 100_000
@@ -72,6 +92,25 @@ MASKS_SCHEMA = pa.schema([
     ("qc_reasons", pa.list_(pa.string())),
 ])
 
+PANOPTIC_SCHEMA = pa.schema([
+    ("image_id", pa.int64()),
+    ("segment_id", pa.int32()),
+    ("image_uri", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("category_id", pa.int32()),
+    ("category_name", pa.string()),
+    ("isthing", pa.bool_()),
+    ("score", pa.float32()),
+    ("bbox", pa.list_(pa.float64(), 4)),
+    ("area", pa.int64()),
+    ("rle_counts", pa.string()),
+    ("source_stage", pa.string()),
+    ("model", pa.string()),
+    ("annotation_id", pa.int64()),
+    ("shard_id", pa.string()),
+])
+
 IMAGES_SCHEMA = pa.schema([
     ("image_id", pa.int64()),
     ("image_uri", pa.string()),
@@ -95,6 +134,7 @@ class ShardTables:
     category_names: dict[int, str]
     masks: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in MASKS_SCHEMA})
     images: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in IMAGES_SCHEMA})
+    panoptic: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in PANOPTIC_SCHEMA})
 
     def add_failed_image(self, image_id: int, uri: str, key: str, error: str) -> None:
         self._image(image_id, uri, key, None, None, "failed", error, None, 0, None)
@@ -102,11 +142,19 @@ class ShardTables:
     def add_image(
         self, image_id: int, uri: str, key: str, size_hw: tuple[int, int], exif_orientation: int,
         outputs: list[tuple[str, str, str | None, Detections]],
+        panoptic: tuple[str, dict[str, str], Detections] | None = None,
     ) -> int:
-        """Record an image and its masks. ``outputs``: ``(stage, model, prompt_model, dets)`` per sink stage."""
+        """Record an image, its masks and its panoptic segments.
+
+        Arguments:
+          outputs: ``(stage, model, prompt_model, dets)`` per instance sink stage.
+          panoptic: ``(stage, model identity by stage name, segments)`` of the panoptic sink, or None.
+        """
         h, w = size_hw
         k = 0
+        first_id: dict[str, int] = {}
         for stage, model, prompt_model, dets in outputs:
+            first_id[stage] = image_id * ANNOTATION_ID_STRIDE + k + 1
             n = len(dets)
             if n == 0:
                 continue
@@ -136,10 +184,38 @@ class ShardTables:
             reasons = dets.fields.get("qc_reasons")
             m["qc_reasons"].extend([None] * n if reasons is None else [r.split(",") if r else [] for r in reasons])
             k += n
+        if panoptic is not None:
+            self._panoptic(image_id, uri, (h, w), panoptic, first_id)
         checked = [d for *_, d in outputs if "qc_image_flags" in d.meta]
         flags = [f for d in checked for f in d.meta["qc_image_flags"]] if checked else None
         self._image(image_id, uri, key, h, w, "ok", None, exif_orientation, k, flags)
         return k
+
+    def _panoptic(self, image_id: int, uri: str, size_hw: tuple[int, int], panoptic: tuple[str, dict[str, str], Detections], first_id: dict[str, int]) -> None:
+        stage, models, segs = panoptic
+        h, w = size_hw
+        n = len(segs)
+        if n == 0:
+            return
+        sources = segs.fields["source"].tolist() if "source" in segs.fields else [stage] * n
+        index = segs.fields["source_index"].tolist() if "source_index" in segs.fields else [0] * n
+        p = self.panoptic
+        p["image_id"].extend([image_id] * n)
+        p["segment_id"].extend(range(1, n + 1))
+        p["image_uri"].extend([uri] * n)
+        p["width"].extend([w] * n)
+        p["height"].extend([h] * n)
+        p["category_id"].extend(segs.class_ids.tolist())
+        p["category_name"].extend(self.category_names[int(c)] for c in segs.class_ids)
+        p["isthing"].extend(segs.fields["isthing"].astype(bool).tolist())
+        p["score"].extend(segs.scores.tolist())
+        p["bbox"].extend(segs.mask_bboxes_xywh().tolist())
+        p["area"].extend(segs.mask_areas().tolist())
+        p["rle_counts"].extend(segs.rle_counts.tolist())
+        p["source_stage"].extend(sources)
+        p["model"].extend(models.get(s) for s in sources)
+        p["annotation_id"].extend(first_id[s] + i if s in first_id else None for s, i in zip(sources, index))
+        p["shard_id"].extend([self.shard_id] * n)
 
     def flag_count_outliers(self, mads: float, minimum: int) -> None:
         """Add ``label_count_outlier`` to decoded images with unusually many masks for this shard."""
@@ -169,6 +245,10 @@ class ShardTables:
         masks = pa.table({k: pa.array(v, type=MASKS_SCHEMA.field(k).type) for k, v in self.masks.items()}, schema=MASKS_SCHEMA)
         images = pa.table({k: pa.array(v, type=IMAGES_SCHEMA.field(k).type) for k, v in self.images.items()}, schema=IMAGES_SCHEMA)
         return masks.sort_by("annotation_id"), images.sort_by("image_id")
+
+    def panoptic_table(self) -> pa.Table:
+        t = pa.table({k: pa.array(v, type=PANOPTIC_SCHEMA.field(k).type) for k, v in self.panoptic.items()}, schema=PANOPTIC_SCHEMA)
+        return t.sort_by([("image_id", "ascending"), ("segment_id", "ascending")])
 
 
 def _field(dets: Detections, name: str) -> list[Any]:

@@ -119,7 +119,7 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
         raise PublishError(f"refusing to publish {redact(output)}: it was not finalized (no summary.json); run `segflow rerun {redact(output)}`")
     digest = summary.get("commits_digest")
     job = _read_json(fs_out, join(output, "job.json")) or {}
-    if digest != commits_digest(commits, job.get("gold_set")):
+    if digest != commits_digest(commits, job.get("gold_set"), job.get("gold_panoptic")):
         raise PublishError(f"refusing to publish {redact(output)}: its summary does not match its committed shards; run `segflow rerun {redact(output)}` first")
     if version is not None and not _VERSION.match(version):
         raise PublishError(f"invalid version name {version!r}: letters, digits, '.', '_' and '-'")

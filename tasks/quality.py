@@ -201,15 +201,29 @@ def _r(x: float | None) -> float | None:
 
 
 def format_quality(q: dict) -> str:
-    """The quality figures and a per-class table, for terminals and Markdown."""
-    lines = [
-        f"quality vs gold set ({q['images']} images, {q['gold_instances']} gold instances, {q['predictions']} auto-labels):",
-        f"  box AP50 {q['box_ap50']:.3f}   mask AP50 {q['mask_ap50']:.3f}   mask AP {q['mask_ap']:.3f}   mean mask IoU {q['mean_mask_iou']:.3f}",
-        "",
-        "  | class | gold | labels | box AP50 | mask AP50 | mask AP | mean IoU |",
-        "  |---|---:|---:|---:|---:|---:|---:|",
-    ]
+    """The quality figures and per-class tables (instances, panoptic), for terminals and Markdown."""
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    for c in q["per_class"]:
-        lines.append(f"  | {c['name']} | {c['gold_instances']} | {c['predictions']} | {f(c['box_ap50'])} | {f(c['mask_ap50'])} | {f(c['mask_ap'])} | {f(c['mean_mask_iou'])} |")
+    lines: list[str] = []
+    if "box_ap50" in q:
+        lines += [
+            f"quality vs gold set ({q['images']} images, {q['gold_instances']} gold instances, {q['predictions']} auto-labels):",
+            f"  box AP50 {q['box_ap50']:.3f}   mask AP50 {q['mask_ap50']:.3f}   mask AP {q['mask_ap']:.3f}   mean mask IoU {q['mean_mask_iou']:.3f}",
+            "",
+            "  | class | gold | labels | box AP50 | mask AP50 | mask AP | mean IoU |",
+            "  |---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for c in q["per_class"]:
+            if c["gold_instances"] or c["predictions"]:
+                lines.append(f"  | {c['name']} | {c['gold_instances']} | {c['predictions']} | {f(c['box_ap50'])} | {f(c['mask_ap50'])} | {f(c['mask_ap'])} | {f(c['mean_mask_iou'])} |")
+    if "panoptic" in q:
+        p = q["panoptic"]
+        lines += [
+            ("\n" if lines else "") + f"panoptic quality vs gold set ({p['images']} images):",
+            f"  PQ {f(p['pq'])}   SQ {f(p['sq'])}   RQ {f(p['rq'])}   (things PQ {f(p['things']['pq'])}, stuff PQ {f(p['stuff']['pq'])})   mIoU {f(p['miou'])}",
+            "",
+            "  | class | PQ | SQ | RQ | TP | FP | FN | IoU |",
+            "  |---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, c in p["per_class"].items():
+            lines.append(f"  | {name} | {f(c['pq'])} | {f(c['sq'])} | {f(c['rq'])} | {c['tp']} | {c['fp']} | {c['fn']} | {f(p['per_class_iou'].get(name))} |")
     return "\n".join(lines)

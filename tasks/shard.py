@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +30,7 @@ from tasks.images import DecodedImage, ImageLoadError, decode_image
 from tasks.manifest import ShardTables
 from tasks.models.cache import get_model
 from tasks.models.registry import ADAPTERS
+from tasks.panoptic_export import render_shard
 from tasks.plan import read_shard_rows
 from tasks.retry import RetryPolicy, is_transient, retry_call
 from tasks.record import Detections
@@ -64,6 +66,8 @@ def job_fingerprint(job: Any) -> str:
 class ShardFailed(Exception):
     """Too many of a shard's images failed: something is wrong beyond single files."""
 
+
+log = logging.getLogger("segflow.shard")
 
 READ_RETRIES = RetryPolicy(tries=5, base=0.2, cap=5.0)
 
@@ -111,8 +115,8 @@ def _decoded_stream(rows: list[dict], job: Any) -> Iterator[tuple[dict, DecodedI
 
 
 def _provenance(job: Any, sink: str, models: dict[str, Any]) -> tuple[str, str, str | None]:
-    """``(mask stage, mask model identity, prompt model identity)`` behind a sink stage's rows."""
-    role = lambda n: ADAPTERS[job.stages[n].kind].role  # noqa: E731
+    """``(mask stage, mask model identity, prompt model identity)`` behind an instance sink's rows."""
+    role = job.role
     mask_stage = sink
     while role(mask_stage) == "qc":  # QC passes rows through: credit the stage that made the masks
         mask_stage = next(d for d in job.stages[mask_stage].needs if role(d) in ("segmenter", "qc"))
@@ -127,14 +131,22 @@ def run_stages(job: Any, images: list[Any], models: dict[str, Any]) -> dict[str,
         st = job.stages[name]
         adapter = models[name].adapter
         role = ADAPTERS[st.kind].role
+        needs = lambda *roles: [d for d in st.needs if job.role(d) in roles]  # noqa: E731
         if role == "detector":
             results[name] = adapter.detect(images)
         elif role == "segmenter":
-            (src,) = [d for d in st.needs if ADAPTERS[job.stages[d].kind].role == "detector"]
+            (src,) = needs("detector")
             results[name] = adapter.segment(images, results[src])
         elif role == "qc":
-            (src,) = [d for d in st.needs if ADAPTERS[job.stages[d].kind].role == "segmenter"]
-            results[name] = adapter.check(images, results[src])
+            (src,) = needs("segmenter")
+            pan = needs("panoptic")
+            results[name] = adapter.check(images, results[src], results[pan[0]] if pan else None)
+        elif role == "panoptic":
+            results[name] = adapter.panoptic(images)
+        elif role == "merge":
+            (pan,) = needs("panoptic")
+            inst = needs("segmenter", "qc")
+            results[name] = adapter.merge(images, results[inst[0]] if inst else None, results[pan], inst[0] if inst else None, pan)
         else:  # pragma: no cover - the registry and config validation keep roles closed
             raise ValueError(f"stage {name}: unknown role {role!r}")
     return results
@@ -169,10 +181,13 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
     if not rows:
         raise ValueError(f"{shard_id} is not in the plan of {redact(job.output)}")
     ontology = job.category_names()
-    models = {name: get_model(job.stages[name], ontology) for name in job.stage_order()}
-    sinks = job.sink_stages()
+    isthing = {c.id: c.isthing for c in job.ontology}
+    models = {name: get_model(job.stages[name], ontology, isthing) for name in job.stage_order()}
+    sinks = job.instance_sinks()
     # what each sink's rows came from: (mask stage name, mask model, prompt model)
     provenance = {name: _provenance(job, name, models) for name in sinks}
+    pan_sink = job.panoptic_sink()
+    identities = {name: m.identity for name, m in models.items()}
     tables = ShardTables(shard_id, ontology)
     chunk: list[tuple[dict, DecodedImage]] = []
     n_failed = n_masks = 0
@@ -184,7 +199,8 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
         results = run_stages(job, [img.pixels for _, img in chunk], models)
         for i, (row, img) in enumerate(chunk):
             outputs = [(*provenance[s], results[s][i]) for s in sinks]
-            k = tables.add_image(row["image_id"], row["uri"], row["key"], (img.height, img.width), img.exif_orientation, outputs)
+            pan = (pan_sink, identities, results[pan_sink][i]) if pan_sink else None
+            k = tables.add_image(row["image_id"], row["uri"], row["key"], (img.height, img.width), img.exif_orientation, outputs, pan)
             n_masks += k
             progress.advance(images=1, masks=k)
         chunk.clear()
@@ -213,7 +229,16 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
         )
     masks, images = tables.tables()
     stats = {"images": len(rows), "ok": len(rows) - n_failed, "failed": n_failed, "masks": n_masks}
-    commit, won = commit_shard(job.output, shard_id, {"masks": masks, "images": images}, fingerprint, stats)
+    files = {"masks": masks, "images": images}
+    if pan_sink:
+        files["panoptic"] = tables.panoptic_table()
+        stats["segments"] = files["panoptic"].num_rows
+    commit, won = commit_shard(job.output, shard_id, files, fingerprint, stats)
+    if won and pan_sink:
+        try:  # finalize renders whatever is missing, so a failure here loses nothing
+            render_shard(job.output, shard_id, commit["attempt"], images, files["panoptic"])
+        except Exception as e:  # noqa: BLE001
+            log.warning("%s: panoptic PNGs not rendered now (%s: %s); finalize will render them", shard_id, type(e).__name__, e)
     progress.advance(shards=1)
     s = commit["stats"]
     return ShardResult(shard_id, s["images"], s["ok"], s["failed"], s["masks"], time.perf_counter() - t0, skipped=not won)

@@ -1,0 +1,203 @@
+"""Panoptic and semantic exports (format: :mod:`tasks.panoptic`), and their quality against a gold set.
+
+* :func:`render_shard` -- a committed shard's PNGs (``coco/panoptic/<image_id>.png``
+  and ``semantic/<image_id>.png``), drawn from its committed ``panoptic`` table,
+  then ``shards/<id>/_RENDERED.json`` naming the attempt. The shard task
+  renders right after its commit; finalize renders any committed shard whose
+  marker is missing or names another attempt, so the PNGs always come from the
+  same rows as the JSON and the manifest.
+* :func:`write_panoptic_json` -- ``coco/panoptic.json``, streamed shard by shard.
+* :func:`evaluate_panoptic_files` -- PQ/SQ/RQ and mIoU of exported files
+  against a COCO panoptic gold set (JSON + PNG folder), images matched by file name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import PurePosixPath
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.panoptic import PanopticQuality, SemanticQuality, palette, panoptic_png, read_panoptic_png, segment_map, semantic_from_segments, semantic_png
+from tasks.storage import join, local_tempfile, open_fs, publish_file, read_bytes, redact, write_bytes
+
+__all__ = ["panoptic_categories", "render_shard", "rendered_attempt", "write_panoptic_json", "evaluate_panoptic_files", "png_name"]
+
+
+def png_name(image_id: int) -> str:
+    return f"{int(image_id)}.png"
+
+
+def panoptic_categories(ontology: Iterable[Any]) -> list[dict]:
+    """COCO panoptic categories of the ontology, with ``isthing`` and the viewing colour of the semantic palette."""
+    cats = [{"id": int(c.id), "name": c.name, "isthing": int(bool(c.isthing)), "supercategory": "thing" if c.isthing else "stuff"} for c in ontology]
+    pal = palette([])
+    for c in cats:
+        c["color"] = pal[c["id"] * 3 : c["id"] * 3 + 3] if c["id"] < 256 else [0, 0, 0]
+    return cats
+
+
+def _marker(output: str, shard_id: str) -> str:
+    return join(output, "shards", shard_id, "_RENDERED.json")
+
+
+def rendered_attempt(output: str, shard_id: str) -> str | None:
+    fs, path = open_fs(_marker(output, shard_id))
+    try:
+        return json.loads(read_bytes(fs, path)).get("attempt")
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _by_image(panoptic: pa.Table) -> dict[int, dict[str, list]]:
+    out: dict[int, dict[str, list]] = {}
+    cols = panoptic.select(["image_id", "segment_id", "category_id", "rle_counts", "area", "bbox", "isthing"]).to_pydict()
+    for i, image_id in enumerate(cols["image_id"]):
+        d = out.setdefault(image_id, {k: [] for k in cols})
+        for k in cols:
+            d[k].append(cols[k][i])
+    return out
+
+
+def render_shard(output: str, shard_id: str, attempt: str, images: pa.Table, panoptic: pa.Table, workers: int = 8) -> int:
+    """Write the PNGs of one committed shard, then its ``_RENDERED.json``. Returns the number of images."""
+    fs, _ = open_fs(output)
+    pal = palette([])
+    segs = _by_image(panoptic)
+    ok = images.filter(pc.equal(images["status"], "ok")).select(["image_id", "width", "height"]).to_pylist()
+
+    def one(r: dict) -> None:
+        h, w = r["height"], r["width"]
+        s = segs.get(r["image_id"], {"segment_id": [], "category_id": [], "rle_counts": []})
+        order = np.argsort(s["segment_id"]) if s["segment_id"] else []
+        counts = [s["rle_counts"][i] for i in order]
+        if [s["segment_id"][i] for i in order] != list(range(1, len(counts) + 1)):
+            raise ValueError(f"{shard_id}: image {r['image_id']}: segment ids are not 1..n")
+        ids = segment_map(counts, h, w)
+        cats = {k + 1: int(s["category_id"][i]) for k, i in enumerate(order)}
+        for rel, data in (
+            (("coco", "panoptic", png_name(r["image_id"])), panoptic_png(ids)),
+            (("semantic", png_name(r["image_id"])), semantic_png(semantic_from_segments(ids, cats), pal)),
+        ):
+            _, path = open_fs(join(output, *rel))
+            write_bytes(fs, path, data)
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segflow-png") as pool:
+        list(pool.map(one, ok))
+    _, marker = open_fs(_marker(output, shard_id))
+    write_bytes(fs, marker, json.dumps({"shard_id": shard_id, "attempt": attempt, "images": len(ok), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode())
+    return len(ok)
+
+
+def write_panoptic_json(url: str, categories: list[dict], tables: Callable[[], Iterable[tuple[pa.Table, pa.Table]]], description: str = "") -> dict[str, int]:
+    """Stream ``coco/panoptic.json`` from ``(images, panoptic)`` tables per shard. Returns counts."""
+    fs, path = open_fs(url)
+    tmp = local_tempfile(fs, path, ".json")
+    n_images = n_segments = 0
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            header = {
+                "info": {"description": description, "version": "1.0", "date_created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "contributor": "segflow"},
+                "licenses": [],
+                "categories": categories,
+            }
+            f.write(json.dumps(header)[:-1])
+            # two passes over the shards keep memory to one shard: images first, then annotations
+            f.write(', "images": [')
+            first = True
+            for images, _ in tables():
+                for r in images.filter(pc.equal(images["status"], "ok")).select(["image_id", "file_name", "width", "height"]).to_pylist():
+                    f.write(("" if first else ",") + "\n" + json.dumps({"id": r["image_id"], "file_name": r["file_name"], "width": r["width"], "height": r["height"]}))
+                    first = False
+                    n_images += 1
+            f.write('\n], "annotations": [')
+            first = True
+            for images, panoptic in tables():
+                segs = _by_image(panoptic)
+                for image_id in images.filter(pc.equal(images["status"], "ok"))["image_id"].to_pylist():
+                    s = segs.get(image_id)
+                    infos = [] if s is None else [
+                        {"id": sid, "category_id": cid, "iscrowd": 0, "area": int(a), "bbox": [round(v, 2) for v in bb]}
+                        for sid, cid, a, bb in sorted(zip(s["segment_id"], s["category_id"], s["area"], s["bbox"]))
+                    ]
+                    n_segments += len(infos)
+                    f.write(("" if first else ",") + "\n" + json.dumps({"image_id": image_id, "file_name": png_name(image_id), "segments_info": infos}))
+                    first = False
+            f.write("\n]}\n")
+        publish_file(fs, tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"images": n_images, "segments": n_segments}
+
+
+def _load_json(url: str) -> dict:
+    fs, path = open_fs(url)
+    return json.loads(read_bytes(fs, path))
+
+
+def _png_dir(json_url: str) -> str:
+    """COCO convention: ``panoptic_val2017.json`` has its PNGs in ``panoptic_val2017/``."""
+    return json_url[: -len(".json")] if json_url.endswith(".json") else json_url + "_png"
+
+
+def evaluate_panoptic_files(
+    gold_json: str, pred_json: str, gold_png_dir: str | None = None, pred_png_dir: str | None = None,
+) -> dict:
+    """PQ/SQ/RQ (all, things, stuff, per class) and mIoU of a predicted COCO panoptic export against a gold one.
+
+    Images are matched by ``file_name`` of their ``images`` entry (exact, or a
+    unique base name); categories by name. Only gold images found in the
+    prediction are evaluated; the count is reported as ``images``.
+    """
+    gold, pred = _load_json(gold_json), _load_json(pred_json)
+    gold_dir, pred_dir = gold_png_dir or _png_dir(gold_json), pred_png_dir or _png_dir(pred_json)
+    pred_cat_name = {c["id"]: c["name"] for c in pred["categories"]}
+    name_to_pred = {c["name"]: c["id"] for c in pred["categories"]}
+    gold_to_pred = {c["id"]: name_to_pred.get(c["name"], -c["id"]) for c in gold["categories"]}
+    isthing = {c["id"]: bool(c.get("isthing", 1)) for c in pred["categories"]}
+    for c in gold["categories"]:
+        isthing.setdefault(gold_to_pred[c["id"]], bool(c.get("isthing", 1)))
+    pred_images = {im["file_name"]: im["id"] for im in pred["images"]}
+    by_base: dict[str, list[int]] = {}
+    for name, i in pred_images.items():
+        by_base.setdefault(PurePosixPath(name).name, []).append(i)
+    pred_anns = {a["image_id"]: a for a in pred["annotations"]}
+    gold_anns = {a["image_id"]: a for a in gold["annotations"]}
+    pq, sem = PanopticQuality(isthing), SemanticQuality()
+    fs_g, _ = open_fs(gold_dir)
+    fs_p, _ = open_fs(pred_dir)
+    n = 0
+    for im in gold["images"]:
+        pid = pred_images.get(im["file_name"])
+        if pid is None:
+            cands = by_base.get(PurePosixPath(im["file_name"]).name, [])
+            pid = cands[0] if len(cands) == 1 else None
+        if pid is None or pid not in pred_anns or im["id"] not in gold_anns:
+            continue
+        ga, pa_ = gold_anns[im["id"]], pred_anns[pid]
+        _, gp = open_fs(join(gold_dir, ga["file_name"]))
+        _, pp = open_fs(join(pred_dir, pa_["file_name"]))
+        g_ids = read_panoptic_png(read_bytes(fs_g, gp))
+        p_ids = read_panoptic_png(read_bytes(fs_p, pp))
+        g_cats = {s["id"]: gold_to_pred[s["category_id"]] for s in ga["segments_info"]}
+        p_cats = {s["id"]: s["category_id"] for s in pa_["segments_info"]}
+        _check_segments(p_ids, p_cats, pred_json, pa_["file_name"])
+        pq.add(g_ids, g_cats, p_ids, p_cats)
+        sem.add(semantic_from_segments(g_ids, g_cats), semantic_from_segments(p_ids, p_cats))
+        n += 1
+    out = pq.summary(pred_cat_name)
+    s = sem.summary(pred_cat_name)
+    return {"images": n, **out, "miou": s["miou"], "per_class_iou": s["per_class_iou"], "gold": redact(gold_json)}
+
+
+def _check_segments(ids: np.ndarray, cats: dict[int, int], where: str, file_name: str) -> None:
+    present = set(np.unique(ids).tolist()) - {0}
+    if present != set(cats):
+        raise ValueError(f"{redact(where)}: {file_name}: PNG ids {sorted(present)[:10]} do not match segments_info ids {sorted(cats)[:10]}")

@@ -1,0 +1,102 @@
+"""A real flow with a panoptic stage (tiny models): the exports follow the COCO panoptic rules,
+the semantic maps and the manifest agree with them, and missing PNGs are rendered again."""
+
+import json
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+from PIL import Image
+
+from flows import cli
+from tasks import rle
+from tasks.panoptic import read_panoptic_png
+
+
+def panoptic_job(tiny_models):
+    def mutate(j):
+        j["ontology"].append({"id": 4, "name": "sky", "isthing": False})
+        # random weights: keep every query so that there are segments at all
+        # and map every model label to the stuff class, so the model provides the stuff and SAM the things
+        j["stages"]["panoptic"] = {
+            "kind": "mask2former", "weights": str(tiny_models["mask2former"]), "device": "cpu", "threshold": 0.0, "overlap_threshold": 0.0,
+            "batch_size": 3, "label_map": {"circle": "sky", "square": "sky", "triangle": "sky"},
+        }
+        j["stages"]["merge"] = {"kind": "panoptic_merge", "needs": ["masks", "panoptic"], "min_area": 20}
+    return mutate
+
+
+@pytest.fixture()
+def panoptic_run(prefect_harness, write_job, image_dir, tmp_path, tiny_models, capsys):
+    out = tmp_path / "out"
+    job = write_job(image_dir, out, mutate=panoptic_job(tiny_models))
+    assert cli.main(["run", str(job), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"COCO panoptic   : {out}/coco/panoptic.json" in printed and "semantic maps" in printed
+    return job, out
+
+
+def test_panoptic_export_follows_the_coco_rules(panoptic_run):
+    job, out = panoptic_run
+    pan = json.loads((out / "coco" / "panoptic.json").read_text())
+    cats = {c["id"]: c for c in pan["categories"]}
+    assert {c["name"]: c["isthing"] for c in cats.values()} == {"circle": 1, "square": 1, "triangle": 1, "sky": 0}
+    images = {im["id"]: im for im in pan["images"]}
+    assert len(images) == 20 and len(pan["annotations"]) == 20  # every decoded image, failed ones not
+    assert {a["image_id"] for a in pan["annotations"]} == set(images)
+    seen_things = seen_stuff = 0
+    for a in pan["annotations"]:
+        im = images[a["image_id"]]
+        ids = read_panoptic_png((out / "coco" / "panoptic" / a["file_name"]).read_bytes())
+        assert ids.shape == (im["height"], im["width"]) and ids.min() >= 0
+        infos = {s["id"]: s for s in a["segments_info"]}
+        assert len(infos) == len(a["segments_info"])  # ids unique
+        assert set(np.unique(ids).tolist()) - {0} == set(infos)  # every PNG id has one entry and vice versa
+        for sid, s in infos.items():
+            m = ids == sid
+            assert s["area"] == int(m.sum()) and s["category_id"] in cats and s["iscrowd"] == 0
+            ys, xs = np.nonzero(m)
+            assert s["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
+            seen_things += cats[s["category_id"]]["isthing"]
+            seen_stuff += 1 - cats[s["category_id"]]["isthing"]
+        # the semantic map is the panoptic map's categories, byte for byte
+        sem = Image.open(out / "semantic" / a["file_name"])
+        assert sem.mode == "P"
+        lut = np.zeros(ids.max() + 1, np.int64)
+        for sid, s in infos.items():
+            lut[sid] = s["category_id"]
+        np.testing.assert_array_equal(np.asarray(sem), lut[ids])
+    assert seen_things > 0 and seen_stuff > 0
+
+
+def test_panoptic_manifest_matches_the_pngs_and_links_things_to_masks(panoptic_run):
+    job, out = panoptic_run
+    pan = ds.dataset(str(out / "manifest" / "panoptic.parquet"), format="parquet").to_table().to_pylist()
+    masks = {r["annotation_id"]: r for r in ds.dataset(str(out / "manifest" / "masks.parquet"), format="parquet").to_table().to_pylist()}
+    assert pan and {r["source_stage"] for r in pan} == {"masks", "panoptic"}
+    pngs: dict[int, np.ndarray] = {}
+    for r in pan:
+        ids = pngs.setdefault(r["image_id"], read_panoptic_png((out / "coco" / "panoptic" / f"{r['image_id']}.png").read_bytes()))
+        m = rle.decode(r["rle_counts"], r["height"], r["width"])
+        np.testing.assert_array_equal(m, ids == r["segment_id"])
+        assert r["area"] == int(m.sum())
+        if r["source_stage"] == "masks":  # a thing from SAM: its mask row exists, same class, covers the segment
+            assert r["isthing"] and r["annotation_id"] in masks and r["model"].startswith("sam:")
+            inst = masks[r["annotation_id"]]
+            assert inst["category_id"] == r["category_id"] and inst["image_id"] == r["image_id"]
+            assert not (m & ~rle.decode(inst["rle_counts"], r["height"], r["width"])).any()
+        else:
+            assert r["annotation_id"] is None and r["model"].startswith("mask2former:")
+
+
+def test_missing_pngs_are_rendered_again_on_rerun(panoptic_run, capsys):
+    job, out = panoptic_run
+    png = out / "coco" / "panoptic" / "3.png"
+    before = png.read_bytes()
+    shard = ds.dataset(str(out / "manifest" / "panoptic.parquet"), format="parquet").to_table().to_pylist()
+    shard_id = next(r["shard_id"] for r in shard if r["image_id"] == 3)
+    png.unlink()
+    (out / "shards" / shard_id / "_RENDERED.json").unlink()
+    assert cli.main(["run", str(job), "--no-progress"]) == 0
+    assert png.read_bytes() == before
+    assert json.loads((out / "shards" / shard_id / "_RENDERED.json").read_text())["attempt"]
