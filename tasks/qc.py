@@ -21,6 +21,9 @@ rule                fires when                                                  
                     class in the image (greedy NMS by detector score)
 ``class_conflict``  mask IoU > ``iou`` with a higher-scoring mask of another class  0.85, flag
                     (the detector is unsure of the class; a reviewer decides)
+``panoptic_``       IoU with the best panoptic segment of the same class < min      0.5, flag
+``agreement``       (only when the qc stage also needs a panoptic stage: two
+                    independent models disagree about the object)
 ==================  ==============================================================  =======================
 
 Image rules (``qc_flags`` in the images table): ``no_labels`` -- a decoded image
@@ -41,7 +44,7 @@ from tasks.record import Detections
 __all__ = ["QcChecker", "RULES", "VERDICTS", "check_masks", "count_outliers", "box_iou_xyxy"]
 
 VERDICTS = ("pass", "flag", "reject")
-RULES = ("predicted_iou", "stability", "min_area", "max_area", "mask_box_iou", "components", "duplicate", "class_conflict")
+RULES = ("predicted_iou", "stability", "min_area", "max_area", "mask_box_iou", "components", "duplicate", "class_conflict", "panoptic_agreement")
 _RANK = {"pass": 0, "flag": 1, "reject": 2}
 
 
@@ -62,8 +65,22 @@ def _components(counts: str, h: int, w: int) -> int:
     return int(n)
 
 
-def check_masks(dets: Detections, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Verdict and fired rules per row of a record with masks.
+def panoptic_agreement(dets: Detections, segments: Detections) -> np.ndarray:
+    """Per mask: the best mask IoU with a panoptic segment of the same class (0 when there is none). Shape N."""
+    n = len(dets)
+    out = np.zeros(n, np.float64)
+    if n == 0 or len(segments) == 0:
+        return out
+    h, w = dets.image_size
+    a = [{"size": [h, w], "counts": c.encode("ascii")} for c in dets.rle_counts]
+    b = [{"size": [h, w], "counts": c.encode("ascii")} for c in segments.rle_counts]
+    ious = np.asarray(mask_utils.iou(a, b, [0] * len(b))).reshape(n, len(b))
+    same = dets.class_ids[:, None] == segments.class_ids[None, :]
+    return np.where(same, ious, 0.0).max(1)
+
+
+def check_masks(dets: Detections, cfg: Any, segments: Detections | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Verdict and fired rules per row of a record with masks (``segments``: a panoptic stage's, or None).
 
     Returns:
       verdicts: N, object (``pass`` | ``flag`` | ``reject``).
@@ -104,6 +121,9 @@ def check_masks(dets: Detections, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
         same = dets.class_ids[:, None] == dets.class_ids[None, :]
         fire("duplicate", _greedy_overlaps(ious, same, dets.scores, cfg.duplicate.iou))
         fire("class_conflict", _greedy_overlaps(ious, ~same, dets.scores, cfg.class_conflict.iou))
+
+    if segments is not None:
+        fire("panoptic_agreement", panoptic_agreement(dets, segments) < cfg.panoptic_agreement.min)
 
     verdicts = np.empty(n, dtype=object)
     reasons = np.empty(n, dtype=object)
@@ -147,10 +167,10 @@ class QcChecker:
     def __init__(self, stage: Any, weights_path: str | None = None, ontology: dict[int, str] | None = None):
         self.stage = stage
 
-    def check(self, images: Sequence[np.ndarray], records: Sequence[Detections]) -> list[Detections]:
+    def check(self, images: Sequence[np.ndarray], records: Sequence[Detections], panoptic: Sequence[Detections] | None = None) -> list[Detections]:
         out = []
-        for dets in records:
-            verdicts, reasons = check_masks(dets, self.stage)
+        for i, dets in enumerate(records):
+            verdicts, reasons = check_masks(dets, self.stage, None if panoptic is None else panoptic[i])
             flags = ["no_labels"] if len(dets) == 0 and self.stage.no_labels.action != "off" else []
             out.append(dets.with_fields(meta={"qc_image_flags": flags}, qc_verdict=verdicts, qc_reasons=reasons))
         return out

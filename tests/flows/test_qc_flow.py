@@ -60,3 +60,27 @@ def test_qc_stage_verdicts_reports_and_export(prefect_harness, write_job, image_
     job2 = write_job(image_dir, out2, name="flagged.yaml", mutate=lambda j: add_qc(j, predicted_iou={"min": 0.0, "action": "reject"}, stability={"min": 0.5, "action": "flag"}, export_flagged=True))
     assert cli.main(["run", str(job2), "--no-progress"]) == 0
     assert len(COCO(str(out2 / "coco" / "instances.json")).anns) == verdicts.get("pass", 0) + verdicts.get("flag", 0)
+
+
+def test_panoptic_agreement_in_a_flow_and_merge_takes_only_exportable_things(prefect_harness, write_job, image_dir, tmp_path, tiny_models):
+    """qc needs the panoptic stage: things the panoptic model does not see (here: it sees only stuff)
+    are flagged by panoptic_agreement; the merge then uses passed things only."""
+    out = tmp_path / "out"
+
+    def mutate(j):
+        j["ontology"].append({"id": 4, "name": "sky", "isthing": False})
+        j["stages"]["panoptic"] = {
+            "kind": "mask2former", "weights": str(tiny_models["mask2former"]), "device": "cpu", "threshold": 0.0, "overlap_threshold": 0.0,
+            "label_map": {"circle": "sky", "square": "sky", "triangle": "sky"},
+        }
+        add_qc(j, predicted_iou={"min": 0.0, "action": "reject"}, stability={"min": 0.0, "action": "off"}, needs=["masks", "panoptic"],
+               components={"action": "off"}, mask_box_iou={"min": 0.0, "action": "off"}, duplicate={"action": "off"},
+               class_conflict={"action": "off"}, max_area={"action": "off"}, min_area={"min_px": 0, "action": "off"})
+        j["stages"]["merge"] = {"kind": "panoptic_merge", "needs": ["qc", "panoptic"], "min_area": 1}
+
+    assert cli.main(["run", str(write_job(image_dir, out, mutate=mutate)), "--no-progress"]) == 0
+    masks = ds.dataset(str(out / "manifest" / "masks.parquet")).to_table().to_pylist()
+    assert masks and all(m["qc_reasons"] == ["panoptic_agreement"] and m["qc_verdict"] == "flag" for m in masks)
+    assert json.loads((out / "summary.json").read_text())["qc"]["rules"] == {"panoptic_agreement": len(masks)}
+    segments = ds.dataset(str(out / "manifest" / "panoptic.parquet")).to_table().to_pylist()
+    assert segments and not any(s["isthing"] for s in segments)  # flagged things stay out of the panoptic map

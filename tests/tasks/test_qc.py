@@ -93,3 +93,20 @@ def test_image_rules():
     assert list(count_outliers([2, 3, 2, 2, 3, 40], mads=5, minimum=10)) == [False] * 5 + [True]
     assert not count_outliers([2, 3, 2, 2, 3, 9], mads=5, minimum=10).any()  # below the minimum
     assert not count_outliers([20, 21, 19, 22], mads=5, minimum=10).any()
+
+
+def test_panoptic_agreement():
+    """A SAM thing that the panoptic model sees as the same class in the same place passes; one it
+    does not see there (or sees as another class) is flagged. Without panoptic segments the rule is silent."""
+    things = record([square(10, 10, 30), square(60, 50, 30), square(70, 5, 20)])
+    things = type(things)(things.image_size, things.boxes, [1, 1, 2], things.scores, things.rle_counts, things.fields)
+    segs = [square(12, 12, 28), square(0, 80, 20), square(70, 5, 20)]  # same place; elsewhere; same place, other class
+    panoptic = Detections((H, W), [[12, 12, 40, 40], [0, 80, 20, 100], [70, 5, 90, 25]], [1, 1, 3], [0.9, 0.9, 0.9],
+                          rle_counts=rle.encode_nhw(np.stack(segs)), fields={"isthing": np.ones(3, bool)})
+    v, r = check_masks(things, QcStage(kind="qc"), panoptic)
+    assert list(v) == ["pass", "flag", "flag"] and [x.split(",") if x else [] for x in r] == [[], ["panoptic_agreement"], ["panoptic_agreement"]]
+    v, _ = check_masks(things, QcStage(kind="qc", panoptic_agreement={"min": 0.5, "action": "reject"}), panoptic)
+    assert list(v) == ["pass", "reject", "reject"]
+    assert list(check_masks(things, QcStage(kind="qc"))[0]) == ["pass"] * 3
+    out = QcChecker(QcStage(kind="qc")).check([np.zeros((H, W, 3), np.uint8)], [things], [panoptic])
+    assert list(out[0].fields["qc_verdict"]) == ["pass", "flag", "flag"]
