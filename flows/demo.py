@@ -3,9 +3,10 @@
 1. Render ``--images`` synthetic scenes (seeded) into ``DIR/images`` with exact
    ground truth in ``DIR/ground_truth`` (COCO instances, panoptic, semantic),
    plus a truncated and an empty file, as real buckets have them.
-2. Run ``configs/demo.yaml`` -- the detector and SAM trained by
+2. Run ``configs/demo.yaml`` -- the detector, SAM and Mask2Former trained by
    ``segflow train-demo-models`` and shipped in ``configs/models`` -- through
-   the normal flow with ``DIR/ground_truth/instances.json`` as the gold set.
+   the normal flow with ``DIR/ground_truth/instances.json`` and
+   ``DIR/ground_truth/panoptic.json`` as the gold sets.
 3. The run evaluates its labels against the gold set; the figures are written
    to ``DIR/out/quality.json`` and copied to ``DIR/quality.json``.
 """
@@ -33,4 +34,5 @@ def prepare_demo(folder: str | Path, seed: int = 0, num_images: int = 40) -> dic
         "source": str(folder / "images"),
         "output": str(folder / "out"),
         "gold_set": str(folder / "ground_truth" / "instances.json"),
+        "gold_panoptic": str(folder / "ground_truth" / "panoptic.json"),
     }

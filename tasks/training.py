@@ -27,7 +27,7 @@ import numpy as np
 
 from tasks.synthetic import THING_CLASSES, make_scene, scene_size, write_scene_set
 
-__all__ = ["DEMO_SAM_ARCH", "train_detector", "train_sam", "mean_box_prompt_iou"]
+__all__ = ["DEMO_SAM_ARCH", "train_detector", "train_sam", "train_mask2former", "mean_box_prompt_iou"]
 
 #: 256-px input with 8-px patches: a 32x32 embedding and 128x128 low-res masks.
 #: Measured on this task: per training step it learns boundaries far faster than
@@ -298,3 +298,103 @@ def mean_box_prompt_iou(sam_weights: str | Path, seed: int = 1, n: int = 30, siz
             best[int(k)] = (m & gt).sum() / max((m | gt).sum(), 1)
         ious.extend(best.tolist())
     return float(np.mean(ious)), ious
+
+
+# -- Mask2Former --------------------------------------------------------------------------------
+
+def _m2f_arch() -> dict:
+    """The demo's panoptic model: :data:`tasks.models.mask2former.TINY_M2F_ARCH` (~1.7M parameters)."""
+    from tasks.models.mask2former import TINY_M2F_ARCH
+
+    return dict(TINY_M2F_ARCH)
+
+
+def _panoptic_targets(s: Any, size: int) -> tuple[Any, Any]:
+    """A scene's panoptic ground truth as Mask2Former targets: K x size x size masks, K labels (0-based category index)."""
+    import torch
+    import torch.nn.functional as F
+
+    from tasks.synthetic import CATEGORIES
+
+    index = {c["id"]: i for i, c in enumerate(CATEGORIES)}
+    thing_any = np.zeros(s.semantic.shape, bool)
+    masks, labels = [], []
+    for name, m in zip(s.class_names, s.masks):
+        masks.append(m)
+        labels.append(next(i for i, c in enumerate(CATEGORIES) if c["name"] == name))
+        thing_any |= m
+    for c in CATEGORIES:
+        if c["isthing"]:
+            continue
+        m = (s.semantic == c["id"]) & ~thing_any
+        if m.any():
+            masks.append(m)
+            labels.append(index[c["id"]])
+    t = torch.from_numpy(np.stack(masks)).float()[None]
+    t = (F.interpolate(t, (size, size), mode="area")[0] > 0.5).float()
+    return t, torch.tensor(labels, dtype=torch.long)
+
+
+def train_mask2former(
+    out_path: str | Path, minutes: float = 14.0, seed: int = 0, scenes: int = 700, batch_images: int = 8,
+    lr: float = 4e-4, size_range: tuple[int, int] = (256, 640), log: Callable[[str], None] | None = None,
+) -> dict:
+    """Train a small Mask2Former on the scenes' panoptic ground truth for ``minutes``; save a segflow checkpoint.
+
+    Labels are the synthetic categories by name (things and stuff), so a job's
+    ontology with the same names maps them without a ``label_map``. The
+    image processor (fixed square resize) is the one inference uses.
+    """
+    import torch
+
+    from tasks.models.mask2former import build_mask2former, save_mask2former_checkpoint
+    from tasks.synthetic import CATEGORIES
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(TRAIN_SEED + 2000 + seed)
+    arch = _m2f_arch()
+    model, processor = build_mask2former(arch, [c["name"] for c in CATEGORIES])
+    model.train()
+    size = arch["input_size"]
+    pool = []
+    for _ in range(scenes):
+        s = make_scene(rng, *scene_size(rng, size_range))
+        pv = processor(images=[s.pixels], return_tensors="pt")["pixel_values"][0].half()
+        masks, labels = _panoptic_targets(s, size)
+        pool.append((pv, masks.bool(), labels))
+    _log(f"mask2former: {len(pool)} training scenes rendered ({time.time() - t0:.0f}s); {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", log)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    budget = minutes * 60 - (time.time() - t0)
+    t_start = time.time()
+    step, ema = 0, None
+    while True:
+        elapsed = time.time() - t_start
+        if elapsed > budget:
+            break
+        frac = elapsed / budget
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / 50) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        idx = rng.choice(len(pool), size=batch_images, replace=False)
+        pvs, mls, cls = [], [], []
+        for i in idx:
+            pv, m, c = pool[i]
+            if rng.random() < 0.5:  # horizontal flip
+                pv, m = pv.flip(-1), m.flip(-1)
+            pvs.append(pv.float())
+            mls.append(m.float())
+            cls.append(c)
+        out = model(pixel_values=torch.stack(pvs), mask_labels=mls, class_labels=cls)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        opt.step()
+        step += 1
+        ema = out.loss.item() if ema is None else 0.95 * ema + 0.05 * out.loss.item()
+        if step % 50 == 0:
+            _log(f"mask2former: step {step} loss {ema:.3f} ({time.time() - t0:.0f}s)", log)
+    model.eval()
+    save_mask2former_checkpoint(model, processor, out_path, half=True)
+    result = {"steps": step, "final_loss": round(float(ema or 0), 4), "seconds": round(time.time() - t0, 1)}
+    _log(f"mask2former: done {result}", log)
+    return result

@@ -227,3 +227,73 @@ def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
     print(f"good masks kept {kept}/{total} ({kept / total:.2f}); corrupted masks rejected: " + ", ".join(f"{k} {r:.2f}" for k, r in rates.items()))
     assert kept / total >= 0.9
     assert rates["shifted"] >= 0.9 and rates["duplicated"] >= 0.95 and rates["eroded"] >= 0.8
+
+
+# -- panoptic (things from detector -> SAM, stuff from the demo Mask2Former) -------------------------
+
+PQ_FLOOR = 0.6
+
+
+def _shifted_copy(src: Path, dst: Path, frac: float) -> None:
+    """The exported panoptic files with every map rolled sideways by ``frac`` of its width."""
+    from tasks.panoptic import panoptic_png, read_panoptic_png
+
+    dst.mkdir(parents=True)
+    for png in src.glob("*.png"):
+        ids = read_panoptic_png(png.read_bytes())
+        (dst / png.name).write_bytes(panoptic_png(np.roll(ids, int(frac * ids.shape[1]), axis=1)))
+
+
+def test_panoptic_quality_floor_and_negative_control(demo_run, tmp_path):
+    from tasks.panoptic_export import evaluate_panoptic_files
+
+    q = json.loads((demo_run / "quality.json").read_text())
+    assert {"pq", "sq", "rq", "miou"} <= set(q)
+    print(f"PQ {q['pq']:.3f} (things {q['panoptic']['things']['pq']:.3f}, stuff {q['panoptic']['stuff']['pq']:.3f}), mIoU {q['miou']:.3f}")
+    assert q["pq"] >= PQ_FLOOR and q["panoptic"]["images"] == 30
+    summary = json.loads((demo_run / "out" / "summary.json").read_text())
+    assert summary["quality"]["pq"] == q["pq"] and summary["panoptic"]["images"] == 30
+    # negative control: the same files, maps moved by a third of the width, must fail the floor
+    pred = demo_run / "out" / "coco" / "panoptic.json"
+    shutil.copy(pred, tmp_path / "shifted.json")
+    _shifted_copy(demo_run / "out" / "coco" / "panoptic", tmp_path / "shifted", 1 / 3)
+    bad = evaluate_panoptic_files(str(demo_run / "ground_truth" / "panoptic.json"), str(tmp_path / "shifted.json"))
+    print(f"PQ with maps shifted by a third of the width: {bad['pq']:.3f}")
+    assert bad["images"] == 30 and bad["pq"] < PQ_FLOOR and bad["pq"] <= q["pq"] / 2
+
+
+def test_exported_pq_equals_in_memory_pq(demo_run):
+    """PQ of the exported PNG + JSON files equals PQ computed on the stages' in-memory output
+    (the stages run on the same chunks of images as the shards did, since batching can move scores)."""
+    from tasks.images import ImageLoadError, decode_image
+    from tasks.models.cache import get_model
+    from tasks.panoptic import detections_to_map, evaluate_in_memory, read_panoptic_png
+    from tasks.plan import load_plan, read_shard_rows
+    from tasks.shard import run_stages
+
+    out = demo_run / "out"
+    job = load_config(DEMO, overrides={"source": str(demo_run / "images"), "output": str(out)})
+    isthing = {c.id: c.isthing for c in job.ontology}
+    models = {n: get_model(job.stages[n], job.category_names(), isthing) for n in job.stage_order()}
+    merged = {}
+    for shard_id in load_plan(str(out))["shard_ids"]:
+        decoded = []
+        for row in read_shard_rows(str(out), shard_id):
+            try:
+                decoded.append((row["key"], decode_image(Path(row["uri"]).read_bytes())))
+            except ImageLoadError:
+                continue
+        for s in range(0, len(decoded), job.chunk_size()):
+            chunk = decoded[s : s + job.chunk_size()]
+            for (key, _), segs in zip(chunk, run_stages(job, [im.pixels for _, im in chunk], models)[job.panoptic_sink()]):
+                merged[key] = segs
+    gt = json.loads((demo_run / "ground_truth" / "panoptic.json").read_text())
+    pairs = []
+    for im, ann in zip(gt["images"], gt["annotations"]):
+        pred_ids, pred_cats = detections_to_map(merged[im["file_name"]])
+        gt_ids = read_panoptic_png((demo_run / "ground_truth" / "panoptic" / ann["file_name"]).read_bytes())
+        pairs.append((gt_ids, {s["id"]: s["category_id"] for s in ann["segments_info"]}, pred_ids, pred_cats))
+    mem = evaluate_in_memory(pairs, isthing, job.category_names())
+    exported = json.loads((demo_run / "quality.json").read_text())
+    assert (mem["pq"], mem["sq"], mem["rq"], mem["miou"]) == (exported["pq"], exported["sq"], exported["rq"], exported["miou"])
+    assert mem["per_class"] == exported["panoptic"]["per_class"]

@@ -27,3 +27,20 @@ def test_detector_training_writes_a_loadable_checkpoint(tmp_path):
     assert det.model_names == {0: "circle", 1: "square", 2: "triangle"}
     (dets,) = det.detect([np.zeros((80, 100, 3), np.uint8)])
     assert isinstance(dets, Detections) and dets.image_size == (80, 100)
+
+
+def test_mask2former_training_lowers_the_loss_and_loads_through_the_adapter(tmp_path):
+    from flows.config import Mask2FormerStage
+    from tasks.models.mask2former import Mask2FormerPanoptic
+    from tasks.synthetic import CATEGORIES
+    from tasks.training import train_mask2former
+
+    out = tmp_path / "m2f.pt"
+    losses = []
+    result = train_mask2former(out, minutes=0.25, scenes=6, batch_images=2, log=losses.append)
+    assert result["steps"] >= 5
+    ontology = {c["id"]: c["name"] for c in CATEGORIES}
+    m = Mask2FormerPanoptic(Mask2FormerStage(kind="mask2former", weights=str(out), device="cpu"), str(out), ontology, {c["id"]: bool(c["isthing"]) for c in CATEGORIES})
+    assert [m.model.config.id2label[i] for i in range(len(CATEGORIES))] == [c["name"] for c in CATEGORIES]  # labels map by name
+    (segs,) = m.panoptic([np.zeros((70, 90, 3), np.uint8)])
+    assert segs.image_size == (70, 90) and segs.has_masks
