@@ -3,7 +3,8 @@
 Layout under the destination::
 
     DEST/<version>/manifest/...          the Parquet manifests
-    DEST/<version>/coco/...              COCO files
+    DEST/<version>/coco/...              COCO files (instances; panoptic JSON + PNGs when the run has them)
+    DEST/<version>/semantic/...          semantic label maps (when the run has a panoptic stage)
     DEST/<version>/qc/...                QC report (when the run has one)
     DEST/<version>/quality.json, summary.json, job.json
     DEST/<version>/README.md             dataset card: counts per class, images, models and hashes, job, time
@@ -32,7 +33,7 @@ from tasks.storage import create_exclusive, join, open_fs, read_bytes, redact, w
 __all__ = ["PublishError", "publish"]
 
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_PUBLISHED_DIRS = ("manifest", "coco", "qc")
+_PUBLISHED_DIRS = ("manifest", "coco", "semantic", "qc")
 _PUBLISHED_FILES = ("summary.json", "quality.json", "job.json")
 
 
@@ -69,9 +70,15 @@ def _card(summary: dict, job: dict, version: str, checksums: dict[str, str]) -> 
         if "weights" in st:
             models.append(f"| {name} | {st['kind']} | `{st['weights'].rsplit('/', 1)[-1]}` | `{st.get('sha256') or '-'}` |")
     per_class = "\n".join(f"| {k} | {v} |" for k, v in summary.get("masks_per_category", {}).items())
-    quality = summary.get("quality")
+    quality = summary.get("quality") or {}
     qtext = (f"\nLabel quality against the gold set ({quality['images']} images): box AP50 {quality['box_ap50']}, "
-             f"mask AP50 {quality['mask_ap50']}, mask AP {quality['mask_ap']}, mean mask IoU {quality['mean_mask_iou']} (see quality.json).\n") if quality else ""
+             f"mask AP50 {quality['mask_ap50']}, mask AP {quality['mask_ap']}, mean mask IoU {quality['mean_mask_iou']} (see quality.json).\n") if "box_ap50" in quality else ""
+    if "pq" in quality:
+        qtext += f"\nPanoptic quality against the gold set: PQ {quality['pq']}, SQ {quality['sq']}, RQ {quality['rq']}, mIoU {quality['miou']}.\n"
+    pan = summary.get("panoptic")
+    if pan:
+        rows = "\n".join(f"| {k} | {v} |" for k, v in pan["segments_per_category"].items())
+        qtext += f"\n## Panoptic segments per class\n\n{pan['segments']} segments on {pan['images']} images.\n\n| class | segments |\n|---|---:|\n{rows}\n"
     import yaml
 
     return f"""# {summary['job']} -- dataset {version}
@@ -97,7 +104,7 @@ Auto-labelled by segflow. Created {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmti
 ## Files
 
 `manifest/masks.parquet` (one row per mask, COCO RLE), `manifest/images.parquet`,
-`coco/instances.json`{', `qc/` (QC report, quarantine)' if any(k.startswith('qc/') for k in checksums) else ''}; `SHA256SUMS` lists the sha256 of every file.
+`coco/instances.json`{', `manifest/panoptic.parquet`, `coco/panoptic.json` + `coco/panoptic/*.png` (COCO panoptic), `semantic/*.png` (class-id maps)' if 'coco/panoptic.json' in checksums else ''}{', `qc/` (QC report, quarantine)' if any(k.startswith('qc/') for k in checksums) else ''}; `SHA256SUMS` lists the sha256 of every file.
 
 ## Job
 

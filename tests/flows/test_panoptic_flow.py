@@ -100,3 +100,18 @@ def test_missing_pngs_are_rendered_again_on_rerun(panoptic_run, capsys):
     assert cli.main(["run", str(job), "--no-progress"]) == 0
     assert png.read_bytes() == before
     assert json.loads((out / "shards" / shard_id / "_RENDERED.json").read_text())["attempt"]
+
+
+def test_publish_includes_the_panoptic_files(panoptic_run, tmp_path):
+    from tasks.publish import publish
+
+    job, out = panoptic_run
+    assert publish(str(out), str(tmp_path / "datasets"), "v1")["created"]
+    root = tmp_path / "datasets" / "v1"
+    files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    assert {"coco/panoptic.json", "coco/panoptic/3.png", "semantic/3.png"} <= files
+    assert any(f.startswith("manifest/panoptic.parquet/") for f in files)
+    sums = dict(line.split("  ")[::-1] for line in (root / "SHA256SUMS").read_text().splitlines())
+    assert (root / "semantic" / "3.png").read_bytes() == (out / "semantic" / "3.png").read_bytes() and "semantic/3.png" in sums
+    card = (root / "README.md").read_text()
+    assert "## Panoptic segments per class" in card and "| sky |" in card
