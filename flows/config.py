@@ -213,8 +213,10 @@ Stage = Annotated[Union[YoloStage, SamStage, QcStage, Mask2FormerStage, Panoptic
 
 
 class RuntimeConfig(_Strict):
-    task_runner: Literal["threads"] = Field("threads", description="How shard tasks run.")
-    max_workers: int = Field(2, ge=1, description="Shard tasks at once (bounded thread pool).")
+    task_runner: Literal["threads", "dask", "ray"] = Field("threads", description="How shard tasks run: a bounded thread pool in this process, or a Dask / Ray cluster (local unless `address` is given).")
+    max_workers: int = Field(2, ge=1, description="Shard tasks at once: threads, or worker processes of a local Dask / CPUs of a local Ray cluster.")
+    address: str | None = Field(None, description="Existing cluster for dask (tcp://scheduler:8786) or ray (ray://head:10001, or 'auto'); default: start a local one.")
+    gpus_per_shard: float = Field(0.0, ge=0, description="GPUs each shard task requests on Dask (resources={'GPU': n}) or Ray (num_gpus=n).")
     retries: int = Field(0, ge=0, description="Prefect retries of a failed shard task.")
     retry_delay_s: float = Field(5.0, ge=0, description="Seconds between retries.")
     prefetch: int = Field(4, ge=1, description="Images read and decoded ahead of the models, per shard.")

@@ -13,9 +13,8 @@ import time
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed, wait
-from prefect.task_runners import ThreadPoolTaskRunner
-
 from flows.config import JobConfig
+from flows.runners import make_task_runner, shard_submit_options
 from tasks.finalize import IncompleteRunError, finalize
 from tasks.quality import format_quality, load_quality
 from tasks.plan import make_plan
@@ -115,7 +114,8 @@ def label_flow(job: dict) -> dict:
     j = _job(job)
     shard_ids = plan_task(job)
     runner = shard_task.with_options(retries=j.runtime.retries, retry_delay_seconds=j.runtime.retry_delay_s)
-    futures = [runner.submit(job, sid) for sid in shard_ids]
+    with shard_submit_options(j.runtime):
+        futures = [runner.submit(job, sid) for sid in shard_ids]
     progress_id = create_progress_artifact(progress=0.0, description=f"{j.name}: shards committed")
     for done, _ in enumerate(as_completed(futures), 1):
         update_progress_artifact(progress_id, progress=100.0 * done / max(len(futures), 1))
@@ -130,13 +130,16 @@ def label_flow(job: dict) -> dict:
                 failed[sid] = f"{type(e).__name__}: {e}"
     if failed:
         raise IncompleteRunError(sorted(failed), failed)
+    shard_runs = [f.result() for f in futures]
     summary = finalize_task(job, started)
+    # which worker process ran each shard and how many models it had to load (not part of summary.json)
+    summary = dict(summary, shard_runs=[{k: r[k] for k in ("shard_id", "worker_pid", "model_loads", "skipped", "seconds")} for r in shard_runs])
     if j.publish is not None:
         summary = dict(summary, published=publish_task(job))
     return summary
 
 
 def run_job(job: JobConfig) -> dict:
-    """Run ``label_flow`` for a validated job with its configured task runner (bounded threads)."""
-    runner = ThreadPoolTaskRunner(max_workers=job.runtime.max_workers)
+    """Run ``label_flow`` for a validated job with its configured task runner (see :mod:`flows.runners`)."""
+    runner = make_task_runner(job.runtime)
     return label_flow.with_options(task_runner=runner, flow_run_name=f"{job.name}")(job.model_dump(mode="json"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,6 +49,8 @@ class ShardResult:
     masks: int
     seconds: float
     skipped: bool  # already committed before this run
+    worker_pid: int = 0  # process that ran the shard
+    model_loads: int = 0  # models this shard had to load (0 when the worker process had them already)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,7 +185,8 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
         raise ValueError(f"{shard_id} is not in the plan of {redact(job.output)}")
     ontology = job.category_names()
     isthing = {c.id: c.isthing for c in job.ontology}
-    models = {name: get_model(job.stages[name], ontology, isthing) for name in job.stage_order()}
+    load_stats: dict[str, int] = {}
+    models = {name: get_model(job.stages[name], ontology, isthing, load_stats) for name in job.stage_order()}
     sinks = job.instance_sinks()
     # what each sink's rows came from: (mask stage name, mask model, prompt model)
     provenance = {name: _provenance(job, name, models) for name in sinks}
@@ -241,4 +245,5 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
             log.warning("%s: panoptic PNGs not rendered now (%s: %s); finalize will render them", shard_id, type(e).__name__, e)
     progress.advance(shards=1)
     s = commit["stats"]
-    return ShardResult(shard_id, s["images"], s["ok"], s["failed"], s["masks"], time.perf_counter() - t0, skipped=not won)
+    return ShardResult(shard_id, s["images"], s["ok"], s["failed"], s["masks"], time.perf_counter() - t0, skipped=not won,
+                       worker_pid=os.getpid(), model_loads=load_stats.get("loads", 0))

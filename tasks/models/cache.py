@@ -39,12 +39,17 @@ def _identity(kind: str, weights: str, local: str | None) -> str:
     return f"{kind}:{os.path.basename(weights)}@sha256:{sha256_file(local)[:12]}"
 
 
-def get_model(stage: Any, ontology: dict[int, str], isthing: dict[int, bool] | None = None) -> LoadedModel:
-    """The loaded adapter of a stage (``isthing``: ontology id -> thing/stuff, for panoptic stages)."""
+def get_model(stage: Any, ontology: dict[int, str], isthing: dict[int, bool] | None = None, stats: dict[str, int] | None = None) -> LoadedModel:
+    """The loaded adapter of a stage (``isthing``: ontology id -> thing/stuff, for panoptic stages).
+
+    ``stats["loads"]`` (when given) counts the models this call actually loaded (0 on a cache hit).
+    """
     key = (stage.kind, stage.model_dump_json(exclude={"needs"}), tuple(sorted(ontology.items())), tuple(sorted((isthing or {}).items())))
     with _lock:
         entry = _entries.setdefault(key, _Entry())
     with entry.lock:
+        if entry.model is None and stats is not None:
+            stats["loads"] = stats.get("loads", 0) + 1
         if entry.model is None:
             if not hasattr(stage, "weights"):  # rule-based stages (qc)
                 import hashlib
