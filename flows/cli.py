@@ -49,7 +49,7 @@ def prepare(job, config_file: str):
     """Checks that need I/O, done before any flow starts: weights (download + sha256), then the plan."""
     from flows.config import ConfigError
     from tasks.plan import PlanError, make_plan
-    from tasks.weights import WeightsError, is_builtin_yaml, resolve_weights
+    from tasks.weights import HUB_PREFIX, WeightsError, is_builtin_yaml, resolve_model_dir, resolve_weights
 
     issues = []
     if job.credentials_block:
@@ -63,7 +63,10 @@ def prepare(job, config_file: str):
         if not hasattr(st, "weights") or (st.kind == "yolo" and is_builtin_yaml(st.weights)):
             continue
         try:
-            resolve_weights(st.weights, st.sha256)
+            if st.kind == "mask2former" and (st.weights.startswith(HUB_PREFIX) or os.path.isdir(st.weights)):
+                resolve_model_dir(st.weights, st.sha256)
+            else:
+                resolve_weights(st.weights, st.sha256)
         except WeightsError as e:
             issues.append((f"stages.{name}.weights", str(e)))
     if issues:

@@ -349,12 +349,19 @@ def _is_url(s: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s))
 
 
-def _resolve(path: str, base: Path) -> str:
-    """Make a local relative path absolute against ``base``; URLs stay as they are."""
+def _resolve(path: str, base: Path | str) -> str:
+    """Make a relative path absolute against ``base`` (a folder, or the URL of a remote job file's folder); URLs stay as they are."""
     if _is_url(path):
         return path
+    if isinstance(base, str) and _is_url(base):
+        import posixpath
+
+        if path.startswith("/"):
+            return path
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
     p = Path(os.path.expanduser(path))
-    return str(p if p.is_absolute() else (base / p).resolve())
+    return str(p if p.is_absolute() else (Path(base) / p).resolve())
 
 
 def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]:
@@ -495,7 +502,7 @@ def parse_config(
         raise ConfigError(file, [("", "the file is empty")])
     if not isinstance(data, dict):
         raise ConfigError(file, [("", f"the top level must be a mapping of keys, got {type(data).__name__}")])
-    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    base: Path | str = (base_dir if isinstance(base_dir, str) and _is_url(base_dir) else Path(base_dir)) if base_dir is not None else Path.cwd()
     data = dict(data)
     try:
         job = JobConfig.model_validate(data)
@@ -526,7 +533,7 @@ def parse_config(
             stages[name] = st
             continue
         w = st.weights
-        keep = (st.kind == "yolo" and w.endswith((".yaml", ".yml")) and "/" not in w and not (base / w).exists()) or w.startswith("hub:")
+        keep = (st.kind == "yolo" and w.endswith((".yaml", ".yml")) and "/" not in w and not (isinstance(base, Path) and (base / w).exists())) or w.startswith("hub:")
         stages[name] = st.model_copy(update={"weights": w if keep else _resolve(w, base)})
     publish = job.publish.model_copy(update={"dest": _resolve(job.publish.dest, base)}) if job.publish else None
     job = job.model_copy(update={"source": src, "output": output, "stages": stages, "gold_set": gold, "gold_panoptic": gold_pan, "publish": publish})
@@ -538,11 +545,24 @@ def parse_config(
 
 
 def load_config(path: str | Path, overrides: dict[str, str] | None = None, check_files: bool = True) -> JobConfig:
-    """Read and validate a job file. Raises :class:`ConfigError` naming the file and key path."""
-    p = Path(path)
+    """Read and validate a job file (a local path or any fsspec URL). Raises :class:`ConfigError` naming the file and key path.
+
+    Relative paths inside the file resolve against the file's folder (for a
+    URL: against the URL's folder).
+    """
     name = str(path)
+    remote = isinstance(path, str) and _is_url(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        if remote:
+            from tasks.storage import open_fs, read_bytes
+
+            fs, fpath = open_fs(path)
+            text = read_bytes(fs, fpath).decode("utf-8")
+            base_dir: str | Path = path.rsplit("/", 1)[0]
+        else:
+            p = Path(path)
+            text = p.read_text(encoding="utf-8")
+            base_dir = p.resolve().parent
     except FileNotFoundError:
         raise ConfigError(name, [("", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as e:
@@ -554,4 +574,4 @@ def load_config(path: str | Path, overrides: dict[str, str] | None = None, check
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError(name, [("", f"{where}invalid YAML: {problem}")]) from None
-    return parse_config(data, file=name, base_dir=p.resolve().parent, overrides=overrides, check_files=check_files)
+    return parse_config(data, file=name, base_dir=base_dir, overrides=overrides, check_files=check_files)

@@ -1,0 +1,115 @@
+"""deploy/ against a real Prefect server (`prefect server start` on 127.0.0.1):
+the GPU work-pool templates are accepted, `prefect deploy --all` creates the deployments with
+their schedule, and a process worker runs the deployment on the tiny models."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", SEGFLOW_HOME=str(ROOT), PREFECT_LOGGING_LEVEL="WARNING")
+    env.pop("PREFECT_API_KEY", None)
+    log = open(home / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError("prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def prefect(env, *args, timeout=180, check=True):
+    r = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if check and r.returncode != 0:
+        raise AssertionError(f"prefect {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def api(env, method, path, body=None):
+    req = urllib.request.Request(env["PREFECT_API_URL"] + path, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read() or b"null")
+
+
+def test_deploy_and_run_through_a_process_worker(server, write_job, image_dir, tmp_path):
+    env = server
+    # the GPU pools: the server accepts the base job templates
+    prefect(env, "work-pool", "create", "gpu-k8s", "--type", "kubernetes", "--base-job-template", "deploy/work-pools/kubernetes-gpu.json")
+    prefect(env, "work-pool", "create", "gpu-docker", "--type", "docker", "--base-job-template", "deploy/work-pools/docker-gpu.json")
+    prefect(env, "work-pool", "create", "local-process", "--type", "process")
+    k8s = api(env, "GET", "/work_pools/gpu-k8s")["base_job_template"]
+    container = k8s["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+    docker = api(env, "GET", "/work_pools/gpu-docker")["base_job_template"]
+    assert docker["variables"]["properties"]["container_create_kwargs"]["default"]["device_requests"][0]["Capabilities"] == [["gpu"]]
+
+    # every deployment of deploy/prefect.yaml, with the nightly cron schedule
+    prefect(env, "deploy", "--prefect-file", "deploy/prefect.yaml", "--all")
+    deps = {d["name"]: d for d in api(env, "POST", "/deployments/filter", {})}
+    assert set(deps) == {"nightly-k8s-gpu", "adhoc-docker-gpu", "local-process"}
+    assert deps["nightly-k8s-gpu"]["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    assert deps["nightly-k8s-gpu"]["work_pool_name"] == "gpu-k8s" and deps["local-process"]["entrypoint"] == "flows/deployment.py:label_job"
+
+    # run the process deployment on a job file with the tiny models, plus one with a bad config
+    out = tmp_path / "out"
+    good = write_job(image_dir, out, name="good.yaml")
+    bad = write_job(image_dir, tmp_path / "bad-out", name="bad.yaml", mutate=lambda j: j["stages"]["masks"].update(needs=["nope"]))
+    runs = {}
+    for name, job in (("good", good), ("bad", bad)):
+        r = prefect(env, "deployment", "run", "segflow-job/local-process", "--param", f"config={job}")
+        runs[name] = next(line.split("UUID:")[1].strip() for line in r.stdout.splitlines() if "UUID:" in line)
+    prefect(env, "worker", "start", "--pool", "local-process", "--run-once", "--limit", "1", timeout=400)
+    deadline = time.time() + 300
+    states = {}
+    while time.time() < deadline:
+        states = {k: api(env, "GET", f"/flow_runs/{v}")["state"]["type"] for k, v in runs.items()}
+        if all(s in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for s in states.values()):
+            break
+        if any(s == "SCHEDULED" for s in states.values()):  # --run-once takes what is due; start another pass
+            prefect(env, "worker", "start", "--pool", "local-process", "--run-once", "--limit", "1", timeout=400)
+        time.sleep(1)
+    assert states == {"good": "COMPLETED", "bad": "FAILED"}, states
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["images"] == 22 and summary["failed_images"] == 2 and summary["masks"] > 0
+    assert (out / "coco" / "instances.json").exists()
+    assert not (tmp_path / "bad-out").exists()  # a bad config starts nothing
+    # the labeling flow ran as a subflow of the deployment's run, recorded on this server
+    (child,) = api(env, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"any_": ["test-job"]}}})
+    assert child["state"]["type"] == "COMPLETED" and child["parent_task_run_id"] is not None
