@@ -137,8 +137,10 @@ def run_prepared(job, plan, progress_bar: bool = True) -> int:
     from tasks.finalize import IncompleteRunError
     from tasks.storage import redact
 
-    print(f"segflow: {job.name}: {plan.num_images} images in {len(plan.shard_ids)} shards"
-          f"{' (plan reused)' if plan.reused else ''} -> {redact(job.output)}", flush=True)
+    reuse = ""
+    if plan.reused:
+        reuse = f" (plan reused; {plan.new_images} new images planned)" if getattr(job, "incremental", False) else " (plan reused)"
+    print(f"segflow: {job.name}: {plan.num_images} images in {len(plan.shard_ids)} shards{reuse} -> {redact(job.output)}", flush=True)
     bar = _Progress(plan.num_images, len(plan.shard_ids), enabled=progress_bar)
     progress.set_reporter(bar)
     try:

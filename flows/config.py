@@ -240,6 +240,7 @@ class JobConfig(_Strict):
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
     publish: PublishConfig | None = Field(None, description="Publish the finished run as a new dataset version (see `segflow publish`).")
     credentials_block: str | None = Field(None, description="Name of a Prefect Secret block with S3 credentials (JSON: aws_access_key_id, aws_secret_access_key, optional aws_session_token, endpoint_url), used for every s3:// URL of the job. Default: the environment / AWS profiles.")
+    incremental: bool = Field(False, description="Each run on an existing output also plans the source keys no earlier run planned (a growing prefix): only those are labelled, finalize merges all, and `publish` makes a new version.")
     gold_set: str | None = Field(None, description="COCO instances file with human labels for some images (matched by file name): the run reports AP and mask IoU against it.")
     gold_panoptic: str | None = Field(None, description="COCO panoptic JSON with human labels for some images, its PNGs in the folder of the same name without .json (COCO convention): the run reports PQ, SQ, RQ and mIoU of the panoptic output against it.")
 

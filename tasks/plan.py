@@ -11,6 +11,16 @@ on that output, so shards never reshuffle and image ids never change:
   One Parquet row group per shard, so a shard reads only its own rows.
 * ``OUTPUT/plan/plan.json`` -- the source spec, shard size, counts and the
   fingerprint that decides whether an existing plan can be reused.
+
+Incremental jobs (``incremental: true``): each run lists the source again and
+appends the keys no earlier generation planned as a new *generation*:
+``OUTPUT/plan/plan-g0001.parquet`` (shards ``shard-g0001-00000``...; image ids
+continue after the last one), claimed create-if-absent through
+``plan/plan-g0001.json`` so two runs never plan the same generation, and then
+added to ``plan.json``. Earlier shards, their ids and their commits never
+change, so a run labels only what is new and finalize merges everything.
+Finding the new keys is a streaming merge of the sorted listing with the
+sorted generations: memory does not grow with the number of keys.
 """
 
 from __future__ import annotations
@@ -49,14 +59,24 @@ class Plan:
     shard_ids: list[str]
     num_images: int
     reused: bool
+    new_images: int = 0  # images an incremental run added to an existing plan
 
 
 def plan_paths(output: str) -> tuple[str, str]:
     return join(output, "plan", "plan.parquet"), join(output, "plan", "plan.json")
 
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}"
+def shard_name(index: int, generation: int = 0) -> str:
+    return f"shard-{index:05d}" if generation == 0 else f"shard-g{generation:04d}-{index:05d}"
+
+
+def _generation_of(shard_id: str) -> int:
+    m = re.match(r"^shard-g(\d{4})-\d{5}$", shard_id)
+    return int(m.group(1)) if m else 0
+
+
+def _generation_file(output: str, generation: int) -> str:
+    return plan_paths(output)[0] if generation == 0 else join(output, "plan", f"plan-g{generation:04d}.parquet")
 
 
 def glob_to_regex(pattern: str) -> re.Pattern:
@@ -199,7 +219,7 @@ def _fingerprint(source: Any, shard_size: int) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def write_plan_rows(items: Iterable[tuple[str, str, int, str | None]], shard_size: int, sink: Any) -> tuple[list[str], int]:
+def write_plan_rows(items: Iterable[tuple[str, str, int, str | None]], shard_size: int, sink: Any, generation: int = 0, first_image_id: int = 1) -> tuple[list[str], int]:
     """Write plan rows to a Parquet ``sink``, one row group per shard, holding one shard in memory.
 
     Returns the shard ids and the number of images.
@@ -210,8 +230,8 @@ def write_plan_rows(items: Iterable[tuple[str, str, int, str | None]], shard_siz
         batch: list[tuple[str, str, int, str | None]] = []
 
         def flush() -> None:
-            sid = shard_name(len(shard_ids))
-            start = n - len(batch) + 1
+            sid = shard_name(len(shard_ids), generation)
+            start = first_image_id + n - len(batch)
             writer.write_table(pa.table({
                 "shard_id": [sid] * len(batch),
                 "image_id": pa.array(range(start, start + len(batch)), pa.int64()),
@@ -247,6 +267,8 @@ def make_plan(job: Any) -> Plan:
                 f"use another output or delete it"
             )
         write_bytes(fs, job_path, json.dumps(job.model_dump(mode="json"), indent=1).encode())
+        if getattr(job, "incremental", False):
+            return _append_generation(job, fs, meta, meta_path)
         return Plan(job.output, list(meta["shard_ids"]), int(meta["num_images"]), reused=True)
 
     buf = io.BytesIO()
@@ -261,10 +283,64 @@ def make_plan(job: Any) -> Plan:
         "num_images": n,
         "num_shards": len(unique),
         "shard_ids": unique,
+        "generations": [{"generation": 0, "num_images": n, "shard_ids": unique, "planned_at": _now()}],
     }
     write_bytes(fs, job_path, json.dumps(job.model_dump(mode="json"), indent=1).encode())  # what `segflow rerun` runs
     write_bytes(fs, meta_path, json.dumps(meta, indent=1).encode())  # written last: the plan exists once this exists
     return Plan(job.output, unique, n, reused=False)
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _new_items(job: Any, output: str, meta: dict) -> Iterator[tuple[str, str, int, str | None]]:
+    """Source items whose key no generation of the plan holds: a merge of two sorted streams."""
+    import heapq
+
+    gens = [g["generation"] for g in meta.get("generations", [{"generation": 0}])]
+    planned = heapq.merge(*(_iter_keys(output, g) for g in gens))
+    current = next(planned, None)
+    for item in iter_source(job.source):
+        key = item[1]
+        while current is not None and current < key:
+            current = next(planned, None)
+        if current == key:
+            continue
+        yield item
+
+
+def _iter_keys(output: str, generation: int) -> Iterator[str]:
+    fs, path = open_fs(_generation_file(output, generation))
+    with fs.open(path, "rb") as f:
+        for batch in pq.ParquetFile(f).iter_batches(columns=["key"]):
+            yield from batch.column(0).to_pylist()
+
+
+def _append_generation(job: Any, fs: Any, meta: dict, meta_path: str) -> Plan:
+    """Plan the source keys no earlier generation holds as a new generation (incremental jobs)."""
+    from tasks.storage import create_exclusive
+
+    gens = meta.setdefault("generations", [{"generation": 0, "num_images": meta["num_images"], "shard_ids": list(meta["shard_ids"])}])
+    generation = gens[-1]["generation"] + 1
+    buf = io.BytesIO()
+    shard_ids, n = write_plan_rows(_new_items(job, job.output, meta), job.shard_size, buf, generation=generation, first_image_id=int(meta["num_images"]) + 1)
+    if n == 0:
+        return Plan(job.output, list(meta["shard_ids"]), int(meta["num_images"]), reused=True, new_images=0)
+    entry = {"generation": generation, "num_images": n, "shard_ids": shard_ids, "planned_at": _now()}
+    _, claim = open_fs(join(job.output, "plan", f"plan-g{generation:04d}.json"))
+    if not create_exclusive(fs, claim, json.dumps(entry).encode()):
+        raise PlanError(f"another run is planning generation {generation} of {redact(job.output)} right now; run again when it is done")
+    _, parquet_path = open_fs(_generation_file(job.output, generation))
+    write_bytes(fs, parquet_path, buf.getvalue())
+    gens.append(entry)
+    meta["shard_ids"] = list(meta["shard_ids"]) + shard_ids
+    meta["num_images"] = int(meta["num_images"]) + n
+    meta["num_shards"] = len(meta["shard_ids"])
+    write_bytes(fs, meta_path, json.dumps(meta, indent=1).encode())  # last: the generation is part of the plan once listed here
+    return Plan(job.output, list(meta["shard_ids"]), int(meta["num_images"]), reused=True, new_images=n)
 
 
 def load_plan(output: str) -> dict:
@@ -277,14 +353,17 @@ def load_plan(output: str) -> dict:
 
 def read_shard_rows(output: str, shard_id: str) -> list[dict]:
     """The plan rows of one shard (reads only that shard's row group)."""
-    fs, path = open_fs(plan_paths(output)[0])
+    fs, path = open_fs(_generation_file(output, _generation_of(shard_id)))
     with fs.open(path, "rb") as f:
         table = pq.read_table(f, filters=[("shard_id", "=", shard_id)])
     return table.to_pylist()
 
 
 def iter_plan(output: str) -> Iterable[dict]:
-    fs, path = open_fs(plan_paths(output)[0])
-    with fs.open(path, "rb") as f:
-        for batch in pq.ParquetFile(f).iter_batches():
-            yield from batch.to_pylist()
+    """Every plan row, generation by generation."""
+    meta = load_plan(output)
+    for g in meta.get("generations", [{"generation": 0}]):
+        fs, path = open_fs(_generation_file(output, g["generation"]))
+        with fs.open(path, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches():
+                yield from batch.to_pylist()
