@@ -3,6 +3,7 @@
 import json
 
 import pyarrow.dataset as ds
+import pytest
 from pycocotools.coco import COCO
 
 from flows import cli
@@ -81,3 +82,23 @@ def test_credentials_from_a_prefect_block_never_travel(prefect_harness, s3, writ
     job_missing = write_job(image_dir, "unused", name="missing.yaml", mutate=lambda j: (on_s3(j), j.update(credentials_block="no-such-block")))
     assert cli.main(["run", str(job_missing), "--no-progress"]) == 2
     assert "credentials_block: no Prefect Secret block named 'no-such-block'" in capsys.readouterr().err
+
+
+def test_job_file_on_s3_resolves_relative_paths_against_its_folder(s3, write_job, image_dir, tiny_models):
+    import yaml
+
+    from flows.config import ConfigError, load_config
+
+    s3.put(str(tiny_models["sam"]), "segflow-models/jobs/models/sam-tiny.pt")
+    s3.put(str(tiny_models["yolo"]), "segflow-models/jobs/models/yolo-tiny.pt")
+    job = yaml.safe_load(write_job(image_dir, "unused").read_text())
+    job.update(source={"url": "../images/"}, output="../labels/run9")
+    job["stages"]["detector"]["weights"] = "models/yolo-tiny.pt"
+    job["stages"]["masks"]["weights"] = "models/sam-tiny.pt"
+    s3.pipe("segflow-models/jobs/nightly.yaml", yaml.safe_dump(job).encode())
+    s3.put(str(image_dir) + "/", "segflow-models/images/", recursive=True)
+    cfg = load_config("s3://segflow-models/jobs/nightly.yaml")
+    assert cfg.stages["masks"].weights == "s3://segflow-models/jobs/models/sam-tiny.pt"
+    assert cfg.source.url == "s3://segflow-models/images" and cfg.output == "s3://segflow-models/labels/run9"
+    with pytest.raises(ConfigError, match="s3://segflow-models/jobs/missing.yaml: file not found"):
+        load_config("s3://segflow-models/jobs/missing.yaml")
