@@ -126,16 +126,7 @@ class YoloDetector:
           One Detections per image: boxes N x 4 XYXY pixels, ontology class ids, scores.
         """
         out: list[Detections] = []
-        bs = self.stage.batch_size
-        for start in range(0, len(images), bs):
-            batch = [np.ascontiguousarray(im[..., ::-1]) for im in images[start : start + bs]]  # ultralytics takes BGR
-            with self._lock:
-                results = list(
-                    self.model.predict(
-                        batch, conf=self.stage.conf, iou=self.stage.iou, imgsz=self.stage.imgsz,
-                        max_det=self.stage.max_det, device=self.device, verbose=False, stream=True,
-                    )
-                )
+        for batch, results in self._predict(images):
             for im, r in zip(batch, results):
                 boxes = r.boxes.xyxy.cpu().numpy().astype(np.float32)
                 cls = r.boxes.cls.cpu().numpy().astype(np.int64)
@@ -147,4 +138,33 @@ class YoloDetector:
                 dets = Detections(image_size=(h, w), boxes=boxes, class_ids=onto, scores=conf)
                 out.append(dets[dets.class_ids >= 0])
         return out
+
+    def _predict(self, images: Sequence[np.ndarray], **extra: Any):
+        """``(bgr_batch, results)`` per model call, results in the order of ``images``.
+
+        Ultralytics letterboxes a batch of mixed image sizes to a full square
+        but a batch of one size (or a single image) only to the next stride
+        multiple, and the padding changes low-confidence detections. So only
+        images of the same size share a call: an image's labels never depend on
+        which images happen to be in its batch.
+        """
+        order = sorted(range(len(images)), key=lambda i: images[i].shape[:2])  # stable: same sizes stay in input order
+        groups: list[list[int]] = []
+        for i in order:
+            if groups and images[groups[-1][0]].shape[:2] == images[i].shape[:2] and len(groups[-1]) < self.stage.batch_size:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        done: dict[int, tuple[np.ndarray, Any]] = {}
+        for g in groups:
+            batch = [np.ascontiguousarray(images[i][..., ::-1]) for i in g]  # ultralytics takes BGR
+            with self._lock:
+                results = list(self.model.predict(
+                    batch, conf=self.stage.conf, iou=self.stage.iou, imgsz=self.stage.imgsz,
+                    max_det=self.stage.max_det, device=self.device, verbose=False, stream=True, **extra,
+                ))
+            for i, im, r in zip(g, batch, results):
+                done[i] = (im, r)
+        ordered = [done[i] for i in range(len(images))]
+        yield [im for im, _ in ordered], [r for _, r in ordered]
 
