@@ -115,15 +115,46 @@ class YoloStage(_ModelStage):
     class_map: dict[str, str] = Field(default_factory=dict, description="Model class name -> ontology name. Unlisted classes map by equal name; classes not in the ontology are dropped.")
 
 
+class YoloSegStage(_ModelStage):
+    """Direct instance labeler: ultralytics YOLO segmentation checkpoint (boxes and masks in one model)."""
+
+    kind: Literal["yolo_seg"]
+    conf: float = Field(0.25, ge=0.0, le=1.0, description="Confidence threshold.")
+    iou: float = Field(0.7, ge=0.0, le=1.0, description="NMS IoU threshold.")
+    imgsz: int = Field(640, ge=32, description="Inference size (long side, multiple of 32).")
+    max_det: int = Field(300, ge=1, description="Maximum detections per image.")
+    class_map: dict[str, str] = Field(default_factory=dict, description="Model class name -> ontology name (unlisted: same name; others dropped).")
+
+
+class MaskRcnnStage(_ModelStage):
+    """Direct instance labeler: torchvision Mask R-CNN (torchvision COCO state dicts or segflow checkpoints)."""
+
+    kind: Literal["maskrcnn"]
+    batch_size: int = Field(2, ge=1, description="Images per model call.")
+    conf: float = Field(0.5, ge=0.0, le=1.0, description="Box score threshold.")
+    mask_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Mask probability threshold.")
+    max_det: int = Field(100, ge=1, description="Maximum detections per image.")
+    class_map: dict[str, str] = Field(default_factory=dict, description="Model class name -> ontology name (unlisted: same name; others dropped).")
+
+
 class SamStage(_ModelStage):
     """Promptable segmenter: Segment Anything, prompted with the boxes of the stage it needs."""
 
     kind: Literal["sam"]
     model_type: Literal["auto", "vit_b", "vit_l", "vit_h"] = Field("auto", description="Architecture of a plain SAM state dict; 'auto' infers it.")
     batch_size: int | Literal["auto"] = Field("auto", description="Images per image-encoder call; 'auto' = 1 on CPU (batching a ViT there is slower), 8 on GPU.")
-    boxes_per_call: int = Field(64, ge=1, description="Boxes per mask-decoder call (bounds memory for crowded images).")
+    boxes_per_call: int | Literal["auto"] = Field("auto", description="Boxes per mask-decoder call. 'auto': 64 on GPU; on CPU as many as keep the per-box copies of the image embedding within ~8 MB (2 for the official SAMs), since larger batches there are slower than single calls.")
+
+    @field_validator("boxes_per_call")
+    @classmethod
+    def _bpc(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return v
     min_mask_area: int = Field(1, ge=0, description="Masks with fewer pixels are dropped (with their detection).")
     min_island_frac: float = Field(0.0, ge=0.0, le=1.0, description="Remove disconnected pieces smaller than this fraction of the mask's largest piece (0 = keep all, as SAM does).")
+    prompt: Literal["box", "point", "box+point"] = Field("box", description="What prompts SAM: the detector box, the box centre as a foreground point, or both.")
+    multimask_output: bool = Field(False, description="Ask SAM for 3 candidate masks per prompt and keep the one with the highest predicted IoU (all 3 scores go to the field multimask_ious).")
 
 
 class Mask2FormerStage(_ModelStage):
@@ -149,6 +180,23 @@ class PanopticMergeStage(_StageBase):
     overlap: float = Field(0.5, ge=0.0, le=1.0, description="A thing is dropped when less than this share of its mask is still free (hidden by a higher-scoring one).")
     min_area: int = Field(64, ge=0, description="Segments left with fewer pixels become void.")
     include_flagged: bool = Field(False, description="Use QC-flagged instance masks as things (rejected ones never are).")
+
+
+class SamAutoStage(_ModelStage):
+    """Segment Anything's automatic mode: class-agnostic masks from a point grid (SA-1B defaults), all of class `category`."""
+
+    kind: Literal["sam_auto"]
+    model_type: Literal["auto", "vit_b", "vit_l", "vit_h"] = Field("auto", description="Architecture of a plain SAM state dict; 'auto' infers it.")
+    category: str = Field("object", description="Ontology class every mask gets.")
+    points_per_side: int = Field(32, ge=1, description="Point grid per side (SA-1B: 32).")
+    points_per_batch: int = Field(64, ge=1, description="Points per decoder call.")
+    pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0, description="Predicted IoU minimum (SA-1B: 0.88).")
+    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0, description="Stability score minimum (SA-1B: 0.95).")
+    stability_score_offset: float = Field(1.0, ge=0.0, description="Logit offset of the stability score.")
+    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0, description="Box IoU above which the lower-scoring mask is dropped.")
+    crop_n_layers: int = Field(0, ge=0, description="Extra crop layers (0 = whole image only).")
+    crop_nms_thresh: float = Field(0.7, ge=0.0, le=1.0, description="Box NMS between crops.")
+    min_mask_region_area: int = Field(0, ge=0, description="Remove holes and islands smaller than this (pixels; needs OpenCV).")
 
 
 _Action = Literal["reject", "flag", "off"]
@@ -209,7 +257,7 @@ class QcStage(_StageBase):
     review_samples: int = Field(24, ge=0, description="Masks per verdict drawn on the contact sheets.")
 
 
-Stage = Annotated[Union[YoloStage, SamStage, QcStage, Mask2FormerStage, PanopticMergeStage], Field(discriminator="kind")]
+Stage = Annotated[Union[YoloStage, YoloSegStage, MaskRcnnStage, SamStage, SamAutoStage, QcStage, Mask2FormerStage, PanopticMergeStage], Field(discriminator="kind")]
 
 
 class RuntimeConfig(_Strict):
@@ -283,8 +331,8 @@ class JobConfig(_Strict):
         return ADAPTERS[self.stages[name].kind].role
 
     def instance_sinks(self) -> list[str]:
-        """Instance-mask stages (segmenter, qc) whose rows no other instance stage refines: the ``masks`` manifest."""
-        inst = ("segmenter", "qc")
+        """Instance-mask stages (segmenter, qc, instance labelers) whose rows no other instance stage refines: the ``masks`` manifest."""
+        inst = ("segmenter", "qc", "instances")
         refined = {d for n, s in self.stages.items() if self.role(n) in inst for d in s.needs}
         return [n for n in self.stage_order() if self.role(n) in inst and n not in refined]
 
@@ -423,20 +471,21 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
         spec = ADAPTERS[st.kind]
         dep_roles = [ADAPTERS[job.stages[d].kind].role for d in st.needs]
         for role_needed in spec.needs_roles:
-            matching = [d for d, r in zip(st.needs, dep_roles) if r == role_needed]
+            alternatives = tuple(role_needed.split("|"))
+            matching = [d for d, r in zip(st.needs, dep_roles) if r in alternatives]
             if len(matching) != 1:
-                issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage needs exactly one {role_needed} stage ({kinds_of((role_needed,))}); found {len(matching)}"))
+                issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage needs exactly one {' or '.join(alternatives)} stage ({kinds_of(alternatives)}); found {len(matching)}"))
         for group in spec.optional_roles:
             matching = [d for d, r in zip(st.needs, dep_roles) if r in group]
             if len(matching) > 1:
                 issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage takes at most one {' or '.join(group)} stage ({kinds_of(group)}); found {len(matching)}: {', '.join(matching)}"))
-        allowed = set(spec.needs_roles) | {r for g in spec.optional_roles for r in g}
+        allowed = {r for g in spec.needs_roles for r in g.split("|")} | {r for g in spec.optional_roles for r in g}
         for d, r in zip(st.needs, dep_roles):
             if r not in allowed:
                 what = f"takes only {', '.join(sorted(allowed))} stages" if allowed else "takes no input stages"
                 issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage {what}; {d!r} is a {r} stage"))
-        if st.kind == "panoptic_merge" and st.things == "instances" and not any(r in ("segmenter", "qc") for r in dep_roles):
-            issues.append((f"stages.{name}.needs", "things: instances needs an instance stage (sam or qc) in needs; or set things: panoptic"))
+        if st.kind == "panoptic_merge" and st.things == "instances" and not any(r in ("segmenter", "qc", "instances") for r in dep_roles):
+            issues.append((f"stages.{name}.needs", "things: instances needs an instance stage (sam, qc, sam_auto, yolo_seg or maskrcnn) in needs; or set things: panoptic"))
     for sink in job.sink_stages() if job.stages else []:
         if not ADAPTERS[job.stages[sink].kind].produces_masks:
             issues.append((f"stages.{sink}", f"stage {sink!r} ({job.stages[sink].kind}) produces no masks and no stage consumes it; add a mask stage (e.g. kind: sam, needs: [{sink}])"))
@@ -447,6 +496,8 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
     elif not merges and len(panoptics) > 1:
         issues.append((f"stages.{panoptics[1]}", f"several panoptic stages ({', '.join(panoptics)}): add one panoptic_merge stage that says which makes the panoptic output"))
     for name, st in job.stages.items():
+        if st.kind == "sam_auto" and st.category not in seen_names:
+            issues.append((f"stages.{name}.category", f"{st.category!r} is not a class of the ontology; add it, e.g. {{id: 99, name: {st.category}}}"))
         if st.kind == "mask2former":
             if st.unmapped != "drop" and st.unmapped not in seen_names:
                 issues.append((f"stages.{name}.unmapped", f"{st.unmapped!r} is not a class of the ontology (or use 'drop')"))

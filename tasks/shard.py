@@ -122,7 +122,7 @@ def _provenance(job: Any, sink: str, models: dict[str, Any]) -> tuple[str, str, 
     role = job.role
     mask_stage = sink
     while role(mask_stage) == "qc":  # QC passes rows through: credit the stage that made the masks
-        mask_stage = next(d for d in job.stages[mask_stage].needs if role(d) in ("segmenter", "qc"))
+        mask_stage = next(d for d in job.stages[mask_stage].needs if role(d) in ("segmenter", "qc", "instances"))
     prompt = next((d for d in job.stages[mask_stage].needs if role(d) == "detector"), None)
     return mask_stage, models[mask_stage].identity, (models[prompt].identity if prompt else None)
 
@@ -140,15 +140,17 @@ def run_stages(job: Any, images: list[Any], models: dict[str, Any]) -> dict[str,
         elif role == "segmenter":
             (src,) = needs("detector")
             results[name] = adapter.segment(images, results[src])
+        elif role == "instances":
+            results[name] = adapter.label(images)
         elif role == "qc":
-            (src,) = needs("segmenter")
+            (src,) = needs("segmenter", "instances")
             pan = needs("panoptic")
             results[name] = adapter.check(images, results[src], results[pan[0]] if pan else None)
         elif role == "panoptic":
             results[name] = adapter.panoptic(images)
         elif role == "merge":
             (pan,) = needs("panoptic")
-            inst = needs("segmenter", "qc")
+            inst = needs("segmenter", "qc", "instances")
             results[name] = adapter.merge(images, results[inst[0]] if inst else None, results[pan], inst[0] if inst else None, pan)
         else:  # pragma: no cover - the registry and config validation keep roles closed
             raise ValueError(f"stage {name}: unknown role {role!r}")

@@ -27,7 +27,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from tasks.models.tiny import make_tiny_mask2former, make_tiny_sam, make_tiny_yolo
+    from tasks.models.tiny import make_tiny_mask2former, make_tiny_maskrcnn, make_tiny_sam, make_tiny_yolo
 
     d = tmp_path_factory.mktemp("models")
     return {
@@ -36,6 +36,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         # labels: the shapes plus one the test ontologies lack (mapping must drop it)
         "mask2former": make_tiny_mask2former(d / "m2f-tiny.pt", [*SHAPE_CLASSES, "sky"], seed=0, pretrained_dir=d / "m2f-tiny"),
         "mask2former_dir": d / "m2f-tiny",
+        "maskrcnn": make_tiny_maskrcnn(d / "maskrcnn-tiny.pt", SHAPE_CLASSES, seed=0),
     }
 
 

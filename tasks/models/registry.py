@@ -10,6 +10,7 @@ Roles:
 * ``segmenter`` -- images + a detector's Detections -> the same rows with masks (RLE).
 * ``qc``        -- a segmenter's Detections -> the same rows with a verdict and fired rules
   (and, given a panoptic stage's segments, their agreement with them).
+* ``instances`` -- images -> boxes, classes, scores and masks in one model (direct instance labelers).
 * ``panoptic``  -- images -> non-overlapping segments (things and stuff) per image.
 * ``merge``     -- a panoptic stage's segments (+ optionally instance masks) -> one panoptic map per image.
 """
@@ -32,7 +33,7 @@ class AdapterSpec:
     role: str  # detector | segmenter
     package: str  # import name of the library it wraps
     install: str  # pip requirement that provides it
-    needs_roles: tuple[str, ...] = ()  # exactly one input stage of each of these roles
+    needs_roles: tuple[str, ...] = ()  # exactly one input stage of each of these roles ("a|b": either)
     optional_roles: tuple[tuple[str, ...], ...] = ()  # at most one input stage from each group
     produces_masks: bool = False
 
@@ -43,11 +44,14 @@ ADAPTERS: dict[str, AdapterSpec] = {
         "tasks.models.sam:SamBoxSegmenter", "segmenter", "segment_anything", "segment-anything",
         needs_roles=("detector",), produces_masks=True,
     ),
-    "qc": AdapterSpec("tasks.qc:QcChecker", "qc", "scipy", "scipy", needs_roles=("segmenter",), optional_roles=(("panoptic",),), produces_masks=True),
+    "qc": AdapterSpec("tasks.qc:QcChecker", "qc", "scipy", "scipy", needs_roles=("segmenter|instances",), optional_roles=(("panoptic",),), produces_masks=True),
+    "sam_auto": AdapterSpec("tasks.models.sam:SamAutoLabeler", "instances", "segment_anything", "segment-anything", produces_masks=True),
+    "yolo_seg": AdapterSpec("tasks.models.instances:YoloSegLabeler", "instances", "ultralytics", "ultralytics", produces_masks=True),
+    "maskrcnn": AdapterSpec("tasks.models.instances:MaskRcnnLabeler", "instances", "torchvision", "torchvision", produces_masks=True),
     "mask2former": AdapterSpec("tasks.models.mask2former:Mask2FormerPanoptic", "panoptic", "transformers", "transformers scipy", produces_masks=True),
     "panoptic_merge": AdapterSpec(
         "tasks.panoptic:PanopticMerger", "merge", "numpy", "numpy",
-        needs_roles=("panoptic",), optional_roles=(("segmenter", "qc"),), produces_masks=True,
+        needs_roles=("panoptic",), optional_roles=(("segmenter", "qc", "instances"),), produces_masks=True,
     ),
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["make_tiny_yolo", "make_tiny_sam", "make_tiny_mask2former"]
+__all__ = ["make_tiny_yolo", "make_tiny_sam", "make_tiny_mask2former", "make_tiny_maskrcnn"]
 
 
 def make_tiny_yolo(path: str | Path, class_names: Sequence[str], seed: int = 0, cfg: str = "yolo11n-seg.yaml") -> Path:
@@ -59,4 +59,19 @@ def make_tiny_mask2former(path: str | Path, labels: Sequence[str], seed: int = 0
     if pretrained_dir is not None:
         model.save_pretrained(pretrained_dir)
         processor.save_pretrained(pretrained_dir)
+    return path
+
+
+def make_tiny_maskrcnn(path: str | Path, class_names: Sequence[str], seed: int = 0) -> Path:
+    """A random small torchvision Mask R-CNN (ResNet-18 FPN, 128-256 px inputs), saved as a segflow checkpoint."""
+    import torch
+
+    from tasks.models.instances import build_maskrcnn, save_maskrcnn_checkpoint
+
+    torch.manual_seed(seed)
+    names = {0: "__background__", **{i + 1: n for i, n in enumerate(class_names)}}
+    model = build_maskrcnn("resnet18_fpn", len(names), min_size=128, max_size=256)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_maskrcnn_checkpoint(model, "resnet18_fpn", names, path)
     return path

@@ -123,7 +123,7 @@ PANOPTIC_BAD = [
     (("stages", "panoptic", "unmapped"), "lava", "stages.panoptic.unmapped: 'lava' is not a class of the ontology (or use 'drop')"),
     (("stages", "panoptic", "label_map"), {"sky": "lava"}, "stages.panoptic.label_map.sky: 'lava' is not a class of the ontology"),
     (("stages", "merge", "needs"), ["masks"], "stages.merge.needs: a 'panoptic_merge' stage needs exactly one panoptic stage (mask2former); found 0"),
-    (("stages", "merge", "needs"), ["panoptic"], "stages.merge.needs: things: instances needs an instance stage (sam or qc) in needs"),
+    (("stages", "merge", "needs"), ["panoptic"], "stages.merge.needs: things: instances needs an instance stage (sam, qc, sam_auto, yolo_seg or maskrcnn) in needs"),
     (("stages", "merge", "needs"), ["detector", "panoptic"], "stages.merge.needs: a 'panoptic_merge' stage takes only"),
     (("stages", "merge", "things"), "everything", "stages.merge.things: Input should be 'instances' or 'panoptic'"),
     (("stages", "panoptic", "weights"), "hub:nobody/nothing", "stages.panoptic.weights: hub:nobody/nothing: not in the local Hugging Face cache"),
@@ -146,3 +146,13 @@ def test_panoptic_job_roles(write_job, image_dir, tmp_path, tiny_models):
     two = write_job(image_dir, tmp_path / "out", name="two.yaml", mutate=lambda j: (_with_panoptic(tiny_models)(j), j["stages"].update(merge2=dict(j["stages"]["merge"]))))
     with pytest.raises(ConfigError, match="one panoptic output per job"):
         load_config(two)
+
+
+def test_sam_auto_category_must_be_in_the_ontology(write_job, image_dir, tmp_path, tiny_models):
+    def mutate(j):
+        j["stages"] = {"auto": {"kind": "sam_auto", "weights": str(tiny_models["sam"]), "category": "thing"}}
+
+    with pytest.raises(ConfigError, match=r"stages.auto.category: 'thing' is not a class of the ontology"):
+        load_config(write_job(image_dir, tmp_path / "out", mutate=mutate))
+    ok = write_job(image_dir, tmp_path / "out", name="ok.yaml", mutate=lambda j: (mutate(j), j["ontology"].append({"id": 99, "name": "thing"})))
+    assert load_config(ok).instance_sinks() == ["auto"]

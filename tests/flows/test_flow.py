@@ -168,3 +168,26 @@ def test_shard_with_too_many_failed_images_does_not_commit(prefect_harness, writ
     assert cli.main(["run", str(job), "--no-progress"]) == 1
     assert "3 of 4 images failed (75% > runtime.max_failed_fraction 50%)" in capsys.readouterr().err
     assert not list(out.glob("shards/*/_COMMIT.json"))
+
+
+@pytest.mark.parametrize("kind", ["yolo_seg", "maskrcnn"])
+def test_direct_instance_labelers_give_the_same_outputs(kind, prefect_harness, write_job, image_dir, tmp_path, tiny_models):
+    """A one-stage job with a direct instance labeler (+ qc): same manifests and COCO as detector -> SAM."""
+    out = tmp_path / "out"
+
+    def mutate(j):
+        weights = tiny_models["yolo"] if kind == "yolo_seg" else tiny_models["maskrcnn"]
+        extra = {"imgsz": 160} if kind == "yolo_seg" else {}
+        j["stages"] = {
+            "labeler": {"kind": kind, "weights": str(weights), "conf": 0.0, "max_det": 4, "device": "cpu", **extra},
+            "qc": {"kind": "qc", "needs": ["labeler"], "predicted_iou": {"min": 0.0, "action": "off"}, "stability": {"min": 0.0, "action": "off"}},
+        }
+
+    assert cli.main(["run", str(write_job(image_dir, out, mutate=mutate)), "--no-progress"]) == 0
+    masks = read(out, "masks")
+    assert masks.num_rows > 0
+    rows = masks.to_pylist()
+    assert {r["stage"] for r in rows} == {"labeler"} and all(r["model"].startswith(f"{kind}:") and r["prompt_model"] is None for r in rows)
+    assert all(r["qc_verdict"] in ("pass", "flag", "reject") for r in rows)
+    coco = COCO(str(out / "coco" / "instances.json"))
+    assert len(coco.anns) == sum(r["qc_verdict"] == "pass" for r in rows)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flows.config import Mask2FormerStage, PanopticMergeStage, QcStage, SamStage, YoloStage
+from flows.config import Mask2FormerStage, MaskRcnnStage, PanopticMergeStage, QcStage, SamAutoStage, SamStage, YoloSegStage, YoloStage
 from tasks import rle
 from tasks.models.cache import get_model
 from tasks.models.registry import ADAPTERS, MissingDependencyError, adapter_class
@@ -19,6 +19,13 @@ def stage_for(kind, tiny_models):
         return SamStage(kind="sam", weights=str(tiny_models["sam"]), device="cpu", needs=["detector"], batch_size=2, boxes_per_call=4)
     if kind == "qc":
         return QcStage(kind="qc", needs=["masks"])
+    if kind == "sam_auto":  # random weights: no score filters, a coarse grid
+        return SamAutoStage(kind="sam_auto", weights=str(tiny_models["sam"]), device="cpu", category="circle", points_per_side=4,
+                            pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.7)
+    if kind == "yolo_seg":  # the tiny YOLO is a segmentation model
+        return YoloSegStage(kind="yolo_seg", weights=str(tiny_models["yolo"]), device="cpu", conf=0.0, imgsz=160, max_det=6, batch_size=2)
+    if kind == "maskrcnn":
+        return MaskRcnnStage(kind="maskrcnn", weights=str(tiny_models["maskrcnn"]), device="cpu", conf=0.0, max_det=5, batch_size=2)
     if kind == "mask2former":  # random weights: every query kept, so the test sees segments
         return Mask2FormerStage(kind="mask2former", weights=str(tiny_models["mask2former"]), device="cpu", threshold=0.0, overlap_threshold=0.0, batch_size=2)
     if kind == "panoptic_merge":
@@ -65,6 +72,8 @@ def run(adapter, role, imgs):
         return adapter.check(imgs, [with_box_masks(d) for d in prompts_for(imgs)])
     if role == "panoptic":
         return adapter.panoptic(imgs)
+    if role == "instances":
+        return adapter.label(imgs)
     if role == "merge":
         return adapter.merge(imgs, [with_box_masks(d) for d in prompts_for(imgs)], stuff_segments(imgs), "masks", "panoptic")
     return adapter.segment(imgs, prompts_for(imgs))
