@@ -1,0 +1,293 @@
+"""``python -m bench``: the throughput suite. Prints a table and writes ``bench/results/latest.json``.
+
+Every comparison runs in this one process on the same weights and images,
+after a warm-up, and is reported as a ratio (segflow / baseline, higher is
+better for speed). Nothing is asserted: targets are read off the table
+(README "Throughput"). ``--quick`` runs a smaller version (CI smoke).
+
+Measurements:
+
+* ``box_to_mask_vs_loop`` -- the SAM stage (all boxes of an image in one
+  batched decoder call, masks thresholded and RLE-encoded) against a per-box
+  ``SamPredictor.predict`` loop that also RLE-encodes each mask; 16 boxes per
+  image, non-square images. SAM: a 5M-parameter model (small ViT encoder,
+  the official decoder, 1024-px input).
+* ``box_to_mask_vs_batched`` -- the same stage against bare batched
+  ``SamPredictor.predict_torch`` (dense masks, no encoding).
+* ``e2e_vs_model_only`` -- a whole shard (read, decode, detector, SAM,
+  manifest, commit) against the same two models on images already decoded in
+  memory (the shipped demo models, demo scenes).
+* ``vs_auto_annotate`` -- segflow against ultralytics ``auto_annotate`` with the
+  same detector (the demo YOLO, saved in ultralytics' format) and the same SAM
+  weights (a ViT-B-architecture state dict both load), images/s and masks per image.
+* ``rle_gpx_per_s`` -- mask tensor -> COCO RLE strings, layout handling included.
+* ``rss_slope_mb_per_1k_images`` -- worker RSS over many small shards (tiny models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+#: 5M parameters: a small ViT encoder in front of the official SAM decoder (256-dim, 1024-px input).
+BENCH_SAM_ARCH = dict(
+    img_size=1024, patch_size=16, encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=4,
+    encoder_global_attn_indexes=[1, 3], window_size=14,
+)
+
+
+def _timed(fn, repeat: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _boxes(rng, h, w, n):
+    x0, y0 = rng.uniform(0, w * 0.75, n), rng.uniform(0, h * 0.75, n)
+    bw, bh = rng.uniform(0.05, 0.25, n) * w, rng.uniform(0.05, 0.25, n) * h
+    return np.stack([x0, y0, np.minimum(x0 + bw, w), np.minimum(y0 + bh, h)], 1).astype(np.float32)
+
+
+def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
+    from pycocotools import mask as mask_utils
+    from segment_anything import SamPredictor
+
+    from flows.config import SamStage
+    from tasks.models.sam import SamBoxSegmenter, build_sam, save_sam_checkpoint
+    from tasks.record import Detections
+
+    torch.manual_seed(0)
+    save_sam_checkpoint(build_sam(BENCH_SAM_ARCH), BENCH_SAM_ARCH, work / "bench-sam.pt")
+    seg = SamBoxSegmenter(SamStage(kind="sam", weights=str(work / "bench-sam.pt"), device="cpu", batch_size=1), str(work / "bench-sam.pt"))
+    rng = np.random.default_rng(0)
+    sizes = [(480, 640), (640, 480), (400, 720), (720, 540)]
+    images = [rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8) for i in range(n_images)]
+    prompts = [Detections(im.shape[:2], _boxes(rng, *im.shape[:2], n_boxes), np.ones(n_boxes), np.ones(n_boxes)) for im in images]
+    predictor = SamPredictor(seg.model)
+    seg.segment(images[:1], prompts[:1])  # warm-up
+
+    def ours():
+        seg.segment(images, prompts)
+
+    def loop():
+        for im, p in zip(images, prompts):
+            predictor.set_image(im)
+            for box in p.boxes:
+                m, _, _ = predictor.predict(box=box, multimask_output=False)
+                mask_utils.encode(np.asfortranarray(m[0].astype(np.uint8)))
+
+    def batched():
+        with torch.inference_mode():
+            for im, p in zip(images, prompts):
+                predictor.set_image(im)
+                boxes = predictor.transform.apply_boxes_torch(torch.as_tensor(p.boxes), im.shape[:2])
+                predictor.predict_torch(point_coords=None, point_labels=None, boxes=boxes, multimask_output=False)
+
+    t_ours, t_loop, t_batched = _timed(ours, 2), _timed(loop, 2), _timed(batched, 2)
+    params = sum(p.numel() for p in seg.model.parameters()) / 1e6
+    return {
+        "box_to_mask_vs_loop": round(t_loop / t_ours, 3),
+        "box_to_mask_vs_batched": round(t_batched / t_ours, 3),
+        "box_to_mask_detail": {"images": n_images, "boxes_per_image": n_boxes, "sam_params_m": round(params, 1),
+                               "segflow_s": round(t_ours, 3), "loop_s": round(t_loop, 3), "batched_s": round(t_batched, 3)},
+    }
+
+
+def _demo_job(images: Path, out: Path, shard_size: int, **det):
+    from flows.config import load_config
+
+    job = load_config(ROOT / "configs" / "demo.yaml", overrides={"source": str(images), "output": str(out)})
+    stages = {k: v for k, v in job.stages.items() if k in ("detector", "masks")}
+    if det:
+        stages["detector"] = stages["detector"].model_copy(update=det)
+    return job.model_copy(update={"stages": stages, "shard_size": shard_size, "gold_set": None, "gold_panoptic": None,
+                                  "ontology": [c for c in job.ontology if c.isthing]})
+
+
+def bench_e2e(work: Path, n_images: int) -> dict:
+    from tasks.images import decode_image
+    from tasks.models.cache import get_model
+    from tasks.plan import make_plan
+    from tasks.shard import run_shard
+    from tasks.synthetic import write_scene_set
+
+    write_scene_set(work / "e2e", n_images, seed=123, exif_fraction=0.25)
+    job = _demo_job(work / "e2e", work / "e2e-out", shard_size=n_images)
+    det = get_model(job.stages["detector"], job.category_names()).adapter
+    sam = get_model(job.stages["masks"], job.category_names()).adapter
+    files = sorted((work / "e2e").iterdir())
+    decoded = [decode_image(f.read_bytes()).pixels for f in files]
+    sam.segment(decoded[:2], det.detect(decoded[:2]))  # warm-up
+    plan = make_plan(job)
+    t_e2e = _timed(lambda: run_shard(job, plan.shard_ids[0]))
+
+    def model_only():
+        for s in range(0, len(decoded), job.chunk_size()):
+            chunk = decoded[s : s + job.chunk_size()]
+            sam.segment(chunk, det.detect(chunk))
+
+    t_model = _timed(model_only)
+    return {"e2e_vs_model_only": round(t_model / t_e2e, 3), "e2e_detail": {"images": n_images, "segflow_s": round(t_e2e, 3), "model_only_s": round(t_model, 3)}}
+
+
+def bench_auto_annotate(work: Path, n_images: int) -> dict:
+    from ultralytics.data.annotator import auto_annotate
+
+    from segment_anything import sam_model_registry
+
+    from tasks.models.yolo import load_yolo
+    from tasks.plan import make_plan
+    from tasks.shard import run_shard
+    from tasks.synthetic import write_scene_set
+    import pyarrow.dataset as ds
+
+    write_scene_set(work / "aa", n_images, seed=321, exif_fraction=0.0, size_range=(400, 700))
+    # the same detector for both: the demo YOLO, also written in ultralytics' own (pickled) format
+    det_job = _demo_job(work / "aa", work / "aa-out", shard_size=n_images)
+    yolo = load_yolo(det_job.stages["detector"].weights)
+    yolo.save(str(work / "det-ultra.pt"))
+    # the same SAM weights for both: a ViT-B-architecture state dict (random weights), file name as ultralytics expects
+    # (random weights, with the IoU head's last bias raised so every mask scores ~1: ultralytics drops masks whose
+    # predicted IoU is below its conf of 0.25, which would leave it nothing to do with an untrained model)
+    torch.manual_seed(0)
+    sd = sam_model_registry["vit_b"](checkpoint=None).state_dict()
+    sd["mask_decoder.iou_prediction_head.layers.2.bias"] += 3.0
+    torch.save(sd, work / "sam_b.pt")
+    settings = dict(conf=0.25, iou=0.45, imgsz=640, max_det=300)  # auto_annotate's defaults
+    job = _demo_job(work / "aa", work / "aa-out", shard_size=n_images, **settings)
+    masks_stage = job.stages["masks"].model_copy(update={"weights": str(work / "sam_b.pt"), "sha256": None, "model_type": "vit_b", "min_island_frac": 0.0})
+    job = job.model_copy(update={"stages": {"detector": job.stages["detector"], "masks": masks_stage}})
+    plan = make_plan(job)
+
+    t_ours = _timed(lambda: run_shard(job, plan.shard_ids[0]))
+    t_aa = _timed(lambda: auto_annotate(str(work / "aa"), det_model=str(work / "det-ultra.pt"), sam_model=str(work / "sam_b.pt"),
+                                        device="cpu", output_dir=str(work / "aa-labels"), **settings))
+    ours = ds.dataset(str(work / "aa-out" / "shards"), format="parquet")
+    ours_per_image = {}
+    for f in (work / "aa-out" / "shards").rglob("masks.parquet"):
+        for r in ds.dataset(str(f)).to_table().to_pylist():
+            ours_per_image[Path(r["image_uri"]).stem] = ours_per_image.get(Path(r["image_uri"]).stem, 0) + 1
+    del ours
+    theirs = {p.stem: sum(1 for line in p.read_text().splitlines() if line.strip()) for p in (work / "aa-labels").glob("*.txt")}
+    stems = sorted({Path(f).stem for f in os.listdir(work / "aa")})
+    same = sum(ours_per_image.get(s, 0) == theirs.get(s, 0) for s in stems)
+    return {"vs_auto_annotate": round(t_aa / t_ours, 3), "auto_annotate_detail": {
+        "images": n_images, "segflow_s": round(t_ours, 3), "auto_annotate_s": round(t_aa, 3),
+        "images_with_equal_mask_counts": f"{same}/{len(stems)}",
+        "masks_per_image": {s: [ours_per_image.get(s, 0), theirs.get(s, 0)] for s in stems},
+        "masks_segflow": sum(ours_per_image.values()), "masks_auto_annotate": sum(theirs.values())}}
+
+
+def bench_rle(n: int, h: int, w: int) -> dict:
+    from tasks import rle
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((n, w, h), bool)  # N x W x H, as the SAM stage produces them
+    for m in masks:
+        x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
+        m[x0 : x0 + rng.integers(20, w // 2), y0 : y0 + rng.integers(20, h // 2)] = True
+    t = _timed(lambda: rle.encode_nwh(masks), 3)
+    return {"rle_gpx_per_s": round(n * h * w / t / 1e9, 3), "rle_detail": {"masks": n, "size": [h, w], "seconds": round(t, 4)}}
+
+
+def bench_memory(work: Path, n_images: int, shard_size: int) -> dict:
+    from flows.config import JobConfig
+    from tasks.models.tiny import make_tiny_sam, make_tiny_yolo
+    from tasks.plan import make_plan
+    from tasks.shard import run_shard
+    from tasks.synthetic import SHAPE_CLASSES, write_scene_set
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    src = work / "mem"
+    base = write_scene_set(src / "base", 20, seed=5, size_range=(120, 200), exif_fraction=0.0)
+    for i in range(n_images):  # many files, few distinct renders: the cost is in the pipeline, not in rendering
+        name = base[i % len(base)][0]
+        os.link(src / "base" / name, src / f"{i:06d}{Path(name).suffix}")
+    (src / "base").rename(work / "mem-base")
+    job = JobConfig.model_validate({
+        "source": {"url": str(src)}, "output": str(work / "mem-out"), "shard_size": shard_size,
+        "ontology": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
+        "stages": {
+            "detector": {"kind": "yolo", "weights": str(make_tiny_yolo(work / "ty.pt", SHAPE_CLASSES)), "conf": 0.0, "max_det": 4, "imgsz": 160, "device": "cpu"},
+            "masks": {"kind": "sam", "needs": ["detector"], "weights": str(make_tiny_sam(work / "ts.pt")), "device": "cpu"},
+        },
+    })
+    plan = make_plan(job)
+    xs, ys, done = [], [], 0
+    for sid in plan.shard_ids:
+        r = run_shard(job, sid)
+        done += r.images
+        xs.append(done)
+        ys.append(rss_mb())
+    half = len(xs) // 2
+    slope = float(np.polyfit(xs[half:], ys[half:], 1)[0]) * 1000 if len(xs) - half >= 2 else float("nan")
+    return {"rss_slope_mb_per_1k_images": round(slope, 2), "rss_detail": {"images": done, "rss_mb_first_shard": round(ys[0], 1), "rss_mb_last_shard": round(ys[-1], 1)}}
+
+
+TARGETS = {
+    "box_to_mask_vs_loop": ">= 4x", "box_to_mask_vs_batched": ">= 0.95x", "e2e_vs_model_only": ">= 0.9x",
+    "vs_auto_annotate": ">= 1.5x", "rle_gpx_per_s": ">= 1 Gpx/s", "rss_slope_mb_per_1k_images": "~0",
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench", description="segflow throughput suite (CPU or GPU)")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, numbers are noisy)")
+    ap.add_argument("--only", nargs="*", help="run only these measurements (names as in the table, prefix match)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    args = ap.parse_args()
+    q = args.quick
+    work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
+    steps = [
+        ("box_to_mask", lambda: bench_box_to_mask(work, 2 if q else 6, 16)),
+        ("e2e", lambda: bench_e2e(work, 8 if q else 40)),
+        ("vs_auto_annotate", lambda: bench_auto_annotate(work, 2 if q else 6)),
+        ("rle", lambda: bench_rle(16 if q else 64, 720, 1280)),
+        ("rss", lambda: bench_memory(work, 200 if q else 2000, 50 if q else 100)),
+    ]
+    results: dict = {"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
+                     "torch": torch.__version__, "quick": q, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    t0 = time.time()
+    for name, fn in steps:
+        if args.only and not any(name.startswith(o) or o.startswith(name) for o in args.only):
+            continue
+        t = time.time()
+        try:
+            results.update(fn())
+        except Exception as e:  # noqa: BLE001 - one failed measurement must not hide the others
+            results[f"{name}_error"] = f"{type(e).__name__}: {e}"
+        print(f"  {name}: {time.time() - t:.0f}s", file=sys.stderr, flush=True)
+    results["seconds"] = round(time.time() - t0, 1)
+    print(f"\nsegflow bench ({results['device']}, {results['threads']} threads, {results['seconds']:.0f}s)")
+    print(f"{'measure':<30}{'value':>10}  target")
+    for k, target in TARGETS.items():
+        v = results.get(k)
+        print(f"{k:<30}{('-' if v is None else v):>10}  {target}")
+    for k in sorted(k for k in results if k.endswith(("_detail", "_error"))):
+        print(f"  {k}: {results[k]}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
