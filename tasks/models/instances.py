@@ -164,7 +164,7 @@ class MaskRcnnLabeler:
         with self._lock, torch.inference_mode():
             for start in range(0, len(images), bs):
                 batch = images[start : start + bs]
-                tensors = [torch.as_tensor(np.ascontiguousarray(im), device=self.device).permute(2, 0, 1).float() / 255.0 for im in batch]
+                tensors = [torch.from_numpy(np.array(im, copy=True)).to(self.device).permute(2, 0, 1).float() / 255.0 for im in batch]
                 for im, r in zip(batch, self.model(tensors)):  # torchvision resizes inside and pastes masks back at the input size
                     h, w = im.shape[:2]
                     labels = r["labels"].cpu().numpy().astype(np.int64)
