@@ -63,7 +63,7 @@ def prepare(job, config_file: str):
         if not hasattr(st, "weights") or (st.kind == "yolo" and is_builtin_yaml(st.weights)):
             continue
         try:
-            if st.kind == "mask2former" and (st.weights.startswith(HUB_PREFIX) or os.path.isdir(st.weights)):
+            if st.kind in ("mask2former", "owlv2", "owlvit", "grounding_dino") and (st.weights.startswith(HUB_PREFIX) or os.path.isdir(st.weights)):
                 resolve_model_dir(st.weights, st.sha256)
             else:
                 resolve_weights(st.weights, st.sha256)

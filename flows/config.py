@@ -77,6 +77,10 @@ class OntologyClass(_Strict):
     id: int = Field(..., ge=1, description="Stable category id (COCO category_id), >= 1.")
     name: str = Field(..., min_length=1, description="Class name.")
     isthing: bool = Field(True, description="Countable object (thing) or amorphous region (stuff).")
+    prompts: list[str] = Field(default_factory=list, description="Text prompts for open-vocabulary detectors (synonyms of this class); default: the name.")
+
+    def text_prompts(self) -> list[str]:
+        return list(self.prompts) or [self.name]
 
 
 class _StageBase(_Strict):
@@ -113,6 +117,20 @@ class YoloStage(_ModelStage):
     imgsz: int = Field(640, ge=32, description="Inference size (long side, multiple of 32).")
     max_det: int = Field(300, ge=1, description="Maximum detections per image.")
     class_map: dict[str, str] = Field(default_factory=dict, description="Model class name -> ontology name. Unlisted classes map by equal name; classes not in the ontology are dropped.")
+
+
+class OwlStage(_ModelStage):
+    """Open-vocabulary detector: OWLv2, OWL-ViT or Grounding DINO (transformers), queried with the ontology's text prompts."""
+
+    kind: Literal["owlv2", "owlvit", "grounding_dino"]
+    weights: str = Field(..., description="A save_pretrained directory (model + processor), or hub:<org>/<name> from the local Hugging Face cache.")
+    sha256: str | None = Field(None, description="Expected sha256 of the directory's model.safetensors.")
+    batch_size: int = Field(4, ge=1, description="Images per forward pass.")
+    conf: float = Field(0.1, ge=0.0, le=1.0, description="Score threshold (sigmoid of the best prompt's logit).")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Per ontology class score thresholds (override conf).")
+    nms_iou: float = Field(0.5, ge=0.0, le=1.0, description="NMS IoU threshold.")
+    agnostic_nms: bool = Field(True, description="NMS across classes (one box per object even when two prompts fire).")
+    max_det: int = Field(100, ge=1, description="Maximum detections per image.")
 
 
 class YoloSegStage(_ModelStage):
@@ -257,7 +275,7 @@ class QcStage(_StageBase):
     review_samples: int = Field(24, ge=0, description="Masks per verdict drawn on the contact sheets.")
 
 
-Stage = Annotated[Union[YoloStage, YoloSegStage, MaskRcnnStage, SamStage, SamAutoStage, QcStage, Mask2FormerStage, PanopticMergeStage], Field(discriminator="kind")]
+Stage = Annotated[Union[YoloStage, OwlStage, YoloSegStage, MaskRcnnStage, SamStage, SamAutoStage, QcStage, Mask2FormerStage, PanopticMergeStage], Field(discriminator="kind")]
 
 
 class RuntimeConfig(_Strict):
@@ -394,6 +412,10 @@ def _pydantic_issues(err: ValidationError) -> list[tuple[str, str]]:
     return issues
 
 
+#: Stage kinds whose weights may be a save_pretrained directory or hub:<id>.
+DIR_WEIGHT_KINDS = ("mask2former", "owlv2", "owlvit", "grounding_dino")
+
+
 def _is_url(s: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s))
 
@@ -495,7 +517,19 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
         issues.append((f"stages.{merges[1]}", f"one panoptic output per job: found {len(merges)} panoptic_merge stages ({', '.join(merges)})"))
     elif not merges and len(panoptics) > 1:
         issues.append((f"stages.{panoptics[1]}", f"several panoptic stages ({', '.join(panoptics)}): add one panoptic_merge stage that says which makes the panoptic output"))
+    prompt_owner: dict[str, str] = {}
+    for i, c in enumerate(job.ontology):
+        for p in c.text_prompts():
+            key = p.strip().lower()
+            if not key:
+                issues.append((f"ontology[{i}].prompts", "empty prompt"))
+            elif key in prompt_owner and prompt_owner[key] != c.name:
+                issues.append((f"ontology[{i}].prompts", f"prompt {p!r} is also a prompt of {prompt_owner[key]!r}: a prompt names one class"))
+            prompt_owner.setdefault(key, c.name)
     for name, st in job.stages.items():
+        for cls_name in getattr(st, "thresholds", {}) or {}:
+            if cls_name not in seen_names:
+                issues.append((f"stages.{name}.thresholds.{cls_name}", f"{cls_name!r} is not a class of the ontology"))
         if st.kind == "sam_auto" and st.category not in seen_names:
             issues.append((f"stages.{name}.category", f"{st.category!r} is not a class of the ontology; add it, e.g. {{id: 99, name: {st.category}}}"))
         if st.kind == "mask2former":
@@ -523,7 +557,7 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
         for name, st in job.stages.items():
             if not hasattr(st, "weights"):
                 continue
-            problem = weights_location_issue(st.weights, builtin_yaml_ok=(st.kind == "yolo"), dir_ok=(st.kind == "mask2former"))
+            problem = weights_location_issue(st.weights, builtin_yaml_ok=(st.kind == "yolo"), dir_ok=(st.kind in DIR_WEIGHT_KINDS))
             if problem:
                 issues.append((f"stages.{name}.weights", problem))
         if job.source.url and not _is_url(job.source.url) and not os.path.exists(job.source.url):

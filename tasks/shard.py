@@ -188,7 +188,8 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
     ontology = job.category_names()
     isthing = {c.id: c.isthing for c in job.ontology}
     load_stats: dict[str, int] = {}
-    models = {name: get_model(job.stages[name], ontology, isthing, load_stats) for name in job.stage_order()}
+    prompts = {c.id: c.text_prompts() for c in job.ontology}
+    models = {name: get_model(job.stages[name], ontology, isthing, load_stats, prompts) for name in job.stage_order()}
     sinks = job.instance_sinks()
     # what each sink's rows came from: (mask stage name, mask model, prompt model)
     provenance = {name: _provenance(job, name, models) for name in sinks}

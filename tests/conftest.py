@@ -27,7 +27,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from tasks.models.tiny import make_tiny_mask2former, make_tiny_maskrcnn, make_tiny_sam, make_tiny_yolo
+    from tasks.models.tiny import make_tiny_mask2former, make_tiny_grounding_dino, make_tiny_maskrcnn, make_tiny_owl, make_tiny_sam, make_tiny_yolo
 
     d = tmp_path_factory.mktemp("models")
     return {
@@ -37,6 +37,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         "mask2former": make_tiny_mask2former(d / "m2f-tiny.pt", [*SHAPE_CLASSES, "sky"], seed=0, pretrained_dir=d / "m2f-tiny"),
         "mask2former_dir": d / "m2f-tiny",
         "maskrcnn": make_tiny_maskrcnn(d / "maskrcnn-tiny.pt", SHAPE_CLASSES, seed=0),
+        "owlv2": make_tiny_owl(d / "owlv2-tiny", "owlv2"),
+        "owlvit": make_tiny_owl(d / "owlvit-tiny", "owlvit"),
+        "grounding_dino": make_tiny_grounding_dino(d / "gdino-tiny", ["forklift", "fork", "lift", "truck", "pallet", *SHAPE_CLASSES]),
     }
 
 

@@ -39,12 +39,14 @@ def _identity(kind: str, weights: str, local: str | None) -> str:
     return f"{kind}:{os.path.basename(weights)}@sha256:{sha256_file(local)[:12]}"
 
 
-def get_model(stage: Any, ontology: dict[int, str], isthing: dict[int, bool] | None = None, stats: dict[str, int] | None = None) -> LoadedModel:
+def get_model(stage: Any, ontology: dict[int, str], isthing: dict[int, bool] | None = None, stats: dict[str, int] | None = None,
+              prompts: dict[int, list[str]] | None = None) -> LoadedModel:
     """The loaded adapter of a stage (``isthing``: ontology id -> thing/stuff, for panoptic stages).
 
     ``stats["loads"]`` (when given) counts the models this call actually loaded (0 on a cache hit).
     """
-    key = (stage.kind, stage.model_dump_json(exclude={"needs"}), tuple(sorted(ontology.items())), tuple(sorted((isthing or {}).items())))
+    key = (stage.kind, stage.model_dump_json(exclude={"needs"}), tuple(sorted(ontology.items())), tuple(sorted((isthing or {}).items())),
+           tuple(sorted((k, tuple(v)) for k, v in (prompts or {}).items())))
     with _lock:
         entry = _entries.setdefault(key, _Entry())
     with entry.lock:
@@ -61,14 +63,19 @@ def get_model(stage: Any, ontology: dict[int, str], isthing: dict[int, bool] | N
             ident = None
             if stage.kind == "yolo" and is_builtin_yaml(stage.weights):
                 local, path = None, stage.weights
-            elif stage.kind == "mask2former" and (stage.weights.startswith(HUB_PREFIX) or os.path.isdir(stage.weights)):
+            elif stage.kind in ("mask2former", "owlv2", "owlvit", "grounding_dino") and (stage.weights.startswith(HUB_PREFIX) or os.path.isdir(stage.weights)):
                 path = resolve_model_dir(stage.weights, stage.sha256)
                 local = next((os.path.join(path, f) for f in ("model.safetensors", "pytorch_model.bin") if os.path.isfile(os.path.join(path, f))), None)
                 ident = f"{stage.kind}:{stage.weights.rstrip('/').rsplit('/', 1)[-1]}@sha256:{sha256_file(local)[:12]}" if local else None
             else:
                 local = path = resolve_weights(stage.weights, stage.sha256)
             cls = adapter_class(stage.kind)
-            adapter = cls(stage, path, ontology, isthing) if getattr(cls, "role", None) == "panoptic" else cls(stage, path, ontology)
+            if getattr(cls, "role", None) == "panoptic":
+                adapter = cls(stage, path, ontology, isthing)
+            elif stage.kind in ("owlv2", "owlvit", "grounding_dino"):
+                adapter = cls(stage, path, ontology, prompts)
+            else:
+                adapter = cls(stage, path, ontology)
             entry.model = LoadedModel(adapter, ident or _identity(stage.kind, stage.weights, local))
         return entry.model
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["make_tiny_yolo", "make_tiny_sam", "make_tiny_mask2former", "make_tiny_maskrcnn"]
+__all__ = ["make_tiny_yolo", "make_tiny_sam", "make_tiny_mask2former", "make_tiny_maskrcnn", "make_tiny_owl", "make_tiny_grounding_dino"]
 
 
 def make_tiny_yolo(path: str | Path, class_names: Sequence[str], seed: int = 0, cfg: str = "yolo11n-seg.yaml") -> Path:
@@ -75,3 +75,72 @@ def make_tiny_maskrcnn(path: str | Path, class_names: Sequence[str], seed: int =
     path.parent.mkdir(parents=True, exist_ok=True)
     save_maskrcnn_checkpoint(model, "resnet18_fpn", names, path)
     return path
+
+
+def _byte_vocab() -> dict[str, int]:
+    """A CLIP byte-level BPE vocabulary with no merges: every byte a token (tiny, offline)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    chars = [chr(c) for c in cs]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return vocab
+
+
+def make_tiny_owl(directory: str | Path, kind: str = "owlv2", seed: int = 0, image_size: int = 96) -> Path:
+    """A random tiny OWLv2 / OWL-ViT with its processor (byte-level CLIP tokenizer), saved with ``save_pretrained``."""
+    import torch
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vocab = _byte_vocab()
+    tok = CLIPTokenizer(vocab=vocab, merges=[])
+    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
+                bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
+    vision = dict(image_size=image_size, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    if kind == "owlv2":
+        from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+        model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
+        proc = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": image_size, "width": image_size}), tokenizer=tok)
+    else:
+        from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor, OwlViTProcessor
+
+        model = OwlViTForObjectDetection(OwlViTConfig(text_config=text, vision_config=vision, projection_dim=32))
+        ip = OwlViTImageProcessor(size={"height": image_size, "width": image_size}, do_center_crop=False)
+        proc = OwlViTProcessor(image_processor=ip, tokenizer=tok)
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    proc.save_pretrained(directory)
+    return directory
+
+
+def make_tiny_grounding_dino(directory: str | Path, words: Sequence[str], seed: int = 0) -> Path:
+    """A random tiny Grounding DINO (Swin and BERT from config objects, 2 decoder layers) with a word-level
+    BERT tokenizer over ``words``, saved with ``save_pretrained``."""
+    import torch
+    from transformers import BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig
+
+    torch.manual_seed(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + sorted({w.lower() for w in words})
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizer(str(directory / "vocab.txt"))
+    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, out_features=["stage2", "stage3", "stage4"])
+    text = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    cfg = GroundingDinoConfig(backbone_config=backbone, text_config=text, num_queries=20, encoder_layers=1, decoder_layers=2, d_model=32,
+                              encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2, num_feature_levels=3, max_text_len=32)
+    model = GroundingDinoForObjectDetection(cfg)
+    proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}), tokenizer=tok)
+    model.save_pretrained(directory)
+    proc.save_pretrained(directory)
+    return directory

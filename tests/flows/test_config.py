@@ -33,7 +33,7 @@ BAD = [
     (("ontology", 1, "id"), 1, "ontology[1].id: duplicate id 1"),
     (("stages", "masks", "weights"), "/nonexistent/sam.pt", "stages.masks.weights: file not found: /nonexistent/sam.pt"),
     (("stages", "detector", "needs"), ["masks"], "stages.detector.needs: cycle: detector -> masks -> detector"),
-    (("stages", "masks", "needs"), [], "stages.masks.needs: a 'sam' stage needs exactly one detector stage (yolo); found 0"),
+    (("stages", "masks", "needs"), [], "stages.masks.needs: a 'sam' stage needs exactly one detector stage (yolo, owlv2, owlvit, grounding_dino); found 0"),
     (("stages", "masks", "sha256"), "abc", "stages.masks.sha256: must be 64 hexadecimal characters"),
     (("shard_size",), 0, "shard_size: Input should be greater than or equal to 1"),
     (("source",), {"url": "x", "list": "y"}, "source: give exactly one of 'url'"),
@@ -156,3 +156,22 @@ def test_sam_auto_category_must_be_in_the_ontology(write_job, image_dir, tmp_pat
         load_config(write_job(image_dir, tmp_path / "out", mutate=mutate))
     ok = write_job(image_dir, tmp_path / "out", name="ok.yaml", mutate=lambda j: (mutate(j), j["ontology"].append({"id": 99, "name": "thing"})))
     assert load_config(ok).instance_sinks() == ["auto"]
+
+
+OWL_BAD = [
+    (lambda j: j["ontology"][0].update(prompts=["round thing", "Square"]), "ontology[1].prompts: prompt 'square' is also a prompt of 'circle'"),
+    (lambda j: j["ontology"][0].update(prompts=[" "]), "ontology[0].prompts: empty prompt"),
+    (lambda j: j["stages"]["detector"].update(kind="owlv2", thresholds={"cube": 0.3}), "stages.detector.thresholds.cube: 'cube' is not a class of the ontology"),
+]
+
+
+@pytest.mark.parametrize("mutate,expected", OWL_BAD, ids=[f"owl-{i}" for i in range(len(OWL_BAD))])
+def test_bad_text_prompt_ontology_rejected(mutate, expected, write_job, image_dir, tmp_path, tiny_models):
+    def m(j):
+        j["stages"]["detector"] = {"kind": "owlv2", "weights": str(tiny_models["owlv2"]), "device": "cpu"}
+        mutate(j)
+
+    job_file = write_job(image_dir, tmp_path / "out", mutate=m)
+    with pytest.raises(ConfigError) as err:
+        load_config(job_file)
+    assert f"{job_file}: {expected}" in str(err.value)

@@ -191,3 +191,16 @@ def test_direct_instance_labelers_give_the_same_outputs(kind, prefect_harness, w
     assert all(r["qc_verdict"] in ("pass", "flag", "reject") for r in rows)
     coco = COCO(str(out / "coco" / "instances.json"))
     assert len(coco.anns) == sum(r["qc_verdict"] == "pass" for r in rows)
+
+
+def test_open_vocabulary_detector_prompts_sam_in_a_flow(prefect_harness, write_job, image_dir, tmp_path, tiny_models):
+    """owlv2 (tiny, random) -> SAM: text prompts from the ontology, classes only from the ontology."""
+    out = tmp_path / "out"
+
+    def mutate(j):
+        j["ontology"] = [{"id": 7, "name": "forklift", "prompts": ["forklift", "fork lift truck"]}, {"id": 9, "name": "pallet"}]
+        j["stages"]["detector"] = {"kind": "owlv2", "weights": str(tiny_models["owlv2"]), "device": "cpu", "conf": 0.0, "max_det": 3}
+
+    assert cli.main(["run", str(write_job(image_dir, out, mutate=mutate)), "--no-progress"]) == 0
+    masks = read(out, "masks").to_pylist()
+    assert masks and {m["category_id"] for m in masks} <= {7, 9} and all(m["prompt_model"].startswith("owlv2:") for m in masks)

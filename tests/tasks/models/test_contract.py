@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from flows.config import Mask2FormerStage, MaskRcnnStage, PanopticMergeStage, QcStage, SamAutoStage, SamStage, YoloSegStage, YoloStage
+from flows.config import OwlStage, Mask2FormerStage, MaskRcnnStage, PanopticMergeStage, QcStage, SamAutoStage, SamStage, YoloSegStage, YoloStage
 from tasks import rle
 from tasks.models.cache import get_model
 from tasks.models.registry import ADAPTERS, MissingDependencyError, adapter_class
@@ -19,6 +19,8 @@ def stage_for(kind, tiny_models):
         return SamStage(kind="sam", weights=str(tiny_models["sam"]), device="cpu", needs=["detector"], batch_size=2, boxes_per_call=4)
     if kind == "qc":
         return QcStage(kind="qc", needs=["masks"])
+    if kind in ("owlv2", "owlvit", "grounding_dino"):  # random weights: scores near 0.5, so a low threshold keeps boxes
+        return OwlStage(kind=kind, weights=str(tiny_models[kind]), device="cpu", conf=0.0, max_det=5, batch_size=2)
     if kind == "sam_auto":  # random weights: no score filters, a coarse grid
         return SamAutoStage(kind="sam_auto", weights=str(tiny_models["sam"]), device="cpu", category="circle", points_per_side=4,
                             pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.7)
