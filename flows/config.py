@@ -133,15 +133,10 @@ class OwlStage(_ModelStage):
     max_det: int = Field(100, ge=1, description="Maximum detections per image.")
 
 
-class YoloSegStage(_ModelStage):
-    """Direct instance labeler: ultralytics YOLO segmentation checkpoint (boxes and masks in one model)."""
+class YoloSegStage(YoloStage):
+    """Direct instance labeler: ultralytics YOLO segmentation checkpoint (boxes and masks in one model); settings as ``yolo``."""
 
     kind: Literal["yolo_seg"]
-    conf: float = Field(0.25, ge=0.0, le=1.0, description="Confidence threshold.")
-    iou: float = Field(0.7, ge=0.0, le=1.0, description="NMS IoU threshold.")
-    imgsz: int = Field(640, ge=32, description="Inference size (long side, multiple of 32).")
-    max_det: int = Field(300, ge=1, description="Maximum detections per image.")
-    class_map: dict[str, str] = Field(default_factory=dict, description="Model class name -> ontology name (unlisted: same name; others dropped).")
 
 
 class MaskRcnnStage(_ModelStage):

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks.models.device import resolve_device
-from tasks.models.owl import boxes_to_pixels, prompt_table
+from tasks.models.owl import prompt_table, select_detections
 from tasks.record import Detections
 from tasks.weights import WeightsError
 
@@ -93,7 +93,6 @@ class GroundingDinoDetector:
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         import torch
-        from torchvision.ops import batched_nms, nms
 
         out: list[Detections] = []
         with self._lock, torch.inference_mode():
@@ -104,17 +103,7 @@ class GroundingDinoDetector:
                 probs = res.logits.float().sigmoid().cpu().numpy()  # B x Q x max_text_len
                 boxes = res.pred_boxes.float().cpu().numpy()
                 for j, im in enumerate(batch):
-                    h, w = im.shape[:2]
                     cls, score = query_classes(probs[j], self.spans, self.owners)
                     self.rejected += int((cls < 0).sum())
-                    thr = np.array([self.thresholds.get(int(c), self.stage.conf) for c in cls], np.float32)
-                    keep = (cls >= 0) & (score >= thr)
-                    xyxy = boxes_to_pixels(boxes[j][keep], (h, w), padded_square=False)
-                    score, cls = score[keep], cls[keep]
-                    if len(score):
-                        tb, ts = torch.as_tensor(xyxy), torch.as_tensor(score)
-                        idx = nms(tb, ts, self.stage.nms_iou) if self.stage.agnostic_nms else batched_nms(tb, ts, torch.as_tensor(cls), self.stage.nms_iou)
-                        idx = idx[: self.stage.max_det].numpy()
-                        xyxy, score, cls = xyxy[idx], score[idx], cls[idx]
-                    out.append(Detections((h, w), xyxy, cls, score))
+                    out.append(select_detections(im.shape[:2], boxes[j], cls, score, self.stage, self.thresholds, padded_square=False))
         return out

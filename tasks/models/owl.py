@@ -34,7 +34,7 @@ from tasks.models.device import resolve_device
 from tasks.record import Detections
 from tasks.weights import WeightsError
 
-__all__ = ["OwlDetector", "prompt_table", "boxes_to_pixels"]
+__all__ = ["OwlDetector", "prompt_table", "boxes_to_pixels", "select_detections"]
 
 
 def prompt_table(prompts: dict[int, list[str]]) -> tuple[list[str], np.ndarray]:
@@ -70,6 +70,24 @@ def boxes_to_pixels(cxcywh: np.ndarray, size_hw: tuple[int, int], padded_square:
     return out.astype(np.float32)
 
 
+def select_detections(size_hw: tuple[int, int], cxcywh: np.ndarray, cls: np.ndarray, score: np.ndarray, stage: Any,
+                      thresholds: dict[int, float], padded_square: bool) -> Detections:
+    """Steps 2-3 for one image: per-class thresholds (``cls`` -1 = rejected), pixel boxes, NMS, ``max_det``."""
+    import torch
+    from torchvision.ops import batched_nms, nms
+
+    thr = np.array([thresholds.get(int(c), stage.conf) for c in cls], np.float32)
+    keep = (cls >= 0) & (score >= thr)
+    xyxy = boxes_to_pixels(cxcywh[keep], size_hw, padded_square)
+    score, cls = score[keep].astype(np.float32), cls[keep]
+    if len(score):
+        tb, ts = torch.as_tensor(xyxy), torch.as_tensor(score)
+        idx = nms(tb, ts, stage.nms_iou) if stage.agnostic_nms else batched_nms(tb, ts, torch.as_tensor(cls), stage.nms_iou)
+        idx = idx[: stage.max_det].numpy()
+        xyxy, score, cls = xyxy[idx], score[idx], cls[idx]
+    return Detections(size_hw, xyxy, cls, score)
+
+
 class OwlDetector:
     """``owlv2`` / ``owlvit``: images + the ontology's text prompts -> boxes, class ids, scores."""
 
@@ -96,7 +114,6 @@ class OwlDetector:
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detections per image (H x W x 3 uint8 RGB): boxes N x 4 XYXY pixels, ontology ids, scores."""
         import torch
-        from torchvision.ops import batched_nms, nms
 
         out: list[Detections] = []
         bs = self.stage.batch_size
@@ -108,18 +125,7 @@ class OwlDetector:
                 probs = res.logits.float().sigmoid().cpu().numpy()  # B x Q x P
                 boxes = res.pred_boxes.float().cpu().numpy()  # B x Q x 4, cx cy w h, normalised
                 for j, im in enumerate(batch):
-                    h, w = im.shape[:2]
                     best = probs[j].argmax(1)
                     score = probs[j][np.arange(len(best)), best]
-                    cls = self.owners[best]
-                    thr = np.array([self.thresholds.get(int(c), self.stage.conf) for c in cls], np.float32)
-                    keep = score >= thr
-                    xyxy = boxes_to_pixels(boxes[j][keep], (h, w), self.padded_square)
-                    score, cls = score[keep].astype(np.float32), cls[keep]
-                    if len(score):
-                        tb, ts = torch.as_tensor(xyxy), torch.as_tensor(score)
-                        idx = nms(tb, ts, self.stage.nms_iou) if self.stage.agnostic_nms else batched_nms(tb, ts, torch.as_tensor(cls), self.stage.nms_iou)
-                        idx = idx[: self.stage.max_det].numpy()
-                        xyxy, score, cls = xyxy[idx], score[idx], cls[idx]
-                    out.append(Detections((h, w), xyxy, cls, score))
+                    out.append(select_detections(im.shape[:2], boxes[j], self.owners[best], score, self.stage, self.thresholds, self.padded_square))
         return out
