@@ -100,9 +100,16 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
 
     t_ours, t_loop, t_batched = _timed(ours, 2), _timed(loop, 2), _timed(batched, 2)
     params = sum(p.numel() for p in seg.model.parameters()) / 1e6
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:  # model FLOPs of one image with its 16 boxes (2 per multiply-add)
+        seg.segment(images[:1], prompts[:1])
+    gflops_per_image = fc.get_total_flops() / 1e9
     return {
         "box_to_mask_vs_loop": round(t_loop / t_ours, 3),
         "box_to_mask_vs_batched": round(t_batched / t_ours, 3),
+        "sam_gflops_per_image": round(gflops_per_image, 2),
+        "sam_images_per_s": round(n_images / t_ours, 3),
         "box_to_mask_detail": {"images": n_images, "boxes_per_image": n_boxes, "sam_params_m": round(params, 1),
                                "segflow_s": round(t_ours, 3), "loop_s": round(t_loop, 3), "batched_s": round(t_batched, 3)},
     }
@@ -242,6 +249,17 @@ def bench_memory(work: Path, n_images: int, shard_size: int) -> dict:
     return {"rss_slope_mb_per_1k_images": round(slope, 2), "rss_detail": {"images": done, "rss_mb_first_shard": round(ys[0], 1), "rss_mb_last_shard": round(ys[-1], 1)}}
 
 
+#: Dense bf16 peaks (TFLOP/s) of common GPUs, for the utilisation figure.
+GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+
+
+def _gpu_peak_tflops() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((v for k, v in GPU_PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
 TARGETS = {
     "box_to_mask_vs_loop": ">= 4x", "box_to_mask_vs_batched": ">= 0.95x", "e2e_vs_model_only": ">= 0.9x",
     "vs_auto_annotate": ">= 1.5x", "rle_gpx_per_s": ">= 1 Gpx/s", "rss_slope_mb_per_1k_images": "~0",
@@ -253,6 +271,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, numbers are noisy)")
     ap.add_argument("--only", nargs="*", help="run only these measurements (names as in the table, prefix match)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    ap.add_argument("--peak-tflops", type=float, help="the device's peak (dense, the dtype used) for the utilisation figure; known GPUs are looked up")
     args = ap.parse_args()
     q = args.quick
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
@@ -276,11 +295,18 @@ def main() -> None:
             results[f"{name}_error"] = f"{type(e).__name__}: {e}"
         print(f"  {name}: {time.time() - t:.0f}s", file=sys.stderr, flush=True)
     results["seconds"] = round(time.time() - t0, 1)
+    peak = args.peak_tflops or _gpu_peak_tflops()
+    if peak and "sam_gflops_per_image" in results:  # utilisation = images/s x GFLOPs per image / device peak
+        results["sam_utilisation"] = round(results["sam_images_per_s"] * results["sam_gflops_per_image"] / (peak * 1e3), 4)
+        results["peak_tflops"] = peak
     print(f"\nsegflow bench ({results['device']}, {results['threads']} threads, {results['seconds']:.0f}s)")
     print(f"{'measure':<30}{'value':>10}  target")
     for k, target in TARGETS.items():
         v = results.get(k)
         print(f"{k:<30}{('-' if v is None else v):>10}  {target}")
+    util = results.get("sam_utilisation")
+    print(f"{'sam_utilisation':<30}{('-' if util is None else util):>10}  images/s x GFLOPs/image / peak"
+          f"{'' if util is not None else ' (pass --peak-tflops on CPU)'}")
     for k in sorted(k for k in results if k.endswith(("_detail", "_error"))):
         print(f"  {k}: {results[k]}")
     out = Path(args.out)

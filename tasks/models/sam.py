@@ -35,7 +35,7 @@ from tasks.weights import WeightsError, load_checkpoint
 
 FORMAT = "segflow.sam/1"
 
-__all__ = ["SamBoxSegmenter", "SamAutoLabeler", "build_sam", "save_sam_checkpoint", "load_sam", "TINY_SAM_ARCH"]
+__all__ = ["SamBoxSegmenter", "SamAutoLabeler", "use_sdpa_attention", "build_sam", "save_sam_checkpoint", "load_sam", "TINY_SAM_ARCH"]
 
 #: Architecture of the official ViT-B/L/H SAM models (1024-px input).
 OFFICIAL_ARCHS = {
@@ -133,6 +133,41 @@ def load_sam(weights: str, model_type: str = "auto") -> Any:
     return sam.float().eval()
 
 
+def _sdpa_attention_forward(self: Any, x: Any) -> Any:
+    """``ImageEncoderViT`` attention through ``F.scaled_dot_product_attention``, the decomposed
+    relative positions passed as an additive mask (same result as the library's eager forward)."""
+    import torch
+    import torch.nn.functional as F
+    from segment_anything.modeling.image_encoder import get_rel_pos
+
+    b, h, w, _ = x.shape
+    qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(3, b * self.num_heads, h * w, -1).unbind(0)
+    bias = None
+    if self.use_rel_pos:
+        r_q = q.reshape(b * self.num_heads, h, w, -1)
+        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(h, h, self.rel_pos_h))
+        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(w, w, self.rel_pos_w))
+        bias = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(b * self.num_heads, h * w, h * w).to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # default scale = head_dim ** -0.5 = self.scale
+    out = out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+    return self.proj(out)
+
+
+def use_sdpa_attention(sam: Any) -> int:
+    """Switch every image-encoder attention block of ``sam`` to SDPA (fused kernels on GPUs). Returns the count."""
+    import types
+
+    from segment_anything.modeling.image_encoder import Attention
+
+    n = 0
+    for m in sam.image_encoder.modules():
+        if isinstance(m, Attention):
+            m.forward = types.MethodType(_sdpa_attention_forward, m)
+            n += 1
+    return n
+
+
 def remove_small_islands(masks: np.ndarray, min_frac: float) -> np.ndarray:
     """Drop connected pieces smaller than ``min_frac`` of each mask's largest piece.
 
@@ -165,6 +200,14 @@ class SamBoxSegmenter:
         self.stage = stage
         self.device = torch.device(resolve_device(stage.device))
         self.model = load_sam(weights_path, getattr(stage, "model_type", "auto")).to(self.device)
+        cuda = self.device.type == "cuda"
+        attention = getattr(stage, "attention", "auto")
+        if attention == "sdpa" or (attention == "auto" and cuda):
+            use_sdpa_attention(self.model)
+        dtype = getattr(stage, "dtype", "auto")
+        if dtype == "auto":  # bf16 where GPUs have it (fp16 breaks the large SAMs); float32 on CPU
+            dtype = "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
+        self.autocast_dtype = torch.bfloat16 if dtype == "bfloat16" else None
         self.img_size = int(self.model.image_encoder.img_size)
         self.transform = ResizeLongestSide(self.img_size)
         bs = getattr(stage, "batch_size", "auto")
@@ -260,9 +303,9 @@ class SamBoxSegmenter:
                 rows = torch.arange(len(best), device=best.device)
                 all_ious.append(iou)
                 low_res, iou = low_res[rows, best][:, None], iou[rows, best][:, None]
-            logits.append(self._upsample_nwh(low_res, input_size, original_size))
-            ious.append(iou[:, 0])
-        return torch.cat(logits), torch.cat(ious), (torch.cat(all_ious) if all_ious else None)
+            logits.append(self._upsample_nwh(low_res.float(), input_size, original_size))  # float32 from here on
+            ious.append(iou[:, 0].float())
+        return torch.cat(logits), torch.cat(ious), (torch.cat(all_ious).float() if all_ious else None)
 
     # -- the stage -----------------------------------------------------------------------
     def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Detections]) -> list[Detections]:
@@ -287,7 +330,7 @@ class SamBoxSegmenter:
         if not todo:
             return out
         threshold = float(self.model.mask_threshold)
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), self._autocast():
             for s in range(0, len(todo), self.batch_size):
                 idx = todo[s : s + self.batch_size]
                 embs, sizes = self.embed([images[i] for i in idx])
@@ -310,11 +353,20 @@ class SamBoxSegmenter:
                     out[i] = with_masks[area >= max(self.min_mask_area, 1)]
         return out
 
+    def _autocast(self) -> Any:
+        import contextlib
+
+        import torch
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
     def box_logits(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mask logits ``N x H x W`` and predicted IoU ``N`` for one image (inspection and tests)."""
         import torch
 
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.inference_mode(), self._autocast():
             emb, sizes = self.embed([image])
             logits, iou, _ = self.decode_boxes(emb, np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), sizes[0], image.shape[:2])
         return logits.transpose(-1, -2).cpu().numpy(), iou.cpu().numpy()
