@@ -50,23 +50,36 @@ def _log(msg: str, log: Callable[[str], None] | None) -> None:
 # -- detector -----------------------------------------------------------------------------------
 
 
-def _yolo_split(root: Path, split: str, n: int, seed: int, size_range: tuple[int, int]) -> None:
+def _polygon(mask: np.ndarray) -> np.ndarray:
+    """The largest outer contour of a mask, K x 2 (x, y) pixels (YOLO-seg labels are one polygon per object)."""
+    import cv2
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return max(contours, key=cv2.contourArea)[:, 0, :].astype(np.float64)
+
+
+def _yolo_split(root: Path, split: str, n: int, seed: int, size_range: tuple[int, int], segment: bool = False) -> None:
     scenes = write_scene_set(root / "images" / split, n, seed=seed, exif_fraction=0.0, size_range=size_range)
     (root / "labels" / split).mkdir(parents=True, exist_ok=True)
     for name, s in scenes:
         h, w = s.pixels.shape[:2]
-        lines = [
-            f"{THING_CLASSES.index(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
-            for c, b in zip(s.class_names, s.boxes)
-        ]
+        if segment:
+            lines = [f"{THING_CLASSES.index(c)} " + " ".join(f"{x / w:.6f} {y / h:.6f}" for x, y in _polygon(m)) for c, m in zip(s.class_names, s.masks)]
+        else:
+            lines = [
+                f"{THING_CLASSES.index(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
+                for c, b in zip(s.class_names, s.boxes)
+            ]
         (root / "labels" / split / (Path(name).stem + ".txt")).write_text("\n".join(lines) + "\n")
 
 
 def train_detector(
     out_path: str | Path, images: int = 400, epochs: int = 34, imgsz: int = 288, seed: int = 0,
-    size_range: tuple[int, int] = (200, 640), log: Callable[[str], None] | None = None,
+    size_range: tuple[int, int] = (200, 640), log: Callable[[str], None] | None = None, segment: bool = False,
 ) -> dict:
-    """Train a YOLO detector on synthetic scenes; save a segflow checkpoint. Returns validation metrics.
+    """Train a YOLO detector (``segment``: a YOLO-seg instance labeler) on synthetic scenes; save a segflow checkpoint.
+
+    Returns validation metrics.
 
     From scratch on CPU the short schedule matters most: no mosaic (it shrinks
     objects at this input size), mild scale jitter, small batches for more
@@ -80,12 +93,12 @@ def train_detector(
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="segflow-yolo-train-") as tmp:
         root = Path(tmp) / "data"
-        _yolo_split(root, "train", images, TRAIN_SEED + seed, size_range)
-        _yolo_split(root, "val", max(20, images // 10), VAL_SEED + seed, size_range)
+        _yolo_split(root, "train", images, TRAIN_SEED + seed, size_range, segment)
+        _yolo_split(root, "val", max(20, images // 10), VAL_SEED + seed, size_range, segment)
         data = root / "data.yaml"
         data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": dict(enumerate(THING_CLASSES))}))
         _log(f"detector: {images} training scenes written ({time.time() - t0:.0f}s); training {epochs} epochs at {imgsz}px", log)
-        model = YOLO("yolo11n.yaml")
+        model = YOLO("yolo11n-seg.yaml" if segment else "yolo11n.yaml")
         model.train(
             data=str(data), epochs=epochs, imgsz=imgsz, batch=8, device="cpu", plots=False,
             seed=seed, deterministic=True, amp=False, project=str(Path(tmp) / "runs"), name="det",
@@ -96,6 +109,8 @@ def train_detector(
         yolo_adapter.save_yolo_checkpoint(trained, out_path)  # before val(), which fuses Conv+BN in place
         metrics = trained.val(data=str(data), imgsz=imgsz, batch=16, device="cpu", plots=False, verbose=False, project=str(Path(tmp) / "runs"), name="val")
     result = {"box_map50_val": round(float(metrics.box.map50), 4), "box_map_val": round(float(metrics.box.map), 4), "seconds": round(time.time() - t0, 1)}
+    if segment:
+        result["mask_map50_val"] = round(float(metrics.seg.map50), 4)
     _log(f"detector: done {result}", log)
     return result
 

@@ -44,3 +44,15 @@ def test_mask2former_training_lowers_the_loss_and_loads_through_the_adapter(tmp_
     assert [m.model.config.id2label[i] for i in range(len(CATEGORIES))] == [c["name"] for c in CATEGORIES]  # labels map by name
     (segs,) = m.panoptic([np.zeros((70, 90, 3), np.uint8)])
     assert segs.image_size == (70, 90) and segs.has_masks
+
+
+def test_yolo_seg_training_writes_a_loadable_instance_labeler(tmp_path):
+    from flows.config import YoloSegStage
+    from tasks.models.instances import YoloSegLabeler
+
+    out = tmp_path / "yolo-seg.pt"
+    result = train_detector(out, images=8, epochs=1, imgsz=64, size_range=(200, 240), segment=True, log=lambda m: None)
+    assert 0.0 <= result["mask_map50_val"] <= 1.0
+    lab = YoloSegLabeler(YoloSegStage(kind="yolo_seg", weights=str(out), device="cpu", conf=0.0, imgsz=64), str(out), {1: "circle", 2: "square", 3: "triangle"})
+    (dets,) = lab.label([np.zeros((80, 100, 3), np.uint8)])
+    assert isinstance(dets, Detections) and dets.image_size == (80, 100) and dets.has_masks
