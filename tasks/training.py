@@ -171,7 +171,7 @@ def _dice_loss(logits, target):
 def train_sam(
     out_path: str | Path, minutes: float = 13.5, seed: int = 0, scenes: int = 600, batch_images: int = 6,
     boxes_per_image: int = 8, prompts_per_object: int = 1, lr: float = 2e-3, size_range: tuple[int, int] = (256, 640),
-    log: Callable[[str], None] | None = None, threads: Callable[[], int] | None = None,
+    log: Callable[[str], None] | None = None, threads: Callable[[], int] | None = None, hard_targets: bool = True,
 ) -> dict:
     """Train :data:`DEMO_SAM_ARCH` on box -> mask for ``minutes`` of wall time; save a segflow checkpoint.
 
@@ -226,7 +226,8 @@ def train_sam(
         with torch.no_grad():
             pred, hard = logits > 0, tgt > 0.5
             iou = (pred & hard).flatten(1).sum(1).float() / (pred | hard).flatten(1).sum(1).float().clamp(min=1)
-        loss = F.binary_cross_entropy_with_logits(logits, tgt) * 20 + _dice_loss(logits, tgt) + F.mse_loss(iou_pred[:, 0], iou)
+        hard_t = (tgt > 0.5).float()  # hard targets: sharp logits at edges, so masks are stable under threshold offsets (SA-1B's stability score)
+        loss = F.binary_cross_entropy_with_logits(logits, hard_t if hard_targets else tgt) * 20 + _dice_loss(logits, tgt) + F.mse_loss(iou_pred[:, 0], iou)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)

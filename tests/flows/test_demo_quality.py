@@ -58,7 +58,7 @@ def test_demo_writes_ground_truth_and_quality(demo_run):
     assert summary["failed_images"] == 2 and summary["quality"]["mask_ap50"] == q["mask_ap50"]
 
 
-# Issue targets: box/mask AP50 >= 0.8 (met: 0.86 / 0.85 on these scenes) and SAM with ground-truth
+# Issue targets: box/mask AP50 >= 0.8 (met: 0.86 / 0.86 on these scenes) and SAM with ground-truth
 # boxes >= 0.85 mean IoU (0.84 on these scenes, 0.86 on others), so that test holds 0.8 as a floor.
 BOX_AP50_FLOOR, MASK_AP50_FLOOR, SAM_IOU_FLOOR = 0.8, 0.8, 0.8
 
