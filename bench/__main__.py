@@ -219,9 +219,7 @@ def bench_memory(work: Path, n_images: int, shard_size: int) -> dict:
     from tasks.shard import run_shard
     from tasks.synthetic import SHAPE_CLASSES, write_scene_set
 
-    def rss_mb() -> float:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    from bench.bench_memory import rss_mb
 
     src = work / "mem"
     base = write_scene_set(src / "base", 20, seed=5, size_range=(120, 200), exif_fraction=0.0)

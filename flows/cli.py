@@ -144,7 +144,7 @@ def run_prepared(job, plan, progress_bar: bool = True) -> int:
     bar = _Progress(plan.num_images, len(plan.shard_ids), enabled=progress_bar)
     progress.set_reporter(bar)
     try:
-        summary = run_job(job)
+        summary = run_job(job, planned=True)  # prepare() planned it: the flow does not list the source again
     except IncompleteRunError as e:
         bar.close()
         _eprint(f"error: run incomplete: {e}")

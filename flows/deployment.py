@@ -38,4 +38,4 @@ def label_job(config: str, source: str | None = None, output: str | None = None)
         raise
     log.info("%s: %d images in %d shards -> %s", job.name, plan.num_images, len(plan.shard_ids), redact(job.output))
     runner = make_task_runner(job.runtime)
-    return label_flow.with_options(task_runner=runner, flow_run_name=job.name)(job.model_dump(mode="json"))
+    return label_flow.with_options(task_runner=runner, flow_run_name=job.name)(job.model_dump(mode="json"), planned=True)

@@ -17,7 +17,7 @@ from flows.config import JobConfig
 from flows.runners import make_task_runner, shard_submit_options
 from tasks.finalize import IncompleteRunError, finalize
 from tasks.quality import format_quality, load_quality
-from tasks.plan import make_plan
+from tasks.plan import load_plan, make_plan
 from tasks.publish import publish
 from tasks.shard import run_shard
 from tasks.storage import load_credentials_block, redact, use_s3_credentials
@@ -46,8 +46,13 @@ _loaded_block: dict[str, str] = {}
 
 
 @task(name="plan", retries=2, retry_delay_seconds=5)
-def plan_task(job: dict) -> list[str]:
+def plan_task(job: dict, planned: bool = False) -> list[str]:
+    """The shard ids of the job's plan; ``planned``: the caller has just made it (read it, list nothing again)."""
     j = _job(job)
+    if planned:
+        meta = load_plan(j.output)
+        get_run_logger().info("plan for %s: %d images in %d shards", redact(j.output), meta["num_images"], len(meta["shard_ids"]))
+        return list(meta["shard_ids"])
     plan = make_plan(j)
     get_run_logger().info(
         "%s plan for %s: %d images in %d shards", "reusing" if plan.reused else "wrote", redact(j.output), plan.num_images, len(plan.shard_ids)
@@ -104,15 +109,18 @@ def publish_task(job: dict) -> dict:
 
 
 @flow(name="segflow-label", log_prints=False)
-def label_flow(job: dict) -> dict:
+def label_flow(job: dict, planned: bool = False) -> dict:
     """Label every image of the job's source and write the manifests, COCO and summary.
+
+    ``planned``: the plan was made just before the flow (``segflow run`` and the
+    deployment check the job and plan first), so the source is not listed again.
 
     Shards that fail do not stop the others; the flow fails at the end,
     naming them, and a new run of the same job on the same output redoes only those.
     """
     started = time.time()
     j = _job(job)
-    shard_ids = plan_task(job)
+    shard_ids = plan_task(job, planned)
     runner = shard_task.with_options(retries=j.runtime.retries, retry_delay_seconds=j.runtime.retry_delay_s)
     with shard_submit_options(j.runtime):
         futures = [runner.submit(job, sid) for sid in shard_ids]
@@ -139,7 +147,7 @@ def label_flow(job: dict) -> dict:
     return summary
 
 
-def run_job(job: JobConfig) -> dict:
+def run_job(job: JobConfig, planned: bool = False) -> dict:
     """Run ``label_flow`` for a validated job with its configured task runner (see :mod:`flows.runners`)."""
     runner = make_task_runner(job.runtime)
-    return label_flow.with_options(task_runner=runner, flow_run_name=f"{job.name}")(job.model_dump(mode="json"))
+    return label_flow.with_options(task_runner=runner, flow_run_name=f"{job.name}")(job.model_dump(mode="json"), planned)

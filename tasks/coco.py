@@ -31,7 +31,17 @@ import pyarrow.compute as pc
 
 from tasks.storage import local_tempfile, open_fs, publish_file
 
-__all__ = ["write_instances"]
+__all__ = ["write_instances", "coco_header"]
+
+
+def coco_header(description: str, categories: list[dict]) -> str:
+    """The opening of a streamed COCO JSON object (``info``, ``licenses``, ``categories``), left open for more keys."""
+    header = {
+        "info": {"description": description, "version": "1.0", "date_created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "contributor": "segflow"},
+        "licenses": [],
+        "categories": categories,
+    }
+    return json.dumps(header)[:-1]
 
 
 def _f(x: Any) -> Any:
@@ -56,12 +66,7 @@ def write_instances(
     n_images = n_anns = 0
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            header = {
-                "info": {"description": description, "version": "1.0", "date_created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "contributor": "segflow"},
-                "licenses": [],
-                "categories": [{"id": int(i), "name": n, "supercategory": "object"} for i, n in sorted(categories.items())],
-            }
-            f.write(json.dumps(header)[:-1])
+            f.write(coco_header(description, [{"id": int(i), "name": n, "supercategory": "object"} for i, n in sorted(categories.items())]))
             f.write(', "images": [')
             first = True
             for t in image_tables():

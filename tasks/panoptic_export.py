@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from tasks.coco import coco_header
 from tasks.panoptic import PanopticQuality, SemanticQuality, palette, panoptic_png, read_panoptic_png, segment_map, semantic_from_segments, semantic_png
 from tasks.storage import join, local_tempfile, open_fs, publish_file, read_bytes, redact, write_bytes
 
@@ -102,12 +103,7 @@ def write_panoptic_json(url: str, categories: list[dict], tables: Callable[[], I
     n_images = n_segments = 0
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            header = {
-                "info": {"description": description, "version": "1.0", "date_created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "contributor": "segflow"},
-                "licenses": [],
-                "categories": categories,
-            }
-            f.write(json.dumps(header)[:-1])
+            f.write(coco_header(description, categories))
             # two passes over the shards keep memory to one shard: images first, then annotations
             f.write(', "images": [')
             first = True
