@@ -35,7 +35,7 @@ from tasks.weights import WeightsError, load_checkpoint
 
 FORMAT = "segflow.sam/1"
 
-__all__ = ["SamBoxSegmenter", "SamAutoLabeler", "use_sdpa_attention", "build_sam", "save_sam_checkpoint", "load_sam", "TINY_SAM_ARCH"]
+__all__ = ["SamBoxSegmenter", "zoom_windows_xyxy", "SamAutoLabeler", "use_sdpa_attention", "build_sam", "save_sam_checkpoint", "load_sam", "TINY_SAM_ARCH"]
 
 #: Architecture of the official ViT-B/L/H SAM models (1024-px input).
 OFFICIAL_ARCHS = {
@@ -168,6 +168,36 @@ def use_sdpa_attention(sam: Any) -> int:
     return n
 
 
+def zoom_windows_xyxy(boxes_xyxy: np.ndarray, image_hw: tuple[int, int], context: float, snap: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Square crop windows around boxes, for segmenting small objects at a higher zoom.
+
+    Arguments:
+      boxes_xyxy: N x 4, XYXY, pixels.
+      image_hw: (H, W) of the image.
+      context: margin on each side, as a fraction of the box's longer side: the
+        window side is at least ``longer side x (1 + 2 x context)``.
+      snap: window edges snap outwards to multiples of this many pixels, so a box
+        that moves by a pixel (a re-encoded copy of the image) keeps its window
+        and so gets the same crop, pixel for pixel.
+
+    Returns:
+      windows N x 4 int XYXY (exclusive ends), centred on the boxes, moved (not
+      clipped) to lie inside the image, each side at most the image's; and
+      ``zoom`` N bool: the window is smaller than the image's longer side, so a
+      crop gives the model more pixels per object than the whole image does.
+    """
+    h, w = image_hw
+    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    side = np.maximum(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]) * (1 + 2 * context), 1.0)
+    centre = (b[:, :2] + b[:, 2:]) / 2  # x, y
+    lo = np.floor((centre - side[:, None] / 2) / snap) * snap
+    hi = np.ceil((centre + side[:, None] / 2) / snap) * snap
+    size = np.minimum(np.max(hi - lo, axis=1, keepdims=True), np.array([[w, h]]))  # square, at most the image
+    lo = np.clip(lo, 0, np.array([[w, h]]) - size)
+    windows = np.concatenate([lo, lo + size], 1).astype(np.int64)
+    return windows, side < max(h, w)
+
+
 def remove_small_islands(masks: np.ndarray, min_frac: float) -> np.ndarray:
     """Drop connected pieces smaller than ``min_frac`` of each mask's largest piece.
 
@@ -217,6 +247,8 @@ class SamBoxSegmenter:
         self.min_island_frac = float(getattr(stage, "min_island_frac", 0.0))
         self.prompt = getattr(stage, "prompt", "box")
         self.multimask = bool(getattr(stage, "multimask_output", False))
+        zoom = getattr(stage, "zoom_context", None)
+        self.zoom_context = None if zoom is None else float(zoom)
         self._lock = threading.Lock()
 
     def _boxes_per_call(self, setting: int | str) -> int:
@@ -336,7 +368,7 @@ class SamBoxSegmenter:
                 embs, sizes = self.embed([images[i] for i in idx])
                 for j, i in enumerate(idx):
                     dets = prompts[i]
-                    logits, iou, candidates = self.decode_boxes(embs[j : j + 1], dets.boxes, sizes[j], dets.image_size)
+                    logits, iou, candidates = self._image_logits(images[i], embs[j : j + 1], dets.boxes, sizes[j], dets.image_size)
                     stability = calculate_stability_score(logits, threshold, 1.0)
                     masks_nwh = (logits > threshold).cpu().numpy()
                     if self.min_island_frac > 0:
@@ -353,6 +385,51 @@ class SamBoxSegmenter:
                     out[i] = with_masks[area >= max(self.min_mask_area, 1)]
         return out
 
+    def _image_logits(self, image: np.ndarray, embedding: Any, boxes_xyxy: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Any, Any, Any]:
+        """:meth:`decode_boxes` for one image, with the boxes that ``zoom_context`` selects decoded in crops.
+
+        A zoomed box gets its own crop (its :func:`zoom_windows_xyxy` window),
+        encoded at the model's input size; its logits are pasted into the full
+        frame at the window, and are -20 (background) outside it.
+        """
+        import torch
+
+        if self.zoom_context is None or not len(boxes_xyxy):
+            return self.decode_boxes(embedding, boxes_xyxy, input_size, original_size)
+        windows, zoom = zoom_windows_xyxy(boxes_xyxy, original_size, self.zoom_context)
+        if not zoom.any():
+            return self.decode_boxes(embedding, boxes_xyxy, input_size, original_size)
+        n = len(boxes_xyxy)
+        logits = torch.full((n, original_size[1], original_size[0]), -20.0, device=self.device)
+        iou = torch.zeros(n, device=self.device)
+        candidates = torch.zeros((n, 3), device=self.device) if self.multimask else None
+
+        def put(rows: np.ndarray, lg: Any, io: Any, cand: Any, win: np.ndarray | None = None) -> None:
+            if win is None:
+                logits[rows] = lg
+            else:
+                x0, y0, x1, y1 = (int(v) for v in win)
+                logits[rows, x0:x1, y0:y1] = lg
+            iou[rows] = io
+            if candidates is not None:
+                candidates[rows] = cand
+
+        rest = np.flatnonzero(~zoom)
+        if len(rest):
+            lg, io, cand = self.decode_boxes(embedding, boxes_xyxy[rest], input_size, original_size)
+            put(rest, lg, io, cand)
+        small = np.flatnonzero(zoom)
+        for s in range(0, len(small), self.batch_size):
+            rows = small[s : s + self.batch_size]
+            crops = [np.ascontiguousarray(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows[rows]]
+            embs, sizes = self.embed(crops)
+            for j, r in enumerate(rows):
+                x0, y0 = windows[r, :2]
+                box = (boxes_xyxy[r] - np.array([x0, y0, x0, y0], np.float32))[None]
+                lg, io, cand = self.decode_boxes(embs[j : j + 1], box, sizes[j], crops[j].shape[:2])
+                put(np.array([r]), lg, io, cand, windows[r])
+        return logits, iou, candidates
+
     def _autocast(self) -> Any:
         import contextlib
 
@@ -368,7 +445,7 @@ class SamBoxSegmenter:
 
         with self._lock, torch.inference_mode(), self._autocast():
             emb, sizes = self.embed([image])
-            logits, iou, _ = self.decode_boxes(emb, np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), sizes[0], image.shape[:2])
+            logits, iou, _ = self._image_logits(image, emb, np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), sizes[0], image.shape[:2])
         return logits.transpose(-1, -2).cpu().numpy(), iou.cpu().numpy()
 
 

@@ -58,9 +58,9 @@ def test_demo_writes_ground_truth_and_quality(demo_run):
     assert summary["failed_images"] == 2 and summary["quality"]["mask_ap50"] == q["mask_ap50"]
 
 
-# Issue targets: box/mask AP50 >= 0.8 (met: 0.86 / 0.86 on these scenes) and SAM with ground-truth
-# boxes >= 0.85 mean IoU (0.84 on these scenes, 0.86 on others), so that test holds 0.8 as a floor.
-BOX_AP50_FLOOR, MASK_AP50_FLOOR, SAM_IOU_FLOOR = 0.8, 0.8, 0.8
+# Issue targets: box/mask AP50 >= 0.8 and SAM with ground-truth boxes >= 0.85 mean IoU
+# (the demo job's SAM stage, zoom_context included: 0.88 on these scenes and on seeds 0, 7, 11).
+BOX_AP50_FLOOR, MASK_AP50_FLOOR, SAM_IOU_FLOOR = 0.8, 0.8, 0.85
 
 
 def test_exported_coco_quality_floor(demo_run):

@@ -92,3 +92,41 @@ def test_remove_small_islands_keeps_the_main_piece():
     assert out[0, 5:25, 5:20].all() and not out[0, 30:33, 25:28].any() and out[0, 30:37, 0:5].all()
     np.testing.assert_array_equal(out[1], m[1])
     assert out.flags.c_contiguous and out.shape == m.shape
+
+
+def test_zoom_windows_are_square_inside_the_image_and_snap_to_the_grid():
+    from tasks.models.sam import zoom_windows_xyxy
+
+    boxes = np.array([[100, 60, 130, 80], [0, 0, 20, 30], [580, 380, 600, 400], [0, 0, 500, 90], [101.4, 60.6, 130.3, 80.2]])
+    windows, zoom = zoom_windows_xyxy(boxes, (400, 600), context=1.0)
+    assert zoom.tolist() == [True, True, True, False, True]
+    side = windows[:, 2:] - windows[:, :2]
+    assert (side[:, 0] == side[:, 1])[:3].all()  # square where the image allows
+    assert (windows[:, :2] >= 0).all() and (windows[:, 2] <= 600).all() and (windows[:, 3] <= 400).all()
+    longer = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    assert (side[:3, 0] >= 3 * longer[:3]).all()  # at least 3 x the longer box side
+    bx = boxes[:3]
+    assert ((windows[:3, :2] <= bx[:, :2]) & (windows[:3, 2:] >= bx[:, 2:])).all()  # the box lies in its window
+    np.testing.assert_array_equal(windows[4], windows[0])  # a box moved by under a pixel keeps its window
+    assert windows[0, 0] % 16 == 0 and windows[0, 1] % 16 == 0
+
+
+def test_zoomed_boxes_are_segmented_in_their_crop(tiny_models, rng):
+    """With zoom_context a small box's logits are those of its crop, pasted at the window; big boxes are unchanged."""
+    from tasks.models.sam import zoom_windows_xyxy
+
+    image = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    boxes = np.array([[40, 50, 80, 90], [10, 10, 490, 290]], np.float32)
+    zoomed = SamBoxSegmenter(stage(zoom_context=1.0), str(tiny_models["sam"]))
+    plain = SamBoxSegmenter(stage(), str(tiny_models["sam"]))
+    logits, iou = zoomed.box_logits(image, boxes)
+    (x0, y0, x1, y1), _ = zoom_windows_xyxy(boxes, (300, 500), 1.0)[0]
+    crop = np.ascontiguousarray(image[y0:y1, x0:x1])
+    ref, ref_iou = plain.box_logits(crop, boxes[:1] - np.array([x0, y0, x0, y0], np.float32))
+    np.testing.assert_allclose(logits[0, y0:y1, x0:x1], ref[0], atol=1e-4)
+    np.testing.assert_allclose(iou[0], ref_iou[0], atol=1e-5)
+    outside = np.ones((300, 500), bool)
+    outside[y0:y1, x0:x1] = False
+    assert (logits[0][outside] < 0).all()  # nothing outside the window
+    big, big_iou = plain.box_logits(image, boxes[1:])
+    np.testing.assert_allclose(logits[1], big[0], atol=1e-4)
