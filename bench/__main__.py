@@ -177,7 +177,8 @@ def bench_auto_annotate(work: Path, n_images: int) -> dict:
     torch.save(sd, work / "sam_b.pt")
     settings = dict(conf=0.25, iou=0.45, imgsz=640, max_det=300)  # auto_annotate's defaults
     job = _demo_job(work / "aa", work / "aa-out", shard_size=n_images, **settings)
-    masks_stage = job.stages["masks"].model_copy(update={"weights": str(work / "sam_b.pt"), "sha256": None, "model_type": "vit_b", "min_island_frac": 0.0})
+    masks_stage = job.stages["masks"].model_copy(update={"weights": str(work / "sam_b.pt"), "sha256": None, "model_type": "vit_b", "min_island_frac": 0.0,
+                                                          "zoom_context": None})  # as auto_annotate: one pass per image
     job = job.model_copy(update={"stages": {"detector": job.stages["detector"], "masks": masks_stage}})
     plan = make_plan(job)
 

@@ -95,7 +95,7 @@ def _byte_vocab() -> dict[str, int]:
     return vocab
 
 
-def make_tiny_owl(directory: str | Path, kind: str = "owlv2", seed: int = 0, image_size: int = 96) -> Path:
+def make_tiny_owl(directory: str | Path, kind: str = "owlv2", seed: int = 0, image_size: int = 96, patch_size: int = 16) -> Path:
     """A random tiny OWLv2 / OWL-ViT with its processor (byte-level CLIP tokenizer), saved with ``save_pretrained``."""
     import torch
     from transformers import CLIPTokenizer
@@ -105,7 +105,7 @@ def make_tiny_owl(directory: str | Path, kind: str = "owlv2", seed: int = 0, ima
     tok = CLIPTokenizer(vocab=vocab, merges=[])
     text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
                 bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
-    vision = dict(image_size=image_size, patch_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    vision = dict(image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
     if kind == "owlv2":
         from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
 
