@@ -123,16 +123,25 @@ def make_tiny_owl(directory: str | Path, kind: str = "owlv2", seed: int = 0, ima
     return directory
 
 
-def make_tiny_grounding_dino(directory: str | Path, words: Sequence[str], seed: int = 0) -> Path:
+def make_tiny_grounding_dino(directory: str | Path, words: Sequence[str], seed: int = 0, image_edges: tuple[int, int] = (64, 128)) -> Path:
     """A random tiny Grounding DINO (Swin and BERT from config objects, 2 decoder layers) with a word-level
-    BERT tokenizer over ``words``, saved with ``save_pretrained``."""
+    BERT tokenizer over ``words``, saved with ``save_pretrained``.
+
+    The vocabulary keeps BERT's ids for ``[PAD]`` (0), ``[UNK]`` (100), ``[CLS]``
+    (101), ``[SEP]`` (102), ``.`` (1012) and ``?`` (1029): transformers' Grounding
+    DINO loss finds the caption's phrases by those ids. ``image_edges``: the
+    processor's shortest and longest edge.
+    """
     import torch
     from transformers import BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig
 
     torch.manual_seed(seed)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "."] + sorted({w.lower() for w in words})
+    vocab = [f"[unused{i}]" for i in range(1030)]
+    for i, t in {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 1012: ".", 1029: "?"}.items():
+        vocab[i] = t
+    vocab += sorted({w.lower() for w in words} - set(vocab))
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizer(str(directory / "vocab.txt"))
     backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, out_features=["stage2", "stage3", "stage4"])
@@ -140,7 +149,8 @@ def make_tiny_grounding_dino(directory: str | Path, words: Sequence[str], seed: 
     cfg = GroundingDinoConfig(backbone_config=backbone, text_config=text, num_queries=20, encoder_layers=1, decoder_layers=2, d_model=32,
                               encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2, num_feature_levels=3, max_text_len=32)
     model = GroundingDinoForObjectDetection(cfg)
-    proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}), tokenizer=tok)
+    size = {"shortest_edge": image_edges[0], "longest_edge": image_edges[1]}
+    proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size=size), tokenizer=tok)
     model.save_pretrained(directory)
     proc.save_pretrained(directory)
     return directory
