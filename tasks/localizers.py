@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TargetScene", "target_scene", "box_iou_xyxy", "train_yolo_seg_localizer", "train_maskrcnn_localizer", "train_owl_localizer", "train_gdino_localizer"]
+__all__ = ["TargetScene", "target_scene", "box_iou_xyxy", "train_yolo_seg_localizer", "train_maskrcnn_localizer", "train_owl_localizer", "train_gdino_localizer", "train_sam_point_localizer"]
 
 TARGET = "target"
 
@@ -290,4 +290,74 @@ def train_gdino_localizer(directory: str | Path, steps: int = 1500, seed: int = 
         opt.step()
     model.eval()
     model.save_pretrained(directory)
+    return {"steps": steps, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)}
+
+
+# -- SAM with point prompts (for the automatic mode) -----------------------------------------------------
+
+
+def train_sam_point_localizer(out_path: str | Path, steps: int = 400, seed: int = 0, batch: int = 8, lr: float = 1e-3) -> dict:
+    """A tiny SAM (:data:`TINY_SAM_ARCH`) that segments ``target`` from one foreground point inside it; a segflow checkpoint.
+
+    The point-grid automatic mode prompts with single points and ``multimask_output``,
+    so the three multimask outputs are trained, each sample's loss on its best one
+    (as SAM was), with the IoU head regressing every output's IoU. Targets: the
+    mask taken to the model's low-res frame (resize to the input size, pad, area
+    downsampling), as in :func:`tasks.training.train_sam`.
+    """
+    import torch
+    import torch.nn.functional as F
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from tasks.models.sam import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
+    from tasks.training import _dice_loss
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    sam = build_sam(TINY_SAM_ARCH)
+    sam.train()
+    size = sam.image_encoder.img_size
+    low_res = 4 * sam.prompt_encoder.image_embedding_size[0]
+    transform = ResizeLongestSide(size)
+    pe = sam.prompt_encoder.get_dense_pe()
+    dec = sam.mask_decoder
+    opt = torch.optim.AdamW(sam.parameters(), lr=lr, weight_decay=0.01)
+    for step in range(steps):
+        _cosine(opt, lr, step, step / steps)
+        imgs, points, targets = [], [], []
+        for s in (target_scene(rng) for _ in range(batch)):
+            img = transform.apply_image(s.pixels)
+            ih, iw = img.shape[:2]
+            imgs.append(sam.preprocess(torch.as_tensor(img).permute(2, 0, 1).float()[None])[0])
+            ys, xs = np.nonzero(s.mask)
+            k = int(rng.integers(len(xs)))
+            points.append(transform.apply_coords(np.array([[xs[k] + 0.5, ys[k] + 0.5]]), s.mask.shape))
+            padded = torch.zeros((1, 1, size, size))
+            padded[..., :ih, :iw] = F.interpolate(torch.from_numpy(s.mask).float()[None, None], (ih, iw), mode="area")
+            targets.append(F.interpolate(padded, (low_res, low_res), mode="area")[0, 0])
+        emb = sam.image_encoder(torch.stack(imgs))
+        coords = torch.as_tensor(np.stack(points), dtype=torch.float32)  # B x 1 x 2, input frame
+        sparse, dense = sam.prompt_encoder(points=(coords, torch.ones(batch, 1)), boxes=None, masks=None)
+        tokens = torch.cat([dec.iou_token.weight, dec.mask_tokens.weight], 0).unsqueeze(0).expand(batch, -1, -1)
+        hs, src = dec.transformer(emb + dense, pe.expand(batch, -1, -1, -1), torch.cat([tokens, sparse], 1))
+        b, c, h, w = emb.shape
+        up = dec.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper = torch.stack([mlp(hs[:, 1 + i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], 1)
+        masks = (hyper @ up.flatten(2)).view(b, -1, *up.shape[-2:])[:, 1:]  # B x 3 x L x L: the multimask outputs
+        iou_pred = dec.iou_prediction_head(hs[:, 0, :])[:, 1:]
+        tgt = torch.stack(targets)
+        hard = (tgt > 0.5).float()
+        per = torch.stack([F.binary_cross_entropy_with_logits(masks[:, j], hard, reduction="none").flatten(1).mean(1) * 20
+                           + torch.stack([_dice_loss(masks[i : i + 1, j], tgt[i : i + 1]) for i in range(batch)]) for j in range(3)], 1)
+        with torch.no_grad():
+            pred = masks > 0
+            real_iou = (pred & (hard[:, None] > 0)).flatten(2).sum(2).float() / (pred | (hard[:, None] > 0)).flatten(2).sum(2).float().clamp(min=1)
+        loss = per.min(1).values.mean() + F.mse_loss(iou_pred, real_iou)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+        opt.step()
+    sam.eval()
+    save_sam_checkpoint(sam, TINY_SAM_ARCH, out_path)
     return {"steps": steps, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)}

@@ -11,9 +11,12 @@ convention each adapter must get right and show the IoU check notices.
 import numpy as np
 import pytest
 
-from flows.config import MaskRcnnStage, OwlStage, YoloSegStage
+from flows.config import MaskRcnnStage, OwlStage, SamAutoStage, YoloSegStage
 from tasks import rle
-from tasks.localizers import TARGET, box_iou_xyxy, target_scene, train_gdino_localizer, train_maskrcnn_localizer, train_owl_localizer, train_yolo_seg_localizer
+from tasks.localizers import (
+    TARGET, box_iou_xyxy, target_scene, train_gdino_localizer, train_maskrcnn_localizer, train_owl_localizer, train_sam_point_localizer,
+    train_yolo_seg_localizer,
+)
 from tasks.models.cache import get_model
 
 ONTOLOGY = {1: TARGET}
@@ -137,3 +140,37 @@ def test_maskrcnn_boxes_and_masks_land_on_the_object(tmp_path_factory, scenes):
     box, mask = top_detection_ious(loaded.adapter.label([s.pixels for s in scenes]), scenes, masks=True)
     check(box, mask)
     transposed_control(loaded.adapter.label, scenes)
+
+
+def test_sam_auto_finds_the_object_with_the_sa1b_gates(tmp_path_factory, scenes):
+    """The automatic mode (a point grid, SA-1B's predicted-IoU 0.88 / stability 0.95 / NMS 0.7 gates) with a tiny SAM
+    trained on point prompts: the best of its masks covers the known object, and its box is the mask's extent."""
+    path = tmp_path_factory.mktemp("samauto") / "sam-points.pt"
+    print(train_sam_point_localizer(path))
+    stage = SamAutoStage(kind="sam_auto", weights=str(path), device="cpu", category=TARGET, points_per_side=8)
+    label = get_model(stage, ONTOLOGY).adapter.label
+
+    def best_mask(out, truth):
+        """Per image: mask IoU and box IoU of the auto mask that best matches ``truth``, and that mask's box (None when none)."""
+        mask, box, chosen = [], [], []
+        for d, (m_true, b_true) in zip(out, truth):
+            if not len(d):
+                mask.append(0.0), box.append(0.0), chosen.append(None)
+                continue
+            ms = rle.decode_many(list(d.rle_counts), *m_true.shape)
+            ious = [float((m & m_true).sum() / (m | m_true).sum()) for m in ms]
+            k = int(np.argmax(ious))
+            mask.append(ious[k]), box.append(box_iou_xyxy(d.boxes[k], b_true)), chosen.append(d.boxes[k])
+        return np.array(mask), np.array(box), chosen
+
+    out = label([s.pixels for s in scenes])
+    assert all(set(d.class_ids.tolist()) <= {1} for d in out)
+    mask, box, _ = best_mask(out, [(s.mask, s.box) for s in scenes])
+    print(f"masks per image {np.median([len(d) for d in out])}, best mask IoU median {np.median(mask):.3f}, its box IoU median {np.median(box):.3f}")
+    assert np.median(mask) >= 0.9 and (mask >= 0.5).mean() >= 0.8 and np.median(box) >= 0.8
+    # negative control: on transposed images the masks follow the object; their boxes against the untransposed object fail
+    flipped = label([np.ascontiguousarray(s.pixels.transpose(1, 0, 2)) for s in scenes])
+    back, _, boxes = best_mask(flipped, [(s.mask.T, s.box[[1, 0, 3, 2]]) for s in scenes])
+    as_is = [box_iou_xyxy(b, s.box) if b is not None else 0.0 for b, s in zip(boxes, scenes)]
+    print(f"transposed: best mask IoU median {np.median(back):.3f} transposed back, box IoU {np.median(as_is):.3f} as is")
+    assert np.median(back) >= 0.9 and np.median(as_is) < 0.5
