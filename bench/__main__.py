@@ -68,6 +68,7 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
     from segment_anything import SamPredictor
 
     from flows.config import SamStage
+    from tasks.models.device import cpu_has_native_bf16
     from tasks.models.sam import SamBoxSegmenter, build_sam, save_sam_checkpoint
     from tasks.record import Detections
 
@@ -100,6 +101,16 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
 
     t_ours, t_loop, t_batched = _timed(ours, 2), _timed(loop, 2), _timed(batched, 2)
     params = sum(p.numel() for p in seg.model.parameters()) / 1e6
+    extra = {}
+    if torch.cuda.is_available() or cpu_has_native_bf16():  # the same stage with dtype: bfloat16, and how far its masks move
+        seg16 = SamBoxSegmenter(SamStage(kind="sam", weights=str(work / "bench-sam.pt"), device="cpu", batch_size=1, dtype="bfloat16"), str(work / "bench-sam.pt"))
+        seg16.segment(images[:1], prompts[:1])
+        t16 = _timed(lambda: seg16.segment(images, prompts), 2)
+        a, b = seg.segment(images, prompts), seg16.segment(images, prompts)
+        ious = [mask_utils.iou([{"size": list(x.image_size), "counts": c} for c in x.rle_counts],
+                               [{"size": list(y.image_size), "counts": c} for c in y.rle_counts], [0] * len(y)).diagonal() for x, y in zip(a, b)]
+        extra = {"box_to_mask_bf16_vs_loop": round(t_loop / t16, 3),
+                 "box_to_mask_bf16_detail": {"segflow_bf16_s": round(t16, 3), "mean_mask_iou_bf16_vs_fp32": round(float(np.mean(np.concatenate(ious))), 4)}}
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:  # model FLOPs of one image with its 16 boxes (2 per multiply-add)
@@ -112,6 +123,7 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
         "sam_images_per_s": round(n_images / t_ours, 3),
         "box_to_mask_detail": {"images": n_images, "boxes_per_image": n_boxes, "sam_params_m": round(params, 1),
                                "segflow_s": round(t_ours, 3), "loop_s": round(t_loop, 3), "batched_s": round(t_batched, 3)},
+        **extra,
     }
 
 
@@ -161,7 +173,6 @@ def bench_auto_annotate(work: Path, n_images: int) -> dict:
     from tasks.plan import make_plan
     from tasks.shard import run_shard
     from tasks.synthetic import write_scene_set
-    import pyarrow.dataset as ds
 
     write_scene_set(work / "aa", n_images, seed=321, exif_fraction=0.0, size_range=(400, 700))
     # the same detector for both: the demo YOLO, also written in ultralytics' own (pickled) format
@@ -185,20 +196,52 @@ def bench_auto_annotate(work: Path, n_images: int) -> dict:
     t_ours = _timed(lambda: run_shard(job, plan.shard_ids[0]))
     t_aa = _timed(lambda: auto_annotate(str(work / "aa"), det_model=str(work / "det-ultra.pt"), sam_model=str(work / "sam_b.pt"),
                                         device="cpu", output_dir=str(work / "aa-labels"), **settings))
-    ours = ds.dataset(str(work / "aa-out" / "shards"), format="parquet")
-    ours_per_image = {}
-    for f in (work / "aa-out" / "shards").rglob("masks.parquet"):
-        for r in ds.dataset(str(f)).to_table().to_pylist():
-            ours_per_image[Path(r["image_uri"]).stem] = ours_per_image.get(Path(r["image_uri"]).stem, 0) + 1
-    del ours
+    ours_per_image = _masks_per_image(work / "aa-out")
     theirs = {p.stem: sum(1 for line in p.read_text().splitlines() if line.strip()) for p in (work / "aa-labels").glob("*.txt")}
     stems = sorted({Path(f).stem for f in os.listdir(work / "aa")})
     same = sum(ours_per_image.get(s, 0) == theirs.get(s, 0) for s in stems)
-    return {"vs_auto_annotate": round(t_aa / t_ours, 3), "auto_annotate_detail": {
+    result = {"vs_auto_annotate": round(t_aa / t_ours, 3), "auto_annotate_detail": {
         "images": n_images, "segflow_s": round(t_ours, 3), "auto_annotate_s": round(t_aa, 3),
         "images_with_equal_mask_counts": f"{same}/{len(stems)}",
         "masks_per_image": {s: [ours_per_image.get(s, 0), theirs.get(s, 0)] for s in stems},
         "masks_segflow": sum(ours_per_image.values()), "masks_auto_annotate": sum(theirs.values())}}
+    from tasks.models.device import cpu_has_native_bf16
+
+    if torch.cuda.is_available() or cpu_has_native_bf16():  # segflow's SAM stage with dtype: bfloat16 (auto_annotate has no such switch)
+        job16 = job.model_copy(update={"output": str(work / "aa-out-bf16"), "stages": {
+            "detector": job.stages["detector"], "masks": masks_stage.model_copy(update={"dtype": "bfloat16"})}})
+        plan16 = make_plan(job16)
+        t16 = _timed(lambda: run_shard(job16, plan16.shard_ids[0]))
+        per16 = _masks_per_image(work / "aa-out-bf16")
+        result["vs_auto_annotate_bf16"] = round(t_aa / t16, 3)
+        result["auto_annotate_bf16_detail"] = {"segflow_bf16_s": round(t16, 3), "images_with_equal_mask_counts": f"{sum(per16.get(s, 0) == theirs.get(s, 0) for s in stems)}/{len(stems)}",
+                                               "mean_mask_iou_bf16_vs_fp32": _matched_mask_iou(work / "aa-out", work / "aa-out-bf16")}
+    return result
+
+
+def _masks_per_image(out: Path) -> dict[str, int]:
+    import pyarrow.dataset as ds
+
+    counts: dict[str, int] = {}
+    for f in (out / "shards").rglob("masks.parquet"):
+        for r in ds.dataset(str(f)).to_table(columns=["image_uri"]).to_pylist():
+            stem = Path(r["image_uri"]).stem
+            counts[stem] = counts.get(stem, 0) + 1
+    return counts
+
+
+def _matched_mask_iou(a: Path, b: Path) -> float:
+    """Mean IoU of the masks of two runs on the same images, matched by image and prompt box."""
+    import pyarrow.dataset as ds
+    from pycocotools import mask as mask_utils
+
+    def rows(out: Path) -> dict:
+        t = [r for f in (out / "shards").rglob("masks.parquet") for r in ds.dataset(str(f)).to_table().to_pylist()]
+        return {(r["image_uri"], tuple(np.round(r["prompt_box"], 2))): {"size": [r["height"], r["width"]], "counts": r["rle_counts"]} for r in t}
+
+    ra, rb = rows(a), rows(b)
+    ious = [float(mask_utils.iou([ra[k]], [rb[k]], [0])[0, 0]) for k in ra if k in rb]
+    return round(float(np.mean(ious)), 4) if ious else float("nan")
 
 
 def bench_rle(n: int, h: int, w: int) -> dict:
@@ -262,6 +305,8 @@ def _gpu_peak_tflops() -> float | None:
 TARGETS = {
     "box_to_mask_vs_loop": ">= 4x", "box_to_mask_vs_batched": ">= 0.95x", "e2e_vs_model_only": ">= 0.9x",
     "vs_auto_annotate": ">= 1.5x", "rle_gpx_per_s": ">= 1 Gpx/s", "rss_slope_mb_per_1k_images": "~0",
+    # not issue targets: the same comparisons with segflow's SAM stage in bfloat16 (GPUs, CPUs with AVX512-BF16 / AMX)
+    "box_to_mask_bf16_vs_loop": "(bf16; >= 4x)", "vs_auto_annotate_bf16": "(bf16; >= 1.5x)",
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "cpu_has_native_bf16"]
 
 
 def resolve_device(device: str) -> str:
@@ -18,3 +18,18 @@ def resolve_device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available on this machine")
     return device
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX; Linux ``/proc/cpuinfo`` flags).
+
+    There, ``dtype: bfloat16`` on a CPU stage runs the large matrix products of
+    a ViT ~2.5x faster than float32 (SAM ViT-B encoder at 1024 px: 10.1 s ->
+    4.0 s on a 2-core AMD EPYC); elsewhere bfloat16 is emulated and slower.
+    """
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -48,3 +48,16 @@ def test_bfloat16_masks_match_float32():
             ious.append((x & y).sum() / max((x | y).sum(), 1))
     print(f"bf16 vs fp32 mean mask IoU {np.mean(ious):.4f} over {len(ious)} masks")
     assert len(ious) >= 8 and np.mean(ious) >= 0.98
+
+
+def test_native_bf16_cpu_detection_reads_the_flags(tmp_path):
+    from tasks.models.device import cpu_has_native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_native_bf16(str(info))
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
+    assert not cpu_has_native_bf16(str(info))
+    info.write_text("flags\t\t: amx_tile amx_bf16 avx512f\n")
+    assert cpu_has_native_bf16(str(info))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
