@@ -142,10 +142,7 @@ def train_maskrcnn_localizer(out_path: str | Path, steps: int = 90, seed: int = 
         images = [torch.from_numpy(s.pixels).permute(2, 0, 1).float() / 255 for s in scenes]
         targets = [{"boxes": torch.from_numpy(s.box)[None], "labels": torch.ones(1, dtype=torch.int64), "masks": torch.from_numpy(s.mask)[None].to(torch.uint8)} for s in scenes]
         loss = sum(model(images, targets).values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        opt.step()
+        _optimise(opt, loss, model.parameters(), 10.0)
     model.eval()
     save_maskrcnn_checkpoint(model, "resnet18_fpn", {0: "__background__", 1: TARGET}, out_path)
     return {"steps": steps, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)}
@@ -179,6 +176,16 @@ def _cxcywh_to_xyxy(b: Any) -> Any:
     import torch
 
     return torch.stack([b[..., 0] - b[..., 2] / 2, b[..., 1] - b[..., 3] / 2, b[..., 0] + b[..., 2] / 2, b[..., 1] + b[..., 3] / 2], -1)
+
+
+def _optimise(opt: Any, loss: Any, params: Any, clip: float) -> None:
+    """One optimiser step on ``loss``, gradients clipped to norm ``clip``."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
 
 
 def _cosine(opt: Any, lr: float, step: int, frac: float, warmup: int = 30) -> None:
@@ -244,10 +251,7 @@ def train_owl_localizer(directory: str | Path, kind: str = "owlv2", steps: int =
         cls_loss = F.binary_cross_entropy_with_logits(logits, torch.where(pos, quality.clamp(min=0.2), 0.0), pos_weight=torch.tensor(4.0))
         box_loss = _box_loss(out.pred_boxes[pos], target[:, None, :].expand(-1, n, -1)[pos]) if pos.any() else logits.sum() * 0
         loss = cls_loss + box_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        _optimise(opt, loss, model.parameters(), 1.0)
     model.eval()
     model.save_pretrained(directory)
     return {"steps": steps, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)}
@@ -284,10 +288,7 @@ def train_gdino_localizer(directory: str | Path, steps: int = 1500, seed: int = 
         inputs = proc(images=[s.pixels for s in scenes], text=[f"{TARGET} ."] * batch, return_tensors="pt")
         labels = [{"class_labels": torch.zeros(1, dtype=torch.long), "boxes": torch.as_tensor(_processed_box(proc.image_processor, s.mask))[None]} for s in scenes]
         loss = model(**inputs, labels=labels).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-        opt.step()
+        _optimise(opt, loss, model.parameters(), 0.1)
     model.eval()
     model.save_pretrained(directory)
     return {"steps": steps, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)}
@@ -354,10 +355,7 @@ def train_sam_point_localizer(out_path: str | Path, steps: int = 400, seed: int 
             pred = masks > 0
             real_iou = (pred & (hard[:, None] > 0)).flatten(2).sum(2).float() / (pred | (hard[:, None] > 0)).flatten(2).sum(2).float().clamp(min=1)
         loss = per.min(1).values.mean() + F.mse_loss(iou_pred, real_iou)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
-        opt.step()
+        _optimise(opt, loss, sam.parameters(), 1.0)
     sam.eval()
     save_sam_checkpoint(sam, TINY_SAM_ARCH, out_path)
     return {"steps": steps, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)}
