@@ -15,10 +15,18 @@ converts one once (a deliberate, local step for files you trust).
 Boxes come back in the pixel frame of the (upright RGB) input image as XYXY;
 model classes are mapped to ontology ids by name (``class_map`` overrides),
 and classes outside the ontology are dropped.
+
+CPU threads: ultralytics lowers them for the whole process. Its import sets
+``OMP_NUM_THREADS=1`` when unset, and every CPU predictor setup calls
+``torch.set_num_threads(cores - 1)``. After one YOLO call on a 2-core machine,
+SAM and Mask2Former would run on 1 thread, at half speed. So this module
+loads torch before ultralytics and removes the variable again. Every call
+into ultralytics runs inside :func:`keep_torch_threads`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -38,15 +46,31 @@ if "YOLO_CONFIG_DIR" not in os.environ:
     os.environ["YOLO_CONFIG_DIR"] = str(Path(os.environ.get("SEGFLOW_CACHE_DIR") or Path.home() / ".cache" / "segflow") / "ultralytics")
     Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
 
+import torch  # noqa: E402 - torch (and its OpenMP runtime) loads before ultralytics can set OMP_NUM_THREADS=1
+
+_omp = os.environ.get("OMP_NUM_THREADS")
+import ultralytics  # noqa: E402,F401
+if _omp is None:  # don't hand OMP_NUM_THREADS=1 on to subprocesses and later-loaded libraries
+    os.environ.pop("OMP_NUM_THREADS", None)
+
 FORMAT = "segflow.yolo/1"
 
-__all__ = ["YoloDetector", "save_yolo_checkpoint", "load_yolo", "convert_ultralytics_checkpoint"]
+__all__ = ["YoloDetector", "save_yolo_checkpoint", "load_yolo", "convert_ultralytics_checkpoint", "keep_torch_threads"]
+
+
+@contextlib.contextmanager
+def keep_torch_threads():
+    """Run a call into ultralytics and put torch's CPU thread count back afterwards (see the module docstring)."""
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
 
 def save_yolo_checkpoint(yolo: Any, path: str | Path, half: bool = True) -> None:
     """Write a YOLO model (``ultralytics.YOLO`` or its ``.model``) as a weights-only segflow checkpoint."""
-    import torch
-
     from ultralytics.nn.tasks import BaseModel
 
     model = yolo if isinstance(yolo, BaseModel) else yolo.model  # a DetectionModel, or the YOLO wrapper around one
@@ -64,7 +88,8 @@ def convert_ultralytics_checkpoint(src: str, dst: str) -> None:
     """
     from ultralytics import YOLO
 
-    save_yolo_checkpoint(YOLO(src), dst)
+    with keep_torch_threads():
+        save_yolo_checkpoint(YOLO(src), dst)
 
 
 def load_yolo(weights: str) -> Any:
@@ -72,7 +97,8 @@ def load_yolo(weights: str) -> Any:
     from ultralytics import YOLO
 
     if weights.endswith((".yaml", ".yml")):
-        return YOLO(weights, task=None)
+        with keep_torch_threads():
+            return YOLO(weights, task=None)
     ckpt = load_checkpoint(weights)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise WeightsError(f"{weights}: not a segflow YOLO checkpoint (expected format {FORMAT!r}); convert ultralytics files with `segflow convert-weights yolo`")
@@ -83,7 +109,8 @@ def load_yolo(weights: str) -> Any:
 
         cfg_path = Path(tmp) / name
         cfg_path.write_text(yaml.safe_dump({k: v for k, v in cfg.items() if k not in ("yaml_file",)}))
-        model = YOLO(str(cfg_path), task=ckpt.get("task"))
+        with keep_torch_threads():
+            model = YOLO(str(cfg_path), task=ckpt.get("task"))
     missing, unexpected = model.model.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
         raise WeightsError(f"{weights}: state dict does not match its architecture (missing {len(missing)}, unexpected {len(unexpected)} tensors)")
@@ -158,7 +185,7 @@ class YoloDetector:
         done: dict[int, tuple[np.ndarray, Any]] = {}
         for g in groups:
             batch = [np.ascontiguousarray(images[i][..., ::-1]) for i in g]  # ultralytics takes BGR
-            with self._lock:
+            with self._lock, keep_torch_threads():
                 results = list(self.model.predict(
                     batch, conf=self.stage.conf, iou=self.stage.iou, imgsz=self.stage.imgsz,
                     max_det=self.stage.max_det, device=self.device, verbose=False, stream=True, **extra,

@@ -60,3 +60,37 @@ def test_saving_the_yolo_wrapper_or_its_model_gives_the_same_checkpoint(tmp_path
     assert list(a) == list(b) and not any(k.startswith("model.model.") for k in a)
     reloaded = load_yolo(str(tmp_path / "wrapper.pt"))
     torch.testing.assert_close(reloaded.model.state_dict()["model.0.conv.weight"], y.model.state_dict()["model.0.conv.weight"])
+
+
+def test_detecting_leaves_torch_cpu_threads_alone(tiny_models, rng):
+    """Ultralytics sets torch's thread count to cores - 1 on CPU predictor setup; the adapter puts it back."""
+    from ultralytics.utils import NUM_THREADS
+    from ultralytics.utils.torch_utils import select_device
+
+    before = torch.get_num_threads()
+    wanted = NUM_THREADS + 1  # differs from what ultralytics would set, on any machine
+    try:
+        torch.set_num_threads(wanted)
+        select_device("cpu", verbose=False)  # negative control: ultralytics itself does change it
+        assert torch.get_num_threads() == NUM_THREADS
+        torch.set_num_threads(wanted)
+        det = YoloDetector(stage(), str(tiny_models["yolo"]), {1: "circle", 2: "square", 3: "triangle"})
+        det.detect([rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)])
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_importing_the_adapter_does_not_leave_omp_num_threads_set(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    code = "import os, tasks.models.yolo, ultralytics; print(repr(os.environ.get('OMP_NUM_THREADS')))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=str(tmp_path),
+                         ).stdout.strip().splitlines()[-1]
+    assert out == "None"
+    control = subprocess.run([sys.executable, "-c", "import os, ultralytics; print(repr(os.environ.get('OMP_NUM_THREADS')))"], env=env,
+                             capture_output=True, text=True, check=True, cwd=str(tmp_path)).stdout.strip().splitlines()[-1]
+    assert control == "'1'"  # ultralytics alone sets it: the check above can fail
