@@ -1,0 +1,244 @@
+"""SAM's mask decoder for many prompts on one image, without a copy of the image per prompt.
+
+``segment_anything``'s ``MaskDecoder.predict_masks`` repeats the image
+embedding once per prompt and runs every projection of the two-way transformer
+on each copy. This computes the same function (same weights, same outputs up
+to float rounding) with less work per prompt:
+
+1. **Shared first layer.** Until the first image-to-token attention, the image
+   side is the same for every prompt: its key, value and query projections are
+   computed once per image, not once per prompt.
+2. **Low-rank attention.** A prompt has only T tokens (5 output tokens and its
+   prompt points, 7 for a box), and H*T is smaller than the attention width.
+   So the projections of the N image tokens (N = h*w = 4096 in the official
+   SAMs) are folded into the T-token side:
+
+   * token -> image scores: ``q . (W_k x + b_k) = (W_k^T q) . x + const``, and the
+     constant drops out of the softmax over the image;
+   * token -> image values: ``sum_i a_i (W_v x_i + b_v) = W_v (sum_i a_i x_i) + b_v``
+     (attention weights sum to 1);
+   * image -> token scores: ``(W_q x + b_q) . k = x . (W_q^T k) + b_q . k``;
+   * image -> token output: ``W_o sum_t a_t v_t = sum_t a_t (W_o v_t)``.
+
+   Per prompt and image token that is H*T*C multiply-adds instead of C*I
+   (C = 256 channels, I = 128 attention width, H = 8 heads for the official
+   decoder: 56*256 vs 256*128).
+
+The output upscaling and the hypernetwork dot products are the decoder's own
+modules, run on every prompt's image tokens as in the library.
+
+Shapes: B prompts, T tokens per prompt, C channels, h x w embedding grid,
+N = h*w, H heads, d channels per head, I = H*d.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["SharedImage", "decode_prompts", "decode_prompts_one_image"]
+
+
+def _split_heads(x: Any, heads: int) -> Any:
+    """``... x n x (H*d)`` -> ``... x H x n x d``."""
+    *lead, n, c = x.shape
+    return x.reshape(*lead, n, heads, c // heads).transpose(-2, -3)
+
+
+def _merge_heads(x: Any) -> Any:
+    """``... x H x n x d`` -> ``... x n x (H*d)``."""
+    x = x.transpose(-2, -3)
+    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+
+def _softmax_short(x: Any) -> Any:
+    """Softmax over a short last dimension (a prompt's T tokens): ~3x faster on CPU than ``torch.softmax`` there.
+
+    In float32, as autocast runs ``torch.softmax``.
+    """
+    x = x.float()
+    e = (x - x.amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+def _head_weights(linear: Any, heads: int) -> tuple[Any, Any]:
+    """A projection C -> I as per-head weights ``H x d x C`` and biases ``H x d``."""
+    w, b = linear.weight, linear.bias
+    return w.reshape(heads, w.shape[0] // heads, w.shape[1]), b.reshape(heads, -1)
+
+
+def _tokens_to_shared_image(attn: Any, q: Any, k_heads: Any, v_heads: Any) -> Any:
+    """Attention of each prompt's tokens to one image whose projections are precomputed.
+
+    q: B x T x C tokens (with their positional encoding); k_heads, v_heads:
+    H x N x d (``k_proj(image + pe)``, ``v_proj(image)`` split into heads).
+    Returns B x T x C.
+    """
+    import torch
+
+    qh = _split_heads(attn.q_proj(q), attn.num_heads)  # B x H x T x d
+    a = torch.softmax((qh @ k_heads.transpose(-1, -2)) / math.sqrt(qh.shape[-1]), dim=-1)  # B x H x T x N
+    return attn.out_proj(_merge_heads(a @ v_heads))
+
+
+def _tokens_to_image(attn: Any, q: Any, k_in: Any, v_in: Any) -> Any:
+    """Attention of each prompt's tokens to its own image tokens, projections folded into the tokens.
+
+    q: B x T x C; k_in (image + pe), v_in (image): B x N x C. Returns B x T x C.
+    """
+    import torch
+
+    heads = attn.num_heads
+    qh = _split_heads(attn.q_proj(q), heads)  # B x H x T x d
+    b, _, t, d = qh.shape
+    wk, _ = _head_weights(attn.k_proj, heads)  # q . b_k is constant over the image: it drops out of the softmax
+    q_img = torch.einsum("bhtd,hdc->bhtc", qh, wk).reshape(b, heads * t, -1)  # B x HT x C
+    a = torch.softmax((q_img @ k_in.transpose(1, 2)) / math.sqrt(d), dim=-1)  # B x HT x N
+    mixed = (a @ v_in).reshape(b, heads, t, -1)  # B x H x T x C: the attention-weighted image, per head and token
+    wv, bv = _head_weights(attn.v_proj, heads)
+    out = torch.einsum("bhtc,hdc->bhtd", mixed, wv) + bv[None, :, None, :]  # = attention output (weights sum to 1)
+    return attn.out_proj(_merge_heads(out))
+
+
+def _image_to_tokens(attn: Any, q_in: Any, k: Any, v: Any, q_heads: Any = None) -> Any:
+    """Attention of every image token to its prompt's T tokens, output projection folded into the tokens.
+
+    q_in: B x N x C image tokens (+ pe), or None with ``q_heads`` = the shared
+    ``q_proj(image + pe)`` split into heads (H x N x d); k (tokens + pe),
+    v (tokens): B x T x C. Returns B x N x C.
+    """
+    import torch
+
+    heads = attn.num_heads
+    kh = _split_heads(attn.k_proj(k), heads)  # B x H x T x d
+    vh = _split_heads(attn.v_proj(v), heads)
+    b, _, t, d = kh.shape
+    if q_heads is not None:  # shared image queries: B x H x N x T
+        s = (q_heads @ kh.transpose(-1, -2)) / math.sqrt(d)
+        a = _softmax_short(s).permute(0, 2, 1, 3)  # B x N x H x T
+    else:
+        wq, bq = _head_weights(attn.q_proj, heads)
+        k_img = torch.einsum("bhtd,hdc->bhtc", kh, wq).reshape(b, heads * t, -1)  # B x HT x C
+        s = (q_in @ k_img.transpose(1, 2) + torch.einsum("hd,bhtd->bht", bq, kh).reshape(b, 1, heads * t)) / math.sqrt(d)
+        a = _softmax_short(s.reshape(b, s.shape[1], heads, t))  # B x N x H x T
+    wo = attn.out_proj.weight  # C x I
+    u = torch.einsum("bhtd,chd->bhtc", vh, wo.reshape(wo.shape[0], heads, d))  # B x H x T x C: each token's value, projected out
+    return (a.reshape(b, a.shape[1], heads * t) @ u.reshape(b, heads * t, -1)) + attn.out_proj.bias
+
+
+def _upscale_and_project(decoder: Any, keys: Any, h: int, w: int, hyper_in: Any) -> Any:
+    """``decoder.output_upscaling`` then the hypernetwork dot product, channels-last.
+
+    keys: B x N x C (the transformer's image side, N = h*w); hyper_in: B x M x C2.
+    Returns mask logits B x M x 4h x 4w.
+
+    The two 2x2, stride-2 transposed convolutions touch each input pixel alone,
+    so each is one matrix product on the channels-last tokens (no transpose of
+    the image side, one fused layer norm over channels). Other upscaling
+    layouts go through the module itself.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    seq = decoder.output_upscaling
+    b, _, c = keys.shape
+    parts = list(seq)
+    plain = (
+        len(parts) == 5 and all(isinstance(parts[i], torch.nn.ConvTranspose2d) and parts[i].kernel_size == (2, 2) and parts[i].stride == (2, 2)
+                                and parts[i].padding == (0, 0) and parts[i].output_padding == (0, 0) and parts[i].groups == 1 and parts[i].dilation == (1, 1)
+                                and parts[i].bias is not None for i in (0, 3))
+        and type(parts[1]).__name__ == "LayerNorm2d"
+    )
+    if not plain:
+        up = seq(keys.transpose(1, 2).reshape(b, c, h, w))
+        return (hyper_in @ up.reshape(b, up.shape[1], -1)).reshape(b, -1, up.shape[2], up.shape[3])
+    conv1, norm, act1, conv2, act2 = parts
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # in x (dy, dx, out)
+    y = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * h * w, c), w1).reshape(b, h * w, 4, c1)
+    y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))  # LayerNorm2d = layer norm over channels
+    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+    y = act2(torch.addmm(conv2.bias.repeat(4), y.reshape(-1, c1), w2).reshape(b, h * w * 16, c2))  # B x (h w dy1 dx1 dy2 dx2) x C2
+    m = hyper_in.shape[1]
+    masks = (y @ hyper_in.transpose(1, 2)).reshape(b, h, w, 2, 2, 2, 2, m)  # pixel (4i + 2 dy1 + dy2, 4j + 2 dx1 + dx2)
+    return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, m, 4 * h, 4 * w)
+
+
+class SharedImage:
+    """The per-image part of decoding: computed once, used by every chunk of prompts of that image.
+
+    image, pe: N x C (image embedding + dense prompt embedding; positional
+    encoding); the first transformer layer's image-side projections, split
+    into heads (H x N x d).
+    """
+
+    def __init__(self, decoder: Any, image_embedding: Any, image_pe: Any, dense: Any):
+        _, c, h, w = image_embedding.shape
+        if dense.shape[0] != 1:
+            raise ValueError(f"SharedImage: expected one shared dense embedding 1 x {c} x {h} x {w}, got {tuple(dense.shape)}")
+        self.hw = (h, w)
+        self.image = (image_embedding + dense).flatten(2).transpose(1, 2)[0].contiguous()  # N x C
+        self.pe = image_pe.flatten(2).transpose(1, 2)[0].contiguous()
+        self.image_and_pe = self.image + self.pe
+        layers = decoder.transformer.layers
+        self.first = None
+        if len(layers):
+            t2i, i2t = layers[0].cross_attn_token_to_image, layers[0].cross_attn_image_to_token
+            self.first = tuple(_split_heads(x, a.num_heads).contiguous() for x, a in (
+                (t2i.k_proj(self.image_and_pe), t2i), (t2i.v_proj(self.image), t2i), (i2t.q_proj(self.image_and_pe), i2t)))
+
+
+def decode_prompts(decoder: Any, shared: SharedImage, sparse: Any, multimask_output: bool) -> tuple[Any, Any]:
+    """``MaskDecoder(...)`` for B prompts of the image in ``shared``.
+
+    Arguments:
+      decoder: a ``segment_anything.modeling.MaskDecoder``.
+      shared: :class:`SharedImage` of the image (and its dense prompt embedding).
+      sparse: B x S x C sparse prompt embeddings (points, box corners).
+      multimask_output: as in ``MaskDecoder.forward``.
+
+    Returns:
+      low-res mask logits B x M x 4h x 4w and predicted IoU B x M (M = 3 with
+      ``multimask_output``, else 1), as ``MaskDecoder.forward`` returns them.
+    """
+    import torch
+
+    tf = decoder.transformer
+    b = sparse.shape[0]
+    image, pe = shared.image, shared.pe
+    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    point_pe = torch.cat((out_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)  # B x T x C: the tokens, also their pe
+
+    queries, keys = point_pe, None
+    for layer in tf.layers:
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + point_pe
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+        q = queries + point_pe
+        if keys is None:  # first layer: the image side is the same for every prompt
+            kh, vh, qh = shared.first
+            queries = layer.norm2(queries + _tokens_to_shared_image(layer.cross_attn_token_to_image, q, kh, vh))
+            queries = layer.norm3(queries + layer.mlp(queries))
+            keys = layer.norm4(image + _image_to_tokens(layer.cross_attn_image_to_token, None, queries + point_pe, queries, q_heads=qh))  # B x N x C
+        else:
+            keys_pe = keys + pe
+            queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys))
+            queries = layer.norm3(queries + layer.mlp(queries))
+            keys = layer.norm4(keys + _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries))
+    if keys is None:  # a transformer without layers
+        keys = image.expand(b, -1, -1)
+    queries = tf.norm_final_attn(queries + _tokens_to_image(tf.final_attn_token_to_image, queries + point_pe, keys + pe, keys))
+
+    mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+    iou_pred = decoder.iou_prediction_head(queries[:, 0, :])[:, mask_slice]
+    token_ids = range(decoder.num_mask_tokens)[mask_slice]
+    hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in token_ids], dim=1)  # B x M x C2
+    return _upscale_and_project(decoder, keys, *shared.hw, hyper_in), iou_pred
+
+
+def decode_prompts_one_image(decoder: Any, image_embedding: Any, image_pe: Any, dense: Any, sparse: Any, multimask_output: bool) -> tuple[Any, Any]:
+    """:func:`decode_prompts` in one call: image_embedding, image_pe, dense 1 x C x h x w; sparse B x S x C."""
+    return decode_prompts(decoder, SharedImage(decoder, image_embedding, image_pe, dense), sparse, multimask_output)

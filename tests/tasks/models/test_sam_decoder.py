@@ -1,0 +1,74 @@
+"""tasks.models.sam_decoder against segment_anything's own MaskDecoder, same weights and prompts."""
+
+import pytest
+import torch
+
+from tasks.models.sam import build_sam
+from tasks.models.sam_decoder import SharedImage, decode_prompts, decode_prompts_one_image
+
+#: the official decoder (256 channels, 8 heads, 64 x 64 grid) behind a small encoder (the encoder is not used here)
+OFFICIAL_DECODER = dict(img_size=1024, patch_size=16, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
+                        encoder_global_attn_indexes=[0], window_size=8)
+#: a small decoder of another shape (64 channels, 4 heads, 3 layers)
+SMALL_DECODER = dict(img_size=256, patch_size=8, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
+                     encoder_global_attn_indexes=[0], window_size=8, prompt_embed_dim=64, decoder_depth=3, decoder_mlp_dim=128,
+                     decoder_num_heads=4, iou_head_hidden_dim=32, mask_in_chans=16)
+
+
+def prompts(sam, kind, n, gen):
+    size = sam.image_encoder.img_size
+    xy = torch.rand(n, 2, generator=gen) * size * 0.7
+    boxes = torch.cat([xy, xy + 4 + torch.rand(n, 2, generator=gen) * size * 0.3], 1)
+    centres = ((boxes[:, :2] + boxes[:, 2:]) / 2)[:, None]
+    points = (centres, torch.ones(n, 1)) if kind != "box" else None
+    return sam.prompt_encoder(points=points, boxes=boxes if kind != "point" else None, masks=None)
+
+
+@pytest.mark.parametrize("arch", [OFFICIAL_DECODER, SMALL_DECODER], ids=["official", "small"])
+@pytest.mark.parametrize("kind", ["box", "point", "box+point"])
+@pytest.mark.parametrize("multimask", [False, True])
+def test_same_masks_and_scores_as_the_library_decoder(arch, kind, multimask):
+    torch.manual_seed(0)
+    sam = build_sam(arch).eval()
+    gen = torch.Generator().manual_seed(1)
+    h, w = sam.prompt_encoder.image_embedding_size
+    emb = torch.randn(1, sam.prompt_encoder.embed_dim, h, w, generator=gen)
+    pe = sam.prompt_encoder.get_dense_pe()
+    with torch.inference_mode():
+        sparse, dense = prompts(sam, kind, 6, gen)
+        ref_masks, ref_iou = sam.mask_decoder(image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse,
+                                              dense_prompt_embeddings=dense, multimask_output=multimask)
+        masks, iou = decode_prompts_one_image(sam.mask_decoder, emb, pe, dense[:1], sparse, multimask)
+        shared = SharedImage(sam.mask_decoder, emb, pe, dense[:1])  # chunks of prompts share the image side
+        chunked = torch.cat([decode_prompts(sam.mask_decoder, shared, sparse[s : s + 4], multimask)[0] for s in (0, 4)])
+    assert masks.shape == ref_masks.shape == (6, 3 if multimask else 1, 4 * h, 4 * w) and iou.shape == ref_iou.shape
+    scale = ref_masks.abs().max().item()
+    torch.testing.assert_close(masks, ref_masks, atol=1e-5 * max(scale, 1.0), rtol=1e-4)
+    torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(chunked, masks, atol=1e-5 * max(scale, 1.0), rtol=1e-4)
+    # negative control: another prompt's masks are far off, so the tolerance above can fail
+    assert (masks[1:] - ref_masks[:-1]).abs().max() > 100 * 1e-5 * max(scale, 1.0)
+
+
+def test_other_upscaling_layouts_run_through_the_module():
+    torch.manual_seed(0)
+    sam = build_sam(SMALL_DECODER).eval()
+    c1 = sam.mask_decoder.output_upscaling[0].out_channels
+    sam.mask_decoder.output_upscaling[1] = torch.nn.GroupNorm(4, c1)  # not LayerNorm2d: the channels-last shortcut must not apply
+    gen = torch.Generator().manual_seed(2)
+    h, w = sam.prompt_encoder.image_embedding_size
+    emb = torch.randn(1, sam.prompt_encoder.embed_dim, h, w, generator=gen)
+    pe = sam.prompt_encoder.get_dense_pe()
+    with torch.inference_mode():
+        sparse, dense = prompts(sam, "box", 3, gen)
+        ref, _ = sam.mask_decoder(image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+        masks, _ = decode_prompts_one_image(sam.mask_decoder, emb, pe, dense[:1], sparse, False)
+    torch.testing.assert_close(masks, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_per_prompt_dense_embeddings_are_refused():
+    sam = build_sam(SMALL_DECODER).eval()
+    h, w = sam.prompt_encoder.image_embedding_size
+    emb = torch.zeros(1, 64, h, w)
+    with pytest.raises(ValueError, match="one shared dense embedding"):
+        SharedImage(sam.mask_decoder, emb, sam.prompt_encoder.get_dense_pe(), torch.zeros(2, 64, h, w))
