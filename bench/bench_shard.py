@@ -44,7 +44,7 @@ def main() -> None:
     from flows.config import JobConfig
     from tasks.images import decode_image
     from tasks.models.cache import get_model
-    from tasks.models.sam import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
+    from tasks.models.sam import TINY_SAM_ARCH, build_sam, load_sam, save_sam_checkpoint
     from tasks.models.tiny import make_tiny_yolo
     from tasks.plan import make_plan
     from tasks.shard import run_shard
@@ -80,7 +80,7 @@ def main() -> None:
     segflow_s = time.perf_counter() - t
 
     t = time.perf_counter()
-    predictor = SamPredictor(sam.model)
+    predictor = SamPredictor(load_sam(str(work / "sam.pt")))  # the library's model as loaded (eager attention)
     n_masks = 0
     for f in files:
         img = decode_image(f.read_bytes()).pixels

@@ -6,7 +6,7 @@ from segment_anything import SamPredictor
 
 from flows.config import MaskRcnnStage, SamAutoStage, SamStage, YoloSegStage, load_config
 from tasks.models.cache import get_model
-from tasks.models.sam import SamBoxSegmenter
+from tasks.models.sam import SamBoxSegmenter, load_sam
 from tasks.qc import box_iou_xyxy
 from tasks.record import Detections
 from tasks.synthetic import make_scene
@@ -71,7 +71,7 @@ def test_point_prompts_and_multimask_match_the_reference_predictor():
             cand = out.fields["multimask_ious"]
             assert cand.shape == (len(out), 3)
             np.testing.assert_allclose(out.fields["predicted_iou"], cand.max(1), atol=1e-6)
-        predictor = predictor or SamPredictor(seg.model)
+        predictor = predictor or SamPredictor(load_sam(weights))  # the library as loaded: eager attention and decoder
         predictor.set_image(scene.pixels)
         for i, b in enumerate(boxes):
             centre = ((b[:2] + b[2:]) / 2)[None]

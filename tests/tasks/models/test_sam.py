@@ -21,12 +21,12 @@ def segmenter(tiny_models):
     return SamBoxSegmenter(stage(boxes_per_call=3, min_mask_area=0), str(tiny_models["sam"]))
 
 
-def test_batched_equals_per_box_predictor_on_non_square_image(segmenter, rng):
+def test_batched_equals_per_box_predictor_on_non_square_image(segmenter, tiny_models, rng):
     image = rng.integers(0, 256, (213, 377, 3), dtype=np.uint8)  # landscape, odd sizes
     boxes = np.array([[5, 7, 120, 90], [100, 50, 370, 210], [0, 0, 377, 213], [300, 20, 360, 80], [40, 150, 90, 200]], np.float32)
     logits, iou = segmenter.box_logits(image, boxes)  # 5 boxes in 2 decoder calls (boxes_per_call=3)
 
-    predictor = SamPredictor(segmenter.model)
+    predictor = SamPredictor(load_sam(str(tiny_models["sam"])))  # the library's model as loaded, eager attention and decoder
     predictor.set_image(image)
     for k, box in enumerate(boxes):
         ref, ref_iou, _ = predictor.predict(box=box, multimask_output=False, return_logits=True)
