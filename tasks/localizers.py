@@ -106,13 +106,14 @@ def train_yolo_seg_localizer(out_path: str | Path, images: int = 160, epochs: in
                 poly = " ".join(f"{x / w:.6f} {y / h:.6f}" for x, y in _polygon(s.mask))
                 (root / "labels" / split / f"{i}.txt").write_text(f"0 {poly}\n")
         (root / "data.yaml").write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": {0: TARGET}}))
-        model = YOLO("yolo11n-seg.yaml")
-        model.train(
-            data=str(root / "data.yaml"), epochs=epochs, imgsz=imgsz, batch=8, device="cpu", plots=False, seed=seed, deterministic=True,
-            amp=False, project=str(root / "runs"), name="loc", exist_ok=True, verbose=False, val=False, cache="ram", mosaic=0.0,
-            close_mosaic=0, scale=0.2, workers=1, optimizer="AdamW", lr0=0.002, warmup_epochs=1, patience=0,
-        )
-        yolo_adapter.save_yolo_checkpoint(YOLO(str(root / "runs" / "loc" / "weights" / "last.pt")), out_path)
+        with yolo_adapter.keep_torch_threads():  # ultralytics lowers torch's thread count for the whole process
+            model = YOLO("yolo11n-seg.yaml")
+            model.train(
+                data=str(root / "data.yaml"), epochs=epochs, imgsz=imgsz, batch=8, device="cpu", plots=False, seed=seed, deterministic=True,
+                amp=False, project=str(root / "runs"), name="loc", exist_ok=True, verbose=False, val=False, cache="ram", mosaic=0.0,
+                close_mosaic=0, scale=0.2, workers=1, optimizer="AdamW", lr0=0.002, warmup_epochs=1, patience=0,
+            )
+            yolo_adapter.save_yolo_checkpoint(YOLO(str(root / "runs" / "loc" / "weights" / "last.pt")), out_path)
     return {"seconds": round(time.time() - t0, 1)}
 
 

@@ -98,16 +98,17 @@ def train_detector(
         data = root / "data.yaml"
         data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": dict(enumerate(THING_CLASSES))}))
         _log(f"detector: {images} training scenes written ({time.time() - t0:.0f}s); training {epochs} epochs at {imgsz}px", log)
-        model = YOLO("yolo11n-seg.yaml" if segment else "yolo11n.yaml")
-        model.train(
-            data=str(data), epochs=epochs, imgsz=imgsz, batch=8, device="cpu", plots=False,
-            seed=seed, deterministic=True, amp=False, project=str(Path(tmp) / "runs"), name="det",
-            exist_ok=True, verbose=False, val=False, cache="ram", mosaic=0.0, close_mosaic=0, scale=0.25, workers=1,
-            optimizer="AdamW", lr0=0.002, warmup_epochs=1, patience=0,
-        )
-        trained = YOLO(str(Path(tmp) / "runs" / "det" / "weights" / "last.pt"))  # our own fresh file: trusted
-        yolo_adapter.save_yolo_checkpoint(trained, out_path)  # before val(), which fuses Conv+BN in place
-        metrics = trained.val(data=str(data), imgsz=imgsz, batch=16, device="cpu", plots=False, verbose=False, project=str(Path(tmp) / "runs"), name="val")
+        with yolo_adapter.keep_torch_threads():  # ultralytics lowers torch's thread count for the whole process
+            model = YOLO("yolo11n-seg.yaml" if segment else "yolo11n.yaml")
+            model.train(
+                data=str(data), epochs=epochs, imgsz=imgsz, batch=8, device="cpu", plots=False,
+                seed=seed, deterministic=True, amp=False, project=str(Path(tmp) / "runs"), name="det",
+                exist_ok=True, verbose=False, val=False, cache="ram", mosaic=0.0, close_mosaic=0, scale=0.25, workers=1,
+                optimizer="AdamW", lr0=0.002, warmup_epochs=1, patience=0,
+            )
+            trained = YOLO(str(Path(tmp) / "runs" / "det" / "weights" / "last.pt"))  # our own fresh file: trusted
+            yolo_adapter.save_yolo_checkpoint(trained, out_path)  # before val(), which fuses Conv+BN in place
+            metrics = trained.val(data=str(data), imgsz=imgsz, batch=16, device="cpu", plots=False, verbose=False, project=str(Path(tmp) / "runs"), name="val")
     result = {"box_map50_val": round(float(metrics.box.map50), 4), "box_map_val": round(float(metrics.box.map), 4), "seconds": round(time.time() - t0, 1)}
     if segment:
         result["mask_map50_val"] = round(float(metrics.seg.map50), 4)
