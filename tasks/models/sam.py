@@ -237,6 +237,8 @@ class SamBoxSegmenter:
         cuda = self.device.type == "cuda"
         if getattr(stage, "attention", "auto") in ("auto", "sdpa"):  # fused attention: faster on GPUs and CPUs alike
             use_sdpa_attention(self.model)
+        if getattr(stage, "compile", False):  # the encoder's input is always img_size x img_size: one graph per batch size
+            self.model.image_encoder = torch.compile(self.model.image_encoder, dynamic=False)
         dtype = getattr(stage, "dtype", "auto")
         if dtype == "auto":  # bf16 where GPUs have it (fp16 breaks the large SAMs); float32 on CPU
             dtype = "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"

@@ -1,4 +1,4 @@
-"""The GPU path of the SAM stage, checked on CPU: SDPA attention equals the library's eager attention,
+"""The GPU path of the SAM stage, checked on CPU: SDPA attention equals the library's eager attention, a compiled encoder the plain one,
 and bfloat16 autocast keeps masks within the issue's bound (mean mask IoU >= 0.98 vs float32)."""
 
 import numpy as np
@@ -61,3 +61,15 @@ def test_native_bf16_cpu_detection_reads_the_flags(tmp_path):
     info.write_text("flags\t\t: amx_tile amx_bf16 avx512f\n")
     assert cpu_has_native_bf16(str(info))
     assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+
+
+def test_compiled_encoder_gives_the_same_logits():
+    """``compile: true`` (torch.compile of the image encoder, inductor's CPU backend here) changes speed, not results."""
+    w = demo_sam()
+    plain = SamBoxSegmenter(SamStage(kind="sam", weights=w, device="cpu"), w)
+    compiled = SamBoxSegmenter(SamStage(kind="sam", weights=w, device="cpu", compile=True), w)
+    assert type(compiled.model.image_encoder).__name__ == "OptimizedModule" and compiled.img_size == plain.img_size
+    for s in scenes(2):
+        a, ia = plain.box_logits(s.pixels, np.asarray(s.boxes))
+        b, ib = compiled.box_logits(s.pixels, np.asarray(s.boxes))
+        assert np.abs(a - b).max() < 1e-3 and np.abs(ia - ib).max() < 1e-4
