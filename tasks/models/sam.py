@@ -33,8 +33,8 @@ import numpy as np
 
 from tasks import rle
 from tasks.models.device import resolve_device
-from tasks.record import Detections
 from tasks.models.sam_decoder import SharedImage, decode_prompts
+from tasks.record import Detections
 from tasks.weights import WeightsError, load_checkpoint
 
 FORMAT = "segflow.sam/1"
