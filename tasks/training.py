@@ -6,9 +6,13 @@
   (``segment_anything.modeling`` classes, :data:`DEMO_SAM_ARCH`) trained from
   scratch on box prompt -> mask, with SAM's losses (focal-free variant: BCE +
   dice on the mask, MSE on the IoU head).
+* :func:`finetune_sam_zoom` -- that SAM fine-tuned on zoom-window crops, one
+  object per crop framed as the stage's ``zoom_context`` frames it, with the
+  loss on the logits upsampled to the input size (sharper boundaries where the
+  stability score measures them).
 
-Both save segflow checkpoints (weights-only, fp16) that the normal loaders
-read. ``segflow train-demo-models --output configs/models`` runs both and
+All save segflow checkpoints (weights-only, fp16) that the normal loaders
+read. ``segflow train-demo-models --output configs/models`` runs them and
 prints the sha256 values to put into ``configs/demo.yaml``.
 
 Training scenes use seeds >= 10000; tests and the demo use small seeds, so
@@ -27,7 +31,7 @@ import numpy as np
 
 from tasks.synthetic import THING_CLASSES, make_scene, scene_size, write_scene_set
 
-__all__ = ["DEMO_SAM_ARCH", "train_detector", "train_sam", "train_mask2former", "mean_box_prompt_iou"]
+__all__ = ["DEMO_SAM_ARCH", "train_detector", "train_sam", "finetune_sam_zoom", "train_mask2former", "mean_box_prompt_iou"]
 
 #: 256-px input with 8-px patches: a 32x32 embedding and 128x128 low-res masks.
 #: Measured on this task: per training step it learns boundaries far faster than
@@ -243,6 +247,119 @@ def train_sam(
     save_sam_checkpoint(sam, DEMO_SAM_ARCH, out_path, half=True)
     result = {"steps": step, "final_loss": round(float(ema or 0), 4), "seconds": round(time.time() - t0, 1)}
     _log(f"sam: done {result}", log)
+    return result
+
+
+def _zoom_crop_sample(rng: np.random.Generator, scene: Any, k: int, context: float, transform, img_size: int, low_res: int, box_noise: float, full_res_target: bool = False):
+    """One training sample as the zoomed SAM stage sees it at inference.
+
+    Object ``k``'s box (with detector-like noise) -> its :func:`zoom_windows_xyxy`
+    window at ``context`` -> the crop resized to the model input; returns
+    (crop HxWx3 uint8 at input scale, box 4 XYXY in the input frame, soft
+    target at the low-res mask size L x L, or at the input size when
+    ``full_res_target``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from tasks.models.sam import zoom_windows_xyxy
+
+    h, w = scene.pixels.shape[:2]
+    box = np.asarray(scene.boxes[k], np.float64)
+    wh = np.array([box[2] - box[0], box[3] - box[1]] * 2)
+    noisy = box + rng.normal(0, box_noise, 4) * wh
+    noisy = np.clip(noisy, 0, [w, h, w, h])
+    windows, _ = zoom_windows_xyxy(noisy[None], (h, w), context)
+    x0, y0, x1, y1 = (int(v) for v in windows[0])
+    crop = np.ascontiguousarray(scene.pixels[y0:y1, x0:x1])
+    img = transform.apply_image(crop)
+    ih, iw = img.shape[:2]
+    m = torch.from_numpy(scene.masks[k][y0:y1, x0:x1]).float()[None, None]
+    padded = torch.zeros((1, 1, img_size, img_size))
+    padded[..., :ih, :iw] = F.interpolate(m, (ih, iw), mode="area")
+    target = padded[0, 0] if full_res_target else F.interpolate(padded, (low_res, low_res), mode="area")[0, 0]
+    b = transform.apply_boxes((noisy - np.array([x0, y0, x0, y0]))[None], crop.shape[:2])[0].astype(np.float32)
+    return img, b, target
+
+
+def finetune_sam_zoom(
+    init_path: str | Path, out_path: str | Path, minutes: float = 40.0, seed: int = 0, scenes: int = 400,
+    crops_per_step: int = 8, lr: float = 3e-4, context_range: tuple[float, float] = (0.3, 1.2),
+    size_range: tuple[int, int] = (200, 1000), box_noise: float = 0.04, upsampled_loss: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Fine-tune a demo SAM on zoom-window crops: one object per crop, framed as ``zoom_context`` frames it.
+
+    The SAM stage segments small boxes in a crop of ``longer side x (1 + 2 x
+    context)`` resized to the model input; :func:`train_sam` only saw whole
+    scenes, where objects are small. Training on those crops (context drawn
+    from ``context_range``) teaches the scale the model actually works at:
+    sharper boundaries in its 128 x 128 mask grid, so higher IoU and a higher
+    stability score (SA-1B's gate) for the same object.
+    """
+    import torch
+    import torch.nn.functional as F
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from tasks.models.sam import load_sam, save_sam_checkpoint
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(TRAIN_SEED + 3000 + seed)
+    sam = load_sam(str(init_path)).float()
+    sam.train()
+    size = sam.image_encoder.img_size
+    transform = ResizeLongestSide(size)
+    low_res = 4 * sam.prompt_encoder.image_embedding_size[0]
+    pool = []
+    while len(pool) < scenes:
+        s = make_scene(rng, *scene_size(rng, size_range))
+        if s.masks:
+            s.masks = [np.asarray(m, np.uint8) for m in s.masks]
+            pool.append(s)
+    _log(f"sam zoom fine-tune: {len(pool)} scenes rendered ({time.time() - t0:.0f}s)", log)
+    opt = torch.optim.AdamW(sam.parameters(), lr=lr, weight_decay=0.01)
+    budget = minutes * 60 - (time.time() - t0)
+    t_start = time.time()
+    step, ema = 0, None
+    pe = sam.prompt_encoder.get_dense_pe()
+    while True:
+        elapsed = time.time() - t_start
+        if elapsed > budget:
+            break
+        frac = elapsed / budget
+        for g in opt.param_groups:  # short warmup, then cosine to 5%
+            g["lr"] = lr * min(1.0, (step + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        imgs, boxes, targets = [], [], []
+        for _ in range(crops_per_step):
+            s = pool[int(rng.integers(len(pool)))]
+            img, b, t = _zoom_crop_sample(rng, s, int(rng.integers(len(s.masks))), float(rng.uniform(*context_range)), transform, size, low_res, box_noise, upsampled_loss)
+            imgs.append(sam.preprocess(torch.as_tensor(img).permute(2, 0, 1).float()[None])[0])
+            boxes.append(b)
+            targets.append(t)
+        emb = sam.image_encoder(torch.stack(imgs))
+        sparse, dense = sam.prompt_encoder(points=None, boxes=torch.as_tensor(np.stack(boxes)), masks=None)
+        low, iou_pred = _decode_all_prompts(sam.mask_decoder, emb, pe, sparse, dense)
+        logits, tgt = low[:, 0], torch.stack(targets)
+        if upsampled_loss:  # as the stage upsamples them (bilinear, to the input size): the boundary is learnt where it is scored
+            logits = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[:, 0]
+        hard = tgt > 0.5
+        with torch.no_grad():
+            pred = logits > 0
+            iou = (pred & hard).flatten(1).sum(1).float() / (pred | hard).flatten(1).sum(1).float().clamp(min=1)
+        loss = F.binary_cross_entropy_with_logits(logits, hard.float()) * 20 + _dice_loss(logits, tgt) + F.mse_loss(iou_pred[:, 0], iou)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+        opt.step()
+        step += 1
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if step % 100 == 0:
+            _log(f"sam zoom fine-tune: step {step} loss {ema:.4f} ({time.time() - t0:.0f}s)", log)
+    sam.eval()
+    save_sam_checkpoint(sam, DEMO_SAM_ARCH, out_path, half=True)
+    result = {"steps": step, "final_loss": round(float(ema or 0), 4), "seconds": round(time.time() - t0, 1)}
+    _log(f"sam zoom fine-tune: done {result}", log)
     return result
 
 

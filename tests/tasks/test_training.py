@@ -6,7 +6,8 @@ from flows.config import SamStage, YoloStage
 from tasks.models.sam import SamBoxSegmenter
 from tasks.models.yolo import YoloDetector
 from tasks.record import Detections
-from tasks.training import DEMO_SAM_ARCH, train_detector, train_sam
+from tasks.synthetic import make_scene
+from tasks.training import DEMO_SAM_ARCH, _zoom_crop_sample, finetune_sam_zoom, train_detector, train_sam
 
 
 def test_sam_training_writes_a_loadable_checkpoint(tmp_path):
@@ -17,6 +18,52 @@ def test_sam_training_writes_a_loadable_checkpoint(tmp_path):
     assert seg.img_size == DEMO_SAM_ARCH["img_size"]
     logits, iou = seg.box_logits(np.zeros((90, 120, 3), np.uint8), np.array([[10, 10, 60, 50]], np.float32))
     assert logits.shape == (1, 90, 120) and iou.shape == (1,)
+
+
+def test_zoom_crop_sample_frames_the_object_as_the_zoomed_stage_does():
+    """The crop target is the prompted object's mask, aligned with the crop pixels and the box; another object's is not."""
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from tasks.models.sam import zoom_windows_xyxy
+
+    scene = make_scene(np.random.default_rng(3), 700, 500)
+    assert len(scene.masks) >= 2
+    transform = ResizeLongestSide(256)
+    for k in range(len(scene.masks)):
+        img, box, target = _zoom_crop_sample(np.random.default_rng(0), scene, k, 0.5, transform, 256, 64, box_noise=0.0, full_res_target=True)
+        x0, y0, x1, y1 = (int(v) for v in zoom_windows_xyxy(np.asarray(scene.boxes[k])[None], (500, 700), 0.5)[0][0])
+        scale = 256 / max(x1 - x0, y1 - y0)
+        ih, iw = img.shape[:2]
+        assert max(ih, iw) == 256 and target.shape == (256, 256)
+        hard = target.numpy() > 0.5
+        assert not hard[ih:].any() and not hard[:, iw:].any()  # nothing in the padding
+        # the object's own pixels, resized the same way (nearest), agree with the target
+        crop_mask = scene.masks[k][y0:y1, x0:x1]
+        yy = np.minimum((np.arange(ih) + 0.5) / scale, crop_mask.shape[0] - 1).astype(int)
+        xx = np.minimum((np.arange(iw) + 0.5) / scale, crop_mask.shape[1] - 1).astype(int)
+        nearest = crop_mask[yy][:, xx]
+        iou = (nearest & hard[:ih, :iw]).sum() / (nearest | hard[:ih, :iw]).sum()
+        assert iou > 0.9, (k, iou)
+        ys, xs = np.nonzero(hard)
+        assert np.allclose(box, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=2.5), (k, box)
+        # negative control: another object's mask, cut by the same window, does not match
+        other = scene.masks[(k + 1) % len(scene.masks)][y0:y1, x0:x1][yy][:, xx]
+        assert (other & hard[:ih, :iw]).sum() / max((other | hard[:ih, :iw]).sum(), 1) < 0.5
+
+
+def test_zoom_fine_tune_changes_the_weights_and_keeps_the_checkpoint_loadable(tmp_path):
+    import torch
+
+    init, out = tmp_path / "sam.pt", tmp_path / "sam-zoom.pt"
+    train_sam(init, minutes=0.02, scenes=3, batch_images=2, log=lambda m: None)
+    result = finetune_sam_zoom(init, out, minutes=0.1, scenes=3, crops_per_step=2, log=lambda m: None)
+    assert result["steps"] >= 1
+    before, after = (torch.load(p, weights_only=True)["state_dict"] for p in (init, out))
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    seg = SamBoxSegmenter(SamStage(kind="sam", weights=str(out), device="cpu", min_mask_area=0, zoom_context=0.5), str(out))
+    logits, iou = seg.box_logits(np.zeros((300, 400, 3), np.uint8), np.array([[10, 10, 60, 50]], np.float32))
+    assert logits.shape == (1, 300, 400) and iou.shape == (1,)
 
 
 def test_detector_training_writes_a_loadable_checkpoint(tmp_path):
