@@ -297,6 +297,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         det, sam = train_demo_models(out, seed=args.seed, det_images=args.det_images, det_epochs=args.det_epochs,
                                      det_imgsz=args.det_imgsz, sam_minutes=args.sam_minutes)
         print(f"instances trained in {time.time() - t0:.0f}s: detector {det}, sam {sam}")
+        cycles = [m for m in args.sam_zoom_minutes if m > 0]
+        if cycles:
+            import torch
+
+            from tasks.training import finetune_sam_zoom
+
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+            for k, minutes in enumerate(cycles):  # cosine cycles, each from the last one's weights at half its peak learning rate
+                t1 = time.time()
+                tmp = out / "demo-sam.zoom.pt"
+                zoom = finetune_sam_zoom(out / "demo-sam.pt", tmp, minutes=minutes, seed=args.seed, lr=3e-4 / 2**k)
+                os.replace(tmp, out / "demo-sam.pt")
+                print(f"sam fine-tuned on zoom crops (cycle {k + 1} of {len(cycles)}) in {time.time() - t1:.0f}s: {zoom}")
         names += ["demo-yolo.pt", "demo-sam.pt"]
     if args.only in (None, "panoptic"):
         import torch
@@ -385,15 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--verbose", "-v", action="store_true")
     d.set_defaults(fn=cmd_demo)
 
-    t = sub.add_parser("train-demo-models", help="train the demo detector + SAM (side by side, ~14 min) and the demo Mask2Former (~14 min) on synthetic scenes, CPU")
+    t = sub.add_parser("train-demo-models", help="train the demo detector + SAM (side by side, ~14 min), fine-tune the SAM on zoom crops (~75 min) and train the demo Mask2Former (~14 min) on synthetic scenes, CPU")
     t.add_argument("--output", default="configs/models")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--det-images", type=int, default=400)
     t.add_argument("--det-epochs", type=int, default=34)
     t.add_argument("--det-imgsz", type=int, default=288)
     t.add_argument("--sam-minutes", type=float, default=13.5)
+    t.add_argument("--sam-zoom-minutes", type=float, nargs="*", default=[45.0, 30.0], help="then fine-tune the SAM on zoom-window crops (the framing the demo jobs' zoom_context gives it): one cosine cycle per value, minutes each, each at half the previous peak learning rate (default: 45 30; 0 or none: skip)")
     t.add_argument("--m2f-minutes", type=float, default=14.0, help="wall-clock budget of the Mask2Former training")
-    t.add_argument("--only", choices=["instances", "panoptic"], help="train only the detector + SAM (~14 min) or only the Mask2Former (~14 min); default: all, one after the other")
+    t.add_argument("--only", choices=["instances", "panoptic"], help="train only the detector + SAM (~1.5 h with the zoom fine-tune) or only the Mask2Former (~14 min); default: all, one after the other")
     t.add_argument("--update-config", nargs="*", help="write the new sha256 values into these job files (e.g. configs/demo.yaml configs/demo-qc.yaml)")
     t.set_defaults(fn=cmd_train)
 
