@@ -59,7 +59,7 @@ def test_demo_writes_ground_truth_and_quality(demo_run):
 
 
 # Issue targets: box/mask AP50 >= 0.8 and SAM with ground-truth boxes >= 0.85 mean IoU
-# (the demo job's SAM stage, zoom_context included: 0.88 on these scenes and on seeds 0, 7, 11).
+# (the demo job's SAM stage, zoom_context included: 0.95 on these scenes, 0.93-0.96 on seeds 0, 7, 11).
 BOX_AP50_FLOOR, MASK_AP50_FLOOR, SAM_IOU_FLOOR = 0.8, 0.8, 0.85
 
 
@@ -152,12 +152,17 @@ def test_exif_rotated_copies_get_the_same_labels(prefect_harness, tmp_path):
     assert compared >= 12
 
 
-def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
-    """Masks of the demo run, deliberately corrupted, against the QC gates (measured rates).
+# Measured on this scene set (seed 3) with the shipped models: see README "The demo models".
+GOOD_KEPT_FLOOR = 0.7  # measured 0.76 (79/104); every kept one has IoU >= 0.85
 
-    The SA-1B score gates (predicted IoU 0.88, stability 0.95) reject most masks of the small demo
-    SAM (its predicted IoU and stability are ~0.83 at the median, matching its real ~0.82 IoU), so
-    this test uses score gates at that model's level and every geometric gate at its default.
+
+def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
+    """Masks of the demo run, deliberately corrupted, against the default QC gates (measured rates).
+
+    Every gate at its default, the SA-1B score gates included (predicted IoU 0.88, stability 0.95).
+    "Good" masks: for each ground-truth object, the best-scoring auto-label of its class with mask
+    IoU >= 0.7. Each good mask is then shifted by 35% of its box, eroded by 20% of it, or added
+    again with a lower score; the gates must reject those and keep most of the good ones.
     """
     from scipy import ndimage
 
@@ -173,8 +178,10 @@ def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
     by_image = {}
     for m in masks:
         by_image.setdefault(m["image_id"], []).append(m)
-    cfg = QcStage(kind="qc", predicted_iou={"min": 0.6, "action": "reject"}, stability={"min": 0.5, "action": "reject"})
-    kept = total = default_kept = 0
+    cfg = QcStage(kind="qc")
+    assert (cfg.predicted_iou.min, cfg.stability.min) == (0.88, 0.95)
+    kept = total = 0
+    sharp_kept = sharp_total = 0  # the good masks with IoU >= 0.85
     reasons = Counter()
     caught = {"shifted": [0, 0], "eroded": [0, 0], "duplicated": [0, 0]}
     rng = np.random.default_rng(0)
@@ -182,12 +189,14 @@ def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
         h, w = rows[0]["height"], rows[0]["width"]
         rles = [{"size": [h, w], "counts": r["rle_counts"]} for r in rows]
         # "good": for each ground-truth object, the best-scoring auto-label of its class with IoU >= 0.7
-        good_idx = set()
+        good_iou = {}
         for a in gt_by_name[images[image_id]]:
             ious = mask_utils.iou(rles, [a["segmentation"]], [0])[:, 0]
             cands = [i for i, r in enumerate(rows) if r["category_id"] == a["category_id"] and ious[i] >= 0.7]
             if cands:
-                good_idx.add(max(cands, key=lambda i: rows[i]["score"]))
+                best = max(cands, key=lambda i: rows[i]["score"])
+                good_iou[best] = max(good_iou.get(best, 0.0), float(ious[best]))
+        good_idx = set(good_iou)
         boxes = np.array([r["prompt_box"] for r in rows], np.float32)
         base = dict(image_size=(h, w), boxes=boxes, class_ids=[r["category_id"] for r in rows], scores=[r["score"] for r in rows])
         fields = dict(predicted_iou=np.array([r["predicted_iou"] for r in rows]), stability_score=np.array([r["stability_score"] for r in rows]))
@@ -196,8 +205,10 @@ def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
         v, why = check_masks(record, cfg)
         kept += int((v[good] != "reject").sum())
         reasons.update(r for g in good if v[g] == "reject" for r in why[g].split(","))
-        default_kept += int((check_masks(record, QcStage(kind="qc"))[0][good] != "reject").sum())
         total += len(good)
+        sharp = [g for g in good if good_iou[g] >= 0.85]
+        sharp_kept += int((v[sharp] != "reject").sum())
+        sharp_total += len(sharp)
         if not good:
             continue
         sub = record[np.array(good)]
@@ -222,10 +233,11 @@ def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
             caught[kind][0] += int((verdict == "reject").sum())
             caught[kind][1] += len(good)
     rates = {k: c / n for k, (c, n) in caught.items()}
-    print(f"SA-1B default gates keep {default_kept}/{total} of the demo masks")
     print(f"rules that rejected good masks: {dict(reasons)}")
-    print(f"good masks kept {kept}/{total} ({kept / total:.2f}); corrupted masks rejected: " + ", ".join(f"{k} {r:.2f}" for k, r in rates.items()))
-    assert kept / total >= 0.9
+    print(f"default gates: good masks kept {kept}/{total} ({kept / total:.2f}; IoU >= 0.85: {sharp_kept}/{sharp_total}); "
+          "corrupted masks rejected: " + ", ".join(f"{k} {r:.2f}" for k, r in rates.items()))
+    assert total >= 80
+    assert kept / total >= GOOD_KEPT_FLOOR
     assert rates["shifted"] >= 0.9 and rates["duplicated"] >= 0.95 and rates["eroded"] >= 0.8
 
 
