@@ -123,11 +123,24 @@ def train_detector(
 # -- SAM ----------------------------------------------------------------------------------------
 
 
-def _scene_samples(rng: np.random.Generator, n: int, transform, img_size: int, low_res: int, size_range: tuple[int, int]):
-    """Pre-render ``n`` scenes: (resized image HxWx3 uint8, input size, soft low-res targets K x L x L, boxes K x 4 in the input frame)."""
+def _coverage_targets(masks: np.ndarray, resized_hw: tuple[int, int], img_size: int, low_res: int | None):
+    """Masks (K x H x W, bool or uint8) as SAM's frame sees them: resized to ``resized_hw``, zero-padded to the square input.
+
+    Returns K x S x S float coverage (fraction of each pixel inside the mask), S
+    = ``img_size``, or averaged down to ``low_res`` (the decoder's mask grid).
+    """
     import torch
     import torch.nn.functional as F
 
+    ih, iw = resized_hw
+    m = torch.from_numpy(np.asarray(masks)).float()[:, None]
+    padded = torch.zeros((len(m), 1, img_size, img_size))
+    padded[..., :ih, :iw] = F.interpolate(m, (ih, iw), mode="area")
+    return (padded if low_res is None else F.interpolate(padded, (low_res, low_res), mode="area"))[:, 0]
+
+
+def _scene_samples(rng: np.random.Generator, n: int, transform, img_size: int, low_res: int, size_range: tuple[int, int]):
+    """Pre-render ``n`` scenes: (resized image HxWx3 uint8, input size, soft low-res targets K x L x L, boxes K x 4 in the input frame)."""
     samples = []
     for _ in range(n):
         s = make_scene(rng, *scene_size(rng, size_range))
@@ -135,10 +148,7 @@ def _scene_samples(rng: np.random.Generator, n: int, transform, img_size: int, l
             continue
         img = transform.apply_image(s.pixels)
         ih, iw = img.shape[:2]
-        masks = torch.from_numpy(np.stack(s.masks)).float()[:, None]
-        padded = torch.zeros((len(s.masks), 1, img_size, img_size))
-        padded[..., :ih, :iw] = F.interpolate(masks, (ih, iw), mode="area")
-        targets = F.interpolate(padded, (low_res, low_res), mode="area")[:, 0]  # fraction of each low-res pixel covered
+        targets = _coverage_targets(np.stack(s.masks), (ih, iw), img_size, low_res)
         boxes = transform.apply_boxes(np.asarray(s.boxes, np.float64), s.pixels.shape[:2]).astype(np.float32)
         samples.append((img, (ih, iw), targets, boxes))
     return samples
@@ -259,9 +269,6 @@ def _zoom_crop_sample(rng: np.random.Generator, scene: Any, k: int, context: flo
     target at the low-res mask size L x L, or at the input size when
     ``full_res_target``).
     """
-    import torch
-    import torch.nn.functional as F
-
     from tasks.models.sam import zoom_windows_xyxy
 
     h, w = scene.pixels.shape[:2]
@@ -273,11 +280,7 @@ def _zoom_crop_sample(rng: np.random.Generator, scene: Any, k: int, context: flo
     x0, y0, x1, y1 = (int(v) for v in windows[0])
     crop = np.ascontiguousarray(scene.pixels[y0:y1, x0:x1])
     img = transform.apply_image(crop)
-    ih, iw = img.shape[:2]
-    m = torch.from_numpy(scene.masks[k][y0:y1, x0:x1]).float()[None, None]
-    padded = torch.zeros((1, 1, img_size, img_size))
-    padded[..., :ih, :iw] = F.interpolate(m, (ih, iw), mode="area")
-    target = padded[0, 0] if full_res_target else F.interpolate(padded, (low_res, low_res), mode="area")[0, 0]
+    target = _coverage_targets(scene.masks[k][None, y0:y1, x0:x1], img.shape[:2], img_size, None if full_res_target else low_res)[0]
     b = transform.apply_boxes((noisy - np.array([x0, y0, x0, y0]))[None], crop.shape[:2])[0].astype(np.float32)
     return img, b, target
 
