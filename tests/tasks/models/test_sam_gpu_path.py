@@ -73,3 +73,27 @@ def test_compiled_encoder_gives_the_same_logits():
         a, ia = plain.box_logits(s.pixels, np.asarray(s.boxes))
         b, ib = compiled.box_logits(s.pixels, np.asarray(s.boxes))
         assert np.abs(a - b).max() < 1e-3 and np.abs(ia - ib).max() < 1e-4
+
+
+def test_blocked_sdpa_attention_equals_eager():
+    """Global attention with the queries in blocks (the CPU default): every block size gives the library's output,
+    including a last block shorter than the rest."""
+    import torch
+    from segment_anything.modeling.image_encoder import Attention
+
+    from tasks.models.sam import _sdpa_attention_forward
+
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=2, qkv_bias=True, use_rel_pos=True, input_size=(24, 20)).eval()
+    with torch.no_grad():  # relative positions that matter (they start at zero)
+        attn.rel_pos_h.normal_(0, 0.5)
+        attn.rel_pos_w.normal_(0, 0.5)
+    x = torch.randn(2, 24, 20, 32)
+    with torch.inference_mode():
+        ref = attn(x)
+        row_bytes = 2 * 2 * 24 * 20 * 4  # batch x heads x keys x float32: one query row of bias
+        for rows in (1, 7, 100, 480, 10_000):
+            out = _sdpa_attention_forward(attn, x, block_bytes=rows * row_bytes)
+            assert (out - ref).abs().max() < 1e-5, rows
+        attn.rel_pos_h.mul_(2.0)  # negative control: other relative positions give another output (a constant shift would not)
+        assert (_sdpa_attention_forward(attn, x, block_bytes=7 * row_bytes) - ref).abs().max() > 1e-2
