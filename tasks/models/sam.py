@@ -14,6 +14,14 @@ and low-resolution logits are upsampled as in ``Sam.postprocess_masks``.
 The upsampling runs on the transposed logits so that thresholded masks come
 out as ``N x W x H``, the layout RLE encoding takes without a copy.
 
+``mask_margin`` (default 0.5): each mask is computed only inside its box grown
+by that fraction of the box's longer side (plus one embedding token). There the
+logits are the library's to float rounding; outside they are -20
+(background). The decoder's upscaling then runs on the window's tokens only,
+and the upsampling to the original frame is two small matrix products per box
+(``Sam.postprocess_masks``' two bilinear resizes composed, restricted to the
+window). ``mask_margin: null`` gives whole-frame masks, as ``SamPredictor``.
+
 Weights:
 
 * a plain SAM state dict (the official ``sam_vit_*.pth`` files); the
@@ -33,7 +41,7 @@ import numpy as np
 
 from tasks import rle
 from tasks.models.device import resolve_device
-from tasks.models.sam_decoder import SharedImage, decode_prompts
+from tasks.models.sam_decoder import SharedImage, decode_prompts, decode_tokens, upscale_windows
 from tasks.record import Detections
 from tasks.weights import WeightsError, load_checkpoint
 
@@ -272,6 +280,9 @@ class SamBoxSegmenter:
         self.multimask = bool(getattr(stage, "multimask_output", False))
         zoom = getattr(stage, "zoom_context", None)
         self.zoom_context = None if zoom is None else float(zoom)
+        margin = getattr(stage, "mask_margin", None)
+        self.mask_margin = None if margin is None else float(margin)
+        self._resize_cache: dict[tuple[int, int], tuple[Any, np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
 
     def _boxes_per_call(self, setting: int | str) -> int:
@@ -337,6 +348,9 @@ class SamBoxSegmenter:
 
         Prompts (``prompt`` of the stage): ``box`` (the box), ``point`` (the
         box centre as one foreground point) or ``box+point`` (both).
+
+        With ``mask_margin`` each mask is computed only inside its box's
+        window (:meth:`_decode_in_windows`); logits are -20 outside it.
         """
         import torch
 
@@ -348,6 +362,8 @@ class SamBoxSegmenter:
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes if self.prompt != "point" else None, masks=None)
         # without mask prompts the dense embedding is the same for every box: the image side is shared (tasks.models.sam_decoder)
         shared = SharedImage(self.model.mask_decoder, embedding, self.model.prompt_encoder.get_dense_pe(), dense[:1])
+        if self.mask_margin is not None:
+            return self._decode_in_windows(shared, sparse, boxes, input_size, original_size)
         logits, ious, all_ious = [], [], []
         for s in range(0, len(boxes), self.boxes_per_call):
             low_res, iou = decode_prompts(self.model.mask_decoder, shared, sparse[s : s + self.boxes_per_call], self.multimask)
@@ -359,6 +375,78 @@ class SamBoxSegmenter:
             logits.append(self._upsample_nwh(low_res.float(), input_size, original_size))  # float32 from here on
             ious.append(iou[:, 0].float())
         return torch.cat(logits), torch.cat(ious), (torch.cat(all_ious).float() if all_ious else None)
+
+    def _token_windows(self, boxes_in: Any) -> np.ndarray:
+        """Windows of the embedding's token grid around boxes: N x 4 int XYXY (exclusive ends).
+
+        boxes_in: N x 4, XYXY, pixels of the resized (encoder input) frame. Each
+        window is the box grown by ``mask_margin`` x its longer side on every
+        side, plus one token for the bilinear upsampling's reach.
+        """
+        b = boxes_in.detach().float().cpu().numpy().reshape(-1, 4).astype(np.float64)
+        h, w = self.model.prompt_encoder.image_embedding_size
+        token = self.img_size / w
+        grow = self.mask_margin * np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])[:, None]
+        lo = np.floor((b[:, :2] - grow) / token) - 1
+        hi = np.ceil((b[:, 2:] + grow) / token) + 1
+        lo = np.clip(lo, 0, [[w - 1, h - 1]])
+        hi = np.clip(np.maximum(hi, lo + 1), 0, [[w, h]])
+        return np.concatenate([lo, hi], 1).astype(np.int64)
+
+    def _resize_matrix(self, input_len: int, out_len: int) -> tuple[Any, np.ndarray, np.ndarray]:
+        """``Sam.postprocess_masks`` along one axis as a matrix: out_len x L (L = low-res side).
+
+        Low-res logits -> img_size (bilinear) -> first ``input_len`` -> out_len
+        (bilinear), composed. Also each output pixel's first and last low-res
+        pixel of non-zero weight (both non-decreasing), to find the pixels a
+        window of low-res logits determines completely.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        key = (input_len, out_len)
+        if key not in self._resize_cache:
+            low = 4 * self.model.prompt_encoder.image_embedding_size[0]
+            eye = torch.eye(low, dtype=torch.float64)[:, None, :]  # row k: the unit signal at low-res pixel k
+            up = F.interpolate(eye, self.img_size, mode="linear", align_corners=False)[..., :input_len]
+            r = F.interpolate(up, out_len, mode="linear", align_corners=False)[:, 0, :].T.contiguous()  # out_len x L
+            nz = (r != 0).numpy()
+            first, last = nz.argmax(1), low - 1 - nz[:, ::-1].argmax(1)
+            self._resize_cache[key] = (r.float().to(self.device), first, last)
+        return self._resize_cache[key]
+
+    def _decode_in_windows(self, shared: SharedImage, sparse: Any, boxes_in: Any, input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Any, Any, Any]:
+        """:meth:`decode_boxes` with each mask computed only inside its box's window.
+
+        The decoder's upscaling runs only on the window's tokens
+        (:func:`tasks.models.sam_decoder.upscale_windows`), and the upsampling
+        to the original frame only on the pixels those tokens determine: inside
+        the window the logits are the library's, to float rounding; outside it
+        they are -20. With multiple masks the best candidate is chosen from the
+        predicted IoUs first, so only it is upscaled.
+        """
+        import torch
+
+        n = len(boxes_in)
+        ry, fy, ly = self._resize_matrix(input_size[0], original_size[0])
+        rx, fx, lx = self._resize_matrix(input_size[1], original_size[1])
+        windows = self._token_windows(boxes_in)
+        logits = torch.full((n, original_size[1], original_size[0]), -20.0, device=self.device)
+        ious, all_ious = [], []
+        for s in range(0, n, self.boxes_per_call):
+            keys, hyper, iou = decode_tokens(self.model.mask_decoder, shared, sparse[s : s + self.boxes_per_call], self.multimask)
+            best = iou.argmax(1) if self.multimask else torch.zeros(len(iou), dtype=torch.long, device=iou.device)
+            rows = torch.arange(len(best), device=best.device)
+            if self.multimask:
+                all_ious.append(iou)
+            ious.append(iou[rows, best].float())
+            crops = upscale_windows(self.model.mask_decoder, keys, shared.hw, hyper[rows, best], windows[s : s + len(best)])
+            for k, (crop, (x0, y0, x1, y1)) in enumerate(zip(crops, 4 * windows[s : s + len(best)])):
+                c0, c1 = int(np.searchsorted(fx, x0)), int(np.searchsorted(lx, x1))  # output columns set by low-res x0..x1
+                r0, r1 = int(np.searchsorted(fy, y0)), int(np.searchsorted(ly, y1))
+                if c1 > c0 and r1 > r0:  # N x W x H layout: columns first
+                    logits[s + k, c0:c1, r0:r1] = rx[c0:c1, x0:x1] @ crop.float().T @ ry[r0:r1, y0:y1].T
+        return logits, torch.cat(ious), (torch.cat(all_ious).float() if all_ious else None)
 
     # -- the stage -----------------------------------------------------------------------
     def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Detections]) -> list[Detections]:

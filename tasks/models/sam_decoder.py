@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["SharedImage", "decode_prompts", "decode_prompts_one_image"]
+__all__ = ["SharedImage", "decode_tokens", "decode_prompts", "decode_prompts_one_image", "upscale_windows"]
 
 
 def _split_heads(x: Any, heads: int) -> Any:
@@ -143,13 +143,7 @@ def _upscale_and_project(decoder: Any, keys: Any, h: int, w: int, hyper_in: Any)
     seq = decoder.output_upscaling
     b, _, c = keys.shape
     parts = list(seq)
-    plain = (
-        len(parts) == 5 and all(isinstance(parts[i], torch.nn.ConvTranspose2d) and parts[i].kernel_size == (2, 2) and parts[i].stride == (2, 2)
-                                and parts[i].padding == (0, 0) and parts[i].output_padding == (0, 0) and parts[i].groups == 1 and parts[i].dilation == (1, 1)
-                                and parts[i].bias is not None for i in (0, 3))
-        and type(parts[1]).__name__ == "LayerNorm2d"
-    )
-    if not plain:
+    if not _plain_upscaling(decoder):
         up = seq(keys.transpose(1, 2).reshape(b, c, h, w))
         return (hyper_in @ up.reshape(b, up.shape[1], -1)).reshape(b, -1, up.shape[2], up.shape[3])
     conv1, norm, act1, conv2, act2 = parts
@@ -162,6 +156,63 @@ def _upscale_and_project(decoder: Any, keys: Any, h: int, w: int, hyper_in: Any)
     m = hyper_in.shape[1]
     masks = (y @ hyper_in.transpose(1, 2)).reshape(b, h, w, 2, 2, 2, 2, m)  # pixel (4i + 2 dy1 + dy2, 4j + 2 dx1 + dx2)
     return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, m, 4 * h, 4 * w)
+
+
+def _plain_upscaling(decoder: Any) -> bool:
+    """The library's upscaling layout: 2x2 stride-2 transposed conv, LayerNorm2d, act, 2x2 stride-2 transposed conv, act."""
+    import torch
+
+    parts = list(decoder.output_upscaling)
+    return (
+        len(parts) == 5 and all(isinstance(parts[i], torch.nn.ConvTranspose2d) and parts[i].kernel_size == (2, 2) and parts[i].stride == (2, 2)
+                                and parts[i].padding == (0, 0) and parts[i].output_padding == (0, 0) and parts[i].groups == 1 and parts[i].dilation == (1, 1)
+                                and parts[i].bias is not None for i in (0, 3))
+        and type(parts[1]).__name__ == "LayerNorm2d"
+    )
+
+
+def upscale_windows(decoder: Any, keys: Any, hw: tuple[int, int], hyper_in: Any, windows: Any) -> list[Any]:
+    """Mask logits of each prompt inside its own window of the token grid only.
+
+    Arguments:
+      keys: B x N x C, the transformer's image side (N = h*w, row-major).
+      hw: (h, w) of the token grid.
+      hyper_in: B x C2, the chosen mask token's hypernetwork output.
+      windows: B x 4 int, XYXY in tokens (exclusive ends), inside [0, w] x [0, h].
+
+    Returns:
+      B tensors of logits ``4 (y1 - y0) x 4 (x1 - x0)``: exactly the library's
+      low-res logits at those pixels. The two 2x2, stride-2 transposed
+      convolutions and the channel norm act on each token alone, so the tokens
+      of all windows are gathered into one batch and nothing outside them is
+      computed.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    b, n, c = keys.shape
+    h, w = hw
+    win = [tuple(int(v) for v in row) for row in windows.tolist()]
+    if not _plain_upscaling(decoder):  # another layout: run the module on the whole grid, then crop
+        full = _upscale_and_project(decoder, keys, h, w, hyper_in[:, None])[:, 0]
+        return [full[i, 4 * y0 : 4 * y1, 4 * x0 : 4 * x1] for i, (x0, y0, x1, y1) in enumerate(win)]
+    grid = torch.arange(n, device=keys.device).reshape(h, w)
+    index = torch.cat([(grid[y0:y1, x0:x1] + i * n).reshape(-1) for i, (x0, y0, x1, y1) in enumerate(win)])
+    owner = torch.cat([torch.full(((y1 - y0) * (x1 - x0),), i, device=keys.device) for i, (x0, y0, x1, y1) in enumerate(win)])
+    tokens = keys.reshape(b * n, c).index_select(0, index)  # M x C
+    conv1, norm, act1, conv2, act2 = list(decoder.output_upscaling)
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    y = torch.addmm(conv1.bias.repeat(4), tokens, conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)).reshape(-1, 4, c1)
+    y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
+    y = act2(torch.addmm(conv2.bias.repeat(4), y.reshape(-1, c1), conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)).reshape(-1, 16, c2))
+    logits = torch.bmm(y, hyper_in.index_select(0, owner)[:, :, None])[:, :, 0]  # M x 16: (dy1, dx1, dy2, dx2) per token
+    out, start = [], 0
+    for x0, y0, x1, y1 in win:
+        th, tw = y1 - y0, x1 - x0
+        part = logits[start : start + th * tw].reshape(th, tw, 2, 2, 2, 2)
+        out.append(part.permute(0, 2, 4, 1, 3, 5).reshape(4 * th, 4 * tw))  # pixel (4i + 2 dy1 + dy2, 4j + 2 dx1 + dx2)
+        start += th * tw
+    return out
 
 
 class SharedImage:
@@ -188,18 +239,11 @@ class SharedImage:
                 (t2i.k_proj(self.image_and_pe), t2i), (t2i.v_proj(self.image), t2i), (i2t.q_proj(self.image_and_pe), i2t)))
 
 
-def decode_prompts(decoder: Any, shared: SharedImage, sparse: Any, multimask_output: bool) -> tuple[Any, Any]:
-    """``MaskDecoder(...)`` for B prompts of the image in ``shared``.
+def decode_tokens(decoder: Any, shared: SharedImage, sparse: Any, multimask_output: bool) -> tuple[Any, Any, Any]:
+    """The two-way transformer and the heads of ``MaskDecoder`` for B prompts of the image in ``shared``.
 
-    Arguments:
-      decoder: a ``segment_anything.modeling.MaskDecoder``.
-      shared: :class:`SharedImage` of the image (and its dense prompt embedding).
-      sparse: B x S x C sparse prompt embeddings (points, box corners).
-      multimask_output: as in ``MaskDecoder.forward``.
-
-    Returns:
-      low-res mask logits B x M x 4h x 4w and predicted IoU B x M (M = 3 with
-      ``multimask_output``, else 1), as ``MaskDecoder.forward`` returns them.
+    Returns the image side ``keys`` B x N x C, the hypernetwork outputs B x M x C2
+    and predicted IoU B x M (M = 3 with ``multimask_output``, else 1).
     """
     import torch
 
@@ -236,6 +280,23 @@ def decode_prompts(decoder: Any, shared: SharedImage, sparse: Any, multimask_out
     iou_pred = decoder.iou_prediction_head(queries[:, 0, :])[:, mask_slice]
     token_ids = range(decoder.num_mask_tokens)[mask_slice]
     hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in token_ids], dim=1)  # B x M x C2
+    return keys, hyper_in, iou_pred
+
+
+def decode_prompts(decoder: Any, shared: SharedImage, sparse: Any, multimask_output: bool) -> tuple[Any, Any]:
+    """``MaskDecoder(...)`` for B prompts of the image in ``shared``.
+
+    Arguments:
+      decoder: a ``segment_anything.modeling.MaskDecoder``.
+      shared: :class:`SharedImage` of the image (and its dense prompt embedding).
+      sparse: B x S x C sparse prompt embeddings (points, box corners).
+      multimask_output: as in ``MaskDecoder.forward``.
+
+    Returns:
+      low-res mask logits B x M x 4h x 4w and predicted IoU B x M (M = 3 with
+      ``multimask_output``, else 1), as ``MaskDecoder.forward`` returns them.
+    """
+    keys, hyper_in, iou_pred = decode_tokens(decoder, shared, sparse, multimask_output)
     return _upscale_and_project(decoder, keys, *shared.hw, hyper_in), iou_pred
 
 

@@ -64,7 +64,7 @@ def test_point_prompts_and_multimask_match_the_reference_predictor():
     prompts = Detections(scene.pixels.shape[:2], boxes, np.ones(len(boxes)), np.ones(len(boxes)))
     predictor = None
     for prompt, multimask in (("point", False), ("box", True), ("box+point", True)):
-        seg = SamBoxSegmenter(SamStage(kind="sam", weights=weights, device="cpu", prompt=prompt, multimask_output=multimask), weights)
+        seg = SamBoxSegmenter(SamStage(kind="sam", weights=weights, device="cpu", prompt=prompt, multimask_output=multimask, mask_margin=None), weights)
         logits, iou = seg.box_logits(scene.pixels, boxes)
         if multimask:
             out = seg.segment([scene.pixels], [prompts])[0]

@@ -18,7 +18,7 @@ def stage(**kw):
 
 @pytest.fixture(scope="module")
 def segmenter(tiny_models):
-    return SamBoxSegmenter(stage(boxes_per_call=3, min_mask_area=0), str(tiny_models["sam"]))
+    return SamBoxSegmenter(stage(boxes_per_call=3, min_mask_area=0, mask_margin=None), str(tiny_models["sam"]))  # whole-frame masks, as SamPredictor
 
 
 def test_batched_equals_per_box_predictor_on_non_square_image(segmenter, tiny_models, rng):
@@ -130,3 +130,66 @@ def test_zoomed_boxes_are_segmented_in_their_crop(tiny_models, rng):
     assert (logits[0][outside] < 0).all()  # nothing outside the window
     big, big_iou = plain.box_logits(image, boxes[1:])
     np.testing.assert_allclose(logits[1], big[0], atol=1e-4)
+
+
+def test_mask_margin_keeps_sam_logits_inside_the_window(tiny_models, rng):
+    """``mask_margin``: inside each box's window the logits are the whole-frame ones; outside they are background (-20);
+    the window holds the box grown by the margin. The random model's masks do spill outside (the clipping is real)."""
+    image = rng.integers(0, 256, (213, 377, 3), dtype=np.uint8)
+    boxes = np.array([[5, 7, 60, 50], [100, 50, 370, 210], [300, 20, 330, 80], [40, 150, 90, 200], [0, 0, 377, 213]], np.float32)
+    full, iou_full = SamBoxSegmenter(stage(mask_margin=None, boxes_per_call=2), str(tiny_models["sam"])).box_logits(image, boxes)
+    win, iou_win = SamBoxSegmenter(stage(mask_margin=0.5, boxes_per_call=2), str(tiny_models["sam"])).box_logits(image, boxes)
+    np.testing.assert_allclose(iou_win, iou_full, atol=1e-5)
+    inside = win != -20
+    np.testing.assert_allclose(win[inside], full[inside], atol=1e-4)
+    for k, (x0, y0, x1, y1) in enumerate(boxes):
+        g = 0.5 * max(x1 - x0, y1 - y0)
+        ys, xs = slice(int(max(y0 - g, 0)), int(min(y1 + g, 213))), slice(int(max(x0 - g, 0)), int(min(x1 + g, 377)))
+        assert inside[k][ys, xs].all(), k
+    assert inside[4].all()  # the whole-image box: its window is the image
+    assert not inside[0].all() and ((full > 0) & ~inside).any()
+
+
+def test_mask_margin_segment_matches_its_logits(tiny_models, rng):
+    """The stage's masks with a margin are its thresholded (windowed) logits, also with multimask candidates."""
+    image = rng.integers(0, 256, (150, 220, 3), dtype=np.uint8)
+    prompts = Detections((150, 220), [[10, 10, 60, 70], [100, 40, 200, 140], [5, 90, 40, 145]], [1, 2, 3], [0.9, 0.8, 0.7])
+    for multimask in (False, True):
+        seg = SamBoxSegmenter(stage(mask_margin=0.25, min_mask_area=0, multimask_output=multimask), str(tiny_models["sam"]))
+        out = seg.segment([image], [prompts])[0]
+        logits, iou = seg.box_logits(image, prompts.boxes)
+        keep = (logits > 0).reshape(3, -1).any(1)
+        np.testing.assert_array_equal(rle.decode_many(list(out.rle_counts), 150, 220), (logits > 0)[keep])
+        np.testing.assert_allclose(out.fields["predicted_iou"], iou[keep], atol=1e-6)
+
+
+def test_default_mask_margin_only_removes_spill_on_the_trained_demo_sam():
+    """Against ground truth, on held-out synthetic scenes with their true boxes: the default margin never adds a pixel,
+    does not lower mean mask IoU (what it cuts is spill far outside the box), and with the demo job's zoom it changes nothing."""
+    from pathlib import Path
+
+    from flows.config import load_config
+    from tasks.synthetic import make_scene
+
+    root = Path(__file__).resolve().parents[3]
+    masks_stage = load_config(root / "configs" / "demo.yaml", overrides={"source": str(root), "output": "/tmp/unused"}).stages["masks"]
+    w = masks_stage.weights
+    assert SamStage.model_fields["mask_margin"].default == 0.5
+    for zoom in (None, masks_stage.zoom_context):
+        whole = SamBoxSegmenter(SamStage(kind="sam", weights=w, device="cpu", mask_margin=None, zoom_context=zoom), w)
+        windowed = SamBoxSegmenter(SamStage(kind="sam", weights=w, device="cpu", zoom_context=zoom), w)
+        rng = np.random.default_rng(5)
+        iou_whole, iou_windowed, cut = [], [], 0
+        for i in range(8):
+            s = make_scene(rng, *[(320, 240), (400, 300), (256, 256), (500, 200)][i % 4])
+            a, b = whole.box_logits(s.pixels, np.asarray(s.boxes))[0] > 0, windowed.box_logits(s.pixels, np.asarray(s.boxes))[0] > 0
+            assert not (b & ~a).any()
+            cut += int((a & ~b).sum())
+            for x, y, g in zip(a, b, np.asarray(s.masks, bool)):
+                iou_whole.append((x & g).sum() / max((x | g).sum(), 1))
+                iou_windowed.append((y & g).sum() / max((y | g).sum(), 1))
+        print(f"zoom {zoom}: mean GT IoU whole frame {np.mean(iou_whole):.3f}, with margin {np.mean(iou_windowed):.3f}, {cut} pixels cut")
+        if zoom is None:
+            assert cut > 0 and np.mean(iou_windowed) >= np.mean(iou_whole)
+        else:
+            assert cut == 0 and iou_windowed == iou_whole

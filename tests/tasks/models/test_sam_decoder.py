@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tasks.models.sam import build_sam
-from tasks.models.sam_decoder import SharedImage, decode_prompts, decode_prompts_one_image
+from tasks.models.sam_decoder import SharedImage, decode_prompts, decode_prompts_one_image, decode_tokens, upscale_windows
 
 #: the official decoder (256 channels, 8 heads, 64 x 64 grid) behind a small encoder (the encoder is not used here)
 OFFICIAL_DECODER = dict(img_size=1024, patch_size=16, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
@@ -72,3 +72,27 @@ def test_per_prompt_dense_embeddings_are_refused():
     emb = torch.zeros(1, 64, h, w)
     with pytest.raises(ValueError, match="one shared dense embedding"):
         SharedImage(sam.mask_decoder, emb, sam.prompt_encoder.get_dense_pe(), torch.zeros(2, 64, h, w))
+
+
+@pytest.mark.parametrize("layout", ["plain", "other"])
+def test_upscaling_inside_windows_equals_the_whole_grid_cropped(layout):
+    """Windows at the grid's edges, one token, the whole grid: each equals the library's low-res logits there."""
+    torch.manual_seed(0)
+    sam = build_sam(SMALL_DECODER).eval()
+    if layout == "other":  # the fallback: the module on the whole grid, then cropped
+        sam.mask_decoder.output_upscaling[1] = torch.nn.GroupNorm(4, sam.mask_decoder.output_upscaling[0].out_channels)
+    gen = torch.Generator().manual_seed(3)
+    h, w = sam.prompt_encoder.image_embedding_size
+    emb = torch.randn(1, sam.prompt_encoder.embed_dim, h, w, generator=gen)
+    pe = sam.prompt_encoder.get_dense_pe()
+    windows = torch.tensor([[0, 0, w, h], [0, 0, 3, 5], [w - 4, h - 2, w, h], [7, 9, 8, 10], [2, 11, 30, 20]])  # XYXY tokens
+    with torch.inference_mode():
+        sparse, dense = prompts(sam, "box", len(windows), gen)
+        ref, _ = sam.mask_decoder(image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+        keys, hyper, _ = decode_tokens(sam.mask_decoder, SharedImage(sam.mask_decoder, emb, pe, dense[:1]), sparse, False)
+        crops = upscale_windows(sam.mask_decoder, keys, (h, w), hyper[:, 0], windows.numpy())
+    for k, (x0, y0, x1, y1) in enumerate(windows.tolist()):
+        expected = ref[k, 0, 4 * y0 : 4 * y1, 4 * x0 : 4 * x1]
+        assert crops[k].shape == expected.shape
+        torch.testing.assert_close(crops[k], expected, atol=1e-4, rtol=1e-4)
+    assert (crops[1] - ref[1, 0, 4:24, 0:12]).abs().max() > 1e-2  # negative control: a window shifted by one token differs
