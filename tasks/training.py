@@ -194,10 +194,9 @@ def train_sam(
     (the side-by-side trainer hands SAM the second core once the detector is done).
     """
     import torch
-    import torch.nn.functional as F
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from tasks.models.sam import build_sam, save_sam_checkpoint
+    from tasks.models.sam import build_sam
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -238,25 +237,48 @@ def train_sam(
         sparse, dense = sam.prompt_encoder(points=None, boxes=torch.cat(prompts), masks=None)
         low, iou_pred = _decode_all_prompts(sam.mask_decoder, emb[owner], pe, sparse, dense)  # every image's prompts in one call
         logits, tgt = low[:, 0], torch.cat(targets)  # loss on the 4x-upscaled decoder output against soft targets
-        with torch.no_grad():
-            pred, hard = logits > 0, tgt > 0.5
-            iou = (pred & hard).flatten(1).sum(1).float() / (pred | hard).flatten(1).sum(1).float().clamp(min=1)
-        hard_t = (tgt > 0.5).float()  # hard targets: sharp logits at edges, so masks are stable under threshold offsets (SA-1B's stability score)
-        loss = F.binary_cross_entropy_with_logits(logits, hard_t if hard_targets else tgt) * 20 + _dice_loss(logits, tgt) + F.mse_loss(iou_pred[:, 0], iou)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
-        opt.step()
+        loss = _sam_step(sam, opt, logits, tgt, iou_pred, hard_bce=hard_targets)
         step += 1
-        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
         if step % 50 == 0:
             _log(f"sam: step {step} loss {ema:.4f} ({time.time() - t0:.0f}s)", log)
             if threads is not None and torch.get_num_threads() != threads():
                 torch.set_num_threads(threads())
+    return _save_trained_sam(sam, out_path, step, ema, t0, log, "sam")
+
+
+def _sam_step(sam: Any, opt: Any, logits: Any, tgt: Any, iou_pred: Any, hard_bce: bool) -> float:
+    """One optimiser step of the SAM losses; returns the loss.
+
+    logits: B x H x W mask logits; tgt: B x H x W soft targets in [0, 1];
+    iou_pred: B x 1. Loss: BCE x 20 against the hard targets (``hard_bce``:
+    sharp logits at edges, so masks are stable under threshold offsets, SA-1B's
+    stability score) or the soft ones, + dice, + MSE of the IoU head against
+    the mask's actual IoU with the hard target.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    hard = tgt > 0.5
+    with torch.no_grad():
+        pred = logits > 0
+        iou = (pred & hard).flatten(1).sum(1).float() / (pred | hard).flatten(1).sum(1).float().clamp(min=1)
+    loss = F.binary_cross_entropy_with_logits(logits, hard.float() if hard_bce else tgt) * 20 + _dice_loss(logits, tgt) + F.mse_loss(iou_pred[:, 0], iou)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
+def _save_trained_sam(sam: Any, out_path: str | Path, steps: int, ema: float | None, t0: float, log: Any, name: str) -> dict:
+    """Save the trained model as a half-precision segflow checkpoint; the run's summary."""
+    from tasks.models.sam import save_sam_checkpoint
+
     sam.eval()
     save_sam_checkpoint(sam, DEMO_SAM_ARCH, out_path, half=True)
-    result = {"steps": step, "final_loss": round(float(ema or 0), 4), "seconds": round(time.time() - t0, 1)}
-    _log(f"sam: done {result}", log)
+    result = {"steps": steps, "final_loss": round(float(ema or 0), 4), "seconds": round(time.time() - t0, 1)}
+    _log(f"{name}: done {result}", log)
     return result
 
 
@@ -304,7 +326,7 @@ def finetune_sam_zoom(
     import torch.nn.functional as F
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from tasks.models.sam import load_sam, save_sam_checkpoint
+    from tasks.models.sam import load_sam
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -346,24 +368,12 @@ def finetune_sam_zoom(
         logits, tgt = low[:, 0], torch.stack(targets)
         if upsampled_loss:  # as the stage upsamples them (bilinear, to the input size): the boundary is learnt where it is scored
             logits = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[:, 0]
-        hard = tgt > 0.5
-        with torch.no_grad():
-            pred = logits > 0
-            iou = (pred & hard).flatten(1).sum(1).float() / (pred | hard).flatten(1).sum(1).float().clamp(min=1)
-        loss = F.binary_cross_entropy_with_logits(logits, hard.float()) * 20 + _dice_loss(logits, tgt) + F.mse_loss(iou_pred[:, 0], iou)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
-        opt.step()
+        loss = _sam_step(sam, opt, logits, tgt, iou_pred, hard_bce=True)
         step += 1
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        ema = loss if ema is None else 0.98 * ema + 0.02 * loss
         if step % 100 == 0:
             _log(f"sam zoom fine-tune: step {step} loss {ema:.4f} ({time.time() - t0:.0f}s)", log)
-    sam.eval()
-    save_sam_checkpoint(sam, DEMO_SAM_ARCH, out_path, half=True)
-    result = {"steps": step, "final_loss": round(float(ema or 0), 4), "seconds": round(time.time() - t0, 1)}
-    _log(f"sam zoom fine-tune: done {result}", log)
-    return result
+    return _save_trained_sam(sam, out_path, step, ema, t0, log, "sam zoom fine-tune")
 
 
 def _detector_process(out_path: str, kwargs: dict, queue) -> None:
