@@ -56,6 +56,10 @@ OFFICIAL_ARCHS = {
     "vit_h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]),
 }
 
+#: Bytes of full-frame float32 logits the stage holds at once per image: 1,000 boxes on a 1080p image
+#: would be 8 GB in one piece; the boxes are decoded in parts that fit, and only RLE strings are kept.
+LOGITS_BYTES = 256 << 20
+
 #: A small SAM for tests and CPU demos (~0.6M parameters, 256-px input).
 TINY_SAM_ARCH = dict(
     img_size=256, patch_size=16, encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=4,
@@ -283,6 +287,7 @@ class SamBoxSegmenter:
         margin = getattr(stage, "mask_margin", None)
         self.mask_margin = None if margin is None else float(margin)
         self._resize_cache: dict[tuple[int, int], tuple[Any, np.ndarray, np.ndarray]] = {}
+        self.logits_bytes = LOGITS_BYTES  # an image with many boxes is decoded in parts whose full-frame logits fit this
         self._lock = threading.Lock()
 
     def _boxes_per_call(self, setting: int | str) -> int:
@@ -477,21 +482,24 @@ class SamBoxSegmenter:
                 embs, sizes = self.embed([images[i] for i in idx])
                 for j, i in enumerate(idx):
                     dets = prompts[i]
-                    logits, iou, candidates = self._image_logits(images[i], embs[j : j + 1], dets.boxes, sizes[j], dets.image_size)
-                    stability = calculate_stability_score(logits, threshold, 1.0)
-                    masks_nwh = (logits > threshold).cpu().numpy()
-                    if self.min_island_frac > 0:
-                        masks_nwh = remove_small_islands(masks_nwh, self.min_island_frac)
-                    counts = rle.encode_nwh(masks_nwh)
-                    extra = {} if candidates is None else {"multimask_ious": candidates.float().cpu().numpy()}
-                    with_masks = dets.with_masks(
-                        counts,
-                        predicted_iou=iou.float().cpu().numpy(),
-                        stability_score=stability.float().cpu().numpy(),
-                        **extra,
-                    )
-                    area = masks_nwh.reshape(len(dets), -1).sum(1)
-                    out[i] = with_masks[area >= max(self.min_mask_area, 1)]
+                    h, w = dets.image_size
+                    per_part = max(1, self.logits_bytes // (4 * h * w))  # boxes whose full-frame logits fit the budget
+                    counts, iou, stability, candidates, area = [], [], [], [], []
+                    for b in range(0, len(dets), per_part):
+                        lg, io, cand = self._image_logits(images[i], embs[j : j + 1], dets.boxes[b : b + per_part], sizes[j], dets.image_size)
+                        stability.append(calculate_stability_score(lg, threshold, 1.0).float().cpu().numpy())
+                        masks_nwh = (lg > threshold).cpu().numpy()
+                        del lg
+                        if self.min_island_frac > 0:
+                            masks_nwh = remove_small_islands(masks_nwh, self.min_island_frac)
+                        counts += rle.encode_nwh(masks_nwh)
+                        area.append(masks_nwh.reshape(len(masks_nwh), -1).sum(1))
+                        iou.append(io.float().cpu().numpy())
+                        if cand is not None:
+                            candidates.append(cand.float().cpu().numpy())
+                    extra = {"multimask_ious": np.concatenate(candidates)} if candidates else {}
+                    with_masks = dets.with_masks(counts, predicted_iou=np.concatenate(iou), stability_score=np.concatenate(stability), **extra)
+                    out[i] = with_masks[np.concatenate(area) >= max(self.min_mask_area, 1)]
         return out
 
     def _image_logits(self, image: np.ndarray, embedding: Any, boxes_xyxy: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Any, Any, Any]:

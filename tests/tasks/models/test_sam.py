@@ -193,3 +193,20 @@ def test_default_mask_margin_only_removes_spill_on_the_trained_demo_sam():
             assert cut > 0 and np.mean(iou_windowed) >= np.mean(iou_whole)
         else:
             assert cut == 0 and iou_windowed == iou_whole
+
+
+@pytest.mark.parametrize("kw", [{}, {"mask_margin": None, "multimask_output": True, "min_island_frac": 0.2}], ids=["defaults", "whole-frame-multimask-islands"])
+def test_many_boxes_are_decoded_in_parts_with_the_same_result(tiny_models, rng, kw):
+    """An image's boxes in parts whose full-frame logits fit ``logits_bytes``: the same rows, masks and scores as in one piece."""
+    image = rng.integers(0, 256, (90, 140, 3), dtype=np.uint8)
+    xy = rng.uniform(0, 80, (9, 2))
+    prompts = Detections((90, 140), np.concatenate([xy, xy + rng.uniform(8, 50, (9, 2))], 1).clip(0, [140, 90, 140, 90]), np.arange(9) % 3 + 1, np.linspace(0.9, 0.1, 9))
+    whole = SamBoxSegmenter(stage(min_mask_area=0, **kw), str(tiny_models["sam"]))
+    parts = SamBoxSegmenter(stage(min_mask_area=0, **kw), str(tiny_models["sam"]))
+    parts.logits_bytes = 2 * 4 * 90 * 140 + 1  # two boxes a part: 5 parts, the last one short
+    a, b = whole.segment([image], [prompts])[0], parts.segment([image], [prompts])[0]
+    assert len(a) == len(b) > 0
+    assert list(a.rle_counts) == list(b.rle_counts)
+    np.testing.assert_array_equal(a.class_ids, b.class_ids)
+    for f in a.fields:
+        np.testing.assert_allclose(a.fields[f], b.fields[f], atol=1e-6)
