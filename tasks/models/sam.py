@@ -33,6 +33,7 @@ Weights:
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -286,7 +287,7 @@ class SamBoxSegmenter:
         self.zoom_context = None if zoom is None else float(zoom)
         margin = getattr(stage, "mask_margin", None)
         self.mask_margin = None if margin is None else float(margin)
-        self._resize_cache: dict[tuple[int, int], tuple[Any, np.ndarray, np.ndarray]] = {}
+        self._resize_cache: OrderedDict[tuple[int, int], tuple[Any, np.ndarray, np.ndarray]] = OrderedDict()
         self.logits_bytes = LOGITS_BYTES  # an image with many boxes is decoded in parts whose full-frame logits fit this
         self._lock = threading.Lock()
 
@@ -410,7 +411,11 @@ class SamBoxSegmenter:
         import torch.nn.functional as F
 
         key = (input_len, out_len)
-        if key not in self._resize_cache:
+        if key in self._resize_cache:
+            self._resize_cache.move_to_end(key)
+        else:
+            if len(self._resize_cache) >= 64:  # a dataset of many image sizes: keep the 64 last used (~1 MB each at 1080p)
+                self._resize_cache.popitem(last=False)
             low = 4 * self.model.prompt_encoder.image_embedding_size[0]
             eye = torch.eye(low, dtype=torch.float64)[:, None, :]  # row k: the unit signal at low-res pixel k
             up = F.interpolate(eye, self.img_size, mode="linear", align_corners=False)[..., :input_len]

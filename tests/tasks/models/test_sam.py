@@ -210,3 +210,13 @@ def test_many_boxes_are_decoded_in_parts_with_the_same_result(tiny_models, rng, 
     np.testing.assert_array_equal(a.class_ids, b.class_ids)
     for f in a.fields:
         np.testing.assert_allclose(a.fields[f], b.fields[f], atol=1e-6)
+
+
+def test_resize_matrices_are_kept_for_the_64_last_image_sizes(tiny_models):
+    """A job over many image sizes does not grow the per-size upsampling cache without bound."""
+    seg = SamBoxSegmenter(stage(), str(tiny_models["sam"]))
+    first = seg._resize_matrix(200, 300)[0].clone()
+    for n in range(100, 170):
+        seg._resize_matrix(200, n)
+    assert len(seg._resize_cache) == 64 and (200, 169) in seg._resize_cache and (200, 300) not in seg._resize_cache
+    assert torch.equal(seg._resize_matrix(200, 300)[0], first)  # recomputed when needed again, the same
