@@ -126,6 +126,23 @@ def _image_to_tokens(attn: Any, q_in: Any, k: Any, v: Any, q_heads: Any = None) 
     return (a.reshape(b, a.shape[1], heads * t) @ u.reshape(b, heads * t, -1)) + attn.out_proj.bias
 
 
+def _upscale_tokens(parts: list, tokens: Any) -> Any:
+    """The plain upscaling layout on channels-last tokens: M x C -> M x 16 x C2.
+
+    Each 2x2, stride-2 transposed convolution touches each input pixel alone, so
+    it is one matrix product per token; LayerNorm2d is a layer norm over channels.
+    Output pixel order per token: (dy1, dx1, dy2, dx2) -> pixel (4i + 2 dy1 + dy2, 4j + 2 dx1 + dx2).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    conv1, norm, act1, conv2, act2 = parts
+    c, c1, c2 = tokens.shape[1], conv1.out_channels, conv2.out_channels
+    y = torch.addmm(conv1.bias.repeat(4), tokens, conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)).reshape(-1, 4, c1)  # in x (dy, dx, out)
+    y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
+    return act2(torch.addmm(conv2.bias.repeat(4), y.reshape(-1, c1), conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)).reshape(-1, 16, c2))
+
+
 def _upscale_and_project(decoder: Any, keys: Any, h: int, w: int, hyper_in: Any) -> Any:
     """``decoder.output_upscaling`` then the hypernetwork dot product, channels-last.
 
@@ -137,22 +154,13 @@ def _upscale_and_project(decoder: Any, keys: Any, h: int, w: int, hyper_in: Any)
     the image side, one fused layer norm over channels). Other upscaling
     layouts go through the module itself.
     """
-    import torch
-    import torch.nn.functional as F
-
     seq = decoder.output_upscaling
     b, _, c = keys.shape
     parts = list(seq)
     if not _plain_upscaling(decoder):
         up = seq(keys.transpose(1, 2).reshape(b, c, h, w))
         return (hyper_in @ up.reshape(b, up.shape[1], -1)).reshape(b, -1, up.shape[2], up.shape[3])
-    conv1, norm, act1, conv2, act2 = parts
-    c1, c2 = conv1.out_channels, conv2.out_channels
-    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # in x (dy, dx, out)
-    y = torch.addmm(conv1.bias.repeat(4), keys.reshape(b * h * w, c), w1).reshape(b, h * w, 4, c1)
-    y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))  # LayerNorm2d = layer norm over channels
-    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    y = act2(torch.addmm(conv2.bias.repeat(4), y.reshape(-1, c1), w2).reshape(b, h * w * 16, c2))  # B x (h w dy1 dx1 dy2 dx2) x C2
+    y = _upscale_tokens(parts, keys.reshape(b * h * w, c)).reshape(b, h * w * 16, -1)  # B x (h w dy1 dx1 dy2 dx2) x C2
     m = hyper_in.shape[1]
     masks = (y @ hyper_in.transpose(1, 2)).reshape(b, h, w, 2, 2, 2, 2, m)  # pixel (4i + 2 dy1 + dy2, 4j + 2 dx1 + dx2)
     return masks.permute(0, 7, 1, 3, 5, 2, 4, 6).reshape(b, m, 4 * h, 4 * w)
@@ -188,7 +196,6 @@ def upscale_windows(decoder: Any, keys: Any, hw: tuple[int, int], hyper_in: Any,
       computed.
     """
     import torch
-    import torch.nn.functional as F
 
     b, n, c = keys.shape
     h, w = hw
@@ -199,12 +206,7 @@ def upscale_windows(decoder: Any, keys: Any, hw: tuple[int, int], hyper_in: Any,
     grid = torch.arange(n, device=keys.device).reshape(h, w)
     index = torch.cat([(grid[y0:y1, x0:x1] + i * n).reshape(-1) for i, (x0, y0, x1, y1) in enumerate(win)])
     owner = torch.cat([torch.full(((y1 - y0) * (x1 - x0),), i, device=keys.device) for i, (x0, y0, x1, y1) in enumerate(win)])
-    tokens = keys.reshape(b * n, c).index_select(0, index)  # M x C
-    conv1, norm, act1, conv2, act2 = list(decoder.output_upscaling)
-    c1, c2 = conv1.out_channels, conv2.out_channels
-    y = torch.addmm(conv1.bias.repeat(4), tokens, conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)).reshape(-1, 4, c1)
-    y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
-    y = act2(torch.addmm(conv2.bias.repeat(4), y.reshape(-1, c1), conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)).reshape(-1, 16, c2))
+    y = _upscale_tokens(list(decoder.output_upscaling), keys.reshape(b * n, c).index_select(0, index))  # M x 16 x C2
     logits = torch.bmm(y, hyper_in.index_select(0, owner)[:, :, None])[:, :, 0]  # M x 16: (dy1, dx1, dy2, dx2) per token
     out, start = [], 0
     for x0, y0, x1, y1 in win:
