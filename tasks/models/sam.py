@@ -42,7 +42,7 @@ import numpy as np
 
 from tasks import rle
 from tasks.models.device import resolve_device
-from tasks.models.sam_decoder import SharedImage, decode_prompts, decode_tokens, upscale_windows
+from tasks.models.sam_decoder import SharedImage, decode_tokens, upscale_grid, upscale_windows
 from tasks.record import Detections
 from tasks.weights import WeightsError, load_checkpoint
 
@@ -356,7 +356,11 @@ class SamBoxSegmenter:
         box centre as one foreground point) or ``box+point`` (both).
 
         With ``mask_margin`` each mask is computed only inside its box's
-        window (:meth:`_decode_in_windows`); logits are -20 outside it.
+        window (:meth:`_token_windows`): the decoder's upscaling runs on the
+        window's tokens only (:func:`tasks.models.sam_decoder.upscale_windows`),
+        and the upsampling to the original frame on the pixels those tokens
+        determine (:meth:`_resize_matrix`). Inside, the logits are the
+        library's to float rounding; outside they are -20.
         """
         import torch
 
@@ -368,19 +372,36 @@ class SamBoxSegmenter:
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes if self.prompt != "point" else None, masks=None)
         # without mask prompts the dense embedding is the same for every box: the image side is shared (tasks.models.sam_decoder)
         shared = SharedImage(self.model.mask_decoder, embedding, self.model.prompt_encoder.get_dense_pe(), dense[:1])
-        if self.mask_margin is not None:
-            return self._decode_in_windows(shared, sparse, boxes, input_size, original_size)
-        logits, ious, all_ious = [], [], []
-        for s in range(0, len(boxes), self.boxes_per_call):
-            low_res, iou = decode_prompts(self.model.mask_decoder, shared, sparse[s : s + self.boxes_per_call], self.multimask)
-            if self.multimask:  # keep the candidate SAM itself rates best, and every candidate's score
-                best = iou.argmax(1)
-                rows = torch.arange(len(best), device=best.device)
+        n, windows = len(boxes), (self._token_windows(boxes) if self.mask_margin is not None else None)
+        if windows is not None:
+            ry, fy, ly = self._resize_matrix(input_size[0], original_size[0])
+            rx, fx, lx = self._resize_matrix(input_size[1], original_size[1])
+            logits = torch.full((n, original_size[1], original_size[0]), -20.0, device=self.device)
+        else:
+            parts = []
+        ious, all_ious = [], []
+        for s in range(0, n, self.boxes_per_call):
+            keys, hyper, iou = decode_tokens(self.model.mask_decoder, shared, sparse[s : s + self.boxes_per_call], self.multimask)
+            # the mask SAM itself rates best (with multimask, of its 3 candidates), chosen before any upscaling
+            best = iou.argmax(1)
+            rows = torch.arange(len(best), device=best.device)
+            if self.multimask:
                 all_ious.append(iou)
-                low_res, iou = low_res[rows, best][:, None], iou[rows, best][:, None]
-            logits.append(self._upsample_nwh(low_res.float(), input_size, original_size))  # float32 from here on
-            ious.append(iou[:, 0].float())
-        return torch.cat(logits), torch.cat(ious), (torch.cat(all_ious).float() if all_ious else None)
+            ious.append(iou[rows, best].float())
+            hyper = hyper[rows, best]
+            if windows is None:  # the whole frame, as Sam.postprocess_masks
+                low_res = upscale_grid(self.model.mask_decoder, keys, *shared.hw, hyper[:, None])
+                parts.append(self._upsample_nwh(low_res.float(), input_size, original_size))  # float32 from here on
+                continue
+            crops = upscale_windows(self.model.mask_decoder, keys, shared.hw, hyper, windows[s : s + len(best)])
+            for k, (crop, (x0, y0, x1, y1)) in enumerate(zip(crops, 4 * windows[s : s + len(best)])):
+                c0, c1 = int(np.searchsorted(fx, x0)), int(np.searchsorted(lx, x1))  # output columns set by low-res x0..x1
+                r0, r1 = int(np.searchsorted(fy, y0)), int(np.searchsorted(ly, y1))
+                if c1 > c0 and r1 > r0:  # N x W x H layout: columns first
+                    logits[s + k, c0:c1, r0:r1] = rx[c0:c1, x0:x1] @ crop.float().T @ ry[r0:r1, y0:y1].T
+        if windows is None:
+            logits = torch.cat(parts)
+        return logits, torch.cat(ious), (torch.cat(all_ious).float() if all_ious else None)
 
     def _token_windows(self, boxes_in: Any) -> np.ndarray:
         """Windows of the embedding's token grid around boxes: N x 4 int XYXY (exclusive ends).
@@ -424,39 +445,6 @@ class SamBoxSegmenter:
             first, last = nz.argmax(1), low - 1 - nz[:, ::-1].argmax(1)
             self._resize_cache[key] = (r.float().to(self.device), first, last)
         return self._resize_cache[key]
-
-    def _decode_in_windows(self, shared: SharedImage, sparse: Any, boxes_in: Any, input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Any, Any, Any]:
-        """:meth:`decode_boxes` with each mask computed only inside its box's window.
-
-        The decoder's upscaling runs only on the window's tokens
-        (:func:`tasks.models.sam_decoder.upscale_windows`), and the upsampling
-        to the original frame only on the pixels those tokens determine: inside
-        the window the logits are the library's, to float rounding; outside it
-        they are -20. With multiple masks the best candidate is chosen from the
-        predicted IoUs first, so only it is upscaled.
-        """
-        import torch
-
-        n = len(boxes_in)
-        ry, fy, ly = self._resize_matrix(input_size[0], original_size[0])
-        rx, fx, lx = self._resize_matrix(input_size[1], original_size[1])
-        windows = self._token_windows(boxes_in)
-        logits = torch.full((n, original_size[1], original_size[0]), -20.0, device=self.device)
-        ious, all_ious = [], []
-        for s in range(0, n, self.boxes_per_call):
-            keys, hyper, iou = decode_tokens(self.model.mask_decoder, shared, sparse[s : s + self.boxes_per_call], self.multimask)
-            best = iou.argmax(1) if self.multimask else torch.zeros(len(iou), dtype=torch.long, device=iou.device)
-            rows = torch.arange(len(best), device=best.device)
-            if self.multimask:
-                all_ious.append(iou)
-            ious.append(iou[rows, best].float())
-            crops = upscale_windows(self.model.mask_decoder, keys, shared.hw, hyper[rows, best], windows[s : s + len(best)])
-            for k, (crop, (x0, y0, x1, y1)) in enumerate(zip(crops, 4 * windows[s : s + len(best)])):
-                c0, c1 = int(np.searchsorted(fx, x0)), int(np.searchsorted(lx, x1))  # output columns set by low-res x0..x1
-                r0, r1 = int(np.searchsorted(fy, y0)), int(np.searchsorted(ly, y1))
-                if c1 > c0 and r1 > r0:  # N x W x H layout: columns first
-                    logits[s + k, c0:c1, r0:r1] = rx[c0:c1, x0:x1] @ crop.float().T @ ry[r0:r1, y0:y1].T
-        return logits, torch.cat(ious), (torch.cat(all_ious).float() if all_ious else None)
 
     # -- the stage -----------------------------------------------------------------------
     def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Detections]) -> list[Detections]:

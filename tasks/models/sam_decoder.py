@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["SharedImage", "decode_tokens", "decode_prompts", "decode_prompts_one_image", "upscale_windows"]
+__all__ = ["SharedImage", "decode_tokens", "decode_prompts", "decode_prompts_one_image", "upscale_grid", "upscale_windows"]
 
 
 def _split_heads(x: Any, heads: int) -> Any:
@@ -143,7 +143,7 @@ def _upscale_tokens(parts: list, tokens: Any) -> Any:
     return act2(torch.addmm(conv2.bias.repeat(4), y.reshape(-1, c1), conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)).reshape(-1, 16, c2))
 
 
-def _upscale_and_project(decoder: Any, keys: Any, h: int, w: int, hyper_in: Any) -> Any:
+def upscale_grid(decoder: Any, keys: Any, h: int, w: int, hyper_in: Any) -> Any:
     """``decoder.output_upscaling`` then the hypernetwork dot product, channels-last.
 
     keys: B x N x C (the transformer's image side, N = h*w); hyper_in: B x M x C2.
@@ -201,7 +201,7 @@ def upscale_windows(decoder: Any, keys: Any, hw: tuple[int, int], hyper_in: Any,
     h, w = hw
     win = [tuple(int(v) for v in row) for row in windows.tolist()]
     if not _plain_upscaling(decoder):  # another layout: run the module on the whole grid, then crop
-        full = _upscale_and_project(decoder, keys, h, w, hyper_in[:, None])[:, 0]
+        full = upscale_grid(decoder, keys, h, w, hyper_in[:, None])[:, 0]
         return [full[i, 4 * y0 : 4 * y1, 4 * x0 : 4 * x1] for i, (x0, y0, x1, y1) in enumerate(win)]
     grid = torch.arange(n, device=keys.device).reshape(h, w)
     index = torch.cat([(grid[y0:y1, x0:x1] + i * n).reshape(-1) for i, (x0, y0, x1, y1) in enumerate(win)])
@@ -299,7 +299,7 @@ def decode_prompts(decoder: Any, shared: SharedImage, sparse: Any, multimask_out
       ``multimask_output``, else 1), as ``MaskDecoder.forward`` returns them.
     """
     keys, hyper_in, iou_pred = decode_tokens(decoder, shared, sparse, multimask_output)
-    return _upscale_and_project(decoder, keys, *shared.hw, hyper_in), iou_pred
+    return upscale_grid(decoder, keys, *shared.hw, hyper_in), iou_pred
 
 
 def decode_prompts_one_image(decoder: Any, image_embedding: Any, image_pe: Any, dense: Any, sparse: Any, multimask_output: bool) -> tuple[Any, Any]:
