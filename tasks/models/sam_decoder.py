@@ -100,12 +100,16 @@ def _tokens_to_image(attn: Any, q: Any, k_in: Any, v_in: Any) -> Any:
     return attn.out_proj(_merge_heads(out))
 
 
-def _image_to_tokens(attn: Any, q_in: Any, k: Any, v: Any, q_heads: Any = None) -> Any:
-    """Attention of every image token to its prompt's T tokens, output projection folded into the tokens.
+def _image_to_tokens(attn: Any, q_in: Any, k: Any, v: Any, q_heads: Any = None) -> tuple[Any, Any]:
+    """Attention of every image token to its prompt's T tokens, as two factors: output = ``a @ u``.
 
     q_in: B x N x C image tokens (+ pe), or None with ``q_heads`` = the shared
     ``q_proj(image + pe)`` split into heads (H x N x d); k (tokens + pe),
-    v (tokens): B x T x C. Returns B x N x C.
+    v (tokens): B x T x C. Returns the attention weights a: B x N x HT and
+    u: B x HT x C, each token's value through the output projection, with the
+    projection's bias folded in (each head's weights sum to 1: ``bias / H`` a row).
+    The caller adds ``a @ u`` to the image side in place (``baddbmm``): no
+    B x N x C temporary.
     """
     import torch
 
@@ -114,16 +118,17 @@ def _image_to_tokens(attn: Any, q_in: Any, k: Any, v: Any, q_heads: Any = None) 
     vh = _split_heads(attn.v_proj(v), heads)
     b, _, t, d = kh.shape
     if q_heads is not None:  # shared image queries: B x H x N x T
-        s = (q_heads @ kh.transpose(-1, -2)) / math.sqrt(d)
+        s = q_heads @ (kh.transpose(-1, -2) / math.sqrt(d))
         a = _softmax_short(s).permute(0, 2, 1, 3)  # B x N x H x T
     else:
         wq, bq = _head_weights(attn.q_proj, heads)
-        k_img = torch.einsum("bhtd,hdc->bhtc", kh, wq).reshape(b, heads * t, -1)  # B x HT x C
-        s = (q_in @ k_img.transpose(1, 2) + torch.einsum("hd,bhtd->bht", bq, kh).reshape(b, 1, heads * t)) / math.sqrt(d)
+        k_img = torch.einsum("bhtd,hdc->bhtc", kh, wq).reshape(b, heads * t, -1) / math.sqrt(d)  # B x HT x C
+        bias = torch.einsum("hd,bhtd->bht", bq, kh).reshape(b, 1, heads * t) / math.sqrt(d)
+        s = torch.baddbmm(bias, q_in, k_img.transpose(1, 2))
         a = _softmax_short(s.reshape(b, s.shape[1], heads, t))  # B x N x H x T
     wo = attn.out_proj.weight  # C x I
-    u = torch.einsum("bhtd,chd->bhtc", vh, wo.reshape(wo.shape[0], heads, d))  # B x H x T x C: each token's value, projected out
-    return (a.reshape(b, a.shape[1], heads * t) @ u.reshape(b, heads * t, -1)) + attn.out_proj.bias
+    u = torch.einsum("bhtd,chd->bhtc", vh, wo.reshape(wo.shape[0], heads, d)) + attn.out_proj.bias / heads  # B x H x T x C
+    return a.reshape(b, a.shape[1], heads * t), u.reshape(b, heads * t, -1)
 
 
 def _upscale_tokens(parts: list, tokens: Any) -> Any:
@@ -255,7 +260,7 @@ def decode_tokens(decoder: Any, shared: SharedImage, sparse: Any, multimask_outp
     out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
     point_pe = torch.cat((out_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)  # B x T x C: the tokens, also their pe
 
-    queries, keys = point_pe, None
+    queries, keys, keys_pe = point_pe, None, None
     for layer in tf.layers:
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(q=queries, k=queries, v=queries)
@@ -268,15 +273,18 @@ def decode_tokens(decoder: Any, shared: SharedImage, sparse: Any, multimask_outp
             kh, vh, qh = shared.first
             queries = layer.norm2(queries + _tokens_to_shared_image(layer.cross_attn_token_to_image, q, kh, vh))
             queries = layer.norm3(queries + layer.mlp(queries))
-            keys = layer.norm4(image + _image_to_tokens(layer.cross_attn_image_to_token, None, queries + point_pe, queries, q_heads=qh))  # B x N x C
+            a, u = _image_to_tokens(layer.cross_attn_image_to_token, None, queries + point_pe, queries, q_heads=qh)
+            keys = layer.norm4(torch.baddbmm(image.expand(b, -1, -1), a, u))  # B x N x C
         else:
-            keys_pe = keys + pe
+            keys_pe = torch.add(keys, pe, out=keys_pe) if keys_pe is not None else keys + pe  # B x N x C buffers reused
             queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys))
             queries = layer.norm3(queries + layer.mlp(queries))
-            keys = layer.norm4(keys + _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries))
+            a, u = _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries)
+            keys = layer.norm4(keys.baddbmm_(a, u))  # the previous keys are not used again
     if keys is None:  # a transformer without layers
         keys = image.expand(b, -1, -1)
-    queries = tf.norm_final_attn(queries + _tokens_to_image(tf.final_attn_token_to_image, queries + point_pe, keys + pe, keys))
+    keys_pe = torch.add(keys, pe, out=keys_pe) if keys_pe is not None else keys + pe
+    queries = tf.norm_final_attn(queries + _tokens_to_image(tf.final_attn_token_to_image, queries + point_pe, keys_pe, keys))
 
     mask_slice = slice(1, None) if multimask_output else slice(0, 1)
     iou_pred = decoder.iou_prediction_head(queries[:, 0, :])[:, mask_slice]
