@@ -280,7 +280,7 @@ def decode_tokens(decoder: Any, shared: SharedImage, sparse: Any, multimask_outp
             queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys))
             queries = layer.norm3(queries + layer.mlp(queries))
             a, u = _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries)
-            keys = layer.norm4(keys.baddbmm_(a, u))  # the previous keys are not used again
+            keys = layer.norm4(keys.baddbmm_(a.to(keys.dtype), u.to(keys.dtype)))  # in place (not autocast): the previous keys are not used again
     if keys is None:  # a transformer without layers
         keys = image.expand(b, -1, -1)
     keys_pe = torch.add(keys, pe, out=keys_pe) if keys_pe is not None else keys + pe
