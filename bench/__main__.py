@@ -332,8 +332,12 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="run only these measurements (names as in the table, prefix match)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
     ap.add_argument("--peak-tflops", type=float, help="the device's peak (dense, the dtype used) for the utilisation figure; known GPUs are looked up")
+    ap.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc malloc adaptive (segflow's workers fix its thresholds, runtime.malloc_tuning)")
     args = ap.parse_args()
     q = args.quick
+    from tasks.allocator import keep_freed_memory
+
+    tuned = False if args.no_malloc_tuning else keep_freed_memory()  # as a shard worker does: one process, every baseline included
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
     steps = [
         ("box_to_mask", lambda: bench_box_to_mask(work, 2 if q else 6, 16)),
@@ -342,7 +346,7 @@ def main() -> None:
         ("rle", lambda: bench_rle(16 if q else 64, 720, 1280)),
         ("rss", lambda: bench_memory(work, 200 if q else 2000, 50 if q else 100)),
     ]
-    results: dict = {"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(),
+    results: dict = {"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(), "malloc_tuning": tuned,
                      "torch": torch.__version__, "quick": q, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     t0 = time.time()
     for name, fn in steps:

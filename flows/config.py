@@ -292,6 +292,7 @@ class RuntimeConfig(_Strict):
     retries: int = Field(0, ge=0, description="Prefect retries of a failed shard task.")
     retry_delay_s: float = Field(5.0, ge=0, description="Seconds between retries.")
     prefetch: int = Field(4, ge=1, description="Images read and decoded ahead of the models, per shard.")
+    malloc_tuning: bool = Field(True, description="Worker processes keep freed memory for the next tensor (glibc malloc thresholds, see tasks/allocator.py): CPU inference otherwise page-faults on every large allocation. No effect off glibc.")
     max_failed_fraction: float = Field(0.5, ge=0.0, le=1.0, description="A shard fails (and is not committed) when a larger share of its images cannot be read or decoded.")
 
 

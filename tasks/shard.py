@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterator
 
 from tasks import progress
+from tasks.allocator import keep_freed_memory
 from tasks.commit import ShardConflict, commit_shard, read_commit, record_failure
 from tasks.images import DecodedImage, ImageLoadError, decode_image
 from tasks.manifest import ShardTables
@@ -188,6 +189,8 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
     ontology = job.category_names()
     isthing = {c.id: c.isthing for c in job.ontology}
     load_stats: dict[str, int] = {}
+    if job.runtime.malloc_tuning:  # once per worker process: large tensors reuse freed memory instead of faulting in new pages
+        keep_freed_memory()
     prompts = {c.id: c.text_prompts() for c in job.ontology}
     models = {name: get_model(job.stages[name], ontology, isthing, load_stats, prompts) for name in job.stage_order()}
     sinks = job.instance_sinks()
