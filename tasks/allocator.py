@@ -28,7 +28,7 @@ import logging
 import sys
 import threading
 
-__all__ = ["keep_freed_memory", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
+__all__ = ["keep_freed_memory", "is_applied", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +63,8 @@ def keep_freed_memory() -> bool:
                 log.debug("malloc tuning not applied (not glibc, or mallopt refused)")
             _state["applied"] = ok
         return _state["applied"]
+
+
+def is_applied() -> bool:
+    """Whether :func:`keep_freed_memory` has set the thresholds in this process."""
+    return _state.get("applied", False)

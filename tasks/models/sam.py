@@ -41,6 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tasks import rle
+from tasks.allocator import is_applied as allocator_tuned
 from tasks.models.device import resolve_device
 from tasks.models.sam_decoder import SharedImage, decode_tokens, upscale_grid, upscale_windows
 from tasks.record import Detections
@@ -292,12 +293,15 @@ class SamBoxSegmenter:
         self._lock = threading.Lock()
 
     def _boxes_per_call(self, setting: int | str) -> int:
-        """``auto``: 64 on GPU; on CPU keep the decoder's per-box image tokens within ~8 MB.
+        """``auto``: 64 on GPU; on CPU keep the decoder's per-box image tokens within ~16 MB
+        (~8 MB where glibc hands out fresh pages, see :mod:`tasks.allocator`).
 
         Measured on a 2-core CPU with the official decoder (256 x 64 x 64 embedding, 4 MB a box),
-        16 boxes: calls of 1 took 0.43 s, of 2 0.46 s, of 16 0.71 s -- the decoder's work is
-        per box, and large chunks only add memory traffic there. With the demo SAM's
-        64 x 32 x 32 embedding, calls of 16 are fastest.
+        16 boxes an image: the decoder's work is per box, and large chunks only add memory
+        traffic. With freed memory kept (shard workers), calls of 4 boxes were fastest (stage
+        3.56 s vs 3.76 s with 2 and 3.78 s with 3, medians of 6); with glibc's default
+        thresholds, calls of 4 page-faulted on every temporary and 2 were fastest. With the
+        demo SAM's 64 x 32 x 32 embedding, calls of 16 are fastest.
         """
         if setting != "auto":
             return int(setting)
@@ -305,7 +309,8 @@ class SamBoxSegmenter:
             return 64
         c = int(self.model.prompt_encoder.embed_dim)
         h, w = self.model.prompt_encoder.image_embedding_size
-        return max(1, min(64, (8 << 20) // (4 * c * h * w)))
+        budget = (16 << 20) if allocator_tuned() else (8 << 20)
+        return max(1, min(64, budget // (4 * c * h * w)))
 
     # -- steps -----------------------------------------------------------------------
     def _encoder_input(self, image: np.ndarray) -> tuple[Any, tuple[int, int]]:
