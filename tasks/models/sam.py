@@ -241,17 +241,24 @@ def remove_small_islands(masks: np.ndarray, min_frac: float) -> np.ndarray:
       masks: N x A x B bool (any 2-D layout; 8-connectivity is layout-independent).
     Returns:
       The same shape and layout, C-contiguous.
+
+    Each mask is labelled inside the bounding box of its pixels only (the same
+    pieces: nothing outside it is set); a mask is usually a small part of the frame.
     """
     from scipy import ndimage
 
-    out = masks.copy()
+    out = np.ascontiguousarray(masks, dtype=bool).copy()
     eight = np.ones((3, 3), bool)
-    for i in range(len(out)):
-        lab, n = ndimage.label(out[i], structure=eight)
+    for m in out:
+        rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if not len(rows):
+            continue
+        crop = m[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # a view: written back in place
+        lab, n = ndimage.label(crop, structure=eight)
         if n > 1:
-            areas = ndimage.sum_labels(out[i], lab, range(1, n + 1))
-            out[i] = np.isin(lab, 1 + np.flatnonzero(areas >= min_frac * areas.max()))
-    return np.ascontiguousarray(out)
+            areas = ndimage.sum_labels(crop, lab, range(1, n + 1))
+            crop[...] = np.isin(lab, 1 + np.flatnonzero(areas >= min_frac * areas.max()))
+    return out
 
 
 class SamBoxSegmenter:

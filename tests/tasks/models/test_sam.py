@@ -94,6 +94,33 @@ def test_remove_small_islands_keeps_the_main_piece():
     assert out.flags.c_contiguous and out.shape == m.shape
 
 
+def test_remove_small_islands_equals_labelling_the_whole_frame():
+    """Labelling inside each mask's bounding box gives what labelling the whole frame gives."""
+    from scipy import ndimage
+
+    from tasks.models.sam import remove_small_islands
+
+    def whole_frame(masks, frac):  # the plain algorithm, every mask over the full frame
+        out = masks.copy()
+        for i in range(len(out)):
+            lab, n = ndimage.label(out[i], structure=np.ones((3, 3), bool))
+            if n > 1:
+                areas = ndimage.sum_labels(out[i], lab, range(1, n + 1))
+                out[i] = np.isin(lab, 1 + np.flatnonzero(areas >= frac * areas.max()))
+        return out
+
+    rng = np.random.default_rng(5)
+    m = np.zeros((6, 90, 70), bool)
+    for i in range(5):  # blobs and specks in a corner of the frame each
+        y, x = rng.integers(0, 50), rng.integers(0, 30)
+        m[i, y : y + 40, x : x + 40] = rng.random((40, 40)) < 0.55
+    m[5, 89, 69] = True  # one pixel in the far corner; and see below for an empty mask
+    m = np.concatenate([m, np.zeros((1, 90, 70), bool)])
+    out = remove_small_islands(m, 0.3)
+    np.testing.assert_array_equal(out, whole_frame(m, 0.3))
+    assert out[:5].sum() < m[:5].sum()  # pieces were removed: the comparison is not of two no-ops
+
+
 def test_zoom_windows_are_square_inside_the_image_and_snap_to_the_grid():
     from tasks.models.sam import zoom_windows_xyxy
 
