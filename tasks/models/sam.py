@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -320,24 +321,36 @@ class SamBoxSegmenter:
         return max(1, min(64, budget // (4 * c * h * w)))
 
     # -- steps -----------------------------------------------------------------------
-    def _encoder_input(self, image: np.ndarray) -> tuple[Any, tuple[int, int]]:
-        """H x W x 3 uint8 RGB -> normalised, padded 3 x S x S tensor and the resized (h, w)."""
+    def _resize(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """``ResizeLongestSide.apply_image`` (the numpy/PIL path, same as ``SamPredictor.set_image``) of each image."""
+        return [self.transform.apply_image(im) for im in images]
+
+    def _encoder_input(self, resized: np.ndarray) -> Any:
+        """A resized h x w x 3 uint8 RGB image -> ``Sam.preprocess`` of it: normalised, zero-padded to 3 x S x S.
+
+        Written into one zeroed tensor (no float copy of the image, no padded copy): the same values.
+        """
         import torch
 
-        resized = self.transform.apply_image(image)  # numpy/PIL path, same as SamPredictor.set_image
-        x = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
-        input_size = (int(x.shape[-2]), int(x.shape[-1]))
-        return self.model.preprocess(x.float())[0], input_size
+        h, w = resized.shape[:2]
+        x = torch.zeros((3, self.img_size, self.img_size), device=self.device)
+        view = x[:, :h, :w]
+        view.copy_(torch.as_tensor(resized, device=self.device).permute(2, 0, 1))
+        view.sub_(self.model.pixel_mean.view(3, 1, 1)).div_(self.model.pixel_std.view(3, 1, 1))
+        return x
 
-    def embed(self, images: Sequence[np.ndarray]) -> tuple[Any, list[tuple[int, int]]]:
-        """Image embeddings, ``B x C x h x w``, encoded in batches of ``batch_size``."""
+    def embed(self, images: Sequence[np.ndarray], resized: Sequence[np.ndarray] | None = None) -> tuple[Any, list[tuple[int, int]]]:
+        """Image embeddings ``B x C x h x w`` (encoded in batches of ``batch_size``) and each resized (h, w).
+
+        ``resized``: the images already through :meth:`_resize` (the stage resizes the next batch ahead).
+        """
         import torch
 
-        inputs, sizes = zip(*(self._encoder_input(im) for im in images))
+        resized = self._resize(images) if resized is None else resized
         embs = []
-        for s in range(0, len(inputs), self.batch_size):
-            embs.append(self.model.image_encoder(torch.stack(inputs[s : s + self.batch_size])))
-        return torch.cat(embs), list(sizes)
+        for s in range(0, len(resized), self.batch_size):
+            embs.append(self.model.image_encoder(torch.stack([self._encoder_input(r) for r in resized[s : s + self.batch_size]])))
+        return torch.cat(embs), [(int(r.shape[0]), int(r.shape[1])) for r in resized]
 
     def _upsample_nwh(self, low_res: Any, input_size: tuple[int, int], original_size: tuple[int, int]) -> Any:
         """``Sam.postprocess_masks`` on transposed logits: B x 1 x h x w -> B x W x H."""
@@ -481,10 +494,15 @@ class SamBoxSegmenter:
         if not todo:
             return out
         threshold = float(self.model.mask_threshold)
-        with self._lock, torch.inference_mode(), self._autocast():
-            for s in range(0, len(todo), self.batch_size):
-                idx = todo[s : s + self.batch_size]
-                embs, sizes = self.embed([images[i] for i in idx])
+        batches = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
+        with self._lock, torch.inference_mode(), self._autocast(), ThreadPoolExecutor(1, thread_name_prefix="sam-resize") as ahead:
+            # the next batch's resize (PIL, single-threaded, GIL released) runs while this batch's models do
+            resized = ahead.submit(self._resize, [images[i] for i in batches[0]])
+            for b_idx, idx in enumerate(batches):
+                current = resized.result()
+                if b_idx + 1 < len(batches):
+                    resized = ahead.submit(self._resize, [images[i] for i in batches[b_idx + 1]])
+                embs, sizes = self.embed([images[i] for i in idx], current)
                 for j, i in enumerate(idx):
                     dets = prompts[i]
                     h, w = dets.image_size
