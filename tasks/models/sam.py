@@ -375,7 +375,9 @@ class SamBoxSegmenter:
           logits N x W x H (transposed, float32) and predicted IoU N -- of the
           chosen mask: with ``multimask_output`` the one of the 3 candidates with
           the highest predicted IoU -- and, with ``multimask_output``, all
-          candidates' predicted IoUs N x 3 (else None).
+          candidates' predicted IoUs N x 3 (else None); and each mask's bounds
+          N x 4 int (x0, x1, y0, y1): outside ``logits[i, x0:x1, y0:y1]`` the
+          logits are -20 (with ``mask_margin``; else the whole frame).
 
         Prompts (``prompt`` of the stage): ``box`` (the box), ``point`` (the
         box centre as one foreground point) or ``box+point`` (both).
@@ -405,6 +407,7 @@ class SamBoxSegmenter:
         else:
             parts = []
         ious, all_ious = [], []
+        bounds = np.tile(np.array([0, original_size[1], 0, original_size[0]], np.int64), (n, 1))  # whole frame unless windowed
         for s in range(0, n, self.boxes_per_call):
             keys, hyper, iou = decode_tokens(self.model.mask_decoder, shared, sparse[s : s + self.boxes_per_call], self.multimask)
             # the mask SAM itself rates best (with multimask, of its 3 candidates), chosen before any upscaling
@@ -422,11 +425,12 @@ class SamBoxSegmenter:
             for k, (crop, (x0, y0, x1, y1)) in enumerate(zip(crops, 4 * windows[s : s + len(best)])):
                 c0, c1 = int(np.searchsorted(fx, x0)), int(np.searchsorted(lx, x1))  # output columns set by low-res x0..x1
                 r0, r1 = int(np.searchsorted(fy, y0)), int(np.searchsorted(ly, y1))
+                bounds[s + k] = c0, max(c0, c1), r0, max(r0, r1)
                 if c1 > c0 and r1 > r0:  # N x W x H layout: columns first
                     logits[s + k, c0:c1, r0:r1] = rx[c0:c1, x0:x1] @ crop.float().T @ ry[r0:r1, y0:y1].T
         if windows is None:
             logits = torch.cat(parts)
-        return logits, torch.cat(ious), (torch.cat(all_ious).float() if all_ious else None)
+        return logits, torch.cat(ious), (torch.cat(all_ious).float() if all_ious else None), bounds
 
     def _token_windows(self, boxes_in: Any) -> np.ndarray:
         """Windows of the embedding's token grid around boxes: N x 4 int XYXY (exclusive ends).
@@ -485,7 +489,6 @@ class SamBoxSegmenter:
           ``predicted_iou`` and ``stability_score``.
         """
         import torch
-        from segment_anything.utils.amg import calculate_stability_score
 
         if len(images) != len(prompts):
             raise ValueError(f"segment: expected one prompt record per image, got {len(prompts)} for {len(images)} images")
@@ -509,14 +512,14 @@ class SamBoxSegmenter:
                     per_part = max(1, self.logits_bytes // (4 * h * w))  # boxes whose full-frame logits fit the budget
                     counts, iou, stability, candidates, area = [], [], [], [], []
                     for b in range(0, len(dets), per_part):
-                        lg, io, cand = self._image_logits(images[i], embs[j : j + 1], dets.boxes[b : b + per_part], sizes[j], dets.image_size)
-                        stability.append(calculate_stability_score(lg, threshold, 1.0).float().cpu().numpy())
-                        masks_nwh = (lg > threshold).cpu().numpy()
+                        lg, io, cand, bounds = self._image_logits(images[i], embs[j : j + 1], dets.boxes[b : b + per_part], sizes[j], dets.image_size)
+                        st, masks_nwh = self._threshold(lg, bounds, threshold)
+                        stability.append(st)
                         del lg
                         if self.min_island_frac > 0:
                             masks_nwh = remove_small_islands(masks_nwh, self.min_island_frac)
                         counts += rle.encode_nwh(masks_nwh)
-                        area.append(masks_nwh.reshape(len(masks_nwh), -1).sum(1))
+                        area.append(np.count_nonzero(masks_nwh.reshape(len(masks_nwh), -1), axis=1))
                         iou.append(io.float().cpu().numpy())
                         if cand is not None:
                             candidates.append(cand.float().cpu().numpy())
@@ -524,6 +527,29 @@ class SamBoxSegmenter:
                     with_masks = dets.with_masks(counts, predicted_iou=np.concatenate(iou), stability_score=np.concatenate(stability), **extra)
                     out[i] = with_masks[np.concatenate(area) >= max(self.min_mask_area, 1)]
         return out
+
+    @staticmethod
+    def _threshold(logits: Any, bounds: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """Stability scores N and masks N x W x H (bool, numpy) of logits that are -20 outside ``bounds``.
+
+        Both look inside each mask's bounds only: -20 is below ``threshold - 1`` (SAM's
+        threshold is 0), so the pixels outside count in neither the stability
+        score's intersection nor its union, and are background.
+        """
+        from segment_anything.utils.amg import calculate_stability_score
+
+        if threshold - 1.0 <= -20.0:  # not SAM's threshold: the whole frame
+            return calculate_stability_score(logits, threshold, 1.0).float().cpu().numpy(), (logits > threshold).cpu().numpy()
+        n, w, h = logits.shape
+        stability, masks = np.zeros(n, np.float32), np.zeros((n, w, h), bool)
+        for k, (x0, x1, y0, y1) in enumerate(bounds.tolist()):
+            part = logits[k, x0:x1, y0:y1]
+            if part.numel():
+                stability[k] = calculate_stability_score(part, threshold, 1.0).float().item()
+                masks[k, x0:x1, y0:y1] = (part > threshold).cpu().numpy()
+            else:
+                stability[k] = np.nan  # as calculate_stability_score of all-background logits (0 / 0)
+        return stability, masks
 
     def _image_logits(self, image: np.ndarray, embedding: Any, boxes_xyxy: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Any, Any, Any]:
         """:meth:`decode_boxes` for one image, with the boxes that ``zoom_context`` selects decoded in crops.
@@ -543,21 +569,23 @@ class SamBoxSegmenter:
         logits = torch.full((n, original_size[1], original_size[0]), -20.0, device=self.device)
         iou = torch.zeros(n, device=self.device)
         candidates = torch.zeros((n, 3), device=self.device) if self.multimask else None
+        bounds = np.zeros((n, 4), np.int64)
 
-        def put(rows: np.ndarray, lg: Any, io: Any, cand: Any, win: np.ndarray | None = None) -> None:
+        def put(rows: np.ndarray, lg: Any, io: Any, cand: Any, bd: np.ndarray, win: np.ndarray | None = None) -> None:
             if win is None:
                 logits[rows] = lg
+                bounds[rows] = bd
             else:
                 x0, y0, x1, y1 = (int(v) for v in win)
                 logits[rows, x0:x1, y0:y1] = lg
+                bounds[rows] = bd + np.array([x0, x0, y0, y0])
             iou[rows] = io
             if candidates is not None:
                 candidates[rows] = cand
 
         rest = np.flatnonzero(~zoom)
         if len(rest):
-            lg, io, cand = self.decode_boxes(embedding, boxes_xyxy[rest], input_size, original_size)
-            put(rest, lg, io, cand)
+            put(rest, *self.decode_boxes(embedding, boxes_xyxy[rest], input_size, original_size))
         small = np.flatnonzero(zoom)
         for s in range(0, len(small), self.batch_size):
             rows = small[s : s + self.batch_size]
@@ -566,9 +594,8 @@ class SamBoxSegmenter:
             for j, r in enumerate(rows):
                 x0, y0 = windows[r, :2]
                 box = (boxes_xyxy[r] - np.array([x0, y0, x0, y0], np.float32))[None]
-                lg, io, cand = self.decode_boxes(embs[j : j + 1], box, sizes[j], crops[j].shape[:2])
-                put(np.array([r]), lg, io, cand, windows[r])
-        return logits, iou, candidates
+                put(np.array([r]), *self.decode_boxes(embs[j : j + 1], box, sizes[j], crops[j].shape[:2]), win=windows[r])
+        return logits, iou, candidates, bounds
 
     def _autocast(self) -> Any:
         import contextlib
@@ -585,7 +612,7 @@ class SamBoxSegmenter:
 
         with self._lock, torch.inference_mode(), self._autocast():
             emb, sizes = self.embed([image])
-            logits, iou, _ = self._image_logits(image, emb, np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), sizes[0], image.shape[:2])
+            logits, iou, _, _ = self._image_logits(image, emb, np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), sizes[0], image.shape[:2])
         return logits.transpose(-1, -2).cpu().numpy(), iou.cpu().numpy()
 
 

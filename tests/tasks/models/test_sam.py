@@ -121,6 +121,28 @@ def test_remove_small_islands_equals_labelling_the_whole_frame():
     assert out[:5].sum() < m[:5].sum()  # pieces were removed: the comparison is not of two no-ops
 
 
+def test_thresholding_inside_the_bounds_equals_the_whole_frame():
+    """Stability scores and masks computed inside each mask's bounds = over the whole frame (logits -20 outside)."""
+    import torch
+    from segment_anything.utils.amg import calculate_stability_score
+
+    from tasks.models.sam import SamBoxSegmenter
+
+    gen = torch.Generator().manual_seed(3)
+    n, w, h = 4, 50, 40
+    bounds = np.array([[5, 30, 2, 20], [0, 50, 0, 40], [44, 50, 30, 40], [10, 10, 5, 25]])  # the last one is empty
+    logits = torch.full((n, w, h), -20.0)
+    for k, (x0, x1, y0, y1) in enumerate(bounds):
+        logits[k, x0:x1, y0:y1] = torch.randn(x1 - x0, y1 - y0, generator=gen) * 3
+    stability, masks = SamBoxSegmenter._threshold(logits, bounds, 0.0)
+    np.testing.assert_array_equal(masks, (logits > 0).numpy())
+    np.testing.assert_allclose(stability, calculate_stability_score(logits, 0.0, 1.0).numpy(), equal_nan=True)
+    assert np.isnan(stability[3]) and masks[:3].any(axis=(1, 2)).all()
+    # negative control: bounds one pixel short lose mask pixels
+    _, short = SamBoxSegmenter._threshold(logits, bounds - np.array([0, 1, 0, 0]), 0.0)
+    assert (short != masks).any()
+
+
 def test_zoom_windows_are_square_inside_the_image_and_snap_to_the_grid():
     from tasks.models.sam import zoom_windows_xyxy
 
