@@ -24,6 +24,11 @@ to float rounding) with less work per prompt:
    (C = 256 channels, I = 128 attention width, H = 8 heads for the official
    decoder: 56*256 vs 256*128).
 
+3. **No B x N x C temporaries.** The image -> token output is added into the
+   image side in place (``baddbmm``, the output projection's bias folded into
+   the values), and keys + pe reuse one buffer: on CPU every fresh multi-MB
+   tensor costs page faults (see :mod:`tasks.allocator`) and memory traffic.
+
 The output upscaling and the hypernetwork dot products are the decoder's own
 modules, run on every prompt's image tokens as in the library.
 
