@@ -143,6 +143,13 @@ def _image_to_tokens(attn: Any, q_in: Any, k: Any, v: Any, q_heads: Any = None) 
     return a.reshape(b, a.shape[1], heads * t), u.reshape(b, heads * t, -1)
 
 
+def _with_pe(keys: Any, pe: Any, buffer: Any) -> Any:
+    """``keys + pe`` (B x N x C), written into ``buffer`` when there is one: one B x N x C buffer per decoder call."""
+    import torch
+
+    return keys + pe if buffer is None else torch.add(keys, pe, out=buffer)
+
+
 def _upscale_tokens(parts: list, tokens: Any) -> Any:
     """The plain upscaling layout on channels-last tokens: M x C -> M x 16 x C2.
 
@@ -288,14 +295,14 @@ def decode_tokens(decoder: Any, shared: SharedImage, sparse: Any, multimask_outp
             a, u = _image_to_tokens(layer.cross_attn_image_to_token, None, queries + point_pe, queries, q_heads=qh)
             keys = layer.norm4(torch.baddbmm(image.expand(b, -1, -1), a, u))  # B x N x C
         else:
-            keys_pe = torch.add(keys, pe, out=keys_pe) if keys_pe is not None else keys + pe  # B x N x C buffers reused
+            keys_pe = _with_pe(keys, pe, keys_pe)
             queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys))
             queries = layer.norm3(queries + layer.mlp(queries))
             a, u = _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries)
             keys = layer.norm4(keys.baddbmm_(a.to(keys.dtype), u.to(keys.dtype)))  # in place (not autocast): the previous keys are not used again
     if keys is None:  # a transformer without layers
         keys = image.expand(b, -1, -1)
-    keys_pe = torch.add(keys, pe, out=keys_pe) if keys_pe is not None else keys + pe
+    keys_pe = _with_pe(keys, pe, keys_pe)
     queries = tf.norm_final_attn(queries + _tokens_to_image(tf.final_attn_token_to_image, queries + point_pe, keys_pe, keys))
 
     mask_slice = slice(1, None) if multimask_output else slice(0, 1)
