@@ -56,17 +56,20 @@ def _merge_heads(x: Any) -> Any:
     return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
 
 
-def _softmax_short_(x: Any) -> Any:
-    """Softmax over a short last dimension (a prompt's T tokens), in place: ~3x faster on CPU than ``torch.softmax`` there.
+def _softmax_over_tokens_(x: Any) -> Any:
+    """Softmax over the tokens of ``B x H x T x N`` scores (dim 2: a prompt's T tokens), in place.
 
+    The reductions run across T rows of N contiguous values, so every step is a
+    vectorised pass over N: ~3x faster on CPU than a softmax over a short last
+    dimension (4 prompts, 8 heads, 7 tokens, 4,096 image tokens: 2.8 ms -> 0.9 ms).
     In float32, as autocast runs ``torch.softmax`` (a float32 copy of any other dtype). Returns x.
     """
     import torch
 
     if x.dtype != torch.float32:
         x = x.float()
-    x.sub_(x.amax(-1, keepdim=True)).exp_()
-    return x.div_(x.sum(-1, keepdim=True))
+    x.sub_(x.amax(2, keepdim=True)).exp_()
+    return x.div_(x.sum(2, keepdim=True))
 
 
 def _head_weights(linear: Any, heads: int) -> tuple[Any, Any]:
@@ -112,16 +115,16 @@ def _tokens_to_image(attn: Any, q: Any, k_in: Any, v_in: Any) -> Any:
     return attn.out_proj(_merge_heads(out))
 
 
-def _image_to_tokens(attn: Any, q_in: Any, k: Any, v: Any, q_heads: Any = None) -> tuple[Any, Any]:
-    """Attention of every image token to its prompt's T tokens, as two factors: output = ``a @ u``.
+def _image_to_tokens(attn: Any, q_in: Any, k: Any, v: Any, q_heads_t: Any = None) -> tuple[Any, Any]:
+    """Attention of every image token to its prompt's T tokens, as two factors: output = ``a^T @ u``.
 
-    q_in: B x N x C image tokens (+ pe), or None with ``q_heads`` = the shared
-    ``q_proj(image + pe)`` split into heads (H x N x d); k (tokens + pe),
-    v (tokens): B x T x C. Returns the attention weights a: B x N x HT and
-    u: B x HT x C, each token's value through the output projection, with the
-    projection's bias folded in (each head's weights sum to 1: ``bias / H`` a row).
-    The caller adds ``a @ u`` to the image side in place (``baddbmm``): no
-    B x N x C temporary.
+    q_in: B x N x C image tokens (+ pe), or None with ``q_heads_t`` = the shared
+    ``q_proj(image + pe)`` split into heads and transposed (H x d x N); k (tokens + pe),
+    v (tokens): B x T x C. Returns the attention weights a: B x HT x N (token-major:
+    the softmax over tokens runs on contiguous rows of N) and u: B x HT x C, each
+    token's value through the output projection, with the projection's bias folded in
+    (each head's weights sum to 1: ``bias / H`` a row). The caller adds
+    ``a^T @ u`` to the image side in place (``baddbmm``): no B x N x C temporary.
     """
     import torch
 
@@ -129,18 +132,20 @@ def _image_to_tokens(attn: Any, q_in: Any, k: Any, v: Any, q_heads: Any = None) 
     kh = _split_heads(attn.k_proj(k), heads)  # B x H x T x d
     vh = _split_heads(attn.v_proj(v), heads)
     b, _, t, d = kh.shape
-    if q_heads is not None:  # shared image queries: one product per head for all prompts, H x N x BT
-        s = torch.bmm(q_heads, (kh / math.sqrt(d)).permute(1, 3, 0, 2).reshape(heads, d, b * t))
-        a = _softmax_short_(s.view(heads, -1, b, t)).permute(2, 1, 0, 3)  # B x N x H x T
+    if q_heads_t is not None:  # shared image queries: per prompt, one product per head into its B x H x T x N slot
+        ks = kh / math.sqrt(d)
+        s = torch.empty((b, heads, t, q_heads_t.shape[-1]), dtype=torch.promote_types(ks.dtype, q_heads_t.dtype), device=ks.device)
+        for i in range(b):
+            torch.bmm(ks[i].to(s.dtype), q_heads_t.to(s.dtype), out=s[i])
     else:
         wq, bq = _head_weights(attn.q_proj, heads)
         k_img = torch.einsum("bhtd,hdc->bhtc", kh, wq).reshape(b, heads * t, -1) / math.sqrt(d)  # B x HT x C
-        bias = torch.einsum("hd,bhtd->bht", bq, kh).reshape(b, 1, heads * t) / math.sqrt(d)
-        s = torch.baddbmm(bias, q_in, k_img.transpose(1, 2))
-        a = _softmax_short_(s.view(b, s.shape[1], heads, t))  # B x N x H x T
+        bias = torch.einsum("hd,bhtd->bht", bq, kh).reshape(b, heads * t, 1) / math.sqrt(d)
+        s = torch.baddbmm(bias, k_img, q_in.transpose(1, 2))  # B x HT x N
+    a = _softmax_over_tokens_(s.view(b, heads, t, -1))  # B x H x T x N
     wo = attn.out_proj.weight  # C x I
     u = torch.einsum("bhtd,chd->bhtc", vh, wo.reshape(wo.shape[0], heads, d)) + attn.out_proj.bias / heads  # B x H x T x C
-    return a.reshape(b, a.shape[1], heads * t), u.reshape(b, heads * t, -1)
+    return a.reshape(b, heads * t, -1), u.reshape(b, heads * t, -1)
 
 
 def _with_pe(keys: Any, pe: Any, buffer: Any) -> Any:
@@ -245,8 +250,9 @@ class SharedImage:
     """The per-image part of decoding: computed once, used by every chunk of prompts of that image.
 
     image, pe: N x C (image embedding + dense prompt embedding; positional
-    encoding); the first transformer layer's image-side projections, split
-    into heads (H x N x d).
+    encoding); ``first``: the first transformer layer's image-side projections,
+    split into heads: token -> image keys and values H x N x d, image -> token
+    queries transposed, H x d x N.
     """
 
     def __init__(self, decoder: Any, image_embedding: Any, image_pe: Any, dense: Any):
@@ -261,8 +267,9 @@ class SharedImage:
         self.first = None
         if len(layers):
             t2i, i2t = layers[0].cross_attn_token_to_image, layers[0].cross_attn_image_to_token
-            self.first = tuple(_split_heads(x, a.num_heads).contiguous() for x, a in (
-                (t2i.k_proj(self.image_and_pe), t2i), (t2i.v_proj(self.image), t2i), (i2t.q_proj(self.image_and_pe), i2t)))
+            kh, vh = (_split_heads(x, t2i.num_heads).contiguous() for x in (t2i.k_proj(self.image_and_pe), t2i.v_proj(self.image)))
+            q = i2t.q_proj(self.image_and_pe)  # N x I -> H x d x N: the image-to-token scores come out token-major
+            self.first = (kh, vh, q.T.reshape(i2t.num_heads, -1, q.shape[0]).contiguous())
 
 
 def decode_tokens(decoder: Any, shared: SharedImage, sparse: Any, multimask_output: bool) -> tuple[Any, Any, Any]:
@@ -292,14 +299,14 @@ def decode_tokens(decoder: Any, shared: SharedImage, sparse: Any, multimask_outp
             kh, vh, qh = shared.first
             queries = layer.norm2(queries + _tokens_to_shared_image(layer.cross_attn_token_to_image, q, kh, vh))
             queries = layer.norm3(queries + layer.mlp(queries))
-            a, u = _image_to_tokens(layer.cross_attn_image_to_token, None, queries + point_pe, queries, q_heads=qh)
-            keys = layer.norm4(torch.baddbmm(image.expand(b, -1, -1), a, u))  # B x N x C
+            a, u = _image_to_tokens(layer.cross_attn_image_to_token, None, queries + point_pe, queries, q_heads_t=qh)
+            keys = layer.norm4(torch.baddbmm(image.expand(b, -1, -1), a.transpose(1, 2), u))  # B x N x C
         else:
             keys_pe = _with_pe(keys, pe, keys_pe)
             queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys))
             queries = layer.norm3(queries + layer.mlp(queries))
             a, u = _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries)
-            keys = layer.norm4(keys.baddbmm_(a.to(keys.dtype), u.to(keys.dtype)))  # in place (not autocast): the previous keys are not used again
+            keys = layer.norm4(keys.baddbmm_(a.to(keys.dtype).transpose(1, 2), u.to(keys.dtype)))  # in place (not autocast): the previous keys are not used again
     if keys is None:  # a transformer without layers
         keys = image.expand(b, -1, -1)
     keys_pe = _with_pe(keys, pe, keys_pe)
