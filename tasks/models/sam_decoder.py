@@ -24,7 +24,12 @@ to float rounding) with less work per prompt:
    (C = 256 channels, I = 128 attention width, H = 8 heads for the official
    decoder: 56*256 vs 256*128).
 
-3. **No B x N x C temporaries.** The image -> token output is added into the
+3. **Only the tokens that are read.** The final token -> image attention acts
+   on each token alone, and after it only the IoU token and the mask tokens
+   asked for are read: it runs on those (2 of 7 tokens for a box without
+   ``multimask_output``), not on the unused mask tokens and prompt points.
+
+4. **No B x N x C temporaries.** The image -> token output is added into the
    image side in place (``baddbmm``, the output projection's bias folded into
    the values), and keys + pe reuse one buffer: on CPU every fresh multi-MB
    tensor costs page faults (see :mod:`tasks.allocator`) and memory traffic.
@@ -309,13 +314,17 @@ def decode_tokens(decoder: Any, shared: SharedImage, sparse: Any, multimask_outp
             keys = layer.norm4(keys.baddbmm_(a.to(keys.dtype).transpose(1, 2), u.to(keys.dtype)))  # in place (not autocast): the previous keys are not used again
     if keys is None:  # a transformer without layers
         keys = image.expand(b, -1, -1)
+    # The final attention acts on each token alone, and only the IoU token and the mask tokens
+    # asked for are read after it: the other tokens (unused mask tokens, prompt points) are left out.
+    mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+    token_ids = list(range(decoder.num_mask_tokens)[mask_slice])
+    read = [0] + [1 + i for i in token_ids]
+    queries, point_pe = queries[:, read], point_pe[:, read]
     keys_pe = _with_pe(keys, pe, keys_pe)
     queries = tf.norm_final_attn(queries + _tokens_to_image(tf.final_attn_token_to_image, queries + point_pe, keys_pe, keys))
 
-    mask_slice = slice(1, None) if multimask_output else slice(0, 1)
     iou_pred = decoder.iou_prediction_head(queries[:, 0, :])[:, mask_slice]
-    token_ids = range(decoder.num_mask_tokens)[mask_slice]
-    hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + i, :]) for i in token_ids], dim=1)  # B x M x C2
+    hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + j, :]) for j, i in enumerate(token_ids)], dim=1)  # B x M x C2
     return keys, hyper_in, iou_pred
 
 
