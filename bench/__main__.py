@@ -59,19 +59,22 @@ def _timed(fn, repeat: int = 1) -> float:
     return best
 
 
-def _timed_interleaved(fns: dict, repeat: int) -> dict:
+def _timed_interleaved(fns: dict, repeat: int, rounds: dict | None = None) -> dict:
     """Best of ``repeat`` for each function, the rounds interleaved (a, b, c, a, b, c, ...).
 
     This machine's speed drifts by 10-40% over minutes; timing each function's
     repeats back to back let one slow stretch land on one side of a ratio.
+    ``rounds``: filled with every round's seconds per function (for the results file).
     """
-    best = {k: float("inf") for k in fns}
+    times: dict = {k: [] for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
             t = time.perf_counter()
             fn()
-            best[k] = min(best[k], time.perf_counter() - t)
-    return best
+            times[k].append(time.perf_counter() - t)
+    if rounds is not None:
+        rounds.update({k: [round(x, 3) for x in v] for k, v in times.items()})
+    return {k: min(v) for k, v in times.items()}
 
 
 def _boxes(rng, h, w, n):
@@ -123,7 +126,8 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
         seg16 = SamBoxSegmenter(SamStage(kind="sam", weights=str(work / "bench-sam.pt"), device="cpu", batch_size=1, dtype="bfloat16"), str(work / "bench-sam.pt"))
         seg16.segment(images[:1], prompts[:1])
         fns["bf16"] = lambda: seg16.segment(images, prompts)
-    t = _timed_interleaved(fns, 3)  # best of 3, rounds interleaved: this machine's speed drifts
+    rounds: dict = {}
+    t = _timed_interleaved(fns, 5, rounds)  # best of 5, rounds interleaved: this machine's speed drifts by 10-30% within a minute
     t_ours, t_loop, t_batched, t_whole = t["ours"], t["loop"], t["batched"], t["whole"]
     params = sum(p.numel() for p in seg.model.parameters()) / 1e6
     extra = {}
@@ -145,7 +149,8 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
         "sam_images_per_s": round(n_images / t_ours, 3),
         "box_to_mask_whole_frame_vs_loop": round(t_loop / t_whole, 3),
         "box_to_mask_detail": {"images": n_images, "boxes_per_image": n_boxes, "sam_params_m": round(params, 1), "mask_margin": seg.mask_margin,
-                               "segflow_s": round(t_ours, 3), "segflow_whole_frame_s": round(t_whole, 3), "loop_s": round(t_loop, 3), "batched_s": round(t_batched, 3)},
+                               "segflow_s": round(t_ours, 3), "segflow_whole_frame_s": round(t_whole, 3), "loop_s": round(t_loop, 3), "batched_s": round(t_batched, 3),
+                               "rounds_s": rounds},
         **extra,
     }
 
