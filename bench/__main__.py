@@ -59,22 +59,41 @@ def _timed(fn, repeat: int = 1) -> float:
     return best
 
 
-def _timed_interleaved(fns: dict, repeat: int, rounds: dict | None = None) -> dict:
+def _timed_interleaved(fns: dict, repeat: int) -> dict:
     """Best of ``repeat`` for each function, the rounds interleaved (a, b, c, a, b, c, ...).
 
     This machine's speed drifts by 10-40% over minutes; timing each function's
     repeats back to back let one slow stretch land on one side of a ratio.
-    ``rounds``: filled with every round's seconds per function (for the results file).
     """
-    times: dict = {k: [] for k in fns}
+    best = {k: float("inf") for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
             t = time.perf_counter()
             fn()
-            times[k].append(time.perf_counter() - t)
+            best[k] = min(best[k], time.perf_counter() - t)
+    return best
+
+
+def _timed_per_item(fns: dict, items: list, repeat: int, rounds: dict | None = None) -> dict:
+    """Seconds for each function over all ``items``: the sum over items of its best of ``repeat`` runs.
+
+    Interleaved at the finest grain: each round runs every function on item 1,
+    then every function on item 2, ... Slow stretches of this machine last
+    seconds; a contender timed over many seconds at once (the per-box loop)
+    always averages fast and slow stretches, while a short one's best run can
+    fall entirely in a fast one. Per item, both sides are timed at the same
+    moments. ``rounds``: filled with each round's total seconds per function.
+    """
+    times = {k: np.zeros((repeat, len(items))) for k in fns}
+    for r in range(repeat):
+        for i, item in enumerate(items):
+            for k, fn in fns.items():
+                t = time.perf_counter()
+                fn(*item)
+                times[k][r, i] = time.perf_counter() - t
     if rounds is not None:
-        rounds.update({k: [round(x, 3) for x in v] for k, v in times.items()})
-    return {k: min(v) for k, v in times.items()}
+        rounds.update({k: [round(float(x), 3) for x in v.sum(1)] for k, v in times.items()})
+    return {k: float(v.min(0).sum()) for k, v in times.items()}
 
 
 def _boxes(rng, h, w, n):
@@ -102,32 +121,28 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
     predictor = SamPredictor(load_sam(str(work / "bench-sam.pt")))  # the library's model as a user loads it (eager attention)
     seg.segment(images[:1], prompts[:1])  # warm-up
 
-    def ours():
-        seg.segment(images, prompts)
+    def loop(im, p):
+        predictor.set_image(im)
+        for box in p.boxes:
+            m, _, _ = predictor.predict(box=box, multimask_output=False)
+            mask_utils.encode(np.asfortranarray(m[0].astype(np.uint8)))
 
-    def loop():
-        for im, p in zip(images, prompts):
-            predictor.set_image(im)
-            for box in p.boxes:
-                m, _, _ = predictor.predict(box=box, multimask_output=False)
-                mask_utils.encode(np.asfortranarray(m[0].astype(np.uint8)))
-
-    def batched():
+    def batched(im, p):
         with torch.inference_mode():
-            for im, p in zip(images, prompts):
-                predictor.set_image(im)
-                boxes = predictor.transform.apply_boxes_torch(torch.as_tensor(p.boxes), im.shape[:2])
-                predictor.predict_torch(point_coords=None, point_labels=None, boxes=boxes, multimask_output=False)
+            predictor.set_image(im)
+            boxes = predictor.transform.apply_boxes_torch(torch.as_tensor(p.boxes), im.shape[:2])
+            predictor.predict_torch(point_coords=None, point_labels=None, boxes=boxes, multimask_output=False)
 
     whole = SamBoxSegmenter(SamStage(kind="sam", weights=str(work / "bench-sam.pt"), device="cpu", batch_size=1, mask_margin=None), str(work / "bench-sam.pt"))
     whole.segment(images[:1], prompts[:1])
-    fns = {"ours": ours, "loop": loop, "batched": batched, "whole": lambda: whole.segment(images, prompts)}  # whole: every mask over the whole frame, as SamPredictor
+    fns = {"ours": lambda im, p: seg.segment([im], [p]), "loop": loop, "batched": batched,
+           "whole": lambda im, p: whole.segment([im], [p])}  # whole: every mask over the whole frame, as SamPredictor
     if cpu_has_native_bf16():  # this comparison runs on the CPU: the same stage with dtype bfloat16, and how far its masks move
         seg16 = SamBoxSegmenter(SamStage(kind="sam", weights=str(work / "bench-sam.pt"), device="cpu", batch_size=1, dtype="bfloat16"), str(work / "bench-sam.pt"))
         seg16.segment(images[:1], prompts[:1])
-        fns["bf16"] = lambda: seg16.segment(images, prompts)
+        fns["bf16"] = lambda im, p: seg16.segment([im], [p])
     rounds: dict = {}
-    t = _timed_interleaved(fns, 5, rounds)  # best of 5, rounds interleaved: this machine's speed drifts by 10-30% within a minute
+    t = _timed_per_item(fns, list(zip(images, prompts)), 5, rounds)
     t_ours, t_loop, t_batched, t_whole = t["ours"], t["loop"], t["batched"], t["whole"]
     params = sum(p.numel() for p in seg.model.parameters()) / 1e6
     extra = {}
@@ -150,7 +165,8 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
         "box_to_mask_whole_frame_vs_loop": round(t_loop / t_whole, 3),
         "box_to_mask_detail": {"images": n_images, "boxes_per_image": n_boxes, "sam_params_m": round(params, 1), "mask_margin": seg.mask_margin,
                                "segflow_s": round(t_ours, 3), "segflow_whole_frame_s": round(t_whole, 3), "loop_s": round(t_loop, 3), "batched_s": round(t_batched, 3),
-                               "rounds_s": rounds},
+                               "rounds_s": rounds, "loop_over_segflow_by_round": [round(a / b, 2) for a, b in zip(rounds["loop"], rounds["ours"])],
+                               "timing": "per image, best of 5 interleaved rounds, summed"},
         **extra,
     }
 
