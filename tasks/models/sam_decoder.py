@@ -138,10 +138,11 @@ def _image_to_tokens(attn: Any, q_in: Any, k: Any, v: Any, q_heads_t: Any = None
     vh = _split_heads(attn.v_proj(v), heads)
     b, _, t, d = kh.shape
     if q_heads_t is not None:  # shared image queries: per prompt, one product per head into its B x H x T x N slot
-        ks = kh / math.sqrt(d)
-        s = torch.empty((b, heads, t, q_heads_t.shape[-1]), dtype=torch.promote_types(ks.dtype, q_heads_t.dtype), device=ks.device)
+        dtype = torch.promote_types(kh.dtype, q_heads_t.dtype)
+        ks, qt = (kh / math.sqrt(d)).to(dtype), q_heads_t.to(dtype)
+        s = torch.empty((b, heads, t, qt.shape[-1]), dtype=dtype, device=ks.device)
         for i in range(b):
-            torch.bmm(ks[i].to(s.dtype), q_heads_t.to(s.dtype), out=s[i])
+            torch.bmm(ks[i], qt, out=s[i])
     else:
         wq, bq = _head_weights(attn.q_proj, heads)
         k_img = torch.einsum("bhtd,hdc->bhtc", kh, wq).reshape(b, heads * t, -1) / math.sqrt(d)  # B x HT x C
