@@ -362,7 +362,7 @@ class SamBoxSegmenter:
         t = F.interpolate(t, (original_size[1], original_size[0]), mode="bilinear", align_corners=False)
         return t[:, 0]
 
-    def decode_boxes(self, embedding: Any, boxes_xyxy: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Any, Any]:
+    def decode_boxes(self, embedding: Any, boxes_xyxy: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Any, Any, Any, np.ndarray]:
         """Mask logits for all boxes of one image.
 
         Arguments:
@@ -551,7 +551,7 @@ class SamBoxSegmenter:
                 stability[k] = np.nan  # as calculate_stability_score of all-background logits (0 / 0)
         return stability, masks
 
-    def _image_logits(self, image: np.ndarray, embedding: Any, boxes_xyxy: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Any, Any, Any]:
+    def _image_logits(self, image: np.ndarray, embedding: Any, boxes_xyxy: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Any, Any, Any, np.ndarray]:
         """:meth:`decode_boxes` for one image, with the boxes that ``zoom_context`` selects decoded in crops.
 
         A zoomed box gets its own crop (its :func:`zoom_windows_xyxy` window),
