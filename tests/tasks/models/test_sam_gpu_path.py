@@ -2,6 +2,7 @@
 and bfloat16 autocast keeps masks within the issue's bound (mean mask IoU >= 0.98 vs float32)."""
 
 import numpy as np
+import pytest
 
 from flows.config import SamStage, load_config
 from tasks import rle
@@ -22,13 +23,14 @@ def scenes(n=4):
     return [make_scene(rng, *size) for size in [(320, 200), (180, 300), (400, 260), (256, 256)][:n]]
 
 
-def test_sdpa_attention_equals_eager():
+@pytest.mark.parametrize("attention", ["sdpa", "blocked", "auto"])
+def test_fast_attention_equals_eager(attention):
     w = demo_sam()
     eager = SamBoxSegmenter(SamStage(kind="sam", weights=w, device="cpu", attention="eager"), w)
-    sdpa = SamBoxSegmenter(SamStage(kind="sam", weights=w, device="cpu", attention="sdpa"), w)
+    fast = SamBoxSegmenter(SamStage(kind="sam", weights=w, device="cpu", attention=attention), w)
     for s in scenes():
         a, ia = eager.box_logits(s.pixels, np.asarray(s.boxes))
-        b, ib = sdpa.box_logits(s.pixels, np.asarray(s.boxes))
+        b, ib = fast.box_logits(s.pixels, np.asarray(s.boxes))
         assert np.abs(a - b).max() < 1e-3 and np.abs(ia - ib).max() < 1e-4
 
 
@@ -75,13 +77,14 @@ def test_compiled_encoder_gives_the_same_logits():
         assert np.abs(a - b).max() < 1e-3 and np.abs(ia - ib).max() < 1e-4
 
 
-def test_blocked_sdpa_attention_equals_eager():
-    """Global attention with the queries in blocks (the CPU default): every block size gives the library's output,
-    including a last block shorter than the rest."""
+@pytest.mark.parametrize("kernel", ["sdpa", "blocked"])
+def test_blocked_attention_equals_eager(kernel):
+    """Global attention with the queries in blocks, through SDPA or the in-place blocked kernel (the CPU float32
+    default): every block size gives the library's output, including a last block shorter than the rest."""
     import torch
     from segment_anything.modeling.image_encoder import Attention
 
-    from tasks.models.sam import _sdpa_attention_forward
+    from tasks.models.sam import _attention_forward
 
     torch.manual_seed(0)
     attn = Attention(32, num_heads=2, qkv_bias=True, use_rel_pos=True, input_size=(24, 20)).eval()
@@ -93,7 +96,16 @@ def test_blocked_sdpa_attention_equals_eager():
         ref = attn(x)
         row_bytes = 2 * 2 * 24 * 20 * 4  # batch x heads x keys x float32: one query row of bias
         for rows in (1, 7, 100, 480, 10_000):
-            out = _sdpa_attention_forward(attn, x, block_bytes=rows * row_bytes)
+            out = _attention_forward(attn, x, block_bytes=rows * row_bytes, kernel=kernel)
             assert (out - ref).abs().max() < 1e-5, rows
         attn.rel_pos_h.mul_(2.0)  # negative control: other relative positions give another output (a constant shift would not)
-        assert (_sdpa_attention_forward(attn, x, block_bytes=7 * row_bytes) - ref).abs().max() > 1e-2
+        assert (_attention_forward(attn, x, block_bytes=7 * row_bytes, kernel=kernel) - ref).abs().max() > 1e-2
+
+
+def test_unknown_attention_kernel_is_refused():
+    from tasks.models.sam import build_sam, TINY_SAM_ARCH, use_fast_attention
+
+    sam = build_sam(TINY_SAM_ARCH)
+    with pytest.raises(ValueError, match="'flash'"):
+        use_fast_attention(sam, "flash")
+    assert use_fast_attention(sam, "blocked") == len(sam.image_encoder.blocks)
