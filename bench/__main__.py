@@ -201,13 +201,13 @@ def bench_e2e(work: Path, n_images: int) -> dict:
             chunk = decoded[s : s + job.chunk_size()]
             sam.segment(chunk, det.detect(chunk))
 
-    jobs = [job.model_copy(update={"output": str(work / f"e2e-out-{i}")}) for i in range(2)]  # a fresh output each round:
+    jobs = [job.model_copy(update={"output": str(work / f"e2e-out-{i}")}) for i in range(3)]  # a fresh output each round:
     shards = iter([(j, make_plan(j).shard_ids[0]) for j in jobs])  # a committed shard would be skipped; planned before timing
 
     # warm-up over every image: CPU kernels are prepared per input shape on first use, and
     # whichever side ran first would pay for it (steady state is what a long job sees)
     model_only()
-    t = _timed_interleaved({"e2e": lambda: run_shard(*next(shards)), "model": model_only}, 2)  # best of 2, rounds interleaved
+    t = _timed_interleaved({"e2e": lambda: run_shard(*next(shards)), "model": model_only}, 3)  # best of 3, rounds interleaved
     t_e2e, t_model = t["e2e"], t["model"]
     return {"e2e_vs_model_only": round(t_model / t_e2e, 3), "e2e_detail": {"images": n_images, "segflow_s": round(t_e2e, 3), "model_only_s": round(t_model, 3)}}
 
