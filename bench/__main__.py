@@ -343,11 +343,20 @@ def bench_memory(work: Path, n_images: int, shard_size: int) -> dict:
 GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
 
 
-def _gpu_peak_tflops() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(0)
+def _gpu_peak_tflops(name: str | None = None) -> float | None:
+    """Dense bf16 peak of the GPU called ``name`` (default: CUDA device 0), None when unknown or no GPU."""
+    if name is None:
+        if not torch.cuda.is_available():
+            return None
+        name = torch.cuda.get_device_name(0)
     return next((v for k, v in GPU_PEAK_BF16_TFLOPS.items() if k in name), None)
+
+
+def _utilisation(images_per_s: float, gflops_per_image: float, peak_tflops: float) -> float:
+    """Share of the device's peak the SAM stage uses: images/s x GFLOPs per image / peak."""
+    if peak_tflops <= 0:
+        raise ValueError(f"peak TFLOP/s must be > 0, got {peak_tflops}")
+    return images_per_s * gflops_per_image / (peak_tflops * 1e3)
 
 
 TARGETS = {
@@ -395,7 +404,7 @@ def main() -> None:
     results["seconds"] = round(time.time() - t0, 1)
     peak = args.peak_tflops or _gpu_peak_tflops()
     if peak and "sam_gflops_per_image" in results:  # utilisation = images/s x GFLOPs per image / device peak
-        results["sam_utilisation"] = round(results["sam_images_per_s"] * results["sam_gflops_per_image"] / (peak * 1e3), 4)
+        results["sam_utilisation"] = round(_utilisation(results["sam_images_per_s"], results["sam_gflops_per_image"], peak), 4)
         results["peak_tflops"] = peak
     print(f"\nsegflow bench ({results['device']}, {results['threads']} threads, {results['seconds']:.0f}s)")
     print(f"{'measure':<30}{'value':>10}  target")

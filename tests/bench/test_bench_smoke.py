@@ -37,3 +37,16 @@ def test_per_item_timing_interleaves_contenders_on_each_item_and_sums_their_best
     # per item the best of 3 rounds: a's slow first round (2 x 30 ms) does not count
     assert 0.002 <= t["a"] < 0.02 and set(rounds) == {"a", "b"} and len(rounds["a"]) == 3
     assert rounds["a"][0] >= 0.06 > max(rounds["a"][1:])
+
+
+def test_utilisation_is_images_per_s_times_gflops_over_the_device_peak():
+    import pytest
+
+    from bench.__main__ import _gpu_peak_tflops, _utilisation
+
+    assert _utilisation(20.0, 500.0, 989.0) == pytest.approx(10_000 / 989_000)  # 20 img/s x 500 GFLOPs = 10 TFLOP/s of 989
+    assert _utilisation(40.0, 500.0, 989.0) == pytest.approx(2 * _utilisation(20.0, 500.0, 989.0))
+    with pytest.raises(ValueError, match="peak"):
+        _utilisation(1.0, 1.0, 0.0)
+    assert _gpu_peak_tflops("NVIDIA H200") == 989.0 and _gpu_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+    assert _gpu_peak_tflops("Some Unknown GPU") is None
