@@ -45,8 +45,13 @@ import torch  # noqa: E402
 
 #: 5M parameters: a small ViT encoder in front of the official SAM decoder (256-dim, 1024-px input).
 BENCH_SAM_ARCH = dict(
-    img_size=1024, patch_size=16, encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=4,
-    encoder_global_attn_indexes=[1, 3], window_size=14,
+    img_size=1024,
+    patch_size=16,
+    encoder_embed_dim=96,
+    encoder_depth=4,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=[1, 3],
+    window_size=14,
 )
 
 
@@ -106,19 +111,26 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
     from pycocotools import mask as mask_utils
     from segment_anything import SamPredictor
 
-    from flows.config import SamStage
-    from tasks.models.device import cpu_has_native_bf16
-    from tasks.models.sam import SamBoxSegmenter, build_sam, load_sam, save_sam_checkpoint
-    from tasks.record import Detections
+    from segflow.flows.config import SamStage
+    from segflow.tasks.models.device import cpu_has_native_bf16
+    from segflow.tasks.models.sam import SamBoxSegmenter, build_sam, load_sam, save_sam_checkpoint
+    from segflow.tasks.record import Detections
 
     torch.manual_seed(0)
     save_sam_checkpoint(build_sam(BENCH_SAM_ARCH), BENCH_SAM_ARCH, work / "bench-sam.pt")
-    seg = SamBoxSegmenter(SamStage(kind="sam", weights=str(work / "bench-sam.pt"), device="cpu", batch_size=1), str(work / "bench-sam.pt"))
+    seg = SamBoxSegmenter(
+        SamStage(kind="sam", weights=str(work / "bench-sam.pt"), device="cpu", batch_size=1), str(work / "bench-sam.pt")
+    )
     rng = np.random.default_rng(0)
     sizes = [(480, 640), (640, 480), (400, 720), (720, 540)]
     images = [rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8) for i in range(n_images)]
-    prompts = [Detections(im.shape[:2], _boxes(rng, *im.shape[:2], n_boxes), np.ones(n_boxes), np.ones(n_boxes)) for im in images]
-    predictor = SamPredictor(load_sam(str(work / "bench-sam.pt")))  # the library's model as a user loads it (eager attention)
+    prompts = [
+        Detections(im.shape[:2], _boxes(rng, *im.shape[:2], n_boxes), np.ones(n_boxes), np.ones(n_boxes))
+        for im in images
+    ]
+    predictor = SamPredictor(
+        load_sam(str(work / "bench-sam.pt"))
+    )  # the library's model as a user loads it (eager attention)
     seg.segment(images[:1], prompts[:1])  # warm-up
 
     def loop(im, p):
@@ -133,12 +145,24 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
             boxes = predictor.transform.apply_boxes_torch(torch.as_tensor(p.boxes), im.shape[:2])
             predictor.predict_torch(point_coords=None, point_labels=None, boxes=boxes, multimask_output=False)
 
-    whole = SamBoxSegmenter(SamStage(kind="sam", weights=str(work / "bench-sam.pt"), device="cpu", batch_size=1, mask_margin=None), str(work / "bench-sam.pt"))
+    whole = SamBoxSegmenter(
+        SamStage(kind="sam", weights=str(work / "bench-sam.pt"), device="cpu", batch_size=1, mask_margin=None),
+        str(work / "bench-sam.pt"),
+    )
     whole.segment(images[:1], prompts[:1])
-    fns = {"ours": lambda im, p: seg.segment([im], [p]), "loop": loop, "batched": batched,
-           "whole": lambda im, p: whole.segment([im], [p])}  # whole: every mask over the whole frame, as SamPredictor
-    if cpu_has_native_bf16():  # this comparison runs on the CPU: the same stage with dtype bfloat16, and how far its masks move
-        seg16 = SamBoxSegmenter(SamStage(kind="sam", weights=str(work / "bench-sam.pt"), device="cpu", batch_size=1, dtype="bfloat16"), str(work / "bench-sam.pt"))
+    fns = {
+        "ours": lambda im, p: seg.segment([im], [p]),
+        "loop": loop,
+        "batched": batched,
+        "whole": lambda im, p: whole.segment([im], [p]),
+    }  # whole: every mask over the whole frame, as SamPredictor
+    if (
+        cpu_has_native_bf16()
+    ):  # this comparison runs on the CPU: the same stage with dtype bfloat16, and how far its masks move
+        seg16 = SamBoxSegmenter(
+            SamStage(kind="sam", weights=str(work / "bench-sam.pt"), device="cpu", batch_size=1, dtype="bfloat16"),
+            str(work / "bench-sam.pt"),
+        )
         seg16.segment(images[:1], prompts[:1])
         fns["bf16"] = lambda im, p: seg16.segment([im], [p])
     rounds: dict = {}
@@ -148,10 +172,21 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
     extra = {}
     if "bf16" in t:
         a, b = seg.segment(images, prompts), seg16.segment(images, prompts)
-        ious = [mask_utils.iou([{"size": list(x.image_size), "counts": c} for c in x.rle_counts],
-                               [{"size": list(y.image_size), "counts": c} for c in y.rle_counts], [0] * len(y)).diagonal() for x, y in zip(a, b)]
-        extra = {"box_to_mask_bf16_vs_loop": round(t_loop / t["bf16"], 3),
-                 "box_to_mask_bf16_detail": {"segflow_bf16_s": round(t["bf16"], 3), "mean_mask_iou_bf16_vs_fp32": round(float(np.mean(np.concatenate(ious))), 4)}}
+        ious = [
+            mask_utils.iou(
+                [{"size": list(x.image_size), "counts": c} for c in x.rle_counts],
+                [{"size": list(y.image_size), "counts": c} for c in y.rle_counts],
+                [0] * len(y),
+            ).diagonal()
+            for x, y in zip(a, b)
+        ]
+        extra = {
+            "box_to_mask_bf16_vs_loop": round(t_loop / t["bf16"], 3),
+            "box_to_mask_bf16_detail": {
+                "segflow_bf16_s": round(t["bf16"], 3),
+                "mean_mask_iou_bf16_vs_fp32": round(float(np.mean(np.concatenate(ious))), 4),
+            },
+        }
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:  # model FLOPs of one image with its 16 boxes (2 per multiply-add)
@@ -163,31 +198,47 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
         "sam_gflops_per_image": round(gflops_per_image, 2),
         "sam_images_per_s": round(n_images / t_ours, 3),
         "box_to_mask_whole_frame_vs_loop": round(t_loop / t_whole, 3),
-        "box_to_mask_detail": {"images": n_images, "boxes_per_image": n_boxes, "sam_params_m": round(params, 1), "mask_margin": seg.mask_margin,
-                               "segflow_s": round(t_ours, 3), "segflow_whole_frame_s": round(t_whole, 3), "loop_s": round(t_loop, 3), "batched_s": round(t_batched, 3),
-                               "rounds_s": rounds, "loop_over_segflow_by_round": [round(a / b, 2) for a, b in zip(rounds["loop"], rounds["ours"])],
-                               "timing": "per image, best of 5 interleaved rounds, summed"},
+        "box_to_mask_detail": {
+            "images": n_images,
+            "boxes_per_image": n_boxes,
+            "sam_params_m": round(params, 1),
+            "mask_margin": seg.mask_margin,
+            "segflow_s": round(t_ours, 3),
+            "segflow_whole_frame_s": round(t_whole, 3),
+            "loop_s": round(t_loop, 3),
+            "batched_s": round(t_batched, 3),
+            "rounds_s": rounds,
+            "loop_over_segflow_by_round": [round(a / b, 2) for a, b in zip(rounds["loop"], rounds["ours"])],
+            "timing": "per image, best of 5 interleaved rounds, summed",
+        },
         **extra,
     }
 
 
 def _demo_job(images: Path, out: Path, shard_size: int, **det):
-    from flows.config import load_config
+    from segflow.flows.config import load_config
 
     job = load_config(ROOT / "configs" / "demo.yaml", overrides={"source": str(images), "output": str(out)})
     stages = {k: v for k, v in job.stages.items() if k in ("detector", "masks")}
     if det:
         stages["detector"] = stages["detector"].model_copy(update=det)
-    return job.model_copy(update={"stages": stages, "shard_size": shard_size, "gold_set": None, "gold_panoptic": None,
-                                  "ontology": [c for c in job.ontology if c.isthing]})
+    return job.model_copy(
+        update={
+            "stages": stages,
+            "shard_size": shard_size,
+            "gold_set": None,
+            "gold_panoptic": None,
+            "ontology": [c for c in job.ontology if c.isthing],
+        }
+    )
 
 
 def bench_e2e(work: Path, n_images: int) -> dict:
-    from tasks.images import decode_image
-    from tasks.models.cache import get_model
-    from tasks.plan import make_plan
-    from tasks.shard import run_shard
-    from tasks.synthetic import write_scene_set
+    from segflow.demo.synthetic import write_scene_set
+    from segflow.tasks.images import decode_image
+    from segflow.tasks.models.cache import get_model
+    from segflow.tasks.plan import make_plan
+    from segflow.tasks.shard import run_shard
 
     write_scene_set(work / "e2e", n_images, seed=123, exif_fraction=0.25)
     job = _demo_job(work / "e2e", work / "e2e-out", shard_size=n_images)
@@ -201,26 +252,34 @@ def bench_e2e(work: Path, n_images: int) -> dict:
             chunk = decoded[s : s + job.chunk_size()]
             sam.segment(chunk, det.detect(chunk))
 
-    jobs = [job.model_copy(update={"output": str(work / f"e2e-out-{i}")}) for i in range(3)]  # a fresh output each round:
-    shards = iter([(j, make_plan(j).shard_ids[0]) for j in jobs])  # a committed shard would be skipped; planned before timing
+    jobs = [
+        job.model_copy(update={"output": str(work / f"e2e-out-{i}")}) for i in range(3)
+    ]  # a fresh output each round:
+    shards = iter(
+        [(j, make_plan(j).shard_ids[0]) for j in jobs]
+    )  # a committed shard would be skipped; planned before timing
 
     # warm-up over every image: CPU kernels are prepared per input shape on first use, and
     # whichever side ran first would pay for it (steady state is what a long job sees)
     model_only()
-    t = _timed_interleaved({"e2e": lambda: run_shard(*next(shards)), "model": model_only}, 3)  # best of 3, rounds interleaved
+    t = _timed_interleaved(
+        {"e2e": lambda: run_shard(*next(shards)), "model": model_only}, 3
+    )  # best of 3, rounds interleaved
     t_e2e, t_model = t["e2e"], t["model"]
-    return {"e2e_vs_model_only": round(t_model / t_e2e, 3), "e2e_detail": {"images": n_images, "segflow_s": round(t_e2e, 3), "model_only_s": round(t_model, 3)}}
+    return {
+        "e2e_vs_model_only": round(t_model / t_e2e, 3),
+        "e2e_detail": {"images": n_images, "segflow_s": round(t_e2e, 3), "model_only_s": round(t_model, 3)},
+    }
 
 
 def bench_auto_annotate(work: Path, n_images: int) -> dict:
+    from segment_anything import sam_model_registry
     from ultralytics.data.annotator import auto_annotate
 
-    from segment_anything import sam_model_registry
-
-    from tasks.models.yolo import load_yolo
-    from tasks.plan import make_plan
-    from tasks.shard import run_shard
-    from tasks.synthetic import write_scene_set
+    from segflow.demo.synthetic import write_scene_set
+    from segflow.tasks.models.yolo import load_yolo
+    from segflow.tasks.plan import make_plan
+    from segflow.tasks.shard import run_shard
 
     write_scene_set(work / "aa", n_images, seed=321, exif_fraction=0.0, size_range=(400, 700))
     # the same detector for both: the demo YOLO, also written in ultralytics' own (pickled) format
@@ -236,34 +295,71 @@ def bench_auto_annotate(work: Path, n_images: int) -> dict:
     torch.save(sd, work / "sam_b.pt")
     settings = dict(conf=0.25, iou=0.45, imgsz=640, max_det=300)  # auto_annotate's defaults
     job = _demo_job(work / "aa", work / "aa-out", shard_size=n_images, **settings)
-    masks_stage = job.stages["masks"].model_copy(update={"weights": str(work / "sam_b.pt"), "sha256": None, "model_type": "vit_b", "min_island_frac": 0.0,
-                                                          "zoom_context": None})  # as auto_annotate: one pass per image
+    masks_stage = job.stages["masks"].model_copy(
+        update={
+            "weights": str(work / "sam_b.pt"),
+            "sha256": None,
+            "model_type": "vit_b",
+            "min_island_frac": 0.0,
+            "zoom_context": None,
+        }
+    )  # as auto_annotate: one pass per image
     job = job.model_copy(update={"stages": {"detector": job.stages["detector"], "masks": masks_stage}})
     plan = make_plan(job)
 
     t_ours = _timed(lambda: run_shard(job, plan.shard_ids[0]))
-    t_aa = _timed(lambda: auto_annotate(str(work / "aa"), det_model=str(work / "det-ultra.pt"), sam_model=str(work / "sam_b.pt"),
-                                        device="cpu", output_dir=str(work / "aa-labels"), **settings))
+    t_aa = _timed(
+        lambda: auto_annotate(
+            str(work / "aa"),
+            det_model=str(work / "det-ultra.pt"),
+            sam_model=str(work / "sam_b.pt"),
+            device="cpu",
+            output_dir=str(work / "aa-labels"),
+            **settings,
+        )
+    )
     ours_per_image = _masks_per_image(work / "aa-out")
-    theirs = {p.stem: sum(1 for line in p.read_text().splitlines() if line.strip()) for p in (work / "aa-labels").glob("*.txt")}
+    theirs = {
+        p.stem: sum(1 for line in p.read_text().splitlines() if line.strip())
+        for p in (work / "aa-labels").glob("*.txt")
+    }
     stems = sorted({Path(f).stem for f in os.listdir(work / "aa")})
     same = sum(ours_per_image.get(s, 0) == theirs.get(s, 0) for s in stems)
-    result = {"vs_auto_annotate": round(t_aa / t_ours, 3), "auto_annotate_detail": {
-        "images": n_images, "segflow_s": round(t_ours, 3), "auto_annotate_s": round(t_aa, 3),
-        "images_with_equal_mask_counts": f"{same}/{len(stems)}",
-        "masks_per_image": {s: [ours_per_image.get(s, 0), theirs.get(s, 0)] for s in stems},
-        "masks_segflow": sum(ours_per_image.values()), "masks_auto_annotate": sum(theirs.values())}}
-    from tasks.models.device import cpu_has_native_bf16
+    result = {
+        "vs_auto_annotate": round(t_aa / t_ours, 3),
+        "auto_annotate_detail": {
+            "images": n_images,
+            "segflow_s": round(t_ours, 3),
+            "auto_annotate_s": round(t_aa, 3),
+            "images_with_equal_mask_counts": f"{same}/{len(stems)}",
+            "masks_per_image": {s: [ours_per_image.get(s, 0), theirs.get(s, 0)] for s in stems},
+            "masks_segflow": sum(ours_per_image.values()),
+            "masks_auto_annotate": sum(theirs.values()),
+        },
+    }
+    from segflow.tasks.models.device import cpu_has_native_bf16
 
-    if torch.cuda.is_available() or cpu_has_native_bf16():  # segflow's SAM stage with dtype: bfloat16 (auto_annotate has no such switch)
-        job16 = job.model_copy(update={"output": str(work / "aa-out-bf16"), "stages": {
-            "detector": job.stages["detector"], "masks": masks_stage.model_copy(update={"dtype": "bfloat16"})}})
+    if (
+        torch.cuda.is_available() or cpu_has_native_bf16()
+    ):  # segflow's SAM stage with dtype: bfloat16 (auto_annotate has no such switch)
+        job16 = job.model_copy(
+            update={
+                "output": str(work / "aa-out-bf16"),
+                "stages": {
+                    "detector": job.stages["detector"],
+                    "masks": masks_stage.model_copy(update={"dtype": "bfloat16"}),
+                },
+            }
+        )
         plan16 = make_plan(job16)
         t16 = _timed(lambda: run_shard(job16, plan16.shard_ids[0]))
         per16 = _masks_per_image(work / "aa-out-bf16")
         result["vs_auto_annotate_bf16"] = round(t_aa / t16, 3)
-        result["auto_annotate_bf16_detail"] = {"segflow_bf16_s": round(t16, 3), "images_with_equal_mask_counts": f"{sum(per16.get(s, 0) == theirs.get(s, 0) for s in stems)}/{len(stems)}",
-                                               "mean_mask_iou_bf16_vs_fp32": _matched_mask_iou(work / "aa-out", work / "aa-out-bf16")}
+        result["auto_annotate_bf16_detail"] = {
+            "segflow_bf16_s": round(t16, 3),
+            "images_with_equal_mask_counts": f"{sum(per16.get(s, 0) == theirs.get(s, 0) for s in stems)}/{len(stems)}",
+            "mean_mask_iou_bf16_vs_fp32": _matched_mask_iou(work / "aa-out", work / "aa-out-bf16"),
+        }
     return result
 
 
@@ -285,7 +381,13 @@ def _matched_mask_iou(a: Path, b: Path) -> float:
 
     def rows(out: Path) -> dict:
         t = [r for f in (out / "shards").rglob("masks.parquet") for r in ds.dataset(str(f)).to_table().to_pylist()]
-        return {(r["image_uri"], tuple(np.round(r["prompt_box"], 2))): {"size": [r["height"], r["width"]], "counts": r["rle_counts"]} for r in t}
+        return {
+            (r["image_uri"], tuple(np.round(r["prompt_box"], 2))): {
+                "size": [r["height"], r["width"]],
+                "counts": r["rle_counts"],
+            }
+            for r in t
+        }
 
     ra, rb = rows(a), rows(b)
     ious = [float(mask_utils.iou([ra[k]], [rb[k]], [0])[0, 0]) for k in ra if k in rb]
@@ -293,7 +395,7 @@ def _matched_mask_iou(a: Path, b: Path) -> float:
 
 
 def bench_rle(n: int, h: int, w: int) -> dict:
-    from tasks import rle
+    from segflow.tasks import rle
 
     rng = np.random.default_rng(0)
     masks = np.zeros((n, w, h), bool)  # N x W x H, as the SAM stage produces them
@@ -301,17 +403,19 @@ def bench_rle(n: int, h: int, w: int) -> dict:
         x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
         m[x0 : x0 + rng.integers(20, w // 2), y0 : y0 + rng.integers(20, h // 2)] = True
     t = _timed(lambda: rle.encode_nwh(masks), 3)
-    return {"rle_gpx_per_s": round(n * h * w / t / 1e9, 3), "rle_detail": {"masks": n, "size": [h, w], "seconds": round(t, 4)}}
+    return {
+        "rle_gpx_per_s": round(n * h * w / t / 1e9, 3),
+        "rle_detail": {"masks": n, "size": [h, w], "seconds": round(t, 4)},
+    }
 
 
 def bench_memory(work: Path, n_images: int, shard_size: int) -> dict:
-    from flows.config import JobConfig
-    from tasks.models.tiny import make_tiny_sam, make_tiny_yolo
-    from tasks.plan import make_plan
-    from tasks.shard import run_shard
-    from tasks.synthetic import SHAPE_CLASSES, write_scene_set
-
     from bench.bench_memory import rss_mb
+    from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
+    from segflow.flows.config import JobConfig
+    from segflow.tasks.plan import make_plan
+    from segflow.tasks.shard import run_shard
+    from tests.support.tiny import make_tiny_sam, make_tiny_yolo
 
     src = work / "mem"
     base = write_scene_set(src / "base", 20, seed=5, size_range=(120, 200), exif_fraction=0.0)
@@ -319,14 +423,30 @@ def bench_memory(work: Path, n_images: int, shard_size: int) -> dict:
         name = base[i % len(base)][0]
         os.link(src / "base" / name, src / f"{i:06d}{Path(name).suffix}")
     (src / "base").rename(work / "mem-base")
-    job = JobConfig.model_validate({
-        "source": {"url": str(src)}, "output": str(work / "mem-out"), "shard_size": shard_size,
-        "ontology": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
-        "stages": {
-            "detector": {"kind": "yolo", "weights": str(make_tiny_yolo(work / "ty.pt", SHAPE_CLASSES)), "conf": 0.0, "max_det": 4, "imgsz": 160, "device": "cpu"},
-            "masks": {"kind": "sam", "needs": ["detector"], "weights": str(make_tiny_sam(work / "ts.pt")), "device": "cpu"},
-        },
-    })
+    job = JobConfig.model_validate(
+        {
+            "source": {"url": str(src)},
+            "output": str(work / "mem-out"),
+            "shard_size": shard_size,
+            "ontology": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
+            "stages": {
+                "detector": {
+                    "kind": "yolo",
+                    "weights": str(make_tiny_yolo(work / "ty.pt", SHAPE_CLASSES)),
+                    "conf": 0.0,
+                    "max_det": 4,
+                    "imgsz": 160,
+                    "device": "cpu",
+                },
+                "masks": {
+                    "kind": "sam",
+                    "needs": ["detector"],
+                    "weights": str(make_tiny_sam(work / "ts.pt")),
+                    "device": "cpu",
+                },
+            },
+        }
+    )
     plan = make_plan(job)
     xs, ys, done = [], [], 0
     for sid in plan.shard_ids:
@@ -336,7 +456,10 @@ def bench_memory(work: Path, n_images: int, shard_size: int) -> dict:
         ys.append(rss_mb())
     half = len(xs) // 2
     slope = float(np.polyfit(xs[half:], ys[half:], 1)[0]) * 1000 if len(xs) - half >= 2 else float("nan")
-    return {"rss_slope_mb_per_1k_images": round(slope, 2), "rss_detail": {"images": done, "rss_mb_first_shard": round(ys[0], 1), "rss_mb_last_shard": round(ys[-1], 1)}}
+    return {
+        "rss_slope_mb_per_1k_images": round(slope, 2),
+        "rss_detail": {"images": done, "rss_mb_first_shard": round(ys[0], 1), "rss_mb_last_shard": round(ys[-1], 1)},
+    }
 
 
 #: Dense bf16 peaks (TFLOP/s) of common GPUs, for the utilisation figure.
@@ -360,10 +483,15 @@ def _utilisation(images_per_s: float, gflops_per_image: float, peak_tflops: floa
 
 
 TARGETS = {
-    "box_to_mask_vs_loop": ">= 4x", "box_to_mask_vs_batched": ">= 0.95x", "e2e_vs_model_only": ">= 0.9x",
-    "vs_auto_annotate": ">= 1.5x", "rle_gpx_per_s": ">= 1 Gpx/s", "rss_slope_mb_per_1k_images": "~0",
+    "box_to_mask_vs_loop": ">= 4x",
+    "box_to_mask_vs_batched": ">= 0.95x",
+    "e2e_vs_model_only": ">= 0.9x",
+    "vs_auto_annotate": ">= 1.5x",
+    "rle_gpx_per_s": ">= 1 Gpx/s",
+    "rss_slope_mb_per_1k_images": "~0",
     # not issue targets: the same comparisons with segflow's SAM stage in bfloat16 (GPUs, CPUs with AVX512-BF16 / AMX)
-    "box_to_mask_bf16_vs_loop": "(bf16; >= 4x)", "vs_auto_annotate_bf16": "(bf16; >= 1.5x)",
+    "box_to_mask_bf16_vs_loop": "(bf16; >= 4x)",
+    "vs_auto_annotate_bf16": "(bf16; >= 1.5x)",
     # not an issue target: the stage with mask_margin null (every mask over the whole frame, as SamPredictor)
     "box_to_mask_whole_frame_vs_loop": "(mask_margin null; >= 4x)",
 }
@@ -374,13 +502,23 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, numbers are noisy)")
     ap.add_argument("--only", nargs="*", help="run only these measurements (names as in the table, prefix match)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
-    ap.add_argument("--peak-tflops", type=float, help="the device's peak (dense, the dtype used) for the utilisation figure; known GPUs are looked up")
-    ap.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc malloc adaptive (segflow's workers fix its thresholds, runtime.malloc_tuning)")
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        help="the device's peak (dense, the dtype used) for the utilisation figure; known GPUs are looked up",
+    )
+    ap.add_argument(
+        "--no-malloc-tuning",
+        action="store_true",
+        help="leave glibc malloc adaptive (segflow's workers fix its thresholds, runtime.malloc_tuning)",
+    )
     args = ap.parse_args()
     q = args.quick
-    from tasks.allocator import keep_freed_memory
+    from segflow.tasks.allocator import keep_freed_memory
 
-    tuned = False if args.no_malloc_tuning else keep_freed_memory()  # as a shard worker does: one process, every baseline included
+    tuned = (
+        False if args.no_malloc_tuning else keep_freed_memory()
+    )  # as a shard worker does: one process, every baseline included
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
     steps = [
         ("box_to_mask", lambda: bench_box_to_mask(work, 2 if q else 6, 16)),
@@ -389,8 +527,14 @@ def main() -> None:
         ("rle", lambda: bench_rle(16 if q else 64, 720, 1280)),
         ("rss", lambda: bench_memory(work, 200 if q else 2000, 50 if q else 100)),
     ]
-    results: dict = {"device": "cuda" if torch.cuda.is_available() else "cpu", "threads": torch.get_num_threads(), "malloc_tuning": tuned,
-                     "torch": torch.__version__, "quick": q, "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    results: dict = {
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "threads": torch.get_num_threads(),
+        "malloc_tuning": tuned,
+        "torch": torch.__version__,
+        "quick": q,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     t0 = time.time()
     for name, fn in steps:
         if args.only and not any(name.startswith(o) or o.startswith(name) for o in args.only):
@@ -404,7 +548,9 @@ def main() -> None:
     results["seconds"] = round(time.time() - t0, 1)
     peak = args.peak_tflops or _gpu_peak_tflops()
     if peak and "sam_gflops_per_image" in results:  # utilisation = images/s x GFLOPs per image / device peak
-        results["sam_utilisation"] = round(_utilisation(results["sam_images_per_s"], results["sam_gflops_per_image"], peak), 4)
+        results["sam_utilisation"] = round(
+            _utilisation(results["sam_images_per_s"], results["sam_gflops_per_image"], peak), 4
+        )
         results["peak_tflops"] = peak
     print(f"\nsegflow bench ({results['device']}, {results['threads']} threads, {results['seconds']:.0f}s)")
     print(f"{'measure':<30}{'value':>10}  target")
@@ -412,8 +558,10 @@ def main() -> None:
         v = results.get(k)
         print(f"{k:<30}{('-' if v is None else v):>10}  {target}")
     util = results.get("sam_utilisation")
-    print(f"{'sam_utilisation':<30}{('-' if util is None else util):>10}  images/s x GFLOPs/image / peak"
-          f"{'' if util is not None else ' (pass --peak-tflops on CPU)'}")
+    print(
+        f"{'sam_utilisation':<30}{('-' if util is None else util):>10}  images/s x GFLOPs/image / peak"
+        f"{'' if util is not None else ' (pass --peak-tflops on CPU)'}"
+    )
     for k in sorted(k for k in results if k.endswith(("_detail", "_error"))):
         print(f"  {k}: {results[k]}")
     out = Path(args.out)

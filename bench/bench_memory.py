@@ -33,22 +33,38 @@ def main() -> None:
 
     import numpy as np
 
-    from flows.config import JobConfig
-    from tasks.models.tiny import make_tiny_sam, make_tiny_yolo
-    from tasks.plan import make_plan
-    from tasks.shard import run_shard
-    from tasks.synthetic import SHAPE_CLASSES, write_scene_set
+    from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
+    from segflow.flows.config import JobConfig
+    from segflow.tasks.plan import make_plan
+    from segflow.tasks.shard import run_shard
+    from tests.support.tiny import make_tiny_sam, make_tiny_yolo
 
     work = Path(tempfile.mkdtemp(prefix="segflow-mem-"))
     write_scene_set(work / "images", args.images, seed=9, size_range=(200, 480))
-    job = JobConfig.model_validate({
-        "source": {"url": str(work / "images")}, "output": str(work / "out"), "shard_size": args.shard_size,
-        "ontology": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
-        "stages": {
-            "detector": {"kind": "yolo", "weights": str(make_tiny_yolo(work / "y.pt", SHAPE_CLASSES)), "conf": 0.0, "max_det": 8, "imgsz": 256, "device": "cpu"},
-            "masks": {"kind": "sam", "needs": ["detector"], "weights": str(make_tiny_sam(work / "s.pt")), "device": "cpu"},
-        },
-    })
+    job = JobConfig.model_validate(
+        {
+            "source": {"url": str(work / "images")},
+            "output": str(work / "out"),
+            "shard_size": args.shard_size,
+            "ontology": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
+            "stages": {
+                "detector": {
+                    "kind": "yolo",
+                    "weights": str(make_tiny_yolo(work / "y.pt", SHAPE_CLASSES)),
+                    "conf": 0.0,
+                    "max_det": 8,
+                    "imgsz": 256,
+                    "device": "cpu",
+                },
+                "masks": {
+                    "kind": "sam",
+                    "needs": ["detector"],
+                    "weights": str(make_tiny_sam(work / "s.pt")),
+                    "device": "cpu",
+                },
+            },
+        }
+    )
     plan = make_plan(job)
     xs, ys = [], []
     done = 0
@@ -59,8 +75,11 @@ def main() -> None:
         ys.append(rss_mb())
     half = len(xs) // 2
     slope = np.polyfit(xs[half:], ys[half:], 1)[0] * 1000
-    print(f"{len(plan.shard_ids)} shards, {done} images; RSS after first shard {ys[0]:.0f} MB, after last {ys[-1]:.0f} MB, "
-          f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(
+        f"{len(plan.shard_ids)} shards, {done} images; RSS after first shard {ys[0]:.0f} "
+        f"MB, after last {ys[-1]:.0f} MB, "
+        f"peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+    )
     print(f"rss_slope_mb_per_1k_images (second half): {slope:.2f}")
 
 

@@ -23,9 +23,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 SMALL_SAM_ARCH = dict(
-    img_size=512, patch_size=16, encoder_embed_dim=192, encoder_depth=6, encoder_num_heads=6,
-    encoder_global_attn_indexes=[2, 5], window_size=8, prompt_embed_dim=128,
-    decoder_depth=2, decoder_mlp_dim=512, decoder_num_heads=4, iou_head_hidden_dim=128,
+    img_size=512,
+    patch_size=16,
+    encoder_embed_dim=192,
+    encoder_depth=6,
+    encoder_num_heads=6,
+    encoder_global_attn_indexes=[2, 5],
+    window_size=8,
+    prompt_embed_dim=128,
+    decoder_depth=2,
+    decoder_mlp_dim=512,
+    decoder_num_heads=4,
+    iou_head_hidden_dim=128,
 )
 
 
@@ -38,17 +47,17 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from segment_anything import SamPredictor
     from pycocotools import mask as mask_utils
+    from segment_anything import SamPredictor
 
-    from flows.config import JobConfig
-    from tasks.images import decode_image
-    from tasks.models.cache import get_model
-    from tasks.models.sam import TINY_SAM_ARCH, build_sam, load_sam, save_sam_checkpoint
-    from tasks.models.tiny import make_tiny_yolo
-    from tasks.plan import make_plan
-    from tasks.shard import run_shard
-    from tasks.synthetic import SHAPE_CLASSES, write_scene_set
+    from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
+    from segflow.flows.config import JobConfig
+    from segflow.tasks.images import decode_image
+    from segflow.tasks.models.cache import get_model
+    from segflow.tasks.models.sam import TINY_SAM_ARCH, build_sam, load_sam, save_sam_checkpoint
+    from segflow.tasks.plan import make_plan
+    from segflow.tasks.shard import run_shard
+    from tests.support.tiny import make_tiny_yolo
 
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
     write_scene_set(work / "images", args.images, seed=7, size_range=(200, 500))
@@ -56,15 +65,33 @@ def main() -> None:
     torch.manual_seed(0)
     arch = TINY_SAM_ARCH if args.sam == "tiny" else SMALL_SAM_ARCH
     save_sam_checkpoint(build_sam(arch), arch, work / "sam.pt")
-    job = JobConfig.model_validate({
-        "source": {"url": str(work / "images")}, "output": str(work / "out"), "shard_size": args.images,
-        "ontology": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
-        "stages": {
-            "detector": {"kind": "yolo", "weights": str(yolo), "conf": 0.0, "max_det": args.boxes, "imgsz": 320, "batch_size": 8, "device": "cpu"},
-            "masks": {"kind": "sam", "needs": ["detector"], "weights": str(work / "sam.pt"), "batch_size": 4, "device": "cpu"},
-        },
-        "runtime": {"max_workers": 1},
-    })
+    job = JobConfig.model_validate(
+        {
+            "source": {"url": str(work / "images")},
+            "output": str(work / "out"),
+            "shard_size": args.images,
+            "ontology": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
+            "stages": {
+                "detector": {
+                    "kind": "yolo",
+                    "weights": str(yolo),
+                    "conf": 0.0,
+                    "max_det": args.boxes,
+                    "imgsz": 320,
+                    "batch_size": 8,
+                    "device": "cpu",
+                },
+                "masks": {
+                    "kind": "sam",
+                    "needs": ["detector"],
+                    "weights": str(work / "sam.pt"),
+                    "batch_size": 4,
+                    "device": "cpu",
+                },
+            },
+            "runtime": {"max_workers": 1},
+        }
+    )
     ontology = job.category_names()
     det = get_model(job.stages["detector"], ontology).adapter
     sam = get_model(job.stages["masks"], ontology).adapter  # load once, outside both timings
@@ -94,7 +121,11 @@ def main() -> None:
     loop_s = time.perf_counter() - t
 
     n = len(files)
-    print(f"shard benchmark: {n} images, up to {args.boxes} boxes each, SAM '{args.sam}' ({sum(p.numel() for p in sam.model.parameters()) / 1e6:.1f}M params), {args.threads} threads")
+    print(
+        f"shard benchmark: {n} images, up to {args.boxes} boxes each, SAM '{args.sam}' "
+        f"({sum(p.numel() for p in sam.model.parameters()) / 1e6:.1f}M params), "
+        f"{args.threads} threads"
+    )
     print(f"{'pipeline':<34}{'seconds':>9}{'images/s':>10}{'masks':>8}")
     print(f"{'segflow shard task (end to end)':<34}{segflow_s:>9.2f}{n / segflow_s:>10.2f}{result.masks:>8}")
     print(f"{'per-box SamPredictor.predict loop':<34}{loop_s:>9.2f}{n / loop_s:>10.2f}{n_masks:>8}")

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 # Quiet, offline-friendly defaults, set before Prefect is imported anywhere.
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -35,25 +35,30 @@ def _eprint(*a: object) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
-    pairs = (("source", getattr(args, "source", None)), ("output", getattr(args, "output", None)), ("gold_set", getattr(args, "gold", None)), ("gold_panoptic", getattr(args, "gold_panoptic", None)))
+    pairs = (
+        ("source", getattr(args, "source", None)),
+        ("output", getattr(args, "output", None)),
+        ("gold_set", getattr(args, "gold", None)),
+        ("gold_panoptic", getattr(args, "gold_panoptic", None)),
+    )
     return {k: v for k, v in pairs if v}
 
 
 def _load(args: argparse.Namespace):
-    from flows.config import load_config
+    from segflow.flows.config import load_config
 
     return load_config(args.config, overrides=_overrides(args))
 
 
 def prepare(job, config_file: str):
     """Checks that need I/O, done before any flow starts: weights (download + sha256), then the plan."""
-    from flows.config import ConfigError
-    from tasks.plan import PlanError, make_plan
-    from tasks.weights import HUB_PREFIX, WeightsError, is_builtin_yaml, resolve_model_dir, resolve_weights
+    from segflow.flows.config import ConfigError
+    from segflow.tasks.plan import PlanError, make_plan
+    from segflow.tasks.weights import HUB_PREFIX, WeightsError, is_builtin_yaml, resolve_model_dir, resolve_weights
 
     issues = []
     if job.credentials_block:
-        from flows.label_flow import apply_credentials
+        from segflow.flows.label_flow import apply_credentials
 
         try:
             apply_credentials(job)
@@ -63,7 +68,9 @@ def prepare(job, config_file: str):
         if not hasattr(st, "weights") or (st.kind == "yolo" and is_builtin_yaml(st.weights)):
             continue
         try:
-            if st.kind in ("mask2former", "owlv2", "owlvit", "grounding_dino") and (st.weights.startswith(HUB_PREFIX) or os.path.isdir(st.weights)):
+            if st.kind in ("mask2former", "owlv2", "owlvit", "grounding_dino") and (
+                st.weights.startswith(HUB_PREFIX) or os.path.isdir(st.weights)
+            ):
                 resolve_model_dir(st.weights, st.sha256)
             else:
                 resolve_weights(st.weights, st.sha256)
@@ -91,7 +98,9 @@ class _Progress:
         self.shards += shards
         self.masks += masks
         self.failed += failed
-        self.bar.set_postfix_str(f"shards {self.shards}/{self.shards_total} masks {self.masks} failed {self.failed}", refresh=False)
+        self.bar.set_postfix_str(
+            f"shards {self.shards}/{self.shards_total} masks {self.masks} failed {self.failed}", refresh=False
+        )
         self.bar.update(images)
 
     def close(self) -> None:
@@ -108,9 +117,15 @@ def print_summary(summary: dict) -> None:
         + "".join(f"\n    {k:<14}: {v}" for k, v in summary.get("masks_per_category", {}).items())
         + f"\n  masks manifest  : {out['masks']}\n  images manifest : {out['images']}\n"
         f"  COCO instances  : {out['coco_instances']}"
-        + (f"\n  panoptic        : {summary['panoptic']['segments']} segments on {summary['panoptic']['images']} images"
-           f"\n  panoptic manif. : {out['panoptic']}\n  COCO panoptic   : {out['coco_panoptic']} (+ PNGs in {out['coco_panoptic_pngs']})"
-           f"\n  semantic maps   : {out['semantic_pngs']}" if "panoptic" in summary else "")
+        + (
+            f"\n  panoptic        : {summary['panoptic']['segments']} segments on {summary['panoptic']['images']} "
+            f"images"
+            f"\n  panoptic manif. : {out['panoptic']}\n  COCO panoptic   : {out['coco_panoptic']} "
+            f"(+ PNGs in {out['coco_panoptic_pngs']})"
+            f"\n  semantic maps   : {out['semantic_pngs']}"
+            if "panoptic" in summary
+            else ""
+        )
         + f"\n  summary         : {out['summary']}"
         + (f"\n  quality         : {out['quality']}" if "quality" in out else ""),
         flush=True,
@@ -118,7 +133,7 @@ def print_summary(summary: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.config import ConfigError
+    from segflow.flows.config import ConfigError
 
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -132,15 +147,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def run_prepared(job, plan, progress_bar: bool = True) -> int:
-    from flows.label_flow import run_job
-    from tasks import progress
-    from tasks.finalize import IncompleteRunError
-    from tasks.storage import redact
+    from segflow.flows.label_flow import run_job
+    from segflow.tasks import progress
+    from segflow.tasks.finalize import IncompleteRunError
+    from segflow.tasks.storage import redact
 
     reuse = ""
     if plan.reused:
-        reuse = f" (plan reused; {plan.new_images} new images planned)" if getattr(job, "incremental", False) else " (plan reused)"
-    print(f"segflow: {job.name}: {plan.num_images} images in {len(plan.shard_ids)} shards{reuse} -> {redact(job.output)}", flush=True)
+        reuse = (
+            f" (plan reused; {plan.new_images} new images planned)"
+            if getattr(job, "incremental", False)
+            else " (plan reused)"
+        )
+    print(
+        f"segflow: {job.name}: {plan.num_images} images in {len(plan.shard_ids)} shards{reuse} -> {redact(job.output)}",
+        flush=True,
+    )
     bar = _Progress(plan.num_images, len(plan.shard_ids), enabled=progress_bar)
     progress.set_reporter(bar)
     try:
@@ -158,16 +180,16 @@ def run_prepared(job, plan, progress_bar: bool = True) -> int:
     bar.close()
     print_summary(summary)
     if "quality" in summary:
-        from tasks.quality import format_quality, load_quality
+        from segflow.tasks.quality import format_quality, load_quality
 
         print("\n" + format_quality(load_quality(job.output)), flush=True)
     return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from tasks.plan import PlanError
-    from tasks.status import shard_states, summarize_states
-    from tasks.storage import redact
+    from segflow.tasks.plan import PlanError
+    from segflow.tasks.status import shard_states, summarize_states
+    from segflow.tasks.storage import redact
 
     output = _cli_path(args.output)
     try:
@@ -179,12 +201,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"output": redact(output), "counts": counts, "shards": states}, indent=2))
     else:
-        print(f"{redact(output)}: {len(states)} shards -- {counts['committed']} committed, {counts['failed']} failed, {counts['pending']} pending "
-              f"({counts['images_committed']} images, {counts['masks_committed']} masks committed)")
+        print(
+            f"{redact(output)}: {len(states)} shards -- {counts['committed']} committed, "
+            f"{counts['failed']} failed, {counts['pending']} pending "
+            f"({counts['images_committed']} images, {counts['masks_committed']} masks committed)"
+        )
         shown = states if args.all else [s for s in states if s["state"] != "committed"]
         for s in shown:
-            detail = (f"{s['images']} images, {s['failed']} failed, {s['masks']} masks" if s["state"] == "committed"
-                      else s.get("error", "not run yet"))
+            detail = (
+                f"{s['images']} images, {s['failed']} failed, {s['masks']} masks"
+                if s["state"] == "committed"
+                else s.get("error", "not run yet")
+            )
             print(f"  {s['shard_id']}  {s['state']:<9}  {detail}")
         if counts["failed"] or counts["pending"]:
             print(f"rerun what is not committed with: segflow rerun {args.output}")
@@ -192,8 +220,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from flows.config import ConfigError, JobConfig
-    from tasks.storage import join, open_fs, read_bytes
+    from segflow.flows.config import ConfigError, JobConfig
+    from segflow.tasks.storage import join, open_fs, read_bytes
 
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -218,7 +246,7 @@ def _cli_path(p: str) -> str:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from tasks.publish import PublishError, publish
+    from segflow.tasks.publish import PublishError, publish
 
     try:
         result = publish(_cli_path(args.output), _cli_path(args.dest), args.version)
@@ -233,7 +261,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from flows.config import ConfigError
+    from segflow.flows.config import ConfigError
 
     try:
         job = _load(args)
@@ -246,7 +274,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from flows.config import job_json_schema
+    from segflow.flows.config import job_json_schema
 
     print(json.dumps(job_json_schema(), indent=2))
     return EXIT_OK
@@ -255,30 +283,40 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
-    from flows.config import ConfigError, load_config
-    from flows.demo import DEMO_CONFIG, prepare_demo
+    from segflow.demo.prepare import DEMO_CONFIG, prepare_demo
+    from segflow.flows.config import ConfigError, load_config
 
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     if not DEMO_CONFIG.exists():
-        _eprint(f"error: {DEMO_CONFIG} not found: run `segflow demo` from a source checkout (pip install -e .)")
+        _eprint(f"error: {DEMO_CONFIG} not found: this segflow installation lacks its package data (reinstall segflow)")
         return EXIT_CONFIG
     t0 = time.time()
     overrides = prepare_demo(args.output, seed=args.seed, num_images=args.images)
-    print(f"segflow demo: {args.images} synthetic scenes (seed {args.seed}) with ground truth under {args.output} ({time.time() - t0:.1f}s)", flush=True)
+    print(
+        f"segflow demo: {args.images} synthetic scenes (seed {args.seed}) with ground "
+        f"truth under {args.output} ({time.time() - t0:.1f}s)",
+        flush=True,
+    )
     try:
         job = load_config(DEMO_CONFIG, overrides=overrides)
         plan = prepare(job, str(DEMO_CONFIG))
     except ConfigError as e:
         _eprint(f"error: {e}")
         if "demo-" in str(e) and "weights" in str(e):
-            _eprint("the demo models are built by `segflow train-demo-models --output configs/models --update-config configs/demo.yaml configs/demo-qc.yaml`")
+            _eprint(
+                "the demo models are built by `segflow train-demo-models --output configs/models "
+                "--update-config configs/demo.yaml configs/demo-qc.yaml`"
+            )
         return EXIT_CONFIG
     rc = run_prepared(job, plan, progress_bar=not args.no_progress)
     if rc == EXIT_OK:
         quality = os.path.join(overrides["output"], "quality.json")
         shutil.copyfile(quality, os.path.join(args.output, "quality.json"))
-        print(f"  quality         : {os.path.join(args.output, 'quality.json')}\n  ground truth    : {os.path.join(args.output, 'ground_truth')}")
+        print(
+            f"  quality         : {os.path.join(args.output, 'quality.json')}\n  ground "
+            f"truth    : {os.path.join(args.output, 'ground_truth')}"
+        )
     return rc
 
 
@@ -286,35 +324,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     import re
     from pathlib import Path
 
-    from tasks.training import train_demo_models
-    from tasks.weights import sha256_file
+    from segflow.demo.training import train_demo_models
+    from segflow.tasks.weights import sha256_file
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     names = []
     if args.only in (None, "instances"):
-        det, sam = train_demo_models(out, seed=args.seed, det_images=args.det_images, det_epochs=args.det_epochs,
-                                     det_imgsz=args.det_imgsz, sam_minutes=args.sam_minutes)
+        det, sam = train_demo_models(
+            out,
+            seed=args.seed,
+            det_images=args.det_images,
+            det_epochs=args.det_epochs,
+            det_imgsz=args.det_imgsz,
+            sam_minutes=args.sam_minutes,
+        )
         print(f"instances trained in {time.time() - t0:.0f}s: detector {det}, sam {sam}")
         cycles = [m for m in args.sam_zoom_minutes if m > 0]
         if cycles:
             import torch
 
-            from tasks.training import finetune_sam_zoom
+            from segflow.demo.training import finetune_sam_zoom
 
             torch.set_num_threads(max(1, os.cpu_count() or 1))
-            for k, minutes in enumerate(cycles):  # cosine cycles, each from the last one's weights at half its peak learning rate
+            for k, minutes in enumerate(
+                cycles
+            ):  # cosine cycles, each from the last one's weights at half its peak learning rate
                 t1 = time.time()
                 tmp = out / "demo-sam.zoom.pt"
                 zoom = finetune_sam_zoom(out / "demo-sam.pt", tmp, minutes=minutes, seed=args.seed, lr=3e-4 / 2**k)
                 os.replace(tmp, out / "demo-sam.pt")
-                print(f"sam fine-tuned on zoom crops (cycle {k + 1} of {len(cycles)}) in {time.time() - t1:.0f}s: {zoom}")
+                print(
+                    f"sam fine-tuned on zoom crops (cycle {k + 1} of {len(cycles)}) in {time.time() - t1:.0f}s: {zoom}"
+                )
         names += ["demo-yolo.pt", "demo-sam.pt"]
     if args.only in (None, "panoptic"):
         import torch
 
-        from tasks.training import train_mask2former
+        from segflow.demo.training import train_mask2former
 
         t1 = time.time()
         torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -327,7 +375,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     for cfg in map(Path, args.update_config or []):
         text = cfg.read_text()
         for name, sha in shas.items():
-            text, n = re.subn(rf"(weights: models/{re.escape(name)}\n\s*sha256: )[0-9a-fA-F]{{64}}", rf"\g<1>{sha}", text)
+            text, n = re.subn(
+                rf"(weights: models/{re.escape(name)}\n\s*sha256: )[0-9a-fA-F]{{64}}", rf"\g<1>{sha}", text
+            )
             if n != 1:
                 _eprint(f"error: {cfg}: no 'weights: models/{name}' followed by a sha256 line")
                 return EXIT_FAILED
@@ -340,10 +390,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.kind != "yolo":
         _eprint(f"error: convert-weights supports: yolo (got {args.kind!r})")
         return EXIT_CONFIG
-    from tasks.models.yolo import convert_ultralytics_checkpoint
+    from segflow.tasks.models.yolo import convert_ultralytics_checkpoint
 
     convert_ultralytics_checkpoint(args.src, args.dst)
-    from tasks.weights import sha256_file
+    from segflow.tasks.weights import sha256_file
 
     print(f"wrote {args.dst} (sha256 {sha256_file(args.dst)})")
     return EXIT_OK
@@ -358,7 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--source", help="override source.url (path or URL)")
     r.add_argument("--output", help="override output (path or URL)")
     r.add_argument("--gold", help="override gold_set: COCO file with human labels to measure the auto-labels against")
-    r.add_argument("--gold-panoptic", help="override gold_panoptic: COCO panoptic JSON (PNGs in the folder of the same name) to measure the panoptic output against")
+    r.add_argument(
+        "--gold-panoptic",
+        help="override gold_panoptic: COCO panoptic JSON (PNGs in the folder of the "
+        "same name) to measure the panoptic output against",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs")
     r.set_defaults(fn=cmd_run)
@@ -398,20 +452,45 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--verbose", "-v", action="store_true")
     d.set_defaults(fn=cmd_demo)
 
-    t = sub.add_parser("train-demo-models", help="train the demo detector + SAM (side by side, ~14 min), fine-tune the SAM on zoom crops (~75 min) and train the demo Mask2Former (~14 min) on synthetic scenes, CPU")
+    t = sub.add_parser(
+        "train-demo-models",
+        help="train the demo detector + SAM (side by side, ~14 min), fine-tune the SAM "
+        "on zoom crops (~75 min) and train the demo Mask2Former (~14 min) on synthetic "
+        "scenes, CPU",
+    )
     t.add_argument("--output", default="configs/models")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--det-images", type=int, default=400)
     t.add_argument("--det-epochs", type=int, default=34)
     t.add_argument("--det-imgsz", type=int, default=288)
     t.add_argument("--sam-minutes", type=float, default=13.5)
-    t.add_argument("--sam-zoom-minutes", type=float, nargs="*", default=[45.0, 30.0], help="then fine-tune the SAM on zoom-window crops (the framing the demo jobs' zoom_context gives it): one cosine cycle per value, minutes each, each at half the previous peak learning rate (default: 45 30; 0 or none: skip)")
+    t.add_argument(
+        "--sam-zoom-minutes",
+        type=float,
+        nargs="*",
+        default=[45.0, 30.0],
+        help="then fine-tune the SAM on zoom-window crops (the framing the demo jobs' "
+        "zoom_context gives it): one cosine cycle per value, minutes each, each "
+        "at half the previous peak learning rate (default: 45 30; 0 or none: skip)",
+    )
     t.add_argument("--m2f-minutes", type=float, default=14.0, help="wall-clock budget of the Mask2Former training")
-    t.add_argument("--only", choices=["instances", "panoptic"], help="train only the detector + SAM (~1.5 h with the zoom fine-tune) or only the Mask2Former (~14 min); default: all, one after the other")
-    t.add_argument("--update-config", nargs="*", help="write the new sha256 values into these job files (e.g. configs/demo.yaml configs/demo-qc.yaml)")
+    t.add_argument(
+        "--only",
+        choices=["instances", "panoptic"],
+        help="train only the detector + SAM (~1.5 h with the zoom fine-tune) or only "
+        "the Mask2Former (~14 min); default: all, one after the other",
+    )
+    t.add_argument(
+        "--update-config",
+        nargs="*",
+        help="write the new sha256 values into these job files (e.g. configs/demo.yaml configs/demo-qc.yaml)",
+    )
     t.set_defaults(fn=cmd_train)
 
-    c = sub.add_parser("convert-weights", help="convert a pickled ultralytics .pt into a weights-only segflow checkpoint (trusted files only)")
+    c = sub.add_parser(
+        "convert-weights",
+        help="convert a pickled ultralytics .pt into a weights-only segflow checkpoint (trusted files only)",
+    )
     c.add_argument("kind", choices=["yolo"])
     c.add_argument("src")
     c.add_argument("dst")

@@ -16,16 +16,17 @@ See README.md ("Config reference") for every key.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, List, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tasks.images import DEFAULT_MAX_PIXELS
-from tasks.models.registry import ADAPTERS
+from segflow.tasks.images import DEFAULT_MAX_PIXELS
+from segflow.tasks.models.registry import ADAPTERS
 
 __all__ = [
     "ConfigError",
@@ -38,7 +39,9 @@ __all__ = [
 DEFAULT_EXTENSIONS = [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"]
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-_CREDENTIAL_KEYS = re.compile(r"(?i)(secret|password|passwd|token|^key$|access_key|secret_key|session_token|credential)")
+_CREDENTIAL_KEYS = re.compile(
+    r"(?i)(secret|password|passwd|token|^key$|access_key|secret_key|session_token|credential)"
+)
 
 
 class ConfigError(Exception):
@@ -58,14 +61,22 @@ class SourceConfig(_Strict):
     """Where the images are: a URL/path with an optional glob, or a text file listing URIs."""
 
     url: str | None = Field(None, description="Folder or prefix (any fsspec URL or local path).")
-    pattern: str | None = Field(None, description="Glob relative to `url` (e.g. '**/*.jpg'). Default: every file with an image extension.")
+    pattern: str | None = Field(
+        None, description="Glob relative to `url` (e.g. '**/*.jpg'). Default: every file with an image extension."
+    )
     list: str | None = Field(None, description="Text file with one image URI per line (alternative to `url`).")
-    extensions: List[str] = Field(default_factory=lambda: [*DEFAULT_EXTENSIONS], description="Image file extensions (case-insensitive).")
-    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are refused (decompression bombs).")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (e.g. endpoint_url). Never credentials.")
+    extensions: builtins.list[str] = Field(
+        default_factory=lambda: [*DEFAULT_EXTENSIONS], description="Image file extensions (case-insensitive)."
+    )
+    max_pixels: int = Field(
+        DEFAULT_MAX_PIXELS, ge=1, description="Images with more pixels are refused (decompression bombs)."
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options (e.g. endpoint_url). Never credentials."
+    )
 
     @model_validator(mode="after")
-    def _one_of(self) -> "SourceConfig":
+    def _one_of(self) -> SourceConfig:
         if (self.url is None) == (self.list is None):
             raise ValueError("give exactly one of 'url' (a folder or prefix) or 'list' (a file listing URIs)")
         if self.pattern is not None and self.url is None:
@@ -77,7 +88,10 @@ class OntologyClass(_Strict):
     id: int = Field(..., ge=1, description="Stable category id (COCO category_id), >= 1.")
     name: str = Field(..., min_length=1, description="Class name.")
     isthing: bool = Field(True, description="Countable object (thing) or amorphous region (stuff).")
-    prompts: list[str] = Field(default_factory=list, description="Text prompts for open-vocabulary detectors (synonyms of this class); default: the name.")
+    prompts: list[str] = Field(
+        default_factory=list,
+        description="Text prompts for open-vocabulary detectors (synonyms of this class); default: the name.",
+    )
 
     def text_prompts(self) -> list[str]:
         return list(self.prompts) or [self.name]
@@ -116,25 +130,37 @@ class YoloStage(_ModelStage):
     iou: float = Field(0.7, ge=0.0, le=1.0, description="NMS IoU threshold.")
     imgsz: int = Field(640, ge=32, description="Inference size (long side, multiple of 32).")
     max_det: int = Field(300, ge=1, description="Maximum detections per image.")
-    class_map: dict[str, str] = Field(default_factory=dict, description="Model class name -> ontology name. Unlisted classes map by equal name; classes not in the ontology are dropped.")
+    class_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Model class name -> ontology name. Unlisted classes map by equal name; "
+        "classes not in the ontology are dropped.",
+    )
 
 
 class OwlStage(_ModelStage):
-    """Open-vocabulary detector: OWLv2, OWL-ViT or Grounding DINO (transformers), queried with the ontology's text prompts."""
+    """Open-vocabulary detector: OWLv2, OWL-ViT or Grounding DINO (transformers), queried with the ontology's text
+    prompts."""
 
     kind: Literal["owlv2", "owlvit", "grounding_dino"]
-    weights: str = Field(..., description="A save_pretrained directory (model + processor), or hub:<org>/<name> from the local Hugging Face cache.")
+    weights: str = Field(
+        ...,
+        description="A save_pretrained directory (model + processor), or hub:<org>/<name> from "
+        "the local Hugging Face cache.",
+    )
     sha256: str | None = Field(None, description="Expected sha256 of the directory's model.safetensors.")
     batch_size: int = Field(4, ge=1, description="Images per forward pass.")
     conf: float = Field(0.1, ge=0.0, le=1.0, description="Score threshold (sigmoid of the best prompt's logit).")
-    thresholds: dict[str, float] = Field(default_factory=dict, description="Per ontology class score thresholds (override conf).")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per ontology class score thresholds (override conf)."
+    )
     nms_iou: float = Field(0.5, ge=0.0, le=1.0, description="NMS IoU threshold.")
     agnostic_nms: bool = Field(True, description="NMS across classes (one box per object even when two prompts fire).")
     max_det: int = Field(100, ge=1, description="Maximum detections per image.")
 
 
 class YoloSegStage(YoloStage):
-    """Direct instance labeler: ultralytics YOLO segmentation checkpoint (boxes and masks in one model); settings as ``yolo``."""
+    """Direct instance labeler: ultralytics YOLO segmentation checkpoint (boxes and masks in one model); settings as
+    ``yolo``."""
 
     kind: Literal["yolo_seg"]
 
@@ -147,16 +173,28 @@ class MaskRcnnStage(_ModelStage):
     conf: float = Field(0.5, ge=0.0, le=1.0, description="Box score threshold.")
     mask_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Mask probability threshold.")
     max_det: int = Field(100, ge=1, description="Maximum detections per image.")
-    class_map: dict[str, str] = Field(default_factory=dict, description="Model class name -> ontology name (unlisted: same name; others dropped).")
+    class_map: dict[str, str] = Field(
+        default_factory=dict, description="Model class name -> ontology name (unlisted: same name; others dropped)."
+    )
 
 
 class SamStage(_ModelStage):
     """Promptable segmenter: Segment Anything, prompted with the boxes of the stage it needs."""
 
     kind: Literal["sam"]
-    model_type: Literal["auto", "vit_b", "vit_l", "vit_h"] = Field("auto", description="Architecture of a plain SAM state dict; 'auto' infers it.")
-    batch_size: int | Literal["auto"] = Field("auto", description="Images per image-encoder call; 'auto' = 1 on CPU (batching a ViT there is slower), 8 on GPU.")
-    boxes_per_call: int | Literal["auto"] = Field("auto", description="Boxes per mask-decoder call. 'auto': 64 on GPU; on CPU as many as keep the per-box copies of the image embedding within ~8 MB (2 for the official SAMs), since larger batches there are slower than single calls.")
+    model_type: Literal["auto", "vit_b", "vit_l", "vit_h"] = Field(
+        "auto", description="Architecture of a plain SAM state dict; 'auto' infers it."
+    )
+    batch_size: int | Literal["auto"] = Field(
+        "auto",
+        description="Images per image-encoder call; 'auto' = 1 on CPU (batching a ViT there is slower), 8 on GPU.",
+    )
+    boxes_per_call: int | Literal["auto"] = Field(
+        "auto",
+        description="Boxes per mask-decoder call. 'auto': 64 on GPU; on CPU as many as keep "
+        "the per-box copies of the image embedding within ~8 MB (2 for the official "
+        "SAMs), since larger batches there are slower than single calls.",
+    )
 
     @field_validator("boxes_per_call")
     @classmethod
@@ -164,20 +202,65 @@ class SamStage(_ModelStage):
         if isinstance(v, int) and v < 1:
             raise ValueError("must be >= 1 or 'auto'")
         return v
+
     min_mask_area: int = Field(1, ge=0, description="Masks with fewer pixels are dropped (with their detection).")
-    min_island_frac: float = Field(0.0, ge=0.0, le=1.0, description="Remove disconnected pieces smaller than this fraction of the mask's largest piece (0 = keep all, as SAM does).")
-    prompt: Literal["box", "point", "box+point"] = Field("box", description="What prompts SAM: the detector box, the box centre as a foreground point, or both.")
-    multimask_output: bool = Field(False, description="Ask SAM for 3 candidate masks per prompt and keep the one with the highest predicted IoU (all 3 scores go to the field multimask_ious).")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="'auto': bfloat16 autocast on GPUs that support it (not float16: it breaks the large SAMs), float32 on CPU. 'bfloat16' on a CPU with AVX512-BF16 or AMX: the ViT-B encoder ~1.3x faster on 2 cores (masks ~0.98 IoU of float32); elsewhere CPU bfloat16 is emulated and slow.")
-    attention: Literal["auto", "sdpa", "blocked", "eager"] = Field("auto", description="Image-encoder attention, queries in blocks so the relative-position bias is never built whole: 'sdpa' (fused scaled_dot_product_attention, the bias as each block's mask), 'blocked' (each block's scores biased and soft-maxed in place in one reused buffer), 'auto' = blocked for float32 on a CPU (~15% faster than sdpa there), sdpa otherwise (GPUs, bfloat16), 'eager' (the library's: the whole bias at once). All give the library's output to float rounding; on 2 CPU cores the ViT-B encoder took 15.9 s with eager, 7.6 s with sdpa, 7.05 s with blocked.")
-    compile: bool = Field(False, description="torch.compile the image encoder (fixed input size; the first batch of each batch size pays the compilation, ~1 minute for a ViT-B). For long GPU jobs.")
+    min_island_frac: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Remove disconnected pieces smaller than this fraction of the mask's largest "
+        "piece (0 = keep all, as SAM does).",
+    )
+    prompt: Literal["box", "point", "box+point"] = Field(
+        "box", description="What prompts SAM: the detector box, the box centre as a foreground point, or both."
+    )
+    multimask_output: bool = Field(
+        False,
+        description="Ask SAM for 3 candidate masks per prompt and keep the one with the highest "
+        "predicted IoU (all 3 scores go to the field multimask_ious).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="'auto': bfloat16 autocast on GPUs that support it (not float16: it breaks "
+        "the large SAMs), float32 on CPU. 'bfloat16' on a CPU with AVX512-BF16 "
+        "or AMX: the ViT-B encoder ~1.3x faster on 2 cores (masks ~0.98 IoU of "
+        "float32); elsewhere CPU bfloat16 is emulated and slow.",
+    )
+    attention: Literal["auto", "sdpa", "blocked", "eager"] = Field(
+        "auto",
+        description="Image-encoder attention, queries in blocks so the relative-position bias "
+        "is never built whole: 'sdpa' (fused scaled_dot_product_attention, the "
+        "bias as each block's mask), 'blocked' (each block's scores biased and "
+        "soft-maxed in place in one reused buffer), 'auto' = blocked for float32 "
+        "on a CPU (~15% faster than sdpa there), sdpa otherwise (GPUs, bfloat16), "
+        "'eager' (the library's: the whole bias at once). All give the library's "
+        "output to float rounding; on 2 CPU cores the ViT-B encoder took 15.9 s "
+        "with eager, 7.6 s with sdpa, 7.05 s with blocked.",
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the image encoder (fixed input size; the first batch of "
+        "each batch size pays the compilation, ~1 minute for a ViT-B). For long "
+        "GPU jobs.",
+    )
     mask_margin: float | None = Field(
-        0.5, ge=0.0,
-        description="Compute each mask only inside its box grown by this fraction of the box's longer side on every side (plus one embedding token); pixels outside are background. Inside, the logits are SAM's own. Saves the decoder's upscaling and the upsampling outside the window (box -> mask ~1.5x faster on CPU for boxes of 5-25% of the image). null = every mask over the whole image, as SamPredictor does.",
+        0.5,
+        ge=0.0,
+        description="Compute each mask only inside its box grown by this fraction of the box's "
+        "longer side on every side (plus one embedding token); pixels outside are "
+        "background. Inside, the logits are SAM's own. Saves the decoder's upscaling "
+        "and the upsampling outside the window (box -> mask ~1.5x faster on CPU "
+        "for boxes of 5-25% of the image). null = every mask over the whole image, "
+        "as SamPredictor does.",
     )
     zoom_context: float | None = Field(
-        None, ge=0.0,
-        description="Segment each box whose square window -- its longer side x (1 + 2 x zoom_context), centred on it and moved inside the image -- is smaller than the image in a crop of that window instead of the whole image: more model pixels per small object (one extra encoder pass per such box). For SAMs with a small input size on large images; off (null) by default.",
+        None,
+        ge=0.0,
+        description="Segment each box whose square window -- its longer side x (1 + 2 x zoom_context), "
+        "centred on it and moved inside the image -- is smaller than the image "
+        "in a crop of that window instead of the whole image: more model pixels "
+        "per small object (one extra encoder pass per such box). For SAMs with "
+        "a small input size on large images; off (null) by default.",
     )
 
 
@@ -185,14 +268,33 @@ class Mask2FormerStage(_ModelStage):
     """Panoptic model: transformers Mask2Former (things and stuff, non-overlapping segments per image)."""
 
     kind: Literal["mask2former"]
-    weights: str = Field(..., description="A segflow Mask2Former checkpoint file, a save_pretrained directory, or hub:<org>/<name> read from the local Hugging Face cache (never downloaded at run time).")
-    sha256: str | None = Field(None, description="Expected sha256 of the checkpoint file (of model.safetensors for a directory or hub id).")
+    weights: str = Field(
+        ...,
+        description="A segflow Mask2Former checkpoint file, a save_pretrained directory, or "
+        "hub:<org>/<name> read from the local Hugging Face cache (never downloaded "
+        "at run time).",
+    )
+    sha256: str | None = Field(
+        None, description="Expected sha256 of the checkpoint file (of model.safetensors for a directory or hub id)."
+    )
     batch_size: int = Field(4, ge=1, description="Images per forward pass.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Model dtype (bfloat16 on GPUs that have it).")
-    threshold: float = Field(0.5, ge=0.0, le=1.0, description="Minimum class probability of a query to become a segment.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Model dtype (bfloat16 on GPUs that have it)."
+    )
+    threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Minimum class probability of a query to become a segment."
+    )
     mask_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Mask probability threshold.")
-    overlap_threshold: float = Field(0.8, ge=0.0, le=1.0, description="A query keeps its segment only if it wins at least this share of its own mask.")
-    label_map: dict[str, str] = Field(default_factory=dict, description="Model label -> ontology class name. Other labels map by equal name, else to `unmapped`.")
+    overlap_threshold: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="A query keeps its segment only if it wins at least this share of its own mask.",
+    )
+    label_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Model label -> ontology class name. Other labels map by equal name, else to `unmapped`.",
+    )
     unmapped: str = Field("drop", description="'drop', or the ontology class name that takes labels with no mapping.")
 
 
@@ -200,27 +302,46 @@ class PanopticMergeStage(_StageBase):
     """One panoptic map per image from a panoptic stage and (optionally) an instance stage; see tasks/panoptic.py."""
 
     kind: Literal["panoptic_merge"]
-    things: Literal["instances", "panoptic"] = Field("instances", description="Where things come from: the instance stage it needs (detector -> SAM -> QC) or the panoptic model.")
-    overlap: float = Field(0.5, ge=0.0, le=1.0, description="A thing is dropped when less than this share of its mask is still free (hidden by a higher-scoring one).")
+    things: Literal["instances", "panoptic"] = Field(
+        "instances",
+        description="Where things come from: the instance stage it needs (detector -> SAM -> "
+        "QC) or the panoptic model.",
+    )
+    overlap: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="A thing is dropped when less than this share of its mask is still free "
+        "(hidden by a higher-scoring one).",
+    )
     min_area: int = Field(64, ge=0, description="Segments left with fewer pixels become void.")
-    include_flagged: bool = Field(False, description="Use QC-flagged instance masks as things (rejected ones never are).")
+    include_flagged: bool = Field(
+        False, description="Use QC-flagged instance masks as things (rejected ones never are)."
+    )
 
 
 class SamAutoStage(_ModelStage):
-    """Segment Anything's automatic mode: class-agnostic masks from a point grid (SA-1B defaults), all of class `category`."""
+    """Segment Anything's automatic mode: class-agnostic masks from a point grid (SA-1B defaults), all of class
+    `category`."""
 
     kind: Literal["sam_auto"]
-    model_type: Literal["auto", "vit_b", "vit_l", "vit_h"] = Field("auto", description="Architecture of a plain SAM state dict; 'auto' infers it.")
+    model_type: Literal["auto", "vit_b", "vit_l", "vit_h"] = Field(
+        "auto", description="Architecture of a plain SAM state dict; 'auto' infers it."
+    )
     category: str = Field("object", description="Ontology class every mask gets.")
     points_per_side: int = Field(32, ge=1, description="Point grid per side (SA-1B: 32).")
     points_per_batch: int = Field(64, ge=1, description="Points per decoder call.")
     pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0, description="Predicted IoU minimum (SA-1B: 0.88).")
     stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0, description="Stability score minimum (SA-1B: 0.95).")
     stability_score_offset: float = Field(1.0, ge=0.0, description="Logit offset of the stability score.")
-    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0, description="Box IoU above which the lower-scoring mask is dropped.")
+    box_nms_thresh: float = Field(
+        0.7, ge=0.0, le=1.0, description="Box IoU above which the lower-scoring mask is dropped."
+    )
     crop_n_layers: int = Field(0, ge=0, description="Extra crop layers (0 = whole image only).")
     crop_nms_thresh: float = Field(0.7, ge=0.0, le=1.0, description="Box NMS between crops.")
-    min_mask_region_area: int = Field(0, ge=0, description="Remove holes and islands smaller than this (pixels; needs OpenCV).")
+    min_mask_region_area: int = Field(
+        0, ge=0, description="Remove holes and islands smaller than this (pixels; needs OpenCV)."
+    )
 
 
 _Action = Literal["reject", "flag", "off"]
@@ -266,34 +387,84 @@ class QcStage(_StageBase):
     """Quality checks on the masks of the segmenter stage it needs (see tasks/qc.py for each rule)."""
 
     kind: Literal["qc"]
-    predicted_iou: _MinRule = Field(default_factory=lambda: _MinRule(min=0.88, action="reject"), description="SAM predicted IoU minimum (SA-1B: 0.88).")
-    stability: _MinRule = Field(default_factory=lambda: _MinRule(min=0.95, action="reject"), description="Stability score minimum, offset 1.0 (SA-1B: 0.95).")
+    predicted_iou: _MinRule = Field(
+        default_factory=lambda: _MinRule(min=0.88, action="reject"),
+        description="SAM predicted IoU minimum (SA-1B: 0.88).",
+    )
+    stability: _MinRule = Field(
+        default_factory=lambda: _MinRule(min=0.95, action="reject"),
+        description="Stability score minimum, offset 1.0 (SA-1B: 0.95).",
+    )
     min_area: _AreaMin = Field(default_factory=_AreaMin)
     max_area: _AreaMax = Field(default_factory=_AreaMax)
-    mask_box_iou: _MinRule = Field(default_factory=lambda: _MinRule(min=0.6, action="reject"), description="IoU of the mask's box with its prompt box.")
+    mask_box_iou: _MinRule = Field(
+        default_factory=lambda: _MinRule(min=0.6, action="reject"),
+        description="IoU of the mask's box with its prompt box.",
+    )
     components: _Components = Field(default_factory=_Components)
     duplicate: _Duplicate = Field(default_factory=_Duplicate)
     class_conflict: _Duplicate = Field(default_factory=lambda: _Duplicate(iou=0.85, action="flag"))
-    panoptic_agreement: _MinRule = Field(default_factory=lambda: _MinRule(min=0.5, action="flag"), description="Mask IoU of each thing with the best panoptic segment of its class (only when the qc stage also needs a panoptic stage).")
+    panoptic_agreement: _MinRule = Field(
+        default_factory=lambda: _MinRule(min=0.5, action="flag"),
+        description="Mask IoU of each thing with the best panoptic segment of its class (only "
+        "when the qc stage also needs a panoptic stage).",
+    )
     no_labels: _ImageRule = Field(default_factory=_ImageRule)
     count_outlier: _CountOutlier = Field(default_factory=_CountOutlier)
-    export_flagged: bool = Field(False, description="Include flagged masks in the COCO export (passed masks always are; rejected never).")
+    export_flagged: bool = Field(
+        False, description="Include flagged masks in the COCO export (passed masks always are; rejected never)."
+    )
     review_samples: int = Field(24, ge=0, description="Masks per verdict drawn on the contact sheets.")
 
 
-Stage = Annotated[Union[YoloStage, OwlStage, YoloSegStage, MaskRcnnStage, SamStage, SamAutoStage, QcStage, Mask2FormerStage, PanopticMergeStage], Field(discriminator="kind")]
+Stage = Annotated[
+    YoloStage
+    | OwlStage
+    | YoloSegStage
+    | MaskRcnnStage
+    | SamStage
+    | SamAutoStage
+    | QcStage
+    | Mask2FormerStage
+    | PanopticMergeStage,
+    Field(discriminator="kind"),
+]
 
 
 class RuntimeConfig(_Strict):
-    task_runner: Literal["threads", "dask", "ray"] = Field("threads", description="How shard tasks run: a bounded thread pool in this process, or a Dask / Ray cluster (local unless `address` is given).")
-    max_workers: int = Field(2, ge=1, description="Shard tasks at once: threads, or worker processes of a local Dask / CPUs of a local Ray cluster.")
-    address: str | None = Field(None, description="Existing cluster for dask (tcp://scheduler:8786) or ray (ray://head:10001, or 'auto'); default: start a local one.")
-    gpus_per_shard: float = Field(0.0, ge=0, description="GPUs each shard task requests on Dask (resources={'GPU': n}) or Ray (num_gpus=n).")
+    task_runner: Literal["threads", "dask", "ray"] = Field(
+        "threads",
+        description="How shard tasks run: a bounded thread pool in this process, or a Dask "
+        "/ Ray cluster (local unless `address` is given).",
+    )
+    max_workers: int = Field(
+        2,
+        ge=1,
+        description="Shard tasks at once: threads, or worker processes of a local Dask / CPUs of a local Ray cluster.",
+    )
+    address: str | None = Field(
+        None,
+        description="Existing cluster for dask (tcp://scheduler:8786) or ray (ray://head:10001, "
+        "or 'auto'); default: start a local one.",
+    )
+    gpus_per_shard: float = Field(
+        0.0, ge=0, description="GPUs each shard task requests on Dask (resources={'GPU': n}) or Ray (num_gpus=n)."
+    )
     retries: int = Field(0, ge=0, description="Prefect retries of a failed shard task.")
     retry_delay_s: float = Field(5.0, ge=0, description="Seconds between retries.")
     prefetch: int = Field(4, ge=1, description="Images read and decoded ahead of the models, per shard.")
-    malloc_tuning: bool = Field(True, description="Worker processes keep freed memory for the next tensor (glibc malloc thresholds, see tasks/allocator.py): CPU inference otherwise page-faults on every large allocation. No effect off glibc.")
-    max_failed_fraction: float = Field(0.5, ge=0.0, le=1.0, description="A shard fails (and is not committed) when a larger share of its images cannot be read or decoded.")
+    malloc_tuning: bool = Field(
+        True,
+        description="Worker processes keep freed memory for the next tensor (glibc malloc thresholds, "
+        "see tasks/allocator.py): CPU inference otherwise page-faults on every "
+        "large allocation. No effect off glibc.",
+    )
+    max_failed_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="A shard fails (and is not committed) when a larger share of its images cannot be read or decoded.",
+    )
 
 
 class PublishConfig(_Strict):
@@ -311,11 +482,32 @@ class JobConfig(_Strict):
     ontology: list[OntologyClass] = Field(..., description="Classes with stable integer ids.")
     stages: dict[str, Stage] = Field(..., description="Named stages; `needs` makes them a DAG.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    publish: PublishConfig | None = Field(None, description="Publish the finished run as a new dataset version (see `segflow publish`).")
-    credentials_block: str | None = Field(None, description="Name of a Prefect Secret block with S3 credentials (JSON: aws_access_key_id, aws_secret_access_key, optional aws_session_token, endpoint_url), used for every s3:// URL of the job. Default: the environment / AWS profiles.")
-    incremental: bool = Field(False, description="Each run on an existing output also plans the source keys no earlier run planned (a growing prefix): only those are labelled, finalize merges all, and `publish` makes a new version.")
-    gold_set: str | None = Field(None, description="COCO instances file with human labels for some images (matched by file name): the run reports AP and mask IoU against it.")
-    gold_panoptic: str | None = Field(None, description="COCO panoptic JSON with human labels for some images, its PNGs in the folder of the same name without .json (COCO convention): the run reports PQ, SQ, RQ and mIoU of the panoptic output against it.")
+    publish: PublishConfig | None = Field(
+        None, description="Publish the finished run as a new dataset version (see `segflow publish`)."
+    )
+    credentials_block: str | None = Field(
+        None,
+        description="Name of a Prefect Secret block with S3 credentials (JSON: aws_access_key_id, "
+        "aws_secret_access_key, optional aws_session_token, endpoint_url), used "
+        "for every s3:// URL of the job. Default: the environment / AWS profiles.",
+    )
+    incremental: bool = Field(
+        False,
+        description="Each run on an existing output also plans the source keys no earlier run "
+        "planned (a growing prefix): only those are labelled, finalize merges all, "
+        "and `publish` makes a new version.",
+    )
+    gold_set: str | None = Field(
+        None,
+        description="COCO instances file with human labels for some images (matched by file "
+        "name): the run reports AP and mask IoU against it.",
+    )
+    gold_panoptic: str | None = Field(
+        None,
+        description="COCO panoptic JSON with human labels for some images, its PNGs in the "
+        "folder of the same name without .json (COCO convention): the run reports "
+        "PQ, SQ, RQ and mIoU of the panoptic output against it.",
+    )
 
     # -- derived ---------------------------------------------------------------------
     def category_names(self) -> dict[int, str]:
@@ -342,7 +534,7 @@ class JobConfig(_Strict):
         """Images handed to the stages at a time: the largest numeric batch size."""
         return max([b for s in self.stages.values() if isinstance(b := getattr(s, "batch_size", None), int)] or [1])
 
-    def qc_stage(self) -> "QcStage | None":
+    def qc_stage(self) -> QcStage | None:
         return next((s for s in self.stages.values() if s.kind == "qc"), None)
 
     def sink_stages(self) -> list[str]:
@@ -351,12 +543,13 @@ class JobConfig(_Strict):
         return [n for n in self.stage_order() if n not in needed]
 
     def role(self, name: str) -> str:
-        from tasks.models.registry import ADAPTERS
+        from segflow.tasks.models.registry import ADAPTERS
 
         return ADAPTERS[self.stages[name].kind].role
 
     def instance_sinks(self) -> list[str]:
-        """Instance-mask stages (segmenter, qc, instance labelers) whose rows no other instance stage refines: the ``masks`` manifest."""
+        """Instance-mask stages (segmenter, qc, instance labelers) whose rows no other instance stage refines: the
+        ``masks`` manifest."""
         inst = ("segmenter", "qc", "instances")
         refined = {d for n, s in self.stages.items() if self.role(n) in inst for d in s.needs}
         return [n for n in self.stage_order() if self.role(n) in inst and n not in refined]
@@ -407,7 +600,11 @@ def _pydantic_issues(err: ValidationError) -> list[tuple[str, str]]:
             msg = "unknown key"
         elif kind == "union_tag_invalid":
             loc = loc + ("kind",)
-            msg = f"unknown stage kind {e['input'].get('kind')!r} (known: {', '.join(sorted(ADAPTERS))})" if isinstance(e.get("input"), dict) else e["msg"]
+            msg = (
+                f"unknown stage kind {e['input'].get('kind')!r} (known: {', '.join(sorted(ADAPTERS))})"
+                if isinstance(e.get("input"), dict)
+                else e["msg"]
+            )
         elif kind == "union_tag_not_found":
             loc = loc + ("kind",)
             msg = f"missing 'kind' (known: {', '.join(sorted(ADAPTERS))})"
@@ -428,7 +625,8 @@ def _is_url(s: str) -> bool:
 
 
 def _resolve(path: str, base: Path | str) -> str:
-    """Make a relative path absolute against ``base`` (a folder, or the URL of a remote job file's folder); URLs stay as they are."""
+    """Make a relative path absolute against ``base`` (a folder, or the URL of a remote job file's folder); URLs stay
+    as they are."""
     if _is_url(path):
         return path
     if isinstance(base, str) and _is_url(base):
@@ -478,7 +676,7 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
         state[n] = 1
         for d in job.stages[n].needs:
             if state.get(d) == 1:
-                return path[path.index(d):] + [d] if d in path else [n, d]
+                return path[path.index(d) :] + [d] if d in path else [n, d]
             if state.get(d) is None:
                 c = find_cycle(d, path + [d])
                 if c:
@@ -503,27 +701,66 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
             alternatives = tuple(role_needed.split("|"))
             matching = [d for d, r in zip(st.needs, dep_roles) if r in alternatives]
             if len(matching) != 1:
-                issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage needs exactly one {' or '.join(alternatives)} stage ({kinds_of(alternatives)}); found {len(matching)}"))
+                issues.append(
+                    (
+                        f"stages.{name}.needs",
+                        f"a {st.kind!r} stage needs exactly one {' or '.join(alternatives)} stage "
+                        f"({kinds_of(alternatives)}); found {len(matching)}",
+                    )
+                )
         for group in spec.optional_roles:
             matching = [d for d, r in zip(st.needs, dep_roles) if r in group]
             if len(matching) > 1:
-                issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage takes at most one {' or '.join(group)} stage ({kinds_of(group)}); found {len(matching)}: {', '.join(matching)}"))
+                issues.append(
+                    (
+                        f"stages.{name}.needs",
+                        f"a {st.kind!r} stage takes at most one {' or '.join(group)} stage ({kinds_of(group)}); "
+                        f"found {len(matching)}: {', '.join(matching)}",
+                    )
+                )
         allowed = {r for g in spec.needs_roles for r in g.split("|")} | {r for g in spec.optional_roles for r in g}
         for d, r in zip(st.needs, dep_roles):
             if r not in allowed:
                 what = f"takes only {', '.join(sorted(allowed))} stages" if allowed else "takes no input stages"
                 issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage {what}; {d!r} is a {r} stage"))
-        if st.kind == "panoptic_merge" and st.things == "instances" and not any(r in ("segmenter", "qc", "instances") for r in dep_roles):
-            issues.append((f"stages.{name}.needs", "things: instances needs an instance stage (sam, qc, sam_auto, yolo_seg or maskrcnn) in needs; or set things: panoptic"))
+        if (
+            st.kind == "panoptic_merge"
+            and st.things == "instances"
+            and not any(r in ("segmenter", "qc", "instances") for r in dep_roles)
+        ):
+            issues.append(
+                (
+                    f"stages.{name}.needs",
+                    "things: instances needs an instance stage (sam, qc, sam_auto, yolo_seg "
+                    "or maskrcnn) in needs; or set things: panoptic",
+                )
+            )
     for sink in job.sink_stages() if job.stages else []:
         if not ADAPTERS[job.stages[sink].kind].produces_masks:
-            issues.append((f"stages.{sink}", f"stage {sink!r} ({job.stages[sink].kind}) produces no masks and no stage consumes it; add a mask stage (e.g. kind: sam, needs: [{sink}])"))
+            issues.append(
+                (
+                    f"stages.{sink}",
+                    f"stage {sink!r} ({job.stages[sink].kind}) produces no masks and no stage "
+                    f"consumes it; add a mask stage (e.g. kind: sam, needs: [{sink}])",
+                )
+            )
     merges = [n for n, s in job.stages.items() if ADAPTERS[s.kind].role == "merge"]
     panoptics = [n for n, s in job.stages.items() if ADAPTERS[s.kind].role == "panoptic"]
     if len(merges) > 1:
-        issues.append((f"stages.{merges[1]}", f"one panoptic output per job: found {len(merges)} panoptic_merge stages ({', '.join(merges)})"))
+        issues.append(
+            (
+                f"stages.{merges[1]}",
+                f"one panoptic output per job: found {len(merges)} panoptic_merge stages ({', '.join(merges)})",
+            )
+        )
     elif not merges and len(panoptics) > 1:
-        issues.append((f"stages.{panoptics[1]}", f"several panoptic stages ({', '.join(panoptics)}): add one panoptic_merge stage that says which makes the panoptic output"))
+        issues.append(
+            (
+                f"stages.{panoptics[1]}",
+                f"several panoptic stages ({', '.join(panoptics)}): add one panoptic_merge "
+                f"stage that says which makes the panoptic output",
+            )
+        )
     prompt_owner: dict[str, str] = {}
     for i, c in enumerate(job.ontology):
         for p in c.text_prompts():
@@ -531,40 +768,63 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
             if not key:
                 issues.append((f"ontology[{i}].prompts", "empty prompt"))
             elif key in prompt_owner and prompt_owner[key] != c.name:
-                issues.append((f"ontology[{i}].prompts", f"prompt {p!r} is also a prompt of {prompt_owner[key]!r}: a prompt names one class"))
+                issues.append(
+                    (
+                        f"ontology[{i}].prompts",
+                        f"prompt {p!r} is also a prompt of {prompt_owner[key]!r}: a prompt names one class",
+                    )
+                )
             prompt_owner.setdefault(key, c.name)
     for name, st in job.stages.items():
         for cls_name in getattr(st, "thresholds", {}) or {}:
             if cls_name not in seen_names:
                 issues.append((f"stages.{name}.thresholds.{cls_name}", f"{cls_name!r} is not a class of the ontology"))
         if st.kind == "sam_auto" and st.category not in seen_names:
-            issues.append((f"stages.{name}.category", f"{st.category!r} is not a class of the ontology; add it, e.g. {{id: 99, name: {st.category}}}"))
+            issues.append(
+                (
+                    f"stages.{name}.category",
+                    f"{st.category!r} is not a class of the ontology; add it, e.g. {{id: 99, name: {st.category}}}",
+                )
+            )
         if st.kind == "mask2former":
             if st.unmapped != "drop" and st.unmapped not in seen_names:
-                issues.append((f"stages.{name}.unmapped", f"{st.unmapped!r} is not a class of the ontology (or use 'drop')"))
+                issues.append(
+                    (f"stages.{name}.unmapped", f"{st.unmapped!r} is not a class of the ontology (or use 'drop')")
+                )
             for model_label, onto_name in st.label_map.items():
                 if onto_name not in seen_names:
-                    issues.append((f"stages.{name}.label_map.{model_label}", f"{onto_name!r} is not a class of the ontology"))
+                    issues.append(
+                        (f"stages.{name}.label_map.{model_label}", f"{onto_name!r} is not a class of the ontology")
+                    )
 
     # class maps point into the ontology
     for name, st in job.stages.items():
         for model_name, onto_name in getattr(st, "class_map", {}).items():
             if onto_name not in seen_names:
-                issues.append((f"stages.{name}.class_map.{model_name}", f"{onto_name!r} is not a class of the ontology"))
+                issues.append(
+                    (f"stages.{name}.class_map.{model_name}", f"{onto_name!r} is not a class of the ontology")
+                )
 
     # storage options never carry credentials
     for key in job.source.storage_options:
         if _CREDENTIAL_KEYS.search(key):
-            issues.append((f"source.storage_options.{key}", "credentials do not belong in the job file; use the environment, an AWS profile or a Prefect block"))
+            issues.append(
+                (
+                    f"source.storage_options.{key}",
+                    "credentials do not belong in the job file; use the environment, an AWS profile or a Prefect block",
+                )
+            )
 
     # files that must exist
     if check_files:
-        from tasks.weights import weights_location_issue
+        from segflow.tasks.weights import weights_location_issue
 
         for name, st in job.stages.items():
             if not hasattr(st, "weights"):
                 continue
-            problem = weights_location_issue(st.weights, builtin_yaml_ok=(st.kind == "yolo"), dir_ok=(st.kind in DIR_WEIGHT_KINDS))
+            problem = weights_location_issue(
+                st.weights, builtin_yaml_ok=(st.kind == "yolo"), dir_ok=(st.kind in DIR_WEIGHT_KINDS)
+            )
             if problem:
                 issues.append((f"stages.{name}.weights", problem))
         if job.source.url and not _is_url(job.source.url) and not os.path.exists(job.source.url):
@@ -575,11 +835,17 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
             if not os.path.isfile(job.gold_panoptic):
                 issues.append(("gold_panoptic", f"file not found: {job.gold_panoptic}"))
             elif not os.path.isdir(job.gold_panoptic.removesuffix(".json")):
-                issues.append(("gold_panoptic", f"PNG folder not found: {job.gold_panoptic.removesuffix('.json')} (COCO convention: the JSON's name without .json)"))
-    if job.gold_panoptic and not job.panoptic_sink():
-        issues.append(("gold_panoptic", "the job has no panoptic stage (kind: mask2former) to evaluate"))
+                issues.append(
+                    (
+                        "gold_panoptic",
+                        f"PNG folder not found: {job.gold_panoptic.removesuffix('.json')} (COCO "
+                        f"convention: the JSON's name without .json)",
+                    )
+                )
         if job.source.list and not _is_url(job.source.list) and not os.path.isfile(job.source.list):
             issues.append(("source.list", f"file not found: {job.source.list}"))
+    if job.gold_panoptic and not job.panoptic_sink():
+        issues.append(("gold_panoptic", "the job has no panoptic stage (kind: mask2former) to evaluate"))
     return issues
 
 
@@ -595,7 +861,11 @@ def parse_config(
         raise ConfigError(file, [("", "the file is empty")])
     if not isinstance(data, dict):
         raise ConfigError(file, [("", f"the top level must be a mapping of keys, got {type(data).__name__}")])
-    base: Path | str = (base_dir if isinstance(base_dir, str) and _is_url(base_dir) else Path(base_dir)) if base_dir is not None else Path.cwd()
+    base: Path | str = (
+        (base_dir if isinstance(base_dir, str) and _is_url(base_dir) else Path(base_dir))
+        if base_dir is not None
+        else Path.cwd()
+    )
     data = dict(data)
     try:
         job = JobConfig.model_validate(data)
@@ -626,10 +896,24 @@ def parse_config(
             stages[name] = st
             continue
         w = st.weights
-        keep = (st.kind == "yolo" and w.endswith((".yaml", ".yml")) and "/" not in w and not (isinstance(base, Path) and (base / w).exists())) or w.startswith("hub:")
+        keep = (
+            st.kind == "yolo"
+            and w.endswith((".yaml", ".yml"))
+            and "/" not in w
+            and not (isinstance(base, Path) and (base / w).exists())
+        ) or w.startswith("hub:")
         stages[name] = st.model_copy(update={"weights": w if keep else _resolve(w, base)})
     publish = job.publish.model_copy(update={"dest": _resolve(job.publish.dest, base)}) if job.publish else None
-    job = job.model_copy(update={"source": src, "output": output, "stages": stages, "gold_set": gold, "gold_panoptic": gold_pan, "publish": publish})
+    job = job.model_copy(
+        update={
+            "source": src,
+            "output": output,
+            "stages": stages,
+            "gold_set": gold,
+            "gold_panoptic": gold_pan,
+            "publish": publish,
+        }
+    )
 
     issues = _semantic_issues(job, check_files)
     if issues:
@@ -638,7 +922,8 @@ def parse_config(
 
 
 def load_config(path: str | Path, overrides: dict[str, str] | None = None, check_files: bool = True) -> JobConfig:
-    """Read and validate a job file (a local path or any fsspec URL). Raises :class:`ConfigError` naming the file and key path.
+    """Read and validate a job file (a local path or any fsspec URL). Raises :class:`ConfigError` naming the file and
+    key path.
 
     Relative paths inside the file resolve against the file's folder (for a
     URL: against the URL's folder).
@@ -647,7 +932,7 @@ def load_config(path: str | Path, overrides: dict[str, str] | None = None, check
     remote = isinstance(path, str) and _is_url(path)
     try:
         if remote:
-            from tasks.storage import open_fs, read_bytes
+            from segflow.tasks.storage import open_fs, read_bytes
 
             fs, fpath = open_fs(path)
             text = read_bytes(fs, fpath).decode("utf-8")

@@ -3,7 +3,7 @@
 ``deploy/prefect.yaml`` deploys :func:`label_job`; a scheduled or manual run
 reads the job file, checks it and its weights and plans *before* any shard
 work (a bad config fails the run with the same ``FILE: key.path: message``
-errors as the CLI), then runs :func:`flows.label_flow.label_flow` as a subflow
+errors as the CLI), then runs :func:`segflow.flows.label_flow.label_flow` as a subflow
 on the task runner the job asks for (threads, Dask or Ray).
 """
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.config import ConfigError, load_config
-from flows.label_flow import label_flow
-from flows.runners import make_task_runner
-from tasks.storage import redact
+from segflow.flows.config import ConfigError, load_config
+from segflow.flows.label_flow import label_flow
+from segflow.flows.runners import make_task_runner
+from segflow.tasks.storage import redact
 
 __all__ = ["label_job"]
 
@@ -26,7 +26,7 @@ def label_job(config: str, source: str | None = None, output: str | None = None)
     ``source`` / ``output`` override the file's values (e.g. one output per
     scheduled run). Returns the run summary.
     """
-    from flows.cli import prepare
+    from segflow.flows.cli import prepare
 
     overrides = {k: v for k, v in (("source", source), ("output", output)) if v}
     log = get_run_logger()
@@ -38,4 +38,6 @@ def label_job(config: str, source: str | None = None, output: str | None = None)
         raise
     log.info("%s: %d images in %d shards -> %s", job.name, plan.num_images, len(plan.shard_ids), redact(job.output))
     runner = make_task_runner(job.runtime)
-    return label_flow.with_options(task_runner=runner, flow_run_name=job.name)(job.model_dump(mode="json"), planned=True)
+    return label_flow.with_options(task_runner=runner, flow_run_name=job.name)(
+        job.model_dump(mode="json"), planned=True
+    )

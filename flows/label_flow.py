@@ -11,16 +11,22 @@ import re
 import time
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import as_completed, wait
-from flows.config import JobConfig
-from flows.runners import make_task_runner, shard_submit_options
-from tasks.finalize import IncompleteRunError, finalize
-from tasks.quality import format_quality, load_quality
-from tasks.plan import load_plan, make_plan
-from tasks.publish import publish
-from tasks.shard import run_shard
-from tasks.storage import load_credentials_block, redact, use_s3_credentials
+
+from segflow.flows.config import JobConfig
+from segflow.flows.runners import make_task_runner, shard_submit_options
+from segflow.tasks.finalize import IncompleteRunError, finalize
+from segflow.tasks.plan import load_plan, make_plan
+from segflow.tasks.publish import publish
+from segflow.tasks.quality import format_quality, load_quality
+from segflow.tasks.shard import run_shard
+from segflow.tasks.storage import load_credentials_block, redact, use_s3_credentials
 
 __all__ = ["label_flow", "run_job"]
 
@@ -51,11 +57,17 @@ def plan_task(job: dict, planned: bool = False) -> list[str]:
     j = _job(job)
     if planned:
         meta = load_plan(j.output)
-        get_run_logger().info("plan for %s: %d images in %d shards", redact(j.output), meta["num_images"], len(meta["shard_ids"]))
+        get_run_logger().info(
+            "plan for %s: %d images in %d shards", redact(j.output), meta["num_images"], len(meta["shard_ids"])
+        )
         return list(meta["shard_ids"])
     plan = make_plan(j)
     get_run_logger().info(
-        "%s plan for %s: %d images in %d shards", "reusing" if plan.reused else "wrote", redact(j.output), plan.num_images, len(plan.shard_ids)
+        "%s plan for %s: %d images in %d shards",
+        "reusing" if plan.reused else "wrote",
+        redact(j.output),
+        plan.num_images,
+        len(plan.shard_ids),
     )
     return plan.shard_ids
 
@@ -65,7 +77,12 @@ def shard_task(job: dict, shard_id: str) -> dict:
     result = run_shard(_job(job), shard_id)
     get_run_logger().info(
         "%s: %d images (%d failed), %d masks in %.1fs%s",
-        shard_id, result.images, result.failed, result.masks, result.seconds, " (already committed)" if result.skipped else "",
+        shard_id,
+        result.images,
+        result.failed,
+        result.masks,
+        result.seconds,
+        " (already committed)" if result.skipped else "",
     )
     return result.to_dict()
 
@@ -78,25 +95,37 @@ def finalize_task(job: dict, started_at: float) -> dict:
         key=f"{artifact_key}-summary",
         markdown=(
             f"# {summary['job']}\n\n| images | labelled | failed | masks |\n|---:|---:|---:|---:|\n"
-            f"| {summary['images']} | {summary['labelled_images']} | {summary['failed_images']} | {summary['masks']} |\n\n"
-            + "\n".join(f"- {k}: `{v}`" for k, v in summary["outputs"].items())
+            f"| {summary['images']} | {summary['labelled_images']} | {summary['failed_images']} "
+            f"| {summary['masks']} |\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in summary["outputs"].items())
         ),
         description="segflow run summary",
     )
     if "qc" in summary:
-        from tasks.storage import join, open_fs, read_bytes
+        from segflow.tasks.storage import join, open_fs, read_bytes
 
         fs, path = open_fs(join(_job(job).output, "qc", "report.md"))
-        create_markdown_artifact(key=f"{artifact_key}-qc-report", markdown=read_bytes(fs, path).decode(), description="segflow QC report")
-        rows = [{"rule": k, "masks": v} for k, v in summary["qc"]["rules"].items()] + [{"rule": f"verdict: {k}", "masks": v} for k, v in summary["qc"]["verdicts"].items()]
+        create_markdown_artifact(
+            key=f"{artifact_key}-qc-report", markdown=read_bytes(fs, path).decode(), description="segflow QC report"
+        )
+        rows = [{"rule": k, "masks": v} for k, v in summary["qc"]["rules"].items()] + [
+            {"rule": f"verdict: {k}", "masks": v} for k, v in summary["qc"]["verdicts"].items()
+        ]
         create_table_artifact(key=f"{artifact_key}-qc", table=rows, description="QC rules and verdicts")
     if "quality" in summary:
         quality = load_quality(_job(job).output)
         if "per_class" in quality:
-            create_table_artifact(key=f"{artifact_key}-quality", table=quality["per_class"], description=format_quality(quality).splitlines()[1].strip())
+            create_table_artifact(
+                key=f"{artifact_key}-quality",
+                table=quality["per_class"],
+                description=format_quality(quality).splitlines()[1].strip(),
+            )
         if "panoptic" in quality:
             rows = [{"class": k, **v} for k, v in quality["panoptic"]["per_class"].items()]
-            create_table_artifact(key=f"{artifact_key}-panoptic-quality", table=rows, description=f"PQ {quality['pq']}, SQ {quality['sq']}, RQ {quality['rq']}, mIoU {quality['miou']}")
+            create_table_artifact(
+                key=f"{artifact_key}-panoptic-quality",
+                table=rows,
+                description=f"PQ {quality['pq']}, SQ {quality['sq']}, RQ {quality['rq']}, mIoU {quality['miou']}",
+            )
     return summary
 
 
@@ -104,7 +133,12 @@ def finalize_task(job: dict, started_at: float) -> dict:
 def publish_task(job: dict) -> dict:
     j = _job(job)
     result = publish(j.output, j.publish.dest, j.publish.version)
-    get_run_logger().info("%s version %s at %s", "published" if result["created"] else "already published as", result["version"], result["url"])
+    get_run_logger().info(
+        "%s version %s at %s",
+        "published" if result["created"] else "already published as",
+        result["version"],
+        result["url"],
+    )
     return result
 
 
@@ -141,13 +175,20 @@ def label_flow(job: dict, planned: bool = False) -> dict:
     shard_runs = [f.result() for f in futures]
     summary = finalize_task(job, started)
     # which worker process ran each shard and how many models it had to load (not part of summary.json)
-    summary = dict(summary, shard_runs=[{k: r[k] for k in ("shard_id", "worker_pid", "model_loads", "skipped", "seconds")} for r in shard_runs])
+    summary = dict(
+        summary,
+        shard_runs=[
+            {k: r[k] for k in ("shard_id", "worker_pid", "model_loads", "skipped", "seconds")} for r in shard_runs
+        ],
+    )
     if j.publish is not None:
         summary = dict(summary, published=publish_task(job))
     return summary
 
 
 def run_job(job: JobConfig, planned: bool = False) -> dict:
-    """Run ``label_flow`` for a validated job with its configured task runner (see :mod:`flows.runners`)."""
+    """Run ``label_flow`` for a validated job with its configured task runner (see :mod:`segflow.flows.runners`)."""
     runner = make_task_runner(job.runtime)
-    return label_flow.with_options(task_runner=runner, flow_run_name=f"{job.name}")(job.model_dump(mode="json"), planned)
+    return label_flow.with_options(task_runner=runner, flow_run_name=f"{job.name}")(
+        job.model_dump(mode="json"), planned
+    )

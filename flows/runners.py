@@ -13,7 +13,7 @@
 Workers report to the same Prefect API as the flow: the flow's
 ``PREFECT_API_URL`` is exported to local clusters' worker processes (Ray:
 through ``runtime_env``); workers of an existing cluster need it in their own
-environment. Models load once per worker process (:mod:`tasks.models.cache`);
+environment. Models load once per worker process (:mod:`segflow.tasks.models.cache`);
 Dask and Ray reuse their worker processes across tasks.
 """
 
@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from tasks.models.registry import MissingDependencyError
+from segflow.tasks.models.registry import MissingDependencyError
 
 __all__ = ["make_task_runner", "shard_submit_options"]
 
@@ -52,11 +53,18 @@ def make_task_runner(runtime: Any) -> Any:
         try:
             from prefect_dask import DaskTaskRunner
         except ImportError as e:
-            raise MissingDependencyError(f"runtime.task_runner 'dask' needs prefect-dask ({e}); install it with: pip install 'segflow[dask]'") from e
+            raise MissingDependencyError(
+                f"runtime.task_runner 'dask' needs prefect-dask ({e}); install it with: pip install 'segflow[dask]'"
+            ) from e
         if runtime.address:
             return DaskTaskRunner(address=runtime.address)
         os.environ.update(_api_env())  # local worker processes inherit the environment
-        cluster_kwargs: dict[str, Any] = {"n_workers": runtime.max_workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+        cluster_kwargs: dict[str, Any] = {
+            "n_workers": runtime.max_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
         if runtime.gpus_per_shard:
             cluster_kwargs["resources"] = {"GPU": runtime.gpus_per_shard}
         return DaskTaskRunner(cluster_kwargs=cluster_kwargs)
@@ -64,8 +72,14 @@ def make_task_runner(runtime: Any) -> Any:
         try:
             from prefect_ray import RayTaskRunner
         except ImportError as e:
-            raise MissingDependencyError(f"runtime.task_runner 'ray' needs prefect-ray ({e}); install it with: pip install 'segflow[ray]'") from e
-        init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": _api_env()}, "include_dashboard": False, "log_to_driver": False}
+            raise MissingDependencyError(
+                f"runtime.task_runner 'ray' needs prefect-ray ({e}); install it with: pip install 'segflow[ray]'"
+            ) from e
+        init_kwargs: dict[str, Any] = {
+            "runtime_env": {"env_vars": _api_env()},
+            "include_dashboard": False,
+            "log_to_driver": False,
+        }
         if runtime.address:
             return RayTaskRunner(address=runtime.address, init_kwargs=init_kwargs)
         init_kwargs["num_cpus"] = runtime.max_workers

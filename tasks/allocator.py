@@ -47,7 +47,7 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # present only in glibc
+        _ = libc.gnu_get_libc_version  # present only in glibc
         return libc
     except (OSError, AttributeError):
         return None
@@ -58,7 +58,11 @@ def keep_freed_memory() -> bool:
     with _lock:
         if "applied" not in _state:
             libc = _glibc()
-            ok = bool(libc) and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+            ok = (
+                bool(libc)
+                and libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+            )
             if not ok:
                 log.debug("malloc tuning not applied (not glibc, or mallopt refused)")
             _state["applied"] = ok

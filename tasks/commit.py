@@ -27,10 +27,20 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.retry import retry_call
-from tasks.storage import create_exclusive, join, open_fs, read_bytes, write_bytes
+from segflow.tasks.retry import retry_call
+from segflow.tasks.storage import create_exclusive, join, open_fs, read_bytes, write_bytes
 
-__all__ = ["ShardConflict", "read_commit", "commit_shard", "record_failure", "read_error", "clear_error", "read_committed_table", "read_committed_bytes", "parse_committed"]
+__all__ = [
+    "ShardConflict",
+    "read_commit",
+    "commit_shard",
+    "record_failure",
+    "read_error",
+    "clear_error",
+    "read_committed_table",
+    "read_committed_bytes",
+    "parse_committed",
+]
 
 
 class ShardConflict(Exception):
@@ -55,7 +65,9 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def commit_shard(output: str, shard_id: str, tables: dict[str, pa.Table], fingerprint: str, stats: dict[str, Any]) -> tuple[dict, bool]:
+def commit_shard(
+    output: str, shard_id: str, tables: dict[str, pa.Table], fingerprint: str, stats: dict[str, Any]
+) -> tuple[dict, bool]:
     """Write an attempt's files and try to commit them. Returns ``(commit_record, won)``."""
     attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     rel_dir = f"shards/{shard_id}/attempts/{attempt}"
@@ -65,8 +77,13 @@ def commit_shard(output: str, shard_id: str, tables: dict[str, pa.Table], finger
         data = _parquet_bytes(table)
         rel = f"{rel_dir}/{name}.parquet"
         _, path = open_fs(join(output, rel))
-        retry_call(lambda: write_bytes(fs, path, data))
-        files[name] = {"path": rel, "rows": table.num_rows, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        retry_call(lambda path=path, data=data: write_bytes(fs, path, data))
+        files[name] = {
+            "path": rel,
+            "rows": table.num_rows,
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
     record = {
         "shard_id": shard_id,
         "attempt": attempt,
@@ -95,7 +112,13 @@ def _error_path(output: str, shard_id: str) -> str:
 
 def record_failure(output: str, shard_id: str, error: str) -> None:
     fs, path = open_fs(_error_path(output, shard_id))
-    write_bytes(fs, path, json.dumps({"shard_id": shard_id, "error": error, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode())
+    write_bytes(
+        fs,
+        path,
+        json.dumps(
+            {"shard_id": shard_id, "error": error, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        ).encode(),
+    )
 
 
 def read_error(output: str, shard_id: str) -> dict | None:
@@ -121,7 +144,10 @@ def read_committed_bytes(output: str, commit: dict, name: str) -> bytes:
     data = read_bytes(fs, path)
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:
-        raise ShardConflict(f"{commit['shard_id']}: {entry['path']} does not match its commit record (sha256 {digest} != {entry['sha256']})")
+        raise ShardConflict(
+            f"{commit['shard_id']}: {entry['path']} does not match its commit record "
+            f"(sha256 {digest} != {entry['sha256']})"
+        )
     return data
 
 
@@ -130,7 +156,9 @@ def parse_committed(commit: dict, name: str, data: bytes) -> pa.Table:
     entry = commit["files"][name]
     table = pq.read_table(io.BytesIO(data))
     if table.num_rows != entry["rows"]:
-        raise ShardConflict(f"{commit['shard_id']}: {entry['path']} has {table.num_rows} rows, commit says {entry['rows']}")
+        raise ShardConflict(
+            f"{commit['shard_id']}: {entry['path']} has {table.num_rows} rows, commit says {entry['rows']}"
+        )
     return table
 
 

@@ -27,12 +27,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.coco import write_instances
-from tasks.qc_report import QcAccumulator, write_qc_report
-from tasks.commit import parse_committed, read_commit, read_committed_bytes, read_committed_table, read_error
-from tasks.panoptic_export import evaluate_panoptic_files, panoptic_categories, render_shard, rendered_attempt, write_panoptic_json
-from tasks.plan import load_plan
-from tasks.storage import join, open_fs, redact, write_bytes
+from segflow.tasks.coco import write_instances
+from segflow.tasks.commit import parse_committed, read_commit, read_committed_bytes, read_committed_table, read_error
+from segflow.tasks.panoptic_export import (
+    evaluate_panoptic_files,
+    panoptic_categories,
+    render_shard,
+    rendered_attempt,
+    write_panoptic_json,
+)
+from segflow.tasks.plan import load_plan
+from segflow.tasks.qc_report import QcAccumulator, write_qc_report
+from segflow.tasks.storage import join, open_fs, redact, write_bytes
 
 __all__ = ["IncompleteRunError", "finalize", "output_paths"]
 
@@ -45,7 +51,10 @@ class IncompleteRunError(Exception):
         self.errors = errors
         shown = ", ".join(missing[:20]) + (f" (+{len(missing) - 20} more)" if len(missing) > 20 else "")
         detail = "".join(f"\n  {s}: {e}" for s, e in list(errors.items())[:10])
-        super().__init__(f"{len(missing)} shard(s) not committed: {shown}{detail}\nrerun them with `segflow run` on the same config and output")
+        super().__init__(
+            f"{len(missing)} shard(s) not committed: {shown}{detail}\nrerun them with "
+            f"`segflow run` on the same config and output"
+        )
 
 
 def output_paths(output: str) -> dict[str, str]:
@@ -97,7 +106,7 @@ def gold_quality(job: Any, commits: list[dict], keep_verdicts: tuple[str, ...] =
     """Evaluate the exported labels (QC verdict in ``keep_verdicts`` or none) of the gold set's images against it."""
     from pathlib import PurePosixPath
 
-    from tasks.quality import evaluate, load_gold
+    from segflow.tasks.quality import evaluate, load_gold
 
     gold = load_gold(job.gold_set)
     wanted = {im["file_name"] for im in gold["images"]} | {PurePosixPath(im["file_name"]).name for im in gold["images"]}
@@ -112,8 +121,17 @@ def gold_quality(job: Any, commits: list[dict], keep_verdicts: tuple[str, ...] =
     preds = []
     for c in commits:
         t = read_committed_table(job.output, c, "masks")
-        t = t.filter(pc.or_kleene(pc.is_null(t["qc_verdict"]), pc.is_in(t["qc_verdict"], value_set=pa.array(list(keep_verdicts), pa.string()))))
-        preds.extend(t.filter(pc.is_in(t["image_id"], value_set=ids)).select(["image_id", "category_id", "score", "rle_counts", "bbox"]).to_pylist())
+        t = t.filter(
+            pc.or_kleene(
+                pc.is_null(t["qc_verdict"]),
+                pc.is_in(t["qc_verdict"], value_set=pa.array(list(keep_verdicts), pa.string())),
+            )
+        )
+        preds.extend(
+            t.filter(pc.is_in(t["image_id"], value_set=ids))
+            .select(["image_id", "category_id", "score", "rle_counts", "bbox"])
+            .to_pylist()
+        )
     return evaluate(gold, job.category_names(), file_names, preds, sizes)
 
 
@@ -122,7 +140,13 @@ def _render_missing(output: str, commits: list[dict]) -> int:
     n = 0
     for c in commits:
         if "panoptic" in c["files"] and rendered_attempt(output, c["shard_id"]) != c["attempt"]:
-            render_shard(output, c["shard_id"], c["attempt"], read_committed_table(output, c, "images"), read_committed_table(output, c, "panoptic"))
+            render_shard(
+                output,
+                c["shard_id"],
+                c["attempt"],
+                read_committed_table(output, c, "images"),
+                read_committed_table(output, c, "panoptic"),
+            )
             n += 1
     return n
 
@@ -148,10 +172,14 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
     acc = QcAccumulator(qc.review_samples) if qc is not None else None
     has_panoptic = all("panoptic" in c["files"] for c in commits) and bool(commits)
     if has_panoptic:
-        paths.update({
-            "panoptic": join(output, "manifest", "panoptic.parquet"), "coco_panoptic": join(output, "coco", "panoptic.json"),
-            "coco_panoptic_pngs": join(output, "coco", "panoptic"), "semantic_pngs": join(output, "semantic"),
-        })
+        paths.update(
+            {
+                "panoptic": join(output, "manifest", "panoptic.parquet"),
+                "coco_panoptic": join(output, "coco", "panoptic.json"),
+                "coco_panoptic_pngs": join(output, "coco", "panoptic"),
+                "semantic_pngs": join(output, "semantic"),
+            }
+        )
     elif any("panoptic" in c["files"] for c in commits):  # pragma: no cover - fingerprints keep a run's shards alike
         raise RuntimeError("some shards have panoptic segments and others not; rerun into a fresh output")
     for name in ("masks", "images", "quarantine", "panoptic"):
@@ -167,7 +195,9 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
             pan = parse_committed(c, "panoptic", raw["panoptic"])
             if pan.num_rows:
                 for row in pan.group_by("category_name").aggregate([("segment_id", "count")]).to_pylist():
-                    segments_per_category[row["category_name"]] = segments_per_category.get(row["category_name"], 0) + row["segment_id_count"]
+                    segments_per_category[row["category_name"]] = (
+                        segments_per_category.get(row["category_name"], 0) + row["segment_id_count"]
+                    )
         if acc is not None:
             acc.add(c["shard_id"], masks, images)
             buf = io.BytesIO()
@@ -182,17 +212,27 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
         counts["masks"] += masks.num_rows
         if masks.num_rows:
             for row in masks.group_by("category_name").aggregate([("annotation_id", "count")]).to_pylist():
-                per_category[row["category_name"]] = per_category.get(row["category_name"], 0) + row["annotation_id_count"]
+                per_category[row["category_name"]] = (
+                    per_category.get(row["category_name"], 0) + row["annotation_id_count"]
+                )
 
     # 2. COCO instances, streamed shard by shard
     def tables(name: str):
         def gen():
             for c in commits:
                 yield read_committed_table(output, c, name)
+
         return gen
 
     keep = ("pass", "flag") if qc is not None and qc.export_flagged else ("pass",)
-    coco_counts = write_instances(paths["coco_instances"], job.category_names(), tables("images"), tables("masks"), description=job.name, keep_verdicts=keep)
+    coco_counts = write_instances(
+        paths["coco_instances"],
+        job.category_names(),
+        tables("images"),
+        tables("masks"),
+        description=job.name,
+        keep_verdicts=keep,
+    )
     qc_summary = None
     if acc is not None:
         qc_summary = write_qc_report(output, acc, job.name)
@@ -205,10 +245,14 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
 
     pan_counts = None
     if has_panoptic:
+
         def pairs():
             for c in commits:
                 yield read_committed_table(output, c, "images"), read_committed_table(output, c, "panoptic")
-        pan_counts = write_panoptic_json(paths["coco_panoptic"], panoptic_categories(job.ontology), pairs, description=job.name)
+
+        pan_counts = write_panoptic_json(
+            paths["coco_panoptic"], panoptic_categories(job.ontology), pairs, description=job.name
+        )
 
     # 3. quality against the gold set(s), when the job names them
     quality = None
@@ -216,7 +260,13 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
         quality = gold_quality(job, commits, keep)
     if getattr(job, "gold_panoptic", None) and has_panoptic:
         pan_q = evaluate_panoptic_files(job.gold_panoptic, paths["coco_panoptic"])
-        quality = (quality or {}) | {"panoptic": pan_q, "pq": pan_q["pq"], "sq": pan_q["sq"], "rq": pan_q["rq"], "miou": pan_q["miou"]}
+        quality = (quality or {}) | {
+            "panoptic": pan_q,
+            "pq": pan_q["pq"],
+            "sq": pan_q["sq"],
+            "rq": pan_q["rq"],
+            "miou": pan_q["miou"],
+        }
     if quality is not None:
         paths["quality"] = join(output, "quality.json")
         _, qpath = open_fs(paths["quality"])
@@ -240,9 +290,29 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
     if qc_summary is not None:
         summary["qc"] = {k: qc_summary[k] for k in ("verdicts", "rules", "image_flags")}
     if pan_counts is not None:
-        summary["panoptic"] = {"images": pan_counts["images"], "segments": pan_counts["segments"], "segments_per_category": dict(sorted(segments_per_category.items())), "shards_rendered_by_finalize": rendered_now}
+        summary["panoptic"] = {
+            "images": pan_counts["images"],
+            "segments": pan_counts["segments"],
+            "segments_per_category": dict(sorted(segments_per_category.items())),
+            "shards_rendered_by_finalize": rendered_now,
+        }
     if quality is not None:
-        summary["quality"] = {k: quality[k] for k in ("images", "gold_instances", "box_ap50", "mask_ap50", "mask_ap", "mean_mask_iou", "pq", "sq", "rq", "miou") if k in quality}
+        summary["quality"] = {
+            k: quality[k]
+            for k in (
+                "images",
+                "gold_instances",
+                "box_ap50",
+                "mask_ap50",
+                "mask_ap",
+                "mean_mask_iou",
+                "pq",
+                "sq",
+                "rq",
+                "miou",
+            )
+            if k in quality
+        }
     if started_at is not None:
         summary["seconds"] = round(time.time() - started_at, 2)
     _, summary_path = open_fs(paths["summary"])

@@ -85,7 +85,9 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
-        scaled = np.zeros(arr.shape, np.uint8) if hi <= lo else ((arr - lo) * (255.0 / (hi - lo))).round().astype(np.uint8)
+        scaled = (
+            np.zeros(arr.shape, np.uint8) if hi <= lo else ((arr - lo) * (255.0 / (hi - lo))).round().astype(np.uint8)
+        )
         return Image.fromarray(scaled, mode="L").convert("RGB")
     if mode == "P":
         im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
@@ -120,7 +122,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
             raise ImageLoadError(f"cannot open image: {type(e).__name__}: {e}") from None
         w, h = im.size
         if w * h > max_pixels:
-            raise ImageLoadError(f"decompression bomb refused: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}")
+            raise ImageLoadError(
+                f"decompression bomb refused: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}"
+            )
         if w == 0 or h == 0:
             raise ImageLoadError(f"image has no pixels ({w}x{h})")
         try:

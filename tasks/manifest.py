@@ -17,7 +17,7 @@ predicted_iou      float32       SAM's predicted mask IoU (null when the stage h
 stability_score    float32       SAM stability score (offset 1.0; null when none)
 bbox               list<double>  [x, y, w, h] pixels, tight box of the mask (from the RLE)
 area               int64         mask pixel count (from the RLE)
-rle_counts         string        COCO compressed RLE counts (see ``tasks.rle``)
+rle_counts         string        COCO compressed RLE counts (see ``segflow.tasks.rle``)
 prompt_box         list<float>   [x1, y1, x2, y2] detector box that prompted the mask
 stage              string        name of the stage that produced the mask
 model              string        ``kind:file@sha256:<12 hex>`` of the mask model
@@ -62,68 +62,74 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tasks.record import Detections
+from segflow.tasks.record import Detections
 
 __all__ = ["MASKS_SCHEMA", "IMAGES_SCHEMA", "PANOPTIC_SCHEMA", "MAX_MASKS_PER_IMAGE", "ShardTables"]
 
 MAX_MASKS_PER_IMAGE = 99_999
 ANNOTATION_ID_STRIDE = 100_000
 
-MASKS_SCHEMA = pa.schema([
-    ("annotation_id", pa.int64()),
-    ("image_id", pa.int64()),
-    ("image_uri", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("category_id", pa.int32()),
-    ("category_name", pa.string()),
-    ("score", pa.float32()),
-    ("predicted_iou", pa.float32()),
-    ("stability_score", pa.float32()),
-    ("bbox", pa.list_(pa.float64(), 4)),
-    ("area", pa.int64()),
-    ("rle_counts", pa.string()),
-    ("prompt_box", pa.list_(pa.float32(), 4)),
-    ("stage", pa.string()),
-    ("model", pa.string()),
-    ("prompt_model", pa.string()),
-    ("shard_id", pa.string()),
-    ("qc_verdict", pa.string()),
-    ("qc_reasons", pa.list_(pa.string())),
-])
+MASKS_SCHEMA = pa.schema(
+    [
+        ("annotation_id", pa.int64()),
+        ("image_id", pa.int64()),
+        ("image_uri", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("category_id", pa.int32()),
+        ("category_name", pa.string()),
+        ("score", pa.float32()),
+        ("predicted_iou", pa.float32()),
+        ("stability_score", pa.float32()),
+        ("bbox", pa.list_(pa.float64(), 4)),
+        ("area", pa.int64()),
+        ("rle_counts", pa.string()),
+        ("prompt_box", pa.list_(pa.float32(), 4)),
+        ("stage", pa.string()),
+        ("model", pa.string()),
+        ("prompt_model", pa.string()),
+        ("shard_id", pa.string()),
+        ("qc_verdict", pa.string()),
+        ("qc_reasons", pa.list_(pa.string())),
+    ]
+)
 
-PANOPTIC_SCHEMA = pa.schema([
-    ("image_id", pa.int64()),
-    ("segment_id", pa.int32()),
-    ("image_uri", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("category_id", pa.int32()),
-    ("category_name", pa.string()),
-    ("isthing", pa.bool_()),
-    ("score", pa.float32()),
-    ("bbox", pa.list_(pa.float64(), 4)),
-    ("area", pa.int64()),
-    ("rle_counts", pa.string()),
-    ("source_stage", pa.string()),
-    ("model", pa.string()),
-    ("annotation_id", pa.int64()),
-    ("shard_id", pa.string()),
-])
+PANOPTIC_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("segment_id", pa.int32()),
+        ("image_uri", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("category_id", pa.int32()),
+        ("category_name", pa.string()),
+        ("isthing", pa.bool_()),
+        ("score", pa.float32()),
+        ("bbox", pa.list_(pa.float64(), 4)),
+        ("area", pa.int64()),
+        ("rle_counts", pa.string()),
+        ("source_stage", pa.string()),
+        ("model", pa.string()),
+        ("annotation_id", pa.int64()),
+        ("shard_id", pa.string()),
+    ]
+)
 
-IMAGES_SCHEMA = pa.schema([
-    ("image_id", pa.int64()),
-    ("image_uri", pa.string()),
-    ("file_name", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("status", pa.string()),
-    ("error", pa.string()),
-    ("exif_orientation", pa.int32()),
-    ("num_masks", pa.int32()),
-    ("shard_id", pa.string()),
-    ("qc_flags", pa.list_(pa.string())),
-])
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("image_uri", pa.string()),
+        ("file_name", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("exif_orientation", pa.int32()),
+        ("num_masks", pa.int32()),
+        ("shard_id", pa.string()),
+        ("qc_flags", pa.list_(pa.string())),
+    ]
+)
 
 
 @dataclass
@@ -140,7 +146,12 @@ class ShardTables:
         self._image(image_id, uri, key, None, None, "failed", error, None, 0, None)
 
     def add_image(
-        self, image_id: int, uri: str, key: str, size_hw: tuple[int, int], exif_orientation: int,
+        self,
+        image_id: int,
+        uri: str,
+        key: str,
+        size_hw: tuple[int, int],
+        exif_orientation: int,
         outputs: list[tuple[str, str, str | None, Detections]],
         panoptic: tuple[str, dict[str, str], Detections] | None = None,
     ) -> int:
@@ -159,7 +170,9 @@ class ShardTables:
             if n == 0:
                 continue
             if k + n > MAX_MASKS_PER_IMAGE:
-                raise ValueError(f"image {uri}: more than {MAX_MASKS_PER_IMAGE} masks; raise thresholds or lower max_det")
+                raise ValueError(
+                    f"image {uri}: more than {MAX_MASKS_PER_IMAGE} masks; raise thresholds or lower max_det"
+                )
             m = self.masks
             m["annotation_id"].extend(image_id * ANNOTATION_ID_STRIDE + np.arange(k + 1, k + n + 1))
             m["image_id"].extend([image_id] * n)
@@ -191,7 +204,14 @@ class ShardTables:
         self._image(image_id, uri, key, h, w, "ok", None, exif_orientation, k, flags)
         return k
 
-    def _panoptic(self, image_id: int, uri: str, size_hw: tuple[int, int], panoptic: tuple[str, dict[str, str], Detections], first_id: dict[str, int]) -> None:
+    def _panoptic(
+        self,
+        image_id: int,
+        uri: str,
+        size_hw: tuple[int, int],
+        panoptic: tuple[str, dict[str, str], Detections],
+        first_id: dict[str, int],
+    ) -> None:
         stage, models, segs = panoptic
         h, w = size_hw
         n = len(segs)
@@ -219,7 +239,7 @@ class ShardTables:
 
     def flag_count_outliers(self, mads: float, minimum: int) -> None:
         """Add ``label_count_outlier`` to decoded images with unusually many masks for this shard."""
-        from tasks.qc import count_outliers
+        from segflow.tasks.qc import count_outliers
 
         ok = [i for i, st in enumerate(self.images["status"]) if st == "ok"]
         out = count_outliers([self.images["num_masks"][i] for i in ok], mads, minimum)
@@ -242,12 +262,19 @@ class ShardTables:
         i["qc_flags"].append(qc_flags)
 
     def tables(self) -> tuple[pa.Table, pa.Table]:
-        masks = pa.table({k: pa.array(v, type=MASKS_SCHEMA.field(k).type) for k, v in self.masks.items()}, schema=MASKS_SCHEMA)
-        images = pa.table({k: pa.array(v, type=IMAGES_SCHEMA.field(k).type) for k, v in self.images.items()}, schema=IMAGES_SCHEMA)
+        masks = pa.table(
+            {k: pa.array(v, type=MASKS_SCHEMA.field(k).type) for k, v in self.masks.items()}, schema=MASKS_SCHEMA
+        )
+        images = pa.table(
+            {k: pa.array(v, type=IMAGES_SCHEMA.field(k).type) for k, v in self.images.items()}, schema=IMAGES_SCHEMA
+        )
         return masks.sort_by("annotation_id"), images.sort_by("image_id")
 
     def panoptic_table(self) -> pa.Table:
-        t = pa.table({k: pa.array(v, type=PANOPTIC_SCHEMA.field(k).type) for k, v in self.panoptic.items()}, schema=PANOPTIC_SCHEMA)
+        t = pa.table(
+            {k: pa.array(v, type=PANOPTIC_SCHEMA.field(k).type) for k, v in self.panoptic.items()},
+            schema=PANOPTIC_SCHEMA,
+        )
         return t.sort_by([("image_id", "ascending"), ("segment_id", "ascending")])
 
 

@@ -15,7 +15,7 @@ the ``panopticapi`` reference)
   pixel is the ontology category id, 0 = void; the palette colours are only
   for viewing (see :func:`palette`).
 * ``OUTPUT/manifest/panoptic.parquet/`` -- one row per segment, RLE (see
-  :mod:`tasks.manifest`), with the stage the segment came from.
+  :mod:`segflow.tasks.manifest`), with the stage the segment came from.
 
 Merge policy (:func:`merge`)
 ----------------------------
@@ -45,17 +45,25 @@ mIoU is the mean over categories of the semantic IoU, void pixels ignored.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from tasks import rle
-from tasks.record import Detections
+from segflow.tasks import rle
+from segflow.tasks.record import Detections
 
 __all__ = [
-    "MergePolicy", "merge", "segment_map", "panoptic_png", "read_panoptic_png", "semantic_png", "palette",
-    "PanopticQuality", "SemanticQuality",
+    "MergePolicy",
+    "merge",
+    "segment_map",
+    "panoptic_png",
+    "read_panoptic_png",
+    "semantic_png",
+    "palette",
+    "PanopticQuality",
+    "SemanticQuality",
 ]
 
 
@@ -67,7 +75,13 @@ class MergePolicy:
     include_flagged: bool = False
 
 
-def _thing_candidates(instances: Detections | None, segments: Detections, policy: MergePolicy, instance_stage: str | None, panoptic_stage: str) -> list[tuple[float, str, int, Detections]]:
+def _thing_candidates(
+    instances: Detections | None,
+    segments: Detections,
+    policy: MergePolicy,
+    instance_stage: str | None,
+    panoptic_stage: str,
+) -> list[tuple[float, str, int, Detections]]:
     if policy.things == "panoptic" or instances is None:
         isthing = segments.fields["isthing"].astype(bool)
         return [(float(segments.scores[i]), panoptic_stage, int(i), segments) for i in np.flatnonzero(isthing)]
@@ -76,10 +90,18 @@ def _thing_candidates(instances: Detections | None, segments: Detections, policy
     if verdicts is not None:
         ok = ("pass", "flag") if policy.include_flagged else ("pass",)
         keep = np.isin(verdicts.astype(str), ok)
-    return [(float(instances.scores[i]), instance_stage or "instances", int(i), instances) for i in np.flatnonzero(keep)]
+    return [
+        (float(instances.scores[i]), instance_stage or "instances", int(i), instances) for i in np.flatnonzero(keep)
+    ]
 
 
-def merge(instances: Detections | None, segments: Detections, policy: MergePolicy, instance_stage: str | None = None, panoptic_stage: str = "panoptic") -> Detections:
+def merge(
+    instances: Detections | None,
+    segments: Detections,
+    policy: MergePolicy,
+    instance_stage: str | None = None,
+    panoptic_stage: str = "panoptic",
+) -> Detections:
     """One panoptic map per image as non-overlapping segments (see the module docstring).
 
     Arguments:
@@ -95,7 +117,10 @@ def merge(instances: Detections | None, segments: Detections, policy: MergePolic
     canvas = np.zeros((w, h), np.int32)  # transposed, so segment masks come out N x W x H for free
     things = sorted(_thing_candidates(instances, segments, policy, instance_stage, panoptic_stage), key=lambda t: -t[0])
     isthing = segments.fields["isthing"].astype(bool)
-    stuff = sorted(((float(segments.scores[i]), panoptic_stage, int(i), segments) for i in np.flatnonzero(~isthing)), key=lambda t: -t[0])
+    stuff = sorted(
+        ((float(segments.scores[i]), panoptic_stage, int(i), segments) for i in np.flatnonzero(~isthing)),
+        key=lambda t: -t[0],
+    )
     rows: list[tuple[int, float, str, int, bool]] = []  # (class, score, source, index, isthing)
     for group, is_thing in ((things, True), (stuff, False)):
         for score, source, i, rec in group:
@@ -110,14 +135,23 @@ def merge(instances: Detections | None, segments: Detections, policy: MergePolic
             canvas[free] = len(rows) + 1
             rows.append((int(rec.class_ids[i]), score, source, i, is_thing))
     if not rows:
-        return Detections.empty((h, w), with_masks=True).with_fields(isthing=np.zeros(0, bool), source=np.empty(0, object), source_index=np.zeros(0, np.int64))
+        return Detections.empty((h, w), with_masks=True).with_fields(
+            isthing=np.zeros(0, bool), source=np.empty(0, object), source_index=np.zeros(0, np.int64)
+        )
     masks_nwh = canvas[None] == np.arange(1, len(rows) + 1, dtype=np.int32)[:, None, None]
     counts = rle.encode_nwh(masks_nwh)
     xywh = rle.bbox_xywh(counts, h, w)
     return Detections(
-        (h, w), np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
-        np.array([r[0] for r in rows]), np.array([r[1] for r in rows], np.float32), rle_counts=counts,
-        fields={"isthing": np.array([r[4] for r in rows]), "source": np.array([r[2] for r in rows], object), "source_index": np.array([r[3] for r in rows], np.int64)},
+        (h, w),
+        np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+        np.array([r[0] for r in rows]),
+        np.array([r[1] for r in rows], np.float32),
+        rle_counts=counts,
+        fields={
+            "isthing": np.array([r[4] for r in rows]),
+            "source": np.array([r[2] for r in rows], object),
+            "source_index": np.array([r[3] for r in rows], np.int64),
+        },
     )
 
 
@@ -241,10 +275,15 @@ class PanopticQuality:
 
         everything = avg(list(per))
         return {
-            "pq": everything["pq"], "sq": everything["sq"], "rq": everything["rq"],
+            "pq": everything["pq"],
+            "sq": everything["sq"],
+            "rq": everything["rq"],
             "things": avg([c for c in per if self.categories.get(c, True)]),
             "stuff": avg([c for c in per if not self.categories.get(c, True)]),
-            "per_class": {(names or {}).get(c, str(c)): {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()} for c, d in per.items()},
+            "per_class": {
+                (names or {}).get(c, str(c)): {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()}
+                for c, d in per.items()
+            },
         }
 
 
@@ -261,7 +300,9 @@ class SemanticQuality:
         g = gt.astype(np.int64).ravel()
         p = pred.astype(np.int64).ravel()
         sel = g > 0
-        self.confusion += np.bincount(g[sel] * self.num + p[sel], minlength=self.num * self.num).reshape(self.num, self.num)
+        self.confusion += np.bincount(g[sel] * self.num + p[sel], minlength=self.num * self.num).reshape(
+            self.num, self.num
+        )
 
     def summary(self, names: dict[int, str] | None = None) -> dict:
         c = self.confusion
@@ -271,8 +312,10 @@ class SemanticQuality:
             inter = c[i, i]
             union = c[i].sum() + c[1:, i].sum() - inter
             per[i] = float(inter / union) if union else 0.0
-        return {"miou": round(float(np.mean(list(per.values()))), 4) if per else None,
-                "per_class_iou": {(names or {}).get(i, str(i)): round(v, 4) for i, v in per.items()}}
+        return {
+            "miou": round(float(np.mean(list(per.values()))), 4) if per else None,
+            "per_class_iou": {(names or {}).get(i, str(i)): round(v, 4) for i, v in per.items()},
+        }
 
 
 def semantic_from_segments(ids: np.ndarray, cats: dict[int, int]) -> np.ndarray:
@@ -284,7 +327,11 @@ def semantic_from_segments(ids: np.ndarray, cats: dict[int, int]) -> np.ndarray:
     return lut[ids]
 
 
-def evaluate_in_memory(pairs: Iterable[tuple[np.ndarray, dict[int, int], np.ndarray, dict[int, int]]], categories: dict[int, bool], names: dict[int, str] | None = None) -> dict:
+def evaluate_in_memory(
+    pairs: Iterable[tuple[np.ndarray, dict[int, int], np.ndarray, dict[int, int]]],
+    categories: dict[int, bool],
+    names: dict[int, str] | None = None,
+) -> dict:
     """PQ and mIoU over ``(gt_ids, gt_cats, pred_ids, pred_cats)`` per image."""
     pq, sem = PanopticQuality(categories), SemanticQuality()
     for gt_ids, gt_cats, pred_ids, pred_cats in pairs:
@@ -303,7 +350,6 @@ def detections_to_map(dets: Detections) -> tuple[np.ndarray, dict[int, int]]:
     return segment_map(list(dets.rle_counts), h, w), {k + 1: int(c) for k, c in enumerate(dets.class_ids)}
 
 
-
 class PanopticMerger:
     """The ``panoptic_merge`` stage: :func:`merge` for each image, with the stage's policy."""
 
@@ -311,9 +357,18 @@ class PanopticMerger:
 
     def __init__(self, stage: Any, weights_path: str | None = None, ontology: dict[int, str] | None = None):
         self.stage = stage
-        self.policy = MergePolicy(things=stage.things, overlap=stage.overlap, min_area=stage.min_area, include_flagged=stage.include_flagged)
+        self.policy = MergePolicy(
+            things=stage.things, overlap=stage.overlap, min_area=stage.min_area, include_flagged=stage.include_flagged
+        )
 
-    def merge(self, images: Sequence[np.ndarray], instances: Sequence[Detections] | None, segments: Sequence[Detections], instance_stage: str | None, panoptic_stage: str) -> list[Detections]:
+    def merge(
+        self,
+        images: Sequence[np.ndarray],
+        instances: Sequence[Detections] | None,
+        segments: Sequence[Detections],
+        instance_stage: str | None,
+        panoptic_stage: str,
+    ) -> list[Detections]:
         return [
             merge(None if instances is None else instances[i], segments[i], self.policy, instance_stage, panoptic_stage)
             for i in range(len(images))

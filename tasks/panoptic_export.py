@@ -1,4 +1,4 @@
-"""Panoptic and semantic exports (format: :mod:`tasks.panoptic`), and their quality against a gold set.
+"""Panoptic and semantic exports (format: :mod:`segflow.tasks.panoptic`), and their quality against a gold set.
 
 * :func:`render_shard` -- a committed shard's PNGs (``coco/panoptic/<image_id>.png``
   and ``semantic/<image_id>.png``), drawn from its committed ``panoptic`` table,
@@ -16,19 +16,36 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.coco import coco_header
-from tasks.panoptic import PanopticQuality, SemanticQuality, palette, panoptic_png, read_panoptic_png, segment_map, semantic_from_segments, semantic_png
-from tasks.storage import join, local_tempfile, open_fs, publish_file, read_bytes, redact, write_bytes
+from segflow.tasks.coco import coco_header
+from segflow.tasks.panoptic import (
+    PanopticQuality,
+    SemanticQuality,
+    palette,
+    panoptic_png,
+    read_panoptic_png,
+    segment_map,
+    semantic_from_segments,
+    semantic_png,
+)
+from segflow.tasks.storage import join, local_tempfile, open_fs, publish_file, read_bytes, redact, write_bytes
 
-__all__ = ["panoptic_categories", "render_shard", "rendered_attempt", "write_panoptic_json", "evaluate_panoptic_files", "png_name"]
+__all__ = [
+    "panoptic_categories",
+    "render_shard",
+    "rendered_attempt",
+    "write_panoptic_json",
+    "evaluate_panoptic_files",
+    "png_name",
+]
 
 
 def png_name(image_id: int) -> str:
@@ -37,7 +54,15 @@ def png_name(image_id: int) -> str:
 
 def panoptic_categories(ontology: Iterable[Any]) -> list[dict]:
     """COCO panoptic categories of the ontology, with ``isthing`` and the viewing colour of the semantic palette."""
-    cats = [{"id": int(c.id), "name": c.name, "isthing": int(bool(c.isthing)), "supercategory": "thing" if c.isthing else "stuff"} for c in ontology]
+    cats = [
+        {
+            "id": int(c.id),
+            "name": c.name,
+            "isthing": int(bool(c.isthing)),
+            "supercategory": "thing" if c.isthing else "stuff",
+        }
+        for c in ontology
+    ]
     pal = palette([])
     for c in cats:
         c["color"] = pal[c["id"] * 3 : c["id"] * 3 + 3] if c["id"] < 256 else [0, 0, 0]
@@ -58,7 +83,9 @@ def rendered_attempt(output: str, shard_id: str) -> str | None:
 
 def _by_image(panoptic: pa.Table) -> dict[int, dict[str, list]]:
     out: dict[int, dict[str, list]] = {}
-    cols = panoptic.select(["image_id", "segment_id", "category_id", "rle_counts", "area", "bbox", "isthing"]).to_pydict()
+    cols = panoptic.select(
+        ["image_id", "segment_id", "category_id", "rle_counts", "area", "bbox", "isthing"]
+    ).to_pydict()
     for i, image_id in enumerate(cols["image_id"]):
         d = out.setdefault(image_id, {k: [] for k in cols})
         for k in cols:
@@ -66,7 +93,9 @@ def _by_image(panoptic: pa.Table) -> dict[int, dict[str, list]]:
     return out
 
 
-def render_shard(output: str, shard_id: str, attempt: str, images: pa.Table, panoptic: pa.Table, workers: int = 8) -> int:
+def render_shard(
+    output: str, shard_id: str, attempt: str, images: pa.Table, panoptic: pa.Table, workers: int = 8
+) -> int:
     """Write the PNGs of one committed shard, then its ``_RENDERED.json``. Returns the number of images."""
     fs, _ = open_fs(output)
     pal = palette([])
@@ -92,11 +121,24 @@ def render_shard(output: str, shard_id: str, attempt: str, images: pa.Table, pan
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segflow-png") as pool:
         list(pool.map(one, ok))
     _, marker = open_fs(_marker(output, shard_id))
-    write_bytes(fs, marker, json.dumps({"shard_id": shard_id, "attempt": attempt, "images": len(ok), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}).encode())
+    write_bytes(
+        fs,
+        marker,
+        json.dumps(
+            {
+                "shard_id": shard_id,
+                "attempt": attempt,
+                "images": len(ok),
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        ).encode(),
+    )
     return len(ok)
 
 
-def write_panoptic_json(url: str, categories: list[dict], tables: Callable[[], Iterable[tuple[pa.Table, pa.Table]]], description: str = "") -> dict[str, int]:
+def write_panoptic_json(
+    url: str, categories: list[dict], tables: Callable[[], Iterable[tuple[pa.Table, pa.Table]]], description: str = ""
+) -> dict[str, int]:
     """Stream ``coco/panoptic.json`` from ``(images, panoptic)`` tables per shard. Returns counts."""
     fs, path = open_fs(url)
     tmp = local_tempfile(fs, path, ".json")
@@ -108,8 +150,23 @@ def write_panoptic_json(url: str, categories: list[dict], tables: Callable[[], I
             f.write(', "images": [')
             first = True
             for images, _ in tables():
-                for r in images.filter(pc.equal(images["status"], "ok")).select(["image_id", "file_name", "width", "height"]).to_pylist():
-                    f.write(("" if first else ",") + "\n" + json.dumps({"id": r["image_id"], "file_name": r["file_name"], "width": r["width"], "height": r["height"]}))
+                for r in (
+                    images.filter(pc.equal(images["status"], "ok"))
+                    .select(["image_id", "file_name", "width", "height"])
+                    .to_pylist()
+                ):
+                    f.write(
+                        ("" if first else ",")
+                        + "\n"
+                        + json.dumps(
+                            {
+                                "id": r["image_id"],
+                                "file_name": r["file_name"],
+                                "width": r["width"],
+                                "height": r["height"],
+                            }
+                        )
+                    )
                     first = False
                     n_images += 1
             f.write('\n], "annotations": [')
@@ -118,12 +175,26 @@ def write_panoptic_json(url: str, categories: list[dict], tables: Callable[[], I
                 segs = _by_image(panoptic)
                 for image_id in images.filter(pc.equal(images["status"], "ok"))["image_id"].to_pylist():
                     s = segs.get(image_id)
-                    infos = [] if s is None else [
-                        {"id": sid, "category_id": cid, "iscrowd": 0, "area": int(a), "bbox": [round(v, 2) for v in bb]}
-                        for sid, cid, a, bb in sorted(zip(s["segment_id"], s["category_id"], s["area"], s["bbox"]))
-                    ]
+                    infos = (
+                        []
+                        if s is None
+                        else [
+                            {
+                                "id": sid,
+                                "category_id": cid,
+                                "iscrowd": 0,
+                                "area": int(a),
+                                "bbox": [round(v, 2) for v in bb],
+                            }
+                            for sid, cid, a, bb in sorted(zip(s["segment_id"], s["category_id"], s["area"], s["bbox"]))
+                        ]
+                    )
                     n_segments += len(infos)
-                    f.write(("" if first else ",") + "\n" + json.dumps({"image_id": image_id, "file_name": png_name(image_id), "segments_info": infos}))
+                    f.write(
+                        ("" if first else ",")
+                        + "\n"
+                        + json.dumps({"image_id": image_id, "file_name": png_name(image_id), "segments_info": infos})
+                    )
                     first = False
             f.write("\n]}\n")
         publish_file(fs, tmp, path)
@@ -144,7 +215,10 @@ def _png_dir(json_url: str) -> str:
 
 
 def evaluate_panoptic_files(
-    gold_json: str, pred_json: str, gold_png_dir: str | None = None, pred_png_dir: str | None = None,
+    gold_json: str,
+    pred_json: str,
+    gold_png_dir: str | None = None,
+    pred_png_dir: str | None = None,
 ) -> dict:
     """PQ/SQ/RQ (all, things, stuff, per class) and mIoU of a predicted COCO panoptic export against a gold one.
 
@@ -196,4 +270,7 @@ def evaluate_panoptic_files(
 def _check_segments(ids: np.ndarray, cats: dict[int, int], where: str, file_name: str) -> None:
     present = set(np.unique(ids).tolist()) - {0}
     if present != set(cats):
-        raise ValueError(f"{redact(where)}: {file_name}: PNG ids {sorted(present)[:10]} do not match segments_info ids {sorted(cats)[:10]}")
+        raise ValueError(
+            f"{redact(where)}: {file_name}: PNG ids {sorted(present)[:10]} do not match "
+            f"segments_info ids {sorted(cats)[:10]}"
+        )

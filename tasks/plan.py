@@ -29,24 +29,27 @@ import hashlib
 import io
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.storage import is_local, join, open_fs, read_bytes, redact, write_bytes
+from segflow.tasks.storage import is_local, join, open_fs, read_bytes, redact, write_bytes
 
 __all__ = ["PlanError", "Plan", "list_source", "make_plan", "load_plan", "read_shard_rows", "plan_paths"]
 
-PLAN_SCHEMA = pa.schema([
-    ("shard_id", pa.string()),
-    ("image_id", pa.int64()),
-    ("uri", pa.string()),
-    ("key", pa.string()),
-    ("size", pa.int64()),
-    ("etag", pa.string()),
-])
+PLAN_SCHEMA = pa.schema(
+    [
+        ("shard_id", pa.string()),
+        ("image_id", pa.int64()),
+        ("uri", pa.string()),
+        ("key", pa.string()),
+        ("size", pa.int64()),
+        ("etag", pa.string()),
+    ]
+)
 
 
 class PlanError(Exception):
@@ -116,7 +119,7 @@ def iter_source(source: Any) -> Iterator[tuple[str, str, int, str | None]]:
     Object stores with paged listings (S3 through s3fs) are streamed one page
     (1000 keys) at a time -- they list in key order already -- so memory stays
     bounded for any number of keys. Other filesystems are listed, then sorted.
-    ``source`` is a :class:`flows.config.SourceConfig` (url + pattern, or list).
+    ``source`` is a :class:`segflow.flows.config.SourceConfig` (url + pattern, or list).
     """
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in source.extensions)
     if source.list:
@@ -146,7 +149,7 @@ def iter_source(source: Any) -> Iterator[tuple[str, str, int, str | None]]:
         for path, info in entries:
             if info.get("type") == "directory":
                 continue
-            key = path[len(prefix):] if path.startswith(prefix) else path
+            key = path[len(prefix) :] if path.startswith(prefix) else path
             if not wanted(key):
                 continue
             count += 1
@@ -199,7 +202,7 @@ def _list_from_file(list_url: str, storage_options: dict) -> list[tuple[str, str
     base = list_url.rsplit("/", 1)[0] if "/" in list_url else "."
     seen: set[str] = set()
     items = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -215,11 +218,20 @@ def _list_from_file(list_url: str, storage_options: dict) -> list[tuple[str, str
 
 
 def _fingerprint(source: Any, shard_size: int) -> str:
-    spec = {"source": source.model_dump(mode="json", exclude={"storage_options", "max_pixels"}), "shard_size": shard_size}
+    spec = {
+        "source": source.model_dump(mode="json", exclude={"storage_options", "max_pixels"}),
+        "shard_size": shard_size,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
-def write_plan_rows(items: Iterable[tuple[str, str, int, str | None]], shard_size: int, sink: Any, generation: int = 0, first_image_id: int = 1) -> tuple[list[str], int]:
+def write_plan_rows(
+    items: Iterable[tuple[str, str, int, str | None]],
+    shard_size: int,
+    sink: Any,
+    generation: int = 0,
+    first_image_id: int = 1,
+) -> tuple[list[str], int]:
     """Write plan rows to a Parquet ``sink``, one row group per shard, holding one shard in memory.
 
     Returns the shard ids and the number of images.
@@ -232,12 +244,19 @@ def write_plan_rows(items: Iterable[tuple[str, str, int, str | None]], shard_siz
         def flush() -> None:
             sid = shard_name(len(shard_ids), generation)
             start = first_image_id + n - len(batch)
-            writer.write_table(pa.table({
-                "shard_id": [sid] * len(batch),
-                "image_id": pa.array(range(start, start + len(batch)), pa.int64()),
-                "uri": [b[0] for b in batch], "key": [b[1] for b in batch],
-                "size": pa.array([b[2] for b in batch], pa.int64()), "etag": [b[3] for b in batch],
-            }, schema=PLAN_SCHEMA))
+            writer.write_table(
+                pa.table(
+                    {
+                        "shard_id": [sid] * len(batch),
+                        "image_id": pa.array(range(start, start + len(batch)), pa.int64()),
+                        "uri": [b[0] for b in batch],
+                        "key": [b[1] for b in batch],
+                        "size": pa.array([b[2] for b in batch], pa.int64()),
+                        "etag": [b[3] for b in batch],
+                    },
+                    schema=PLAN_SCHEMA,
+                )
+            )
             shard_ids.append(sid)
             batch.clear()
 
@@ -263,7 +282,8 @@ def make_plan(job: Any) -> Plan:
         if meta.get("fingerprint") != fingerprint:
             raise PlanError(
                 f"{redact(job.output)} already holds the plan of a different source or shard size "
-                f"(planned: {meta.get('source', {}).get('url') or meta.get('source', {}).get('list')}, shard_size {meta.get('shard_size')}); "
+                f"(planned: {meta.get('source', {}).get('url') or meta.get('source', {}).get('list')}, "
+                f"shard_size {meta.get('shard_size')}); "
                 f"use another output or delete it"
             )
         write_bytes(fs, job_path, json.dumps(job.model_dump(mode="json"), indent=1).encode())
@@ -321,25 +341,38 @@ def _iter_keys(output: str, generation: int) -> Iterator[str]:
 
 def _append_generation(job: Any, fs: Any, meta: dict, meta_path: str) -> Plan:
     """Plan the source keys no earlier generation holds as a new generation (incremental jobs)."""
-    from tasks.storage import create_exclusive
+    from segflow.tasks.storage import create_exclusive
 
-    gens = meta.setdefault("generations", [{"generation": 0, "num_images": meta["num_images"], "shard_ids": list(meta["shard_ids"])}])
+    gens = meta.setdefault(
+        "generations", [{"generation": 0, "num_images": meta["num_images"], "shard_ids": list(meta["shard_ids"])}]
+    )
     generation = gens[-1]["generation"] + 1
     buf = io.BytesIO()
-    shard_ids, n = write_plan_rows(_new_items(job, job.output, meta), job.shard_size, buf, generation=generation, first_image_id=int(meta["num_images"]) + 1)
+    shard_ids, n = write_plan_rows(
+        _new_items(job, job.output, meta),
+        job.shard_size,
+        buf,
+        generation=generation,
+        first_image_id=int(meta["num_images"]) + 1,
+    )
     if n == 0:
         return Plan(job.output, list(meta["shard_ids"]), int(meta["num_images"]), reused=True, new_images=0)
     entry = {"generation": generation, "num_images": n, "shard_ids": shard_ids, "planned_at": _now()}
     _, claim = open_fs(join(job.output, "plan", f"plan-g{generation:04d}.json"))
     if not create_exclusive(fs, claim, json.dumps(entry).encode()):
-        raise PlanError(f"another run is planning generation {generation} of {redact(job.output)} right now; run again when it is done")
+        raise PlanError(
+            f"another run is planning generation {generation} of {redact(job.output)} "
+            f"right now; run again when it is done"
+        )
     _, parquet_path = open_fs(_generation_file(job.output, generation))
     write_bytes(fs, parquet_path, buf.getvalue())
     gens.append(entry)
     meta["shard_ids"] = list(meta["shard_ids"]) + shard_ids
     meta["num_images"] = int(meta["num_images"]) + n
     meta["num_shards"] = len(meta["shard_ids"])
-    write_bytes(fs, meta_path, json.dumps(meta, indent=1).encode())  # last: the generation is part of the plan once listed here
+    write_bytes(
+        fs, meta_path, json.dumps(meta, indent=1).encode()
+    )  # last: the generation is part of the plan once listed here
     return Plan(job.output, list(meta["shard_ids"]), int(meta["num_images"]), reused=True, new_images=n)
 
 

@@ -8,7 +8,7 @@ progress is visible in Prefect's task states and logs.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["set_reporter", "advance"]
 

@@ -27,8 +27,8 @@ import re
 import time
 from typing import Any
 
-from tasks.finalize import IncompleteRunError, _collect_commits, commits_digest
-from tasks.storage import create_exclusive, join, open_fs, read_bytes, redact, write_bytes
+from segflow.tasks.finalize import IncompleteRunError, _collect_commits, commits_digest
+from segflow.tasks.storage import create_exclusive, join, open_fs, read_bytes, redact, write_bytes
 
 __all__ = ["PublishError", "publish"]
 
@@ -68,26 +68,52 @@ def _card(summary: dict, job: dict, version: str, checksums: dict[str, str]) -> 
     models = []
     for name, st in job.get("stages", {}).items():
         if "weights" in st:
-            models.append(f"| {name} | {st['kind']} | `{st['weights'].rsplit('/', 1)[-1]}` | `{st.get('sha256') or '-'}` |")
+            models.append(
+                f"| {name} | {st['kind']} | `{st['weights'].rsplit('/', 1)[-1]}` | `{st.get('sha256') or '-'}` |"
+            )
     per_class = "\n".join(f"| {k} | {v} |" for k, v in summary.get("masks_per_category", {}).items())
     quality = summary.get("quality") or {}
-    qtext = (f"\nLabel quality against the gold set ({quality['images']} images): box AP50 {quality['box_ap50']}, "
-             f"mask AP50 {quality['mask_ap50']}, mask AP {quality['mask_ap']}, mean mask IoU {quality['mean_mask_iou']} (see quality.json).\n") if "box_ap50" in quality else ""
+    qtext = (
+        (
+            f"\nLabel quality against the gold set ({quality['images']} images): box AP50 {quality['box_ap50']}, "
+            f"mask AP50 {quality['mask_ap50']}, mask AP {quality['mask_ap']}, mean mask "
+            f"IoU {quality['mean_mask_iou']} (see quality.json).\n"
+        )
+        if "box_ap50" in quality
+        else ""
+    )
     if "pq" in quality:
-        qtext += f"\nPanoptic quality against the gold set: PQ {quality['pq']}, SQ {quality['sq']}, RQ {quality['rq']}, mIoU {quality['miou']}.\n"
+        qtext += (
+            f"\nPanoptic quality against the gold set: PQ {quality['pq']}, SQ {quality['sq']}, "
+            f"RQ {quality['rq']}, mIoU {quality['miou']}.\n"
+        )
     pan = summary.get("panoptic")
     if pan:
         rows = "\n".join(f"| {k} | {v} |" for k, v in pan["segments_per_category"].items())
-        qtext += f"\n## Panoptic segments per class\n\n{pan['segments']} segments on {pan['images']} images.\n\n| class | segments |\n|---|---:|\n{rows}\n"
+        qtext += (
+            f"\n## Panoptic segments per class\n\n{pan['segments']} segments on {pan['images']} images.\n\n"
+            f"| class | segments |\n|---|---:|\n{rows}\n"
+        )
     import yaml
 
-    return f"""# {summary['job']} -- dataset {version}
+    counts = (
+        f"| {summary['images']} | {summary['labelled_images']} | {summary['failed_images']} | {summary['masks']} "
+        f"| {summary.get('coco_annotations', summary['masks'])} |"
+    )
+    panoptic_files = (
+        ", `manifest/panoptic.parquet`, `coco/panoptic.json` + `coco/panoptic/*.png` (COCO panoptic), "
+        "`semantic/*.png` (class-id maps)"
+        if "coco/panoptic.json" in checksums
+        else ""
+    )
+    qc_files = ", `qc/` (QC report, quarantine)" if any(k.startswith("qc/") for k in checksums) else ""
+    return f"""# {summary["job"]} -- dataset {version}
 
-Auto-labelled by segflow. Created {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}.
+Auto-labelled by segflow. Created {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}.
 
 | images | labelled | failed | masks | COCO annotations |
 |---:|---:|---:|---:|---:|
-| {summary['images']} | {summary['labelled_images']} | {summary['failed_images']} | {summary['masks']} | {summary.get('coco_annotations', summary['masks'])} |
+{counts}
 
 ## Masks per class
 
@@ -104,7 +130,7 @@ Auto-labelled by segflow. Created {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmti
 ## Files
 
 `manifest/masks.parquet` (one row per mask, COCO RLE), `manifest/images.parquet`,
-`coco/instances.json`{', `manifest/panoptic.parquet`, `coco/panoptic.json` + `coco/panoptic/*.png` (COCO panoptic), `semantic/*.png` (class-id maps)' if 'coco/panoptic.json' in checksums else ''}{', `qc/` (QC report, quarantine)' if any(k.startswith('qc/') for k in checksums) else ''}; `SHA256SUMS` lists the sha256 of every file.
+`coco/instances.json`{panoptic_files}{qc_files}; `SHA256SUMS` lists the sha256 of every file.
 
 ## Job
 
@@ -123,11 +149,17 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
     except IncompleteRunError as e:
         raise PublishError(f"refusing to publish an incomplete run: {e}") from None
     if summary is None:
-        raise PublishError(f"refusing to publish {redact(output)}: it was not finalized (no summary.json); run `segflow rerun {redact(output)}`")
+        raise PublishError(
+            f"refusing to publish {redact(output)}: it was not finalized (no summary.json); "
+            f"run `segflow rerun {redact(output)}`"
+        )
     digest = summary.get("commits_digest")
     job = _read_json(fs_out, join(output, "job.json")) or {}
     if digest != commits_digest(commits, job.get("gold_set"), job.get("gold_panoptic")):
-        raise PublishError(f"refusing to publish {redact(output)}: its summary does not match its committed shards; run `segflow rerun {redact(output)}` first")
+        raise PublishError(
+            f"refusing to publish {redact(output)}: its summary does not match its committed "
+            f"shards; run `segflow rerun {redact(output)}` first"
+        )
     if version is not None and not _VERSION.match(version):
         raise PublishError(f"invalid version name {version!r}: letters, digits, '.', '_' and '-'")
 
@@ -138,12 +170,20 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
     for marker in sorted(existing):
         rec = json.loads(fs_dest.cat_file(marker))
         if rec.get("commits_digest") == digest and (version is None or rec["version"] == version):
-            return {"version": rec["version"], "url": redact(join(dest, rec["version"])), "created": False, "files": len(rec["files"])}
+            return {
+                "version": rec["version"],
+                "url": redact(join(dest, rec["version"])),
+                "created": False,
+                "files": len(rec["files"]),
+            }
     version = version or f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{(digest or '0' * 8)[:8]}"
     target = join(dest, version)
     _, marker_path = open_fs(join(target, "_PUBLISHED.json"))
     if fs_dest.exists(marker_path):
-        raise PublishError(f"version {version!r} already exists at {redact(dest)} with other content; published versions are never overwritten")
+        raise PublishError(
+            f"version {version!r} already exists at {redact(dest)} with other content; "
+            f"published versions are never overwritten"
+        )
 
     checksums: dict[str, str] = {}
     for rel in _run_files(output):
@@ -159,8 +199,13 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
     sums = "".join(f"{h}  {rel}\n" for rel, h in sorted(checksums.items())).encode()
     _, p = open_fs(join(target, "SHA256SUMS"))
     write_bytes(fs_dest, p, sums)
-    record = {"version": version, "commits_digest": digest, "files": sorted(checksums), "source": redact(output),
-              "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    record = {
+        "version": version,
+        "commits_digest": digest,
+        "files": sorted(checksums),
+        "source": redact(output),
+        "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     if not create_exclusive(fs_dest, marker_path, json.dumps(record, indent=1).encode()):
         raise PublishError(f"version {version!r} was published concurrently by someone else")
     _, latest = open_fs(join(dest, "LATEST"))

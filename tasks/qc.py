@@ -33,18 +33,29 @@ with no mask; ``label_count_outlier`` -- more masks than the shard's median +
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from tasks import rle
-from tasks.record import Detections
+from segflow.tasks import rle
+from segflow.tasks.record import Detections
 
 __all__ = ["QcChecker", "RULES", "VERDICTS", "check_masks", "count_outliers", "box_iou_xyxy"]
 
 VERDICTS = ("pass", "flag", "reject")
-RULES = ("predicted_iou", "stability", "min_area", "max_area", "mask_box_iou", "components", "duplicate", "class_conflict", "panoptic_agreement")
+RULES = (
+    "predicted_iou",
+    "stability",
+    "min_area",
+    "max_area",
+    "mask_box_iou",
+    "components",
+    "duplicate",
+    "class_conflict",
+    "panoptic_agreement",
+)
 _RANK = {"pass": 0, "flag": 1, "reject": 2}
 
 
@@ -167,7 +178,9 @@ class QcChecker:
     def __init__(self, stage: Any, weights_path: str | None = None, ontology: dict[int, str] | None = None):
         self.stage = stage
 
-    def check(self, images: Sequence[np.ndarray], records: Sequence[Detections], panoptic: Sequence[Detections] | None = None) -> list[Detections]:
+    def check(
+        self, images: Sequence[np.ndarray], records: Sequence[Detections], panoptic: Sequence[Detections] | None = None
+    ) -> list[Detections]:
         out = []
         for i, dets in enumerate(records):
             verdicts, reasons = check_masks(dets, self.stage, None if panoptic is None else panoptic[i])

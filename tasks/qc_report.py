@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tasks import rle
-from tasks.images import decode_image
-from tasks.storage import join, open_fs, write_bytes
+from segflow.tasks import rle
+from segflow.tasks.images import decode_image
+from segflow.tasks.storage import join, open_fs, write_bytes
 
 __all__ = ["QcAccumulator", "write_qc_report", "contact_sheet"]
 
@@ -38,15 +38,30 @@ class QcAccumulator:
 
     def __init__(self, samples_per_verdict: int, seed: int = 0):
         self.rows: Counter = Counter()
-        self.scores: dict[str, dict[str, list[float]]] = {v: {"score": [], "predicted_iou": [], "stability_score": []} for v in SHEETS}
+        self.scores: dict[str, dict[str, list[float]]] = {
+            v: {"score": [], "predicted_iou": [], "stability_score": []} for v in SHEETS
+        }
         self.samples_per_verdict = samples_per_verdict
         self.candidates: dict[str, list[tuple[float, dict]]] = {v: [] for v in SHEETS}
         self.image_flags: Counter = Counter()
         self.rng = np.random.default_rng(seed)
 
     def add(self, shard_id: str, masks: pa.Table, images: pa.Table) -> None:
-        cols = ["annotation_id", "image_id", "image_uri", "width", "height", "category_name", "score", "predicted_iou",
-                "stability_score", "rle_counts", "qc_verdict", "qc_reasons", "prompt_box"]
+        cols = [
+            "annotation_id",
+            "image_id",
+            "image_uri",
+            "width",
+            "height",
+            "category_name",
+            "score",
+            "predicted_iou",
+            "stability_score",
+            "rle_counts",
+            "qc_verdict",
+            "qc_reasons",
+            "prompt_box",
+        ]
         for r in masks.select(cols).to_pylist():
             v = r["qc_verdict"]
             if v is None:
@@ -62,7 +77,7 @@ class QcAccumulator:
             cand.append((key, r))
             if len(cand) > 4 * max(self.samples_per_verdict, 1):
                 cand.sort(key=lambda t: t[0])
-                del cand[self.samples_per_verdict:]
+                del cand[self.samples_per_verdict :]
         for flags in images["qc_flags"].to_pylist():
             for f in flags or []:
                 self.image_flags[f] += 1
@@ -73,10 +88,15 @@ class QcAccumulator:
 
     def summary_table(self) -> pa.Table:
         keys = sorted(self.rows)
-        return pa.table({
-            "shard_id": [k[0] for k in keys], "category_name": [k[1] for k in keys], "qc_verdict": [k[2] for k in keys],
-            "rule": [k[3] for k in keys], "count": pa.array([self.rows[k] for k in keys], pa.int64()),
-        })
+        return pa.table(
+            {
+                "shard_id": [k[0] for k in keys],
+                "category_name": [k[1] for k in keys],
+                "qc_verdict": [k[2] for k in keys],
+                "rule": [k[3] for k in keys],
+                "count": pa.array([self.rows[k] for k in keys], pa.int64()),
+            }
+        )
 
     def verdict_counts(self) -> dict[str, int]:
         """Masks per verdict (a mask with several rules is in ``rows`` once per rule, here once)."""
@@ -95,7 +115,18 @@ class QcAccumulator:
             for k, vals in self.scores[v].items():
                 if vals:
                     q = np.quantile(np.asarray(vals, np.float64), [0.05, 0.25, 0.5, 0.75, 0.95])
-                    rows.append({"qc_verdict": v, "metric": k, "count": len(vals), "p05": q[0], "p25": q[1], "p50": q[2], "p75": q[3], "p95": q[4]})
+                    rows.append(
+                        {
+                            "qc_verdict": v,
+                            "metric": k,
+                            "count": len(vals),
+                            "p05": q[0],
+                            "p25": q[1],
+                            "p50": q[2],
+                            "p75": q[3],
+                            "p95": q[4],
+                        }
+                    )
         return pa.Table.from_pylist(rows) if rows else pa.table({"qc_verdict": pa.array([], pa.string())})
 
 
@@ -123,7 +154,9 @@ def contact_sheet(samples: list[dict], verdict: str, tile: int = 200, columns: i
         h, w = r["height"], r["width"]
         m = rle.decode(r["rle_counts"], h, w)
         ys, xs = np.nonzero(m)
-        bx0, by0, bx1, by1 = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, w, h)
+        bx0, by0, bx1, by1 = (
+            (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, w, h)
+        )
         pad = int(0.25 * max(bx1 - bx0, by1 - by0)) + 4
         cx0, cy0, cx1, cy1 = max(0, bx0 - pad), max(0, by0 - pad), min(w, bx1 + pad), min(h, by1 + pad)
         crop = pixels[cy0:cy1, cx0:cx1].astype(np.float32)
@@ -135,7 +168,10 @@ def contact_sheet(samples: list[dict], verdict: str, tile: int = 200, columns: i
         d = ImageDraw.Draw(img)
         if r.get("prompt_box"):
             px0, py0, px1, py1 = r["prompt_box"]
-            d.rectangle([(px0 - cx0) * scale, (py0 - cy0) * scale, (px1 - cx0) * scale, (py1 - cy0) * scale], outline=(255, 255, 255))
+            d.rectangle(
+                [(px0 - cx0) * scale, (py0 - cy0) * scale, (px1 - cx0) * scale, (py1 - cy0) * scale],
+                outline=(255, 255, 255),
+            )
         sheet.paste(img, (x0, y0))
         piou = "-" if r["predicted_iou"] is None else f"{r['predicted_iou']:.2f}"
         draw.text((x0 + 3, y0 + tile + 2), f"{r['category_name']} s{r['score']:.2f} iou{piou}", fill=(235, 235, 235))
@@ -174,27 +210,48 @@ def write_qc_report(output: str, acc: QcAccumulator, job_name: str) -> dict[str,
 
     md = [f"# QC report: {job_name}", "", "| verdict | masks |", "|---|---:|"]
     md += [f"| {v} | {verdicts[v]} |" for v in SHEETS]
-    md += ["", "## Rules that fired", "", "| rule | masks |", "|---|---:|"] + [f"| {k} | {n} |" for k, n in rules.items()]
+    md += ["", "## Rules that fired", "", "| rule | masks |", "|---|---:|"] + [
+        f"| {k} | {n} |" for k, n in rules.items()
+    ]
     md += ["", "## By class and rule", "", "| class | verdict | rule | masks |", "|---|---|---|---:|"]
     agg: Counter = Counter()
     for r in summary.to_pylist():
         agg[(r["category_name"], r["qc_verdict"], r["rule"])] += r["count"]
     md += [f"| {c} | {v} | {rule} | {n} |" for (c, v, rule), n in sorted(agg.items())]
-    md += ["", "## Image flags", "", "| flag | images |", "|---|---:|"] + [f"| {k} | {n} |" for k, n in sorted(acc.image_flags.items())]
-    md += ["", "## Score distributions", "", "| verdict | metric | n | p05 | p50 | p95 |", "|---|---|---:|---:|---:|---:|"]
-    md += [f"| {r['qc_verdict']} | {r['metric']} | {r['count']} | {r['p05']:.3f} | {r['p50']:.3f} | {r['p95']:.3f} |" for r in scores.to_pylist()]
+    md += ["", "## Image flags", "", "| flag | images |", "|---|---:|"] + [
+        f"| {k} | {n} |" for k, n in sorted(acc.image_flags.items())
+    ]
+    md += [
+        "",
+        "## Score distributions",
+        "",
+        "| verdict | metric | n | p05 | p50 | p95 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    md += [
+        f"| {r['qc_verdict']} | {r['metric']} | {r['count']} | {r['p05']:.3f} | {r['p50']:.3f} | {r['p95']:.3f} |"
+        for r in scores.to_pylist()
+    ]
     md += ["", "## Review sheets", ""] + [f"- {SHEETS[v]}: ![{SHEETS[v]}]({p})" for v, p in sheets.items()]
     markdown = "\n".join(md) + "\n"
     put("report.md", markdown.encode())
     put("report.html", _html(markdown).encode())
-    return {"verdicts": verdicts, "rules": rules, "image_flags": dict(acc.image_flags), "report": join(root, "report.md")}
+    return {
+        "verdicts": verdicts,
+        "rules": rules,
+        "image_flags": dict(acc.image_flags),
+        "report": join(root, "report.md"),
+    }
 
 
 def _html(markdown: str) -> str:
     """A small Markdown-to-HTML rendering of the report (headings, tables, lists, images)."""
     import re
 
-    out, in_table = ["<!doctype html><meta charset='utf-8'><title>segflow QC report</title><body style='font-family:sans-serif'>"], False
+    out, in_table = (
+        ["<!doctype html><meta charset='utf-8'><title>segflow QC report</title><body style='font-family:sans-serif'>"],
+        False,
+    )
     for line in markdown.splitlines():
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip("|").split("|")]
@@ -214,7 +271,10 @@ def _html(markdown: str) -> str:
         elif line.startswith("- "):
             m = re.match(r"- (.*?): !\[(.*?)\]\((.*?)\)", line)
             if m:
-                out.append(f"<p>{html.escape(m.group(1))}<br><a href='{html.escape(m.group(3))}'><img src='{html.escape(m.group(3))}' style='max-width:100%'></a></p>")
+                out.append(
+                    f"<p>{html.escape(m.group(1))}<br><a href='{html.escape(m.group(3))}'><img "
+                    f"src='{html.escape(m.group(3))}' style='max-width:100%'></a></p>"
+                )
             else:
                 out.append(f"<li>{html.escape(line[2:])}</li>")
         elif line.strip():

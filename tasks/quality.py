@@ -22,15 +22,16 @@ import contextlib
 import io
 import json
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import PurePosixPath
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tasks.storage import open_fs, read_bytes, redact
+from segflow.tasks.storage import open_fs, read_bytes, redact
 
 __all__ = ["GoldSetError", "load_gold", "evaluate", "format_quality", "load_quality"]
 
@@ -97,7 +98,13 @@ def _run_eval(gt: COCO, results: list[dict], iou_type: str) -> tuple[COCOeval | 
     return ev, [max(0.0, float(s)) for s in ev.stats]
 
 
-def evaluate(gold: dict, ontology: dict[int, str], file_names: dict[str, int], predictions: Iterable[dict], sizes: dict[int, tuple[int, int]]) -> dict[str, Any]:
+def evaluate(
+    gold: dict,
+    ontology: dict[int, str],
+    file_names: dict[str, int],
+    predictions: Iterable[dict],
+    sizes: dict[int, tuple[int, int]],
+) -> dict[str, Any]:
     """Evaluate predictions (manifest rows as dicts) against a gold set.
 
     Arguments:
@@ -117,7 +124,9 @@ def evaluate(gold: dict, ontology: dict[int, str], file_names: dict[str, int], p
 
     gt_images = [
         {"id": g, "file_name": img["file_name"], "height": img["height"], "width": img["width"]}
-        for img in gold["images"] for g in [img["id"]] if g in matched
+        for img in gold["images"]
+        for g in [img["id"]]
+        if g in matched
     ]
     gt_anns = []
     for a in gold["annotations"]:
@@ -142,7 +151,9 @@ def evaluate(gold: dict, ontology: dict[int, str], file_names: dict[str, int], p
         h, w = sizes[p["image_id"]]
         rle = {"size": [h, w], "counts": p["rle_counts"]}
         score = float(p["score"]) if p.get("score") is not None else 1.0
-        box_res.append({"image_id": g, "category_id": int(p["category_id"]), "bbox": list(map(float, p["bbox"])), "score": score})
+        box_res.append(
+            {"image_id": g, "category_id": int(p["category_id"]), "bbox": list(map(float, p["bbox"])), "score": score}
+        )
         seg_res.append({"image_id": g, "category_id": int(p["category_id"]), "segmentation": rle, "score": score})
         pred_by_img_cat[(g, int(p["category_id"]))].append(rle)
 
@@ -168,18 +179,26 @@ def evaluate(gold: dict, ontology: dict[int, str], file_names: dict[str, int], p
     per_class = []
     for cid, name in sorted(ontology.items()):
         n_gold = len(ious_by_cat.get(cid, []))
-        per_class.append({
-            "category_id": cid, "name": name, "gold_instances": n_gold, "predictions": n_pred_cat.get(cid, 0),
-            "box_ap50": _r(box_cls.get(cid, (None, None))[1]), "mask_ap50": _r(seg_cls.get(cid, (None, None))[1]),
-            "mask_ap": _r(seg_cls.get(cid, (None, None))[0]),
-            "mean_mask_iou": _r(float(np.mean(ious_by_cat[cid]))) if n_gold else None,
-        })
+        per_class.append(
+            {
+                "category_id": cid,
+                "name": name,
+                "gold_instances": n_gold,
+                "predictions": n_pred_cat.get(cid, 0),
+                "box_ap50": _r(box_cls.get(cid, (None, None))[1]),
+                "mask_ap50": _r(seg_cls.get(cid, (None, None))[1]),
+                "mask_ap": _r(seg_cls.get(cid, (None, None))[0]),
+                "mean_mask_iou": _r(float(np.mean(ious_by_cat[cid]))) if n_gold else None,
+            }
+        )
     return {
         "images": len(matched),
         "gold_instances": len(gt_anns),
         "predictions": len(box_res),
-        "box_ap": _r(box_stats[0]), "box_ap50": _r(box_stats[1]),
-        "mask_ap": _r(seg_stats[0]), "mask_ap50": _r(seg_stats[1]),
+        "box_ap": _r(box_stats[0]),
+        "box_ap50": _r(box_stats[1]),
+        "mask_ap": _r(seg_stats[0]),
+        "mask_ap50": _r(seg_stats[1]),
         "mean_mask_iou": _r(float(np.mean(all_ious))) if all_ious else 0.0,
         "per_class": per_class,
         "gold_categories_not_in_ontology": unknown,
@@ -188,7 +207,7 @@ def evaluate(gold: dict, ontology: dict[int, str], file_names: dict[str, int], p
 
 def load_quality(output: str) -> dict:
     """``OUTPUT/quality.json`` of a finished run."""
-    from tasks.storage import join
+    from segflow.tasks.storage import join
 
     fs, path = open_fs(join(output, "quality.json"))
     return json.loads(read_bytes(fs, path))
@@ -206,24 +225,33 @@ def format_quality(q: dict) -> str:
     lines: list[str] = []
     if "box_ap50" in q:
         lines += [
-            f"quality vs gold set ({q['images']} images, {q['gold_instances']} gold instances, {q['predictions']} auto-labels):",
-            f"  box AP50 {q['box_ap50']:.3f}   mask AP50 {q['mask_ap50']:.3f}   mask AP {q['mask_ap']:.3f}   mean mask IoU {q['mean_mask_iou']:.3f}",
+            f"quality vs gold set ({q['images']} images, {q['gold_instances']} gold "
+            f"instances, {q['predictions']} auto-labels):",
+            f"  box AP50 {q['box_ap50']:.3f}   mask AP50 {q['mask_ap50']:.3f}   mask "
+            f"AP {q['mask_ap']:.3f}   mean mask IoU {q['mean_mask_iou']:.3f}",
             "",
             "  | class | gold | labels | box AP50 | mask AP50 | mask AP | mean IoU |",
             "  |---|---:|---:|---:|---:|---:|---:|",
         ]
         for c in q["per_class"]:
             if c["gold_instances"] or c["predictions"]:
-                lines.append(f"  | {c['name']} | {c['gold_instances']} | {c['predictions']} | {f(c['box_ap50'])} | {f(c['mask_ap50'])} | {f(c['mask_ap'])} | {f(c['mean_mask_iou'])} |")
+                lines.append(
+                    f"  | {c['name']} | {c['gold_instances']} | {c['predictions']} | {f(c['box_ap50'])} "
+                    f"| {f(c['mask_ap50'])} | {f(c['mask_ap'])} | {f(c['mean_mask_iou'])} |"
+                )
     if "panoptic" in q:
         p = q["panoptic"]
         lines += [
             ("\n" if lines else "") + f"panoptic quality vs gold set ({p['images']} images):",
-            f"  PQ {f(p['pq'])}   SQ {f(p['sq'])}   RQ {f(p['rq'])}   (things PQ {f(p['things']['pq'])}, stuff PQ {f(p['stuff']['pq'])})   mIoU {f(p['miou'])}",
+            f"  PQ {f(p['pq'])}   SQ {f(p['sq'])}   RQ {f(p['rq'])}   (things PQ {f(p['things']['pq'])}, "
+            f"stuff PQ {f(p['stuff']['pq'])})   mIoU {f(p['miou'])}",
             "",
             "  | class | PQ | SQ | RQ | TP | FP | FN | IoU |",
             "  |---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for name, c in p["per_class"].items():
-            lines.append(f"  | {name} | {f(c['pq'])} | {f(c['sq'])} | {f(c['rq'])} | {c['tp']} | {c['fp']} | {c['fn']} | {f(p['per_class_iou'].get(name))} |")
+            lines.append(
+                f"  | {name} | {f(c['pq'])} | {f(c['sq'])} | {f(c['rq'])} | {c['tp']} | "
+                f"{c['fp']} | {c['fn']} | {f(p['per_class_iou'].get(name))} |"
+            )
     return "\n".join(lines)

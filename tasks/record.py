@@ -12,7 +12,7 @@ Arrays (N = number of objects):
 ``class_ids``   N           int64, ontology category ids
 ``scores``      N           float32, detector confidence in [0, 1]
 ``rle_counts``  N           object: compressed COCO RLE strings (see
-                            :mod:`tasks.rle`), or ``None`` before a mask stage
+                            :mod:`segflow.tasks.rle`), or ``None`` before a mask stage
 ``fields``      N each      extra per-row arrays by name (``predicted_iou``, ...)
 ==============  ==========  =====================================================
 
@@ -23,12 +23,13 @@ Masks stay RLE: dense masks exist only transiently inside a stage.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from tasks import rle
+from segflow.tasks import rle
 
 __all__ = ["Detections"]
 
@@ -53,7 +54,11 @@ class Detections:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4) if np.size(self.boxes) == 0 else np.asarray(self.boxes, dtype=np.float32)
+        boxes = (
+            np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+            if np.size(self.boxes) == 0
+            else np.asarray(self.boxes, dtype=np.float32)
+        )
         object.__setattr__(self, "boxes", boxes)
         object.__setattr__(self, "class_ids", np.asarray(self.class_ids, dtype=np.int64))
         object.__setattr__(self, "scores", np.asarray(self.scores, dtype=np.float32))
@@ -63,7 +68,9 @@ class Detections:
         _check("class_ids", self.class_ids, (n,))
         _check("scores", self.scores, (n,))
         if self.rle_counts is not None:
-            counts = np.empty(n, dtype=object) if len(self.rle_counts) == 0 else np.asarray(self.rle_counts, dtype=object)
+            counts = (
+                np.empty(n, dtype=object) if len(self.rle_counts) == 0 else np.asarray(self.rle_counts, dtype=object)
+            )
             _check("rle_counts", counts, (n,))
             object.__setattr__(self, "rle_counts", counts)
         fields = {k: np.asarray(v) for k, v in self.fields.items()}
@@ -74,7 +81,7 @@ class Detections:
 
     # -- construction -------------------------------------------------------------------
     @classmethod
-    def empty(cls, image_size: tuple[int, int], with_masks: bool = False) -> "Detections":
+    def empty(cls, image_size: tuple[int, int], with_masks: bool = False) -> Detections:
         return cls(
             image_size=image_size,
             boxes=np.zeros((0, 4), np.float32),
@@ -83,7 +90,7 @@ class Detections:
             rle_counts=np.empty(0, dtype=object) if with_masks else None,
         )
 
-    def with_masks(self, rle_counts: list[str] | np.ndarray, **fields: np.ndarray) -> "Detections":
+    def with_masks(self, rle_counts: list[str] | np.ndarray, **fields: np.ndarray) -> Detections:
         """A copy with masks (one RLE string per row) and extra per-row fields added."""
         return Detections(
             image_size=self.image_size,
@@ -95,18 +102,23 @@ class Detections:
             meta=self.meta,
         )
 
-    def with_fields(self, meta: Mapping[str, Any] | None = None, **fields: np.ndarray) -> "Detections":
+    def with_fields(self, meta: Mapping[str, Any] | None = None, **fields: np.ndarray) -> Detections:
         """A copy with extra per-row fields (and per-image ``meta`` entries) added."""
         return Detections(
-            image_size=self.image_size, boxes=self.boxes, class_ids=self.class_ids, scores=self.scores,
-            rle_counts=self.rle_counts, fields={**self.fields, **fields}, meta={**self.meta, **(meta or {})},
+            image_size=self.image_size,
+            boxes=self.boxes,
+            class_ids=self.class_ids,
+            scores=self.scores,
+            rle_counts=self.rle_counts,
+            fields={**self.fields, **fields},
+            meta={**self.meta, **(meta or {})},
         )
 
     # -- container protocol ------------------------------------------------------------
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
 
-    def __getitem__(self, index: Any) -> "Detections":
+    def __getitem__(self, index: Any) -> Detections:
         """Vectorised selection: a boolean mask, an index array or a slice, applied to every array."""
         if isinstance(index, (int, np.integer)):
             index = [int(index)]

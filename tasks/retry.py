@@ -14,21 +14,55 @@ from __future__ import annotations
 import errno
 import random
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 __all__ = ["is_transient", "retry_call", "RetryPolicy"]
 
 T = TypeVar("T")
 
 _TRANSIENT_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed", "InternalError",
-    "ServiceUnavailable", "503", "500", "502", "504", "RequestLimitExceeded", "TooManyRequests",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "503",
+    "500",
+    "502",
+    "504",
+    "RequestLimitExceeded",
+    "TooManyRequests",
 }
-_TRANSIENT_ERRNOS = {errno.EBUSY, errno.EAGAIN, errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.ETIMEDOUT, errno.EPIPE, errno.ENETUNREACH, errno.EHOSTUNREACH}
+_TRANSIENT_ERRNOS = {
+    errno.EBUSY,
+    errno.EAGAIN,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.ETIMEDOUT,
+    errno.EPIPE,
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
+}
 _TRANSIENT_NAMES = {
-    "ConnectionError", "ConnectionResetError", "ConnectionRefusedError", "ConnectionAbortedError", "TimeoutError",
-    "ServerDisconnectedError", "ClientConnectionError", "ClientOSError", "ClientPayloadError", "ServerTimeoutError",
-    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ResponseStreamingError", "IncompleteRead",
+    "ConnectionError",
+    "ConnectionResetError",
+    "ConnectionRefusedError",
+    "ConnectionAbortedError",
+    "TimeoutError",
+    "ServerDisconnectedError",
+    "ClientConnectionError",
+    "ClientOSError",
+    "ClientPayloadError",
+    "ServerTimeoutError",
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ResponseStreamingError",
+    "IncompleteRead",
 }
 
 
@@ -58,7 +92,10 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
             return True
         text = str(e)
-        if any(s in text for s in ("SlowDown", "Please reduce your request rate", "503 Service Unavailable", "Connection reset")):
+        if any(
+            s in text
+            for s in ("SlowDown", "Please reduce your request rate", "503 Service Unavailable", "Connection reset")
+        ):
             return True
     return False
 
@@ -74,7 +111,9 @@ class RetryPolicy:
             yield random.uniform(0, min(self.cap, self.base * (2**k)))
 
 
-def retry_call(fn: Callable[[], T], policy: RetryPolicy | None = None, on_retry: Callable[[int, BaseException], None] | None = None) -> T:
+def retry_call(
+    fn: Callable[[], T], policy: RetryPolicy | None = None, on_retry: Callable[[int, BaseException], None] | None = None
+) -> T:
     """Call ``fn``; retry transient failures per ``policy``; raise permanent ones at once."""
     policy = policy or RetryPolicy()
     delays = policy.delays()

@@ -28,7 +28,7 @@ Functions here are small and pure; names say the layout they take.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -62,7 +62,11 @@ def encode_nwh(masks_nwh: np.ndarray) -> list[str]:
         raise ValueError(f"masks must be N x W x H, got shape {masks_nwh.shape}")
     if masks_nwh.shape[0] == 0:
         return []
-    arr = np.ascontiguousarray(masks_nwh).view(np.uint8) if masks_nwh.dtype == np.bool_ else np.ascontiguousarray(masks_nwh, dtype=np.uint8)
+    arr = (
+        np.ascontiguousarray(masks_nwh).view(np.uint8)
+        if masks_nwh.dtype == np.bool_
+        else np.ascontiguousarray(masks_nwh, dtype=np.uint8)
+    )
     fortran_hwn = arr.transpose(2, 1, 0)  # H x W x N, Fortran-ordered view, no copy
     return [r["counts"].decode("ascii") for r in mask_utils.encode(fortran_hwn)]
 

@@ -6,8 +6,8 @@
    holds only a few decoded images at a time.
 3. For each chunk of decoded images, run the stages in dependency order; all
    stages share the decoded pixels and the process-wide loaded models.
-4. Turn the sink stages' :class:`~tasks.record.Detections` into manifest rows.
-5. Write the shard's Parquet files and commit them (:mod:`tasks.commit`).
+4. Turn the sink stages' :class:`~segflow.tasks.record.Detections` into manifest rows.
+5. Write the shard's Parquet files and commit them (:mod:`segflow.tasks.commit`).
 
 A file that cannot be read or decoded becomes an ``images`` row with
 ``status="failed"`` and its reason; the other images go on.
@@ -21,22 +21,23 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator
+from typing import Any
 
-from tasks import progress
-from tasks.allocator import keep_freed_memory
-from tasks.commit import ShardConflict, commit_shard, read_commit, record_failure
-from tasks.images import DecodedImage, ImageLoadError, decode_image
-from tasks.manifest import ShardTables
-from tasks.models.cache import get_model
-from tasks.models.registry import ADAPTERS
-from tasks.panoptic_export import render_shard
-from tasks.plan import read_shard_rows
-from tasks.retry import RetryPolicy, is_transient, retry_call
-from tasks.record import Detections
-from tasks.storage import open_fs, redact
+from segflow.tasks import progress
+from segflow.tasks.allocator import keep_freed_memory
+from segflow.tasks.commit import ShardConflict, commit_shard, read_commit, record_failure
+from segflow.tasks.images import DecodedImage, ImageLoadError, decode_image
+from segflow.tasks.manifest import ShardTables
+from segflow.tasks.models.cache import get_model
+from segflow.tasks.models.registry import ADAPTERS
+from segflow.tasks.panoptic_export import render_shard
+from segflow.tasks.plan import read_shard_rows
+from segflow.tasks.record import Detections
+from segflow.tasks.retry import RetryPolicy, is_transient, retry_call
+from segflow.tasks.storage import open_fs, redact
 
 __all__ = ["ShardFailed", "ShardResult", "run_shard", "job_fingerprint"]
 
@@ -114,7 +115,9 @@ def _decoded_stream(rows: list[dict], job: Any) -> Iterator[tuple[dict, DecodedI
             result = fut.result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(_read_and_decode, nxt, job.source.storage_options, job.source.max_pixels)))
+                pending.append(
+                    (nxt, pool.submit(_read_and_decode, nxt, job.source.storage_options, job.source.max_pixels))
+                )
             yield row, result
 
 
@@ -135,7 +138,7 @@ def run_stages(job: Any, images: list[Any], models: dict[str, Any]) -> dict[str,
         st = job.stages[name]
         adapter = models[name].adapter
         role = ADAPTERS[st.kind].role
-        needs = lambda *roles: [d for d in st.needs if job.role(d) in roles]  # noqa: E731
+        needs = lambda *roles, st=st: [d for d in st.needs if job.role(d) in roles]  # noqa: E731
         if role == "detector":
             results[name] = adapter.detect(images)
         elif role == "segmenter":
@@ -152,7 +155,9 @@ def run_stages(job: Any, images: list[Any], models: dict[str, Any]) -> dict[str,
         elif role == "merge":
             (pan,) = needs("panoptic")
             inst = needs("segmenter", "qc", "instances")
-            results[name] = adapter.merge(images, results[inst[0]] if inst else None, results[pan], inst[0] if inst else None, pan)
+            results[name] = adapter.merge(
+                images, results[inst[0]] if inst else None, results[pan], inst[0] if inst else None, pan
+            )
         else:  # pragma: no cover - the registry and config validation keep roles closed
             raise ValueError(f"stage {name}: unknown role {role!r}")
     return results
@@ -172,7 +177,9 @@ def run_shard(job: Any, shard_id: str) -> ShardResult:
                 )
             s = existing["stats"]
             progress.advance(images=s["images"], masks=s["masks"], failed=s["failed"], shards=1)
-            return ShardResult(shard_id, s["images"], s["ok"], s["failed"], s["masks"], time.perf_counter() - t0, skipped=True)
+            return ShardResult(
+                shard_id, s["images"], s["ok"], s["failed"], s["masks"], time.perf_counter() - t0, skipped=True
+            )
         return _label_and_commit(job, shard_id, fingerprint, t0)
     except Exception as e:
         try:
@@ -189,7 +196,9 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
     ontology = job.category_names()
     isthing = {c.id: c.isthing for c in job.ontology}
     load_stats: dict[str, int] = {}
-    if job.runtime.malloc_tuning:  # once per worker process: large tensors reuse freed memory instead of faulting in new pages
+    if (
+        job.runtime.malloc_tuning
+    ):  # once per worker process: large tensors reuse freed memory instead of faulting in new pages
         keep_freed_memory()
     prompts = {c.id: c.text_prompts() for c in job.ontology}
     models = {name: get_model(job.stages[name], ontology, isthing, load_stats, prompts) for name in job.stage_order()}
@@ -210,7 +219,9 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
         for i, (row, img) in enumerate(chunk):
             outputs = [(*provenance[s], results[s][i]) for s in sinks]
             pan = (pan_sink, identities, results[pan_sink][i]) if pan_sink else None
-            k = tables.add_image(row["image_id"], row["uri"], row["key"], (img.height, img.width), img.exif_orientation, outputs, pan)
+            k = tables.add_image(
+                row["image_id"], row["uri"], row["key"], (img.height, img.width), img.exif_orientation, outputs, pan
+            )
             n_masks += k
             progress.advance(images=1, masks=k)
         chunk.clear()
@@ -234,7 +245,8 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
     if rows and n_failed / len(rows) > limit:
         errors = [e for e in tables.images["error"] if e][:3]
         raise ShardFailed(
-            f"{shard_id}: {n_failed} of {len(rows)} images failed ({n_failed / len(rows):.0%} > runtime.max_failed_fraction {limit:.0%}); "
+            f"{shard_id}: {n_failed} of {len(rows)} images failed ({n_failed / len(rows):.0%} "
+            f"> runtime.max_failed_fraction {limit:.0%}); "
             f"first errors: {'; '.join(errors)}"
         )
     masks, images = tables.tables()
@@ -248,8 +260,19 @@ def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> S
         try:  # finalize renders whatever is missing, so a failure here loses nothing
             render_shard(job.output, shard_id, commit["attempt"], images, files["panoptic"])
         except Exception as e:  # noqa: BLE001
-            log.warning("%s: panoptic PNGs not rendered now (%s: %s); finalize will render them", shard_id, type(e).__name__, e)
+            log.warning(
+                "%s: panoptic PNGs not rendered now (%s: %s); finalize will render them", shard_id, type(e).__name__, e
+            )
     progress.advance(shards=1)
     s = commit["stats"]
-    return ShardResult(shard_id, s["images"], s["ok"], s["failed"], s["masks"], time.perf_counter() - t0, skipped=not won,
-                       worker_pid=os.getpid(), model_loads=load_stats.get("loads", 0))
+    return ShardResult(
+        shard_id,
+        s["images"],
+        s["ok"],
+        s["failed"],
+        s["masks"],
+        time.perf_counter() - t0,
+        skipped=not won,
+        worker_pid=os.getpid(),
+        model_loads=load_stats.get("loads", 0),
+    )

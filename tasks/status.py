@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tasks.plan import load_plan
-from tasks.storage import join, open_fs
+from segflow.tasks.plan import load_plan
+from segflow.tasks.storage import join, open_fs
 
 __all__ = ["shard_states", "summarize_states"]
 
@@ -32,7 +32,15 @@ def shard_states(output: str) -> list[dict[str, Any]]:
         commit_path, error_path = f"{root}/{sid}/_COMMIT.json", f"{root}/_errors/{sid}.json"
         if commit_path in records:
             c = json.loads(records[commit_path])
-            out.append({"shard_id": sid, "state": "committed", **c["stats"], "attempt": c["attempt"], "committed_at": c["committed_at"]})
+            out.append(
+                {
+                    "shard_id": sid,
+                    "state": "committed",
+                    **c["stats"],
+                    "attempt": c["attempt"],
+                    "committed_at": c["committed_at"],
+                }
+            )
         elif error_path in records:
             e = json.loads(records[error_path])
             out.append({"shard_id": sid, "state": "failed", "error": e["error"], "at": e["at"]})

@@ -75,7 +75,11 @@ def load_credentials_block(name: str) -> dict[str, Any]:
     missing = [k for k in ("aws_access_key_id", "aws_secret_access_key") if not data.get(k)]
     if missing:
         raise ValueError(f"credentials_block {name!r}: the secret lacks {', '.join(missing)}")
-    out = {"key": data["aws_access_key_id"], "secret": data["aws_secret_access_key"], "token": data.get("aws_session_token")}
+    out = {
+        "key": data["aws_access_key_id"],
+        "secret": data["aws_secret_access_key"],
+        "token": data.get("aws_session_token"),
+    }
     if data.get("endpoint_url"):
         out["endpoint_url"] = data["endpoint_url"]
     return out
@@ -198,7 +202,9 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> b
 
 
 _CRED_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-_CRED_IN_QUERY = re.compile(r"(?i)([?&](?:x-amz-credential|x-amz-signature|x-amz-security-token|signature|sig|token|key)=)[^&\s]+")
+_CRED_IN_QUERY = re.compile(
+    r"(?i)([?&](?:x-amz-credential|x-amz-signature|x-amz-security-token|signature|sig|token|key)=)[^&\s]+"
+)
 
 
 def redact(url: str) -> str:

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tasks.storage import open_fs, redact
+from segflow.tasks.storage import open_fs, redact
 
 __all__ = [
     "WeightsError",
@@ -144,7 +144,8 @@ def resolve_model_dir(weights: str, sha256: str | None = None) -> str:
             local = snapshot_download(repo_id, local_files_only=True)
         except Exception as e:  # noqa: BLE001 - any lookup failure means "not cached"
             raise WeightsError(
-                f"{weights}: not in the local Hugging Face cache ({type(e).__name__}); segflow never downloads at run time: "
+                f"{weights}: not in the local Hugging Face cache ({type(e).__name__}); segflow "
+                f"never downloads at run time: "
                 f"fetch it first, e.g. `huggingface-cli download {repo_id}` (or bake it into the worker image)"
             ) from None
     else:
@@ -172,7 +173,8 @@ def load_checkpoint(path: str) -> Any:
     except pickle.UnpicklingError as e:
         raise WeightsError(
             f"{path}: refusing to load: the file holds pickled Python objects, not plain tensors "
-            f"(weights_only=True). Convert it once with `segflow convert-weights` if you trust it. ({str(e).splitlines()[0]})"
+            f"(weights_only=True). Convert it once with `segflow convert-weights` if "
+            f"you trust it. ({str(e).splitlines()[0]})"
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise WeightsError(f"{path}: not a readable torch checkpoint: {type(e).__name__}: {e}") from None

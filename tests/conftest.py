@@ -16,7 +16,7 @@ import yaml
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from tasks.synthetic import SHAPE_CLASSES, write_scene_set  # noqa: E402
+from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -27,19 +27,30 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from tasks.models.tiny import make_tiny_mask2former, make_tiny_grounding_dino, make_tiny_maskrcnn, make_tiny_owl, make_tiny_sam, make_tiny_yolo
+    from tests.support.tiny import (
+        make_tiny_grounding_dino,
+        make_tiny_mask2former,
+        make_tiny_maskrcnn,
+        make_tiny_owl,
+        make_tiny_sam,
+        make_tiny_yolo,
+    )
 
     d = tmp_path_factory.mktemp("models")
     return {
         "yolo": make_tiny_yolo(d / "yolo-tiny.pt", SHAPE_CLASSES, seed=0),
         "sam": make_tiny_sam(d / "sam-tiny.pt", seed=0),
         # labels: the shapes plus one the test ontologies lack (mapping must drop it)
-        "mask2former": make_tiny_mask2former(d / "m2f-tiny.pt", [*SHAPE_CLASSES, "sky"], seed=0, pretrained_dir=d / "m2f-tiny"),
+        "mask2former": make_tiny_mask2former(
+            d / "m2f-tiny.pt", [*SHAPE_CLASSES, "sky"], seed=0, pretrained_dir=d / "m2f-tiny"
+        ),
         "mask2former_dir": d / "m2f-tiny",
         "maskrcnn": make_tiny_maskrcnn(d / "maskrcnn-tiny.pt", SHAPE_CLASSES, seed=0),
         "owlv2": make_tiny_owl(d / "owlv2-tiny", "owlv2"),
         "owlvit": make_tiny_owl(d / "owlvit-tiny", "owlvit"),
-        "grounding_dino": make_tiny_grounding_dino(d / "gdino-tiny", ["forklift", "fork", "lift", "truck", "pallet", *SHAPE_CLASSES]),
+        "grounding_dino": make_tiny_grounding_dino(
+            d / "gdino-tiny", ["forklift", "fork", "lift", "truck", "pallet", *SHAPE_CLASSES]
+        ),
     }
 
 
@@ -66,7 +77,15 @@ def job_dict(images: str, output: str, yolo: str, sam: str, **over) -> dict:
         "shard_size": 6,
         "ontology": [{"id": i + 1, "name": n} for i, n in enumerate(SHAPE_CLASSES)],
         "stages": {
-            "detector": {"kind": "yolo", "weights": str(yolo), "conf": 0.0, "imgsz": 160, "max_det": 4, "batch_size": 4, "device": "cpu"},
+            "detector": {
+                "kind": "yolo",
+                "weights": str(yolo),
+                "conf": 0.0,
+                "imgsz": 160,
+                "max_det": 4,
+                "batch_size": 4,
+                "device": "cpu",
+            },
             "masks": {"kind": "sam", "needs": ["detector"], "weights": str(sam), "batch_size": 2, "device": "cpu"},
         },
         "runtime": {"max_workers": 2},
@@ -113,13 +132,18 @@ def s3_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update({
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "segflow-test-key-id",
-        "AWS_SECRET_ACCESS_KEY": "segflow-test-secret-do-not-log",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    })
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "segflow-test-key-id",
+            "AWS_SECRET_ACCESS_KEY": "segflow-test-secret-do-not-log",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
     yield endpoint
     server.stop()
     for k, v in saved.items():
@@ -185,10 +209,15 @@ class FaultProxy:
                         self.close_connection = True
                         self.connection.shutdown(2)
                         return
-                    status, code, msg = {"slowdown": (503, "SlowDown", "Please reduce your request rate."),
-                                         "error500": (500, "InternalError", "We encountered an internal error."),
-                                         "denied": (403, "AccessDenied", "Access Denied")}[rule["kind"]]
-                    payload = f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code><Message>{msg}</Message></Error>'.encode()
+                    status, code, msg = {
+                        "slowdown": (503, "SlowDown", "Please reduce your request rate."),
+                        "error500": (500, "InternalError", "We encountered an internal error."),
+                        "denied": (403, "AccessDenied", "Access Denied"),
+                    }[rule["kind"]]
+                    payload = (
+                        '<?xml version="1.0" encoding="UTF-8"?>'
+                        f"<Error><Code>{code}</Code><Message>{msg}</Message></Error>"
+                    ).encode()
                     self.send_response(status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload) if self.command != "HEAD" else 0))
@@ -206,7 +235,9 @@ class FaultProxy:
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(k, v)
                 upstream_length = resp.getheader("Content-Length")
-                self.send_header("Content-Length", upstream_length if self.command == "HEAD" and upstream_length else str(len(data)))
+                self.send_header(
+                    "Content-Length", upstream_length if self.command == "HEAD" and upstream_length else str(len(data))
+                )
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

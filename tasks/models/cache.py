@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.models.registry import adapter_class
-from tasks.weights import HUB_PREFIX, is_builtin_yaml, resolve_model_dir, resolve_weights, sha256_file
+from segflow.tasks.models.registry import adapter_class
+from segflow.tasks.weights import HUB_PREFIX, is_builtin_yaml, resolve_model_dir, resolve_weights, sha256_file
 
 __all__ = ["LoadedModel", "get_model", "clear"]
 
@@ -39,14 +39,24 @@ def _identity(kind: str, weights: str, local: str | None) -> str:
     return f"{kind}:{os.path.basename(weights)}@sha256:{sha256_file(local)[:12]}"
 
 
-def get_model(stage: Any, ontology: dict[int, str], isthing: dict[int, bool] | None = None, stats: dict[str, int] | None = None,
-              prompts: dict[int, list[str]] | None = None) -> LoadedModel:
+def get_model(
+    stage: Any,
+    ontology: dict[int, str],
+    isthing: dict[int, bool] | None = None,
+    stats: dict[str, int] | None = None,
+    prompts: dict[int, list[str]] | None = None,
+) -> LoadedModel:
     """The loaded adapter of a stage (``isthing``: ontology id -> thing/stuff, for panoptic stages).
 
     ``stats["loads"]`` (when given) counts the models this call actually loaded (0 on a cache hit).
     """
-    key = (stage.kind, stage.model_dump_json(exclude={"needs"}), tuple(sorted(ontology.items())), tuple(sorted((isthing or {}).items())),
-           tuple(sorted((k, tuple(v)) for k, v in (prompts or {}).items())))
+    key = (
+        stage.kind,
+        stage.model_dump_json(exclude={"needs"}),
+        tuple(sorted(ontology.items())),
+        tuple(sorted((isthing or {}).items())),
+        tuple(sorted((k, tuple(v)) for k, v in (prompts or {}).items())),
+    )
     with _lock:
         entry = _entries.setdefault(key, _Entry())
     with entry.lock:
@@ -63,10 +73,23 @@ def get_model(stage: Any, ontology: dict[int, str], isthing: dict[int, bool] | N
             ident = None
             if stage.kind == "yolo" and is_builtin_yaml(stage.weights):
                 local, path = None, stage.weights
-            elif stage.kind in ("mask2former", "owlv2", "owlvit", "grounding_dino") and (stage.weights.startswith(HUB_PREFIX) or os.path.isdir(stage.weights)):
+            elif stage.kind in ("mask2former", "owlv2", "owlvit", "grounding_dino") and (
+                stage.weights.startswith(HUB_PREFIX) or os.path.isdir(stage.weights)
+            ):
                 path = resolve_model_dir(stage.weights, stage.sha256)
-                local = next((os.path.join(path, f) for f in ("model.safetensors", "pytorch_model.bin") if os.path.isfile(os.path.join(path, f))), None)
-                ident = f"{stage.kind}:{stage.weights.rstrip('/').rsplit('/', 1)[-1]}@sha256:{sha256_file(local)[:12]}" if local else None
+                local = next(
+                    (
+                        os.path.join(path, f)
+                        for f in ("model.safetensors", "pytorch_model.bin")
+                        if os.path.isfile(os.path.join(path, f))
+                    ),
+                    None,
+                )
+                ident = (
+                    f"{stage.kind}:{stage.weights.rstrip('/').rsplit('/', 1)[-1]}@sha256:{sha256_file(local)[:12]}"
+                    if local
+                    else None
+                )
             else:
                 local = path = resolve_weights(stage.weights, stage.sha256)
             cls = adapter_class(stage.kind)

@@ -20,14 +20,15 @@ Weights: a ``save_pretrained`` directory or ``hub:<org>/<name>`` from the local 
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from tasks.models.device import resolve_device
-from tasks.models.owl import prompt_table, select_detections
-from tasks.record import Detections
-from tasks.weights import WeightsError
+from segflow.tasks.models.device import resolve_device
+from segflow.tasks.models.owl import prompt_table, select_detections
+from segflow.tasks.record import Detections
+from segflow.tasks.weights import WeightsError
 
 __all__ = ["GroundingDinoDetector", "caption_spans", "query_classes"]
 
@@ -50,7 +51,9 @@ def caption_spans(tokenizer: Any, texts: list[str]) -> tuple[str, list[tuple[int
     return caption, spans
 
 
-def query_classes(token_probs: np.ndarray, spans: list[tuple[int, int]], owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def query_classes(
+    token_probs: np.ndarray, spans: list[tuple[int, int]], owners: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Per query: ontology id (-1 = its strongest token is outside every prompt: rejected) and score.
 
     Arguments:
@@ -73,17 +76,25 @@ class GroundingDinoDetector:
 
     role = "detector"
 
-    def __init__(self, stage: Any, weights_path: str, ontology: dict[int, str], prompts: dict[int, list[str]] | None = None):
+    def __init__(
+        self, stage: Any, weights_path: str, ontology: dict[int, str], prompts: dict[int, list[str]] | None = None
+    ):
         import torch
         from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
         self.stage = stage
         self.device = torch.device(resolve_device(stage.device))
         try:
-            self.model = GroundingDinoForObjectDetection.from_pretrained(weights_path, local_files_only=True).eval().to(self.device)
+            self.model = (
+                GroundingDinoForObjectDetection.from_pretrained(weights_path, local_files_only=True)
+                .eval()
+                .to(self.device)
+            )
             self.processor = AutoProcessor.from_pretrained(weights_path, local_files_only=True)
         except (OSError, ValueError) as e:
-            raise WeightsError(f"{weights_path}: cannot load a Grounding DINO model and processor: {str(e).splitlines()[0]}") from None
+            raise WeightsError(
+                f"{weights_path}: cannot load a Grounding DINO model and processor: {str(e).splitlines()[0]}"
+            ) from None
         texts, self.owners = prompt_table(prompts or {cid: [name] for cid, name in ontology.items()})
         self.caption, self.spans = caption_spans(self.processor.tokenizer, texts)
         by_name = {v: k for k, v in ontology.items()}
@@ -97,7 +108,9 @@ class GroundingDinoDetector:
         out: list[Detections] = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(images), self.stage.batch_size):
-                batch = [im if im.flags.writeable else im.copy() for im in images[start : start + self.stage.batch_size]]
+                batch = [
+                    im if im.flags.writeable else im.copy() for im in images[start : start + self.stage.batch_size]
+                ]
                 inputs = self.processor(images=batch, text=[self.caption] * len(batch), return_tensors="pt")
                 res = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
                 probs = res.logits.float().sigmoid().cpu().numpy()  # B x Q x max_text_len
@@ -105,5 +118,9 @@ class GroundingDinoDetector:
                 for j, im in enumerate(batch):
                     cls, score = query_classes(probs[j], self.spans, self.owners)
                     self.rejected += int((cls < 0).sum())
-                    out.append(select_detections(im.shape[:2], boxes[j], cls, score, self.stage, self.thresholds, padded_square=False))
+                    out.append(
+                        select_detections(
+                            im.shape[:2], boxes[j], cls, score, self.stage, self.thresholds, padded_square=False
+                        )
+                    )
         return out

@@ -1,11 +1,11 @@
 """Direct instance labelers: images -> boxes, classes, scores *and* masks in one model.
 
-They produce the same :class:`~tasks.record.Detections` as detector -> SAM, so
+They produce the same :class:`~segflow.tasks.record.Detections` as detector -> SAM, so
 the rest of the pipeline (QC, panoptic merge, manifests, COCO, gold-set
 audits) treats them alike, and a user can compare them on a gold set.
 
 * ``yolo_seg`` -- an ultralytics YOLO segmentation checkpoint (segflow format,
-  see :mod:`tasks.models.yolo`). Masks come at the original image size
+  see :mod:`segflow.tasks.models.yolo`). Masks come at the original image size
   (``retina_masks``); every array is filtered together, so a class never
   drifts to another row's mask (unlike ``auto_annotate``).
 * ``maskrcnn`` -- torchvision Mask R-CNN. Weights: torchvision's own COCO
@@ -18,16 +18,17 @@ audits) treats them alike, and a user can compare them on a gold set.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from tasks import rle
-from tasks.models.device import resolve_device
-from tasks.models.yolo import YoloDetector
-from tasks.record import Detections
-from tasks.weights import WeightsError, load_checkpoint
+from segflow.tasks import rle
+from segflow.tasks.models.device import resolve_device
+from segflow.tasks.models.yolo import YoloDetector
+from segflow.tasks.record import Detections
+from segflow.tasks.weights import WeightsError, load_checkpoint
 
 __all__ = ["YoloSegLabeler", "MaskRcnnLabeler", "build_maskrcnn", "save_maskrcnn_checkpoint", "MASKRCNN_FORMAT"]
 
@@ -53,7 +54,10 @@ class YoloSegLabeler(YoloDetector):
     def __init__(self, stage: Any, weights_path: str, ontology: dict[int, str]):
         super().__init__(stage, weights_path, ontology)
         if getattr(self.model, "task", None) != "segment":
-            raise WeightsError(f"{weights_path}: a 'yolo_seg' stage needs a segmentation checkpoint (task 'segment'), got task {getattr(self.model, 'task', None)!r}")
+            raise WeightsError(
+                f"{weights_path}: a 'yolo_seg' stage needs a segmentation checkpoint (task "
+                f"'segment'), got task {getattr(self.model, 'task', None)!r}"
+            )
 
     def label(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Instances of each image (H x W x 3 uint8 RGB): boxes XYXY pixels, ontology ids, scores, RLE masks."""
@@ -85,22 +89,33 @@ class YoloSegLabeler(YoloDetector):
 
 
 def build_maskrcnn(arch: str, num_classes: int, min_size: int = 800, max_size: int = 1333) -> Any:
-    """A randomly initialised torchvision Mask R-CNN (``resnet50_fpn``, ``resnet50_fpn_v2`` or the small ``resnet18_fpn``)."""
+    """A randomly initialised torchvision Mask R-CNN (``resnet50_fpn``, ``resnet50_fpn_v2`` or the small
+    ``resnet18_fpn``)."""
     import torchvision
     from torchvision.models.detection import MaskRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
     if arch == "resnet50_fpn":
-        return torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size)
+        return torchvision.models.detection.maskrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size
+        )
     if arch == "resnet50_fpn_v2":
-        return torchvision.models.detection.maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size)
+        return torchvision.models.detection.maskrcnn_resnet50_fpn_v2(
+            weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size, max_size=max_size
+        )
     if arch == "resnet18_fpn":  # small: ResNet-18 FPN and a 256-wide box head (~15M parameters)
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
         from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 
         backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
-        return MaskRCNN(backbone, min_size=min_size, max_size=max_size, box_head=TwoMLPHead(backbone.out_channels * 7 * 7, 256),
-                        box_predictor=FastRCNNPredictor(256, num_classes), mask_predictor=MaskRCNNPredictor(256, 256, num_classes))
+        return MaskRCNN(
+            backbone,
+            min_size=min_size,
+            max_size=max_size,
+            box_head=TwoMLPHead(backbone.out_channels * 7 * 7, 256),
+            box_predictor=FastRCNNPredictor(256, num_classes),
+            mask_predictor=MaskRCNNPredictor(256, 256, num_classes),
+        )
     raise WeightsError(f"unknown Mask R-CNN arch {arch!r} (resnet50_fpn, resnet50_fpn_v2, resnet18_fpn)")
 
 
@@ -109,8 +124,17 @@ def save_maskrcnn_checkpoint(model: Any, arch: str, names: dict[int, str], path:
     import torch
 
     sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"format": MASKRCNN_FORMAT, "arch": arch, "names": {int(k): str(v) for k, v in names.items()},
-                "min_size": int(model.transform.min_size[0]), "max_size": int(model.transform.max_size), "state_dict": sd}, str(path))
+    torch.save(
+        {
+            "format": MASKRCNN_FORMAT,
+            "arch": arch,
+            "names": {int(k): str(v) for k, v in names.items()},
+            "min_size": int(model.transform.min_size[0]),
+            "max_size": int(model.transform.max_size),
+            "state_dict": sd,
+        },
+        str(path),
+    )
 
 
 def _load_maskrcnn(weights: str) -> tuple[Any, dict[int, str]]:
@@ -164,13 +188,22 @@ class MaskRcnnLabeler:
         with self._lock, torch.inference_mode():
             for start in range(0, len(images), bs):
                 batch = images[start : start + bs]
-                tensors = [torch.from_numpy(np.array(im, copy=True)).to(self.device).permute(2, 0, 1).float() / 255.0 for im in batch]
-                for im, r in zip(batch, self.model(tensors)):  # torchvision resizes inside and pastes masks back at the input size
+                tensors = [
+                    torch.from_numpy(np.array(im, copy=True)).to(self.device).permute(2, 0, 1).float() / 255.0
+                    for im in batch
+                ]
+                for im, r in zip(
+                    batch, self.model(tensors)
+                ):  # torchvision resizes inside and pastes masks back at the input size
                     h, w = im.shape[:2]
                     labels = r["labels"].cpu().numpy().astype(np.int64)
                     onto = self.class_lookup[np.clip(labels, 0, len(self.class_lookup) - 1)] if len(labels) else labels
-                    masks = (r["masks"][:, 0] > self.mask_threshold).transpose(1, 2).contiguous().cpu().numpy()  # N x W x H
-                    boxes = r["boxes"].cpu().numpy().astype(np.float32)  # rescaled from the resized frame: float error past the edge
+                    masks = (
+                        (r["masks"][:, 0] > self.mask_threshold).transpose(1, 2).contiguous().cpu().numpy()
+                    )  # N x W x H
+                    boxes = (
+                        r["boxes"].cpu().numpy().astype(np.float32)
+                    )  # rescaled from the resized frame: float error past the edge
                     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
                     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
                     dets = Detections((h, w), boxes, onto, r["scores"].cpu().numpy().astype(np.float32))

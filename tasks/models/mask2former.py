@@ -15,7 +15,7 @@ at the original resolution:
    ``overlap_threshold`` of its own ``sigmoid >= mask_threshold`` area;
 4. stuff segments of the same class are fused into one.
 
-The result is one :class:`~tasks.record.Detections` per image whose rows are
+The result is one :class:`~segflow.tasks.record.Detections` per image whose rows are
 non-overlapping segments: ``boxes`` (XYXY, tight around the mask), ontology
 ``class_ids``, ``scores`` and RLE masks, plus the field ``isthing`` (from the
 ontology).
@@ -41,26 +41,44 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from tasks import rle
-from tasks.models.device import resolve_device
-from tasks.record import Detections
-from tasks.weights import WeightsError, load_checkpoint
+from segflow.tasks import rle
+from segflow.tasks.models.device import resolve_device
+from segflow.tasks.record import Detections
+from segflow.tasks.weights import WeightsError, load_checkpoint
 
 FORMAT = "segflow.mask2former/1"
 HUB_PREFIX = "hub:"
 
-__all__ = ["Mask2FormerPanoptic", "build_mask2former", "save_mask2former_checkpoint", "load_mask2former", "TINY_M2F_ARCH", "label_table"]
+__all__ = [
+    "Mask2FormerPanoptic",
+    "build_mask2former",
+    "save_mask2former_checkpoint",
+    "load_mask2former",
+    "TINY_M2F_ARCH",
+    "label_table",
+]
 
 #: A small Mask2Former for tests and CPU demos (~1.7M parameters, Swin backbone, 256-px input).
 TINY_M2F_ARCH = dict(
-    backbone=dict(image_size=256, patch_size=4, embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=8),
-    feature_size=64, mask_feature_size=64, hidden_dim=64, encoder_feedforward_dim=128, encoder_layers=2,
-    decoder_layers=3, num_attention_heads=4, dim_feedforward=128, num_queries=24, train_num_points=1024,
+    backbone=dict(
+        image_size=256, patch_size=4, embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=8
+    ),
+    feature_size=64,
+    mask_feature_size=64,
+    hidden_dim=64,
+    encoder_feedforward_dim=128,
+    encoder_layers=2,
+    decoder_layers=3,
+    num_attention_heads=4,
+    dim_feedforward=128,
+    num_queries=24,
+    train_num_points=1024,
     input_size=256,
 )
 
@@ -72,17 +90,26 @@ def build_mask2former(arch: dict[str, Any], labels: Sequence[str]) -> tuple[Any,
     (square side the processor resizes to) and any ``Mask2FormerConfig``
     keyword. The backbone is passed as a config object, so nothing is fetched.
     """
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor, SwinConfig
+    from transformers import (
+        Mask2FormerConfig,
+        Mask2FormerForUniversalSegmentation,
+        Mask2FormerImageProcessor,
+        SwinConfig,
+    )
 
     a = dict(arch)
     backbone = SwinConfig(**a.pop("backbone"), out_features=["stage1", "stage2", "stage3", "stage4"])
     size = int(a.pop("input_size", 256))
     config = Mask2FormerConfig(
         backbone_config=backbone,
-        id2label={i: n for i, n in enumerate(labels)}, label2id={n: i for i, n in enumerate(labels)}, **a,
+        id2label={i: n for i, n in enumerate(labels)},
+        label2id={n: i for i, n in enumerate(labels)},
+        **a,
     )
     model = Mask2FormerForUniversalSegmentation(config)
-    processor = Mask2FormerImageProcessor(size={"height": size, "width": size}, ignore_index=255, do_reduce_labels=False)
+    processor = Mask2FormerImageProcessor(
+        size={"height": size, "width": size}, ignore_index=255, do_reduce_labels=False
+    )
     return model.eval(), processor
 
 
@@ -90,12 +117,24 @@ def save_mask2former_checkpoint(model: Any, processor: Any, path: str | Path, ha
     """Write a model and its processor as one weights-only segflow checkpoint file."""
     import torch
 
-    sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"format": FORMAT, "config": model.config.to_json_string(), "processor": processor.to_json_string(), "state_dict": sd}, str(path))
+    sd = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
+    torch.save(
+        {
+            "format": FORMAT,
+            "config": model.config.to_json_string(),
+            "processor": processor.to_json_string(),
+            "state_dict": sd,
+        },
+        str(path),
+    )
 
 
 def load_mask2former(weights: str) -> tuple[Any, Any]:
-    """``(model in eval mode, image processor)`` from a segflow checkpoint, a ``save_pretrained`` directory or ``hub:<id>``."""
+    """``(model in eval mode, image processor)`` from a segflow checkpoint, a ``save_pretrained`` directory or
+    ``hub:<id>``."""
     from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, Mask2FormerImageProcessor
 
     if weights.startswith(HUB_PREFIX) or Path(weights).is_dir():
@@ -104,12 +143,21 @@ def load_mask2former(weights: str) -> tuple[Any, Any]:
             model = Mask2FormerForUniversalSegmentation.from_pretrained(source, local_files_only=True)
             processor = Mask2FormerImageProcessor.from_pretrained(source, local_files_only=True)
         except (OSError, ValueError) as e:
-            hint = " (hub models are read from the local cache only: download it first, e.g. `huggingface-cli download " + source + "`)" if weights.startswith(HUB_PREFIX) else ""
+            hint = (
+                " (hub models are read from the local cache only: download it first, e.g. `huggingface-cli download "
+                + source
+                + "`)"
+                if weights.startswith(HUB_PREFIX)
+                else ""
+            )
             raise WeightsError(f"{weights}: cannot load a Mask2Former{hint}: {str(e).splitlines()[0]}") from None
         return model.float().eval(), processor
     ckpt = load_checkpoint(weights)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise WeightsError(f"{weights}: not a segflow Mask2Former checkpoint (format {FORMAT!r}), a save_pretrained directory or hub:<id>")
+        raise WeightsError(
+            f"{weights}: not a segflow Mask2Former checkpoint (format {FORMAT!r}), a "
+            f"save_pretrained directory or hub:<id>"
+        )
     config = Mask2FormerConfig.from_dict(json.loads(ckpt["config"]))
     model = Mask2FormerForUniversalSegmentation(config)
     try:
@@ -120,7 +168,9 @@ def load_mask2former(weights: str) -> tuple[Any, Any]:
     return model.float().eval(), processor
 
 
-def label_table(id2label: dict[int, str], ontology: dict[int, str], label_map: dict[str, str], unmapped: str) -> np.ndarray:
+def label_table(
+    id2label: dict[int, str], ontology: dict[int, str], label_map: dict[str, str], unmapped: str
+) -> np.ndarray:
     """Model label index -> ontology id (0 = dropped), one entry per model label.
 
     Arguments:
@@ -148,11 +198,15 @@ class Mask2FormerPanoptic:
 
         self.stage = stage
         self.device = torch.device(resolve_device(stage.device))
-        self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[getattr(stage, "dtype", "float32")]
+        self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            getattr(stage, "dtype", "float32")
+        ]
         model, self.processor = load_mask2former(weights_path)
         self.model = model.to(self.device, self.dtype)
         id2label = {int(k): v for k, v in self.model.config.id2label.items()}
-        self.labels = label_table(id2label, ontology, dict(getattr(stage, "label_map", {}) or {}), getattr(stage, "unmapped", "drop"))
+        self.labels = label_table(
+            id2label, ontology, dict(getattr(stage, "label_map", {}) or {}), getattr(stage, "unmapped", "drop")
+        )
         self.isthing = isthing or {}
         self.batch_size = int(getattr(stage, "batch_size", 4))
         self.threshold = float(getattr(stage, "threshold", 0.5))
@@ -225,7 +279,14 @@ class Mask2FormerPanoptic:
         xywh = rle.bbox_xywh(counts, h, w)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
         isthing = np.array([self.isthing.get(c, True) for c in seg_cls], bool)
-        return Detections((h, w), boxes, np.array(seg_cls), np.array(seg_scores, np.float32), rle_counts=counts, fields={"isthing": isthing})
+        return Detections(
+            (h, w),
+            boxes,
+            np.array(seg_cls),
+            np.array(seg_scores, np.float32),
+            rle_counts=counts,
+            fields={"isthing": isthing},
+        )
 
     def panoptic(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Segments for each of ``images`` (H x W x 3 uint8 RGB), in batches of ``batch_size``."""

@@ -26,13 +26,14 @@ tokenizer) or ``hub:<org>/<name>`` from the local Hugging Face cache.
 from __future__ import annotations
 
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from tasks.models.device import resolve_device
-from tasks.record import Detections
-from tasks.weights import WeightsError
+from segflow.tasks.models.device import resolve_device
+from segflow.tasks.record import Detections
+from segflow.tasks.weights import WeightsError
 
 __all__ = ["OwlDetector", "prompt_table", "boxes_to_pixels", "select_detections"]
 
@@ -70,8 +71,15 @@ def boxes_to_pixels(cxcywh: np.ndarray, size_hw: tuple[int, int], padded_square:
     return out.astype(np.float32)
 
 
-def select_detections(size_hw: tuple[int, int], cxcywh: np.ndarray, cls: np.ndarray, score: np.ndarray, stage: Any,
-                      thresholds: dict[int, float], padded_square: bool) -> Detections:
+def select_detections(
+    size_hw: tuple[int, int],
+    cxcywh: np.ndarray,
+    cls: np.ndarray,
+    score: np.ndarray,
+    stage: Any,
+    thresholds: dict[int, float],
+    padded_square: bool,
+) -> Detections:
     """Steps 2-3 for one image: per-class thresholds (``cls`` -1 = rejected), pixel boxes, NMS, ``max_det``."""
     import torch
     from torchvision.ops import batched_nms, nms
@@ -82,7 +90,11 @@ def select_detections(size_hw: tuple[int, int], cxcywh: np.ndarray, cls: np.ndar
     score, cls = score[keep].astype(np.float32), cls[keep]
     if len(score):
         tb, ts = torch.as_tensor(xyxy), torch.as_tensor(score)
-        idx = nms(tb, ts, stage.nms_iou) if stage.agnostic_nms else batched_nms(tb, ts, torch.as_tensor(cls), stage.nms_iou)
+        idx = (
+            nms(tb, ts, stage.nms_iou)
+            if stage.agnostic_nms
+            else batched_nms(tb, ts, torch.as_tensor(cls), stage.nms_iou)
+        )
         idx = idx[: stage.max_det].numpy()
         xyxy, score, cls = xyxy[idx], score[idx], cls[idx]
     return Detections(size_hw, xyxy, cls, score)
@@ -93,9 +105,11 @@ class OwlDetector:
 
     role = "detector"
 
-    def __init__(self, stage: Any, weights_path: str, ontology: dict[int, str], prompts: dict[int, list[str]] | None = None):
+    def __init__(
+        self, stage: Any, weights_path: str, ontology: dict[int, str], prompts: dict[int, list[str]] | None = None
+    ):
         import torch
-        from transformers import AutoProcessor, OwlViTForObjectDetection, Owlv2ForObjectDetection
+        from transformers import AutoProcessor, Owlv2ForObjectDetection, OwlViTForObjectDetection
 
         self.stage = stage
         self.device = torch.device(resolve_device(stage.device))
@@ -104,7 +118,9 @@ class OwlDetector:
             self.model = cls.from_pretrained(weights_path, local_files_only=True).eval().to(self.device)
             self.processor = AutoProcessor.from_pretrained(weights_path, local_files_only=True)
         except (OSError, ValueError) as e:
-            raise WeightsError(f"{weights_path}: cannot load an {stage.kind} model and processor: {str(e).splitlines()[0]}") from None
+            raise WeightsError(
+                f"{weights_path}: cannot load an {stage.kind} model and processor: {str(e).splitlines()[0]}"
+            ) from None
         self.padded_square = stage.kind == "owlv2"
         self.texts, self.owners = prompt_table(prompts or {cid: [name] for cid, name in ontology.items()})
         by_name = {v: k for k, v in ontology.items()}
@@ -120,12 +136,24 @@ class OwlDetector:
         with self._lock, torch.inference_mode():
             for start in range(0, len(images), bs):
                 batch = [im if im.flags.writeable else im.copy() for im in images[start : start + bs]]
-                inputs = self.processor(text=[self.texts] * len(batch), images=batch, return_tensors="pt", padding=True, truncation=True)
+                inputs = self.processor(
+                    text=[self.texts] * len(batch), images=batch, return_tensors="pt", padding=True, truncation=True
+                )
                 res = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
                 probs = res.logits.float().sigmoid().cpu().numpy()  # B x Q x P
                 boxes = res.pred_boxes.float().cpu().numpy()  # B x Q x 4, cx cy w h, normalised
                 for j, im in enumerate(batch):
                     best = probs[j].argmax(1)
                     score = probs[j][np.arange(len(best)), best]
-                    out.append(select_detections(im.shape[:2], boxes[j], self.owners[best], score, self.stage, self.thresholds, self.padded_square))
+                    out.append(
+                        select_detections(
+                            im.shape[:2],
+                            boxes[j],
+                            self.owners[best],
+                            score,
+                            self.stage,
+                            self.thresholds,
+                            self.padded_square,
+                        )
+                    )
         return out

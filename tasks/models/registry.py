@@ -6,7 +6,7 @@ and, when its package is missing, says what to install.
 
 Roles:
 
-* ``detector``  -- images -> :class:`~tasks.record.Detections` with boxes, classes, scores.
+* ``detector``  -- images -> :class:`~segflow.tasks.record.Detections` with boxes, classes, scores.
 * ``segmenter`` -- images + a detector's Detections -> the same rows with masks (RLE).
 * ``qc``        -- a segmenter's Detections -> the same rows with a verdict and fired rules
   (and, given a panoptic stage's segments, their agreement with them).
@@ -39,22 +39,57 @@ class AdapterSpec:
 
 
 ADAPTERS: dict[str, AdapterSpec] = {
-    "yolo": AdapterSpec("tasks.models.yolo:YoloDetector", "detector", "ultralytics", "ultralytics"),
+    "yolo": AdapterSpec("segflow.tasks.models.yolo:YoloDetector", "detector", "ultralytics", "ultralytics"),
     "sam": AdapterSpec(
-        "tasks.models.sam:SamBoxSegmenter", "segmenter", "segment_anything", "segment-anything",
-        needs_roles=("detector",), produces_masks=True,
+        "segflow.tasks.models.sam:SamBoxSegmenter",
+        "segmenter",
+        "segment_anything",
+        "segment-anything",
+        needs_roles=("detector",),
+        produces_masks=True,
     ),
-    "qc": AdapterSpec("tasks.qc:QcChecker", "qc", "scipy", "scipy", needs_roles=("segmenter|instances",), optional_roles=(("panoptic",),), produces_masks=True),
-    "owlv2": AdapterSpec("tasks.models.owl:OwlDetector", "detector", "transformers", "transformers"),
-    "owlvit": AdapterSpec("tasks.models.owl:OwlDetector", "detector", "transformers", "transformers"),
-    "grounding_dino": AdapterSpec("tasks.models.gdino:GroundingDinoDetector", "detector", "transformers", "transformers"),
-    "sam_auto": AdapterSpec("tasks.models.sam:SamAutoLabeler", "instances", "segment_anything", "segment-anything", produces_masks=True),
-    "yolo_seg": AdapterSpec("tasks.models.instances:YoloSegLabeler", "instances", "ultralytics", "ultralytics", produces_masks=True),
-    "maskrcnn": AdapterSpec("tasks.models.instances:MaskRcnnLabeler", "instances", "torchvision", "torchvision", produces_masks=True),
-    "mask2former": AdapterSpec("tasks.models.mask2former:Mask2FormerPanoptic", "panoptic", "transformers", "transformers scipy", produces_masks=True),
+    "qc": AdapterSpec(
+        "segflow.tasks.qc:QcChecker",
+        "qc",
+        "scipy",
+        "scipy",
+        needs_roles=("segmenter|instances",),
+        optional_roles=(("panoptic",),),
+        produces_masks=True,
+    ),
+    "owlv2": AdapterSpec("segflow.tasks.models.owl:OwlDetector", "detector", "transformers", "transformers"),
+    "owlvit": AdapterSpec("segflow.tasks.models.owl:OwlDetector", "detector", "transformers", "transformers"),
+    "grounding_dino": AdapterSpec(
+        "segflow.tasks.models.gdino:GroundingDinoDetector", "detector", "transformers", "transformers"
+    ),
+    "sam_auto": AdapterSpec(
+        "segflow.tasks.models.sam:SamAutoLabeler",
+        "instances",
+        "segment_anything",
+        "segment-anything",
+        produces_masks=True,
+    ),
+    "yolo_seg": AdapterSpec(
+        "segflow.tasks.models.instances:YoloSegLabeler", "instances", "ultralytics", "ultralytics", produces_masks=True
+    ),
+    "maskrcnn": AdapterSpec(
+        "segflow.tasks.models.instances:MaskRcnnLabeler", "instances", "torchvision", "torchvision", produces_masks=True
+    ),
+    "mask2former": AdapterSpec(
+        "segflow.tasks.models.mask2former:Mask2FormerPanoptic",
+        "panoptic",
+        "transformers",
+        "transformers scipy",
+        produces_masks=True,
+    ),
     "panoptic_merge": AdapterSpec(
-        "tasks.panoptic:PanopticMerger", "merge", "numpy", "numpy",
-        needs_roles=("panoptic",), optional_roles=(("segmenter", "qc", "instances"),), produces_masks=True,
+        "segflow.tasks.panoptic:PanopticMerger",
+        "merge",
+        "numpy",
+        "numpy",
+        needs_roles=("panoptic",),
+        optional_roles=(("segmenter", "qc", "instances"),),
+        produces_masks=True,
     ),
 }
 

@@ -2,7 +2,7 @@
 
 For each image: one image embedding, then **all** of its boxes in batched
 mask-decoder calls (chunks of ``boxes_per_call`` to bound memory) -- never a
-loop over boxes. The decoder is :mod:`tasks.models.sam_decoder`: the library's
+loop over boxes. The decoder is :mod:`segflow.tasks.models.sam_decoder`: the library's
 ``MaskDecoder`` function, with the image side computed once per image instead
 of once per box (about half the decoder's work per box). Images are encoded in
 batches of ``batch_size``.
@@ -34,29 +34,45 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from tasks import rle
-from tasks.allocator import is_applied as allocator_tuned
-from tasks.models.device import resolve_device
-from tasks.models.sam_decoder import SharedImage, decode_tokens, upscale_grid, upscale_windows
-from tasks.record import Detections
-from tasks.weights import WeightsError, load_checkpoint
+from segflow.tasks import rle
+from segflow.tasks.allocator import is_applied as allocator_tuned
+from segflow.tasks.models.device import resolve_device
+from segflow.tasks.models.sam_decoder import SharedImage, decode_tokens, upscale_grid, upscale_windows
+from segflow.tasks.record import Detections
+from segflow.tasks.weights import WeightsError, load_checkpoint
 
 FORMAT = "segflow.sam/1"
 
-__all__ = ["SamBoxSegmenter", "zoom_windows_xyxy", "SamAutoLabeler", "use_fast_attention", "build_sam", "save_sam_checkpoint", "load_sam", "TINY_SAM_ARCH"]
+__all__ = [
+    "SamBoxSegmenter",
+    "zoom_windows_xyxy",
+    "SamAutoLabeler",
+    "use_fast_attention",
+    "build_sam",
+    "save_sam_checkpoint",
+    "load_sam",
+    "TINY_SAM_ARCH",
+]
 
 #: Architecture of the official ViT-B/L/H SAM models (1024-px input).
 OFFICIAL_ARCHS = {
-    "vit_b": dict(encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]),
-    "vit_l": dict(encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]),
-    "vit_h": dict(encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]),
+    "vit_b": dict(
+        encoder_embed_dim=768, encoder_depth=12, encoder_num_heads=12, encoder_global_attn_indexes=[2, 5, 8, 11]
+    ),
+    "vit_l": dict(
+        encoder_embed_dim=1024, encoder_depth=24, encoder_num_heads=16, encoder_global_attn_indexes=[5, 11, 17, 23]
+    ),
+    "vit_h": dict(
+        encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]
+    ),
 }
 
 #: Bytes of full-frame float32 logits the stage holds at once per image: 1,000 boxes on a 1080p image
@@ -65,9 +81,19 @@ LOGITS_BYTES = 256 << 20
 
 #: A small SAM for tests and CPU demos (~0.6M parameters, 256-px input).
 TINY_SAM_ARCH = dict(
-    img_size=256, patch_size=16, encoder_embed_dim=96, encoder_depth=4, encoder_num_heads=4,
-    encoder_global_attn_indexes=[1, 3], window_size=4, prompt_embed_dim=64,
-    decoder_depth=2, decoder_mlp_dim=256, decoder_num_heads=4, iou_head_hidden_dim=64, mask_in_chans=16,
+    img_size=256,
+    patch_size=16,
+    encoder_embed_dim=96,
+    encoder_depth=4,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=[1, 3],
+    window_size=4,
+    prompt_embed_dim=64,
+    decoder_depth=2,
+    decoder_mlp_dim=256,
+    decoder_num_heads=4,
+    iou_head_hidden_dim=64,
+    mask_in_chans=16,
 )
 
 
@@ -83,27 +109,51 @@ def build_sam(arch: dict[str, Any]) -> Any:
     import torch
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-    a = dict(img_size=1024, patch_size=16, window_size=14, prompt_embed_dim=256, decoder_depth=2,
-             decoder_mlp_dim=2048, decoder_num_heads=8, iou_head_hidden_dim=256, mask_in_chans=16)
+    a = dict(
+        img_size=1024,
+        patch_size=16,
+        window_size=14,
+        prompt_embed_dim=256,
+        decoder_depth=2,
+        decoder_mlp_dim=2048,
+        decoder_num_heads=8,
+        iou_head_hidden_dim=256,
+        mask_in_chans=16,
+    )
     a.update(arch)
     emb = a["img_size"] // a["patch_size"]
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            depth=a["encoder_depth"], embed_dim=a["encoder_embed_dim"], img_size=a["img_size"], mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=a["encoder_num_heads"],
-            patch_size=a["patch_size"], qkv_bias=True, use_rel_pos=True,
-            global_attn_indexes=tuple(a["encoder_global_attn_indexes"]), window_size=a["window_size"],
+            depth=a["encoder_depth"],
+            embed_dim=a["encoder_embed_dim"],
+            img_size=a["img_size"],
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=a["encoder_num_heads"],
+            patch_size=a["patch_size"],
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(a["encoder_global_attn_indexes"]),
+            window_size=a["window_size"],
             out_chans=a["prompt_embed_dim"],
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=a["prompt_embed_dim"], image_embedding_size=(emb, emb),
-            input_image_size=(a["img_size"], a["img_size"]), mask_in_chans=a["mask_in_chans"],
+            embed_dim=a["prompt_embed_dim"],
+            image_embedding_size=(emb, emb),
+            input_image_size=(a["img_size"], a["img_size"]),
+            mask_in_chans=a["mask_in_chans"],
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=a["decoder_depth"], embedding_dim=a["prompt_embed_dim"],
-                                          mlp_dim=a["decoder_mlp_dim"], num_heads=a["decoder_num_heads"]),
-            transformer_dim=a["prompt_embed_dim"], iou_head_depth=3, iou_head_hidden_dim=a["iou_head_hidden_dim"],
+            transformer=TwoWayTransformer(
+                depth=a["decoder_depth"],
+                embedding_dim=a["prompt_embed_dim"],
+                mlp_dim=a["decoder_mlp_dim"],
+                num_heads=a["decoder_num_heads"],
+            ),
+            transformer_dim=a["prompt_embed_dim"],
+            iou_head_depth=3,
+            iou_head_hidden_dim=a["iou_head_hidden_dim"],
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
@@ -115,7 +165,10 @@ def save_sam_checkpoint(sam: Any, arch: dict[str, Any], path: str | Path, half: 
     """Write a SAM of a custom architecture as a weights-only segflow checkpoint."""
     import torch
 
-    sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone() for k, v in sam.state_dict().items()}
+    sd = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in sam.state_dict().items()
+    }
     torch.save({"format": FORMAT, "arch": dict(arch), "state_dict": sd}, str(path))
 
 
@@ -189,7 +242,9 @@ def _rel_pos_attention_blocked_(q: Any, k: Any, v: Any, rel_h: Any, rel_w: Any, 
     for s in range(0, n, rows):
         r = min(rows, n - s)
         scores = torch.bmm(qs[:, s : s + r], kt, out=buf[: bh * r * n].view(bh, r, n))
-        scores.view(bh, r, h, w).add_(rel_h[:, s : s + r]).add_(rel_w[:, s : s + r])  # + rel_h[query, key row] + rel_w[query, key column]
+        scores.view(bh, r, h, w).add_(rel_h[:, s : s + r]).add_(
+            rel_w[:, s : s + r]
+        )  # + rel_h[query, key row] + rel_w[query, key column]
         torch.softmax(scores, -1, out=scores)
         out[:, s : s + r] = torch.bmm(scores, v)
     return out
@@ -235,7 +290,9 @@ def _attention_forward(self: Any, x: Any, block_bytes: int | None = None, kernel
             out = q.new_empty(q.shape[:-1] + v.shape[-1:])
             for s in range(0, n, rows):  # bias of queries s..s+rows: rel_h[query, key row] + rel_w[query, key column]
                 bias = (rel_h[:, s : s + rows] + rel_w[:, s : s + rows]).reshape(bh, -1, n)
-                out[:, s : s + rows] = F.scaled_dot_product_attention(q[:, s : s + rows], k, v, attn_mask=bias)  # scale = head_dim ** -0.5
+                out[:, s : s + rows] = F.scaled_dot_product_attention(
+                    q[:, s : s + rows], k, v, attn_mask=bias
+                )  # scale = head_dim ** -0.5
     out = out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
     return self.proj(out)
 
@@ -258,7 +315,9 @@ def use_fast_attention(sam: Any, kernel: str = "auto") -> int:
     return n
 
 
-def zoom_windows_xyxy(boxes_xyxy: np.ndarray, image_hw: tuple[int, int], context: float, snap: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def zoom_windows_xyxy(
+    boxes_xyxy: np.ndarray, image_hw: tuple[int, int], context: float, snap: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
     """Square crop windows around boxes, for segmenting small objects at a higher zoom.
 
     Arguments:
@@ -329,9 +388,14 @@ class SamBoxSegmenter:
         self.model = load_sam(weights_path, getattr(stage, "model_type", "auto")).to(self.device)
         cuda = self.device.type == "cuda"
         attention = getattr(stage, "attention", "auto")
-        if attention != "eager":  # blocked attention (SDPA on GPUs and in bf16, the in-place blocked kernel in CPU float32): faster everywhere
+        if (
+            attention != "eager"
+            # blocked attention (SDPA on GPUs and in bf16, the in-place blocked kernel in CPU float32)
+        ):
             use_fast_attention(self.model, attention)
-        if getattr(stage, "compile", False):  # the encoder's input is always img_size x img_size: one graph per batch size
+        if getattr(
+            stage, "compile", False
+        ):  # the encoder's input is always img_size x img_size: one graph per batch size
             self.model.image_encoder = torch.compile(self.model.image_encoder, dynamic=False)
         dtype = getattr(stage, "dtype", "auto")
         if dtype == "auto":  # bf16 where GPUs have it (fp16 breaks the large SAMs); float32 on CPU
@@ -351,12 +415,14 @@ class SamBoxSegmenter:
         margin = getattr(stage, "mask_margin", None)
         self.mask_margin = None if margin is None else float(margin)
         self._resize_cache: OrderedDict[tuple[int, int], tuple[Any, np.ndarray, np.ndarray]] = OrderedDict()
-        self.logits_bytes = LOGITS_BYTES  # an image with many boxes is decoded in parts whose full-frame logits fit this
+        self.logits_bytes = (
+            LOGITS_BYTES  # an image with many boxes is decoded in parts whose full-frame logits fit this
+        )
         self._lock = threading.Lock()
 
     def _boxes_per_call(self, setting: int | str) -> int:
         """``auto``: 64 on GPU; on CPU keep the decoder's per-box image tokens within ~16 MB
-        (~8 MB where glibc hands out fresh pages, see :mod:`tasks.allocator`).
+        (~8 MB where glibc hands out fresh pages, see :mod:`segflow.tasks.allocator`).
 
         Measured on a 2-core CPU with the official decoder (256 x 64 x 64 embedding, 4 MB a box),
         16 boxes an image: the decoder's work is per box, and large chunks only add memory
@@ -393,7 +459,9 @@ class SamBoxSegmenter:
         view.sub_(self.model.pixel_mean.view(3, 1, 1)).div_(self.model.pixel_std.view(3, 1, 1))
         return x
 
-    def embed(self, images: Sequence[np.ndarray], resized: Sequence[np.ndarray] | None = None) -> tuple[Any, list[tuple[int, int]]]:
+    def embed(
+        self, images: Sequence[np.ndarray], resized: Sequence[np.ndarray] | None = None
+    ) -> tuple[Any, list[tuple[int, int]]]:
         """Image embeddings ``B x C x h x w`` (encoded in batches of ``batch_size``) and each resized (h, w).
 
         ``resized``: the images already through :meth:`_resize` (the stage resizes the next batch ahead).
@@ -403,7 +471,11 @@ class SamBoxSegmenter:
         resized = self._resize(images) if resized is None else resized
         embs = []
         for s in range(0, len(resized), self.batch_size):
-            embs.append(self.model.image_encoder(torch.stack([self._encoder_input(r) for r in resized[s : s + self.batch_size]])))
+            embs.append(
+                self.model.image_encoder(
+                    torch.stack([self._encoder_input(r) for r in resized[s : s + self.batch_size]])
+                )
+            )
         return torch.cat(embs), [(int(r.shape[0]), int(r.shape[1])) for r in resized]
 
     def _upsample_nwh(self, low_res: Any, input_size: tuple[int, int], original_size: tuple[int, int]) -> Any:
@@ -416,7 +488,9 @@ class SamBoxSegmenter:
         t = F.interpolate(t, (original_size[1], original_size[0]), mode="bilinear", align_corners=False)
         return t[:, 0]
 
-    def decode_boxes(self, embedding: Any, boxes_xyxy: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Any, Any, Any, np.ndarray]:
+    def decode_boxes(
+        self, embedding: Any, boxes_xyxy: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> tuple[Any, Any, Any, np.ndarray]:
         """Mask logits for all boxes of one image.
 
         Arguments:
@@ -438,20 +512,33 @@ class SamBoxSegmenter:
 
         With ``mask_margin`` each mask is computed only inside its box's
         window (:meth:`_token_windows`): the decoder's upscaling runs on the
-        window's tokens only (:func:`tasks.models.sam_decoder.upscale_windows`),
+        window's tokens only (:func:`segflow.tasks.models.sam_decoder.upscale_windows`),
         and the upsampling to the original frame on the pixels those tokens
         determine (:meth:`_resize_matrix`). Inside, the logits are the
         library's to float rounding; outside they are -20.
         """
         import torch
 
-        boxes = torch.as_tensor(self.transform.apply_boxes(boxes_xyxy.astype(np.float64), original_size), dtype=torch.float32, device=self.device)
+        boxes = torch.as_tensor(
+            self.transform.apply_boxes(boxes_xyxy.astype(np.float64), original_size),
+            dtype=torch.float32,
+            device=self.device,
+        )
         centres = torch.as_tensor(
-            self.transform.apply_coords((boxes_xyxy[:, :2] + boxes_xyxy[:, 2:]).astype(np.float64) / 2, original_size), dtype=torch.float32, device=self.device,
+            self.transform.apply_coords((boxes_xyxy[:, :2] + boxes_xyxy[:, 2:]).astype(np.float64) / 2, original_size),
+            dtype=torch.float32,
+            device=self.device,
         )[:, None, :]  # N x 1 x 2, resized frame
-        points = (centres, torch.ones(centres.shape[:2], device=self.device)) if self.prompt in ("point", "box+point") else None
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes if self.prompt != "point" else None, masks=None)
-        # without mask prompts the dense embedding is the same for every box: the image side is shared (tasks.models.sam_decoder)
+        points = (
+            (centres, torch.ones(centres.shape[:2], device=self.device))
+            if self.prompt in ("point", "box+point")
+            else None
+        )
+        sparse, dense = self.model.prompt_encoder(
+            points=points, boxes=boxes if self.prompt != "point" else None, masks=None
+        )
+        # without mask prompts the dense embedding is the same for every box: the image side is shared
+        # (tasks.models.sam_decoder)
         shared = SharedImage(self.model.mask_decoder, embedding, self.model.prompt_encoder.get_dense_pe(), dense[:1])
         n, windows = len(boxes), (self._token_windows(boxes) if self.mask_margin is not None else None)
         if windows is not None:
@@ -461,9 +548,13 @@ class SamBoxSegmenter:
         else:
             parts = []
         ious, all_ious = [], []
-        bounds = np.tile(np.array([0, original_size[1], 0, original_size[0]], np.int64), (n, 1))  # whole frame unless windowed
+        bounds = np.tile(
+            np.array([0, original_size[1], 0, original_size[0]], np.int64), (n, 1)
+        )  # whole frame unless windowed
         for s in range(0, n, self.boxes_per_call):
-            keys, hyper, iou = decode_tokens(self.model.mask_decoder, shared, sparse[s : s + self.boxes_per_call], self.multimask)
+            keys, hyper, iou = decode_tokens(
+                self.model.mask_decoder, shared, sparse[s : s + self.boxes_per_call], self.multimask
+            )
             # the mask SAM itself rates best (with multimask, of its 3 candidates), chosen before any upscaling
             best = iou.argmax(1)
             rows = torch.arange(len(best), device=best.device)
@@ -477,7 +568,10 @@ class SamBoxSegmenter:
                 continue
             crops = upscale_windows(self.model.mask_decoder, keys, shared.hw, hyper, windows[s : s + len(best)])
             for k, (crop, (x0, y0, x1, y1)) in enumerate(zip(crops, 4 * windows[s : s + len(best)])):
-                c0, c1 = int(np.searchsorted(fx, x0)), int(np.searchsorted(lx, x1))  # output columns set by low-res x0..x1
+                c0, c1 = (
+                    int(np.searchsorted(fx, x0)),
+                    int(np.searchsorted(lx, x1)),
+                )  # output columns set by low-res x0..x1
                 r0, r1 = int(np.searchsorted(fy, y0)), int(np.searchsorted(ly, y1))
                 bounds[s + k] = c0, max(c0, c1), r0, max(r0, r1)
                 if c1 > c0 and r1 > r0:  # N x W x H layout: columns first
@@ -518,7 +612,9 @@ class SamBoxSegmenter:
         if key in self._resize_cache:
             self._resize_cache.move_to_end(key)
         else:
-            if len(self._resize_cache) >= 64:  # a dataset of many image sizes: keep the 64 last used (~1 MB each at 1080p)
+            if (
+                len(self._resize_cache) >= 64
+            ):  # a dataset of many image sizes: keep the 64 last used (~1 MB each at 1080p)
                 self._resize_cache.popitem(last=False)
             low = 4 * self.model.prompt_encoder.image_embedding_size[0]
             eye = torch.eye(low, dtype=torch.float64)[:, None, :]  # row k: the unit signal at low-res pixel k
@@ -545,14 +641,21 @@ class SamBoxSegmenter:
         import torch
 
         if len(images) != len(prompts):
-            raise ValueError(f"segment: expected one prompt record per image, got {len(prompts)} for {len(images)} images")
+            raise ValueError(
+                f"segment: expected one prompt record per image, got {len(prompts)} for {len(images)} images"
+            )
         out: list[Detections] = [Detections.empty(p.image_size, with_masks=True) for p in prompts]
         todo = [i for i, p in enumerate(prompts) if len(p)]
         if not todo:
             return out
         threshold = float(self.model.mask_threshold)
         batches = [todo[s : s + self.batch_size] for s in range(0, len(todo), self.batch_size)]
-        with self._lock, torch.inference_mode(), self._autocast(), ThreadPoolExecutor(1, thread_name_prefix="sam-resize") as ahead:
+        with (
+            self._lock,
+            torch.inference_mode(),
+            self._autocast(),
+            ThreadPoolExecutor(1, thread_name_prefix="sam-resize") as ahead,
+        ):
             # the next batch's resize (PIL, single-threaded, GIL released) runs while this batch's models do
             resized = ahead.submit(self._resize, [images[i] for i in batches[0]])
             for b_idx, idx in enumerate(batches):
@@ -566,7 +669,9 @@ class SamBoxSegmenter:
                     per_part = max(1, self.logits_bytes // (4 * h * w))  # boxes whose full-frame logits fit the budget
                     counts, iou, stability, candidates, area = [], [], [], [], []
                     for b in range(0, len(dets), per_part):
-                        lg, io, cand, bounds = self._image_logits(images[i], embs[j : j + 1], dets.boxes[b : b + per_part], sizes[j], dets.image_size)
+                        lg, io, cand, bounds = self._image_logits(
+                            images[i], embs[j : j + 1], dets.boxes[b : b + per_part], sizes[j], dets.image_size
+                        )
                         st, masks_nwh = self._threshold(lg, bounds, threshold)
                         stability.append(st)
                         del lg
@@ -578,7 +683,9 @@ class SamBoxSegmenter:
                         if cand is not None:
                             candidates.append(cand.float().cpu().numpy())
                     extra = {"multimask_ious": np.concatenate(candidates)} if candidates else {}
-                    with_masks = dets.with_masks(counts, predicted_iou=np.concatenate(iou), stability_score=np.concatenate(stability), **extra)
+                    with_masks = dets.with_masks(
+                        counts, predicted_iou=np.concatenate(iou), stability_score=np.concatenate(stability), **extra
+                    )
                     out[i] = with_masks[np.concatenate(area) >= max(self.min_mask_area, 1)]
         return out
 
@@ -593,7 +700,9 @@ class SamBoxSegmenter:
         from segment_anything.utils.amg import calculate_stability_score
 
         if threshold - 1.0 <= -20.0:  # not SAM's threshold: the whole frame
-            return calculate_stability_score(logits, threshold, 1.0).float().cpu().numpy(), (logits > threshold).cpu().numpy()
+            return calculate_stability_score(logits, threshold, 1.0).float().cpu().numpy(), (
+                logits > threshold
+            ).cpu().numpy()
         n, w, h = logits.shape
         stability, masks = np.zeros(n, np.float32), np.zeros((n, w, h), bool)
         for k, (x0, x1, y0, y1) in enumerate(bounds.tolist()):
@@ -605,7 +714,14 @@ class SamBoxSegmenter:
                 stability[k] = np.nan  # as calculate_stability_score of all-background logits (0 / 0)
         return stability, masks
 
-    def _image_logits(self, image: np.ndarray, embedding: Any, boxes_xyxy: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int]) -> tuple[Any, Any, Any, np.ndarray]:
+    def _image_logits(
+        self,
+        image: np.ndarray,
+        embedding: Any,
+        boxes_xyxy: np.ndarray,
+        input_size: tuple[int, int],
+        original_size: tuple[int, int],
+    ) -> tuple[Any, Any, Any, np.ndarray]:
         """:meth:`decode_boxes` for one image, with the boxes that ``zoom_context`` selects decoded in crops.
 
         A zoomed box gets its own crop (its :func:`zoom_windows_xyxy` window),
@@ -648,7 +764,11 @@ class SamBoxSegmenter:
             for j, r in enumerate(rows):
                 x0, y0 = windows[r, :2]
                 box = (boxes_xyxy[r] - np.array([x0, y0, x0, y0], np.float32))[None]
-                put(np.array([r]), *self.decode_boxes(embs[j : j + 1], box, sizes[j], crops[j].shape[:2]), win=windows[r])
+                put(
+                    np.array([r]),
+                    *self.decode_boxes(embs[j : j + 1], box, sizes[j], crops[j].shape[:2]),
+                    win=windows[r],
+                )
         return logits, iou, candidates, bounds
 
     def _autocast(self) -> Any:
@@ -666,7 +786,9 @@ class SamBoxSegmenter:
 
         with self._lock, torch.inference_mode(), self._autocast():
             emb, sizes = self.embed([image])
-            logits, iou, _, _ = self._image_logits(image, emb, np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), sizes[0], image.shape[:2])
+            logits, iou, _, _ = self._image_logits(
+                image, emb, np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), sizes[0], image.shape[:2]
+            )
         return logits.transpose(-1, -2).cpu().numpy(), iou.cpu().numpy()
 
 
@@ -694,11 +816,17 @@ class SamAutoLabeler:
             raise ValueError(f"sam_auto: category {stage.category!r} is not in the ontology")
         self.class_id = by_name[stage.category]
         self.generator = SamAutomaticMaskGenerator(
-            self.model, points_per_side=stage.points_per_side, points_per_batch=stage.points_per_batch,
-            pred_iou_thresh=stage.pred_iou_thresh, stability_score_thresh=stage.stability_score_thresh,
-            stability_score_offset=stage.stability_score_offset, box_nms_thresh=stage.box_nms_thresh,
-            crop_n_layers=stage.crop_n_layers, crop_nms_thresh=stage.crop_nms_thresh,
-            min_mask_region_area=stage.min_mask_region_area, output_mode="coco_rle",
+            self.model,
+            points_per_side=stage.points_per_side,
+            points_per_batch=stage.points_per_batch,
+            pred_iou_thresh=stage.pred_iou_thresh,
+            stability_score_thresh=stage.stability_score_thresh,
+            stability_score_offset=stage.stability_score_offset,
+            box_nms_thresh=stage.box_nms_thresh,
+            crop_n_layers=stage.crop_n_layers,
+            crop_nms_thresh=stage.crop_nms_thresh,
+            min_mask_region_area=stage.min_mask_region_area,
+            output_mode="coco_rle",
         )
         self._lock = threading.Lock()
 
@@ -716,8 +844,19 @@ class SamAutoLabeler:
                     continue
                 xywh = np.array([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
                 piou = np.array([a["predicted_iou"] for a in anns], np.float32)
-                dets = Detections((h, w), np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1), np.full(len(anns), self.class_id), piou)
+                dets = Detections(
+                    (h, w),
+                    np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1),
+                    np.full(len(anns), self.class_id),
+                    piou,
+                )
                 counts = [a["segmentation"]["counts"] for a in anns]
                 counts = [c.decode("ascii") if isinstance(c, bytes) else c for c in counts]
-                out.append(dets.with_masks(counts, predicted_iou=piou, stability_score=np.array([a["stability_score"] for a in anns], np.float32)))
+                out.append(
+                    dets.with_masks(
+                        counts,
+                        predicted_iou=piou,
+                        stability_score=np.array([a["stability_score"] for a in anns], np.float32),
+                    )
+                )
         return out

@@ -32,7 +32,7 @@ to float rounding) with less work per prompt:
 4. **No B x N x C temporaries.** The image -> token output is added into the
    image side in place (``baddbmm``, the output projection's bias folded into
    the values), and keys + pe reuse one buffer: on CPU every fresh multi-MB
-   tensor costs page faults (see :mod:`tasks.allocator`) and memory traffic.
+   tensor costs page faults (see :mod:`segflow.tasks.allocator`) and memory traffic.
 
 The output upscaling and the hypernetwork dot products are the decoder's own
 modules, run on every prompt's image tokens as in the library.
@@ -46,7 +46,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["SharedImage", "decode_tokens", "decode_prompts", "decode_prompts_one_image", "upscale_grid", "upscale_windows"]
+__all__ = [
+    "SharedImage",
+    "decode_tokens",
+    "decode_prompts",
+    "decode_prompts_one_image",
+    "upscale_grid",
+    "upscale_windows",
+]
 
 
 def _split_heads(x: Any, heads: int) -> Any:
@@ -92,7 +99,9 @@ def _tokens_to_shared_image(attn: Any, q: Any, k_heads: Any, v_heads: Any) -> An
     heads = attn.num_heads
     qh = _split_heads(attn.q_proj(q), heads)  # B x H x T x d
     b, _, t, d = qh.shape
-    qs = (qh / math.sqrt(d)).transpose(0, 1).reshape(heads, b * t, d)  # H x BT x d: one product per head for all prompts
+    qs = (
+        (qh / math.sqrt(d)).transpose(0, 1).reshape(heads, b * t, d)
+    )  # H x BT x d: one product per head for all prompts
     a = torch.softmax(torch.bmm(qs, k_heads.transpose(1, 2)), dim=-1)  # H x BT x N
     out = torch.bmm(a, v_heads).reshape(heads, b, t, d).permute(1, 2, 0, 3).reshape(b, t, heads * d)  # B x T x I
     return attn.out_proj(out)
@@ -147,7 +156,9 @@ def _image_to_tokens(attn: Any, q_in: Any, k: Any, v: Any, q_heads_t: Any = None
         s = torch.baddbmm(bias, k_img, q_in.transpose(1, 2))  # B x HT x N
     a = _softmax_over_tokens(s.view(b, heads, t, -1))  # B x H x T x N
     wo = attn.out_proj.weight  # C x I
-    u = torch.einsum("bhtd,chd->bhtc", vh, wo.reshape(wo.shape[0], heads, d)) + attn.out_proj.bias / heads  # B x H x T x C
+    u = (
+        torch.einsum("bhtd,chd->bhtc", vh, wo.reshape(wo.shape[0], heads, d)) + attn.out_proj.bias / heads
+    )  # B x H x T x C
     return a.reshape(b, heads * t, -1), u.reshape(b, heads * t, -1)
 
 
@@ -170,9 +181,15 @@ def _upscale_tokens(parts: list, tokens: Any) -> Any:
 
     conv1, norm, act1, conv2, act2 = parts
     c, c1, c2 = tokens.shape[1], conv1.out_channels, conv2.out_channels
-    y = torch.addmm(conv1.bias.repeat(4), tokens, conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)).reshape(-1, 4, c1)  # in x (dy, dx, out)
+    y = torch.addmm(conv1.bias.repeat(4), tokens, conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)).reshape(
+        -1, 4, c1
+    )  # in x (dy, dx, out)
     y = act1(F.layer_norm(y, (c1,), norm.weight, norm.bias, norm.eps))
-    return act2(torch.addmm(conv2.bias.repeat(4), y.reshape(-1, c1), conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)).reshape(-1, 16, c2))
+    return act2(
+        torch.addmm(
+            conv2.bias.repeat(4), y.reshape(-1, c1), conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+        ).reshape(-1, 16, c2)
+    )
 
 
 def upscale_grid(decoder: Any, keys: Any, h: int, w: int, hyper_in: Any) -> Any:
@@ -199,14 +216,24 @@ def upscale_grid(decoder: Any, keys: Any, h: int, w: int, hyper_in: Any) -> Any:
 
 
 def _plain_upscaling(decoder: Any) -> bool:
-    """The library's upscaling layout: 2x2 stride-2 transposed conv, LayerNorm2d, act, 2x2 stride-2 transposed conv, act."""
+    """The library's upscaling layout: 2x2 stride-2 transposed conv, LayerNorm2d, act, 2x2 stride-2 transposed conv,
+    act."""
     import torch
 
     parts = list(decoder.output_upscaling)
     return (
-        len(parts) == 5 and all(isinstance(parts[i], torch.nn.ConvTranspose2d) and parts[i].kernel_size == (2, 2) and parts[i].stride == (2, 2)
-                                and parts[i].padding == (0, 0) and parts[i].output_padding == (0, 0) and parts[i].groups == 1 and parts[i].dilation == (1, 1)
-                                and parts[i].bias is not None for i in (0, 3))
+        len(parts) == 5
+        and all(
+            isinstance(parts[i], torch.nn.ConvTranspose2d)
+            and parts[i].kernel_size == (2, 2)
+            and parts[i].stride == (2, 2)
+            and parts[i].padding == (0, 0)
+            and parts[i].output_padding == (0, 0)
+            and parts[i].groups == 1
+            and parts[i].dilation == (1, 1)
+            and parts[i].bias is not None
+            for i in (0, 3)
+        )
         and type(parts[1]).__name__ == "LayerNorm2d"
     )
 
@@ -237,9 +264,13 @@ def upscale_windows(decoder: Any, keys: Any, hw: tuple[int, int], hyper_in: Any,
         return [full[i, 4 * y0 : 4 * y1, 4 * x0 : 4 * x1] for i, (x0, y0, x1, y1) in enumerate(win)]
     grid = torch.arange(n, device=keys.device).reshape(h, w)
     index = torch.cat([(grid[y0:y1, x0:x1] + i * n).reshape(-1) for i, (x0, y0, x1, y1) in enumerate(win)])
-    owner = torch.cat([torch.full(((y1 - y0) * (x1 - x0),), i, device=keys.device) for i, (x0, y0, x1, y1) in enumerate(win)])
+    owner = torch.cat(
+        [torch.full(((y1 - y0) * (x1 - x0),), i, device=keys.device) for i, (x0, y0, x1, y1) in enumerate(win)]
+    )
     y = _upscale_tokens(list(decoder.output_upscaling), keys.reshape(b * n, c).index_select(0, index))  # M x 16 x C2
-    logits = torch.bmm(y, hyper_in.index_select(0, owner)[:, :, None])[:, :, 0]  # M x 16: (dy1, dx1, dy2, dx2) per token
+    logits = torch.bmm(y, hyper_in.index_select(0, owner)[:, :, None])[
+        :, :, 0
+    ]  # M x 16: (dy1, dx1, dy2, dx2) per token
     out, start = [], 0
     for x0, y0, x1, y1 in win:
         th, tw = y1 - y0, x1 - x0
@@ -261,7 +292,9 @@ class SharedImage:
     def __init__(self, decoder: Any, image_embedding: Any, image_pe: Any, dense: Any):
         _, c, h, w = image_embedding.shape
         if dense.shape[0] != 1:
-            raise ValueError(f"SharedImage: expected one shared dense embedding 1 x {c} x {h} x {w}, got {tuple(dense.shape)}")
+            raise ValueError(
+                f"SharedImage: expected one shared dense embedding 1 x {c} x {h} x {w}, got {tuple(dense.shape)}"
+            )
         self.hw = (h, w)
         self.image = (image_embedding + dense).flatten(2).transpose(1, 2)[0].contiguous()  # N x C
         self.pe = image_pe.flatten(2).transpose(1, 2)[0].contiguous()
@@ -270,7 +303,10 @@ class SharedImage:
         self.first = None
         if len(layers):
             t2i, i2t = layers[0].cross_attn_token_to_image, layers[0].cross_attn_image_to_token
-            kh, vh = (_split_heads(x, t2i.num_heads).contiguous() for x in (t2i.k_proj(self.image_and_pe), t2i.v_proj(self.image)))
+            kh, vh = (
+                _split_heads(x, t2i.num_heads).contiguous()
+                for x in (t2i.k_proj(self.image_and_pe), t2i.v_proj(self.image))
+            )
             q = i2t.q_proj(self.image_and_pe)  # N x I -> H x d x N: the image-to-token scores come out token-major
             self.first = (kh, vh, q.T.reshape(i2t.num_heads, -1, q.shape[0]).contiguous())
 
@@ -287,7 +323,9 @@ def decode_tokens(decoder: Any, shared: SharedImage, sparse: Any, multimask_outp
     b = sparse.shape[0]
     image, pe = shared.image, shared.pe
     out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
-    point_pe = torch.cat((out_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1)  # B x T x C: the tokens, also their pe
+    point_pe = torch.cat(
+        (out_tokens.unsqueeze(0).expand(b, -1, -1), sparse), dim=1
+    )  # B x T x C: the tokens, also their pe
 
     queries, keys, keys_pe = point_pe, None, None
     for layer in tf.layers:
@@ -309,7 +347,9 @@ def decode_tokens(decoder: Any, shared: SharedImage, sparse: Any, multimask_outp
             queries = layer.norm2(queries + _tokens_to_image(layer.cross_attn_token_to_image, q, keys_pe, keys))
             queries = layer.norm3(queries + layer.mlp(queries))
             a, u = _image_to_tokens(layer.cross_attn_image_to_token, keys_pe, queries + point_pe, queries)
-            keys = layer.norm4(keys.baddbmm_(a.to(keys.dtype).transpose(1, 2), u.to(keys.dtype)))  # in place (not autocast): the previous keys are not used again
+            keys = layer.norm4(
+                keys.baddbmm_(a.to(keys.dtype).transpose(1, 2), u.to(keys.dtype))
+            )  # in place (not autocast): the previous keys are not used again
     if keys is None:  # a transformer without layers
         keys = image.expand(b, -1, -1)
     # The final attention acts on each token alone, and only the IoU token and the mask tokens
@@ -319,10 +359,14 @@ def decode_tokens(decoder: Any, shared: SharedImage, sparse: Any, multimask_outp
     read = [0] + [1 + i for i in token_ids]
     queries, point_pe = queries[:, read], point_pe[:, read]
     keys_pe = _with_pe(keys, pe, keys_pe)
-    queries = tf.norm_final_attn(queries + _tokens_to_image(tf.final_attn_token_to_image, queries + point_pe, keys_pe, keys))
+    queries = tf.norm_final_attn(
+        queries + _tokens_to_image(tf.final_attn_token_to_image, queries + point_pe, keys_pe, keys)
+    )
 
     iou_pred = decoder.iou_prediction_head(queries[:, 0, :])[:, mask_slice]
-    hyper_in = torch.stack([decoder.output_hypernetworks_mlps[i](queries[:, 1 + j, :]) for j, i in enumerate(token_ids)], dim=1)  # B x M x C2
+    hyper_in = torch.stack(
+        [decoder.output_hypernetworks_mlps[i](queries[:, 1 + j, :]) for j, i in enumerate(token_ids)], dim=1
+    )  # B x M x C2
     return keys, hyper_in, iou_pred
 
 
@@ -343,6 +387,8 @@ def decode_prompts(decoder: Any, shared: SharedImage, sparse: Any, multimask_out
     return upscale_grid(decoder, keys, *shared.hw, hyper_in), iou_pred
 
 
-def decode_prompts_one_image(decoder: Any, image_embedding: Any, image_pe: Any, dense: Any, sparse: Any, multimask_output: bool) -> tuple[Any, Any]:
+def decode_prompts_one_image(
+    decoder: Any, image_embedding: Any, image_pe: Any, dense: Any, sparse: Any, multimask_output: bool
+) -> tuple[Any, Any]:
     """:func:`decode_prompts` in one call: image_embedding, image_pe, dense 1 x C x h x w; sparse B x S x C."""
     return decode_prompts(decoder, SharedImage(decoder, image_embedding, image_pe, dense), sparse, multimask_output)

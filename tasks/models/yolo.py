@@ -30,26 +30,30 @@ import contextlib
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from tasks.models.device import resolve_device
-from tasks.record import Detections
-from tasks.weights import WeightsError, load_checkpoint
+from segflow.tasks.models.device import resolve_device
+from segflow.tasks.record import Detections
+from segflow.tasks.weights import WeightsError, load_checkpoint
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")  # library code never installs packages
 os.environ.setdefault("YOLO_VERBOSE", "False")
 if "YOLO_CONFIG_DIR" not in os.environ:
-    os.environ["YOLO_CONFIG_DIR"] = str(Path(os.environ.get("SEGFLOW_CACHE_DIR") or Path.home() / ".cache" / "segflow") / "ultralytics")
+    os.environ["YOLO_CONFIG_DIR"] = str(
+        Path(os.environ.get("SEGFLOW_CACHE_DIR") or Path.home() / ".cache" / "segflow") / "ultralytics"
+    )
     Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
 
 import torch  # noqa: E402 - torch (and its OpenMP runtime) loads before ultralytics can set OMP_NUM_THREADS=1
 
 _omp = os.environ.get("OMP_NUM_THREADS")
 import ultralytics  # noqa: E402,F401
+
 if _omp is None:  # don't hand OMP_NUM_THREADS=1 on to subprocesses and later-loaded libraries
     os.environ.pop("OMP_NUM_THREADS", None)
 
@@ -74,7 +78,10 @@ def save_yolo_checkpoint(yolo: Any, path: str | Path, half: bool = True) -> None
     from ultralytics.nn.tasks import BaseModel
 
     model = yolo if isinstance(yolo, BaseModel) else yolo.model  # a DetectionModel, or the YOLO wrapper around one
-    sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone() for k, v in model.state_dict().items()}
+    sd = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+        for k, v in model.state_dict().items()
+    }
     cfg = {k: v for k, v in dict(model.yaml).items()}
     names = {int(k): str(v) for k, v in dict(model.names).items()}
     task = getattr(model, "task", None) or ("segment" if "Segment" in type(model).__name__ else "detect")
@@ -101,7 +108,10 @@ def load_yolo(weights: str) -> Any:
             return YOLO(weights, task=None)
     ckpt = load_checkpoint(weights)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise WeightsError(f"{weights}: not a segflow YOLO checkpoint (expected format {FORMAT!r}); convert ultralytics files with `segflow convert-weights yolo`")
+        raise WeightsError(
+            f"{weights}: not a segflow YOLO checkpoint (expected format {FORMAT!r}); "
+            f"convert ultralytics files with `segflow convert-weights yolo`"
+        )
     cfg = dict(ckpt["yaml"])
     name = Path(str(cfg.get("yaml_file") or "yolo.yaml")).name  # the file name carries the model scale
     with tempfile.TemporaryDirectory(prefix="segflow-yolo-") as tmp:
@@ -113,7 +123,10 @@ def load_yolo(weights: str) -> Any:
             model = YOLO(str(cfg_path), task=ckpt.get("task"))
     missing, unexpected = model.model.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:
-        raise WeightsError(f"{weights}: state dict does not match its architecture (missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+        raise WeightsError(
+            f"{weights}: state dict does not match its architecture (missing {len(missing)}, "
+            f"unexpected {len(unexpected)} tensors)"
+        )
     model.model.names = {int(k): v for k, v in ckpt["names"].items()}
     model.model.float().eval()
     return model
@@ -141,7 +154,9 @@ class YoloDetector:
 
     @property
     def mapped_classes(self) -> dict[str, int]:
-        return {self.model_names[i]: int(c) for i, c in enumerate(self.class_lookup) if c >= 0 and i in self.model_names}
+        return {
+            self.model_names[i]: int(c) for i, c in enumerate(self.class_lookup) if c >= 0 and i in self.model_names
+        }
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detect objects.
@@ -178,7 +193,11 @@ class YoloDetector:
         order = sorted(range(len(images)), key=lambda i: images[i].shape[:2])  # stable: same sizes stay in input order
         groups: list[list[int]] = []
         for i in order:
-            if groups and images[groups[-1][0]].shape[:2] == images[i].shape[:2] and len(groups[-1]) < self.stage.batch_size:
+            if (
+                groups
+                and images[groups[-1][0]].shape[:2] == images[i].shape[:2]
+                and len(groups[-1]) < self.stage.batch_size
+            ):
                 groups[-1].append(i)
             else:
                 groups.append([i])
@@ -186,12 +205,20 @@ class YoloDetector:
         for g in groups:
             batch = [np.ascontiguousarray(images[i][..., ::-1]) for i in g]  # ultralytics takes BGR
             with self._lock, keep_torch_threads():
-                results = list(self.model.predict(
-                    batch, conf=self.stage.conf, iou=self.stage.iou, imgsz=self.stage.imgsz,
-                    max_det=self.stage.max_det, device=self.device, verbose=False, stream=True, **extra,
-                ))
+                results = list(
+                    self.model.predict(
+                        batch,
+                        conf=self.stage.conf,
+                        iou=self.stage.iou,
+                        imgsz=self.stage.imgsz,
+                        max_det=self.stage.max_det,
+                        device=self.device,
+                        verbose=False,
+                        stream=True,
+                        **extra,
+                    )
+                )
             for i, im, r in zip(g, batch, results):
                 done[i] = (im, r)
         ordered = [done[i] for i in range(len(images))]
         yield [im for im, _ in ordered], [r for _, r in ordered]
-

@@ -11,7 +11,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_bench_suite_writes_results(tmp_path):
     out = tmp_path / "latest.json"
-    r = subprocess.run([sys.executable, "-m", "bench", "--quick", "--only", "rle", "rss", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--only", "rle", "rss", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res["rle_gpx_per_s"] > 0 and "rss_slope_mb_per_1k_images" in res and res["rss_detail"]["images"] == 200
@@ -28,6 +34,7 @@ def test_per_item_timing_interleaves_contenders_on_each_item_and_sums_their_best
         def fn(item):
             calls.append((name, item))
             time.sleep(slow_first_round[name] if len([c for c in calls if c[0] == name]) <= 2 else 0.001)
+
         return fn
 
     rounds = {}
@@ -44,7 +51,9 @@ def test_utilisation_is_images_per_s_times_gflops_over_the_device_peak():
 
     from bench.__main__ import _gpu_peak_tflops, _utilisation
 
-    assert _utilisation(20.0, 500.0, 989.0) == pytest.approx(10_000 / 989_000)  # 20 img/s x 500 GFLOPs = 10 TFLOP/s of 989
+    assert _utilisation(20.0, 500.0, 989.0) == pytest.approx(
+        10_000 / 989_000
+    )  # 20 img/s x 500 GFLOPs = 10 TFLOP/s of 989
     assert _utilisation(40.0, 500.0, 989.0) == pytest.approx(2 * _utilisation(20.0, 500.0, 989.0))
     with pytest.raises(ValueError, match="peak"):
         _utilisation(1.0, 1.0, 0.0)

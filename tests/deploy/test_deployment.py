@@ -26,12 +26,23 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", SEGFLOW_HOME=str(ROOT), PREFECT_LOGGING_LEVEL="WARNING")
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        SEGFLOW_HOME=str(ROOT),
+        PREFECT_LOGGING_LEVEL="WARNING",
+    )
     env.pop("PREFECT_API_KEY", None)
     log = open(home / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 120
         while True:
@@ -55,15 +66,28 @@ def server(tmp_path_factory):
 
 
 def prefect(env, *args, timeout=180, check=True):
-    r = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and r.returncode != 0:
-        raise AssertionError(f"prefect {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+        raise AssertionError(
+            f"prefect {' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        )
     return r
 
 
 def api(env, method, path, body=None):
-    req = urllib.request.Request(env["PREFECT_API_URL"] + path, method=method, data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        env["PREFECT_API_URL"] + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as r:
         return json.loads(r.read() or b"null")
 
@@ -71,26 +95,51 @@ def api(env, method, path, body=None):
 def test_deploy_and_run_through_a_process_worker(server, write_job, image_dir, tmp_path):
     env = server
     # the GPU pools: the server accepts the base job templates
-    prefect(env, "work-pool", "create", "gpu-k8s", "--type", "kubernetes", "--base-job-template", "deploy/work-pools/kubernetes-gpu.json")
-    prefect(env, "work-pool", "create", "gpu-docker", "--type", "docker", "--base-job-template", "deploy/work-pools/docker-gpu.json")
+    prefect(
+        env,
+        "work-pool",
+        "create",
+        "gpu-k8s",
+        "--type",
+        "kubernetes",
+        "--base-job-template",
+        "deploy/work-pools/kubernetes-gpu.json",
+    )
+    prefect(
+        env,
+        "work-pool",
+        "create",
+        "gpu-docker",
+        "--type",
+        "docker",
+        "--base-job-template",
+        "deploy/work-pools/docker-gpu.json",
+    )
     prefect(env, "work-pool", "create", "local-process", "--type", "process")
     k8s = api(env, "GET", "/work_pools/gpu-k8s")["base_job_template"]
     container = k8s["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
     docker = api(env, "GET", "/work_pools/gpu-docker")["base_job_template"]
-    assert docker["variables"]["properties"]["container_create_kwargs"]["default"]["device_requests"][0]["Capabilities"] == [["gpu"]]
+    assert docker["variables"]["properties"]["container_create_kwargs"]["default"]["device_requests"][0][
+        "Capabilities"
+    ] == [["gpu"]]
 
     # every deployment of deploy/prefect.yaml, with the nightly cron schedule
     prefect(env, "deploy", "--prefect-file", "deploy/prefect.yaml", "--all")
     deps = {d["name"]: d for d in api(env, "POST", "/deployments/filter", {})}
     assert set(deps) == {"nightly-k8s-gpu", "adhoc-docker-gpu", "local-process"}
     assert deps["nightly-k8s-gpu"]["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
-    assert deps["nightly-k8s-gpu"]["work_pool_name"] == "gpu-k8s" and deps["local-process"]["entrypoint"] == "flows/deployment.py:label_job"
+    assert (
+        deps["nightly-k8s-gpu"]["work_pool_name"] == "gpu-k8s"
+        and deps["local-process"]["entrypoint"] == "flows/deployment.py:label_job"
+    )
 
     # run the process deployment on a job file with the tiny models, plus one with a bad config
     out = tmp_path / "out"
     good = write_job(image_dir, out, name="good.yaml")
-    bad = write_job(image_dir, tmp_path / "bad-out", name="bad.yaml", mutate=lambda j: j["stages"]["masks"].update(needs=["nope"]))
+    bad = write_job(
+        image_dir, tmp_path / "bad-out", name="bad.yaml", mutate=lambda j: j["stages"]["masks"].update(needs=["nope"])
+    )
     runs = {}
     for name, job in (("good", good), ("bad", bad)):
         r = prefect(env, "deployment", "run", "segflow-job/local-process", "--param", f"config={job}")

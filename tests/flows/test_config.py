@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 
-from flows import cli
-from flows.config import ConfigError, job_json_schema, load_config
+from segflow.flows import cli
+from segflow.flows.config import ConfigError, job_json_schema, load_config
 
 
 def set_in(job, path, value):
@@ -31,21 +31,40 @@ BAD = [
     (("shard_sise",), 10, "shard_sise: unknown key"),
     (("ontology",), [], "ontology: the ontology is empty"),
     (("ontology", 1, "id"), 1, "ontology[1].id: duplicate id 1"),
-    (("stages", "masks", "weights"), "/nonexistent/sam.pt", "stages.masks.weights: file not found: /nonexistent/sam.pt"),
+    (
+        ("stages", "masks", "weights"),
+        "/nonexistent/sam.pt",
+        "stages.masks.weights: file not found: /nonexistent/sam.pt",
+    ),
     (("stages", "detector", "needs"), ["masks"], "stages.detector.needs: cycle: detector -> masks -> detector"),
-    (("stages", "masks", "needs"), [], "stages.masks.needs: a 'sam' stage needs exactly one detector stage (yolo, owlv2, owlvit, grounding_dino); found 0"),
+    (
+        ("stages", "masks", "needs"),
+        [],
+        "stages.masks.needs: a 'sam' stage needs exactly one detector stage (yolo, "
+        "owlv2, owlvit, grounding_dino); found 0",
+    ),
     (("stages", "masks", "sha256"), "abc", "stages.masks.sha256: must be 64 hexadecimal characters"),
     (("shard_size",), 0, "shard_size: Input should be greater than or equal to 1"),
     (("source",), {"url": "x", "list": "y"}, "source: give exactly one of 'url'"),
     (("output",), DELETE, "output: required key is missing"),
-    (("stages", "detector", "class_map"), {"square": "cube"}, "stages.detector.class_map.square: 'cube' is not a class of the ontology"),
-    (("source", "storage_options"), {"secret": "hunter2"}, "source.storage_options.secret: credentials do not belong in the job file"),
+    (
+        ("stages", "detector", "class_map"),
+        {"square": "cube"},
+        "stages.detector.class_map.square: 'cube' is not a class of the ontology",
+    ),
+    (
+        ("source", "storage_options"),
+        {"secret": "hunter2"},
+        "source.storage_options.secret: credentials do not belong in the job file",
+    ),
     (("runtime", "max_workers"), "many", "runtime.max_workers: Input should be a valid integer"),
     (("stages", "detector", "device"), "gpu0", "stages.detector.device: unknown device 'gpu0'"),
 ]
 
 
-@pytest.mark.parametrize("path,value,expected", BAD, ids=[e.split(":")[0] + "-" + str(i) for i, (_, _, e) in enumerate(BAD)])
+@pytest.mark.parametrize(
+    "path,value,expected", BAD, ids=[e.split(":")[0] + "-" + str(i) for i, (_, _, e) in enumerate(BAD)]
+)
 def test_bad_config_rejected_with_key_path(path, value, expected, write_job, image_dir, tmp_path):
     job_file = write_job(image_dir, tmp_path / "out", mutate=lambda j: set_in(j, path, value))
     with pytest.raises(ConfigError) as err:
@@ -55,9 +74,22 @@ def test_bad_config_rejected_with_key_path(path, value, expected, write_job, ima
 
 
 def test_stage_pointing_to_itself(write_job, image_dir, tmp_path):
-    job_file = write_job(image_dir, tmp_path / "out", mutate=lambda j: set_in(j, ("stages", "masks", "needs"), ["masks"]))
+    job_file = write_job(
+        image_dir, tmp_path / "out", mutate=lambda j: set_in(j, ("stages", "masks", "needs"), ["masks"])
+    )
     with pytest.raises(ConfigError, match=r"stages.masks.needs\[0\]: a stage cannot need itself"):
         load_config(job_file)
+
+
+def test_missing_source_list_is_named(write_job, image_dir, tmp_path):
+    """A `source.list` that does not exist is a config error naming the key; an existing one validates."""
+    missing = tmp_path / "missing.txt"
+    job_file = write_job(image_dir, tmp_path / "out", mutate=lambda j: set_in(j, ("source",), {"list": str(missing)}))
+    with pytest.raises(ConfigError, match=rf"source.list: file not found: {missing}"):
+        load_config(job_file)
+    assert cli.main(["validate", str(job_file)]) == 2
+    missing.write_text("\n".join(str(p) for p in sorted(image_dir.iterdir())) + "\n")  # negative control
+    assert load_config(job_file).source.list == str(missing)
 
 
 def test_yaml_syntax_error_has_line(tmp_path):
@@ -89,7 +121,9 @@ def test_validate_and_schema_commands(write_job, image_dir, tmp_path, capsys):
     good = write_job(image_dir, tmp_path / "out")
     assert cli.main(["validate", str(good)]) == 0
     assert "ok" in capsys.readouterr().out
-    bad = write_job(image_dir, tmp_path / "out", name="bad.yaml", mutate=lambda j: set_in(j, ("stages", "masks", "needs"), ["nope"]))
+    bad = write_job(
+        image_dir, tmp_path / "out", name="bad.yaml", mutate=lambda j: set_in(j, ("stages", "masks", "needs"), ["nope"])
+    )
     assert cli.main(["validate", str(bad)]) == 2
     assert "bad.yaml: stages.masks.needs[0]: no stage named 'nope'" in capsys.readouterr().err
     assert cli.main(["schema"]) == 0
@@ -116,17 +150,39 @@ def _with_panoptic(tiny_models, **merge):
         j["ontology"].append({"id": 9, "name": "ground", "isthing": False})
         j["stages"]["panoptic"] = {"kind": "mask2former", "weights": str(tiny_models["mask2former"]), "device": "cpu"}
         j["stages"]["merge"] = {"kind": "panoptic_merge", "needs": ["masks", "panoptic"], **merge}
+
     return mutate
 
 
 PANOPTIC_BAD = [
-    (("stages", "panoptic", "unmapped"), "lava", "stages.panoptic.unmapped: 'lava' is not a class of the ontology (or use 'drop')"),
-    (("stages", "panoptic", "label_map"), {"sky": "lava"}, "stages.panoptic.label_map.sky: 'lava' is not a class of the ontology"),
-    (("stages", "merge", "needs"), ["masks"], "stages.merge.needs: a 'panoptic_merge' stage needs exactly one panoptic stage (mask2former); found 0"),
-    (("stages", "merge", "needs"), ["panoptic"], "stages.merge.needs: things: instances needs an instance stage (sam, qc, sam_auto, yolo_seg or maskrcnn) in needs"),
+    (
+        ("stages", "panoptic", "unmapped"),
+        "lava",
+        "stages.panoptic.unmapped: 'lava' is not a class of the ontology (or use 'drop')",
+    ),
+    (
+        ("stages", "panoptic", "label_map"),
+        {"sky": "lava"},
+        "stages.panoptic.label_map.sky: 'lava' is not a class of the ontology",
+    ),
+    (
+        ("stages", "merge", "needs"),
+        ["masks"],
+        "stages.merge.needs: a 'panoptic_merge' stage needs exactly one panoptic stage (mask2former); found 0",
+    ),
+    (
+        ("stages", "merge", "needs"),
+        ["panoptic"],
+        "stages.merge.needs: things: instances needs an instance stage (sam, qc, "
+        "sam_auto, yolo_seg or maskrcnn) in needs",
+    ),
     (("stages", "merge", "needs"), ["detector", "panoptic"], "stages.merge.needs: a 'panoptic_merge' stage takes only"),
     (("stages", "merge", "things"), "everything", "stages.merge.things: Input should be 'instances' or 'panoptic'"),
-    (("stages", "panoptic", "weights"), "hub:nobody/nothing", "stages.panoptic.weights: hub:nobody/nothing: not in the local Hugging Face cache"),
+    (
+        ("stages", "panoptic", "weights"),
+        "hub:nobody/nothing",
+        "stages.panoptic.weights: hub:nobody/nothing: not in the local Hugging Face cache",
+    ),
     (("gold_panoptic",), "/nonexistent/panoptic.json", "gold_panoptic: file not found: /nonexistent/panoptic.json"),
 ]
 
@@ -143,7 +199,12 @@ def test_bad_panoptic_config_rejected(path, value, expected, write_job, image_di
 def test_panoptic_job_roles(write_job, image_dir, tmp_path, tiny_models):
     job = load_config(write_job(image_dir, tmp_path / "out", mutate=_with_panoptic(tiny_models)))
     assert job.instance_sinks() == ["masks"] and job.panoptic_sink() == "merge"
-    two = write_job(image_dir, tmp_path / "out", name="two.yaml", mutate=lambda j: (_with_panoptic(tiny_models)(j), j["stages"].update(merge2=dict(j["stages"]["merge"]))))
+    two = write_job(
+        image_dir,
+        tmp_path / "out",
+        name="two.yaml",
+        mutate=lambda j: (_with_panoptic(tiny_models)(j), j["stages"].update(merge2=dict(j["stages"]["merge"]))),
+    )
     with pytest.raises(ConfigError, match="one panoptic output per job"):
         load_config(two)
 
@@ -154,14 +215,25 @@ def test_sam_auto_category_must_be_in_the_ontology(write_job, image_dir, tmp_pat
 
     with pytest.raises(ConfigError, match=r"stages.auto.category: 'thing' is not a class of the ontology"):
         load_config(write_job(image_dir, tmp_path / "out", mutate=mutate))
-    ok = write_job(image_dir, tmp_path / "out", name="ok.yaml", mutate=lambda j: (mutate(j), j["ontology"].append({"id": 99, "name": "thing"})))
+    ok = write_job(
+        image_dir,
+        tmp_path / "out",
+        name="ok.yaml",
+        mutate=lambda j: (mutate(j), j["ontology"].append({"id": 99, "name": "thing"})),
+    )
     assert load_config(ok).instance_sinks() == ["auto"]
 
 
 OWL_BAD = [
-    (lambda j: j["ontology"][0].update(prompts=["round thing", "Square"]), "ontology[1].prompts: prompt 'square' is also a prompt of 'circle'"),
+    (
+        lambda j: j["ontology"][0].update(prompts=["round thing", "Square"]),
+        "ontology[1].prompts: prompt 'square' is also a prompt of 'circle'",
+    ),
     (lambda j: j["ontology"][0].update(prompts=[" "]), "ontology[0].prompts: empty prompt"),
-    (lambda j: j["stages"]["detector"].update(kind="owlv2", thresholds={"cube": 0.3}), "stages.detector.thresholds.cube: 'cube' is not a class of the ontology"),
+    (
+        lambda j: j["stages"]["detector"].update(kind="owlv2", thresholds={"cube": 0.3}),
+        "stages.detector.thresholds.cube: 'cube' is not a class of the ontology",
+    ),
 ]
 
 

@@ -5,10 +5,10 @@ seeds >= 10000; everything here renders fresh scenes with small seeds.
 """
 
 import contextlib
-from collections import Counter
 import io
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,11 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from flows import cli
-from flows.config import load_config
-from tasks.quality import evaluate
-from tasks.synthetic import rotate_for_exif, write_scene_set
-from tasks.training import mean_box_prompt_iou
+from segflow.demo.synthetic import rotate_for_exif, write_scene_set
+from segflow.demo.training import mean_box_prompt_iou
+from segflow.flows import cli
+from segflow.flows.config import load_config
+from segflow.tasks.quality import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -71,8 +71,19 @@ def test_exported_coco_quality_floor(demo_run):
     to_gt = {im["id"]: by_name[im["file_name"]] for im in pred["images"]}
     names = {c["id"]: c["name"] for c in pred["categories"]}
     gt_ids = {c["name"]: c["id"] for c in gt.dataset["categories"]}
-    segm = [{"image_id": to_gt[a["image_id"]], "category_id": gt_ids[names[a["category_id"]]], "segmentation": a["segmentation"], "score": a["score"]} for a in pred["annotations"]]
-    boxes = [{"image_id": s["image_id"], "category_id": s["category_id"], "bbox": a["bbox"], "score": a["score"]} for s, a in zip(segm, pred["annotations"])]
+    segm = [
+        {
+            "image_id": to_gt[a["image_id"]],
+            "category_id": gt_ids[names[a["category_id"]]],
+            "segmentation": a["segmentation"],
+            "score": a["score"],
+        }
+        for a in pred["annotations"]
+    ]
+    boxes = [
+        {"image_id": s["image_id"], "category_id": s["category_id"], "bbox": a["bbox"], "score": a["score"]}
+        for s, a in zip(segm, pred["annotations"])
+    ]
     box_ap50, mask_ap50 = coco_eval(gt, boxes, "bbox"), coco_eval(gt, segm, "segm")
     print(f"box AP50 {box_ap50:.3f}, mask AP50 {mask_ap50:.3f}")
     assert box_ap50 >= BOX_AP50_FLOOR and mask_ap50 >= MASK_AP50_FLOOR
@@ -87,8 +98,8 @@ def test_sam_alone_with_ground_truth_boxes(tmp_path):
 
 def test_negative_control_shifted_boxes_halve_mask_ap(tmp_path):
     """Boxes moved by half their size must wreck the masks; if not, the quality test measures nothing."""
-    from tasks.models.sam import SamBoxSegmenter
-    from tasks.record import Detections
+    from segflow.tasks.models.sam import SamBoxSegmenter
+    from segflow.tasks.record import Detections
 
     write_scene_set(tmp_path / "images", 15, seed=6, gt_dir=tmp_path / "gt", exif_fraction=0.0)
     gold = json.loads((tmp_path / "gt" / "instances.json").read_text())
@@ -101,14 +112,24 @@ def test_negative_control_shifted_boxes_halve_mask_ap(tmp_path):
         for im in gold["images"]:
             pixels = np.asarray(Image.open(tmp_path / "images" / im["file_name"]).convert("RGB"))
             anns = [a for a in gold["annotations"] if a["image_id"] == im["id"]]
-            boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns], np.float32)
-            boxes += shift * np.repeat(boxes[:, 2:] - boxes[:, :2], 2, axis=0).reshape(-1, 4)[:, [0, 1, 0, 1]] if len(boxes) else 0
+            boxes = np.array(
+                [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+                np.float32,
+            )
+            boxes += (
+                shift * np.repeat(boxes[:, 2:] - boxes[:, :2], 2, axis=0).reshape(-1, 4)[:, [0, 1, 0, 1]]
+                if len(boxes)
+                else 0
+            )
             dets = Detections(pixels.shape[:2], boxes, [a["category_id"] for a in anns], np.ones(len(anns)))
             out = seg.segment([pixels], [dets])[0]
             names[im["file_name"]] = im["id"]
             sizes[im["id"]] = pixels.shape[:2]
             bb = out.mask_bboxes_xywh()
-            preds += [{"image_id": im["id"], "category_id": int(c), "score": 1.0, "rle_counts": r, "bbox": b.tolist()} for c, r, b in zip(out.class_ids, out.rle_counts, bb)]
+            preds += [
+                {"image_id": im["id"], "category_id": int(c), "score": 1.0, "rle_counts": r, "bbox": b.tolist()}
+                for c, r, b in zip(out.class_ids, out.rle_counts, bb)
+            ]
         return evaluate(gold, ontology, names, preds, sizes)["mask_ap50"]
 
     good, shifted = ap50(0.0), ap50(0.5)
@@ -121,7 +142,7 @@ def test_exif_rotated_copies_get_the_same_labels(prefect_harness, tmp_path):
     scenes = write_scene_set(tmp_path / "upright", 6, seed=8, exif_fraction=0.0, size_range=(320, 640))
     src = tmp_path / "mixed"
     src.mkdir()
-    for i, (name, scene) in enumerate(scenes):
+    for i, (_name, scene) in enumerate(scenes):
         h, w = (d - d % 16 for d in scene.pixels.shape[:2])  # whole JPEG blocks: rotation is lossless
         upright = Image.fromarray(np.ascontiguousarray(scene.pixels[:h, :w]))
         upright.save(src / f"{i}_upright.jpg", quality=100)
@@ -132,7 +153,10 @@ def test_exif_rotated_copies_get_the_same_labels(prefect_harness, tmp_path):
     shutil.copytree(DEMO.parent / "models", tmp_path / "models")
     assert cli.main(["run", str(job), "--source", str(src), "--output", str(tmp_path / "out"), "--no-progress"]) == 0
     masks = ds.dataset(str(tmp_path / "out" / "manifest" / "masks.parquet")).to_table().to_pylist()
-    images = {r["image_id"]: r for r in ds.dataset(str(tmp_path / "out" / "manifest" / "images.parquet")).to_table().to_pylist()}
+    images = {
+        r["image_id"]: r
+        for r in ds.dataset(str(tmp_path / "out" / "manifest" / "images.parquet")).to_table().to_pylist()
+    }
     assert {r["exif_orientation"] for r in images.values()} == {1, 3, 6, 8}
     by_file = {}
     for m in masks:
@@ -145,8 +169,16 @@ def test_exif_rotated_copies_get_the_same_labels(prefect_harness, tmp_path):
         for a_name, b_name in ((f"{i}_upright.jpg", f"{i}_rotated.jpg"), (f"{i}_rotated.jpg", f"{i}_upright.jpg")):
             ours, theirs = by_file.get(a_name, []), by_file.get(b_name, [])
             for a in (m for m in ours if m["score"] >= confident):
-                rles = [{"size": [b["height"], b["width"]], "counts": b["rle_counts"]} for b in theirs if b["category_id"] == a["category_id"]]
-                best = mask_utils.iou(rles, [{"size": [a["height"], a["width"]], "counts": a["rle_counts"]}], [0]).max() if rles else 0.0
+                rles = [
+                    {"size": [b["height"], b["width"]], "counts": b["rle_counts"]}
+                    for b in theirs
+                    if b["category_id"] == a["category_id"]
+                ]
+                best = (
+                    mask_utils.iou(rles, [{"size": [a["height"], a["width"]], "counts": a["rle_counts"]}], [0]).max()
+                    if rles
+                    else 0.0
+                )
                 assert best >= 0.99, (a_name, a["annotation_id"], best)
                 compared += 1
     assert compared >= 12
@@ -166,13 +198,16 @@ def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
     """
     from scipy import ndimage
 
-    from flows.config import QcStage
-    from tasks import rle
-    from tasks.qc import check_masks
-    from tasks.record import Detections
+    from segflow.flows.config import QcStage
+    from segflow.tasks import rle
+    from segflow.tasks.qc import check_masks
+    from segflow.tasks.record import Detections
 
     masks = ds.dataset(str(demo_run / "out" / "manifest" / "masks.parquet")).to_table().to_pylist()
-    images = {r["image_id"]: r["file_name"] for r in ds.dataset(str(demo_run / "out" / "manifest" / "images.parquet")).to_table().to_pylist()}
+    images = {
+        r["image_id"]: r["file_name"]
+        for r in ds.dataset(str(demo_run / "out" / "manifest" / "images.parquet")).to_table().to_pylist()
+    }
     gt = json.loads((demo_run / "ground_truth" / "instances.json").read_text())
     gt_by_name = {im["file_name"]: [a for a in gt["annotations"] if a["image_id"] == im["id"]] for im in gt["images"]}
     by_image = {}
@@ -198,8 +233,16 @@ def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
                 good_iou[best] = max(good_iou.get(best, 0.0), float(ious[best]))
         good_idx = set(good_iou)
         boxes = np.array([r["prompt_box"] for r in rows], np.float32)
-        base = dict(image_size=(h, w), boxes=boxes, class_ids=[r["category_id"] for r in rows], scores=[r["score"] for r in rows])
-        fields = dict(predicted_iou=np.array([r["predicted_iou"] for r in rows]), stability_score=np.array([r["stability_score"] for r in rows]))
+        base = dict(
+            image_size=(h, w),
+            boxes=boxes,
+            class_ids=[r["category_id"] for r in rows],
+            scores=[r["score"] for r in rows],
+        )
+        fields = dict(
+            predicted_iou=np.array([r["predicted_iou"] for r in rows]),
+            stability_score=np.array([r["stability_score"] for r in rows]),
+        )
         record = Detections(**base).with_masks([r["rle_counts"] for r in rows], **fields)
         good = sorted(good_idx)
         v, why = check_masks(record, cfg)
@@ -215,27 +258,41 @@ def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
         dense = rle.decode_many(list(sub.rle_counts), h, w)
         for kind in caught:
             if kind == "duplicated":  # each good mask again, with a lower score: the copies must go
-                rec = Detections(image_size=(h, w), boxes=np.concatenate([sub.boxes, sub.boxes]), class_ids=np.concatenate([sub.class_ids] * 2),
-                                 scores=np.concatenate([sub.scores, sub.scores * 0.9]))
-                rec = rec.with_masks(list(sub.rle_counts) * 2, **{k: np.concatenate([x, x]) for k, x in sub.fields.items()})
-                verdict = check_masks(rec, cfg)[0][len(good):]
+                rec = Detections(
+                    image_size=(h, w),
+                    boxes=np.concatenate([sub.boxes, sub.boxes]),
+                    class_ids=np.concatenate([sub.class_ids] * 2),
+                    scores=np.concatenate([sub.scores, sub.scores * 0.9]),
+                )
+                rec = rec.with_masks(
+                    list(sub.rle_counts) * 2, **{k: np.concatenate([x, x]) for k, x in sub.fields.items()}
+                )
+                verdict = check_masks(rec, cfg)[0][len(good) :]
             else:
                 corrupted = []
                 for m, b in zip(dense, sub.boxes):
                     size = max(b[2] - b[0], b[3] - b[1])
                     if kind == "shifted":
-                        c = np.roll(m, (int(0.35 * size * rng.choice([-1, 1])), int(0.35 * size * rng.choice([-1, 1]))), (0, 1))
+                        c = np.roll(
+                            m, (int(0.35 * size * rng.choice([-1, 1])), int(0.35 * size * rng.choice([-1, 1]))), (0, 1)
+                        )
                     else:
                         c = ndimage.binary_erosion(m, iterations=max(1, int(0.2 * size)))
                     corrupted.append(c if c.any() else m)
-                verdict = check_masks(Detections(image_size=(h, w), boxes=sub.boxes, class_ids=sub.class_ids, scores=sub.scores)
-                                      .with_masks(rle.encode_nhw(np.stack(corrupted)), **sub.fields), cfg)[0]
+                verdict = check_masks(
+                    Detections(
+                        image_size=(h, w), boxes=sub.boxes, class_ids=sub.class_ids, scores=sub.scores
+                    ).with_masks(rle.encode_nhw(np.stack(corrupted)), **sub.fields),
+                    cfg,
+                )[0]
             caught[kind][0] += int((verdict == "reject").sum())
             caught[kind][1] += len(good)
     rates = {k: c / n for k, (c, n) in caught.items()}
     print(f"rules that rejected good masks: {dict(reasons)}")
-    print(f"default gates: good masks kept {kept}/{total} ({kept / total:.2f}; IoU >= 0.85: {sharp_kept}/{sharp_total}); "
-          "corrupted masks rejected: " + ", ".join(f"{k} {r:.2f}" for k, r in rates.items()))
+    print(
+        f"default gates: good masks kept {kept}/{total} ({kept / total:.2f}; IoU >= 0.85: {sharp_kept}/{sharp_total}); "
+        "corrupted masks rejected: " + ", ".join(f"{k} {r:.2f}" for k, r in rates.items())
+    )
     assert total >= 80
     assert kept / total >= GOOD_KEPT_FLOOR
     assert rates["shifted"] >= 0.9 and rates["duplicated"] >= 0.95 and rates["eroded"] >= 0.8
@@ -248,7 +305,7 @@ PQ_FLOOR = 0.6
 
 def _shifted_copy(src: Path, dst: Path, frac: float) -> None:
     """The exported panoptic files with every map rolled sideways by ``frac`` of its width."""
-    from tasks.panoptic import panoptic_png, read_panoptic_png
+    from segflow.tasks.panoptic import panoptic_png, read_panoptic_png
 
     dst.mkdir(parents=True)
     for png in src.glob("*.png"):
@@ -257,11 +314,14 @@ def _shifted_copy(src: Path, dst: Path, frac: float) -> None:
 
 
 def test_panoptic_quality_floor_and_negative_control(demo_run, tmp_path):
-    from tasks.panoptic_export import evaluate_panoptic_files
+    from segflow.tasks.panoptic_export import evaluate_panoptic_files
 
     q = json.loads((demo_run / "quality.json").read_text())
     assert {"pq", "sq", "rq", "miou"} <= set(q)
-    print(f"PQ {q['pq']:.3f} (things {q['panoptic']['things']['pq']:.3f}, stuff {q['panoptic']['stuff']['pq']:.3f}), mIoU {q['miou']:.3f}")
+    print(
+        f"PQ {q['pq']:.3f} (things {q['panoptic']['things']['pq']:.3f}, stuff {q['panoptic']['stuff']['pq']:.3f}), "
+        f"mIoU {q['miou']:.3f}"
+    )
     assert q["pq"] >= PQ_FLOOR and q["panoptic"]["images"] == 30
     summary = json.loads((demo_run / "out" / "summary.json").read_text())
     assert summary["quality"]["pq"] == q["pq"] and summary["panoptic"]["images"] == 30
@@ -277,11 +337,11 @@ def test_panoptic_quality_floor_and_negative_control(demo_run, tmp_path):
 def test_exported_pq_equals_in_memory_pq(demo_run):
     """PQ of the exported PNG + JSON files equals PQ computed on the stages' in-memory output
     (the stages run on the same chunks of images as the shards did, since batching can move scores)."""
-    from tasks.images import ImageLoadError, decode_image
-    from tasks.models.cache import get_model
-    from tasks.panoptic import detections_to_map, evaluate_in_memory, read_panoptic_png
-    from tasks.plan import load_plan, read_shard_rows
-    from tasks.shard import run_stages
+    from segflow.tasks.images import ImageLoadError, decode_image
+    from segflow.tasks.models.cache import get_model
+    from segflow.tasks.panoptic import detections_to_map, evaluate_in_memory, read_panoptic_png
+    from segflow.tasks.plan import load_plan, read_shard_rows
+    from segflow.tasks.shard import run_stages
 
     out = demo_run / "out"
     job = load_config(DEMO, overrides={"source": str(demo_run / "images"), "output": str(out)})
@@ -297,7 +357,9 @@ def test_exported_pq_equals_in_memory_pq(demo_run):
                 continue
         for s in range(0, len(decoded), job.chunk_size()):
             chunk = decoded[s : s + job.chunk_size()]
-            for (key, _), segs in zip(chunk, run_stages(job, [im.pixels for _, im in chunk], models)[job.panoptic_sink()]):
+            for (key, _), segs in zip(
+                chunk, run_stages(job, [im.pixels for _, im in chunk], models)[job.panoptic_sink()]
+            ):
                 merged[key] = segs
     gt = json.loads((demo_run / "ground_truth" / "panoptic.json").read_text())
     pairs = []
@@ -307,5 +369,10 @@ def test_exported_pq_equals_in_memory_pq(demo_run):
         pairs.append((gt_ids, {s["id"]: s["category_id"] for s in ann["segments_info"]}, pred_ids, pred_cats))
     mem = evaluate_in_memory(pairs, isthing, job.category_names())
     exported = json.loads((demo_run / "quality.json").read_text())
-    assert (mem["pq"], mem["sq"], mem["rq"], mem["miou"]) == (exported["pq"], exported["sq"], exported["rq"], exported["miou"])
+    assert (mem["pq"], mem["sq"], mem["rq"], mem["miou"]) == (
+        exported["pq"],
+        exported["sq"],
+        exported["rq"],
+        exported["miou"],
+    )
     assert mem["per_class"] == exported["panoptic"]["per_class"]

@@ -12,13 +12,15 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from flows import cli
-from tasks import rle
+from segflow.flows import cli
+from segflow.tasks import rle
 
 
 def read(output: Path, name: str):
-    return ds.dataset(str(output / "manifest" / f"{name}.parquet"), format="parquet").to_table().sort_by(
-        "annotation_id" if name == "masks" else "image_id"
+    return (
+        ds.dataset(str(output / "manifest" / f"{name}.parquet"), format="parquet")
+        .to_table()
+        .sort_by("annotation_id" if name == "masks" else "image_id")
     )
 
 
@@ -61,7 +63,9 @@ def test_flow_writes_manifests_and_coco(finished_run, image_dir):
         ys, xs = np.nonzero(m)
         assert r["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
         assert r["category_name"] in {"square", "circle", "triangle"} and r["stage"] == "masks"
-        assert r["model"].startswith("sam:sam-tiny.pt@sha256:") and r["prompt_model"].startswith("yolo:yolo-tiny.pt@sha256:")
+        assert r["model"].startswith("sam:sam-tiny.pt@sha256:") and r["prompt_model"].startswith(
+            "yolo:yolo-tiny.pt@sha256:"
+        )
         assert 0 <= r["predicted_iou"] <= 1.5 and r["annotation_id"] // 100000 == r["image_id"]
 
     # COCO: loads in pycocotools, one annotation per manifest row, accepted by COCOeval
@@ -70,7 +74,10 @@ def test_flow_writes_manifests_and_coco(finished_run, image_dir):
     assert len(coco.imgs) == 20
     assert {c["name"] for c in coco.loadCats(coco.getCatIds())} == {"square", "circle", "triangle"}
     a = coco.anns[ann_ids[0]]
-    np.testing.assert_array_equal(mask_utils.decode(coco.annToRLE(a)), rle.decode(masks["rle_counts"][0].as_py(), a["segmentation"]["size"][0], a["segmentation"]["size"][1]))
+    np.testing.assert_array_equal(
+        mask_utils.decode(coco.annToRLE(a)),
+        rle.decode(masks["rle_counts"][0].as_py(), a["segmentation"]["size"][0], a["segmentation"]["size"][1]),
+    )
     ev = COCOeval(coco, coco.loadRes(copy.deepcopy(list(coco.anns.values()))), "segm")  # loadRes mutates its input
     ev.evaluate(), ev.accumulate()
     assert ev.eval is not None
@@ -119,7 +126,9 @@ def test_failed_shard_is_named_and_rerun_alone(prefect_harness, write_job, image
 
     blocker.unlink()
     assert cli.main(["rerun", str(out), "--no-progress"]) == 0  # the job is read back from OUTPUT/job.json
-    assert {p.parent.name: p.read_text() for p in out.glob("shards/*/_COMMIT.json") if p.parent.name != "shard-00001"} == done
+    assert {
+        p.parent.name: p.read_text() for p in out.glob("shards/*/_COMMIT.json") if p.parent.name != "shard-00001"
+    } == done
     assert read(out, "images").num_rows == 22
     assert not (out / "shards" / "_errors" / "shard-00001.json").exists()
     capsys.readouterr()
@@ -127,9 +136,13 @@ def test_failed_shard_is_named_and_rerun_alone(prefect_harness, write_job, image
     assert json.loads(capsys.readouterr().out)["counts"]["committed"] == 4
 
     # a rerun of a complete output writes nothing
-    before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*") if p.is_file() and p.name != "job.json"}
+    before = {
+        p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*") if p.is_file() and p.name != "job.json"
+    }
     assert cli.main(["rerun", str(out), "--no-progress"]) == 0
-    after = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*") if p.is_file() and p.name != "job.json"}
+    after = {
+        p: (p.stat().st_mtime_ns, p.stat().st_size) for p in out.rglob("*") if p.is_file() and p.name != "job.json"
+    }
     assert after == before
 
 
@@ -160,7 +173,7 @@ def test_shard_with_too_many_failed_images_does_not_commit(prefect_harness, writ
     src.mkdir()
     for i in range(3):
         (src / f"bad_{i}.jpg").write_bytes(b"")
-    from tasks.synthetic import write_scene_set
+    from segflow.demo.synthetic import write_scene_set
 
     write_scene_set(src, 1, seed=3, size_range=(160, 200))
     out = tmp_path / "out"
@@ -171,7 +184,9 @@ def test_shard_with_too_many_failed_images_does_not_commit(prefect_harness, writ
 
 
 @pytest.mark.parametrize("kind", ["yolo_seg", "maskrcnn"])
-def test_direct_instance_labelers_give_the_same_outputs(kind, prefect_harness, write_job, image_dir, tmp_path, tiny_models):
+def test_direct_instance_labelers_give_the_same_outputs(
+    kind, prefect_harness, write_job, image_dir, tmp_path, tiny_models
+):
     """A one-stage job with a direct instance labeler (+ qc): same manifests and COCO as detector -> SAM."""
     out = tmp_path / "out"
 
@@ -180,14 +195,21 @@ def test_direct_instance_labelers_give_the_same_outputs(kind, prefect_harness, w
         extra = {"imgsz": 160} if kind == "yolo_seg" else {}
         j["stages"] = {
             "labeler": {"kind": kind, "weights": str(weights), "conf": 0.0, "max_det": 4, "device": "cpu", **extra},
-            "qc": {"kind": "qc", "needs": ["labeler"], "predicted_iou": {"min": 0.0, "action": "off"}, "stability": {"min": 0.0, "action": "off"}},
+            "qc": {
+                "kind": "qc",
+                "needs": ["labeler"],
+                "predicted_iou": {"min": 0.0, "action": "off"},
+                "stability": {"min": 0.0, "action": "off"},
+            },
         }
 
     assert cli.main(["run", str(write_job(image_dir, out, mutate=mutate)), "--no-progress"]) == 0
     masks = read(out, "masks")
     assert masks.num_rows > 0
     rows = masks.to_pylist()
-    assert {r["stage"] for r in rows} == {"labeler"} and all(r["model"].startswith(f"{kind}:") and r["prompt_model"] is None for r in rows)
+    assert {r["stage"] for r in rows} == {"labeler"} and all(
+        r["model"].startswith(f"{kind}:") and r["prompt_model"] is None for r in rows
+    )
     assert all(r["qc_verdict"] in ("pass", "flag", "reject") for r in rows)
     coco = COCO(str(out / "coco" / "instances.json"))
     assert len(coco.anns) == sum(r["qc_verdict"] == "pass" for r in rows)
@@ -198,9 +220,22 @@ def test_open_vocabulary_detector_prompts_sam_in_a_flow(prefect_harness, write_j
     out = tmp_path / "out"
 
     def mutate(j):
-        j["ontology"] = [{"id": 7, "name": "forklift", "prompts": ["forklift", "fork lift truck"]}, {"id": 9, "name": "pallet"}]
-        j["stages"]["detector"] = {"kind": "owlv2", "weights": str(tiny_models["owlv2"]), "device": "cpu", "conf": 0.0, "max_det": 3}
+        j["ontology"] = [
+            {"id": 7, "name": "forklift", "prompts": ["forklift", "fork lift truck"]},
+            {"id": 9, "name": "pallet"},
+        ]
+        j["stages"]["detector"] = {
+            "kind": "owlv2",
+            "weights": str(tiny_models["owlv2"]),
+            "device": "cpu",
+            "conf": 0.0,
+            "max_det": 3,
+        }
 
     assert cli.main(["run", str(write_job(image_dir, out, mutate=mutate)), "--no-progress"]) == 0
     masks = read(out, "masks").to_pylist()
-    assert masks and {m["category_id"] for m in masks} <= {7, 9} and all(m["prompt_model"].startswith("owlv2:") for m in masks)
+    assert (
+        masks
+        and {m["category_id"] for m in masks} <= {7, 9}
+        and all(m["prompt_model"].startswith("owlv2:") for m in masks)
+    )

@@ -7,10 +7,10 @@ import shutil
 import pyarrow.dataset as ds
 from pycocotools.coco import COCO
 
-from flows import cli
-from flows.config import load_config
-from tasks.plan import iter_plan, load_plan, make_plan
-from tasks.synthetic import write_scene_set
+from segflow.demo.synthetic import write_scene_set
+from segflow.flows import cli
+from segflow.flows.config import load_config
+from segflow.tasks.plan import iter_plan, load_plan, make_plan
 
 
 def test_growing_prefix_labels_only_new_images_and_publishes_versions(prefect_harness, write_job, tmp_path, capsys):
@@ -44,7 +44,9 @@ def test_growing_prefix_labels_only_new_images_and_publishes_versions(prefect_ha
     assert len(new_shards) == 2 and len(plan["generations"]) == 2
     rows = list(iter_plan(str(out)))
     assert sorted(r["image_id"] for r in rows) == list(range(1, 13))  # ids continue, never reused
-    assert {r["key"] for r in rows if r["shard_id"] in new_shards} == {p.name for p in src.iterdir() if not p.name.startswith("a_")}
+    assert {r["key"] for r in rows if r["shard_id"] in new_shards} == {
+        p.name for p in src.iterdir() if not p.name.startswith("a_")
+    }
     # earlier shards were not labelled again
     assert {p.name: p.read_text() for p in out.glob("shards/shard-0000*/_COMMIT.json")} == committed_before
     summary = json.loads((out / "summary.json").read_text())

@@ -8,9 +8,9 @@ import pyarrow.dataset as ds
 import pytest
 from PIL import Image
 
-from flows import cli
-from tasks import rle
-from tasks.panoptic import read_panoptic_png
+from segflow.flows import cli
+from segflow.tasks import rle
+from segflow.tasks.panoptic import read_panoptic_png
 
 
 def panoptic_job(tiny_models):
@@ -19,10 +19,16 @@ def panoptic_job(tiny_models):
         # random weights: keep every query so that there are segments at all
         # and map every model label to the stuff class, so the model provides the stuff and SAM the things
         j["stages"]["panoptic"] = {
-            "kind": "mask2former", "weights": str(tiny_models["mask2former"]), "device": "cpu", "threshold": 0.0, "overlap_threshold": 0.0,
-            "batch_size": 3, "label_map": {"circle": "sky", "square": "sky", "triangle": "sky"},
+            "kind": "mask2former",
+            "weights": str(tiny_models["mask2former"]),
+            "device": "cpu",
+            "threshold": 0.0,
+            "overlap_threshold": 0.0,
+            "batch_size": 3,
+            "label_map": {"circle": "sky", "square": "sky", "triangle": "sky"},
         }
         j["stages"]["merge"] = {"kind": "panoptic_merge", "needs": ["masks", "panoptic"], "min_area": 20}
+
     return mutate
 
 
@@ -72,11 +78,16 @@ def test_panoptic_export_follows_the_coco_rules(panoptic_run):
 def test_panoptic_manifest_matches_the_pngs_and_links_things_to_masks(panoptic_run):
     job, out = panoptic_run
     pan = ds.dataset(str(out / "manifest" / "panoptic.parquet"), format="parquet").to_table().to_pylist()
-    masks = {r["annotation_id"]: r for r in ds.dataset(str(out / "manifest" / "masks.parquet"), format="parquet").to_table().to_pylist()}
+    masks = {
+        r["annotation_id"]: r
+        for r in ds.dataset(str(out / "manifest" / "masks.parquet"), format="parquet").to_table().to_pylist()
+    }
     assert pan and {r["source_stage"] for r in pan} == {"masks", "panoptic"}
     pngs: dict[int, np.ndarray] = {}
     for r in pan:
-        ids = pngs.setdefault(r["image_id"], read_panoptic_png((out / "coco" / "panoptic" / f"{r['image_id']}.png").read_bytes()))
+        ids = pngs.setdefault(
+            r["image_id"], read_panoptic_png((out / "coco" / "panoptic" / f"{r['image_id']}.png").read_bytes())
+        )
         m = rle.decode(r["rle_counts"], r["height"], r["width"])
         np.testing.assert_array_equal(m, ids == r["segment_id"])
         assert r["area"] == int(m.sum())
@@ -103,7 +114,7 @@ def test_missing_pngs_are_rendered_again_on_rerun(panoptic_run, capsys):
 
 
 def test_publish_includes_the_panoptic_files(panoptic_run, tmp_path):
-    from tasks.publish import publish
+    from segflow.tasks.publish import publish
 
     job, out = panoptic_run
     assert publish(str(out), str(tmp_path / "datasets"), "v1")["created"]
@@ -112,6 +123,8 @@ def test_publish_includes_the_panoptic_files(panoptic_run, tmp_path):
     assert {"coco/panoptic.json", "coco/panoptic/3.png", "semantic/3.png"} <= files
     assert any(f.startswith("manifest/panoptic.parquet/") for f in files)
     sums = dict(line.split("  ")[::-1] for line in (root / "SHA256SUMS").read_text().splitlines())
-    assert (root / "semantic" / "3.png").read_bytes() == (out / "semantic" / "3.png").read_bytes() and "semantic/3.png" in sums
+    assert (root / "semantic" / "3.png").read_bytes() == (
+        out / "semantic" / "3.png"
+    ).read_bytes() and "semantic/3.png" in sums
     card = (root / "README.md").read_text()
     assert "## Panoptic segments per class" in card and "| sky |" in card

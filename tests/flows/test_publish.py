@@ -5,14 +5,20 @@ import json
 
 import pytest
 
-from flows import cli
-from tasks.publish import PublishError, publish
+from segflow.flows import cli
+from segflow.tasks.publish import PublishError, publish
 
 
 @pytest.fixture()
 def finished(prefect_harness, write_job, image_dir, tmp_path):
     out = tmp_path / "out"
-    job = write_job(image_dir, out, mutate=lambda j: j["stages"].update(qc={"kind": "qc", "needs": ["masks"], "predicted_iou": {"min": 0.0, "action": "reject"}}))
+    job = write_job(
+        image_dir,
+        out,
+        mutate=lambda j: j["stages"].update(
+            qc={"kind": "qc", "needs": ["masks"], "predicted_iou": {"min": 0.0, "action": "reject"}}
+        ),
+    )
     assert cli.main(["run", str(job), "--no-progress"]) == 0
     return out
 
@@ -23,15 +29,27 @@ def test_publish_versions_checksums_card_and_latest(finished, s3_faults, s3, cap
     root = "segflow-out/datasets/shapes"
     assert s3.cat_file(f"{root}/LATEST").decode().strip() == "v1"
     keys = {k[len(root) + 4 :] for k in s3.find(f"{root}/v1")}
-    assert {"manifest/masks.parquet/part-shard-00000.parquet", "coco/instances.json", "qc/report.md", "summary.json", "job.json",
-            "README.md", "SHA256SUMS", "_PUBLISHED.json"} <= keys
+    assert {
+        "manifest/masks.parquet/part-shard-00000.parquet",
+        "coco/instances.json",
+        "qc/report.md",
+        "summary.json",
+        "job.json",
+        "README.md",
+        "SHA256SUMS",
+        "_PUBLISHED.json",
+    } <= keys
     sums = dict(line.split("  ")[::-1] for line in s3.cat_file(f"{root}/v1/SHA256SUMS").decode().splitlines())
     assert set(sums) == keys - {"SHA256SUMS", "_PUBLISHED.json"}
     for rel, digest in sums.items():
         assert hashlib.sha256(s3.cat_file(f"{root}/v1/{rel}")).hexdigest() == digest, rel
     card = s3.cat_file(f"{root}/v1/README.md").decode()
     summary = json.loads((finished / "summary.json").read_text())
-    assert f"| {summary['images']} | {summary['labelled_images']} |" in card and "## Models" in card and "sam-tiny.pt" in card
+    assert (
+        f"| {summary['images']} | {summary['labelled_images']} |" in card
+        and "## Models" in card
+        and "sam-tiny.pt" in card
+    )
     assert all(f"| {k} | {v} |" in card for k, v in summary["masks_per_category"].items())
     # LATEST is the last object written
     puts = [path for method, path, kind in s3_faults.requests if method == "PUT" and "/datasets/shapes/" in path]

@@ -1,4 +1,5 @@
-"""The qc stage in a real flow: verdicts in the manifest, quarantine, COCO filtering, reports that match the manifest."""
+"""The qc stage in a real flow: verdicts in the manifest, quarantine, COCO filtering, reports that match the
+manifest."""
 
 import json
 from collections import Counter
@@ -8,7 +9,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from pycocotools.coco import COCO
 
-from flows import cli
+from segflow.flows import cli
 
 
 def add_qc(job, **settings):
@@ -18,7 +19,13 @@ def add_qc(job, **settings):
 def test_qc_stage_verdicts_reports_and_export(prefect_harness, write_job, image_dir, tmp_path):
     out = tmp_path / "out"
     # random-weight SAM: low predicted IoU everywhere, so loosen that gate to see every verdict
-    job = write_job(image_dir, out, mutate=lambda j: add_qc(j, predicted_iou={"min": 0.0, "action": "reject"}, stability={"min": 0.5, "action": "flag"}))
+    job = write_job(
+        image_dir,
+        out,
+        mutate=lambda j: add_qc(
+            j, predicted_iou={"min": 0.0, "action": "reject"}, stability={"min": 0.5, "action": "flag"}
+        ),
+    )
     assert cli.main(["run", str(job), "--no-progress"]) == 0
 
     masks = ds.dataset(str(out / "manifest" / "masks.parquet")).to_table().to_pylist()
@@ -31,7 +38,9 @@ def test_qc_stage_verdicts_reports_and_export(prefect_harness, write_job, image_
     assert all(isinstance(i["qc_flags"], list) for i in ok)
 
     quarantine = ds.dataset(str(out / "qc" / "quarantine.parquet")).to_table().to_pylist()
-    assert sorted(q["annotation_id"] for q in quarantine) == sorted(m["annotation_id"] for m in masks if m["qc_verdict"] == "reject")
+    assert sorted(q["annotation_id"] for q in quarantine) == sorted(
+        m["annotation_id"] for m in masks if m["qc_verdict"] == "reject"
+    )
 
     # report numbers equal the counts in the manifest
     summary = pq.read_table(out / "qc" / "summary.parquet").to_pylist()
@@ -55,14 +64,30 @@ def test_qc_stage_verdicts_reports_and_export(prefect_harness, write_job, image_
             assert sheet.width >= 600 and f"sheets/{name}.png" in report
 
     # COCO holds the passed masks only, unless flagged ones are switched on
-    assert len(COCO(str(out / "coco" / "instances.json")).anns) == verdicts.get("pass", 0) == run_summary["coco_annotations"]
+    assert (
+        len(COCO(str(out / "coco" / "instances.json")).anns)
+        == verdicts.get("pass", 0)
+        == run_summary["coco_annotations"]
+    )
     out2 = tmp_path / "out2"
-    job2 = write_job(image_dir, out2, name="flagged.yaml", mutate=lambda j: add_qc(j, predicted_iou={"min": 0.0, "action": "reject"}, stability={"min": 0.5, "action": "flag"}, export_flagged=True))
+    job2 = write_job(
+        image_dir,
+        out2,
+        name="flagged.yaml",
+        mutate=lambda j: add_qc(
+            j,
+            predicted_iou={"min": 0.0, "action": "reject"},
+            stability={"min": 0.5, "action": "flag"},
+            export_flagged=True,
+        ),
+    )
     assert cli.main(["run", str(job2), "--no-progress"]) == 0
     assert len(COCO(str(out2 / "coco" / "instances.json")).anns) == verdicts.get("pass", 0) + verdicts.get("flag", 0)
 
 
-def test_panoptic_agreement_in_a_flow_and_merge_takes_only_exportable_things(prefect_harness, write_job, image_dir, tmp_path, tiny_models):
+def test_panoptic_agreement_in_a_flow_and_merge_takes_only_exportable_things(
+    prefect_harness, write_job, image_dir, tmp_path, tiny_models
+):
     """qc needs the panoptic stage: things the panoptic model does not see (here: it sees only stuff)
     are flagged by panoptic_agreement; the merge then uses passed things only."""
     out = tmp_path / "out"
@@ -70,12 +95,25 @@ def test_panoptic_agreement_in_a_flow_and_merge_takes_only_exportable_things(pre
     def mutate(j):
         j["ontology"].append({"id": 4, "name": "sky", "isthing": False})
         j["stages"]["panoptic"] = {
-            "kind": "mask2former", "weights": str(tiny_models["mask2former"]), "device": "cpu", "threshold": 0.0, "overlap_threshold": 0.0,
+            "kind": "mask2former",
+            "weights": str(tiny_models["mask2former"]),
+            "device": "cpu",
+            "threshold": 0.0,
+            "overlap_threshold": 0.0,
             "label_map": {"circle": "sky", "square": "sky", "triangle": "sky"},
         }
-        add_qc(j, predicted_iou={"min": 0.0, "action": "reject"}, stability={"min": 0.0, "action": "off"}, needs=["masks", "panoptic"],
-               components={"action": "off"}, mask_box_iou={"min": 0.0, "action": "off"}, duplicate={"action": "off"},
-               class_conflict={"action": "off"}, max_area={"action": "off"}, min_area={"min_px": 0, "action": "off"})
+        add_qc(
+            j,
+            predicted_iou={"min": 0.0, "action": "reject"},
+            stability={"min": 0.0, "action": "off"},
+            needs=["masks", "panoptic"],
+            components={"action": "off"},
+            mask_box_iou={"min": 0.0, "action": "off"},
+            duplicate={"action": "off"},
+            class_conflict={"action": "off"},
+            max_area={"action": "off"},
+            min_area={"min_px": 0, "action": "off"},
+        )
         j["stages"]["merge"] = {"kind": "panoptic_merge", "needs": ["qc", "panoptic"], "min_area": 1}
 
     assert cli.main(["run", str(write_job(image_dir, out, mutate=mutate)), "--no-progress"]) == 0

@@ -7,8 +7,8 @@ from collections import defaultdict
 import pyarrow.dataset as ds
 import pytest
 
-from flows.config import load_config
-from flows.label_flow import run_job
+from segflow.flows.config import load_config
+from segflow.flows.label_flow import run_job
 
 
 def rows(out):
@@ -53,7 +53,16 @@ def shard_task_states(flow_run_name):
 def test_dask_local_cluster(reference, write_job, image_dir, tmp_path):
     pytest.importorskip("prefect_dask")
     out = tmp_path / "dask"
-    job = load_config(write_job(image_dir, out, name="dask.yaml", shard_size=4, mutate=lambda j: j.update(name="on-dask"), runtime={"task_runner": "dask", "max_workers": 2, "gpus_per_shard": 1}))
+    job = load_config(
+        write_job(
+            image_dir,
+            out,
+            name="dask.yaml",
+            shard_size=4,
+            mutate=lambda j: j.update(name="on-dask"),
+            runtime={"task_runner": "dask", "max_workers": 2, "gpus_per_shard": 1},
+        )
+    )
     summary = run_job(job)
     by_pid = check_workers(summary, 6, 2)
     assert len(by_pid) <= 2 and any(len(v) > 1 for v in by_pid.values())  # processes were reused across shards
@@ -65,7 +74,16 @@ def test_dask_local_cluster(reference, write_job, image_dir, tmp_path):
 def test_ray_local_cluster(reference, write_job, image_dir, tmp_path):
     pytest.importorskip("prefect_ray")
     out = tmp_path / "ray"
-    job = load_config(write_job(image_dir, out, name="ray.yaml", shard_size=4, mutate=lambda j: j.update(name="on-ray"), runtime={"task_runner": "ray", "max_workers": 2}))
+    job = load_config(
+        write_job(
+            image_dir,
+            out,
+            name="ray.yaml",
+            shard_size=4,
+            mutate=lambda j: j.update(name="on-ray"),
+            runtime={"task_runner": "ray", "max_workers": 2},
+        )
+    )
     summary = run_job(job)
     check_workers(summary, 6, 2)
     assert rows(out) == reference

@@ -6,8 +6,8 @@ import pyarrow.dataset as ds
 import pytest
 from pycocotools.coco import COCO
 
-from flows import cli
-from tasks.weights import sha256_file
+from segflow.flows import cli
+from segflow.tasks.weights import sha256_file
 
 
 def test_job_on_s3_source_weights_and_output(prefect_harness, s3, write_job, image_dir, tiny_models, tmp_path, capsys):
@@ -47,7 +47,9 @@ def test_job_on_s3_source_weights_and_output(prefect_harness, s3, write_job, ima
 
 
 def test_missing_s3_source_is_a_clear_error(s3, write_job, image_dir, capsys):
-    job = write_job(image_dir, "s3://segflow-out/x", mutate=lambda j: j.update(source={"url": "s3://segflow-src/nothing-here/"}))
+    job = write_job(
+        image_dir, "s3://segflow-out/x", mutate=lambda j: j.update(source={"url": "s3://segflow-src/nothing-here/"})
+    )
     assert cli.main(["run", str(job), "--no-progress"]) == 2
     assert "source not found: s3://segflow-src/nothing-here/" in capsys.readouterr().err
     assert not s3.exists("segflow-out/x/plan")
@@ -59,7 +61,9 @@ def test_credentials_from_a_prefect_block_never_travel(prefect_harness, s3, writ
 
     s3.put(str(image_dir) + "/", "segflow-src/batch1/", recursive=True)
     secret = "block-secret-value-never-shown"
-    Secret(value=json.dumps({"aws_access_key_id": "block-key-id", "aws_secret_access_key": secret})).save("segflow-test-s3", overwrite=True)
+    Secret(value=json.dumps({"aws_access_key_id": "block-key-id", "aws_secret_access_key": secret})).save(
+        "segflow-test-s3", overwrite=True
+    )
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")  # the block is the only source of credentials
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
 
@@ -79,7 +83,12 @@ def test_credentials_from_a_prefect_block_never_travel(prefect_harness, s3, writ
     params = [json.dumps(r.parameters, default=str) for r in runs]
     assert any("segflow-test-s3" in p for p in params) and not any(secret in p for p in params)
 
-    job_missing = write_job(image_dir, "unused", name="missing.yaml", mutate=lambda j: (on_s3(j), j.update(credentials_block="no-such-block")))
+    job_missing = write_job(
+        image_dir,
+        "unused",
+        name="missing.yaml",
+        mutate=lambda j: (on_s3(j), j.update(credentials_block="no-such-block")),
+    )
     assert cli.main(["run", str(job_missing), "--no-progress"]) == 2
     assert "credentials_block: no Prefect Secret block named 'no-such-block'" in capsys.readouterr().err
 
@@ -87,7 +96,7 @@ def test_credentials_from_a_prefect_block_never_travel(prefect_harness, s3, writ
 def test_job_file_on_s3_resolves_relative_paths_against_its_folder(s3, write_job, image_dir, tiny_models):
     import yaml
 
-    from flows.config import ConfigError, load_config
+    from segflow.flows.config import ConfigError, load_config
 
     s3.put(str(tiny_models["sam"]), "segflow-models/jobs/models/sam-tiny.pt")
     s3.put(str(tiny_models["yolo"]), "segflow-models/jobs/models/yolo-tiny.pt")

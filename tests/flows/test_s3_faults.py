@@ -9,12 +9,14 @@ import time
 
 import pyarrow.dataset as ds
 
-from flows import cli
-from flows.config import load_config
-from tasks.plan import make_plan
-from tasks.shard import run_shard
+from segflow.flows import cli
+from segflow.flows.config import load_config
+from segflow.tasks.plan import make_plan
+from segflow.tasks.shard import run_shard
 
-FAIL_FAST = {"config_kwargs": {"retries": {"max_attempts": 1}}}  # botocore gives up at once; s3fs tries 5 times, then segflow's retries act
+FAIL_FAST = {
+    "config_kwargs": {"retries": {"max_attempts": 1}}
+}  # botocore gives up at once; s3fs tries 5 times, then segflow's retries act
 
 
 def upload(s3, image_dir, prefix="segflow-src/batch1/"):
@@ -34,15 +36,21 @@ def s3_job(write_job, image_dir, output, name="job.yaml", storage_options=None, 
 
 
 def table(s3, output, name):
-    return ds.dataset(f"{output.removeprefix('s3://')}/manifest/{name}.parquet", filesystem=s3, format="parquet").to_table()
+    return ds.dataset(
+        f"{output.removeprefix('s3://')}/manifest/{name}.parquet", filesystem=s3, format="parquet"
+    ).to_table()
 
 
-def test_transient_faults_are_retried_and_permanent_ones_fail_fast(prefect_harness, s3_faults, s3, write_job, image_dir):
+def test_transient_faults_are_retried_and_permanent_ones_fail_fast(
+    prefect_harness, s3_faults, s3, write_job, image_dir
+):
     names = [n for n in upload(s3, image_dir) if n.startswith("scene")]
     throttled, reset, denied = names[1], names[2], names[3]
     s3_faults.add("GET", f"/segflow-src/batch1/{throttled}", "slowdown", 7)  # more than s3fs's own 5 tries
     s3_faults.add("GET", f"/segflow-src/batch1/{reset}", "reset", 1)
-    s3_faults.add("GET", f"/segflow-src/batch1/{throttled.replace('.', '_')}|/segflow-src/batch1/{names[4]}", "error500", 1)
+    s3_faults.add(
+        "GET", f"/segflow-src/batch1/{throttled.replace('.', '_')}|/segflow-src/batch1/{names[4]}", "error500", 1
+    )
     s3_faults.add("GET", f"/segflow-src/batch1/{denied}", "denied", 10)
     job = s3_job(write_job, image_dir, "s3://segflow-out/faults", storage_options=FAIL_FAST)
     assert cli.main(["run", str(job), "--no-progress"]) == 0
@@ -86,13 +94,32 @@ def test_two_workers_on_one_shard_commit_once(s3, write_job, image_dir):
 
 def test_crash_then_rerun_equals_clean_run(prefect_harness, s3, s3_server, write_job, image_dir, tmp_path):
     upload(s3, image_dir)
-    clean = s3_job(write_job, image_dir, "s3://segflow-out/clean", name="clean.yaml", shard_size=2, runtime={"max_workers": 1, "max_failed_fraction": 1.0})
+    clean = s3_job(
+        write_job,
+        image_dir,
+        "s3://segflow-out/clean",
+        name="clean.yaml",
+        shard_size=2,
+        runtime={"max_workers": 1, "max_failed_fraction": 1.0},
+    )
     assert cli.main(["run", str(clean), "--no-progress"]) == 0
 
-    crashy = s3_job(write_job, image_dir, "s3://segflow-out/crashy", name="crashy.yaml", shard_size=2, runtime={"max_workers": 1, "max_failed_fraction": 1.0})
+    crashy = s3_job(
+        write_job,
+        image_dir,
+        "s3://segflow-out/crashy",
+        name="crashy.yaml",
+        shard_size=2,
+        runtime={"max_workers": 1, "max_failed_fraction": 1.0},
+    )
     env = dict(os.environ, PREFECT_LOGGING_LEVEL="ERROR")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", str(crashy), "--no-progress"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segflow.flows.cli", "run", str(crashy), "--no-progress"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 180
     while time.time() < deadline and len(s3.glob("segflow-out/crashy/shards/*/_COMMIT.json")) < 3:
         time.sleep(0.2)
@@ -107,7 +134,11 @@ def test_crash_then_rerun_equals_clean_run(prefect_harness, s3, s3_server, write
     cols = ["annotation_id", "image_id", "category_id", "rle_counts", "area", "bbox"]
     assert a.sort_by("annotation_id").select(cols).equals(b.sort_by("annotation_id").select(cols))
     ia, ib = table(s3, "s3://segflow-out/clean", "images"), table(s3, "s3://segflow-out/crashy", "images")
-    assert ia.sort_by("image_id").select(["image_id", "status", "error"]).equals(ib.sort_by("image_id").select(["image_id", "status", "error"]))
+    assert (
+        ia.sort_by("image_id")
+        .select(["image_id", "status", "error"])
+        .equals(ib.sort_by("image_id").select(["image_id", "status", "error"]))
+    )
 
 
 def test_failed_data_write_leaves_no_commit(prefect_harness, s3_faults, s3, write_job, image_dir, capsys):

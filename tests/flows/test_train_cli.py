@@ -1,14 +1,15 @@
-"""`segflow train-demo-models`, end to end with tiny budgets: every step runs, the job files get the new sha256 values."""
+"""`segflow train-demo-models`, end to end with tiny budgets: every step runs, the job files get the new sha256
+values."""
 
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from flows import cli
-from flows.config import SamStage
-from tasks.models.sam import SamBoxSegmenter
-from tasks.weights import sha256_file
+from segflow.flows import cli
+from segflow.flows.config import SamStage
+from segflow.tasks.models.sam import SamBoxSegmenter
+from segflow.tasks.weights import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,8 +19,28 @@ def test_train_demo_models_runs_the_zoom_cycles_and_updates_the_job_files(tmp_pa
     shutil.copyfile(ROOT / "configs" / "demo.yaml", job)
     before = job.read_text()
     models = tmp_path / "models"
-    rc = cli.main(["train-demo-models", "--output", str(models), "--only", "instances", "--det-images", "8", "--det-epochs", "1",
-                   "--det-imgsz", "64", "--sam-minutes", "0.05", "--sam-zoom-minutes", "0.05", "0.05", "--update-config", str(job)])
+    rc = cli.main(
+        [
+            "train-demo-models",
+            "--output",
+            str(models),
+            "--only",
+            "instances",
+            "--det-images",
+            "8",
+            "--det-epochs",
+            "1",
+            "--det-imgsz",
+            "64",
+            "--sam-minutes",
+            "0.05",
+            "--sam-zoom-minutes",
+            "0.05",
+            "0.05",
+            "--update-config",
+            str(job),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "cycle 1 of 2" in out and "cycle 2 of 2" in out
@@ -28,6 +49,9 @@ def test_train_demo_models_runs_the_zoom_cycles_and_updates_the_job_files(tmp_pa
     for name in ("demo-sam.pt", "demo-yolo.pt"):
         assert f"weights: models/{name}\n    sha256: {sha256_file(models / name)}" in after
     assert after != before and after.count("sha256:") == before.count("sha256:")
-    seg = SamBoxSegmenter(SamStage(kind="sam", weights=str(models / "demo-sam.pt"), device="cpu", zoom_context=0.25), str(models / "demo-sam.pt"))
+    seg = SamBoxSegmenter(
+        SamStage(kind="sam", weights=str(models / "demo-sam.pt"), device="cpu", zoom_context=0.25),
+        str(models / "demo-sam.pt"),
+    )
     logits, _ = seg.box_logits(np.zeros((200, 300, 3), np.uint8), np.array([[20, 20, 80, 60]], np.float32))
     assert logits.shape == (1, 200, 300)

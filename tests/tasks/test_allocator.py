@@ -17,10 +17,10 @@ SCRIPT = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads(1)
-from tasks.allocator import keep_freed_memory
+from segflow.tasks.allocator import keep_freed_memory
 applied = keep_freed_memory() if {tune} else None
-from tasks.models.sam import build_sam
-from tasks.models.sam_decoder import SharedImage, decode_tokens
+from segflow.tasks.models.sam import build_sam
+from segflow.tasks.models.sam_decoder import SharedImage, decode_tokens
 torch.manual_seed(0)
 sam = build_sam(dict(img_size=1024, patch_size=16, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
                      encoder_global_attn_indexes=[0], window_size=8)).eval()
@@ -38,7 +38,13 @@ print(applied, faults)
 
 
 def _faults(tune: bool) -> tuple[str, int]:
-    out = subprocess.run([sys.executable, "-c", SCRIPT.format(root=str(ROOT), tune=tune)], capture_output=True, text=True, check=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT.format(root=str(ROOT), tune=tune)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     applied, faults = out.stdout.split()[-2:]
     return applied, int(faults)
 
@@ -55,7 +61,7 @@ def test_fixed_thresholds_stop_the_decoders_page_faults():
 
 
 def test_the_setting_is_applied_once_and_reports_the_same():
-    from tasks import allocator
+    from segflow.tasks import allocator
 
     first = allocator.keep_freed_memory()
     assert allocator.keep_freed_memory() is first

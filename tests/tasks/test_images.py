@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.images import ImageLoadError, decode_image
+from segflow.tasks.images import ImageLoadError, decode_image
 
 
 def encode(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -15,11 +15,24 @@ def encode(im: Image.Image, fmt: str, **kw) -> bytes:
 
 @pytest.mark.parametrize(
     "mode,fmt",
-    [("L", "PNG"), ("LA", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("CMYK", "JPEG"), ("I;16", "PNG"), ("RGB", "JPEG"), ("1", "PNG")],
+    [
+        ("L", "PNG"),
+        ("LA", "PNG"),
+        ("P", "PNG"),
+        ("RGBA", "PNG"),
+        ("CMYK", "JPEG"),
+        ("I;16", "PNG"),
+        ("RGB", "JPEG"),
+        ("1", "PNG"),
+    ],
 )
 def test_every_mode_becomes_rgb_uint8(mode, fmt):
     src = Image.new("RGB", (31, 17), (200, 30, 60))
-    im = src.convert(mode) if mode != "I;16" else Image.fromarray((np.arange(31 * 17).reshape(17, 31) * 100).astype(np.uint16))
+    im = (
+        src.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray((np.arange(31 * 17).reshape(17, 31) * 100).astype(np.uint16))
+    )
     d = decode_image(encode(im, fmt))
     assert d.pixels.shape == (17, 31, 3) and d.pixels.dtype == np.uint8
 
@@ -87,9 +100,10 @@ def test_multi_frame_uses_first_frame():
 
 
 def test_not_an_image_after_ultralytics_patched_pillow():
-    import tasks.models.yolo  # noqa: F401 - offline ultralytics settings
     import ultralytics  # noqa: F401 - replaces PIL.Image.open on import
     from PIL import Image as PILImage
+
+    import segflow.tasks.models.yolo  # noqa: F401 - offline ultralytics settings
 
     assert PILImage.open.__module__.startswith("ultralytics")
     with pytest.raises(ImageLoadError, match="not a recognised image format"):

@@ -3,12 +3,19 @@
 import numpy as np
 import pytest
 
-from tasks import rle
-from tasks.panoptic import (
-    MergePolicy, PanopticQuality, SemanticQuality, detections_to_map, evaluate_in_memory, merge,
-    panoptic_png, read_panoptic_png, semantic_png,
+from segflow.tasks import rle
+from segflow.tasks.panoptic import (
+    MergePolicy,
+    PanopticQuality,
+    SemanticQuality,
+    detections_to_map,
+    evaluate_in_memory,
+    merge,
+    panoptic_png,
+    read_panoptic_png,
+    semantic_png,
 )
-from tasks.record import Detections
+from segflow.tasks.record import Detections
 
 
 def rec(masks, classes, scores, isthing=None, **fields):
@@ -35,7 +42,9 @@ H, W = 40, 60
 @pytest.fixture()
 def scene():
     """Two overlapping things (the lower-scoring one mostly hidden), a third thing, stuff covering everything."""
-    things = rec([box(H, W, 5, 25, 5, 25), box(H, W, 8, 24, 8, 24), box(H, W, 28, 38, 40, 58)], [1, 2, 1], [0.6, 0.9, 0.7])
+    things = rec(
+        [box(H, W, 5, 25, 5, 25), box(H, W, 8, 24, 8, 24), box(H, W, 28, 38, 40, 58)], [1, 2, 1], [0.6, 0.9, 0.7]
+    )
     stuff = rec([box(H, W, 0, 20, 0, W), box(H, W, 20, H, 0, W)], [4, 5], [0.95, 0.9], isthing=[False, False])
     return things, stuff
 
@@ -46,7 +55,13 @@ def test_merge_assigns_each_pixel_once_in_score_order(scene):
     masks = rle.decode_many(list(out.rle_counts), H, W)
     assert masks.sum(0).max() == 1 and masks.sum(0).min() == 1  # stuff fills every free pixel
     # things first by score (0.9, 0.7, 0.6), then stuff by score
-    assert out.class_ids.tolist() == [2, 1, 1, 4, 5] and out.fields["isthing"].tolist() == [True, True, True, False, False]
+    assert out.class_ids.tolist() == [2, 1, 1, 4, 5] and out.fields["isthing"].tolist() == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
     assert out.fields["source_index"].tolist() == [1, 2, 0, 0, 1]
     assert masks[0].sum() == 16 * 16  # the 0.9 thing keeps all of its pixels
     assert masks[2].sum() == 20 * 20 - 16 * 16  # the 0.6 thing keeps only what is free
@@ -69,7 +84,9 @@ def test_merge_never_uses_rejected_masks_and_flagged_only_on_request(scene):
     verdicts = np.array(["reject", "flag", "pass"], object)
     t = things.with_fields(qc_verdict=verdicts)
     assert merge(t, stuff, MergePolicy(min_area=1)).fields["source_index"].tolist()[:1] == [2]
-    assert sorted(merge(t, stuff, MergePolicy(min_area=1, include_flagged=True)).fields["source_index"].tolist()[:2]) == [1, 2]
+    assert sorted(
+        merge(t, stuff, MergePolicy(min_area=1, include_flagged=True)).fields["source_index"].tolist()[:2]
+    ) == [1, 2]
 
 
 def test_merge_with_things_from_the_panoptic_model():
@@ -83,8 +100,9 @@ def test_panoptic_png_round_trip_and_id_encoding():
     ids = np.arange(12).reshape(3, 4) * 70_000  # needs all three channels
     data = panoptic_png(ids)
     np.testing.assert_array_equal(read_panoptic_png(data), ids)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     rgb = np.asarray(Image.open(io.BytesIO(data)))
     assert (rgb[..., 0] + 256 * rgb[..., 1].astype(int) + 65536 * rgb[..., 2].astype(int) == ids).all()
@@ -93,8 +111,9 @@ def test_panoptic_png_round_trip_and_id_encoding():
 
 
 def test_semantic_png_bytes_are_category_ids():
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     m = np.array([[0, 4, 7], [255, 1, 2]])
     im = Image.open(io.BytesIO(semantic_png(m, [0] * 768)))
@@ -112,7 +131,9 @@ def test_pq_hand_computed():
     q = PanopticQuality({1: True, 2: False})
     q.add(gt, {1: 1, 2: 2}, pred, {1: 1, 2: 2})
     s = q.summary()
-    assert s["per_class"]["1"]["pq"] == pytest.approx(0.8) and s["per_class"]["2"]["pq"] == pytest.approx(50 / 60, abs=1e-4)
+    assert s["per_class"]["1"]["pq"] == pytest.approx(0.8) and s["per_class"]["2"]["pq"] == pytest.approx(
+        50 / 60, abs=1e-4
+    )
     assert s["pq"] == pytest.approx((0.8 + 50 / 60) / 2, abs=1e-4)
     # wrong class: no match -> one FP and one FN for each
     q = PanopticQuality({1: True, 2: False, 3: True})

@@ -1,17 +1,23 @@
 import pyarrow.parquet as pq
 import pytest
 
-from flows.config import JobConfig
-from tasks.plan import PlanError, glob_to_regex, list_source, load_plan, make_plan, read_shard_rows
+from segflow.flows.config import JobConfig
+from segflow.tasks.plan import PlanError, glob_to_regex, list_source, load_plan, make_plan, read_shard_rows
 
 
 def job(src, out, **source):
-    return JobConfig.model_validate({
-        "source": {"url": str(src), **source} if "list" not in source else source,
-        "output": str(out), "shard_size": 3,
-        "ontology": [{"id": 1, "name": "a"}],
-        "stages": {"d": {"kind": "yolo", "weights": "yolo11n.yaml"}, "m": {"kind": "sam", "weights": "x", "needs": ["d"]}},
-    })
+    return JobConfig.model_validate(
+        {
+            "source": {"url": str(src), **source} if "list" not in source else source,
+            "output": str(out),
+            "shard_size": 3,
+            "ontology": [{"id": 1, "name": "a"}],
+            "stages": {
+                "d": {"kind": "yolo", "weights": "yolo11n.yaml"},
+                "m": {"kind": "sam", "weights": "x", "needs": ["d"]},
+            },
+        }
+    )
 
 
 @pytest.fixture()

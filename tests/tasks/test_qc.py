@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from flows.config import QcStage
-from tasks import rle
-from tasks.qc import QcChecker, check_masks, count_outliers
-from tasks.record import Detections
+from segflow.flows.config import QcStage
+from segflow.tasks import rle
+from segflow.tasks.qc import QcChecker, check_masks, count_outliers
+from segflow.tasks.record import Detections
 
 H, W = 100, 120
 
@@ -17,10 +17,17 @@ def record(masks, boxes=None, scores=None, piou=None, stab=None):
         for m in masks:
             ys, xs = np.nonzero(m)
             boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] if len(xs) else [0, 0, 1, 1])
-    d = Detections((H, W), np.asarray(boxes, np.float32), np.ones(n), np.asarray(scores if scores is not None else np.linspace(0.9, 0.5, n)))
-    return d.with_masks(rle.encode_nhw(np.stack(masks)),
-                        predicted_iou=np.asarray(piou if piou is not None else [0.95] * n, np.float32),
-                        stability_score=np.asarray(stab if stab is not None else [0.98] * n, np.float32))
+    d = Detections(
+        (H, W),
+        np.asarray(boxes, np.float32),
+        np.ones(n),
+        np.asarray(scores if scores is not None else np.linspace(0.9, 0.5, n)),
+    )
+    return d.with_masks(
+        rle.encode_nhw(np.stack(masks)),
+        predicted_iou=np.asarray(piou if piou is not None else [0.95] * n, np.float32),
+        stability_score=np.asarray(stab if stab is not None else [0.98] * n, np.float32),
+    )
 
 
 def square(x, y, s):
@@ -35,7 +42,9 @@ def verdicts(rec, **cfg):
 
 
 def test_predicted_iou_and_stability():
-    rec = record([square(5, 5, 20), square(50, 50, 20), square(80, 10, 15)], piou=[0.5, 0.95, 0.95], stab=[0.99, 0.99, 0.6])
+    rec = record(
+        [square(5, 5, 20), square(50, 50, 20), square(80, 10, 15)], piou=[0.5, 0.95, 0.95], stab=[0.99, 0.99, 0.6]
+    )
     v, r = verdicts(rec)
     assert v == ["reject", "pass", "reject"] and r == [["predicted_iou"], [], ["stability"]]
 
@@ -74,7 +83,9 @@ def test_duplicates_keep_the_higher_score():
 def test_class_conflict_is_flagged_not_rejected():
     a = square(10, 10, 30)
     rec = record([a, a.copy()], scores=[0.6, 0.9])
-    rec = type(rec)(rec.image_size, rec.boxes, [1, 2], rec.scores, rec.rle_counts, rec.fields)  # same object, two classes
+    rec = type(rec)(
+        rec.image_size, rec.boxes, [1, 2], rec.scores, rec.rle_counts, rec.fields
+    )  # same object, two classes
     v, r = verdicts(rec)
     assert v == ["flag", "pass"] and r[0] == ["class_conflict"]
 
@@ -88,7 +99,9 @@ def test_strongest_action_wins_and_rules_can_be_off():
 
 
 def test_image_rules():
-    out = QcChecker(QcStage(kind="qc")).check([np.zeros((H, W, 3), np.uint8)] * 2, [Detections.empty((H, W), with_masks=True), record([square(5, 5, 20)])])
+    out = QcChecker(QcStage(kind="qc")).check(
+        [np.zeros((H, W, 3), np.uint8)] * 2, [Detections.empty((H, W), with_masks=True), record([square(5, 5, 20)])]
+    )
     assert out[0].meta["qc_image_flags"] == ["no_labels"] and out[1].meta["qc_image_flags"] == []
     assert list(count_outliers([2, 3, 2, 2, 3, 40], mads=5, minimum=10)) == [False] * 5 + [True]
     assert not count_outliers([2, 3, 2, 2, 3, 9], mads=5, minimum=10).any()  # below the minimum
@@ -101,10 +114,20 @@ def test_panoptic_agreement():
     things = record([square(10, 10, 30), square(60, 50, 30), square(70, 5, 20)])
     things = type(things)(things.image_size, things.boxes, [1, 1, 2], things.scores, things.rle_counts, things.fields)
     segs = [square(12, 12, 28), square(0, 80, 20), square(70, 5, 20)]  # same place; elsewhere; same place, other class
-    panoptic = Detections((H, W), [[12, 12, 40, 40], [0, 80, 20, 100], [70, 5, 90, 25]], [1, 1, 3], [0.9, 0.9, 0.9],
-                          rle_counts=rle.encode_nhw(np.stack(segs)), fields={"isthing": np.ones(3, bool)})
+    panoptic = Detections(
+        (H, W),
+        [[12, 12, 40, 40], [0, 80, 20, 100], [70, 5, 90, 25]],
+        [1, 1, 3],
+        [0.9, 0.9, 0.9],
+        rle_counts=rle.encode_nhw(np.stack(segs)),
+        fields={"isthing": np.ones(3, bool)},
+    )
     v, r = check_masks(things, QcStage(kind="qc"), panoptic)
-    assert list(v) == ["pass", "flag", "flag"] and [x.split(",") if x else [] for x in r] == [[], ["panoptic_agreement"], ["panoptic_agreement"]]
+    assert list(v) == ["pass", "flag", "flag"] and [x.split(",") if x else [] for x in r] == [
+        [],
+        ["panoptic_agreement"],
+        ["panoptic_agreement"],
+    ]
     v, _ = check_masks(things, QcStage(kind="qc", panoptic_agreement={"min": 0.5, "action": "reject"}), panoptic)
     assert list(v) == ["pass", "reject", "reject"]
     assert list(check_masks(things, QcStage(kind="qc"))[0]) == ["pass"] * 3

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from tasks import rle
-from tasks.quality import GoldSetError, evaluate, format_quality, match_images
-from tasks.synthetic import write_scene_set
+from segflow.demo.synthetic import write_scene_set
+from segflow.tasks import rle
+from segflow.tasks.quality import GoldSetError, evaluate, format_quality, match_images
 
 ONTOLOGY = {1: "circle", 2: "square", 3: "triangle"}
 
@@ -27,8 +27,15 @@ def predictions_from(gold, transform=lambda m: m, category=lambda c: c, prefix="
         h, w = a["segmentation"]["size"]
         m = transform(rle.decode(a["segmentation"]["counts"], h, w))
         counts = rle.encode_nhw(m[None])[0]
-        preds.append({"image_id": 100 + a["image_id"], "category_id": category(a["category_id"]), "score": 0.9,
-                      "rle_counts": counts, "bbox": rle.bbox_xywh([counts], h, w)[0].tolist()})
+        preds.append(
+            {
+                "image_id": 100 + a["image_id"],
+                "category_id": category(a["category_id"]),
+                "score": 0.9,
+                "rle_counts": counts,
+                "bbox": rle.bbox_xywh([counts], h, w)[0].tolist(),
+            }
+        )
     return file_names, preds, sizes
 
 
@@ -42,7 +49,9 @@ def test_perfect_labels_score_one(gold_set):
 
 
 def test_shifted_masks_and_wrong_classes_score_low(gold_set):
-    names, shifted, sizes = predictions_from(gold_set, transform=lambda m: np.roll(m, (m.shape[0] // 3, m.shape[1] // 3), (0, 1)))
+    names, shifted, sizes = predictions_from(
+        gold_set, transform=lambda m: np.roll(m, (m.shape[0] // 3, m.shape[1] // 3), (0, 1))
+    )
     q = evaluate(gold_set, ONTOLOGY, names, shifted, sizes)
     assert q["mask_ap50"] < 0.2 and q["mean_mask_iou"] < 0.3
     names, wrong, sizes = predictions_from(gold_set, category=lambda c: c % 3 + 1)

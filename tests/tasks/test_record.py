@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks import rle
-from tasks.record import Detections
+from segflow.tasks import rle
+from segflow.tasks.record import Detections
 
 
 def make(n=4, h=20, w=30):

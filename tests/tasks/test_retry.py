@@ -3,25 +3,30 @@ import errno
 import pytest
 from botocore.exceptions import ClientError
 
-from tasks.retry import RetryPolicy, is_transient, retry_call
+from segflow.tasks.retry import RetryPolicy, is_transient, retry_call
 
 
 def client_error(code, status):
-    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
+    )
 
 
-@pytest.mark.parametrize("exc,transient", [
-    (client_error("SlowDown", 503), True),
-    (client_error("InternalError", 500), True),
-    (client_error("AccessDenied", 403), False),
-    (client_error("NoSuchKey", 404), False),
-    (OSError(errno.EBUSY, "Resource busy"), True),
-    (ConnectionResetError(errno.ECONNRESET, "reset"), True),
-    (TimeoutError("read timed out"), True),
-    (FileNotFoundError("gone"), False),
-    (PermissionError("denied"), False),
-    (ValueError("bad config"), False),
-])
+@pytest.mark.parametrize(
+    "exc,transient",
+    [
+        (client_error("SlowDown", 503), True),
+        (client_error("InternalError", 500), True),
+        (client_error("AccessDenied", 403), False),
+        (client_error("NoSuchKey", 404), False),
+        (OSError(errno.EBUSY, "Resource busy"), True),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), True),
+        (TimeoutError("read timed out"), True),
+        (FileNotFoundError("gone"), False),
+        (PermissionError("denied"), False),
+        (ValueError("bad config"), False),
+    ],
+)
 def test_classification(exc, transient):
     assert is_transient(exc) is transient
 

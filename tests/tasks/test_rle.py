@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from tasks import rle
+from segflow.tasks import rle
 
 
 def random_masks(rng, n, h, w):
@@ -37,7 +37,9 @@ def test_round_trip_area_and_bbox(rng):
 def test_nwh_layout_equals_reference_encoder(rng):
     masks = random_masks(rng, 4, 30, 70)
     ours = rle.encode_nwh(np.ascontiguousarray(masks.transpose(0, 2, 1)))
-    ref = [r["counts"].decode() for r in mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))]
+    ref = [
+        r["counts"].decode() for r in mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+    ]
     assert ours == ref
 
 

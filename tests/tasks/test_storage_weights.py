@@ -3,8 +3,8 @@ import threading
 import fsspec
 import pytest
 
-from tasks.storage import create_exclusive, open_fs, redact, safe_join, write_bytes
-from tasks.weights import WeightsError, resolve_weights, sha256_file
+from segflow.tasks.storage import create_exclusive, open_fs, redact, safe_join, write_bytes
+from segflow.tasks.weights import WeightsError, resolve_weights, sha256_file
 
 
 def test_safe_join_refuses_escapes():

@@ -3,15 +3,15 @@ import json
 import numpy as np
 from PIL import Image
 
-from tasks import rle
-from tasks.images import decode_image
-from tasks.synthetic import CATEGORIES, write_scene_set
+from segflow.demo.synthetic import CATEGORIES, write_scene_set
+from segflow.tasks import rle
+from segflow.tasks.images import decode_image
 
 
 def test_scene_set_is_deterministic_and_varied(tmp_path):
     a = write_scene_set(tmp_path / "a", 9, seed=11, size_range=(200, 600))
     b = write_scene_set(tmp_path / "b", 9, seed=11, size_range=(200, 600))
-    for (na, sa), (nb, sb) in zip(a, b):
+    for (na, _sa), (nb, _sb) in zip(a, b):
         assert na == nb and (tmp_path / "a" / na).read_bytes() == (tmp_path / "b" / nb).read_bytes()
     shapes = [s.pixels.shape[:2] for _, s in a]
     assert any(h > w for h, w in shapes) and any(w > h for h, w in shapes)
@@ -23,7 +23,9 @@ def test_scene_set_is_deterministic_and_varied(tmp_path):
 
 
 def test_ground_truth_files_agree_with_each_other(tmp_path):
-    scenes = write_scene_set(tmp_path / "img", 6, seed=2, gt_dir=tmp_path / "gt", exif_fraction=1.0, size_range=(200, 500))
+    scenes = write_scene_set(
+        tmp_path / "img", 6, seed=2, gt_dir=tmp_path / "gt", exif_fraction=1.0, size_range=(200, 500)
+    )
     inst = json.loads((tmp_path / "gt" / "instances.json").read_text())
     pan = json.loads((tmp_path / "gt" / "panoptic.json").read_text())
     isthing = {c["id"]: c["isthing"] for c in pan["categories"]}

@@ -2,12 +2,12 @@
 
 import numpy as np
 
-from flows.config import SamStage, YoloStage
-from tasks.models.sam import SamBoxSegmenter
-from tasks.models.yolo import YoloDetector
-from tasks.record import Detections
-from tasks.synthetic import make_scene
-from tasks.training import DEMO_SAM_ARCH, _zoom_crop_sample, finetune_sam_zoom, train_detector, train_sam
+from segflow.demo.synthetic import make_scene
+from segflow.demo.training import DEMO_SAM_ARCH, _zoom_crop_sample, finetune_sam_zoom, train_detector, train_sam
+from segflow.flows.config import SamStage, YoloStage
+from segflow.tasks.models.sam import SamBoxSegmenter
+from segflow.tasks.models.yolo import YoloDetector
+from segflow.tasks.record import Detections
 
 
 def test_sam_training_writes_a_loadable_checkpoint(tmp_path):
@@ -21,16 +21,19 @@ def test_sam_training_writes_a_loadable_checkpoint(tmp_path):
 
 
 def test_zoom_crop_sample_frames_the_object_as_the_zoomed_stage_does():
-    """The crop target is the prompted object's mask, aligned with the crop pixels and the box; another object's is not."""
+    """The crop target is the prompted object's mask, aligned with the crop pixels and the box; another object's is
+    not."""
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from tasks.models.sam import zoom_windows_xyxy
+    from segflow.tasks.models.sam import zoom_windows_xyxy
 
     scene = make_scene(np.random.default_rng(3), 700, 500)
     assert len(scene.masks) >= 2
     transform = ResizeLongestSide(256)
     for k in range(len(scene.masks)):
-        img, box, target = _zoom_crop_sample(np.random.default_rng(0), scene, k, 0.5, transform, 256, 64, box_noise=0.0, full_res_target=True)
+        img, box, target = _zoom_crop_sample(
+            np.random.default_rng(0), scene, k, 0.5, transform, 256, 64, box_noise=0.0, full_res_target=True
+        )
         x0, y0, x1, y1 = (int(v) for v in zoom_windows_xyxy(np.asarray(scene.boxes[k])[None], (500, 700), 0.5)[0][0])
         scale = 256 / max(x1 - x0, y1 - y0)
         ih, iw = img.shape[:2]
@@ -61,7 +64,9 @@ def test_zoom_fine_tune_changes_the_weights_and_keeps_the_checkpoint_loadable(tm
     before, after = (torch.load(p, weights_only=True)["state_dict"] for p in (init, out))
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    seg = SamBoxSegmenter(SamStage(kind="sam", weights=str(out), device="cpu", min_mask_area=0, zoom_context=0.5), str(out))
+    seg = SamBoxSegmenter(
+        SamStage(kind="sam", weights=str(out), device="cpu", min_mask_area=0, zoom_context=0.5), str(out)
+    )
     logits, iou = seg.box_logits(np.zeros((300, 400, 3), np.uint8), np.array([[10, 10, 60, 50]], np.float32))
     assert logits.shape == (1, 300, 400) and iou.shape == (1,)
 
@@ -70,36 +75,51 @@ def test_detector_training_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "yolo.pt"
     result = train_detector(out, images=8, epochs=1, imgsz=64, size_range=(200, 240), log=lambda m: None)
     assert 0.0 <= result["box_map50_val"] <= 1.0
-    det = YoloDetector(YoloStage(kind="yolo", weights=str(out), device="cpu", conf=0.0, imgsz=64), str(out), {1: "circle", 2: "square", 3: "triangle"})
+    det = YoloDetector(
+        YoloStage(kind="yolo", weights=str(out), device="cpu", conf=0.0, imgsz=64),
+        str(out),
+        {1: "circle", 2: "square", 3: "triangle"},
+    )
     assert det.model_names == {0: "circle", 1: "square", 2: "triangle"}
     (dets,) = det.detect([np.zeros((80, 100, 3), np.uint8)])
     assert isinstance(dets, Detections) and dets.image_size == (80, 100)
 
 
 def test_mask2former_training_lowers_the_loss_and_loads_through_the_adapter(tmp_path):
-    from flows.config import Mask2FormerStage
-    from tasks.models.mask2former import Mask2FormerPanoptic
-    from tasks.synthetic import CATEGORIES
-    from tasks.training import train_mask2former
+    from segflow.demo.synthetic import CATEGORIES
+    from segflow.demo.training import train_mask2former
+    from segflow.flows.config import Mask2FormerStage
+    from segflow.tasks.models.mask2former import Mask2FormerPanoptic
 
     out = tmp_path / "m2f.pt"
     losses = []
     result = train_mask2former(out, minutes=0.25, scenes=6, batch_images=2, log=losses.append)
     assert result["steps"] >= 5
     ontology = {c["id"]: c["name"] for c in CATEGORIES}
-    m = Mask2FormerPanoptic(Mask2FormerStage(kind="mask2former", weights=str(out), device="cpu"), str(out), ontology, {c["id"]: bool(c["isthing"]) for c in CATEGORIES})
-    assert [m.model.config.id2label[i] for i in range(len(CATEGORIES))] == [c["name"] for c in CATEGORIES]  # labels map by name
+    m = Mask2FormerPanoptic(
+        Mask2FormerStage(kind="mask2former", weights=str(out), device="cpu"),
+        str(out),
+        ontology,
+        {c["id"]: bool(c["isthing"]) for c in CATEGORIES},
+    )
+    assert [m.model.config.id2label[i] for i in range(len(CATEGORIES))] == [
+        c["name"] for c in CATEGORIES
+    ]  # labels map by name
     (segs,) = m.panoptic([np.zeros((70, 90, 3), np.uint8)])
     assert segs.image_size == (70, 90) and segs.has_masks
 
 
 def test_yolo_seg_training_writes_a_loadable_instance_labeler(tmp_path):
-    from flows.config import YoloSegStage
-    from tasks.models.instances import YoloSegLabeler
+    from segflow.flows.config import YoloSegStage
+    from segflow.tasks.models.instances import YoloSegLabeler
 
     out = tmp_path / "yolo-seg.pt"
     result = train_detector(out, images=8, epochs=1, imgsz=64, size_range=(200, 240), segment=True, log=lambda m: None)
     assert 0.0 <= result["mask_map50_val"] <= 1.0
-    lab = YoloSegLabeler(YoloSegStage(kind="yolo_seg", weights=str(out), device="cpu", conf=0.0, imgsz=64), str(out), {1: "circle", 2: "square", 3: "triangle"})
+    lab = YoloSegLabeler(
+        YoloSegStage(kind="yolo_seg", weights=str(out), device="cpu", conf=0.0, imgsz=64),
+        str(out),
+        {1: "circle", 2: "square", 3: "triangle"},
+    )
     (dets,) = lab.label([np.zeros((80, 100, 3), np.uint8)])
     assert isinstance(dets, Detections) and dets.image_size == (80, 100) and dets.has_masks

@@ -3,33 +3,77 @@
 import numpy as np
 import pytest
 
-from flows.config import OwlStage, Mask2FormerStage, MaskRcnnStage, PanopticMergeStage, QcStage, SamAutoStage, SamStage, YoloSegStage, YoloStage
-from tasks import rle
-from tasks.models.cache import get_model
-from tasks.models.registry import ADAPTERS, MissingDependencyError, adapter_class
-from tasks.record import Detections
+from segflow.flows.config import (
+    Mask2FormerStage,
+    MaskRcnnStage,
+    OwlStage,
+    PanopticMergeStage,
+    QcStage,
+    SamAutoStage,
+    SamStage,
+    YoloSegStage,
+    YoloStage,
+)
+from segflow.tasks import rle
+from segflow.tasks.models.cache import get_model
+from segflow.tasks.models.registry import ADAPTERS, MissingDependencyError, adapter_class
+from segflow.tasks.record import Detections
 
 ONTOLOGY = {1: "square", 2: "circle", 3: "triangle"}
 
 
 def stage_for(kind, tiny_models):
     if kind == "yolo":
-        return YoloStage(kind="yolo", weights=str(tiny_models["yolo"]), device="cpu", conf=0.0, imgsz=160, max_det=6, batch_size=2)
+        return YoloStage(
+            kind="yolo", weights=str(tiny_models["yolo"]), device="cpu", conf=0.0, imgsz=160, max_det=6, batch_size=2
+        )
     if kind == "sam":
-        return SamStage(kind="sam", weights=str(tiny_models["sam"]), device="cpu", needs=["detector"], batch_size=2, boxes_per_call=4)
+        return SamStage(
+            kind="sam",
+            weights=str(tiny_models["sam"]),
+            device="cpu",
+            needs=["detector"],
+            batch_size=2,
+            boxes_per_call=4,
+        )
     if kind == "qc":
         return QcStage(kind="qc", needs=["masks"])
     if kind in ("owlv2", "owlvit", "grounding_dino"):  # random weights: scores near 0.5, so a low threshold keeps boxes
         return OwlStage(kind=kind, weights=str(tiny_models[kind]), device="cpu", conf=0.0, max_det=5, batch_size=2)
     if kind == "sam_auto":  # random weights: no score filters, a coarse grid
-        return SamAutoStage(kind="sam_auto", weights=str(tiny_models["sam"]), device="cpu", category="circle", points_per_side=4,
-                            pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.7)
+        return SamAutoStage(
+            kind="sam_auto",
+            weights=str(tiny_models["sam"]),
+            device="cpu",
+            category="circle",
+            points_per_side=4,
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.0,
+            box_nms_thresh=0.7,
+        )
     if kind == "yolo_seg":  # the tiny YOLO is a segmentation model
-        return YoloSegStage(kind="yolo_seg", weights=str(tiny_models["yolo"]), device="cpu", conf=0.0, imgsz=160, max_det=6, batch_size=2)
+        return YoloSegStage(
+            kind="yolo_seg",
+            weights=str(tiny_models["yolo"]),
+            device="cpu",
+            conf=0.0,
+            imgsz=160,
+            max_det=6,
+            batch_size=2,
+        )
     if kind == "maskrcnn":
-        return MaskRcnnStage(kind="maskrcnn", weights=str(tiny_models["maskrcnn"]), device="cpu", conf=0.0, max_det=5, batch_size=2)
+        return MaskRcnnStage(
+            kind="maskrcnn", weights=str(tiny_models["maskrcnn"]), device="cpu", conf=0.0, max_det=5, batch_size=2
+        )
     if kind == "mask2former":  # random weights: every query kept, so the test sees segments
-        return Mask2FormerStage(kind="mask2former", weights=str(tiny_models["mask2former"]), device="cpu", threshold=0.0, overlap_threshold=0.0, batch_size=2)
+        return Mask2FormerStage(
+            kind="mask2former",
+            weights=str(tiny_models["mask2former"]),
+            device="cpu",
+            threshold=0.0,
+            overlap_threshold=0.0,
+            batch_size=2,
+        )
     if kind == "panoptic_merge":
         return PanopticMergeStage(kind="panoptic_merge", needs=["masks", "panoptic"], min_area=1)
     raise AssertionError(f"add a tiny stage for new adapter kind {kind!r} to the contract suite")
@@ -53,7 +97,9 @@ def with_box_masks(dets):
     masks = np.zeros((len(dets), h, w), bool)
     for m, (x0, y0, x1, y1) in zip(masks, dets.boxes.astype(int)):
         m[y0:y1, x0:x1] = True
-    return dets.with_masks(rle.encode_nhw(masks), predicted_iou=np.full(len(dets), 0.9), stability_score=np.full(len(dets), 0.97))
+    return dets.with_masks(
+        rle.encode_nhw(masks), predicted_iou=np.full(len(dets), 0.9), stability_score=np.full(len(dets), 0.97)
+    )
 
 
 def stuff_segments(imgs):
@@ -63,7 +109,16 @@ def stuff_segments(imgs):
         h, w = im.shape[:2]
         m = np.zeros((1, h, w), bool)
         m[:, h // 2 :] = True
-        out.append(Detections((h, w), [[0, h // 2, w, h]], [2], [0.8], rle_counts=rle.encode_nhw(m), fields={"isthing": np.array([False])}))
+        out.append(
+            Detections(
+                (h, w),
+                [[0, h // 2, w, h]],
+                [2],
+                [0.8],
+                rle_counts=rle.encode_nhw(m),
+                fields={"isthing": np.array([False])},
+            )
+        )
     return out
 
 
@@ -77,7 +132,9 @@ def run(adapter, role, imgs):
     if role == "instances":
         return adapter.label(imgs)
     if role == "merge":
-        return adapter.merge(imgs, [with_box_masks(d) for d in prompts_for(imgs)], stuff_segments(imgs), "masks", "panoptic")
+        return adapter.merge(
+            imgs, [with_box_masks(d) for d in prompts_for(imgs)], stuff_segments(imgs), "masks", "panoptic"
+        )
     return adapter.segment(imgs, prompts_for(imgs))
 
 
@@ -116,8 +173,14 @@ def test_adapter_contract(kind, tiny_models, rng):
 def test_unknown_kind_and_missing_package_errors(monkeypatch):
     with pytest.raises(ValueError, match="unknown stage kind 'nope'"):
         adapter_class("nope")
-    from tasks.models import registry
+    from segflow.tasks.models import registry
 
-    monkeypatch.setitem(registry.ADAPTERS, "fake", registry.AdapterSpec("tasks.models.yolo:YoloDetector", "detector", "segflow_not_installed_pkg", "segflow-extra-pkg"))
+    monkeypatch.setitem(
+        registry.ADAPTERS,
+        "fake",
+        registry.AdapterSpec(
+            "segflow.tasks.models.yolo:YoloDetector", "detector", "segflow_not_installed_pkg", "segflow-extra-pkg"
+        ),
+    )
     with pytest.raises(MissingDependencyError, match="pip install segflow-extra-pkg"):
         adapter_class("fake")

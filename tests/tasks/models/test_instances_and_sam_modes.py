@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 from segment_anything import SamPredictor
 
-from flows.config import MaskRcnnStage, SamAutoStage, SamStage, YoloSegStage, load_config
-from tasks.models.cache import get_model
-from tasks.models.sam import SamBoxSegmenter, load_sam
-from tasks.qc import box_iou_xyxy
-from tasks.record import Detections
-from tasks.synthetic import make_scene
+from segflow.demo.synthetic import make_scene
+from segflow.flows.config import MaskRcnnStage, SamAutoStage, SamStage, YoloSegStage, load_config
+from segflow.tasks.models.cache import get_model
+from segflow.tasks.models.sam import SamBoxSegmenter, load_sam
+from segflow.tasks.qc import box_iou_xyxy
+from segflow.tasks.record import Detections
 
 ONTOLOGY = {1: "circle", 2: "square", 3: "triangle"}
 
@@ -26,9 +26,11 @@ def masks_inside_boxes(dets, slack=2.0):
 
 @pytest.mark.parametrize("kind", ["yolo_seg", "maskrcnn"])
 def test_direct_labelers_keep_rows_and_masks_together_on_non_square_images(kind, tiny_models, rng):
-    stage = (YoloSegStage(kind="yolo_seg", weights=str(tiny_models["yolo"]), device="cpu", conf=0.0, imgsz=160, max_det=8)
-             if kind == "yolo_seg" else
-             MaskRcnnStage(kind="maskrcnn", weights=str(tiny_models["maskrcnn"]), device="cpu", conf=0.0, max_det=8))
+    stage = (
+        YoloSegStage(kind="yolo_seg", weights=str(tiny_models["yolo"]), device="cpu", conf=0.0, imgsz=160, max_det=8)
+        if kind == "yolo_seg"
+        else MaskRcnnStage(kind="maskrcnn", weights=str(tiny_models["maskrcnn"]), device="cpu", conf=0.0, max_det=8)
+    )
     labeler = get_model(stage, ONTOLOGY).adapter
     images = [rng.integers(0, 256, s, dtype=np.uint8) for s in [(120, 260, 3), (250, 90, 3)]]
     out = labeler.label(images)
@@ -40,8 +42,8 @@ def test_direct_labelers_keep_rows_and_masks_together_on_non_square_images(kind,
 
 
 def test_yolo_seg_needs_a_segmentation_checkpoint(tmp_path):
-    from tasks.models.tiny import make_tiny_yolo
-    from tasks.weights import WeightsError
+    from segflow.tasks.weights import WeightsError
+    from tests.support.tiny import make_tiny_yolo
 
     det_only = make_tiny_yolo(tmp_path / "det.pt", list(ONTOLOGY.values()), cfg="yolo11n.yaml")
     with pytest.raises(WeightsError, match="needs a segmentation checkpoint"):
@@ -52,7 +54,11 @@ def _demo_sam_weights():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[3]
-    return load_config(root / "configs" / "demo.yaml", overrides={"source": str(root), "output": "/tmp/unused"}).stages["masks"].weights
+    return (
+        load_config(root / "configs" / "demo.yaml", overrides={"source": str(root), "output": "/tmp/unused"})
+        .stages["masks"]
+        .weights
+    )
 
 
 def test_point_prompts_and_multimask_match_the_reference_predictor():
@@ -64,7 +70,12 @@ def test_point_prompts_and_multimask_match_the_reference_predictor():
     prompts = Detections(scene.pixels.shape[:2], boxes, np.ones(len(boxes)), np.ones(len(boxes)))
     predictor = None
     for prompt, multimask in (("point", False), ("box", True), ("box+point", True)):
-        seg = SamBoxSegmenter(SamStage(kind="sam", weights=weights, device="cpu", prompt=prompt, multimask_output=multimask, mask_margin=None), weights)
+        seg = SamBoxSegmenter(
+            SamStage(
+                kind="sam", weights=weights, device="cpu", prompt=prompt, multimask_output=multimask, mask_margin=None
+            ),
+            weights,
+        )
         logits, iou = seg.box_logits(scene.pixels, boxes)
         if multimask:
             out = seg.segment([scene.pixels], [prompts])[0]
@@ -76,8 +87,11 @@ def test_point_prompts_and_multimask_match_the_reference_predictor():
         for i, b in enumerate(boxes):
             centre = ((b[:2] + b[2:]) / 2)[None]
             ref_logits, ref_iou, _ = predictor.predict(
-                point_coords=centre if "point" in prompt else None, point_labels=np.array([1]) if "point" in prompt else None,
-                box=b if "box" in prompt else None, multimask_output=multimask, return_logits=True,
+                point_coords=centre if "point" in prompt else None,
+                point_labels=np.array([1]) if "point" in prompt else None,
+                box=b if "box" in prompt else None,
+                multimask_output=multimask,
+                return_logits=True,
             )
             best = int(np.argmax(ref_iou))
             assert abs(float(iou[i]) - float(ref_iou[best])) < 1e-4, (prompt, i)
@@ -89,7 +103,7 @@ def test_automatic_mode_filters_drop_what_they_should(tiny_models, tmp_path):
     (A random SAM with its IoU head shifted to spread predicted IoUs over [0, 1].)"""
     import torch
 
-    from tasks.models.sam import load_sam
+    from segflow.tasks.models.sam import load_sam
 
     ckpt = torch.load(tiny_models["sam"], weights_only=True)
     ckpt["state_dict"]["mask_decoder.iou_prediction_head.layers.2.bias"] += 0.5

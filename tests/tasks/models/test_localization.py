@@ -11,13 +11,19 @@ convention each adapter must get right and show the IoU check notices.
 import numpy as np
 import pytest
 
-from flows.config import MaskRcnnStage, OwlStage, SamAutoStage, YoloSegStage
-from tasks import rle
-from tasks.localizers import (
-    TARGET, box_iou_xyxy, target_scene, train_gdino_localizer, train_maskrcnn_localizer, train_owl_localizer, train_sam_point_localizer,
+from segflow.flows.config import MaskRcnnStage, OwlStage, SamAutoStage, YoloSegStage
+from segflow.tasks import rle
+from segflow.tasks.models.cache import get_model
+from tests.support.localizers import (
+    TARGET,
+    box_iou_xyxy,
+    target_scene,
+    train_gdino_localizer,
+    train_maskrcnn_localizer,
+    train_owl_localizer,
+    train_sam_point_localizer,
     train_yolo_seg_localizer,
 )
-from tasks.models.cache import get_model
 
 ONTOLOGY = {1: TARGET}
 BOX_IOU, MASK_IOU = 0.7, 0.7
@@ -51,7 +57,10 @@ def top_detection_ious(dets_per_image, scenes, masks=False):
 
 def check(box, mask=None, box_iou=BOX_IOU, hits=0.8):
     """Median IoU at least the bar, and at least ``hits`` of the scenes found (IoU >= 0.5, COCO's AP50 criterion)."""
-    print(f"box IoU median {np.median(box):.3f} (min {box.min():.3f}, {(box >= 0.5).mean():.2f} >= 0.5)" + (f", mask IoU median {np.median(mask):.3f}" if mask is not None else ""))
+    print(
+        f"box IoU median {np.median(box):.3f} (min {box.min():.3f}, {(box >= 0.5).mean():.2f} >= 0.5)"
+        + (f", mask IoU median {np.median(mask):.3f}" if mask is not None else "")
+    )
     assert np.median(box) >= box_iou and (box >= 0.5).mean() >= hits
     if mask is not None:
         assert np.median(mask) >= MASK_IOU and (mask >= 0.5).mean() >= 0.8
@@ -99,7 +108,7 @@ def test_grounding_dino_boxes_land_on_the_object(tmp_path_factory, scenes):
     The tiny one (d_model 32, 2 decoder layers, 2.5 minutes of training) is the coarsest model here: median box
     IoU ~0.5-0.56 depending on the run, so its bar is 0.45; reading its boxes in the wrong frame drops that to ~0.12.
     """
-    from tasks.models.owl import boxes_to_pixels
+    from segflow.tasks.models.owl import boxes_to_pixels
 
     d = tmp_path_factory.mktemp("gdino")
     print(train_gdino_localizer(d))
@@ -125,7 +134,9 @@ def test_grounding_dino_boxes_land_on_the_object(tmp_path_factory, scenes):
 def test_yolo_seg_boxes_and_masks_land_on_the_object(tmp_path_factory, scenes):
     path = tmp_path_factory.mktemp("yoloseg") / "yolo-seg-target.pt"
     print(train_yolo_seg_localizer(path))
-    stage = YoloSegStage(kind="yolo_seg", weights=str(path), device="cpu", conf=0.05, imgsz=160, max_det=5, batch_size=4)
+    stage = YoloSegStage(
+        kind="yolo_seg", weights=str(path), device="cpu", conf=0.05, imgsz=160, max_det=5, batch_size=4
+    )
     loaded = get_model(stage, ONTOLOGY)
     box, mask = top_detection_ious(loaded.adapter.label([s.pixels for s in scenes]), scenes, masks=True)
     check(box, mask)
@@ -151,7 +162,8 @@ def test_sam_auto_finds_the_object_with_the_sa1b_gates(tmp_path_factory, scenes)
     label = get_model(stage, ONTOLOGY).adapter.label
 
     def best_mask(out, truth):
-        """Per image: mask IoU and box IoU of the auto mask that best matches ``truth``, and that mask's box (None when none)."""
+        """Per image: mask IoU and box IoU of the auto mask that best matches ``truth``, and that mask's box (None
+        when none)."""
         mask, box, chosen = [], [], []
         for d, (m_true, b_true) in zip(out, truth):
             if not len(d):
@@ -166,11 +178,17 @@ def test_sam_auto_finds_the_object_with_the_sa1b_gates(tmp_path_factory, scenes)
     out = label([s.pixels for s in scenes])
     assert all(set(d.class_ids.tolist()) <= {1} for d in out)
     mask, box, _ = best_mask(out, [(s.mask, s.box) for s in scenes])
-    print(f"masks per image {np.median([len(d) for d in out])}, best mask IoU median {np.median(mask):.3f}, its box IoU median {np.median(box):.3f}")
+    print(
+        f"masks per image {np.median([len(d) for d in out])}, best mask IoU median "
+        f"{np.median(mask):.3f}, its box IoU median {np.median(box):.3f}"
+    )
     assert np.median(mask) >= 0.9 and (mask >= 0.5).mean() >= 0.8 and np.median(box) >= 0.8
-    # negative control: on transposed images the masks follow the object; their boxes against the untransposed object fail
+    # negative control: on transposed images the masks follow the object; their boxes against the untransposed object
+    # fail
     flipped = label([np.ascontiguousarray(s.pixels.transpose(1, 0, 2)) for s in scenes])
     back, _, boxes = best_mask(flipped, [(s.mask.T, s.box[[1, 0, 3, 2]]) for s in scenes])
     as_is = [box_iou_xyxy(b, s.box) if b is not None else 0.0 for b, s in zip(boxes, scenes)]
-    print(f"transposed: best mask IoU median {np.median(back):.3f} transposed back, box IoU {np.median(as_is):.3f} as is")
+    print(
+        f"transposed: best mask IoU median {np.median(back):.3f} transposed back, box IoU {np.median(as_is):.3f} as is"
+    )
     assert np.median(back) >= 0.9 and np.median(as_is) < 0.5

@@ -7,18 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from flows.config import Mask2FormerStage
-from tasks import rle
-from tasks.models.cache import get_model
-from tasks.models.mask2former import Mask2FormerPanoptic, label_table
-from tasks.weights import WeightsError, resolve_model_dir, sha256_file, weights_location_issue
+from segflow.flows.config import Mask2FormerStage
+from segflow.tasks import rle
+from segflow.tasks.models.cache import get_model
+from segflow.tasks.models.mask2former import Mask2FormerPanoptic, label_table
+from segflow.tasks.weights import WeightsError, resolve_model_dir, sha256_file, weights_location_issue
 
 ONTOLOGY = {1: "circle", 2: "square", 3: "triangle", 4: "ground"}
 ISTHING = {1: True, 2: True, 3: True, 4: False}
 
 
 def stage(weights, **kw):
-    return Mask2FormerStage(kind="mask2former", weights=str(weights), device="cpu", **({"threshold": 0.0, "overlap_threshold": 0.0} | kw))
+    return Mask2FormerStage(
+        kind="mask2former", weights=str(weights), device="cpu", **({"threshold": 0.0, "overlap_threshold": 0.0} | kw)
+    )
 
 
 def test_label_table_by_name_explicit_and_unmapped():
@@ -88,9 +90,16 @@ def test_segments_land_in_place_on_a_padded_non_square_input(tiny_models):
     assert (mask & truth).sum() / (mask | truth).sum() > 0.9
 
     # the sky query mapped to "ground" (stuff) now covers the rest, without overlapping the circle
-    m2 = Mask2FormerPanoptic(stage(tiny_models["mask2former"], threshold=0.5, overlap_threshold=0.5, label_map={"sky": "ground"}), str(tiny_models["mask2former"]), ONTOLOGY, ISTHING)
+    m2 = Mask2FormerPanoptic(
+        stage(tiny_models["mask2former"], threshold=0.5, overlap_threshold=0.5, label_map={"sky": "ground"}),
+        str(tiny_models["mask2former"]),
+        ONTOLOGY,
+        ISTHING,
+    )
     out = m2.segments(cls, masks, pixel_mask, (200, 100))
-    assert sorted(out.class_ids.tolist()) == [1, 4] and out.fields["isthing"].tolist() == [ISTHING[c] for c in out.class_ids.tolist()]
+    assert sorted(out.class_ids.tolist()) == [1, 4] and out.fields["isthing"].tolist() == [
+        ISTHING[c] for c in out.class_ids.tolist()
+    ]
     dec = rle.decode_many(list(out.rle_counts), 200, 100)
     assert dec.sum(0).max() == 1 and dec.sum() == 200 * 100
 

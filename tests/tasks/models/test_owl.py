@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from flows.config import OwlStage
-from tasks.models.cache import get_model
-from tasks.models.owl import boxes_to_pixels, prompt_table
+from segflow.flows.config import OwlStage
+from segflow.tasks.models.cache import get_model
+from segflow.tasks.models.owl import boxes_to_pixels, prompt_table
 
 ONTOLOGY = {1: "forklift", 2: "pallet"}
 PROMPTS = {1: ["forklift", "fork lift truck", "Forklift"], 2: ["pallet"]}
@@ -42,7 +42,7 @@ def test_owlv2_processor_pads_bottom_right_as_the_conversion_assumes(tiny_models
     pv = proc(images=[img], text=[["x"]], return_tensors="pt")["pixel_values"][0].numpy()  # 3 x S x S
     s = pv.shape[-1]
     content = pv[:, : s // 2 - 2, : s // 2 - 2]
-    pad = pv[:, -(s // 2 - 2):, -(s // 2 - 2):]
+    pad = pv[:, -(s // 2 - 2) :, -(s // 2 - 2) :]
     for c in range(3):  # white image top-left, padding bottom-right
         assert np.allclose(content[c], content[c].max()) and pad[c].max() < content[c].max() - 0.5
         if portrait:
@@ -73,14 +73,18 @@ def test_detections_only_carry_ontology_classes_and_per_class_thresholds_apply(k
 def test_grounding_dino_spans_synonyms_and_rejected_tokens(tiny_models):
     from transformers import AutoProcessor
 
-    from tasks.models.gdino import caption_spans, query_classes
+    from segflow.tasks.models.gdino import caption_spans, query_classes
 
     tok = AutoProcessor.from_pretrained(str(tiny_models["grounding_dino"]), local_files_only=True).tokenizer
     texts, owners = prompt_table(PROMPTS)
     caption, spans = caption_spans(tok, texts)
     assert caption == "forklift . fork lift truck . pallet ."
     ids = tok(caption)["input_ids"]
-    assert [tok.convert_ids_to_tokens(ids[a:b]) for a, b in spans] == [["forklift"], ["fork", "lift", "truck"], ["pallet"]]
+    assert [tok.convert_ids_to_tokens(ids[a:b]) for a, b in spans] == [
+        ["forklift"],
+        ["fork", "lift", "truck"],
+        ["pallet"],
+    ]
     # four queries: strongest on "lift" (a synonym of forklift), on "pallet", on a separator ".", on [SEP]
     probs = np.full((4, len(ids) + 3), 0.01)
     probs[0, spans[1][0] + 1] = 0.9
@@ -96,7 +100,9 @@ def test_grounding_dino_spans_synonyms_and_rejected_tokens(tiny_models):
 
 def test_grounding_dino_detects_only_ontology_classes(tiny_models, rng):
     images = [rng.integers(0, 256, (90, 200, 3), dtype=np.uint8), rng.integers(0, 256, (160, 70, 3), dtype=np.uint8)]
-    stage = OwlStage(kind="grounding_dino", weights=str(tiny_models["grounding_dino"]), device="cpu", conf=0.0, max_det=50)
+    stage = OwlStage(
+        kind="grounding_dino", weights=str(tiny_models["grounding_dino"]), device="cpu", conf=0.0, max_det=50
+    )
     det = get_model(stage, ONTOLOGY, prompts=PROMPTS).adapter
     out = det.detect(images)
     for im, d in zip(images, out):

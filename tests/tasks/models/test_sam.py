@@ -5,11 +5,11 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from flows.config import SamStage
-from tasks import rle
-from tasks.models.sam import SamBoxSegmenter, build_sam, load_sam
-from tasks.record import Detections
-from tasks.weights import WeightsError
+from segflow.flows.config import SamStage
+from segflow.tasks import rle
+from segflow.tasks.models.sam import SamBoxSegmenter, build_sam, load_sam
+from segflow.tasks.record import Detections
+from segflow.tasks.weights import WeightsError
 
 
 def stage(**kw):
@@ -18,15 +18,21 @@ def stage(**kw):
 
 @pytest.fixture(scope="module")
 def segmenter(tiny_models):
-    return SamBoxSegmenter(stage(boxes_per_call=3, min_mask_area=0, mask_margin=None), str(tiny_models["sam"]))  # whole-frame masks, as SamPredictor
+    return SamBoxSegmenter(
+        stage(boxes_per_call=3, min_mask_area=0, mask_margin=None), str(tiny_models["sam"])
+    )  # whole-frame masks, as SamPredictor
 
 
 def test_batched_equals_per_box_predictor_on_non_square_image(segmenter, tiny_models, rng):
     image = rng.integers(0, 256, (213, 377, 3), dtype=np.uint8)  # landscape, odd sizes
-    boxes = np.array([[5, 7, 120, 90], [100, 50, 370, 210], [0, 0, 377, 213], [300, 20, 360, 80], [40, 150, 90, 200]], np.float32)
+    boxes = np.array(
+        [[5, 7, 120, 90], [100, 50, 370, 210], [0, 0, 377, 213], [300, 20, 360, 80], [40, 150, 90, 200]], np.float32
+    )
     logits, iou = segmenter.box_logits(image, boxes)  # 5 boxes in 2 decoder calls (boxes_per_call=3)
 
-    predictor = SamPredictor(load_sam(str(tiny_models["sam"])))  # the library's model as loaded, eager attention and decoder
+    predictor = SamPredictor(
+        load_sam(str(tiny_models["sam"]))
+    )  # the library's model as loaded, eager attention and decoder
     predictor.set_image(image)
     for k, box in enumerate(boxes):
         ref, ref_iou, _ = predictor.predict(box=box, multimask_output=False, return_logits=True)
@@ -66,7 +72,20 @@ def test_chunk_size_does_not_change_results(tiny_models, rng):
 
 def test_plain_state_dict_needs_known_architecture(tmp_path):
     torch.manual_seed(0)
-    sam = build_sam({"encoder_embed_dim": 64, "encoder_depth": 1, "encoder_num_heads": 2, "encoder_global_attn_indexes": [0], "img_size": 128, "prompt_embed_dim": 32, "decoder_mlp_dim": 64, "decoder_num_heads": 2, "iou_head_hidden_dim": 32, "window_size": 4})
+    sam = build_sam(
+        {
+            "encoder_embed_dim": 64,
+            "encoder_depth": 1,
+            "encoder_num_heads": 2,
+            "encoder_global_attn_indexes": [0],
+            "img_size": 128,
+            "prompt_embed_dim": 32,
+            "decoder_mlp_dim": 64,
+            "decoder_num_heads": 2,
+            "iou_head_hidden_dim": 32,
+            "window_size": 4,
+        }
+    )
     path = tmp_path / "plain.pth"
     torch.save(sam.state_dict(), path)
     with pytest.raises(WeightsError, match="cannot infer SAM model type from encoder width 64"):
@@ -81,7 +100,7 @@ def test_pickled_objects_are_refused(tmp_path):
 
 
 def test_remove_small_islands_keeps_the_main_piece():
-    from tasks.models.sam import remove_small_islands
+    from segflow.tasks.models.sam import remove_small_islands
 
     m = np.zeros((2, 40, 30), bool)
     m[0, 5:25, 5:20] = True  # main piece, 300 px
@@ -98,7 +117,7 @@ def test_remove_small_islands_equals_labelling_the_whole_frame():
     """Labelling inside each mask's bounding box gives what labelling the whole frame gives."""
     from scipy import ndimage
 
-    from tasks.models.sam import remove_small_islands
+    from segflow.tasks.models.sam import remove_small_islands
 
     def whole_frame(masks, frac):  # the plain algorithm, every mask over the full frame
         out = masks.copy()
@@ -126,7 +145,7 @@ def test_thresholding_inside_the_bounds_equals_the_whole_frame():
     import torch
     from segment_anything.utils.amg import calculate_stability_score
 
-    from tasks.models.sam import SamBoxSegmenter
+    from segflow.tasks.models.sam import SamBoxSegmenter
 
     gen = torch.Generator().manual_seed(3)
     n, w, h = 4, 50, 40
@@ -144,9 +163,11 @@ def test_thresholding_inside_the_bounds_equals_the_whole_frame():
 
 
 def test_zoom_windows_are_square_inside_the_image_and_snap_to_the_grid():
-    from tasks.models.sam import zoom_windows_xyxy
+    from segflow.tasks.models.sam import zoom_windows_xyxy
 
-    boxes = np.array([[100, 60, 130, 80], [0, 0, 20, 30], [580, 380, 600, 400], [0, 0, 500, 90], [101.4, 60.6, 130.3, 80.2]])
+    boxes = np.array(
+        [[100, 60, 130, 80], [0, 0, 20, 30], [580, 380, 600, 400], [0, 0, 500, 90], [101.4, 60.6, 130.3, 80.2]]
+    )
     windows, zoom = zoom_windows_xyxy(boxes, (400, 600), context=1.0)
     assert zoom.tolist() == [True, True, True, False, True]
     side = windows[:, 2:] - windows[:, :2]
@@ -162,7 +183,7 @@ def test_zoom_windows_are_square_inside_the_image_and_snap_to_the_grid():
 
 def test_zoomed_boxes_are_segmented_in_their_crop(tiny_models, rng):
     """With zoom_context a small box's logits are those of its crop, pasted at the window; big boxes are unchanged."""
-    from tasks.models.sam import zoom_windows_xyxy
+    from segflow.tasks.models.sam import zoom_windows_xyxy
 
     image = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
     boxes = np.array([[40, 50, 80, 90], [10, 10, 490, 290]], np.float32)
@@ -185,9 +206,15 @@ def test_mask_margin_keeps_sam_logits_inside_the_window(tiny_models, rng):
     """``mask_margin``: inside each box's window the logits are the whole-frame ones; outside they are background (-20);
     the window holds the box grown by the margin. The random model's masks do spill outside (the clipping is real)."""
     image = rng.integers(0, 256, (213, 377, 3), dtype=np.uint8)
-    boxes = np.array([[5, 7, 60, 50], [100, 50, 370, 210], [300, 20, 330, 80], [40, 150, 90, 200], [0, 0, 377, 213]], np.float32)
-    full, iou_full = SamBoxSegmenter(stage(mask_margin=None, boxes_per_call=2), str(tiny_models["sam"])).box_logits(image, boxes)
-    win, iou_win = SamBoxSegmenter(stage(mask_margin=0.5, boxes_per_call=2), str(tiny_models["sam"])).box_logits(image, boxes)
+    boxes = np.array(
+        [[5, 7, 60, 50], [100, 50, 370, 210], [300, 20, 330, 80], [40, 150, 90, 200], [0, 0, 377, 213]], np.float32
+    )
+    full, iou_full = SamBoxSegmenter(stage(mask_margin=None, boxes_per_call=2), str(tiny_models["sam"])).box_logits(
+        image, boxes
+    )
+    win, iou_win = SamBoxSegmenter(stage(mask_margin=0.5, boxes_per_call=2), str(tiny_models["sam"])).box_logits(
+        image, boxes
+    )
     np.testing.assert_allclose(iou_win, iou_full, atol=1e-5)
     inside = win != -20
     np.testing.assert_allclose(win[inside], full[inside], atol=1e-4)
@@ -202,9 +229,13 @@ def test_mask_margin_keeps_sam_logits_inside_the_window(tiny_models, rng):
 def test_mask_margin_segment_matches_its_logits(tiny_models, rng):
     """The stage's masks with a margin are its thresholded (windowed) logits, also with multimask candidates."""
     image = rng.integers(0, 256, (150, 220, 3), dtype=np.uint8)
-    prompts = Detections((150, 220), [[10, 10, 60, 70], [100, 40, 200, 140], [5, 90, 40, 145]], [1, 2, 3], [0.9, 0.8, 0.7])
+    prompts = Detections(
+        (150, 220), [[10, 10, 60, 70], [100, 40, 200, 140], [5, 90, 40, 145]], [1, 2, 3], [0.9, 0.8, 0.7]
+    )
     for multimask in (False, True):
-        seg = SamBoxSegmenter(stage(mask_margin=0.25, min_mask_area=0, multimask_output=multimask), str(tiny_models["sam"]))
+        seg = SamBoxSegmenter(
+            stage(mask_margin=0.25, min_mask_area=0, multimask_output=multimask), str(tiny_models["sam"])
+        )
         out = seg.segment([image], [prompts])[0]
         logits, iou = seg.box_logits(image, prompts.boxes)
         keep = (logits > 0).reshape(3, -1).any(1)
@@ -214,14 +245,17 @@ def test_mask_margin_segment_matches_its_logits(tiny_models, rng):
 
 def test_default_mask_margin_only_removes_spill_on_the_trained_demo_sam():
     """Against ground truth, on held-out synthetic scenes with their true boxes: the default margin never adds a pixel,
-    does not lower mean mask IoU (what it cuts is spill far outside the box), and with the demo job's zoom it changes nothing."""
+    does not lower mean mask IoU (what it cuts is spill far outside the box), and with the demo job's zoom it changes
+    nothing."""
     from pathlib import Path
 
-    from flows.config import load_config
-    from tasks.synthetic import make_scene
+    from segflow.demo.synthetic import make_scene
+    from segflow.flows.config import load_config
 
     root = Path(__file__).resolve().parents[3]
-    masks_stage = load_config(root / "configs" / "demo.yaml", overrides={"source": str(root), "output": "/tmp/unused"}).stages["masks"]
+    masks_stage = load_config(
+        root / "configs" / "demo.yaml", overrides={"source": str(root), "output": "/tmp/unused"}
+    ).stages["masks"]
     w = masks_stage.weights
     assert SamStage.model_fields["mask_margin"].default == 0.5
     for zoom in (None, masks_stage.zoom_context):
@@ -231,25 +265,41 @@ def test_default_mask_margin_only_removes_spill_on_the_trained_demo_sam():
         iou_whole, iou_windowed, cut = [], [], 0
         for i in range(8):
             s = make_scene(rng, *[(320, 240), (400, 300), (256, 256), (500, 200)][i % 4])
-            a, b = whole.box_logits(s.pixels, np.asarray(s.boxes))[0] > 0, windowed.box_logits(s.pixels, np.asarray(s.boxes))[0] > 0
+            a, b = (
+                whole.box_logits(s.pixels, np.asarray(s.boxes))[0] > 0,
+                windowed.box_logits(s.pixels, np.asarray(s.boxes))[0] > 0,
+            )
             assert not (b & ~a).any()
             cut += int((a & ~b).sum())
             for x, y, g in zip(a, b, np.asarray(s.masks, bool)):
                 iou_whole.append((x & g).sum() / max((x | g).sum(), 1))
                 iou_windowed.append((y & g).sum() / max((y | g).sum(), 1))
-        print(f"zoom {zoom}: mean GT IoU whole frame {np.mean(iou_whole):.3f}, with margin {np.mean(iou_windowed):.3f}, {cut} pixels cut")
+        print(
+            f"zoom {zoom}: mean GT IoU whole frame {np.mean(iou_whole):.3f}, with margin "
+            f"{np.mean(iou_windowed):.3f}, {cut} pixels cut"
+        )
         if zoom is None:
             assert cut > 0 and np.mean(iou_windowed) >= np.mean(iou_whole)
         else:
             assert cut == 0 and iou_windowed == iou_whole
 
 
-@pytest.mark.parametrize("kw", [{}, {"mask_margin": None, "multimask_output": True, "min_island_frac": 0.2}], ids=["defaults", "whole-frame-multimask-islands"])
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"mask_margin": None, "multimask_output": True, "min_island_frac": 0.2}],
+    ids=["defaults", "whole-frame-multimask-islands"],
+)
 def test_many_boxes_are_decoded_in_parts_with_the_same_result(tiny_models, rng, kw):
-    """An image's boxes in parts whose full-frame logits fit ``logits_bytes``: the same rows, masks and scores as in one piece."""
+    """An image's boxes in parts whose full-frame logits fit ``logits_bytes``: the same rows, masks and scores as in
+    one piece."""
     image = rng.integers(0, 256, (90, 140, 3), dtype=np.uint8)
     xy = rng.uniform(0, 80, (9, 2))
-    prompts = Detections((90, 140), np.concatenate([xy, xy + rng.uniform(8, 50, (9, 2))], 1).clip(0, [140, 90, 140, 90]), np.arange(9) % 3 + 1, np.linspace(0.9, 0.1, 9))
+    prompts = Detections(
+        (90, 140),
+        np.concatenate([xy, xy + rng.uniform(8, 50, (9, 2))], 1).clip(0, [140, 90, 140, 90]),
+        np.arange(9) % 3 + 1,
+        np.linspace(0.9, 0.1, 9),
+    )
     whole = SamBoxSegmenter(stage(min_mask_area=0, **kw), str(tiny_models["sam"]))
     parts = SamBoxSegmenter(stage(min_mask_area=0, **kw), str(tiny_models["sam"]))
     parts.logits_bytes = 2 * 4 * 90 * 140 + 1  # two boxes a part: 5 parts, the last one short

@@ -3,16 +3,41 @@
 import pytest
 import torch
 
-from tasks.models.sam import build_sam
-from tasks.models.sam_decoder import SharedImage, decode_prompts, decode_prompts_one_image, decode_tokens, upscale_windows
+from segflow.tasks.models.sam import build_sam
+from segflow.tasks.models.sam_decoder import (
+    SharedImage,
+    decode_prompts,
+    decode_prompts_one_image,
+    decode_tokens,
+    upscale_windows,
+)
 
 #: the official decoder (256 channels, 8 heads, 64 x 64 grid) behind a small encoder (the encoder is not used here)
-OFFICIAL_DECODER = dict(img_size=1024, patch_size=16, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
-                        encoder_global_attn_indexes=[0], window_size=8)
+OFFICIAL_DECODER = dict(
+    img_size=1024,
+    patch_size=16,
+    encoder_embed_dim=32,
+    encoder_depth=1,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=[0],
+    window_size=8,
+)
 #: a small decoder of another shape (64 channels, 4 heads, 3 layers)
-SMALL_DECODER = dict(img_size=256, patch_size=8, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,
-                     encoder_global_attn_indexes=[0], window_size=8, prompt_embed_dim=64, decoder_depth=3, decoder_mlp_dim=128,
-                     decoder_num_heads=4, iou_head_hidden_dim=32, mask_in_chans=16)
+SMALL_DECODER = dict(
+    img_size=256,
+    patch_size=8,
+    encoder_embed_dim=32,
+    encoder_depth=1,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=[0],
+    window_size=8,
+    prompt_embed_dim=64,
+    decoder_depth=3,
+    decoder_mlp_dim=128,
+    decoder_num_heads=4,
+    iou_head_hidden_dim=32,
+    mask_in_chans=16,
+)
 
 
 def prompts(sam, kind, n, gen):
@@ -36,8 +61,13 @@ def test_same_masks_and_scores_as_the_library_decoder(arch, kind, multimask):
     pe = sam.prompt_encoder.get_dense_pe()
     with torch.inference_mode():
         sparse, dense = prompts(sam, kind, 6, gen)
-        ref_masks, ref_iou = sam.mask_decoder(image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse,
-                                              dense_prompt_embeddings=dense, multimask_output=multimask)
+        ref_masks, ref_iou = sam.mask_decoder(
+            image_embeddings=emb,
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
         masks, iou = decode_prompts_one_image(sam.mask_decoder, emb, pe, dense[:1], sparse, multimask)
         shared = SharedImage(sam.mask_decoder, emb, pe, dense[:1])  # chunks of prompts share the image side
         chunked = torch.cat([decode_prompts(sam.mask_decoder, shared, sparse[s : s + 4], multimask)[0] for s in (0, 4)])
@@ -54,14 +84,22 @@ def test_other_upscaling_layouts_run_through_the_module():
     torch.manual_seed(0)
     sam = build_sam(SMALL_DECODER).eval()
     c1 = sam.mask_decoder.output_upscaling[0].out_channels
-    sam.mask_decoder.output_upscaling[1] = torch.nn.GroupNorm(4, c1)  # not LayerNorm2d: the channels-last shortcut must not apply
+    sam.mask_decoder.output_upscaling[1] = torch.nn.GroupNorm(
+        4, c1
+    )  # not LayerNorm2d: the channels-last shortcut must not apply
     gen = torch.Generator().manual_seed(2)
     h, w = sam.prompt_encoder.image_embedding_size
     emb = torch.randn(1, sam.prompt_encoder.embed_dim, h, w, generator=gen)
     pe = sam.prompt_encoder.get_dense_pe()
     with torch.inference_mode():
         sparse, dense = prompts(sam, "box", 3, gen)
-        ref, _ = sam.mask_decoder(image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
+        ref, _ = sam.mask_decoder(
+            image_embeddings=emb,
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
         masks, _ = decode_prompts_one_image(sam.mask_decoder, emb, pe, dense[:1], sparse, False)
     torch.testing.assert_close(masks, ref, atol=1e-4, rtol=1e-4)
 
@@ -85,14 +123,26 @@ def test_upscaling_inside_windows_equals_the_whole_grid_cropped(layout):
     h, w = sam.prompt_encoder.image_embedding_size
     emb = torch.randn(1, sam.prompt_encoder.embed_dim, h, w, generator=gen)
     pe = sam.prompt_encoder.get_dense_pe()
-    windows = torch.tensor([[0, 0, w, h], [0, 0, 3, 5], [w - 4, h - 2, w, h], [7, 9, 8, 10], [2, 11, 30, 20]])  # XYXY tokens
+    windows = torch.tensor(
+        [[0, 0, w, h], [0, 0, 3, 5], [w - 4, h - 2, w, h], [7, 9, 8, 10], [2, 11, 30, 20]]
+    )  # XYXY tokens
     with torch.inference_mode():
         sparse, dense = prompts(sam, "box", len(windows), gen)
-        ref, _ = sam.mask_decoder(image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=False)
-        keys, hyper, _ = decode_tokens(sam.mask_decoder, SharedImage(sam.mask_decoder, emb, pe, dense[:1]), sparse, False)
+        ref, _ = sam.mask_decoder(
+            image_embeddings=emb,
+            image_pe=pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        keys, hyper, _ = decode_tokens(
+            sam.mask_decoder, SharedImage(sam.mask_decoder, emb, pe, dense[:1]), sparse, False
+        )
         crops = upscale_windows(sam.mask_decoder, keys, (h, w), hyper[:, 0], windows.numpy())
     for k, (x0, y0, x1, y1) in enumerate(windows.tolist()):
         expected = ref[k, 0, 4 * y0 : 4 * y1, 4 * x0 : 4 * x1]
         assert crops[k].shape == expected.shape
         torch.testing.assert_close(crops[k], expected, atol=1e-4, rtol=1e-4)
-    assert (crops[1] - ref[1, 0, 4:24, 0:12]).abs().max() > 1e-2  # negative control: a window shifted by one token differs
+    assert (
+        crops[1] - ref[1, 0, 4:24, 0:12]
+    ).abs().max() > 1e-2  # negative control: a window shifted by one token differs

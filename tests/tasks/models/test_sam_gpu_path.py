@@ -1,21 +1,26 @@
-"""The GPU path of the SAM stage, checked on CPU: SDPA attention equals the library's eager attention, a compiled encoder the plain one,
+"""The GPU path of the SAM stage, checked on CPU: SDPA attention equals the library's eager attention, a compiled
+encoder the plain one,
 and bfloat16 autocast keeps masks within the issue's bound (mean mask IoU >= 0.98 vs float32)."""
 
 import numpy as np
 import pytest
 
-from flows.config import SamStage, load_config
-from tasks import rle
-from tasks.models.sam import SamBoxSegmenter
-from tasks.record import Detections
-from tasks.synthetic import make_scene
+from segflow.demo.synthetic import make_scene
+from segflow.flows.config import SamStage, load_config
+from segflow.tasks import rle
+from segflow.tasks.models.sam import SamBoxSegmenter
+from segflow.tasks.record import Detections
 
 
 def demo_sam():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[3]
-    return load_config(root / "configs" / "demo.yaml", overrides={"source": str(root), "output": "/tmp/unused"}).stages["masks"].weights
+    return (
+        load_config(root / "configs" / "demo.yaml", overrides={"source": str(root), "output": "/tmp/unused"})
+        .stages["masks"]
+        .weights
+    )
 
 
 def scenes(n=4):
@@ -41,7 +46,13 @@ def test_bfloat16_masks_match_float32():
     ious = []
     for s in scenes():
         h, wd = s.pixels.shape[:2]
-        prompts = Detections((h, wd), np.asarray(s.boxes, np.float32), np.ones(len(s.boxes)), np.ones(len(s.boxes)), fields={"k": np.arange(len(s.boxes))})
+        prompts = Detections(
+            (h, wd),
+            np.asarray(s.boxes, np.float32),
+            np.ones(len(s.boxes)),
+            np.ones(len(s.boxes)),
+            fields={"k": np.arange(len(s.boxes))},
+        )
         a, b = fp32.segment([s.pixels], [prompts])[0], bf16.segment([s.pixels], [prompts])[0]
         ma = dict(zip(a.fields["k"].tolist(), rle.decode_many(list(a.rle_counts), h, wd)))
         mb = dict(zip(b.fields["k"].tolist(), rle.decode_many(list(b.rle_counts), h, wd)))
@@ -53,10 +64,13 @@ def test_bfloat16_masks_match_float32():
 
 
 def test_native_bf16_cpu_detection_reads_the_flags(tmp_path):
-    from tasks.models.device import cpu_has_native_bf16
+    from segflow.tasks.models.device import cpu_has_native_bf16
 
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    info.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\nprocessor\t: "
+        "1\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    )
     assert cpu_has_native_bf16(str(info))
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n")
     assert not cpu_has_native_bf16(str(info))
@@ -66,7 +80,8 @@ def test_native_bf16_cpu_detection_reads_the_flags(tmp_path):
 
 
 def test_compiled_encoder_gives_the_same_logits():
-    """``compile: true`` (torch.compile of the image encoder, inductor's CPU backend here) changes speed, not results."""
+    """``compile: true`` (torch.compile of the image encoder, inductor's CPU backend here) changes speed, not
+    results."""
     w = demo_sam()
     plain = SamBoxSegmenter(SamStage(kind="sam", weights=w, device="cpu"), w)
     compiled = SamBoxSegmenter(SamStage(kind="sam", weights=w, device="cpu", compile=True), w)
@@ -84,7 +99,7 @@ def test_blocked_attention_equals_eager(kernel):
     import torch
     from segment_anything.modeling.image_encoder import Attention
 
-    from tasks.models.sam import _attention_forward
+    from segflow.tasks.models.sam import _attention_forward
 
     torch.manual_seed(0)
     attn = Attention(32, num_heads=2, qkv_bias=True, use_rel_pos=True, input_size=(24, 20)).eval()
@@ -98,12 +113,14 @@ def test_blocked_attention_equals_eager(kernel):
         for rows in (1, 7, 100, 480, 10_000):
             out = _attention_forward(attn, x, block_bytes=rows * row_bytes, kernel=kernel)
             assert (out - ref).abs().max() < 1e-5, rows
-        attn.rel_pos_h.mul_(2.0)  # negative control: other relative positions give another output (a constant shift would not)
+        attn.rel_pos_h.mul_(
+            2.0
+        )  # negative control: other relative positions give another output (a constant shift would not)
         assert (_attention_forward(attn, x, block_bytes=7 * row_bytes, kernel=kernel) - ref).abs().max() > 1e-2
 
 
 def test_unknown_attention_kernel_is_refused():
-    from tasks.models.sam import build_sam, TINY_SAM_ARCH, use_fast_attention
+    from segflow.tasks.models.sam import TINY_SAM_ARCH, build_sam, use_fast_attention
 
     sam = build_sam(TINY_SAM_ARCH)
     with pytest.raises(ValueError, match="'flash'"):

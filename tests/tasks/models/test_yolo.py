@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from flows.config import YoloStage
-from tasks.models.yolo import YoloDetector, load_yolo
-from tasks.weights import WeightsError
+from segflow.flows.config import YoloStage
+from segflow.tasks.models.yolo import YoloDetector, load_yolo
+from segflow.tasks.weights import WeightsError
 
 
 def stage(**kw):
@@ -50,7 +50,7 @@ def test_ultralytics_pickle_is_refused_with_hint(tmp_path, tiny_models):
 def test_saving_the_yolo_wrapper_or_its_model_gives_the_same_checkpoint(tmp_path):
     from ultralytics import YOLO
 
-    from tasks.models.yolo import save_yolo_checkpoint
+    from segflow.tasks.models.yolo import save_yolo_checkpoint
 
     torch.manual_seed(0)
     y = YOLO("yolo11n.yaml")
@@ -59,7 +59,9 @@ def test_saving_the_yolo_wrapper_or_its_model_gives_the_same_checkpoint(tmp_path
     a, b = (torch.load(tmp_path / n, weights_only=True)["state_dict"] for n in ("wrapper.pt", "model.pt"))
     assert list(a) == list(b) and not any(k.startswith("model.model.") for k in a)
     reloaded = load_yolo(str(tmp_path / "wrapper.pt"))
-    torch.testing.assert_close(reloaded.model.state_dict()["model.0.conv.weight"], y.model.state_dict()["model.0.conv.weight"])
+    torch.testing.assert_close(
+        reloaded.model.state_dict()["model.0.conv.weight"], y.model.state_dict()["model.0.conv.weight"]
+    )
 
 
 def test_detecting_leaves_torch_cpu_threads_alone(tiny_models, rng):
@@ -87,10 +89,30 @@ def test_importing_the_adapter_does_not_leave_omp_num_threads_set(tmp_path):
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    code = "import os, tasks.models.yolo, ultralytics; print(repr(os.environ.get('OMP_NUM_THREADS')))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=str(tmp_path),
-                         ).stdout.strip().splitlines()[-1]
+    code = "import os, segflow.tasks.models.yolo, ultralytics; print(repr(os.environ.get('OMP_NUM_THREADS')))"
+    out = (
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=str(tmp_path),
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert out == "None"
-    control = subprocess.run([sys.executable, "-c", "import os, ultralytics; print(repr(os.environ.get('OMP_NUM_THREADS')))"], env=env,
-                             capture_output=True, text=True, check=True, cwd=str(tmp_path)).stdout.strip().splitlines()[-1]
+    control = (
+        subprocess.run(
+            [sys.executable, "-c", "import os, ultralytics; print(repr(os.environ.get('OMP_NUM_THREADS')))"],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=str(tmp_path),
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     assert control == "'1'"  # ultralytics alone sets it: the check above can fail

@@ -24,23 +24,41 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from tasks.synthetic import THING_CLASSES, make_scene, scene_size, write_scene_set
+from segflow.demo.synthetic import THING_CLASSES, make_scene, scene_size, write_scene_set
 
-__all__ = ["DEMO_SAM_ARCH", "train_detector", "train_sam", "finetune_sam_zoom", "train_mask2former", "mean_box_prompt_iou"]
+__all__ = [
+    "DEMO_SAM_ARCH",
+    "train_detector",
+    "train_sam",
+    "finetune_sam_zoom",
+    "train_mask2former",
+    "mean_box_prompt_iou",
+]
 
 #: 256-px input with 8-px patches: a 32x32 embedding and 128x128 low-res masks.
 #: Measured on this task: per training step it learns boundaries far faster than
 #: the 16-px-patch layout of the official SAMs (IoU 0.78 after 400 steps vs 0.69
 #: after 1000), which needs sub-token boundary codes a small model learns slowly.
 DEMO_SAM_ARCH = dict(
-    img_size=256, patch_size=8, encoder_embed_dim=48, encoder_depth=3, encoder_num_heads=3,
-    encoder_global_attn_indexes=[2], window_size=8, prompt_embed_dim=64,
-    decoder_depth=2, decoder_mlp_dim=256, decoder_num_heads=4, iou_head_hidden_dim=64, mask_in_chans=16,
+    img_size=256,
+    patch_size=8,
+    encoder_embed_dim=48,
+    encoder_depth=3,
+    encoder_num_heads=3,
+    encoder_global_attn_indexes=[2],
+    window_size=8,
+    prompt_embed_dim=64,
+    decoder_depth=2,
+    decoder_mlp_dim=256,
+    decoder_num_heads=4,
+    iou_head_hidden_dim=64,
+    mask_in_chans=16,
 )
 
 TRAIN_SEED = 10_000
@@ -68,18 +86,28 @@ def _yolo_split(root: Path, split: str, n: int, seed: int, size_range: tuple[int
     for name, s in scenes:
         h, w = s.pixels.shape[:2]
         if segment:
-            lines = [f"{THING_CLASSES.index(c)} " + " ".join(f"{x / w:.6f} {y / h:.6f}" for x, y in _polygon(m)) for c, m in zip(s.class_names, s.masks)]
+            lines = [
+                f"{THING_CLASSES.index(c)} " + " ".join(f"{x / w:.6f} {y / h:.6f}" for x, y in _polygon(m))
+                for c, m in zip(s.class_names, s.masks)
+            ]
         else:
             lines = [
-                f"{THING_CLASSES.index(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} {(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
+                f"{THING_CLASSES.index(c)} {(b[0] + b[2]) / 2 / w:.6f} {(b[1] + b[3]) / 2 / h:.6f} "
+                f"{(b[2] - b[0]) / w:.6f} {(b[3] - b[1]) / h:.6f}"
                 for c, b in zip(s.class_names, s.boxes)
             ]
         (root / "labels" / split / (Path(name).stem + ".txt")).write_text("\n".join(lines) + "\n")
 
 
 def train_detector(
-    out_path: str | Path, images: int = 400, epochs: int = 34, imgsz: int = 288, seed: int = 0,
-    size_range: tuple[int, int] = (200, 640), log: Callable[[str], None] | None = None, segment: bool = False,
+    out_path: str | Path,
+    images: int = 400,
+    epochs: int = 34,
+    imgsz: int = 288,
+    seed: int = 0,
+    size_range: tuple[int, int] = (200, 640),
+    log: Callable[[str], None] | None = None,
+    segment: bool = False,
 ) -> dict:
     """Train a YOLO detector (``segment``: a YOLO-seg instance labeler) on synthetic scenes; save a segflow checkpoint.
 
@@ -90,9 +118,9 @@ def train_detector(
     steps, AdamW, one warmup epoch, images cached in RAM, validation at the end.
     """
     import yaml
-
-    import tasks.models.yolo as yolo_adapter  # offline ultralytics settings first
     from ultralytics import YOLO
+
+    import segflow.tasks.models.yolo as yolo_adapter  # offline ultralytics settings first
 
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="segflow-yolo-train-") as tmp:
@@ -100,20 +128,65 @@ def train_detector(
         _yolo_split(root, "train", images, TRAIN_SEED + seed, size_range, segment)
         _yolo_split(root, "val", max(20, images // 10), VAL_SEED + seed, size_range, segment)
         data = root / "data.yaml"
-        data.write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": dict(enumerate(THING_CLASSES))}))
-        _log(f"detector: {images} training scenes written ({time.time() - t0:.0f}s); training {epochs} epochs at {imgsz}px", log)
+        data.write_text(
+            yaml.safe_dump(
+                {
+                    "path": str(root),
+                    "train": "images/train",
+                    "val": "images/val",
+                    "names": dict(enumerate(THING_CLASSES)),
+                }
+            )
+        )
+        _log(
+            f"detector: {images} training scenes written ({time.time() - t0:.0f}s); "
+            f"training {epochs} epochs at {imgsz}px",
+            log,
+        )
         with yolo_adapter.keep_torch_threads():  # ultralytics lowers torch's thread count for the whole process
             model = YOLO("yolo11n-seg.yaml" if segment else "yolo11n.yaml")
             model.train(
-                data=str(data), epochs=epochs, imgsz=imgsz, batch=8, device="cpu", plots=False,
-                seed=seed, deterministic=True, amp=False, project=str(Path(tmp) / "runs"), name="det",
-                exist_ok=True, verbose=False, val=False, cache="ram", mosaic=0.0, close_mosaic=0, scale=0.25, workers=1,
-                optimizer="AdamW", lr0=0.002, warmup_epochs=1, patience=0,
+                data=str(data),
+                epochs=epochs,
+                imgsz=imgsz,
+                batch=8,
+                device="cpu",
+                plots=False,
+                seed=seed,
+                deterministic=True,
+                amp=False,
+                project=str(Path(tmp) / "runs"),
+                name="det",
+                exist_ok=True,
+                verbose=False,
+                val=False,
+                cache="ram",
+                mosaic=0.0,
+                close_mosaic=0,
+                scale=0.25,
+                workers=1,
+                optimizer="AdamW",
+                lr0=0.002,
+                warmup_epochs=1,
+                patience=0,
             )
             trained = YOLO(str(Path(tmp) / "runs" / "det" / "weights" / "last.pt"))  # our own fresh file: trusted
             yolo_adapter.save_yolo_checkpoint(trained, out_path)  # before val(), which fuses Conv+BN in place
-            metrics = trained.val(data=str(data), imgsz=imgsz, batch=16, device="cpu", plots=False, verbose=False, project=str(Path(tmp) / "runs"), name="val")
-    result = {"box_map50_val": round(float(metrics.box.map50), 4), "box_map_val": round(float(metrics.box.map), 4), "seconds": round(time.time() - t0, 1)}
+            metrics = trained.val(
+                data=str(data),
+                imgsz=imgsz,
+                batch=16,
+                device="cpu",
+                plots=False,
+                verbose=False,
+                project=str(Path(tmp) / "runs"),
+                name="val",
+            )
+    result = {
+        "box_map50_val": round(float(metrics.box.map50), 4),
+        "box_map_val": round(float(metrics.box.map), 4),
+        "seconds": round(time.time() - t0, 1),
+    }
     if segment:
         result["mask_map50_val"] = round(float(metrics.seg.map50), 4)
     _log(f"detector: done {result}", log)
@@ -124,7 +197,8 @@ def train_detector(
 
 
 def _coverage_targets(masks: np.ndarray, resized_hw: tuple[int, int], img_size: int, low_res: int | None):
-    """Masks (K x H x W, bool or uint8) as SAM's frame sees them: resized to ``resized_hw``, zero-padded to the square input.
+    """Masks (K x H x W, bool or uint8) as SAM's frame sees them: resized to ``resized_hw``, zero-padded to the square
+    input.
 
     Returns K x S x S float coverage (fraction of each pixel inside the mask), S
     = ``img_size``, or averaged down to ``low_res`` (the decoder's mask grid).
@@ -139,8 +213,11 @@ def _coverage_targets(masks: np.ndarray, resized_hw: tuple[int, int], img_size: 
     return (padded if low_res is None else F.interpolate(padded, (low_res, low_res), mode="area"))[:, 0]
 
 
-def _scene_samples(rng: np.random.Generator, n: int, transform, img_size: int, low_res: int, size_range: tuple[int, int]):
-    """Pre-render ``n`` scenes: (resized image HxWx3 uint8, input size, soft low-res targets K x L x L, boxes K x 4 in the input frame)."""
+def _scene_samples(
+    rng: np.random.Generator, n: int, transform, img_size: int, low_res: int, size_range: tuple[int, int]
+):
+    """Pre-render ``n`` scenes: (resized image HxWx3 uint8, input size, soft low-res targets K x L x L, boxes K x 4 in
+    the input frame)."""
     samples = []
     for _ in range(n):
         s = make_scene(rng, *scene_size(rng, size_range))
@@ -171,7 +248,9 @@ def _decode_all_prompts(decoder, embeddings, image_pe, sparse, dense):
     hs, src = decoder.transformer(src, pos_src, tokens)
     iou_token_out, mask_tokens_out = hs[:, 0, :], hs[:, 1 : 1 + decoder.num_mask_tokens, :]
     upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
-    hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
+    hyper_in = torch.stack(
+        [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+    )
     b, c, h, w = upscaled.shape
     masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
     return masks[:, :1], decoder.iou_prediction_head(iou_token_out)[:, :1]
@@ -184,9 +263,18 @@ def _dice_loss(logits, target):
 
 
 def train_sam(
-    out_path: str | Path, minutes: float = 13.5, seed: int = 0, scenes: int = 600, batch_images: int = 6,
-    boxes_per_image: int = 8, prompts_per_object: int = 1, lr: float = 2e-3, size_range: tuple[int, int] = (256, 640),
-    log: Callable[[str], None] | None = None, threads: Callable[[], int] | None = None, hard_targets: bool = True,
+    out_path: str | Path,
+    minutes: float = 13.5,
+    seed: int = 0,
+    scenes: int = 600,
+    batch_images: int = 6,
+    boxes_per_image: int = 8,
+    prompts_per_object: int = 1,
+    lr: float = 2e-3,
+    size_range: tuple[int, int] = (256, 640),
+    log: Callable[[str], None] | None = None,
+    threads: Callable[[], int] | None = None,
+    hard_targets: bool = True,
 ) -> dict:
     """Train :data:`DEMO_SAM_ARCH` on box -> mask for ``minutes`` of wall time; save a segflow checkpoint.
 
@@ -196,7 +284,7 @@ def train_sam(
     import torch
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from tasks.models.sam import build_sam
+    from segflow.tasks.models.sam import build_sam
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -207,7 +295,11 @@ def train_sam(
     transform = ResizeLongestSide(size)
     low_res = 4 * sam.prompt_encoder.image_embedding_size[0]
     pool = _scene_samples(rng, scenes, transform, size, low_res, size_range)
-    _log(f"sam: {len(pool)} training scenes rendered ({time.time() - t0:.0f}s); {sum(p.numel() for p in sam.parameters()) / 1e6:.2f}M parameters", log)
+    _log(
+        f"sam: {len(pool)} training scenes rendered ({time.time() - t0:.0f}s); "
+        f"{sum(p.numel() for p in sam.parameters()) / 1e6:.2f}M parameters",
+        log,
+    )
     opt = torch.optim.AdamW(sam.parameters(), lr=lr, weight_decay=0.01)
     budget = minutes * 60 - (time.time() - t0)
     t_start = time.time()
@@ -235,7 +327,9 @@ def train_sam(
         emb = sam.image_encoder(torch.stack(imgs))
         owner = torch.cat([torch.full((len(p),), j, dtype=torch.long) for j, p in enumerate(prompts)])
         sparse, dense = sam.prompt_encoder(points=None, boxes=torch.cat(prompts), masks=None)
-        low, iou_pred = _decode_all_prompts(sam.mask_decoder, emb[owner], pe, sparse, dense)  # every image's prompts in one call
+        low, iou_pred = _decode_all_prompts(
+            sam.mask_decoder, emb[owner], pe, sparse, dense
+        )  # every image's prompts in one call
         logits, tgt = low[:, 0], torch.cat(targets)  # loss on the 4x-upscaled decoder output against soft targets
         loss = _sam_step(sam, opt, logits, tgt, iou_pred, hard_bce=hard_targets)
         step += 1
@@ -263,7 +357,11 @@ def _sam_step(sam: Any, opt: Any, logits: Any, tgt: Any, iou_pred: Any, hard_bce
     with torch.no_grad():
         pred = logits > 0
         iou = (pred & hard).flatten(1).sum(1).float() / (pred | hard).flatten(1).sum(1).float().clamp(min=1)
-    loss = F.binary_cross_entropy_with_logits(logits, hard.float() if hard_bce else tgt) * 20 + _dice_loss(logits, tgt) + F.mse_loss(iou_pred[:, 0], iou)
+    loss = (
+        F.binary_cross_entropy_with_logits(logits, hard.float() if hard_bce else tgt) * 20
+        + _dice_loss(logits, tgt)
+        + F.mse_loss(iou_pred[:, 0], iou)
+    )
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(sam.parameters(), 1.0)
@@ -271,9 +369,11 @@ def _sam_step(sam: Any, opt: Any, logits: Any, tgt: Any, iou_pred: Any, hard_bce
     return loss.item()
 
 
-def _save_trained_sam(sam: Any, out_path: str | Path, steps: int, ema: float | None, t0: float, log: Any, name: str) -> dict:
+def _save_trained_sam(
+    sam: Any, out_path: str | Path, steps: int, ema: float | None, t0: float, log: Any, name: str
+) -> dict:
     """Save the trained model as a half-precision segflow checkpoint; the run's summary."""
-    from tasks.models.sam import save_sam_checkpoint
+    from segflow.tasks.models.sam import save_sam_checkpoint
 
     sam.eval()
     save_sam_checkpoint(sam, DEMO_SAM_ARCH, out_path, half=True)
@@ -282,7 +382,17 @@ def _save_trained_sam(sam: Any, out_path: str | Path, steps: int, ema: float | N
     return result
 
 
-def _zoom_crop_sample(rng: np.random.Generator, scene: Any, k: int, context: float, transform, img_size: int, low_res: int, box_noise: float, full_res_target: bool = False):
+def _zoom_crop_sample(
+    rng: np.random.Generator,
+    scene: Any,
+    k: int,
+    context: float,
+    transform,
+    img_size: int,
+    low_res: int,
+    box_noise: float,
+    full_res_target: bool = False,
+):
     """One training sample as the zoomed SAM stage sees it at inference.
 
     Object ``k``'s box (with detector-like noise) -> its :func:`zoom_windows_xyxy`
@@ -291,7 +401,7 @@ def _zoom_crop_sample(rng: np.random.Generator, scene: Any, k: int, context: flo
     target at the low-res mask size L x L, or at the input size when
     ``full_res_target``).
     """
-    from tasks.models.sam import zoom_windows_xyxy
+    from segflow.tasks.models.sam import zoom_windows_xyxy
 
     h, w = scene.pixels.shape[:2]
     box = np.asarray(scene.boxes[k], np.float64)
@@ -302,15 +412,25 @@ def _zoom_crop_sample(rng: np.random.Generator, scene: Any, k: int, context: flo
     x0, y0, x1, y1 = (int(v) for v in windows[0])
     crop = np.ascontiguousarray(scene.pixels[y0:y1, x0:x1])
     img = transform.apply_image(crop)
-    target = _coverage_targets(scene.masks[k][None, y0:y1, x0:x1], img.shape[:2], img_size, None if full_res_target else low_res)[0]
+    target = _coverage_targets(
+        scene.masks[k][None, y0:y1, x0:x1], img.shape[:2], img_size, None if full_res_target else low_res
+    )[0]
     b = transform.apply_boxes((noisy - np.array([x0, y0, x0, y0]))[None], crop.shape[:2])[0].astype(np.float32)
     return img, b, target
 
 
 def finetune_sam_zoom(
-    init_path: str | Path, out_path: str | Path, minutes: float = 40.0, seed: int = 0, scenes: int = 400,
-    crops_per_step: int = 8, lr: float = 3e-4, context_range: tuple[float, float] = (0.3, 1.2),
-    size_range: tuple[int, int] = (200, 1000), box_noise: float = 0.04, upsampled_loss: bool = True,
+    init_path: str | Path,
+    out_path: str | Path,
+    minutes: float = 40.0,
+    seed: int = 0,
+    scenes: int = 400,
+    crops_per_step: int = 8,
+    lr: float = 3e-4,
+    context_range: tuple[float, float] = (0.3, 1.2),
+    size_range: tuple[int, int] = (200, 1000),
+    box_noise: float = 0.04,
+    upsampled_loss: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """Fine-tune a demo SAM on zoom-window crops: one object per crop, framed as ``zoom_context`` frames it.
@@ -326,7 +446,7 @@ def finetune_sam_zoom(
     import torch.nn.functional as F
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from tasks.models.sam import load_sam
+    from segflow.tasks.models.sam import load_sam
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -358,7 +478,17 @@ def finetune_sam_zoom(
         imgs, boxes, targets = [], [], []
         for _ in range(crops_per_step):
             s = pool[int(rng.integers(len(pool)))]
-            img, b, t = _zoom_crop_sample(rng, s, int(rng.integers(len(s.masks))), float(rng.uniform(*context_range)), transform, size, low_res, box_noise, upsampled_loss)
+            img, b, t = _zoom_crop_sample(
+                rng,
+                s,
+                int(rng.integers(len(s.masks))),
+                float(rng.uniform(*context_range)),
+                transform,
+                size,
+                low_res,
+                box_noise,
+                upsampled_loss,
+            )
             imgs.append(sam.preprocess(torch.as_tensor(img).permute(2, 0, 1).float()[None])[0])
             boxes.append(b)
             targets.append(t)
@@ -366,7 +496,9 @@ def finetune_sam_zoom(
         sparse, dense = sam.prompt_encoder(points=None, boxes=torch.as_tensor(np.stack(boxes)), masks=None)
         low, iou_pred = _decode_all_prompts(sam.mask_decoder, emb, pe, sparse, dense)
         logits, tgt = low[:, 0], torch.stack(targets)
-        if upsampled_loss:  # as the stage upsamples them (bilinear, to the input size): the boundary is learnt where it is scored
+        if (
+            upsampled_loss
+        ):  # as the stage upsamples them (bilinear, to the input size): the boundary is learnt where it is scored
             logits = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[:, 0]
         loss = _sam_step(sam, opt, logits, tgt, iou_pred, hard_bce=True)
         step += 1
@@ -383,7 +515,14 @@ def _detector_process(out_path: str, kwargs: dict, queue) -> None:
     queue.put(train_detector(out_path, **kwargs))
 
 
-def train_demo_models(out_dir: str | Path, seed: int = 0, det_images: int = 400, det_epochs: int = 34, det_imgsz: int = 288, sam_minutes: float = 13.5) -> tuple[dict, dict]:
+def train_demo_models(
+    out_dir: str | Path,
+    seed: int = 0,
+    det_images: int = 400,
+    det_epochs: int = 34,
+    det_imgsz: int = 288,
+    sam_minutes: float = 13.5,
+) -> tuple[dict, dict]:
     """Train the detector and the SAM side by side, one CPU core each.
 
     Neither model's training scales well past one core on a small CPU, so two
@@ -397,12 +536,21 @@ def train_demo_models(out_dir: str | Path, seed: int = 0, det_images: int = 400,
     out_dir = Path(out_dir)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    det = ctx.Process(target=_detector_process, args=(str(out_dir / "demo-yolo.pt"), dict(images=det_images, epochs=det_epochs, imgsz=det_imgsz, seed=seed), queue))
+    det = ctx.Process(
+        target=_detector_process,
+        args=(
+            str(out_dir / "demo-yolo.pt"),
+            dict(images=det_images, epochs=det_epochs, imgsz=det_imgsz, seed=seed),
+            queue,
+        ),
+    )
     det.start()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        sam = train_sam(out_dir / "demo-sam.pt", minutes=sam_minutes, seed=seed, threads=lambda: 1 if det.is_alive() else threads)
+        sam = train_sam(
+            out_dir / "demo-sam.pt", minutes=sam_minutes, seed=seed, threads=lambda: 1 if det.is_alive() else threads
+        )
     finally:
         torch.set_num_threads(threads)
     det_result = queue.get()
@@ -412,7 +560,14 @@ def train_demo_models(out_dir: str | Path, seed: int = 0, det_images: int = 400,
     return det_result, sam
 
 
-def mean_box_prompt_iou(sam_weights: str | Path, seed: int = 1, n: int = 30, size_range: tuple[int, int] = (200, 1000), box_shift: float = 0.0, stage: Any = None) -> tuple[float, list[float]]:
+def mean_box_prompt_iou(
+    sam_weights: str | Path,
+    seed: int = 1,
+    n: int = 30,
+    size_range: tuple[int, int] = (200, 1000),
+    box_shift: float = 0.0,
+    stage: Any = None,
+) -> tuple[float, list[float]]:
     """Mean mask IoU of the SAM stage prompted with ground-truth boxes on fresh scenes.
 
     Runs the production stage (``stage`` settings, e.g. the demo job's, or the
@@ -420,10 +575,10 @@ def mean_box_prompt_iou(sam_weights: str | Path, seed: int = 1, n: int = 30, siz
     down by that fraction of its size (a negative control). A box whose mask the
     stage dropped counts as IoU 0.
     """
-    from flows.config import SamStage
-    from tasks import rle
-    from tasks.models.sam import SamBoxSegmenter
-    from tasks.record import Detections
+    from segflow.flows.config import SamStage
+    from segflow.tasks import rle
+    from segflow.tasks.models.sam import SamBoxSegmenter
+    from segflow.tasks.record import Detections
 
     stage = stage or SamStage(kind="sam", weights=str(sam_weights), device="cpu")
     seg = SamBoxSegmenter(stage, str(sam_weights))
@@ -437,7 +592,9 @@ def mean_box_prompt_iou(sam_weights: str | Path, seed: int = 1, n: int = 30, siz
         wh = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1).repeat(2, 1)
         boxes = boxes + box_shift * wh
         h, w = s.pixels.shape[:2]
-        prompts = Detections((h, w), boxes, np.ones(len(boxes)), np.ones(len(boxes)), fields={"gt": np.arange(len(boxes))})
+        prompts = Detections(
+            (h, w), boxes, np.ones(len(boxes)), np.ones(len(boxes)), fields={"gt": np.arange(len(boxes))}
+        )
         out = seg.segment([s.pixels], [prompts])[0]
         best = np.zeros(len(boxes))
         for k, m in zip(out.fields["gt"], rle.decode_many(list(out.rle_counts), h, w)):
@@ -449,19 +606,21 @@ def mean_box_prompt_iou(sam_weights: str | Path, seed: int = 1, n: int = 30, siz
 
 # -- Mask2Former --------------------------------------------------------------------------------
 
+
 def _m2f_arch() -> dict:
-    """The demo's panoptic model: :data:`tasks.models.mask2former.TINY_M2F_ARCH` (~1.7M parameters)."""
-    from tasks.models.mask2former import TINY_M2F_ARCH
+    """The demo's panoptic model: :data:`segflow.tasks.models.mask2former.TINY_M2F_ARCH` (~1.7M parameters)."""
+    from segflow.tasks.models.mask2former import TINY_M2F_ARCH
 
     return dict(TINY_M2F_ARCH)
 
 
 def _panoptic_targets(s: Any, size: int) -> tuple[Any, Any]:
-    """A scene's panoptic ground truth as Mask2Former targets: K x size x size masks, K labels (0-based category index)."""
+    """A scene's panoptic ground truth as Mask2Former targets: K x size x size masks, K labels (0-based category
+    index)."""
     import torch
     import torch.nn.functional as F
 
-    from tasks.synthetic import CATEGORIES
+    from segflow.demo.synthetic import CATEGORIES
 
     index = {c["id"]: i for i, c in enumerate(CATEGORIES)}
     thing_any = np.zeros(s.semantic.shape, bool)
@@ -483,8 +642,14 @@ def _panoptic_targets(s: Any, size: int) -> tuple[Any, Any]:
 
 
 def train_mask2former(
-    out_path: str | Path, minutes: float = 14.0, seed: int = 0, scenes: int = 700, batch_images: int = 8,
-    lr: float = 4e-4, size_range: tuple[int, int] = (256, 640), log: Callable[[str], None] | None = None,
+    out_path: str | Path,
+    minutes: float = 14.0,
+    seed: int = 0,
+    scenes: int = 700,
+    batch_images: int = 8,
+    lr: float = 4e-4,
+    size_range: tuple[int, int] = (256, 640),
+    log: Callable[[str], None] | None = None,
 ) -> dict:
     """Train a small Mask2Former on the scenes' panoptic ground truth for ``minutes``; save a segflow checkpoint.
 
@@ -494,8 +659,8 @@ def train_mask2former(
     """
     import torch
 
-    from tasks.models.mask2former import build_mask2former, save_mask2former_checkpoint
-    from tasks.synthetic import CATEGORIES
+    from segflow.demo.synthetic import CATEGORIES
+    from segflow.tasks.models.mask2former import build_mask2former, save_mask2former_checkpoint
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -510,7 +675,11 @@ def train_mask2former(
         pv = processor(images=[s.pixels], return_tensors="pt")["pixel_values"][0].half()
         masks, labels = _panoptic_targets(s, size)
         pool.append((pv, masks.bool(), labels))
-    _log(f"mask2former: {len(pool)} training scenes rendered ({time.time() - t0:.0f}s); {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", log)
+    _log(
+        f"mask2former: {len(pool)} training scenes rendered ({time.time() - t0:.0f}s); "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters",
+        log,
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     budget = minutes * 60 - (time.time() - t0)
     t_start = time.time()

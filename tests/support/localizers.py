@@ -38,7 +38,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TargetScene", "target_scene", "box_iou_xyxy", "train_yolo_seg_localizer", "train_maskrcnn_localizer", "train_owl_localizer", "train_gdino_localizer", "train_sam_point_localizer"]
+__all__ = [
+    "TargetScene",
+    "target_scene",
+    "box_iou_xyxy",
+    "train_yolo_seg_localizer",
+    "train_maskrcnn_localizer",
+    "train_owl_localizer",
+    "train_gdino_localizer",
+    "train_sam_point_localizer",
+]
 
 TARGET = "target"
 
@@ -82,15 +91,16 @@ def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> float:
 # -- YOLO-seg (ultralytics' own trainer) ------------------------------------------------------------
 
 
-def train_yolo_seg_localizer(out_path: str | Path, images: int = 160, epochs: int = 12, imgsz: int = 160, seed: int = 0) -> dict:
+def train_yolo_seg_localizer(
+    out_path: str | Path, images: int = 160, epochs: int = 12, imgsz: int = 160, seed: int = 0
+) -> dict:
     """A yolo11n-seg for the one class ``target``, trained by ultralytics on polygon labels; a segflow checkpoint."""
     import yaml
-
-    import tasks.models.yolo as yolo_adapter  # offline ultralytics settings first
     from PIL import Image
     from ultralytics import YOLO
 
-    from tasks.training import _polygon
+    import segflow.tasks.models.yolo as yolo_adapter  # offline ultralytics settings first
+    from segflow.demo.training import _polygon
 
     t0 = time.time()
     rng = np.random.default_rng(seed)
@@ -105,13 +115,35 @@ def train_yolo_seg_localizer(out_path: str | Path, images: int = 160, epochs: in
                 Image.fromarray(s.pixels).save(root / "images" / split / f"{i}.png")
                 poly = " ".join(f"{x / w:.6f} {y / h:.6f}" for x, y in _polygon(s.mask))
                 (root / "labels" / split / f"{i}.txt").write_text(f"0 {poly}\n")
-        (root / "data.yaml").write_text(yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": {0: TARGET}}))
+        (root / "data.yaml").write_text(
+            yaml.safe_dump({"path": str(root), "train": "images/train", "val": "images/val", "names": {0: TARGET}})
+        )
         with yolo_adapter.keep_torch_threads():  # ultralytics lowers torch's thread count for the whole process
             model = YOLO("yolo11n-seg.yaml")
             model.train(
-                data=str(root / "data.yaml"), epochs=epochs, imgsz=imgsz, batch=8, device="cpu", plots=False, seed=seed, deterministic=True,
-                amp=False, project=str(root / "runs"), name="loc", exist_ok=True, verbose=False, val=False, cache="ram", mosaic=0.0,
-                close_mosaic=0, scale=0.2, workers=1, optimizer="AdamW", lr0=0.002, warmup_epochs=1, patience=0,
+                data=str(root / "data.yaml"),
+                epochs=epochs,
+                imgsz=imgsz,
+                batch=8,
+                device="cpu",
+                plots=False,
+                seed=seed,
+                deterministic=True,
+                amp=False,
+                project=str(root / "runs"),
+                name="loc",
+                exist_ok=True,
+                verbose=False,
+                val=False,
+                cache="ram",
+                mosaic=0.0,
+                close_mosaic=0,
+                scale=0.2,
+                workers=1,
+                optimizer="AdamW",
+                lr0=0.002,
+                warmup_epochs=1,
+                patience=0,
             )
             yolo_adapter.save_yolo_checkpoint(YOLO(str(root / "runs" / "loc" / "weights" / "last.pt")), out_path)
     return {"seconds": round(time.time() - t0, 1)}
@@ -120,11 +152,13 @@ def train_yolo_seg_localizer(out_path: str | Path, images: int = 160, epochs: in
 # -- Mask R-CNN (torchvision's own losses) -----------------------------------------------------------
 
 
-def train_maskrcnn_localizer(out_path: str | Path, steps: int = 90, seed: int = 0, batch: int = 4, lr: float = 0.01) -> dict:
+def train_maskrcnn_localizer(
+    out_path: str | Path, steps: int = 90, seed: int = 0, batch: int = 4, lr: float = 0.01
+) -> dict:
     """A small Mask R-CNN (ResNet-18 FPN) for ``target``, trained with torchvision's losses; a segflow checkpoint."""
     import torch
 
-    from tasks.models.instances import build_maskrcnn, save_maskrcnn_checkpoint
+    from segflow.tasks.models.instances import build_maskrcnn, save_maskrcnn_checkpoint
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -141,7 +175,14 @@ def train_maskrcnn_localizer(out_path: str | Path, steps: int = 90, seed: int = 
             g["lr"] = lr * min(1.0, (step + 1) / 20)
         scenes = [target_scene(rng) for _ in range(batch)]
         images = [torch.from_numpy(s.pixels).permute(2, 0, 1).float() / 255 for s in scenes]
-        targets = [{"boxes": torch.from_numpy(s.box)[None], "labels": torch.ones(1, dtype=torch.int64), "masks": torch.from_numpy(s.mask)[None].to(torch.uint8)} for s in scenes]
+        targets = [
+            {
+                "boxes": torch.from_numpy(s.box)[None],
+                "labels": torch.ones(1, dtype=torch.int64),
+                "masks": torch.from_numpy(s.mask)[None].to(torch.uint8),
+            }
+            for s in scenes
+        ]
         loss = sum(model(images, targets).values())
         _optimise(opt, loss, model.parameters(), 10.0)
     model.eval()
@@ -153,7 +194,8 @@ def train_maskrcnn_localizer(out_path: str | Path, steps: int = 90, seed: int = 
 
 
 def _processed_box(image_processor: Any, mask: np.ndarray) -> np.ndarray:
-    """The object's box, cx cy w h normalised, in the model's input frame: the mask sent alone through the image processor.
+    """The object's box, cx cy w h normalised, in the model's input frame: the mask sent alone through the image
+    processor.
 
     Object pixels are white on black; the processed copy is read at 0.5 (the
     resized edge), outside any padding the processor added (found by sending an
@@ -162,7 +204,10 @@ def _processed_box(image_processor: Any, mask: np.ndarray) -> np.ndarray:
 
     def raw(img: np.ndarray) -> np.ndarray:
         px = image_processor(images=[img], return_tensors="np")["pixel_values"][0]  # 3 x S x S, normalised
-        mean, std = np.asarray(image_processor.image_mean)[:, None, None], np.asarray(image_processor.image_std)[:, None, None]
+        mean, std = (
+            np.asarray(image_processor.image_mean)[:, None, None],
+            np.asarray(image_processor.image_std)[:, None, None],
+        )
         return (px * std + mean).mean(0)  # back to 0..1
 
     white = np.repeat(mask[..., None].astype(np.uint8) * 255, 3, axis=2)
@@ -176,7 +221,9 @@ def _processed_box(image_processor: Any, mask: np.ndarray) -> np.ndarray:
 def _cxcywh_to_xyxy(b: Any) -> Any:
     import torch
 
-    return torch.stack([b[..., 0] - b[..., 2] / 2, b[..., 1] - b[..., 3] / 2, b[..., 0] + b[..., 2] / 2, b[..., 1] + b[..., 3] / 2], -1)
+    return torch.stack(
+        [b[..., 0] - b[..., 2] / 2, b[..., 1] - b[..., 3] / 2, b[..., 0] + b[..., 2] / 2, b[..., 1] + b[..., 3] / 2], -1
+    )
 
 
 def _optimise(opt: Any, loss: Any, params: Any, clip: float) -> None:
@@ -200,13 +247,18 @@ def _box_loss(pred_cxcywh: Any, target_cxcywh: Any) -> Any:
     import torch.nn.functional as F
     from torchvision.ops import generalized_box_iou_loss
 
-    return F.l1_loss(pred_cxcywh, target_cxcywh) * 5 + generalized_box_iou_loss(_cxcywh_to_xyxy(pred_cxcywh), _cxcywh_to_xyxy(target_cxcywh), reduction="mean") * 2
+    return (
+        F.l1_loss(pred_cxcywh, target_cxcywh) * 5
+        + generalized_box_iou_loss(_cxcywh_to_xyxy(pred_cxcywh), _cxcywh_to_xyxy(target_cxcywh), reduction="mean") * 2
+    )
 
 
 # -- OWLv2 / OWL-ViT (dense per-patch loss) -------------------------------------------------------------
 
 
-def train_owl_localizer(directory: str | Path, kind: str = "owlv2", steps: int = 1600, seed: int = 0, batch: int = 8, lr: float = 2e-3) -> dict:
+def train_owl_localizer(
+    directory: str | Path, kind: str = "owlv2", steps: int = 1600, seed: int = 0, batch: int = 8, lr: float = 2e-3
+) -> dict:
     """A tiny OWLv2 / OWL-ViT that finds ``target`` for the text query "target", saved with ``save_pretrained``.
 
     Each image patch predicts one box (OWL's design): patches whose centre lies
@@ -216,9 +268,9 @@ def train_owl_localizer(directory: str | Path, kind: str = "owlv2", steps: int =
     import torch
     import torch.nn.functional as F
     from torchvision.ops import box_iou
-    from transformers import AutoProcessor, OwlViTForObjectDetection, Owlv2ForObjectDetection
+    from transformers import AutoProcessor, Owlv2ForObjectDetection, OwlViTForObjectDetection
 
-    from tasks.models.tiny import make_tiny_owl
+    from tests.support.tiny import make_tiny_owl
 
     t0 = time.time()
     directory = Path(directory)
@@ -226,7 +278,9 @@ def train_owl_localizer(directory: str | Path, kind: str = "owlv2", steps: int =
     cls = Owlv2ForObjectDetection if kind == "owlv2" else OwlViTForObjectDetection
     model = cls.from_pretrained(directory, local_files_only=True)
     torch.manual_seed(seed)
-    torch.nn.init.normal_(model.box_head.dense2.weight, std=0.01)  # start from OWL's per-patch box prior, not saturated boxes
+    torch.nn.init.normal_(
+        model.box_head.dense2.weight, std=0.01
+    )  # start from OWL's per-patch box prior, not saturated boxes
     proc = AutoProcessor.from_pretrained(directory, local_files_only=True)
     rng = np.random.default_rng(seed)
     model.train()
@@ -247,10 +301,18 @@ def train_owl_localizer(directory: str | Path, kind: str = "owlv2", steps: int =
         pos = ((cx - t[..., 0]).abs() <= t[..., 2] / 2) & ((cy - t[..., 1]).abs() <= t[..., 3] / 2)  # B x P
         pos[torch.arange(batch), ((cx - t[..., 0]) ** 2 + (cy - t[..., 1]) ** 2).argmin(1)] = True
         logits = out.logits[..., 0]  # B x P (one query)
-        with torch.no_grad():  # IoU-aware scores: a positive patch's target is its own box's IoU, so the top score has the best box
-            quality = torch.stack([box_iou(_cxcywh_to_xyxy(b), _cxcywh_to_xyxy(tt[None]))[:, 0] for b, tt in zip(out.pred_boxes, target)])
-        cls_loss = F.binary_cross_entropy_with_logits(logits, torch.where(pos, quality.clamp(min=0.2), 0.0), pos_weight=torch.tensor(4.0))
-        box_loss = _box_loss(out.pred_boxes[pos], target[:, None, :].expand(-1, n, -1)[pos]) if pos.any() else logits.sum() * 0
+        with (
+            torch.no_grad()
+        ):  # IoU-aware scores: a positive patch's target is its own box's IoU, so the top score has the best box
+            quality = torch.stack(
+                [box_iou(_cxcywh_to_xyxy(b), _cxcywh_to_xyxy(tt[None]))[:, 0] for b, tt in zip(out.pred_boxes, target)]
+            )
+        cls_loss = F.binary_cross_entropy_with_logits(
+            logits, torch.where(pos, quality.clamp(min=0.2), 0.0), pos_weight=torch.tensor(4.0)
+        )
+        box_loss = (
+            _box_loss(out.pred_boxes[pos], target[:, None, :].expand(-1, n, -1)[pos]) if pos.any() else logits.sum() * 0
+        )
         loss = cls_loss + box_loss
         _optimise(opt, loss, model.parameters(), 1.0)
     model.eval()
@@ -261,7 +323,9 @@ def train_owl_localizer(directory: str | Path, kind: str = "owlv2", steps: int =
 # -- Grounding DINO (transformers' own Hungarian loss) ---------------------------------------------------
 
 
-def train_gdino_localizer(directory: str | Path, steps: int = 1500, seed: int = 0, batch: int = 8, lr: float = 1e-4) -> dict:
+def train_gdino_localizer(
+    directory: str | Path, steps: int = 1500, seed: int = 0, batch: int = 8, lr: float = 1e-4
+) -> dict:
     """A tiny Grounding DINO that finds ``target`` for the caption "target .", saved with ``save_pretrained``.
 
     The library's loss (Hungarian matching; focal class loss on the phrase's
@@ -272,7 +336,7 @@ def train_gdino_localizer(directory: str | Path, steps: int = 1500, seed: int = 
     import torch
     from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
-    from tasks.models.tiny import make_tiny_grounding_dino
+    from tests.support.tiny import make_tiny_grounding_dino
 
     t0 = time.time()
     directory = Path(directory)
@@ -287,7 +351,13 @@ def train_gdino_localizer(directory: str | Path, steps: int = 1500, seed: int = 
         _cosine(opt, lr, step, step / steps, warmup=50)
         scenes = [target_scene(rng) for _ in range(batch)]
         inputs = proc(images=[s.pixels for s in scenes], text=[f"{TARGET} ."] * batch, return_tensors="pt")
-        labels = [{"class_labels": torch.zeros(1, dtype=torch.long), "boxes": torch.as_tensor(_processed_box(proc.image_processor, s.mask))[None]} for s in scenes]
+        labels = [
+            {
+                "class_labels": torch.zeros(1, dtype=torch.long),
+                "boxes": torch.as_tensor(_processed_box(proc.image_processor, s.mask))[None],
+            }
+            for s in scenes
+        ]
         loss = model(**inputs, labels=labels).loss
         _optimise(opt, loss, model.parameters(), 0.1)
     model.eval()
@@ -298,21 +368,24 @@ def train_gdino_localizer(directory: str | Path, steps: int = 1500, seed: int = 
 # -- SAM with point prompts (for the automatic mode) -----------------------------------------------------
 
 
-def train_sam_point_localizer(out_path: str | Path, steps: int = 400, seed: int = 0, batch: int = 8, lr: float = 1e-3) -> dict:
-    """A tiny SAM (:data:`TINY_SAM_ARCH`) that segments ``target`` from one foreground point inside it; a segflow checkpoint.
+def train_sam_point_localizer(
+    out_path: str | Path, steps: int = 400, seed: int = 0, batch: int = 8, lr: float = 1e-3
+) -> dict:
+    """A tiny SAM (:data:`TINY_SAM_ARCH`) that segments ``target`` from one foreground point inside it; a segflow
+    checkpoint.
 
     The point-grid automatic mode prompts with single points and ``multimask_output``,
     so the three multimask outputs are trained, each sample's loss on its best one
     (as SAM was), with the IoU head regressing every output's IoU. Targets: the
     mask taken to the model's low-res frame (resize to the input size, pad, area
-    downsampling), as in :func:`tasks.training.train_sam`.
+    downsampling), as in :func:`segflow.demo.training.train_sam`.
     """
     import torch
     import torch.nn.functional as F
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from tasks.models.sam import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
-    from tasks.training import _dice_loss
+    from segflow.demo.training import _dice_loss
+    from segflow.tasks.models.sam import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -350,11 +423,19 @@ def train_sam_point_localizer(out_path: str | Path, steps: int = 400, seed: int 
         iou_pred = dec.iou_prediction_head(hs[:, 0, :])[:, 1:]
         tgt = torch.stack(targets)
         hard = (tgt > 0.5).float()
-        per = torch.stack([F.binary_cross_entropy_with_logits(masks[:, j], hard, reduction="none").flatten(1).mean(1) * 20
-                           + torch.stack([_dice_loss(masks[i : i + 1, j], tgt[i : i + 1]) for i in range(batch)]) for j in range(3)], 1)
+        per = torch.stack(
+            [
+                F.binary_cross_entropy_with_logits(masks[:, j], hard, reduction="none").flatten(1).mean(1) * 20
+                + torch.stack([_dice_loss(masks[i : i + 1, j], tgt[i : i + 1]) for i in range(batch)])
+                for j in range(3)
+            ],
+            1,
+        )
         with torch.no_grad():
             pred = masks > 0
-            real_iou = (pred & (hard[:, None] > 0)).flatten(2).sum(2).float() / (pred | (hard[:, None] > 0)).flatten(2).sum(2).float().clamp(min=1)
+            real_iou = (pred & (hard[:, None] > 0)).flatten(2).sum(2).float() / (pred | (hard[:, None] > 0)).flatten(
+                2
+            ).sum(2).float().clamp(min=1)
         loss = per.min(1).values.mean() + F.mse_loss(iou_pred, real_iou)
         _optimise(opt, loss, sam.parameters(), 1.0)
     sam.eval()

@@ -31,11 +31,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tasks import rle
+from segflow.tasks import rle
 
 __all__ = [
-    "THING_CLASSES", "STUFF_CLASSES", "SHAPE_CLASSES", "CATEGORIES",
-    "Scene", "make_scene", "scene_size", "write_scene_set", "rotate_for_exif",
+    "THING_CLASSES",
+    "STUFF_CLASSES",
+    "SHAPE_CLASSES",
+    "CATEGORIES",
+    "Scene",
+    "make_scene",
+    "scene_size",
+    "write_scene_set",
+    "rotate_for_exif",
 ]
 
 THING_CLASSES = ["circle", "square", "triangle"]
@@ -87,7 +94,10 @@ def _stuff_texture(rng: np.random.Generator, name: str, h: int, w: int) -> np.nd
     xx = np.linspace(0, 1, w, dtype=np.float32)[None, :]
     fine = rng.normal(0, 1, (h, w)).astype(np.float32)
     if name == "sky":
-        top, bottom = np.array([70, 130, 210]) + rng.integers(-20, 20, 3), np.array([200, 225, 245]) + rng.integers(-15, 10, 3)
+        top, bottom = (
+            np.array([70, 130, 210]) + rng.integers(-20, 20, 3),
+            np.array([200, 225, 245]) + rng.integers(-15, 10, 3),
+        )
         img = top[None, None] * (1 - yy[..., None]) + bottom[None, None] * yy[..., None]
         img = img + 18 * _noise(rng, h, w, 60)[..., None] * np.array([1, 1, 1])
     elif name == "grass":
@@ -173,7 +183,10 @@ def _shape_layer(cls: str, cx: float, cy: float, size: float, angle: float, h: i
     else:
         n = 4 if cls == "square" else 3
         rad = r * (math.sqrt(2) if n == 4 else 1.15)
-        pts = [(cx + rad * math.cos(angle + 2 * math.pi * k / n), cy + rad * math.sin(angle + 2 * math.pi * k / n)) for k in range(n)]
+        pts = [
+            (cx + rad * math.cos(angle + 2 * math.pi * k / n), cy + rad * math.sin(angle + 2 * math.pi * k / n))
+            for k in range(n)
+        ]
         d.polygon(pts, fill=255)
     return np.asarray(layer) > 0
 
@@ -333,24 +346,41 @@ def write_ground_truth(gt_dir: str | Path, scenes: list[tuple[str, Scene]]) -> N
         counts = rle.encode_nhw(np.stack(s.masks)) if s.masks else []
         for cls, m, c in zip(s.class_names, s.masks, counts):
             ann_id += 1
-            anns.append({
-                "id": ann_id, "image_id": image_id, "category_id": _ID[cls], "iscrowd": 0,
-                "segmentation": {"size": [h, w], "counts": c}, "area": int(m.sum()), "bbox": _bbox_xywh(m),
-            })
+            anns.append(
+                {
+                    "id": ann_id,
+                    "image_id": image_id,
+                    "category_id": _ID[cls],
+                    "iscrowd": 0,
+                    "segmentation": {"size": [h, w], "counts": c},
+                    "area": int(m.sum()),
+                    "bbox": _bbox_xywh(m),
+                }
+            )
         # panoptic: stuff segments first (ids 1..), then things
         seg_map = np.zeros((h, w), np.int64)
         infos = []
         sid = 0
         for stuff in STUFF_CLASSES:
-            sel = (s.semantic == _ID[stuff])
+            sel = s.semantic == _ID[stuff]
             if sel.any():
                 sid += 1
                 seg_map[sel] = sid
-                infos.append({"id": sid, "category_id": _ID[stuff], "iscrowd": 0, "area": int(sel.sum()), "bbox": _bbox_xywh(sel)})
+                infos.append(
+                    {
+                        "id": sid,
+                        "category_id": _ID[stuff],
+                        "iscrowd": 0,
+                        "area": int(sel.sum()),
+                        "bbox": _bbox_xywh(sel),
+                    }
+                )
         for cls, m in zip(s.class_names, s.masks):
             sid += 1
             seg_map[m] = sid
-            infos.append({"id": sid, "category_id": _ID[cls], "iscrowd": 0, "area": int(m.sum()), "bbox": _bbox_xywh(m)})
+            infos.append(
+                {"id": sid, "category_id": _ID[cls], "iscrowd": 0, "area": int(m.sum()), "bbox": _bbox_xywh(m)}
+            )
         stem = Path(name).stem
         rgb = np.stack([seg_map % 256, seg_map // 256 % 256, seg_map // 65536], -1).astype(np.uint8)
         Image.fromarray(rgb).save(gt / "panoptic" / f"{stem}.png")
@@ -359,5 +389,14 @@ def write_ground_truth(gt_dir: str | Path, scenes: list[tuple[str, Scene]]) -> N
         sem.putpalette(_palette())  # becomes "P" with the same indices
         sem.save(gt / "semantic" / f"{stem}.png")
     (gt / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": things}))
-    pan_cats = [{"id": c["id"], "name": c["name"], "isthing": c["isthing"], "color": c["color"], "supercategory": "shape" if c["isthing"] else "stuff"} for c in CATEGORIES]
+    pan_cats = [
+        {
+            "id": c["id"],
+            "name": c["name"],
+            "isthing": c["isthing"],
+            "color": c["color"],
+            "supercategory": "shape" if c["isthing"] else "stuff",
+        }
+        for c in CATEGORIES
+    ]
     (gt / "panoptic.json").write_text(json.dumps({"images": images, "annotations": pan_anns, "categories": pan_cats}))

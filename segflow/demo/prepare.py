@@ -4,7 +4,7 @@
    ground truth in ``DIR/ground_truth`` (COCO instances, panoptic, semantic),
    plus a truncated and an empty file, as real buckets have them.
 2. Run ``configs/demo.yaml`` -- the detector, SAM and Mask2Former trained by
-   ``segflow train-demo-models`` and shipped in ``configs/models`` -- through
+   ``segflow train-demo-models`` and shipped in ``configs/models`` (package data of :mod:`segflow.configs`) -- through
    the normal flow with ``DIR/ground_truth/instances.json`` and
    ``DIR/ground_truth/panoptic.json`` as the gold sets.
 3. The run evaluates its labels against the gold set; the figures are written
@@ -14,13 +14,14 @@
 from __future__ import annotations
 
 import shutil
+from importlib.resources import files
 from pathlib import Path
 
-from tasks.synthetic import write_scene_set
+from segflow.demo.synthetic import write_scene_set
 
 __all__ = ["DEMO_CONFIG", "prepare_demo"]
 
-DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+DEMO_CONFIG = Path(str(files("segflow.configs") / "demo.yaml"))  # package data: works from a wheel too
 
 
 def prepare_demo(folder: str | Path, seed: int = 0, num_images: int = 40) -> dict[str, str]:

@@ -7,18 +7,25 @@ random YOLO only outputs boxes with a confidence threshold of 0).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-__all__ = ["make_tiny_yolo", "make_tiny_sam", "make_tiny_mask2former", "make_tiny_maskrcnn", "make_tiny_owl", "make_tiny_grounding_dino"]
+__all__ = [
+    "make_tiny_yolo",
+    "make_tiny_sam",
+    "make_tiny_mask2former",
+    "make_tiny_maskrcnn",
+    "make_tiny_owl",
+    "make_tiny_grounding_dino",
+]
 
 
 def make_tiny_yolo(path: str | Path, class_names: Sequence[str], seed: int = 0, cfg: str = "yolo11n-seg.yaml") -> Path:
     """A random ultralytics YOLO with ``class_names``, saved as a segflow YOLO checkpoint."""
     import torch
-
-    import tasks.models.yolo  # noqa: F401 - sets offline ultralytics defaults
     from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+
+    import segflow.tasks.models.yolo  # noqa: F401 - sets offline ultralytics defaults
 
     torch.manual_seed(seed)
     cls = SegmentationModel if "-seg" in cfg else DetectionModel
@@ -27,7 +34,7 @@ def make_tiny_yolo(path: str | Path, class_names: Sequence[str], seed: int = 0, 
     model.task = "segment" if cls is SegmentationModel else "detect"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tasks.models.yolo.save_yolo_checkpoint(model, path)
+    segflow.tasks.models.yolo.save_yolo_checkpoint(model, path)
     return path
 
 
@@ -35,7 +42,7 @@ def make_tiny_sam(path: str | Path, seed: int = 0) -> Path:
     """A random ~0.8M-parameter SAM (256-px input), saved as a segflow SAM checkpoint."""
     import torch
 
-    from tasks.models.sam import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
+    from segflow.tasks.models.sam import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
 
     torch.manual_seed(seed)
     path = Path(path)
@@ -44,12 +51,14 @@ def make_tiny_sam(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-def make_tiny_mask2former(path: str | Path, labels: Sequence[str], seed: int = 0, pretrained_dir: str | Path | None = None) -> Path:
+def make_tiny_mask2former(
+    path: str | Path, labels: Sequence[str], seed: int = 0, pretrained_dir: str | Path | None = None
+) -> Path:
     """A random ~1.7M-parameter Mask2Former (Swin backbone from a config object, no download), saved as a
     segflow checkpoint; with ``pretrained_dir`` also in the ``save_pretrained`` layout there."""
     import torch
 
-    from tasks.models.mask2former import TINY_M2F_ARCH, build_mask2former, save_mask2former_checkpoint
+    from segflow.tasks.models.mask2former import TINY_M2F_ARCH, build_mask2former, save_mask2former_checkpoint
 
     torch.manual_seed(seed)
     model, processor = build_mask2former(TINY_M2F_ARCH, labels)
@@ -66,7 +75,7 @@ def make_tiny_maskrcnn(path: str | Path, class_names: Sequence[str], seed: int =
     """A random small torchvision Mask R-CNN (ResNet-18 FPN, 128-256 px inputs), saved as a segflow checkpoint."""
     import torch
 
-    from tasks.models.instances import build_maskrcnn, save_maskrcnn_checkpoint
+    from segflow.tasks.models.instances import build_maskrcnn, save_maskrcnn_checkpoint
 
     torch.manual_seed(seed)
     names = {0: "__background__", **{i + 1: n for i, n in enumerate(class_names)}}
@@ -95,7 +104,9 @@ def _byte_vocab() -> dict[str, int]:
     return vocab
 
 
-def make_tiny_owl(directory: str | Path, kind: str = "owlv2", seed: int = 0, image_size: int = 96, patch_size: int = 16) -> Path:
+def make_tiny_owl(
+    directory: str | Path, kind: str = "owlv2", seed: int = 0, image_size: int = 96, patch_size: int = 16
+) -> Path:
     """A random tiny OWLv2 / OWL-ViT with its processor (byte-level CLIP tokenizer), saved with ``save_pretrained``."""
     import torch
     from transformers import CLIPTokenizer
@@ -103,14 +114,32 @@ def make_tiny_owl(directory: str | Path, kind: str = "owlv2", seed: int = 0, ima
     torch.manual_seed(seed)
     vocab = _byte_vocab()
     tok = CLIPTokenizer(vocab=vocab, merges=[])
-    text = dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
-                bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"])
-    vision = dict(image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    text = dict(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    vision = dict(
+        image_size=image_size,
+        patch_size=patch_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+    )
     if kind == "owlv2":
         from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
 
         model = Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32))
-        proc = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": image_size, "width": image_size}), tokenizer=tok)
+        proc = Owlv2Processor(
+            image_processor=Owlv2ImageProcessor(size={"height": image_size, "width": image_size}), tokenizer=tok
+        )
     else:
         from transformers import OwlViTConfig, OwlViTForObjectDetection, OwlViTImageProcessor, OwlViTProcessor
 
@@ -123,7 +152,9 @@ def make_tiny_owl(directory: str | Path, kind: str = "owlv2", seed: int = 0, ima
     return directory
 
 
-def make_tiny_grounding_dino(directory: str | Path, words: Sequence[str], seed: int = 0, image_edges: tuple[int, int] = (64, 128)) -> Path:
+def make_tiny_grounding_dino(
+    directory: str | Path, words: Sequence[str], seed: int = 0, image_edges: tuple[int, int] = (64, 128)
+) -> Path:
     """A random tiny Grounding DINO (Swin and BERT from config objects, 2 decoder layers) with a word-level
     BERT tokenizer over ``words``, saved with ``save_pretrained``.
 
@@ -133,7 +164,15 @@ def make_tiny_grounding_dino(directory: str | Path, words: Sequence[str], seed: 
     processor's shortest and longest edge.
     """
     import torch
-    from transformers import BertConfig, BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig
+    from transformers import (
+        BertConfig,
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
 
     torch.manual_seed(seed)
     directory = Path(directory)
@@ -144,10 +183,37 @@ def make_tiny_grounding_dino(directory: str | Path, words: Sequence[str], seed: 
     vocab += sorted({w.lower() for w in words} - set(vocab))
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tok = BertTokenizer(str(directory / "vocab.txt"))
-    backbone = SwinConfig(image_size=64, patch_size=4, embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, out_features=["stage2", "stage3", "stage4"])
-    text = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    cfg = GroundingDinoConfig(backbone_config=backbone, text_config=text, num_queries=20, encoder_layers=1, decoder_layers=2, d_model=32,
-                              encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=2, decoder_attention_heads=2, num_feature_levels=3, max_text_len=32)
+    backbone = SwinConfig(
+        image_size=64,
+        patch_size=4,
+        embed_dim=16,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 2, 2],
+        window_size=4,
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    text = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    cfg = GroundingDinoConfig(
+        backbone_config=backbone,
+        text_config=text,
+        num_queries=20,
+        encoder_layers=1,
+        decoder_layers=2,
+        d_model=32,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        num_feature_levels=3,
+        max_text_len=32,
+    )
     model = GroundingDinoForObjectDetection(cfg)
     size = {"shortest_edge": image_edges[0], "longest_edge": image_edges[1]}
     proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size=size), tokenizer=tok)

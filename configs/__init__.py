@@ -1,0 +1,1 @@
+"""segflow.configs: example jobs and the demo models, shipped as package data."""
