@@ -1,0 +1,116 @@
+"""The installed package: one import name, package data in the wheel, the demo from a wheel, runtime vs demo code.
+
+The wheel test builds segflow's wheel, installs it without dependencies into a
+fresh virtual environment that sees this interpreter's site-packages (torch,
+Prefect, ... are not installed twice), and runs ``segflow demo`` from a folder
+outside the checkout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(ROOT)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    (whl,) = out.glob("segflow-*.whl")
+    return whl
+
+
+def test_wheel_has_one_top_level_name_and_the_demo_data(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert top == {"segflow"}, top
+    for needed in (
+        "segflow/flows/cli.py",
+        "segflow/tasks/shard.py",
+        "segflow/tasks/models/sam.py",
+        "segflow/demo/synthetic.py",
+        "segflow/configs/demo.yaml",
+        "segflow/configs/models/demo-yolo.pt",
+        "segflow/configs/models/demo-sam.pt",
+        "segflow/configs/models/demo-m2f.pt",
+    ):
+        assert needed in names, needed
+    assert not [n for n in names if n.startswith("segflow/tests") or "localizers" in n or "tiny.py" in n]
+
+
+def test_demo_runs_from_a_wheel_in_a_fresh_venv(wheel, tmp_path):
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    py = env_dir / "bin" / "python"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": "", "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    where = subprocess.run(
+        [str(py), "-c", "import segflow.flows.cli as c, segflow.configs as d; print(c.__file__); print(d.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert all(str(env_dir) in p for p in where), where  # the wheel's copy, not the checkout
+    r = subprocess.run(
+        [str(env_dir / "bin" / "segflow"), "demo", "--output", "demo-out", "--images", "4", "--no-progress"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    quality = json.loads((work / "demo-out" / "quality.json").read_text())
+    assert quality["gold_instances"] > 0 and quality["mask_ap50"] > 0.3
+
+
+RUNTIME_MODULES = [
+    "segflow.flows.cli",
+    "segflow.flows.label_flow",
+    "segflow.flows.deployment",
+    "segflow.tasks.shard",
+    "segflow.tasks.finalize",
+    "segflow.tasks.publish",
+    "segflow.tasks.models.sam",
+    "segflow.tasks.models.yolo",
+    "segflow.tasks.models.instances",
+    "segflow.tasks.models.mask2former",
+    "segflow.tasks.models.owl",
+    "segflow.tasks.models.gdino",
+    "segflow.tasks.qc",
+    "segflow.tasks.panoptic",
+]
+
+
+def _loaded_demo_and_test_modules(modules: list[str]) -> list[str]:
+    code = (
+        "import importlib, json, sys\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('segflow.demo', 'tests')))))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_the_labeling_path_never_imports_demo_or_test_code():
+    assert _loaded_demo_and_test_modules(RUNTIME_MODULES) == []
+    # negative control: the demo command's module does pull the demo package in
+    assert "segflow.demo.synthetic" in _loaded_demo_and_test_modules([*RUNTIME_MODULES, "segflow.demo.prepare"])
