@@ -111,7 +111,7 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
     from pycocotools import mask as mask_utils
     from segment_anything import SamPredictor
 
-    from segflow.flows.config import SamStage
+    from segflow.config import SamStage
     from segflow.tasks.models.device import cpu_has_native_bf16
     from segflow.tasks.models.sam import SamBoxSegmenter, build_sam, load_sam, save_sam_checkpoint
     from segflow.tasks.record import Detections
@@ -216,7 +216,7 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
 
 
 def _demo_job(images: Path, out: Path, shard_size: int, **det):
-    from segflow.flows.config import load_config
+    from segflow.config import load_config
 
     job = load_config(ROOT / "configs" / "demo.yaml", overrides={"source": str(images), "output": str(out)})
     stages = {k: v for k, v in job.stages.items() if k in ("detector", "masks")}
@@ -411,8 +411,8 @@ def bench_rle(n: int, h: int, w: int) -> dict:
 
 def bench_memory(work: Path, n_images: int, shard_size: int) -> dict:
     from bench.bench_memory import rss_mb
+    from segflow.config import JobConfig
     from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
-    from segflow.flows.config import JobConfig
     from segflow.tasks.plan import make_plan
     from segflow.tasks.shard import run_shard
     from tests.support.tiny import make_tiny_sam, make_tiny_yolo

@@ -33,8 +33,8 @@ def main() -> None:
 
     import numpy as np
 
+    from segflow.config import JobConfig
     from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
-    from segflow.flows.config import JobConfig
     from segflow.tasks.plan import make_plan
     from segflow.tasks.shard import run_shard
     from tests.support.tiny import make_tiny_sam, make_tiny_yolo

@@ -87,7 +87,7 @@ def s3_listing(n: int) -> dict:
     client.create_bucket(Bucket="bench")
     for i in range(n):
         client.put_object(Bucket="bench", Key=f"imgs/{i:08d}.jpg", Body=b"x")
-    from segflow.flows.config import SourceConfig
+    from segflow.config import SourceConfig
     from segflow.tasks.plan import iter_source
 
     t = time.perf_counter()

@@ -50,8 +50,8 @@ def main() -> None:
     from pycocotools import mask as mask_utils
     from segment_anything import SamPredictor
 
+    from segflow.config import JobConfig
     from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
-    from segflow.flows.config import JobConfig
     from segflow.tasks.images import decode_image
     from segflow.tasks.models.cache import get_model
     from segflow.tasks.models.sam import TINY_SAM_ARCH, build_sam, load_sam, save_sam_checkpoint

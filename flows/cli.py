@@ -45,14 +45,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _load(args: argparse.Namespace):
-    from segflow.flows.config import load_config
+    from segflow.config import load_config
 
     return load_config(args.config, overrides=_overrides(args))
 
 
 def prepare(job, config_file: str):
     """Checks that need I/O, done before any flow starts: weights (download + sha256), then the plan."""
-    from segflow.flows.config import ConfigError
+    from segflow.config import ConfigError
     from segflow.tasks.plan import PlanError, make_plan
     from segflow.tasks.weights import HUB_PREFIX, WeightsError, is_builtin_yaml, resolve_model_dir, resolve_weights
 
@@ -133,7 +133,7 @@ def print_summary(summary: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from segflow.flows.config import ConfigError
+    from segflow.config import ConfigError
 
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -220,7 +220,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from segflow.flows.config import ConfigError, JobConfig
+    from segflow.config import ConfigError, JobConfig
     from segflow.tasks.storage import join, open_fs, read_bytes
 
     if not args.verbose:
@@ -261,7 +261,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from segflow.flows.config import ConfigError
+    from segflow.config import ConfigError
 
     try:
         job = _load(args)
@@ -274,7 +274,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from segflow.flows.config import job_json_schema
+    if args.markdown:
+        from segflow.config.reference import config_reference
+
+        print(config_reference(), end="")
+        return EXIT_OK
+    from segflow.config import job_json_schema
 
     print(json.dumps(job_json_schema(), indent=2))
     return EXIT_OK
@@ -283,8 +288,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
+    from segflow.config import ConfigError, load_config
     from segflow.demo.prepare import DEMO_CONFIG, prepare_demo
-    from segflow.flows.config import ConfigError, load_config
 
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -441,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--output")
     v.set_defaults(fn=cmd_validate)
 
-    s = sub.add_parser("schema", help="print the JSON Schema of job files")
+    s = sub.add_parser("schema", help="print the JSON Schema of job files (or the config reference as markdown)")
+    s.add_argument("--markdown", action="store_true", help="the config reference, as in docs/config.md")
     s.set_defaults(fn=cmd_schema)
 
     d = sub.add_parser("demo", help="label a generated example set offline, end to end")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from segflow.flows.config import ConfigError, load_config
+from segflow.config import ConfigError, load_config
 from segflow.flows.label_flow import label_flow
 from segflow.flows.runners import make_task_runner
 from segflow.tasks.storage import redact

@@ -19,7 +19,7 @@ from prefect.artifacts import (
 )
 from prefect.futures import as_completed, wait
 
-from segflow.flows.config import JobConfig
+from segflow.config import JobConfig
 from segflow.flows.runners import make_task_runner, shard_submit_options
 from segflow.tasks.finalize import IncompleteRunError, finalize
 from segflow.tasks.plan import load_plan, make_plan

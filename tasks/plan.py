@@ -119,7 +119,7 @@ def iter_source(source: Any) -> Iterator[tuple[str, str, int, str | None]]:
     Object stores with paged listings (S3 through s3fs) are streamed one page
     (1000 keys) at a time -- they list in key order already -- so memory stays
     bounded for any number of keys. Other filesystems are listed, then sorted.
-    ``source`` is a :class:`segflow.flows.config.SourceConfig` (url + pattern, or list).
+    ``source`` is a :class:`segflow.config.SourceConfig` (url + pattern, or list).
     """
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in source.extensions)
     if source.list:

@@ -575,7 +575,7 @@ def mean_box_prompt_iou(
     down by that fraction of its size (a negative control). A box whose mask the
     stage dropped counts as IoU 0.
     """
-    from segflow.flows.config import SamStage
+    from segflow.config import SamStage
     from segflow.tasks import rle
     from segflow.tasks.models.sam import SamBoxSegmenter
     from segflow.tasks.record import Detections

@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 
+from segflow.config import ConfigError, job_json_schema, load_config
 from segflow.flows import cli
-from segflow.flows.config import ConfigError, job_json_schema, load_config
 
 
 def set_in(job, path, value):
@@ -247,3 +247,19 @@ def test_bad_text_prompt_ontology_rejected(mutate, expected, write_job, image_di
     with pytest.raises(ConfigError) as err:
         load_config(job_file)
     assert f"{job_file}: {expected}" in str(err.value)
+
+
+def test_config_reference_is_generated_from_the_schema():
+    """docs/config.md is what `segflow schema --markdown` prints; regenerate it when the schema changes."""
+    from pathlib import Path
+
+    from segflow.config.reference import config_reference
+    from segflow.config.schema import SamStage
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    text = config_reference()
+    assert docs.read_text() == text, "docs/config.md is stale: run `segflow schema --markdown > docs/config.md`"
+    for key in ("`source.url`", "`runtime.max_workers`", "`ontology[].id`", "`zoom_context`", "`predicted_iou`"):
+        assert key in text
+    description = SamStage.model_fields["mask_margin"].description
+    assert " ".join(description.split()) in text  # each key's contract comes from its field

@@ -19,10 +19,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from segflow.config import load_config
 from segflow.demo.synthetic import rotate_for_exif, write_scene_set
 from segflow.demo.training import mean_box_prompt_iou
 from segflow.flows import cli
-from segflow.flows.config import load_config
 from segflow.tasks.quality import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,7 +198,7 @@ def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
     """
     from scipy import ndimage
 
-    from segflow.flows.config import QcStage
+    from segflow.config import QcStage
     from segflow.tasks import rle
     from segflow.tasks.qc import check_masks
     from segflow.tasks.record import Detections

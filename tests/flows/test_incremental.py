@@ -7,9 +7,9 @@ import shutil
 import pyarrow.dataset as ds
 from pycocotools.coco import COCO
 
+from segflow.config import load_config
 from segflow.demo.synthetic import write_scene_set
 from segflow.flows import cli
-from segflow.flows.config import load_config
 from segflow.tasks.plan import iter_plan, load_plan, make_plan
 
 

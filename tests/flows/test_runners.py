@@ -7,7 +7,7 @@ from collections import defaultdict
 import pyarrow.dataset as ds
 import pytest
 
-from segflow.flows.config import load_config
+from segflow.config import load_config
 from segflow.flows.label_flow import run_job
 
 

@@ -96,7 +96,7 @@ def test_credentials_from_a_prefect_block_never_travel(prefect_harness, s3, writ
 def test_job_file_on_s3_resolves_relative_paths_against_its_folder(s3, write_job, image_dir, tiny_models):
     import yaml
 
-    from segflow.flows.config import ConfigError, load_config
+    from segflow.config import ConfigError, load_config
 
     s3.put(str(tiny_models["sam"]), "segflow-models/jobs/models/sam-tiny.pt")
     s3.put(str(tiny_models["yolo"]), "segflow-models/jobs/models/yolo-tiny.pt")

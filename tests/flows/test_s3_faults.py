@@ -9,8 +9,8 @@ import time
 
 import pyarrow.dataset as ds
 
+from segflow.config import load_config
 from segflow.flows import cli
-from segflow.flows.config import load_config
 from segflow.tasks.plan import make_plan
 from segflow.tasks.shard import run_shard
 

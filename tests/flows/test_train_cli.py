@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segflow.config import SamStage
 from segflow.flows import cli
-from segflow.flows.config import SamStage
 from segflow.tasks.models.sam import SamBoxSegmenter
 from segflow.tasks.weights import sha256_file
 

@@ -1,7 +1,7 @@
 import pyarrow.parquet as pq
 import pytest
 
-from segflow.flows.config import JobConfig
+from segflow.config import JobConfig
 from segflow.tasks.plan import PlanError, glob_to_regex, list_source, load_plan, make_plan, read_shard_rows
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from segflow.flows.config import QcStage
+from segflow.config import QcStage
 from segflow.tasks import rle
 from segflow.tasks.qc import QcChecker, check_masks, count_outliers
 from segflow.tasks.record import Detections

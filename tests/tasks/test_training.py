@@ -2,9 +2,9 @@
 
 import numpy as np
 
+from segflow.config import SamStage, YoloStage
 from segflow.demo.synthetic import make_scene
 from segflow.demo.training import DEMO_SAM_ARCH, _zoom_crop_sample, finetune_sam_zoom, train_detector, train_sam
-from segflow.flows.config import SamStage, YoloStage
 from segflow.tasks.models.sam import SamBoxSegmenter
 from segflow.tasks.models.yolo import YoloDetector
 from segflow.tasks.record import Detections
@@ -86,9 +86,9 @@ def test_detector_training_writes_a_loadable_checkpoint(tmp_path):
 
 
 def test_mask2former_training_lowers_the_loss_and_loads_through_the_adapter(tmp_path):
+    from segflow.config import Mask2FormerStage
     from segflow.demo.synthetic import CATEGORIES
     from segflow.demo.training import train_mask2former
-    from segflow.flows.config import Mask2FormerStage
     from segflow.tasks.models.mask2former import Mask2FormerPanoptic
 
     out = tmp_path / "m2f.pt"
@@ -110,7 +110,7 @@ def test_mask2former_training_lowers_the_loss_and_loads_through_the_adapter(tmp_
 
 
 def test_yolo_seg_training_writes_a_loadable_instance_labeler(tmp_path):
-    from segflow.flows.config import YoloSegStage
+    from segflow.config import YoloSegStage
     from segflow.tasks.models.instances import YoloSegLabeler
 
     out = tmp_path / "yolo-seg.pt"

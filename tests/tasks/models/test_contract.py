@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from segflow.flows.config import (
+from segflow.config import (
     Mask2FormerStage,
     MaskRcnnStage,
     OwlStage,

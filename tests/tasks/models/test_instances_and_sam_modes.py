@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from segment_anything import SamPredictor
 
+from segflow.config import MaskRcnnStage, SamAutoStage, SamStage, YoloSegStage, load_config
 from segflow.demo.synthetic import make_scene
-from segflow.flows.config import MaskRcnnStage, SamAutoStage, SamStage, YoloSegStage, load_config
 from segflow.tasks.models.cache import get_model
 from segflow.tasks.models.sam import SamBoxSegmenter, load_sam
 from segflow.tasks.qc import box_iou_xyxy

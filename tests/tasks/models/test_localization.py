@@ -1,29 +1,23 @@
 """Each adapter puts boxes and masks on a known synthetic object of a non-square image (checked by IoU).
 
-Random weights find nothing, so the models here are trained in a minute or so
-each on one easy class (see tasks/localizers.py: their training targets come
-from the models' own input conventions, not from the adapters' conversions),
-saved, and loaded through the adapters users use. Test scenes come from other
-seeds than the training scenes. The negative controls break the one
+Random weights find nothing, so the models here are trained on one easy class
+(see tests/support/localizers.py: their training targets come from the models'
+own input conventions, not from the adapters' conversions), once, by the seeded
+script tests/support/trained.py, and stored in tests/data/models with their
+sha256; they load through the adapters users use. Test scenes come from other
+seeds than the training scenes. The last test runs one trainer for a few steps
+so the training code itself stays tested. The negative controls break the one
 convention each adapter must get right and show the IoU check notices.
 """
 
 import numpy as np
 import pytest
 
-from segflow.flows.config import MaskRcnnStage, OwlStage, SamAutoStage, YoloSegStage
+from segflow.config import MaskRcnnStage, OwlStage, SamAutoStage, YoloSegStage
 from segflow.tasks import rle
 from segflow.tasks.models.cache import get_model
-from tests.support.localizers import (
-    TARGET,
-    box_iou_xyxy,
-    target_scene,
-    train_gdino_localizer,
-    train_maskrcnn_localizer,
-    train_owl_localizer,
-    train_sam_point_localizer,
-    train_yolo_seg_localizer,
-)
+from tests.support.localizers import TARGET, box_iou_xyxy, target_scene, train_sam_point_localizer
+from tests.support.trained import trained_model
 
 ONTOLOGY = {1: TARGET}
 BOX_IOU, MASK_IOU = 0.7, 0.7
@@ -85,9 +79,8 @@ def test_scenes_are_non_square_with_the_object_anywhere(scenes):
 
 
 @pytest.mark.parametrize("kind", ["owlv2", "owlvit"])
-def test_owl_boxes_land_on_the_object(kind, tmp_path_factory, scenes):
-    d = tmp_path_factory.mktemp(kind)
-    print(train_owl_localizer(d, kind))
+def test_owl_boxes_land_on_the_object(kind, scenes):
+    d = trained_model(kind)
     stage = OwlStage(kind=kind, weights=str(d), device="cpu", conf=0.05, max_det=5, batch_size=4)
     loaded = get_model(stage, ONTOLOGY, prompts={1: [TARGET]})
     box, _ = top_detection_ious(loaded.adapter.detect([s.pixels for s in scenes]), scenes)
@@ -102,7 +95,7 @@ def test_owl_boxes_land_on_the_object(kind, tmp_path_factory, scenes):
     assert np.median(wrong) < np.median(box) - 0.2
 
 
-def test_grounding_dino_boxes_land_on_the_object(tmp_path_factory, scenes):
+def test_grounding_dino_boxes_land_on_the_object(scenes):
     """Grounding DINO normalises boxes by the unpadded image.
 
     The tiny one (d_model 32, 2 decoder layers, 2.5 minutes of training) is the coarsest model here: median box
@@ -110,8 +103,7 @@ def test_grounding_dino_boxes_land_on_the_object(tmp_path_factory, scenes):
     """
     from segflow.tasks.models.owl import boxes_to_pixels
 
-    d = tmp_path_factory.mktemp("gdino")
-    print(train_gdino_localizer(d))
+    d = trained_model("grounding_dino")
     stage = OwlStage(kind="grounding_dino", weights=str(d), device="cpu", conf=0.05, max_det=5, batch_size=4)
     loaded = get_model(stage, ONTOLOGY, prompts={1: [TARGET]})
     dets = loaded.adapter.detect([s.pixels for s in scenes])
@@ -131,9 +123,8 @@ def test_grounding_dino_boxes_land_on_the_object(tmp_path_factory, scenes):
     assert np.median(wrong) < np.median(box) - 0.2
 
 
-def test_yolo_seg_boxes_and_masks_land_on_the_object(tmp_path_factory, scenes):
-    path = tmp_path_factory.mktemp("yoloseg") / "yolo-seg-target.pt"
-    print(train_yolo_seg_localizer(path))
+def test_yolo_seg_boxes_and_masks_land_on_the_object(scenes):
+    path = trained_model("yolo_seg")
     stage = YoloSegStage(
         kind="yolo_seg", weights=str(path), device="cpu", conf=0.05, imgsz=160, max_det=5, batch_size=4
     )
@@ -143,9 +134,8 @@ def test_yolo_seg_boxes_and_masks_land_on_the_object(tmp_path_factory, scenes):
     transposed_control(loaded.adapter.label, scenes)
 
 
-def test_maskrcnn_boxes_and_masks_land_on_the_object(tmp_path_factory, scenes):
-    path = tmp_path_factory.mktemp("maskrcnn") / "maskrcnn-target.pt"
-    print(train_maskrcnn_localizer(path))
+def test_maskrcnn_boxes_and_masks_land_on_the_object(scenes):
+    path = trained_model("maskrcnn")
     stage = MaskRcnnStage(kind="maskrcnn", weights=str(path), device="cpu", conf=0.05, max_det=5, batch_size=4)
     loaded = get_model(stage, ONTOLOGY)
     box, mask = top_detection_ious(loaded.adapter.label([s.pixels for s in scenes]), scenes, masks=True)
@@ -153,11 +143,10 @@ def test_maskrcnn_boxes_and_masks_land_on_the_object(tmp_path_factory, scenes):
     transposed_control(loaded.adapter.label, scenes)
 
 
-def test_sam_auto_finds_the_object_with_the_sa1b_gates(tmp_path_factory, scenes):
+def test_sam_auto_finds_the_object_with_the_sa1b_gates(scenes):
     """The automatic mode (a point grid, SA-1B's predicted-IoU 0.88 / stability 0.95 / NMS 0.7 gates) with a tiny SAM
     trained on point prompts: the best of its masks covers the known object, and its box is the mask's extent."""
-    path = tmp_path_factory.mktemp("samauto") / "sam-points.pt"
-    print(train_sam_point_localizer(path))
+    path = trained_model("sam_points")
     stage = SamAutoStage(kind="sam_auto", weights=str(path), device="cpu", category=TARGET, points_per_side=8)
     label = get_model(stage, ONTOLOGY).adapter.label
 
@@ -192,3 +181,13 @@ def test_sam_auto_finds_the_object_with_the_sa1b_gates(tmp_path_factory, scenes)
         f"transposed: best mask IoU median {np.median(back):.3f} transposed back, box IoU {np.median(as_is):.3f} as is"
     )
     assert np.median(back) >= 0.9 and np.median(as_is) < 0.5
+
+
+def test_localizer_training_runs_and_loads(tmp_path):
+    """The training code of the stored models, a few steps: it saves a checkpoint the stage loads and runs."""
+    path = tmp_path / "sam-points.pt"
+    info = train_sam_point_localizer(path, steps=3)
+    assert info["steps"] == 3 and np.isfinite(info["loss"])
+    stage = SamAutoStage(kind="sam_auto", weights=str(path), device="cpu", category=TARGET, points_per_side=4)
+    out = get_model(stage, ONTOLOGY).adapter.label([target_scene(np.random.default_rng(1)).pixels])
+    assert len(out) == 1 and set(out[0].class_ids.tolist()) <= {1}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from segflow.flows.config import Mask2FormerStage
+from segflow.config import Mask2FormerStage
 from segflow.tasks import rle
 from segflow.tasks.models.cache import get_model
 from segflow.tasks.models.mask2former import Mask2FormerPanoptic, label_table

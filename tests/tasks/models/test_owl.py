@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from segflow.flows.config import OwlStage
+from segflow.config import OwlStage
 from segflow.tasks.models.cache import get_model
 from segflow.tasks.models.owl import boxes_to_pixels, prompt_table
 

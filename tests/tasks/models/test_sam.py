@@ -5,7 +5,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from segflow.flows.config import SamStage
+from segflow.config import SamStage
 from segflow.tasks import rle
 from segflow.tasks.models.sam import SamBoxSegmenter, build_sam, load_sam
 from segflow.tasks.record import Detections
@@ -249,8 +249,8 @@ def test_default_mask_margin_only_removes_spill_on_the_trained_demo_sam():
     nothing."""
     from pathlib import Path
 
+    from segflow.config import load_config
     from segflow.demo.synthetic import make_scene
-    from segflow.flows.config import load_config
 
     root = Path(__file__).resolve().parents[3]
     masks_stage = load_config(

@@ -5,8 +5,8 @@ and bfloat16 autocast keeps masks within the issue's bound (mean mask IoU >= 0.9
 import numpy as np
 import pytest
 
+from segflow.config import SamStage, load_config
 from segflow.demo.synthetic import make_scene
-from segflow.flows.config import SamStage, load_config
 from segflow.tasks import rle
 from segflow.tasks.models.sam import SamBoxSegmenter
 from segflow.tasks.record import Detections

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from segflow.flows.config import YoloStage
+from segflow.config import YoloStage
 from segflow.tasks.models.yolo import YoloDetector, load_yolo
 from segflow.tasks.weights import WeightsError
 

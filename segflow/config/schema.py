@@ -1,38 +1,39 @@
-"""The job file: one YAML document, parsed once with ``yaml.safe_load`` into pydantic models.
+"""The job file's schema: pydantic models of every key, with its type, default and contract.
 
-A job declares where the images are, which classes it wants, and a DAG of
-stages (each names the stages it ``needs``). Everything is checked before any
-work starts; every problem is reported as ``FILE: key.path: message``, e.g.::
-
-    job.yaml: stages.masks.needs[0]: no stage named 'detector'
-
-Relative paths inside the YAML (source, output, weights) are resolved against
-the directory of the YAML file, so a job file travels with its models. Paths
-given on the command line are relative to the working directory. URLs
-(``s3://...``, ``memory://...``) are used as they are.
-
-See README.md ("Config reference") for every key.
+:class:`JobConfig` is the validated job; the stage classes are the settings
+of each stage kind. :mod:`segflow.config.validation` checks what a schema cannot
+express (stage DAG, roles, ontology, files); :mod:`segflow.config.loading`
+reads YAML and resolves paths. The reference in ``docs/config.md`` is generated
+from these models (:mod:`segflow.config.reference`).
 """
 
 from __future__ import annotations
 
 import builtins
-import os
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from segflow.tasks.images import DEFAULT_MAX_PIXELS
 from segflow.tasks.models.registry import ADAPTERS
 
 __all__ = [
-    "ConfigError",
+    "DEFAULT_EXTENSIONS",
     "JobConfig",
-    "load_config",
-    "parse_config",
+    "Mask2FormerStage",
+    "MaskRcnnStage",
+    "OntologyClass",
+    "OwlStage",
+    "PanopticMergeStage",
+    "PublishConfig",
+    "QcStage",
+    "RuntimeConfig",
+    "SamAutoStage",
+    "SamStage",
+    "SourceConfig",
+    "YoloSegStage",
+    "YoloStage",
     "job_json_schema",
 ]
 
@@ -42,15 +43,6 @@ _STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _CREDENTIAL_KEYS = re.compile(
     r"(?i)(secret|password|passwd|token|^key$|access_key|secret_key|session_token|credential)"
 )
-
-
-class ConfigError(Exception):
-    """A job file that cannot run. ``issues`` are ``(key_path, message)`` pairs."""
-
-    def __init__(self, file: str, issues: list[tuple[str, str]]):
-        self.file = file
-        self.issues = issues
-        super().__init__("\n".join(f"{file}: {p}: {m}" if p else f"{file}: {m}" for p, m in issues))
 
 
 class _Strict(BaseModel):
@@ -191,9 +183,8 @@ class SamStage(_ModelStage):
     )
     boxes_per_call: int | Literal["auto"] = Field(
         "auto",
-        description="Boxes per mask-decoder call. 'auto': 64 on GPU; on CPU as many as keep "
-        "the per-box copies of the image embedding within ~8 MB (2 for the official "
-        "SAMs), since larger batches there are slower than single calls.",
+        description="Boxes per mask-decoder call (bounds decoder memory). 'auto': 64 on GPU; on CPU as many as keep "
+        "the per-box image tokens within 16 MB (8 MB with runtime.malloc_tuning off).",
     )
 
     @field_validator("boxes_per_call")
@@ -221,10 +212,9 @@ class SamStage(_ModelStage):
     )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
-        description="'auto': bfloat16 autocast on GPUs that support it (not float16: it breaks "
-        "the large SAMs), float32 on CPU. 'bfloat16' on a CPU with AVX512-BF16 "
-        "or AMX: the ViT-B encoder ~1.3x faster on 2 cores (masks ~0.98 IoU of "
-        "float32); elsewhere CPU bfloat16 is emulated and slow.",
+        description="'auto': bfloat16 autocast on GPUs that support it (never float16: it breaks "
+        "the large SAMs), float32 on CPU. 'bfloat16' pays on CPUs with AVX512-BF16 or AMX; "
+        "elsewhere CPU bfloat16 is emulated and slow.",
     )
     attention: Literal["auto", "sdpa", "blocked", "eager"] = Field(
         "auto",
@@ -232,16 +222,14 @@ class SamStage(_ModelStage):
         "is never built whole: 'sdpa' (fused scaled_dot_product_attention, the "
         "bias as each block's mask), 'blocked' (each block's scores biased and "
         "soft-maxed in place in one reused buffer), 'auto' = blocked for float32 "
-        "on a CPU (~15% faster than sdpa there), sdpa otherwise (GPUs, bfloat16), "
+        "on a CPU, sdpa otherwise (GPUs, bfloat16), "
         "'eager' (the library's: the whole bias at once). All give the library's "
-        "output to float rounding; on 2 CPU cores the ViT-B encoder took 15.9 s "
-        "with eager, 7.6 s with sdpa, 7.05 s with blocked.",
+        "output to float rounding (timings: bench/README.md).",
     )
     compile: bool = Field(
         False,
         description="torch.compile the image encoder (fixed input size; the first batch of "
-        "each batch size pays the compilation, ~1 minute for a ViT-B). For long "
-        "GPU jobs.",
+        "each batch size pays the compilation). For long GPU jobs.",
     )
     mask_margin: float | None = Field(
         0.5,
@@ -249,8 +237,7 @@ class SamStage(_ModelStage):
         description="Compute each mask only inside its box grown by this fraction of the box's "
         "longer side on every side (plus one embedding token); pixels outside are "
         "background. Inside, the logits are SAM's own. Saves the decoder's upscaling "
-        "and the upsampling outside the window (box -> mask ~1.5x faster on CPU "
-        "for boxes of 5-25% of the image). null = every mask over the whole image, "
+        "and the upsampling outside the window. null = every mask over the whole image, "
         "as SamPredictor does.",
     )
     zoom_context: float | None = Field(
@@ -476,12 +463,12 @@ class JobConfig(_Strict):
     """A labeling job."""
 
     name: str = Field("segflow-job", min_length=1, description="Job name (flow run name, summary).")
-    source: SourceConfig
+    source: SourceConfig = Field(..., description="Where the images are (below).")
     output: str = Field(..., min_length=1, description="Output folder or prefix (any fsspec URL or local path).")
     shard_size: int = Field(1000, ge=1, description="Images per shard (one Prefect task each).")
     ontology: list[OntologyClass] = Field(..., description="Classes with stable integer ids.")
     stages: dict[str, Stage] = Field(..., description="Named stages; `needs` makes them a DAG.")
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Where and how shard tasks run.")
     publish: PublishConfig | None = Field(
         None, description="Publish the finished run as a new dataset version (see `segflow publish`)."
     )
@@ -543,7 +530,6 @@ class JobConfig(_Strict):
         return [n for n in self.stage_order() if n not in needed]
 
     def role(self, name: str) -> str:
-        from segflow.tasks.models.registry import ADAPTERS
 
         return ADAPTERS[self.stages[name].kind].role
 
@@ -569,387 +555,3 @@ def job_json_schema() -> dict:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "segflow job"
     return schema
-
-
-# -- loading -------------------------------------------------------------------------------
-
-
-def _loc_to_path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _strip_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    # pydantic puts the discriminator value into the location: stages.<name>.<kind>.key
-    if len(loc) >= 3 and loc[0] == "stages" and loc[2] in ADAPTERS:
-        return loc[:2] + loc[3:]
-    return loc
-
-
-def _pydantic_issues(err: ValidationError) -> list[tuple[str, str]]:
-    issues = []
-    for e in err.errors():
-        loc = _strip_union_tags(tuple(e["loc"]))
-        kind = e["type"]
-        if kind == "extra_forbidden":
-            msg = "unknown key"
-        elif kind == "union_tag_invalid":
-            loc = loc + ("kind",)
-            msg = (
-                f"unknown stage kind {e['input'].get('kind')!r} (known: {', '.join(sorted(ADAPTERS))})"
-                if isinstance(e.get("input"), dict)
-                else e["msg"]
-            )
-        elif kind == "union_tag_not_found":
-            loc = loc + ("kind",)
-            msg = f"missing 'kind' (known: {', '.join(sorted(ADAPTERS))})"
-        elif kind == "missing":
-            msg = "required key is missing"
-        else:
-            msg = e["msg"].removeprefix("Value error, ")
-        issues.append((_loc_to_path(loc), msg))
-    return issues
-
-
-#: Stage kinds whose weights may be a save_pretrained directory or hub:<id>.
-DIR_WEIGHT_KINDS = ("mask2former", "owlv2", "owlvit", "grounding_dino")
-
-
-def _is_url(s: str) -> bool:
-    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s))
-
-
-def _resolve(path: str, base: Path | str) -> str:
-    """Make a relative path absolute against ``base`` (a folder, or the URL of a remote job file's folder); URLs stay
-    as they are."""
-    if _is_url(path):
-        return path
-    if isinstance(base, str) and _is_url(base):
-        import posixpath
-
-        if path.startswith("/"):
-            return path
-        scheme, rest = base.split("://", 1)
-        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"
-    p = Path(os.path.expanduser(path))
-    return str(p if p.is_absolute() else (Path(base) / p).resolve())
-
-
-def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]:
-    issues: list[tuple[str, str]] = []
-
-    # ontology
-    if not job.ontology:
-        issues.append(("ontology", "the ontology is empty; declare at least one class"))
-    seen_ids: dict[int, int] = {}
-    seen_names: dict[str, int] = {}
-    for i, c in enumerate(job.ontology):
-        if c.id in seen_ids:
-            issues.append((f"ontology[{i}].id", f"duplicate id {c.id} (also ontology[{seen_ids[c.id]}])"))
-        seen_ids.setdefault(c.id, i)
-        if c.name in seen_names:
-            issues.append((f"ontology[{i}].name", f"duplicate name {c.name!r} (also ontology[{seen_names[c.name]}])"))
-        seen_names.setdefault(c.name, i)
-
-    # stages: names, needs, roles, cycles
-    if not job.stages:
-        issues.append(("stages", "no stages declared"))
-    for name, st in job.stages.items():
-        if not _STAGE_NAME.match(name):
-            issues.append((f"stages.{name}", "stage names use letters, digits, '_' and '-' and start with a letter"))
-        for i, dep in enumerate(st.needs):
-            if dep not in job.stages:
-                issues.append((f"stages.{name}.needs[{i}]", f"no stage named {dep!r}"))
-            elif dep == name:
-                issues.append((f"stages.{name}.needs[{i}]", "a stage cannot need itself"))
-    if any(p.endswith("]") and "needs" in p for p, _ in issues):
-        return issues  # cycle and role checks need valid references
-
-    state: dict[str, int] = {}
-
-    def find_cycle(n: str, path: list[str]) -> list[str] | None:
-        state[n] = 1
-        for d in job.stages[n].needs:
-            if state.get(d) == 1:
-                return path[path.index(d) :] + [d] if d in path else [n, d]
-            if state.get(d) is None:
-                c = find_cycle(d, path + [d])
-                if c:
-                    return c
-        state[n] = 2
-        return None
-
-    for n in job.stages:
-        if state.get(n) is None:
-            cyc = find_cycle(n, [n])
-            if cyc:
-                issues.append((f"stages.{cyc[0]}.needs", "cycle: " + " -> ".join(cyc)))
-                return issues
-
-    def kinds_of(roles: tuple[str, ...]) -> str:
-        return ", ".join(k for k, a in ADAPTERS.items() if a.role in roles)
-
-    for name, st in job.stages.items():
-        spec = ADAPTERS[st.kind]
-        dep_roles = [ADAPTERS[job.stages[d].kind].role for d in st.needs]
-        for role_needed in spec.needs_roles:
-            alternatives = tuple(role_needed.split("|"))
-            matching = [d for d, r in zip(st.needs, dep_roles) if r in alternatives]
-            if len(matching) != 1:
-                issues.append(
-                    (
-                        f"stages.{name}.needs",
-                        f"a {st.kind!r} stage needs exactly one {' or '.join(alternatives)} stage "
-                        f"({kinds_of(alternatives)}); found {len(matching)}",
-                    )
-                )
-        for group in spec.optional_roles:
-            matching = [d for d, r in zip(st.needs, dep_roles) if r in group]
-            if len(matching) > 1:
-                issues.append(
-                    (
-                        f"stages.{name}.needs",
-                        f"a {st.kind!r} stage takes at most one {' or '.join(group)} stage ({kinds_of(group)}); "
-                        f"found {len(matching)}: {', '.join(matching)}",
-                    )
-                )
-        allowed = {r for g in spec.needs_roles for r in g.split("|")} | {r for g in spec.optional_roles for r in g}
-        for d, r in zip(st.needs, dep_roles):
-            if r not in allowed:
-                what = f"takes only {', '.join(sorted(allowed))} stages" if allowed else "takes no input stages"
-                issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage {what}; {d!r} is a {r} stage"))
-        if (
-            st.kind == "panoptic_merge"
-            and st.things == "instances"
-            and not any(r in ("segmenter", "qc", "instances") for r in dep_roles)
-        ):
-            issues.append(
-                (
-                    f"stages.{name}.needs",
-                    "things: instances needs an instance stage (sam, qc, sam_auto, yolo_seg "
-                    "or maskrcnn) in needs; or set things: panoptic",
-                )
-            )
-    for sink in job.sink_stages() if job.stages else []:
-        if not ADAPTERS[job.stages[sink].kind].produces_masks:
-            issues.append(
-                (
-                    f"stages.{sink}",
-                    f"stage {sink!r} ({job.stages[sink].kind}) produces no masks and no stage "
-                    f"consumes it; add a mask stage (e.g. kind: sam, needs: [{sink}])",
-                )
-            )
-    merges = [n for n, s in job.stages.items() if ADAPTERS[s.kind].role == "merge"]
-    panoptics = [n for n, s in job.stages.items() if ADAPTERS[s.kind].role == "panoptic"]
-    if len(merges) > 1:
-        issues.append(
-            (
-                f"stages.{merges[1]}",
-                f"one panoptic output per job: found {len(merges)} panoptic_merge stages ({', '.join(merges)})",
-            )
-        )
-    elif not merges and len(panoptics) > 1:
-        issues.append(
-            (
-                f"stages.{panoptics[1]}",
-                f"several panoptic stages ({', '.join(panoptics)}): add one panoptic_merge "
-                f"stage that says which makes the panoptic output",
-            )
-        )
-    prompt_owner: dict[str, str] = {}
-    for i, c in enumerate(job.ontology):
-        for p in c.text_prompts():
-            key = p.strip().lower()
-            if not key:
-                issues.append((f"ontology[{i}].prompts", "empty prompt"))
-            elif key in prompt_owner and prompt_owner[key] != c.name:
-                issues.append(
-                    (
-                        f"ontology[{i}].prompts",
-                        f"prompt {p!r} is also a prompt of {prompt_owner[key]!r}: a prompt names one class",
-                    )
-                )
-            prompt_owner.setdefault(key, c.name)
-    for name, st in job.stages.items():
-        for cls_name in getattr(st, "thresholds", {}) or {}:
-            if cls_name not in seen_names:
-                issues.append((f"stages.{name}.thresholds.{cls_name}", f"{cls_name!r} is not a class of the ontology"))
-        if st.kind == "sam_auto" and st.category not in seen_names:
-            issues.append(
-                (
-                    f"stages.{name}.category",
-                    f"{st.category!r} is not a class of the ontology; add it, e.g. {{id: 99, name: {st.category}}}",
-                )
-            )
-        if st.kind == "mask2former":
-            if st.unmapped != "drop" and st.unmapped not in seen_names:
-                issues.append(
-                    (f"stages.{name}.unmapped", f"{st.unmapped!r} is not a class of the ontology (or use 'drop')")
-                )
-            for model_label, onto_name in st.label_map.items():
-                if onto_name not in seen_names:
-                    issues.append(
-                        (f"stages.{name}.label_map.{model_label}", f"{onto_name!r} is not a class of the ontology")
-                    )
-
-    # class maps point into the ontology
-    for name, st in job.stages.items():
-        for model_name, onto_name in getattr(st, "class_map", {}).items():
-            if onto_name not in seen_names:
-                issues.append(
-                    (f"stages.{name}.class_map.{model_name}", f"{onto_name!r} is not a class of the ontology")
-                )
-
-    # storage options never carry credentials
-    for key in job.source.storage_options:
-        if _CREDENTIAL_KEYS.search(key):
-            issues.append(
-                (
-                    f"source.storage_options.{key}",
-                    "credentials do not belong in the job file; use the environment, an AWS profile or a Prefect block",
-                )
-            )
-
-    # files that must exist
-    if check_files:
-        from segflow.tasks.weights import weights_location_issue
-
-        for name, st in job.stages.items():
-            if not hasattr(st, "weights"):
-                continue
-            problem = weights_location_issue(
-                st.weights, builtin_yaml_ok=(st.kind == "yolo"), dir_ok=(st.kind in DIR_WEIGHT_KINDS)
-            )
-            if problem:
-                issues.append((f"stages.{name}.weights", problem))
-        if job.source.url and not _is_url(job.source.url) and not os.path.exists(job.source.url):
-            issues.append(("source.url", f"not found: {job.source.url}"))
-        if job.gold_set and not _is_url(job.gold_set) and not os.path.isfile(job.gold_set):
-            issues.append(("gold_set", f"file not found: {job.gold_set}"))
-        if job.gold_panoptic and not _is_url(job.gold_panoptic):
-            if not os.path.isfile(job.gold_panoptic):
-                issues.append(("gold_panoptic", f"file not found: {job.gold_panoptic}"))
-            elif not os.path.isdir(job.gold_panoptic.removesuffix(".json")):
-                issues.append(
-                    (
-                        "gold_panoptic",
-                        f"PNG folder not found: {job.gold_panoptic.removesuffix('.json')} (COCO "
-                        f"convention: the JSON's name without .json)",
-                    )
-                )
-        if job.source.list and not _is_url(job.source.list) and not os.path.isfile(job.source.list):
-            issues.append(("source.list", f"file not found: {job.source.list}"))
-    if job.gold_panoptic and not job.panoptic_sink():
-        issues.append(("gold_panoptic", "the job has no panoptic stage (kind: mask2former) to evaluate"))
-    return issues
-
-
-def parse_config(
-    data: Any,
-    file: str = "<config>",
-    base_dir: str | Path | None = None,
-    overrides: dict[str, str] | None = None,
-    check_files: bool = True,
-) -> JobConfig:
-    """Validate an already-loaded mapping. ``overrides`` (``source``/``output``) are CLI values, relative to cwd."""
-    if data is None:
-        raise ConfigError(file, [("", "the file is empty")])
-    if not isinstance(data, dict):
-        raise ConfigError(file, [("", f"the top level must be a mapping of keys, got {type(data).__name__}")])
-    base: Path | str = (
-        (base_dir if isinstance(base_dir, str) and _is_url(base_dir) else Path(base_dir))
-        if base_dir is not None
-        else Path.cwd()
-    )
-    data = dict(data)
-    try:
-        job = JobConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(file, _pydantic_issues(e)) from None
-
-    # resolve relative paths, apply CLI overrides (relative to cwd)
-    cwd = Path.cwd()
-    src = job.source
-    if overrides and overrides.get("source"):
-        src = src.model_copy(update={"url": _resolve(overrides["source"], cwd), "list": None, "pattern": None})
-    elif src.url:
-        src = src.model_copy(update={"url": _resolve(src.url, base)})
-    else:
-        src = src.model_copy(update={"list": _resolve(src.list, base)})
-    output = _resolve(overrides["output"], cwd) if overrides and overrides.get("output") else _resolve(job.output, base)
-    if overrides and overrides.get("gold_set"):
-        gold = _resolve(overrides["gold_set"], cwd)
-    else:
-        gold = _resolve(job.gold_set, base) if job.gold_set else None
-    if overrides and overrides.get("gold_panoptic"):
-        gold_pan = _resolve(overrides["gold_panoptic"], cwd)
-    else:
-        gold_pan = _resolve(job.gold_panoptic, base) if job.gold_panoptic else None
-    stages = {}
-    for name, st in job.stages.items():
-        if not hasattr(st, "weights"):
-            stages[name] = st
-            continue
-        w = st.weights
-        keep = (
-            st.kind == "yolo"
-            and w.endswith((".yaml", ".yml"))
-            and "/" not in w
-            and not (isinstance(base, Path) and (base / w).exists())
-        ) or w.startswith("hub:")
-        stages[name] = st.model_copy(update={"weights": w if keep else _resolve(w, base)})
-    publish = job.publish.model_copy(update={"dest": _resolve(job.publish.dest, base)}) if job.publish else None
-    job = job.model_copy(
-        update={
-            "source": src,
-            "output": output,
-            "stages": stages,
-            "gold_set": gold,
-            "gold_panoptic": gold_pan,
-            "publish": publish,
-        }
-    )
-
-    issues = _semantic_issues(job, check_files)
-    if issues:
-        raise ConfigError(file, issues)
-    return job
-
-
-def load_config(path: str | Path, overrides: dict[str, str] | None = None, check_files: bool = True) -> JobConfig:
-    """Read and validate a job file (a local path or any fsspec URL). Raises :class:`ConfigError` naming the file and
-    key path.
-
-    Relative paths inside the file resolve against the file's folder (for a
-    URL: against the URL's folder).
-    """
-    name = str(path)
-    remote = isinstance(path, str) and _is_url(path)
-    try:
-        if remote:
-            from segflow.tasks.storage import open_fs, read_bytes
-
-            fs, fpath = open_fs(path)
-            text = read_bytes(fs, fpath).decode("utf-8")
-            base_dir: str | Path = path.rsplit("/", 1)[0]
-        else:
-            p = Path(path)
-            text = p.read_text(encoding="utf-8")
-            base_dir = p.resolve().parent
-    except FileNotFoundError:
-        raise ConfigError(name, [("", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(name, [("", f"cannot read: {e}")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(name, [("", f"{where}invalid YAML: {problem}")]) from None
-    return parse_config(data, file=name, base_dir=base_dir, overrides=overrides, check_files=check_files)

@@ -1,0 +1,285 @@
+"""Checks of a parsed job that its schema cannot express, each reported as ``(key.path, message)``.
+
+Ontology ids and names, stage names, ``needs`` (existence, roles, cycles),
+class maps, credentials in storage options and, when asked, files that must
+exist (weights, source, gold sets).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from pydantic import ValidationError
+
+from segflow.config.schema import _CREDENTIAL_KEYS, _STAGE_NAME, JobConfig
+from segflow.tasks.models.registry import ADAPTERS
+
+
+class ConfigError(Exception):
+    """A job file that cannot run. ``issues`` are ``(key_path, message)`` pairs."""
+
+    def __init__(self, file: str, issues: list[tuple[str, str]]):
+        self.file = file
+        self.issues = issues
+        super().__init__("\n".join(f"{file}: {p}: {m}" if p else f"{file}: {m}" for p, m in issues))
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _strip_union_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    # pydantic puts the discriminator value into the location: stages.<name>.<kind>.key
+    if len(loc) >= 3 and loc[0] == "stages" and loc[2] in ADAPTERS:
+        return loc[:2] + loc[3:]
+    return loc
+
+
+def _pydantic_issues(err: ValidationError) -> list[tuple[str, str]]:
+    issues = []
+    for e in err.errors():
+        loc = _strip_union_tags(tuple(e["loc"]))
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "union_tag_invalid":
+            loc = loc + ("kind",)
+            msg = (
+                f"unknown stage kind {e['input'].get('kind')!r} (known: {', '.join(sorted(ADAPTERS))})"
+                if isinstance(e.get("input"), dict)
+                else e["msg"]
+            )
+        elif kind == "union_tag_not_found":
+            loc = loc + ("kind",)
+            msg = f"missing 'kind' (known: {', '.join(sorted(ADAPTERS))})"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+        issues.append((_loc_to_path(loc), msg))
+    return issues
+
+
+#: Stage kinds whose weights may be a save_pretrained directory or hub:<id>.
+DIR_WEIGHT_KINDS = ("mask2former", "owlv2", "owlvit", "grounding_dino")
+
+
+def _is_url(s: str) -> bool:
+    return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s))
+
+
+def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]:
+    issues: list[tuple[str, str]] = []
+
+    # ontology
+    if not job.ontology:
+        issues.append(("ontology", "the ontology is empty; declare at least one class"))
+    seen_ids: dict[int, int] = {}
+    seen_names: dict[str, int] = {}
+    for i, c in enumerate(job.ontology):
+        if c.id in seen_ids:
+            issues.append((f"ontology[{i}].id", f"duplicate id {c.id} (also ontology[{seen_ids[c.id]}])"))
+        seen_ids.setdefault(c.id, i)
+        if c.name in seen_names:
+            issues.append((f"ontology[{i}].name", f"duplicate name {c.name!r} (also ontology[{seen_names[c.name]}])"))
+        seen_names.setdefault(c.name, i)
+
+    # stages: names, needs, roles, cycles
+    if not job.stages:
+        issues.append(("stages", "no stages declared"))
+    for name, st in job.stages.items():
+        if not _STAGE_NAME.match(name):
+            issues.append((f"stages.{name}", "stage names use letters, digits, '_' and '-' and start with a letter"))
+        for i, dep in enumerate(st.needs):
+            if dep not in job.stages:
+                issues.append((f"stages.{name}.needs[{i}]", f"no stage named {dep!r}"))
+            elif dep == name:
+                issues.append((f"stages.{name}.needs[{i}]", "a stage cannot need itself"))
+    if any(p.endswith("]") and "needs" in p for p, _ in issues):
+        return issues  # cycle and role checks need valid references
+
+    state: dict[str, int] = {}
+
+    def find_cycle(n: str, path: list[str]) -> list[str] | None:
+        state[n] = 1
+        for d in job.stages[n].needs:
+            if state.get(d) == 1:
+                return path[path.index(d) :] + [d] if d in path else [n, d]
+            if state.get(d) is None:
+                c = find_cycle(d, path + [d])
+                if c:
+                    return c
+        state[n] = 2
+        return None
+
+    for n in job.stages:
+        if state.get(n) is None:
+            cyc = find_cycle(n, [n])
+            if cyc:
+                issues.append((f"stages.{cyc[0]}.needs", "cycle: " + " -> ".join(cyc)))
+                return issues
+
+    def kinds_of(roles: tuple[str, ...]) -> str:
+        return ", ".join(k for k, a in ADAPTERS.items() if a.role in roles)
+
+    for name, st in job.stages.items():
+        spec = ADAPTERS[st.kind]
+        dep_roles = [ADAPTERS[job.stages[d].kind].role for d in st.needs]
+        for role_needed in spec.needs_roles:
+            alternatives = tuple(role_needed.split("|"))
+            matching = [d for d, r in zip(st.needs, dep_roles) if r in alternatives]
+            if len(matching) != 1:
+                issues.append(
+                    (
+                        f"stages.{name}.needs",
+                        f"a {st.kind!r} stage needs exactly one {' or '.join(alternatives)} stage "
+                        f"({kinds_of(alternatives)}); found {len(matching)}",
+                    )
+                )
+        for group in spec.optional_roles:
+            matching = [d for d, r in zip(st.needs, dep_roles) if r in group]
+            if len(matching) > 1:
+                issues.append(
+                    (
+                        f"stages.{name}.needs",
+                        f"a {st.kind!r} stage takes at most one {' or '.join(group)} stage ({kinds_of(group)}); "
+                        f"found {len(matching)}: {', '.join(matching)}",
+                    )
+                )
+        allowed = {r for g in spec.needs_roles for r in g.split("|")} | {r for g in spec.optional_roles for r in g}
+        for d, r in zip(st.needs, dep_roles):
+            if r not in allowed:
+                what = f"takes only {', '.join(sorted(allowed))} stages" if allowed else "takes no input stages"
+                issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage {what}; {d!r} is a {r} stage"))
+        if (
+            st.kind == "panoptic_merge"
+            and st.things == "instances"
+            and not any(r in ("segmenter", "qc", "instances") for r in dep_roles)
+        ):
+            issues.append(
+                (
+                    f"stages.{name}.needs",
+                    "things: instances needs an instance stage (sam, qc, sam_auto, yolo_seg "
+                    "or maskrcnn) in needs; or set things: panoptic",
+                )
+            )
+    for sink in job.sink_stages() if job.stages else []:
+        if not ADAPTERS[job.stages[sink].kind].produces_masks:
+            issues.append(
+                (
+                    f"stages.{sink}",
+                    f"stage {sink!r} ({job.stages[sink].kind}) produces no masks and no stage "
+                    f"consumes it; add a mask stage (e.g. kind: sam, needs: [{sink}])",
+                )
+            )
+    merges = [n for n, s in job.stages.items() if ADAPTERS[s.kind].role == "merge"]
+    panoptics = [n for n, s in job.stages.items() if ADAPTERS[s.kind].role == "panoptic"]
+    if len(merges) > 1:
+        issues.append(
+            (
+                f"stages.{merges[1]}",
+                f"one panoptic output per job: found {len(merges)} panoptic_merge stages ({', '.join(merges)})",
+            )
+        )
+    elif not merges and len(panoptics) > 1:
+        issues.append(
+            (
+                f"stages.{panoptics[1]}",
+                f"several panoptic stages ({', '.join(panoptics)}): add one panoptic_merge "
+                f"stage that says which makes the panoptic output",
+            )
+        )
+    prompt_owner: dict[str, str] = {}
+    for i, c in enumerate(job.ontology):
+        for p in c.text_prompts():
+            key = p.strip().lower()
+            if not key:
+                issues.append((f"ontology[{i}].prompts", "empty prompt"))
+            elif key in prompt_owner and prompt_owner[key] != c.name:
+                issues.append(
+                    (
+                        f"ontology[{i}].prompts",
+                        f"prompt {p!r} is also a prompt of {prompt_owner[key]!r}: a prompt names one class",
+                    )
+                )
+            prompt_owner.setdefault(key, c.name)
+    for name, st in job.stages.items():
+        for cls_name in getattr(st, "thresholds", {}) or {}:
+            if cls_name not in seen_names:
+                issues.append((f"stages.{name}.thresholds.{cls_name}", f"{cls_name!r} is not a class of the ontology"))
+        if st.kind == "sam_auto" and st.category not in seen_names:
+            issues.append(
+                (
+                    f"stages.{name}.category",
+                    f"{st.category!r} is not a class of the ontology; add it, e.g. {{id: 99, name: {st.category}}}",
+                )
+            )
+        if st.kind == "mask2former":
+            if st.unmapped != "drop" and st.unmapped not in seen_names:
+                issues.append(
+                    (f"stages.{name}.unmapped", f"{st.unmapped!r} is not a class of the ontology (or use 'drop')")
+                )
+            for model_label, onto_name in st.label_map.items():
+                if onto_name not in seen_names:
+                    issues.append(
+                        (f"stages.{name}.label_map.{model_label}", f"{onto_name!r} is not a class of the ontology")
+                    )
+
+    # class maps point into the ontology
+    for name, st in job.stages.items():
+        for model_name, onto_name in getattr(st, "class_map", {}).items():
+            if onto_name not in seen_names:
+                issues.append(
+                    (f"stages.{name}.class_map.{model_name}", f"{onto_name!r} is not a class of the ontology")
+                )
+
+    # storage options never carry credentials
+    for key in job.source.storage_options:
+        if _CREDENTIAL_KEYS.search(key):
+            issues.append(
+                (
+                    f"source.storage_options.{key}",
+                    "credentials do not belong in the job file; use the environment, an AWS profile or a Prefect block",
+                )
+            )
+
+    # files that must exist
+    if check_files:
+        from segflow.tasks.weights import weights_location_issue
+
+        for name, st in job.stages.items():
+            if not hasattr(st, "weights"):
+                continue
+            problem = weights_location_issue(
+                st.weights, builtin_yaml_ok=(st.kind == "yolo"), dir_ok=(st.kind in DIR_WEIGHT_KINDS)
+            )
+            if problem:
+                issues.append((f"stages.{name}.weights", problem))
+        if job.source.url and not _is_url(job.source.url) and not os.path.exists(job.source.url):
+            issues.append(("source.url", f"not found: {job.source.url}"))
+        if job.gold_set and not _is_url(job.gold_set) and not os.path.isfile(job.gold_set):
+            issues.append(("gold_set", f"file not found: {job.gold_set}"))
+        if job.gold_panoptic and not _is_url(job.gold_panoptic):
+            if not os.path.isfile(job.gold_panoptic):
+                issues.append(("gold_panoptic", f"file not found: {job.gold_panoptic}"))
+            elif not os.path.isdir(job.gold_panoptic.removesuffix(".json")):
+                issues.append(
+                    (
+                        "gold_panoptic",
+                        f"PNG folder not found: {job.gold_panoptic.removesuffix('.json')} (COCO "
+                        f"convention: the JSON's name without .json)",
+                    )
+                )
+        if job.source.list and not _is_url(job.source.list) and not os.path.isfile(job.source.list):
+            issues.append(("source.list", f"file not found: {job.source.list}"))
+    if job.gold_panoptic and not job.panoptic_sink():
+        issues.append(("gold_panoptic", "the job has no panoptic stage (kind: mask2former) to evaluate"))
+    return issues
