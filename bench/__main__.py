@@ -3,7 +3,7 @@
 Every comparison runs in this one process on the same weights and images,
 after a warm-up, and is reported as a ratio (segflow / baseline, higher is
 better for speed). Nothing is asserted: targets are read off the table
-(README "Throughput"). ``--quick`` runs a smaller version (CI smoke).
+(bench/README.md). ``--quick`` runs a smaller version (CI smoke).
 
 Measurements:
 

@@ -4,7 +4,7 @@ Reads only files named by commit records, and refuses to produce anything
 when a planned shard is not committed (naming the missing shards and their
 last errors), so a dataset is never partial.
 
-Outputs (see README "Output schema")::
+Outputs (see docs/outputs.md)::
 
     manifest/masks.parquet/part-<shard_id>.parquet   one file per shard
     manifest/images.parquet/part-<shard_id>.parquet

@@ -1,7 +1,7 @@
 """The Parquet manifests: one row per mask, one row per source image.
 
-This module owns the output schema (documented in README.md, "Output
-schema"). Later additions add columns; existing ones never change meaning.
+This module owns the output schema (documented in docs/outputs.md). Later
+additions add columns; existing ones never change meaning.
 
 ``masks`` (``OUTPUT/manifest/masks.parquet/``, one file per shard):
 

@@ -184,7 +184,7 @@ def test_exif_rotated_copies_get_the_same_labels(prefect_harness, tmp_path):
     assert compared >= 12
 
 
-# Measured on this scene set (seed 3) with the shipped models: see README "The demo models".
+# Measured on this scene set (seed 3) with the shipped models: see docs/demo-models.md.
 GOOD_KEPT_FLOOR = 0.7  # measured 0.76 (79/104); every kept one has IoU >= 0.85
 
 
