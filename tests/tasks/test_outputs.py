@@ -1,0 +1,205 @@
+"""Unit tests of the output path without models: commit, manifest, COCO, status, QC report, finalize.
+
+Shards are built from hand-made Detections (rectangles with known pixels), so
+every expected value is computed here from the rectangles, not read back from
+the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from segflow.config import parse_config
+from segflow.tasks import rle
+from segflow.tasks.coco import write_instances
+from segflow.tasks.commit import (
+    ShardConflict,
+    clear_error,
+    commit_shard,
+    read_commit,
+    read_committed_table,
+    read_error,
+    record_failure,
+)
+from segflow.tasks.finalize import IncompleteRunError, finalize
+from segflow.tasks.manifest import ANNOTATION_ID_STRIDE, ShardTables
+from segflow.tasks.plan import make_plan, read_shard_rows
+from segflow.tasks.qc_report import QcAccumulator, write_qc_report
+from segflow.tasks.record import Detections
+from segflow.tasks.status import shard_states, summarize_states
+
+NAMES = {1: "circle", 2: "square"}
+H, W = 40, 60
+
+
+def rect_dets(rects, classes, scores, verdicts=None):
+    """Detections whose masks are the given rectangles (x0, y0, x1, y1, exclusive ends); boxes 1 px looser."""
+    masks = np.zeros((len(rects), H, W), bool)
+    for m, (x0, y0, x1, y1) in zip(masks, rects, strict=True):
+        m[y0:y1, x0:x1] = True
+    fields = {"predicted_iou": np.full(len(rects), 0.9), "stability_score": np.full(len(rects), 0.95)}
+    if verdicts is not None:
+        fields["qc_verdict"] = np.array(verdicts, object)
+        fields["qc_reasons"] = np.array(["" if v == "pass" else "stability" for v in verdicts], object)
+    boxes = np.array([[x0 - 1, y0 - 1, x1 + 1, y1 + 1] for x0, y0, x1, y1 in rects], np.float32)
+    return Detections((H, W), boxes, classes, scores, rle.encode_nhw(masks), fields)
+
+
+def test_manifest_rows_ids_and_mask_geometry():
+    t = ShardTables("shard-00000", NAMES)
+    n = t.add_image(
+        7,
+        "mem://a.png",
+        "a.png",
+        (H, W),
+        1,
+        [("masks", "sam:x", "yolo:y", rect_dets([(2, 3, 12, 8), (20, 10, 30, 30)], [1, 2], [0.9, 0.4]))],
+    )
+    t.add_failed_image(8, "mem://b.png", "b.png", "zero-byte file")
+    masks, images = t.tables()
+    assert n == 2 and masks.num_rows == 2
+    assert masks["annotation_id"].to_pylist() == [7 * ANNOTATION_ID_STRIDE + 1, 7 * ANNOTATION_ID_STRIDE + 2]
+    assert masks["category_name"].to_pylist() == ["circle", "square"]
+    assert masks["bbox"].to_pylist() == [[2, 3, 10, 5], [20, 10, 10, 20]]  # from the mask, not the looser box
+    assert masks["area"].to_pylist() == [50, 200]
+    assert masks["prompt_box"].to_pylist()[0] == [1, 2, 13, 9]
+    assert images["status"].to_pylist() == ["ok", "failed"] and images["error"].to_pylist()[1] == "zero-byte file"
+    assert images["num_masks"].to_pylist() == [2, 0] and images["width"].to_pylist() == [W, None]
+
+
+def test_commit_is_create_if_absent_and_reads_are_verified(tmp_path):
+    out = str(tmp_path / "out")
+    t = ShardTables("s0", NAMES)
+    t.add_image(1, "u", "k", (H, W), 1, [("masks", "m", None, rect_dets([(0, 0, 5, 5)], [1], [0.5]))])
+    masks, images = t.tables()
+    record_failure(out, "s0", "boom")
+    assert read_error(out, "s0")["error"] == "boom"
+    first, won = commit_shard(out, "s0", {"masks": masks, "images": images}, "fp", {"images": 1, "masks": 1})
+    assert won and read_error(out, "s0") is None  # a commit clears the shard's last failure
+    assert first["files"]["masks"]["rows"] == 1 and len(first["files"]["masks"]["sha256"]) == 64
+    second, won2 = commit_shard(out, "s0", {"masks": masks, "images": images}, "fp", {"images": 1, "masks": 1})
+    assert not won2 and second["attempt"] == first["attempt"] == read_commit(out, "s0")["attempt"]
+    assert len(list((tmp_path / "out" / "shards" / "s0" / "attempts").iterdir())) == 1  # the loser cleaned up
+    assert read_committed_table(out, first, "masks").equals(masks)
+    path = tmp_path / "out" / first["files"]["masks"]["path"]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardConflict, match="does not match its commit record"):
+        read_committed_table(out, first, "masks")
+    clear_error(out, "s0")  # clearing an absent error is fine
+
+
+def test_coco_export_keeps_verdicts_and_loads_in_pycocotools(tmp_path):
+    t = ShardTables("s0", NAMES)
+    dets = rect_dets(
+        [(2, 3, 12, 8), (20, 10, 30, 30), (40, 5, 50, 15)],
+        [1, 2, 2],
+        [0.9, 0.4, 0.3],
+        verdicts=["pass", "flag", "reject"],
+    )
+    t.add_image(1, "mem://a.png", "a.png", (H, W), 1, [("qc", "m", None, dets)])
+    t.add_failed_image(2, "mem://b.png", "b.png", "bad")
+    masks, images = t.tables()
+    url = str(tmp_path / "coco.json")
+    counts = write_instances(url, NAMES, lambda: [images], lambda: [masks], keep_verdicts=("pass",))
+    coco = COCO(url)
+    assert counts["annotations"] == 1 and counts["images"] == 1 and list(coco.imgs) == [1]
+    ann = coco.loadAnns(coco.getAnnIds())[0]
+    assert ann["bbox"] == [2, 3, 10, 5] and ann["area"] == 50 and coco.annToMask(ann).sum() == 50
+    counts = write_instances(url, NAMES, lambda: [images], lambda: [masks], keep_verdicts=("pass", "flag"))
+    assert counts["annotations"] == 2 and sorted(COCO(url).getCatIds()) == [1, 2]
+
+
+def test_qc_report_counts_verdicts_and_draws_sheets(tmp_path):
+    t = ShardTables("s0", NAMES)
+    dets = rect_dets(
+        [(2, 3, 12, 8), (20, 10, 30, 30), (40, 5, 50, 15)],
+        [1, 2, 2],
+        [0.9, 0.4, 0.3],
+        verdicts=["pass", "flag", "reject"],
+    )
+    img = tmp_path / "a.png"
+    Image.fromarray(np.full((H, W, 3), 128, np.uint8)).save(img)
+    t.add_image(1, str(img), "a.png", (H, W), 1, [("qc", "m", None, dets)])
+    masks, images = t.tables()
+    acc = QcAccumulator(samples_per_verdict=1)
+    acc.add("s0", masks, images)
+    out = write_qc_report(str(tmp_path / "out"), acc, "job")
+    assert out["verdicts"] == {"pass": 1, "flag": 1, "reject": 1} and out["rules"]["stability"] == 2
+    qc = tmp_path / "out" / "qc"
+    assert sorted(p.name for p in (qc / "sheets").iterdir()) == ["flagged.png", "passed.png", "rejected.png"]
+    summary = pq.read_table(qc / "summary.parquet").to_pylist()
+    assert sum(r["count"] for r in summary) == 3 and "| stability | 2 |" in (qc / "report.md").read_text()
+
+
+@pytest.fixture()
+def planned(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        Image.fromarray(np.full((H, W, 3), 40 * i, np.uint8)).save(src / f"{i}.png")
+    job = parse_config(
+        {
+            "name": "unit",
+            "source": {"url": str(src)},
+            "output": str(tmp_path / "out"),
+            "shard_size": 2,
+            "ontology": [{"id": i, "name": n} for i, n in NAMES.items()],
+            "stages": {
+                "detector": {"kind": "yolo", "weights": "det.pt"},
+                "masks": {"kind": "sam", "needs": ["detector"], "weights": "sam.pt"},
+            },
+        },
+        check_files=False,
+    )
+    return job, make_plan(job)
+
+
+def commit_planned(job, shard_id, k=1):
+    """Commit a shard of the plan with k rectangles per image (image i's rectangles offset by i)."""
+    t = ShardTables(shard_id, job.category_names())
+    for row in read_shard_rows(job.output, shard_id):
+        i = row["image_id"]
+        rects = [(i + 2 * j, 1, i + 2 * j + 4, 9) for j in range(k)]
+        t.add_image(i, row["uri"], row["key"], (H, W), 1, [("masks", "m", None, rect_dets(rects, [1] * k, [0.5] * k))])
+    masks, images = t.tables()
+    stats = {"images": images.num_rows, "masks": masks.num_rows}
+    return commit_shard(job.output, shard_id, {"masks": masks, "images": images}, "fp", stats)[0]
+
+
+def test_status_lists_committed_failed_and_pending(planned):
+    job, plan = planned
+    assert plan.shard_ids == ["shard-00000", "shard-00001", "shard-00002"]
+    commit_planned(job, "shard-00000", k=2)
+    record_failure(job.output, "shard-00001", "out of memory")
+    states = {s["shard_id"]: s for s in shard_states(job.output)}
+    assert [states[s]["state"] for s in plan.shard_ids] == ["committed", "failed", "pending"]
+    assert states["shard-00001"]["error"] == "out of memory"
+    counts = summarize_states(list(states.values()))
+    assert counts == {"committed": 1, "failed": 1, "pending": 1, "images_committed": 2, "masks_committed": 4}
+
+
+def test_finalize_merges_committed_shards_once(planned):
+    job, plan = planned
+    commits = [commit_planned(job, s, k=1 + n % 2) for n, s in enumerate(plan.shard_ids[:2])]
+    with pytest.raises(IncompleteRunError, match="shard-00002"):
+        finalize(job)
+    commits.append(commit_planned(job, "shard-00002"))
+    summary = finalize(job)
+    out = job.output
+    assert summary["images"] == 5 and summary["masks"] == 2 * 1 + 2 * 2 + 1
+    for c in commits:  # manifest parts are the committed bytes
+        part = f"{out}/manifest/masks.parquet/part-{c['shard_id']}.parquet"
+        committed = f"{out}/{c['files']['masks']['path']}"
+        assert open(part, "rb").read() == open(committed, "rb").read()
+    coco = COCO(f"{out}/coco/instances.json")
+    assert len(coco.anns) == summary["masks"] and len(coco.imgs) == 5
+    stamp = open(f"{out}/summary.json").read()
+    assert finalize(job) == json.loads(stamp) and open(f"{out}/summary.json").read() == stamp  # nothing rewritten
