@@ -113,7 +113,8 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
 
     from segflow.config import SamStage
     from segflow.tasks.models.device import cpu_has_native_bf16
-    from segflow.tasks.models.sam import SamBoxSegmenter, build_sam, load_sam, save_sam_checkpoint
+    from segflow.tasks.models.sam import SamBoxSegmenter
+    from segflow.tasks.models.sam_checkpoint import build_sam, load_sam, save_sam_checkpoint
     from segflow.tasks.record import Detections
 
     torch.manual_seed(0)

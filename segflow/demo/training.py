@@ -284,7 +284,7 @@ def train_sam(
     import torch
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from segflow.tasks.models.sam import build_sam
+    from segflow.tasks.models.sam_checkpoint import build_sam
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -373,7 +373,7 @@ def _save_trained_sam(
     sam: Any, out_path: str | Path, steps: int, ema: float | None, t0: float, log: Any, name: str
 ) -> dict:
     """Save the trained model as a half-precision segflow checkpoint; the run's summary."""
-    from segflow.tasks.models.sam import save_sam_checkpoint
+    from segflow.tasks.models.sam_checkpoint import save_sam_checkpoint
 
     sam.eval()
     save_sam_checkpoint(sam, DEMO_SAM_ARCH, out_path, half=True)
@@ -446,7 +446,7 @@ def finetune_sam_zoom(
     import torch.nn.functional as F
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from segflow.tasks.models.sam import load_sam
+    from segflow.tasks.models.sam_checkpoint import load_sam
 
     t0 = time.time()
     torch.manual_seed(seed)

@@ -63,7 +63,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
         "segflow.tasks.models.gdino:GroundingDinoDetector", "detector", "transformers", "transformers"
     ),
     "sam_auto": AdapterSpec(
-        "segflow.tasks.models.sam:SamAutoLabeler",
+        "segflow.tasks.models.sam_auto:SamAutoLabeler",
         "instances",
         "segment_anything",
         "segment-anything",

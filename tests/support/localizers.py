@@ -385,7 +385,7 @@ def train_sam_point_localizer(
     from segment_anything.utils.transforms import ResizeLongestSide
 
     from segflow.demo.training import _dice_loss
-    from segflow.tasks.models.sam import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
+    from segflow.tasks.models.sam_checkpoint import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
 
     t0 = time.time()
     torch.manual_seed(seed)

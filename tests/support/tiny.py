@@ -42,7 +42,7 @@ def make_tiny_sam(path: str | Path, seed: int = 0) -> Path:
     """A random ~0.8M-parameter SAM (256-px input), saved as a segflow SAM checkpoint."""
     import torch
 
-    from segflow.tasks.models.sam import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
+    from segflow.tasks.models.sam_checkpoint import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
 
     torch.manual_seed(seed)
     path = Path(path)

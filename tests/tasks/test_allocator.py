@@ -19,7 +19,7 @@ sys.path.insert(0, {root!r})
 torch.set_num_threads(1)
 from segflow.tasks.allocator import keep_freed_memory
 applied = keep_freed_memory() if {tune} else None
-from segflow.tasks.models.sam import build_sam
+from segflow.tasks.models.sam_checkpoint import build_sam
 from segflow.tasks.models.sam_decoder import SharedImage, decode_tokens
 torch.manual_seed(0)
 sam = build_sam(dict(img_size=1024, patch_size=16, encoder_embed_dim=32, encoder_depth=1, encoder_num_heads=2,

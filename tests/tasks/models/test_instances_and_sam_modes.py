@@ -7,7 +7,8 @@ from segment_anything import SamPredictor
 from segflow.config import MaskRcnnStage, SamAutoStage, SamStage, YoloSegStage, load_config
 from segflow.demo.synthetic import make_scene
 from segflow.tasks.models.cache import get_model
-from segflow.tasks.models.sam import SamBoxSegmenter, load_sam
+from segflow.tasks.models.sam import SamBoxSegmenter
+from segflow.tasks.models.sam_checkpoint import load_sam
 from segflow.tasks.qc import box_iou_xyxy
 from segflow.tasks.record import Detections
 
@@ -103,7 +104,7 @@ def test_automatic_mode_filters_drop_what_they_should(tiny_models, tmp_path):
     (A random SAM with its IoU head shifted to spread predicted IoUs over [0, 1].)"""
     import torch
 
-    from segflow.tasks.models.sam import load_sam
+    from segflow.tasks.models.sam_checkpoint import load_sam
 
     ckpt = torch.load(tiny_models["sam"], weights_only=True)
     ckpt["state_dict"]["mask_decoder.iou_prediction_head.layers.2.bias"] += 0.5

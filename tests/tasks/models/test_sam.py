@@ -7,7 +7,8 @@ from segment_anything import SamPredictor
 
 from segflow.config import SamStage
 from segflow.tasks import rle
-from segflow.tasks.models.sam import SamBoxSegmenter, build_sam, load_sam
+from segflow.tasks.models.sam import SamBoxSegmenter
+from segflow.tasks.models.sam_checkpoint import build_sam, load_sam
 from segflow.tasks.record import Detections
 from segflow.tasks.weights import WeightsError
 

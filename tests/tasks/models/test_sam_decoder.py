@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from segflow.tasks.models.sam import build_sam
+from segflow.tasks.models.sam_checkpoint import build_sam
 from segflow.tasks.models.sam_decoder import (
     SharedImage,
     decode_prompts,

@@ -99,7 +99,7 @@ def test_blocked_attention_equals_eager(kernel):
     import torch
     from segment_anything.modeling.image_encoder import Attention
 
-    from segflow.tasks.models.sam import _attention_forward
+    from segflow.tasks.models.sam_attention import _attention_forward
 
     torch.manual_seed(0)
     attn = Attention(32, num_heads=2, qkv_bias=True, use_rel_pos=True, input_size=(24, 20)).eval()
@@ -120,7 +120,8 @@ def test_blocked_attention_equals_eager(kernel):
 
 
 def test_unknown_attention_kernel_is_refused():
-    from segflow.tasks.models.sam import TINY_SAM_ARCH, build_sam, use_fast_attention
+    from segflow.tasks.models.sam_attention import use_fast_attention
+    from segflow.tasks.models.sam_checkpoint import TINY_SAM_ARCH, build_sam
 
     sam = build_sam(TINY_SAM_ARCH)
     with pytest.raises(ValueError, match="'flash'"):
