@@ -5,9 +5,8 @@ over and over: a SAM decoder call makes ~10 temporaries of 4-8 MB per chunk of
 boxes. glibc serves allocations above ``M_MMAP_THRESHOLD`` (adaptive, 128 KiB
 up to 32 MiB) with a fresh ``mmap`` and gives them back on ``free``, and trims
 the heap's top above ``M_TRIM_THRESHOLD``; either way the next tensor starts on
-pages the kernel has to fault in and zero. Measured on the bench SAM (2-core
-EPYC, 16 boxes an image): ~80,000 page faults per 6 images, and the decoder's
-allocating ops ran 10x slower than the same ops writing into existing memory.
+pages the kernel has to fault in and zero, so CPU inference page-faults on
+most large temporaries (figures: bench/README.md, "Design measurements").
 
 :func:`keep_freed_memory` fixes both thresholds for the process (the same
 effect as ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` or a

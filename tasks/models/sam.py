@@ -164,12 +164,8 @@ class SamBoxSegmenter:
         """``auto``: 64 on GPU; on CPU keep the decoder's per-box image tokens within ~16 MB
         (~8 MB where glibc hands out fresh pages, see :mod:`segflow.tasks.allocator`).
 
-        Measured on a 2-core CPU with the official decoder (256 x 64 x 64 embedding, 4 MB a box),
-        16 boxes an image: the decoder's work is per box, and large chunks only add memory
-        traffic. With freed memory kept (shard workers), calls of 4 boxes were fastest (stage
-        3.56 s vs 3.76 s with 2 and 3.78 s with 3, medians of 6); with glibc's default
-        thresholds, calls of 4 page-faulted on every temporary and 2 were fastest. With the
-        demo SAM's 64 x 32 x 32 embedding, calls of 16 are fastest.
+        The decoder's work is per box, and large chunks only add memory traffic on a CPU; the
+        budgets are the fastest measured (bench/README.md, "Design measurements").
         """
         if setting != "auto":
             return int(setting)

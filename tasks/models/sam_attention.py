@@ -16,9 +16,8 @@ __all__ = ["ATTENTION_BLOCK_BYTES", "MIN_BLOCK_ROWS", "use_fast_attention"]
 #: Bytes of relative-position bias (and attention scores) one block of queries may hold, by device type.
 #: Over 4,096 tokens the full bias is 64 MB a head; queries in blocks never build it whole. On a CPU the
 #: blocks are also at least :data:`MIN_BLOCK_ROWS` queries: each block costs a few op calls, and larger
-#: blocks run their products faster (float32, 2 cores, 64 x 64 tokens: bench SAM, 4 heads of 24, 64 or 128
-#: rows equal, 256 ~10% slower; ViT-B, 12 heads of 64: 128 rows 0.46 s a layer, 64 rows 0.49 s, 32 rows
-#: 0.52 s). GPUs take larger blocks; the budget only bounds memory there.
+#: blocks run their products faster (bench/README.md, "Design measurements"). GPUs take larger blocks; the
+#: budget only bounds memory there.
 ATTENTION_BLOCK_BYTES = {"cpu": 8 << 20, "cuda": 256 << 20}
 MIN_BLOCK_ROWS = {"cpu": 64, "cuda": 1}
 
