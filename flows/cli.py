@@ -53,8 +53,9 @@ def _load(args: argparse.Namespace):
 def prepare(job, config_file: str):
     """Checks that need I/O, done before any flow starts: weights (download + sha256), then the plan."""
     from segflow.config import ConfigError
+    from segflow.tasks.models.cache import resolve_stage_weights
     from segflow.tasks.plan import PlanError, make_plan
-    from segflow.tasks.weights import HUB_PREFIX, WeightsError, is_builtin_yaml, resolve_model_dir, resolve_weights
+    from segflow.tasks.weights import WeightsError
 
     issues = []
     if job.credentials_block:
@@ -65,15 +66,8 @@ def prepare(job, config_file: str):
         except ValueError as e:
             raise ConfigError(config_file, [("credentials_block", str(e))]) from None
     for name, st in job.stages.items():
-        if not hasattr(st, "weights") or (st.kind == "yolo" and is_builtin_yaml(st.weights)):
-            continue
         try:
-            if st.kind in ("mask2former", "owlv2", "owlvit", "grounding_dino") and (
-                st.weights.startswith(HUB_PREFIX) or os.path.isdir(st.weights)
-            ):
-                resolve_model_dir(st.weights, st.sha256)
-            else:
-                resolve_weights(st.weights, st.sha256)
+            resolve_stage_weights(st)  # fetched into the cache and checked against sha256 before any flow starts
         except WeightsError as e:
             issues.append((f"stages.{name}.weights", str(e)))
     if issues:

@@ -136,30 +136,8 @@ def run_stages(job: Any, images: list[Any], models: dict[str, Any]) -> dict[str,
     results: dict[str, list[Detections]] = {}
     for name in job.stage_order():
         st = job.stages[name]
-        adapter = models[name].adapter
-        role = ADAPTERS[st.kind].role
-        needs = lambda *roles, st=st: [d for d in st.needs if job.role(d) in roles]  # noqa: E731
-        if role == "detector":
-            results[name] = adapter.detect(images)
-        elif role == "segmenter":
-            (src,) = needs("detector")
-            results[name] = adapter.segment(images, results[src])
-        elif role == "instances":
-            results[name] = adapter.label(images)
-        elif role == "qc":
-            (src,) = needs("segmenter", "instances")
-            pan = needs("panoptic")
-            results[name] = adapter.check(images, results[src], results[pan[0]] if pan else None)
-        elif role == "panoptic":
-            results[name] = adapter.panoptic(images)
-        elif role == "merge":
-            (pan,) = needs("panoptic")
-            inst = needs("segmenter", "qc", "instances")
-            results[name] = adapter.merge(
-                images, results[inst[0]] if inst else None, results[pan], inst[0] if inst else None, pan
-            )
-        else:  # pragma: no cover - the registry and config validation keep roles closed
-            raise ValueError(f"stage {name}: unknown role {role!r}")
+        inputs = {job.role(d): (d, results[d]) for d in st.needs}
+        results[name] = ADAPTERS[st.kind].run(models[name].adapter, images, inputs)
     return results
 
 

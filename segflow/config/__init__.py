@@ -17,6 +17,6 @@ Every key: ``docs/config.md`` (generated from :mod:`segflow.config.schema`).
 from segflow.config.loading import load_config, parse_config
 from segflow.config.schema import *  # noqa: F403 - the job and stage models
 from segflow.config.schema import __all__ as _schema_names
-from segflow.config.validation import DIR_WEIGHT_KINDS, ConfigError
+from segflow.config.validation import ConfigError
 
-__all__ = ["DIR_WEIGHT_KINDS", "ConfigError", "load_config", "parse_config", *_schema_names]
+__all__ = ["ConfigError", "load_config", "parse_config", *_schema_names]

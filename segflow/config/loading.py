@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from segflow.config.schema import JobConfig
 from segflow.config.validation import ConfigError, _is_url, _pydantic_issues, _semantic_issues
+from segflow.tasks.models.registry import ADAPTERS
 
 
 def _resolve(path: str, base: Path | str) -> str:
@@ -83,7 +84,7 @@ def parse_config(
             continue
         w = st.weights
         keep = (
-            st.kind == "yolo"
+            ADAPTERS[st.kind].weights == "file_or_builtin"
             and w.endswith((".yaml", ".yml"))
             and "/" not in w
             and not (isinstance(base, Path) and (base / w).exists())

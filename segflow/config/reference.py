@@ -15,7 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from segflow.config.schema import JobConfig, Stage
+from segflow.config import schema
+from segflow.config.schema import JobConfig
 
 __all__ = ["config_reference"]
 
@@ -95,7 +96,7 @@ def _table(rows: list[str]) -> str:
 
 
 def _stage_kinds() -> list[type[BaseModel]]:
-    union = typing.get_args(Stage)[0]
+    union = typing.get_args(schema.Stage)[0]
     return list(typing.get_args(union))
 
 

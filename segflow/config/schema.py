@@ -10,6 +10,8 @@ from these models (:mod:`segflow.config.reference`).
 from __future__ import annotations
 
 import builtins
+import functools
+import operator
 import re
 from typing import Annotated, Any, Literal
 
@@ -90,6 +92,9 @@ class OntologyClass(_Strict):
 
 
 class _StageBase(_Strict):
+    """Settings every stage has. A stage kind's model may add ``issues(name, ontology_names, needs_roles)``:
+    checks against the ontology and its input stages, as ``(key.path, message)`` pairs."""
+
     needs: list[str] = Field(default_factory=list, description="Names of the stages this stage consumes.")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N', 'mps'.")
 
@@ -284,9 +289,29 @@ class Mask2FormerStage(_ModelStage):
     )
     unmapped: str = Field("drop", description="'drop', or the ontology class name that takes labels with no mapping.")
 
+    def issues(self, name: str, names: set[str], needs_roles: list[str]) -> list[tuple[str, str]]:
+        out = []
+        if self.unmapped != "drop" and self.unmapped not in names:
+            out.append((f"stages.{name}.unmapped", f"{self.unmapped!r} is not a class of the ontology (or use 'drop')"))
+        for model_label, onto_name in self.label_map.items():
+            if onto_name not in names:
+                out.append((f"stages.{name}.label_map.{model_label}", f"{onto_name!r} is not a class of the ontology"))
+        return out
+
 
 class PanopticMergeStage(_StageBase):
     """One panoptic map per image from a panoptic stage and (optionally) an instance stage; see tasks/panoptic.py."""
+
+    def issues(self, name: str, names: set[str], needs_roles: list[str]) -> list[tuple[str, str]]:
+        if self.things == "instances" and not any(r in ("segmenter", "qc", "instances") for r in needs_roles):
+            return [
+                (
+                    f"stages.{name}.needs",
+                    "things: instances needs an instance stage (sam, qc, sam_auto, yolo_seg "
+                    "or maskrcnn) in needs; or set things: panoptic",
+                )
+            ]
+        return []
 
     kind: Literal["panoptic_merge"]
     things: Literal["instances", "panoptic"] = Field(
@@ -310,6 +335,12 @@ class PanopticMergeStage(_StageBase):
 class SamAutoStage(_ModelStage):
     """Segment Anything's automatic mode: class-agnostic masks from a point grid (SA-1B defaults), all of class
     `category`."""
+
+    def issues(self, name: str, names: set[str], needs_roles: list[str]) -> list[tuple[str, str]]:
+        if self.category in names:
+            return []
+        hint = f"add it, e.g. {{id: 99, name: {self.category}}}"
+        return [(f"stages.{name}.category", f"{self.category!r} is not a class of the ontology; {hint}")]
 
     kind: Literal["sam_auto"]
     model_type: Literal["auto", "vit_b", "vit_l", "vit_h"] = Field(
@@ -404,18 +435,20 @@ class QcStage(_StageBase):
     review_samples: int = Field(24, ge=0, description="Masks per verdict drawn on the contact sheets.")
 
 
-Stage = Annotated[
-    YoloStage
-    | OwlStage
-    | YoloSegStage
-    | MaskRcnnStage
-    | SamStage
-    | SamAutoStage
-    | QcStage
-    | Mask2FormerStage
-    | PanopticMergeStage,
-    Field(discriminator="kind"),
-]
+#: Public names of the stage settings bases, for adapters registered by other packages.
+StageSettings = _StageBase
+ModelStageSettings = _ModelStage
+
+
+def _stage_union() -> Any:
+    """The discriminated union of every registered kind's settings model (by ``kind``)."""
+    from segflow.tasks.models.registry import config_class
+
+    classes = list(dict.fromkeys(config_class(k) for k in ADAPTERS))
+    return Annotated[functools.reduce(operator.or_, classes), Field(discriminator="kind")]
+
+
+Stage = _stage_union()
 
 
 class RuntimeConfig(_Strict):
@@ -522,7 +555,7 @@ class JobConfig(_Strict):
         return max([b for s in self.stages.values() if isinstance(b := getattr(s, "batch_size", None), int)] or [1])
 
     def qc_stage(self) -> QcStage | None:
-        return next((s for s in self.stages.values() if s.kind == "qc"), None)
+        return next((s for n, s in self.stages.items() if self.role(n) == "qc"), None)
 
     def sink_stages(self) -> list[str]:
         """Stages no other stage needs."""
@@ -547,6 +580,14 @@ class JobConfig(_Strict):
             if names:
                 return names[0]
         return None
+
+
+def rebuild_stage_union() -> None:
+    """Rebuild the job model after a stage kind was registered or removed (see ``register_adapter``)."""
+    global Stage
+    Stage = _stage_union()
+    JobConfig.model_fields["stages"].annotation = dict[str, Stage]
+    JobConfig.model_rebuild(force=True)
 
 
 def job_json_schema() -> dict:

@@ -68,10 +68,6 @@ def _pydantic_issues(err: ValidationError) -> list[tuple[str, str]]:
     return issues
 
 
-#: Stage kinds whose weights may be a save_pretrained directory or hub:<id>.
-DIR_WEIGHT_KINDS = ("mask2former", "owlv2", "owlvit", "grounding_dino")
-
-
 def _is_url(s: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s))
 
@@ -159,18 +155,6 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
             if r not in allowed:
                 what = f"takes only {', '.join(sorted(allowed))} stages" if allowed else "takes no input stages"
                 issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage {what}; {d!r} is a {r} stage"))
-        if (
-            st.kind == "panoptic_merge"
-            and st.things == "instances"
-            and not any(r in ("segmenter", "qc", "instances") for r in dep_roles)
-        ):
-            issues.append(
-                (
-                    f"stages.{name}.needs",
-                    "things: instances needs an instance stage (sam, qc, sam_auto, yolo_seg "
-                    "or maskrcnn) in needs; or set things: panoptic",
-                )
-            )
     for sink in job.sink_stages() if job.stages else []:
         if not ADAPTERS[job.stages[sink].kind].produces_masks:
             issues.append(
@@ -215,23 +199,9 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
         for cls_name in getattr(st, "thresholds", {}) or {}:
             if cls_name not in seen_names:
                 issues.append((f"stages.{name}.thresholds.{cls_name}", f"{cls_name!r} is not a class of the ontology"))
-        if st.kind == "sam_auto" and st.category not in seen_names:
-            issues.append(
-                (
-                    f"stages.{name}.category",
-                    f"{st.category!r} is not a class of the ontology; add it, e.g. {{id: 99, name: {st.category}}}",
-                )
-            )
-        if st.kind == "mask2former":
-            if st.unmapped != "drop" and st.unmapped not in seen_names:
-                issues.append(
-                    (f"stages.{name}.unmapped", f"{st.unmapped!r} is not a class of the ontology (or use 'drop')")
-                )
-            for model_label, onto_name in st.label_map.items():
-                if onto_name not in seen_names:
-                    issues.append(
-                        (f"stages.{name}.label_map.{model_label}", f"{onto_name!r} is not a class of the ontology")
-                    )
+        if hasattr(st, "issues"):  # the kind's own checks (its settings model)
+            roles = [ADAPTERS[job.stages[d].kind].role for d in st.needs if d in job.stages]
+            issues += st.issues(name, set(seen_names), roles)
 
     # class maps point into the ontology
     for name, st in job.stages.items():
@@ -259,7 +229,9 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
             if not hasattr(st, "weights"):
                 continue
             problem = weights_location_issue(
-                st.weights, builtin_yaml_ok=(st.kind == "yolo"), dir_ok=(st.kind in DIR_WEIGHT_KINDS)
+                st.weights,
+                builtin_yaml_ok=ADAPTERS[st.kind].weights == "file_or_builtin",
+                dir_ok=ADAPTERS[st.kind].weights == "file_or_dir",
             )
             if problem:
                 issues.append((f"stages.{name}.weights", problem))

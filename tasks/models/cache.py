@@ -6,15 +6,16 @@ lock makes concurrent shards wait for one load instead of loading twice.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from segflow.tasks.models.registry import adapter_class
+from segflow.tasks.models.registry import ADAPTERS, adapter_class
 from segflow.tasks.weights import HUB_PREFIX, is_builtin_yaml, resolve_model_dir, resolve_weights, sha256_file
 
-__all__ = ["LoadedModel", "get_model", "clear"]
+__all__ = ["LoadedModel", "clear", "get_model", "resolve_stage_weights"]
 
 
 @dataclass
@@ -33,10 +34,34 @@ _entries: dict[tuple, _Entry] = {}
 _lock = threading.Lock()
 
 
-def _identity(kind: str, weights: str, local: str | None) -> str:
+def resolve_stage_weights(stage: Any) -> tuple[str | None, str | None]:
+    """``(what the adapter loads, the local file that identifies it)`` for a stage, by its kind's weight layout.
+
+    Remote files are fetched into the cache and checked against ``sha256``; folders and ``hub:`` ids are
+    resolved locally (never downloaded). ``(None, None)`` for kinds without weights; ``(name, None)`` for a
+    library architecture name (random weights).
+    """
+    layout = ADAPTERS[stage.kind].weights
+    if layout == "none":
+        return None, None
+    if layout == "file_or_builtin" and is_builtin_yaml(stage.weights):
+        return stage.weights, None
+    if layout == "file_or_dir" and (stage.weights.startswith(HUB_PREFIX) or os.path.isdir(stage.weights)):
+        path = resolve_model_dir(stage.weights, stage.sha256)
+        names = ("model.safetensors", "pytorch_model.bin")
+        return path, next((os.path.join(path, f) for f in names if os.path.isfile(os.path.join(path, f))), None)
+    local = resolve_weights(stage.weights, stage.sha256)
+    return local, local
+
+
+def _identity(stage: Any, local: str | None) -> str:
+    """``kind:file@sha256:<12 hex>`` for provenance in the manifest."""
+    if ADAPTERS[stage.kind].weights == "none":
+        digest = hashlib.sha256(stage.model_dump_json(exclude={"needs"}).encode()).hexdigest()[:12]
+        return f"{stage.kind}:rules@sha256:{digest}"
     if local is None:
-        return f"{kind}:{weights}(random-init)"
-    return f"{kind}:{os.path.basename(weights)}@sha256:{sha256_file(local)[:12]}"
+        return f"{stage.kind}:{stage.weights}(random-init)"
+    return f"{stage.kind}:{stage.weights.rstrip('/').rsplit('/', 1)[-1]}@sha256:{sha256_file(local)[:12]}"
 
 
 def get_model(
@@ -46,7 +71,7 @@ def get_model(
     stats: dict[str, int] | None = None,
     prompts: dict[int, list[str]] | None = None,
 ) -> LoadedModel:
-    """The loaded adapter of a stage (``isthing``: ontology id -> thing/stuff, for panoptic stages).
+    """The loaded adapter of a stage (``isthing``: ontology id -> thing/stuff; ``prompts``: id -> text prompts).
 
     ``stats["loads"]`` (when given) counts the models this call actually loaded (0 on a cache hit).
     """
@@ -60,46 +85,14 @@ def get_model(
     with _lock:
         entry = _entries.setdefault(key, _Entry())
     with entry.lock:
-        if entry.model is None and stats is not None:
-            stats["loads"] = stats.get("loads", 0) + 1
         if entry.model is None:
-            if not hasattr(stage, "weights"):  # rule-based stages (qc)
-                import hashlib
-
-                adapter = adapter_class(stage.kind)(stage, None, ontology)
-                digest = hashlib.sha256(stage.model_dump_json(exclude={"needs"}).encode()).hexdigest()[:12]
-                entry.model = LoadedModel(adapter, f"{stage.kind}:rules@sha256:{digest}")
-                return entry.model
-            ident = None
-            if stage.kind == "yolo" and is_builtin_yaml(stage.weights):
-                local, path = None, stage.weights
-            elif stage.kind in ("mask2former", "owlv2", "owlvit", "grounding_dino") and (
-                stage.weights.startswith(HUB_PREFIX) or os.path.isdir(stage.weights)
-            ):
-                path = resolve_model_dir(stage.weights, stage.sha256)
-                local = next(
-                    (
-                        os.path.join(path, f)
-                        for f in ("model.safetensors", "pytorch_model.bin")
-                        if os.path.isfile(os.path.join(path, f))
-                    ),
-                    None,
-                )
-                ident = (
-                    f"{stage.kind}:{stage.weights.rstrip('/').rsplit('/', 1)[-1]}@sha256:{sha256_file(local)[:12]}"
-                    if local
-                    else None
-                )
-            else:
-                local = path = resolve_weights(stage.weights, stage.sha256)
-            cls = adapter_class(stage.kind)
-            if getattr(cls, "role", None) == "panoptic":
-                adapter = cls(stage, path, ontology, isthing)
-            elif stage.kind in ("owlv2", "owlvit", "grounding_dino"):
-                adapter = cls(stage, path, ontology, prompts)
-            else:
-                adapter = cls(stage, path, ontology)
-            entry.model = LoadedModel(adapter, ident or _identity(stage.kind, stage.weights, local))
+            if stats is not None:
+                stats["loads"] = stats.get("loads", 0) + 1
+            path, local = resolve_stage_weights(stage)
+            context = {"isthing": isthing, "prompts": prompts}
+            extra = [context[c] for c in ADAPTERS[stage.kind].context]
+            adapter = adapter_class(stage.kind)(stage, path, ontology, *extra)
+            entry.model = LoadedModel(adapter, _identity(stage, local))
         return entry.model
 
 

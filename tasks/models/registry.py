@@ -1,26 +1,76 @@
-"""Model adapters looked up by the ``kind`` of a stage, imported lazily.
+"""Stage kinds: one registry entry says everything the pipeline needs about a kind.
 
-Like fsspec's ``registry.py``: the table below knows every kind without
-importing any model library; :func:`adapter_class` imports one on first use
-and, when its package is missing, says what to install.
+Like fsspec's ``registry.py``: :data:`ADAPTERS` knows every kind without
+importing any model library; :func:`adapter_class` imports an adapter on first
+use and, when its package is missing, says what to install;
+:func:`register_adapter` lets a user's package add a kind. Callers never switch
+on a kind: they read its entry.
 
-Roles:
+An entry (:class:`AdapterSpec`) names
 
-* ``detector``  -- images -> :class:`~segflow.tasks.record.Detections` with boxes, classes, scores.
-* ``segmenter`` -- images + a detector's Detections -> the same rows with masks (RLE).
-* ``qc``        -- a segmenter's Detections -> the same rows with a verdict and fired rules
-  (and, given a panoptic stage's segments, their agreement with them).
-* ``instances`` -- images -> boxes, classes, scores and masks in one model (direct instance labelers).
-* ``panoptic``  -- images -> non-overlapping segments (things and stuff) per image.
-* ``merge``     -- a panoptic stage's segments (+ optionally instance masks) -> one panoptic map per image.
+* ``target`` -- the adapter class (``"module:Class"`` or the class);
+* ``config`` -- its settings, a pydantic model with ``kind: Literal[<kind>]`` (``"module:Class"`` or the class);
+* ``role`` -- what it consumes and makes, and so how it runs (:data:`ROLES`);
+* ``weights`` -- the weight layout: ``file`` (a checkpoint file or URL), ``file_or_dir`` (also a
+  ``save_pretrained`` folder or ``hub:org/name`` from the local Hugging Face cache), ``file_or_builtin``
+  (also a library architecture name such as ``yolo11n.yaml``: random weights), or ``none``;
+* ``context`` -- what its constructor takes after ``(stage, weights_path, ontology)``: ``isthing``
+  (ontology id -> thing or stuff) and/or ``prompts`` (ontology id -> text prompts);
+* which input stages it needs (``needs_roles``, ``optional_roles``) and whether it produces masks.
+
+Roles (what an adapter of the role is called with; images are H x W x 3 RGB uint8):
+
+* ``detector``  -- ``detect(images)`` -> :class:`~segflow.tasks.record.Detections` with boxes, classes, scores.
+* ``segmenter`` -- ``segment(images, detections)`` -> the same rows with masks (RLE).
+* ``qc``        -- ``check(images, detections, panoptic_segments_or_None)`` -> the rows with a verdict.
+* ``instances`` -- ``label(images)`` -> boxes, classes, scores and masks in one model.
+* ``panoptic``  -- ``panoptic(images)`` -> non-overlapping segments (things and stuff) per image.
+* ``merge``     -- ``merge(images, instances_or_None, panoptic, instance_stage_or_None, panoptic_stage)``.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["AdapterSpec", "ADAPTERS", "adapter_class", "MissingDependencyError"]
+__all__ = [
+    "ADAPTERS",
+    "ROLES",
+    "AdapterSpec",
+    "MissingDependencyError",
+    "adapter_class",
+    "config_class",
+    "register_adapter",
+    "unregister_adapter",
+]
+
+#: ``inputs`` maps the role of each stage a stage needs to ``(stage name, its per-image results)``.
+Inputs = dict[str, tuple[str, list[Any]]]
+
+
+def _first(inputs: Inputs, *roles: str) -> tuple[str | None, list[Any] | None]:
+    return next((inputs[r] for r in roles if r in inputs), (None, None))
+
+
+ROLES: dict[str, Callable[[Any, Sequence[Any], Inputs], list[Any]]] = {
+    "detector": lambda a, images, inputs: a.detect(images),
+    "segmenter": lambda a, images, inputs: a.segment(images, inputs["detector"][1]),
+    "instances": lambda a, images, inputs: a.label(images),
+    "qc": lambda a, images, inputs: a.check(
+        images, _first(inputs, "segmenter", "instances")[1], _first(inputs, "panoptic")[1]
+    ),
+    "panoptic": lambda a, images, inputs: a.panoptic(images),
+    "merge": lambda a, images, inputs: a.merge(
+        images,
+        _first(inputs, "segmenter", "qc", "instances")[1],
+        inputs["panoptic"][1],
+        _first(inputs, "segmenter", "qc", "instances")[0],
+        inputs["panoptic"][0],
+    ),
+}
+WEIGHT_LAYOUTS = ("file", "file_or_dir", "file_or_builtin", "none")
 
 
 class MissingDependencyError(ImportError):
@@ -29,64 +79,114 @@ class MissingDependencyError(ImportError):
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    target: str  # "module:Class"
-    role: str  # detector | segmenter
-    package: str  # import name of the library it wraps
-    install: str  # pip requirement that provides it
+    target: str | type  # the adapter class, or "module:Class"
+    config: str | type  # the stage settings model, or "module:Class"
+    role: str
+    package: str = ""  # import names of the libraries it wraps, space-separated (checked on first use)
+    install: str = ""  # pip requirements that provide them
+    weights: str = "file"
+    context: tuple[str, ...] = ()
     needs_roles: tuple[str, ...] = ()  # exactly one input stage of each of these roles ("a|b": either)
     optional_roles: tuple[tuple[str, ...], ...] = ()  # at most one input stage from each group
     produces_masks: bool = False
 
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"AdapterSpec.role: expected one of {', '.join(ROLES)}, got {self.role!r}")
+        if self.weights not in WEIGHT_LAYOUTS:
+            raise ValueError(f"AdapterSpec.weights: expected one of {', '.join(WEIGHT_LAYOUTS)}, got {self.weights!r}")
+        unknown = set(self.context) - {"isthing", "prompts"}
+        if unknown:
+            raise ValueError(f"AdapterSpec.context: expected 'isthing' and/or 'prompts', got {sorted(unknown)}")
 
+    def run(self, adapter: Any, images: Sequence[Any], inputs: Inputs) -> list[Any]:
+        """Call ``adapter`` as its role does, with the results of the stages it needs."""
+        return ROLES[self.role](adapter, images, inputs)
+
+
+_S = "segflow.config.schema:"
+_M = "segflow.tasks.models."
 ADAPTERS: dict[str, AdapterSpec] = {
-    "yolo": AdapterSpec("segflow.tasks.models.yolo:YoloDetector", "detector", "ultralytics", "ultralytics"),
+    "yolo": AdapterSpec(
+        _M + "yolo:YoloDetector", _S + "YoloStage", "detector", "ultralytics", "ultralytics", "file_or_builtin"
+    ),
+    "owlv2": AdapterSpec(
+        _M + "owl:OwlDetector", _S + "OwlStage", "detector", "transformers", "transformers", "file_or_dir", ("prompts",)
+    ),
+    "owlvit": AdapterSpec(
+        _M + "owl:OwlDetector", _S + "OwlStage", "detector", "transformers", "transformers", "file_or_dir", ("prompts",)
+    ),
+    "grounding_dino": AdapterSpec(
+        _M + "gdino:GroundingDinoDetector",
+        _S + "OwlStage",
+        "detector",
+        "transformers",
+        "transformers",
+        "file_or_dir",
+        ("prompts",),
+    ),
     "sam": AdapterSpec(
-        "segflow.tasks.models.sam:SamBoxSegmenter",
+        _M + "sam:SamBoxSegmenter",
+        _S + "SamStage",
         "segmenter",
         "segment_anything",
         "segment-anything",
         needs_roles=("detector",),
         produces_masks=True,
     ),
-    "qc": AdapterSpec(
-        "segflow.tasks.qc:QcChecker",
-        "qc",
-        "scipy",
-        "scipy",
-        needs_roles=("segmenter|instances",),
-        optional_roles=(("panoptic",),),
-        produces_masks=True,
-    ),
-    "owlv2": AdapterSpec("segflow.tasks.models.owl:OwlDetector", "detector", "transformers", "transformers"),
-    "owlvit": AdapterSpec("segflow.tasks.models.owl:OwlDetector", "detector", "transformers", "transformers"),
-    "grounding_dino": AdapterSpec(
-        "segflow.tasks.models.gdino:GroundingDinoDetector", "detector", "transformers", "transformers"
-    ),
     "sam_auto": AdapterSpec(
-        "segflow.tasks.models.sam_auto:SamAutoLabeler",
+        _M + "sam_auto:SamAutoLabeler",
+        _S + "SamAutoStage",
         "instances",
         "segment_anything",
         "segment-anything",
         produces_masks=True,
     ),
     "yolo_seg": AdapterSpec(
-        "segflow.tasks.models.instances:YoloSegLabeler", "instances", "ultralytics", "ultralytics", produces_masks=True
+        _M + "instances:YoloSegLabeler",
+        _S + "YoloSegStage",
+        "instances",
+        "ultralytics",
+        "ultralytics",
+        produces_masks=True,
     ),
     "maskrcnn": AdapterSpec(
-        "segflow.tasks.models.instances:MaskRcnnLabeler", "instances", "torchvision", "torchvision", produces_masks=True
+        _M + "instances:MaskRcnnLabeler",
+        _S + "MaskRcnnStage",
+        "instances",
+        "torchvision",
+        "torchvision",
+        produces_masks=True,
     ),
+    "qc": AdapterSpec(
+        "segflow.tasks.qc:QcChecker",
+        _S + "QcStage",
+        "qc",
+        "scipy",
+        "scipy",
+        "none",
+        needs_roles=("segmenter|instances",),
+        optional_roles=(("panoptic",),),
+        produces_masks=True,
+    ),
+    # transformers' Mask2Former matcher needs scipy even for inference
     "mask2former": AdapterSpec(
-        "segflow.tasks.models.mask2former:Mask2FormerPanoptic",
+        _M + "mask2former:Mask2FormerPanoptic",
+        _S + "Mask2FormerStage",
         "panoptic",
-        "transformers",
         "transformers scipy",
+        "transformers scipy",
+        "file_or_dir",
+        ("isthing",),
         produces_masks=True,
     ),
     "panoptic_merge": AdapterSpec(
         "segflow.tasks.panoptic:PanopticMerger",
+        _S + "PanopticMergeStage",
         "merge",
         "numpy",
         "numpy",
+        "none",
         needs_roles=("panoptic",),
         optional_roles=(("segmenter", "qc", "instances"),),
         produces_masks=True,
@@ -94,21 +194,61 @@ ADAPTERS: dict[str, AdapterSpec] = {
 }
 
 
-def adapter_class(kind: str) -> type:
-    """The adapter class for a stage kind, importing its module now."""
+def _resolve(target: str | type) -> type:
+    if isinstance(target, type):
+        return target
+    module_name, cls_name = target.split(":")
+    return getattr(importlib.import_module(module_name), cls_name)
+
+
+def _spec(kind: str) -> AdapterSpec:
     try:
-        spec = ADAPTERS[kind]
+        return ADAPTERS[kind]
     except KeyError:
         raise ValueError(f"unknown stage kind {kind!r} (known: {', '.join(sorted(ADAPTERS))})") from None
-    module_name, cls_name = spec.target.split(":")
+
+
+def adapter_class(kind: str) -> type:
+    """The adapter class for a stage kind, importing its module now."""
+    spec = _spec(kind)
     try:
-        module = importlib.import_module(module_name)  # first: adapters set the library's offline defaults
-        importlib.import_module(spec.package)
-        if spec.role == "panoptic":
-            importlib.import_module("scipy")  # transformers' Mask2Former matcher needs it even for inference
+        cls = _resolve(spec.target)  # first: adapters set the library's offline defaults
+        for package in spec.package.split():
+            importlib.import_module(package)
     except ImportError as e:
         raise MissingDependencyError(
             f"stage kind {kind!r} needs the package {spec.package!r}, which is not importable ({e}); "
             f"install it with: pip install {spec.install}"
         ) from e
-    return getattr(module, cls_name)
+    return cls
+
+
+def config_class(kind: str) -> type:
+    """The pydantic model of a stage kind's settings."""
+    return _resolve(_spec(kind).config)
+
+
+def register_adapter(kind: str, spec: AdapterSpec, clobber: bool = False) -> None:
+    """Add a stage kind (in the process that validates and runs the job: workers import the same package).
+
+    ``spec.config`` must be a pydantic model with ``kind: Literal[kind]``, ``needs``
+    and ``device`` (subclass :class:`segflow.config.schema.StageSettings`).
+    """
+    if kind in ADAPTERS and not clobber:
+        raise ValueError(f"stage kind {kind!r} is already registered (pass clobber=True to replace it)")
+    cfg = _resolve(spec.config)
+    declared = getattr(cfg.model_fields.get("kind"), "annotation", None)
+    if kind not in getattr(declared, "__args__", ()):
+        raise ValueError(f"register_adapter({kind!r}): {cfg.__name__}.kind must be Literal[{kind!r}]")
+    ADAPTERS[kind] = spec
+    from segflow.config.schema import rebuild_stage_union
+
+    rebuild_stage_union()
+
+
+def unregister_adapter(kind: str) -> None:
+    """Remove a kind added by :func:`register_adapter`."""
+    ADAPTERS.pop(kind, None)
+    from segflow.config.schema import rebuild_stage_union
+
+    rebuild_stage_union()

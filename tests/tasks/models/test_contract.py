@@ -179,7 +179,11 @@ def test_unknown_kind_and_missing_package_errors(monkeypatch):
         registry.ADAPTERS,
         "fake",
         registry.AdapterSpec(
-            "segflow.tasks.models.yolo:YoloDetector", "detector", "segflow_not_installed_pkg", "segflow-extra-pkg"
+            "segflow.tasks.models.yolo:YoloDetector",
+            "segflow.config.schema:YoloStage",
+            "detector",
+            "segflow_not_installed_pkg",
+            "segflow-extra-pkg",
         ),
     )
     with pytest.raises(MissingDependencyError, match="pip install segflow-extra-pkg"):
