@@ -51,31 +51,10 @@ def _load(args: argparse.Namespace):
 
 
 def prepare(job, config_file: str):
-    """Checks that need I/O, done before any flow starts: weights (download + sha256), then the plan."""
-    from segflow.config import ConfigError
-    from segflow.tasks.models.cache import resolve_stage_weights
-    from segflow.tasks.plan import PlanError, make_plan
-    from segflow.tasks.weights import WeightsError
+    """Credentials, weights and the plan, before any flow starts (:func:`segflow.flows.label_flow.prepare_job`)."""
+    from segflow.flows.label_flow import prepare_job
 
-    issues = []
-    if job.credentials_block:
-        from segflow.flows.label_flow import apply_credentials
-
-        try:
-            apply_credentials(job)
-        except ValueError as e:
-            raise ConfigError(config_file, [("credentials_block", str(e))]) from None
-    for name, st in job.stages.items():
-        try:
-            resolve_stage_weights(st)  # fetched into the cache and checked against sha256 before any flow starts
-        except WeightsError as e:
-            issues.append((f"stages.{name}.weights", str(e)))
-    if issues:
-        raise ConfigError(config_file, issues)
-    try:
-        return make_plan(job)
-    except PlanError as e:
-        raise ConfigError(config_file, [("source" if "source" in str(e) else "output", str(e))]) from None
+    return prepare_job(job, config_file)
 
 
 class _Progress:
@@ -160,7 +139,7 @@ def run_prepared(job, plan, progress_bar: bool = True) -> int:
     bar = _Progress(plan.num_images, len(plan.shard_ids), enabled=progress_bar)
     progress.set_reporter(bar)
     try:
-        summary = run_job(job, planned=True)  # prepare() planned it: the flow does not list the source again
+        summary = run_job(job, plan)  # prepared: the flow reads the plan, it does not list the source again
     except IncompleteRunError as e:
         bar.close()
         _eprint(f"error: run incomplete: {e}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from segflow.config import ConfigError, load_config
-from segflow.flows.label_flow import label_flow
+from segflow.flows.label_flow import label_flow, prepare_job
 from segflow.flows.runners import make_task_runner
 from segflow.tasks.storage import redact
 
@@ -26,18 +26,14 @@ def label_job(config: str, source: str | None = None, output: str | None = None)
     ``source`` / ``output`` override the file's values (e.g. one output per
     scheduled run). Returns the run summary.
     """
-    from segflow.flows.cli import prepare
-
     overrides = {k: v for k, v in (("source", source), ("output", output)) if v}
     log = get_run_logger()
     try:
         job = load_config(config, overrides=overrides)
-        plan = prepare(job, config)
+        plan = prepare_job(job, config)
     except ConfigError as e:
         log.error("%s", e)
         raise
     log.info("%s: %d images in %d shards -> %s", job.name, plan.num_images, len(plan.shard_ids), redact(job.output))
     runner = make_task_runner(job.runtime)
-    return label_flow.with_options(task_runner=runner, flow_run_name=job.name)(
-        job.model_dump(mode="json"), planned=True
-    )
+    return label_flow.with_options(task_runner=runner, flow_run_name=job.name)(job)

@@ -1,8 +1,11 @@
-"""The labeling flow: plan -> one task per shard -> finalize.
+"""The labeling flow: one task per planned shard -> finalize -> publish.
 
-Tasks are thin wrappers over plain functions in :mod:`tasks`; what travels
-between them is small: the job as a JSON-able dict and shard ids, never
-images or tensors.
+:func:`prepare_job` is the one place a job is planned: it checks the weights
+(fetch + sha256) and writes or reuses the plan before any flow starts, so a bad
+job never starts one. The flow reads the plan's shard ids. Tasks are thin
+wrappers over plain functions in :mod:`segflow.tasks`; what travels between
+them is the typed job (:class:`~segflow.config.JobConfig`, a pydantic model
+Prefect validates as a parameter) and shard ids, never images or tensors.
 """
 
 from __future__ import annotations
@@ -22,19 +25,41 @@ from prefect.futures import as_completed, wait
 from segflow.config import JobConfig
 from segflow.flows.runners import make_task_runner, shard_submit_options
 from segflow.tasks.finalize import IncompleteRunError, finalize
-from segflow.tasks.plan import load_plan, make_plan
+from segflow.tasks.plan import Plan, PlanError, load_plan, make_plan
 from segflow.tasks.publish import publish
 from segflow.tasks.quality import format_quality, load_quality
 from segflow.tasks.shard import run_shard
 from segflow.tasks.storage import load_credentials_block, redact, use_s3_credentials
 
-__all__ = ["label_flow", "run_job"]
+__all__ = ["apply_credentials", "label_flow", "prepare_job", "run_job"]
 
 
-def _job(job: dict | JobConfig) -> JobConfig:
-    j = job if isinstance(job, JobConfig) else JobConfig.model_validate(job)
-    apply_credentials(j)
-    return j
+def prepare_job(job: JobConfig, config_file: str) -> Plan:
+    """Checks that need I/O, before any flow starts: credentials, weights (fetch + sha256), then the plan.
+
+    Raises :class:`~segflow.config.ConfigError` naming ``config_file`` and the key.
+    """
+    from segflow.config import ConfigError
+    from segflow.tasks.models.cache import resolve_stage_weights
+    from segflow.tasks.weights import WeightsError
+
+    if job.credentials_block:
+        try:
+            apply_credentials(job)
+        except ValueError as e:
+            raise ConfigError(config_file, [("credentials_block", str(e))]) from None
+    issues = []
+    for name, st in job.stages.items():
+        try:
+            resolve_stage_weights(st)  # fetched into the cache and checked against sha256
+        except WeightsError as e:
+            issues.append((f"stages.{name}.weights", str(e)))
+    if issues:
+        raise ConfigError(config_file, issues)
+    try:
+        return make_plan(job)
+    except PlanError as e:
+        raise ConfigError(config_file, [("source" if "source" in str(e) else "output", str(e))]) from None
 
 
 def apply_credentials(job: JobConfig) -> None:
@@ -52,29 +77,19 @@ _loaded_block: dict[str, str] = {}
 
 
 @task(name="plan", retries=2, retry_delay_seconds=5)
-def plan_task(job: dict, planned: bool = False) -> list[str]:
-    """The shard ids of the job's plan; ``planned``: the caller has just made it (read it, list nothing again)."""
-    j = _job(job)
-    if planned:
-        meta = load_plan(j.output)
-        get_run_logger().info(
-            "plan for %s: %d images in %d shards", redact(j.output), meta["num_images"], len(meta["shard_ids"])
-        )
-        return list(meta["shard_ids"])
-    plan = make_plan(j)
+def plan_task(job: JobConfig) -> list[str]:
+    """The shard ids of the job's plan (made by :func:`prepare_job`; read here, the source is not listed)."""
+    meta = load_plan(job.output)
     get_run_logger().info(
-        "%s plan for %s: %d images in %d shards",
-        "reusing" if plan.reused else "wrote",
-        redact(j.output),
-        plan.num_images,
-        len(plan.shard_ids),
+        "plan for %s: %d images in %d shards", redact(job.output), meta["num_images"], len(meta["shard_ids"])
     )
-    return plan.shard_ids
+    return list(meta["shard_ids"])
 
 
 @task(name="label-shard", task_run_name="{shard_id}")
-def shard_task(job: dict, shard_id: str) -> dict:
-    result = run_shard(_job(job), shard_id)
+def shard_task(job: JobConfig, shard_id: str) -> dict:
+    apply_credentials(job)  # once per worker process (a no-op after the first)
+    result = run_shard(job, shard_id)
     get_run_logger().info(
         "%s: %d images (%d failed), %d masks in %.1fs%s",
         shard_id,
@@ -88,8 +103,9 @@ def shard_task(job: dict, shard_id: str) -> dict:
 
 
 @task(name="finalize")
-def finalize_task(job: dict, started_at: float) -> dict:
-    summary = finalize(_job(job), started_at=started_at)
+def finalize_task(job: JobConfig, started_at: float) -> dict:
+    apply_credentials(job)
+    summary = finalize(job, started_at=started_at)
     artifact_key = re.sub(r"[^a-z0-9-]", "-", f"segflow-{summary['job']}".lower())
     create_markdown_artifact(
         key=f"{artifact_key}-summary",
@@ -103,7 +119,7 @@ def finalize_task(job: dict, started_at: float) -> dict:
     if "qc" in summary:
         from segflow.tasks.storage import join, open_fs, read_bytes
 
-        fs, path = open_fs(join(_job(job).output, "qc", "report.md"))
+        fs, path = open_fs(join(job.output, "qc", "report.md"))
         create_markdown_artifact(
             key=f"{artifact_key}-qc-report", markdown=read_bytes(fs, path).decode(), description="segflow QC report"
         )
@@ -112,7 +128,7 @@ def finalize_task(job: dict, started_at: float) -> dict:
         ]
         create_table_artifact(key=f"{artifact_key}-qc", table=rows, description="QC rules and verdicts")
     if "quality" in summary:
-        quality = load_quality(_job(job).output)
+        quality = load_quality(job.output)
         if "per_class" in quality:
             create_table_artifact(
                 key=f"{artifact_key}-quality",
@@ -130,9 +146,9 @@ def finalize_task(job: dict, started_at: float) -> dict:
 
 
 @task(name="publish")
-def publish_task(job: dict) -> dict:
-    j = _job(job)
-    result = publish(j.output, j.publish.dest, j.publish.version)
+def publish_task(job: JobConfig) -> dict:
+    apply_credentials(job)
+    result = publish(job.output, job.publish.dest, job.publish.version)
     get_run_logger().info(
         "%s version %s at %s",
         "published" if result["created"] else "already published as",
@@ -143,22 +159,20 @@ def publish_task(job: dict) -> dict:
 
 
 @flow(name="segflow-label", log_prints=False)
-def label_flow(job: dict, planned: bool = False) -> dict:
-    """Label every image of the job's source and write the manifests, COCO and summary.
+def label_flow(job: JobConfig) -> dict:
+    """Label every planned image of the job's source and write the manifests, COCO and summary.
 
-    ``planned``: the plan was made just before the flow (``segflow run`` and the
-    deployment check the job and plan first), so the source is not listed again.
+    The job was planned by :func:`prepare_job` (``segflow run``, ``run_job`` and the deployment do it first).
 
     Shards that fail do not stop the others; the flow fails at the end,
     naming them, and a new run of the same job on the same output redoes only those.
     """
     started = time.time()
-    j = _job(job)
-    shard_ids = plan_task(job, planned)
-    runner = shard_task.with_options(retries=j.runtime.retries, retry_delay_seconds=j.runtime.retry_delay_s)
-    with shard_submit_options(j.runtime):
+    shard_ids = plan_task(job)
+    runner = shard_task.with_options(retries=job.runtime.retries, retry_delay_seconds=job.runtime.retry_delay_s)
+    with shard_submit_options(job.runtime):
         futures = [runner.submit(job, sid) for sid in shard_ids]
-    progress_id = create_progress_artifact(progress=0.0, description=f"{j.name}: shards committed")
+    progress_id = create_progress_artifact(progress=0.0, description=f"{job.name}: shards committed")
     for done, _ in enumerate(as_completed(futures), 1):
         update_progress_artifact(progress_id, progress=100.0 * done / max(len(futures), 1))
     wait(futures)
@@ -181,14 +195,17 @@ def label_flow(job: dict, planned: bool = False) -> dict:
             {k: r[k] for k in ("shard_id", "worker_pid", "model_loads", "skipped", "seconds")} for r in shard_runs
         ],
     )
-    if j.publish is not None:
+    if job.publish is not None:
         summary = dict(summary, published=publish_task(job))
     return summary
 
 
-def run_job(job: JobConfig, planned: bool = False) -> dict:
-    """Run ``label_flow`` for a validated job with its configured task runner (see :mod:`segflow.flows.runners`)."""
+def run_job(job: JobConfig, plan: Plan | None = None, config_file: str = "<job>") -> dict:
+    """Run ``label_flow`` for a validated job on its configured task runner (see :mod:`segflow.flows.runners`).
+
+    ``plan``: what :func:`prepare_job` returned; prepared here when not given.
+    """
+    if plan is None:
+        prepare_job(job, config_file)
     runner = make_task_runner(job.runtime)
-    return label_flow.with_options(task_runner=runner, flow_run_name=f"{job.name}")(
-        job.model_dump(mode="json"), planned
-    )
+    return label_flow.with_options(task_runner=runner, flow_run_name=f"{job.name}")(job)
