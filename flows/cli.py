@@ -194,12 +194,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     from segflow.config import ConfigError, JobConfig
-    from segflow.tasks.storage import join, open_fs, read_bytes
+    from segflow.tasks.layout import OutputLayout
+    from segflow.tasks.storage import open_fs, read_bytes
 
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     output = _cli_path(args.output)
-    fs, path = open_fs(join(output, "job.json"))
+    fs, path = open_fs(OutputLayout(output).job_json)
     try:
         job = JobConfig.model_validate(json.loads(read_bytes(fs, path)))
     except FileNotFoundError:

@@ -117,9 +117,9 @@ def finalize_task(job: JobConfig, started_at: float) -> dict:
         description="segflow run summary",
     )
     if "qc" in summary:
-        from segflow.tasks.storage import join, open_fs, read_bytes
+        from segflow.tasks.storage import open_fs, read_bytes
 
-        fs, path = open_fs(join(job.output, "qc", "report.md"))
+        fs, path = open_fs(summary["outputs"]["qc_report"])
         create_markdown_artifact(
             key=f"{artifact_key}-qc-report", markdown=read_bytes(fs, path).decode(), description="segflow QC report"
         )

@@ -16,15 +16,18 @@ With a ``qc`` stage only masks that passed (and flagged ones with
 ``export_flagged``) are exported; rejected masks stay in the manifest and the
 quarantine table.
 
-The file is written to a temporary file and published in one step.
+The file is written in one pass over the shards (:class:`StreamedCocoJson`) and
+published in one step.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -32,7 +35,7 @@ import pyarrow.compute as pc
 
 from segflow.tasks.storage import local_tempfile, open_fs, publish_file
 
-__all__ = ["write_instances", "coco_header"]
+__all__ = ["InstancesWriter", "StreamedCocoJson", "coco_header", "exported", "write_instances"]
 
 
 def coco_header(description: str, categories: list[dict]) -> str:
@@ -54,97 +57,123 @@ def _f(x: Any) -> Any:
     return None if x is None else round(float(x), 4)
 
 
+class StreamedCocoJson:
+    """A COCO JSON object written in one pass over the shards.
+
+    Each list (``images``, ``annotations``, ...) streams into its own local
+    temporary file as shards arrive; :meth:`close` joins the header and the
+    lists into one file and publishes it in one step (nothing partial is ever
+    visible at ``url``). Memory stays at one shard's rows.
+    """
+
+    def __init__(self, url: str, description: str, categories: list[dict], lists: tuple[str, ...]):
+        self.fs, self.path = open_fs(url)
+        self.header = coco_header(description, categories)
+        self.parts = {name: tempfile.TemporaryFile("w+", encoding="utf-8") for name in lists}
+        self.counts = dict.fromkeys(lists, 0)
+
+    def add(self, name: str, obj: dict) -> None:
+        self.parts[name].write(("," if self.counts[name] else "") + "\n" + json.dumps(obj))
+        self.counts[name] += 1
+
+    def close(self) -> dict[str, int]:
+        tmp = local_tempfile(self.fs, self.path, ".json")
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(self.header)
+                for name, part in self.parts.items():
+                    f.write(f', "{name}": [')
+                    part.seek(0)
+                    shutil.copyfileobj(part, f)
+                    f.write("\n]")
+                f.write("}\n")
+            publish_file(self.fs, tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            for part in self.parts.values():
+                part.close()
+        return dict(self.counts)
+
+
+_MASK_COLUMNS = [
+    "annotation_id",
+    "image_id",
+    "category_id",
+    "rle_counts",
+    "width",
+    "height",
+    "area",
+    "bbox",
+    "score",
+    "predicted_iou",
+]
+
+
+def exported(masks: pa.Table, keep_verdicts: tuple[str, ...]) -> pa.Table:
+    """The masks that are exported: no QC verdict (no qc stage), or a verdict in ``keep_verdicts``."""
+    if "qc_verdict" not in masks.column_names:
+        return masks
+    keep = pc.or_kleene(
+        pc.is_null(masks["qc_verdict"]),
+        pc.is_in(masks["qc_verdict"], value_set=pa.array(list(keep_verdicts), pa.string())),
+    )
+    return masks.filter(keep)
+
+
+class InstancesWriter:
+    """``coco/instances.json`` from one shard's ``(images, masks)`` tables at a time (see the module docstring)."""
+
+    def __init__(
+        self, url: str, categories: dict[int, str], description: str = "", keep_verdicts: tuple[str, ...] = ("pass",)
+    ):
+        cats = [{"id": int(i), "name": n, "supercategory": "object"} for i, n in sorted(categories.items())]
+        self.out = StreamedCocoJson(url, description, cats, ("images", "annotations"))
+        self.keep_verdicts = keep_verdicts
+
+    def add(self, images: pa.Table, masks: pa.Table) -> None:
+        ok = images.filter(pc.equal(images["status"], "ok"))
+        for r in ok.select(["image_id", "file_name", "image_uri", "width", "height"]).to_pylist():
+            self.out.add(
+                "images",
+                {
+                    "id": r["image_id"],
+                    "file_name": r["file_name"],
+                    "width": r["width"],
+                    "height": r["height"],
+                    "segflow_uri": r["image_uri"],
+                },
+            )
+        for r in exported(masks, self.keep_verdicts).select(_MASK_COLUMNS).to_pylist():
+            self.out.add(
+                "annotations",
+                {
+                    "id": r["annotation_id"],
+                    "image_id": r["image_id"],
+                    "category_id": r["category_id"],
+                    "segmentation": {"size": [r["height"], r["width"]], "counts": r["rle_counts"]},
+                    "area": int(r["area"]),
+                    "bbox": [round(v, 2) for v in r["bbox"]],
+                    "iscrowd": 0,
+                    "score": _f(r["score"]),
+                    "predicted_iou": _f(r["predicted_iou"]),
+                },
+            )
+
+    def close(self) -> dict[str, int]:
+        """Publish the file; returns ``{"images": n, "annotations": n}``."""
+        return self.out.close()
+
+
 def write_instances(
     url: str,
     categories: dict[int, str],
-    image_tables: Callable[[], Iterable[pa.Table]],
-    mask_tables: Callable[[], Iterable[pa.Table]],
+    shards: Iterable[tuple[pa.Table, pa.Table]],
     description: str = "",
     keep_verdicts: tuple[str, ...] = ("pass",),
 ) -> dict[str, int]:
-    """Stream images then annotations into ``url``. Returns counts.
-
-    Masks with a QC verdict are exported only when it is in ``keep_verdicts``
-    (masks without a QC stage have no verdict and are always exported).
-    """
-    fs, path = open_fs(url)
-    tmp = local_tempfile(fs, path, ".json")
-    n_images = n_anns = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(
-                coco_header(
-                    description,
-                    [{"id": int(i), "name": n, "supercategory": "object"} for i, n in sorted(categories.items())],
-                )
-            )
-            f.write(', "images": [')
-            first = True
-            for t in image_tables():
-                for r in (
-                    t.filter(pc.equal(t["status"], "ok"))
-                    .select(["image_id", "file_name", "image_uri", "width", "height"])
-                    .to_pylist()
-                ):
-                    f.write(
-                        ("" if first else ",")
-                        + "\n"
-                        + json.dumps(
-                            {
-                                "id": r["image_id"],
-                                "file_name": r["file_name"],
-                                "width": r["width"],
-                                "height": r["height"],
-                                "segflow_uri": r["image_uri"],
-                            }
-                        )
-                    )
-                    first = False
-                    n_images += 1
-            f.write('\n], "annotations": [')
-            first = True
-            cols = [
-                "annotation_id",
-                "image_id",
-                "category_id",
-                "rle_counts",
-                "width",
-                "height",
-                "area",
-                "bbox",
-                "score",
-                "predicted_iou",
-            ]
-            for t in mask_tables():
-                if "qc_verdict" in t.column_names:
-                    keep = pc.or_kleene(
-                        pc.is_null(t["qc_verdict"]),
-                        pc.is_in(t["qc_verdict"], value_set=pa.array(list(keep_verdicts), pa.string())),
-                    )
-                    t = t.filter(keep)
-                for r in t.select(cols).to_pylist():
-                    f.write(
-                        ("" if first else ",")
-                        + "\n"
-                        + json.dumps(
-                            {
-                                "id": r["annotation_id"],
-                                "image_id": r["image_id"],
-                                "category_id": r["category_id"],
-                                "segmentation": {"size": [r["height"], r["width"]], "counts": r["rle_counts"]},
-                                "area": int(r["area"]),
-                                "bbox": [round(v, 2) for v in r["bbox"]],
-                                "iscrowd": 0,
-                                "score": _f(r["score"]),
-                                "predicted_iou": _f(r["predicted_iou"]),
-                            }
-                        )
-                    )
-                    first = False
-                    n_anns += 1
-            f.write("\n]}\n")
-        publish_file(fs, tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return {"images": n_images, "annotations": n_anns}
+    """Write ``coco/instances.json`` from ``(images, masks)`` tables per shard. Returns counts."""
+    writer = InstancesWriter(url, categories, description, keep_verdicts)
+    for images, masks in shards:
+        writer.add(images, masks)
+    return writer.close()

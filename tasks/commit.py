@@ -27,8 +27,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from segflow.tasks.layout import OutputLayout
 from segflow.tasks.retry import retry_call
-from segflow.tasks.storage import create_exclusive, join, open_fs, read_bytes, write_bytes
+from segflow.tasks.storage import create_exclusive, open_fs, read_bytes, write_bytes
 
 __all__ = [
     "ShardConflict",
@@ -47,12 +48,8 @@ class ShardConflict(Exception):
     """The output holds a commit of this shard made by a job with different settings."""
 
 
-def _shard_dir(output: str, shard_id: str) -> str:
-    return join(output, "shards", shard_id)
-
-
 def read_commit(output: str, shard_id: str) -> dict | None:
-    fs, path = open_fs(join(_shard_dir(output, shard_id), "_COMMIT.json"))
+    fs, path = open_fs(OutputLayout(output).commit_record(shard_id))
     try:
         return json.loads(read_bytes(fs, path))
     except FileNotFoundError:
@@ -70,13 +67,14 @@ def commit_shard(
 ) -> tuple[dict, bool]:
     """Write an attempt's files and try to commit them. Returns ``(commit_record, won)``."""
     attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    rel_dir = f"shards/{shard_id}/attempts/{attempt}"
+    layout = OutputLayout(output)
+    rel_dir = layout.attempt_dir(shard_id, attempt)
     fs, _ = open_fs(output)
     files = {}
     for name, table in tables.items():
         data = _parquet_bytes(table)
         rel = f"{rel_dir}/{name}.parquet"
-        _, path = open_fs(join(output, rel))
+        _, path = open_fs(layout.url(rel))
         retry_call(lambda path=path, data=data: write_bytes(fs, path, data))
         files[name] = {
             "path": rel,
@@ -92,26 +90,22 @@ def commit_shard(
         "stats": stats,
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _, commit_path = open_fs(join(_shard_dir(output, shard_id), "_COMMIT.json"))
+    _, commit_path = open_fs(layout.commit_record(shard_id))
     won = retry_call(lambda: create_exclusive(fs, commit_path, json.dumps(record, indent=1).encode()))
     if not won:
         existing = read_commit(output, shard_id)
         if existing is not None and existing.get("attempt") == attempt:
             won = True  # our PUT landed but its answer was lost; the retry found our own record
         else:
-            _, attempt_path = open_fs(join(output, rel_dir))
+            _, attempt_path = open_fs(layout.url(rel_dir))
             fs.rm(attempt_path, recursive=True)
             return existing or record, False
     clear_error(output, shard_id)
     return record, True
 
 
-def _error_path(output: str, shard_id: str) -> str:
-    return join(output, "shards", "_errors", f"{shard_id}.json")
-
-
 def record_failure(output: str, shard_id: str, error: str) -> None:
-    fs, path = open_fs(_error_path(output, shard_id))
+    fs, path = open_fs(OutputLayout(output).error_record(shard_id))
     write_bytes(
         fs,
         path,
@@ -122,7 +116,7 @@ def record_failure(output: str, shard_id: str, error: str) -> None:
 
 
 def read_error(output: str, shard_id: str) -> dict | None:
-    fs, path = open_fs(_error_path(output, shard_id))
+    fs, path = open_fs(OutputLayout(output).error_record(shard_id))
     try:
         return json.loads(read_bytes(fs, path))
     except FileNotFoundError:
@@ -130,7 +124,7 @@ def read_error(output: str, shard_id: str) -> dict | None:
 
 
 def clear_error(output: str, shard_id: str) -> None:
-    fs, path = open_fs(_error_path(output, shard_id))
+    fs, path = open_fs(OutputLayout(output).error_record(shard_id))
     try:
         fs.rm_file(path)
     except FileNotFoundError:
@@ -140,7 +134,7 @@ def clear_error(output: str, shard_id: str) -> None:
 def read_committed_bytes(output: str, commit: dict, name: str) -> bytes:
     """The bytes of one data file named by a commit record, checked against its sha256."""
     entry = commit["files"][name]
-    fs, path = open_fs(join(output, entry["path"]))
+    fs, path = open_fs(OutputLayout(output).url(entry["path"]))
     data = read_bytes(fs, path)
     digest = hashlib.sha256(data).hexdigest()
     if digest != entry["sha256"]:

@@ -1,6 +1,8 @@
 """Finalize: merge committed shards into the manifests, export COCO, write the summary.
 
-Reads only files named by commit records, and refuses to produce anything
+Reads only files named by commit records, each once (one pass over the
+shards feeds the manifests, COCO, panoptic JSON, QC report and gold-set
+match), and refuses to produce anything
 when a planned shard is not committed (naming the missing shards and their
 last errors), so a dataset is never partial.
 
@@ -27,14 +29,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from segflow.tasks.coco import write_instances
+from segflow.tasks.coco import InstancesWriter, exported
 from segflow.tasks.commit import parse_committed, read_commit, read_committed_bytes, read_committed_table, read_error
+from segflow.tasks.layout import OutputLayout
 from segflow.tasks.panoptic_export import (
+    PanopticJsonWriter,
     evaluate_panoptic_files,
     panoptic_categories,
     render_shard,
     rendered_attempt,
-    write_panoptic_json,
 )
 from segflow.tasks.plan import load_plan
 from segflow.tasks.qc_report import QcAccumulator, write_qc_report
@@ -57,12 +60,12 @@ class IncompleteRunError(Exception):
         )
 
 
-def output_paths(output: str) -> dict[str, str]:
+def output_paths(layout: OutputLayout) -> dict[str, str]:
     return {
-        "masks": join(output, "manifest", "masks.parquet"),
-        "images": join(output, "manifest", "images.parquet"),
-        "coco_instances": join(output, "coco", "instances.json"),
-        "summary": join(output, "summary.json"),
+        "masks": layout.manifest("masks"),
+        "images": layout.manifest("images"),
+        "coco_instances": layout.coco_instances,
+        "summary": layout.summary,
     }
 
 
@@ -102,37 +105,47 @@ def _replace_dir(fs: Any, path: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def gold_quality(job: Any, commits: list[dict], keep_verdicts: tuple[str, ...] = ("pass",)) -> dict:
-    """Evaluate the exported labels (QC verdict in ``keep_verdicts`` or none) of the gold set's images against it."""
-    from pathlib import PurePosixPath
+class GoldMatch:
+    """The exported labels of the gold set's images, gathered shard by shard, then evaluated against it."""
 
-    from segflow.tasks.quality import evaluate, load_gold
+    def __init__(self, job: Any, keep_verdicts: tuple[str, ...]):
+        from pathlib import PurePosixPath
 
-    gold = load_gold(job.gold_set)
-    wanted = {im["file_name"] for im in gold["images"]} | {PurePosixPath(im["file_name"]).name for im in gold["images"]}
-    file_names: dict[str, int] = {}
-    sizes: dict[int, tuple[int, int]] = {}
-    for c in commits:
-        for r in read_committed_table(job.output, c, "images").to_pylist():
-            if r["status"] == "ok" and (r["file_name"] in wanted or PurePosixPath(r["file_name"]).name in wanted):
-                file_names[r["file_name"]] = r["image_id"]
-                sizes[r["image_id"]] = (r["height"], r["width"])
-    ids = pa.array(list(sizes), pa.int64())
-    preds = []
-    for c in commits:
-        t = read_committed_table(job.output, c, "masks")
-        t = t.filter(
-            pc.or_kleene(
-                pc.is_null(t["qc_verdict"]),
-                pc.is_in(t["qc_verdict"], value_set=pa.array(list(keep_verdicts), pa.string())),
-            )
-        )
-        preds.extend(
-            t.filter(pc.is_in(t["image_id"], value_set=ids))
-            .select(["image_id", "category_id", "score", "rle_counts", "bbox"])
-            .to_pylist()
-        )
-    return evaluate(gold, job.category_names(), file_names, preds, sizes)
+        from segflow.tasks.quality import load_gold
+
+        self.job, self.keep_verdicts = job, keep_verdicts
+        self.gold = load_gold(job.gold_set)
+        names = [im["file_name"] for im in self.gold["images"]]
+        self.wanted = set(names) | {PurePosixPath(n).name for n in names}
+        self.file_names: dict[str, int] = {}
+        self.sizes: dict[int, tuple[int, int]] = {}
+        self.preds: list[dict] = []
+
+    def add(self, images: pa.Table, masks: pa.Table) -> None:
+        from pathlib import PurePosixPath
+
+        ids = []
+        for r in images.filter(pc.equal(images["status"], "ok")).to_pylist():
+            if r["file_name"] in self.wanted or PurePosixPath(r["file_name"]).name in self.wanted:
+                self.file_names[r["file_name"]] = r["image_id"]
+                self.sizes[r["image_id"]] = (r["height"], r["width"])
+                ids.append(r["image_id"])
+        if ids:
+            t = exported(masks, self.keep_verdicts)
+            t = t.filter(pc.is_in(t["image_id"], value_set=pa.array(ids, pa.int64())))
+            self.preds.extend(t.select(["image_id", "category_id", "score", "rle_counts", "bbox"]).to_pylist())
+
+    def evaluate(self) -> dict:
+        from segflow.tasks.quality import evaluate
+
+        return evaluate(self.gold, self.job.category_names(), self.file_names, self.preds, self.sizes)
+
+
+def _count(into: dict[str, int], table: pa.Table, column: str) -> None:
+    """Add the rows of ``table`` per ``category_name`` to ``into``."""
+    if table.num_rows:
+        for row in table.group_by("category_name").aggregate([(column, "count")]).to_pylist():
+            into[row["category_name"]] = into.get(row["category_name"], 0) + row[f"{column}_count"]
 
 
 def _render_missing(output: str, commits: list[dict]) -> int:
@@ -155,7 +168,8 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
     """Merge, export and summarise a fully committed run. Returns the summary dict."""
     output = job.output
     plan, commits = _collect_commits(output)
-    paths = output_paths(output)
+    layout = OutputLayout(output)
+    paths = output_paths(layout)
     fs, _ = open_fs(output)
     rendered_now = _render_missing(output, commits)  # PNGs of shards whose own rendering did not finish
     digest = commits_digest(commits, getattr(job, "gold_set", None), getattr(job, "gold_panoptic", None))
@@ -163,21 +177,23 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
     if previous is not None and previous.get("commits_digest") == digest:
         return previous  # already finalized from exactly these commits: write nothing
 
-    # 1. manifests: one part per shard, copied from the committed attempt files
+    # 1. one pass over the committed shards: each committed file is read once and feeds every output
     counts = {"images": 0, "labelled_images": 0, "failed_images": 0, "masks": 0}
     per_category: dict[str, int] = {}
+    segments_per_category: dict[str, int] = {}
     qc = job.qc_stage() if hasattr(job, "qc_stage") else None
+    keep = ("pass", "flag") if qc is not None and qc.export_flagged else ("pass",)
     if qc is not None:
-        paths["quarantine"] = join(output, "qc", "quarantine.parquet")
+        paths["quarantine"] = layout.quarantine
     acc = QcAccumulator(qc.review_samples) if qc is not None else None
     has_panoptic = all("panoptic" in c["files"] for c in commits) and bool(commits)
     if has_panoptic:
         paths.update(
             {
-                "panoptic": join(output, "manifest", "panoptic.parquet"),
-                "coco_panoptic": join(output, "coco", "panoptic.json"),
-                "coco_panoptic_pngs": join(output, "coco", "panoptic"),
-                "semantic_pngs": join(output, "semantic"),
+                "panoptic": layout.manifest("panoptic"),
+                "coco_panoptic": layout.coco_panoptic,
+                "coco_panoptic_pngs": layout.coco_panoptic_pngs,
+                "semantic_pngs": layout.semantic_pngs,
             }
         )
     elif any("panoptic" in c["files"] for c in commits):  # pragma: no cover - fingerprints keep a run's shards alike
@@ -186,18 +202,24 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
         if name in paths:
             _, dir_path = open_fs(paths[name])
             _replace_dir(fs, dir_path)
-    segments_per_category: dict[str, int] = {}
+    coco = InstancesWriter(paths["coco_instances"], job.category_names(), description=job.name, keep_verdicts=keep)
+    pan_json = (
+        PanopticJsonWriter(paths["coco_panoptic"], panoptic_categories(job.ontology), description=job.name)
+        if has_panoptic
+        else None
+    )
+    gold = GoldMatch(job, keep) if getattr(job, "gold_set", None) else None
     for c in commits:
         names = ("images", "masks", "panoptic") if has_panoptic else ("images", "masks")
         raw = {name: read_committed_bytes(output, c, name) for name in names}
         images, masks = (parse_committed(c, name, raw[name]) for name in ("images", "masks"))
-        if has_panoptic:
+        coco.add(images, masks)
+        if gold is not None:
+            gold.add(images, masks)
+        if pan_json is not None:
             pan = parse_committed(c, "panoptic", raw["panoptic"])
-            if pan.num_rows:
-                for row in pan.group_by("category_name").aggregate([("segment_id", "count")]).to_pylist():
-                    segments_per_category[row["category_name"]] = (
-                        segments_per_category.get(row["category_name"], 0) + row["segment_id_count"]
-                    )
+            pan_json.add(images, pan)
+            _count(segments_per_category, pan, "segment_id")
         if acc is not None:
             acc.add(c["shard_id"], masks, images)
             buf = io.BytesIO()
@@ -210,29 +232,11 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
         counts["failed_images"] += int(pc.sum(pc.equal(images["status"], "failed")).as_py() or 0)
         counts["labelled_images"] += int(pc.sum(pc.greater(images["num_masks"], 0)).as_py() or 0)
         counts["masks"] += masks.num_rows
-        if masks.num_rows:
-            for row in masks.group_by("category_name").aggregate([("annotation_id", "count")]).to_pylist():
-                per_category[row["category_name"]] = (
-                    per_category.get(row["category_name"], 0) + row["annotation_id_count"]
-                )
+        _count(per_category, masks, "annotation_id")
 
-    # 2. COCO instances, streamed shard by shard
-    def tables(name: str):
-        def gen():
-            for c in commits:
-                yield read_committed_table(output, c, name)
-
-        return gen
-
-    keep = ("pass", "flag") if qc is not None and qc.export_flagged else ("pass",)
-    coco_counts = write_instances(
-        paths["coco_instances"],
-        job.category_names(),
-        tables("images"),
-        tables("masks"),
-        description=job.name,
-        keep_verdicts=keep,
-    )
+    # 2. close the exports: COCO instances and panoptic JSON, the QC report
+    coco_counts = coco.close()
+    pan_counts = pan_json.close() if pan_json is not None else None
     qc_summary = None
     if acc is not None:
         qc_summary = write_qc_report(output, acc, job.name)
@@ -243,21 +247,8 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
     if coco_counts["annotations"] != expected:  # pragma: no cover - internal consistency guard
         raise RuntimeError(f"COCO export wrote {coco_counts['annotations']} annotations, expected {expected}")
 
-    pan_counts = None
-    if has_panoptic:
-
-        def pairs():
-            for c in commits:
-                yield read_committed_table(output, c, "images"), read_committed_table(output, c, "panoptic")
-
-        pan_counts = write_panoptic_json(
-            paths["coco_panoptic"], panoptic_categories(job.ontology), pairs, description=job.name
-        )
-
     # 3. quality against the gold set(s), when the job names them
-    quality = None
-    if getattr(job, "gold_set", None):
-        quality = gold_quality(job, commits, keep)
+    quality = gold.evaluate() if gold is not None else None
     if getattr(job, "gold_panoptic", None) and has_panoptic:
         pan_q = evaluate_panoptic_files(job.gold_panoptic, paths["coco_panoptic"])
         quality = (quality or {}) | {
@@ -268,7 +259,7 @@ def finalize(job: Any, started_at: float | None = None) -> dict:
             "miou": pan_q["miou"],
         }
     if quality is not None:
-        paths["quality"] = join(output, "quality.json")
+        paths["quality"] = layout.quality
         _, qpath = open_fs(paths["quality"])
         write_bytes(fs, qpath, json.dumps(quality, indent=2).encode())
 

@@ -6,7 +6,7 @@
   renders right after its commit; finalize renders any committed shard whose
   marker is missing or names another attempt, so the PNGs always come from the
   same rows as the JSON and the manifest.
-* :func:`write_panoptic_json` -- ``coco/panoptic.json``, streamed shard by shard.
+* :class:`PanopticJsonWriter` -- ``coco/panoptic.json``, streamed shard by shard.
 * :func:`evaluate_panoptic_files` -- PQ/SQ/RQ and mIoU of exported files
   against a COCO panoptic gold set (JSON + PNG folder), images matched by file name.
 """
@@ -14,9 +14,8 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 from typing import Any
@@ -25,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from segflow.tasks.coco import coco_header
+from segflow.tasks.coco import StreamedCocoJson
+from segflow.tasks.layout import OutputLayout
 from segflow.tasks.panoptic import (
     PanopticQuality,
     SemanticQuality,
@@ -36,13 +36,13 @@ from segflow.tasks.panoptic import (
     semantic_from_segments,
     semantic_png,
 )
-from segflow.tasks.storage import join, local_tempfile, open_fs, publish_file, read_bytes, redact, write_bytes
+from segflow.tasks.storage import join, open_fs, read_bytes, redact, write_bytes
 
 __all__ = [
     "panoptic_categories",
     "render_shard",
     "rendered_attempt",
-    "write_panoptic_json",
+    "PanopticJsonWriter",
     "evaluate_panoptic_files",
     "png_name",
 ]
@@ -70,7 +70,7 @@ def panoptic_categories(ontology: Iterable[Any]) -> list[dict]:
 
 
 def _marker(output: str, shard_id: str) -> str:
-    return join(output, "shards", shard_id, "_RENDERED.json")
+    return OutputLayout(output).rendered_record(shard_id)
 
 
 def rendered_attempt(output: str, shard_id: str) -> str | None:
@@ -98,6 +98,7 @@ def render_shard(
 ) -> int:
     """Write the PNGs of one committed shard, then its ``_RENDERED.json``. Returns the number of images."""
     fs, _ = open_fs(output)
+    layout = OutputLayout(output)
     pal = palette([])
     segs = _by_image(panoptic)
     ok = images.filter(pc.equal(images["status"], "ok")).select(["image_id", "width", "height"]).to_pylist()
@@ -111,11 +112,11 @@ def render_shard(
             raise ValueError(f"{shard_id}: image {r['image_id']}: segment ids are not 1..n")
         ids = segment_map(counts, h, w)
         cats = {k + 1: int(s["category_id"][i]) for k, i in enumerate(order)}
-        for rel, data in (
-            (("coco", "panoptic", png_name(r["image_id"])), panoptic_png(ids)),
-            (("semantic", png_name(r["image_id"])), semantic_png(semantic_from_segments(ids, cats), pal)),
+        for folder, data in (
+            (layout.coco_panoptic_pngs, panoptic_png(ids)),
+            (layout.semantic_pngs, semantic_png(semantic_from_segments(ids, cats), pal)),
         ):
-            _, path = open_fs(join(output, *rel))
+            _, path = open_fs(join(folder, png_name(r["image_id"])))
             write_bytes(fs, path, data)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segflow-png") as pool:
@@ -136,72 +137,34 @@ def render_shard(
     return len(ok)
 
 
-def write_panoptic_json(
-    url: str, categories: list[dict], tables: Callable[[], Iterable[tuple[pa.Table, pa.Table]]], description: str = ""
-) -> dict[str, int]:
-    """Stream ``coco/panoptic.json`` from ``(images, panoptic)`` tables per shard. Returns counts."""
-    fs, path = open_fs(url)
-    tmp = local_tempfile(fs, path, ".json")
-    n_images = n_segments = 0
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(coco_header(description, categories))
-            # two passes over the shards keep memory to one shard: images first, then annotations
-            f.write(', "images": [')
-            first = True
-            for images, _ in tables():
-                for r in (
-                    images.filter(pc.equal(images["status"], "ok"))
-                    .select(["image_id", "file_name", "width", "height"])
-                    .to_pylist()
-                ):
-                    f.write(
-                        ("" if first else ",")
-                        + "\n"
-                        + json.dumps(
-                            {
-                                "id": r["image_id"],
-                                "file_name": r["file_name"],
-                                "width": r["width"],
-                                "height": r["height"],
-                            }
-                        )
-                    )
-                    first = False
-                    n_images += 1
-            f.write('\n], "annotations": [')
-            first = True
-            for images, panoptic in tables():
-                segs = _by_image(panoptic)
-                for image_id in images.filter(pc.equal(images["status"], "ok"))["image_id"].to_pylist():
-                    s = segs.get(image_id)
-                    infos = (
-                        []
-                        if s is None
-                        else [
-                            {
-                                "id": sid,
-                                "category_id": cid,
-                                "iscrowd": 0,
-                                "area": int(a),
-                                "bbox": [round(v, 2) for v in bb],
-                            }
-                            for sid, cid, a, bb in sorted(zip(s["segment_id"], s["category_id"], s["area"], s["bbox"]))
-                        ]
-                    )
-                    n_segments += len(infos)
-                    f.write(
-                        ("" if first else ",")
-                        + "\n"
-                        + json.dumps({"image_id": image_id, "file_name": png_name(image_id), "segments_info": infos})
-                    )
-                    first = False
-            f.write("\n]}\n")
-        publish_file(fs, tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return {"images": n_images, "segments": n_segments}
+class PanopticJsonWriter:
+    """``coco/panoptic.json`` from one shard's ``(images, panoptic)`` tables at a time (one pass, then published)."""
+
+    def __init__(self, url: str, categories: list[dict], description: str = ""):
+        self.out = StreamedCocoJson(url, description, categories, ("images", "annotations"))
+        self.segments = 0
+
+    def add(self, images: pa.Table, panoptic: pa.Table) -> None:
+        ok = images.filter(pc.equal(images["status"], "ok"))
+        for r in ok.select(["image_id", "file_name", "width", "height"]).to_pylist():
+            self.out.add(
+                "images", {"id": r["image_id"], "file_name": r["file_name"], "width": r["width"], "height": r["height"]}
+            )
+        segs = _by_image(panoptic)
+        for image_id in ok["image_id"].to_pylist():
+            s = segs.get(image_id)
+            rows = [] if s is None else sorted(zip(s["segment_id"], s["category_id"], s["area"], s["bbox"]))
+            infos = [
+                {"id": sid, "category_id": cid, "iscrowd": 0, "area": int(a), "bbox": [round(v, 2) for v in bb]}
+                for sid, cid, a, bb in rows
+            ]
+            self.segments += len(infos)
+            self.out.add("annotations", {"image_id": image_id, "file_name": png_name(image_id), "segments_info": infos})
+
+    def close(self) -> dict[str, int]:
+        """Publish the file; returns ``{"images": n, "segments": n}``."""
+        counts = self.out.close()
+        return {"images": counts["images"], "segments": self.segments}
 
 
 def _load_json(url: str) -> dict:

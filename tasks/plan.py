@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from segflow.tasks.layout import OutputLayout
 from segflow.tasks.storage import is_local, join, open_fs, read_bytes, redact, write_bytes
 
 __all__ = ["PlanError", "Plan", "list_source", "make_plan", "load_plan", "read_shard_rows", "plan_paths"]
@@ -66,7 +67,8 @@ class Plan:
 
 
 def plan_paths(output: str) -> tuple[str, str]:
-    return join(output, "plan", "plan.parquet"), join(output, "plan", "plan.json")
+    layout = OutputLayout(output)
+    return layout.plan_parquet(), layout.plan_json
 
 
 def shard_name(index: int, generation: int = 0) -> str:
@@ -79,7 +81,7 @@ def _generation_of(shard_id: str) -> int:
 
 
 def _generation_file(output: str, generation: int) -> str:
-    return plan_paths(output)[0] if generation == 0 else join(output, "plan", f"plan-g{generation:04d}.parquet")
+    return OutputLayout(output).plan_parquet(generation)
 
 
 def glob_to_regex(pattern: str) -> re.Pattern:
@@ -276,7 +278,7 @@ def make_plan(job: Any) -> Plan:
     parquet_url, meta_url = plan_paths(job.output)
     _, meta_path = open_fs(meta_url)
     fingerprint = _fingerprint(job.source, job.shard_size)
-    _, job_path = open_fs(join(job.output, "job.json"))
+    _, job_path = open_fs(OutputLayout(job.output).job_json)
     if fs.exists(meta_path):
         meta = json.loads(read_bytes(fs, meta_path))
         if meta.get("fingerprint") != fingerprint:
@@ -358,7 +360,7 @@ def _append_generation(job: Any, fs: Any, meta: dict, meta_path: str) -> Plan:
     if n == 0:
         return Plan(job.output, list(meta["shard_ids"]), int(meta["num_images"]), reused=True, new_images=0)
     entry = {"generation": generation, "num_images": n, "shard_ids": shard_ids, "planned_at": _now()}
-    _, claim = open_fs(join(job.output, "plan", f"plan-g{generation:04d}.json"))
+    _, claim = open_fs(OutputLayout(job.output).plan_claim(generation))
     if not create_exclusive(fs, claim, json.dumps(entry).encode()):
         raise PlanError(
             f"another run is planning generation {generation} of {redact(job.output)} "

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from segflow.tasks import rle
 from segflow.tasks.images import decode_image
+from segflow.tasks.layout import OutputLayout
 from segflow.tasks.storage import join, open_fs, write_bytes
 
 __all__ = ["QcAccumulator", "write_qc_report", "contact_sheet"]
@@ -186,7 +187,7 @@ def write_qc_report(output: str, acc: QcAccumulator, job_name: str) -> dict[str,
     import pyarrow.parquet as pq
 
     fs, _ = open_fs(output)
-    root = join(output, "qc")
+    root = OutputLayout(output).qc
 
     def put(rel: str, data: bytes) -> None:
         _, path = open_fs(join(root, rel))

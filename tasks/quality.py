@@ -31,6 +31,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from segflow.tasks.layout import OutputLayout
 from segflow.tasks.storage import open_fs, read_bytes, redact
 
 __all__ = ["GoldSetError", "load_gold", "evaluate", "format_quality", "load_quality"]
@@ -207,9 +208,8 @@ def evaluate(
 
 def load_quality(output: str) -> dict:
     """``OUTPUT/quality.json`` of a finished run."""
-    from segflow.tasks.storage import join
 
-    fs, path = open_fs(join(output, "quality.json"))
+    fs, path = open_fs(OutputLayout(output).quality)
     return json.loads(read_bytes(fs, path))
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from segflow.tasks.layout import OutputLayout
 from segflow.tasks.plan import load_plan
-from segflow.tasks.storage import join, open_fs
+from segflow.tasks.storage import open_fs
 
 __all__ = ["shard_states", "summarize_states"]
 
@@ -18,7 +19,7 @@ __all__ = ["shard_states", "summarize_states"]
 def shard_states(output: str) -> list[dict[str, Any]]:
     """One dict per planned shard: ``shard_id``, ``state``, and counts or ``error``."""
     plan = load_plan(output)
-    fs, root = open_fs(join(output, "shards"))
+    fs, root = open_fs(OutputLayout(output).shards)
     try:
         found = set(fs.find(root))
     except FileNotFoundError:

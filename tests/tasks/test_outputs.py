@@ -8,11 +8,16 @@ the code under test.
 from __future__ import annotations
 
 import json
+import uuid
+from collections import Counter
 
+import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 from PIL import Image
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from segflow.config import parse_config
@@ -108,12 +113,12 @@ def test_coco_export_keeps_verdicts_and_loads_in_pycocotools(tmp_path):
     t.add_failed_image(2, "mem://b.png", "b.png", "bad")
     masks, images = t.tables()
     url = str(tmp_path / "coco.json")
-    counts = write_instances(url, NAMES, lambda: [images], lambda: [masks], keep_verdicts=("pass",))
+    counts = write_instances(url, NAMES, [(images, masks)], keep_verdicts=("pass",))
     coco = COCO(url)
     assert counts["annotations"] == 1 and counts["images"] == 1 and list(coco.imgs) == [1]
     ann = coco.loadAnns(coco.getAnnIds())[0]
     assert ann["bbox"] == [2, 3, 10, 5] and ann["area"] == 50 and coco.annToMask(ann).sum() == 50
-    counts = write_instances(url, NAMES, lambda: [images], lambda: [masks], keep_verdicts=("pass", "flag"))
+    counts = write_instances(url, NAMES, [(images, masks)], keep_verdicts=("pass", "flag"))
     assert counts["annotations"] == 2 and sorted(COCO(url).getCatIds()) == [1, 2]
 
 
@@ -139,26 +144,31 @@ def test_qc_report_counts_verdicts_and_draws_sheets(tmp_path):
     assert sum(r["count"] for r in summary) == 3 and "| stability | 2 |" in (qc / "report.md").read_text()
 
 
-@pytest.fixture()
-def planned(tmp_path):
+def make_job(tmp_path, output, **extra):
     src = tmp_path / "src"
-    src.mkdir()
+    src.mkdir(exist_ok=True)
     for i in range(5):
         Image.fromarray(np.full((H, W, 3), 40 * i, np.uint8)).save(src / f"{i}.png")
-    job = parse_config(
+    return parse_config(
         {
             "name": "unit",
             "source": {"url": str(src)},
-            "output": str(tmp_path / "out"),
+            "output": output,
             "shard_size": 2,
             "ontology": [{"id": i, "name": n} for i, n in NAMES.items()],
             "stages": {
                 "detector": {"kind": "yolo", "weights": "det.pt"},
                 "masks": {"kind": "sam", "needs": ["detector"], "weights": "sam.pt"},
             },
+            **extra,
         },
         check_files=False,
     )
+
+
+@pytest.fixture()
+def planned(tmp_path):
+    job = make_job(tmp_path, str(tmp_path / "out"))
     return job, make_plan(job)
 
 
@@ -203,3 +213,46 @@ def test_finalize_merges_committed_shards_once(planned):
     assert len(coco.anns) == summary["masks"] and len(coco.imgs) == 5
     stamp = open(f"{out}/summary.json").read()
     assert finalize(job) == json.loads(stamp) and open(f"{out}/summary.json").read() == stamp  # nothing rewritten
+
+
+class CountingMemoryFS(MemoryFileSystem):
+    """fsspec's memory store, counting whole-file reads per path (the storage layer, not segflow's code)."""
+
+    protocol = "countmem"
+    reads: Counter = Counter()
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        CountingMemoryFS.reads[self._strip_protocol(path)] += 1
+        return super().cat_file(path, start, end, **kwargs)
+
+
+def test_finalize_reads_each_committed_file_once_and_measures_gold(tmp_path):
+    fsspec.register_implementation("countmem", CountingMemoryFS, clobber=True)
+    gold = {
+        "images": [{"id": i + 1, "file_name": f"{i}.png", "width": W, "height": H} for i in range(5)],
+        "categories": [{"id": i, "name": n} for i, n in NAMES.items()],
+        "annotations": [],
+    }
+    for i in range(5):  # image_id i + 1 gets one rectangle at x = i + 1 (as commit_planned draws it)
+        m = np.zeros((H, W), np.uint8, order="F")
+        m[1:9, i + 1 : i + 5] = 1
+        rle_obj = mask_utils.encode(np.asfortranarray(m))
+        gold["annotations"].append(
+            {
+                "id": i + 1,
+                "image_id": i + 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "area": int(m.sum()),
+                "bbox": [i + 1, 1, 4, 8],
+                "segmentation": {"size": [H, W], "counts": rle_obj["counts"].decode()},
+            }
+        )
+    (tmp_path / "gold.json").write_text(json.dumps(gold))
+    job = make_job(tmp_path, f"countmem://run-{uuid.uuid4().hex}", gold_set=str(tmp_path / "gold.json"))
+    commits = [commit_planned(job, s) for s in make_plan(job).shard_ids]
+    CountingMemoryFS.reads.clear()
+    summary = finalize(job)
+    data_files = [f"{job.output}/{e['path']}" for c in commits for e in c["files"].values()]
+    assert len(data_files) == 6 and all(CountingMemoryFS.reads[f] == 1 for f in data_files), CountingMemoryFS.reads
+    assert summary["quality"]["mask_ap50"] == 1.0 and summary["quality"]["gold_instances"] == 5

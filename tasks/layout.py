@@ -1,0 +1,112 @@
+"""The output layout: every path under OUTPUT, in one place.
+
+::
+
+    OUTPUT/
+      job.json                                    the resolved job, for `segflow rerun`
+      plan/plan.parquet, plan/plan.json           the shard plan; plan/plan-gNNNN.{parquet,json} later generations
+      shards/<shard>/_COMMIT.json                 commit record (segflow.tasks.commit)
+      shards/<shard>/attempts/<attempt>/*.parquet data files of one attempt
+      shards/<shard>/_RENDERED.json               which attempt the shard's PNGs were drawn from
+      shards/_errors/<shard>.json                 last failure of an uncommitted shard
+      manifest/{masks,images,panoptic}.parquet/   one part per shard
+      coco/instances.json, coco/panoptic.json, coco/panoptic/<image_id>.png
+      semantic/<image_id>.png
+      qc/                                         QC report, quarantine.parquet, sheets
+      summary.json, quality.json
+
+Paths are URLs or local paths joined with ``/``; :meth:`OutputLayout.url` refuses a
+relative key that would escape the root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from segflow.tasks.storage import join, safe_join
+
+__all__ = ["OutputLayout"]
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    root: str
+
+    def url(self, relative: str) -> str:
+        """``root/relative`` for a key read from data (a commit record, a plan): never outside the root."""
+        return safe_join(self.root, relative)
+
+    # -- job and plan
+    @property
+    def job_json(self) -> str:
+        return join(self.root, "job.json")
+
+    def plan_parquet(self, generation: int = 0) -> str:
+        name = "plan.parquet" if generation == 0 else f"plan-g{generation:04d}.parquet"
+        return join(self.root, "plan", name)
+
+    @property
+    def plan_json(self) -> str:
+        return join(self.root, "plan", "plan.json")
+
+    def plan_claim(self, generation: int) -> str:
+        return join(self.root, "plan", f"plan-g{generation:04d}.json")
+
+    # -- shards
+    @property
+    def shards(self) -> str:
+        return join(self.root, "shards")
+
+    def shard(self, shard_id: str) -> str:
+        return join(self.root, "shards", shard_id)
+
+    def commit_record(self, shard_id: str) -> str:
+        return join(self.root, "shards", shard_id, "_COMMIT.json")
+
+    @staticmethod
+    def attempt_dir(shard_id: str, attempt: str) -> str:
+        """Relative to the root (commit records name their files relative to it)."""
+        return f"shards/{shard_id}/attempts/{attempt}"
+
+    def rendered_record(self, shard_id: str) -> str:
+        return join(self.root, "shards", shard_id, "_RENDERED.json")
+
+    def error_record(self, shard_id: str) -> str:
+        return join(self.root, "shards", "_errors", f"{shard_id}.json")
+
+    # -- merged outputs
+    def manifest(self, name: str) -> str:
+        """``masks``, ``images``, ``panoptic``: a folder of one Parquet part per shard."""
+        return join(self.root, "manifest", f"{name}.parquet")
+
+    @property
+    def coco_instances(self) -> str:
+        return join(self.root, "coco", "instances.json")
+
+    @property
+    def coco_panoptic(self) -> str:
+        return join(self.root, "coco", "panoptic.json")
+
+    @property
+    def coco_panoptic_pngs(self) -> str:
+        return join(self.root, "coco", "panoptic")
+
+    @property
+    def semantic_pngs(self) -> str:
+        return join(self.root, "semantic")
+
+    @property
+    def qc(self) -> str:
+        return join(self.root, "qc")
+
+    @property
+    def quarantine(self) -> str:
+        return join(self.root, "qc", "quarantine.parquet")
+
+    @property
+    def summary(self) -> str:
+        return join(self.root, "summary.json")
+
+    @property
+    def quality(self) -> str:
+        return join(self.root, "quality.json")
