@@ -13,6 +13,11 @@ Metrics (``OUTPUT/quality.json``):
 * ``mean_mask_iou``: for every gold instance, the best mask IoU with an
   auto-label of the same class on the same image (0 when there is none),
   averaged over gold instances -- "how well is each labelled object covered";
+* ``set``: the exported labels as a set, not a ranked list: ``tp``, ``fp``,
+  ``fn``, ``precision``, ``recall``, ``f1``, matched one to one per image and
+  class, greedily by score, at mask IoU >= 0.5 (COCOeval's matching at that
+  threshold, without its 100-detections cap): every exported mask is a label
+  someone trains on, so a false positive counts however low its score;
 * ``per_class``: the same per ontology class, with gold and predicted counts.
 """
 
@@ -87,6 +92,45 @@ def _per_class_ap(ev: COCOeval, cat_ids: list[int]) -> dict[int, tuple[float, fl
     return out
 
 
+def match_set(gold: list[dict], preds: list[dict], iou_threshold: float = 0.5) -> tuple[list[bool | None], list[bool]]:
+    """One image and class: which predictions match a gold instance, which gold instances are found.
+
+    Arguments:
+      gold: dicts with ``rle`` (COCO RLE) and ``iscrowd``.
+      preds: dicts with ``rle`` and ``score``.
+    Returns ``(per prediction: True matched, False unmatched, None on a crowd region (ignored);
+    per gold instance: found)``, predictions in the given order. Greedy by descending score; each
+    prediction takes the unmatched non-crowd gold instance of highest IoU >= the threshold, as
+    COCOeval does.
+    """
+    pred_hit: list[bool | None] = [False] * len(preds)
+    found = [False] * len(gold)
+    if not preds or not gold:
+        return pred_hit, found
+    crowd = [int(g.get("iscrowd", 0)) for g in gold]
+    ious = np.asarray(mask_utils.iou([p["rle"] for p in preds], [g["rle"] for g in gold], crowd)).reshape(
+        len(preds), len(gold)
+    )
+    for i in sorted(range(len(preds)), key=lambda k: -preds[k]["score"]):
+        best, best_iou = -1, iou_threshold
+        for j in range(len(gold)):
+            if not crowd[j] and not found[j] and ious[i, j] >= best_iou:
+                best, best_iou = j, ious[i, j]
+        if best >= 0:
+            found[best], pred_hit[i] = True, True
+        elif any(crowd[j] and ious[i, j] >= iou_threshold for j in range(len(gold))):
+            pred_hit[i] = None
+    return pred_hit, [f for f, c in zip(found, crowd, strict=True) if not c]
+
+
+def set_counts(tp: int, fp: int, fn: int) -> dict[str, Any]:
+    """TP/FP/FN with precision, recall and F1 (None where undefined)."""
+    precision = tp / (tp + fp) if tp + fp else None
+    recall = tp / (tp + fn) if tp + fn else None
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
+    return {"tp": tp, "fp": fp, "fn": fn, "precision": _r(precision), "recall": _r(recall), "f1": _r(f1)}
+
+
 def _run_eval(gt: COCO, results: list[dict], iou_type: str) -> tuple[COCOeval | None, list[float]]:
     if not results:
         return None, [0.0] * 12
@@ -156,21 +200,35 @@ def evaluate(
             {"image_id": g, "category_id": int(p["category_id"]), "bbox": list(map(float, p["bbox"])), "score": score}
         )
         seg_res.append({"image_id": g, "category_id": int(p["category_id"]), "segmentation": rle, "score": score})
-        pred_by_img_cat[(g, int(p["category_id"]))].append(rle)
+        pred_by_img_cat[(g, int(p["category_id"]))].append({"rle": rle, "score": score})
 
     box_ev, box_stats = _run_eval(gt, [dict(r) for r in box_res], "bbox")
     seg_ev, seg_stats = _run_eval(gt, [dict(r) for r in seg_res], "segm")
 
     # mean mask IoU over gold instances
     ious_by_cat: dict[int, list[float]] = defaultdict(list)
+    gold_by_img_cat: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for a in gt_anns:
+        gt_rle = gt.annToRLE(a)
+        gold_by_img_cat[(a["image_id"], a["category_id"])].append({"rle": gt_rle, "iscrowd": a.get("iscrowd", 0)})
+        if a.get("iscrowd", 0):
+            continue
         preds = pred_by_img_cat.get((a["image_id"], a["category_id"]), [])
         best = 0.0
         if preds:
-            gt_rle = gt.annToRLE(a)
-            best = float(np.max(mask_utils.iou(preds, [gt_rle], [0])))
+            best = float(np.max(mask_utils.iou([p["rle"] for p in preds], [gt_rle], [0])))
         ious_by_cat[a["category_id"]].append(best)
     all_ious = [v for vs in ious_by_cat.values() for v in vs]
+
+    # the exported labels as a set: one-to-one matches at mask IoU >= 0.5
+    tally: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])  # category -> tp, fp, fn
+    for key in set(pred_by_img_cat) | set(gold_by_img_cat):
+        hits, found = match_set(gold_by_img_cat.get(key, []), pred_by_img_cat.get(key, []))
+        t = tally[key[1]]
+        t[0] += sum(h is True for h in hits)
+        t[1] += sum(h is False for h in hits)
+        t[2] += found.count(False)
+    total = [sum(t[i] for t in tally.values()) for i in range(3)]
 
     box_cls = _per_class_ap(box_ev, list(ontology)) if box_ev else {}
     seg_cls = _per_class_ap(seg_ev, list(ontology)) if seg_ev else {}
@@ -190,6 +248,7 @@ def evaluate(
                 "mask_ap50": _r(seg_cls.get(cid, (None, None))[1]),
                 "mask_ap": _r(seg_cls.get(cid, (None, None))[0]),
                 "mean_mask_iou": _r(float(np.mean(ious_by_cat[cid]))) if n_gold else None,
+                **set_counts(*tally.get(cid, [0, 0, 0])),
             }
         )
     return {
@@ -201,6 +260,7 @@ def evaluate(
         "mask_ap": _r(seg_stats[0]),
         "mask_ap50": _r(seg_stats[1]),
         "mean_mask_iou": _r(float(np.mean(all_ious))) if all_ious else 0.0,
+        "set": set_counts(*total),
         "per_class": per_class,
         "gold_categories_not_in_ontology": unknown,
     }
@@ -229,15 +289,26 @@ def format_quality(q: dict) -> str:
             f"instances, {q['predictions']} auto-labels):",
             f"  box AP50 {q['box_ap50']:.3f}   mask AP50 {q['mask_ap50']:.3f}   mask "
             f"AP {q['mask_ap']:.3f}   mean mask IoU {q['mean_mask_iou']:.3f}",
+        ]
+        if "set" in q:
+            st = q["set"]
+            lines.append(
+                f"  exported set (mask IoU >= 0.5, one to one): precision {f(st['precision'])}   recall "
+                f"{f(st['recall'])}   F1 {f(st['f1'])}   (TP {st['tp']}, FP {st['fp']}, FN {st['fn']})"
+            )
+        lines += [
             "",
-            "  | class | gold | labels | box AP50 | mask AP50 | mask AP | mean IoU |",
-            "  |---|---:|---:|---:|---:|---:|---:|",
+            "  | class | gold | labels | box AP50 | mask AP50 | mask AP | mean IoU "
+            "| precision | recall | TP | FP | FN |",
+            "  |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for c in q["per_class"]:
             if c["gold_instances"] or c["predictions"]:
                 lines.append(
                     f"  | {c['name']} | {c['gold_instances']} | {c['predictions']} | {f(c['box_ap50'])} "
-                    f"| {f(c['mask_ap50'])} | {f(c['mask_ap'])} | {f(c['mean_mask_iou'])} |"
+                    f"| {f(c['mask_ap50'])} | {f(c['mask_ap'])} | {f(c['mean_mask_iou'])} "
+                    f"| {f(c.get('precision'))} | {f(c.get('recall'))} | {c.get('tp', '-')} | {c.get('fp', '-')} "
+                    f"| {c.get('fn', '-')} |"
                 )
     if "panoptic" in q:
         p = q["panoptic"]

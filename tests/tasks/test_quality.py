@@ -76,3 +76,62 @@ def test_missing_predictions_count_as_zero_iou(gold_set):
     half = preds[: len(preds) // 2]
     q = evaluate(gold_set, ONTOLOGY, names, half, sizes)
     assert q["mean_mask_iou"] == pytest.approx(len(half) / len(preds), abs=1e-3)
+
+
+def test_exported_set_precision_and_recall_count_every_label(gold_set):
+    """A dataset is not a ranked list: duplicates and wrong labels at low score cost precision, not AP."""
+    names, preds, sizes = predictions_from(gold_set)
+    n = len(preds)
+    q = evaluate(gold_set, ONTOLOGY, names, preds, sizes)
+    assert q["set"] == {"tp": n, "fp": 0, "fn": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    # the same labels plus a low-score duplicate of each and, for half the objects, a low-score wrong class
+    _, wrong, _ = predictions_from(gold_set, category=lambda c: c % 3 + 1)
+    extra = [dict(p, score=0.1) for p in preds] + [dict(p, score=0.05) for p in wrong[: n // 2]]
+    q = evaluate(gold_set, ONTOLOGY, names, preds + extra, sizes)
+    assert q["mask_ap50"] == 1.0  # AP does not see them: they rank below every true label
+    assert q["set"]["tp"] == n and q["set"]["fp"] == n + n // 2 and q["set"]["fn"] == 0
+    assert q["set"]["precision"] == round(n / (2 * n + n // 2), 4) and q["set"]["recall"] == 1.0
+    assert sum(c["fp"] for c in q["per_class"]) == q["set"]["fp"]
+    assert "exported set (mask IoU >= 0.5, one to one): precision" in format_quality(q)
+    # negative control: shifted masks are not matches at all
+    names, shifted, sizes = predictions_from(
+        gold_set, transform=lambda m: np.roll(m, (m.shape[0] // 3, m.shape[1] // 3), (0, 1))
+    )
+    q = evaluate(gold_set, ONTOLOGY, names, shifted, sizes)
+    assert q["set"]["recall"] < 0.2 and q["set"]["precision"] < 0.2
+
+
+def test_set_matching_agrees_with_cocoeval_at_iou_half(gold_set):
+    """Our one-to-one matches are COCOeval's at IoU 0.5 (its dtMatches), on noisy labels with duplicates."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    rng = np.random.default_rng(3)
+    names, preds, sizes = predictions_from(gold_set, transform=lambda m: np.roll(m, rng.integers(-9, 10, 2), (0, 1)))
+    _, dup, _ = predictions_from(gold_set, transform=lambda m: np.roll(m, rng.integers(-20, 21, 2), (0, 1)))
+    preds = [dict(p, score=float(s)) for p, s in zip(preds + dup, rng.random(2 * len(preds)), strict=True)]
+    q = evaluate(gold_set, ONTOLOGY, names, preds, sizes)
+    gt = COCO()
+    gt.dataset = gold_set
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+        dt = gt.loadRes(
+            [
+                {
+                    "image_id": p["image_id"] - 100,
+                    "category_id": p["category_id"],
+                    "segmentation": {"size": list(sizes[p["image_id"]]), "counts": p["rle_counts"]},
+                    "score": p["score"],
+                }
+                for p in preds
+            ]
+        )
+        ev = COCOeval(gt, dt, "segm")
+        ev.evaluate()
+    area_all = [e for e in ev.evalImgs if e is not None and e["aRng"] == ev.params.areaRng[0]]
+    coco_tp = sum(int((e["dtMatches"][0] > 0).sum()) for e in area_all)
+    assert 0 < coco_tp < len(preds) and q["set"]["tp"] == coco_tp
+    assert q["set"]["fp"] == len(preds) - coco_tp
