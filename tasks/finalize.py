@@ -23,7 +23,7 @@ import hashlib
 import io
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -42,6 +42,10 @@ from segflow.tasks.panoptic_export import (
 from segflow.tasks.plan import load_plan
 from segflow.tasks.qc_report import QcAccumulator, write_qc_report
 from segflow.tasks.storage import join, open_fs, redact, write_bytes
+
+if TYPE_CHECKING:
+    from segflow.config.schema import JobConfig
+
 
 __all__ = ["IncompleteRunError", "finalize", "output_paths"]
 
@@ -108,7 +112,7 @@ def _replace_dir(fs: Any, path: str) -> None:
 class GoldMatch:
     """The exported labels of the gold set's images, gathered shard by shard, then evaluated against it."""
 
-    def __init__(self, job: Any, keep_verdicts: tuple[str, ...]):
+    def __init__(self, job: JobConfig, keep_verdicts: tuple[str, ...]):
         from pathlib import PurePosixPath
 
         from segflow.tasks.quality import load_gold
@@ -164,7 +168,7 @@ def _render_missing(output: str, commits: list[dict]) -> int:
     return n
 
 
-def finalize(job: Any, started_at: float | None = None) -> dict:
+def finalize(job: JobConfig, started_at: float | None = None) -> dict:
     """Merge, export and summarise a fully committed run. Returns the summary dict."""
     output = job.output
     plan, commits = _collect_commits(output)

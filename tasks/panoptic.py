@@ -47,12 +47,16 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from segflow.tasks import rle
 from segflow.tasks.record import Detections
+
+if TYPE_CHECKING:
+    from segflow.config.schema import PanopticMergeStage
+
 
 __all__ = [
     "MergePolicy",
@@ -355,7 +359,9 @@ class PanopticMerger:
 
     role = "merge"
 
-    def __init__(self, stage: Any, weights_path: str | None = None, ontology: dict[int, str] | None = None):
+    def __init__(
+        self, stage: PanopticMergeStage, weights_path: str | None = None, ontology: dict[int, str] | None = None
+    ):
         self.stage = stage
         self.policy = MergePolicy(
             things=stage.things, overlap=stage.overlap, min_area=stage.min_area, include_flagged=stage.include_flagged

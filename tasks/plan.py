@@ -31,13 +31,17 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from segflow.tasks.layout import OutputLayout
 from segflow.tasks.storage import is_local, join, open_fs, read_bytes, redact, write_bytes
+
+if TYPE_CHECKING:
+    from segflow.config.schema import JobConfig, SourceConfig
+
 
 __all__ = ["PlanError", "Plan", "list_source", "make_plan", "load_plan", "read_shard_rows", "plan_paths"]
 
@@ -115,7 +119,7 @@ def glob_to_regex(pattern: str) -> re.Pattern:
     return re.compile(out + r"\Z")
 
 
-def iter_source(source: Any) -> Iterator[tuple[str, str, int, str | None]]:
+def iter_source(source: SourceConfig) -> Iterator[tuple[str, str, int, str | None]]:
     """``(uri, key, size, etag)`` of every image of the source, in key order.
 
     Object stores with paged listings (S3 through s3fs) are streamed one page
@@ -190,7 +194,7 @@ def _iter_object_store(fs: Any, root: str) -> Iterator[tuple[str, dict]]:
             yield f"{bucket}/{c['Key']}", {"size": c.get("Size"), "ETag": c.get("ETag"), "type": "file"}
 
 
-def list_source(source: Any) -> list[tuple[str, str, int]]:
+def list_source(source: SourceConfig) -> list[tuple[str, str, int]]:
     """``(uri, key, size)`` of every image of the source, in key order (materialised; see :func:`iter_source`)."""
     return [(u, k, s) for u, k, s, _ in iter_source(source)]
 
@@ -219,7 +223,7 @@ def _list_from_file(list_url: str, storage_options: dict) -> list[tuple[str, str
     return items
 
 
-def _fingerprint(source: Any, shard_size: int) -> str:
+def _fingerprint(source: SourceConfig, shard_size: int) -> str:
     spec = {
         "source": source.model_dump(mode="json", exclude={"storage_options", "max_pixels"}),
         "shard_size": shard_size,
@@ -272,7 +276,7 @@ def write_plan_rows(
     return shard_ids, n
 
 
-def make_plan(job: Any) -> Plan:
+def make_plan(job: JobConfig) -> Plan:
     """Write (or reuse) the plan of ``job`` under its output. Lists the source at most once."""
     fs, _ = open_fs(job.output)
     parquet_url, meta_url = plan_paths(job.output)
@@ -318,7 +322,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _new_items(job: Any, output: str, meta: dict) -> Iterator[tuple[str, str, int, str | None]]:
+def _new_items(job: JobConfig, output: str, meta: dict) -> Iterator[tuple[str, str, int, str | None]]:
     """Source items whose key no generation of the plan holds: a merge of two sorted streams."""
     import heapq
 
@@ -341,7 +345,7 @@ def _iter_keys(output: str, generation: int) -> Iterator[str]:
             yield from batch.column(0).to_pylist()
 
 
-def _append_generation(job: Any, fs: Any, meta: dict, meta_path: str) -> Plan:
+def _append_generation(job: JobConfig, fs: Any, meta: dict, meta_path: str) -> Plan:
     """Plan the source keys no earlier generation holds as a new generation (incremental jobs)."""
     from segflow.tasks.storage import create_exclusive
 

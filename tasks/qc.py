@@ -34,13 +34,17 @@ with no mask; ``label_count_outlier`` -- more masks than the shard's median +
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 from segflow.tasks import rle
 from segflow.tasks.record import Detections
+
+if TYPE_CHECKING:
+    from segflow.config.schema import QcStage
+
 
 __all__ = ["QcChecker", "RULES", "VERDICTS", "check_masks", "count_outliers", "box_iou_xyxy"]
 
@@ -90,7 +94,7 @@ def panoptic_agreement(dets: Detections, segments: Detections) -> np.ndarray:
     return np.where(same, ious, 0.0).max(1)
 
 
-def check_masks(dets: Detections, cfg: Any, segments: Detections | None = None) -> tuple[np.ndarray, np.ndarray]:
+def check_masks(dets: Detections, cfg: QcStage, segments: Detections | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Verdict and fired rules per row of a record with masks (``segments``: a panoptic stage's, or None).
 
     Returns:
@@ -175,7 +179,7 @@ class QcChecker:
 
     role = "qc"
 
-    def __init__(self, stage: Any, weights_path: str | None = None, ontology: dict[int, str] | None = None):
+    def __init__(self, stage: QcStage, weights_path: str | None = None, ontology: dict[int, str] | None = None):
         self.stage = stage
 
     def check(

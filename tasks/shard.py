@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segflow.tasks import progress
 from segflow.tasks.allocator import keep_freed_memory
@@ -38,6 +38,10 @@ from segflow.tasks.plan import read_shard_rows
 from segflow.tasks.record import Detections
 from segflow.tasks.retry import RetryPolicy, is_transient, retry_call
 from segflow.tasks.storage import open_fs, redact
+
+if TYPE_CHECKING:
+    from segflow.config.schema import JobConfig
+
 
 __all__ = ["ShardFailed", "ShardResult", "run_shard", "job_fingerprint"]
 
@@ -58,7 +62,7 @@ class ShardResult:
         return asdict(self)
 
 
-def job_fingerprint(job: Any) -> str:
+def job_fingerprint(job: JobConfig) -> str:
     """What makes two runs' shard outputs interchangeable: stages, ontology and plan inputs."""
     spec = {
         "stages": {n: s.model_dump(mode="json") for n, s in job.stages.items()},
@@ -100,7 +104,7 @@ def _read_and_decode(row: dict, storage_options: dict, max_pixels: int) -> Decod
         return str(e)
 
 
-def _decoded_stream(rows: list[dict], job: Any) -> Iterator[tuple[dict, DecodedImage | str]]:
+def _decoded_stream(rows: list[dict], job: JobConfig) -> Iterator[tuple[dict, DecodedImage | str]]:
     """Yield ``(row, image or error)`` in plan order, decoding ``prefetch`` images ahead."""
     window = job.runtime.prefetch
     with ThreadPoolExecutor(max_workers=window, thread_name_prefix="segflow-read") as pool:
@@ -121,7 +125,7 @@ def _decoded_stream(rows: list[dict], job: Any) -> Iterator[tuple[dict, DecodedI
             yield row, result
 
 
-def _provenance(job: Any, sink: str, models: dict[str, Any]) -> tuple[str, str, str | None]:
+def _provenance(job: JobConfig, sink: str, models: dict[str, Any]) -> tuple[str, str, str | None]:
     """``(mask stage, mask model identity, prompt model identity)`` behind an instance sink's rows."""
     role = job.role
     mask_stage = sink
@@ -131,7 +135,7 @@ def _provenance(job: Any, sink: str, models: dict[str, Any]) -> tuple[str, str, 
     return mask_stage, models[mask_stage].identity, (models[prompt].identity if prompt else None)
 
 
-def run_stages(job: Any, images: list[Any], models: dict[str, Any]) -> dict[str, list[Detections]]:
+def run_stages(job: JobConfig, images: list[Any], models: dict[str, Any]) -> dict[str, list[Detections]]:
     """Run every stage, in dependency order, on a list of H x W x 3 RGB uint8 images."""
     results: dict[str, list[Detections]] = {}
     for name in job.stage_order():
@@ -141,7 +145,7 @@ def run_stages(job: Any, images: list[Any], models: dict[str, Any]) -> dict[str,
     return results
 
 
-def run_shard(job: Any, shard_id: str) -> ShardResult:
+def run_shard(job: JobConfig, shard_id: str) -> ShardResult:
     """Label one shard and commit it. Raises on failures that are not one image's fault."""
     t0 = time.perf_counter()
     fingerprint = job_fingerprint(job)
@@ -167,7 +171,7 @@ def run_shard(job: Any, shard_id: str) -> ShardResult:
         raise
 
 
-def _label_and_commit(job: Any, shard_id: str, fingerprint: str, t0: float) -> ShardResult:
+def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float) -> ShardResult:
     rows = read_shard_rows(job.output, shard_id)
     if not rows:
         raise ValueError(f"{shard_id} is not in the plan of {redact(job.output)}")

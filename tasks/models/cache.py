@@ -10,10 +10,14 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from segflow.tasks.models.registry import ADAPTERS, adapter_class
 from segflow.tasks.weights import HUB_PREFIX, is_builtin_yaml, resolve_model_dir, resolve_weights, sha256_file
+
+if TYPE_CHECKING:
+    from segflow.config.schema import StageSettings
+
 
 __all__ = ["LoadedModel", "clear", "get_model", "resolve_stage_weights"]
 
@@ -34,7 +38,7 @@ _entries: dict[tuple, _Entry] = {}
 _lock = threading.Lock()
 
 
-def resolve_stage_weights(stage: Any) -> tuple[str | None, str | None]:
+def resolve_stage_weights(stage: StageSettings) -> tuple[str | None, str | None]:
     """``(what the adapter loads, the local file that identifies it)`` for a stage, by its kind's weight layout.
 
     Remote files are fetched into the cache and checked against ``sha256``; folders and ``hub:`` ids are
@@ -54,7 +58,7 @@ def resolve_stage_weights(stage: Any) -> tuple[str | None, str | None]:
     return local, local
 
 
-def _identity(stage: Any, local: str | None) -> str:
+def _identity(stage: StageSettings, local: str | None) -> str:
     """``kind:file@sha256:<12 hex>`` for provenance in the manifest."""
     if ADAPTERS[stage.kind].weights == "none":
         digest = hashlib.sha256(stage.model_dump_json(exclude={"needs"}).encode()).hexdigest()[:12]
@@ -65,7 +69,7 @@ def _identity(stage: Any, local: str | None) -> str:
 
 
 def get_model(
-    stage: Any,
+    stage: StageSettings,
     ontology: dict[int, str],
     isthing: dict[int, bool] | None = None,
     stats: dict[str, int] | None = None,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,10 @@ from segflow.tasks.models.device import resolve_device
 from segflow.tasks.models.owl import prompt_table, select_detections
 from segflow.tasks.record import Detections
 from segflow.tasks.weights import WeightsError
+
+if TYPE_CHECKING:
+    from segflow.config.schema import OwlStage
+
 
 __all__ = ["GroundingDinoDetector", "caption_spans", "query_classes"]
 
@@ -77,7 +81,7 @@ class GroundingDinoDetector:
     role = "detector"
 
     def __init__(
-        self, stage: Any, weights_path: str, ontology: dict[int, str], prompts: dict[int, list[str]] | None = None
+        self, stage: OwlStage, weights_path: str, ontology: dict[int, str], prompts: dict[int, list[str]] | None = None
     ):
         import torch
         from transformers import AutoProcessor, GroundingDinoForObjectDetection

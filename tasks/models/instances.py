@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,10 @@ from segflow.tasks.models.device import resolve_device
 from segflow.tasks.models.yolo import YoloDetector
 from segflow.tasks.record import Detections
 from segflow.tasks.weights import WeightsError, load_checkpoint
+
+if TYPE_CHECKING:
+    from segflow.config.schema import MaskRcnnStage, YoloSegStage
+
 
 __all__ = ["YoloSegLabeler", "MaskRcnnLabeler", "build_maskrcnn", "save_maskrcnn_checkpoint", "MASKRCNN_FORMAT"]
 
@@ -51,7 +55,7 @@ class YoloSegLabeler(YoloDetector):
 
     role = "instances"
 
-    def __init__(self, stage: Any, weights_path: str, ontology: dict[int, str]):
+    def __init__(self, stage: YoloSegStage, weights_path: str, ontology: dict[int, str]):
         super().__init__(stage, weights_path, ontology)
         if getattr(self.model, "task", None) != "segment":
             raise WeightsError(
@@ -165,7 +169,7 @@ class MaskRcnnLabeler:
 
     role = "instances"
 
-    def __init__(self, stage: Any, weights_path: str, ontology: dict[int, str]):
+    def __init__(self, stage: MaskRcnnStage, weights_path: str, ontology: dict[int, str]):
         import torch
 
         self.stage = stage

@@ -43,7 +43,7 @@ import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,6 +51,10 @@ from segflow.tasks import rle
 from segflow.tasks.models.device import resolve_device
 from segflow.tasks.record import Detections
 from segflow.tasks.weights import WeightsError, load_checkpoint
+
+if TYPE_CHECKING:
+    from segflow.config.schema import Mask2FormerStage
+
 
 FORMAT = "segflow.mask2former/1"
 HUB_PREFIX = "hub:"
@@ -193,7 +197,13 @@ class Mask2FormerPanoptic:
 
     role = "panoptic"
 
-    def __init__(self, stage: Any, weights_path: str, ontology: dict[int, str], isthing: dict[int, bool] | None = None):
+    def __init__(
+        self,
+        stage: Mask2FormerStage,
+        weights_path: str,
+        ontology: dict[int, str],
+        isthing: dict[int, bool] | None = None,
+    ):
         import torch
 
         self.stage = stage

@@ -27,13 +27,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from segflow.tasks.models.device import resolve_device
 from segflow.tasks.record import Detections
 from segflow.tasks.weights import WeightsError
+
+if TYPE_CHECKING:
+    from segflow.config.schema import OwlStage
+
 
 __all__ = ["OwlDetector", "prompt_table", "boxes_to_pixels", "select_detections"]
 
@@ -76,7 +80,7 @@ def select_detections(
     cxcywh: np.ndarray,
     cls: np.ndarray,
     score: np.ndarray,
-    stage: Any,
+    stage: OwlStage,
     thresholds: dict[int, float],
     padded_square: bool,
 ) -> Detections:
@@ -106,7 +110,7 @@ class OwlDetector:
     role = "detector"
 
     def __init__(
-        self, stage: Any, weights_path: str, ontology: dict[int, str], prompts: dict[int, list[str]] | None = None
+        self, stage: OwlStage, weights_path: str, ontology: dict[int, str], prompts: dict[int, list[str]] | None = None
     ):
         import torch
         from transformers import AutoProcessor, Owlv2ForObjectDetection, OwlViTForObjectDetection

@@ -36,7 +36,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,6 +47,10 @@ from segflow.tasks.models.sam_attention import use_fast_attention
 from segflow.tasks.models.sam_checkpoint import load_sam
 from segflow.tasks.models.sam_decoder import SharedImage, decode_tokens, upscale_grid, upscale_windows
 from segflow.tasks.record import Detections
+
+if TYPE_CHECKING:
+    from segflow.config.schema import SamStage
+
 
 __all__ = ["SamBoxSegmenter", "remove_small_islands", "zoom_windows_xyxy"]
 
@@ -119,7 +123,7 @@ class SamBoxSegmenter:
 
     role = "segmenter"
 
-    def __init__(self, stage: Any, weights_path: str, ontology: dict[int, str] | None = None):
+    def __init__(self, stage: SamStage, weights_path: str, ontology: dict[int, str] | None = None):
         import torch
         from segment_anything.utils.transforms import ResizeLongestSide
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from segflow.tasks.models.device import resolve_device
 from segflow.tasks.models.sam_checkpoint import load_sam
 from segflow.tasks.record import Detections
+
+if TYPE_CHECKING:
+    from segflow.config.schema import SamAutoStage
+
 
 __all__ = ["SamAutoLabeler"]
 
@@ -27,7 +31,7 @@ class SamAutoLabeler:
 
     role = "instances"
 
-    def __init__(self, stage: Any, weights_path: str, ontology: dict[int, str]):
+    def __init__(self, stage: SamAutoStage, weights_path: str, ontology: dict[int, str]):
         import torch
         from segment_anything import SamAutomaticMaskGenerator
 

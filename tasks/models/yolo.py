@@ -32,7 +32,7 @@ import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +53,10 @@ import torch  # noqa: E402 - torch (and its OpenMP runtime) loads before ultraly
 
 _omp = os.environ.get("OMP_NUM_THREADS")
 import ultralytics  # noqa: E402,F401
+
+if TYPE_CHECKING:
+    from segflow.config.schema import YoloStage
+
 
 if _omp is None:  # don't hand OMP_NUM_THREADS=1 on to subprocesses and later-loaded libraries
     os.environ.pop("OMP_NUM_THREADS", None)
@@ -137,7 +141,7 @@ class YoloDetector:
 
     role = "detector"
 
-    def __init__(self, stage: Any, weights_path: str, ontology: dict[int, str]):
+    def __init__(self, stage: YoloStage, weights_path: str, ontology: dict[int, str]):
         self.stage = stage
         self.device = resolve_device(stage.device)
         self.model = load_yolo(weights_path)
