@@ -526,7 +526,7 @@ def main() -> None:
         ("e2e", lambda: bench_e2e(work, 8 if q else 40)),
         ("vs_auto_annotate", lambda: bench_auto_annotate(work, 2 if q else 6)),
         ("rle", lambda: bench_rle(16 if q else 64, 720, 1280)),
-        ("rss", lambda: bench_memory(work, 200 if q else 2000, 50 if q else 100)),
+        ("rss", lambda: bench_memory(work, 80 if q else 2000, 20 if q else 100)),
     ]
     results: dict = {
         "device": "cuda" if torch.cuda.is_available() else "cpu",

@@ -123,11 +123,18 @@ def build_maskrcnn(arch: str, num_classes: int, min_size: int = 800, max_size: i
     raise WeightsError(f"unknown Mask R-CNN arch {arch!r} (resnet50_fpn, resnet50_fpn_v2, resnet18_fpn)")
 
 
-def save_maskrcnn_checkpoint(model: Any, arch: str, names: dict[int, str], path: str | Path) -> None:
-    """Write a Mask R-CNN as a weights-only segflow checkpoint (``names``: class index -> name, 0 = background)."""
+def save_maskrcnn_checkpoint(
+    model: Any, arch: str, names: dict[int, str], path: str | Path, half: bool = False
+) -> None:
+    """Write a Mask R-CNN as a weights-only segflow checkpoint (``names``: class index -> name, 0 = background).
+
+    ``half``: floating-point tensors stored as float16 (half the file; loaded back into float32).
+    """
     import torch
 
     sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    if half:
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
     torch.save(
         {
             "format": MASKRCNN_FORMAT,

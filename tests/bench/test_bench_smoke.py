@@ -20,7 +20,7 @@ def test_bench_suite_writes_results(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
-    assert res["rle_gpx_per_s"] > 0 and "rss_slope_mb_per_1k_images" in res and res["rss_detail"]["images"] == 200
+    assert res["rle_gpx_per_s"] > 0 and "rss_slope_mb_per_1k_images" in res and res["rss_detail"]["images"] == 80
     assert "rle_gpx_per_s" in r.stdout and "written:" in r.stdout
 
 

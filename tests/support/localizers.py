@@ -186,7 +186,7 @@ def train_maskrcnn_localizer(
         loss = sum(model(images, targets).values())
         _optimise(opt, loss, model.parameters(), 10.0)
     model.eval()
-    save_maskrcnn_checkpoint(model, "resnet18_fpn", {0: "__background__", 1: TARGET}, out_path)
+    save_maskrcnn_checkpoint(model, "resnet18_fpn", {0: "__background__", 1: TARGET}, out_path, half=True)
     return {"steps": steps, "loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)}
 
 

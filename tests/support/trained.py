@@ -5,7 +5,7 @@ nothing). Training them takes minutes, so they are trained once by this
 seeded script and shipped in ``tests/data/models/``; ``SHA256SUMS`` there
 lists every file, and :func:`trained_model` checks it before a test loads one.
 
-Regenerate (about 8 minutes on 2 CPU cores; commit the folder afterwards)::
+Regenerate (about 15 minutes on 2 CPU cores; commit the folder afterwards)::
 
     python -m tests.support.trained
 """
@@ -81,6 +81,11 @@ def train_all(names: list[str] | None = None) -> None:
             if target.is_dir():
                 shutil.rmtree(target)
             shutil.move(str(out), target)
+    write_sums()
+
+
+def write_sums() -> None:
+    """Rewrite SHA256SUMS from the files in ``tests/data/models``."""
     lines = [f"{_sha256(f)}  {f.relative_to(DATA).as_posix()}" for f in _files(DATA) if f != SUMS]
     SUMS.write_text("\n".join(lines) + "\n")
 
