@@ -159,6 +159,42 @@ def run_prepared(job, plan, progress_bar: bool = True) -> int:
     return EXIT_OK
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from segflow.tasks.calibration import calibrate_output
+    from segflow.tasks.quality import GoldSetError
+
+    output = _cli_path(args.output)
+    try:
+        result = calibrate_output(output, _cli_path(args.gold), target=args.precision, folds=args.folds)
+    except (FileNotFoundError, GoldSetError) as e:
+        _eprint(f"error: {e}")
+        return EXIT_CONFIG
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return EXIT_OK
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    ci = lambda v: "-" if v is None else f"{v[0]:.2f}-{v[1]:.2f}"  # noqa: E731
+    print(f"calibration for precision {args.precision} ({args.folds}-fold over the gold images; held-out figures)")
+    print("  | class | gold | labels | threshold | precision (95% CI) | recall (95% CI) | status |")
+    print("  |---|---:|---:|---:|---|---|---|")
+    for name, c in result["classes"].items():
+        h = c["heldout"]
+        print(
+            f"  | {name} | {c['gold_instances']} | {c['labels']} | {f(c['threshold'])} | {f(h['precision'])} "
+            f"({ci(h['precision_ci95'])}) | {f(h['recall'])} ({ci(h['recall_ci95'])}) | {c['status']} |"
+        )
+    h = result["heldout"]
+    print(
+        f"  accepted set: precision {f(h['precision'])} ({ci(h['precision_ci95'])}), "
+        f"recall {f(h['recall'])} ({ci(h['recall_ci95'])})"
+    )
+    for w in result["warnings"]:
+        print(f"  warning: {w}")
+    print(f"  calibration     : {os.path.join(output, 'calibration.json')}")
+    print(f"  PR curves       : {os.path.join(output, 'qc', 'pr_curves.png')}")
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from segflow.tasks.plan import PlanError
     from segflow.tasks.status import shard_states, summarize_states
@@ -401,6 +437,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--all", action="store_true", help="list committed shards too")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(fn=cmd_status)
+
+    ca = sub.add_parser(
+        "calibrate", help="per-class acceptance thresholds for a target precision, fitted on a finished run's labels"
+    )
+    ca.add_argument("output", help="a finished run's output folder or URL")
+    ca.add_argument("--gold", required=True, help="COCO instances file with human labels for some of its images")
+    ca.add_argument("--precision", type=float, default=0.95, help="target precision of the accepted labels")
+    ca.add_argument("--folds", type=int, default=5, help="folds over the gold images for the held-out estimate")
+    ca.add_argument("--json", action="store_true", help="machine-readable output")
+    ca.set_defaults(fn=cmd_calibrate)
 
     rr = sub.add_parser("rerun", help="run only the shards of an output that are not committed, then finalize")
     rr.add_argument("output", help="the job's output folder or URL")

@@ -13,7 +13,7 @@
       coco/instances.json, coco/panoptic.json, coco/panoptic/<image_id>.png
       semantic/<image_id>.png
       qc/                                         QC report, quarantine.parquet, sheets
-      summary.json, quality.json
+      summary.json, quality.json, calibration.json (segflow calibrate; qc/pr_curves.png beside)
 
 Paths are URLs or local paths joined with ``/``; :meth:`OutputLayout.url` refuses a
 relative key that would escape the root.
@@ -102,6 +102,14 @@ class OutputLayout:
     @property
     def quarantine(self) -> str:
         return join(self.root, "qc", "quarantine.parquet")
+
+    @property
+    def calibration(self) -> str:
+        return join(self.root, "calibration.json")
+
+    @property
+    def pr_curves(self) -> str:
+        return join(self.root, "qc", "pr_curves.png")
 
     @property
     def summary(self) -> str:

@@ -29,6 +29,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import PurePosixPath
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ from pycocotools.cocoeval import COCOeval
 from segflow.tasks.layout import OutputLayout
 from segflow.tasks.storage import open_fs, read_bytes, redact
 
-__all__ = ["GoldSetError", "load_gold", "evaluate", "format_quality", "load_quality"]
+__all__ = ["GoldSetError", "evaluate", "format_quality", "label_matches", "load_gold", "load_quality", "match_set"]
 
 
 class GoldSetError(Exception):
@@ -123,6 +124,36 @@ def match_set(gold: list[dict], preds: list[dict], iou_threshold: float = 0.5) -
     return pred_hit, [f for f, c in zip(found, crowd, strict=True) if not c]
 
 
+def _match_all(
+    gold: dict[tuple[int, int], list[dict]], preds: dict[tuple[int, int], list[dict]]
+) -> tuple[list[dict], dict[tuple[int, int], int]]:
+    """Every label with its match (labels on crowd regions left out), and the gold instances per image and class."""
+    labels = []
+    counts = {}
+    for key in set(preds) | set(gold):
+        hits, found = match_set(gold.get(key, []), preds.get(key, []))
+        counts[key] = len(found)
+        labels += [
+            {"image_id": key[0], "category_id": key[1], "score": p["score"], "tp": h}
+            for p, h in zip(preds.get(key, []), hits, strict=True)
+            if h is not None
+        ]
+    return labels, counts
+
+
+def label_matches(
+    gold: dict,
+    ontology: dict[int, str],
+    file_names: dict[str, int],
+    predictions: Iterable[dict],
+    sizes: dict[int, tuple[int, int]],
+) -> tuple[list[dict], dict[tuple[int, int], int]]:
+    """For calibration: every label of the gold images with ``score`` and ``tp`` (matched one to one at mask IoU
+    >= 0.5), and ``(image, category) -> gold instances``; arguments as :func:`evaluate`'s."""
+    pairs = _pair(gold, ontology, file_names, predictions, sizes)
+    return _match_all(pairs.gold, pairs.preds)
+
+
 def set_counts(tp: int, fp: int, fn: int) -> dict[str, Any]:
     """TP/FP/FN with precision, recall and F1 (None where undefined)."""
     precision = tp / (tp + fp) if tp + fp else None
@@ -143,22 +174,14 @@ def _run_eval(gt: COCO, results: list[dict], iou_type: str) -> tuple[COCOeval | 
     return ev, [max(0.0, float(s)) for s in ev.stats]
 
 
-def evaluate(
+def _pair(
     gold: dict,
     ontology: dict[int, str],
     file_names: dict[str, int],
     predictions: Iterable[dict],
     sizes: dict[int, tuple[int, int]],
-) -> dict[str, Any]:
-    """Evaluate predictions (manifest rows as dicts) against a gold set.
-
-    Arguments:
-      gold: a COCO instances dict.
-      ontology: category id -> name of the job.
-      file_names: job file name (key) -> job image id, for the images that decoded.
-      predictions: rows with ``image_id``, ``category_id``, ``score``, ``rle_counts``, ``bbox`` (XYWH).
-      sizes: job image id -> (height, width).
-    """
+) -> SimpleNamespace:
+    """The gold set and the predictions in one frame (gold image ids), grouped by image and class."""
     name_to_id = {n: i for i, n in ontology.items()}
     gold_cat = {c["id"]: name_to_id.get(c["name"]) for c in gold["categories"]}
     unknown = sorted(c["name"] for c in gold["categories"] if c["name"] not in name_to_id)
@@ -201,33 +224,64 @@ def evaluate(
         )
         seg_res.append({"image_id": g, "category_id": int(p["category_id"]), "segmentation": rle, "score": score})
         pred_by_img_cat[(g, int(p["category_id"]))].append({"rle": rle, "score": score})
+    gold_by_img_cat: dict[tuple[int, int], list[dict]] = defaultdict(list)
+    for a in gt_anns:
+        gold_by_img_cat[(a["image_id"], a["category_id"])].append({"rle": gt.annToRLE(a), "iscrowd": a["iscrowd"]})
+    return SimpleNamespace(
+        gt=gt,
+        gt_anns=gt_anns,
+        matched=matched,
+        unknown=unknown,
+        box_res=box_res,
+        seg_res=seg_res,
+        preds=pred_by_img_cat,
+        gold=gold_by_img_cat,
+    )
+
+
+def evaluate(
+    gold: dict,
+    ontology: dict[int, str],
+    file_names: dict[str, int],
+    predictions: Iterable[dict],
+    sizes: dict[int, tuple[int, int]],
+) -> dict[str, Any]:
+    """Evaluate predictions (manifest rows as dicts) against a gold set.
+
+    Arguments:
+      gold: a COCO instances dict.
+      ontology: category id -> name of the job.
+      file_names: job file name (key) -> job image id, for the images that decoded.
+      predictions: rows with ``image_id``, ``category_id``, ``score``, ``rle_counts``, ``bbox`` (XYWH).
+      sizes: job image id -> (height, width).
+    """
+    pairs = _pair(gold, ontology, file_names, predictions, sizes)
+    gt, gt_anns, box_res, seg_res = pairs.gt, pairs.gt_anns, pairs.box_res, pairs.seg_res
+    pred_by_img_cat, matched, unknown = pairs.preds, pairs.matched, pairs.unknown
 
     box_ev, box_stats = _run_eval(gt, [dict(r) for r in box_res], "bbox")
     seg_ev, seg_stats = _run_eval(gt, [dict(r) for r in seg_res], "segm")
 
     # mean mask IoU over gold instances
     ious_by_cat: dict[int, list[float]] = defaultdict(list)
-    gold_by_img_cat: dict[tuple[int, int], list[dict]] = defaultdict(list)
-    for a in gt_anns:
-        gt_rle = gt.annToRLE(a)
-        gold_by_img_cat[(a["image_id"], a["category_id"])].append({"rle": gt_rle, "iscrowd": a.get("iscrowd", 0)})
-        if a.get("iscrowd", 0):
-            continue
-        preds = pred_by_img_cat.get((a["image_id"], a["category_id"]), [])
-        best = 0.0
-        if preds:
-            best = float(np.max(mask_utils.iou([p["rle"] for p in preds], [gt_rle], [0])))
-        ious_by_cat[a["category_id"]].append(best)
+    for key, instances in pairs.gold.items():
+        for g in instances:
+            if g["iscrowd"]:
+                continue
+            preds = pred_by_img_cat.get(key, [])
+            best = float(np.max(mask_utils.iou([p["rle"] for p in preds], [g["rle"]], [0]))) if preds else 0.0
+            ious_by_cat[key[1]].append(best)
     all_ious = [v for vs in ious_by_cat.values() for v in vs]
 
     # the exported labels as a set: one-to-one matches at mask IoU >= 0.5
+    labels, gold_counts = _match_all(pairs.gold, pred_by_img_cat)
     tally: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])  # category -> tp, fp, fn
-    for key in set(pred_by_img_cat) | set(gold_by_img_cat):
-        hits, found = match_set(gold_by_img_cat.get(key, []), pred_by_img_cat.get(key, []))
-        t = tally[key[1]]
-        t[0] += sum(h is True for h in hits)
-        t[1] += sum(h is False for h in hits)
-        t[2] += found.count(False)
+    for r in labels:
+        tally[r["category_id"]][0 if r["tp"] else 1] += 1
+    for (_, cid), n in gold_counts.items():
+        tally[cid][2] += n
+    for t in tally.values():
+        t[2] -= t[0]
     total = [sum(t[i] for t in tally.values()) for i in range(3)]
 
     box_cls = _per_class_ap(box_ev, list(ontology)) if box_ev else {}

@@ -376,3 +376,29 @@ def test_exported_pq_equals_in_memory_pq(demo_run):
         exported["miou"],
     )
     assert mem["per_class"] == exported["panoptic"]["per_class"]
+
+
+def test_calibrate_a_finished_run_without_touching_its_shards(demo_run, capsys):
+    """`segflow calibrate` fits per-class thresholds on the manifest (no model runs) and writes the curves."""
+    import hashlib
+
+    out = demo_run / "out"
+
+    def digests():
+        return {
+            p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "shards").rglob("*")) if p.is_file()
+        }
+
+    before = digests()
+    gold = str(demo_run / "ground_truth" / "instances.json")
+    assert cli.main(["calibrate", str(out), "--gold", gold, "--precision", "0.9"]) == 0
+    printed = capsys.readouterr().out
+    assert "| circle |" in printed and "accepted set: precision" in printed
+    assert digests() == before
+    cal = json.loads((out / "calibration.json").read_text())
+    assert cal["target_precision"] == 0.9 and set(cal["classes"]) == {"circle", "square", "triangle"}
+    for c in cal["classes"].values():
+        assert c["status"] in ("calibrated", "review") and (c["threshold"] is None) == (c["status"] == "review")
+        assert c["heldout"]["tp"] + c["heldout"]["fn"] == c["gold_instances"]
+    assert Image.open(out / "qc" / "pr_curves.png").size[0] > 100
+    assert cli.main(["calibrate", str(out), "--gold", str(demo_run / "missing.json")]) == 2
