@@ -195,6 +195,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from segflow.tasks.plan import PlanError, load_plan
+    from segflow.tasks.storage import redact
+    from segflow.tasks.verify import verify
+
+    output = _cli_path(args.output)
+    try:
+        total = len(load_plan(output)["shard_ids"])
+    except PlanError as e:
+        _eprint(f"error: {e}")
+        return EXIT_CONFIG
+    bar = tqdm(total=total, unit="shard", disable=args.json or args.no_progress, file=sys.stderr, dynamic_ncols=True)
+    problems = list(verify(output, on_shard=lambda: bar.update(1)))
+    bar.close()
+    if args.json:
+        print(json.dumps({"output": redact(output), "problems": [p.to_dict() for p in problems]}, indent=2))
+    else:
+        for p in problems:
+            print(f"{redact(output)}: {p}")
+        print(f"segflow verify: {total} planned shards, {len(problems)} problem(s)")
+    return EXIT_FAILED if problems else EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from segflow.tasks.plan import PlanError
     from segflow.tasks.status import shard_states, summarize_states
@@ -437,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--all", action="store_true", help="list committed shards too")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(fn=cmd_status)
+
+    ve = sub.add_parser("verify", help="check committed files, merged outputs and the plan against the commit records")
+    ve.add_argument("output", help="the job's output folder or URL")
+    ve.add_argument("--json", action="store_true", help="machine-readable output")
+    ve.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ve.set_defaults(fn=cmd_verify)
 
     ca = sub.add_parser(
         "calibrate", help="per-class acceptance thresholds for a target precision, fitted on a finished run's labels"

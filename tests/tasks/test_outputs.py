@@ -20,8 +20,6 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from segflow.config import parse_config
-from segflow.tasks import rle
 from segflow.tasks.coco import write_instances
 from segflow.tasks.commit import (
     ShardConflict,
@@ -34,26 +32,10 @@ from segflow.tasks.commit import (
 )
 from segflow.tasks.finalize import IncompleteRunError, finalize
 from segflow.tasks.manifest import ANNOTATION_ID_STRIDE, ShardTables
-from segflow.tasks.plan import make_plan, read_shard_rows
+from segflow.tasks.plan import make_plan
 from segflow.tasks.qc_report import QcAccumulator, write_qc_report
-from segflow.tasks.record import Detections
 from segflow.tasks.status import shard_states, summarize_states
-
-NAMES = {1: "circle", 2: "square"}
-H, W = 40, 60
-
-
-def rect_dets(rects, classes, scores, verdicts=None):
-    """Detections whose masks are the given rectangles (x0, y0, x1, y1, exclusive ends); boxes 1 px looser."""
-    masks = np.zeros((len(rects), H, W), bool)
-    for m, (x0, y0, x1, y1) in zip(masks, rects, strict=True):
-        m[y0:y1, x0:x1] = True
-    fields = {"predicted_iou": np.full(len(rects), 0.9), "stability_score": np.full(len(rects), 0.95)}
-    if verdicts is not None:
-        fields["qc_verdict"] = np.array(verdicts, object)
-        fields["qc_reasons"] = np.array(["" if v == "pass" else "stability" for v in verdicts], object)
-    boxes = np.array([[x0 - 1, y0 - 1, x1 + 1, y1 + 1] for x0, y0, x1, y1 in rects], np.float32)
-    return Detections((H, W), boxes, classes, scores, rle.encode_nhw(masks), fields)
+from tests.support.outputs import NAMES, H, W, commit_planned, make_job, rect_dets
 
 
 def test_manifest_rows_ids_and_mask_geometry():
@@ -144,44 +126,10 @@ def test_qc_report_counts_verdicts_and_draws_sheets(tmp_path):
     assert sum(r["count"] for r in summary) == 3 and "| stability | 2 |" in (qc / "report.md").read_text()
 
 
-def make_job(tmp_path, output, **extra):
-    src = tmp_path / "src"
-    src.mkdir(exist_ok=True)
-    for i in range(5):
-        Image.fromarray(np.full((H, W, 3), 40 * i, np.uint8)).save(src / f"{i}.png")
-    return parse_config(
-        {
-            "name": "unit",
-            "source": {"url": str(src)},
-            "output": output,
-            "shard_size": 2,
-            "ontology": [{"id": i, "name": n} for i, n in NAMES.items()],
-            "stages": {
-                "detector": {"kind": "yolo", "weights": "det.pt"},
-                "masks": {"kind": "sam", "needs": ["detector"], "weights": "sam.pt"},
-            },
-            **extra,
-        },
-        check_files=False,
-    )
-
-
 @pytest.fixture()
 def planned(tmp_path):
     job = make_job(tmp_path, str(tmp_path / "out"))
     return job, make_plan(job)
-
-
-def commit_planned(job, shard_id, k=1):
-    """Commit a shard of the plan with k rectangles per image (image i's rectangles offset by i)."""
-    t = ShardTables(shard_id, job.category_names())
-    for row in read_shard_rows(job.output, shard_id):
-        i = row["image_id"]
-        rects = [(i + 2 * j, 1, i + 2 * j + 4, 9) for j in range(k)]
-        t.add_image(i, row["uri"], row["key"], (H, W), 1, [("masks", "m", None, rect_dets(rects, [1] * k, [0.5] * k))])
-    masks, images = t.tables()
-    stats = {"images": images.num_rows, "masks": masks.num_rows}
-    return commit_shard(job.output, shard_id, {"masks": masks, "images": images}, "fp", stats)[0]
 
 
 def test_status_lists_committed_failed_and_pending(planned):

@@ -1,0 +1,125 @@
+"""``segflow verify``: check what an output holds against its commit records and plan.
+
+Checks, shard by shard (streaming: one shard's records in memory, files hashed
+in chunks), each problem named by shard, file and what is wrong:
+
+* every file a commit record names exists, has its recorded size and sha256;
+* the commit record belongs to its shard;
+* the plan against the commits: planned shards without a commit (``missing``),
+  shard folders the plan does not name (``extra``), shard ids planned twice
+  (``duplicated``);
+* once finalized: each manifest part equals the committed file it was copied
+  from, no part comes from an unplanned shard, and ``summary.json`` was built
+  from exactly these commits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from segflow.tasks.commit import read_commit
+from segflow.tasks.finalize import commits_digest
+from segflow.tasks.layout import OutputLayout
+from segflow.tasks.plan import load_plan
+from segflow.tasks.storage import open_fs, read_bytes
+
+__all__ = ["Problem", "verify"]
+
+_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class Problem:
+    shard_id: str | None
+    file: str | None  # relative to the output root
+    problem: str
+
+    def __str__(self) -> str:
+        where = " ".join(x for x in (self.shard_id, self.file) if x)
+        return f"{where}: {self.problem}" if where else self.problem
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sha256_and_size(fs: Any, path: str) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _check_file(fs: Any, layout: OutputLayout, sid: str, rel: str, entry: dict) -> Iterator[Problem]:
+    _, path = open_fs(layout.url(rel))
+    try:
+        digest, size = _sha256_and_size(fs, path)
+    except FileNotFoundError:
+        yield Problem(sid, rel, "missing (named by the commit record)")
+        return
+    if size != entry["bytes"]:
+        yield Problem(sid, rel, f"size {size} bytes, commit record says {entry['bytes']}")
+    elif digest != entry["sha256"]:
+        yield Problem(sid, rel, f"sha256 {digest[:12]}... does not match the commit record's {entry['sha256'][:12]}...")
+
+
+def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[Problem]:
+    """Every problem of ``output``, shard by shard (``on_shard`` is called after each planned shard)."""
+    layout = OutputLayout(output)
+    fs, _ = open_fs(output)
+    plan = load_plan(output)
+    planned = list(plan["shard_ids"])
+    seen: set[str] = set()
+    for sid in planned:
+        if sid in seen:
+            yield Problem(sid, None, "duplicated: planned twice")
+        seen.add(sid)
+    summary = _read_json(fs, layout.summary)
+    commits = []
+    for sid in dict.fromkeys(planned):
+        commit = read_commit(output, sid)
+        if commit is None:
+            yield Problem(sid, None, "missing: planned but not committed")
+        elif commit.get("shard_id") != sid:
+            yield Problem(sid, "shards/" + sid + "/_COMMIT.json", f"the record is {commit.get('shard_id')!r}'s")
+        else:
+            commits.append({"shard_id": sid, "attempt": commit["attempt"]})
+            for name, entry in commit["files"].items():
+                yield from _check_file(fs, layout, sid, entry["path"], entry)
+                if summary is not None and name in ("masks", "images", "panoptic"):
+                    part = f"manifest/{name}.parquet/part-{sid}.parquet"
+                    yield from _check_file(fs, layout, sid, part, entry)
+        if on_shard is not None:
+            on_shard()
+    _, shards_root = open_fs(layout.shards)
+    names = [
+        p.rstrip("/").rsplit("/", 1)[-1] for p in (fs.ls(shards_root, detail=False) if fs.exists(shards_root) else [])
+    ]
+    for name in sorted(set(names) - seen - {"_errors"}):
+        yield Problem(name, f"shards/{name}", "extra: a shard folder the plan does not name")
+    if summary is not None:
+        job = _read_json(fs, layout.job_json) or {}
+        digest = commits_digest(commits, job.get("gold_set"), job.get("gold_panoptic"))
+        if summary.get("commits_digest") != digest:
+            yield Problem(None, "summary.json", "the exports were built from other commits: run `segflow rerun`")
+        for name in ("masks", "images", "panoptic"):
+            _, folder = open_fs(layout.manifest(name))
+            if fs.exists(folder):
+                for p in sorted(fs.ls(folder, detail=False)):
+                    part = p.rstrip("/").rsplit("/", 1)[-1]
+                    sid = part.removeprefix("part-").removesuffix(".parquet")
+                    if sid not in seen:
+                        yield Problem(sid, f"manifest/{name}.parquet/{part}", "extra: a part of no planned shard")
+
+
+def _read_json(fs: Any, url: str) -> dict | None:
+    _, path = open_fs(url)
+    try:
+        return json.loads(read_bytes(fs, path))
+    except FileNotFoundError:
+        return None

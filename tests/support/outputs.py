@@ -1,0 +1,63 @@
+"""Outputs without models: hand-made Detections (rectangles with known pixels), a planned job, committed shards."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from segflow.config import parse_config
+from segflow.tasks import rle
+from segflow.tasks.commit import commit_shard
+from segflow.tasks.manifest import ShardTables
+from segflow.tasks.plan import read_shard_rows
+from segflow.tasks.record import Detections
+
+NAMES = {1: "circle", 2: "square"}
+H, W = 40, 60
+
+
+def rect_dets(rects, classes, scores, verdicts=None):
+    """Detections whose masks are the given rectangles (x0, y0, x1, y1, exclusive ends); boxes 1 px looser."""
+    masks = np.zeros((len(rects), H, W), bool)
+    for m, (x0, y0, x1, y1) in zip(masks, rects, strict=True):
+        m[y0:y1, x0:x1] = True
+    fields = {"predicted_iou": np.full(len(rects), 0.9), "stability_score": np.full(len(rects), 0.95)}
+    if verdicts is not None:
+        fields["qc_verdict"] = np.array(verdicts, object)
+        fields["qc_reasons"] = np.array(["" if v == "pass" else "stability" for v in verdicts], object)
+    boxes = np.array([[x0 - 1, y0 - 1, x1 + 1, y1 + 1] for x0, y0, x1, y1 in rects], np.float32)
+    return Detections((H, W), boxes, classes, scores, rle.encode_nhw(masks), fields)
+
+
+def make_job(tmp_path, output, **extra):
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    for i in range(5):
+        Image.fromarray(np.full((H, W, 3), 40 * i, np.uint8)).save(src / f"{i}.png")
+    return parse_config(
+        {
+            "name": "unit",
+            "source": {"url": str(src)},
+            "output": output,
+            "shard_size": 2,
+            "ontology": [{"id": i, "name": n} for i, n in NAMES.items()],
+            "stages": {
+                "detector": {"kind": "yolo", "weights": "det.pt"},
+                "masks": {"kind": "sam", "needs": ["detector"], "weights": "sam.pt"},
+            },
+            **extra,
+        },
+        check_files=False,
+    )
+
+
+def commit_planned(job, shard_id, k=1):
+    """Commit a shard of the plan with k rectangles per image (image i's rectangles offset by i)."""
+    t = ShardTables(shard_id, job.category_names())
+    for row in read_shard_rows(job.output, shard_id):
+        i = row["image_id"]
+        rects = [(i + 2 * j, 1, i + 2 * j + 4, 9) for j in range(k)]
+        t.add_image(i, row["uri"], row["key"], (H, W), 1, [("masks", "m", None, rect_dets(rects, [1] * k, [0.5] * k))])
+    masks, images = t.tables()
+    stats = {"images": images.num_rows, "masks": masks.num_rows}
+    return commit_shard(job.output, shard_id, {"masks": masks, "images": images}, "fp", stats)[0]

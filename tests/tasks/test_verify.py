@@ -1,0 +1,108 @@
+"""`segflow verify` finds what is wrong with an output, on local disk and on moto's S3 server.
+
+Each damage is done to a finished output built through the commit and
+finalize code (no models); a clean output verifies with exit 0 and every
+damaged copy with exit 1 naming the shard and file.
+"""
+
+import json
+
+from segflow.flows import cli
+from segflow.tasks.finalize import finalize
+from segflow.tasks.plan import make_plan
+from segflow.tasks.storage import open_fs
+from segflow.tasks.verify import verify
+from tests.support.outputs import commit_planned, make_job
+
+
+def finished(tmp_path, output):
+    job = make_job(tmp_path, output)
+    commits = {s: commit_planned(job, s) for s in make_plan(job).shard_ids}
+    finalize(job)
+    return job, commits
+
+
+def damage(fs, path, how):
+    data = fs.cat_file(path)
+    if how == "flip":
+        data = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+    elif how == "truncate":
+        data = data[: len(data) // 2]
+    if how == "delete":
+        fs.rm_file(path)
+    else:
+        fs.pipe_file(path, data)
+
+
+CASES = [
+    ("flip", "masks", "sha256"),
+    ("truncate", "images", "size"),
+    ("delete", "masks", "missing (named by the commit record)"),
+]
+
+
+def check_cases(job, commits, capsys):
+    out = job.output
+    assert cli.main(["verify", out, "--no-progress"]) == 0
+    assert "3 planned shards, 0 problem(s)" in capsys.readouterr().out
+    fs, _ = open_fs(out)
+    for (how, name, expected), sid in zip(CASES, sorted(commits), strict=True):
+        _, path = open_fs(f"{out}/{commits[sid]['files'][name]['path']}")
+        damage(fs, path, how)
+        found = [p for p in verify(out) if p.shard_id == sid]
+        assert found and expected in found[0].problem and found[0].file == commits[sid]["files"][name]["path"]
+    assert cli.main(["verify", out, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert {p["shard_id"] for p in report["problems"]} == set(commits)
+    # a commit record pointing at an attempt that is not there, and a shard folder the plan does not name
+    sid = sorted(commits)[0]
+    _, rec = open_fs(f"{out}/shards/{sid}/_COMMIT.json")
+    record = json.loads(fs.cat_file(rec))
+    record["files"]["images"]["path"] = f"shards/{sid}/attempts/gone/images.parquet"
+    fs.pipe_file(rec, json.dumps(record).encode())
+    _, extra = open_fs(f"{out}/shards/shard-09999/_COMMIT.json")
+    fs.makedirs(extra.rsplit("/", 1)[0], exist_ok=True)  # no-op on S3
+    fs.pipe_file(extra, b"{}")
+    problems = [str(p) for p in verify(out)]
+    assert any(f"shards/{sid}/attempts/gone/images.parquet: missing" in p for p in problems)
+    assert any(p.startswith("shard-09999 shards/shard-09999: extra") for p in problems)
+
+
+def test_verify_local_output(tmp_path, capsys):
+    job, commits = finished(tmp_path, str(tmp_path / "out"))
+    check_cases(job, commits, capsys)
+
+
+def test_verify_s3_output(s3, tmp_path, capsys):
+    job, commits = finished(tmp_path, "s3://segflow-out/verify-run")
+    check_cases(job, commits, capsys)
+
+
+def test_verify_sees_a_changed_manifest_part_and_a_stale_summary(tmp_path):
+    job, commits = finished(tmp_path, str(tmp_path / "out"))
+    sid = sorted(commits)[1]
+    part = tmp_path / "out" / "manifest" / "masks.parquet" / f"part-{sid}.parquet"
+    part.write_bytes(part.read_bytes()[:-10])
+    (tmp_path / "out" / "manifest" / "masks.parquet" / "part-shard-00042.parquet").write_bytes(b"x")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    (tmp_path / "out" / "summary.json").write_text(json.dumps(dict(summary, commits_digest="0" * 64)))
+    problems = [str(p) for p in verify(str(tmp_path / "out"))]
+    assert any(p.startswith(f"{sid} manifest/masks.parquet/part-{sid}.parquet: size") for p in problems)
+    assert any("part-shard-00042.parquet: extra" in p for p in problems)
+    assert any(p.startswith("summary.json: the exports were built from other commits") for p in problems)
+
+
+def test_verify_refuses_a_folder_without_a_plan(tmp_path, capsys):
+    assert cli.main(["verify", str(tmp_path)]) == 2
+    assert "no plan under" in capsys.readouterr().err
+
+
+def test_a_pending_shard_is_reported_missing(tmp_path):
+    job = make_job(tmp_path, str(tmp_path / "out"))
+    ids = make_plan(job).shard_ids
+    commit_planned(job, ids[0])
+    problems = [str(p) for p in verify(job.output)]
+    assert problems == [
+        f"{ids[1]}: missing: planned but not committed",
+        f"{ids[2]}: missing: planned but not committed",
+    ]
