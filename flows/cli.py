@@ -34,6 +34,17 @@ def _eprint(*a: object) -> None:
     print(*a, file=sys.stderr, flush=True)
 
 
+def _debug(args: argparse.Namespace) -> bool:
+    """``--verbose`` or ``SEGFLOW_DEBUG=1``: show Prefect's logs and tracebacks."""
+    return bool(getattr(args, "verbose", False)) or os.environ.get("SEGFLOW_DEBUG", "") not in ("", "0")
+
+
+def _quiet_prefect(args: argparse.Namespace) -> None:
+    """Known failures are reported by segflow in one line; Prefect's own logs (tracebacks) only when debugging."""
+    if not _debug(args):
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
     pairs = (
         ("source", getattr(args, "source", None)),
@@ -108,20 +119,20 @@ def print_summary(summary: dict) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from segflow.config import ConfigError
 
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    _quiet_prefect(args)
     try:
         job = _load(args)
         plan = prepare(job, args.config)
     except ConfigError as e:
         _eprint(f"error: {e}")
         return EXIT_CONFIG
-    return run_prepared(job, plan, progress_bar=not args.no_progress)
+    return run_prepared(job, plan, progress_bar=not args.no_progress, debug=_debug(args))
 
 
-def run_prepared(job, plan, progress_bar: bool = True) -> int:
+def run_prepared(job, plan, progress_bar: bool = True, debug: bool = False) -> int:
     from segflow.flows.label_flow import run_job
     from segflow.tasks import progress
+    from segflow.tasks.commit import ShardConflict
     from segflow.tasks.finalize import IncompleteRunError
     from segflow.tasks.storage import redact
 
@@ -144,9 +155,15 @@ def run_prepared(job, plan, progress_bar: bool = True) -> int:
         bar.close()
         _eprint(f"error: run incomplete: {e}")
         return EXIT_FAILED
-    except Exception as e:  # noqa: BLE001 - reported as one line; details are in the Prefect logs
+    except Exception as e:  # noqa: BLE001 - reported as one line; --verbose / SEGFLOW_DEBUG=1 show the traceback
         bar.close()
         _eprint(f"error: run failed: {type(e).__name__}: {e}")
+        if isinstance(e, ShardConflict):
+            _eprint(f"  `segflow verify {redact(job.output)}` lists every file that does not match its commit record")
+        if debug:
+            import traceback
+
+            traceback.print_exc()
         return EXIT_FAILED
     finally:
         progress.set_reporter(None)
@@ -258,8 +275,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     from segflow.tasks.layout import OutputLayout
     from segflow.tasks.storage import open_fs, read_bytes
 
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    _quiet_prefect(args)
     output = _cli_path(args.output)
     fs, path = open_fs(OutputLayout(output).job_json)
     try:
@@ -273,7 +289,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     except ConfigError as e:
         _eprint(f"error: {e}")
         return EXIT_CONFIG
-    return run_prepared(job, plan, progress_bar=not args.no_progress)
+    return run_prepared(job, plan, progress_bar=not args.no_progress, debug=_debug(args))
 
 
 def _cli_path(p: str) -> str:
@@ -326,8 +342,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from segflow.config import ConfigError, load_config
     from segflow.demo.prepare import DEMO_CONFIG, prepare_demo
 
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    _quiet_prefect(args)
     if not DEMO_CONFIG.exists():
         _eprint(f"error: {DEMO_CONFIG} not found: this segflow installation lacks its package data (reinstall segflow)")
         return EXIT_CONFIG
@@ -349,7 +364,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "--update-config configs/demo.yaml configs/demo-qc.yaml`"
             )
         return EXIT_CONFIG
-    rc = run_prepared(job, plan, progress_bar=not args.no_progress)
+    rc = run_prepared(job, plan, progress_bar=not args.no_progress, debug=_debug(args))
     if rc == EXIT_OK:
         quality = os.path.join(overrides["output"], "quality.json")
         shutil.copyfile(quality, os.path.join(args.output, "quality.json"))

@@ -239,3 +239,26 @@ def test_open_vocabulary_detector_prompts_sam_in_a_flow(prefect_harness, write_j
         and {m["category_id"] for m in masks} <= {7, 9}
         and all(m["prompt_model"].startswith("owlv2:") for m in masks)
     )
+
+
+def test_a_damaged_commit_fails_with_one_clear_message(finished_run):
+    """Integrity errors end as one line naming the shard and file (plus the verify hint), no traceback."""
+    import os
+    import shutil
+    import subprocess
+
+    from prefect.settings import PREFECT_API_URL
+
+    _, out = finished_run
+    masks = sorted((out / "shards").glob("shard-00000/attempts/*/masks.parquet"))[0]
+    data = bytearray(masks.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    masks.write_bytes(bytes(data))
+    (out / "summary.json").unlink()  # finalize runs again and reads the damaged file
+    env = {**os.environ, "SEGFLOW_DEBUG": "0", "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test server
+    cmd = [shutil.which("segflow"), "rerun", str(out), "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "shard-00000" in errors[0] and "does not match its commit record" in errors[0]
+    assert f"segflow verify {out}" in r.stderr
