@@ -129,7 +129,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_prepared(job, plan, progress_bar=not args.no_progress, debug=_debug(args))
 
 
-def run_prepared(job, plan, progress_bar: bool = True, debug: bool = False) -> int:
+def run_prepared(
+    job, plan, progress_bar: bool = True, debug: bool = False, redo: list[str] | None = None, refinalize: bool = False
+) -> int:
     from segflow.flows.label_flow import run_job
     from segflow.tasks import progress
     from segflow.tasks.commit import ShardConflict
@@ -150,7 +152,7 @@ def run_prepared(job, plan, progress_bar: bool = True, debug: bool = False) -> i
     bar = _Progress(plan.num_images, len(plan.shard_ids), enabled=progress_bar)
     progress.set_reporter(bar)
     try:
-        summary = run_job(job, plan)  # prepared: the flow reads the plan, it does not list the source again
+        summary = run_job(job, plan, redo=redo, refinalize=refinalize)  # prepared: the flow reads the plan
     except IncompleteRunError as e:
         bar.close()
         _eprint(f"error: run incomplete: {e}")
@@ -289,7 +291,25 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     except ConfigError as e:
         _eprint(f"error: {e}")
         return EXIT_CONFIG
-    return run_prepared(job, plan, progress_bar=not args.no_progress, debug=_debug(args))
+    redo = [s for s in (args.shards or "").split(",") if s]
+    unknown = sorted(set(redo) - set(plan.shard_ids))
+    if unknown:
+        _eprint(f"error: --shards: not shards of the plan of {args.output}: {', '.join(unknown)}")
+        return EXIT_CONFIG
+    refinalize = bool(redo)
+    if args.corrupt:
+        from segflow.tasks.verify import verify
+
+        problems = list(verify(output))
+        damaged = sorted({p.shard_id for p in problems if p.file and p.file.startswith(f"shards/{p.shard_id}/")})
+        damaged = [s for s in damaged if s in plan.shard_ids]  # an extra, unplanned shard is only reported
+        for p in problems:
+            print(f"  {p}")
+        print(f"segflow rerun: {len(problems)} problem(s); labelling again: {', '.join(damaged) or 'no shard'}")
+        redo, refinalize = sorted(set(redo) | set(damaged)), refinalize or bool(problems)
+    return run_prepared(
+        job, plan, progress_bar=not args.no_progress, debug=_debug(args), redo=redo, refinalize=refinalize
+    )
 
 
 def _cli_path(p: str) -> str:
@@ -496,6 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rr = sub.add_parser("rerun", help="run only the shards of an output that are not committed, then finalize")
     rr.add_argument("output", help="the job's output folder or URL")
+    rr.add_argument(
+        "--shards", help="label these committed shards again (comma-separated ids); the new commit supersedes"
+    )
+    rr.add_argument("--corrupt", action="store_true", help="label again every shard `segflow verify` finds damaged")
     rr.add_argument("--no-progress", action="store_true")
     rr.add_argument("--verbose", "-v", action="store_true")
     rr.set_defaults(fn=cmd_rerun)

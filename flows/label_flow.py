@@ -87,9 +87,9 @@ def plan_task(job: JobConfig) -> list[str]:
 
 
 @task(name="label-shard", task_run_name="{shard_id}")
-def shard_task(job: JobConfig, shard_id: str) -> dict:
+def shard_task(job: JobConfig, shard_id: str, redo: bool = False) -> dict:
     apply_credentials(job)  # once per worker process (a no-op after the first)
-    result = run_shard(job, shard_id)
+    result = run_shard(job, shard_id, redo=redo)
     get_run_logger().info(
         "%s: %d images (%d failed), %d masks in %.1fs%s",
         shard_id,
@@ -103,9 +103,9 @@ def shard_task(job: JobConfig, shard_id: str) -> dict:
 
 
 @task(name="finalize")
-def finalize_task(job: JobConfig, started_at: float) -> dict:
+def finalize_task(job: JobConfig, started_at: float, force: bool = False) -> dict:
     apply_credentials(job)
-    summary = finalize(job, started_at=started_at)
+    summary = finalize(job, started_at=started_at, force=force)
     artifact_key = re.sub(r"[^a-z0-9-]", "-", f"segflow-{summary['job']}".lower())
     create_markdown_artifact(
         key=f"{artifact_key}-summary",
@@ -159,10 +159,12 @@ def publish_task(job: JobConfig) -> dict:
 
 
 @flow(name="segflow-label", log_prints=False)
-def label_flow(job: JobConfig) -> dict:
+def label_flow(job: JobConfig, redo: list[str] | None = None, refinalize: bool = False) -> dict:
     """Label every planned image of the job's source and write the manifests, COCO and summary.
 
     The job was planned by :func:`prepare_job` (``segflow run``, ``run_job`` and the deployment do it first).
+    ``redo``: committed shards to label again (each new commit supersedes the shard's last); ``refinalize``:
+    write the merged outputs again even if they were built from the same commits.
 
     Shards that fail do not stop the others; the flow fails at the end,
     naming them, and a new run of the same job on the same output redoes only those.
@@ -171,7 +173,7 @@ def label_flow(job: JobConfig) -> dict:
     shard_ids = plan_task(job)
     runner = shard_task.with_options(retries=job.runtime.retries, retry_delay_seconds=job.runtime.retry_delay_s)
     with shard_submit_options(job.runtime):
-        futures = [runner.submit(job, sid) for sid in shard_ids]
+        futures = [runner.submit(job, sid, sid in set(redo or ())) for sid in shard_ids]
     progress_id = create_progress_artifact(progress=0.0, description=f"{job.name}: shards committed")
     for done, _ in enumerate(as_completed(futures), 1):
         update_progress_artifact(progress_id, progress=100.0 * done / max(len(futures), 1))
@@ -187,7 +189,7 @@ def label_flow(job: JobConfig) -> dict:
     if failed:
         raise IncompleteRunError(sorted(failed), failed)
     shard_runs = [f.result() for f in futures]
-    summary = finalize_task(job, started)
+    summary = finalize_task(job, started, force=refinalize)
     # which worker process ran each shard and how many models it had to load (not part of summary.json)
     summary = dict(
         summary,
@@ -200,7 +202,13 @@ def label_flow(job: JobConfig) -> dict:
     return summary
 
 
-def run_job(job: JobConfig, plan: Plan | None = None, config_file: str = "<job>") -> dict:
+def run_job(
+    job: JobConfig,
+    plan: Plan | None = None,
+    config_file: str = "<job>",
+    redo: list[str] | None = None,
+    refinalize: bool = False,
+) -> dict:
     """Run ``label_flow`` for a validated job on its configured task runner (see :mod:`segflow.flows.runners`).
 
     ``plan``: what :func:`prepare_job` returned; prepared here when not given.
@@ -208,4 +216,4 @@ def run_job(job: JobConfig, plan: Plan | None = None, config_file: str = "<job>"
     if plan is None:
         prepare_job(job, config_file)
     runner = make_task_runner(job.runtime)
-    return label_flow.with_options(task_runner=runner, flow_run_name=f"{job.name}")(job)
+    return label_flow.with_options(task_runner=runner, flow_run_name=f"{job.name}")(job, redo, refinalize)

@@ -5,6 +5,7 @@ Layout under the output::
     shards/<shard_id>/attempts/<attempt>/masks.parquet    data files of one attempt
     shards/<shard_id>/attempts/<attempt>/images.parquet
     shards/<shard_id>/_COMMIT.json                        written last, create-if-absent
+    shards/<shard_id>/_COMMIT-r<N>.json                   redo N of a committed shard (supersedes N - 1)
     shards/_errors/<shard_id>.json                        the last failure of a shard (informational)
 
 Protocol: an attempt writes its data files (each published atomically) under
@@ -49,11 +50,16 @@ class ShardConflict(Exception):
 
 
 def read_commit(output: str, shard_id: str) -> dict | None:
-    fs, path = open_fs(OutputLayout(output).commit_record(shard_id))
-    try:
-        return json.loads(read_bytes(fs, path))
-    except FileNotFoundError:
-        return None
+    """The shard's latest commit record (a redo's supersedes the one before it), or None."""
+    layout = OutputLayout(output)
+    record, generation = None, 0
+    while True:
+        fs, path = open_fs(layout.commit_record(shard_id, generation))
+        try:
+            record = json.loads(read_bytes(fs, path))
+        except FileNotFoundError:
+            return record
+        generation += 1
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -63,9 +69,19 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 def commit_shard(
-    output: str, shard_id: str, tables: dict[str, pa.Table], fingerprint: str, stats: dict[str, Any]
+    output: str,
+    shard_id: str,
+    tables: dict[str, pa.Table],
+    fingerprint: str,
+    stats: dict[str, Any],
+    generation: int = 0,
 ) -> tuple[dict, bool]:
-    """Write an attempt's files and try to commit them. Returns ``(commit_record, won)``."""
+    """Write an attempt's files and try to commit them as ``generation``. Returns ``(commit_record, won)``.
+
+    Generation 0 is a shard's first commit; a redo commits ``latest + 1``, superseding the record before it
+    only once it exists (the shard always has a valid commit). Of two writers of one generation exactly one
+    wins (create-if-absent).
+    """
     attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     layout = OutputLayout(output)
     rel_dir = layout.attempt_dir(shard_id, attempt)
@@ -88,12 +104,16 @@ def commit_shard(
         "fingerprint": fingerprint,
         "files": files,
         "stats": stats,
+        "generation": generation,
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _, commit_path = open_fs(layout.commit_record(shard_id))
+    _, commit_path = open_fs(layout.commit_record(shard_id, generation))
     won = retry_call(lambda: create_exclusive(fs, commit_path, json.dumps(record, indent=1).encode()))
     if not won:
-        existing = read_commit(output, shard_id)
+        try:
+            existing = json.loads(read_bytes(fs, commit_path))
+        except FileNotFoundError:  # pragma: no cover - create-if-absent said it exists
+            existing = None
         if existing is not None and existing.get("attempt") == attempt:
             won = True  # our PUT landed but its answer was lost; the retry found our own record
         else:

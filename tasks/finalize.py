@@ -168,8 +168,11 @@ def _render_missing(output: str, commits: list[dict]) -> int:
     return n
 
 
-def finalize(job: JobConfig, started_at: float | None = None) -> dict:
-    """Merge, export and summarise a fully committed run. Returns the summary dict."""
+def finalize(job: JobConfig, started_at: float | None = None, force: bool = False) -> dict:
+    """Merge, export and summarise a fully committed run. Returns the summary dict.
+
+    An output already finalized from exactly these commits is left as it is, unless ``force``.
+    """
     output = job.output
     plan, commits = _collect_commits(output)
     layout = OutputLayout(output)
@@ -178,7 +181,7 @@ def finalize(job: JobConfig, started_at: float | None = None) -> dict:
     rendered_now = _render_missing(output, commits)  # PNGs of shards whose own rendering did not finish
     digest = commits_digest(commits, getattr(job, "gold_set", None), getattr(job, "gold_panoptic", None))
     previous = _previous_summary(fs, paths["summary"])
-    if previous is not None and previous.get("commits_digest") == digest:
+    if not force and previous is not None and previous.get("commits_digest") == digest:
         return previous  # already finalized from exactly these commits: write nothing
 
     # 1. one pass over the committed shards: each committed file is read once and feeds every output

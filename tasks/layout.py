@@ -5,7 +5,7 @@
     OUTPUT/
       job.json                                    the resolved job, for `segflow rerun`
       plan/plan.parquet, plan/plan.json           the shard plan; plan/plan-gNNNN.{parquet,json} later generations
-      shards/<shard>/_COMMIT.json                 commit record (segflow.tasks.commit)
+      shards/<shard>/_COMMIT.json                 commit record (segflow.tasks.commit); _COMMIT-rN.json: redo N
       shards/<shard>/attempts/<attempt>/*.parquet data files of one attempt
       shards/<shard>/_RENDERED.json               which attempt the shard's PNGs were drawn from
       shards/_errors/<shard>.json                 last failure of an uncommitted shard
@@ -60,8 +60,10 @@ class OutputLayout:
     def shard(self, shard_id: str) -> str:
         return join(self.root, "shards", shard_id)
 
-    def commit_record(self, shard_id: str) -> str:
-        return join(self.root, "shards", shard_id, "_COMMIT.json")
+    def commit_record(self, shard_id: str, generation: int = 0) -> str:
+        """The shard's commit record; a redo of a committed shard writes generation 1, 2, ... (it supersedes)."""
+        name = "_COMMIT.json" if generation == 0 else f"_COMMIT-r{generation}.json"
+        return join(self.root, "shards", shard_id, name)
 
     @staticmethod
     def attempt_dir(shard_id: str, attempt: str) -> str:

@@ -145,12 +145,19 @@ def run_stages(job: JobConfig, images: list[Any], models: dict[str, Any]) -> dic
     return results
 
 
-def run_shard(job: JobConfig, shard_id: str) -> ShardResult:
-    """Label one shard and commit it. Raises on failures that are not one image's fault."""
+def run_shard(job: JobConfig, shard_id: str, redo: bool = False) -> ShardResult:
+    """Label one shard and commit it. Raises on failures that are not one image's fault.
+
+    ``redo``: label a committed shard again and commit it as the next generation (see
+    :func:`segflow.tasks.commit.commit_shard`); its earlier commit stays valid until then.
+    """
     t0 = time.perf_counter()
     fingerprint = job_fingerprint(job)
     try:
         existing = read_commit(job.output, shard_id)
+        if redo:
+            generation = 0 if existing is None else int(existing.get("generation", 0)) + 1
+            return _label_and_commit(job, shard_id, fingerprint, t0, generation)
         if existing is not None:
             if existing.get("fingerprint") != fingerprint:
                 raise ShardConflict(
@@ -171,7 +178,7 @@ def run_shard(job: JobConfig, shard_id: str) -> ShardResult:
         raise
 
 
-def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float) -> ShardResult:
+def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float, generation: int = 0) -> ShardResult:
     rows = read_shard_rows(job.output, shard_id)
     if not rows:
         raise ValueError(f"{shard_id} is not in the plan of {redact(job.output)}")
@@ -237,7 +244,7 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
     if pan_sink:
         files["panoptic"] = tables.panoptic_table()
         stats["segments"] = files["panoptic"].num_rows
-    commit, won = commit_shard(job.output, shard_id, files, fingerprint, stats)
+    commit, won = commit_shard(job.output, shard_id, files, fingerprint, stats, generation)
     if won and pan_sink:
         try:  # finalize renders whatever is missing, so a failure here loses nothing
             render_shard(job.output, shard_id, commit["attempt"], images, files["panoptic"])

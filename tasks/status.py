@@ -7,6 +7,7 @@ contents are fetched concurrently (``fs.cat`` on many paths).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from segflow.tasks.layout import OutputLayout
@@ -14,6 +15,8 @@ from segflow.tasks.plan import load_plan
 from segflow.tasks.storage import open_fs
 
 __all__ = ["shard_states", "summarize_states"]
+
+_RECORD = re.compile(r"/([^/]+)/_COMMIT(?:-r(\d+))?\.json$")
 
 
 def shard_states(output: str) -> list[dict[str, Any]]:
@@ -25,12 +28,17 @@ def shard_states(output: str) -> list[dict[str, Any]]:
     except FileNotFoundError:
         found = set()
     records = {}
-    wanted = [p for p in found if p.endswith("/_COMMIT.json") or "/_errors/" in p]
+    latest: dict[str, tuple[int, str]] = {}  # shard -> (generation, path) of its newest commit record
+    for p in found:
+        m = _RECORD.search(p)
+        if m and (sid := m.group(1)) and int(m.group(2) or 0) >= latest.get(sid, (-1, ""))[0]:
+            latest[sid] = (int(m.group(2) or 0), p)
+    wanted = [p for _, p in latest.values()] + [p for p in found if "/_errors/" in p]
     if wanted:
         records = fs.cat(wanted, on_error="omit")
     out = []
     for sid in plan["shard_ids"]:
-        commit_path, error_path = f"{root}/{sid}/_COMMIT.json", f"{root}/_errors/{sid}.json"
+        commit_path, error_path = latest.get(sid, (0, ""))[1], f"{root}/_errors/{sid}.json"
         if commit_path in records:
             c = json.loads(records[commit_path])
             out.append(

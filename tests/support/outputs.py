@@ -51,7 +51,7 @@ def make_job(tmp_path, output, **extra):
     )
 
 
-def commit_planned(job, shard_id, k=1):
+def commit_planned(job, shard_id, k=1, generation=0):
     """Commit a shard of the plan with k rectangles per image (image i's rectangles offset by i)."""
     t = ShardTables(shard_id, job.category_names())
     for row in read_shard_rows(job.output, shard_id):
@@ -60,4 +60,4 @@ def commit_planned(job, shard_id, k=1):
         t.add_image(i, row["uri"], row["key"], (H, W), 1, [("masks", "m", None, rect_dets(rects, [1] * k, [0.5] * k))])
     masks, images = t.tables()
     stats = {"images": images.num_rows, "masks": masks.num_rows}
-    return commit_shard(job.output, shard_id, {"masks": masks, "images": images}, "fp", stats)[0]
+    return commit_shard(job.output, shard_id, {"masks": masks, "images": images}, "fp", stats, generation)[0]

@@ -106,3 +106,34 @@ def test_a_pending_shard_is_reported_missing(tmp_path):
         f"{ids[1]}: missing: planned but not committed",
         f"{ids[2]}: missing: planned but not committed",
     ]
+
+
+def check_redo_generations(job, commits):
+    """A redo commits the next generation create-if-absent: one winner of two, the old commit valid until then."""
+    from segflow.tasks.commit import read_commit
+    from segflow.tasks.status import shard_states
+
+    sid = sorted(commits)[0]
+    fs, _ = open_fs(job.output)
+    _, path = open_fs(f"{job.output}/{commits[sid]['files']['masks']['path']}")
+    damage(fs, path, "flip")
+    assert [p.shard_id for p in verify(job.output)] == [sid]  # the committed file (its manifest part is a copy)
+    assert read_commit(job.output, sid)["attempt"] == commits[sid]["attempt"]  # still the valid commit
+    first = commit_planned(job, sid, generation=1)
+    second = commit_planned(job, sid, generation=1)  # a concurrent redo of the same generation loses
+    assert first["generation"] == 1 and second["attempt"] == first["attempt"]
+    assert read_commit(job.output, sid)["attempt"] == first["attempt"]
+    attempts = fs.ls(open_fs(f"{job.output}/shards/{sid}/attempts")[1], detail=False)
+    assert len(attempts) == 2  # the damaged generation 0 and the winner; the loser removed its attempt
+    assert {s["shard_id"]: s["attempt"] for s in shard_states(job.output)}[sid] == first["attempt"]
+    assert [str(p) for p in verify(job.output)][0].startswith("summary.json: the exports were built from other")
+    finalize(job)
+    assert list(verify(job.output)) == []
+
+
+def test_redo_supersedes_a_damaged_commit_locally(tmp_path):
+    check_redo_generations(*finished(tmp_path, str(tmp_path / "out")))
+
+
+def test_redo_supersedes_a_damaged_commit_on_s3(s3, tmp_path):
+    check_redo_generations(*finished(tmp_path, "s3://segflow-out/redo-run"))
