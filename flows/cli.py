@@ -414,6 +414,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             det_epochs=args.det_epochs,
             det_imgsz=args.det_imgsz,
             sam_minutes=args.sam_minutes,
+            sam_scenes=args.sam_scenes,
         )
         print(f"instances trained in {time.time() - t0:.0f}s: detector {det}, sam {sam}")
         cycles = [m for m in args.sam_zoom_minutes if m > 0]
@@ -428,7 +429,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             ):  # cosine cycles, each from the last one's weights at half its peak learning rate
                 t1 = time.time()
                 tmp = out / "demo-sam.zoom.pt"
-                zoom = finetune_sam_zoom(out / "demo-sam.pt", tmp, minutes=minutes, seed=args.seed, lr=3e-4 / 2**k)
+                zoom = finetune_sam_zoom(
+                    out / "demo-sam.pt", tmp, minutes=minutes, seed=args.seed, lr=3e-4 / 2**k, scenes=args.zoom_scenes
+                )
                 os.replace(tmp, out / "demo-sam.pt")
                 print(
                     f"sam fine-tuned on zoom crops (cycle {k + 1} of {len(cycles)}) in {time.time() - t1:.0f}s: {zoom}"
@@ -560,6 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--det-epochs", type=int, default=34)
     t.add_argument("--det-imgsz", type=int, default=288)
     t.add_argument("--sam-minutes", type=float, default=13.5)
+    t.add_argument("--sam-scenes", type=int, default=600, help="scenes rendered for the SAM's box->mask training")
+    t.add_argument("--zoom-scenes", type=int, default=400, help="scenes rendered for each zoom fine-tune cycle")
     t.add_argument(
         "--sam-zoom-minutes",
         type=float,

@@ -522,6 +522,7 @@ def train_demo_models(
     det_epochs: int = 34,
     det_imgsz: int = 288,
     sam_minutes: float = 13.5,
+    sam_scenes: int = 600,
 ) -> tuple[dict, dict]:
     """Train the detector and the SAM side by side, one CPU core each.
 
@@ -549,7 +550,11 @@ def train_demo_models(
     torch.set_num_threads(1)
     try:
         sam = train_sam(
-            out_dir / "demo-sam.pt", minutes=sam_minutes, seed=seed, threads=lambda: 1 if det.is_alive() else threads
+            out_dir / "demo-sam.pt",
+            minutes=sam_minutes,
+            seed=seed,
+            scenes=sam_scenes,
+            threads=lambda: 1 if det.is_alive() else threads,
         )
     finally:
         torch.set_num_threads(threads)
