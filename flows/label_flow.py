@@ -173,7 +173,8 @@ def label_flow(job: JobConfig, redo: list[str] | None = None, refinalize: bool =
     shard_ids = plan_task(job)
     runner = shard_task.with_options(retries=job.runtime.retries, retry_delay_seconds=job.runtime.retry_delay_s)
     with shard_submit_options(job.runtime):
-        futures = [runner.submit(job, sid, sid in set(redo or ())) for sid in shard_ids]
+        again = set(redo or ())
+        futures = [runner.submit(job, sid, sid in again) for sid in shard_ids]
     progress_id = create_progress_artifact(progress=0.0, description=f"{job.name}: shards committed")
     for done, _ in enumerate(as_completed(futures), 1):
         update_progress_artifact(progress_id, progress=100.0 * done / max(len(futures), 1))

@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from segflow.tasks.finalize import IncompleteRunError, _collect_commits, commits_digest
-from segflow.tasks.storage import create_exclusive, join, open_fs, read_bytes, redact, write_bytes
+from segflow.tasks.storage import create_exclusive, join, open_fs, read_bytes, read_json, redact, write_bytes
 
 __all__ = ["PublishError", "publish"]
 
@@ -39,14 +39,6 @@ _PUBLISHED_FILES = ("summary.json", "quality.json", "job.json")
 
 class PublishError(Exception):
     """The run cannot be published (incomplete, or the version name is taken by other content)."""
-
-
-def _read_json(fs: Any, url: str) -> dict | None:
-    _, path = open_fs(url)
-    try:
-        return json.loads(read_bytes(fs, path))
-    except FileNotFoundError:
-        return None
 
 
 def _run_files(output: str) -> list[str]:
@@ -143,7 +135,7 @@ Auto-labelled by segflow. Created {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmti
 def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any]:
     """Publish the finished run in ``output`` under ``dest``. Returns ``{"version", "url", "created", "files"}``."""
     fs_out, _ = open_fs(output)
-    summary = _read_json(fs_out, join(output, "summary.json"))
+    summary = read_json(fs_out, join(output, "summary.json"))
     try:
         _, commits = _collect_commits(output)
     except IncompleteRunError as e:
@@ -154,7 +146,7 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
             f"run `segflow rerun {redact(output)}`"
         )
     digest = summary.get("commits_digest")
-    job = _read_json(fs_out, join(output, "job.json")) or {}
+    job = read_json(fs_out, join(output, "job.json")) or {}
     if digest != commits_digest(commits, job.get("gold_set"), job.get("gold_panoptic")):
         raise PublishError(
             f"refusing to publish {redact(output)}: its summary does not match its committed "

@@ -19,6 +19,7 @@ chain (environment, profiles, instance roles).
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import re
@@ -30,6 +31,7 @@ import fsspec
 from fsspec.core import url_to_fs as _url_to_fs
 
 __all__ = [
+    "read_json",
     "use_s3_credentials",
     "load_credentials_block",
     "open_fs",
@@ -128,6 +130,15 @@ def safe_join(root: str, relative: str) -> str:
 
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
     return fs.cat_file(path)
+
+
+def read_json(fs: fsspec.AbstractFileSystem, url: str) -> Any:
+    """The JSON document at ``url`` on ``fs``, or None when there is none."""
+    _, path = open_fs(url)
+    try:
+        return json.loads(read_bytes(fs, path))
+    except FileNotFoundError:
+        return None
 
 
 def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:

@@ -16,7 +16,6 @@ in chunks), each problem named by shard, file and what is wrong:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from segflow.tasks.commit import read_commit
 from segflow.tasks.finalize import commits_digest
 from segflow.tasks.layout import OutputLayout
 from segflow.tasks.plan import load_plan
-from segflow.tasks.storage import open_fs, read_bytes
+from segflow.tasks.storage import open_fs, read_json
 
 __all__ = ["Problem", "verify"]
 
@@ -79,7 +78,7 @@ def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[
         if sid in seen:
             yield Problem(sid, None, "duplicated: planned twice")
         seen.add(sid)
-    summary = _read_json(fs, layout.summary)
+    summary = read_json(fs, layout.summary)
     commits = []
     for sid in dict.fromkeys(planned):
         commit = read_commit(output, sid)
@@ -103,7 +102,7 @@ def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[
     for name in sorted(set(names) - seen - {"_errors"}):
         yield Problem(name, f"shards/{name}", "extra: a shard folder the plan does not name")
     if summary is not None:
-        job = _read_json(fs, layout.job_json) or {}
+        job = read_json(fs, layout.job_json) or {}
         digest = commits_digest(commits, job.get("gold_set"), job.get("gold_panoptic"))
         if summary.get("commits_digest") != digest:
             yield Problem(None, "summary.json", "the exports were built from other commits: run `segflow rerun`")
@@ -115,11 +114,3 @@ def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[
                     sid = part.removeprefix("part-").removesuffix(".parquet")
                     if sid not in seen:
                         yield Problem(sid, f"manifest/{name}.parquet/{part}", "extra: a part of no planned shard")
-
-
-def _read_json(fs: Any, url: str) -> dict | None:
-    _, path = open_fs(url)
-    try:
-        return json.loads(read_bytes(fs, path))
-    except FileNotFoundError:
-        return None

@@ -83,14 +83,15 @@ def test_commit_is_create_if_absent_and_reads_are_verified(tmp_path):
     clear_error(out, "s0")  # clearing an absent error is fine
 
 
+def verdict_dets():
+    """Three masks, one per QC verdict."""
+    boxes = [(2, 3, 12, 8), (20, 10, 30, 30), (40, 5, 50, 15)]
+    return rect_dets(boxes, [1, 2, 2], [0.9, 0.4, 0.3], verdicts=["pass", "flag", "reject"])
+
+
 def test_coco_export_keeps_verdicts_and_loads_in_pycocotools(tmp_path):
     t = ShardTables("s0", NAMES)
-    dets = rect_dets(
-        [(2, 3, 12, 8), (20, 10, 30, 30), (40, 5, 50, 15)],
-        [1, 2, 2],
-        [0.9, 0.4, 0.3],
-        verdicts=["pass", "flag", "reject"],
-    )
+    dets = verdict_dets()
     t.add_image(1, "mem://a.png", "a.png", (H, W), 1, [("qc", "m", None, dets)])
     t.add_failed_image(2, "mem://b.png", "b.png", "bad")
     masks, images = t.tables()
@@ -106,12 +107,7 @@ def test_coco_export_keeps_verdicts_and_loads_in_pycocotools(tmp_path):
 
 def test_qc_report_counts_verdicts_and_draws_sheets(tmp_path):
     t = ShardTables("s0", NAMES)
-    dets = rect_dets(
-        [(2, 3, 12, 8), (20, 10, 30, 30), (40, 5, 50, 15)],
-        [1, 2, 2],
-        [0.9, 0.4, 0.3],
-        verdicts=["pass", "flag", "reject"],
-    )
+    dets = verdict_dets()
     img = tmp_path / "a.png"
     Image.fromarray(np.full((H, W, 3), 128, np.uint8)).save(img)
     t.add_image(1, str(img), "a.png", (H, W), 1, [("qc", "m", None, dets)])
