@@ -51,6 +51,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
         ("output", getattr(args, "output", None)),
         ("gold_set", getattr(args, "gold", None)),
         ("gold_panoptic", getattr(args, "gold_panoptic", None)),
+        ("calibration", getattr(args, "calibration", None)),
     )
     return {k: v for k, v in pairs if v}
 
@@ -99,8 +100,15 @@ def print_summary(summary: dict) -> None:
         f" ({summary['images_without_masks']} without masks, {summary['failed_images']} failed)\n"
         f"  masks           : {summary['masks']}"
         + "".join(f"\n    {k:<14}: {v}" for k, v in summary.get("masks_per_category", {}).items())
+        + (
+            f"\n  verdicts        : {v['accept']} accepted, {v['review']} review, {v['reject']} rejected"
+            if (v := summary.get("verdicts"))
+            else ""
+        )
         + f"\n  masks manifest  : {out['masks']}\n  images manifest : {out['images']}\n"
-        f"  COCO instances  : {out['coco_instances']}"
+        f"  COCO instances  : {out['coco_instances']} (accepted)"
+        + (f"\n  review band     : {out['review_instances']}" if summary.get("review_annotations") else "")
+        + (f"\n  calibration     : {out['calibration']}" if "calibration" in out else "")
         + (
             f"\n  panoptic        : {summary['panoptic']['segments']} segments on {summary['panoptic']['images']} "
             f"images"
@@ -171,6 +179,12 @@ def run_prepared(
         progress.set_reporter(None)
     bar.close()
     print_summary(summary)
+    if "calibration" in summary:
+        from segflow.tasks.layout import OutputLayout
+        from segflow.tasks.storage import open_fs, read_json
+
+        print()
+        print_calibration(read_json(open_fs(job.output)[0], OutputLayout(job.output).calibration))
     if "quality" in summary:
         from segflow.tasks.quality import format_quality, load_quality
 
@@ -178,39 +192,59 @@ def run_prepared(
     return EXIT_OK
 
 
+def print_calibration(cal: dict) -> None:
+    """The per-class thresholds and held-out estimates of a calibration, as a Markdown table."""
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    ci = lambda v: "-" if v is None else f"{v[0]:.2f}-{v[1]:.2f}"  # noqa: E731
+    print(
+        f"calibration: precision {cal['target_precision']} on the {cal['score']} score "
+        f"({cal['folds']}-fold over {cal['gold_images']} gold images; held-out figures)"
+    )
+    print("  | class | gold | labels | accept >= | review >= | precision (95% CI) | recall (95% CI) | status |")
+    print("  |---|---:|---:|---:|---:|---|---|---|")
+    for name, c in cal["classes"].items():
+        h = c["heldout"]
+        print(
+            f"  | {name} | {c['gold_instances']} | {c['labels']} | {f(c['threshold'])} | {f(c['review_threshold'])} "
+            f"| {f(h['precision'])} ({ci(h['precision_ci95'])}) | {f(h['recall'])} ({ci(h['recall_ci95'])}) "
+            f"| {c['status']} |"
+        )
+    for key, what in (("heldout", "accepted"), ("heldout_with_review", "accepted + review")):
+        h = cal[key]
+        print(
+            f"  {what}: precision {f(h['precision'])} ({ci(h['precision_ci95'])}), "
+            f"recall {f(h['recall'])} ({ci(h['recall_ci95'])})"
+        )
+    for w in cal["warnings"]:
+        print(f"  warning: {w}")
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from segflow.tasks.calibration import calibrate_output
-    from segflow.tasks.quality import GoldSetError
+    from segflow.tasks.calibration import recalibrate_output
+    from segflow.tasks.finalize import IncompleteRunError
+    from segflow.tasks.plan import PlanError
+    from segflow.tasks.quality import GoldSetError, format_quality, load_quality
 
     output = _cli_path(args.output)
+    t0 = time.time()
     try:
-        result = calibrate_output(output, _cli_path(args.gold), target=args.precision, folds=args.folds)
-    except (FileNotFoundError, GoldSetError) as e:
+        summary, cal = recalibrate_output(
+            output, _cli_path(args.gold), precision=args.precision, folds=args.folds, score=args.score
+        )
+    except (FileNotFoundError, GoldSetError, IncompleteRunError, PlanError, ValueError) as e:
         _eprint(f"error: {e}")
         return EXIT_CONFIG
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps({"calibration": cal, "summary": summary}, indent=2))
         return EXIT_OK
-    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    ci = lambda v: "-" if v is None else f"{v[0]:.2f}-{v[1]:.2f}"  # noqa: E731
-    print(f"calibration for precision {args.precision} ({args.folds}-fold over the gold images; held-out figures)")
-    print("  | class | gold | labels | threshold | precision (95% CI) | recall (95% CI) | status |")
-    print("  |---|---:|---:|---:|---|---|---|")
-    for name, c in result["classes"].items():
-        h = c["heldout"]
-        print(
-            f"  | {name} | {c['gold_instances']} | {c['labels']} | {f(c['threshold'])} | {f(h['precision'])} "
-            f"({ci(h['precision_ci95'])}) | {f(h['recall'])} ({ci(h['recall_ci95'])}) | {c['status']} |"
-        )
-    h = result["heldout"]
+    print_calibration(cal)
+    print(format_quality(load_quality(output)))
     print(
-        f"  accepted set: precision {f(h['precision'])} ({ci(h['precision_ci95'])}), "
-        f"recall {f(h['recall'])} ({ci(h['recall_ci95'])})"
+        f"  verdicts        : {summary['verdicts']} (exported again in {time.time() - t0:.1f}s; no model ran)\n"
+        f"  calibration     : {os.path.join(output, 'calibration.json')}\n"
+        f"  PR curves       : {os.path.join(output, 'qc', 'pr_curves.png')}\n"
+        f"  review band     : {os.path.join(output, 'review', 'instances.json')}"
     )
-    for w in result["warnings"]:
-        print(f"  warning: {w}")
-    print(f"  calibration     : {os.path.join(output, 'calibration.json')}")
-    print(f"  PR curves       : {os.path.join(output, 'qc', 'pr_curves.png')}")
     return EXIT_OK
 
 
@@ -360,14 +394,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
     from segflow.config import ConfigError, load_config
-    from segflow.demo.prepare import DEMO_CONFIG, prepare_demo
+    from segflow.demo.prepare import DEMO_CONFIG, holdout_quality, prepare_demo
 
     _quiet_prefect(args)
     if not DEMO_CONFIG.exists():
         _eprint(f"error: {DEMO_CONFIG} not found: this segflow installation lacks its package data (reinstall segflow)")
         return EXIT_CONFIG
     t0 = time.time()
-    overrides = prepare_demo(args.output, seed=args.seed, num_images=args.images)
+    overrides = prepare_demo(args.output, seed=args.seed, num_images=args.images, calibration=args.calibration)
     print(
         f"segflow demo: {args.images} synthetic scenes (seed {args.seed}) with ground "
         f"truth under {args.output} ({time.time() - t0:.1f}s)",
@@ -388,8 +422,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if rc == EXIT_OK:
         quality = os.path.join(overrides["output"], "quality.json")
         shutil.copyfile(quality, os.path.join(args.output, "quality.json"))
+        holdout = os.path.join(args.output, "ground_truth", "instances.json" if args.calibration else "holdout.json")
+        q = holdout_quality(overrides["output"], holdout)
+        with open(os.path.join(args.output, "holdout_quality.json"), "w") as f:
+            json.dump(q, f, indent=2)
+        st, what = q["set"], "every image (the calibration was fitted elsewhere)"
+        if not args.calibration:
+            what = f"the {q['images']} images not used to fit (ground_truth/holdout.json)"
         print(
-            f"  quality         : {os.path.join(args.output, 'quality.json')}\n  ground "
+            f"\nexported set on {what}:\n  precision {st['precision']:.3f}   recall {st['recall']:.3f}   "
+            f"(TP {st['tp']}, FP {st['fp']}, FN {st['fn']})\n"
+            f"  quality         : {os.path.join(args.output, 'quality.json')}\n"
+            f"  held-out quality: {os.path.join(args.output, 'holdout_quality.json')}\n  ground "
             f"truth    : {os.path.join(args.output, 'ground_truth')}"
         )
     return rc
@@ -491,6 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override gold_panoptic: COCO panoptic JSON (PNGs in the folder of the "
         "same name) to measure the panoptic output against",
     )
+    r.add_argument(
+        "--calibration",
+        help="override accept.calibration: a calibration.json of an earlier run (same ontology) that decides "
+        "accept / review / reject",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--verbose", "-v", action="store_true", help="show Prefect's logs")
     r.set_defaults(fn=cmd_run)
@@ -508,12 +557,17 @@ def build_parser() -> argparse.ArgumentParser:
     ve.set_defaults(fn=cmd_verify)
 
     ca = sub.add_parser(
-        "calibrate", help="per-class acceptance thresholds for a target precision, fitted on a finished run's labels"
+        "calibrate",
+        help="fit per-class acceptance thresholds for a target precision on a finished run's labels and export "
+        "it again at that operating point (no model runs)",
     )
     ca.add_argument("output", help="a finished run's output folder or URL")
     ca.add_argument("--gold", required=True, help="COCO instances file with human labels for some of its images")
     ca.add_argument("--precision", type=float, default=0.95, help="target precision of the accepted labels")
     ca.add_argument("--folds", type=int, default=5, help="folds over the gold images for the held-out estimate")
+    ca.add_argument(
+        "--score", choices=["combined", "detector"], default="combined", help="the score thresholded (see docs)"
+    )
     ca.add_argument("--json", action="store_true", help="machine-readable output")
     ca.set_defaults(fn=cmd_calibrate)
 
@@ -546,7 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="label a generated example set offline, end to end")
     d.add_argument("--output", required=True, help="folder for the example data and the results")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--images", type=int, default=40)
+    d.add_argument("--images", type=int, default=60, help="scenes; the first half of them are the gold set fitted on")
+    d.add_argument(
+        "--calibration", help="apply this saved calibration.json instead of fitting one (every image is held out)"
+    )
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--verbose", "-v", action="store_true")
     d.set_defaults(fn=cmd_demo)

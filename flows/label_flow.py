@@ -35,7 +35,8 @@ __all__ = ["apply_credentials", "label_flow", "prepare_job", "run_job"]
 
 
 def prepare_job(job: JobConfig, config_file: str) -> Plan:
-    """Checks that need I/O, before any flow starts: credentials, weights (fetch + sha256), then the plan.
+    """Checks that need I/O, before any flow starts: credentials, weights (fetch + sha256), a saved calibration's
+    ontology, then the plan.
 
     Raises :class:`~segflow.config.ConfigError` naming ``config_file`` and the key.
     """
@@ -54,6 +55,13 @@ def prepare_job(job: JobConfig, config_file: str) -> Plan:
             resolve_stage_weights(st)  # fetched into the cache and checked against sha256
         except WeightsError as e:
             issues.append((f"stages.{name}.weights", str(e)))
+    if job.accept.calibration:
+        from segflow.tasks.acceptance import CalibrationError, load_calibration
+
+        try:
+            load_calibration(job.accept.calibration, job.category_names())
+        except CalibrationError as e:
+            issues.append(("accept.calibration", str(e)))
     if issues:
         raise ConfigError(config_file, issues)
     try:

@@ -4,9 +4,15 @@ Inputs: every label of the gold set's images (class, score, and whether it
 matches a gold instance: one to one per image and class, greedy by score, mask
 IoU >= 0.5, :func:`segflow.tasks.quality.match_set`) and the number of gold
 instances per image and class. A threshold ``t`` for class ``c`` keeps the
-labels of ``c`` with score >= ``t``. Matching is greedy by descending score, so
-a label's match never depends on lower-scored labels: one matching serves
-every threshold.
+labels of ``c`` with score >= ``t``. Matching is greedy by descending detector
+score (COCOeval's), so a label's match never depends on lower-scored labels:
+one matching serves every threshold (for the ``combined`` score, whose order
+differs a little, the matching is that of the detector score).
+
+The score (``accept.score``): ``detector``, or ``combined``: per class, an
+L2-regularised logistic model (:func:`fit_logistic`) of the features of
+:func:`segflow.tasks.acceptance.features`, fitted on the gold matches (inside
+each fold on that fold's fitting images only).
 
 * fit: per class, the lowest threshold whose precision on the fitting images
   is at least the target over at least ``min_kept`` labels, i.e. the highest
@@ -18,7 +24,9 @@ every threshold.
 * a class with fewer than ``min_gold`` gold instances, or whose target is not
   reachable (no threshold reaches it, or the held-out precision's interval lies
   below it: a threshold fitted on noise), gets no threshold (``status:
-  review``) and a warning.
+  review``) and a warning;
+* review band: per class, ``review_threshold`` is the highest threshold whose
+  recall on the gold set reaches ``review_recall`` (at most ``threshold``).
 """
 
 from __future__ import annotations
@@ -29,7 +37,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["best_threshold", "calibrate", "wilson"]
+__all__ = [
+    "best_threshold",
+    "calibrate",
+    "fit_calibration",
+    "fit_logistic",
+    "recalibrate_output",
+    "recall_threshold",
+    "wilson",
+]
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
@@ -83,6 +99,48 @@ def _summary(tp: int, fp: int, fn: int) -> dict[str, Any]:
     }
 
 
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 25) -> dict | None:
+    """L2-regularised logistic regression by Newton steps on standardised features (N x F, N labels).
+
+    None when ``y`` is all one value (nothing to separate): the detector score is used as it is.
+    """
+    if len(y) == 0 or y.all() or not y.any():
+        return None
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    z = np.c_[np.ones(len(x)), (x - mean) / scale]
+    w, reg = np.zeros(z.shape[1]), l2 * np.r_[0.0, np.ones(z.shape[1] - 1)]
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -30, 30)))
+        step = np.linalg.solve((z * (p * (1 - p))[:, None]).T @ z + np.diag(reg), z.T @ (p - y) + reg * w)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return {"mean": mean.tolist(), "scale": scale.tolist(), "coef": w[1:].tolist(), "intercept": float(w[0])}
+
+
+def recall_threshold(scores: np.ndarray, tp: np.ndarray, n_gold: int, target: float) -> float | None:
+    """The highest threshold whose kept labels find ``target`` of ``n_gold`` (the lowest score when none does)."""
+    if len(scores) == 0 or n_gold == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    s, recall = scores[order], np.cumsum(tp[order]) / n_gold
+    reached = np.flatnonzero((recall >= target) & np.r_[s[1:] != s[:-1], True])
+    return float(s[reached[0]]) if len(reached) else float(s[-1])
+
+
+def _scorer(kind: str, rows: list[dict], fit: np.ndarray) -> tuple[dict | None, np.ndarray]:
+    """The fitted score model of the rows in ``fit`` (a mask) and every row's calibrated score."""
+    from segflow.tasks.acceptance import predict
+
+    score = np.array([r["score"] for r in rows], float)
+    if kind != "combined" or not rows:
+        return None, score
+    x = np.array([r["x"] for r in rows], float)
+    tp = np.array([bool(r["tp"]) for r in rows])
+    model = fit_logistic(x[fit], tp[fit].astype(float))
+    return model, predict(model, x, score)
+
+
 def calibrate(
     labels: list[dict],
     gold: dict[tuple[int, int], int],
@@ -92,11 +150,15 @@ def calibrate(
     min_gold: int = 10,
     min_kept: int = 10,
     seed: int = 0,
+    score: str = "detector",
+    review_recall: float = 0.95,
 ) -> dict[str, Any]:
     """Per-class thresholds for ``target`` precision, with held-out estimates.
 
     Arguments:
-      labels: dicts with ``image_id``, ``category_id``, ``score``, ``tp`` (bool), one per label of the gold images.
+      labels: dicts with ``image_id``, ``category_id``, ``score``, ``tp`` (bool), one per label of the gold images,
+        and ``x`` (the features of :func:`segflow.tasks.acceptance.features`) when ``score == "combined"``. Each
+        gets ``calibrated`` (its score under the final model).
       gold: ``(image_id, category_id)`` -> number of gold instances.
       classes: ontology id -> name; classes without gold instances and labels are left out.
     """
@@ -107,33 +169,55 @@ def calibrate(
     for r in labels:
         by_class[r["category_id"]].append(r)
     out: dict[str, Any] = {
+        "version": 1,
+        "ontology": {str(k): v for k, v in sorted(classes.items())},
+        "score": score,
         "target_precision": target,
+        "review_recall": review_recall,
         "folds": folds,
         "min_gold": min_gold,
         "min_kept": min_kept,
+        "gold_images": len(images),
         "classes": {},
     }
-    totals = np.zeros(3, int)
+    totals, totals_review = np.zeros(3, int), np.zeros(3, int)
     warnings = []
     for cid, name in sorted(classes.items()):
         rows = by_class.get(cid, [])
         n_gold = sum(n for (_, c), n in gold.items() if c == cid)
         if not rows and not n_gold:
             continue
-        scores = np.array([r["score"] for r in rows], float)
         tp = np.array([bool(r["tp"]) for r in rows])
         fold = np.array([fold_of[r["image_id"]] for r in rows], int)
         gold_fold = defaultdict(int)
         for (img, c), n in gold.items():
             if c == cid:
                 gold_fold[fold_of[img]] += n
-        held = np.zeros(3, int)
+        held, held_review = np.zeros(3, int), np.zeros(3, int)
         for k in sorted(set(fold_of.values())):
-            t = best_threshold(scores[fold != k], tp[fold != k], target, min_kept)
-            held += _counts(scores[fold == k], tp[fold == k], gold_fold[k], t)
-        threshold = best_threshold(scores, tp, target, min_kept)
-        entry = {"category_id": cid, "gold_instances": n_gold, "labels": len(rows), "threshold": threshold}
+            _, s = _scorer(score, rows, fold != k)
+            t = best_threshold(s[fold != k], tp[fold != k], target, min_kept)
+            held += _counts(s[fold == k], tp[fold == k], gold_fold[k], t)
+            tr = recall_threshold(s[fold != k], tp[fold != k], n_gold - gold_fold[k], review_recall)
+            low = min(t, tr) if t is not None and tr is not None else (tr if t is None else None)
+            held_review += _counts(s[fold == k], tp[fold == k], gold_fold[k], low if rows else None)
+        model, s = _scorer(score, rows, np.ones(len(rows), bool))
+        for r, v in zip(rows, s, strict=True):
+            r["calibrated"] = float(v)
+        threshold = best_threshold(s, tp, target, min_kept)
+        review_t = recall_threshold(s, tp, n_gold, review_recall)
+        entry = {
+            "category_id": cid,
+            "gold_instances": n_gold,
+            "labels": len(rows),
+            "threshold": threshold,
+            "review_threshold": min(review_t, threshold)
+            if review_t is not None and threshold is not None
+            else review_t,
+            "model": model,
+        }
         entry["heldout"] = _summary(*held.tolist())
+        entry["heldout_with_review"] = _summary(*held_review.tolist())
         if n_gold < min_gold:
             entry.update(status="review", reason=f"{n_gold} gold instances (< {min_gold}): too few to set a threshold")
         elif threshold is None:
@@ -151,8 +235,10 @@ def calibrate(
             entry["threshold"] = None
             totals += (0, 0, n_gold)
             warnings.append(f"{name}: {entry['reason']}; its labels go to review")
+        totals_review += held_review
         out["classes"][name] = entry
     out["heldout"] = _summary(*totals.tolist())
+    out["heldout_with_review"] = _summary(*totals_review.tolist())
     out["warnings"] = warnings
     return out
 
@@ -169,7 +255,7 @@ def pr_curves_png(labels: list[dict], gold: dict[tuple[int, int], int], result: 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     for name, entry in result["classes"].items():
         cid = entry["category_id"]
-        rows = sorted((r for r in labels if r["category_id"] == cid), key=lambda r: -r["score"])
+        rows = sorted((r for r in labels if r["category_id"] == cid), key=lambda r: -r.get("calibrated", r["score"]))
         n_gold = sum(n for (_, c), n in gold.items() if c == cid)
         if not rows or not n_gold:
             continue
@@ -177,7 +263,7 @@ def pr_curves_png(labels: list[dict], gold: dict[tuple[int, int], int], result: 
         precision, recall = hits / np.arange(1, len(rows) + 1), hits / n_gold
         (line,) = ax.plot(recall, precision, label=f"{name} ({entry['status']})")
         if entry["threshold"] is not None:
-            k = max(i for i, r in enumerate(rows) if r["score"] >= entry["threshold"])
+            k = max(i for i, r in enumerate(rows) if r.get("calibrated", r["score"]) >= entry["threshold"])
             ax.plot(recall[k], precision[k], "o", color=line.get_color(), markersize=8)
     ax.axhline(result["target_precision"], color="grey", linestyle="--", linewidth=1, label="target precision")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
@@ -190,41 +276,56 @@ def pr_curves_png(labels: list[dict], gold: dict[tuple[int, int], int], result: 
     return buf.getvalue()
 
 
-def calibrate_output(output: str, gold_url: str, target: float = 0.95, folds: int = 5) -> dict[str, Any]:
-    """Fit thresholds on a finished run's manifest against a gold set; write ``calibration.json`` and the curves.
+def fit_calibration(job: Any, gold: dict, file_names: dict, sizes: dict, rows: list[dict]) -> tuple[dict, bytes]:
+    """Fit ``job.accept`` on a gold set: the calibration dict and its precision-recall curves (PNG).
 
-    No model runs: the labels, their scores and the images come from ``OUTPUT/manifest/``; committed shards
-    are not touched.
+    Arguments:
+      gold: the COCO gold set; file_names, sizes: as :func:`segflow.tasks.quality.evaluate`'s.
+      rows: manifest rows of the gold images (QC rejects left out), with ``x`` (features) for a combined score.
+    """
+    from segflow.tasks.quality import label_matches
+
+    acc = job.accept
+    labels, counts = label_matches(gold, job.category_names(), file_names, rows, sizes)
+    for r in labels:
+        if "x" in r["row"]:
+            r["x"] = r["row"]["x"]
+    result = calibrate(
+        labels,
+        counts,
+        job.category_names(),
+        target=acc.precision,
+        folds=acc.folds,
+        min_gold=acc.min_gold,
+        score=acc.score,
+        review_recall=acc.review_recall,
+    )
+    result["gold_set"] = job.gold_set
+    return result, pr_curves_png(labels, counts, result)
+
+
+def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[dict, dict]:
+    """Fit the acceptance of a finished run on a gold set and export again at that operating point.
+
+    No model runs and committed shards are not touched: ``job.json`` gets the gold set and the ``accept``
+    settings (``precision``, ``folds``, ``score``, ...; a saved ``calibration`` is dropped), then the run is
+    finalized again from its commits. Returns ``(summary, calibration)``.
     """
     import json
 
-    import pyarrow.dataset as ds
-
     from segflow.config.schema import JobConfig
+    from segflow.tasks.finalize import finalize
     from segflow.tasks.layout import OutputLayout
-    from segflow.tasks.quality import label_matches, load_gold
+    from segflow.tasks.quality import load_gold
     from segflow.tasks.storage import open_fs, read_bytes, write_bytes
 
     layout = OutputLayout(output)
     fs, job_path = open_fs(layout.job_json)
-
-    def path_of(url: str) -> str:
-        return open_fs(url)[1]
-
     job = JobConfig.model_validate(json.loads(read_bytes(fs, job_path)))
-    image_cols = ["image_id", "file_name", "status", "width", "height"]
-    images = ds.dataset(path_of(layout.manifest("images")), format="parquet", filesystem=fs)
-    ok = [r for r in images.to_table(columns=image_cols).to_pylist() if r["status"] == "ok"]
-    file_names = {r["file_name"]: r["image_id"] for r in ok}
-    sizes = {r["image_id"]: (r["height"], r["width"]) for r in ok}
-    cols = ["image_id", "category_id", "score", "rle_counts", "bbox"]
-    masks = ds.dataset(path_of(layout.manifest("masks")), format="parquet", filesystem=fs)
-    masks = masks.to_table(columns=cols).to_pylist()
-    labels, gold = label_matches(load_gold(gold_url), job.category_names(), file_names, masks, sizes)
-    result = calibrate(labels, gold, job.category_names(), target=target, folds=folds)
-    result["gold_set"] = gold_url
-    _, path = open_fs(layout.calibration)
-    write_bytes(fs, path, json.dumps(result, indent=2).encode())
-    _, png = open_fs(layout.pr_curves)
-    write_bytes(fs, png, pr_curves_png(labels, gold, result))
-    return result
+    load_gold(gold_url)  # a clear error before anything is written
+    settings = job.accept.model_copy(update={**accept, "calibration": None})
+    job = job.model_copy(update={"gold_set": gold_url, "accept": type(settings).model_validate(settings.model_dump())})
+    write_bytes(fs, job_path, json.dumps(job.model_dump(mode="json"), indent=1).encode())
+    summary = finalize(job, force=True)
+    _, cal_path = open_fs(layout.calibration)
+    return summary, json.loads(read_bytes(fs, cal_path))

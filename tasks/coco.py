@@ -12,9 +12,10 @@
   COCOeval results too), ``predicted_iou``.
 * ``categories``: the ontology (``id``, ``name``, ``supercategory``).
 
-With a ``qc`` stage only masks that passed (and flagged ones with
-``export_flagged``) are exported; rejected masks stay in the manifest and the
-quarantine table.
+Only masks with verdict ``accept`` (:mod:`segflow.tasks.acceptance`; also
+``review`` with ``qc.export_review``) are exported; ``review/instances.json``
+holds the review band (images with a review mask only); rejected masks stay in
+the manifest and the quarantine table.
 
 The file is written in one pass over the shards (:class:`StreamedCocoJson`) and
 published in one step.
@@ -111,28 +112,32 @@ _MASK_COLUMNS = [
 
 
 def exported(masks: pa.Table, keep_verdicts: tuple[str, ...]) -> pa.Table:
-    """The masks that are exported: no QC verdict (no qc stage), or a verdict in ``keep_verdicts``."""
-    if "qc_verdict" not in masks.column_names:
-        return masks
-    keep = pc.or_kleene(
-        pc.is_null(masks["qc_verdict"]),
-        pc.is_in(masks["qc_verdict"], value_set=pa.array(list(keep_verdicts), pa.string())),
-    )
-    return masks.filter(keep)
+    """The masks whose ``verdict`` (:mod:`segflow.tasks.acceptance`) is in ``keep_verdicts``."""
+    return masks.filter(pc.is_in(masks["verdict"], value_set=pa.array(list(keep_verdicts), pa.string())))
 
 
 class InstancesWriter:
     """``coco/instances.json`` from one shard's ``(images, masks)`` tables at a time (see the module docstring)."""
 
     def __init__(
-        self, url: str, categories: dict[int, str], description: str = "", keep_verdicts: tuple[str, ...] = ("pass",)
+        self,
+        url: str,
+        categories: dict[int, str],
+        description: str = "",
+        keep_verdicts: tuple[str, ...] = ("accept",),
+        labelled_images_only: bool = False,
     ):
         cats = [{"id": int(i), "name": n, "supercategory": "object"} for i, n in sorted(categories.items())]
         self.out = StreamedCocoJson(url, description, cats, ("images", "annotations"))
         self.keep_verdicts = keep_verdicts
+        self.labelled_images_only = labelled_images_only
 
     def add(self, images: pa.Table, masks: pa.Table) -> None:
+        """One shard: its images (``ok`` ones) and its masks with a ``verdict`` column."""
         ok = images.filter(pc.equal(images["status"], "ok"))
+        kept = exported(masks, self.keep_verdicts)
+        if self.labelled_images_only:
+            ok = ok.filter(pc.is_in(ok["image_id"], value_set=kept["image_id"].combine_chunks()))
         for r in ok.select(["image_id", "file_name", "image_uri", "width", "height"]).to_pylist():
             self.out.add(
                 "images",
@@ -144,7 +149,7 @@ class InstancesWriter:
                     "segflow_uri": r["image_uri"],
                 },
             )
-        for r in exported(masks, self.keep_verdicts).select(_MASK_COLUMNS).to_pylist():
+        for r in kept.select(_MASK_COLUMNS).to_pylist():
             self.out.add(
                 "annotations",
                 {
@@ -170,7 +175,7 @@ def write_instances(
     categories: dict[int, str],
     shards: Iterable[tuple[pa.Table, pa.Table]],
     description: str = "",
-    keep_verdicts: tuple[str, ...] = ("pass",),
+    keep_verdicts: tuple[str, ...] = ("accept",),
 ) -> dict[str, int]:
     """Write ``coco/instances.json`` from ``(images, masks)`` tables per shard. Returns counts."""
     writer = InstancesWriter(url, categories, description, keep_verdicts)

@@ -11,7 +11,10 @@ Outputs (see docs/outputs.md)::
     manifest/masks.parquet/part-<shard_id>.parquet   one file per shard
     manifest/images.parquet/part-<shard_id>.parquet
     manifest/panoptic.parquet/part-<shard_id>.parquet  (with a panoptic stage)
-    coco/instances.json
+    manifest/_parts.json                             sha256 and size of each part
+    coco/instances.json                              the accepted masks
+    review/instances.json, review/masks.parquet/     the review band (images with a review mask)
+    calibration.json, qc/pr_curves.png               (with a gold set or a saved calibration)
     coco/panoptic.json, coco/panoptic/<image_id>.png, semantic/<image_id>.png  (with a panoptic stage)
     quality.json  (with a gold set)
     summary.json
@@ -25,11 +28,12 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from segflow.tasks.coco import InstancesWriter, exported
+from segflow.tasks.coco import InstancesWriter
 from segflow.tasks.commit import parse_committed, read_commit, read_committed_bytes, read_committed_table, read_error
 from segflow.tasks.layout import OutputLayout
 from segflow.tasks.panoptic_export import (
@@ -39,9 +43,9 @@ from segflow.tasks.panoptic_export import (
     render_shard,
     rendered_attempt,
 )
-from segflow.tasks.plan import load_plan
+from segflow.tasks.plan import iter_plan, load_plan
 from segflow.tasks.qc_report import QcAccumulator, write_qc_report
-from segflow.tasks.storage import join, open_fs, redact, write_bytes
+from segflow.tasks.storage import open_fs, redact, write_bytes
 
 if TYPE_CHECKING:
     from segflow.config.schema import JobConfig
@@ -90,10 +94,11 @@ def _collect_commits(output: str) -> tuple[dict, list[dict]]:
     return plan, commits
 
 
-def commits_digest(commits: list[dict], gold_set: str | None, gold_panoptic: str | None = None) -> str:
-    """What a finalized output was built from: its shards' committed attempts (and the gold sets)."""
-    golds = [gold_set] + ([gold_panoptic] if gold_panoptic else [])
-    return hashlib.sha256(json.dumps([[c["shard_id"], c["attempt"]] for c in commits] + golds).encode()).hexdigest()
+def commits_digest(commits: list[dict], job: dict) -> str:
+    """What a finalized output was built from: its shards' committed attempts, the gold sets and the acceptance
+    settings of ``job`` (its JSON form, as ``job.json`` holds it)."""
+    inputs = [job.get("gold_set"), job.get("gold_panoptic"), job.get("accept")]
+    return hashlib.sha256(json.dumps([[c["shard_id"], c["attempt"]] for c in commits] + inputs).encode()).hexdigest()
 
 
 def _previous_summary(fs: Any, url: str) -> dict | None:
@@ -110,22 +115,28 @@ def _replace_dir(fs: Any, path: str) -> None:
 
 
 class GoldMatch:
-    """The exported labels of the gold set's images, gathered shard by shard, then evaluated against it."""
+    """The labels of the gold set's images (QC rejects left out), gathered shard by shard, then evaluated or fitted.
 
-    def __init__(self, job: JobConfig, keep_verdicts: tuple[str, ...]):
+    ``features``: also keep each label's acceptance features (``x``), for fitting a combined score.
+    """
+
+    _COLUMNS = ["annotation_id", "image_id", "category_id", "score", "rle_counts", "bbox"]
+
+    def __init__(self, job: JobConfig, features: bool = False):
         from pathlib import PurePosixPath
 
         from segflow.tasks.quality import load_gold
 
-        self.job, self.keep_verdicts = job, keep_verdicts
+        self.job, self.features = job, features
         self.gold = load_gold(job.gold_set)
         names = [im["file_name"] for im in self.gold["images"]]
         self.wanted = set(names) | {PurePosixPath(n).name for n in names}
         self.file_names: dict[str, int] = {}
         self.sizes: dict[int, tuple[int, int]] = {}
-        self.preds: list[dict] = []
+        self.rows: list[dict] = []
 
-    def add(self, images: pa.Table, masks: pa.Table) -> None:
+    def image_ids(self, images: pa.Table) -> list[int]:
+        """The gold images among a shard's decoded images (recording their names and sizes)."""
         from pathlib import PurePosixPath
 
         ids = []
@@ -134,15 +145,62 @@ class GoldMatch:
                 self.file_names[r["file_name"]] = r["image_id"]
                 self.sizes[r["image_id"]] = (r["height"], r["width"])
                 ids.append(r["image_id"])
-        if ids:
-            t = exported(masks, self.keep_verdicts)
-            t = t.filter(pc.is_in(t["image_id"], value_set=pa.array(ids, pa.int64())))
-            self.preds.extend(t.select(["image_id", "category_id", "score", "rle_counts", "bbox"]).to_pylist())
+        return ids
+
+    def add(self, images: pa.Table, masks: pa.Table) -> None:
+        from segflow.tasks.acceptance import features
+
+        ids = self.image_ids(images)
+        if not ids:
+            return
+        kept = pc.fill_null(pc.not_equal(masks["qc_verdict"], "reject"), True)
+        t = masks.filter(pc.and_(kept, pc.is_in(masks["image_id"], value_set=pa.array(ids, pa.int64()))))
+        rows = t.select(self._COLUMNS + (["verdict"] if "verdict" in t.column_names else [])).to_pylist()
+        if self.features:
+            for r, x in zip(rows, features(t), strict=True):
+                r["x"] = x.tolist()
+        self.rows.extend(rows)
 
     def evaluate(self) -> dict:
         from segflow.tasks.quality import evaluate
 
-        return evaluate(self.gold, self.job.category_names(), self.file_names, self.preds, self.sizes)
+        return evaluate(self.gold, self.job.category_names(), self.file_names, self.rows, self.sizes)
+
+
+def _acceptance(
+    job: JobConfig, commits: list[dict], layout: OutputLayout, fs: Any, cache: dict[tuple[str, str], bytes]
+) -> dict | None:
+    """The calibration in force: ``accept.calibration`` as saved, or fitted now on the gold set; written to
+    ``calibration.json`` (with the curves when fitted). None without either (QC verdicts alone decide).
+
+    Fitting reads the shards the plan puts gold images in (their committed bytes are left in ``cache`` for the
+    main pass, so each committed file is still read once).
+    """
+    from pathlib import PurePosixPath
+
+    from segflow.tasks.acceptance import load_calibration
+    from segflow.tasks.calibration import fit_calibration
+
+    accept = getattr(job, "accept", None)
+    if accept is not None and accept.calibration:
+        cal = load_calibration(accept.calibration, job.category_names()) | {"applied_from": redact(accept.calibration)}
+    elif accept is not None and getattr(job, "gold_set", None):
+        gm = GoldMatch(job, features=accept.score == "combined")
+        shards = {r["shard_id"] for r in iter_plan(layout.root) if r["key"] in gm.wanted}
+        shards |= {r["shard_id"] for r in iter_plan(layout.root) if PurePosixPath(r["key"]).name in gm.wanted}
+        for c in commits:
+            if c["shard_id"] in shards:
+                for name in ("images", "masks"):
+                    cache[(c["shard_id"], name)] = read_committed_bytes(layout.root, c, name)
+                gm.add(*(parse_committed(c, name, cache[(c["shard_id"], name)]) for name in ("images", "masks")))
+        cal, png = fit_calibration(job, gm.gold, gm.file_names, gm.sizes, gm.rows)
+        _, path = open_fs(layout.pr_curves)
+        write_bytes(fs, path, png)
+    else:
+        return None
+    _, path = open_fs(layout.calibration)
+    write_bytes(fs, path, json.dumps(cal, indent=2).encode())
+    return cal
 
 
 def _count(into: dict[str, int], table: pa.Table, column: str) -> None:
@@ -168,31 +226,49 @@ def _render_missing(output: str, commits: list[dict]) -> int:
     return n
 
 
+def _parquet(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
 def finalize(job: JobConfig, started_at: float | None = None, force: bool = False) -> dict:
     """Merge, export and summarise a fully committed run. Returns the summary dict.
 
-    An output already finalized from exactly these commits is left as it is, unless ``force``.
+    An output already finalized from exactly these commits (and gold sets and acceptance settings) is left as it
+    is, unless ``force``.
     """
+    from segflow.tasks.acceptance import VERDICTS, apply_acceptance
+
     output = job.output
     plan, commits = _collect_commits(output)
     layout = OutputLayout(output)
     paths = output_paths(layout)
     fs, _ = open_fs(output)
     rendered_now = _render_missing(output, commits)  # PNGs of shards whose own rendering did not finish
-    digest = commits_digest(commits, getattr(job, "gold_set", None), getattr(job, "gold_panoptic", None))
+    digest = commits_digest(commits, job.model_dump(mode="json"))
     previous = _previous_summary(fs, paths["summary"])
     if not force and previous is not None and previous.get("commits_digest") == digest:
         return previous  # already finalized from exactly these commits: write nothing
 
+    # 0. the operating point: a saved calibration, or one fitted on the gold set's images (read first)
+    cache: dict[tuple[str, str], bytes] = {}
+    calibration = _acceptance(job, commits, layout, fs, cache)
+    if calibration is not None:
+        paths["calibration"] = layout.calibration
+
     # 1. one pass over the committed shards: each committed file is read once and feeds every output
     counts = {"images": 0, "labelled_images": 0, "failed_images": 0, "masks": 0}
+    verdicts = dict.fromkeys(VERDICTS, 0)
     per_category: dict[str, int] = {}
     segments_per_category: dict[str, int] = {}
     qc = job.qc_stage() if hasattr(job, "qc_stage") else None
-    keep = ("pass", "flag") if qc is not None and qc.export_flagged else ("pass",)
-    if qc is not None:
+    keep = ("accept", "review") if qc is not None and qc.export_review else ("accept",)
+    paths.update(review_instances=layout.review_instances, review_masks=layout.review_masks)
+    acc = None
+    if qc is not None or calibration is not None:
         paths["quarantine"] = layout.quarantine
-    acc = QcAccumulator(qc.review_samples) if qc is not None else None
+        acc = QcAccumulator(qc.review_samples if qc is not None else 24)
     has_panoptic = all("panoptic" in c["files"] for c in commits) and bool(commits)
     if has_panoptic:
         paths.update(
@@ -205,59 +281,77 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
         )
     elif any("panoptic" in c["files"] for c in commits):  # pragma: no cover - fingerprints keep a run's shards alike
         raise RuntimeError("some shards have panoptic segments and others not; rerun into a fresh output")
-    for name in ("masks", "images", "quarantine", "panoptic"):
+    for name in ("masks", "images", "quarantine", "panoptic", "review_masks"):
         if name in paths:
-            _, dir_path = open_fs(paths[name])
-            _replace_dir(fs, dir_path)
+            _replace_dir(fs, open_fs(paths[name])[1])
     coco = InstancesWriter(paths["coco_instances"], job.category_names(), description=job.name, keep_verdicts=keep)
+    review = InstancesWriter(
+        paths["review_instances"], job.category_names(), job.name, ("review",), labelled_images_only=True
+    )
     pan_json = (
         PanopticJsonWriter(paths["coco_panoptic"], panoptic_categories(job.ontology), description=job.name)
         if has_panoptic
         else None
     )
-    gold = GoldMatch(job, keep) if getattr(job, "gold_set", None) else None
+    gold = GoldMatch(job) if getattr(job, "gold_set", None) else None
+    parts: dict[str, dict[str, dict]] = {}
     for c in commits:
+        sid = c["shard_id"]
         names = ("images", "masks", "panoptic") if has_panoptic else ("images", "masks")
-        raw = {name: read_committed_bytes(output, c, name) for name in names}
+        raw = {name: cache.pop((sid, name), None) or read_committed_bytes(output, c, name) for name in names}
         images, masks = (parse_committed(c, name, raw[name]) for name in ("images", "masks"))
+        masks = apply_acceptance(masks, calibration)
+        raw["masks"] = _parquet(masks)  # the committed columns, then verdict, verdict_reasons, calibrated_score
         coco.add(images, masks)
+        review.add(images, masks)
         if gold is not None:
             gold.add(images, masks)
         if pan_json is not None:
             pan = parse_committed(c, "panoptic", raw["panoptic"])
             pan_json.add(images, pan)
             _count(segments_per_category, pan, "segment_id")
+        outputs = {f"manifest/{name}.parquet": data for name, data in raw.items()}
+        in_review = masks.filter(pc.equal(masks["verdict"], "review"))
+        if in_review.num_rows:
+            outputs["review/masks.parquet"] = _parquet(in_review)
         if acc is not None:
-            acc.add(c["shard_id"], masks, images)
-            buf = io.BytesIO()
-            pq.write_table(masks.filter(pc.equal(masks["qc_verdict"], "reject")), buf, compression="zstd")
-            raw["quarantine"] = buf.getvalue()
-        for name, data in raw.items():  # the committed files are the manifest parts: copied, not re-encoded
-            _, part = open_fs(join(paths[name], f"part-{c['shard_id']}.parquet"))
+            acc.add(sid, masks, images)
+            outputs["qc/quarantine.parquet"] = _parquet(masks.filter(pc.equal(masks["verdict"], "reject")))
+        for folder, data in outputs.items():
+            rel = f"{folder}/part-{sid}.parquet"
+            _, part = open_fs(layout.url(rel))
             write_bytes(fs, part, data)
+            if folder.startswith("manifest/"):
+                parts.setdefault(folder, {})[sid] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         counts["images"] += images.num_rows
         counts["failed_images"] += int(pc.sum(pc.equal(images["status"], "failed")).as_py() or 0)
         counts["labelled_images"] += int(pc.sum(pc.greater(images["num_masks"], 0)).as_py() or 0)
         counts["masks"] += masks.num_rows
+        for v, n in zip(*np.unique(masks["verdict"].to_numpy(zero_copy_only=False), return_counts=True), strict=True):
+            verdicts[str(v)] += int(n)
         _count(per_category, masks, "annotation_id")
+    _, parts_path = open_fs(layout.manifest_parts)
+    write_bytes(fs, parts_path, json.dumps(parts, indent=0, sort_keys=True).encode())
 
-    # 2. close the exports: COCO instances and panoptic JSON, the QC report
+    # 2. close the exports: COCO instances (accepted, review) and panoptic JSON, the QC report
     coco_counts = coco.close()
+    review_counts = review.close()
     pan_counts = pan_json.close() if pan_json is not None else None
     qc_summary = None
     if acc is not None:
         qc_summary = write_qc_report(output, acc, job.name)
         paths["qc_report"] = qc_summary["report"]
-        expected = sum(qc_summary["verdicts"][v] for v in keep)
-    else:
-        expected = counts["masks"]
-    if coco_counts["annotations"] != expected:  # pragma: no cover - internal consistency guard
-        raise RuntimeError(f"COCO export wrote {coco_counts['annotations']} annotations, expected {expected}")
+    if coco_counts["annotations"] != sum(verdicts[v] for v in keep):  # pragma: no cover - consistency guard
+        raise RuntimeError(f"COCO export wrote {coco_counts['annotations']} annotations, expected {verdicts}")
 
     # 3. quality against the gold set(s), when the job names them
     quality = gold.evaluate() if gold is not None else None
     if getattr(job, "gold_panoptic", None) and has_panoptic:
         pan_q = evaluate_panoptic_files(job.gold_panoptic, paths["coco_panoptic"])
+        things = {c.name for c in job.ontology if c.isthing}
+        pan_q["things"].update(
+            {k: sum(v[k] for n, v in pan_q["per_class"].items() if n in things) for k in ("tp", "fp", "fn")}
+        )
         quality = (quality or {}) | {
             "panoptic": pan_q,
             "pq": pan_q["pq"],
@@ -279,12 +373,22 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
         "images_without_masks": counts["images"] - counts["labelled_images"] - counts["failed_images"],
         "masks": counts["masks"],
         "masks_per_category": dict(sorted(per_category.items())),
+        "verdicts": verdicts,
         "shards": len(commits),
         "outputs": {k: redact(v) for k, v in paths.items()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commits_digest": digest,
     }
     summary["coco_annotations"] = coco_counts["annotations"]
+    summary["review_annotations"] = review_counts["annotations"]
+    if calibration is not None:
+        summary["calibration"] = {
+            "source": calibration.get("applied_from") or "fitted on the gold set",
+            "target_precision": calibration["target_precision"],
+            "score": calibration["score"],
+            "heldout": calibration["heldout"],
+            "review_classes": [n for n, e in calibration["classes"].items() if e["status"] == "review"],
+        }
     if qc_summary is not None:
         summary["qc"] = {k: qc_summary[k] for k in ("verdicts", "rules", "image_flags")}
     if pan_counts is not None:
@@ -304,6 +408,8 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
                 "mask_ap50",
                 "mask_ap",
                 "mean_mask_iou",
+                "set",
+                "set_with_review",
                 "pq",
                 "sq",
                 "rq",

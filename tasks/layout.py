@@ -82,6 +82,19 @@ class OutputLayout:
         return join(self.root, "manifest", f"{name}.parquet")
 
     @property
+    def manifest_parts(self) -> str:
+        """sha256 and size of every manifest part finalize wrote (``segflow verify`` checks them)."""
+        return join(self.root, "manifest", "_parts.json")
+
+    @property
+    def review_instances(self) -> str:
+        return join(self.root, "review", "instances.json")
+
+    @property
+    def review_masks(self) -> str:
+        return join(self.root, "review", "masks.parquet")
+
+    @property
     def coco_instances(self) -> str:
         return join(self.root, "coco", "instances.json")
 

@@ -34,7 +34,7 @@ __all__ = ["PublishError", "publish"]
 
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PUBLISHED_DIRS = ("manifest", "coco", "semantic", "qc")
-_PUBLISHED_FILES = ("summary.json", "quality.json", "job.json")
+_PUBLISHED_FILES = ("summary.json", "quality.json", "job.json", "calibration.json")
 
 
 class PublishError(Exception):
@@ -74,6 +74,33 @@ def _card(summary: dict, job: dict, version: str, checksums: dict[str, str]) -> 
         if "box_ap50" in quality
         else ""
     )
+    if "set" in quality:
+        st = quality["set"]
+        qtext += (
+            f"\nThe published labels (verdict `accept`) as a set, matched one to one at mask IoU >= 0.5 on the gold "
+            f"images: precision {st['precision']}, recall {st['recall']} "
+            f"(TP {st['tp']}, FP {st['fp']}, FN {st['fn']}).\n"
+        )
+    cal = summary.get("calibration")
+    if cal:
+        h = cal["heldout"]
+        qtext += (
+            f"\nOperating point: per-class thresholds for precision {cal['target_precision']} on the "
+            f"{cal['score']} score ({cal['source']}); held-out estimate precision {h['precision']} "
+            f"(95% CI {h['precision_ci95']}), recall {h['recall']} (95% CI {h['recall_ci95']}); see calibration.json."
+            + (
+                f" Classes without a threshold (all sent to review): {', '.join(cal['review_classes'])}."
+                if cal["review_classes"]
+                else ""
+            )
+            + "\n"
+        )
+    verdicts = summary.get("verdicts")
+    if verdicts:
+        qtext += (
+            f"\nVerdicts: {verdicts['accept']} accepted (in coco/instances.json), {verdicts['review']} review, "
+            f"{verdicts['reject']} rejected; every mask is in manifest/masks.parquet with `verdict`.\n"
+        )
     if "pq" in quality:
         qtext += (
             f"\nPanoptic quality against the gold set: PQ {quality['pq']}, SQ {quality['sq']}, "
@@ -147,7 +174,7 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
         )
     digest = summary.get("commits_digest")
     job = read_json(fs_out, join(output, "job.json")) or {}
-    if digest != commits_digest(commits, job.get("gold_set"), job.get("gold_panoptic")):
+    if digest != commits_digest(commits, job):
         raise PublishError(
             f"refusing to publish {redact(output)}: its summary does not match its committed "
             f"shards; run `segflow rerun {redact(output)}` first"

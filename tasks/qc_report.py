@@ -1,16 +1,20 @@
-"""QC outputs of a run (written by finalize when the job has a ``qc`` stage).
+"""QC outputs of a run (written by finalize when the job has a ``qc`` stage or a calibration).
+
+Verdicts are the final ones (``accept`` / ``review`` / ``reject``, see
+:mod:`segflow.tasks.acceptance`); ``rule`` is one of ``verdict_reasons`` (QC
+rules, ``below_accept``, ``below_review``, ``uncalibrated``).
 
 ``OUTPUT/qc/``:
 
 * ``quarantine.parquet/part-<shard>.parquet`` -- the rejected masks (all manifest
-  columns, ``qc_reasons`` says why);
+  columns, ``verdict_reasons`` says why);
 * ``summary.parquet`` -- counts by shard, class, verdict and rule (``rule`` is
   ``(none)`` for masks no rule fired on); per-run totals are its sums;
 * ``scores.parquet`` -- score distributions (quantiles of ``score``,
   ``predicted_iou``, ``stability_score``) per verdict;
 * ``report.md`` and ``report.html`` -- the same, readable, linking the sheets;
-* ``sheets/{passed,flagged,rejected}.png`` -- contact sheets: a sample of masks
-  drawn over their images with class, scores and the rules that fired.
+* ``sheets/{accepted,review,rejected}.png`` -- contact sheets: a sample of masks
+  outlined over their images (and lightly tinted) with class, scores and the reasons.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ from segflow.tasks.storage import join, open_fs, write_bytes
 
 __all__ = ["QcAccumulator", "write_qc_report", "contact_sheet"]
 
-SHEETS = {"pass": "passed", "flag": "flagged", "reject": "rejected"}
-_COLOURS = {"pass": (40, 200, 80), "flag": (250, 190, 30), "reject": (230, 40, 40)}
+SHEETS = {"accept": "accepted", "review": "review", "reject": "rejected"}
+_COLOURS = {"accept": (40, 220, 90), "review": (255, 200, 0), "reject": (255, 50, 50)}
 
 
 class QcAccumulator:
@@ -59,15 +63,14 @@ class QcAccumulator:
             "predicted_iou",
             "stability_score",
             "rle_counts",
-            "qc_verdict",
-            "qc_reasons",
+            "calibrated_score",
+            "verdict",
+            "verdict_reasons",
             "prompt_box",
         ]
         for r in masks.select(cols).to_pylist():
-            v = r["qc_verdict"]
-            if v is None:
-                continue
-            for rule in r["qc_reasons"] or ["(none)"]:
+            v = r["verdict"]
+            for rule in r["verdict_reasons"] or ["(none)"]:
                 self.rows[(shard_id, r["category_name"], v, rule)] += 1
             for k in ("score", "predicted_iou", "stability_score"):
                 if r[k] is not None:
@@ -93,7 +96,7 @@ class QcAccumulator:
             {
                 "shard_id": [k[0] for k in keys],
                 "category_name": [k[1] for k in keys],
-                "qc_verdict": [k[2] for k in keys],
+                "verdict": [k[2] for k in keys],
                 "rule": [k[3] for k in keys],
                 "count": pa.array([self.rows[k] for k in keys], pa.int64()),
             }
@@ -118,7 +121,7 @@ class QcAccumulator:
                     q = np.quantile(np.asarray(vals, np.float64), [0.05, 0.25, 0.5, 0.75, 0.95])
                     rows.append(
                         {
-                            "qc_verdict": v,
+                            "verdict": v,
                             "metric": k,
                             "count": len(vals),
                             "p05": q[0],
@@ -128,11 +131,12 @@ class QcAccumulator:
                             "p95": q[4],
                         }
                     )
-        return pa.Table.from_pylist(rows) if rows else pa.table({"qc_verdict": pa.array([], pa.string())})
+        return pa.Table.from_pylist(rows) if rows else pa.table({"verdict": pa.array([], pa.string())})
 
 
 def contact_sheet(samples: list[dict], verdict: str, tile: int = 200, columns: int = 6) -> bytes:
-    """A PNG grid: each tile is the mask's neighbourhood with the mask tinted and its labels."""
+    """A PNG grid: each tile is the mask's neighbourhood, the mask outlined (2 px, verdict colour) and lightly
+    tinted, the prompt box in white, with class, detector / calibrated score, predicted IoU and reasons."""
     from PIL import Image, ImageDraw
 
     rows = max(1, (len(samples) + columns - 1) // columns)
@@ -162,10 +166,15 @@ def contact_sheet(samples: list[dict], verdict: str, tile: int = 200, columns: i
         cx0, cy0, cx1, cy1 = max(0, bx0 - pad), max(0, by0 - pad), min(w, bx1 + pad), min(h, by1 + pad)
         crop = pixels[cy0:cy1, cx0:cx1].astype(np.float32)
         mc = m[cy0:cy1, cx0:cx1]
-        crop[mc] = 0.55 * crop[mc] + 0.45 * np.array(_COLOURS[verdict], np.float32)
+        colour = np.array(_COLOURS[verdict], np.float32)
+        crop[mc] = 0.8 * crop[mc] + 0.2 * colour
         img = Image.fromarray(crop.clip(0, 255).astype(np.uint8))
         scale = tile / max(img.width, img.height)
-        img = img.resize((max(1, int(img.width * scale)), max(1, int(img.height * scale))))
+        size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
+        img = np.asarray(img.resize(size)).copy()
+        big = np.asarray(Image.fromarray(mc.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+        img[_outline(big, 2)] = _COLOURS[verdict]  # the edge drawn at tile scale: visible on any background
+        img = Image.fromarray(img)
         d = ImageDraw.Draw(img)
         if r.get("prompt_box"):
             px0, py0, px1, py1 = r["prompt_box"]
@@ -175,11 +184,21 @@ def contact_sheet(samples: list[dict], verdict: str, tile: int = 200, columns: i
             )
         sheet.paste(img, (x0, y0))
         piou = "-" if r["predicted_iou"] is None else f"{r['predicted_iou']:.2f}"
-        draw.text((x0 + 3, y0 + tile + 2), f"{r['category_name']} s{r['score']:.2f} iou{piou}", fill=(235, 235, 235))
-        draw.text((x0 + 3, y0 + tile + 15), ",".join(r["qc_reasons"] or []) or "ok", fill=_COLOURS[verdict])
+        cal = "" if r.get("calibrated_score") is None else f" c{r['calibrated_score']:.2f}"
+        draw.text(
+            (x0 + 3, y0 + tile + 2), f"{r['category_name']} s{r['score']:.2f}{cal} iou{piou}", fill=(235, 235, 235)
+        )
+        draw.text((x0 + 3, y0 + tile + 15), ",".join(r["verdict_reasons"] or []) or "ok", fill=_COLOURS[verdict])
     buf = io.BytesIO()
     sheet.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _outline(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels of ``mask`` (HxW bool) within ``width`` pixels of its edge."""
+    from scipy import ndimage
+
+    return mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)
 
 
 def write_qc_report(output: str, acc: QcAccumulator, job_name: str) -> dict[str, Any]:
@@ -217,7 +236,7 @@ def write_qc_report(output: str, acc: QcAccumulator, job_name: str) -> dict[str,
     md += ["", "## By class and rule", "", "| class | verdict | rule | masks |", "|---|---|---|---:|"]
     agg: Counter = Counter()
     for r in summary.to_pylist():
-        agg[(r["category_name"], r["qc_verdict"], r["rule"])] += r["count"]
+        agg[(r["category_name"], r["verdict"], r["rule"])] += r["count"]
     md += [f"| {c} | {v} | {rule} | {n} |" for (c, v, rule), n in sorted(agg.items())]
     md += ["", "## Image flags", "", "| flag | images |", "|---|---:|"] + [
         f"| {k} | {n} |" for k, n in sorted(acc.image_flags.items())
@@ -230,7 +249,7 @@ def write_qc_report(output: str, acc: QcAccumulator, job_name: str) -> dict[str,
         "|---|---|---:|---:|---:|---:|",
     ]
     md += [
-        f"| {r['qc_verdict']} | {r['metric']} | {r['count']} | {r['p05']:.3f} | {r['p50']:.3f} | {r['p95']:.3f} |"
+        f"| {r['verdict']} | {r['metric']} | {r['count']} | {r['p05']:.3f} | {r['p50']:.3f} | {r['p95']:.3f} |"
         for r in scores.to_pylist()
     ]
     md += ["", "## Review sheets", ""] + [f"- {SHEETS[v]}: ![{SHEETS[v]}]({p})" for v, p in sheets.items()]

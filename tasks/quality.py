@@ -13,12 +13,19 @@ Metrics (``OUTPUT/quality.json``):
 * ``mean_mask_iou``: for every gold instance, the best mask IoU with an
   auto-label of the same class on the same image (0 when there is none),
   averaged over gold instances -- "how well is each labelled object covered";
-* ``set``: the exported labels as a set, not a ranked list: ``tp``, ``fp``,
-  ``fn``, ``precision``, ``recall``, ``f1``, matched one to one per image and
-  class, greedily by score, at mask IoU >= 0.5 (COCOeval's matching at that
-  threshold, without its 100-detections cap): every exported mask is a label
-  someone trains on, so a false positive counts however low its score;
-* ``per_class``: the same per ontology class, with gold and predicted counts.
+* ``set``: the accepted (exported) labels as a set, not a ranked list: ``tp``,
+  ``fp``, ``fn``, ``precision``, ``recall``, ``f1``, matched one to one per
+  image and class, greedily by score, at mask IoU >= 0.5 (COCOeval's matching
+  at that threshold, without its 100-detections cap): every exported mask is a
+  label someone trains on, so a false positive counts however low its score;
+  ``set_with_review``: the same for accepted + review (what a reviewer could
+  reach);
+* ``per_class``: per ontology class, with gold and predicted counts (AP and
+  mean IoU over every label given, the accepted set's counts, ``with_review``).
+
+AP and mean IoU rank every label QC kept (accepted, review and those below the
+review band): how well the model orders its labels. The sets say what the
+dataset holds.
 """
 
 from __future__ import annotations
@@ -134,7 +141,7 @@ def _match_all(
         hits, found = match_set(gold.get(key, []), preds.get(key, []))
         counts[key] = len(found)
         labels += [
-            {"image_id": key[0], "category_id": key[1], "score": p["score"], "tp": h}
+            {"image_id": key[0], "category_id": key[1], "score": p["score"], "tp": h, "row": p.get("row")}
             for p, h in zip(preds.get(key, []), hits, strict=True)
             if h is not None
         ]
@@ -152,6 +159,24 @@ def label_matches(
     >= 0.5), and ``(image, category) -> gold instances``; arguments as :func:`evaluate`'s."""
     pairs = _pair(gold, ontology, file_names, predictions, sizes)
     return _match_all(pairs.gold, pairs.preds)
+
+
+def _set_tally(
+    gold: dict[tuple[int, int], list[dict]], preds: dict[tuple[int, int], list[dict]], verdicts: tuple[str, ...]
+) -> tuple[list[int], dict[int, list[int]]]:
+    """TP / FP / FN overall and per category of the labels whose verdict is in ``verdicts`` (no verdict: accept)."""
+    kept = {
+        k: [p for p in v if ((p.get("row") or {}).get("verdict") or "accept") in verdicts] for k, v in preds.items()
+    }
+    labels, gold_counts = _match_all(gold, kept)
+    tally: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])  # category -> tp, fp, fn
+    for r in labels:
+        tally[r["category_id"]][0 if r["tp"] else 1] += 1
+    for (_, cid), n in gold_counts.items():
+        tally[cid][2] += n
+    for t in tally.values():
+        t[2] -= t[0]
+    return [sum(t[i] for t in tally.values()) for i in range(3)], tally
 
 
 def set_counts(tp: int, fp: int, fn: int) -> dict[str, Any]:
@@ -223,7 +248,7 @@ def _pair(
             {"image_id": g, "category_id": int(p["category_id"]), "bbox": list(map(float, p["bbox"])), "score": score}
         )
         seg_res.append({"image_id": g, "category_id": int(p["category_id"]), "segmentation": rle, "score": score})
-        pred_by_img_cat[(g, int(p["category_id"]))].append({"rle": rle, "score": score})
+        pred_by_img_cat[(g, int(p["category_id"]))].append({"rle": rle, "score": score, "row": p})
     gold_by_img_cat: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for a in gt_anns:
         gold_by_img_cat[(a["image_id"], a["category_id"])].append({"rle": gt.annToRLE(a), "iscrowd": a["iscrowd"]})
@@ -273,16 +298,9 @@ def evaluate(
             ious_by_cat[key[1]].append(best)
     all_ious = [v for vs in ious_by_cat.values() for v in vs]
 
-    # the exported labels as a set: one-to-one matches at mask IoU >= 0.5
-    labels, gold_counts = _match_all(pairs.gold, pred_by_img_cat)
-    tally: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])  # category -> tp, fp, fn
-    for r in labels:
-        tally[r["category_id"]][0 if r["tp"] else 1] += 1
-    for (_, cid), n in gold_counts.items():
-        tally[cid][2] += n
-    for t in tally.values():
-        t[2] -= t[0]
-    total = [sum(t[i] for t in tally.values()) for i in range(3)]
+    # the labels as sets: one-to-one matches at mask IoU >= 0.5, of the accepted and of accepted + review
+    total, tally = _set_tally(pairs.gold, pred_by_img_cat, ("accept",))
+    total_review, tally_review = _set_tally(pairs.gold, pred_by_img_cat, ("accept", "review"))
 
     box_cls = _per_class_ap(box_ev, list(ontology)) if box_ev else {}
     seg_cls = _per_class_ap(seg_ev, list(ontology)) if seg_ev else {}
@@ -303,6 +321,7 @@ def evaluate(
                 "mask_ap": _r(seg_cls.get(cid, (None, None))[0]),
                 "mean_mask_iou": _r(float(np.mean(ious_by_cat[cid]))) if n_gold else None,
                 **set_counts(*tally.get(cid, [0, 0, 0])),
+                "with_review": set_counts(*tally_review.get(cid, [0, 0, 0])),
             }
         )
     return {
@@ -315,6 +334,7 @@ def evaluate(
         "mask_ap50": _r(seg_stats[1]),
         "mean_mask_iou": _r(float(np.mean(all_ious))) if all_ious else 0.0,
         "set": set_counts(*total),
+        "set_with_review": set_counts(*total_review),
         "per_class": per_class,
         "gold_categories_not_in_ontology": unknown,
     }
@@ -344,12 +364,13 @@ def format_quality(q: dict) -> str:
             f"  box AP50 {q['box_ap50']:.3f}   mask AP50 {q['mask_ap50']:.3f}   mask "
             f"AP {q['mask_ap']:.3f}   mean mask IoU {q['mean_mask_iou']:.3f}",
         ]
-        if "set" in q:
-            st = q["set"]
-            lines.append(
-                f"  exported set (mask IoU >= 0.5, one to one): precision {f(st['precision'])}   recall "
-                f"{f(st['recall'])}   F1 {f(st['f1'])}   (TP {st['tp']}, FP {st['fp']}, FN {st['fn']})"
-            )
+        for key, what in (("set", "accepted (exported)"), ("set_with_review", "accepted + review  ")):
+            if key in q:
+                st = q[key]
+                lines.append(
+                    f"  {what}: precision {f(st['precision'])}   recall {f(st['recall'])}   F1 {f(st['f1'])}   "
+                    f"(TP {st['tp']}, FP {st['fp']}, FN {st['fn']}; mask IoU >= 0.5, one to one)"
+                )
         lines += [
             "",
             "  | class | gold | labels | box AP50 | mask AP50 | mask AP | mean IoU "
@@ -370,6 +391,11 @@ def format_quality(q: dict) -> str:
             ("\n" if lines else "") + f"panoptic quality vs gold set ({p['images']} images):",
             f"  PQ {f(p['pq'])}   SQ {f(p['sq'])}   RQ {f(p['rq'])}   (things PQ {f(p['things']['pq'])}, "
             f"stuff PQ {f(p['stuff']['pq'])})   mIoU {f(p['miou'])}",
+            *(
+                [f"  things: TP {t['tp']}, FP {t['fp']}, FN {t['fn']} (segment IoU > 0.5)"]
+                if "tp" in (t := p["things"])
+                else []
+            ),
             "",
             "  | class | PQ | SQ | RQ | TP | FP | FN | IoU |",
             "  |---|---:|---:|---:|---:|---:|---:|---:|",

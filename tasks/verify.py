@@ -8,9 +8,11 @@ in chunks), each problem named by shard, file and what is wrong:
 * the plan against the commits: planned shards without a commit (``missing``),
   shard folders the plan does not name (``extra``), shard ids planned twice
   (``duplicated``);
-* once finalized: each manifest part equals the committed file it was copied
-  from, no part comes from an unplanned shard, and ``summary.json`` was built
-  from exactly these commits.
+* once finalized: each manifest part has the sha256 and size finalize recorded
+  in ``manifest/_parts.json`` (images and panoptic parts are the committed
+  files themselves, so they also match the commit record; masks parts add the
+  verdict columns), no part comes from an unplanned shard, and
+  ``summary.json`` was built from exactly these commits.
 """
 
 from __future__ import annotations
@@ -54,17 +56,19 @@ def _sha256_and_size(fs: Any, path: str) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _check_file(fs: Any, layout: OutputLayout, sid: str, rel: str, entry: dict) -> Iterator[Problem]:
+def _check_file(
+    fs: Any, layout: OutputLayout, sid: str, rel: str, entry: dict, record: str = "the commit record"
+) -> Iterator[Problem]:
     _, path = open_fs(layout.url(rel))
     try:
         digest, size = _sha256_and_size(fs, path)
     except FileNotFoundError:
-        yield Problem(sid, rel, "missing (named by the commit record)")
+        yield Problem(sid, rel, f"missing (named by {record})")
         return
     if size != entry["bytes"]:
-        yield Problem(sid, rel, f"size {size} bytes, commit record says {entry['bytes']}")
+        yield Problem(sid, rel, f"size {size} bytes, {record} says {entry['bytes']}")
     elif digest != entry["sha256"]:
-        yield Problem(sid, rel, f"sha256 {digest[:12]}... does not match the commit record's {entry['sha256'][:12]}...")
+        yield Problem(sid, rel, f"sha256 {digest[:12]}... does not match {record}'s {entry['sha256'][:12]}...")
 
 
 def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[Problem]:
@@ -79,6 +83,7 @@ def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[
             yield Problem(sid, None, "duplicated: planned twice")
         seen.add(sid)
     summary = read_json(fs, layout.summary)
+    parts = (read_json(fs, layout.manifest_parts) or {}) if summary is not None else {}
     commits = []
     for sid in dict.fromkeys(planned):
         commit = read_commit(output, sid)
@@ -91,8 +96,13 @@ def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[
             for name, entry in commit["files"].items():
                 yield from _check_file(fs, layout, sid, entry["path"], entry)
                 if summary is not None and name in ("masks", "images", "panoptic"):
-                    part = f"manifest/{name}.parquet/part-{sid}.parquet"
-                    yield from _check_file(fs, layout, sid, part, entry)
+                    folder = f"manifest/{name}.parquet"
+                    recorded = parts.get(folder, {}).get(sid)
+                    if recorded is None:
+                        yield Problem(sid, folder, "no manifest part recorded in manifest/_parts.json")
+                    else:
+                        part = f"{folder}/part-{sid}.parquet"
+                        yield from _check_file(fs, layout, sid, part, recorded, "manifest/_parts.json")
         if on_shard is not None:
             on_shard()
     _, shards_root = open_fs(layout.shards)
@@ -103,7 +113,7 @@ def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[
         yield Problem(name, f"shards/{name}", "extra: a shard folder the plan does not name")
     if summary is not None:
         job = read_json(fs, layout.job_json) or {}
-        digest = commits_digest(commits, job.get("gold_set"), job.get("gold_panoptic"))
+        digest = commits_digest(commits, job)
         if summary.get("commits_digest") != digest:
             yield Problem(None, "summary.json", "the exports were built from other commits: run `segflow rerun`")
         for name in ("masks", "images", "panoptic"):

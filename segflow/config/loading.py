@@ -43,7 +43,8 @@ def parse_config(
     overrides: dict[str, str] | None = None,
     check_files: bool = True,
 ) -> JobConfig:
-    """Validate an already-loaded mapping. ``overrides`` (``source``/``output``) are CLI values, relative to cwd."""
+    """Validate an already-loaded mapping. ``overrides`` (``source``, ``output``, ``gold_set``, ``gold_panoptic``,
+    ``calibration``) are CLI values, relative to cwd."""
     if data is None:
         raise ConfigError(file, [("", "the file is empty")])
     if not isinstance(data, dict):
@@ -77,6 +78,11 @@ def parse_config(
         gold_pan = _resolve(overrides["gold_panoptic"], cwd)
     else:
         gold_pan = _resolve(job.gold_panoptic, base) if job.gold_panoptic else None
+    calibration = (overrides or {}).get("calibration")
+    calibration = _resolve(calibration, cwd) if calibration else job.accept.calibration
+    if calibration and not (overrides or {}).get("calibration"):
+        calibration = _resolve(calibration, base)
+    accept = job.accept.model_copy(update={"calibration": calibration})
     stages = {}
     for name, st in job.stages.items():
         if not hasattr(st, "weights"):
@@ -98,6 +104,7 @@ def parse_config(
             "stages": stages,
             "gold_set": gold,
             "gold_panoptic": gold_pan,
+            "accept": accept,
             "publish": publish,
         }
     )

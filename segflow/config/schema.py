@@ -429,8 +429,10 @@ class QcStage(_StageBase):
     )
     no_labels: _ImageRule = Field(default_factory=_ImageRule)
     count_outlier: _CountOutlier = Field(default_factory=_CountOutlier)
-    export_flagged: bool = Field(
-        False, description="Include flagged masks in the COCO export (passed masks always are; rejected never)."
+    export_review: bool = Field(
+        False,
+        description="Also put the masks with verdict `review` in coco/instances.json (they are always in "
+        "review/; accepted masks are always exported, rejected ones never).",
     )
     review_samples: int = Field(24, ge=0, description="Masks per verdict drawn on the contact sheets.")
 
@@ -487,6 +489,38 @@ class RuntimeConfig(_Strict):
     )
 
 
+class AcceptConfig(_Strict):
+    """Which masks are accepted (exported), sent to review or rejected: see docs/gold-sets.md."""
+
+    precision: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Target precision of the accepted labels; per-class thresholds are fitted on the gold set "
+        "(`gold_set`) for the highest recall at it.",
+    )
+    review_recall: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Lower edge of the review band: per class, the highest threshold whose recall on the gold "
+        "set reaches this; labels below it are rejected.",
+    )
+    score: Literal["combined", "detector"] = Field(
+        "combined",
+        description="What is thresholded: `detector` (its confidence) or `combined` (a per-class logistic model "
+        "of detector score, predicted IoU, stability, area and the best other-class label at the same place, "
+        "fitted on the gold matches).",
+    )
+    calibration: str | None = Field(
+        None,
+        description="A saved calibration.json (of an earlier run on the same ontology) applied as it is: "
+        "nothing is fitted, `gold_set` only reports.",
+    )
+    folds: int = Field(5, ge=2, description="k of the k-fold over gold images that estimates held-out precision.")
+    min_gold: int = Field(10, ge=1, description="Gold instances a class needs for a threshold; fewer: review.")
+
+
 class PublishConfig(_Strict):
     dest: str = Field(..., min_length=1, description="Bucket prefix (or folder) that holds the published versions.")
     version: str | None = Field(None, description="Version name; default: UTC time + run digest. Never overwritten.")
@@ -521,6 +555,11 @@ class JobConfig(_Strict):
         None,
         description="COCO instances file with human labels for some images (matched by file "
         "name): the run reports AP and mask IoU against it.",
+    )
+    accept: AcceptConfig = Field(
+        default_factory=AcceptConfig,
+        description="Acceptance: with `gold_set` (or `calibration`) per-class thresholds make each mask's verdict "
+        "accept / review / reject; without either, QC verdicts alone decide.",
     )
     gold_panoptic: str | None = Field(
         None,

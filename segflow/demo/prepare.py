@@ -3,37 +3,82 @@
 1. Render ``--images`` synthetic scenes (seeded) into ``DIR/images`` with exact
    ground truth in ``DIR/ground_truth`` (COCO instances, panoptic, semantic),
    plus a truncated and an empty file, as real buckets have them.
-2. Run ``configs/demo.yaml`` -- the detector, SAM and Mask2Former trained by
+2. Split the instance ground truth by image into ``fit.json`` (the first
+   half, the run's gold set: the acceptance thresholds are fitted on it) and
+   ``holdout.json`` (the rest, never used to fit).
+3. Run ``configs/demo.yaml`` -- the detector, SAM and Mask2Former trained by
    ``segflow train-demo-models`` and shipped in ``configs/models`` (package data of :mod:`segflow.configs`) -- through
-   the normal flow with ``DIR/ground_truth/instances.json`` and
-   ``DIR/ground_truth/panoptic.json`` as the gold sets.
-3. The run evaluates its labels against the gold set; the figures are written
-   to ``DIR/out/quality.json`` and copied to ``DIR/quality.json``.
+   the normal flow with ``fit.json`` and ``DIR/ground_truth/panoptic.json`` as the gold sets (with a saved
+   calibration, ``instances.json``: nothing is fitted).
+4. The run evaluates its labels against the gold set (``DIR/out/quality.json``,
+   copied to ``DIR/quality.json``); :func:`holdout_quality` measures the exported
+   set on the held-out images.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from importlib.resources import files
 from pathlib import Path
 
 from segflow.demo.synthetic import write_scene_set
 
-__all__ = ["DEMO_CONFIG", "prepare_demo"]
+__all__ = ["DEMO_CONFIG", "holdout_quality", "prepare_demo", "split_gold"]
 
 DEMO_CONFIG = Path(str(files("segflow.configs") / "demo.yaml"))  # package data: works from a wheel too
 
 
-def prepare_demo(folder: str | Path, seed: int = 0, num_images: int = 40) -> dict[str, str]:
+def split_gold(gold_file: Path, fit_file: Path, holdout_file: Path) -> tuple[int, int]:
+    """Write the first half of a COCO file's images (and their annotations) to ``fit_file``, the rest to
+    ``holdout_file``. Returns the image counts."""
+    gold = json.loads(gold_file.read_text())
+    images = sorted(gold["images"], key=lambda im: im["id"])
+    halves = images[: len(images) // 2], images[len(images) // 2 :]
+    for part, path in zip(halves, (fit_file, holdout_file), strict=True):
+        ids = {im["id"] for im in part}
+        anns = [a for a in gold["annotations"] if a["image_id"] in ids]
+        path.write_text(json.dumps(gold | {"images": part, "annotations": anns}))
+    return len(halves[0]), len(halves[1])
+
+
+def holdout_quality(output: str, holdout_file: str) -> dict:
+    """The quality (AP, exported set's precision / recall) of a finished run on the images of ``holdout_file``."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    from segflow.config.schema import JobConfig
+    from segflow.tasks.layout import OutputLayout
+    from segflow.tasks.quality import evaluate, load_gold
+
+    layout = OutputLayout(output)
+    job = JobConfig.model_validate(json.loads(Path(layout.job_json).read_text()))
+    images = ds.dataset(layout.manifest("images"), format="parquet").to_table()
+    images = images.filter(pc.equal(images["status"], "ok")).to_pylist()
+    masks = ds.dataset(layout.manifest("masks"), format="parquet").to_table()
+    masks = masks.filter(pc.fill_null(pc.not_equal(masks["qc_verdict"], "reject"), True))
+    cols = ["image_id", "category_id", "score", "rle_counts", "bbox", "verdict"]
+    return evaluate(
+        load_gold(holdout_file),
+        job.category_names(),
+        {r["file_name"]: r["image_id"] for r in images},
+        masks.select(cols).to_pylist(),
+        {r["image_id"]: (r["height"], r["width"]) for r in images},
+    )
+
+
+def prepare_demo(folder: str | Path, seed: int = 0, num_images: int = 40, calibration: str | None = None) -> dict:
     """Write the scene set and its ground truth; return the CLI overrides for the demo job."""
     folder = Path(folder).resolve()
     for owned in ("images", "ground_truth", "out"):  # a new demo never reuses an earlier one's plan or commits
         if (folder / owned).exists():
             shutil.rmtree(folder / owned)
-    write_scene_set(folder / "images", num_images, seed=seed, corrupt=True, gt_dir=folder / "ground_truth")
+    gt = folder / "ground_truth"
+    write_scene_set(folder / "images", num_images, seed=seed, corrupt=True, gt_dir=gt)
+    split_gold(gt / "instances.json", gt / "fit.json", gt / "holdout.json")
     return {
         "source": str(folder / "images"),
         "output": str(folder / "out"),
-        "gold_set": str(folder / "ground_truth" / "instances.json"),
-        "gold_panoptic": str(folder / "ground_truth" / "panoptic.json"),
-    }
+        "gold_set": str(gt / ("instances.json" if calibration else "fit.json")),
+        "gold_panoptic": str(gt / "panoptic.json"),
+    } | ({"calibration": str(Path(calibration).resolve())} if calibration else {})

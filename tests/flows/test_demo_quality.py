@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import shutil
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -52,8 +53,10 @@ def test_demo_writes_ground_truth_and_quality(demo_run):
     assert (gt / "instances.json").exists() and (gt / "panoptic.json").exists()
     assert len(list((gt / "panoptic").glob("*.png"))) == 30 and len(list((gt / "semantic").glob("*.png"))) == 30
     q = json.loads((demo_run / "quality.json").read_text())
-    assert {"box_ap50", "mask_ap50", "mask_ap", "mean_mask_iou", "per_class"} <= set(q)
-    assert q["images"] == 30
+    assert {"box_ap50", "mask_ap50", "mask_ap", "mean_mask_iou", "per_class", "set", "set_with_review"} <= set(q)
+    held = json.loads((demo_run / "holdout_quality.json").read_text())
+    assert q["images"] == 15 and held["images"] == 15  # fitted on the first half, measured on the other too
+    assert q["gold_instances"] + held["gold_instances"] == len(COCO(str(gt / "instances.json")).anns)
     summary = json.loads((demo_run / "out" / "summary.json").read_text())
     assert summary["failed_images"] == 2 and summary["quality"]["mask_ap50"] == q["mask_ap50"]
 
@@ -64,9 +67,13 @@ BOX_AP50_FLOOR, MASK_AP50_FLOOR, SAM_IOU_FLOOR = 0.8, 0.8, 0.85
 
 
 def test_exported_coco_quality_floor(demo_run):
-    """COCOeval on the exported COCO file itself (independent of segflow's own evaluator)."""
+    """COCOeval on the exported COCO files themselves (independent of segflow's own evaluator): the accepted labels
+    and the review band together are the model's ranked list (only the lowest-scored tail is left out)."""
     gt = COCO(str(demo_run / "ground_truth" / "instances.json"))
     pred = json.loads((demo_run / "out" / "coco" / "instances.json").read_text())
+    review = json.loads((demo_run / "out" / "review" / "instances.json").read_text())
+    assert not {a["id"] for a in pred["annotations"]} & {a["id"] for a in review["annotations"]}
+    pred["annotations"] += review["annotations"]
     by_name = {im["file_name"]: im["id"] for im in gt.dataset["images"]}
     to_gt = {im["id"]: by_name[im["file_name"]] for im in pred["images"]}
     names = {c["id"]: c["name"] for c in pred["categories"]}
@@ -379,8 +386,11 @@ def test_exported_pq_equals_in_memory_pq(demo_run):
 
 
 def test_calibrate_a_finished_run_without_touching_its_shards(demo_run, capsys):
-    """`segflow calibrate` fits per-class thresholds on the manifest (no model runs) and writes the curves."""
+    """`segflow calibrate` fits per-class thresholds on the committed labels (no model runs), exports again at that
+    operating point in seconds and writes the curves; committed shards and model outputs stay as they were."""
     import hashlib
+
+    import pyarrow.dataset as ds
 
     out = demo_run / "out"
 
@@ -389,16 +399,61 @@ def test_calibrate_a_finished_run_without_touching_its_shards(demo_run, capsys):
             p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "shards").rglob("*")) if p.is_file()
         }
 
-    before = digests()
+    def manifest():
+        t = ds.dataset(str(out / "manifest" / "masks.parquet")).to_table().sort_by("annotation_id")
+        return t.drop_columns(["verdict", "verdict_reasons", "calibrated_score"]), t["verdict"].to_pylist()
+
+    before, (rows_before, verdicts_before) = digests(), manifest()
     gold = str(demo_run / "ground_truth" / "instances.json")
-    assert cli.main(["calibrate", str(out), "--gold", gold, "--precision", "0.9"]) == 0
+    t0 = time.time()
+    assert cli.main(["calibrate", str(out), "--gold", gold, "--precision", "0.9", "--score", "detector"]) == 0
+    assert time.time() - t0 < 60
     printed = capsys.readouterr().out
-    assert "| circle |" in printed and "accepted set: precision" in printed
+    assert "| circle |" in printed and "accepted: precision" in printed and "no model ran" in printed
     assert digests() == before
+    rows_after, verdicts_after = manifest()
+    assert rows_after.equals(rows_before) and verdicts_after != verdicts_before  # same labels, new operating point
     cal = json.loads((out / "calibration.json").read_text())
-    assert cal["target_precision"] == 0.9 and set(cal["classes"]) == {"circle", "square", "triangle"}
+    assert cal["target_precision"] == 0.9 and cal["score"] == "detector" and cal["gold_images"] == 30
+    assert set(cal["classes"]) == {"circle", "square", "triangle"}
     for c in cal["classes"].values():
         assert c["status"] in ("calibrated", "review") and (c["threshold"] is None) == (c["status"] == "review")
         assert c["heldout"]["tp"] + c["heldout"]["fn"] == c["gold_instances"]
+    summary = json.loads((out / "summary.json").read_text())
+    exported = json.loads((out / "coco" / "instances.json").read_text())["annotations"]
+    assert len(exported) == summary["verdicts"]["accept"] == verdicts_after.count("accept")
+    assert json.loads((out / "job.json").read_text())["accept"]["precision"] == 0.9  # what `rerun` would use
     assert Image.open(out / "qc" / "pr_curves.png").size[0] > 100
     assert cli.main(["calibrate", str(out), "--gold", str(demo_run / "missing.json")]) == 2
+    # the published version carries the operating point: the card says it, calibration.json travels with it
+    assert cli.main(["publish", str(out), str(demo_run / "published"), "--version", "v1"]) == 0
+    card = (demo_run / "published" / "v1" / "README.md").read_text()
+    assert "Operating point: per-class thresholds for precision 0.9" in card and "accepted (in coco" in card
+    assert json.loads((demo_run / "published" / "v1" / "calibration.json").read_text()) == cal
+
+
+def test_saved_calibration_labels_fresh_scenes_as_estimated(demo_run, tmp_path):
+    """Measure on one demo's gold images, label another seed's scenes with that calibration (`--calibration`): the
+    fresh set's directly counted precision lies within the held-out estimate's interval (both 95%). A calibration of
+    another ontology is refused before any flow starts."""
+    from segflow.tasks.calibration import wilson
+
+    cal_file = demo_run / "out" / "calibration.json"
+    cal = json.loads(cal_file.read_text())
+    fresh = tmp_path / "fresh"
+    args = ["demo", "--output", str(fresh), "--images", "30", "--seed", "5", "--no-progress"]
+    assert cli.main(args + ["--calibration", str(cal_file)]) == 0
+    applied = json.loads((fresh / "out" / "calibration.json").read_text())
+    assert applied["applied_from"] and applied["classes"] == cal["classes"]  # applied as saved, nothing refitted
+    st = json.loads((fresh / "holdout_quality.json").read_text())["set"]
+    lo, hi = cal["heldout"]["precision_ci95"]
+    flo, fhi = wilson(st["tp"], st["tp"] + st["fp"])
+    print(f"held-out estimate {cal['heldout']['precision']} ({lo}-{hi}); fresh scenes {st['precision']} ({flo}-{fhi})")
+    assert flo <= hi and lo <= fhi  # the intervals overlap
+    other = dict(cal, ontology={**cal["ontology"], "1": "disc"})
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    rc = cli.main(
+        ["run", str(DEMO), "--source", str(fresh / "images"), "--output", str(tmp_path / "o")]
+        + ["--calibration", str(tmp_path / "other.json"), "--no-progress"]
+    )
+    assert rc == 2 and not (tmp_path / "o" / "plan").exists()

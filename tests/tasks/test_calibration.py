@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from segflow.tasks.calibration import best_threshold, calibrate, wilson
+from segflow.tasks.calibration import best_threshold, calibrate, recall_threshold, wilson
 
 CLASSES = {1: "circle", 2: "square"}
 
@@ -77,3 +77,48 @@ def test_a_class_with_few_gold_instances_goes_to_review_with_a_wide_interval(n_i
     lo, hi = tri["heldout"]["recall_ci95"] or (0.0, 1.0)
     assert hi - lo > 0.4
     assert cal["classes"]["circle"]["status"] == "calibrated"
+
+
+def draw_with_features(seed, images=150):
+    """Labels whose detector score is weak but whose second feature (think: predicted IoU) separates right from
+    wrong: the combined score must find it; ``x`` laid out as acceptance.features' columns."""
+    rng = np.random.default_rng(seed)
+    labels, gold = [], {}
+    for img in range(images):
+        gold[(img, 1)] = 3
+        for tp in [True] * 3 + [False] * 3:
+            score = float(rng.beta(4, 3) if tp else rng.beta(3, 4))
+            quality = float(rng.normal(0.9 if tp else 0.6, 0.06))
+            x = [np.log(score / (1 - score)), quality, 0.9, -4.0, 0.0, 1.0]
+            labels.append({"image_id": img, "category_id": 1, "score": score, "tp": tp, "x": x})
+    return labels, gold
+
+
+def test_combined_score_finds_an_informative_feature_the_detector_score_misses():
+    labels, gold = draw_with_features(seed=6)
+    det = calibrate(labels, gold, {1: "circle"}, target=0.95, score="detector")
+    comb = calibrate(labels, gold, {1: "circle"}, target=0.95, score="combined")
+    assert det["classes"]["circle"]["status"] == "review"  # the detector score alone cannot reach 0.95
+    c = comb["classes"]["circle"]
+    assert c["status"] == "calibrated" and c["model"] is not None and comb["heldout"]["recall"] > 0.8
+    assert c["model"]["coef"][1] > 0 and abs(c["model"]["coef"][1]) > abs(c["model"]["coef"][0])
+    assert all(0 <= r["calibrated"] <= 1 for r in labels)
+    # negative control: the same labels with that feature shuffled across them
+    rng = np.random.default_rng(0)
+    perm = rng.permutation(len(labels))
+    shuffled = [dict(r, x=[*r["x"][:1], labels[j]["x"][1], *r["x"][2:]]) for r, j in zip(labels, perm)]
+    assert calibrate(shuffled, gold, {1: "circle"}, target=0.95, score="combined")["classes"]["circle"]["status"] == (
+        "review"
+    )
+
+
+def test_review_band_reaches_its_recall_below_the_acceptance_threshold():
+    labels, gold = draw(seed=7)
+    cal = calibrate(labels, gold, CLASSES, target=0.95, review_recall=0.85)  # 90% of the objects are found at all
+    for cid, c in zip(CLASSES, cal["classes"].values(), strict=True):
+        assert c["review_threshold"] < c["threshold"]
+        rows = [r for r in labels if r["category_id"] == cid and r["score"] >= c["review_threshold"]]
+        assert 0.85 <= sum(r["tp"] for r in rows) / c["gold_instances"] < 0.87  # the highest such threshold
+    held, with_review = cal["heldout"], cal["heldout_with_review"]
+    assert with_review["recall"] > held["recall"] and with_review["precision"] < held["precision"]
+    assert recall_threshold(np.array([0.9, 0.5]), np.array([True, False]), 4, 0.9) == 0.5  # unreachable: keep all

@@ -20,6 +20,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+from segflow.tasks.acceptance import apply_acceptance
 from segflow.tasks.coco import write_instances
 from segflow.tasks.commit import (
     ShardConflict,
@@ -95,17 +96,49 @@ def test_coco_export_keeps_verdicts_and_loads_in_pycocotools(tmp_path):
     t.add_image(1, "mem://a.png", "a.png", (H, W), 1, [("qc", "m", None, dets)])
     t.add_failed_image(2, "mem://b.png", "b.png", "bad")
     masks, images = t.tables()
+    masks = apply_acceptance(masks, None)  # no calibration: QC pass -> accept, flag -> review, reject -> reject
+    assert masks["verdict"].to_pylist() == ["accept", "review", "reject"]
     url = str(tmp_path / "coco.json")
-    counts = write_instances(url, NAMES, [(images, masks)], keep_verdicts=("pass",))
+    counts = write_instances(url, NAMES, [(images, masks)], keep_verdicts=("accept",))
     coco = COCO(url)
     assert counts["annotations"] == 1 and counts["images"] == 1 and list(coco.imgs) == [1]
     ann = coco.loadAnns(coco.getAnnIds())[0]
     assert ann["bbox"] == [2, 3, 10, 5] and ann["area"] == 50 and coco.annToMask(ann).sum() == 50
-    counts = write_instances(url, NAMES, [(images, masks)], keep_verdicts=("pass", "flag"))
+    counts = write_instances(url, NAMES, [(images, masks)], keep_verdicts=("accept", "review"))
     assert counts["annotations"] == 2 and sorted(COCO(url).getCatIds()) == [1, 2]
 
 
-def test_qc_report_counts_verdicts_and_draws_sheets(tmp_path):
+def _calibration(**classes):
+    """A calibration dict (detector score) with ``name=(threshold, review_threshold)`` per class."""
+    ids = {n: i for i, n in NAMES.items()}
+    return {
+        "score": "detector",
+        "ontology": {str(i): n for i, n in NAMES.items()},
+        "classes": {
+            n: {"category_id": ids[n], "status": "calibrated", "threshold": t, "review_threshold": r}
+            for n, (t, r) in classes.items()
+        },
+    }
+
+
+def test_calibrated_verdicts_keep_qc_rejects_and_band_the_rest():
+    t = ShardTables("s0", NAMES)
+    boxes = [(2, 3, 12, 8), (20, 10, 30, 30), (40, 5, 50, 15), (2, 20, 10, 28)]
+    dets = rect_dets(boxes, [1, 2, 2, 1], [0.9, 0.4, 0.3, 0.95], verdicts=["pass", "pass", "reject", "flag"])
+    t.add_image(1, "mem://a.png", "a.png", (H, W), 1, [("qc", "m", None, dets)])
+    masks, _ = t.tables()
+    out = apply_acceptance(masks, _calibration(**{NAMES[1]: (0.5, 0.2), NAMES[2]: (0.5, 0.35)}))
+    assert out["verdict"].to_pylist() == ["accept", "review", "reject", "review"]
+    assert out["verdict_reasons"].to_pylist() == [[], ["below_accept"], ["stability", "below_review"], ["stability"]]
+    assert out["calibrated_score"].to_pylist() == pytest.approx([0.9, 0.4, 0.3, 0.95])
+    low = apply_acceptance(masks, _calibration(**{NAMES[1]: (0.5, 0.2), NAMES[2]: (0.5, 0.45)}))
+    assert low["verdict"].to_pylist()[1] == "reject" and low["verdict_reasons"].to_pylist()[1] == ["below_review"]
+    none = _calibration(**{NAMES[1]: (None, 0.2)})  # class 1 uncalibrated, class 2 absent from the calibration
+    assert apply_acceptance(masks, none)["verdict"].to_pylist() == ["review", "review", "reject", "review"]
+    assert apply_acceptance(masks, none)["verdict_reasons"].to_pylist()[0] == ["uncalibrated"]
+
+
+def test_qc_report_counts_verdicts_and_draws_outlined_sheets(tmp_path):
     t = ShardTables("s0", NAMES)
     dets = verdict_dets()
     img = tmp_path / "a.png"
@@ -113,11 +146,16 @@ def test_qc_report_counts_verdicts_and_draws_sheets(tmp_path):
     t.add_image(1, str(img), "a.png", (H, W), 1, [("qc", "m", None, dets)])
     masks, images = t.tables()
     acc = QcAccumulator(samples_per_verdict=1)
-    acc.add("s0", masks, images)
+    acc.add("s0", apply_acceptance(masks, None), images)
     out = write_qc_report(str(tmp_path / "out"), acc, "job")
-    assert out["verdicts"] == {"pass": 1, "flag": 1, "reject": 1} and out["rules"]["stability"] == 2
+    assert out["verdicts"] == {"accept": 1, "review": 1, "reject": 1} and out["rules"]["stability"] == 2
     qc = tmp_path / "out" / "qc"
-    assert sorted(p.name for p in (qc / "sheets").iterdir()) == ["flagged.png", "passed.png", "rejected.png"]
+    assert sorted(p.name for p in (qc / "sheets").iterdir()) == ["accepted.png", "rejected.png", "review.png"]
+    for name, colour in (("accepted", (40, 220, 90)), ("rejected", (255, 50, 50))):
+        tile = np.asarray(Image.open(qc / "sheets" / f"{name}.png").convert("RGB"))[:200, :200]
+        outline = (tile == colour).all(-1)
+        assert outline.sum() > 100, name  # the mask's edge is drawn in the verdict's colour
+        assert not outline[tile.shape[0] // 2 - 5 : tile.shape[0] // 2 + 5, 95:105].all()  # the inside is not
     summary = pq.read_table(qc / "summary.parquet").to_pylist()
     assert sum(r["count"] for r in summary) == 3 and "| stability | 2 |" in (qc / "report.md").read_text()
 
@@ -149,10 +187,13 @@ def test_finalize_merges_committed_shards_once(planned):
     summary = finalize(job)
     out = job.output
     assert summary["images"] == 5 and summary["masks"] == 2 * 1 + 2 * 2 + 1
-    for c in commits:  # manifest parts are the committed bytes
-        part = f"{out}/manifest/masks.parquet/part-{c['shard_id']}.parquet"
-        committed = f"{out}/{c['files']['masks']['path']}"
-        assert open(part, "rb").read() == open(committed, "rb").read()
+    for c in commits:  # images parts are the committed bytes; masks parts the committed rows + their verdicts
+        part = f"{out}/manifest/images.parquet/part-{c['shard_id']}.parquet"
+        assert open(part, "rb").read() == open(f"{out}/{c['files']['images']['path']}", "rb").read()
+        masks = pq.read_table(f"{out}/manifest/masks.parquet/part-{c['shard_id']}.parquet")
+        committed = pq.read_table(f"{out}/{c['files']['masks']['path']}")
+        assert masks.drop_columns(["verdict", "verdict_reasons", "calibrated_score"]).equals(committed)
+        assert set(masks["verdict"].to_pylist()) == {"accept"} and masks["calibrated_score"].null_count == len(masks)
     coco = COCO(f"{out}/coco/instances.json")
     assert len(coco.anns) == summary["masks"] and len(coco.imgs) == 5
     stamp = open(f"{out}/summary.json").read()

@@ -92,7 +92,13 @@ def test_exported_set_precision_and_recall_count_every_label(gold_set):
     assert q["set"]["tp"] == n and q["set"]["fp"] == n + n // 2 and q["set"]["fn"] == 0
     assert q["set"]["precision"] == round(n / (2 * n + n // 2), 4) and q["set"]["recall"] == 1.0
     assert sum(c["fp"] for c in q["per_class"]) == q["set"]["fp"]
-    assert "exported set (mask IoU >= 0.5, one to one): precision" in format_quality(q)
+    assert "accepted (exported): precision 0.400" in format_quality(q)
+    # the same labels with the extras sent to review: the accepted set is clean, accepted + review is the above
+    rq = evaluate(gold_set, ONTOLOGY, names, preds + [dict(p, verdict="review") for p in extra], sizes)
+    assert rq["set"] == {"tp": n, "fp": 0, "fn": 0, "precision": 1.0, "recall": 1.0, "f1": 1.0}
+    assert rq["set_with_review"] == q["set"] and rq["mask_ap50"] == 1.0
+    assert sum(c["with_review"]["fp"] for c in rq["per_class"]) == q["set"]["fp"]
+    assert "accepted + review  : precision 0.400" in format_quality(rq)
     # negative control: shifted masks are not matches at all
     names, shifted, sizes = predictions_from(
         gold_set, transform=lambda m: np.roll(m, (m.shape[0] // 3, m.shape[1] // 3), (0, 1))
