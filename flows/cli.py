@@ -192,6 +192,10 @@ def run_prepared(
     return EXIT_OK
 
 
+def _f3(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def print_calibration(cal: dict) -> None:
     """The per-class thresholds and held-out estimates of a calibration, as a Markdown table."""
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -430,7 +434,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if not args.calibration:
             what = f"the {q['images']} images not used to fit (ground_truth/holdout.json)"
         print(
-            f"\nexported set on {what}:\n  precision {st['precision']:.3f}   recall {st['recall']:.3f}   "
+            f"\nexported set on {what}:\n  precision {_f3(st['precision'])}   recall {_f3(st['recall'])}   "
             f"(TP {st['tp']}, FP {st['fp']}, FN {st['fn']})\n"
             f"  quality         : {os.path.join(args.output, 'quality.json')}\n"
             f"  held-out quality: {os.path.join(args.output, 'holdout_quality.json')}\n  ground "
@@ -566,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--precision", type=float, default=0.95, help="target precision of the accepted labels")
     ca.add_argument("--folds", type=int, default=5, help="folds over the gold images for the held-out estimate")
     ca.add_argument(
-        "--score", choices=["combined", "detector"], default="combined", help="the score thresholded (see docs)"
+        "--score", choices=["detector", "combined"], default="detector", help="the score thresholded (see docs)"
     )
     ca.add_argument("--json", action="store_true", help="machine-readable output")
     ca.set_defaults(fn=cmd_calibrate)

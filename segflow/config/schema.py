@@ -506,11 +506,11 @@ class AcceptConfig(_Strict):
         description="Lower edge of the review band: per class, the highest threshold whose recall on the gold "
         "set reaches this; labels below it are rejected.",
     )
-    score: Literal["combined", "detector"] = Field(
-        "combined",
+    score: Literal["detector", "combined"] = Field(
+        "detector",
         description="What is thresholded: `detector` (its confidence) or `combined` (a per-class logistic model "
         "of detector score, predicted IoU, stability, area and the best other-class label at the same place, "
-        "fitted on the gold matches).",
+        "fitted on the gold matches; for gold sets of a few hundred instances per class and more).",
     )
     calibration: str | None = Field(
         None,

@@ -441,7 +441,7 @@ def test_saved_calibration_labels_fresh_scenes_as_estimated(demo_run, tmp_path):
     cal_file = demo_run / "out" / "calibration.json"
     cal = json.loads(cal_file.read_text())
     fresh = tmp_path / "fresh"
-    args = ["demo", "--output", str(fresh), "--images", "30", "--seed", "5", "--no-progress"]
+    args = ["demo", "--output", str(fresh), "--images", "20", "--seed", "5", "--no-progress"]
     assert cli.main(args + ["--calibration", str(cal_file)]) == 0
     applied = json.loads((fresh / "out" / "calibration.json").read_text())
     assert applied["applied_from"] and applied["classes"] == cal["classes"]  # applied as saved, nothing refitted
