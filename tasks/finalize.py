@@ -15,7 +15,8 @@ Outputs (see docs/outputs.md)::
     coco/instances.json                              the accepted masks
     review/instances.json, review/masks.parquet/     the review band (images with a review mask)
     calibration.json, qc/pr_curves.png               (with a gold set or a saved calibration)
-    coco/panoptic.json, coco/panoptic/<image_id>.png, semantic/<image_id>.png  (with a panoptic stage)
+    coco/panoptic.json, coco/panoptic/<image_id>.png, semantic/<image_id>.png  (with a panoptic stage; things
+        drawn only while their mask's verdict is exported: panoptic_export.at_operating_point)
     quality.json  (with a gold set)
     summary.json
 """
@@ -34,14 +35,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from segflow.tasks.coco import InstancesWriter
-from segflow.tasks.commit import parse_committed, read_commit, read_committed_bytes, read_committed_table, read_error
+from segflow.tasks.commit import parse_committed, read_commit, read_committed_bytes, read_error
 from segflow.tasks.layout import OutputLayout
+from segflow.tasks.manifest import ANNOTATION_ID_STRIDE
 from segflow.tasks.panoptic_export import (
     PanopticJsonWriter,
+    at_operating_point,
     evaluate_panoptic_files,
     panoptic_categories,
     render_shard,
-    rendered_attempt,
+    rendered_marker,
 )
 from segflow.tasks.plan import iter_plan, load_plan
 from segflow.tasks.qc_report import QcAccumulator, write_qc_report
@@ -210,20 +213,28 @@ def _count(into: dict[str, int], table: pa.Table, column: str) -> None:
             into[row["category_name"]] = into.get(row["category_name"], 0) + row[f"{column}_count"]
 
 
-def _render_missing(output: str, commits: list[dict]) -> int:
-    """Render the panoptic PNGs of committed shards whose ``_RENDERED.json`` is missing or names another attempt."""
-    n = 0
+def _all_rendered(output: str, commits: list[dict]) -> bool:
+    """Every panoptic shard's PNGs drawn from its committed attempt (a shard's own rendering may not have finished)."""
     for c in commits:
-        if "panoptic" in c["files"] and rendered_attempt(output, c["shard_id"]) != c["attempt"]:
-            render_shard(
-                output,
-                c["shard_id"],
-                c["attempt"],
-                read_committed_table(output, c, "images"),
-                read_committed_table(output, c, "panoptic"),
-            )
-            n += 1
-    return n
+        if "panoptic" in c["files"]:
+            marker = rendered_marker(output, c["shard_id"])
+            if marker is None or marker.get("attempt") != c["attempt"]:
+                return False
+    return True
+
+
+def _render(output: str, c: dict, images: pa.Table, panoptic: pa.Table, left_out: list[int]) -> int:
+    """Draw what the shard's PNGs lack at this operating point: all of them when its own rendering did not finish
+    (marker missing or of another attempt), else only the images whose left-out things changed. Returns images drawn.
+    """
+    marker = rendered_marker(output, c["shard_id"])
+    if marker is None or marker.get("attempt") != c["attempt"]:
+        return render_shard(output, c["shard_id"], c["attempt"], images, panoptic, left_out=left_out)
+    changed = set(marker.get("left_out", [])) ^ set(left_out)
+    if not changed:
+        return 0
+    only = {a // ANNOTATION_ID_STRIDE for a in changed}
+    return render_shard(output, c["shard_id"], c["attempt"], images, panoptic, left_out=left_out, only=only)
 
 
 def _parquet(table: pa.Table) -> bytes:
@@ -245,10 +256,14 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
     layout = OutputLayout(output)
     paths = output_paths(layout)
     fs, _ = open_fs(output)
-    rendered_now = _render_missing(output, commits)  # PNGs of shards whose own rendering did not finish
     digest = commits_digest(commits, job.model_dump(mode="json"))
     previous = _previous_summary(fs, paths["summary"])
-    if not force and previous is not None and previous.get("commits_digest") == digest:
+    if (
+        not force
+        and previous is not None
+        and previous.get("commits_digest") == digest
+        and _all_rendered(output, commits)
+    ):
         return previous  # already finalized from exactly these commits: write nothing
 
     # 0. the operating point: a saved calibration, or one fitted on the gold set's images (read first)
@@ -270,6 +285,9 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
         paths["quarantine"] = layout.quarantine
         acc = QcAccumulator(qc.review_samples if qc is not None else 24)
     has_panoptic = all("panoptic" in c["files"] for c in commits) and bool(commits)
+    merge = job.stages.get(job.panoptic_sink() or "") if has_panoptic else None
+    pan_keep = keep + (("review",) if getattr(merge, "include_flagged", False) and "review" not in keep else ())
+    rendered = 0
     if has_panoptic:
         paths.update(
             {
@@ -307,7 +325,10 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
         if gold is not None:
             gold.add(images, masks)
         if pan_json is not None:
-            pan = parse_committed(c, "panoptic", raw["panoptic"])
+            pan, left_out = at_operating_point(parse_committed(c, "panoptic", raw["panoptic"]), masks, pan_keep)
+            if left_out:
+                raw["panoptic"] = _parquet(pan)
+            rendered += _render(output, c, images, pan, left_out)
             pan_json.add(images, pan)
             _count(segments_per_category, pan, "segment_id")
         outputs = {f"manifest/{name}.parquet": data for name, data in raw.items()}
@@ -396,7 +417,7 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
             "images": pan_counts["images"],
             "segments": pan_counts["segments"],
             "segments_per_category": dict(sorted(segments_per_category.items())),
-            "shards_rendered_by_finalize": rendered_now,
+            "images_rendered_by_finalize": rendered,
         }
     if quality is not None:
         summary["quality"] = {

@@ -4,8 +4,14 @@
   and ``semantic/<image_id>.png``), drawn from its committed ``panoptic`` table,
   then ``shards/<id>/_RENDERED.json`` naming the attempt. The shard task
   renders right after its commit; finalize renders any committed shard whose
-  marker is missing or names another attempt, so the PNGs always come from the
+  marker is missing or names another attempt, and again the images whose
+  things changed with the operating point, so the PNGs always come from the
   same rows as the JSON and the manifest.
+* :func:`at_operating_point` -- a shard's segments as exported: a thing taken
+  from an instance stage stays only while its mask's verdict is exported
+  (:mod:`segflow.tasks.acceptance`). Its pixels otherwise become void; the
+  map is not merged again, so no other segment moves (a thing the merge had
+  dropped under a more confident one that is now left out stays out).
 * :class:`PanopticJsonWriter` -- ``coco/panoptic.json``, streamed shard by shard.
 * :func:`evaluate_panoptic_files` -- PQ/SQ/RQ and mIoU of exported files
   against a COCO panoptic gold set (JSON + PNG folder), images matched by file name.
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
 from typing import Any
@@ -40,8 +46,9 @@ from segflow.tasks.storage import join, open_fs, read_bytes, redact, write_bytes
 
 __all__ = [
     "panoptic_categories",
+    "at_operating_point",
     "render_shard",
-    "rendered_attempt",
+    "rendered_marker",
     "PanopticJsonWriter",
     "evaluate_panoptic_files",
     "png_name",
@@ -73,12 +80,43 @@ def _marker(output: str, shard_id: str) -> str:
     return OutputLayout(output).rendered_record(shard_id)
 
 
-def rendered_attempt(output: str, shard_id: str) -> str | None:
+def rendered_marker(output: str, shard_id: str) -> dict | None:
+    """The shard's ``_RENDERED.json``: ``attempt`` rendered and ``left_out`` (annotation ids of things not drawn)."""
     fs, path = open_fs(_marker(output, shard_id))
     try:
-        return json.loads(read_bytes(fs, path)).get("attempt")
+        return json.loads(read_bytes(fs, path))
     except (FileNotFoundError, ValueError):
         return None
+
+
+def at_operating_point(panoptic: pa.Table, masks: pa.Table, keep: Sequence[str]) -> tuple[pa.Table, list[int]]:
+    """The rows of a shard's committed ``panoptic`` table that are exported, and the things left out.
+
+    Arguments:
+      panoptic: committed segments (``annotation_id`` set on things taken from an instance stage).
+      masks: the shard's masks with ``verdict`` (finalize's).
+      keep: the verdicts whose things are drawn.
+
+    Returns:
+      ``(rows, left_out)``: the table itself when nothing is left out, else the kept rows sorted by image and
+      renumbered ``1..n`` per image in paint order; ``left_out`` the sorted annotation ids of the things dropped.
+    """
+    ann = panoptic["annotation_id"].to_numpy(zero_copy_only=False)
+    has = ~np.isnan(ann.astype(np.float64))
+    if not has.any():
+        return panoptic, []
+    verdict = dict(zip(masks["annotation_id"].to_pylist(), masks["verdict"].to_pylist(), strict=True))
+    drop = np.zeros(len(ann), bool)
+    drop[has] = [verdict.get(int(a)) not in keep for a in ann[has]]
+    if not drop.any():
+        return panoptic, []
+    kept = panoptic.filter(pa.array(~drop)).sort_by([("image_id", "ascending"), ("segment_id", "ascending")])
+    image = kept["image_id"].to_numpy(zero_copy_only=False)
+    starts = np.r_[0, np.flatnonzero(image[1:] != image[:-1]) + 1] if len(image) else np.zeros(0, int)
+    first = np.repeat(starts, np.diff(np.r_[starts, len(image)]))
+    ids = pa.array(np.arange(len(image)) - first + 1, pa.int32())
+    kept = kept.set_column(kept.schema.get_field_index("segment_id"), "segment_id", ids)
+    return kept, sorted(int(a) for a in ann[drop])
 
 
 def _by_image(panoptic: pa.Table) -> dict[int, dict[str, list]]:
@@ -94,14 +132,24 @@ def _by_image(panoptic: pa.Table) -> dict[int, dict[str, list]]:
 
 
 def render_shard(
-    output: str, shard_id: str, attempt: str, images: pa.Table, panoptic: pa.Table, workers: int = 8
+    output: str,
+    shard_id: str,
+    attempt: str,
+    images: pa.Table,
+    panoptic: pa.Table,
+    workers: int = 8,
+    left_out: Sequence[int] = (),
+    only: Collection[int] | None = None,
 ) -> int:
-    """Write the PNGs of one committed shard, then its ``_RENDERED.json``. Returns the number of images."""
+    """Write the PNGs of one committed shard (``only``: of these image ids), then its ``_RENDERED.json`` recording
+    ``attempt`` and ``left_out`` (see :func:`at_operating_point`). Returns the number of images drawn."""
     fs, _ = open_fs(output)
     layout = OutputLayout(output)
     pal = palette([])
     segs = _by_image(panoptic)
     ok = images.filter(pc.equal(images["status"], "ok")).select(["image_id", "width", "height"]).to_pylist()
+    if only is not None:
+        ok = [r for r in ok if r["image_id"] in only]
 
     def one(r: dict) -> None:
         h, w = r["height"], r["width"]
@@ -130,6 +178,7 @@ def render_shard(
                 "shard_id": shard_id,
                 "attempt": attempt,
                 "images": len(ok),
+                "left_out": list(left_out),
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
         ).encode(),

@@ -24,6 +24,8 @@ from segflow.config import load_config
 from segflow.demo.synthetic import rotate_for_exif, write_scene_set
 from segflow.demo.training import mean_box_prompt_iou
 from segflow.flows import cli
+from segflow.tasks.manifest import ANNOTATION_ID_STRIDE
+from segflow.tasks.panoptic import read_panoptic_png
 from segflow.tasks.quality import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -343,7 +345,8 @@ def test_panoptic_quality_floor_and_negative_control(demo_run, tmp_path):
 
 def test_exported_pq_equals_in_memory_pq(demo_run):
     """PQ of the exported PNG + JSON files equals PQ computed on the stages' in-memory output
-    (the stages run on the same chunks of images as the shards did, since batching can move scores)."""
+    (the stages run on the same chunks of images as the shards did, since batching can move scores), with the
+    things whose masks the calibration did not accept left out (their pixels void), as the export leaves them."""
     from segflow.tasks.images import ImageLoadError, decode_image
     from segflow.tasks.models.cache import get_model
     from segflow.tasks.panoptic import detections_to_map, evaluate_in_memory, read_panoptic_png
@@ -368,12 +371,22 @@ def test_exported_pq_equals_in_memory_pq(demo_run):
                 chunk, run_stages(job, [im.pixels for _, im in chunk], models)[job.panoptic_sink()]
             ):
                 merged[key] = segs
+    names = ds.dataset(str(out / "manifest" / "images.parquet")).to_table(["file_name", "image_id"]).to_pydict()
+    image_ids = dict(zip(names["file_name"], names["image_id"]))
+    masks = ds.dataset(str(out / "manifest" / "masks.parquet")).to_table(["annotation_id", "verdict"]).to_pydict()
+    accepted = {a for a, v in zip(masks["annotation_id"], masks["verdict"]) if v == "accept"}
     gt = json.loads((demo_run / "ground_truth" / "panoptic.json").read_text())
-    pairs = []
+    pairs, left_out = [], 0
     for im, ann in zip(gt["images"], gt["annotations"]):
-        pred_ids, pred_cats = detections_to_map(merged[im["file_name"]])
+        segs = merged[im["file_name"]]
+        # annotation ids of the rows of the one instance stage
+        ids = image_ids[im["file_name"]] * ANNOTATION_ID_STRIDE + segs.fields["source_index"] + 1
+        keep = (segs.fields["source"] != job.instance_sinks()[0]) | np.isin(ids, list(accepted))
+        left_out += int((~keep).sum())
+        pred_ids, pred_cats = detections_to_map(segs[keep])
         gt_ids = read_panoptic_png((demo_run / "ground_truth" / "panoptic" / ann["file_name"]).read_bytes())
         pairs.append((gt_ids, {s["id"]: s["category_id"] for s in ann["segments_info"]}, pred_ids, pred_cats))
+    assert left_out > 0  # the operating point does leave things out here
     mem = evaluate_in_memory(pairs, isthing, job.category_names())
     exported = json.loads((demo_run / "quality.json").read_text())
     assert (mem["pq"], mem["sq"], mem["rq"], mem["miou"]) == (
@@ -396,14 +409,20 @@ def test_calibrate_a_finished_run_without_touching_its_shards(demo_run, capsys):
 
     def digests():
         return {
-            p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((out / "shards").rglob("*")) if p.is_file()
+            p: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((out / "shards").rglob("*"))
+            if p.is_file() and p.name != "_RENDERED.json"  # the committed files (PNG markers follow the exports)
         }
 
     def manifest():
         t = ds.dataset(str(out / "manifest" / "masks.parquet")).to_table().sort_by("annotation_id")
         return t.drop_columns(["verdict", "verdict_reasons", "calibrated_score"]), t["verdict"].to_pylist()
 
-    before, (rows_before, verdicts_before) = digests(), manifest()
+    def panoptic_things():
+        t = ds.dataset(str(out / "manifest" / "panoptic.parquet")).to_table()
+        return {a for a in t["annotation_id"].to_pylist() if a is not None}
+
+    before, (rows_before, verdicts_before), things_before = digests(), manifest(), panoptic_things()
     gold = str(demo_run / "ground_truth" / "instances.json")
     t0 = time.time()
     assert cli.main(["calibrate", str(out), "--gold", gold, "--precision", "0.9", "--score", "detector"]) == 0
@@ -423,6 +442,15 @@ def test_calibrate_a_finished_run_without_touching_its_shards(demo_run, capsys):
     exported = json.loads((out / "coco" / "instances.json").read_text())["annotations"]
     assert len(exported) == summary["verdicts"]["accept"] == verdicts_after.count("accept")
     assert json.loads((out / "job.json").read_text())["accept"]["precision"] == 0.9  # what `rerun` would use
+    # panoptic things follow the operating point: drawn only while their mask is accepted, JSON and PNGs agree
+    accepted = {a["id"] for a in exported}
+    things_after = panoptic_things()
+    assert things_after != things_before and things_after <= accepted
+    assert summary["panoptic"]["images_rendered_by_finalize"] > 0
+    pan_json = json.loads((out / "coco" / "panoptic.json").read_text())
+    for a in pan_json["annotations"]:
+        ids = set(np.unique(read_panoptic_png((out / "coco" / "panoptic" / a["file_name"]).read_bytes())).tolist())
+        assert ids - {0} == {s["id"] for s in a["segments_info"]}, a["file_name"]
     assert Image.open(out / "qc" / "pr_curves.png").size[0] > 100
     assert cli.main(["calibrate", str(out), "--gold", str(demo_run / "missing.json")]) == 2
     # the published version carries the operating point: the card says it, calibration.json travels with it

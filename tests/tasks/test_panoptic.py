@@ -175,3 +175,27 @@ def test_evaluate_in_memory_perfect_vs_shifted(scene):
     assert perfect["pq"] == 1.0 and perfect["miou"] == 1.0
     shifted = evaluate_in_memory([(ids, cats, np.roll(ids, 20, axis=1), cats)], isthing)
     assert shifted["pq"] < 0.5 * perfect["pq"]
+
+
+def test_at_operating_point_leaves_out_things_not_exported_and_renumbers():
+    """A thing whose mask is not exported leaves the map (its pixels void), stuff and other things keep their rows,
+    ids run 1..n again per image; with every thing exported the committed table comes back untouched."""
+    import pyarrow as pa
+
+    from segflow.tasks.panoptic_export import at_operating_point
+
+    pan = pa.table(
+        {
+            "image_id": [7, 7, 7, 8, 8],
+            "segment_id": pa.array([1, 2, 3, 1, 2], pa.int32()),
+            "category_id": [1, 2, 5, 1, 5],
+            "annotation_id": pa.array([700001, 700002, None, 800001, None], pa.int64()),
+        }
+    )
+    masks = pa.table({"annotation_id": [700001, 700002, 800001], "verdict": ["review", "accept", "accept"]})
+    kept, left_out = at_operating_point(pan, masks, ("accept",))
+    assert left_out == [700001]
+    assert kept["annotation_id"].to_pylist() == [700002, None, 800001, None]
+    assert kept["segment_id"].to_pylist() == [1, 2, 1, 2] and kept["category_id"].to_pylist() == [2, 5, 1, 5]
+    same, none = at_operating_point(pan, masks, ("accept", "review"))
+    assert same is pan and none == []
