@@ -336,14 +336,18 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     refinalize = bool(redo)
     if args.corrupt:
-        from segflow.tasks.verify import verify
+        from segflow.tasks.storage import redact
+        from segflow.tasks.verify import set_aside, verify
 
         problems = list(verify(output))
-        damaged = sorted({p.shard_id for p in problems if p.file and p.file.startswith(f"shards/{p.shard_id}/")})
-        damaged = [s for s in damaged if s in plan.shard_ids]  # an extra, unplanned shard is only reported
+        damaged = sorted({p.shard_id for p in problems if p.file and f"{p.file}/".startswith(f"shards/{p.shard_id}/")})
+        extra = [s for s in damaged if s not in plan.shard_ids]
+        damaged = [s for s in damaged if s in plan.shard_ids]
         for p in problems:
             print(f"  {p}")
         print(f"segflow rerun: {len(problems)} problem(s); labelling again: {', '.join(damaged) or 'no shard'}")
+        for sid, dst in zip(extra, set_aside(output, extra), strict=True):
+            print(f"segflow rerun: {sid} is not a shard of the plan: moved to {redact(dst)}")
         redo, refinalize = sorted(set(redo) | set(damaged)), refinalize or bool(problems)
     return run_prepared(
         job, plan, progress_bar=not args.no_progress, debug=_debug(args), redo=redo, refinalize=refinalize

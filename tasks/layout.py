@@ -9,6 +9,7 @@
       shards/<shard>/attempts/<attempt>/*.parquet data files of one attempt
       shards/<shard>/_RENDERED.json               which attempt the shard's PNGs were drawn from
       shards/_errors/<shard>.json                 last failure of an uncommitted shard
+      set_aside/shards/<shard>/                   shard folders the plan does not name, moved by `rerun --corrupt`
       manifest/{masks,images,panoptic}.parquet/   one part per shard
       coco/instances.json, coco/panoptic.json, coco/panoptic/<image_id>.png
       semantic/<image_id>.png
@@ -72,6 +73,10 @@ class OutputLayout:
 
     def rendered_record(self, shard_id: str) -> str:
         return join(self.root, "shards", shard_id, "_RENDERED.json")
+
+    def set_aside(self, shard_id: str) -> str:
+        """Where ``segflow rerun --corrupt`` moves a shard folder the plan does not name (nothing is deleted)."""
+        return join(self.root, "set_aside", "shards", shard_id)
 
     def error_record(self, shard_id: str) -> str:
         return join(self.root, "shards", "_errors", f"{shard_id}.json")

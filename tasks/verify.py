@@ -28,7 +28,7 @@ from segflow.tasks.layout import OutputLayout
 from segflow.tasks.plan import load_plan
 from segflow.tasks.storage import open_fs, read_json
 
-__all__ = ["Problem", "verify"]
+__all__ = ["Problem", "verify", "set_aside"]
 
 _CHUNK = 8 << 20
 
@@ -124,3 +124,31 @@ def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[
                     sid = part.removeprefix("part-").removesuffix(".parquet")
                     if sid not in seen:
                         yield Problem(sid, f"manifest/{name}.parquet/{part}", "extra: a part of no planned shard")
+
+
+def set_aside(output: str, shard_ids: list[str]) -> list[str]:
+    """Move the folders of unplanned shards to ``set_aside/shards/<id>`` (see :class:`OutputLayout`): exports never
+    read them, and nothing is deleted. Returns the new locations. A shard of the plan is refused."""
+    layout = OutputLayout(output)
+    planned = set(load_plan(output)["shard_ids"])
+    fs, _ = open_fs(output)
+    moved = []
+    for sid in shard_ids:
+        if sid in planned or not sid or "/" in sid:
+            raise ValueError(f"{sid!r} is a shard of the plan or not a shard name: not set aside")
+        url = layout.set_aside(sid)
+        (_, src), (_, dst) = open_fs(layout.shard(sid)), open_fs(url)
+        n = 1
+        while fs.exists(dst):  # set aside before: keep both
+            (_, dst), n = open_fs(f"{url}-{n}"), n + 1
+        files = fs.find(src)
+        for f in files:  # file by file: object stores have no folders to rename
+            target = f"{dst}/{f[len(src) :].lstrip('/')}"
+            fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)  # local disk; no-op on object stores
+            fs.copy(f, target)
+        for f in files:  # only once every copy is there
+            fs.rm_file(f)
+        if fs.exists(src):
+            fs.rm(src, recursive=True)  # the emptied local folder
+        moved.append(url if n == 1 else f"{url}-{n - 1}")
+    return moved
