@@ -164,6 +164,10 @@ def run_prepared(
     except IncompleteRunError as e:
         bar.close()
         _eprint(f"error: run incomplete: {e}")
+        if debug:
+            import traceback
+
+            traceback.print_exc()
         return EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - reported as one line; --verbose / SEGFLOW_DEBUG=1 show the traceback
         bar.close()
@@ -664,9 +668,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _known_failure(e: BaseException) -> str | None:
+    """The one line for a failure segflow knows (storage, weights, plans, integrity), or None for a bug."""
+    from segflow.tasks.storage import redact
+    from segflow.tasks.weights import WeightsError
+
+    if isinstance(e, PermissionError):
+        hint = "check the credentials (environment, profile or Prefect block) and what they may write or read"
+        return f"{e.strerror or 'permission denied'}: {redact(str(e.filename or '?'))}: {hint}"
+    if isinstance(e, FileNotFoundError):
+        return f"not found: {redact(str(e.filename or e))}"
+    if isinstance(e, (OSError, WeightsError)):
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.fn(args))
+    try:
+        return int(args.fn(args))
+    except Exception as e:
+        line = _known_failure(e)
+        if line is None:
+            raise  # not a failure segflow knows: a bug, with its traceback
+        _eprint(f"error: {line}")
+        if _debug(args):
+            import traceback
+
+            traceback.print_exc()
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -232,7 +232,7 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
         tables.flag_count_outliers(qc.count_outlier.mads, qc.count_outlier.min)
     limit = job.runtime.max_failed_fraction
     if rows and n_failed / len(rows) > limit:
-        errors = [e for e in tables.images["error"] if e][:3]
+        errors = [f"{redact(u)}: {e}" for u, e in zip(tables.images["image_uri"], tables.images["error"]) if e][:3]
         raise ShardFailed(
             f"{shard_id}: {n_failed} of {len(rows)} images failed ({n_failed / len(rows):.0%} "
             f"> runtime.max_failed_fraction {limit:.0%}); "

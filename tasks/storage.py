@@ -19,6 +19,8 @@ chain (environment, profiles, instance roles).
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import posixpath
@@ -128,6 +130,22 @@ def safe_join(root: str, relative: str) -> str:
     return join(root, posixpath.normpath(rel))
 
 
+def _names_the_path(fn):
+    """Object stores raise ``PermissionError`` without the key (s3fs: "Access Denied"): add it, as the OS does."""
+
+    @functools.wraps(fn)
+    def wrapper(fs: fsspec.AbstractFileSystem, path: str, *args: Any) -> Any:
+        try:
+            return fn(fs, path, *args)
+        except PermissionError as e:
+            if e.filename:
+                raise
+            raise PermissionError(errno.EACCES, f"permission denied ({e})", fs.unstrip_protocol(path)) from e
+
+    return wrapper
+
+
+@_names_the_path
 def read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
     return fs.cat_file(path)
 
@@ -141,6 +159,7 @@ def read_json(fs: fsspec.AbstractFileSystem, url: str) -> Any:
         return None
 
 
+@_names_the_path
 def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Publish ``data`` at ``path`` in one atomic step (local rename or one object PUT)."""
     parent = posixpath.dirname(path)
@@ -180,6 +199,7 @@ def local_tempfile(fs: fsspec.AbstractFileSystem, path: str, suffix: str = "") -
     return name
 
 
+@_names_the_path
 def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
     """Write ``path`` only if it does not exist yet. Returns False when it already existed.
 
