@@ -32,13 +32,27 @@ def panoptic_job(tiny_models):
     return mutate
 
 
-@pytest.fixture()
-def panoptic_run(prefect_harness, write_job, image_dir, tmp_path, tiny_models, capsys):
-    out = tmp_path / "out"
-    job = write_job(image_dir, out, mutate=panoptic_job(tiny_models))
-    assert cli.main(["run", str(job), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
-    assert f"COCO panoptic   : {out}/coco/panoptic.json" in printed and "semantic maps" in printed
+@pytest.fixture(scope="module")
+def panoptic_run(prefect_harness, tiny_models, tmp_path_factory):
+    """One run shared by the tests of this module (the PNG test deletes files and reruns, restoring them)."""
+    import io
+    from contextlib import redirect_stdout
+
+    import yaml
+
+    from segflow.demo.synthetic import write_scene_set
+    from tests.conftest import job_dict
+
+    root = tmp_path_factory.mktemp("panoptic")
+    images, out = root / "images", root / "out"
+    write_scene_set(images, 20, seed=1, corrupt=True, size_range=(160, 400))
+    j = job_dict(images, out, tiny_models["yolo"], tiny_models["sam"])
+    panoptic_job(tiny_models)(j)
+    job = root / "job.yaml"
+    job.write_text(yaml.safe_dump(j, sort_keys=False))
+    with redirect_stdout(io.StringIO()) as printed:
+        assert cli.main(["run", str(job), "--no-progress"]) == 0
+    assert f"COCO panoptic   : {out}/coco/panoptic.json" in printed.getvalue() and "semantic maps" in printed.getvalue()
     return job, out
 
 

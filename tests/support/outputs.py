@@ -51,10 +51,11 @@ def make_job(tmp_path, output, **extra):
     )
 
 
-def commit_planned(job, shard_id, k=1, generation=0):
-    """Commit a shard of the plan with k rectangles per image (image i's rectangles offset by i)."""
+def commit_planned(job, shard_id, k=1, generation=0, rows=None):
+    """Commit a shard of the plan with k rectangles per image (image i's rectangles offset by i); ``rows``: the
+    shard's plan rows when the caller has them."""
     t = ShardTables(shard_id, job.category_names())
-    for row in read_shard_rows(job.output, shard_id):
+    for row in read_shard_rows(job.output, shard_id) if rows is None else rows:
         i = row["image_id"]
         rects = [(i + 2 * j, 1, i + 2 * j + 4, 9) for j in range(k)]
         t.add_image(i, row["uri"], row["key"], (H, W), 1, [("masks", "m", None, rect_dets(rects, [1] * k, [0.5] * k))])

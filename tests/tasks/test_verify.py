@@ -9,7 +9,7 @@ import json
 
 from segflow.flows import cli
 from segflow.tasks.finalize import finalize
-from segflow.tasks.plan import make_plan
+from segflow.tasks.plan import iter_plan, make_plan
 from segflow.tasks.storage import open_fs
 from segflow.tasks.verify import verify
 from tests.support.outputs import commit_planned, make_job
@@ -150,8 +150,12 @@ def test_verify_of_a_1000_shard_output_streams_in_bounded_memory(tmp_path):
         png = (root / "src" / "0.png").read_bytes()
         for i in range(5, n):
             (root / "src" / f"{i}.png").write_bytes(png)
-        for s in make_plan(job).shard_ids:
-            commit_planned(job, s)
+        make_plan(job)
+        by_shard = {}
+        for row in iter_plan(job.output):  # the plan read once, not once per shard
+            by_shard.setdefault(row["shard_id"], []).append(row)
+        for s, rows in by_shard.items():
+            commit_planned(job, s, rows=rows)
         finalize(job)
         return job
 
