@@ -473,6 +473,25 @@ def cmd_train(args: argparse.Namespace) -> int:
             sam_scenes=args.sam_scenes,
         )
         print(f"instances trained in {time.time() - t0:.0f}s: detector {det}, sam {sam}")
+        if args.det_finetune_epochs > 0:
+            import torch
+
+            from segflow.demo.training import train_detector
+
+            t1 = time.time()
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+            tmp = out / "demo-yolo.finetune.pt"
+            ft = train_detector(  # fresh scenes (another seed), the inference size, a cosine schedule from lr0
+                tmp,
+                images=args.det_finetune_images,
+                epochs=args.det_finetune_epochs,
+                imgsz=args.det_finetune_imgsz,
+                seed=args.seed + 1,
+                init=out / "demo-yolo.pt",
+                lr0=1e-3,
+            )
+            os.replace(tmp, out / "demo-yolo.pt")
+            print(f"detector fine-tuned in {time.time() - t1:.0f}s: {ft}")
         cycles = [m for m in args.sam_zoom_minutes if m > 0]
         if cycles:
             import torch
@@ -631,6 +650,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--det-images", type=int, default=400)
     t.add_argument("--det-epochs", type=int, default=34)
     t.add_argument("--det-imgsz", type=int, default=288)
+    t.add_argument(
+        "--det-finetune-epochs",
+        type=int,
+        default=25,
+        help="then continue the detector on fresh scenes at the inference size (0: skip)",
+    )
+    t.add_argument("--det-finetune-images", type=int, default=800)
+    t.add_argument("--det-finetune-imgsz", type=int, default=320)
     t.add_argument("--sam-minutes", type=float, default=13.5)
     t.add_argument("--sam-scenes", type=int, default=600, help="scenes rendered for the SAM's box->mask training")
     t.add_argument("--zoom-scenes", type=int, default=400, help="scenes rendered for each zoom fine-tune cycle")

@@ -189,8 +189,11 @@ def _acceptance(
         cal = load_calibration(accept.calibration, job.category_names()) | {"applied_from": redact(accept.calibration)}
     elif accept is not None and getattr(job, "gold_set", None):
         gm = GoldMatch(job, features=accept.score == "combined")
-        shards = {r["shard_id"] for r in iter_plan(layout.root) if r["key"] in gm.wanted}
-        shards |= {r["shard_id"] for r in iter_plan(layout.root) if PurePosixPath(r["key"]).name in gm.wanted}
+        shards = {  # one pass over the plan: keys as the gold set names them, or their base names
+            r["shard_id"]
+            for r in iter_plan(layout.root)
+            if r["key"] in gm.wanted or PurePosixPath(r["key"]).name in gm.wanted
+        }
         for c in commits:
             if c["shard_id"] in shards:
                 for name in ("images", "masks"):
@@ -351,6 +354,8 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
         for v, n in zip(*np.unique(masks["verdict"].to_numpy(zero_copy_only=False), return_counts=True), strict=True):
             verdicts[str(v)] += int(n)
         _count(per_category, masks, "annotation_id")
+    if not verdicts["review"]:
+        paths.pop("review_masks")  # no part written (review/instances.json stays: a valid, empty COCO file)
     _, parts_path = open_fs(layout.manifest_parts)
     write_bytes(fs, parts_path, json.dumps(parts, indent=0, sort_keys=True).encode())
 

@@ -1,5 +1,5 @@
-"""`segflow train-demo-models`, end to end with tiny budgets: every step runs, the job files get the new sha256
-values."""
+"""`segflow train-demo-models`, end to end with tiny budgets: every step runs (detector, its fine-tune, SAM, the
+zoom cycles), the job files get the new sha256 values."""
 
 import shutil
 from pathlib import Path
@@ -32,6 +32,12 @@ def test_train_demo_models_runs_the_zoom_cycles_and_updates_the_job_files(tmp_pa
             "1",
             "--det-imgsz",
             "64",
+            "--det-finetune-epochs",
+            "1",
+            "--det-finetune-images",
+            "8",
+            "--det-finetune-imgsz",
+            "64",
             "--sam-minutes",
             "0.05",
             "--sam-scenes",
@@ -47,7 +53,7 @@ def test_train_demo_models_runs_the_zoom_cycles_and_updates_the_job_files(tmp_pa
     )
     assert rc == 0
     out = capsys.readouterr().out
-    assert "cycle 1 of 2" in out and "cycle 2 of 2" in out
+    assert "cycle 1 of 2" in out and "cycle 2 of 2" in out and "detector fine-tuned" in out
     assert sorted(p.name for p in models.iterdir()) == ["demo-sam.pt", "demo-yolo.pt"]  # no temporary file left behind
     after = job.read_text()
     for name in ("demo-sam.pt", "demo-yolo.pt"):

@@ -1,5 +1,7 @@
 """Smoke tests of the training code: a few steps each, and the results load through the user-facing loaders."""
 
+from pathlib import Path
+
 import numpy as np
 
 from segflow.config import SamStage, YoloStage
@@ -8,6 +10,8 @@ from segflow.demo.training import DEMO_SAM_ARCH, _zoom_crop_sample, finetune_sam
 from segflow.tasks.models.sam import SamBoxSegmenter
 from segflow.tasks.models.yolo import YoloDetector
 from segflow.tasks.record import Detections
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sam_training_writes_a_loadable_checkpoint(tmp_path):
@@ -83,6 +87,24 @@ def test_detector_training_writes_a_loadable_checkpoint(tmp_path):
     assert det.model_names == {0: "circle", 1: "square", 2: "triangle"}
     (dets,) = det.detect([np.zeros((80, 100, 3), np.uint8)])
     assert isinstance(dets, Detections) and dets.image_size == (80, 100)
+
+
+def test_detector_fine_tune_starts_from_every_weight_of_its_init(tmp_path):
+    """A continued training (``init``) begins at the given checkpoint, its 3-class head included: with a learning rate
+    of ~0 every weight comes back as it went in (batch-norm statistics aside); a fresh training does not."""
+    from segflow.tasks.weights import load_checkpoint
+
+    init = ROOT / "configs" / "models" / "demo-yolo.pt"
+    out = tmp_path / "ft.pt"
+    train_detector(out, images=8, epochs=1, imgsz=64, size_range=(200, 240), init=init, lr0=1e-12, log=lambda m: None)
+    before, after = (load_checkpoint(str(p))["state_dict"] for p in (init, out))
+    weights = [k for k in before if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert any(".cv3." in k for k in weights)  # the class head is among them
+    diff = max(float((before[k].float() - after[k].float()).abs().max()) for k in weights)
+    assert diff < 1e-2, diff
+    train_detector(out, images=8, epochs=1, imgsz=64, size_range=(200, 240), log=lambda m: None)  # from scratch
+    fresh = load_checkpoint(str(out))["state_dict"]
+    assert max(float((before[k].float() - fresh[k].float()).abs().max()) for k in weights) > 0.1
 
 
 def test_mask2former_training_lowers_the_loss_and_loads_through_the_adapter(tmp_path):
