@@ -32,6 +32,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         make_tiny_mask2former,
         make_tiny_maskrcnn,
         make_tiny_owl,
+        make_tiny_promptable,
         make_tiny_sam,
         make_tiny_yolo,
     )
@@ -51,6 +52,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         "grounding_dino": make_tiny_grounding_dino(
             d / "gdino-tiny", ["forklift", "fork", "lift", "truck", "pallet", *SHAPE_CLASSES]
         ),
+        "sam2": make_tiny_promptable(d / "sam2-tiny", "sam2"),
     }
 
 

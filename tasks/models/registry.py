@@ -134,6 +134,16 @@ ADAPTERS: dict[str, AdapterSpec] = {
         needs_roles=("detector",),
         produces_masks=True,
     ),
+    "sam2": AdapterSpec(
+        _M + "sam2:TransformersBoxSegmenter",
+        _S + "Sam2Stage",
+        "segmenter",
+        "transformers",
+        "transformers",
+        "file_or_dir",
+        needs_roles=("detector",),
+        produces_masks=True,
+    ),
     "sam_auto": AdapterSpec(
         _M + "sam_auto:SamAutoLabeler",
         _S + "SamAutoStage",

@@ -17,6 +17,7 @@ __all__ = [
     "make_tiny_maskrcnn",
     "make_tiny_owl",
     "make_tiny_grounding_dino",
+    "make_tiny_promptable",
 ]
 
 
@@ -218,5 +219,151 @@ def make_tiny_grounding_dino(
     size = {"shortest_edge": image_edges[0], "longest_edge": image_edges[1]}
     proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(size=size), tokenizer=tok)
     model.save_pretrained(directory)
+    proc.save_pretrained(directory)
+    return directory
+
+
+def _tiny_sam2_parts(image_size: int = 128) -> dict:
+    """Vision (Hiera, 3 feature levels), prompt encoder and mask decoder configs of a ~0.2M-parameter SAM 2."""
+    from transformers import Sam2HieraDetConfig, Sam2MaskDecoderConfig, Sam2PromptEncoderConfig, Sam2VisionConfig
+
+    backbone = Sam2HieraDetConfig(
+        hidden_size=12,
+        image_size=image_size,
+        patch_stride=4,
+        patch_kernel_size=7,
+        patch_padding=3,
+        blocks_per_stage=[1, 1, 2, 1],
+        embed_dim_per_stage=[12, 24, 48, 96],
+        num_attention_heads_per_stage=[1, 1, 2, 2],
+        global_attention_blocks=[3],  # a global block may not open a stage
+        window_positional_embedding_background_size=[4, 4],
+    )
+    q = image_size // 4
+    return dict(
+        vision_config=Sam2VisionConfig(
+            backbone_config=backbone,
+            backbone_channel_list=[96, 48, 24, 12],
+            backbone_feature_sizes=[[q, q], [q // 2, q // 2], [q // 4, q // 4]],
+            fpn_hidden_size=32,
+        ),
+        prompt_encoder_config=Sam2PromptEncoderConfig(
+            hidden_size=32, image_size=image_size, patch_size=16, mask_input_channels=8
+        ),
+        mask_decoder_config=Sam2MaskDecoderConfig(
+            hidden_size=32, mlp_dim=64, num_attention_heads=4, iou_head_hidden_dim=32
+        ),
+    )
+
+
+def make_tiny_promptable(directory: str | Path, family: str, seed: int = 0) -> Path:
+    """A random tiny box-promptable model of ``family`` (sam2, edgetam, sam3_tracker, sam_hq) with its processor, in
+    the ``save_pretrained`` layout: what `kind: sam2` loads."""
+    import torch
+    import transformers as T
+
+    torch.manual_seed(seed)
+    if family == "sam2":
+        model = T.Sam2Model(T.Sam2Config(**_tiny_sam2_parts()))
+        proc = T.Sam2Processor(image_processor=T.Sam2ImageProcessor(size={"height": 128, "width": 128}))
+    elif family == "edgetam":  # a RepViT backbone through timm, built from its config (no download)
+        backbone = T.TimmWrapperConfig(
+            architecture="repvit_m1",
+            model_args={
+                "in_chans": 3,
+                "features_only": True,
+                "out_indices": (0, 1, 2, 3),
+                "embed_dim": (16, 32, 48, 64),
+                "depth": (1, 1, 1, 1),
+            },
+        )
+        parts = _tiny_sam2_parts()
+        vision = T.EdgeTamVisionConfig(
+            backbone_config=backbone,
+            backbone_channel_list=[64, 48, 32, 16],
+            backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
+            fpn_hidden_size=32,
+        )
+        model = T.EdgeTamModel(
+            T.EdgeTamConfig(
+                vision_config=vision,
+                prompt_encoder_config=parts["prompt_encoder_config"].to_dict(),
+                mask_decoder_config=parts["mask_decoder_config"].to_dict(),
+            )
+        )
+        proc = T.Sam2Processor(image_processor=T.Sam2ImageProcessor(size={"height": 128, "width": 128}))
+    elif family == "sam3_tracker":  # ViT with 14-px patches: the input side must be a multiple of 14
+        from transformers.models.sam3.configuration_sam3 import Sam3VisionConfig, Sam3ViTConfig
+
+        vit = Sam3ViTConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=112,
+            patch_size=14,
+            window_size=4,
+            global_attn_indexes=[1],
+            pretrain_image_size=112,
+        )
+        vision = Sam3VisionConfig(
+            backbone_config=vit, fpn_hidden_size=32, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]
+        )
+        model = T.Sam3TrackerModel(
+            T.Sam3TrackerConfig(
+                vision_config=vision,
+                prompt_encoder_config={
+                    "hidden_size": 32,
+                    "image_size": 112,
+                    "patch_size": 14,
+                    "mask_input_channels": 8,
+                },
+                mask_decoder_config={
+                    "hidden_size": 32,
+                    "mlp_dim": 64,
+                    "num_attention_heads": 4,
+                    "iou_head_hidden_dim": 32,
+                },
+            )
+        )
+        proc = T.Sam3TrackerProcessor(image_processor=T.Sam3ImageProcessor(size={"height": 112, "width": 112}))
+    elif family == "sam_hq":  # SAM 1 frame: longest side 128, padded
+        from transformers.models.sam_hq.configuration_sam_hq import (
+            SamHQMaskDecoderConfig,
+            SamHQPromptEncoderConfig,
+            SamHQVisionConfig,
+        )
+
+        vision = SamHQVisionConfig(
+            hidden_size=32,
+            output_channels=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=128,
+            patch_size=16,
+            window_size=4,
+            global_attn_indexes=[1],
+            mlp_dim=64,
+            num_pos_feats=16,  # the prompt encoder's width / 2
+            initializer_range=0.02,  # its default (1e-10) leaves the HQ fusion's input at ~0
+        )
+        model = T.SamHQModel(
+            T.SamHQConfig(
+                vision_config=vision,
+                prompt_encoder_config=SamHQPromptEncoderConfig(
+                    hidden_size=32, image_size=128, patch_size=16, mask_input_channels=8
+                ),
+                mask_decoder_config=SamHQMaskDecoderConfig(
+                    hidden_size=32, mlp_dim=64, num_attention_heads=4, iou_head_hidden_dim=32, vit_dim=32
+                ),
+            )
+        )
+        proc = T.SamHQProcessor(
+            image_processor=T.SamImageProcessor(size={"longest_edge": 128}, pad_size={"height": 128, "width": 128})
+        )
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    directory = Path(directory)
+    model.eval().save_pretrained(directory)
     proc.save_pretrained(directory)
     return directory

@@ -9,6 +9,7 @@ from segflow.config import (
     OwlStage,
     PanopticMergeStage,
     QcStage,
+    Sam2Stage,
     SamAutoStage,
     SamStage,
     YoloSegStage,
@@ -35,6 +36,10 @@ def stage_for(kind, tiny_models):
             needs=["detector"],
             batch_size=2,
             boxes_per_call=4,
+        )
+    if kind == "sam2":
+        return Sam2Stage(
+            kind="sam2", weights=str(tiny_models["sam2"]), device="cpu", needs=["detector"], boxes_per_call=1
         )
     if kind == "qc":
         return QcStage(kind="qc", needs=["masks"])

@@ -1,0 +1,214 @@
+"""Segmenter stage through ``transformers``: SAM 2.x, EdgeTAM, the SAM 3 tracker and SAM-HQ, prompted with boxes.
+
+Families (``family`` of the stage; ``auto`` reads ``model_type`` from the
+model's ``config.json``):
+
+=============  ======================  =====================  ==========================================
+family         model                   processor              image frame
+=============  ======================  =====================  ==========================================
+sam2           ``Sam2Model``           ``Sam2Processor``      resized to the square input (no padding)
+edgetam        ``EdgeTamModel``        ``Sam2Processor``      as sam2
+sam3_tracker   ``Sam3TrackerModel``    ``Sam3TrackerProcessor``  as sam2
+sam_hq         ``SamHQModel``          ``SamHQProcessor``     SAM 1: longest side resized, padded
+=============  ======================  =====================  ==========================================
+
+Per batch of images: the processor once per image (its pixels and all of its
+boxes, so every coordinate convention is the processor's own), one
+``get_image_embeddings`` call for the batch, then per image its boxes in chunks
+of ``boxes_per_call`` through ``model(image_embeddings=..., input_boxes=...)``
+-- never one call per box, never a second image encoding. SAM-HQ's
+``get_image_embeddings`` also returns the intermediate ViT embeddings; they are
+passed back (without them the HQ fusion is skipped silently). Masks are
+``post_process_masks`` at the original size, thresholded at ``mask_threshold``.
+
+Per mask: ``predicted_iou`` (the model's IoU head) and ``stability_score``
+(SA-1B's: IoU of the mask at ``threshold + 1`` and ``threshold - 1``).
+``multimask_output``: three candidates per prompt, the one with the highest
+predicted IoU kept (all three scores in ``multimask_ious``). ``prompt``:
+``box``, ``point`` (the box centre as one foreground point) or ``box+point``.
+There is no ``mask_margin`` window here: the models' post-processing makes
+whole-frame masks.
+
+Weights: a ``save_pretrained`` directory (model + processor) or
+``hub:<org>/<name>`` from the local Hugging Face cache; ``sha256`` of its
+``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from segflow.tasks import rle
+from segflow.tasks.models.device import resolve_device
+from segflow.tasks.models.sam import remove_small_islands
+from segflow.tasks.record import Detections
+from segflow.tasks.weights import WeightsError
+
+if TYPE_CHECKING:
+    from segflow.config.schema import Sam2Stage
+
+#: Bytes of full-size float32 logits held at once per image (the prompts are decoded in parts that fit).
+LOGITS_BYTES = 256 << 20
+
+__all__ = ["FAMILIES", "TransformersBoxSegmenter", "family_of", "stability_scores"]
+
+#: family -> (model class, processor class), names in ``transformers``
+FAMILIES: dict[str, tuple[str, str]] = {
+    "sam2": ("Sam2Model", "Sam2Processor"),
+    "edgetam": ("EdgeTamModel", "Sam2Processor"),
+    "sam3_tracker": ("Sam3TrackerModel", "Sam3TrackerProcessor"),
+    "sam_hq": ("SamHQModel", "SamHQProcessor"),
+}
+_MODEL_TYPES = {"sam2": "sam2", "edgetam": "edgetam", "sam3_tracker": "sam3_tracker", "sam_hq": "sam_hq"}
+
+
+def family_of(model_dir: str, setting: str = "auto") -> str:
+    """The family of a ``save_pretrained`` directory: ``setting`` unless ``auto``, else its ``model_type``."""
+    if setting != "auto":
+        return setting
+    try:
+        with open(os.path.join(model_dir, "config.json")) as f:
+            model_type = json.load(f).get("model_type", "")
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{model_dir}: no readable config.json ({type(e).__name__})") from None
+    if model_type not in _MODEL_TYPES:
+        raise WeightsError(
+            f"{model_dir}: model_type {model_type!r} is not a box-promptable family "
+            f"(expected one of {', '.join(_MODEL_TYPES)}); set the stage's family"
+        )
+    return _MODEL_TYPES[model_type]
+
+
+def stability_scores(logits: Any, threshold: float, offset: float = 1.0) -> Any:
+    """SA-1B stability of ``N x H x W`` logits: |logits > t + offset| / |logits > t - offset| (N; NaN when empty)."""
+    import torch
+
+    flat = logits.flatten(1)
+    inter = (flat > threshold + offset).sum(1, dtype=torch.int64)
+    union = (flat > threshold - offset).sum(1, dtype=torch.int64)
+    return inter.double() / union.double()
+
+
+def _rows(emb: Any, j: int) -> Any:
+    """Image ``j`` of batched image embeddings (a tensor, or lists/tuples of them as the families return)."""
+    if isinstance(emb, (list, tuple)):
+        return type(emb)(_rows(e, j) for e in emb)
+    return emb[j : j + 1]
+
+
+class TransformersBoxSegmenter:
+    """Images + box prompts -> the same rows with masks (RLE), ``predicted_iou`` and ``stability_score``."""
+
+    role = "segmenter"
+
+    def __init__(self, stage: Sam2Stage, weights_path: str, ontology: dict[int, str] | None = None):
+        import torch
+        import transformers
+
+        self.stage = stage
+        self.family = family_of(weights_path, stage.family)
+        model_cls, proc_cls = (getattr(transformers, n) for n in FAMILIES[self.family])
+        self.device = torch.device(resolve_device(stage.device))
+        try:
+            self.model = model_cls.from_pretrained(weights_path, local_files_only=True).eval().to(self.device)
+            self.processor = proc_cls.from_pretrained(weights_path, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise WeightsError(
+                f"{weights_path}: cannot load a {self.family} model and processor: {str(e).splitlines()[0]}"
+            ) from None
+        bs = stage.batch_size
+        self.batch_size = int(bs) if bs != "auto" else (1 if self.device.type == "cpu" else 8)
+        self.threshold = float(stage.mask_threshold)
+        self._lock = threading.Lock()
+
+    # -- steps -----------------------------------------------------------------------
+    def _inputs(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> dict[str, Any]:
+        """The processor's output for one image and all of its boxes (N x 4, XYXY, pixels of the image)."""
+        kwargs: dict[str, Any] = {}
+        if self.stage.prompt != "point":
+            kwargs["input_boxes"] = [boxes_xyxy.astype(np.float64).tolist()]
+        if self.stage.prompt != "box":
+            centres = (boxes_xyxy[:, :2] + boxes_xyxy[:, 2:]).astype(np.float64) / 2
+            kwargs["input_points"] = [[[c] for c in centres.tolist()]]  # image, box, point, xy
+            kwargs["input_labels"] = [[[1] for _ in range(len(centres))]]
+        return dict(self.processor(images=image, return_tensors="pt", **kwargs))
+
+    def _embed(self, pixel_values: list[Any]) -> Any:
+        import torch
+
+        return self.model.get_image_embeddings(torch.cat(pixel_values).to(self.device))
+
+    def _decode(self, emb: Any, inputs: dict[str, Any], s: int, e: int) -> tuple[Any, Any]:
+        """Masks logits ``n x H x W`` at the original size and predicted IoU ``n x K`` for prompts ``s:e``."""
+        prompts = {
+            k: inputs[k][:, s:e].to(self.device) for k in ("input_boxes", "input_points", "input_labels") if k in inputs
+        }
+        extra: dict[str, Any] = {}
+        if self.family == "sam_hq":
+            emb, extra["intermediate_embeddings"] = emb
+        out = self.model(image_embeddings=emb, multimask_output=bool(self.stage.multimask_output), **prompts, **extra)
+        post = {"reshaped_input_sizes": inputs["reshaped_input_sizes"]} if "reshaped_input_sizes" in inputs else {}
+        masks = self.processor.post_process_masks(
+            out.pred_masks.float().cpu(), inputs["original_sizes"], binarize=False, **post
+        )[0]
+        return masks, out.iou_scores[0].float().cpu()
+
+    # -- the stage -----------------------------------------------------------------------
+    def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Detections]) -> list[Detections]:
+        """Masks for every prompt box.
+
+        Arguments:
+          images: list of H x W x 3 uint8 RGB arrays.
+          prompts: one Detections per image (boxes N x 4, XYXY, pixels).
+
+        Returns:
+          One Detections per image: the prompt rows whose mask has at least ``min_mask_area`` pixels, with
+          ``rle_counts`` and the fields ``predicted_iou`` and ``stability_score`` (and ``multimask_ious``).
+        """
+        import torch
+
+        if len(images) != len(prompts):
+            raise ValueError(
+                f"segment: expected one prompt record per image, got {len(prompts)} for {len(images)} images"
+            )
+        out = [Detections.empty(p.image_size, with_masks=True) for p in prompts]
+        todo = [i for i, p in enumerate(prompts) if len(p)]
+        with self._lock, torch.inference_mode():
+            for b in range(0, len(todo), self.batch_size):
+                idx = todo[b : b + self.batch_size]
+                inputs = [self._inputs(images[i], prompts[i].boxes) for i in idx]
+                embs = self._embed([x["pixel_values"] for x in inputs])
+                for j, i in enumerate(idx):
+                    out[i] = self._one_image(prompts[i], _rows(embs, j), inputs[j])
+        return out
+
+    def _one_image(self, dets: Detections, emb: Any, inputs: dict[str, Any]) -> Detections:
+        counts, iou, stability, candidates, area = [], [], [], [], []
+        h, w = dets.image_size
+        k = 3 if self.stage.multimask_output else 1  # full-size float32 logits per prompt: k x H x W
+        step = max(1, min(int(self.stage.boxes_per_call), LOGITS_BYTES // (4 * k * h * w)))
+        for s in range(0, len(dets), step):
+            logits, scores = self._decode(emb, inputs, s, s + step)  # n x K x H x W, n x K
+            best = scores.argmax(1)
+            rows = np.arange(len(best))
+            chosen = logits[rows, best]  # n x H x W
+            iou.append(scores[rows, best].numpy())
+            if self.stage.multimask_output:
+                candidates.append(scores.numpy())
+            stability.append(stability_scores(chosen, self.threshold).float().numpy())
+            masks = (chosen > self.threshold).numpy()
+            if self.stage.min_island_frac > 0:
+                masks = remove_small_islands(masks, self.stage.min_island_frac)
+            counts += rle.encode_nhw(masks)
+            area.append(masks.reshape(len(masks), -1).sum(1))
+        extra = {"multimask_ious": np.concatenate(candidates)} if candidates else {}
+        with_masks = dets.with_masks(
+            counts, predicted_iou=np.concatenate(iou), stability_score=np.concatenate(stability), **extra
+        )
+        return with_masks[np.concatenate(area) >= max(self.stage.min_mask_area, 1)]

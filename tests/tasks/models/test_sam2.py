@@ -1,0 +1,125 @@
+"""`kind: sam2` (SAM 2.x, EdgeTAM, the SAM 3 tracker, SAM-HQ through transformers) against transformers' documented
+reference use -- processor -> model -> post_process_masks, one box per call -- on a non-square image, with negative
+controls; tiny random-weight models built offline from configs (tests/support/tiny.py)."""
+
+import numpy as np
+import pytest
+import torch
+import transformers as T
+
+from segflow.config.schema import Sam2Stage
+from segflow.tasks import rle
+from segflow.tasks.models.cache import get_model
+from segflow.tasks.models.sam2 import FAMILIES, TransformersBoxSegmenter, stability_scores
+from segflow.tasks.record import Detections
+from segflow.tasks.weights import WeightsError, sha256_file
+from tests.support.tiny import make_tiny_promptable
+
+H, W = 90, 150  # not square: a swapped axis shows
+BOXES = np.array([[10, 10, 60, 50], [70, 20, 140, 80], [5, 40, 50, 88]], np.float32)  # XYXY pixels
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_models):
+    root = tmp_path_factory.mktemp("promptable")
+    return {f: tiny_models["sam2"] if f == "sam2" else make_tiny_promptable(root / f, f) for f in FAMILIES}
+
+
+@pytest.fixture()
+def image():
+    return np.random.default_rng(0).integers(0, 255, (H, W, 3), np.uint8)
+
+
+def reference(directory, family, image, box, multimask=False, point=None):
+    """transformers' documented single-prompt use: logits N x K x H x W and IoU scores K."""
+    model_cls, proc_cls = (getattr(T, n) for n in FAMILIES[family])
+    model, proc = model_cls.from_pretrained(directory).eval(), proc_cls.from_pretrained(directory)
+    kwargs = {"input_boxes": [[list(map(float, box))]]} if point is None else {}
+    if point is not None:
+        kwargs.update(input_points=[[[list(map(float, point))]]], input_labels=[[[1]]])
+    with torch.inference_mode():
+        inp = proc(images=image, return_tensors="pt", **kwargs)
+        out = model(**inp, multimask_output=multimask)
+        post = {"reshaped_input_sizes": inp["reshaped_input_sizes"]} if "reshaped_input_sizes" in inp else {}
+        masks = proc.post_process_masks(out.pred_masks, inp["original_sizes"], binarize=False, **post)[0]
+    return masks[0].numpy(), out.iou_scores[0, 0].numpy()
+
+
+def segment(directory, image, boxes=BOXES, **settings):
+    stage = Sam2Stage(kind="sam2", weights=str(directory), device="cpu", **settings)
+    dets = Detections((H, W), boxes, np.arange(1, len(boxes) + 1), np.linspace(0.9, 0.5, len(boxes), dtype=np.float32))
+    (out,) = TransformersBoxSegmenter(stage, str(directory)).segment([image], [dets])
+    return out
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_equals_the_reference_box_by_box(models, image, family):
+    """All boxes of the image from one embedding in chunked decoder calls == one reference call per box."""
+    out = segment(models[family], image, boxes_per_call=2)
+    assert len(out) == len(BOXES) and out.image_size == (H, W)
+    for k, box in enumerate(BOXES):
+        logits, iou = reference(models[family], family, image, box)
+        expected = logits[0] > 0
+        assert expected.any() and not expected.all()
+        assert rle.decode(out.rle_counts[k], H, W).tolist() == expected.tolist(), k
+        assert out.fields["predicted_iou"][k] == pytest.approx(float(iou[0]), abs=1e-5)
+        stab = float(stability_scores(torch.as_tensor(logits), 0.0)[0])
+        assert out.fields["stability_score"][k] == pytest.approx(stab, abs=1e-6, nan_ok=True)
+    # negative control: the same boxes read as (y, x) give other masks, so the comparison above can fail
+    swapped = segment(models[family], image, boxes=BOXES[:, [1, 0, 3, 2]].copy())
+    assert any(a != b for a, b in zip(swapped.rle_counts, out.rle_counts))
+
+
+def test_multimask_keeps_the_candidate_the_model_rates_best(models, image):
+    out = segment(models["sam2"], image, multimask_output=True)
+    for k, box in enumerate(BOXES):
+        logits, iou = reference(models["sam2"], "sam2", image, box, multimask=True)
+        best = int(iou.argmax())
+        assert rle.decode(out.rle_counts[k], H, W).tolist() == (logits[best] > 0).tolist()
+        np.testing.assert_allclose(out.fields["multimask_ious"][k], iou, atol=1e-5)
+
+
+def test_point_prompt_is_the_box_centre(models, image):
+    out = segment(models["sam2"], image, prompt="point")
+    for k, (x0, y0, x1, y1) in enumerate(BOXES):
+        logits, _ = reference(models["sam2"], "sam2", image, None, point=((x0 + x1) / 2, (y0 + y1) / 2))
+        assert rle.decode(out.rle_counts[k], H, W).tolist() == (logits[0] > 0).tolist()
+
+
+def test_sam_hq_passes_its_intermediate_embeddings_back(models, image):
+    """Without the intermediate ViT embeddings SAM-HQ skips its HQ fusion silently: the masks differ."""
+    seg_dir = str(models["sam_hq"])
+    seg = TransformersBoxSegmenter(Sam2Stage(kind="sam2", weights=seg_dir, device="cpu"), seg_dir)
+    with torch.inference_mode():
+        inputs = seg._inputs(image, BOXES)
+        emb, inter = seg._embed([inputs["pixel_values"]])
+        full = seg.model(image_embeddings=emb, intermediate_embeddings=inter, input_boxes=inputs["input_boxes"])
+        plain = seg.model(image_embeddings=emb, input_boxes=inputs["input_boxes"])
+    assert not torch.allclose(full.pred_masks, plain.pred_masks)
+    with_hq = segment(models["sam_hq"], image)
+    logits, _ = reference(models["sam_hq"], "sam_hq", image, BOXES[0])
+    assert rle.decode(with_hq.rle_counts[0], H, W).tolist() == (logits[0] > 0).tolist()
+
+
+def test_each_image_is_encoded_once_for_all_of_its_boxes(models, image):
+    stage = Sam2Stage(kind="sam2", weights=str(models["sam2"]), device="cpu", batch_size=2, boxes_per_call=2)
+    seg = TransformersBoxSegmenter(stage, str(models["sam2"]))
+    calls = []
+    seg.model.vision_encoder.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    many = np.tile(BOXES, (3, 1))  # 9 boxes: 5 decoder calls
+    dets = [Detections((H, W), b, np.ones(len(b), int), np.ones(len(b), np.float32)) for b in (many, BOXES)]
+    out = seg.segment([image, image[::-1].copy()], dets)
+    assert calls == [2] and [len(o) for o in out] == [9, 3]  # one encoder call for the batch of two images
+
+
+def test_loads_through_the_stage_cache_with_its_sha256(models):
+    """The path users take: `weights` a save_pretrained directory, its model.safetensors checked when sha256 is
+    given; `family: auto` read from config.json; a wrong sha256 is refused before loading."""
+    d = models["sam3_tracker"]
+    sha = sha256_file(d / "model.safetensors")
+    loaded = get_model(Sam2Stage(kind="sam2", weights=str(d), sha256=sha, device="cpu"), {1: "circle"})
+    assert loaded.adapter.family == "sam3_tracker" and loaded.identity.startswith("sam2:")
+    with pytest.raises(WeightsError, match="sha256 mismatch"):
+        get_model(Sam2Stage(kind="sam2", weights=str(d), sha256="0" * 64, device="cpu"), {1: "circle"})
+    with pytest.raises(WeightsError, match="not in the local Hugging Face cache"):
+        get_model(Sam2Stage(kind="sam2", weights="hub:nobody/no-sam2", device="cpu"), {1: "circle"})
