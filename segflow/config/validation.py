@@ -72,8 +72,27 @@ def _is_url(s: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", s))
 
 
+def _url_issue(url: str) -> str | None:
+    """A URL whose scheme no fsspec implementation knows (syntax only: nothing is read or imported)."""
+    if not _is_url(url):
+        return None
+    from fsspec.registry import known_implementations, registry
+
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in known_implementations or scheme in registry:
+        return None
+    return f"unknown URL scheme {scheme!r} (fsspec knows e.g. s3, gs, az, file, memory, http)"
+
+
+def _url_issues(job: JobConfig) -> list[tuple[str, str]]:
+    keys = {"source.url": job.source.url, "source.list": job.source.list, "output": job.output}
+    keys |= {"gold_set": job.gold_set, "gold_panoptic": job.gold_panoptic, "accept.calibration": job.accept.calibration}
+    keys |= {f"stages.{n}.weights": getattr(st, "weights", None) for n, st in job.stages.items()}
+    return [(k, problem) for k, v in keys.items() if isinstance(v, str) and (problem := _url_issue(v))]
+
+
 def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]:
-    issues: list[tuple[str, str]] = []
+    issues: list[tuple[str, str]] = _url_issues(job)
 
     # ontology
     if not job.ontology:
