@@ -262,26 +262,3 @@ def test_a_damaged_commit_fails_with_one_clear_message(finished_run):
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "shard-00000" in errors[0] and "does not match its commit record" in errors[0]
     assert f"segflow verify {out}" in r.stderr
-
-
-def test_rerun_corrupt_and_named_shards_repair_to_a_clean_runs_manifest(finished_run, capsys):
-    from segflow.tasks.commit import read_commit
-    from segflow.tasks.verify import verify
-
-    _, out = finished_run
-    clean = read(out, "masks").select(["annotation_id", "image_id", "category_id", "score", "rle_counts"])
-    masks = sorted((out / "shards").glob("shard-00001/attempts/*/masks.parquet"))[0]
-    data = bytearray(masks.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    masks.write_bytes(bytes(data))
-    assert {p.shard_id for p in verify(str(out))} == {"shard-00001"}
-    assert cli.main(["rerun", str(out), "--corrupt", "--no-progress"]) == 0
-    assert "labelling again: shard-00001" in capsys.readouterr().out
-    assert list(verify(str(out))) == [] and read_commit(str(out), "shard-00001")["generation"] == 1
-    assert read(out, "masks").select(clean.column_names).equals(clean)
-    # a named shard, labelled again although nothing is wrong with it; an unknown one is refused
-    assert cli.main(["rerun", str(out), "--shards", "shard-00000", "--no-progress"]) == 0
-    assert read_commit(str(out), "shard-00000")["generation"] == 1 and list(verify(str(out))) == []
-    assert read(out, "masks").select(clean.column_names).equals(clean)
-    assert cli.main(["rerun", str(out), "--shards", "shard-00000,shard-77777"]) == 2
-    assert "not shards of the plan" in capsys.readouterr().err

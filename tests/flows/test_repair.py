@@ -84,3 +84,11 @@ def test_each_damage_is_found_and_rerun_corrupt_repairs_it_to_the_clean_run(
         assert (rec["generation"], rec["attempt"] == attempts[sid]) == ((1, False) if sid in expected else (0, True))
     _, kept = open_fs(f"{output}/set_aside/shards/shard-09999/_COMMIT.json")
     assert json.loads(fs.cat_file(kept)) == {"shard_id": "shard-09999"}  # set aside, not deleted
+    if where == "local":  # a named shard, labelled again although nothing is wrong with it; an unknown one refused
+        sid = shard_ids[-1]
+        assert cli.main(["rerun", output, "--shards", sid, "--no-progress"]) == 0
+        assert read_commit(output, sid)["generation"] == 1 and list(verify(output)) == []
+        for name in COLUMNS:
+            assert manifest(fs, output, name).equals(clean[name]), name
+        assert cli.main(["rerun", output, "--shards", f"{sid},shard-77777"]) == 2
+        assert "not shards of the plan" in capsys.readouterr().err
