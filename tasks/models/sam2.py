@@ -85,14 +85,16 @@ def family_of(model_dir: str, setting: str = "auto") -> str:
     return _MODEL_TYPES[model_type]
 
 
-def stability_scores(logits: Any, threshold: float, offset: float = 1.0) -> Any:
-    """SA-1B stability of ``N x H x W`` logits: |logits > t + offset| / |logits > t - offset| (N; NaN when empty)."""
-    import torch
+def stability_scores(logits: np.ndarray, threshold: float, offset: float = 1.0) -> np.ndarray:
+    """SA-1B stability of ``N x H x W`` logits: |logits > t + offset| / |logits > t - offset| (N; NaN when empty).
 
-    flat = logits.flatten(1)
-    inter = (flat > threshold + offset).sum(1, dtype=torch.int64)
-    union = (flat > threshold - offset).sum(1, dtype=torch.int64)
-    return inter.double() / union.double()
+    Counted in numpy: its boolean counts are an order of magnitude faster than torch's on a CPU.
+    """
+    flat = np.asarray(logits).reshape(len(logits), -1)
+    inter = np.count_nonzero(flat > threshold + offset, axis=1)
+    union = np.count_nonzero(flat > threshold - offset, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return inter / union
 
 
 def _rows(emb: Any, j: int) -> Any:
@@ -197,16 +199,16 @@ class TransformersBoxSegmenter:
             logits, scores = self._decode(emb, inputs, s, s + step)  # n x K x H x W, n x K
             best = scores.argmax(1)
             rows = np.arange(len(best))
-            chosen = logits[rows, best]  # n x H x W
+            chosen = logits[rows, best].numpy()  # n x H x W
             iou.append(scores[rows, best].numpy())
             if self.stage.multimask_output:
                 candidates.append(scores.numpy())
-            stability.append(stability_scores(chosen, self.threshold).float().numpy())
-            masks = (chosen > self.threshold).numpy()
+            stability.append(stability_scores(chosen, self.threshold).astype(np.float32))
+            masks = chosen > self.threshold
             if self.stage.min_island_frac > 0:
                 masks = remove_small_islands(masks, self.stage.min_island_frac)
             counts += rle.encode_nhw(masks)
-            area.append(masks.reshape(len(masks), -1).sum(1))
+            area.append(np.count_nonzero(masks.reshape(len(masks), -1), axis=1))
         extra = {"multimask_ious": np.concatenate(candidates)} if candidates else {}
         with_masks = dets.with_masks(
             counts, predicted_iou=np.concatenate(iou), stability_score=np.concatenate(stability), **extra
