@@ -34,6 +34,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         make_tiny_owl,
         make_tiny_promptable,
         make_tiny_sam,
+        make_tiny_sam3,
         make_tiny_yolo,
     )
 
@@ -53,6 +54,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
             d / "gdino-tiny", ["forklift", "fork", "lift", "truck", "pallet", *SHAPE_CLASSES]
         ),
         "sam2": make_tiny_promptable(d / "sam2-tiny", "sam2"),
+        "sam3": make_tiny_sam3(d / "sam3-tiny"),
     }
 
 

@@ -144,6 +144,16 @@ ADAPTERS: dict[str, AdapterSpec] = {
         needs_roles=("detector",),
         produces_masks=True,
     ),
+    "sam3": AdapterSpec(
+        _M + "sam3:Sam3TextLabeler",
+        _S + "Sam3Stage",
+        "instances",
+        "transformers",
+        "transformers",
+        "file_or_dir",
+        ("prompts",),
+        produces_masks=True,
+    ),
     "sam_auto": AdapterSpec(
         _M + "sam_auto:SamAutoLabeler",
         _S + "SamAutoStage",

@@ -18,6 +18,7 @@ __all__ = [
     "make_tiny_owl",
     "make_tiny_grounding_dino",
     "make_tiny_promptable",
+    "make_tiny_sam3",
 ]
 
 
@@ -365,5 +366,58 @@ def make_tiny_promptable(directory: str | Path, family: str, seed: int = 0) -> P
         raise ValueError(f"unknown family {family!r}")
     directory = Path(directory)
     model.eval().save_pretrained(directory)
+    proc.save_pretrained(directory)
+    return directory
+
+
+def make_tiny_sam3(directory: str | Path, seed: int = 0, queries: int = 8) -> Path:
+    """A random ~0.25M-parameter SAM 3 (ViT at 112 px, one layer per transformer, ``queries`` object queries) with
+    its processor (byte-level CLIP tokenizer, padded to 32 tokens), saved with ``save_pretrained``."""
+    import torch
+    import transformers as T
+    from transformers.models.sam3.configuration_sam3 import Sam3VisionConfig, Sam3ViTConfig
+
+    torch.manual_seed(seed)
+    vocab = _byte_vocab()
+    vit = Sam3ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=112,  # a multiple of the 14-px patch
+        patch_size=14,
+        window_size=4,
+        global_attn_indexes=[1],
+        pretrain_image_size=112,
+    )
+    small = dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64)
+    config = T.Sam3Config(
+        vision_config=Sam3VisionConfig(
+            backbone_config=vit, fpn_hidden_size=32, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]
+        ),
+        text_config=dict(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=64,
+            projection_dim=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            pad_token_id=vocab["<|endoftext|>"],
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+        ),
+        geometry_encoder_config=small,
+        detr_encoder_config=small,
+        detr_decoder_config=dict(small, num_queries=queries),
+        mask_decoder_config=dict(hidden_size=32, num_attention_heads=2),
+    )
+    model = T.Sam3Model(config).eval()
+    proc = T.Sam3Processor(
+        image_processor=T.Sam3ImageProcessor(size={"height": 112, "width": 112}),
+        tokenizer=T.CLIPTokenizer(vocab=vocab, merges=[]),
+    )
+    directory = Path(directory)
+    model.save_pretrained(directory)
     proc.save_pretrained(directory)
     return directory

@@ -10,6 +10,7 @@ from segflow.config import (
     PanopticMergeStage,
     QcStage,
     Sam2Stage,
+    Sam3Stage,
     SamAutoStage,
     SamStage,
     YoloSegStage,
@@ -41,6 +42,8 @@ def stage_for(kind, tiny_models):
         return Sam2Stage(
             kind="sam2", weights=str(tiny_models["sam2"]), device="cpu", needs=["detector"], boxes_per_call=1
         )
+    if kind == "sam3":  # random weights: scores near 0.25, so a low threshold keeps instances
+        return Sam3Stage(kind="sam3", weights=str(tiny_models["sam3"]), device="cpu", conf=0.0, batch_size=2)
     if kind == "qc":
         return QcStage(kind="qc", needs=["masks"])
     if kind in ("owlv2", "owlvit", "grounding_dino"):  # random weights: scores near 0.5, so a low threshold keeps boxes
