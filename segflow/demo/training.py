@@ -108,10 +108,13 @@ def train_detector(
     size_range: tuple[int, int] = (200, 640),
     log: Callable[[str], None] | None = None,
     segment: bool = False,
+    init: str | Path | None = None,
+    lr0: float = 0.002,
 ) -> dict:
     """Train a YOLO detector (``segment``: a YOLO-seg instance labeler) on synthetic scenes; save a segflow checkpoint.
 
-    Returns validation metrics.
+    ``init``: continue from this segflow checkpoint (a fine-tune on fresh scenes, with a cosine learning rate from
+    ``lr0`` and no warmup) instead of starting from scratch. Returns validation metrics.
 
     From scratch on CPU the short schedule matters most: no mosaic (it shrinks
     objects at this input size), mild scale jitter, small batches for more
@@ -144,7 +147,11 @@ def train_detector(
             log,
         )
         with yolo_adapter.keep_torch_threads():  # ultralytics lowers torch's thread count for the whole process
-            model = YOLO("yolo11n-seg.yaml" if segment else "yolo11n.yaml")
+            if init is None:
+                model = YOLO("yolo11n-seg.yaml" if segment else "yolo11n.yaml")
+            else:  # its own architecture (3 classes), then marked as the weights train() starts from
+                model = yolo_adapter.load_yolo(str(init))
+                model.load(model.model)
             model.train(
                 data=str(data),
                 epochs=epochs,
@@ -166,8 +173,9 @@ def train_detector(
                 scale=0.25,
                 workers=1,
                 optimizer="AdamW",
-                lr0=0.002,
-                warmup_epochs=1,
+                lr0=lr0,
+                warmup_epochs=0 if init is not None else 1,
+                cos_lr=init is not None,
                 patience=0,
             )
             trained = YOLO(str(Path(tmp) / "runs" / "det" / "weights" / "last.pt"))  # our own fresh file: trusted
