@@ -474,25 +474,27 @@ def cmd_train(args: argparse.Namespace) -> int:
             sam_scenes=args.sam_scenes,
         )
         print(f"instances trained in {time.time() - t0:.0f}s: detector {det}, sam {sam}")
-        if args.det_finetune_epochs > 0:
+        det_cycles = [e for e in args.det_finetune_epochs if e > 0]
+        if det_cycles:
             import torch
 
             from segflow.demo.training import train_detector
 
-            t1 = time.time()
             torch.set_num_threads(max(1, os.cpu_count() or 1))
-            tmp = out / "demo-yolo.finetune.pt"
-            ft = train_detector(  # fresh scenes (another seed), the inference size, a cosine schedule from lr0
-                tmp,
-                images=args.det_finetune_images,
-                epochs=args.det_finetune_epochs,
-                imgsz=args.det_finetune_imgsz,
-                seed=args.seed + 1,
-                init=out / "demo-yolo.pt",
-                lr0=1e-3,
-            )
-            os.replace(tmp, out / "demo-yolo.pt")
-            print(f"detector fine-tuned in {time.time() - t1:.0f}s: {ft}")
+            for k, epochs in enumerate(det_cycles):  # fresh scenes each cycle, the inference size, lr halved
+                t1 = time.time()
+                tmp = out / "demo-yolo.finetune.pt"
+                ft = train_detector(
+                    tmp,
+                    images=args.det_finetune_images,
+                    epochs=epochs,
+                    imgsz=args.det_finetune_imgsz,
+                    seed=args.seed + 1 + k,
+                    init=out / "demo-yolo.pt",
+                    lr0=1e-3 / 2**k,
+                )
+                os.replace(tmp, out / "demo-yolo.pt")
+                print(f"detector fine-tuned (cycle {k + 1} of {len(det_cycles)}) in {time.time() - t1:.0f}s: {ft}")
         cycles = [m for m in args.sam_zoom_minutes if m > 0]
         if cycles:
             import torch
@@ -660,8 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--det-finetune-epochs",
         type=int,
-        default=25,
-        help="then continue the detector on fresh scenes at the inference size (0: skip)",
+        nargs="*",
+        default=[25, 15],
+        help="then continue the detector on fresh scenes at the inference size: one cosine cycle per value, "
+        "epochs each, each at half the previous peak learning rate (default: 25 15; 0 or none: skip)",
     )
     t.add_argument("--det-finetune-images", type=int, default=800)
     t.add_argument("--det-finetune-imgsz", type=int, default=320)
