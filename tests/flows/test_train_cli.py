@@ -34,7 +34,6 @@ def test_train_demo_models_runs_the_zoom_cycles_and_updates_the_job_files(tmp_pa
             "64",
             "--det-finetune-epochs",
             "1",
-            "1",
             "--det-finetune-images",
             "8",
             "--det-finetune-imgsz",
@@ -54,7 +53,7 @@ def test_train_demo_models_runs_the_zoom_cycles_and_updates_the_job_files(tmp_pa
     )
     assert rc == 0
     out = capsys.readouterr().out
-    assert "cycle 1 of 2" in out and "cycle 2 of 2" in out and "detector fine-tuned (cycle 2 of 2)" in out
+    assert "cycle 1 of 2" in out and "cycle 2 of 2" in out and "detector fine-tuned (cycle 1 of 1)" in out
     assert sorted(p.name for p in models.iterdir()) == ["demo-sam.pt", "demo-yolo.pt"]  # no temporary file left behind
     after = job.read_text()
     for name in ("demo-sam.pt", "demo-yolo.pt"):

@@ -91,7 +91,7 @@ def test_detector_training_writes_a_loadable_checkpoint(tmp_path):
 
 def test_detector_fine_tune_starts_from_every_weight_of_its_init(tmp_path):
     """A continued training (``init``) begins at the given checkpoint, its 3-class head included: with a learning rate
-    of ~0 every weight comes back as it went in (batch-norm statistics aside); a fresh training does not."""
+    of ~0 every weight comes back as it went in (batch-norm statistics aside), far closer than a fresh model's."""
     from segflow.tasks.weights import load_checkpoint
 
     init = ROOT / "configs" / "models" / "demo-yolo.pt"
@@ -102,9 +102,12 @@ def test_detector_fine_tune_starts_from_every_weight_of_its_init(tmp_path):
     assert any(".cv3." in k for k in weights)  # the class head is among them
     diff = max(float((before[k].float() - after[k].float()).abs().max()) for k in weights)
     assert diff < 1e-2, diff
-    train_detector(out, images=8, epochs=1, imgsz=64, size_range=(200, 240), log=lambda m: None)  # from scratch
-    fresh = load_checkpoint(str(out))["state_dict"]
-    assert max(float((before[k].float() - fresh[k].float()).abs().max()) for k in weights) > 0.1
+    # negative control: the weights of a freshly built model of the same architecture are far from the init
+    from segflow.tasks.models.yolo import load_yolo
+
+    fresh = load_yolo("yolo11n.yaml").model.state_dict()
+    same = [k for k in weights if k in fresh and fresh[k].shape == before[k].shape]  # (its head has 80 classes)
+    assert max(float((before[k].float() - fresh[k].float()).abs().max()) for k in same) > 0.1
 
 
 def test_mask2former_training_lowers_the_loss_and_loads_through_the_adapter(tmp_path):
