@@ -296,62 +296,14 @@ def bench_sam2_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
     }
 
 
-def _bench_sam3(directory: Path) -> None:
-    """A small random SAM 3 (ViT at 336 px, two-layer transformers, 50 queries) with a byte-level CLIP tokenizer."""
-    import transformers as T
-    from transformers.models.sam3.configuration_sam3 import Sam3VisionConfig, Sam3ViTConfig
-
-    from tests.support.tiny import _byte_vocab
-
-    torch.manual_seed(0)
-    vocab = _byte_vocab()
-    vit = Sam3ViTConfig(
-        hidden_size=96,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        image_size=336,
-        patch_size=14,
-        window_size=8,
-        global_attn_indexes=[3],
-        pretrain_image_size=336,
-    )
-    layers = dict(hidden_size=64, num_layers=2, num_attention_heads=4, intermediate_size=256)
-    config = T.Sam3Config(
-        vision_config=Sam3VisionConfig(
-            backbone_config=vit, fpn_hidden_size=64, backbone_feature_sizes=[[96, 96], [48, 48], [24, 24]]
-        ),
-        text_config=dict(
-            vocab_size=len(vocab),
-            hidden_size=64,
-            intermediate_size=256,
-            projection_dim=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=32,
-            pad_token_id=vocab["<|endoftext|>"],
-            bos_token_id=vocab["<|startoftext|>"],
-            eos_token_id=vocab["<|endoftext|>"],
-        ),
-        geometry_encoder_config=layers,
-        detr_encoder_config=layers,
-        detr_decoder_config=dict(layers, num_queries=50),
-        mask_decoder_config=dict(hidden_size=64, num_attention_heads=4),
-    )
-    T.Sam3Model(config).eval().save_pretrained(directory)
-    T.Sam3Processor(
-        image_processor=T.Sam3ImageProcessor(size={"height": 336, "width": 336}),
-        tokenizer=T.CLIPTokenizer(vocab=vocab, merges=[]),
-    ).save_pretrained(directory)
-
-
 def bench_sam3_prompts(work: Path, n_images: int) -> dict:
     """`kind: sam3` with 3 prompts vs transformers' documented use, which encodes the image again for each prompt."""
     from segflow.config import Sam3Stage
     from segflow.tasks.models.sam3 import Sam3TextLabeler
+    from tests.support.tiny import make_tiny_sam3
 
-    d = work / "bench-sam3"
-    _bench_sam3(d)
+    d = work / "bench-sam3"  # a small random SAM 3: ViT at 336 px, two-layer transformers, 50 queries
+    make_tiny_sam3(d, queries=50, image_size=336, vit_width=96, vit_layers=4, width=64, layers=2, heads=4)
     ontology, prompts = {1: "forklift", 2: "pallet", 3: "person"}, {1: ["forklift"], 2: ["pallet"], 3: ["person"]}
     # one score threshold for both sides (random weights score ~0.25: few instances, as a real threshold leaves)
     conf = 0.3

@@ -370,38 +370,52 @@ def make_tiny_promptable(directory: str | Path, family: str, seed: int = 0) -> P
     return directory
 
 
-def make_tiny_sam3(directory: str | Path, seed: int = 0, queries: int = 8) -> Path:
-    """A random ~0.25M-parameter SAM 3 (ViT at 112 px, one layer per transformer, ``queries`` object queries) with
-    its processor (byte-level CLIP tokenizer, padded to 32 tokens), saved with ``save_pretrained``."""
+def make_tiny_sam3(
+    directory: str | Path,
+    seed: int = 0,
+    queries: int = 8,
+    image_size: int = 112,
+    vit_width: int = 32,
+    vit_layers: int = 2,
+    width: int = 32,
+    layers: int = 1,
+    heads: int = 2,
+) -> Path:
+    """A random small SAM 3 with its processor (byte-level CLIP tokenizer, padded to 32 tokens), saved with
+    ``save_pretrained``. Defaults: ~0.25M parameters (ViT at 112 px, one layer per transformer, 8 queries); the
+    bench builds a larger one with the same function."""
     import torch
     import transformers as T
     from transformers.models.sam3.configuration_sam3 import Sam3VisionConfig, Sam3ViTConfig
 
     torch.manual_seed(seed)
     vocab = _byte_vocab()
+    grid = image_size // 14  # the input side must be a multiple of the 14-px patch
     vit = Sam3ViTConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=112,  # a multiple of the 14-px patch
+        hidden_size=vit_width,
+        intermediate_size=2 * vit_width,
+        num_hidden_layers=vit_layers,
+        num_attention_heads=heads,
+        image_size=image_size,
         patch_size=14,
-        window_size=4,
-        global_attn_indexes=[1],
-        pretrain_image_size=112,
+        window_size=max(4, grid // 3),
+        global_attn_indexes=[vit_layers - 1],
+        pretrain_image_size=image_size,
     )
-    small = dict(hidden_size=32, num_layers=1, num_attention_heads=2, intermediate_size=64)
+    small = dict(hidden_size=width, num_layers=layers, num_attention_heads=heads, intermediate_size=2 * width)
     config = T.Sam3Config(
         vision_config=Sam3VisionConfig(
-            backbone_config=vit, fpn_hidden_size=32, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]
+            backbone_config=vit,
+            fpn_hidden_size=width,
+            backbone_feature_sizes=[[4 * grid, 4 * grid], [2 * grid, 2 * grid], [grid, grid]],
         ),
         text_config=dict(
             vocab_size=len(vocab),
-            hidden_size=32,
-            intermediate_size=64,
-            projection_dim=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
+            hidden_size=width,
+            intermediate_size=2 * width,
+            projection_dim=width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
             max_position_embeddings=32,
             pad_token_id=vocab["<|endoftext|>"],
             bos_token_id=vocab["<|startoftext|>"],
@@ -410,11 +424,11 @@ def make_tiny_sam3(directory: str | Path, seed: int = 0, queries: int = 8) -> Pa
         geometry_encoder_config=small,
         detr_encoder_config=small,
         detr_decoder_config=dict(small, num_queries=queries),
-        mask_decoder_config=dict(hidden_size=32, num_attention_heads=2),
+        mask_decoder_config=dict(hidden_size=width, num_attention_heads=heads),
     )
     model = T.Sam3Model(config).eval()
     proc = T.Sam3Processor(
-        image_processor=T.Sam3ImageProcessor(size={"height": 112, "width": 112}),
+        image_processor=T.Sam3ImageProcessor(size={"height": image_size, "width": image_size}),
         tokenizer=T.CLIPTokenizer(vocab=vocab, merges=[]),
     )
     directory = Path(directory)
