@@ -60,38 +60,41 @@ def resolve_overlaps(
     boxes: np.ndarray,
     cls: np.ndarray,
     scores: np.ndarray,
-    counts: list[str],
-    size_hw: tuple[int, int],
+    masks: np.ndarray,
     nms_iou: float,
     conflict_iou: float | None,
     max_det: int,
-) -> np.ndarray:
-    """Steps 2-4 above: indices to keep, best score first.
+) -> tuple[np.ndarray, list[str]]:
+    """Steps 2-4 above: the indices to keep, best score first, and their masks as COCO RLE.
 
     Arguments:
-      boxes: N x 4, XYXY, pixels. cls: N ontology ids. scores: N. counts: N COCO RLE strings of ``size_hw`` masks.
+      boxes: N x 4, XYXY, pixels. cls: N ontology ids. scores: N. masks: N x H x W bool.
+
+    Only the masks that survive the box NMS are encoded (a model can return hundreds per image).
     """
     import torch
     from pycocotools import mask as mask_utils
     from torchvision.ops import batched_nms
 
     if not len(scores):
-        return np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), []
     keep = batched_nms(
         torch.as_tensor(boxes, dtype=torch.float32),
         torch.as_tensor(scores, dtype=torch.float32),
         torch.as_tensor(cls),
         nms_iou,
     ).numpy()
+    counts = rle.encode_nhw(masks[keep])
     if conflict_iou is not None and len(keep) > 1:
-        rles = [{"size": list(size_hw), "counts": counts[i]} for i in keep]
+        h, w = masks.shape[1:]
+        rles = [{"size": [h, w], "counts": c} for c in counts]
         ious = mask_utils.iou(rles, rles, [0] * len(rles))
         kept: list[int] = []
         for a in range(len(keep)):  # best first (NMS order): drop a mask another class already holds
             if not any(cls[keep[b]] != cls[keep[a]] and ious[a, b] > conflict_iou for b in kept):
                 kept.append(a)
-        keep = keep[kept]
-    return keep[:max_det]
+        keep, counts = keep[kept], [counts[a] for a in kept]
+    return keep[:max_det], counts[:max_det]
 
 
 class Sam3TextLabeler:
@@ -169,15 +172,12 @@ class Sam3TextLabeler:
         nonempty = m.reshape(len(m), -1).any(1)
         b, c, sc, m = b[nonempty], c[nonempty], sc[nonempty], m[nonempty]
         prompt = [p for p, ne in zip(prompt, nonempty, strict=True) if ne]
-        counts = rle.encode_nhw(m)
-        keep = resolve_overlaps(
-            b, c, sc, counts, size_hw, self.stage.nms_iou, self.stage.conflict_iou, self.stage.max_det
-        )
+        keep, counts = resolve_overlaps(b, c, sc, m, self.stage.nms_iou, self.stage.conflict_iou, self.stage.max_det)
         return Detections(
             size_hw,
             b[keep].astype(np.float32),
             c[keep],
             sc[keep].astype(np.float32),
-            rle_counts=[counts[i] for i in keep],
+            rle_counts=counts,
             fields={"prompt": np.array([prompt[i] for i in keep], object)},
         )

@@ -88,18 +88,19 @@ def test_thresholds_per_class(tiny_models, images):
 
 
 def _square(x0, y0, side, h=40, w=60):
-    m = np.zeros((1, h, w), bool)
-    m[0, y0 : y0 + side, x0 : x0 + side] = True
-    return rle.encode_nhw(m)[0]
+    m = np.zeros((h, w), bool)
+    m[y0 : y0 + side, x0 : x0 + side] = True
+    return m
 
 
 def test_overlaps_synonyms_collapse_and_a_class_conflict_keeps_the_better_label():
     boxes = np.array([[10, 10, 30, 30], [11, 10, 31, 30], [10, 10, 30, 30], [40, 5, 55, 20]], np.float32)
     cls = np.array([1, 1, 2, 2])  # rows 0 and 1: synonyms of one class on one object; row 2: another class on it
     scores = np.array([0.9, 0.8, 0.7, 0.6])
-    counts = [_square(10, 10, 20), _square(11, 10, 20), _square(10, 10, 20), _square(40, 5, 15)]
-    keep = resolve_overlaps(boxes, cls, scores, counts, (40, 60), nms_iou=0.5, conflict_iou=0.85, max_det=10)
-    assert keep.tolist() == [0, 3]
-    both = resolve_overlaps(boxes, cls, scores, counts, (40, 60), nms_iou=0.5, conflict_iou=None, max_det=10)
+    masks = np.stack([_square(10, 10, 20), _square(11, 10, 20), _square(10, 10, 20), _square(40, 5, 15)])
+    keep, counts = resolve_overlaps(boxes, cls, scores, masks, nms_iou=0.5, conflict_iou=0.85, max_det=10)
+    assert keep.tolist() == [0, 3] and counts == rle.encode_nhw(masks[[0, 3]])
+    both, _ = resolve_overlaps(boxes, cls, scores, masks, nms_iou=0.5, conflict_iou=None, max_det=10)
     assert both.tolist() == [0, 2, 3]  # left for the qc stage's class_conflict rule
-    assert resolve_overlaps(boxes, cls, scores, counts, (40, 60), 0.5, None, max_det=1).tolist() == [0]
+    one, counts = resolve_overlaps(boxes, cls, scores, masks, 0.5, None, max_det=1)
+    assert one.tolist() == [0] and len(counts) == 1
