@@ -107,6 +107,20 @@ def _boxes(rng, h, w, n):
     return np.stack([x0, y0, np.minimum(x0 + bw, w), np.minimum(y0 + bh, h)], 1).astype(np.float32)
 
 
+def _bench_inputs(n_images: int, n_boxes: int) -> tuple[list[np.ndarray], list]:
+    """Seeded non-square random images (both orientations) and ``n_boxes`` random prompt boxes on each."""
+    from segflow.tasks.record import Detections
+
+    rng = np.random.default_rng(0)
+    sizes = [(480, 640), (640, 480), (400, 720), (720, 540)]
+    images = [rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8) for i in range(n_images)]
+    prompts = [
+        Detections(im.shape[:2], _boxes(rng, *im.shape[:2], n_boxes), np.ones(n_boxes), np.ones(n_boxes))
+        for im in images
+    ]
+    return images, prompts
+
+
 def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
     from pycocotools import mask as mask_utils
     from segment_anything import SamPredictor
@@ -115,20 +129,13 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
     from segflow.tasks.models.device import cpu_has_native_bf16
     from segflow.tasks.models.sam import SamBoxSegmenter
     from segflow.tasks.models.sam_checkpoint import build_sam, load_sam, save_sam_checkpoint
-    from segflow.tasks.record import Detections
 
     torch.manual_seed(0)
     save_sam_checkpoint(build_sam(BENCH_SAM_ARCH), BENCH_SAM_ARCH, work / "bench-sam.pt")
     seg = SamBoxSegmenter(
         SamStage(kind="sam", weights=str(work / "bench-sam.pt"), device="cpu", batch_size=1), str(work / "bench-sam.pt")
     )
-    rng = np.random.default_rng(0)
-    sizes = [(480, 640), (640, 480), (400, 720), (720, 540)]
-    images = [rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8) for i in range(n_images)]
-    prompts = [
-        Detections(im.shape[:2], _boxes(rng, *im.shape[:2], n_boxes), np.ones(n_boxes), np.ones(n_boxes))
-        for im in images
-    ]
+    images, prompts = _bench_inputs(n_images, n_boxes)
     predictor = SamPredictor(
         load_sam(str(work / "bench-sam.pt"))
     )  # the library's model as a user loads it (eager attention)
@@ -250,19 +257,12 @@ def bench_sam2_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
 
     from segflow.config import Sam2Stage
     from segflow.tasks.models.sam2 import TransformersBoxSegmenter
-    from segflow.tasks.record import Detections
 
     d = work / "bench-sam2"
     _bench_sam2(d)
     seg = TransformersBoxSegmenter(Sam2Stage(kind="sam2", weights=str(d), device="cpu", batch_size=1), str(d))
     model, proc = seg.model, seg.processor
-    rng = np.random.default_rng(0)
-    sizes = [(480, 640), (640, 480), (400, 720), (720, 540)]
-    images = [rng.integers(0, 256, (*sizes[i % len(sizes)], 3), dtype=np.uint8) for i in range(n_images)]
-    prompts = [
-        Detections(im.shape[:2], _boxes(rng, *im.shape[:2], n_boxes), np.ones(n_boxes), np.ones(n_boxes))
-        for im in images
-    ]
+    images, prompts = _bench_inputs(n_images, n_boxes)
     seg.segment(images[:1], prompts[:1])  # warm-up
 
     def loop(im, p):

@@ -11,6 +11,7 @@ from segflow.tasks.commit import read_commit
 from segflow.tasks.plan import load_plan
 from segflow.tasks.storage import open_fs
 from segflow.tasks.verify import verify
+from tests.support.outputs import add_unplanned_shard, damage, point_at_missing_attempt
 
 COLUMNS = {
     "masks": ["annotation_id", "image_id", "category_id", "score", "rle_counts", "bbox", "area", "verdict"],
@@ -24,7 +25,7 @@ def manifest(fs, output: str, name: str):
     return ds.dataset(path, filesystem=fs, format="parquet").to_table().sort_by(key).select(COLUMNS[name])
 
 
-def damage(fs, output: str, shard_ids: list[str]) -> dict[str, str]:
+def damage_five_ways(fs, output: str, shard_ids: list[str]) -> dict[str, str]:
     """Five kinds of damage, one per shard (the last one an extra folder the plan does not name): what verify says."""
     a, b, c, d = shard_ids[:4]
     files = {sid: read_commit(output, sid)["files"] for sid in (a, b, c, d)}
@@ -32,18 +33,11 @@ def damage(fs, output: str, shard_ids: list[str]) -> dict[str, str]:
     def path(sid, name):
         return open_fs(f"{output}/{files[sid][name]['path']}")[1]
 
-    data = fs.cat_file(path(a, "masks"))
-    fs.pipe_file(path(a, "masks"), data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])  # a flipped byte
-    data = fs.cat_file(path(b, "images"))
-    fs.pipe_file(path(b, "images"), data[: len(data) // 2])  # truncated
-    fs.rm_file(path(c, "masks"))  # deleted
-    _, rec = open_fs(f"{output}/shards/{d}/_COMMIT.json")  # the record names an attempt that is not there
-    record = json.loads(fs.cat_file(rec))
-    record["files"]["images"]["path"] = f"shards/{d}/attempts/gone/images.parquet"
-    fs.pipe_file(rec, json.dumps(record).encode())
-    _, extra = open_fs(f"{output}/shards/shard-09999/_COMMIT.json")
-    fs.makedirs(extra.rsplit("/", 1)[0], exist_ok=True)  # no-op on S3
-    fs.pipe_file(extra, b'{"shard_id": "shard-09999"}')
+    damage(fs, path(a, "masks"), "flip")
+    damage(fs, path(b, "images"), "truncate")
+    damage(fs, path(c, "masks"), "delete")
+    point_at_missing_attempt(fs, output, d)  # the record names an attempt that is not there
+    add_unplanned_shard(fs, output, record=b'{"shard_id": "shard-09999"}')
     return {a: "sha256", b: "size", c: "missing", d: "attempts/gone/images.parquet: missing", "shard-09999": "extra"}
 
 
@@ -62,7 +56,7 @@ def test_each_damage_is_found_and_rerun_corrupt_repairs_it_to_the_clean_run(
     clean = {name: manifest(fs, output, name) for name in COLUMNS}
     shard_ids = list(load_plan(output)["shard_ids"])
     attempts = {sid: read_commit(output, sid)["attempt"] for sid in shard_ids}
-    expected = damage(fs, output, shard_ids)
+    expected = damage_five_ways(fs, output, shard_ids)
 
     found = {}
     for p in verify(output):

@@ -62,3 +62,41 @@ def commit_planned(job, shard_id, k=1, generation=0, rows=None):
     masks, images = t.tables()
     stats = {"images": images.num_rows, "masks": masks.num_rows}
     return commit_shard(job.output, shard_id, {"masks": masks, "images": images}, "fp", stats, generation)[0]
+
+
+# -- damage, as bit rot, a stray sync tool or a half-finished copy does it (verify and repair tests)
+
+
+def damage(fs, path: str, how: str) -> None:
+    """``flip`` one byte, ``truncate`` to half, or ``delete`` the file at ``path`` on ``fs``."""
+    data = fs.cat_file(path)
+    if how == "flip":
+        data = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
+    elif how == "truncate":
+        data = data[: len(data) // 2]
+    if how == "delete":
+        fs.rm_file(path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def point_at_missing_attempt(fs, output: str, shard_id: str, name: str = "images") -> str:
+    """Make the shard's commit record name a file of an attempt that is not there; returns that path."""
+    import json
+
+    from segflow.tasks.storage import open_fs
+
+    _, rec = open_fs(f"{output}/shards/{shard_id}/_COMMIT.json")
+    record = json.loads(fs.cat_file(rec))
+    record["files"][name]["path"] = f"shards/{shard_id}/attempts/gone/{name}.parquet"
+    fs.pipe_file(rec, json.dumps(record).encode())
+    return record["files"][name]["path"]
+
+
+def add_unplanned_shard(fs, output: str, shard_id: str = "shard-09999", record: bytes = b"{}") -> None:
+    """A shard folder the plan does not name, with a commit record."""
+    from segflow.tasks.storage import open_fs
+
+    _, path = open_fs(f"{output}/shards/{shard_id}/_COMMIT.json")
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # no-op on S3
+    fs.pipe_file(path, record)

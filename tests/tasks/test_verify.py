@@ -12,7 +12,7 @@ from segflow.tasks.finalize import finalize
 from segflow.tasks.plan import iter_plan, make_plan
 from segflow.tasks.storage import open_fs
 from segflow.tasks.verify import verify
-from tests.support.outputs import commit_planned, make_job
+from tests.support.outputs import add_unplanned_shard, commit_planned, damage, make_job, point_at_missing_attempt
 
 
 def finished(tmp_path, output):
@@ -20,18 +20,6 @@ def finished(tmp_path, output):
     commits = {s: commit_planned(job, s) for s in make_plan(job).shard_ids}
     finalize(job)
     return job, commits
-
-
-def damage(fs, path, how):
-    data = fs.cat_file(path)
-    if how == "flip":
-        data = data[:100] + bytes([data[100] ^ 0xFF]) + data[101:]
-    elif how == "truncate":
-        data = data[: len(data) // 2]
-    if how == "delete":
-        fs.rm_file(path)
-    else:
-        fs.pipe_file(path, data)
 
 
 CASES = [
@@ -56,13 +44,8 @@ def check_cases(job, commits, capsys):
     assert {p["shard_id"] for p in report["problems"]} == set(commits)
     # a commit record pointing at an attempt that is not there, and a shard folder the plan does not name
     sid = sorted(commits)[0]
-    _, rec = open_fs(f"{out}/shards/{sid}/_COMMIT.json")
-    record = json.loads(fs.cat_file(rec))
-    record["files"]["images"]["path"] = f"shards/{sid}/attempts/gone/images.parquet"
-    fs.pipe_file(rec, json.dumps(record).encode())
-    _, extra = open_fs(f"{out}/shards/shard-09999/_COMMIT.json")
-    fs.makedirs(extra.rsplit("/", 1)[0], exist_ok=True)  # no-op on S3
-    fs.pipe_file(extra, b"{}")
+    point_at_missing_attempt(fs, out, sid)
+    add_unplanned_shard(fs, out)
     problems = [str(p) for p in verify(out)]
     assert any(f"shards/{sid}/attempts/gone/images.parquet: missing" in p for p in problems)
     assert any(p.startswith("shard-09999 shards/shard-09999: extra") for p in problems)
