@@ -373,6 +373,13 @@ class Sam2Stage(_ModelStage):
         description="Ask for 3 candidate masks per prompt and keep the one with the highest predicted IoU "
         "(all 3 scores go to the field multimask_ious).",
     )
+    mask_margin: float | None = Field(
+        0.5,
+        ge=0.0,
+        description="Upsample each mask only inside its box grown by this fraction of the box's longer side on "
+        "every side; pixels outside are background. Inside, the logits are the model's post-processing's own. "
+        "null = every mask over the whole image.",
+    )
 
 
 class Sam3Stage(_ModelStage):

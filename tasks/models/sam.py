@@ -46,6 +46,7 @@ from segflow.tasks.models.device import resolve_device
 from segflow.tasks.models.sam_attention import use_fast_attention
 from segflow.tasks.models.sam_checkpoint import load_sam
 from segflow.tasks.models.sam_decoder import SharedImage, decode_tokens, upscale_grid, upscale_windows
+from segflow.tasks.models.upsample import bilinear_matrix
 from segflow.tasks.record import Detections
 
 if TYPE_CHECKING:
@@ -345,9 +346,6 @@ class SamBoxSegmenter:
         pixel of non-zero weight (both non-decreasing), to find the pixels a
         window of low-res logits determines completely.
         """
-        import torch
-        import torch.nn.functional as F
-
         key = (input_len, out_len)
         if key in self._resize_cache:
             self._resize_cache.move_to_end(key)
@@ -357,12 +355,8 @@ class SamBoxSegmenter:
             ):  # a dataset of many image sizes: keep the 64 last used (~1 MB each at 1080p)
                 self._resize_cache.popitem(last=False)
             low = 4 * self.model.prompt_encoder.image_embedding_size[0]
-            eye = torch.eye(low, dtype=torch.float64)[:, None, :]  # row k: the unit signal at low-res pixel k
-            up = F.interpolate(eye, self.img_size, mode="linear", align_corners=False)[..., :input_len]
-            r = F.interpolate(up, out_len, mode="linear", align_corners=False)[:, 0, :].T.contiguous()  # out_len x L
-            nz = (r != 0).numpy()
-            first, last = nz.argmax(1), low - 1 - nz[:, ::-1].argmax(1)
-            self._resize_cache[key] = (r.float().to(self.device), first, last)
+            r, first, last = bilinear_matrix(low, out_len, pad=self.img_size, valid=input_len)
+            self._resize_cache[key] = (r.to(self.device), first, last)
         return self._resize_cache[key]
 
     # -- the stage -----------------------------------------------------------------------

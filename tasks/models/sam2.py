@@ -26,8 +26,11 @@ Per mask: ``predicted_iou`` (the model's IoU head) and ``stability_score``
 ``multimask_output``: three candidates per prompt, the one with the highest
 predicted IoU kept (all three scores in ``multimask_ious``). ``prompt``:
 ``box``, ``point`` (the box centre as one foreground point) or ``box+point``.
-There is no ``mask_margin`` window here: the models' post-processing makes
-whole-frame masks.
+``mask_margin`` (default 0.5): each mask is upsampled only inside its box grown
+by this fraction of the box's longer side (:mod:`segflow.tasks.models.upsample`);
+inside, the logits are ``post_process_masks``' own to float rounding, outside the
+mask is background. ``null``: whole-frame masks, exactly as ``post_process_masks``.
+The candidate with the highest predicted IoU is chosen before any upsampling.
 
 Weights: a ``save_pretrained`` directory (model + processor) or
 ``hub:<org>/<name>`` from the local Hugging Face cache; ``sha256`` of its
@@ -47,6 +50,7 @@ import numpy as np
 from segflow.tasks import rle
 from segflow.tasks.models.device import resolve_device
 from segflow.tasks.models.sam import remove_small_islands
+from segflow.tasks.models.upsample import bilinear_matrix, grown_windows, window_logits
 from segflow.tasks.record import Detections
 from segflow.tasks.weights import WeightsError
 
@@ -128,6 +132,7 @@ class TransformersBoxSegmenter:
         self.batch_size = int(bs) if bs != "auto" else (1 if self.device.type == "cpu" else 8)
         self.threshold = float(stage.mask_threshold)
         self._lock = threading.Lock()
+        self._resize_cache: dict[tuple, tuple] = {}
 
     # -- steps -----------------------------------------------------------------------
     def _inputs(self, image: np.ndarray, boxes_xyxy: np.ndarray) -> dict[str, Any]:
@@ -147,7 +152,9 @@ class TransformersBoxSegmenter:
         return self.model.get_image_embeddings(torch.cat(pixel_values).to(self.device))
 
     def _decode(self, emb: Any, inputs: dict[str, Any], s: int, e: int) -> tuple[Any, Any]:
-        """Masks logits ``n x H x W`` at the original size and predicted IoU ``n x K`` for prompts ``s:e``."""
+        """Low-res logits ``n x l x l`` of the chosen candidate and predicted IoU ``n x K`` for prompts ``s:e``."""
+        import torch
+
         prompts = {
             k: inputs[k][:, s:e].to(self.device) for k in ("input_boxes", "input_points", "input_labels") if k in inputs
         }
@@ -155,11 +162,45 @@ class TransformersBoxSegmenter:
         if self.family == "sam_hq":
             emb, extra["intermediate_embeddings"] = emb
         out = self.model(image_embeddings=emb, multimask_output=bool(self.stage.multimask_output), **prompts, **extra)
+        scores = out.iou_scores[0].float().cpu()
+        best = scores.argmax(1)
+        return out.pred_masks[0, torch.arange(len(best)), best].float().cpu(), scores
+
+    def _whole_frame(self, low: Any, inputs: dict[str, Any]) -> Any:
+        """``post_process_masks`` of ``n x l x l`` low-res logits: ``n x H x W`` logits at the original size."""
         post = {"reshaped_input_sizes": inputs["reshaped_input_sizes"]} if "reshaped_input_sizes" in inputs else {}
-        masks = self.processor.post_process_masks(
-            out.pred_masks.float().cpu(), inputs["original_sizes"], binarize=False, **post
-        )[0]
-        return masks, out.iou_scores[0].float().cpu()
+        return self.processor.post_process_masks(low[None, :, None], inputs["original_sizes"], binarize=False, **post)[
+            0
+        ][:, 0]
+
+    def _matrices(self, inputs: dict[str, Any], low: int) -> tuple[tuple, tuple]:
+        """The :func:`bilinear_matrix` pair (rows, columns) of this image's size, cached per size."""
+        h, w = (int(v) for v in inputs["original_sizes"][0])
+        if self.family == "sam_hq":  # SAM 1 frame: resized into a padded square
+            rh, rw = (int(v) for v in inputs["reshaped_input_sizes"][0])
+            pad = self.processor.image_processor.pad_size
+            key = (h, w, rh, rw)
+            args = ((low, h, pad["height"], rh), (low, w, pad["width"], rw))
+        else:
+            key, args = (h, w), ((low, h), (low, w))
+        if key not in self._resize_cache:
+            if len(self._resize_cache) >= 64:  # many image sizes: keep the last 64
+                self._resize_cache.pop(next(iter(self._resize_cache)))
+            self._resize_cache[key] = tuple(bilinear_matrix(*a) for a in args)
+        return self._resize_cache[key]
+
+    def _windowed(self, low: Any, inputs: dict[str, Any], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Masks ``n x H x W`` (bool) and stability ``n``, each mask upsampled only inside its grown box."""
+        h, w = (int(v) for v in inputs["original_sizes"][0])
+        rows, cols = self._matrices(inputs, low.shape[-1])
+        windows = grown_windows(boxes, (h, w), float(self.stage.mask_margin))
+        masks, stability = np.zeros((len(low), h, w), bool), np.full(len(low), np.nan, np.float32)
+        for k, win in enumerate(windows):
+            x0, y0, x1, y1 = (int(v) for v in win)
+            part = window_logits(low[k], rows, cols, win).numpy()
+            stability[k] = stability_scores(part[None], self.threshold)[0]
+            masks[k, y0:y1, x0:x1] = part > self.threshold
+        return masks, stability
 
     # -- the stage -----------------------------------------------------------------------
     def segment(self, images: Sequence[np.ndarray], prompts: Sequence[Detections]) -> list[Detections]:
@@ -193,18 +234,19 @@ class TransformersBoxSegmenter:
     def _one_image(self, dets: Detections, emb: Any, inputs: dict[str, Any]) -> Detections:
         counts, iou, stability, candidates, area = [], [], [], [], []
         h, w = dets.image_size
-        k = 3 if self.stage.multimask_output else 1  # full-size float32 logits per prompt: k x H x W
-        step = max(1, min(int(self.stage.boxes_per_call), LOGITS_BYTES // (4 * k * h * w)))
+        step = max(1, min(int(self.stage.boxes_per_call), LOGITS_BYTES // (4 * h * w)))  # n x H x W float32
         for s in range(0, len(dets), step):
-            logits, scores = self._decode(emb, inputs, s, s + step)  # n x K x H x W, n x K
-            best = scores.argmax(1)
-            rows = np.arange(len(best))
-            chosen = logits[rows, best].numpy()  # n x H x W
-            iou.append(scores[rows, best].numpy())
+            low, scores = self._decode(emb, inputs, s, s + step)  # n x l x l (the chosen candidate), n x K
+            iou.append(scores.max(1).values.numpy())
             if self.stage.multimask_output:
                 candidates.append(scores.numpy())
-            stability.append(stability_scores(chosen, self.threshold).astype(np.float32))
-            masks = chosen > self.threshold
+            if self.stage.mask_margin is None:
+                logits = self._whole_frame(low, inputs).numpy()  # n x H x W
+                stability.append(stability_scores(logits, self.threshold).astype(np.float32))
+                masks = logits > self.threshold
+            else:
+                masks, stab = self._windowed(low, inputs, dets.boxes[s : s + step])
+                stability.append(stab)
             if self.stage.min_island_frac > 0:
                 masks = remove_small_islands(masks, self.stage.min_island_frac)
             counts += rle.encode_nhw(masks)

@@ -11,6 +11,7 @@ from segflow.config.schema import Sam2Stage
 from segflow.tasks import rle
 from segflow.tasks.models.cache import get_model
 from segflow.tasks.models.sam2 import FAMILIES, TransformersBoxSegmenter, stability_scores
+from segflow.tasks.models.upsample import grown_windows
 from segflow.tasks.record import Detections
 from segflow.tasks.weights import WeightsError, sha256_file
 from tests.support.tiny import make_tiny_promptable
@@ -55,7 +56,7 @@ def segment(directory, image, boxes=BOXES, **settings):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_equals_the_reference_box_by_box(models, image, family):
     """All boxes of the image from one embedding in chunked decoder calls == one reference call per box."""
-    out = segment(models[family], image, boxes_per_call=2)
+    out = segment(models[family], image, boxes_per_call=2, mask_margin=None)
     assert len(out) == len(BOXES) and out.image_size == (H, W)
     for k, box in enumerate(BOXES):
         logits, iou = reference(models[family], family, image, box)
@@ -66,12 +67,34 @@ def test_every_family_equals_the_reference_box_by_box(models, image, family):
         stab = float(stability_scores(logits, 0.0)[0])
         assert out.fields["stability_score"][k] == pytest.approx(stab, abs=1e-6, nan_ok=True)
     # negative control: the same boxes read as (y, x) give other masks, so the comparison above can fail
-    swapped = segment(models[family], image, boxes=BOXES[:, [1, 0, 3, 2]].copy())
+    swapped = segment(models[family], image, boxes=BOXES[:, [1, 0, 3, 2]].copy(), mask_margin=None)
     assert any(a != b for a, b in zip(swapped.rle_counts, out.rle_counts))
 
 
+@pytest.mark.parametrize("family", ["sam2", "sam_hq"])  # both frames: stretched, and resized into a padded square
+def test_mask_margin_upsamples_inside_the_grown_box_only(models, image, family):
+    """Inside each box grown by mask_margin the mask is the reference's (to float rounding at the threshold);
+    outside it is background. The random model's masks spill out of the window, so the outside can fail."""
+    out = segment(models[family], image, mask_margin=0.1)
+    spilled = 0
+    for k, box in enumerate(BOXES):
+        logits, _ = reference(models[family], family, image, box)
+        x0, y0, x1, y1 = grown_windows(box[None], (H, W), 0.1)[0]
+        inside = np.zeros((H, W), bool)
+        inside[y0:y1, x0:x1] = True
+        got, expected = rle.decode(out.rle_counts[k], H, W), logits[0] > 0
+        clear = np.abs(logits[0]) > 1e-4  # not at the threshold within float rounding
+        assert (got == expected)[inside & clear].all(), k
+        assert not got[~inside].any(), k
+        spilled += int(expected[~inside].sum())
+        assert out.fields["stability_score"][k] == pytest.approx(
+            float(stability_scores(np.where(inside, logits[0], -1e4)[None], 0.0)[0]), abs=1e-5, nan_ok=True
+        )
+    assert spilled > 0  # the reference has mask pixels outside the windows: a whole-frame result would fail above
+
+
 def test_multimask_keeps_the_candidate_the_model_rates_best(models, image):
-    out = segment(models["sam2"], image, multimask_output=True)
+    out = segment(models["sam2"], image, multimask_output=True, mask_margin=None)
     for k, box in enumerate(BOXES):
         logits, iou = reference(models["sam2"], "sam2", image, box, multimask=True)
         best = int(iou.argmax())
@@ -80,7 +103,7 @@ def test_multimask_keeps_the_candidate_the_model_rates_best(models, image):
 
 
 def test_point_prompt_is_the_box_centre(models, image):
-    out = segment(models["sam2"], image, prompt="point")
+    out = segment(models["sam2"], image, prompt="point", mask_margin=None)
     for k, (x0, y0, x1, y1) in enumerate(BOXES):
         logits, _ = reference(models["sam2"], "sam2", image, None, point=((x0 + x1) / 2, (y0 + y1) / 2))
         assert rle.decode(out.rle_counts[k], H, W).tolist() == (logits[0] > 0).tolist()
@@ -96,7 +119,7 @@ def test_sam_hq_passes_its_intermediate_embeddings_back(models, image):
         full = seg.model(image_embeddings=emb, intermediate_embeddings=inter, input_boxes=inputs["input_boxes"])
         plain = seg.model(image_embeddings=emb, input_boxes=inputs["input_boxes"])
     assert not torch.allclose(full.pred_masks, plain.pred_masks)
-    with_hq = segment(models["sam_hq"], image)
+    with_hq = segment(models["sam_hq"], image, mask_margin=None)
     logits, _ = reference(models["sam_hq"], "sam_hq", image, BOXES[0])
     assert rle.decode(with_hq.rle_counts[0], H, W).tolist() == (logits[0] > 0).tolist()
 
