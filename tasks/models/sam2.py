@@ -190,16 +190,17 @@ class TransformersBoxSegmenter:
         return self._resize_cache[key]
 
     def _windowed(self, low: Any, inputs: dict[str, Any], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Masks ``n x H x W`` (bool) and stability ``n``, each mask upsampled only inside its grown box."""
+        """Masks ``n x W x H`` (bool, transposed: the RLE encoder's layout) and stability ``n``, each mask upsampled
+        only inside its grown box."""
         h, w = (int(v) for v in inputs["original_sizes"][0])
         rows, cols = self._matrices(inputs, low.shape[-1])
         windows = grown_windows(boxes, (h, w), float(self.stage.mask_margin))
-        masks, stability = np.zeros((len(low), h, w), bool), np.full(len(low), np.nan, np.float32)
+        masks, stability = np.zeros((len(low), w, h), bool), np.full(len(low), np.nan, np.float32)
         for k, win in enumerate(windows):
             x0, y0, x1, y1 = (int(v) for v in win)
             part = window_logits(low[k], rows, cols, win).numpy()
             stability[k] = stability_scores(part[None], self.threshold)[0]
-            masks[k, y0:y1, x0:x1] = part > self.threshold
+            masks[k, x0:x1, y0:y1] = (part > self.threshold).T
         return masks, stability
 
     # -- the stage -----------------------------------------------------------------------
@@ -243,14 +244,15 @@ class TransformersBoxSegmenter:
             if self.stage.mask_margin is None:
                 logits = self._whole_frame(low, inputs).numpy()  # n x H x W
                 stability.append(stability_scores(logits, self.threshold).astype(np.float32))
-                masks = logits > self.threshold
+                masks_nwh = (logits > self.threshold).transpose(0, 2, 1)
             else:
-                masks, stab = self._windowed(low, inputs, dets.boxes[s : s + step])
+                masks_nwh, stab = self._windowed(low, inputs, dets.boxes[s : s + step])
                 stability.append(stab)
             if self.stage.min_island_frac > 0:
-                masks = remove_small_islands(masks, self.stage.min_island_frac)
-            counts += rle.encode_nhw(masks)
-            area.append(np.count_nonzero(masks.reshape(len(masks), -1), axis=1))
+                masks_nwh = remove_small_islands(masks_nwh.transpose(0, 2, 1), self.stage.min_island_frac)
+                masks_nwh = masks_nwh.transpose(0, 2, 1)
+            counts += rle.encode_nwh(np.ascontiguousarray(masks_nwh))  # no copy when already N x W x H
+            area.append(np.count_nonzero(masks_nwh.reshape(len(masks_nwh), -1), axis=1))
         extra = {"multimask_ious": np.concatenate(candidates)} if candidates else {}
         with_masks = dets.with_masks(
             counts, predicted_iou=np.concatenate(iou), stability_score=np.concatenate(stability), **extra
