@@ -5,7 +5,7 @@ nothing). Training them takes minutes, so they are trained once by this
 seeded script and shipped in ``tests/data/models/``; ``SHA256SUMS`` there
 lists every file, and :func:`trained_model` checks it before a test loads one.
 
-Regenerate (about 15 minutes on 2 CPU cores; commit the folder afterwards)::
+Regenerate (about 30 minutes on 2 CPU cores; commit the folder afterwards)::
 
     python -m tests.support.trained
 """
@@ -27,6 +27,7 @@ SUMS = DATA / "SHA256SUMS"
 def _trainers() -> dict[str, tuple[str, Callable[..., dict], dict[str, Any]]]:
     """name -> (file or folder name, trainer, keyword arguments); every trainer seeded by its default ``seed=0``."""
     from tests.support import localizers as loc
+    from tests.support import promptable
 
     return {
         "owlv2": ("owlv2-target", loc.train_owl_localizer, {"kind": "owlv2"}),
@@ -35,6 +36,8 @@ def _trainers() -> dict[str, tuple[str, Callable[..., dict], dict[str, Any]]]:
         "yolo_seg": ("yolo-seg-target.pt", loc.train_yolo_seg_localizer, {}),
         "maskrcnn": ("maskrcnn-target.pt", loc.train_maskrcnn_localizer, {}),
         "sam_points": ("sam-points.pt", loc.train_sam_point_localizer, {}),
+        "sam2_box": ("sam2-box-target", promptable.train_sam2_box_localizer, {}),
+        "sam3": ("sam3-target", promptable.train_sam3_localizer, {}),
     }
 
 
