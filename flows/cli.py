@@ -5,6 +5,8 @@
     segflow status OUTPUT [--all] [--json]
     segflow rerun OUTPUT
     segflow publish OUTPUT DEST [--version NAME]
+    segflow export OUTPUT --format label-studio|cvat|yolo-seg|coco DEST [--verdicts review|accept|all]
+    segflow import-review OUTPUT FILE [--format label-studio|coco] [--json]
     segflow schema
     segflow demo --output DIR [--seed N] [--images N]
     segflow convert-weights yolo IN.pt OUT.pt
@@ -377,6 +379,48 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from segflow.tasks.formats import ExportError, export
+
+    options = {}
+    if args.image_url_prefix is not None:
+        options["image_url_prefix"] = args.image_url_prefix
+    if args.val_percent is not None:
+        options["val_percent"] = args.val_percent
+    if args.link:
+        options["link"] = True
+    try:
+        result = export(_cli_path(args.output), args.format, _cli_path(args.dest), args.verdicts, **options)
+    except (ExportError, TypeError) as e:
+        _eprint(f"error: {e}")
+        return EXIT_CONFIG
+    where = result.get("file") or result["dest"]
+    print(f"{args.format}: {result['images']} images, {result['masks']} masks ({result['verdicts']}) -> {where}")
+    return EXIT_OK
+
+
+def cmd_import_review(args: argparse.Namespace) -> int:
+    from segflow.tasks.formats import ExportError
+    from segflow.tasks.review import import_review
+
+    try:
+        changes = import_review(_cli_path(args.output), _cli_path(args.file), args.format)
+    except ExportError as e:
+        _eprint(f"error: {e}")
+        return EXIT_CONFIG
+    if args.json:
+        print(json.dumps(changes, indent=1))
+        return EXIT_OK
+    c = changes["counts"]
+    print(
+        f"review {changes['version']} of {changes['images_reviewed']} images (sha256 {changes['review_sha256'][:12]}): "
+        f"kept {c['kept']}, relabelled {c['relabelled']}, reshaped {c['reshaped']}, deleted {c['deleted']}, "
+        f"added {c['added']}; the set now has {changes['labels']} labels, {changes['labels_checked']} checked by "
+        "people"
+    )
+    return EXIT_OK
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from segflow.config import ConfigError
 
@@ -620,6 +664,27 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("dest", help="destination prefix, e.g. s3://datasets/vehicles")
     pb.add_argument("--version", help="version name (default: UTC time + run digest)")
     pb.set_defaults(fn=cmd_publish)
+
+    ex = sub.add_parser("export", help="write a finished run's labels for Label Studio, CVAT, ultralytics or COCO")
+    ex.add_argument("output", help="the run's output folder or URL")
+    ex.add_argument("dest", help="where to write (folder, file or URL; see docs/formats/)")
+    ex.add_argument("--format", required=True, choices=["label-studio", "cvat", "yolo-seg", "coco"])
+    ex.add_argument(
+        "--verdicts",
+        choices=["review", "accept", "all"],
+        help="which labels go out (default: review for label-studio and cvat, accept for yolo-seg and coco)",
+    )
+    ex.add_argument("--image-url-prefix", help="label-studio: image URL = prefix + path relative to the source")
+    ex.add_argument("--val-percent", type=int, help="yolo-seg: share of images in the val split (default 10)")
+    ex.add_argument("--link", action="store_true", help="yolo-seg: symlink the images instead of copying (local)")
+    ex.set_defaults(fn=cmd_export)
+
+    ir = sub.add_parser("import-review", help="a reviewer's corrections back into the run as a new dataset version")
+    ir.add_argument("output", help="the run's output folder or URL")
+    ir.add_argument("file", help="Label Studio JSON export, or COCO instances / CVAT COCO 1.0 zip")
+    ir.add_argument("--format", choices=["label-studio", "coco"], default="label-studio")
+    ir.add_argument("--json", action="store_true", help="machine-readable output")
+    ir.set_defaults(fn=cmd_import_review)
 
     v = sub.add_parser("validate", help="check a job file without running it")
     v.add_argument("config")

@@ -23,6 +23,7 @@ from prefect.artifacts import (
 from prefect.futures import as_completed, wait
 
 from segflow.config import JobConfig
+from segflow.config.schema import ExportConfig
 from segflow.flows.runners import make_task_runner, shard_submit_options
 from segflow.tasks.finalize import IncompleteRunError, finalize
 from segflow.tasks.plan import Plan, PlanError, load_plan, make_plan
@@ -153,6 +154,16 @@ def finalize_task(job: JobConfig, started_at: float, force: bool = False) -> dic
     return summary
 
 
+@task(name="export")
+def export_task(job: JobConfig, spec: ExportConfig) -> dict:
+    from segflow.tasks.formats import export
+
+    apply_credentials(job)
+    result = export(job.output, spec.format, spec.dest, spec.verdicts)
+    get_run_logger().info("%s: %s images, %s masks -> %s", spec.format, result["images"], result["masks"], spec.dest)
+    return result
+
+
 @task(name="publish")
 def publish_task(job: JobConfig) -> dict:
     apply_credentials(job)
@@ -206,6 +217,8 @@ def label_flow(job: JobConfig, redo: list[str] | None = None, refinalize: bool =
             {k: r[k] for k in ("shard_id", "worker_pid", "model_loads", "skipped", "seconds")} for r in shard_runs
         ],
     )
+    if job.exports:
+        summary = dict(summary, exported=[export_task(job, spec) for spec in job.exports])
     if job.publish is not None:
         summary = dict(summary, published=publish_task(job))
     return summary

@@ -7,6 +7,7 @@ Layout under the destination::
     DEST/<version>/semantic/...          semantic label maps (when the run has a panoptic stage)
     DEST/<version>/qc/...                QC report (when the run has one)
     DEST/<version>/quality.json, summary.json, job.json
+    DEST/<version>/reviews/<review>/...  the latest review version (``segflow import-review``): the reviewed set
     DEST/<version>/README.md             dataset card: counts per class, images, models and hashes, job, time
     DEST/<version>/SHA256SUMS            sha256 of every file above
     DEST/<version>/_PUBLISHED.json       written after every file, create-if-absent: the version exists once this does
@@ -41,11 +42,11 @@ class PublishError(Exception):
     """The run cannot be published (incomplete, or the version name is taken by other content)."""
 
 
-def _run_files(output: str) -> list[str]:
-    """Relative paths of the files a version holds, sorted."""
+def _run_files(output: str, review: str | None = None) -> list[str]:
+    """Relative paths of the files a version holds, sorted (with the named review version's)."""
     fs, root = open_fs(output)
     rels = []
-    for d in _PUBLISHED_DIRS:
+    for d in _PUBLISHED_DIRS + ((f"reviews/{review}",) if review else ()):
         _, p = open_fs(join(output, d))
         if fs.exists(p):
             rels += [f[len(root.rstrip("/")) + 1 :] for f in fs.find(p)]
@@ -56,7 +57,22 @@ def _run_files(output: str) -> list[str]:
     return sorted(r for r in rels if ".tmp-" not in r)
 
 
-def _card(summary: dict, job: dict, version: str, checksums: dict[str, str]) -> str:
+def _review_text(review: dict | None) -> str:
+    if not review:
+        return ""
+    c, v = review["counts"], review["version"]
+    return (
+        f"\n## Reviewed by people\n\nReview {v} ({review['format']} file, sha256 `{review['review_sha256'][:16]}`, "
+        f"imported {review['imported_at']}) checked the labels of {review['images_reviewed']} images: "
+        f"{review['labels_checked']} of the {review['labels']} labels in the reviewed set were checked by people "
+        f"({review['labels_by_source']['human']} drawn or reshaped by them). This review: kept {c['kept']}, "
+        f"relabelled {c['relabelled']}, reshaped {c['reshaped']}, deleted {c['deleted']}, added {c['added']}. "
+        f"Train on `reviews/{v}/coco/instances.json` (or `reviews/{v}/masks.parquet`, column `source`); "
+        "`coco/instances.json` and the manifest keep the auto labels.\n"
+    )
+
+
+def _card(summary: dict, job: dict, version: str, checksums: dict[str, str], review: dict | None = None) -> str:
     models = []
     for name, st in job.get("stages", {}).items():
         if "weights" in st:
@@ -139,7 +155,7 @@ Auto-labelled by segflow. Created {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmti
 | class | masks |
 |---|---:|
 {per_class}
-{qtext}
+{qtext}{_review_text(review)}
 ## Models
 
 | stage | kind | weights | sha256 |
@@ -182,13 +198,18 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
     if version is not None and not _VERSION.match(version):
         raise PublishError(f"invalid version name {version!r}: letters, digits, '.', '_' and '-'")
 
+    from segflow.tasks.review import latest_review
+
+    review = latest_review(output)
+    review_version = review["version"] if review else None
     fs_dest, _ = open_fs(dest)
-    # idempotent: the same run already published under some version?
+    # idempotent: the same run (and review) already published under some version?
     _, dest_root = open_fs(dest)
     existing = fs_dest.glob(f"{dest_root.rstrip('/')}/*/_PUBLISHED.json") if fs_dest.exists(dest_root) else []
     for marker in sorted(existing):
         rec = json.loads(fs_dest.cat_file(marker))
-        if rec.get("commits_digest") == digest and (version is None or rec["version"] == version):
+        same = rec.get("commits_digest") == digest and rec.get("review_version") == review_version
+        if same and (version is None or rec["version"] == version):
             return {
                 "version": rec["version"],
                 "url": redact(join(dest, rec["version"])),
@@ -205,13 +226,13 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
         )
 
     checksums: dict[str, str] = {}
-    for rel in _run_files(output):
+    for rel in _run_files(output, review_version):
         _, src = open_fs(join(output, rel))
         data = read_bytes(fs_out, src)
         checksums[rel] = hashlib.sha256(data).hexdigest()
         _, dst = open_fs(join(target, rel))
         write_bytes(fs_dest, dst, data)
-    card = _card(summary, job, version, checksums).encode()
+    card = _card(summary, job, version, checksums, review).encode()
     checksums["README.md"] = hashlib.sha256(card).hexdigest()
     _, p = open_fs(join(target, "README.md"))
     write_bytes(fs_dest, p, card)
@@ -221,6 +242,7 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
     record = {
         "version": version,
         "commits_digest": digest,
+        "review_version": review_version,
         "files": sorted(checksums),
         "source": redact(output),
         "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

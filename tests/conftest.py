@@ -286,3 +286,24 @@ def s3_faults(s3, s3_server, monkeypatch):
     yield proxy
     proxy.close()
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, prefect_harness):
+    """`segflow demo` on 30 scenes (seed 3): images, ground truth and the finished run in ``out/``. Shared by the
+    session: a test that changes the run works on a copy (:func:`demo_copy`)."""
+    from segflow.flows import cli
+
+    out = tmp_path_factory.mktemp("demo")
+    assert cli.main(["demo", "--output", str(out), "--images", "30", "--seed", "3", "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture()
+def demo_copy(demo_run, tmp_path):
+    """A private copy of the demo's finished run (``out``) beside its images, the same paths inside."""
+    import shutil
+
+    dst = tmp_path / "demo"
+    shutil.copytree(demo_run / "out", dst / "out")
+    return dst / "out"

@@ -608,6 +608,16 @@ class PublishConfig(_Strict):
     version: str | None = Field(None, description="Version name; default: UTC time + run digest. Never overwritten.")
 
 
+class ExportConfig(_Strict):
+    format: Literal["label-studio", "cvat", "yolo-seg", "coco"] = Field(
+        ..., description="Interchange format (docs/formats/)."
+    )
+    dest: str = Field(..., min_length=1, description="Where to write it (folder, file or any fsspec URL).")
+    verdicts: Literal["review", "accept", "all"] | None = Field(
+        None, description="Which labels go out; default: review for label-studio and cvat, accept otherwise."
+    )
+
+
 class JobConfig(_Strict):
     """A labeling job."""
 
@@ -618,6 +628,10 @@ class JobConfig(_Strict):
     ontology: list[OntologyClass] = Field(..., description="Classes with stable integer ids.")
     stages: dict[str, Stage] = Field(..., description="Named stages; `needs` makes them a DAG.")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="Where and how shard tasks run.")
+    exports: list[ExportConfig] = Field(
+        default_factory=list,
+        description="Interchange files written after each finished run, before publishing (see `segflow export`).",
+    )
     publish: PublishConfig | None = Field(
         None, description="Publish the finished run as a new dataset version (see `segflow publish`)."
     )

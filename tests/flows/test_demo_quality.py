@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
-import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -41,13 +40,6 @@ def coco_eval(gt: COCO, results: list[dict], iou_type: str) -> float:
         ev = COCOeval(gt, gt.loadRes(results), iou_type)
         ev.evaluate(), ev.accumulate(), ev.summarize()
     return float(ev.stats[1])  # AP50
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, prefect_harness):
-    out = tmp_path_factory.mktemp("demo")
-    assert cli.main(["demo", "--output", str(out), "--images", "30", "--seed", "3", "--no-progress"]) == 0
-    return out
 
 
 def test_demo_writes_ground_truth_and_quality(demo_run):

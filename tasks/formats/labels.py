@@ -1,0 +1,119 @@
+"""A finished run's labels read back for the interchange formats: images and their mask rows, shard by shard.
+
+Reads the merged manifest (``manifest/{images,masks}.parquet/part-<shard>.parquet``,
+finalize's output; its ``verdict`` column chooses the rows) and the ontology of
+``job.json``. One shard's rows are in memory at a time.
+
+``verdicts`` choices (``segflow export --verdicts``):
+
+=========  =====================================================
+review     the review band (``verdict == "review"``)
+accept     the exported labels (``verdict == "accept"``)
+all        every mask, rejected ones included
+=========  =====================================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from segflow.tasks.layout import OutputLayout
+from segflow.tasks.storage import open_fs, read_json, redact
+
+__all__ = ["VERDICTS", "ImageLabels", "RunLabels", "ExportError"]
+
+VERDICTS: dict[str, tuple[str, ...]] = {
+    "review": ("review",),
+    "accept": ("accept",),
+    "all": ("accept", "review", "reject"),
+}
+
+
+class ExportError(ValueError):
+    """The run cannot be exported or a review file cannot be imported (the message says why)."""
+
+
+@dataclass(frozen=True)
+class ImageLabels:
+    image_id: int
+    file_name: str  # relative to the source root
+    uri: str  # the full source URI
+    width: int
+    height: int
+    masks: list[dict]  # manifest rows of this image's masks, annotation id order
+
+
+class RunLabels:
+    """The labels of the finished run in ``output``."""
+
+    def __init__(self, output: str):
+        self.output = output
+        self.layout = OutputLayout(output)
+        fs, _ = open_fs(output)
+        self.fs = fs
+        if read_json(fs, self.layout.summary) is None:
+            raise ExportError(f"{redact(output)}: not a finished run (no summary.json); run `segflow rerun` first")
+        self.job = read_json(fs, self.layout.job_json) or {}
+        self.categories = {int(c["id"]): c["name"] for c in self.job.get("ontology", []) if c.get("isthing", True)}
+        parts = read_json(fs, self.layout.manifest_parts) or {}
+        self.shards = sorted(parts.get("manifest/images.parquet", {}))
+
+    def _part(self, name: str, shard_id: str) -> pa.Table | None:
+        _, path = open_fs(self.layout.url(f"manifest/{name}.parquet/part-{shard_id}.parquet"))
+        if not self.fs.exists(path):
+            return None
+        with self.fs.open(path, "rb") as f:
+            return pq.read_table(f)
+
+    def images(
+        self, select: str = "accept", rows: tuple[str, ...] | None = None, labelled_only: bool = True
+    ) -> Iterator[ImageLabels]:
+        """Decoded images in image-id order with their mask rows.
+
+        ``select``: images with at least one mask of these :data:`VERDICTS` (all decoded images when not
+        ``labelled_only``); ``rows``: the verdicts of the rows each image carries (default: ``select``'s).
+        """
+        if select not in VERDICTS:
+            raise ExportError(f"verdicts must be one of {', '.join(VERDICTS)}, got {select!r}")
+        chosen, carried = pa.array(VERDICTS[select]), pa.array(rows or VERDICTS[select])
+        for sid in self.shards:
+            images = self._part("images", sid)
+            if images is None:
+                raise ExportError(f"{redact(self.output)}: manifest part of {sid} is missing; run `segflow verify`")
+            masks = self._part("masks", sid)
+            if masks is None or not masks.num_rows:
+                masks = None
+            images = images.filter(pc.equal(images["status"], "ok")).sort_by("image_id")
+            picked = set()
+            if masks is not None:
+                picked = set(masks.filter(pc.is_in(masks["verdict"], chosen))["image_id"].to_pylist())
+                masks = masks.filter(pc.is_in(masks["verdict"], carried)).sort_by("annotation_id")
+            ids = masks["image_id"].to_numpy() if masks is not None else np.zeros(0, np.int64)
+            for row in images.to_pylist():
+                if labelled_only and row["image_id"] not in picked:
+                    continue
+                lo, hi = np.searchsorted(ids, row["image_id"]), np.searchsorted(ids, row["image_id"], side="right")
+                yield ImageLabels(
+                    int(row["image_id"]),
+                    row["file_name"],
+                    row["image_uri"],
+                    int(row["width"]),
+                    int(row["height"]),
+                    masks.slice(lo, hi - lo).to_pylist() if masks is not None else [],
+                )
+
+    def category_list(self) -> list[dict]:
+        """COCO ``categories`` of the thing classes."""
+        return [{"id": k, "name": v, "supercategory": "object"} for k, v in sorted(self.categories.items())]
+
+
+def dumps(obj: object) -> bytes:
+    """Compact, stable JSON bytes."""
+    return json.dumps(obj, separators=(",", ":"), sort_keys=False).encode()
