@@ -194,8 +194,10 @@ def train_sam3_localizer(
         loss = loss + F.binary_cross_entropy_with_logits(out.presence_logits[:, 0], present.float())
         if present.any():
             box = out.pred_boxes[rows, j][present]
-            loss = loss + 5 * F.l1_loss(box, target[present]) + 2 * generalized_box_iou_loss(
-                box, target[present], reduction="mean"
+            loss = (
+                loss
+                + 5 * F.l1_loss(box, target[present])
+                + 2 * generalized_box_iou_loss(box, target[present], reduction="mean")
             )
             masks = out.pred_masks[rows, j][present]
             goal = torch.stack([_low_res(s.mask, masks.shape[-1]) for s, p in zip(scenes, present) if p])
