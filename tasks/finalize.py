@@ -46,7 +46,7 @@ from segflow.tasks.panoptic_export import (
     render_shard,
     rendered_marker,
 )
-from segflow.tasks.plan import iter_plan, load_plan
+from segflow.tasks.plan import iter_plan_batches, load_plan
 from segflow.tasks.qc_report import QcAccumulator, write_qc_report
 from segflow.tasks.storage import open_fs, redact, write_bytes
 
@@ -138,16 +138,20 @@ class GoldMatch:
         self.sizes: dict[int, tuple[int, int]] = {}
         self.rows: list[dict] = []
 
+    def named(self, keys: Any) -> Any:
+        """Bool mask over an Arrow array of keys: the gold set names the key or its base name (vectorised)."""
+        wanted = pa.array(sorted(self.wanted), pa.string())
+        base = pc.replace_substring_regex(keys, pattern=r"^.*/", replacement="")
+        return pc.or_(pc.is_in(keys, value_set=wanted), pc.is_in(base, value_set=wanted))
+
     def image_ids(self, images: pa.Table) -> list[int]:
         """The gold images among a shard's decoded images (recording their names and sizes)."""
-        from pathlib import PurePosixPath
-
+        ok = images.filter(pc.equal(images["status"], "ok"))
         ids = []
-        for r in images.filter(pc.equal(images["status"], "ok")).to_pylist():
-            if r["file_name"] in self.wanted or PurePosixPath(r["file_name"]).name in self.wanted:
-                self.file_names[r["file_name"]] = r["image_id"]
-                self.sizes[r["image_id"]] = (r["height"], r["width"])
-                ids.append(r["image_id"])
+        for r in ok.filter(self.named(ok["file_name"])).to_pylist():
+            self.file_names[r["file_name"]] = r["image_id"]
+            self.sizes[r["image_id"]] = (r["height"], r["width"])
+            ids.append(r["image_id"])
         return ids
 
     def add(self, images: pa.Table, masks: pa.Table) -> None:
@@ -179,7 +183,6 @@ def _acceptance(
     Fitting reads the shards the plan puts gold images in (their committed bytes are left in ``cache`` for the
     main pass, so each committed file is still read once).
     """
-    from pathlib import PurePosixPath
 
     from segflow.tasks.acceptance import load_calibration
     from segflow.tasks.calibration import fit_calibration
@@ -189,11 +192,9 @@ def _acceptance(
         cal = load_calibration(accept.calibration, job.category_names()) | {"applied_from": redact(accept.calibration)}
     elif accept is not None and getattr(job, "gold_set", None):
         gm = GoldMatch(job, features=accept.score == "combined")
-        shards = {  # one pass over the plan: keys as the gold set names them, or their base names
-            r["shard_id"]
-            for r in iter_plan(layout.root)
-            if r["key"] in gm.wanted or PurePosixPath(r["key"]).name in gm.wanted
-        }
+        shards = set()  # one pass over the plan: keys as the gold set names them, or their base names
+        for b in iter_plan_batches(layout.root, ["shard_id", "key"]):
+            shards.update(b.column("shard_id").filter(gm.named(b.column("key"))).to_pylist())
         for c in commits:
             if c["shard_id"] in shards:
                 for name in ("images", "masks"):

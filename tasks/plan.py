@@ -398,11 +398,16 @@ def read_shard_rows(output: str, shard_id: str) -> list[dict]:
     return table.to_pylist()
 
 
-def iter_plan(output: str) -> Iterable[dict]:
-    """Every plan row, generation by generation."""
+def iter_plan_batches(output: str, columns: list[str] | None = None) -> Iterable[pa.RecordBatch]:
+    """Every plan row as Arrow record batches, generation by generation (vectorised readers)."""
     meta = load_plan(output)
     for g in meta.get("generations", [{"generation": 0}]):
         fs, path = open_fs(_generation_file(output, g["generation"]))
         with fs.open(path, "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches():
-                yield from batch.to_pylist()
+            yield from pq.ParquetFile(f).iter_batches(columns=columns)
+
+
+def iter_plan(output: str) -> Iterable[dict]:
+    """Every plan row, generation by generation."""
+    for batch in iter_plan_batches(output):
+        yield from batch.to_pylist()
