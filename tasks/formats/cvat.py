@@ -28,6 +28,7 @@ import zipfile
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from pycocotools import mask as mask_utils
 
 from segflow.tasks.coco import InstancesWriter
@@ -84,27 +85,19 @@ def export_cvat(run: RunLabels, dest: str, verdicts: str, tolerance: float = 0.0
 
 
 def export_coco(run: RunLabels, dest: str, verdicts: str) -> dict[str, int]:
-    """COCO instances (compressed RLE) of the masks of ``verdicts``; returns counts."""
-    import pyarrow as pa
-
+    """COCO instances (compressed RLE) of the masks of ``verdicts``, written shard by shard; returns counts."""
     target = dest if dest.endswith(".json") else join(dest, "instances.json")
     writer = InstancesWriter(target, run.categories, str(run.job.get("name", "")), VERDICTS[verdicts])
-    for im in run.images(verdicts, labelled_only=False):
-        info = {"image_id": im.image_id, "file_name": im.file_name, "image_uri": im.uri, "status": "ok"}
-        images = pa.Table.from_pylist([{**info, "width": im.width, "height": im.height}])
-        writer.add(images, pa.Table.from_pylist(im.masks) if im.masks else _empty_masks())
+    for images, masks in run.shard_tables():
+        writer.add(images, masks if masks is not None else _empty_masks())
     counts = writer.close()
     return {"images": counts["images"], "masks": counts["annotations"], "file": target}
 
 
 def _empty_masks() -> Any:
-    import pyarrow as pa
+    from segflow.tasks.manifest import MASKS_SCHEMA
 
-    cols = ["annotation_id", "image_id", "category_id", "rle_counts", "width", "height", "area", "score"]
-    table = pa.table({c: pa.array([], pa.int64() if c != "rle_counts" else pa.string()) for c in cols})
-    table = table.append_column("bbox", pa.array([], pa.list_(pa.float64())))
-    table = table.append_column("predicted_iou", pa.array([], pa.float32()))
-    return table.append_column("verdict", pa.array([], pa.string()))
+    return MASKS_SCHEMA.empty_table().append_column("verdict", pa.array([], pa.string()))
 
 
 def _load(raw: bytes, source: str) -> dict:

@@ -72,6 +72,14 @@ class RunLabels:
         with self.fs.open(path, "rb") as f:
             return pq.read_table(f)
 
+    def shard_tables(self) -> Iterator[tuple[pa.Table, pa.Table | None]]:
+        """Per shard: its images table and its masks table (None without masks), as finalize wrote them."""
+        for sid in self.shards:
+            images = self._part("images", sid)
+            if images is None:
+                raise ExportError(f"{redact(self.output)}: manifest part of {sid} is missing; run `segflow verify`")
+            yield images, self._part("masks", sid)
+
     def images(
         self, select: str = "accept", rows: tuple[str, ...] | None = None, labelled_only: bool = True
     ) -> Iterator[ImageLabels]:

@@ -1,10 +1,13 @@
 """`python -m bench` runs and writes its JSON (a smoke run of the cheap measurements; figures are not asserted)."""
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,3 +62,31 @@ def test_utilisation_is_images_per_s_times_gflops_over_the_device_peak():
         _utilisation(1.0, 1.0, 0.0)
     assert _gpu_peak_tflops("NVIDIA H200") == 989.0 and _gpu_peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert _gpu_peak_tflops("Some Unknown GPU") is None
+
+
+def test_gpu_check_without_cuda_says_so_and_exits_0(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "bench", "--gpu", "--out", str(tmp_path / "gpu.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "no CUDA device" in r.stdout and not (tmp_path / "gpu.json").exists()
+
+
+def test_capacity_model_counts_flops_on_meta_tensors_and_scales_them_to_gpu_hours():
+    import torch
+
+    from bench.capacity import _count, plan
+
+    with torch.device("meta"):
+        layer = torch.nn.Linear(256, 512)
+    assert _count(lambda: layer(torch.empty(8, 256, device="meta"))) == 2 * 8 * 256 * 512 / 1e9
+    rows = {"a": {"image_gflops": 1000.0, "per_box_gflops": 10.0}}
+    p = plan(rows, ["a"], images=3600, gpu="H100", gpus=2, util=0.5, boxes=10)
+    # 1.1 TFLOP an image at 494.5 TFLOP/s: 2.224 ms an image, 3600 images = 8.01 s = 0.00222 GPU-hours
+    assert p["tflops_per_image"] == pytest.approx(1.1)
+    assert p["gpu_hours"] == pytest.approx(3600 * 1.1 / 494.5 / 3600) and p["wall_hours"] == p["gpu_hours"] / 2
