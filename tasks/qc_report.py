@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from segflow.tasks import rle
 from segflow.tasks.images import decode_image
@@ -39,12 +40,32 @@ _COLOURS = {"accept": (40, 220, 90), "review": (255, 200, 0), "reject": (255, 50
 
 
 class QcAccumulator:
-    """Collects QC counts, score samples and review candidates shard by shard (bounded memory)."""
+    """Collects QC counts, score distributions and review candidates shard by shard, in memory that does not grow
+    with the rows: scores go into fixed histograms (quantiles to 0.001), candidates are a reservoir."""
+
+    _BINS = np.linspace(0.0, 1.0, 1001)  # scores, predicted IoU and stability live in [0, 1] (clipped into it)
+    _COLUMNS = [
+        "annotation_id",
+        "image_id",
+        "image_uri",
+        "width",
+        "height",
+        "category_name",
+        "score",
+        "predicted_iou",
+        "stability_score",
+        "rle_counts",
+        "calibrated_score",
+        "verdict",
+        "verdict_reasons",
+        "prompt_box",
+    ]
 
     def __init__(self, samples_per_verdict: int, seed: int = 0):
         self.rows: Counter = Counter()
-        self.scores: dict[str, dict[str, list[float]]] = {
-            v: {"score": [], "predicted_iou": [], "stability_score": []} for v in SHEETS
+        self.hist: dict[str, dict[str, np.ndarray]] = {
+            v: {k: np.zeros(len(self._BINS) - 1, np.int64) for k in ("score", "predicted_iou", "stability_score")}
+            for v in SHEETS
         }
         self.samples_per_verdict = samples_per_verdict
         self.candidates: dict[str, list[tuple[float, dict]]] = {v: [] for v in SHEETS}
@@ -52,36 +73,34 @@ class QcAccumulator:
         self.rng = np.random.default_rng(seed)
 
     def add(self, shard_id: str, masks: pa.Table, images: pa.Table) -> None:
-        cols = [
-            "annotation_id",
-            "image_id",
-            "image_uri",
-            "width",
-            "height",
-            "category_name",
-            "score",
-            "predicted_iou",
-            "stability_score",
-            "rle_counts",
-            "calibrated_score",
-            "verdict",
-            "verdict_reasons",
-            "prompt_box",
-        ]
-        for r in masks.select(cols).to_pylist():
-            v = r["verdict"]
-            for rule in r["verdict_reasons"] or ["(none)"]:
-                self.rows[(shard_id, r["category_name"], v, rule)] += 1
-            for k in ("score", "predicted_iou", "stability_score"):
-                if r[k] is not None:
-                    self.scores[v][k].append(r[k])
-            # reservoir-style: keep the samples with the smallest random keys
-            key = float(self.rng.random())
-            cand = self.candidates[v]
-            cand.append((key, r))
-            if len(cand) > 4 * max(self.samples_per_verdict, 1):
+        n = masks.num_rows
+        if n:
+            reasons = masks["verdict_reasons"].combine_chunks()
+            empty = pc.fill_null(pc.equal(pc.list_value_length(reasons), 0), True).to_numpy(zero_copy_only=False)
+            flat = pc.list_flatten(reasons)
+            parent = pc.list_parent_indices(reasons).to_numpy()
+            idx = np.concatenate([parent, np.flatnonzero(empty)])
+            rules = flat.to_pylist() + ["(none)"] * int(empty.sum())
+            cats = masks["category_name"].to_numpy(zero_copy_only=False)[idx]
+            verd = masks["verdict"].to_numpy(zero_copy_only=False)[idx]
+            for (c, v, r), k in Counter(zip(cats.tolist(), verd.tolist(), rules)).items():
+                self.rows[(shard_id, c, v, r)] += k
+            verdicts = masks["verdict"].to_numpy(zero_copy_only=False)
+            keys = self.rng.random(n)  # reservoir: each verdict keeps the rows with the smallest random keys
+            for v in SHEETS:
+                sel = verdicts == v
+                if not sel.any():
+                    continue
+                for k in ("score", "predicted_iou", "stability_score"):
+                    vals = masks[k].to_numpy(zero_copy_only=False)[sel].astype(np.float64)
+                    vals = vals[~np.isnan(vals)]
+                    self.hist[v][k] += np.histogram(np.clip(vals, 0.0, 1.0), self._BINS)[0]
+                rows_v = np.flatnonzero(sel)
+                best = rows_v[np.argsort(keys[rows_v], kind="stable")[: max(self.samples_per_verdict, 1)]]
+                picked = masks.take(pa.array(best)).select(self._COLUMNS).to_pylist()
+                cand = self.candidates[v] + list(zip(keys[best].tolist(), picked))
                 cand.sort(key=lambda t: t[0])
-                del cand[self.samples_per_verdict :]
+                self.candidates[v] = cand[: max(self.samples_per_verdict, 1)]
         for flags in images["qc_flags"].to_pylist():
             for f in flags or []:
                 self.image_flags[f] += 1
@@ -103,8 +122,8 @@ class QcAccumulator:
         )
 
     def verdict_counts(self) -> dict[str, int]:
-        """Masks per verdict (a mask with several rules is in ``rows`` once per rule, here once)."""
-        return {v: len(self.scores[v]["score"]) for v in SHEETS}
+        """Masks per verdict with a detector score (a mask with several rules is in ``rows`` once per rule)."""
+        return {v: int(self.hist[v]["score"].sum()) for v in SHEETS}
 
     def rule_counts(self) -> dict[str, int]:
         c: Counter = Counter()
@@ -114,16 +133,19 @@ class QcAccumulator:
         return dict(sorted(c.items()))
 
     def score_table(self) -> pa.Table:
+        """Per verdict and metric: count and quantiles (read off the 0.001-wide histogram: bin upper edges)."""
         rows = []
         for v in SHEETS:
-            for k, vals in self.scores[v].items():
-                if vals:
-                    q = np.quantile(np.asarray(vals, np.float64), [0.05, 0.25, 0.5, 0.75, 0.95])
+            for k, h in self.hist[v].items():
+                count = int(h.sum())
+                if count:
+                    cum = np.cumsum(h)
+                    q = [float(self._BINS[1 + np.searchsorted(cum, p * count)]) for p in (0.05, 0.25, 0.5, 0.75, 0.95)]
                     rows.append(
                         {
                             "verdict": v,
                             "metric": k,
-                            "count": len(vals),
+                            "count": count,
                             "p05": q[0],
                             "p25": q[1],
                             "p50": q[2],
