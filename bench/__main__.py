@@ -394,6 +394,12 @@ def bench_e2e(work: Path, n_images: int) -> dict:
     }
 
 
+def _bench_e2e_s3(work: Path, n_images: int) -> dict:
+    from bench.bench_s3 import bench_e2e_s3
+
+    return bench_e2e_s3(work, n_images)
+
+
 def bench_auto_annotate(work: Path, n_images: int) -> dict:
     from segment_anything import sam_model_registry
     from ultralytics.data.annotator import auto_annotate
@@ -585,16 +591,17 @@ def bench_memory(work: Path, n_images: int, shard_size: int) -> dict:
 
 
 #: Dense bf16 peaks (TFLOP/s) of common GPUs, for the utilisation figure.
-GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
 
 
 def _gpu_peak_tflops(name: str | None = None) -> float | None:
     """Dense bf16 peak of the GPU called ``name`` (default: CUDA device 0), None when unknown or no GPU."""
+    from bench.gpu import peak_tflops
+
     if name is None:
         if not torch.cuda.is_available():
             return None
         name = torch.cuda.get_device_name(0)
-    return next((v for k, v in GPU_PEAK_BF16_TFLOPS.items() if k in name), None)
+    return peak_tflops(name)
 
 
 def _utilisation(images_per_s: float, gflops_per_image: float, peak_tflops: float) -> float:
@@ -611,6 +618,7 @@ TARGETS = {
     "sam2_box_to_mask_vs_batched": ">= 0.95x",
     "sam3_prompts_vs_per_prompt": ">= 2x",
     "e2e_vs_model_only": ">= 0.9x",
+    "e2e_s3_vs_local": ">= 0.85x",
     "vs_auto_annotate": ">= 1.5x",
     "rle_gpx_per_s": ">= 1 Gpx/s",
     "rss_slope_mb_per_1k_images": "~0",
@@ -620,6 +628,22 @@ TARGETS = {
     # not an issue target: the stage with mask_margin null (every mask over the whole frame, as SamPredictor)
     "box_to_mask_whole_frame_vs_loop": "(mask_margin null; >= 4x)",
 }
+
+
+def _gpu_main(out: Path) -> None:
+    from bench.gpu import gpu_check
+
+    res = gpu_check(Path(tempfile.mkdtemp(prefix="segflow-gpu-")))
+    if res["gpu"] is None:
+        print(f"segflow bench --gpu: {res['gpu_note']}")
+        return
+    for k, v in res.items():
+        print(f"{k:<36}{v}")
+    merged = json.loads(out.read_text()) if out.exists() else {}
+    merged.update(res)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=2))
+    print(f"written: {out}")
 
 
 def main() -> None:
@@ -637,7 +661,15 @@ def main() -> None:
         action="store_true",
         help="leave glibc malloc adaptive (segflow's workers fix its thresholds, runtime.malloc_tuning)",
     )
+    ap.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the GPU check only (bench/gpu.py; a few minutes on a CUDA device, nothing without one), "
+        "merged into --out",
+    )
     args = ap.parse_args()
+    if args.gpu:
+        return _gpu_main(Path(args.out))
     q = args.quick
     from segflow.tasks.allocator import keep_freed_memory
 
@@ -650,6 +682,7 @@ def main() -> None:
         ("sam2_box_to_mask", lambda: bench_sam2_box_to_mask(work, 2 if q else 6, 16)),
         ("sam3_prompts", lambda: bench_sam3_prompts(work, 2 if q else 6)),
         ("e2e", lambda: bench_e2e(work, 8 if q else 40)),
+        ("e2e_s3", lambda: _bench_e2e_s3(work, 8 if q else 40)),
         ("vs_auto_annotate", lambda: bench_auto_annotate(work, 2 if q else 6)),
         ("rle", lambda: bench_rle(16 if q else 64, 720, 1280)),
         ("rss", lambda: bench_memory(work, 80 if q else 2000, 20 if q else 100)),
