@@ -46,6 +46,7 @@ from segflow.tasks.coco import InstancesWriter
 from segflow.tasks.formats.labels import ExportError, RunLabels
 from segflow.tasks.formats.polygons import polygons_to_rle, rle_to_polygons
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
+from segflow.tasks.manifest import MASKS_SCHEMA
 from segflow.tasks.storage import create_exclusive, join, open_fs, read_json, redact, write_bytes
 
 __all__ = ["ACTIONS", "import_review", "latest_review"]
@@ -79,28 +80,13 @@ def _reader(fmt: str) -> Any:
     return resolve(REVIEW_READERS[fmt])
 
 
+#: the manifest's columns a label keeps (types as the manifest has them), then the review's own
+_KEPT = ("annotation_id", "image_id", "image_uri", "width", "height", "category_id", "category_name", "score")
+_KEPT += ("predicted_iou", "bbox", "area", "rle_counts")
 SCHEMA = pa.schema(
-    [
-        ("annotation_id", pa.int64()),
-        ("image_id", pa.int64()),
-        ("image_uri", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("category_id", pa.int32()),
-        ("category_name", pa.string()),
-        ("score", pa.float32()),
-        ("predicted_iou", pa.float32()),
-        ("bbox", pa.list_(pa.float64())),
-        ("area", pa.int64()),
-        ("rle_counts", pa.string()),
-        ("source", pa.string()),
-        ("checked", pa.bool_()),
-        ("review_action", pa.string()),
-        ("auto_verdict", pa.string()),
-        ("verdict", pa.string()),
-        ("review_sha256", pa.string()),
-        ("reviewed_at", pa.string()),
-    ]
+    [MASKS_SCHEMA.field(n) for n in _KEPT]
+    + [(n, pa.bool_() if n == "checked" else pa.string()) for n in ("source", "checked", "review_action")]
+    + [(n, pa.string()) for n in ("auto_verdict", "verdict", "review_sha256", "reviewed_at")]
 )
 
 
