@@ -12,18 +12,25 @@ from segflow.tasks.publish import PublishError, publish
 @pytest.fixture()
 def finished(prefect_harness, write_job, image_dir, tmp_path):
     out = tmp_path / "out"
-    job = write_job(
-        image_dir,
-        out,
-        mutate=lambda j: j["stages"].update(
-            qc={"kind": "qc", "needs": ["masks"], "predicted_iou": {"min": 0.0, "action": "reject"}}
-        ),
-    )
+
+    def mutate(j):
+        j["stages"]["qc"] = {"kind": "qc", "needs": ["masks"], "predicted_iou": {"min": 0.0, "action": "reject"}}
+        j["exports"] = [  # the job key: interchange files written after the run, before any publish
+            {"format": "coco", "dest": str(tmp_path / "exported" / "coco")},
+            {"format": "yolo-seg", "dest": str(tmp_path / "exported" / "yolo")},
+        ]
+
+    job = write_job(image_dir, out, mutate=mutate)
     assert cli.main(["run", str(job), "--no-progress"]) == 0
     return out
 
 
-def test_publish_versions_checksums_card_and_latest(finished, s3_faults, s3, capsys):
+def test_publish_versions_checksums_card_and_latest(finished, s3_faults, s3, capsys, tmp_path):
+    # the job's exports ran after the run: the COCO export holds what the run's own COCO holds
+    exported = json.loads((tmp_path / "exported" / "coco" / "instances.json").read_text())
+    own = json.loads((finished / "coco" / "instances.json").read_text())
+    assert exported["annotations"] == own["annotations"] and (tmp_path / "exported" / "yolo" / "data.yaml").exists()
+
     assert cli.main(["publish", str(finished), "s3://segflow-out/datasets/shapes", "--version", "v1"]) == 0
     assert "published version v1" in capsys.readouterr().out
     root = "segflow-out/datasets/shapes"
