@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -276,7 +277,7 @@ def pr_curves_png(labels: list[dict], gold: dict[tuple[int, int], int], result: 
     return buf.getvalue()
 
 
-def fit_calibration(job: Any, gold: dict, file_names: dict, sizes: dict, rows: list[dict]) -> tuple[dict, bytes]:
+def fit_calibration(job: Any, gold: dict, file_names: dict, sizes: dict, rows: Iterable[dict]) -> tuple[dict, bytes]:
     """Fit ``job.accept`` on a gold set: the calibration dict and its precision-recall curves (PNG).
 
     Arguments:

@@ -29,7 +29,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -135,6 +135,13 @@ def exported(masks: pa.Table, keep_verdicts: tuple[str, ...]) -> pa.Table:
     return masks.filter(pc.is_in(masks["verdict"], value_set=pa.array(list(keep_verdicts), pa.string())))
 
 
+def _pydicts(table: pa.Table, rows: int = 2048) -> Iterator[dict[str, list]]:
+    """The table as Python columns, ``rows`` rows at a time (Python objects cost ~1 KB a mask row: a shard of
+    10,000 masks at once would hold tens of MB)."""
+    for batch in table.to_batches(max_chunksize=rows):
+        yield batch.to_pydict()
+
+
 class InstancesWriter:
     """``coco/instances.json`` from one shard's ``(images, masks)`` tables at a time (see the module docstring)."""
 
@@ -157,24 +164,24 @@ class InstancesWriter:
         kept = exported(masks, self.keep_verdicts)
         if self.labelled_images_only:
             ok = ok.filter(pc.is_in(ok["image_id"], value_set=kept["image_id"].combine_chunks()))
-        im = ok.select(["image_id", "file_name", "image_uri", "width", "height"]).to_pydict()
-        for i, name, uri, w, h in zip(im["image_id"], im["file_name"], im["image_uri"], im["width"], im["height"]):
-            self.out.add_text(
-                "images",
-                f'{{"id": {i}, "file_name": {_json_str(name)}, "width": {w}, "height": {h}, '
-                f'"segflow_uri": {_json_str(uri)}}}',
-            )
-        cols = kept.select(_MASK_COLUMNS).to_pydict()
-        for ann, img, cat, counts, w, h, area, bbox, score, piou in zip(*(cols[c] for c in _MASK_COLUMNS)):
-            # formatted directly (the same text json.dumps gives): the export's hot loop at millions of rows;
-            # RLE counts are ASCII 48-111, so a backslash is the only character JSON escapes
-            self.out.add_text(
-                "annotations",
-                f'{{"id": {ann}, "image_id": {img}, "category_id": {cat}, "segmentation": {{"size": [{h}, {w}], '
-                f'"counts": "{counts.replace(chr(92), chr(92) * 2)}"}}, "area": {int(area)}, '
-                f'"bbox": [{", ".join(repr(round(v, 2)) for v in bbox)}], "iscrowd": 0, '
-                f'"score": {_json_number(score)}, "predicted_iou": {_json_number(piou)}}}',
-            )
+        for im in _pydicts(ok.select(["image_id", "file_name", "image_uri", "width", "height"])):
+            for i, name, uri, w, h in zip(im["image_id"], im["file_name"], im["image_uri"], im["width"], im["height"]):
+                self.out.add_text(
+                    "images",
+                    f'{{"id": {i}, "file_name": {_json_str(name)}, "width": {w}, "height": {h}, '
+                    f'"segflow_uri": {_json_str(uri)}}}',
+                )
+        for cols in _pydicts(kept.select(_MASK_COLUMNS)):
+            for ann, img, cat, counts, w, h, area, bbox, score, piou in zip(*(cols[c] for c in _MASK_COLUMNS)):
+                # formatted directly (the same text json.dumps gives): the export's hot loop at millions of rows;
+                # RLE counts are ASCII 48-111, so a backslash is the only character JSON escapes
+                self.out.add_text(
+                    "annotations",
+                    f'{{"id": {ann}, "image_id": {img}, "category_id": {cat}, "segmentation": {{"size": [{h}, {w}], '
+                    f'"counts": "{counts.replace(chr(92), chr(92) * 2)}"}}, "area": {int(area)}, '
+                    f'"bbox": [{", ".join(repr(round(v, 2)) for v in bbox)}], "iscrowd": 0, '
+                    f'"score": {_json_number(score)}, "predicted_iou": {_json_number(piou)}}}',
+                )
 
     def close(self) -> dict[str, int]:
         """Publish the file; returns ``{"images": n, "annotations": n}``."""

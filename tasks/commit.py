@@ -168,7 +168,7 @@ def read_committed_bytes(output: str, commit: dict, name: str) -> bytes:
 def parse_committed(commit: dict, name: str, data: bytes) -> pa.Table:
     """Parse verified bytes (:func:`read_committed_bytes`), checking the row count."""
     entry = commit["files"][name]
-    table = pq.read_table(io.BytesIO(data))
+    table = pq.read_table(io.BytesIO(data), use_threads=False)
     if table.num_rows != entry["rows"]:
         raise ShardConflict(
             f"{commit['shard_id']}: {entry['path']} has {table.num_rows} rows, commit says {entry['rows']}"

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -136,7 +137,12 @@ class GoldMatch:
         self.wanted = set(names) | {PurePosixPath(n).name for n in names}
         self.file_names: dict[str, int] = {}
         self.sizes: dict[int, tuple[int, int]] = {}
-        self.rows: list[dict] = []
+        self.parts: list[pa.Table] = []  # the gold images' labels, shard by shard, in Arrow until evaluated
+
+    def rows(self) -> Iterator[dict]:
+        """The gathered labels as dicts (``x``: the acceptance features, when kept), one shard's at a time."""
+        for t in self.parts:
+            yield from t.to_pylist()
 
     def named(self, keys: Any) -> Any:
         """Bool mask over an Arrow array of keys: the gold set names the key or its base name (vectorised)."""
@@ -162,16 +168,15 @@ class GoldMatch:
             return
         kept = pc.fill_null(pc.not_equal(masks["qc_verdict"], "reject"), True)
         t = masks.filter(pc.and_(kept, pc.is_in(masks["image_id"], value_set=pa.array(ids, pa.int64()))))
-        rows = t.select(self._COLUMNS + (["verdict"] if "verdict" in t.column_names else [])).to_pylist()
+        labels = t.select(self._COLUMNS + (["verdict"] if "verdict" in t.column_names else []))
         if self.features:
-            for r, x in zip(rows, features(t), strict=True):
-                r["x"] = x.tolist()
-        self.rows.extend(rows)
+            labels = labels.append_column("x", pa.array(features(t).tolist(), pa.list_(pa.float64())))
+        self.parts.append(labels)
 
     def evaluate(self) -> dict:
         from segflow.tasks.quality import evaluate
 
-        return evaluate(self.gold, self.job.category_names(), self.file_names, self.rows, self.sizes)
+        return evaluate(self.gold, self.job.category_names(), self.file_names, self.rows(), self.sizes)
 
 
 def _acceptance(
@@ -200,7 +205,7 @@ def _acceptance(
                 for name in ("images", "masks"):
                     cache[(c["shard_id"], name)] = read_committed_bytes(layout.root, c, name)
                 gm.add(*(parse_committed(c, name, cache[(c["shard_id"], name)]) for name in ("images", "masks")))
-        cal, png = fit_calibration(job, gm.gold, gm.file_names, gm.sizes, gm.rows)
+        cal, png = fit_calibration(job, gm.gold, gm.file_names, gm.sizes, gm.rows())
         _, path = open_fs(layout.pr_curves)
         write_bytes(fs, path, png)
     else:

@@ -187,16 +187,78 @@ def set_counts(tp: int, fp: int, fn: int) -> dict[str, Any]:
     return {"tp": tp, "fp": fp, "fn": fn, "precision": _r(precision), "recall": _r(recall), "f1": _r(f1)}
 
 
-def _run_eval(gt: COCO, results: list[dict], iou_type: str) -> tuple[COCOeval | None, list[float]]:
-    if not results:
-        return None, [0.0] * 12
+def _run_eval(
+    gt: COCO, preds: dict[tuple[int, int], list[dict]], iou_type: str, cat_ids: list[int], chunk: int = 250
+) -> tuple[list[float], dict]:
+    """COCOeval's 12 summary numbers and the per-category (AP, AP50) of the grouped predictions.
+
+    The images are evaluated ``chunk`` at a time (COCOeval keeps every detection, IoU matrix and per-image
+    table of what it evaluates: a gold set of many images at once would hold them all) and the per-image
+    tables are accumulated as one, exactly as a single ``evaluate()`` over all images orders them.
+    """
+    if not any(preds.values()):
+        return [0.0] * 12, {}
+    img_ids = sorted(gt.getImgIds())
+    by_image: dict[int, list[tuple[int, dict]]] = defaultdict(list)
+    for (g, cid), ps in preds.items():
+        by_image[g] += [(cid, p) for p in ps]
+    chunks = []
     with contextlib.redirect_stdout(io.StringIO()):
-        dt = gt.loadRes(results)
-        ev = COCOeval(gt, dt, iou_type)
-        ev.evaluate()
+        for i in range(0, len(img_ids), chunk):
+            ids = img_ids[i : i + chunk]
+            dt = _results(gt, [(g, c, p) for g in ids for c, p in by_image.get(g, [])], iou_type)
+            ev = COCOeval(gt, dt, iou_type)
+            ev.params.imgIds = ids
+            ev.evaluate()
+            chunks.append((len(ids), [_compact(e) for e in ev.evalImgs]))
+        ev.params.imgIds = img_ids
+        ev._paramsEval.imgIds = img_ids
+        n_cat, n_area = len(ev._paramsEval.catIds), len(ev._paramsEval.areaRng)
+        ev.evalImgs = [  # COCOeval's order: category, area range, image
+            x
+            for k in range(n_cat)
+            for a in range(n_area)
+            for n, e in chunks
+            for x in e[(k * n_area + a) * n : (k * n_area + a + 1) * n]
+        ]
         ev.accumulate()
         ev.summarize()
-    return ev, [max(0.0, float(s)) for s in ev.stats]
+    return [max(0.0, float(s)) for s in ev.stats], _per_class_ap(ev, cat_ids)
+
+
+def _compact(e: dict | None) -> dict | None:
+    """What ``COCOeval.accumulate`` reads of a per-image table, in its smallest exact form (it only asks whether
+    a detection matched and whether it is ignored)."""
+    if e is None:
+        return None
+    return {
+        "dtScores": np.asarray(e["dtScores"], np.float64),
+        "dtMatches": e["dtMatches"].astype(bool),
+        "dtIgnore": e["dtIgnore"].astype(bool),
+        "gtIgnore": np.asarray(e["gtIgnore"], bool),
+    }
+
+
+def _results(gt: COCO, preds: list[tuple[int, int, dict]], iou_type: str) -> COCO:
+    """The predictions ``(gold image id, category id, pred)`` as COCO results, boxes or masks (no predictions:
+    an empty result set over the same images)."""
+    out = []
+    for g, cid, p in preds:
+        r = {"image_id": g, "category_id": cid, "score": p["score"]}
+        if iou_type == "bbox":
+            r["bbox"] = [float(v) for v in p["row"]["bbox"]]
+        else:
+            r["segmentation"] = p["rle"]
+        out.append(r)
+    if out:
+        return gt.loadRes(out)
+    empty = COCO()
+    empty.dataset = {"images": gt.dataset["images"], "annotations": [], "categories": gt.dataset["categories"]}
+    empty.createIndex()
+    return empty
+
+
+_ROW_KEYS = ("bbox", "verdict", "x")
 
 
 def _pair(
@@ -235,7 +297,6 @@ def _pair(
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
 
-    box_res, seg_res = [], []
     pred_by_img_cat: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for p in predictions:
         g = job_to_gold.get(p["image_id"])
@@ -244,11 +305,8 @@ def _pair(
         h, w = sizes[p["image_id"]]
         rle = {"size": [h, w], "counts": p["rle_counts"]}
         score = float(p["score"]) if p.get("score") is not None else 1.0
-        box_res.append(
-            {"image_id": g, "category_id": int(p["category_id"]), "bbox": list(map(float, p["bbox"])), "score": score}
-        )
-        seg_res.append({"image_id": g, "category_id": int(p["category_id"]), "segmentation": rle, "score": score})
-        pred_by_img_cat[(g, int(p["category_id"]))].append({"rle": rle, "score": score, "row": p})
+        row = {k: p[k] for k in _ROW_KEYS if k in p}  # what the matches and their callers read of the row
+        pred_by_img_cat[(g, int(p["category_id"]))].append({"rle": rle, "score": score, "row": row})
     gold_by_img_cat: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for a in gt_anns:
         gold_by_img_cat[(a["image_id"], a["category_id"])].append({"rle": gt.annToRLE(a), "iscrowd": a["iscrowd"]})
@@ -257,8 +315,6 @@ def _pair(
         gt_anns=gt_anns,
         matched=matched,
         unknown=unknown,
-        box_res=box_res,
-        seg_res=seg_res,
         preds=pred_by_img_cat,
         gold=gold_by_img_cat,
     )
@@ -281,11 +337,11 @@ def evaluate(
       sizes: job image id -> (height, width).
     """
     pairs = _pair(gold, ontology, file_names, predictions, sizes)
-    gt, gt_anns, box_res, seg_res = pairs.gt, pairs.gt_anns, pairs.box_res, pairs.seg_res
+    gt, gt_anns = pairs.gt, pairs.gt_anns
     pred_by_img_cat, matched, unknown = pairs.preds, pairs.matched, pairs.unknown
 
-    box_ev, box_stats = _run_eval(gt, [dict(r) for r in box_res], "bbox")
-    seg_ev, seg_stats = _run_eval(gt, [dict(r) for r in seg_res], "segm")
+    box_stats, box_cls = _run_eval(gt, pred_by_img_cat, "bbox", list(ontology))
+    seg_stats, seg_cls = _run_eval(gt, pred_by_img_cat, "segm", list(ontology))
 
     # mean mask IoU over gold instances
     ious_by_cat: dict[int, list[float]] = defaultdict(list)
@@ -302,11 +358,9 @@ def evaluate(
     total, tally = _set_tally(pairs.gold, pred_by_img_cat, ("accept",))
     total_review, tally_review = _set_tally(pairs.gold, pred_by_img_cat, ("accept", "review"))
 
-    box_cls = _per_class_ap(box_ev, list(ontology)) if box_ev else {}
-    seg_cls = _per_class_ap(seg_ev, list(ontology)) if seg_ev else {}
-    n_pred_cat = defaultdict(int)
-    for r in box_res:
-        n_pred_cat[r["category_id"]] += 1
+    n_pred_cat: dict[int, int] = defaultdict(int)
+    for (_, cid), ps in pred_by_img_cat.items():
+        n_pred_cat[cid] += len(ps)
     per_class = []
     for cid, name in sorted(ontology.items()):
         n_gold = len(ious_by_cat.get(cid, []))
@@ -327,7 +381,7 @@ def evaluate(
     return {
         "images": len(matched),
         "gold_instances": len(gt_anns),
-        "predictions": len(box_res),
+        "predictions": sum(n_pred_cat.values()),
         "box_ap": _r(box_stats[0]),
         "box_ap50": _r(box_stats[1]),
         "mask_ap": _r(seg_stats[0]),

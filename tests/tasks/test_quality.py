@@ -141,3 +141,43 @@ def test_set_matching_agrees_with_cocoeval_at_iou_half(gold_set):
     coco_tp = sum(int((e["dtMatches"][0] > 0).sum()) for e in area_all)
     assert 0 < coco_tp < len(preds) and q["set"]["tp"] == coco_tp
     assert q["set"]["fp"] == len(preds) - coco_tp
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_chunked_evaluation_equals_one_cocoeval_over_all_images(gold_set, iou_type):
+    """COCOeval run a few images at a time and accumulated as one gives COCOeval's own numbers over all images,
+    also where a whole chunk has no predictions (its gold instances are misses)."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    from segflow.tasks.quality import _pair, _per_class_ap, _run_eval
+
+    rng = np.random.default_rng(4)
+    names, preds, sizes = predictions_from(gold_set, transform=lambda m: np.roll(m, rng.integers(-12, 13, 2), (0, 1)))
+    _, dup, _ = predictions_from(gold_set, transform=lambda m: np.roll(m, rng.integers(-25, 26, 2), (0, 1)))
+    first_two = {100 + i for i in sorted(im["id"] for im in gold_set["images"])[:2]}
+    preds = [
+        dict(p, score=float(s))
+        for p, s in zip(preds + dup, rng.random(2 * len(preds)), strict=True)
+        if p["image_id"] not in first_two
+    ]
+    pairs = _pair(gold_set, ONTOLOGY, names, preds, sizes)
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = [
+            {"image_id": g, "category_id": c, "score": p["score"]}
+            | ({"bbox": [float(v) for v in p["row"]["bbox"]]} if iou_type == "bbox" else {"segmentation": p["rle"]})
+            for (g, c), ps in pairs.preds.items()
+            for p in ps
+        ]
+        ev = COCOeval(pairs.gt, pairs.gt.loadRes(results), iou_type)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    whole = ([max(0.0, float(s)) for s in ev.stats], _per_class_ap(ev, list(ONTOLOGY)))
+    assert 0.1 < whole[0][1] < 0.99  # AP50: neither trivial nor perfect
+    for chunk in (1, 2, 4, 1000):
+        stats, per_class = _run_eval(pairs.gt, pairs.preds, iou_type, list(ONTOLOGY), chunk=chunk)
+        assert stats == whole[0]
+        assert per_class == pytest.approx(whole[1], nan_ok=True)
