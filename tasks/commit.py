@@ -23,6 +23,7 @@ import io
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -86,18 +87,23 @@ def commit_shard(
     layout = OutputLayout(output)
     rel_dir = layout.attempt_dir(shard_id, attempt)
     fs, _ = open_fs(output)
-    files = {}
-    for name, table in tables.items():
-        data = _parquet_bytes(table)
-        rel = f"{rel_dir}/{name}.parquet"
-        _, path = open_fs(layout.url(rel))
-        retry_call(lambda path=path, data=data: write_bytes(fs, path, data))
-        files[name] = {
-            "path": rel,
-            "rows": table.num_rows,
+    encoded = {name: _parquet_bytes(table) for name, table in tables.items()}
+    files = {
+        name: {
+            "path": f"{rel_dir}/{name}.parquet",
+            "rows": tables[name].num_rows,
             "bytes": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
         }
+        for name, data in encoded.items()
+    }
+
+    def put(name: str) -> None:
+        _, path = open_fs(layout.url(files[name]["path"]))
+        retry_call(lambda: write_bytes(fs, path, encoded[name]))
+
+    with ThreadPoolExecutor(max_workers=max(1, len(encoded))) as pool:  # independent objects: one round trip
+        list(pool.map(put, encoded))
     record = {
         "shard_id": shard_id,
         "attempt": attempt,

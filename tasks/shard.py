@@ -1,9 +1,9 @@
 """One shard, start to commit: read -> decode -> stages -> manifest rows -> commit.
 
 1. Skip the shard if it is already committed by this job (same fingerprint).
-2. Read and decode its images through a bounded thread pool, ``prefetch``
-   images ahead of the models, so storage reads overlap compute and memory
-   holds only a few decoded images at a time.
+2. Read and decode its images through ``prefetch`` threads, one batch plus
+   ``prefetch`` images ahead of the models, so storage reads overlap compute and
+   memory holds only a few decoded images at a time.
 3. For each chunk of decoded images, run the stages in dependency order; all
    stages share the decoded pixels and the process-wide loaded models.
 4. Turn the sink stages' :class:`~segflow.tasks.record.Detections` into manifest rows.
@@ -16,6 +16,7 @@ A file that cannot be read or decoded becomes an ``images`` row with
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -105,23 +106,27 @@ def _read_and_decode(row: dict, storage_options: dict, max_pixels: int) -> Decod
 
 
 def _decoded_stream(rows: list[dict], job: JobConfig) -> Iterator[tuple[dict, DecodedImage | str]]:
-    """Yield ``(row, image or error)`` in plan order, decoding ``prefetch`` images ahead."""
-    window = job.runtime.prefetch
-    with ThreadPoolExecutor(max_workers=window, thread_name_prefix="segflow-read") as pool:
-        pending: deque[tuple[dict, Future]] = deque()
+    """Yield ``(row, image or error)`` in plan order, ``prefetch`` threads reading and decoding.
+
+    Up to one batch (``job.chunk_size()``) plus ``prefetch`` images are in flight or waiting, so while the
+    models work on one batch the next one is read: on an object store each read is a round trip, and a
+    window of ``prefetch`` alone would leave the batch to be fetched after the models finish.
+    """
+    threads = job.runtime.prefetch
+    ahead = threads + job.chunk_size()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="segflow-read") as pool:
+
+        def submit(row: dict) -> tuple[dict, Future]:
+            return row, pool.submit(_read_and_decode, row, job.source.storage_options, job.source.max_pixels)
+
         it = iter(rows)
-        for row in it:
-            pending.append((row, pool.submit(_read_and_decode, row, job.source.storage_options, job.source.max_pixels)))
-            if len(pending) >= window:
-                break
+        pending: deque[tuple[dict, Future]] = deque(submit(r) for r in itertools.islice(it, ahead))
         while pending:
             row, fut = pending.popleft()
             result = fut.result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(
-                    (nxt, pool.submit(_read_and_decode, nxt, job.source.storage_options, job.source.max_pixels))
-                )
+                pending.append(submit(nxt))
             yield row, result
 
 

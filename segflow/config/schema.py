@@ -556,7 +556,12 @@ class RuntimeConfig(_Strict):
     )
     retries: int = Field(0, ge=0, description="Prefect retries of a failed shard task.")
     retry_delay_s: float = Field(5.0, ge=0, description="Seconds between retries.")
-    prefetch: int = Field(4, ge=1, description="Images read and decoded ahead of the models, per shard.")
+    prefetch: int = Field(
+        4,
+        ge=1,
+        description="Threads reading and decoding a shard's images; they keep one batch plus this many images "
+        "read ahead of the models.",
+    )
     malloc_tuning: bool = Field(
         True,
         description="Worker processes keep freed memory for the next tensor (glibc malloc thresholds, "
