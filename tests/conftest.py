@@ -35,6 +35,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         make_tiny_promptable,
         make_tiny_sam,
         make_tiny_sam3,
+        make_tiny_semantic,
         make_tiny_yolo,
     )
 
@@ -55,6 +56,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         ),
         "sam2": make_tiny_promptable(d / "sam2-tiny", "sam2"),
         "sam3": make_tiny_sam3(d / "sam3-tiny"),
+        "semantic": make_tiny_semantic(d / "semantic-tiny.pt", ["void", *SHAPE_CLASSES], seed=0),
     }
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "QcStage",
     "RuntimeConfig",
     "SamAutoStage",
+    "SemanticStage",
     "Sam2Stage",
     "Sam3Stage",
     "SamStage",
@@ -290,6 +291,48 @@ class Mask2FormerStage(_ModelStage):
         description="Model label -> ontology class name. Other labels map by equal name, else to `unmapped`.",
     )
     unmapped: str = Field("drop", description="'drop', or the ontology class name that takes labels with no mapping.")
+
+    def issues(self, name: str, names: set[str], needs_roles: list[str]) -> list[tuple[str, str]]:
+        out = []
+        if self.unmapped != "drop" and self.unmapped not in names:
+            out.append((f"stages.{name}.unmapped", f"{self.unmapped!r} is not a class of the ontology (or use 'drop')"))
+        for model_label, onto_name in self.label_map.items():
+            if onto_name not in names:
+                out.append((f"stages.{name}.label_map.{model_label}", f"{onto_name!r} is not a class of the ontology"))
+        return out
+
+
+class SemanticStage(_ModelStage):
+    """Semantic model: a class for every pixel (U-Net family via segmentation-models-pytorch, or transformers
+    SegFormer / UperNet); sliding windows over large images; see tasks/models/semantic.py."""
+
+    kind: Literal["semantic"]
+    weights: str = Field(
+        ...,
+        description="A segflow semantic checkpoint file, a save_pretrained directory (smp or transformers), or "
+        "hub:<org>/<name> read from the local Hugging Face cache (never downloaded at run time).",
+    )
+    sha256: str | None = Field(
+        None, description="Expected sha256 of the checkpoint file (of model.safetensors for a directory or hub id)."
+    )
+    batch_size: int = Field(4, ge=1, description="Windows per forward pass.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Model dtype.")
+    tile: int | None = Field(
+        None, ge=32, description="Window side in pixels (default: the model's input size); larger images are tiled."
+    )
+    overlap: float = Field(0.25, ge=0.0, lt=1.0, description="Share of a window its neighbour overlaps.")
+    max_side: int | None = Field(
+        None, ge=32, description="Scale larger images down to this long side first (logits are scaled back up)."
+    )
+    labels: list[str] | None = Field(
+        None, description="Model class names in index order, for smp directories (their config has none)."
+    )
+    label_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Model label -> ontology class name. Other labels map by equal name, else to `unmapped`.",
+    )
+    unmapped: str = Field("drop", description="'drop' (void), or the ontology class name that takes other labels.")
+    ignore: list[str] = Field(default_factory=list, description="Model labels whose pixels become void.")
 
     def issues(self, name: str, names: set[str], needs_roles: list[str]) -> list[tuple[str, str]]:
         out = []
@@ -667,6 +710,12 @@ class JobConfig(_Strict):
         description="COCO panoptic JSON with human labels for some images, its PNGs in the "
         "folder of the same name without .json (COCO convention): the run reports "
         "PQ, SQ, RQ and mIoU of the panoptic output against it.",
+    )
+    gold_semantic: str | None = Field(
+        None,
+        description="Folder of label PNGs (one byte per pixel: the ontology id, 0 = void), named like the images "
+        "with .png: the run reports pixel accuracy, per-class IoU, mIoU and the confusion matrix of its "
+        "semantic maps against them.",
     )
 
     # -- derived ---------------------------------------------------------------------

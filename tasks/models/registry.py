@@ -200,6 +200,17 @@ ADAPTERS: dict[str, AdapterSpec] = {
         ("isthing",),
         produces_masks=True,
     ),
+    # a class map per image, handed on as one segment per class (the panoptic role's format)
+    "semantic": AdapterSpec(
+        _M + "semantic:SemanticSegmenter",
+        _S + "SemanticStage",
+        "panoptic",
+        "torch",
+        "segmentation-models-pytorch transformers",
+        "file_or_dir",
+        ("isthing",),
+        produces_masks=True,
+    ),
     "panoptic_merge": AdapterSpec(
         "segflow.tasks.panoptic:PanopticMerger",
         _S + "PanopticMergeStage",

@@ -184,7 +184,8 @@ PANOPTIC_BAD = [
     (
         ("stages", "merge", "needs"),
         ["masks"],
-        "stages.merge.needs: a 'panoptic_merge' stage needs exactly one panoptic stage (mask2former); found 0",
+        "stages.merge.needs: a 'panoptic_merge' stage needs exactly one panoptic stage "
+        "(mask2former, semantic); found 0",
     ),
     (
         ("stages", "merge", "needs"),

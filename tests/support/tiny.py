@@ -435,3 +435,16 @@ def make_tiny_sam3(
     model.save_pretrained(directory)
     proc.save_pretrained(directory)
     return directory
+
+
+def make_tiny_semantic(path: str | Path, labels: Sequence[str], seed: int = 0) -> Path:
+    """A random smp U-Net (ResNet-10-T encoder, depth 3) saved as a segflow semantic checkpoint, 64-px windows."""
+    import torch
+
+    from segflow.tasks.models.semantic import build_smp, save_semantic_checkpoint
+
+    torch.manual_seed(seed)
+    arch = {"encoder_name": "tu-resnet10t", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}
+    model = build_smp("Unet", arch, len(labels)).eval()
+    save_semantic_checkpoint(model, "Unet", arch, labels, path, tile=64)
+    return Path(path)

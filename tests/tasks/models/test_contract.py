@@ -13,6 +13,7 @@ from segflow.config import (
     Sam3Stage,
     SamAutoStage,
     SamStage,
+    SemanticStage,
     YoloSegStage,
     YoloStage,
 )
@@ -82,6 +83,8 @@ def stage_for(kind, tiny_models):
             overlap_threshold=0.0,
             batch_size=2,
         )
+    if kind == "semantic":
+        return SemanticStage(kind="semantic", weights=str(tiny_models["semantic"]), device="cpu", batch_size=2)
     if kind == "panoptic_merge":
         return PanopticMergeStage(kind="panoptic_merge", needs=["masks", "panoptic"], min_area=1)
     raise AssertionError(f"add a tiny stage for new adapter kind {kind!r} to the contract suite")
