@@ -53,6 +53,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
         ("output", getattr(args, "output", None)),
         ("gold_set", getattr(args, "gold", None)),
         ("gold_panoptic", getattr(args, "gold_panoptic", None)),
+        ("gold_semantic", getattr(args, "gold_semantic", None)),
         ("calibration", getattr(args, "calibration", None)),
     )
     return {k: v for k, v in pairs if v}
@@ -454,8 +455,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from segflow.demo.prepare import DEMO_CONFIG, holdout_quality, prepare_demo
 
     _quiet_prefect(args)
-    if not DEMO_CONFIG.exists():
-        _eprint(f"error: {DEMO_CONFIG} not found: this segflow installation lacks its package data (reinstall segflow)")
+    config = DEMO_CONFIG.with_name("demo-semantic.yaml") if args.semantic else DEMO_CONFIG
+    if not config.exists():
+        _eprint(f"error: {config} not found: this segflow installation lacks its package data (reinstall segflow)")
         return EXIT_CONFIG
     t0 = time.time()
     overrides = prepare_demo(args.output, seed=args.seed, num_images=args.images, calibration=args.calibration)
@@ -465,8 +467,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        job = load_config(DEMO_CONFIG, overrides=overrides)
-        plan = prepare(job, str(DEMO_CONFIG))
+        job = load_config(config, overrides=overrides)
+        plan = prepare(job, str(config))
     except ConfigError as e:
         _eprint(f"error: {e}")
         if "demo-" in str(e) and "weights" in str(e):
@@ -569,6 +571,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         m2f = train_mask2former(out / "demo-m2f.pt", minutes=args.m2f_minutes, seed=args.seed)
         print(f"panoptic model trained in {time.time() - t1:.0f}s: {m2f}")
         names.append("demo-m2f.pt")
+    if args.only in (None, "semantic"):
+        import torch
+
+        from segflow.demo.semantic_training import train_unet
+
+        t1 = time.time()
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        unet = train_unet(out / "demo-unet.pt", minutes=args.unet_minutes, seed=args.seed)
+        print(f"semantic U-Net trained in {time.time() - t1:.0f}s: {unet}")
+        names.append("demo-unet.pt")
     shas = {name: sha256_file(out / name) for name in names}
     for name, sha in shas.items():
         print(f"  {out / name}: sha256 {sha} ({(out / name).stat().st_size / 1e6:.1f} MB)")
@@ -612,6 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--gold-panoptic",
         help="override gold_panoptic: COCO panoptic JSON (PNGs in the folder of the "
         "same name) to measure the panoptic output against",
+    )
+    r.add_argument(
+        "--gold-semantic",
+        help="override gold_semantic: a folder of label PNGs (byte = ontology id, 0 = void) to measure the "
+        "semantic maps against",
     )
     r.add_argument(
         "--calibration",
@@ -709,6 +726,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--calibration", help="apply this saved calibration.json instead of fitting one (every image is held out)"
     )
+    d.add_argument(
+        "--semantic",
+        action="store_true",
+        help="run configs/demo-semantic.yaml: stuff from the demo U-Net (semantic stage) instead of the Mask2Former",
+    )
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--verbose", "-v", action="store_true")
     d.set_defaults(fn=cmd_demo)
@@ -747,11 +769,12 @@ def build_parser() -> argparse.ArgumentParser:
         "at half the previous peak learning rate (default: 45 30; 0 or none: skip)",
     )
     t.add_argument("--m2f-minutes", type=float, default=14.0, help="wall-clock budget of the Mask2Former training")
+    t.add_argument("--unet-minutes", type=float, default=8.0, help="wall-clock budget of the demo U-Net's training")
     t.add_argument(
         "--only",
-        choices=["instances", "panoptic"],
-        help="train only the detector + SAM (~1.5 h with the zoom fine-tune) or only "
-        "the Mask2Former (~14 min); default: all, one after the other",
+        choices=["instances", "panoptic", "semantic"],
+        help="train only the detector + SAM (~1.5 h with the zoom fine-tune), only "
+        "the Mask2Former (~14 min) or only the semantic U-Net (~8 min); default: all, one after the other",
     )
     t.add_argument(
         "--update-config",

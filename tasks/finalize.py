@@ -44,11 +44,13 @@ from segflow.tasks.panoptic_export import (
     at_operating_point,
     evaluate_panoptic_files,
     panoptic_categories,
+    png_name,
     render_shard,
     rendered_marker,
 )
 from segflow.tasks.plan import iter_plan_batches, load_plan
 from segflow.tasks.qc_report import QcAccumulator, write_qc_report
+from segflow.tasks.semantic_audit import SemanticAudit, class_areas
 from segflow.tasks.storage import open_fs, redact, write_bytes
 
 if TYPE_CHECKING:
@@ -102,6 +104,7 @@ def commits_digest(commits: list[dict], job: dict) -> str:
     """What a finalized output was built from: its shards' committed attempts, the gold sets and the acceptance
     settings of ``job`` (its JSON form, as ``job.json`` holds it)."""
     inputs = [job.get("gold_set"), job.get("gold_panoptic"), job.get("accept")]
+    inputs += [job["gold_semantic"]] if job.get("gold_semantic") else []  # digests of jobs without it unchanged
     return hashlib.sha256(json.dumps([[c["shard_id"], c["attempt"]] for c in commits] + inputs).encode()).hexdigest()
 
 
@@ -304,11 +307,12 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
                 "coco_panoptic": layout.coco_panoptic,
                 "coco_panoptic_pngs": layout.coco_panoptic_pngs,
                 "semantic_pngs": layout.semantic_pngs,
+                "semantic": layout.manifest("semantic"),
             }
         )
     elif any("panoptic" in c["files"] for c in commits):  # pragma: no cover - fingerprints keep a run's shards alike
         raise RuntimeError("some shards have panoptic segments and others not; rerun into a fresh output")
-    for name in ("masks", "images", "quarantine", "panoptic", "review_masks"):
+    for name in ("masks", "images", "quarantine", "panoptic", "semantic", "review_masks"):
         if name in paths:
             _replace_dir(fs, open_fs(paths[name])[1])
     coco = InstancesWriter(paths["coco_instances"], job.category_names(), description=job.name, keep_verdicts=keep)
@@ -321,6 +325,8 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
         else None
     )
     gold = GoldMatch(job) if getattr(job, "gold_set", None) else None
+    gold_sem = getattr(job, "gold_semantic", None)
+    audit = SemanticAudit(gold_sem, job.category_names()) if gold_sem and has_panoptic else None
     parts: dict[str, dict[str, dict]] = {}
     for c in commits:
         sid = c["shard_id"]
@@ -340,6 +346,9 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
             rendered += _render(output, c, images, pan, left_out)
             pan_json.add(images, pan)
             _count(segments_per_category, pan, "segment_id")
+            raw["semantic"] = _parquet(class_areas(images, pan, job.category_names()))
+            if audit is not None:
+                audit.add(images)
         outputs = {f"manifest/{name}.parquet": data for name, data in raw.items()}
         in_review = masks.filter(pc.equal(masks["verdict"], "review"))
         if in_review.num_rows:
@@ -391,6 +400,12 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
             "rq": pan_q["rq"],
             "miou": pan_q["miou"],
         }
+    if audit is not None:
+        sem_q, heat_map = audit.evaluate(layout.semantic_pngs, png_name)
+        if heat_map is not None:
+            paths["semantic_confusion"] = layout.semantic_confusion
+            write_bytes(fs, open_fs(layout.semantic_confusion)[1], heat_map)
+        quality = (quality or {}) | {"semantic": sem_q, "semantic_miou": sem_q.get("miou")}
     if quality is not None:
         paths["quality"] = layout.quality
         _, qpath = open_fs(paths["quality"])
@@ -446,6 +461,7 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
                 "sq",
                 "rq",
                 "miou",
+                "semantic_miou",
             )
             if k in quality
         }

@@ -132,6 +132,10 @@ class OutputLayout:
         return join(self.root, "qc", "pr_curves.png")
 
     @property
+    def semantic_confusion(self) -> str:
+        return join(self.root, "qc", "semantic_confusion.png")
+
+    @property
     def summary(self) -> str:
         return join(self.root, "summary.json")
 

@@ -316,9 +316,16 @@ class SemanticQuality:
             inter = c[i, i]
             union = c[i].sum() + c[1:, i].sum() - inter
             per[i] = float(inter / union) if union else 0.0
+        names = names or {}
+        scored = c[1:].sum()
         return {
             "miou": round(float(np.mean(list(per.values()))), 4) if per else None,
-            "per_class_iou": {(names or {}).get(i, str(i)): round(v, 4) for i, v in per.items()},
+            "per_class_iou": {names.get(i, str(i)): round(v, 4) for i, v in per.items()},
+            "pixel_accuracy": round(float(np.trace(c[1:, 1:]) / scored), 4) if scored else None,
+            "confusion": {  # rows: gold class; columns: predicted void, then the same classes
+                "labels": ["void"] + [names.get(i, str(i)) for i in present],
+                "matrix": c[np.ix_(present, [0, *present])].tolist(),
+            },
         }
 
 

@@ -44,7 +44,7 @@ def parse_config(
     check_files: bool = True,
 ) -> JobConfig:
     """Validate an already-loaded mapping. ``overrides`` (``source``, ``output``, ``gold_set``, ``gold_panoptic``,
-    ``calibration``) are CLI values, relative to cwd."""
+    ``gold_semantic``, ``calibration``) are CLI values, relative to cwd."""
     if data is None:
         raise ConfigError(file, [("", "the file is empty")])
     if not isinstance(data, dict):
@@ -78,6 +78,10 @@ def parse_config(
         gold_pan = _resolve(overrides["gold_panoptic"], cwd)
     else:
         gold_pan = _resolve(job.gold_panoptic, base) if job.gold_panoptic else None
+    if overrides and overrides.get("gold_semantic"):
+        gold_sem = _resolve(overrides["gold_semantic"], cwd)
+    else:
+        gold_sem = _resolve(job.gold_semantic, base) if job.gold_semantic else None
     calibration = (overrides or {}).get("calibration")
     calibration = _resolve(calibration, cwd) if calibration else job.accept.calibration
     if calibration and not (overrides or {}).get("calibration"):
@@ -104,6 +108,7 @@ def parse_config(
             "stages": stages,
             "gold_set": gold,
             "gold_panoptic": gold_pan,
+            "gold_semantic": gold_sem,
             "accept": accept,
             "publish": publish,
         }

@@ -87,6 +87,7 @@ def _url_issue(url: str) -> str | None:
 def _url_issues(job: JobConfig) -> list[tuple[str, str]]:
     keys = {"source.url": job.source.url, "source.list": job.source.list, "output": job.output}
     keys |= {"gold_set": job.gold_set, "gold_panoptic": job.gold_panoptic, "accept.calibration": job.accept.calibration}
+    keys |= {"gold_semantic": job.gold_semantic}
     keys |= {f"stages.{n}.weights": getattr(st, "weights", None) for n, st in job.stages.items()}
     return [(k, problem) for k, v in keys.items() if isinstance(v, str) and (problem := _url_issue(v))]
 
@@ -269,8 +270,12 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
                         f"convention: the JSON's name without .json)",
                     )
                 )
+        if job.gold_semantic and not _is_url(job.gold_semantic) and not os.path.isdir(job.gold_semantic):
+            issues.append(("gold_semantic", f"folder not found: {job.gold_semantic}"))
         if job.source.list and not _is_url(job.source.list) and not os.path.isfile(job.source.list):
             issues.append(("source.list", f"file not found: {job.source.list}"))
     if job.gold_panoptic and not job.panoptic_sink():
         issues.append(("gold_panoptic", "the job has no panoptic stage (kind: mask2former) to evaluate"))
+    if job.gold_semantic and not job.panoptic_sink():
+        issues.append(("gold_semantic", "the job has no stage that makes semantic maps (semantic or mask2former)"))
     return issues

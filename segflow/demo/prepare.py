@@ -81,4 +81,5 @@ def prepare_demo(folder: str | Path, seed: int = 0, num_images: int = 40, calibr
         "output": str(folder / "out"),
         "gold_set": str(gt / ("instances.json" if calibration else "fit.json")),
         "gold_panoptic": str(gt / "panoptic.json"),
+        "gold_semantic": str(gt / "semantic"),
     } | ({"calibration": str(Path(calibration).resolve())} if calibration else {})
