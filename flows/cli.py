@@ -769,12 +769,12 @@ def build_parser() -> argparse.ArgumentParser:
         "at half the previous peak learning rate (default: 45 30; 0 or none: skip)",
     )
     t.add_argument("--m2f-minutes", type=float, default=14.0, help="wall-clock budget of the Mask2Former training")
-    t.add_argument("--unet-minutes", type=float, default=8.0, help="wall-clock budget of the demo U-Net's training")
+    t.add_argument("--unet-minutes", type=float, default=16.0, help="wall-clock budget of the demo U-Net's training")
     t.add_argument(
         "--only",
         choices=["instances", "panoptic", "semantic"],
         help="train only the detector + SAM (~1.5 h with the zoom fine-tune), only "
-        "the Mask2Former (~14 min) or only the semantic U-Net (~8 min); default: all, one after the other",
+        "the Mask2Former (~14 min) or only the semantic U-Net (~16 min); default: all, one after the other",
     )
     t.add_argument(
         "--update-config",

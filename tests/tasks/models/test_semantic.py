@@ -73,6 +73,9 @@ def _ids(seg, image):
 
 
 TO_ONTOLOGY = np.array([0, 1, 2, 3])  # model label index -> ontology id (LABELS in the ontology's order)
+# The demo U-Net alone on unseen scenes measures mIoU 0.68: stuff 0.99, things 0.03-0.42 (it finds the shapes but
+# tells circle, square and triangle apart little better than chance). The issue's bar is 0.85: not met yet.
+DEMO_UNET_MIOU = 0.62
 
 
 def test_smp_checkpoint_and_directory_equal_the_model_forward(smp_checkpoint):
@@ -157,3 +160,30 @@ def test_label_map_and_ignore(smp_checkpoint):
     dets = seg.panoptic([image])[0]
     assert set(dets.class_ids.tolist()) == set(np.unique(mapped).tolist()) - {0}
     assert (dets.scores > 0).all() and (dets.scores <= 1).all()
+
+
+def test_the_demo_unet_on_unseen_scenes(tmp_path):
+    """The shipped demo U-Net (configs/demo-semantic.yaml, sha256 checked) through the stage, on scenes it never saw
+    (seed 2024; it trains on seeds >= 10000), against their exact maps; negative control: the same maps flipped."""
+    from segflow.config import load_config
+    from segflow.demo.prepare import DEMO_CONFIG
+    from segflow.demo.synthetic import make_scene, scene_size
+    from segflow.tasks.models.cache import get_model
+    from segflow.tasks.panoptic import SemanticQuality, detections_to_map, semantic_from_segments
+
+    job = load_config(DEMO_CONFIG.with_name("demo-semantic.yaml"), {"source": str(tmp_path), "output": str(tmp_path)})
+    isthing = {c.id: c.isthing for c in job.ontology}
+    seg = get_model(job.stages["semantic"], job.category_names(), isthing).adapter
+    rng = np.random.default_rng(2024)
+    good, flipped = SemanticQuality(), SemanticQuality()
+    for _ in range(12):
+        w, h = scene_size(rng, (200, 600))
+        scene = make_scene(rng, w, h)
+        pred = semantic_from_segments(*detections_to_map(seg.panoptic([scene.pixels])[0]))
+        good.add(scene.semantic, pred)
+        flipped.add(np.flipud(scene.semantic), pred)
+    q, names = good.summary(job.category_names()), job.category_names()
+    stuff = [names[c.id] for c in job.ontology if not c.isthing]
+    assert all(q["per_class_iou"][n] >= 0.95 for n in stuff), q["per_class_iou"]
+    assert q["miou"] >= DEMO_UNET_MIOU, q["per_class_iou"]
+    assert flipped.summary(names)["miou"] < 0.5 * q["miou"]
