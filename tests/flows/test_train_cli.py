@@ -65,3 +65,23 @@ def test_train_demo_models_runs_the_zoom_cycles_and_updates_the_job_files(tmp_pa
     )
     logits, _ = seg.box_logits(np.zeros((200, 300, 3), np.uint8), np.array([[20, 20, 80, 60]], np.float32))
     assert logits.shape == (1, 200, 300)
+
+
+def test_train_demo_models_only_semantic_trains_the_unet_and_updates_its_job(tmp_path, capsys):
+    from segflow.config import SemanticStage
+    from segflow.tasks.models.semantic import SemanticSegmenter
+
+    job = tmp_path / "demo-semantic.yaml"
+    shutil.copyfile(ROOT / "configs" / "demo-semantic.yaml", job)
+    models = tmp_path / "models"
+    args = ["train-demo-models", "--output", str(models), "--only", "semantic", "--unet-minutes", "0.02"]
+    assert cli.main([*args, "--update-config", str(job)]) == 0
+    assert "semantic U-Net trained" in capsys.readouterr().out
+    assert sorted(p.name for p in models.iterdir()) == ["demo-unet.pt"]
+    assert f"weights: models/demo-unet.pt\n    sha256: {sha256_file(models / 'demo-unet.pt')}" in job.read_text()
+    weights = str(models / "demo-unet.pt")
+    seg = SemanticSegmenter(
+        SemanticStage(kind="semantic", weights=weights, device="cpu", max_side=192), weights, {4: "sky"}
+    )
+    dets = seg.panoptic([np.zeros((150, 400, 3), np.uint8)])[0]
+    assert dets.image_size == (150, 400)
