@@ -39,14 +39,14 @@ def test_train_demo_models_runs_the_zoom_cycles_and_updates_the_job_files(tmp_pa
             "--det-finetune-imgsz",
             "64",
             "--sam-minutes",
-            "0.05",
+            "0.02",
             "--sam-scenes",
             "12",
             "--zoom-scenes",
             "12",
             "--sam-zoom-minutes",
-            "0.05",
-            "0.05",
+            "0.02",
+            "0.02",
             "--update-config",
             str(job),
         ]
@@ -74,7 +74,7 @@ def test_train_demo_models_only_semantic_trains_the_unet_and_updates_its_job(tmp
     job = tmp_path / "demo-semantic.yaml"
     shutil.copyfile(ROOT / "configs" / "demo-semantic.yaml", job)
     models = tmp_path / "models"
-    args = ["train-demo-models", "--output", str(models), "--only", "semantic", "--unet-minutes", "0.02"]
+    args = ["train-demo-models", "--output", str(models), "--only", "semantic", "--unet-minutes", "0.005"]
     assert cli.main([*args, "--update-config", str(job)]) == 0
     assert "semantic U-Net trained" in capsys.readouterr().out
     assert sorted(p.name for p in models.iterdir()) == ["demo-unet.pt"]
