@@ -259,6 +259,17 @@ class SamStage(_ModelStage):
     )
 
 
+def _label_map_issues(name: str, label_map: dict[str, str], unmapped: str, names: set[str]) -> list[tuple[str, str]]:
+    """A model-label mapping's targets must be ontology classes (``unmapped``: or 'drop')."""
+    out = []
+    if unmapped != "drop" and unmapped not in names:
+        out.append((f"stages.{name}.unmapped", f"{unmapped!r} is not a class of the ontology (or use 'drop')"))
+    for model_label, onto_name in label_map.items():
+        if onto_name not in names:
+            out.append((f"stages.{name}.label_map.{model_label}", f"{onto_name!r} is not a class of the ontology"))
+    return out
+
+
 class Mask2FormerStage(_ModelStage):
     """Panoptic model: transformers Mask2Former (things and stuff, non-overlapping segments per image)."""
 
@@ -293,13 +304,7 @@ class Mask2FormerStage(_ModelStage):
     unmapped: str = Field("drop", description="'drop', or the ontology class name that takes labels with no mapping.")
 
     def issues(self, name: str, names: set[str], needs_roles: list[str]) -> list[tuple[str, str]]:
-        out = []
-        if self.unmapped != "drop" and self.unmapped not in names:
-            out.append((f"stages.{name}.unmapped", f"{self.unmapped!r} is not a class of the ontology (or use 'drop')"))
-        for model_label, onto_name in self.label_map.items():
-            if onto_name not in names:
-                out.append((f"stages.{name}.label_map.{model_label}", f"{onto_name!r} is not a class of the ontology"))
-        return out
+        return _label_map_issues(name, self.label_map, self.unmapped, names)
 
 
 class SemanticStage(_ModelStage):
@@ -335,13 +340,7 @@ class SemanticStage(_ModelStage):
     ignore: list[str] = Field(default_factory=list, description="Model labels whose pixels become void.")
 
     def issues(self, name: str, names: set[str], needs_roles: list[str]) -> list[tuple[str, str]]:
-        out = []
-        if self.unmapped != "drop" and self.unmapped not in names:
-            out.append((f"stages.{name}.unmapped", f"{self.unmapped!r} is not a class of the ontology (or use 'drop')"))
-        for model_label, onto_name in self.label_map.items():
-            if onto_name not in names:
-                out.append((f"stages.{name}.label_map.{model_label}", f"{onto_name!r} is not a class of the ontology"))
-        return out
+        return _label_map_issues(name, self.label_map, self.unmapped, names)
 
 
 class PanopticMergeStage(_StageBase):
