@@ -246,11 +246,12 @@ class SemanticSegmenter:
         classes = [int(c) for c in np.unique(ids) if c]
         if not classes:
             return Detections.empty((h, w), with_masks=True).with_fields(isthing=np.zeros(0, bool))
-        masks_nwh = np.stack([(ids == c).T for c in classes])
+        masks = [ids == c for c in classes]  # each class's pixels, once
+        masks_nwh = np.stack([m.T for m in masks])
         counts = rle.encode_nwh(masks_nwh)
         xywh = rle.bbox_xywh(counts, h, w)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1)
-        scores = np.array([prob[ids == c].mean() for c in classes], np.float32)
+        scores = np.array([prob[m].mean() for m in masks], np.float32)
         isthing = np.array([self.isthing.get(c, True) for c in classes], bool)
         return Detections((h, w), boxes, np.array(classes), scores, rle_counts=counts, fields={"isthing": isthing})
 
