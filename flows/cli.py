@@ -122,7 +122,9 @@ def print_summary(summary: dict) -> None:
             else ""
         )
         + f"\n  summary         : {out['summary']}"
-        + (f"\n  quality         : {out['quality']}" if "quality" in out else ""),
+        + (f"\n  quality         : {out['quality']}" if "quality" in out else "")
+        + (f"\n  report not written: {summary['report_error']}" if "report_error" in summary else "")
+        + (f"\n  report          : {out['report']}" if "report" in out else ""),
         flush=True,
     )
 
@@ -380,6 +382,20 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from segflow.tasks.finalize import IncompleteRunError
+    from segflow.tasks.report import ReportError, write_report
+
+    t0 = time.time()
+    try:
+        url = write_report(_cli_path(args.output))
+    except (ReportError, IncompleteRunError, FileNotFoundError) as e:
+        _eprint(f"error: {e}")
+        return EXIT_FAILED
+    print(f"report written in {time.time() - t0:.1f}s: {url}")
+    return EXIT_OK
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from segflow.tasks.formats import ExportError, export
 
@@ -578,7 +594,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         t1 = time.time()
         torch.set_num_threads(max(1, os.cpu_count() or 1))
-        unet = train_unet(out / "demo-unet.pt", minutes=args.unet_minutes, seed=args.seed)
+        unet = train_unet(out / "demo-unet.pt", minutes=args.unet_minutes, seed=args.seed, log=print)
         print(f"semantic U-Net trained in {time.time() - t1:.0f}s: {unet}")
         names.append("demo-unet.pt")
     shas = {name: sha256_file(out / name) for name in names}
@@ -682,6 +698,10 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--version", help="version name (default: UTC time + run digest)")
     pb.set_defaults(fn=cmd_publish)
 
+    rp = sub.add_parser("report", help="draw a finished run's report.html again (figures, samples, timings)")
+    rp.add_argument("output", help="the run's output folder or URL")
+    rp.set_defaults(fn=cmd_report)
+
     ex = sub.add_parser("export", help="write a finished run's labels for Label Studio, CVAT, ultralytics or COCO")
     ex.add_argument("output", help="the run's output folder or URL")
     ex.add_argument("dest", help="where to write (folder, file or URL; see docs/formats/)")
@@ -769,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
         "at half the previous peak learning rate (default: 45 30; 0 or none: skip)",
     )
     t.add_argument("--m2f-minutes", type=float, default=14.0, help="wall-clock budget of the Mask2Former training")
-    t.add_argument("--unet-minutes", type=float, default=16.0, help="wall-clock budget of the demo U-Net's training")
+    t.add_argument("--unet-minutes", type=float, default=36.0, help="wall-clock budget of the demo U-Net's training")
     t.add_argument(
         "--only",
         choices=["instances", "panoptic", "semantic"],

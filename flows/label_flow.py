@@ -125,6 +125,10 @@ def finalize_task(job: JobConfig, started_at: float, force: bool = False) -> dic
         ),
         description="segflow run summary",
     )
+    if "report" in summary["outputs"]:
+        create_markdown_artifact(
+            key=f"{artifact_key}-report", markdown=report_link(summary["outputs"]["report"]), description="run report"
+        )
     if "qc" in summary:
         from segflow.tasks.storage import open_fs, read_bytes
 
@@ -152,6 +156,21 @@ def finalize_task(job: JobConfig, started_at: float, force: bool = False) -> dic
                 description=f"PQ {quality['pq']}, SQ {quality['sq']}, RQ {quality['rq']}, mIoU {quality['miou']}",
             )
     return summary
+
+
+def report_link(url: str) -> str:
+    """Markdown pointing at the run report. Prefect shows images only by URL and a browser opens only what it can
+    reach: a local report by its ``file://`` link, one on an object store by copying it down (or a presigned URL)."""
+    from pathlib import Path
+
+    if "://" not in url or url.startswith("file://"):
+        path = Path(url.removeprefix("file://")).resolve()
+        return f"# Run report\n\n[report.html]({path.as_uri()}): open it in a browser on this machine."
+    return (
+        f"# Run report\n\n`{url}`: one self-contained HTML page (figures and samples embedded). Browsers cannot "
+        f"open object-store URLs; copy it down (`aws s3 cp {url} .`, `gsutil cp`, or fsspec) or share a "
+        f"presigned URL (`aws s3 presign {url}`)."
+    )
 
 
 @task(name="export")

@@ -244,8 +244,30 @@ def calibrate(
     return out
 
 
-def pr_curves_png(labels: list[dict], gold: dict[tuple[int, int], int], result: dict[str, Any]) -> bytes:
-    """Per-class precision-recall curves of the labels (all images), the chosen threshold marked."""
+def pr_points(labels: list[dict], gold: dict[tuple[int, int], int], result: dict[str, Any], points: int = 200) -> None:
+    """Store each class's precision-recall curve in ``result["classes"][name]["curve"]``: ``recall``,
+    ``precision`` and ``score`` lists (labels of the gold images by descending calibrated score, at most
+    ``points`` of them, evenly spaced, the last kept) and ``operating`` (recall and precision at the threshold)."""
+    for entry in result["classes"].values():
+        cid = entry["category_id"]
+        rows = sorted((r for r in labels if r["category_id"] == cid), key=lambda r: -r.get("calibrated", r["score"]))
+        n_gold = sum(n for (_, c), n in gold.items() if c == cid)
+        if not rows or not n_gold:
+            continue
+        scores = np.array([r.get("calibrated", r["score"]) for r in rows])
+        hits = np.cumsum([r["tp"] for r in rows])
+        precision, recall = hits / np.arange(1, len(rows) + 1), hits / n_gold
+        keep = np.unique(np.linspace(0, len(rows) - 1, min(points, len(rows))).round().astype(int))
+        curve = {k: [round(float(v), 4) for v in a[keep]] for k, a in (("recall", recall), ("precision", precision))}
+        curve["score"] = [round(float(v), 4) for v in scores[keep]]
+        if entry["threshold"] is not None and (scores >= entry["threshold"]).any():
+            k = int(np.flatnonzero(scores >= entry["threshold"]).max())
+            curve["operating"] = {"recall": round(float(recall[k]), 4), "precision": round(float(precision[k]), 4)}
+        entry["curve"] = curve
+
+
+def pr_curves_png(result: dict[str, Any]) -> bytes:
+    """Per-class precision-recall curves (as :func:`pr_points` stored them), the chosen threshold marked."""
     import io
 
     import matplotlib
@@ -255,17 +277,13 @@ def pr_curves_png(labels: list[dict], gold: dict[tuple[int, int], int], result: 
 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     for name, entry in result["classes"].items():
-        cid = entry["category_id"]
-        rows = sorted((r for r in labels if r["category_id"] == cid), key=lambda r: -r.get("calibrated", r["score"]))
-        n_gold = sum(n for (_, c), n in gold.items() if c == cid)
-        if not rows or not n_gold:
+        curve = entry.get("curve")
+        if not curve:
             continue
-        hits = np.cumsum([r["tp"] for r in rows])
-        precision, recall = hits / np.arange(1, len(rows) + 1), hits / n_gold
-        (line,) = ax.plot(recall, precision, label=f"{name} ({entry['status']})")
-        if entry["threshold"] is not None:
-            k = max(i for i, r in enumerate(rows) if r.get("calibrated", r["score"]) >= entry["threshold"])
-            ax.plot(recall[k], precision[k], "o", color=line.get_color(), markersize=8)
+        (line,) = ax.plot(curve["recall"], curve["precision"], label=f"{name} ({entry['status']})")
+        if "operating" in curve:
+            op = curve["operating"]
+            ax.plot(op["recall"], op["precision"], "o", color=line.get_color(), markersize=8)
     ax.axhline(result["target_precision"], color="grey", linestyle="--", linewidth=1, label="target precision")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
     ax.set_title("labels of the gold images, by score (dot: chosen threshold)")
@@ -302,7 +320,8 @@ def fit_calibration(job: Any, gold: dict, file_names: dict, sizes: dict, rows: I
         review_recall=acc.review_recall,
     )
     result["gold_set"] = job.gold_set
-    return result, pr_curves_png(labels, counts, result)
+    pr_points(labels, counts, result)
+    return result, pr_curves_png(result)
 
 
 def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[dict, dict]:

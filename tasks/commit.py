@@ -76,13 +76,16 @@ def commit_shard(
     fingerprint: str,
     stats: dict[str, Any],
     generation: int = 0,
+    timing: dict[str, Any] | None = None,
 ) -> tuple[dict, bool]:
     """Write an attempt's files and try to commit them as ``generation``. Returns ``(commit_record, won)``.
 
     Generation 0 is a shard's first commit; a redo commits ``latest + 1``, superseding the record before it
     only once it exists (the shard always has a valid commit). Of two writers of one generation exactly one
-    wins (create-if-absent).
+    wins (create-if-absent). ``timing`` (where and when the shard ran, seconds per phase) is kept in the record
+    with the seconds of this commit's file writes added as ``commit``.
     """
+    t0 = time.perf_counter()
     attempt = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
     layout = OutputLayout(output)
     rel_dir = layout.attempt_dir(shard_id, attempt)
@@ -113,6 +116,10 @@ def commit_shard(
         "generation": generation,
         "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if timing is not None:
+        seconds = dict(timing.get("seconds", {}), commit=time.perf_counter() - t0)
+        record["timing"] = dict(timing, seconds={k: round(v, 4) for k, v in seconds.items()})
+        record["timing"]["finished_at"] = round(time.time(), 3)
     _, commit_path = open_fs(layout.commit_record(shard_id, generation))
     won = retry_call(lambda: create_exclusive(fs, commit_path, json.dumps(record, indent=1).encode()))
     if not won:

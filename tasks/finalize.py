@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ from segflow.tasks.panoptic_export import (
 )
 from segflow.tasks.plan import iter_plan_batches, load_plan
 from segflow.tasks.qc_report import QcAccumulator, write_qc_report
+from segflow.tasks.report import ReportSampler, write_report
 from segflow.tasks.semantic_audit import SemanticAudit, class_areas
 from segflow.tasks.storage import open_fs, redact, write_bytes
 
@@ -58,6 +60,8 @@ if TYPE_CHECKING:
 
 
 __all__ = ["IncompleteRunError", "finalize", "output_paths"]
+
+log = logging.getLogger("segflow.finalize")
 
 
 class IncompleteRunError(Exception):
@@ -328,6 +332,7 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
     gold_sem = getattr(job, "gold_semantic", None)
     audit = SemanticAudit(gold_sem, job.category_names()) if gold_sem and has_panoptic else None
     parts: dict[str, dict[str, dict]] = {}
+    sampler = ReportSampler()
     for c in commits:
         sid = c["shard_id"]
         names = ("images", "masks", "panoptic") if has_panoptic else ("images", "masks")
@@ -344,11 +349,14 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
             if left_out:
                 raw["panoptic"] = _parquet(pan)
             rendered += _render(output, c, images, pan, left_out)
+            sampler.add(images, masks, pan)
             pan_json.add(images, pan)
             _count(segments_per_category, pan, "segment_id")
             raw["semantic"] = _parquet(class_areas(images, pan, job.category_names()))
             if audit is not None:
                 audit.add(images)
+        else:
+            sampler.add(images, masks)
         outputs = {f"manifest/{name}.parquet": data for name, data in raw.items()}
         in_review = masks.filter(pc.equal(masks["verdict"], "review"))
         if in_review.num_rows:
@@ -467,6 +475,11 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
         }
     if started_at is not None:
         summary["seconds"] = round(time.time() - started_at, 2)
+    try:  # the report is drawn from the finished outputs; a failure to draw it loses no labels
+        summary["outputs"]["report"] = redact(write_report(output, summary, sampler.to_json(), commits))
+    except Exception as e:  # noqa: BLE001 - said in the summary and the log; `segflow report OUTPUT` draws it again
+        log.warning("report.html not written: %s: %s", type(e).__name__, e)
+        summary["report_error"] = f"{type(e).__name__}: {e}"
     _, summary_path = open_fs(paths["summary"])
     write_bytes(fs, summary_path, json.dumps(summary, indent=2).encode())
     return summary

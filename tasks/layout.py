@@ -140,5 +140,15 @@ class OutputLayout:
         return join(self.root, "summary.json")
 
     @property
+    def report(self) -> str:
+        """The run report: one self-contained HTML page (:mod:`segflow.tasks.report`)."""
+        return join(self.root, "report.html")
+
+    @property
+    def report_samples(self) -> str:
+        """What finalize gathered for the report in its pass over the shards (``segflow report`` renders from it)."""
+        return join(self.root, "report", "samples.json")
+
+    @property
     def quality(self) -> str:
         return join(self.root, "quality.json")

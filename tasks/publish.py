@@ -6,7 +6,8 @@ Layout under the destination::
     DEST/<version>/coco/...              COCO files (instances; panoptic JSON + PNGs when the run has them)
     DEST/<version>/semantic/...          semantic label maps (when the run has a panoptic stage)
     DEST/<version>/qc/...                QC report (when the run has one)
-    DEST/<version>/quality.json, summary.json, job.json
+    DEST/<version>/quality.json, summary.json, job.json, calibration.json
+    DEST/<version>/report.html           the run report (one self-contained page)
     DEST/<version>/reviews/<review>/...  the latest review version (``segflow import-review``): the reviewed set
     DEST/<version>/README.md             dataset card: counts per class, images, models and hashes, job, time
     DEST/<version>/SHA256SUMS            sha256 of every file above
@@ -35,7 +36,7 @@ __all__ = ["PublishError", "publish"]
 
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PUBLISHED_DIRS = ("manifest", "coco", "semantic", "qc")
-_PUBLISHED_FILES = ("summary.json", "quality.json", "job.json", "calibration.json")
+_PUBLISHED_FILES = ("summary.json", "quality.json", "job.json", "calibration.json", "report.html")
 
 
 class PublishError(Exception):
@@ -141,6 +142,7 @@ def _card(summary: dict, job: dict, version: str, checksums: dict[str, str], rev
         if "coco/panoptic.json" in checksums
         else ""
     )
+    report_file = ", `report.html` (the run report)" if "report.html" in checksums else ""
     qc_files = ", `qc/` (QC report, quarantine)" if any(k.startswith("qc/") for k in checksums) else ""
     return f"""# {summary["job"]} -- dataset {version}
 
@@ -165,7 +167,7 @@ Auto-labelled by segflow. Created {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmti
 ## Files
 
 `manifest/masks.parquet` (one row per mask, COCO RLE), `manifest/images.parquet`,
-`coco/instances.json`{panoptic_files}{qc_files}; `SHA256SUMS` lists the sha256 of every file.
+`coco/instances.json`{panoptic_files}{qc_files}{report_file}; `SHA256SUMS` lists the sha256 of every file.
 
 ## Job
 

@@ -156,15 +156,23 @@ class QcAccumulator:
         return pa.Table.from_pylist(rows) if rows else pa.table({"verdict": pa.array([], pa.string())})
 
 
-def contact_sheet(samples: list[dict], verdict: str, tile: int = 200, columns: int = 6) -> bytes:
-    """A PNG grid: each tile is the mask's neighbourhood, the mask outlined (2 px, verdict colour) and lightly
-    tinted, the prompt box in white, with class, detector / calibrated score, predicted IoU and reasons."""
+def contact_sheet(
+    samples: list[dict],
+    verdict: str,
+    tile: int = 200,
+    columns: int = 6,
+    cache: dict[str, np.ndarray | None] | None = None,
+    fmt: str = "PNG",
+) -> bytes:
+    """A grid image (``fmt``: a PIL format): each tile is the mask's neighbourhood, the mask outlined (2 px, verdict
+    colour) and lightly tinted, the prompt box in white, with class, detector / calibrated score, predicted IoU and
+    reasons. ``cache``: image URI -> H x W x 3 pixels (None: unreadable), filled with what is read here."""
     from PIL import Image, ImageDraw
 
     rows = max(1, (len(samples) + columns - 1) // columns)
     sheet = Image.new("RGB", (columns * tile, rows * (tile + 30)), (24, 24, 24))
     draw = ImageDraw.Draw(sheet)
-    cache: dict[str, np.ndarray | None] = {}
+    cache = {} if cache is None else cache
     for i, r in enumerate(samples):
         uri = r["image_uri"]
         if uri not in cache:
@@ -212,7 +220,7 @@ def contact_sheet(samples: list[dict], verdict: str, tile: int = 200, columns: i
         )
         draw.text((x0 + 3, y0 + tile + 15), ",".join(r["verdict_reasons"] or []) or "ok", fill=_COLOURS[verdict])
     buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
+    sheet.save(buf, format=fmt, **({"quality": 85} if fmt == "JPEG" else {}))
     return buf.getvalue()
 
 

@@ -47,7 +47,16 @@ from pycocotools.cocoeval import COCOeval
 from segflow.tasks.layout import OutputLayout
 from segflow.tasks.storage import open_fs, read_bytes, redact
 
-__all__ = ["GoldSetError", "evaluate", "format_quality", "label_matches", "load_gold", "load_quality", "match_set"]
+__all__ = [
+    "GoldSetError",
+    "class_confusion",
+    "evaluate",
+    "format_quality",
+    "label_matches",
+    "load_gold",
+    "load_quality",
+    "match_set",
+]
 
 
 class GoldSetError(Exception):
@@ -177,6 +186,54 @@ def _set_tally(
     for t in tally.values():
         t[2] -= t[0]
     return [sum(t[i] for t in tally.values()) for i in range(3)], tally
+
+
+def class_confusion(
+    gold: dict[tuple[int, int], list[dict]],
+    preds: dict[tuple[int, int], list[dict]],
+    categories: list[int],
+    verdicts: tuple[str, ...] = ("accept",),
+    iou_threshold: float = 0.5,
+) -> list[list[int]]:
+    """Which class the exported labels give each gold instance: a (K+1) x (K+1) count matrix.
+
+    Rows are gold classes in ``categories`` order, then "none" (a label on no gold instance); columns are label
+    classes, then "none" (a gold instance no label found). Labels (those whose verdict is in ``verdicts``) are
+    matched one to one to gold instances of any class, per image, greedy by descending score at mask IoU >=
+    ``iou_threshold``; labels on crowd regions are left out. Arguments grouped as :func:`_pair` returns them.
+    """
+    k = len(categories)
+    index = {c: i for i, c in enumerate(categories)}
+    matrix = np.zeros((k + 1, k + 1), np.int64)
+    by_image: dict[int, tuple[list, list]] = defaultdict(lambda: ([], []))
+    for (img, cid), instances in gold.items():
+        by_image[img][0].extend((index[cid], g) for g in instances if cid in index)
+    for (img, cid), ps in preds.items():
+        kept = [p for p in ps if ((p.get("row") or {}).get("verdict") or "accept") in verdicts]
+        by_image[img][1].extend((index[cid], p) for p in kept if cid in index)
+    for golds, labels in by_image.values():
+        labels.sort(key=lambda t: -t[1]["score"])
+        crowd = [int(g.get("iscrowd", 0)) for _, g in golds]
+        ious = (
+            np.asarray(mask_utils.iou([p["rle"] for _, p in labels], [g["rle"] for _, g in golds], crowd)).reshape(
+                len(labels), len(golds)
+            )
+            if labels and golds
+            else np.zeros((len(labels), len(golds)))
+        )
+        found = np.array(crowd, bool)  # crowd regions are never "found" nor missed
+        for i, (pc_, _) in enumerate(labels):
+            free = np.where(found, -1.0, ious[i]) if len(golds) else ious[i]
+            j = int(np.argmax(free)) if len(golds) else -1
+            if j >= 0 and free[j] >= iou_threshold:
+                found[j] = True
+                matrix[golds[j][0], pc_] += 1
+            elif not any(crowd[g] and ious[i, g] >= iou_threshold for g in range(len(golds))):
+                matrix[k, pc_] += 1
+        for j, (gc, _) in enumerate(golds):
+            if not found[j]:
+                matrix[gc, k] += 1
+    return matrix.tolist()
 
 
 def set_counts(tp: int, fp: int, fn: int) -> dict[str, Any]:
@@ -390,6 +447,12 @@ def evaluate(
         "set": set_counts(*total),
         "set_with_review": set_counts(*total_review),
         "per_class": per_class,
+        "confusion": {
+            "classes": [ontology[c] for c in sorted(ontology)] + ["none"],
+            "matrix": class_confusion(pairs.gold, pred_by_img_cat, sorted(ontology)),
+            "rows": "gold class",
+            "columns": "class of the exported (accepted) label",
+        },
         "gold_categories_not_in_ontology": unknown,
     }
 

@@ -20,6 +20,8 @@ import itertools
 import json
 import logging
 import os
+import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -140,14 +142,25 @@ def _provenance(job: JobConfig, sink: str, models: dict[str, Any]) -> tuple[str,
     return mask_stage, models[mask_stage].identity, (models[prompt].identity if prompt else None)
 
 
-def run_stages(job: JobConfig, images: list[Any], models: dict[str, Any]) -> dict[str, list[Detections]]:
-    """Run every stage, in dependency order, on a list of H x W x 3 RGB uint8 images."""
+def run_stages(
+    job: JobConfig, images: list[Any], models: dict[str, Any], seconds: dict[str, float] | None = None
+) -> dict[str, list[Detections]]:
+    """Run every stage, in dependency order, on a list of H x W x 3 RGB uint8 images (``seconds``: each stage's
+    wall time is added to its entry)."""
     results: dict[str, list[Detections]] = {}
     for name in job.stage_order():
         st = job.stages[name]
         inputs = {job.role(d): (d, results[d]) for d in st.needs}
+        t = time.perf_counter()
         results[name] = ADAPTERS[st.kind].run(models[name].adapter, images, inputs)
+        if seconds is not None:
+            seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
     return results
+
+
+def worker_name() -> str:
+    """``host:pid:thread``: where a shard ran (a run report's timeline has one row per worker)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
 
 
 def run_shard(job: JobConfig, shard_id: str, redo: bool = False) -> ShardResult:
@@ -184,6 +197,8 @@ def run_shard(job: JobConfig, shard_id: str, redo: bool = False) -> ShardResult:
 
 
 def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float, generation: int = 0) -> ShardResult:
+    timing: dict[str, Any] = {"started_at": round(time.time(), 3), "worker": worker_name()}
+    seconds: dict[str, float] = {"read": 0.0}
     rows = read_shard_rows(job.output, shard_id)
     if not rows:
         raise ValueError(f"{shard_id} is not in the plan of {redact(job.output)}")
@@ -209,7 +224,7 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
         nonlocal n_masks
         if not chunk:
             return
-        results = run_stages(job, [img.pixels for _, img in chunk], models)
+        results = run_stages(job, [img.pixels for _, img in chunk], models, seconds)
         for i, (row, img) in enumerate(chunk):
             outputs = [(*provenance[s], results[s][i]) for s in sinks]
             pan = (pan_sink, identities, results[pan_sink][i]) if pan_sink else None
@@ -221,7 +236,14 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
         chunk.clear()
 
     size = job.chunk_size()
-    for row, result in _decoded_stream(rows, job):
+    stream = _decoded_stream(rows, job)
+    while True:
+        t = time.perf_counter()
+        item = next(stream, None)
+        seconds["read"] += time.perf_counter() - t  # waiting for images: what reads ahead did not hide
+        if item is None:
+            break
+        row, result = item
         if isinstance(result, str):
             tables.add_failed_image(row["image_id"], row["uri"], row["key"], result)
             n_failed += 1
@@ -249,7 +271,8 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
     if pan_sink:
         files["panoptic"] = tables.panoptic_table()
         stats["segments"] = files["panoptic"].num_rows
-    commit, won = commit_shard(job.output, shard_id, files, fingerprint, stats, generation)
+    timing["seconds"] = seconds
+    commit, won = commit_shard(job.output, shard_id, files, fingerprint, stats, generation, timing)
     if won and pan_sink:
         try:  # finalize renders whatever is missing, so a failure here loses nothing
             render_shard(job.output, shard_id, commit["attempt"], images, files["panoptic"])

@@ -40,6 +40,7 @@ def test_publish_versions_checksums_card_and_latest(finished, s3_faults, s3, cap
         "manifest/masks.parquet/part-shard-00000.parquet",
         "coco/instances.json",
         "qc/report.md",
+        "report.html",
         "summary.json",
         "job.json",
         "README.md",
@@ -48,6 +49,7 @@ def test_publish_versions_checksums_card_and_latest(finished, s3_faults, s3, cap
     } <= keys
     sums = dict(line.split("  ")[::-1] for line in s3.cat_file(f"{root}/v1/SHA256SUMS").decode().splitlines())
     assert set(sums) == keys - {"SHA256SUMS", "_PUBLISHED.json"}
+    assert s3.cat_file(f"{root}/v1/report.html") == (finished / "report.html").read_bytes()
     for rel, digest in sums.items():
         assert hashlib.sha256(s3.cat_file(f"{root}/v1/{rel}")).hexdigest() == digest, rel
     card = s3.cat_file(f"{root}/v1/README.md").decode()

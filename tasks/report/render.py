@@ -1,0 +1,271 @@
+"""``OUTPUT/report.html``: one self-contained page per run (figures and image samples embedded as data URIs).
+
+Written by finalize and by ``segflow report OUTPUT``, from what the run saved: ``summary.json``, ``quality.json``,
+``calibration.json``, ``job.json``, the commit records' timings and ``report/samples.json`` (the bounded samples
+finalize gathered, :mod:`segflow.tasks.report.sampler`). Its cost does not grow with the run: at most ``per_cell``
+masks per class and verdict and a few preview images are read and drawn.
+
+Sections (element ids, for links and tests): ``summary``, ``quality``, ``samples``, ``previews``, ``timing``,
+``job``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from segflow.tasks.layout import OutputLayout
+from segflow.tasks.report import plots
+from segflow.tasks.report.sampler import ReportSampler
+from segflow.tasks.storage import join, open_fs, read_bytes, redact, write_bytes
+
+__all__ = ["ReportError", "write_report", "report_context", "render_html"]
+
+VERDICT_TITLES = {"accept": "accepted", "review": "review", "reject": "rejected"}
+WORST = {"accept": "lowest score first", "review": "lowest score first", "reject": "highest score first"}
+
+
+class ReportError(Exception):
+    """The output cannot be reported on (not finished, or not a segflow output)."""
+
+
+def _json(url: str) -> Any:
+    fs, path = open_fs(url)
+    try:
+        return json.loads(read_bytes(fs, path))
+    except FileNotFoundError:
+        return None
+
+
+def _uri(data: bytes | None, mime: str = "image/png") -> str | None:
+    return None if data is None else f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _read_image(uri: str) -> np.ndarray | None:
+    from segflow.tasks.images import decode_image
+
+    try:
+        fs, path = open_fs(uri)
+        return decode_image(fs.cat_file(path)).pixels
+    except Exception:  # noqa: BLE001 - a sample the report cannot read is shown as unavailable
+        return None
+
+
+def _jpeg(pixels: np.ndarray, side: int = 320) -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray(pixels)
+    img.thumbnail((side, side))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _previews(layout: OutputLayout, rows: list[dict], cache: dict[str, np.ndarray | None]) -> list[dict]:
+    """Each preview image beside its panoptic map (segments in distinct colours, outlined) and semantic map (the
+    palette's class colours), both blended over the image."""
+    from PIL import Image
+
+    from segflow.tasks.panoptic_export import png_name
+
+    out = []
+    for r in rows:
+        pixels = cache.get(r["image_uri"])
+        entry: dict[str, Any] = {"name": redact(r["image_uri"]), "image": None, "panoptic": None, "semantic": None}
+        if pixels is not None:
+            entry["image"] = _uri(_jpeg(pixels), "image/jpeg")
+            for kind, folder in (("panoptic", layout.coco_panoptic_pngs), ("semantic", layout.semantic_pngs)):
+                fs, path = open_fs(join(folder, png_name(r["image_id"])))
+                try:
+                    img = Image.open(io.BytesIO(read_bytes(fs, path)))
+                except FileNotFoundError:
+                    continue
+                if kind == "panoptic":
+                    rgb = np.asarray(img.convert("RGB")).astype(np.int64)
+                    ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+                    colours = np.random.default_rng(7).integers(40, 256, (int(ids.max()) + 1, 3))
+                    colour = np.where((ids > 0)[..., None], colours[ids], 0)
+                    edge = np.zeros(ids.shape, bool)
+                    edge[1:] |= ids[1:] != ids[:-1]
+                    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+                else:
+                    colour, edge = np.asarray(img.convert("RGB")).astype(np.int64), None
+                if colour.shape[:2] != pixels.shape[:2]:
+                    continue
+                blend = (0.45 * pixels + 0.55 * colour).astype(np.uint8)
+                if edge is not None:
+                    blend[edge] = 255
+                entry[kind] = _uri(_jpeg(blend), "image/jpeg")
+        out.append(entry)
+    return out
+
+
+def _timing(commits: list[dict], images: int) -> dict[str, Any]:
+    spans, seconds = [], {}
+    for c in commits:
+        t = c.get("timing")
+        if not t:
+            continue
+        spans.append({"worker": t["worker"], "start": t["started_at"], "end": t["finished_at"], "shard": c["shard_id"]})
+        for k, v in t.get("seconds", {}).items():
+            seconds[k] = seconds.get(k, 0.0) + v
+    if not spans:
+        return {}
+    wall = max(s["end"] for s in spans) - min(s["start"] for s in spans)
+    return {
+        "shards": len(spans),
+        "workers": len({s["worker"] for s in spans}),
+        "wall": round(wall, 2),
+        "images_per_s": round(images / wall, 2) if wall > 0 else None,
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        "stage_png": _uri(plots.stage_seconds(seconds)),
+        "timeline_png": _uri(plots.timeline(spans)),
+    }
+
+
+def _rescan(output: str, commits: list[dict]) -> dict:
+    """Samples of an output finalized before reports existed: one pass over its merged manifests."""
+    import pyarrow.parquet as pq
+
+    layout = OutputLayout(output)
+    sampler = ReportSampler()
+    for c in commits:
+        tables = {}
+        for name in ("images", "masks", "panoptic"):
+            fs, path = open_fs(join(layout.manifest(name), f"part-{c['shard_id']}.parquet"))
+            try:
+                tables[name] = pq.read_table(io.BytesIO(read_bytes(fs, path)))
+            except FileNotFoundError:
+                tables[name] = None
+        if tables["images"] is None or tables["masks"] is None:
+            raise ReportError(f"{redact(output)} has no merged manifest for {c['shard_id']}: finalize it first")
+        sampler.add(tables["images"], tables["masks"], tables["panoptic"])
+    return sampler.to_json()
+
+
+def report_context(
+    output: str, summary: dict | None = None, samples: dict | None = None, commits: list[dict] | None = None
+) -> dict[str, Any]:
+    """Everything the template shows, figures and images encoded."""
+    from segflow.tasks.finalize import _collect_commits
+
+    layout = OutputLayout(output)
+    summary = summary or _json(layout.summary)
+    if summary is None:
+        raise ReportError(f"no summary.json in {redact(output)}: the run has not been finalized")
+    if commits is None:
+        commits = _collect_commits(output)[1]
+    samples = samples or _json(layout.report_samples) or _rescan(output, commits)
+    quality, calibration = _json(layout.quality) or {}, _json(layout.calibration)
+    job = _json(layout.job_json) or {}
+
+    uris = {r["image_uri"] for cell in samples["samples"].values() for r in cell}
+    uris |= {r["image_uri"] for r in samples["previews"]}
+    order = sorted(uris)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # on an object store each image is a round trip
+        cache = dict(zip(order, pool.map(_read_image, order), strict=True))
+
+    from segflow.tasks.qc_report import contact_sheet
+
+    classes: dict[str, list[dict]] = {}
+    totals = {(r["class"], r["verdict"]): r["masks"] for r in samples["counts"]}
+    for key, rows in samples["samples"].items():
+        cls, verdict = key.split("\t")
+        sheet = contact_sheet(rows, verdict, tile=150, columns=samples["per_cell"], cache=cache, fmt="JPEG")
+        classes.setdefault(cls, []).append(
+            {
+                "verdict": verdict,
+                "title": VERDICT_TITLES.get(verdict, verdict),
+                "order": WORST.get(verdict, ""),
+                "shown": len(rows),
+                "total": totals.get((cls, verdict), len(rows)),
+                "mosaic": _uri(sheet, "image/jpeg"),
+            }
+        )
+    order = list(VERDICT_TITLES)
+    for cells in classes.values():
+        cells.sort(key=lambda c: order.index(c["verdict"]) if c["verdict"] in order else 9)
+
+    figures = dict.fromkeys(["confusion", "panoptic", "miou", "semantic_confusion"])
+    figures.update(verdicts=_uri(plots.verdict_bars(samples["counts"])), pr=_uri(plots.pr_grid(calibration)))
+    conf = quality.get("confusion")
+    if conf:
+        figures["confusion"] = _uri(
+            plots.confusion(conf["classes"], conf["matrix"], "exported label's class", "gold class")
+        )
+    pan = quality.get("panoptic")
+    if pan:
+        figures["panoptic"] = _uri(plots.class_bars(pan["per_class"], ["pq", "sq", "rq"], "panoptic quality per class"))
+    iou = dict(pan.get("per_class_iou") or {}) if pan else {}
+    sem = quality.get("semantic")
+    if sem:
+        ious = {n: {"IoU": v} for n, v in sem["per_class_iou"].items()}
+        figures["miou"] = _uri(plots.class_bars(ious, ["IoU"], "semantic IoU per class (against the gold maps)"))
+        c = sem["confusion"]  # rows: gold classes; columns: void, then the same classes (void left out here)
+        figures["semantic_confusion"] = _uri(
+            plots.confusion(c["labels"][1:], [row[1:] for row in c["matrix"]], "predicted class", "gold class")
+        )
+    elif iou:
+        figures["miou"] = _uri(plots.class_bars({n: {"IoU": v} for n, v in iou.items()}, ["IoU"], "mIoU per class"))
+
+    stages = []
+    for name, st in (job.get("stages") or {}).items():
+        stages.append(
+            {"name": name, "kind": st.get("kind"), "weights": redact(str(st.get("weights") or st.get("model") or "-"))}
+            | {"sha256": st.get("sha256") or "not pinned"}
+        )
+    return {
+        "summary": summary,
+        "failures": samples["failures"],
+        "failure_kinds": samples["failure_kinds"],
+        "counts": samples["counts"],
+        "quality": quality,
+        "calibration": calibration,
+        "figures": figures,
+        "classes": dict(sorted(classes.items())),
+        "previews": _previews(layout, samples["previews"], cache),
+        "timing": _timing(commits, summary.get("images", 0)),
+        "job": job,
+        "job_text": json.dumps(job, indent=2),
+        "stages": stages,
+        "models": samples.get("models", []),
+        "output": redact(output),
+    }
+
+
+def _num(v: Any, digits: int = 3) -> str:
+    """A table cell: ``-`` for a missing value, floats to ``digits`` decimals."""
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def render_html(context: dict[str, Any]) -> str:
+    """The page, from ``templates/report.html.j2`` (autoescaped)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("segflow.tasks.report", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["num"] = _num
+    return env.get_template("report.html.j2").render(**context)
+
+
+def write_report(
+    output: str, summary: dict | None = None, samples: dict | None = None, commits: list[dict] | None = None
+) -> str:
+    """Render ``OUTPUT/report.html`` (and save ``samples`` when given). Returns the report's URL."""
+    layout = OutputLayout(output)
+    fs, _ = open_fs(output)
+    if samples is not None:
+        write_bytes(fs, open_fs(layout.report_samples)[1], json.dumps(samples).encode())
+    page = render_html(report_context(output, summary, samples, commits))
+    write_bytes(fs, open_fs(layout.report)[1], page.encode())
+    return layout.report
