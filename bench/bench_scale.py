@@ -12,7 +12,10 @@ Each size is simulated, then each step runs in a fresh subprocess, so its peak R
 
 * ``finalize`` -- merged manifests, COCO instances, review band, QC report, gold-set quality, summary;
 * ``status`` -- ``segflow status OUTPUT --json``;
-* ``export_coco`` -- ``segflow export OUTPUT DEST --format coco``.
+* ``export_coco`` -- ``segflow export OUTPUT DEST --format coco``;
+* ``report`` -- ``segflow report OUTPUT``: report.html drawn again from what finalize saved (its samples are
+  bounded, so its time should not grow with the rows; the simulated rows name no real image files, so the
+  mosaics' tiles say "image unavailable": image reads are left out of this figure).
 
     python bench/bench_scale.py [--shards 1000] [--images-per-shard 1000] [--rows 1000000 10000000]
 
@@ -202,6 +205,9 @@ elif name == "status":
     import contextlib, io
     with contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(["status", out + "/out", "--json"]) == 0
+elif name == "report":
+    from segflow.tasks.report import write_report
+    write_report(out + "/out")
 else:
     from segflow.tasks.formats import export
     export(out + "/out", "coco", out + "/export")
@@ -231,7 +237,7 @@ def main() -> None:
             shutil.rmtree(d, ignore_errors=True)
             sim = simulate(d, args.shards, args.images_per_shard, rows)
             print(f"{rows:,} rows: simulated in {sim['seconds']}s", file=sys.stderr, flush=True)
-            steps = {name: _step(name, d) for name in ("finalize", "status", "export_coco")}
+            steps = {name: _step(name, d) for name in ("finalize", "status", "export_coco", "report")}
             print(f"  {steps}", file=sys.stderr, flush=True)
             by_size[rows] = {"simulate": sim, **steps}
             shutil.rmtree(d, ignore_errors=True)
@@ -245,6 +251,7 @@ def main() -> None:
         "scale_finalize_rss_growth": round(f_hi["peak_rss_mb"] / f_lo["peak_rss_mb"], 3),
         "scale_finalize_time_growth": round(f_hi["seconds"] / f_lo["seconds"], 2),
         "scale_status_seconds": by_size[hi]["status"]["seconds"],
+        "scale_report_seconds": by_size[hi]["report"]["seconds"],
         "scale_detail": {
             "shards": args.shards,
             "images": args.shards * args.images_per_shard,

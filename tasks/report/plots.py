@@ -47,7 +47,7 @@ def verdict_bars(counts: list[dict]) -> bytes | None:
         left += n
     ax.invert_yaxis()
     ax.set_xlabel("masks")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _png(fig)
 
 
