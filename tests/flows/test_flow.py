@@ -31,6 +31,8 @@ def finished_run(prefect_harness, write_job, image_dir, tmp_path, capsys):
     assert cli.main(["run", str(job), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "images labelled : 20 of 22" in printed and f"COCO instances  : {out}/coco/instances.json" in printed
+    assert printed.rstrip().endswith(f"report          : {out}/report.html")  # the summary ends with the report
+    assert (out / "report.html").exists()
     return job, out
 
 
