@@ -37,6 +37,23 @@ __all__ = ["QcAccumulator", "write_qc_report", "contact_sheet"]
 
 SHEETS = {"accept": "accepted", "review": "review", "reject": "rejected"}
 _COLOURS = {"accept": (40, 220, 90), "review": (255, 200, 0), "reject": (255, 50, 50)}
+#: The manifest columns a sampled mask keeps: what :func:`contact_sheet` draws and labels.
+SAMPLE_COLUMNS = [
+    "annotation_id",
+    "image_id",
+    "image_uri",
+    "width",
+    "height",
+    "category_name",
+    "score",
+    "predicted_iou",
+    "stability_score",
+    "rle_counts",
+    "calibrated_score",
+    "verdict",
+    "verdict_reasons",
+    "prompt_box",
+]
 
 
 class QcAccumulator:
@@ -44,22 +61,6 @@ class QcAccumulator:
     with the rows: scores go into fixed histograms (quantiles to 0.001), candidates are a reservoir."""
 
     _BINS = np.linspace(0.0, 1.0, 1001)  # scores, predicted IoU and stability live in [0, 1] (clipped into it)
-    _COLUMNS = [
-        "annotation_id",
-        "image_id",
-        "image_uri",
-        "width",
-        "height",
-        "category_name",
-        "score",
-        "predicted_iou",
-        "stability_score",
-        "rle_counts",
-        "calibrated_score",
-        "verdict",
-        "verdict_reasons",
-        "prompt_box",
-    ]
 
     def __init__(self, samples_per_verdict: int, seed: int = 0):
         self.rows: Counter = Counter()
@@ -97,7 +98,7 @@ class QcAccumulator:
                     self.hist[v][k] += np.histogram(np.clip(vals, 0.0, 1.0), self._BINS)[0]
                 rows_v = np.flatnonzero(sel)
                 best = rows_v[np.argsort(keys[rows_v], kind="stable")[: max(self.samples_per_verdict, 1)]]
-                picked = masks.take(pa.array(best)).select(self._COLUMNS).to_pylist()
+                picked = masks.take(pa.array(best)).select(SAMPLE_COLUMNS).to_pylist()
                 cand = self.candidates[v] + list(zip(keys[best].tolist(), picked))
                 cand.sort(key=lambda t: t[0])
                 self.candidates[v] = cand[: max(self.samples_per_verdict, 1)]

@@ -25,23 +25,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from segflow.tasks.qc_report import SAMPLE_COLUMNS
+
 __all__ = ["ReportSampler", "failure_kind"]
 
-COLUMNS = [
-    "annotation_id",
-    "image_id",
-    "image_uri",
-    "width",
-    "height",
-    "category_name",
-    "score",
-    "calibrated_score",
-    "predicted_iou",
-    "verdict",
-    "verdict_reasons",
-    "rle_counts",
-    "prompt_box",
-]
 _WORST_LOW = {"accept": True, "review": True, "reject": False}  # True: the lowest score is the worst
 
 
@@ -85,12 +72,13 @@ class ReportSampler:
             cal = pc.fill_null(masks["calibrated_score"], np.nan).to_numpy(zero_copy_only=False).astype(np.float64)
             score = np.where(np.isnan(cal), score, cal)
         ann = masks["annotation_id"].to_numpy(zero_copy_only=False)
+        cols = [k for k in SAMPLE_COLUMNS if k in masks.column_names]
         for (c, v), n in Counter(zip(cls.tolist(), verdict.tolist())).items():
             self.counts[(c, v)] += n
             rows = np.flatnonzero((cls == c) & (verdict == v))
             key = score[rows] if _WORST_LOW.get(v, True) else -score[rows]
             best = rows[np.lexsort((ann[rows], key))[: self.per_cell]]
-            picked = masks.take(pa.array(best)).select([k for k in COLUMNS if k in masks.column_names]).to_pylist()
+            picked = masks.take(pa.array(best)).select(cols).to_pylist()
             cell = self.cells.get((c, v), []) + [
                 (float(key[np.searchsorted(rows, b)]), int(ann[b]), r) for b, r in zip(best, picked, strict=True)
             ]
