@@ -107,7 +107,7 @@ def test_deploy_and_run_through_a_process_worker(server, write_job, image_dir, t
             {"parameters": {"config": str(job)}},
         )
         runs[name] = run["id"]
-    prefect(env, "worker", "start", "--pool", "local-process", "--run-once", "--limit", "1", timeout=400)
+    prefect(env, "worker", "start", "--pool", "local-process", "--run-once", "--limit", "2", timeout=400)
     deadline = time.time() + 300
     states = {}
     while time.time() < deadline:

@@ -86,7 +86,7 @@ def test_compiled_encoder_gives_the_same_logits():
     plain = SamBoxSegmenter(SamStage(kind="sam", weights=w, device="cpu"), w)
     compiled = SamBoxSegmenter(SamStage(kind="sam", weights=w, device="cpu", compile=True), w)
     assert type(compiled.model.image_encoder).__name__ == "OptimizedModule" and compiled.img_size == plain.img_size
-    for s in scenes(2):
+    for s in scenes(1):  # one image: the encoder sees a fixed input size, a second would only repeat it
         a, ia = plain.box_logits(s.pixels, np.asarray(s.boxes))
         b, ib = compiled.box_logits(s.pixels, np.asarray(s.boxes))
         assert np.abs(a - b).max() < 1e-3 and np.abs(ia - ib).max() < 1e-4
