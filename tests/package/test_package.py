@@ -49,6 +49,8 @@ def test_wheel_has_one_top_level_name_and_the_demo_data(wheel):
         "segflow/configs/models/demo-yolo.pt",
         "segflow/configs/models/demo-sam.pt",
         "segflow/configs/models/demo-m2f.pt",
+        "segflow/configs/models/demo-unet.pt",
+        "segflow/tasks/report/templates/report.html.j2",
     ):
         assert needed in names, needed
     assert not [n for n in names if n.startswith("segflow/tests") or "localizers" in n or "tiny.py" in n]
@@ -86,6 +88,8 @@ def test_demo_runs_from_a_wheel_in_a_fresh_venv(wheel, tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     quality = json.loads((work / "demo-out" / "quality.json").read_text())
     assert quality["gold_instances"] > 0 and quality["mask_ap50"] > 0.3
+    summary = json.loads((work / "demo-out" / "out" / "summary.json").read_text())
+    assert "report_error" not in summary and (work / "demo-out" / "out" / "report.html").stat().st_size > 10_000
 
 
 RUNTIME_MODULES = [
@@ -94,6 +98,7 @@ RUNTIME_MODULES = [
     "segflow.flows.deployment",
     "segflow.tasks.shard",
     "segflow.tasks.finalize",
+    "segflow.tasks.report.render",
     "segflow.tasks.publish",
     "segflow.tasks.models.sam",
     "segflow.tasks.models.yolo",
