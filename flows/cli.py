@@ -789,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
         "at half the previous peak learning rate (default: 45 30; 0 or none: skip)",
     )
     t.add_argument("--m2f-minutes", type=float, default=14.0, help="wall-clock budget of the Mask2Former training")
-    t.add_argument("--unet-minutes", type=float, default=16.0, help="wall-clock budget of the demo U-Net's training")
+    t.add_argument("--unet-minutes", type=float, default=35.0, help="wall-clock budget of the demo U-Net's training")
     t.add_argument(
         "--only",
         choices=["instances", "panoptic", "semantic"],

@@ -191,8 +191,11 @@ def _shape_layer(cls: str, cx: float, cy: float, size: float, angle: float, h: i
     return np.asarray(layer) > 0
 
 
-def make_scene(rng: np.random.Generator, width: int, height: int, max_objects: int = 6, min_objects: int = 2) -> Scene:
-    """Render one scene of ``width`` x ``height`` with exact ground truth."""
+def make_scene(
+    rng: np.random.Generator, width: int, height: int, max_objects: int = 6, min_objects: int = 2, flat: bool = False
+) -> Scene:
+    """Render one scene of ``width`` x ``height`` with exact ground truth (``flat``: things in one flat colour each,
+    no texture, for a training curriculum)."""
     h, w = int(height), int(width)
     semantic = _stuff_layout(rng, h, w)
     pixels = np.zeros((h, w, 3), np.uint8)
@@ -232,7 +235,11 @@ def make_scene(rng: np.random.Generator, width: int, height: int, max_objects: i
         masks = [prev & ~m for prev in masks]
         ys, xs = np.nonzero(m)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-        tex = _thing_texture(rng, int(y1 - y0), int(x1 - x0))  # textures only as large as the object
+        if flat:
+            colour = np.array(_hsv(rng.uniform(0, 1), rng.uniform(0.65, 1.0), rng.uniform(0.75, 1.0)), np.uint8)
+            tex = np.broadcast_to(colour, (int(y1 - y0), int(x1 - x0), 3))
+        else:
+            tex = _thing_texture(rng, int(y1 - y0), int(x1 - x0))  # textures only as large as the object
         sub = m[y0:y1, x0:x1]
         pixels[y0:y1, x0:x1][sub] = tex[sub]
         masks.append(m)

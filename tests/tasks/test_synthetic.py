@@ -54,3 +54,19 @@ def test_ground_truth_files_agree_with_each_other(tmp_path):
             assert np.array_equal(rle.decode(a["segmentation"]["counts"], img["height"], img["width"]), m)
             assert a["area"] == m.sum() > 0
     assert exif_seen >= 2  # stored rotated with an orientation tag
+
+
+def test_flat_scenes_draw_each_shape_in_one_colour():
+    """The U-Net's curriculum scenes (``flat=True``): each shape's visible pixels are one colour, and its ground
+    truth is exact; negative control: textured shapes have many colours."""
+    from segflow.demo.synthetic import make_scene
+
+    flat = make_scene(np.random.default_rng(5), 240, 160, max_objects=6, min_objects=4, flat=True)
+    textured = make_scene(np.random.default_rng(5), 240, 160, max_objects=6, min_objects=4)
+    assert len(flat.masks) >= 4 and len(textured.masks) >= 4
+    for m, name in zip(flat.masks, flat.class_names, strict=True):
+        assert (flat.semantic[m] == next(c["id"] for c in CATEGORIES if c["name"] == name)).all()
+    colours = [len(np.unique(s.pixels[m], axis=0)) for s in (flat, textured) for m in s.masks]
+    n = len(flat.masks)
+    assert colours[:n] == [1] * n, colours
+    assert min(colours[n:]) > 10, colours
