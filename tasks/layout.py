@@ -12,7 +12,7 @@
       set_aside/shards/<shard>/                   shard folders the plan does not name, moved by `rerun --corrupt`
       manifest/{masks,images,panoptic}.parquet/   one part per shard
       coco/instances.json, coco/panoptic.json, coco/panoptic/<image_id>.png
-      semantic/<image_id>.png
+      semantic/<image_id>.png, semantic/preview/<image_id>.jpg (a semantic stage's `preview: true`)
       qc/                                         QC report, quarantine.parquet, sheets
       summary.json, quality.json, calibration.json (segflow calibrate; qc/pr_curves.png beside)
 
@@ -114,6 +114,10 @@ class OutputLayout:
     @property
     def semantic_pngs(self) -> str:
         return join(self.root, "semantic")
+
+    @property
+    def semantic_previews(self) -> str:
+        return join(self.root, "semantic", "preview")
 
     @property
     def qc(self) -> str:

@@ -14,6 +14,9 @@ the ``panopticapi`` reference)
 * ``OUTPUT/semantic/<image_id>.png`` -- palette ("P") PNG whose byte per
   pixel is the ontology category id, 0 = void; the palette colours are only
   for viewing (see :func:`palette`).
+* ``OUTPUT/semantic/preview/<image_id>.jpg`` -- with a semantic stage's
+  ``preview: true``: that stage's class map blended over the image, for eyes
+  only (:func:`semantic_preview`).
 * ``OUTPUT/manifest/panoptic.parquet/`` -- one row per segment, RLE (see
   :mod:`segflow.tasks.manifest`), with the stage the segment came from.
 
@@ -65,6 +68,7 @@ __all__ = [
     "panoptic_png",
     "read_panoptic_png",
     "semantic_png",
+    "semantic_preview",
     "palette",
     "PanopticQuality",
     "SemanticQuality",
@@ -191,14 +195,47 @@ def read_panoptic_png(data: bytes) -> np.ndarray:
     return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
+#: Viewing colours of category ids 1-20 (matplotlib's tab20, dark shades first): neighbouring ids differ.
+_TAB20 = (
+    "1f77b4 ff7f0e 2ca02c d62728 9467bd 8c564b e377c2 7f7f7f bcbd22 17becf "
+    "aec7e8 ffbb78 98df8a ff9896 c5b0d5 c49c94 f7b6d2 c7c7c7 dbdb8d 9edae5"
+).split()
+
+
 def palette(categories: Iterable[dict]) -> list[int]:
-    """768 palette entries: category id -> its ``color`` (or a fixed pseudo-random colour), 0 = black."""
+    """768 palette entries: category id -> its ``color`` (or a fixed distinct colour: tab20 for ids 1-20, then
+    pseudo-random), 0 = black."""
     rng = np.random.default_rng(12345)
-    pal = [0, 0, 0] + rng.integers(40, 256, 255 * 3).tolist()
+    pal = [0, 0, 0] + [int(h[i : i + 2], 16) for h in _TAB20 for i in (0, 2, 4)]
+    pal += rng.integers(40, 256, 768 - len(pal)).tolist()
     for c in categories:
         if 0 < int(c["id"]) < 256 and c.get("color"):
             pal[int(c["id"]) * 3 : int(c["id"]) * 3 + 3] = list(c["color"])
     return pal
+
+
+def semantic_preview(pixels: np.ndarray, class_map: np.ndarray, pal: list[int], max_side: int = 1024) -> bytes:
+    """A JPEG for eyes: ``class_map`` (H x W category ids, 0 = void) in the palette's colours blended over
+    ``pixels`` (H x W x 3 uint8 RGB), class borders in white, void left as the image; long side at most
+    ``max_side`` px."""
+    from PIL import Image
+
+    if class_map.shape != pixels.shape[:2]:
+        raise ValueError(f"class map is {class_map.shape}, image is {pixels.shape[:2]}: expected the same H x W")
+    h, w = class_map.shape
+    k = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * k)), max(1, round(h * k)))
+    image = np.asarray(Image.fromarray(pixels).resize(size, Image.BILINEAR)) if k < 1 else pixels
+    ids = np.asarray(Image.fromarray(class_map.astype(np.uint8)).resize(size, Image.NEAREST)) if k < 1 else class_map
+    colours = np.asarray(pal, np.float32).reshape(-1, 3)[ids]
+    blend = np.where((ids > 0)[..., None], 0.45 * image + 0.55 * colours, image).astype(np.uint8)
+    edge = np.zeros(ids.shape, bool)
+    edge[1:] |= ids[1:] != ids[:-1]
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    blend[edge] = 255
+    buf = io.BytesIO()
+    Image.fromarray(blend).save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
 
 
 def semantic_png(class_map: np.ndarray, pal: list[int]) -> bytes:

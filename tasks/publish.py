@@ -142,6 +142,8 @@ def _card(summary: dict, job: dict, version: str, checksums: dict[str, str], rev
         if "coco/panoptic.json" in checksums
         else ""
     )
+    if any(k.startswith("semantic/preview/") for k in checksums):
+        panoptic_files += ", `semantic/preview/*.jpg` (class maps blended over the images, for eyes only)"
     report_file = ", `report.html` (the run report)" if "report.html" in checksums else ""
     qc_files = ", `qc/` (QC report, quarantine)" if any(k.startswith("qc/") for k in checksums) else ""
     return f"""# {summary["job"]} -- dataset {version}

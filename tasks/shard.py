@@ -33,16 +33,20 @@ from segflow.tasks import progress
 from segflow.tasks.allocator import keep_freed_memory
 from segflow.tasks.commit import ShardConflict, commit_shard, read_commit, record_failure
 from segflow.tasks.images import DecodedImage, ImageLoadError, decode_image
+from segflow.tasks.layout import OutputLayout
 from segflow.tasks.manifest import ShardTables
 from segflow.tasks.models.cache import get_model
 from segflow.tasks.models.registry import ADAPTERS
+from segflow.tasks.panoptic import detections_to_map, palette, semantic_from_segments, semantic_preview
 from segflow.tasks.panoptic_export import render_shard
 from segflow.tasks.plan import read_shard_rows
 from segflow.tasks.record import Detections
 from segflow.tasks.retry import RetryPolicy, is_transient, retry_call
-from segflow.tasks.storage import open_fs, redact
+from segflow.tasks.storage import join, open_fs, redact, write_bytes
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from segflow.config.schema import JobConfig
 
 
@@ -158,6 +162,17 @@ def run_stages(
     return results
 
 
+def write_previews(output: str, images: list[tuple[int, np.ndarray]], segments: list[Detections]) -> None:
+    """``semantic/preview/<image_id>.jpg`` for each of ``images`` ((image id, H x W x 3 RGB) pairs) from a semantic
+    stage's ``segments`` (one Detections per image). Derived views: a rerun writes them again."""
+    folder = OutputLayout(output).semantic_previews
+    fs, _ = open_fs(folder)
+    pal = palette([])
+    for (image_id, pixels), dets in zip(images, segments, strict=True):
+        _, path = open_fs(join(folder, f"{int(image_id)}.jpg"))
+        write_bytes(fs, path, semantic_preview(pixels, semantic_from_segments(*detections_to_map(dets)), pal))
+
+
 def worker_name() -> str:
     """``host:pid:thread``: where a shard ran (a run report's timeline has one row per worker)."""
     return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
@@ -215,6 +230,7 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
     # what each sink's rows came from: (mask stage name, mask model, prompt model)
     provenance = {name: _provenance(job, name, models) for name in sinks}
     pan_sink = job.panoptic_sink()
+    preview = next((n for n, st in job.stages.items() if getattr(st, "preview", False)), None)
     identities = {name: m.identity for name, m in models.items()}
     tables = ShardTables(shard_id, ontology)
     chunk: list[tuple[dict, DecodedImage]] = []
@@ -225,6 +241,8 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
         if not chunk:
             return
         results = run_stages(job, [img.pixels for _, img in chunk], models, seconds)
+        if preview:
+            write_previews(job.output, [(row["image_id"], img.pixels) for row, img in chunk], results[preview])
         for i, (row, img) in enumerate(chunk):
             outputs = [(*provenance[s], results[s][i]) for s in sinks]
             pan = (pan_sink, identities, results[pan_sink][i]) if pan_sink else None

@@ -338,6 +338,11 @@ class SemanticStage(_ModelStage):
     )
     unmapped: str = Field("drop", description="'drop' (void), or the ontology class name that takes other labels.")
     ignore: list[str] = Field(default_factory=list, description="Model labels whose pixels become void.")
+    preview: bool = Field(
+        False,
+        description="Also write OUTPUT/semantic/preview/<image_id>.jpg: this stage's class map blended over the "
+        "image (long side at most 1024 px), for eyes only.",
+    )
 
     def issues(self, name: str, names: set[str], needs_roles: list[str]) -> list[tuple[str, str]]:
         return _label_map_issues(name, self.label_map, self.unmapped, names)

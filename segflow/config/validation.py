@@ -184,6 +184,9 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
                     f"consumes it; add a mask stage (e.g. kind: sam, needs: [{sink}])",
                 )
             )
+    previews = [n for n, s in job.stages.items() if getattr(s, "preview", False)]
+    if len(previews) > 1:
+        issues.append((f"stages.{previews[1]}.preview", f"one stage writes semantic/preview/: also {previews[0]!r}"))
     merges = [n for n, s in job.stages.items() if ADAPTERS[s.kind].role == "merge"]
     panoptics = [n for n, s in job.stages.items() if ADAPTERS[s.kind].role == "panoptic"]
     if len(merges) > 1:

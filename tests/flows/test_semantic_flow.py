@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from segflow.tasks import rle
 
@@ -124,3 +124,50 @@ def test_gold_semantic_must_be_a_folder(tmp_path):
     with pytest.raises(ConfigError, match="gold_semantic: folder not found"):
         over = {"source": str(tmp_path), "output": str(tmp_path / "o"), "gold_semantic": str(tmp_path / "nope")}
         load_config(cfg, overrides=over)
+
+
+def test_previews_blend_the_unet_map_over_each_image(semantic_demo):
+    """`preview: true` (configs/demo-semantic.yaml): one JPEG per labelled image, the image with the U-Net's class
+    colours blended in. Checked on stuff pixels away from class borders, where the merged map's class is the
+    U-Net's; negative control: the same blend with the stuff classes swapped round is far off."""
+    from scipy.ndimage import binary_erosion
+
+    from segflow.tasks.panoptic import palette
+    from segflow.tasks.panoptic_export import png_name
+
+    out = semantic_demo / "out"
+    pal = np.asarray(palette([]), np.float64).reshape(-1, 3)
+    ok = [r for r in ds.dataset(out / "manifest" / "images.parquet").to_table().to_pylist() if r["status"] == "ok"]
+    assert sorted(p.name for p in (out / "semantic" / "preview").iterdir()) == sorted(
+        f"{r['image_id']}.jpg" for r in ok
+    )
+    errors, swapped = [], []
+    for r in ok:
+        preview = np.asarray(Image.open(out / "semantic" / "preview" / f"{r['image_id']}.jpg"), np.float64)
+        image = np.asarray(ImageOps.exif_transpose(Image.open(r["image_uri"])).convert("RGB"), np.float64)
+        sem = np.asarray(Image.open(out / "semantic" / png_name(r["image_id"])))
+        assert preview.shape == image.shape
+        stuff = binary_erosion(np.isin(sem, [4, 5, 6, 7]), iterations=3)
+        for cls_map, into in ((sem, errors), (np.where(stuff, (sem - 4 + 1) % 4 + 4, sem), swapped)):
+            expected = 0.45 * image + 0.55 * pal[cls_map]
+            into.append(np.abs(preview - expected)[stuff].mean())
+    assert max(errors) < 8, errors
+    assert np.mean(swapped) > 4 * np.mean(errors), (errors, swapped)
+
+
+def test_one_stage_writes_the_previews(tmp_path):
+    import yaml
+
+    from segflow.config import ConfigError, load_config
+    from segflow.demo.prepare import DEMO_CONFIG
+
+    job = yaml.safe_load(DEMO_CONFIG.with_name("demo-semantic.yaml").read_text())
+    job["stages"]["semantic2"] = dict(job["stages"]["semantic"])
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(yaml.safe_dump(job))
+    (tmp_path / "models").symlink_to(DEMO_CONFIG.parent / "models")
+    with pytest.raises(ConfigError, match=r"stages\.semantic2\.preview: one stage writes semantic/preview/"):
+        load_config(cfg, overrides={"source": str(tmp_path), "output": str(tmp_path / "o")})
+    job["stages"]["semantic2"]["preview"] = False  # control: the same job with one preview stage loads
+    cfg.write_text(yaml.safe_dump(job))
+    assert "semantic2" in load_config(cfg, overrides={"source": str(tmp_path), "output": str(tmp_path / "o")}).stages

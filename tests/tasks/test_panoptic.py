@@ -14,6 +14,7 @@ from segflow.tasks.panoptic import (
     panoptic_png,
     read_panoptic_png,
     semantic_png,
+    semantic_preview,
 )
 from segflow.tasks.record import Detections
 
@@ -119,6 +120,26 @@ def test_semantic_png_bytes_are_category_ids():
     im = Image.open(io.BytesIO(semantic_png(m, [0] * 768)))
     assert im.mode == "P"
     np.testing.assert_array_equal(np.asarray(im), m)
+
+
+def test_semantic_preview_blends_class_colours_and_caps_the_side():
+    import io
+
+    from PIL import Image
+
+    pixels = np.full((40, 60, 3), 100, np.uint8)
+    m = np.zeros((40, 60), np.int64)
+    m[:, 30:] = 2  # left void (the image as it is), right class 2 (red in this palette)
+    pal = [0, 0, 0] * 2 + [255, 0, 0] + [0, 0, 0] * 253
+    got = np.asarray(Image.open(io.BytesIO(semantic_preview(pixels, m, pal))), np.float64)
+    assert got.shape == (40, 60, 3)
+    np.testing.assert_allclose(got[5:35, 5:25].mean((0, 1)), [100, 100, 100], atol=3)
+    np.testing.assert_allclose(got[5:35, 35:55].mean((0, 1)), [45 + 140, 45, 45], atol=3)
+    assert got[20, 30].min() > 200  # the class border is white
+    big = semantic_preview(np.zeros((3000, 1500, 3), np.uint8), np.ones((3000, 1500), np.int64), pal, max_side=512)
+    assert Image.open(io.BytesIO(big)).size == (256, 512)
+    with pytest.raises(ValueError, match=r"class map is \(60, 40\), image is \(40, 60\)"):
+        semantic_preview(pixels, m.T, pal)
 
 
 def test_pq_hand_computed():
