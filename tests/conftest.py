@@ -15,6 +15,8 @@ import yaml
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one compute thread each, no oversubscription
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set  # noqa: E402
 
@@ -309,3 +311,21 @@ def demo_copy(demo_run, tmp_path):
     dst = tmp_path / "demo"
     shutil.copytree(demo_run / "out", dst / "out")
     return dst / "out"
+
+
+#: Files whose tests share the session's demo run (``demo_run``): one xdist worker runs them all, so it is built once.
+_DEMO_FIXTURES = {"demo_run", "demo_copy"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into groups
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist with ``--dist loadgroup``: each test file is one group (its module fixtures are built on one
+    worker), and the files that use the demo run are one group together."""
+    by_file: dict[str, list] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
+    for path, file_items in by_file.items():
+        demo = any(_DEMO_FIXTURES & set(getattr(i, "fixturenames", ())) for i in file_items)
+        group = "demo-run" if demo else path
+        for i in file_items:
+            i.add_marker(pytest.mark.xdist_group(group))

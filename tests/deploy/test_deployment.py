@@ -123,5 +123,7 @@ def test_deploy_and_run_through_a_process_worker(server, write_job, image_dir, t
     assert (out / "coco" / "instances.json").exists()
     assert not (tmp_path / "bad-out").exists()  # a bad config starts nothing
     # the labeling flow ran as a subflow of the deployment's run, recorded on this server
-    (child,) = api(env, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"any_": ["test-job"]}}})
+    # (the session's server holds other tests' runs of the same name: ask for the one under this deployment run)
+    under = {"name": {"any_": ["test-job"]}, "parent_flow_run_id": {"any_": [runs["good"]]}}
+    (child,) = api(env, "POST", "/flow_runs/filter", {"flow_runs": under})
     assert child["state"]["type"] == "COMPLETED" and child["parent_task_run_id"] is not None

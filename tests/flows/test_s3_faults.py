@@ -112,7 +112,9 @@ def test_crash_then_rerun_equals_clean_run(prefect_harness, s3, s3_server, write
         shard_size=2,
         runtime={"max_workers": 1, "max_failed_fraction": 1.0},
     )
-    env = dict(os.environ, PREFECT_LOGGING_LEVEL="ERROR")
+    from prefect.settings import PREFECT_API_URL
+
+    env = dict(os.environ, PREFECT_LOGGING_LEVEL="ERROR", PREFECT_API_URL=PREFECT_API_URL.value())  # the test server
     proc = subprocess.Popen(
         [sys.executable, "-m", "segflow.flows.cli", "run", str(crashy), "--no-progress"],
         env=env,
