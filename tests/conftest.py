@@ -7,6 +7,7 @@ same loaders users use. Nothing is downloaded.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -311,6 +312,18 @@ def demo_copy(demo_run, tmp_path):
     dst = tmp_path / "demo"
     shutil.copytree(demo_run / "out", dst / "out")
     return dst / "out"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_per_worker():
+    """Under xdist, put torch back to one thread after a test that raised it (`train-demo-models` runs in-process
+    and takes every core): the rest of that worker's tests would oversubscribe the cores."""
+    yield
+    if os.environ.get("PYTEST_XDIST_WORKER") and "torch" in sys.modules:
+        import torch
+
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
 
 
 #: Files whose tests share the session's demo run (``demo_run``): one xdist worker runs them all, so it is built once.
