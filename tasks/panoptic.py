@@ -67,6 +67,7 @@ __all__ = [
     "segment_map",
     "panoptic_png",
     "read_panoptic_png",
+    "borders",
     "semantic_png",
     "semantic_preview",
     "palette",
@@ -214,6 +215,14 @@ def palette(categories: Iterable[dict]) -> list[int]:
     return pal
 
 
+def borders(ids: np.ndarray) -> np.ndarray:
+    """H x W bool: pixels whose id differs from the pixel above or to the left (outlines of an id map)."""
+    edge = np.zeros(ids.shape, bool)
+    edge[1:] |= ids[1:] != ids[:-1]
+    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+    return edge
+
+
 def semantic_preview(pixels: np.ndarray, class_map: np.ndarray, pal: list[int], max_side: int = 1024) -> bytes:
     """A JPEG for eyes: ``class_map`` (H x W category ids, 0 = void) in the palette's colours blended over
     ``pixels`` (H x W x 3 uint8 RGB), class borders in white, void left as the image; long side at most
@@ -229,10 +238,7 @@ def semantic_preview(pixels: np.ndarray, class_map: np.ndarray, pal: list[int], 
     ids = np.asarray(Image.fromarray(class_map.astype(np.uint8)).resize(size, Image.NEAREST)) if k < 1 else class_map
     colours = np.asarray(pal, np.float32).reshape(-1, 3)[ids]
     blend = np.where((ids > 0)[..., None], 0.45 * image + 0.55 * colours, image).astype(np.uint8)
-    edge = np.zeros(ids.shape, bool)
-    edge[1:] |= ids[1:] != ids[:-1]
-    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
-    blend[edge] = 255
+    blend[borders(ids)] = 255
     buf = io.BytesIO()
     Image.fromarray(blend).save(buf, format="JPEG", quality=85)
     return buf.getvalue()

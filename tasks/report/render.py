@@ -71,6 +71,7 @@ def _previews(layout: OutputLayout, rows: list[dict], cache: dict[str, np.ndarra
     palette's class colours), both blended over the image."""
     from PIL import Image
 
+    from segflow.tasks.panoptic import borders
     from segflow.tasks.panoptic_export import png_name
 
     out = []
@@ -90,9 +91,7 @@ def _previews(layout: OutputLayout, rows: list[dict], cache: dict[str, np.ndarra
                     ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
                     colours = np.random.default_rng(7).integers(40, 256, (int(ids.max()) + 1, 3))
                     colour = np.where((ids > 0)[..., None], colours[ids], 0)
-                    edge = np.zeros(ids.shape, bool)
-                    edge[1:] |= ids[1:] != ids[:-1]
-                    edge[:, 1:] |= ids[:, 1:] != ids[:, :-1]
+                    edge = borders(ids)
                 else:
                     colour, edge = np.asarray(img.convert("RGB")).astype(np.int64), None
                 if colour.shape[:2] != pixels.shape[:2]:
