@@ -6,6 +6,7 @@ import shutil
 
 from segflow.flows import cli
 from tests.flows.test_s3_faults import s3_job, upload
+from tests.support.cli import segflow_command
 
 
 def error_lines(err: str) -> list[str]:
@@ -66,4 +67,4 @@ def segflow(*args: str):
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "SEGFLOW_DEBUG": "0", "PREFECT_API_URL": PREFECT_API_URL.value()}
-    return subprocess.run([shutil.which("segflow"), *args], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([segflow_command(), *args], capture_output=True, text=True, timeout=300, env=env)

@@ -14,6 +14,7 @@ from pycocotools.cocoeval import COCOeval
 
 from segflow.flows import cli
 from segflow.tasks import rle
+from tests.support.cli import segflow_command
 
 
 def read(output: Path, name: str):
@@ -246,7 +247,6 @@ def test_open_vocabulary_detector_prompts_sam_in_a_flow(prefect_harness, write_j
 def test_a_damaged_commit_fails_with_one_clear_message(finished_run):
     """Integrity errors end as one line naming the shard and file (plus the verify hint), no traceback."""
     import os
-    import shutil
     import subprocess
 
     from prefect.settings import PREFECT_API_URL
@@ -258,7 +258,7 @@ def test_a_damaged_commit_fails_with_one_clear_message(finished_run):
     masks.write_bytes(bytes(data))
     (out / "summary.json").unlink()  # finalize runs again and reads the damaged file
     env = {**os.environ, "SEGFLOW_DEBUG": "0", "PREFECT_API_URL": PREFECT_API_URL.value()}  # the test server
-    cmd = [shutil.which("segflow"), "rerun", str(out), "--no-progress"]
+    cmd = [segflow_command(), "rerun", str(out), "--no-progress"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout, r.stderr[-3000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]

@@ -1,9 +1,12 @@
 """The installed package: one import name, package data in the wheel, the demo from a wheel, runtime vs demo code.
 
 The wheel test builds segflow's wheel, installs it without dependencies into a
-fresh virtual environment that sees this interpreter's site-packages (torch,
-Prefect, ... are not installed twice), and runs ``segflow demo`` from a folder
-outside the checkout.
+fresh virtual environment, and runs ``segflow demo`` from a folder outside the
+checkout. The inner venv sees the dependencies (torch, Prefect, ... are not
+installed twice) through a ``.pth`` file listing the folders this interpreter
+imports from, wherever they are: a base interpreter, a virtualenv, a user site.
+The checkout and this interpreter's editable-install hooks are left out, so
+``segflow`` can only come from the wheel.
 """
 
 from __future__ import annotations
@@ -56,10 +59,38 @@ def test_wheel_has_one_top_level_name_and_the_demo_data(wheel):
     assert not [n for n in names if n.startswith("segflow/tests") or "localizers" in n or "tiny.py" in n]
 
 
+def _outer_import_paths() -> list[str]:
+    """The folders this interpreter imports third-party code from, minus the standard library and the checkout.
+
+    Listed as plain paths in a ``.pth`` file, they are added to ``sys.path`` without running the ``.pth`` files
+    inside them, so an editable install of segflow in the outer environment stays invisible to the inner one.
+    """
+    import sysconfig
+
+    stdlib = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib")}
+    out = []
+    for entry in sys.path:
+        p = Path(entry or ".").resolve()
+        if not p.is_dir() or p == ROOT or ROOT in p.parents or str(p) in stdlib or p.name == "lib-dynload":
+            continue
+        if any(str(p).startswith(s + os.sep) for s in stdlib) and "site-packages" not in p.parts:
+            continue
+        out.append(str(p))
+    return list(dict.fromkeys(out))
+
+
 def test_demo_runs_from_a_wheel_in_a_fresh_venv(wheel, tmp_path):
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(system_site_packages=False, with_pip=False).create(env_dir)
     py = env_dir / "bin" / "python"
+    inner_site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    Path(inner_site).mkdir(parents=True, exist_ok=True)
+    (Path(inner_site) / "zz_outer_env.pth").write_text("\n".join(_outer_import_paths()) + "\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "-q", str(wheel)],
         check=True,
