@@ -42,7 +42,7 @@ def prepare_job(job: JobConfig, config_file: str) -> Plan:
     Raises :class:`~segflow.config.ConfigError` naming ``config_file`` and the key.
     """
     from segflow.config import ConfigError
-    from segflow.tasks.models.cache import resolve_stage_weights
+    from segflow.tasks.models.cache import check_stage_weights
     from segflow.tasks.weights import WeightsError
 
     if job.credentials_block:
@@ -53,7 +53,7 @@ def prepare_job(job: JobConfig, config_file: str) -> Plan:
     issues = []
     for name, st in job.stages.items():
         try:
-            resolve_stage_weights(st)  # fetched into the cache and checked against sha256
+            check_stage_weights(st)  # fetched into the cache, checked against sha256 and by the kind's own check
         except WeightsError as e:
             issues.append((f"stages.{name}.weights", str(e)))
     if job.accept.calibration:

@@ -15,6 +15,7 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "load_checkpoint",
     "weights_location_issue",
     "resolve_model_dir",
+    "build_to_fit",
 ]
 
 _lock = threading.Lock()
@@ -178,3 +180,41 @@ def load_checkpoint(path: str) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise WeightsError(f"{path}: not a readable torch checkpoint: {type(e).__name__}: {e}") from None
+
+
+def build_to_fit(build: Callable[[], Any], state_dict: Any, source: str, what: str) -> Any:
+    """``build()`` once its model is known to fit ``state_dict``: the same tensor names and shapes.
+
+    A checkpoint's own description of its architecture (sizes, layer counts) is untrusted input:
+    it could ask for a model far larger than its tensors. The model is first built on the ``meta``
+    device (no memory), its state dict compared with the checkpoint's, and only then built for real.
+
+    Raises:
+      WeightsError: the description cannot be built, or names other tensors or shapes (the first few named).
+    """
+    import torch
+
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise WeightsError(f"{source}: the checkpoint's state_dict is not a mapping of names to tensors")
+    try:
+        with torch.device("meta"):
+            probe = build()
+    except Exception as e:  # noqa: BLE001 - any failure to build from the description is the checkpoint's fault
+        raise WeightsError(f"{source}: cannot build a {what} from the checkpoint's description: {e}") from None
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state_dict.items()}
+    missing = sorted(set(want) - set(have))
+    extra = sorted(set(have) - set(want))
+    shapes = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+    if missing or extra or shapes:
+        parts = [
+            f"{n} {label} (e.g. {', '.join(keys[:3])})"
+            for n, label, keys in (
+                (len(missing), "missing", missing),
+                (len(extra), "unexpected", extra),
+                (len(shapes), "of another shape", shapes),
+            )
+            if keys
+        ]
+        raise WeightsError(f"{source}: the weights do not fit the {what} the checkpoint describes: {'; '.join(parts)}")
+    return build()

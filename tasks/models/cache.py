@@ -7,6 +7,7 @@ lock makes concurrent shards wait for one load instead of loading twice.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from segflow.config.schema import StageSettings
 
 
-__all__ = ["LoadedModel", "clear", "get_model", "resolve_stage_weights"]
+__all__ = ["LoadedModel", "check_stage_weights", "clear", "get_model", "resolve_stage_weights"]
 
 
 @dataclass
@@ -56,6 +57,20 @@ def resolve_stage_weights(stage: StageSettings) -> tuple[str | None, str | None]
         return path, next((os.path.join(path, f) for f in names if os.path.isfile(os.path.join(path, f))), None)
     local = resolve_weights(stage.weights, stage.sha256)
     return local, local
+
+
+def check_stage_weights(stage: StageSettings) -> None:
+    """Resolve a stage's weights (:func:`resolve_stage_weights`) and run its kind's own check of the file
+    (``AdapterSpec.check``: e.g. a YOLO checkpoint's model description against the allow-list). No model loads.
+
+    Raises:
+      WeightsError: the file is missing, does not match its sha256, or must not be loaded.
+    """
+    loaded, _ = resolve_stage_weights(stage)
+    spec = ADAPTERS[stage.kind]
+    if spec.check and loaded is not None:
+        module, _, fn = spec.check.partition(":")
+        getattr(importlib.import_module(module), fn)(loaded)
 
 
 def _identity(stage: StageSettings, local: str | None) -> str:

@@ -94,7 +94,7 @@ class GroundingDinoDetector:
                 .eval()
                 .to(self.device)
             )
-            self.processor = AutoProcessor.from_pretrained(weights_path, local_files_only=True)
+            self.processor = AutoProcessor.from_pretrained(weights_path, local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError) as e:
             raise WeightsError(
                 f"{weights_path}: cannot load a Grounding DINO model and processor: {str(e).splitlines()[0]}"

@@ -28,7 +28,7 @@ from segflow.tasks import rle
 from segflow.tasks.models.device import resolve_device
 from segflow.tasks.models.yolo import YoloDetector
 from segflow.tasks.record import Detections
-from segflow.tasks.weights import WeightsError, load_checkpoint
+from segflow.tasks.weights import WeightsError, build_to_fit, load_checkpoint
 
 if TYPE_CHECKING:
     from segflow.config.schema import MaskRcnnStage, YoloSegStage
@@ -92,6 +92,9 @@ class YoloSegLabeler(YoloDetector):
 # -- Mask R-CNN ---------------------------------------------------------------------------------
 
 
+MASKRCNN_ARCHS = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn")
+
+
 def build_maskrcnn(arch: str, num_classes: int, min_size: int = 800, max_size: int = 1333) -> Any:
     """A randomly initialised torchvision Mask R-CNN (``resnet50_fpn``, ``resnet50_fpn_v2`` or the small
     ``resnet18_fpn``)."""
@@ -153,9 +156,12 @@ def _load_maskrcnn(weights: str) -> tuple[Any, dict[int, str]]:
     if not isinstance(ckpt, dict):
         raise WeightsError(f"{weights}: expected a state dict or a segflow Mask R-CNN checkpoint")
     if ckpt.get("format") == MASKRCNN_FORMAT:
-        names = {int(k): v for k, v in ckpt["names"].items()}
-        model = build_maskrcnn(ckpt["arch"], max(names) + 1, ckpt.get("min_size", 800), ckpt.get("max_size", 1333))
+        names = {int(k): str(v) for k, v in ckpt["names"].items()}
+        sizes = (ckpt.get("min_size", 800), ckpt.get("max_size", 1333))
+        if ckpt.get("arch") not in MASKRCNN_ARCHS or not names or not all(isinstance(v, int) for v in sizes):
+            raise WeightsError(f"{weights}: the checkpoint's arch must be one of {', '.join(MASKRCNN_ARCHS)}")
         sd = ckpt["state_dict"]
+        model = build_to_fit(lambda: build_maskrcnn(ckpt["arch"], max(names) + 1, *sizes), sd, weights, "Mask R-CNN")
     else:  # torchvision's COCO files: plain state dicts
         from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, MaskRCNN_ResNet50_FPN_Weights
 

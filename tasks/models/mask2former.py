@@ -50,7 +50,7 @@ import numpy as np
 from segflow.tasks import rle
 from segflow.tasks.models.device import resolve_device
 from segflow.tasks.record import Detections
-from segflow.tasks.weights import WeightsError, load_checkpoint
+from segflow.tasks.weights import WeightsError, build_to_fit, load_checkpoint
 
 if TYPE_CHECKING:
     from segflow.config.schema import Mask2FormerStage
@@ -163,7 +163,11 @@ def load_mask2former(weights: str) -> tuple[Any, Any]:
             f"save_pretrained directory or hub:<id>"
         )
     config = Mask2FormerConfig.from_dict(json.loads(ckpt["config"]))
-    model = Mask2FormerForUniversalSegmentation(config)
+    if getattr(config, "use_pretrained_backbone", False) or getattr(config, "use_timm_backbone", False):
+        raise WeightsError(f"{weights}: the checkpoint's config asks for a pretrained or timm backbone (a download)")
+    model = build_to_fit(
+        lambda: Mask2FormerForUniversalSegmentation(config), ckpt["state_dict"], weights, "Mask2Former"
+    )
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as e:

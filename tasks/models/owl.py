@@ -120,7 +120,7 @@ class OwlDetector:
         cls = Owlv2ForObjectDetection if stage.kind == "owlv2" else OwlViTForObjectDetection
         try:
             self.model = cls.from_pretrained(weights_path, local_files_only=True).eval().to(self.device)
-            self.processor = AutoProcessor.from_pretrained(weights_path, local_files_only=True)
+            self.processor = AutoProcessor.from_pretrained(weights_path, local_files_only=True, trust_remote_code=False)
         except (OSError, ValueError) as e:
             raise WeightsError(
                 f"{weights_path}: cannot load an {stage.kind} model and processor: {str(e).splitlines()[0]}"

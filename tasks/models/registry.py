@@ -89,6 +89,9 @@ class AdapterSpec:
     needs_roles: tuple[str, ...] = ()  # exactly one input stage of each of these roles ("a|b": either)
     optional_roles: tuple[tuple[str, ...], ...] = ()  # at most one input stage from each group
     produces_masks: bool = False
+    #: "module:function" called with the resolved weights before any flow starts; raises WeightsError for a file
+    #: that must not be loaded (e.g. a model description that could run code). Loads no model.
+    check: str = ""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -108,7 +111,13 @@ _S = "segflow.config.schema:"
 _M = "segflow.tasks.models."
 ADAPTERS: dict[str, AdapterSpec] = {
     "yolo": AdapterSpec(
-        _M + "yolo:YoloDetector", _S + "YoloStage", "detector", "ultralytics", "ultralytics", "file_or_builtin"
+        _M + "yolo:YoloDetector",
+        _S + "YoloStage",
+        "detector",
+        "ultralytics",
+        "ultralytics",
+        "file_or_builtin",
+        check=_M + "yolo:check_yolo_weights",
     ),
     "owlv2": AdapterSpec(
         _M + "owl:OwlDetector", _S + "OwlStage", "detector", "transformers", "transformers", "file_or_dir", ("prompts",)
@@ -169,6 +178,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
         "ultralytics",
         "ultralytics",
         produces_masks=True,
+        check=_M + "yolo:check_yolo_weights",
     ),
     "maskrcnn": AdapterSpec(
         _M + "instances:MaskRcnnLabeler",

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from segflow.tasks.weights import WeightsError, load_checkpoint
+from segflow.tasks.weights import WeightsError, build_to_fit, load_checkpoint
 
 __all__ = ["FORMAT", "OFFICIAL_ARCHS", "TINY_SAM_ARCH", "build_sam", "save_sam_checkpoint", "load_sam"]
 
@@ -153,7 +153,14 @@ def load_sam(weights: str, model_type: str = "auto") -> Any:
         except WeightsError as e:
             raise WeightsError(f"{weights}: {e}") from None
         arch = OFFICIAL_ARCHS[mt]
-    sam = build_sam(arch)
+    if ckpt.get("format") == FORMAT:
+        if not isinstance(arch, dict) or not all(
+            isinstance(v, (int, float, list)) and not isinstance(v, bool) for v in arch.values()
+        ):
+            raise WeightsError(f"{weights}: the checkpoint's arch must be a mapping of numbers")
+        sam = build_to_fit(lambda: build_sam(arch), sd, weights, "SAM")
+    else:
+        sam = build_sam(arch)
     try:
         sam.load_state_dict(sd, strict=True)
     except RuntimeError as e:

@@ -51,7 +51,7 @@ from segflow.tasks import rle
 from segflow.tasks.models.device import resolve_device
 from segflow.tasks.models.mask2former import HUB_PREFIX, label_table
 from segflow.tasks.record import Detections
-from segflow.tasks.weights import WeightsError, load_checkpoint
+from segflow.tasks.weights import WeightsError, build_to_fit, load_checkpoint
 
 if TYPE_CHECKING:
     from segflow.config.schema import SemanticStage
@@ -145,6 +145,13 @@ def load_semantic(weights: str, labels: Sequence[str] | None = None) -> _Smp | _
             config = json.loads((Path(source) / "config.json").read_text())
             if "_model_class" in config:
                 import segmentation_models_pytorch as smp
+                import torch
+
+                cls = getattr(smp, str(config["_model_class"]), None)
+                if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+                    raise WeightsError(
+                        f"{weights}: config.json's _model_class does not name a segmentation-models-pytorch model"
+                    )
 
                 model = smp.from_pretrained(source)
                 n = int(config.get("classes", 1))
@@ -154,8 +161,10 @@ def load_semantic(weights: str, labels: Sequence[str] | None = None) -> _Smp | _
                 return _Smp(model.float().eval(), names, 512, IMAGENET_MEAN, IMAGENET_STD)
             from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-            model = AutoModelForSemanticSegmentation.from_pretrained(source, local_files_only=True)
-            processor = AutoImageProcessor.from_pretrained(source, local_files_only=True)
+            model = AutoModelForSemanticSegmentation.from_pretrained(
+                source, local_files_only=True, trust_remote_code=False
+            )
+            processor = AutoImageProcessor.from_pretrained(source, local_files_only=True, trust_remote_code=False)
             return _Transformers(model.float().eval(), processor)
         except (OSError, ValueError) as e:
             hint = " (hub models are read from the local cache only: download them first)" if source != weights else ""
@@ -165,7 +174,16 @@ def load_semantic(weights: str, labels: Sequence[str] | None = None) -> _Smp | _
         raise WeightsError(
             f"{weights}: not a segflow semantic checkpoint ({FORMAT!r}), a save_pretrained directory or hub:<id>"
         )
-    model = build_smp(ckpt["model_class"], json.loads(ckpt["arch"]), len(ckpt["labels"]))
+    import segmentation_models_pytorch as smp
+    import torch
+
+    cls = getattr(smp, str(ckpt.get("model_class")), None) if str(ckpt.get("model_class")).isidentifier() else None
+    arch = json.loads(ckpt["arch"]) if isinstance(ckpt.get("arch"), str) else None
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)) or not isinstance(arch, dict):
+        raise WeightsError(f"{weights}: the checkpoint's model_class must name a segmentation-models-pytorch model")
+    model = build_to_fit(
+        lambda: build_smp(ckpt["model_class"], arch, len(ckpt["labels"])), ckpt["state_dict"], weights, "model"
+    )
     try:
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()})
     except RuntimeError as e:

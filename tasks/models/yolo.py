@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -63,7 +64,15 @@ if _omp is None:  # don't hand OMP_NUM_THREADS=1 on to subprocesses and later-lo
 
 FORMAT = "segflow.yolo/1"
 
-__all__ = ["YoloDetector", "save_yolo_checkpoint", "load_yolo", "convert_ultralytics_checkpoint", "keep_torch_threads"]
+__all__ = [
+    "YoloDetector",
+    "check_yolo_weights",
+    "check_yolo_yaml",
+    "save_yolo_checkpoint",
+    "load_yolo",
+    "convert_ultralytics_checkpoint",
+    "keep_torch_threads",
+]
 
 
 @contextlib.contextmanager
@@ -103,19 +112,160 @@ def convert_ultralytics_checkpoint(src: str, dst: str) -> None:
         save_yolo_checkpoint(YOLO(src), dst)
 
 
-def load_yolo(weights: str) -> Any:
-    """An ``ultralytics.YOLO`` built from a segflow checkpoint or an architecture YAML."""
-    from ultralytics import YOLO
+#: the top-level keys of an ultralytics model description that segflow lets through to ``parse_model``
+_YAML_KEYS = frozenset(
+    {"nc", "scales", "scale", "activation", "depth_multiple", "width_multiple", "kpt_shape", "reg_max", "end2end"}
+    | {"backbone", "head", "channels", "ch", "yaml_file"}
+)
+#: activations ultralytics may set (it evaluates the string: only these exact spellings pass)
+_ACTIVATION = re.compile(
+    r"^(torch\.)?nn\.(SiLU|ReLU|ReLU6|LeakyReLU|GELU|Hardswish|Hardsigmoid|Mish|Sigmoid|Tanh|ELU|Identity)"
+    r"\(\s*(\d{1,3}(\.\d{1,6})?)?\s*\)$"
+)
+_ARG_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
+_ARG_NUMBER = re.compile(r"^-?\d{1,6}(\.\d{1,6})?$")
+_MAX_INT = 1 << 14  # channels, repeats, strides: a description asking for more is refused before it allocates
+_MAX_LAYERS = 1024
 
+
+def check_yolo_yaml(cfg: Any, source: str) -> None:
+    """Refuse a checkpoint's model description unless every part of it is on segflow's allow-list.
+
+    ultralytics builds a model from this description by evaluating strings in it (``activation``
+    goes through ``eval``; module names are looked up in a module's globals and called), so a
+    checkpoint that carries its own description could run code even when its tensors are loaded
+    with ``weights_only=True``. Allowed: the keys above; activations from a fixed set; module names
+    that are ``torch.nn.Module`` subclasses of ultralytics' or torch's layers; arguments that are
+    numbers, booleans, None, short identifiers or nested lists of those, bounded in size.
+
+    Raises:
+      WeightsError: naming the key, e.g. ``yaml.head[3].module``.
+    """
+    from ultralytics.nn import tasks as ul_tasks
+
+    def bad(key: str, why: str) -> WeightsError:
+        return WeightsError(f"{source}: refusing the checkpoint's model description: yaml.{key}: {why}")
+
+    if not isinstance(cfg, dict):
+        raise bad("", "not a mapping")
+    for k in cfg:
+        if k not in _YAML_KEYS:
+            raise bad(str(k)[:40], "not a key segflow lets through to ultralytics")
+
+    def number(key: str, v: Any, lo: float = -_MAX_INT, hi: float = _MAX_INT) -> None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi) or v != v:
+            raise bad(key, f"expected a number in [{lo}, {hi}]")
+
+    def arg(key: str, v: Any, depth: int = 0) -> None:
+        if v is None or isinstance(v, bool):
+            return
+        if isinstance(v, (int, float)):
+            return number(key, v)
+        if isinstance(v, str):
+            if not (_ARG_WORD.match(v) or _ARG_NUMBER.match(v)):
+                raise bad(key, "a string argument must be a short name or a number")
+            return
+        if isinstance(v, list) and depth < 2 and len(v) <= 64:
+            for j, x in enumerate(v):
+                arg(f"{key}[{j}]", x, depth + 1)
+            return
+        raise bad(key, f"unsupported argument of type {type(v).__name__}")
+
+    for k in ("nc", "depth_multiple", "width_multiple", "reg_max", "channels", "ch"):
+        if k in cfg:
+            number(k, cfg[k], 0, _MAX_INT)
+    if "end2end" in cfg and not isinstance(cfg["end2end"], (bool, type(None))):
+        raise bad("end2end", "expected true or false")
+    if "kpt_shape" in cfg:
+        arg("kpt_shape", cfg["kpt_shape"])
+    for k in ("scale", "yaml_file"):
+        if k in cfg and (not isinstance(cfg[k], str) or len(cfg[k]) > 512):
+            raise bad(k, "expected a short string")
+    if "activation" in cfg and cfg["activation"] is not None:
+        act = cfg["activation"]
+        if not isinstance(act, str) or not _ACTIVATION.match(act):
+            raise bad("activation", "not one of the activations segflow allows (e.g. 'nn.SiLU()')")
+    scales = cfg.get("scales")
+    if scales is not None:
+        if not isinstance(scales, dict) or len(scales) > 16:
+            raise bad("scales", "expected a small mapping of scale -> [depth, width, max_channels]")
+        for name, v in scales.items():
+            if not isinstance(name, str) or not _ARG_WORD.match(name) or not isinstance(v, list) or len(v) != 3:
+                raise bad(f"scales.{str(name)[:20]}", "expected [depth, width, max_channels]")
+            for j, x in enumerate(v):
+                number(f"scales.{name}[{j}]", x, 0, _MAX_INT)
+    layers = 0
+    for part in ("backbone", "head"):
+        rows = cfg.get(part)
+        if not isinstance(rows, list):
+            raise bad(part, "expected a list of [from, repeats, module, args]")
+        layers += len(rows)
+        if layers > _MAX_LAYERS:
+            raise bad(part, f"more than {_MAX_LAYERS} layers")
+        for i, row in enumerate(rows):
+            key = f"{part}[{i}]"
+            if not isinstance(row, list) or len(row) != 4:
+                raise bad(key, "expected [from, repeats, module, args]")
+            f, n, m, args = row
+            for j, x in enumerate(f if isinstance(f, list) else [f]):
+                if isinstance(x, bool) or not isinstance(x, int) or not -_MAX_LAYERS <= x < _MAX_LAYERS:
+                    raise bad(f"{key}.from[{j}]", "expected a layer index")
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
+                raise bad(f"{key}.repeats", "expected an integer in [1, 64]")
+            if not isinstance(m, str) or not _is_layer_name(m, ul_tasks):
+                raise bad(f"{key}.module", "not a torch.nn or ultralytics layer class")
+            if not isinstance(args, list) or len(args) > 16:
+                raise bad(f"{key}.args", "expected a list of at most 16 arguments")
+            for j, x in enumerate(args):
+                arg(f"{key}.args[{j}]", x)
+
+
+def _is_layer_name(name: str, ul_tasks: Any) -> bool:
+    """``nn.X`` for a torch.nn layer class, or a layer class ultralytics' model builder knows by name."""
+    if name.startswith("nn."):
+        obj = getattr(torch.nn, name[3:], None) if _ARG_WORD.match(name[3:]) else None
+    else:
+        obj = vars(ul_tasks).get(name) if _ARG_WORD.match(name) else None
+    return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
+
+
+def check_yolo_weights(weights: str) -> dict | None:
+    """The contents of a segflow YOLO checkpoint once its model description passed :func:`check_yolo_yaml`;
+    None for an architecture YAML (a local one is checked the same way). Loads no model: the flow calls it
+    before any shard runs (``AdapterSpec.check``), :func:`load_yolo` before it builds one.
+
+    Raises:
+      WeightsError: not a segflow checkpoint, or a description outside the allow-list.
+    """
     if weights.endswith((".yaml", ".yml")):
-        with keep_torch_threads():
-            return YOLO(weights, task=None)
+        if os.path.exists(weights):  # a file of the user's, not one of ultralytics' own architecture names
+            import yaml
+
+            with open(weights, encoding="utf-8") as f:
+                check_yolo_yaml(yaml.safe_load(f), weights)
+        return None
     ckpt = load_checkpoint(weights)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise WeightsError(
             f"{weights}: not a segflow YOLO checkpoint (expected format {FORMAT!r}); "
             f"convert ultralytics files with `segflow convert-weights yolo`"
         )
+    check_yolo_yaml(ckpt.get("yaml"), weights)
+    if ckpt.get("task") not in (None, "detect", "segment"):
+        raise WeightsError(
+            f"{weights}: refusing the checkpoint: task {str(ckpt.get('task'))[:40]!r} is not detect or segment"
+        )
+    return ckpt
+
+
+def load_yolo(weights: str) -> Any:
+    """An ``ultralytics.YOLO`` built from a segflow checkpoint or an architecture YAML."""
+    from ultralytics import YOLO
+
+    ckpt = check_yolo_weights(weights)
+    if ckpt is None:
+        with keep_torch_threads():
+            return YOLO(weights, task=None)
     cfg = dict(ckpt["yaml"])
     name = Path(str(cfg.get("yaml_file") or "yolo.yaml")).name  # the file name carries the model scale
     with tempfile.TemporaryDirectory(prefix="segflow-yolo-") as tmp:
