@@ -65,11 +65,12 @@ def _load(args: argparse.Namespace):
     return load_config(args.config, overrides=_overrides(args), check_files=not getattr(args, "static", False))
 
 
-def prepare(job, config_file: str):
-    """Credentials, weights and the plan, before any flow starts (:func:`segflow.flows.label_flow.prepare_job`)."""
+def prepare(job, config_file: str, checked: bool = False):
+    """Credentials, weights (unless ``checked``: :func:`segflow.flows.label_flow.check_job` passed) and the plan,
+    before any flow starts (:func:`segflow.flows.label_flow.prepare_job`)."""
     from segflow.flows.label_flow import prepare_job
 
-    return prepare_job(job, config_file)
+    return prepare_job(job, config_file, checked=checked)
 
 
 class _Progress:
@@ -131,15 +132,24 @@ def print_summary(summary: dict) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from segflow.config import ConfigError
+    from segflow.tasks.lease import hold
 
     _quiet_prefect(args)
+    from segflow.flows.label_flow import check_job
+
     try:
         job = _load(args)
-        plan = prepare(job, args.config)
+        check_job(job, args.config)  # writes nothing: a bad job never takes the output's lease
     except ConfigError as e:
         _eprint(f"error: {e}")
         return EXIT_CONFIG
-    return run_prepared(job, plan, progress_bar=not args.no_progress, debug=_debug(args))
+    with hold(job.output, "run"):  # one writer at a time (segflow.tasks.lease); refused: one line, exit 1
+        try:
+            plan = prepare(job, args.config, checked=True)
+        except ConfigError as e:
+            _eprint(f"error: {e}")
+            return EXIT_CONFIG
+        return run_prepared(job, plan, progress_bar=not args.no_progress, debug=_debug(args))
 
 
 def run_prepared(
@@ -333,34 +343,45 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         _eprint(f"error: {args.output} has no job.json: it was not written by `segflow run`")
         return EXIT_CONFIG
     job = job.model_copy(update={"output": output})
+    from segflow.flows.label_flow import check_job
+    from segflow.tasks.lease import hold
+
     try:
-        plan = prepare(job, f"{args.output}/job.json")
+        check_job(job, f"{args.output}/job.json")  # writes nothing
     except ConfigError as e:
         _eprint(f"error: {e}")
         return EXIT_CONFIG
-    redo = [s for s in (args.shards or "").split(",") if s]
-    unknown = sorted(set(redo) - set(plan.shard_ids))
-    if unknown:
-        _eprint(f"error: --shards: not shards of the plan of {args.output}: {', '.join(unknown)}")
-        return EXIT_CONFIG
-    refinalize = bool(redo)
-    if args.corrupt:
-        from segflow.tasks.storage import redact
-        from segflow.tasks.verify import set_aside, verify
+    with hold(output, "rerun"):
+        try:
+            plan = prepare(job, f"{args.output}/job.json", checked=True)
+        except ConfigError as e:
+            _eprint(f"error: {e}")
+            return EXIT_CONFIG
+        redo = [s for s in (args.shards or "").split(",") if s]
+        unknown = sorted(set(redo) - set(plan.shard_ids))
+        if unknown:
+            _eprint(f"error: --shards: not shards of the plan of {args.output}: {', '.join(unknown)}")
+            return EXIT_CONFIG
+        refinalize = bool(redo)
+        if args.corrupt:
+            from segflow.tasks.storage import redact
+            from segflow.tasks.verify import set_aside, verify
 
-        problems = list(verify(output))
-        damaged = sorted({p.shard_id for p in problems if p.file and f"{p.file}/".startswith(f"shards/{p.shard_id}/")})
-        extra = [s for s in damaged if s not in plan.shard_ids]
-        damaged = [s for s in damaged if s in plan.shard_ids]
-        for p in problems:
-            print(f"  {p}")
-        print(f"segflow rerun: {len(problems)} problem(s); labelling again: {', '.join(damaged) or 'no shard'}")
-        for sid, dst in zip(extra, set_aside(output, extra), strict=True):
-            print(f"segflow rerun: {sid} is not a shard of the plan: moved to {redact(dst)}")
-        redo, refinalize = sorted(set(redo) | set(damaged)), refinalize or bool(problems)
-    return run_prepared(
-        job, plan, progress_bar=not args.no_progress, debug=_debug(args), redo=redo, refinalize=refinalize
-    )
+            problems = list(verify(output))
+            damaged = sorted(
+                {p.shard_id for p in problems if p.file and f"{p.file}/".startswith(f"shards/{p.shard_id}/")}
+            )
+            extra = [s for s in damaged if s not in plan.shard_ids]
+            damaged = [s for s in damaged if s in plan.shard_ids]
+            for p in problems:
+                print(f"  {p}")
+            print(f"segflow rerun: {len(problems)} problem(s); labelling again: {', '.join(damaged) or 'no shard'}")
+            for sid, dst in zip(extra, set_aside(output, extra), strict=True):
+                print(f"segflow rerun: {sid} is not a shard of the plan: moved to {redact(dst)}")
+            redo, refinalize = sorted(set(redo) | set(damaged)), refinalize or bool(problems)
+        return run_prepared(
+            job, plan, progress_bar=not args.no_progress, debug=_debug(args), redo=redo, refinalize=refinalize
+        )
 
 
 def _cli_path(p: str) -> str:
@@ -816,9 +837,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _known_failure(e: BaseException) -> str | None:
     """The one line for a failure segflow knows (storage, weights, plans, integrity), or None for a bug."""
+    from segflow.tasks.lease import LeaseHeld, LeaseLost
     from segflow.tasks.storage import redact
     from segflow.tasks.weights import WeightsError
 
+    if isinstance(e, (LeaseHeld, LeaseLost)):
+        return str(e)
     if isinstance(e, PermissionError):
         hint = "check the credentials (environment, profile or Prefect block) and what they may write or read"
         return f"{e.strerror or 'permission denied'}: {redact(str(e.filename or '?'))}: {hint}"

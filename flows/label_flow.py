@@ -32,12 +32,32 @@ from segflow.tasks.quality import format_quality, load_quality
 from segflow.tasks.shard import run_shard
 from segflow.tasks.storage import load_credentials_block, redact, use_s3_credentials
 
-__all__ = ["apply_credentials", "label_flow", "prepare_job", "run_job"]
+__all__ = ["apply_credentials", "check_job", "label_flow", "prepare_job", "run_job"]
 
 
-def prepare_job(job: JobConfig, config_file: str) -> Plan:
+def prepare_job(job: JobConfig, config_file: str, checked: bool = False) -> Plan:
     """Checks that need I/O, before any flow starts: credentials, weights (fetch + sha256), a saved calibration's
-    ontology, then the plan.
+    ontology (:func:`check_job`), then the plan, under the output's lease (:mod:`segflow.tasks.lease`).
+
+    ``checked``: :func:`check_job` already ran (the CLI runs it before it takes the lease).
+
+    Raises :class:`~segflow.config.ConfigError` naming ``config_file`` and the key.
+    """
+    from segflow.config import ConfigError
+    from segflow.tasks.lease import hold
+
+    if not checked:
+        check_job(job, config_file)
+    with hold(job.output, "run"):
+        try:
+            return make_plan(job)
+        except PlanError as e:
+            raise ConfigError(config_file, [("source" if "source" in str(e) else "output", str(e))]) from None
+
+
+def check_job(job: JobConfig, config_file: str) -> None:
+    """The checks of :func:`prepare_job` that write nothing: credentials, weights (fetched into the cache, checked
+    against sha256 and by their kind's own check), a saved calibration's ontology.
 
     Raises :class:`~segflow.config.ConfigError` naming ``config_file`` and the key.
     """
@@ -65,10 +85,6 @@ def prepare_job(job: JobConfig, config_file: str) -> Plan:
             issues.append(("accept.calibration", str(e)))
     if issues:
         raise ConfigError(config_file, issues)
-    try:
-        return make_plan(job)
-    except PlanError as e:
-        raise ConfigError(config_file, [("source" if "source" in str(e) else "output", str(e))]) from None
 
 
 def apply_credentials(job: JobConfig) -> None:
@@ -207,6 +223,13 @@ def label_flow(job: JobConfig, redo: list[str] | None = None, refinalize: bool =
     Shards that fail do not stop the others; the flow fails at the end,
     naming them, and a new run of the same job on the same output redoes only those.
     """
+    from segflow.tasks.lease import hold
+
+    with hold(job.output, "run"):  # re-entrant: `segflow run` already holds it; a deployment's run takes it here
+        return _label(job, redo, refinalize)
+
+
+def _label(job: JobConfig, redo: list[str] | None, refinalize: bool) -> dict:
     started = time.time()
     shard_ids = plan_task(job)
     runner = shard_task.with_options(retries=job.runtime.retries, retry_delay_seconds=job.runtime.retry_delay_s)

@@ -263,8 +263,17 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
     """Merge, export and summarise a fully committed run. Returns the summary dict.
 
     An output already finalized from exactly these commits (and gold sets and acceptance settings) is left as it
-    is, unless ``force``.
+    is, unless ``force``. Holds the output's lease (:mod:`segflow.tasks.lease`; re-entrant, so a run that holds
+    it finalizes under its own): a second writer is refused, and a lease lost midway stops before the manifest
+    pointer and the summary are written.
     """
+    from segflow.tasks.lease import hold
+
+    with hold(job.output, "finalize") as lease:
+        return _finalize(job, started_at, force, lease)
+
+
+def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any) -> dict:
     from segflow.tasks.acceptance import VERDICTS, apply_acceptance
 
     output = job.output
@@ -316,6 +325,7 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
         )
     elif any("panoptic" in c["files"] for c in commits):  # pragma: no cover - fingerprints keep a run's shards alike
         raise RuntimeError("some shards have panoptic segments and others not; rerun into a fresh output")
+    lease.check()
     for name in ("masks", "images", "quarantine", "panoptic", "semantic", "review_masks"):
         if name in paths:
             _replace_dir(fs, open_fs(paths[name])[1])
@@ -380,6 +390,7 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
     if not verdicts["review"]:
         paths.pop("review_masks")  # no part written (review/instances.json stays: a valid, empty COCO file)
     _, parts_path = open_fs(layout.manifest_parts)
+    lease.check()
     write_bytes(fs, parts_path, json.dumps(parts, indent=0, sort_keys=True).encode())
 
     # 2. close the exports: COCO instances (accepted, review) and panoptic JSON, the QC report
@@ -481,5 +492,6 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
         log.warning("report.html not written: %s: %s", type(e).__name__, e)
         summary["report_error"] = f"{type(e).__name__}: {e}"
     _, summary_path = open_fs(paths["summary"])
+    lease.check()
     write_bytes(fs, summary_path, json.dumps(summary, indent=2).encode())
     return summary

@@ -180,7 +180,26 @@ Auto-labelled by segflow. Created {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmti
 
 
 def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any]:
-    """Publish the finished run in ``output`` under ``dest``. Returns ``{"version", "url", "created", "files"}``."""
+    """Publish the finished run in ``output`` under ``dest``. Returns ``{"version", "url", "created", "files"}``.
+
+    Holds ``dest``'s lease (:mod:`segflow.tasks.lease`), so two publishers never write one version, and refuses
+    while another command writes ``output``; every manifest part copied is checked against the output's pointer.
+    """
+    from segflow.tasks.lease import LeaseHeld, hold, require_no_writer
+
+    try:
+        require_no_writer(output)
+        done = _publish(output, dest, version, write=False)  # published already: nothing is written, no lease
+        if done is not None:
+            return done
+        with hold(dest, "publish"):
+            return _publish(output, dest, version, write=True)
+    except LeaseHeld as e:
+        raise PublishError(str(e)) from None
+
+
+def _publish(output: str, dest: str, version: str | None, write: bool) -> dict[str, Any] | None:
+    """Publish (see :func:`publish`); with ``write`` False, only the existing version of this run, or None."""
     fs_out, _ = open_fs(output)
     summary = read_json(fs_out, join(output, "summary.json"))
     try:
@@ -220,6 +239,8 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
                 "created": False,
                 "files": len(rec["files"]),
             }
+    if not write:
+        return None
     version = version or f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{(digest or '0' * 8)[:8]}"
     target = join(dest, version)
     _, marker_path = open_fs(join(target, "_PUBLISHED.json"))
@@ -230,10 +251,17 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
         )
 
     checksums: dict[str, str] = {}
+    pointer = read_json(fs_out, join(output, "manifest", "_parts.json")) or {}
     for rel in _run_files(output, review_version):
         _, src = open_fs(join(output, rel))
         data = read_bytes(fs_out, src)
         checksums[rel] = hashlib.sha256(data).hexdigest()
+        folder, _, part = rel.rpartition("/part-")
+        want = pointer.get(folder, {}).get(part.removesuffix(".parquet"), {}).get("sha256") if part else None
+        if want is not None and want != checksums[rel]:
+            raise PublishError(
+                f"{redact(output)}: {rel} changed while it was being published (a finalize started); publish again"
+            )
         _, dst = open_fs(join(target, rel))
         write_bytes(fs_dest, dst, data)
     card = _card(summary, job, version, checksums, review).encode()

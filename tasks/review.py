@@ -46,6 +46,7 @@ from segflow.tasks.coco import InstancesWriter
 from segflow.tasks.formats.labels import ExportError, RunLabels
 from segflow.tasks.formats.polygons import polygons_to_rle, rle_to_polygons
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
+from segflow.tasks.formats.untrusted import read_capped
 from segflow.tasks.manifest import MASKS_SCHEMA
 from segflow.tasks.storage import create_exclusive, join, open_fs, read_json, redact, write_bytes
 
@@ -149,6 +150,8 @@ def apply_review(
                 rows.append(_from_auto(orig, **cls, **stamp, **geo, checked=True, review_action=action, source="human"))
             acts[action].append(lab.origin)
             continue
+        if next_k >= _MAX_PER_IMAGE:
+            raise ExportError(f"image {image.image_id}: more than {_MAX_PER_IMAGE - 1} labels on one image")
         ann = image.image_id * _MAX_PER_IMAGE + next_k
         next_k += 1
         new = {k: None for k in SCHEMA.names}
@@ -170,14 +173,27 @@ def _read_part(fs: Any, url: str) -> list[dict]:
 
 
 def import_review(output: str, review_file: str, fmt: str = "label-studio") -> dict:
-    """Apply a review file to the run in ``output`` as a new version; returns ``changes.json``'s content."""
+    """Apply a review file to the run in ``output`` as a new version; returns ``changes.json``'s content.
+
+    Holds the output's lease (:mod:`segflow.tasks.lease`): a second import (or any other writer) is refused
+    while this one runs, so two reviews never write one version.
+    """
+    from segflow.tasks.lease import hold
+
+    with hold(output, "import-review") as lease:
+        return _import_review(output, review_file, fmt, lease)
+
+
+def _import_review(output: str, review_file: str, fmt: str, lease: Any) -> dict:
     run = RunLabels(output)
     rfs, rpath = open_fs(review_file)
     if not rfs.exists(rpath):
         raise ExportError(f"{redact(review_file)}: no such review file")
-    with rfs.open(rpath, "rb") as f:
-        raw = f.read()
-    reviewed = _reader(fmt)(raw, redact(review_file), run)
+    raw = read_capped(rfs, rpath, redact(review_file))
+    try:
+        reviewed = _reader(fmt)(raw, redact(review_file), run)
+    except (KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:  # a shape no check above named
+        raise ExportError(f"{redact(review_file)}: malformed {fmt} review file ({type(e).__name__}: {e})") from None
     classes = {name: cid for cid, name in run.categories.items()}
 
     # check everything before writing anything
@@ -204,65 +220,79 @@ def import_review(output: str, review_file: str, fmt: str = "label-studio") -> d
     stamp = {"review_sha256": sha, "reviewed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     by_image = {im.image_id: im for im in reviewed}
     actions: dict[str, list[int]] = {a: [] for a in ACTIONS}
-    coco = InstancesWriter(join(target, "coco", "instances.json"), run.categories, f"{run.job.get('name')} {version}")
-    totals = Counter()
-    for sid in run.shards:
-        auto = _read_part(run.fs, run.layout.url(f"manifest/masks.parquet/part-{sid}.parquet"))
-        if prev is not None:
-            base = _read_part(run.fs, join(prev, "masks.parquet", f"part-{sid}.parquet"))
-        else:
-            base = [_from_auto(r) for r in auto if r["verdict"] == "accept"]
-        auto_by_image: dict[int, dict[int, dict]] = {}
-        for r in auto:
-            auto_by_image.setdefault(r["image_id"], {})[r["annotation_id"]] = r
-        base_by_image: dict[int, list[dict]] = {}
-        for r in base:
-            base_by_image.setdefault(r["image_id"], []).append(r)
-        rows: list[dict] = []
-        shard_images = sorted(i for i, r in images.items() if r["shard_id"] == sid)
-        for image_id in shard_images:
-            if image_id in by_image:
-                new, acts = apply_review(
-                    by_image[image_id],
-                    images[image_id],
-                    base_by_image.get(image_id, []),
-                    auto_by_image.get(image_id, {}),
-                    classes,
-                    stamp,
-                )
-                rows += new
-                for a, ids in acts.items():
-                    actions[a] += ids
-            else:
-                rows += base_by_image.get(image_id, [])
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
-        totals.update(table["source"].to_pylist())
-        totals["checked"] += sum(1 for c in table["checked"].to_pylist() if c)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        write_bytes(
-            run.fs, open_fs(join(target, "masks.parquet", f"part-{sid}.parquet"))[1], sink.getvalue().to_pybytes()
+    _, target_path = open_fs(target)
+    if run.fs.exists(target_path):  # a version an import left unfinished (no _DONE.json): ours to replace
+        run.fs.rm(target_path, recursive=True)
+    try:
+        coco = InstancesWriter(
+            join(target, "coco", "instances.json"), run.categories, f"{run.job.get('name')} {version}"
         )
-        shard_ok = pa.Table.from_pylist([images[i] for i in shard_images]) if shard_images else None
-        if shard_ok is not None:
-            coco.add(shard_ok, table)
-    counts = coco.close()
-    changes = {
-        "version": version,
-        "base": versions[-1] if versions else "auto",
-        "review_file": redact(review_file),
-        "format": fmt,
-        "review_sha256": sha,
-        "imported_at": stamp["reviewed_at"],
-        "images_reviewed": len(reviewed),
-        "counts": {a: len(ids) for a, ids in actions.items()},
-        "labels": counts["annotations"],
-        "labels_by_source": {"auto": totals["auto"], "human": totals["human"]},
-        "labels_checked": totals["checked"],
-        "annotation_ids": {a: sorted(ids) for a, ids in actions.items()},
-    }
-    write_bytes(run.fs, open_fs(join(target, "review.json"))[1], raw)
-    write_bytes(run.fs, open_fs(join(target, "changes.json"))[1], json.dumps(changes, indent=1).encode())
-    if not create_exclusive(run.fs, open_fs(join(target, "_DONE.json"))[1], json.dumps({"version": version}).encode()):
-        raise ExportError(f"review version {version} was written concurrently by another import; import again")
+        totals = Counter()
+        for sid in run.shards:
+            auto = _read_part(run.fs, run.layout.url(f"manifest/masks.parquet/part-{sid}.parquet"))
+            if prev is not None:
+                base = _read_part(run.fs, join(prev, "masks.parquet", f"part-{sid}.parquet"))
+            else:
+                base = [_from_auto(r) for r in auto if r["verdict"] == "accept"]
+            auto_by_image: dict[int, dict[int, dict]] = {}
+            for r in auto:
+                auto_by_image.setdefault(r["image_id"], {})[r["annotation_id"]] = r
+            base_by_image: dict[int, list[dict]] = {}
+            for r in base:
+                base_by_image.setdefault(r["image_id"], []).append(r)
+            rows: list[dict] = []
+            shard_images = sorted(i for i, r in images.items() if r["shard_id"] == sid)
+            for image_id in shard_images:
+                if image_id in by_image:
+                    new, acts = apply_review(
+                        by_image[image_id],
+                        images[image_id],
+                        base_by_image.get(image_id, []),
+                        auto_by_image.get(image_id, {}),
+                        classes,
+                        stamp,
+                    )
+                    rows += new
+                    for a, ids in acts.items():
+                        actions[a] += ids
+                else:
+                    rows += base_by_image.get(image_id, [])
+            table = pa.Table.from_pylist(rows, schema=SCHEMA)
+            totals.update(table["source"].to_pylist())
+            totals["checked"] += sum(1 for c in table["checked"].to_pylist() if c)
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            write_bytes(
+                run.fs, open_fs(join(target, "masks.parquet", f"part-{sid}.parquet"))[1], sink.getvalue().to_pybytes()
+            )
+            shard_ok = pa.Table.from_pylist([images[i] for i in shard_images]) if shard_images else None
+            if shard_ok is not None:
+                coco.add(shard_ok, table)
+        counts = coco.close()
+        changes = {
+            "version": version,
+            "base": versions[-1] if versions else "auto",
+            "review_file": redact(review_file),
+            "format": fmt,
+            "review_sha256": sha,
+            "imported_at": stamp["reviewed_at"],
+            "images_reviewed": len(reviewed),
+            "counts": {a: len(ids) for a, ids in actions.items()},
+            "labels": counts["annotations"],
+            "labels_by_source": {"auto": totals["auto"], "human": totals["human"]},
+            "labels_checked": totals["checked"],
+            "annotation_ids": {a: sorted(ids) for a, ids in actions.items()},
+        }
+        lease.check()
+        write_bytes(run.fs, open_fs(join(target, "review.json"))[1], raw)
+        write_bytes(run.fs, open_fs(join(target, "changes.json"))[1], json.dumps(changes, indent=1).encode())
+        if not create_exclusive(
+            run.fs, open_fs(join(target, "_DONE.json"))[1], json.dumps({"version": version}).encode()
+        ):
+            raise ExportError(f"review version {version} was written concurrently by another import; import again")
+    except BaseException:
+        # refused or failed midway: nothing of this import stays (a version another import marked done is theirs)
+        if run.fs.exists(target_path) and not run.fs.exists(f"{target_path.rstrip('/')}/_DONE.json"):
+            run.fs.rm(target_path, recursive=True)
+        raise
     return changes

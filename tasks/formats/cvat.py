@@ -35,6 +35,7 @@ from segflow.tasks.coco import InstancesWriter
 from segflow.tasks.formats.labels import VERDICTS, ExportError, RunLabels, dumps
 from segflow.tasks.formats.polygons import polygons_to_rle, rle_to_polygons
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
+from segflow.tasks.formats.untrusted import check_polygon, check_rle, read_zip_member
 from segflow.tasks.storage import join, open_fs, write_bytes
 
 __all__ = ["export_coco", "export_cvat", "read_coco_review"]
@@ -102,41 +103,67 @@ def _empty_masks() -> Any:
 
 def _load(raw: bytes, source: str) -> dict:
     if raw[:2] == b"PK":
-        with zipfile.ZipFile(io.BytesIO(raw)) as z:
-            names = [n for n in z.namelist() if n.startswith("annotations/") and n.endswith(".json")]
-            if len(names) != 1:
-                raise ExportError(f"{source}: expected one annotations/*.json in the archive, found {names}")
-            raw = z.read(names[0])
+        raw = read_zip_member(raw, source, lambda n: n.startswith("annotations/") and n.endswith(".json"))
     try:
         doc = json.loads(raw)
-    except ValueError as e:
-        raise ExportError(f"{source}: not JSON ({e})") from None
+    except (ValueError, RecursionError) as e:
+        raise ExportError(f"{source}: not JSON ({str(e)[:200]})") from None
     if not isinstance(doc, dict) or not {"images", "annotations", "categories"} <= set(doc):
         raise ExportError(f"{source}: not a COCO instances file (needs images, annotations, categories)")
+    if not all(isinstance(doc[k], list) and all(isinstance(x, dict) for x in doc[k]) for k in doc.keys() & _LISTS):
+        raise ExportError(f"{source}: images, annotations and categories must be lists of objects")
     return doc
 
 
-def _rle(seg: Any, h: int, w: int) -> str:
+_LISTS = {"images", "annotations", "categories"}
+
+
+def _rle(seg: Any, h: int, w: int, where: str) -> str:
+    """The compressed RLE of a COCO segmentation (polygons or RLE) on an ``h`` x ``w`` image, checked first."""
     if isinstance(seg, list):
-        return polygons_to_rle([np.asarray(p, np.float64).reshape(-1, 2) for p in seg], h, w)
-    rle = mask_utils.frPyObjects(seg, h, w) if isinstance(seg.get("counts"), list) else seg
-    counts = rle["counts"]
+        if len(seg) > 10_000:
+            raise ExportError(f"{where}: more than 10000 polygons")
+        return polygons_to_rle([check_polygon(p, h, w, where) for p in seg], h, w)
+    if not isinstance(seg, dict) or "counts" not in seg:
+        raise ExportError(f"{where}: segmentation must be polygons or an RLE with counts")
+    if "size" in seg and seg["size"] != [h, w]:
+        raise ExportError(f"{where}: RLE size {str(seg['size'])[:40]}, the image is {w}x{h}")
+    counts = check_rle(seg["counts"], h, w, where)["counts"]
     return counts.decode() if isinstance(counts, bytes) else counts
 
 
 def read_coco_review(raw: bytes, source: str, run: RunLabels) -> list[ReviewedImage]:
-    """The reviewed images of a COCO file (or CVAT COCO 1.0 zip), traced back to the run's masks by shape."""
+    """The reviewed images of a COCO file (or CVAT COCO 1.0 zip), traced back to the run's masks by shape.
+
+    Untrusted input (:mod:`segflow.tasks.formats.untrusted`): image sizes come from the run (a file's own
+    ``width``/``height`` must agree), every mask is checked before it is rasterised or compared.
+    """
     doc = _load(raw, source)
-    cats = {c["id"]: c["name"] for c in doc["categories"]}
+    cats = {c.get("id"): str(c.get("name")) for c in doc["categories"]}
     by_name = {}
     for im in run.images("all", rows=VERDICTS["all"], labelled_only=False):
         by_name[im.file_name] = im
-    unknown = sorted({i["file_name"] for i in doc["images"]} - set(by_name))
+    unknown = sorted({str(i.get("file_name")) for i in doc["images"]} - set(by_name))
     if unknown:
         raise ExportError(f"{source}: names images the run does not have: {unknown[:5]}")
+    doc_images = {i.get("id"): i for i in doc["images"]}
     anns: dict[int, list[dict]] = {}
     for a in doc["annotations"]:
+        if a.get("image_id") not in doc_images:
+            raise ExportError(f"{source}: annotation {str(a.get('id'))[:40]}: image_id is not an image of the file")
         anns.setdefault(a["image_id"], []).append(a)
+    checked: dict[int, list[tuple[dict, str]]] = {}  # every mask checked before any is compared
+    for i in doc["images"]:
+        im = by_name[i["file_name"]]
+        h, w = im.height, im.width
+        for key, want in (("width", w), ("height", h)):
+            if key in i and i[key] != want:
+                raise ExportError(f"{source}: image {i['file_name']}: {key} {str(i[key])[:20]}, the image is {w}x{h}")
+        for a in anns.get(i.get("id"), []):
+            where = f"{source}: annotation {str(a.get('id'))[:40]}"
+            if a.get("category_id") not in cats:
+                raise ExportError(f"{where}: unknown category_id {str(a.get('category_id'))[:40]}")
+            checked.setdefault(i.get("id"), []).append((a, _rle(a.get("segmentation"), h, w, where)))
     out = []
     for i in doc["images"]:
         im = by_name[i["file_name"]]
@@ -148,10 +175,8 @@ def read_coco_review(raw: bytes, source: str, run: RunLabels) -> list[ReviewedIm
                 exported.setdefault(key, []).append(x)
         labels, claimed = [], set()
         todo = []
-        for a in anns.get(i["id"], []):
-            if a.get("category_id") not in cats:
-                raise ExportError(f"{source}: annotation {a.get('id')} has unknown category_id {a.get('category_id')}")
-            counts, name = _rle(a["segmentation"], h, w), cats[a["category_id"]]
+        for a, counts in checked.get(i.get("id"), []):
+            name = cats[a["category_id"]]
             free = [x for x in exported.get(counts, []) if x not in claimed]
             if free:  # that shape, exported: of the same class if one was
                 origin = next((x for x in free if shown[x]["category_name"] == name), free[0])

@@ -42,6 +42,7 @@ import numpy as np
 from segflow.tasks.formats.labels import VERDICTS, ExportError, RunLabels, dumps
 from segflow.tasks.formats.polygons import polygons_to_rle, rle_to_polygons
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
+from segflow.tasks.formats.untrusted import check_polygon
 from segflow.tasks.storage import join, open_fs, write_bytes
 
 __all__ = ["export_label_studio", "labeling_config", "read_label_studio_review"]
@@ -111,46 +112,85 @@ def export_label_studio(
 
 
 def _latest_annotation(task: dict) -> dict | None:
-    done = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    anns = task.get("annotations") or []
+    done = [a for a in anns if isinstance(a, dict) and not a.get("was_cancelled")] if isinstance(anns, list) else []
     if not done:
         return None
-    return max(done, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), a.get("id") or 0))
+    return max(done, key=lambda a: (str(a.get("updated_at") or a.get("created_at") or ""), _int(a.get("id"))))
 
 
-def read_label_studio_review(raw: bytes, source: str, run: RunLabels | None = None) -> list[ReviewedImage]:
-    """The reviewed images of a Label Studio JSON export (a list of tasks), in the format-neutral review model."""
+def _int(v: object) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+#: regions per task a review may hold
+_MAX_REGIONS = 10_000
+
+
+def read_label_studio_review(raw: bytes, source: str, run: RunLabels) -> list[ReviewedImage]:
+    """The reviewed images of a Label Studio JSON export (a list of tasks), in the format-neutral review model.
+
+    Untrusted input (:mod:`segflow.tasks.formats.untrusted`): image sizes come from the run, a region's
+    ``original_width``/``original_height`` must agree with them when given, and polygon points must lie in
+    the image, before anything is rasterised.
+    """
     try:
         tasks = json.loads(raw)
-    except ValueError as e:
-        raise ExportError(f"{source}: not JSON ({e})") from None
+    except (ValueError, RecursionError) as e:
+        raise ExportError(f"{source}: not JSON ({str(e)[:200]})") from None
     if not isinstance(tasks, list):
         raise ExportError(f"{source}: not a Label Studio JSON export (expected a list of tasks)")
+    sizes = run.image_sizes()
     out = []
     for t, task in enumerate(tasks):
-        data = task.get("data") or {}
-        if "segflow_image_id" not in data:
-            raise ExportError(f"{source}: task {t} (id {task.get('id')}) has no data.segflow_image_id")
+        data = task.get("data") if isinstance(task, dict) else None
+        name = f"{source}: task {t}" + (f" (id {str(task.get('id'))[:40]})" if isinstance(task, dict) else "")
+        if not isinstance(data, dict) or "segflow_image_id" not in data:
+            raise ExportError(f"{name}: has no data.segflow_image_id")
+        image_id = data["segflow_image_id"]
+        if isinstance(image_id, bool) or not isinstance(image_id, int) or image_id not in sizes:
+            raise ExportError(f"{name}: data.segflow_image_id {str(image_id)[:40]!r} is not an image of the run")
         ann = _latest_annotation(task)
         if ann is None:
             continue
         # the regions the reviewer was shown: the predictions' (an export lists them by id only; the annotation
         # made from a prediction carries it), else None: the image's accept and review masks, as exported
-        preds = [p for p in (task.get("predictions") or []) + [ann.get("prediction")] if isinstance(p, dict)]
-        ids = [m.group(1) for p in preds for r in p.get("result") or [] if (m := _REGION.match(str(r.get("id", ""))))]
+        preds = task.get("predictions") if isinstance(task.get("predictions"), list) else []
+        preds = [
+            p for p in [*preds, ann.get("prediction")] if isinstance(p, dict) and isinstance(p.get("result"), list)
+        ]
+        ids = [
+            m.group(1)
+            for p in preds
+            for r in p["result"]
+            if isinstance(r, dict) and (m := _REGION.match(str(r.get("id", ""))))
+        ]
         shown = {int(i) for i in ids} or None
+        results = ann.get("result") or []
+        if not isinstance(results, list) or len(results) > _MAX_REGIONS:
+            raise ExportError(f"{name}: the annotation's result must be a list of at most {_MAX_REGIONS} regions")
+        h, w = sizes[image_id]
         groups: dict[str, list[dict]] = {}
-        for r in ann.get("result") or []:
-            if r.get("type") != "polygonlabels":
-                raise ExportError(f"{source}: task {task.get('id')}: region type {r.get('type')!r} is not supported")
+        for r in results:
+            if not isinstance(r, dict) or r.get("type") != "polygonlabels":
+                kind = r.get("type") if isinstance(r, dict) else type(r).__name__
+                raise ExportError(f"{name}: region type {str(kind)[:40]!r} is not supported")
+            where = f"{name}: region {str(r.get('id'))[:40]}"
+            for key, want in (("original_width", w), ("original_height", h)):
+                if key in r and r[key] != want:
+                    raise ExportError(f"{where}: {key} {str(r[key])[:20]}, the image is {w}x{h}")
             m = _REGION.match(str(r.get("id", "")))
             groups.setdefault(f"a{m.group(1)}" if m else f"new-{r.get('id')}", []).append(r)
         labels = []
         for key, regions in groups.items():
-            w, h = int(regions[0]["original_width"]), int(regions[0]["original_height"])
-            names = [n for r in regions for n in r["value"].get("polygonlabels", [])]
+            where = f"{name}: region {str(regions[0].get('id'))[:40]}"
+            values = [r.get("value") for r in regions]
+            if not all(isinstance(v, dict) for v in values):
+                raise ExportError(f"{where}: no value")
+            names = [n for v in values for n in v.get("polygonlabels") or [] if isinstance(n, str)]
             if not names:
-                raise ExportError(f"{source}: task {task.get('id')}: region {regions[0].get('id')} has no label")
-            polys = [np.asarray(r["value"]["points"], np.float64) * [w / 100.0, h / 100.0] for r in regions]
+                raise ExportError(f"{where}: has no label")
+            polys = [check_polygon(v.get("points"), h, w, where, (w / 100.0, h / 100.0)) for v in values]
             labels.append(
                 ReviewedLabel(
                     origin=int(key[1:]) if key.startswith("a") else None,
@@ -159,5 +199,5 @@ def read_label_studio_review(raw: bytes, source: str, run: RunLabels | None = No
                     size=(h, w),
                 )
             )
-        out.append(ReviewedImage(int(data["segflow_image_id"]), labels, shown))
+        out.append(ReviewedImage(image_id, labels, shown))
     return out

@@ -15,6 +15,7 @@ all        every mask, rejected ones included
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from segflow.tasks.layout import OutputLayout
+from segflow.tasks.lease import LeaseHeld, require_no_writer
 from segflow.tasks.storage import open_fs, read_json, redact
 
 __all__ = ["VERDICTS", "ImageLabels", "RunLabels", "ExportError"]
@@ -58,19 +60,35 @@ class RunLabels:
         self.layout = OutputLayout(output)
         fs, _ = open_fs(output)
         self.fs = fs
+        try:
+            require_no_writer(output)
+        except LeaseHeld as e:
+            raise ExportError(str(e)) from None
         if read_json(fs, self.layout.summary) is None:
             raise ExportError(f"{redact(output)}: not a finished run (no summary.json); run `segflow rerun` first")
         self.job = read_json(fs, self.layout.job_json) or {}
         self.categories = {int(c["id"]): c["name"] for c in self.job.get("ontology", []) if c.get("isthing", True)}
-        parts = read_json(fs, self.layout.manifest_parts) or {}
-        self.shards = sorted(parts.get("manifest/images.parquet", {}))
+        self.parts = read_json(fs, self.layout.manifest_parts) or {}
+        self.shards = sorted(self.parts.get("manifest/images.parquet", {}))
 
-    def _part(self, name: str, shard_id: str) -> pa.Table | None:
-        _, path = open_fs(self.layout.url(f"manifest/{name}.parquet/part-{shard_id}.parquet"))
-        if not self.fs.exists(path):
-            return None
-        with self.fs.open(path, "rb") as f:
-            return pq.read_table(f)
+    def _part(self, name: str, shard_id: str, columns: list[str] | None = None) -> pa.Table | None:
+        """One manifest part, checked against the pointer finalize wrote last (``manifest/_parts.json``): a part
+        being rewritten by a finalize that started after this reader is refused, never read half-replaced."""
+        folder = f"manifest/{name}.parquet"
+        _, path = open_fs(self.layout.url(f"{folder}/part-{shard_id}.parquet"))
+        want = self.parts.get(folder, {}).get(shard_id, {}).get("sha256")
+        try:
+            data = self.fs.cat_file(path)
+        except FileNotFoundError:
+            if want is None:
+                return None
+            data = b""
+        if want is not None and hashlib.sha256(data).hexdigest() != want:
+            raise ExportError(
+                f"{redact(self.output)}: {folder}/part-{shard_id}.parquet does not match the manifest's pointer: "
+                "the output is being finalized again (try again when it finishes) or was damaged (`segflow verify`)"
+            )
+        return pq.read_table(pa.BufferReader(data), columns=columns)
 
     def shard_tables(self) -> Iterator[tuple[pa.Table, pa.Table | None]]:
         """Per shard: its images table and its masks table (None without masks), as finalize wrote them."""
@@ -116,6 +134,20 @@ class RunLabels:
                     int(row["height"]),
                     masks.slice(lo, hi - lo).to_pylist() if masks is not None else [],
                 )
+
+    def image_sizes(self) -> dict[int, tuple[int, int]]:
+        """``image_id -> (height, width)`` of the decoded images: the sizes review files are checked against."""
+        if getattr(self, "_sizes", None) is None:
+            sizes: dict[int, tuple[int, int]] = {}
+            for sid in self.shards:
+                t = self._part("images", sid, ["image_id", "status", "width", "height"])
+                if t is None:
+                    raise ExportError(f"{redact(self.output)}: manifest part of {sid} is missing; run `segflow verify`")
+                t = t.filter(pc.equal(t["status"], "ok"))
+                for i, h, w in zip(*(t[c].to_pylist() for c in ("image_id", "height", "width")), strict=True):
+                    sizes[int(i)] = (int(h), int(w))
+            self._sizes = sizes
+        return self._sizes
 
     def category_list(self) -> list[dict]:
         """COCO ``categories`` of the thing classes."""

@@ -261,10 +261,13 @@ def write_report(
     output: str, summary: dict | None = None, samples: dict | None = None, commits: list[dict] | None = None
 ) -> str:
     """Render ``OUTPUT/report.html`` (and save ``samples`` when given). Returns the report's URL."""
+    from segflow.tasks.lease import hold
+
     layout = OutputLayout(output)
     fs, _ = open_fs(output)
-    if samples is not None:
-        write_bytes(fs, open_fs(layout.report_samples)[1], json.dumps(samples).encode())
-    page = render_html(report_context(output, summary, samples, commits))
-    write_bytes(fs, open_fs(layout.report)[1], page.encode())
+    with hold(output, "report"):  # finalize already holds it: re-entrant
+        if samples is not None:
+            write_bytes(fs, open_fs(layout.report_samples)[1], json.dumps(samples).encode())
+        page = render_html(report_context(output, summary, samples, commits))
+        write_bytes(fs, open_fs(layout.report)[1], page.encode())
     return layout.report
