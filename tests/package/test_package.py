@@ -71,7 +71,8 @@ def _outer_import_paths() -> list[str]:
     out = []
     for entry in sys.path:
         p = Path(entry or ".").resolve()
-        if not p.is_dir() or p == ROOT or ROOT in p.parents or str(p) in stdlib or p.name == "lib-dynload":
+        in_checkout = p == ROOT or (ROOT in p.parents and "site-packages" not in p.parts)  # a venv in it is fine
+        if not p.is_dir() or in_checkout or str(p) in stdlib or p.name == "lib-dynload":
             continue
         if any(str(p).startswith(s + os.sep) for s in stdlib) and "site-packages" not in p.parts:
             continue
