@@ -33,7 +33,11 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
 def _eprint(*a: object) -> None:
-    print(*a, file=sys.stderr, flush=True)
+    """A line for the user on stderr: every error line goes through here, credentials removed
+    (:func:`segflow.tasks.storage.redact`)."""
+    from segflow.tasks.storage import redact
+
+    print(redact(" ".join(str(x) for x in a)), file=sys.stderr, flush=True)
 
 
 def _debug(args: argparse.Namespace) -> bool:
@@ -469,7 +473,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     stages = ", ".join(f"{n} ({s.kind})" for n, s in job.stages.items())
     checked = " (static: files, weights and credentials not checked)" if args.static else ""
-    print(f"{args.config}: ok{checked} -- {len(job.ontology)} classes, stages: {stages}, output {job.output}")
+    from segflow.tasks.storage import redact
+
+    print(f"{args.config}: ok{checked} -- {len(job.ontology)} classes, stages: {stages}, output {redact(job.output)}")
     return EXIT_OK
 
 

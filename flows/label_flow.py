@@ -137,7 +137,7 @@ def finalize_task(job: JobConfig, started_at: float, force: bool = False) -> dic
         markdown=(
             f"# {summary['job']}\n\n| images | labelled | failed | masks |\n|---:|---:|---:|---:|\n"
             f"| {summary['images']} | {summary['labelled_images']} | {summary['failed_images']} "
-            f"| {summary['masks']} |\n\n" + "\n".join(f"- {k}: `{v}`" for k, v in summary["outputs"].items())
+            f"| {summary['masks']} |\n\n" + "\n".join(f"- {k}: `{redact(v)}`" for k, v in summary["outputs"].items())
         ),
         description="segflow run summary",
     )
@@ -177,6 +177,7 @@ def finalize_task(job: JobConfig, started_at: float, force: bool = False) -> dic
 def report_link(url: str) -> str:
     """Markdown pointing at the run report. Prefect shows images only by URL and a browser opens only what it can
     reach: a local report by its ``file://`` link, one on an object store by copying it down (or a presigned URL)."""
+    url = redact(url)
     from pathlib import Path
 
     if "://" not in url or url.startswith("file://"):

@@ -338,7 +338,7 @@ def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[dict,
     from segflow.tasks.layout import OutputLayout
     from segflow.tasks.lease import hold
     from segflow.tasks.quality import load_gold
-    from segflow.tasks.storage import open_fs, read_bytes, write_bytes
+    from segflow.tasks.storage import open_fs, read_bytes, scrub, write_bytes
 
     layout = OutputLayout(output)
     fs, job_path = open_fs(layout.job_json)
@@ -348,7 +348,7 @@ def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[dict,
         settings = job.accept.model_copy(update={**accept, "calibration": None})
         update = {"gold_set": gold_url, "accept": type(settings).model_validate(settings.model_dump())}
         job = job.model_copy(update=update)
-        write_bytes(fs, job_path, json.dumps(job.model_dump(mode="json"), indent=1).encode())
+        write_bytes(fs, job_path, json.dumps(scrub(job.model_dump(mode="json")), indent=1).encode())
         summary = finalize(job, force=True)
         _, cal_path = open_fs(layout.calibration)
         return summary, json.loads(read_bytes(fs, cal_path))

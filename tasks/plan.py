@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from segflow.tasks.layout import OutputLayout
-from segflow.tasks.storage import is_local, join, open_fs, read_bytes, redact, write_bytes
+from segflow.tasks.storage import is_local, join, open_fs, read_bytes, redact, scrub, url_credential, write_bytes
 
 if TYPE_CHECKING:
     from segflow.config.schema import JobConfig, SourceConfig
@@ -208,10 +208,15 @@ def _list_from_file(list_url: str, storage_options: dict) -> list[tuple[str, str
     base = list_url.rsplit("/", 1)[0] if "/" in list_url else "."
     seen: set[str] = set()
     items = []
-    for line in text.splitlines():
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        if cred := url_credential(line):  # it would be written into the plan, the manifests and COCO file_name
+            raise PlanError(
+                f"source list {redact(list_url)} line {n}: the URI carries {cred}; list plain URIs "
+                "(s3://bucket/key) and give credentials through the environment, an AWS profile or a Prefect block"
+            )
         uri = line if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", line) or line.startswith("/") else join(base, line)
         if uri in seen:
             continue
@@ -292,7 +297,7 @@ def make_plan(job: JobConfig) -> Plan:
                 f"shard_size {meta.get('shard_size')}); "
                 f"use another output or delete it"
             )
-        write_bytes(fs, job_path, json.dumps(job.model_dump(mode="json"), indent=1).encode())
+        write_bytes(fs, job_path, json.dumps(scrub(job.model_dump(mode="json")), indent=1).encode())
         if getattr(job, "incremental", False):
             return _append_generation(job, fs, meta, meta_path)
         return Plan(job.output, list(meta["shard_ids"]), int(meta["num_images"]), reused=True)
@@ -311,7 +316,9 @@ def make_plan(job: JobConfig) -> Plan:
         "shard_ids": unique,
         "generations": [{"generation": 0, "num_images": n, "shard_ids": unique, "planned_at": _now()}],
     }
-    write_bytes(fs, job_path, json.dumps(job.model_dump(mode="json"), indent=1).encode())  # what `segflow rerun` runs
+    write_bytes(
+        fs, job_path, json.dumps(scrub(job.model_dump(mode="json")), indent=1).encode()
+    )  # what `segflow rerun` runs
     write_bytes(fs, meta_path, json.dumps(meta, indent=1).encode())  # written last: the plan exists once this exists
     return Plan(job.output, unique, n, reused=False)
 

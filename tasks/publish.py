@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from segflow.tasks.finalize import IncompleteRunError, _collect_commits, commits_digest
-from segflow.tasks.storage import create_exclusive, join, open_fs, read_bytes, read_json, redact, write_bytes
+from segflow.tasks.storage import create_exclusive, join, open_fs, read_bytes, read_json, redact, scrub, write_bytes
 
 __all__ = ["PublishError", "publish"]
 
@@ -73,14 +73,33 @@ def _review_text(review: dict | None) -> str:
     )
 
 
+def _md(text: object) -> str:
+    """Text from a job or an output (names others chose) as one inert Markdown table cell or heading: one line,
+    no table, code or HTML syntax of its own."""
+    s = " ".join(str(text).split())
+    for ch, esc in (
+        ("&", "&amp;"),
+        ("<", "&lt;"),
+        (">", "&gt;"),
+        ("|", "\\|"),
+        ("`", "\\`"),
+        ("*", "\\*"),
+        ("_", "\\_"),
+    ):
+        s = s.replace(ch, esc)
+    return s.lstrip("#=-+ ")
+
+
 def _card(summary: dict, job: dict, version: str, checksums: dict[str, str], review: dict | None = None) -> str:
+    job = scrub(job)
     models = []
     for name, st in job.get("stages", {}).items():
         if "weights" in st:
             models.append(
-                f"| {name} | {st['kind']} | `{st['weights'].rsplit('/', 1)[-1]}` | `{st.get('sha256') or '-'}` |"
+                f"| {_md(name)} | {_md(st['kind'])} | {_md(st['weights'].rsplit('/', 1)[-1])} "
+                f"| {_md(st.get('sha256') or '-')} |"
             )
-    per_class = "\n".join(f"| {k} | {v} |" for k, v in summary.get("masks_per_category", {}).items())
+    per_class = "\n".join(f"| {_md(k)} | {v} |" for k, v in summary.get("masks_per_category", {}).items())
     quality = summary.get("quality") or {}
     qtext = (
         (
@@ -125,7 +144,7 @@ def _card(summary: dict, job: dict, version: str, checksums: dict[str, str], rev
         )
     pan = summary.get("panoptic")
     if pan:
-        rows = "\n".join(f"| {k} | {v} |" for k, v in pan["segments_per_category"].items())
+        rows = "\n".join(f"| {_md(k)} | {v} |" for k, v in pan["segments_per_category"].items())
         qtext += (
             f"\n## Panoptic segments per class\n\n{pan['segments']} segments on {pan['images']} images.\n\n"
             f"| class | segments |\n|---|---:|\n{rows}\n"
@@ -146,7 +165,8 @@ def _card(summary: dict, job: dict, version: str, checksums: dict[str, str], rev
         panoptic_files += ", `semantic/preview/*.jpg` (class maps blended over the images, for eyes only)"
     report_file = ", `report.html` (the run report)" if "report.html" in checksums else ""
     qc_files = ", `qc/` (QC report, quarantine)" if any(k.startswith("qc/") for k in checksums) else ""
-    return f"""# {summary["job"]} -- dataset {version}
+    job_yaml = "\n".join("    " + line for line in yaml.safe_dump(job, sort_keys=False).strip().splitlines())
+    return f"""# {_md(summary["job"])} -- dataset {_md(version)}
 
 Auto-labelled by segflow. Created {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}.
 
@@ -173,9 +193,7 @@ Auto-labelled by segflow. Created {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmti
 
 ## Job
 
-```yaml
-{yaml.safe_dump(job, sort_keys=False).strip()}
-```
+{job_yaml}
 """
 
 

@@ -43,6 +43,9 @@ __all__ = [
     "read_bytes",
     "safe_join",
     "redact",
+    "scrub",
+    "secret_keys",
+    "url_credential",
     "is_local",
     "create_exclusive",
 ]
@@ -234,11 +237,57 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> b
 
 _CRED_IN_URL = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 _CRED_IN_QUERY = re.compile(
-    r"(?i)([?&](?:x-amz-credential|x-amz-signature|x-amz-security-token|signature|sig|token|key)=)[^&\s]+"
+    r"(?i)([?&](?:x-amz-credential|x-amz-signature|x-amz-security-token|x-goog-signature|x-goog-credential|"
+    r"signature|sig|token|key|access_token|api_key|apikey|password)=)[^&\s\"']+"
+)
+_CRED_IN_TEXT = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{16,}")
+#: keys whose values are credentials, at any depth of a mapping (storage options, headers, client settings)
+SECRET_KEY = re.compile(
+    r"(?i)(secret|passw|token|credential(?!s_block$)|authori[sz]ation|signature(?!_version)|api[_-]?key|private[_-]?key|^key$|"
+    r"access[_-]?key|session[_-]?token|cookie|bearer|^sas$|connection[_-]?string)"
 )
 
 
 def redact(url: str) -> str:
-    """Remove credentials from a URL before it is shown or logged."""
+    """Remove credentials from a URL (or any text holding URLs) before it is shown, logged or written:
+    userinfo (``user:password@``), signature and token query parameters, ``Bearer`` tokens."""
     url = _CRED_IN_URL.sub(r"\g<scheme>***@", str(url))
-    return _CRED_IN_QUERY.sub(r"\1***", url)
+    url = _CRED_IN_QUERY.sub(r"\1***", url)
+    return _CRED_IN_TEXT.sub(r"\1 ***", url)
+
+
+def url_credential(url: str) -> str | None:
+    """What kind of credential a URL carries (``user:password@`` or a signature/token parameter), or None."""
+    if _CRED_IN_URL.search(url):
+        return "a user name and password (user:password@)"
+    if _CRED_IN_QUERY.search(url):
+        return "a signature or token parameter (a presigned URL)"
+    return None
+
+
+def secret_keys(obj: Any, path: str = "") -> list[str]:
+    """Key paths (``a.b.c``) of the secret-looking keys at any depth of nested mappings and lists."""
+    found: list[str] = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            key = f"{path}.{k}" if path else str(k)
+            if SECRET_KEY.search(str(k)):
+                found.append(key)
+            else:
+                found += secret_keys(v, key)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            found += secret_keys(v, f"{path}[{i}]")
+    return found
+
+
+def scrub(obj: Any) -> Any:
+    """A copy of a JSON-like value with every secret-looking key's value replaced by ``***`` and every string
+    passed through :func:`redact`: what is written or shown of a job, a summary or a record, whatever it holds."""
+    if isinstance(obj, dict):
+        return {k: "***" if SECRET_KEY.search(str(k)) and v not in (None, "") else scrub(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [scrub(v) for v in obj]
+    if isinstance(obj, str):
+        return redact(obj)
+    return obj

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from segflow.tasks.storage import open_fs, redact
 
@@ -92,8 +93,11 @@ def resolve_weights(weights: str, sha256: str | None = None) -> str:
       WeightsError: missing file, failed download, sha256 mismatch.
     """
     if _is_url(weights):
-        digest = hashlib.sha256(weights.encode()).hexdigest()[:16]
-        local = cache_dir() / "weights" / digest / os.path.basename(weights.rstrip("/"))
+        # keyed by the URL without its credentials (a presigned URL signed again hits the same entry), named by
+        # its path's last part: no query string or token ever lands in a file name
+        digest = hashlib.sha256(redact(weights).encode()).hexdigest()[:16]
+        name = os.path.basename(urlsplit(weights).path.rstrip("/")) or "weights"
+        local = cache_dir() / "weights" / digest / re.sub(r"[^A-Za-z0-9._-]", "_", name)[:128]
         if not local.exists():
             local.parent.mkdir(parents=True, exist_ok=True)
             tmp = local.with_name(local.name + f".part-{os.getpid()}-{threading.get_ident()}")

@@ -45,9 +45,6 @@ __all__ = [
 DEFAULT_EXTENSIONS = [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"]
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-_CREDENTIAL_KEYS = re.compile(
-    r"(?i)(secret|password|passwd|token|^key$|access_key|secret_key|session_token|credential)"
-)
 
 
 class _Strict(BaseModel):

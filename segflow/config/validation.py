@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from segflow.config.schema import _CREDENTIAL_KEYS, _STAGE_NAME, JobConfig
+from segflow.config.schema import _STAGE_NAME, JobConfig
 from segflow.tasks.models.registry import ADAPTERS
 
 
@@ -84,12 +84,30 @@ def _url_issue(url: str) -> str | None:
     return f"unknown URL scheme {scheme!r} (fsspec knows e.g. s3, gs, az, file, memory, http)"
 
 
+_WHERE_CREDENTIALS_GO = (
+    "credentials do not belong in the job file (segflow writes the job into job.json, the report and the "
+    "dataset card); use the environment, an AWS profile or a Prefect block (credentials_block)"
+)
+
+
 def _url_issues(job: JobConfig) -> list[tuple[str, str]]:
+    from segflow.tasks.storage import url_credential
+
     keys = {"source.url": job.source.url, "source.list": job.source.list, "output": job.output}
     keys |= {"gold_set": job.gold_set, "gold_panoptic": job.gold_panoptic, "accept.calibration": job.accept.calibration}
     keys |= {"gold_semantic": job.gold_semantic}
     keys |= {f"stages.{n}.weights": getattr(st, "weights", None) for n, st in job.stages.items()}
-    return [(k, problem) for k, v in keys.items() if isinstance(v, str) and (problem := _url_issue(v))]
+    keys |= {f"exports[{i}].dest": e.dest for i, e in enumerate(job.exports or [])}
+    keys |= {"publish.dest": job.publish.dest if job.publish is not None else None}
+    issues = []
+    for k, v in keys.items():
+        if not isinstance(v, str):
+            continue
+        if cred := url_credential(v):
+            issues.append((k, f"the URL carries {cred}: {_WHERE_CREDENTIALS_GO}"))
+        elif problem := _url_issue(v):
+            issues.append((k, problem))
+    return issues
 
 
 def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]:
@@ -234,15 +252,11 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
                     (f"stages.{name}.class_map.{model_name}", f"{onto_name!r} is not a class of the ontology")
                 )
 
-    # storage options never carry credentials
-    for key in job.source.storage_options:
-        if _CREDENTIAL_KEYS.search(key):
-            issues.append(
-                (
-                    f"source.storage_options.{key}",
-                    "credentials do not belong in the job file; use the environment, an AWS profile or a Prefect block",
-                )
-            )
+    # storage options never carry credentials, at any depth (client_kwargs, headers, config_kwargs, ...)
+    from segflow.tasks.storage import secret_keys
+
+    for key in secret_keys(job.source.storage_options, "source.storage_options"):
+        issues.append((key, _WHERE_CREDENTIALS_GO))
 
     # files that must exist
     if check_files:

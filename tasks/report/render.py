@@ -22,7 +22,7 @@ import numpy as np
 from segflow.tasks.layout import OutputLayout
 from segflow.tasks.report import plots
 from segflow.tasks.report.sampler import ReportSampler
-from segflow.tasks.storage import join, open_fs, read_bytes, redact, write_bytes
+from segflow.tasks.storage import join, open_fs, read_bytes, redact, scrub, write_bytes
 
 __all__ = ["ReportError", "write_report", "report_context", "render_html"]
 
@@ -161,7 +161,7 @@ def report_context(
         commits = _collect_commits(output)[1]
     samples = samples or _json(layout.report_samples) or _rescan(output, commits)
     quality, calibration = _json(layout.quality) or {}, _json(layout.calibration)
-    job = _json(layout.job_json) or {}
+    job = scrub(_json(layout.job_json) or {})  # an output others can write to: nothing secret is shown
 
     uris = {r["image_uri"] for cell in samples["samples"].values() for r in cell}
     uris |= {r["image_uri"] for r in samples["previews"]}
