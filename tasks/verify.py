@@ -18,6 +18,7 @@ in chunks), each problem named by shard, file and what is wrong:
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,7 +27,7 @@ from segflow.tasks.commit import read_commit
 from segflow.tasks.finalize import commits_digest
 from segflow.tasks.layout import OutputLayout
 from segflow.tasks.plan import load_plan
-from segflow.tasks.storage import open_fs, read_json
+from segflow.tasks.storage import is_local, open_fs, read_json
 
 __all__ = ["Problem", "verify", "set_aside"]
 
@@ -141,6 +142,11 @@ def set_aside(output: str, shard_ids: list[str]) -> list[str]:
         n = 1
         while fs.exists(dst):  # set aside before: keep both
             (_, dst), n = open_fs(f"{url}-{n}"), n + 1
+        if is_local(fs):  # one rename: a symlinked folder (or file) inside is moved as a link, its target untouched
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            os.rename(src, dst)
+            moved.append(url if n == 1 else f"{url}-{n - 1}")
+            continue
         files = fs.find(src)
         for f in files:  # file by file: object stores have no folders to rename
             target = f"{dst}/{f[len(src) :].lstrip('/')}"

@@ -72,9 +72,12 @@ def export_yolo_seg(
             if r["category_id"] in index
         ]
         lines = [x for x in lines if x]
-        label = safe_join(join(dest, "labels", split), str(rel.with_suffix(".txt")))
+        try:  # file names come from the output (others may write it): never outside DEST
+            label = safe_join(join(dest, "labels", split), str(rel.with_suffix(".txt")))
+            target = open_fs(safe_join(join(dest, "images", split), str(rel)))[1]
+        except ValueError as e:
+            raise ExportError(f"image {im.image_id}: {e}") from None
         write_bytes(fs, open_fs(label)[1], ("\n".join(lines) + ("\n" if lines else "")).encode())
-        target = open_fs(safe_join(join(dest, "images", split), str(rel)))[1]
         src_fs, src = open_fs(im.uri)
         if link:
             if not (is_local(fs) and is_local(src_fs)):
