@@ -15,6 +15,8 @@
       semantic/<image_id>.png, semantic/preview/<image_id>.jpg (a semantic stage's `preview: true`)
       qc/                                         QC report, quarantine.parquet, sheets
       summary.json, quality.json, calibration.json (segflow calibrate; qc/pr_curves.png beside)
+      _lease/<generation>.json                    the lease of the command writing the output (segflow.tasks.lease);
+                                                  gone when it finishes
 
 Paths are URLs or local paths joined with ``/``; :meth:`OutputLayout.url` refuses a
 relative key that would escape the root.
