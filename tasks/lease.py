@@ -17,7 +17,8 @@ local disks and S3 both give)::
   two takers only one creates it, the other reads the winner and is refused.
 * **heartbeat**: the holder rewrites its own generation file with a later ``expires_at`` every
   ``ttl / 3`` seconds (only the holder writes that file). A process that dies stops renewing; its
-  lease can be taken once it expires (``SEGFLOW_LEASE_TTL_S``, default 60 s).
+  lease can be taken once it expires (``SEGFLOW_LEASE_TTL_S``, default 60 s), or at once from the same
+  host when its process no longer exists (a crash or ``kill -9``, then ``segflow rerun`` right away).
 * **check**: before a commit point a holder calls :meth:`Lease.check`; if another process has
   taken the lease meanwhile (ours expired: a stalled process), it stops with :class:`LeaseLost`
   instead of writing over the new holder's work.
@@ -104,7 +105,19 @@ def _read(fs: Any, path: str) -> dict | None:
 
 
 def _live(record: dict | None) -> bool:
-    return bool(record) and not record.get("released") and float(record.get("expires_at") or 0) > time.time()
+    """Held: not released, not expired, and -- when its owner ran on this host -- its process still exists."""
+    if not record or record.get("released") or float(record.get("expires_at") or 0) <= time.time():
+        return False
+    owner = record.get("owner") or {}
+    pid = owner.get("pid")
+    if owner.get("host") == socket.gethostname() and isinstance(pid, int) and pid != os.getpid():
+        try:
+            os.kill(pid, 0)  # signal 0: does the process exist?
+        except ProcessLookupError:
+            return False  # killed (a crash, kill -9): its lease is free at once, not after its expiry
+        except PermissionError:
+            return True  # another user's live process
+    return True
 
 
 def current_holder(output: str) -> dict | None:

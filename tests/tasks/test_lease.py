@@ -100,21 +100,29 @@ def test_a_lapsed_lease_is_taken_over_and_its_stalled_holder_stops(kind, tmp_pat
     assert current_holder(out) is None
 
 
-def test_a_killed_holder_s_lease_lapses(tmp_path, monkeypatch):
+def test_a_killed_holder_s_lease_is_free_at_once_on_its_host_and_after_expiry_elsewhere(tmp_path):
     out = str(tmp_path / "out")
     code = (
         "import sys, time; from segflow.tasks.lease import hold\n"
         "with hold(sys.argv[1], 'run'):\n    print('held', flush=True); time.sleep(600)\n"
     )
-    proc = python(code, out, wait=False, env={"SEGFLOW_LEASE_TTL_S": "2"})
+    proc = python(code, out, wait=False, env={"SEGFLOW_LEASE_TTL_S": "600"})
     assert proc.stdout.readline().strip() == "held"
-    with pytest.raises(LeaseHeld):
+    with pytest.raises(LeaseHeld, match=f"pid {proc.pid}"):
         Lease(out, "rerun").acquire()
-    proc.kill()
+    proc.kill()  # a crash: the lease file stays, unexpired
     proc.wait()
-    time.sleep(2.2)
-    with hold(out, "rerun") as lease:
+    with hold(out, "rerun") as lease:  # same host, its process gone: taken at once
         assert lease.generation == 2
+    # from another host, a dead process cannot be seen: its lease holds until it expires
+    fs, root = open_fs(f"{out}/_lease")
+    record = {"token": "x", "owner": {"command": "run", "host": "elsewhere", "pid": proc.pid}, "acquired_at": 0}
+    fs.pipe_file(f"{root}/0000000007.json", json.dumps(record | {"expires_at": time.time() + 600}).encode())
+    with pytest.raises(LeaseHeld, match="host elsewhere"):
+        Lease(out, "rerun").acquire()
+    fs.pipe_file(f"{root}/0000000007.json", json.dumps(record | {"expires_at": time.time() - 1}).encode())
+    with hold(out, "rerun") as lease:
+        assert lease.generation == 8
 
 
 REVIEW = """
