@@ -129,7 +129,8 @@ def print_summary(summary: dict) -> None:
         + f"\n  summary         : {out['summary']}"
         + (f"\n  quality         : {out['quality']}" if "quality" in out else "")
         + (f"\n  report not written: {summary['report_error']}" if "report_error" in summary else "")
-        + (f"\n  report          : {out['report']}" if "report" in out else ""),
+        + (f"\n  report          : {out['report']}" if "report" in out else "")
+        + "".join(f"\n{line}" for line in drift_lines(summary)),
         flush=True,
     )
 
@@ -207,7 +208,9 @@ def run_prepared(
         from segflow.tasks.storage import open_fs, read_json
 
         print()
-        print_calibration(read_json(open_fs(job.output)[0], OutputLayout(job.output).calibration))
+        print_calibration(
+            read_json(open_fs(job.output)[0], OutputLayout(job.output).calibration), drift=summary.get("drift")
+        )
     if "quality" in summary:
         from segflow.tasks.quality import format_quality, load_quality
 
@@ -219,8 +222,47 @@ def _f3(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def print_calibration(cal: dict) -> None:
-    """The per-class thresholds and held-out estimates of a calibration, as a Markdown table."""
+def drift_lines(summary: dict) -> list[str]:
+    """The summary's unmissable lines about the calibration in force: does it hold here (the drift check), the
+    gold set's precision beside this run's unlabeled estimate."""
+    from segflow.tasks.drift import DRIFT_ADVICE
+
+    cal, drift, est = summary.get("calibration"), summary.get("drift"), summary.get("estimate") or {}
+    if cal is None:
+        return []
+    gold = cal["heldout"].get("precision")
+    estimate = est.get("precision")
+    figures = (
+        f"precision estimated without labels {estimate:.3f} ({est['masks']} accepted masks; mean probability of "
+        f"being right)"
+        if estimate is not None
+        else "no precision estimate (no accepted mask)"
+    )
+    gold_text = f"{gold:.3f}" if gold is not None else "-"
+    if drift is None:
+        return [f"  calibration     : not checked for drift (no reference in it); {figures}"]
+    if not drift["drifted"]:
+        return [
+            f"  calibration     : holds (this run's images and masks look like the gold set's: "
+            f"{len(drift['features'])} features tested); gold set precision {gold_text} (held out), {figures}"
+        ]
+    worst = sorted((f for f in drift["features"] if f["drifted"]), key=lambda f: -f["d"])[:4]
+    shown = ", ".join(f"{f['name']} {_num(f['reference_median'])} -> {_num(f['run_median'])}" for f in worst)
+    action = {"warn": "exported as usual", "review": "accepted masks sent to review", "fail": "nothing exported"}
+    return [
+        f"  CALIBRATION DOES NOT HOLD: {drift['verdict']} (medians, gold set -> this run: {shown})",
+        f"    the gold set's precision {gold_text} is not this run's; {figures}",
+        f"    accept.on_drift: {drift['action']} ({action[drift['action']]}); {DRIFT_ADVICE}",
+    ]
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3g}"
+
+
+def print_calibration(cal: dict, drift: dict | None = None) -> None:
+    """The per-class thresholds and held-out estimates of a calibration, as a Markdown table (``drift``: the
+    run's drift check, when the figures are shown after a run: they are the gold set's, not the run's)."""
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     ci = lambda v: "-" if v is None else f"{v[0]:.2f}-{v[1]:.2f}"  # noqa: E731
     print(
@@ -236,10 +278,11 @@ def print_calibration(cal: dict) -> None:
             f"| {f(h['precision'])} ({ci(h['precision_ci95'])}) | {f(h['recall'])} ({ci(h['recall_ci95'])}) "
             f"| {c['status']} |"
         )
+    where = "on the gold set" if drift is None or not drift["drifted"] else "on the gold set, NOT this run's"
     for key, what in (("heldout", "accepted"), ("heldout_with_review", "accepted + review")):
         h = cal[key]
         print(
-            f"  {what}: precision {f(h['precision'])} ({ci(h['precision_ci95'])}), "
+            f"  {what} ({where}): precision {f(h['precision'])} ({ci(h['precision_ci95'])}), "
             f"recall {f(h['recall'])} ({ci(h['recall_ci95'])})"
         )
     for w in cal["warnings"]:
@@ -503,14 +546,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _eprint(f"error: {config} not found: this segflow installation lacks its package data (reinstall segflow)")
         return EXIT_CONFIG
     t0 = time.time()
-    overrides = prepare_demo(args.output, seed=args.seed, num_images=args.images, calibration=args.calibration)
+    overrides = prepare_demo(
+        args.output, seed=args.seed, num_images=args.images, calibration=args.calibration, shift=args.shift
+    )
+    shifted = f", {args.shift}" if args.shift else ""
     print(
-        f"segflow demo: {args.images} synthetic scenes (seed {args.seed}) with ground "
+        f"segflow demo: {args.images} synthetic scenes (seed {args.seed}{shifted}) with ground "
         f"truth under {args.output} ({time.time() - t0:.1f}s)",
         flush=True,
     )
     try:
         job = load_config(config, overrides=overrides)
+        if args.on_drift:
+            job = job.model_copy(update={"accept": job.accept.model_copy(update={"on_drift": args.on_drift})})
         plan = prepare(job, str(config))
     except ConfigError as e:
         _eprint(f"error: {e}")
@@ -778,6 +826,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run configs/demo-semantic.yaml: stuff from the demo U-Net (semantic stage) instead of the Mask2Former",
     )
+    d.add_argument(
+        "--shift",
+        choices=["dark", "blur", "jpeg"],
+        help="render the scenes as another camera would: darkened (x 0.55), blurred (radius 2) or JPEG quality 25 "
+        "(with --calibration from an unshifted demo: the drift check, docs/gold-sets.md)",
+    )
+    d.add_argument("--on-drift", choices=["warn", "review", "fail"], help="accept.on_drift for this demo run")
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--verbose", "-v", action="store_true")
     d.set_defaults(fn=cmd_demo)

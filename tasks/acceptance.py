@@ -44,7 +44,16 @@ import pyarrow.compute as pc
 
 from segflow.tasks.storage import open_fs, read_bytes, redact
 
-__all__ = ["CalibrationError", "VERDICTS", "apply_acceptance", "features", "load_calibration", "predict"]
+__all__ = [
+    "CalibrationError",
+    "VERDICTS",
+    "apply_acceptance",
+    "box_agreement",
+    "correct_probability",
+    "features",
+    "load_calibration",
+    "predict",
+]
 
 VERDICTS = ("accept", "review", "reject")
 FEATURES = ("logit_score", "predicted_iou", "stability_score", "log_area_frac", "rival_score", "score_share")
@@ -121,8 +130,12 @@ def load_calibration(url: str, ontology: dict[int, str]) -> dict[str, Any]:
     return cal
 
 
-def apply_acceptance(masks: pa.Table, cal: dict | None) -> pa.Table:
-    """``masks`` with ``verdict``, ``verdict_reasons`` and ``calibrated_score`` (null without a calibration)."""
+def apply_acceptance(masks: pa.Table, cal: dict | None, drifted: bool = False) -> pa.Table:
+    """``masks`` with ``verdict``, ``verdict_reasons`` and ``calibrated_score`` (null without a calibration).
+
+    ``drifted``: the calibration does not hold for this run (:mod:`segflow.tasks.drift`) and the job says
+    ``accept.on_drift: review``: what would be accepted goes to review, reason ``drift``.
+    """
     n = masks.num_rows
     qc = pc.fill_null(masks["qc_verdict"], "pass").to_numpy(zero_copy_only=False).astype(object)
     verdict = np.where(qc == "reject", "reject", np.where(qc == "flag", "review", "accept")).astype(object)
@@ -150,6 +163,9 @@ def apply_acceptance(masks: pa.Table, cal: dict | None) -> pa.Table:
             extra[rows[low]] = "below_review"
         verdict = np.where((extra == "below_review") & (verdict != "reject"), "reject", verdict)
         verdict = np.where(np.isin(extra, ["below_accept", "uncalibrated"]) & (verdict == "accept"), "review", verdict)
+        if drifted:
+            extra = np.where(verdict == "accept", "drift", extra)
+            verdict = np.where(verdict == "accept", "review", verdict)
     reasons = [list(q or []) + ([e] if e else []) for q, e in zip(qc_reasons, extra, strict=True)]
     return (
         masks.append_column("verdict", pa.array(verdict.tolist(), pa.string()))
@@ -159,3 +175,57 @@ def apply_acceptance(masks: pa.Table, cal: dict | None) -> pa.Table:
             pa.nulls(n, pa.float32()) if calibrated is None else pa.array(calibrated, pa.float32(), from_pandas=True),
         )
     )
+
+
+def box_agreement(masks: pa.Table) -> np.ndarray:
+    """IoU of each mask's tight box (``bbox``) with the box that prompted it (``prompt_box``: the detector's, or
+    the instance model's own), N floats; NaN without a prompt box. A mask that fails (segments something else
+    than its box holds, or a speck of it) disagrees with its box whatever its scores say."""
+    n = masks.num_rows
+    if not n or "prompt_box" not in masks.column_names:
+        return np.full(n, np.nan)
+    pb = np.full((n, 4), np.nan)
+    valid = pc.is_valid(masks["prompt_box"]).to_numpy(zero_copy_only=False)
+    if valid.any():
+        pb[valid] = np.asarray(
+            masks["prompt_box"].filter(pa.array(valid)).combine_chunks().flatten().to_numpy(zero_copy_only=False),
+            np.float64,
+        ).reshape(-1, 4)
+    bb = _xyxy(np.asarray(masks["bbox"].combine_chunks().flatten().to_numpy(), np.float64).reshape(n, 4))
+    ix = np.clip(np.minimum(pb[:, 2], bb[:, 2]) - np.maximum(pb[:, 0], bb[:, 0]), 0, None)
+    iy = np.clip(np.minimum(pb[:, 3], bb[:, 3]) - np.maximum(pb[:, 1], bb[:, 1]), 0, None)
+    inter = ix * iy
+    union = (pb[:, 2] - pb[:, 0]) * (pb[:, 3] - pb[:, 1]) + (bb[:, 2] - bb[:, 0]) * (bb[:, 3] - bb[:, 1]) - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def correct_probability(masks: pa.Table, cal: dict) -> np.ndarray:
+    """Per mask, the probability it is right (matches a gold instance), without any label of this run.
+
+    Two failures, told apart (``masks`` is :func:`apply_acceptance`'s output):
+
+    * the detection: its class's reliability curve (the gold set's labels, isotonic in the score;
+      :func:`segflow.tasks.calibration.reliability`) at the mask's ``calibrated_score``;
+    * the mask: 0 when its :func:`box_agreement` is below the class's ``mask_check`` (the lowest agreement the
+      gold set's right masks had, its 1% quantile): a mask that does not fill its box, as segmenters produce on
+      images unlike their training (dark, blurred), is wrong however confident the detector was.
+
+    NaN for a class without a curve.
+    """
+    out = np.full(masks.num_rows, np.nan)
+    if not masks.num_rows:
+        return out
+    entries = {e["category_id"]: e for e in cal["classes"].values()}
+    cls = masks["category_id"].to_numpy(zero_copy_only=False)
+    s = pc.fill_null(masks["calibrated_score"].cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+    agree = box_agreement(masks)
+    for cid in np.unique(cls):
+        entry = entries.get(int(cid)) or {}
+        curve = entry.get("reliability")
+        if curve and curve.get("x"):
+            rows = cls == cid
+            out[rows] = np.interp(s[rows], curve["x"], curve["y"])
+            floor = (entry.get("mask_check") or {}).get("box_agreement_min")
+            if floor is not None:
+                out[rows & (agree < floor)] = 0.0  # NaN agreement (no prompt box) is never below
+    return out

@@ -45,6 +45,7 @@ __all__ = [
     "fit_logistic",
     "recalibrate_output",
     "recall_threshold",
+    "reliability",
     "wilson",
 ]
 
@@ -205,6 +206,10 @@ def calibrate(
         model, s = _scorer(score, rows, np.ones(len(rows), bool))
         for r, v in zip(rows, s, strict=True):
             r["calibrated"] = float(v)
+        curve = reliability(s, tp)
+        agree = np.array([r.get("box_agreement", np.nan) for r in rows], np.float64)
+        right = agree[tp & np.isfinite(agree)]
+        mask_check = {"box_agreement_min": round(float(np.quantile(right, 0.01)), 4)} if len(right) else None
         threshold = best_threshold(s, tp, target, min_kept)
         review_t = recall_threshold(s, tp, n_gold, review_recall)
         entry = {
@@ -216,6 +221,8 @@ def calibrate(
             if review_t is not None and threshold is not None
             else review_t,
             "model": model,
+            "reliability": curve,
+            "mask_check": mask_check,
         }
         entry["heldout"] = _summary(*held.tolist())
         entry["heldout_with_review"] = _summary(*held_review.tolist())
@@ -242,6 +249,29 @@ def calibrate(
     out["heldout_with_review"] = _summary(*totals_review.tolist())
     out["warnings"] = warnings
     return out
+
+
+def reliability(scores: np.ndarray, tp: np.ndarray, points: int = 64) -> dict[str, list[float]]:
+    """The probability that a label is right as a non-decreasing function of its score (isotonic regression of
+    ``tp`` on ``scores``, pool-adjacent-violators), as at most ``points`` breakpoints ``x`` (score) and ``y``
+    (probability) for ``np.interp``. Empty lists without labels.
+
+    Arguments:
+      scores: N floats (the calibrated score).
+      tp: N bools, whether each label matches a gold instance.
+    """
+    from scipy.optimize import isotonic_regression
+
+    if len(scores) == 0:
+        return {"x": [], "y": []}
+    order = np.argsort(scores, kind="stable")
+    x = np.asarray(scores, np.float64)[order]
+    y = isotonic_regression(np.asarray(tp, np.float64)[order], increasing=True).x
+    starts = np.r_[0, np.flatnonzero(np.diff(y)) + 1]  # each constant piece: its first and last label
+    keep = np.unique(np.r_[starts, starts[1:] - 1, len(y) - 1])
+    if len(keep) > points:
+        keep = keep[np.unique(np.linspace(0, len(keep) - 1, points).round().astype(int))]
+    return {"x": [round(float(v), 5) for v in x[keep]], "y": [round(float(v), 4) for v in y[keep]]}
 
 
 def pr_points(labels: list[dict], gold: dict[tuple[int, int], int], result: dict[str, Any], points: int = 200) -> None:
@@ -305,7 +335,16 @@ def fit_calibration(job: Any, gold: dict, file_names: dict, sizes: dict, rows: I
     from segflow.tasks.quality import label_matches
 
     acc = job.accept
+    import pyarrow as pa
+
+    from segflow.tasks.acceptance import box_agreement
+
     labels, counts = label_matches(gold, job.category_names(), file_names, rows, sizes)
+    boxes = [r["row"] for r in labels]
+    if boxes and all("prompt_box" in b and "bbox" in b for b in boxes):
+        table = pa.table({"prompt_box": [b["prompt_box"] for b in boxes], "bbox": [b["bbox"] for b in boxes]})
+        for r, a in zip(labels, box_agreement(table), strict=True):
+            r["box_agreement"] = float(a)
     for r in labels:
         if "x" in r["row"]:
             r["x"] = r["row"]["x"]

@@ -131,7 +131,7 @@ class GoldMatch:
     ``features``: also keep each label's acceptance features (``x``), for fitting a combined score.
     """
 
-    _COLUMNS = ["annotation_id", "image_id", "category_id", "score", "rle_counts", "bbox"]
+    _COLUMNS = ["annotation_id", "image_id", "category_id", "score", "rle_counts", "bbox", "prompt_box"]
 
     def __init__(self, job: JobConfig, features: bool = False):
         from pathlib import PurePosixPath
@@ -145,6 +145,7 @@ class GoldMatch:
         self.file_names: dict[str, int] = {}
         self.sizes: dict[int, tuple[int, int]] = {}
         self.parts: list[pa.Table] = []  # the gold images' labels, shard by shard, in Arrow until evaluated
+        self.histograms: dict | None = None  # what the gold images and their masks look like (segflow.tasks.drift)
 
     def rows(self) -> Iterator[dict]:
         """The gathered labels as dicts (``x``: the acceptance features, when kept), one shard's at a time."""
@@ -169,10 +170,16 @@ class GoldMatch:
 
     def add(self, images: pa.Table, masks: pa.Table) -> None:
         from segflow.tasks.acceptance import features
+        from segflow.tasks.drift import histograms, merge
 
         ids = self.image_ids(images)
         if not ids:
             return
+        ids_array = pa.array(ids, pa.int64())
+        self.histograms = merge(
+            self.histograms,
+            histograms(images.filter(pc.is_in(images["image_id"], value_set=ids_array)), masks),
+        )
         kept = pc.fill_null(pc.not_equal(masks["qc_verdict"], "reject"), True)
         t = masks.filter(pc.and_(kept, pc.is_in(masks["image_id"], value_set=pa.array(ids, pa.int64()))))
         labels = t.select(self._COLUMNS + (["verdict"] if "verdict" in t.column_names else []))
@@ -213,6 +220,10 @@ def _acceptance(
                     cache[(c["shard_id"], name)] = read_committed_bytes(layout.root, c, name)
                 gm.add(*(parse_committed(c, name, cache[(c["shard_id"], name)]) for name in ("images", "masks")))
         cal, png = fit_calibration(job, gm.gold, gm.file_names, gm.sizes, gm.rows())
+        if gm.histograms is not None:
+            from segflow.tasks.drift import reference
+
+            cal["reference"] = reference(gm.histograms)  # what the calibration saw: later runs are checked against it
         _, path = open_fs(layout.pr_curves)
         write_bytes(fs, path, png)
     else:
@@ -220,6 +231,36 @@ def _acceptance(
     _, path = open_fs(layout.calibration)
     write_bytes(fs, path, json.dumps(cal, indent=2).encode())
     return cal
+
+
+def _drift(job: JobConfig, calibration: dict | None, commits: list[dict]) -> Any:
+    """The drift check of this run against the calibration's reference (:mod:`segflow.tasks.drift`), from the
+    histograms each shard kept in its commit record; None without a reference (a calibration fitted before
+    segflow kept one) or with commits that have no histograms.
+
+    Raises:
+      DriftError: drifted, and the job says ``accept.on_drift: fail``.
+    """
+    from segflow.tasks.drift import DRIFT_ADVICE, DriftError, compare, merge
+
+    if calibration is None or not calibration.get("reference"):
+        return None
+    run = None
+    for c in commits:
+        h = (c.get("stats") or {}).get("histograms")
+        if h is None:
+            log.warning("%s: its commit has no drift histograms (an older segflow): no drift check", c["shard_id"])
+            return None
+        run = merge(run, h)
+    if run is None:
+        return None
+    drift = compare(calibration["reference"], run, job.category_names())
+    if not drift.holds and job.accept.on_drift == "fail":
+        raise DriftError(
+            f"the calibration does not hold for this run's images ({drift.verdict}); accept.on_drift is 'fail', "
+            f"so nothing was exported: {DRIFT_ADVICE}"
+        )
+    return drift
 
 
 def _count(into: dict[str, int], table: pa.Table, column: str) -> None:
@@ -274,7 +315,7 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
 
 
 def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any) -> dict:
-    from segflow.tasks.acceptance import VERDICTS, apply_acceptance
+    from segflow.tasks.acceptance import VERDICTS, apply_acceptance, correct_probability
 
     output = job.output
     plan, commits = _collect_commits(output)
@@ -296,6 +337,9 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
     calibration = _acceptance(job, commits, layout, fs, cache)
     if calibration is not None:
         paths["calibration"] = layout.calibration
+    drift = _drift(job, calibration, commits)  # before any verdict: `accept.on_drift` may change them
+    drift_review = drift is not None and not drift.holds and job.accept.on_drift == "review"
+    estimate = np.zeros(2)  # the accepted masks: sum of their probabilities of being right, how many have one
 
     # 1. one pass over the committed shards: each committed file is read once and feeds every output
     counts = {"images": 0, "labelled_images": 0, "failed_images": 0, "masks": 0}
@@ -348,7 +392,10 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
         names = ("images", "masks", "panoptic") if has_panoptic else ("images", "masks")
         raw = {name: cache.pop((sid, name), None) or read_committed_bytes(output, c, name) for name in names}
         images, masks = (parse_committed(c, name, raw[name]) for name in ("images", "masks"))
-        masks = apply_acceptance(masks, calibration)
+        masks = apply_acceptance(masks, calibration, drifted=drift_review)
+        if calibration is not None:
+            p_right = correct_probability(masks.filter(pc.equal(masks["verdict"], "accept")), calibration)
+            estimate += (np.nansum(p_right), np.isfinite(p_right).sum())
         raw["masks"] = _parquet(masks)  # the committed columns, then verdict, verdict_reasons, calibrated_score
         coco.add(images, masks)
         review.add(images, masks)
@@ -426,6 +473,10 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
             write_bytes(fs, open_fs(layout.semantic_confusion)[1], heat_map)
         quality = (quality or {}) | {"semantic": sem_q, "semantic_miou": sem_q.get("miou")}
     if quality is not None:
+        if drift is not None:
+            quality["drift"] = drift.to_dict() | {"action": job.accept.on_drift}
+        if calibration is not None:
+            quality["estimate"] = {"precision": round(float(estimate[0] / estimate[1]), 4) if estimate[1] else None}
         paths["quality"] = layout.quality
         _, qpath = open_fs(paths["quality"])
         write_bytes(fs, qpath, json.dumps(quality, indent=2).encode())
@@ -454,7 +505,16 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
             "score": calibration["score"],
             "heldout": calibration["heldout"],
             "review_classes": [n for n, e in calibration["classes"].items() if e["status"] == "review"],
+            "holds": drift.holds if drift is not None else None,
         }
+        summary["estimate"] = {
+            "precision": round(float(estimate[0] / estimate[1]), 4) if estimate[1] else None,
+            "masks": int(estimate[1]),
+            "method": "mean probability of being right of the accepted masks: each class's reliability curve "
+            "(the gold set's labels, isotonic in the score) at the mask's score; no labels of this run used",
+        }
+    if drift is not None:
+        summary["drift"] = drift.to_dict() | {"action": job.accept.on_drift}
     if qc_summary is not None:
         summary["qc"] = {k: qc_summary[k] for k in ("verdicts", "rules", "image_flags")}
     if pan_counts is not None:

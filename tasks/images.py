@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from segflow.tasks.image_stats import ImageStats, jpeg_quality
+
 __all__ = ["ImageLoadError", "DecodedImage", "decode_image", "DEFAULT_MAX_PIXELS"]
 
 DEFAULT_MAX_PIXELS = 178_956_970  # 2x Pillow's warning threshold, Pillow's own hard limit
@@ -64,10 +66,15 @@ class DecodedImage:
     Attributes:
       pixels: H x W x 3, uint8, RGB.
       exif_orientation: the EXIF orientation tag that was applied (1 = none).
+      jpeg_quality: the quality a JPEG file was saved at (:func:`segflow.tasks.image_stats.jpeg_quality`),
+        None for other formats.
+      stats: brightness, contrast, sharpness (:mod:`segflow.tasks.image_stats`), when computed.
     """
 
     pixels: np.ndarray
     exif_orientation: int
+    jpeg_quality: float | None = None
+    stats: ImageStats | None = None
 
     @property
     def height(self) -> int:
@@ -130,6 +137,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
         try:
             im.seek(0)
             im.load()
+            quality = jpeg_quality(getattr(im, "quantization", None)) if im.format == "JPEG" else None
             orientation = int(im.getexif().get(0x0112, 1) or 1)
             im = ImageOps.exif_transpose(im)
             rgb = _to_rgb(im)
@@ -140,4 +148,4 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedIm
             raise ImageLoadError(f"cannot decode image: {type(e).__name__}: {e}") from None
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ImageLoadError(f"unexpected decoded shape {pixels.shape}")
-    return DecodedImage(pixels=np.ascontiguousarray(pixels), exif_orientation=orientation)
+    return DecodedImage(pixels=np.ascontiguousarray(pixels), exif_orientation=orientation, jpeg_quality=quality)

@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from segflow.tasks.image_stats import ImageStats
 from segflow.tasks.record import Detections
 
 __all__ = ["MASKS_SCHEMA", "IMAGES_SCHEMA", "PANOPTIC_SCHEMA", "MAX_MASKS_PER_IMAGE", "ShardTables"]
@@ -133,6 +134,10 @@ IMAGES_SCHEMA = pa.schema(
         ("num_masks", pa.int32()),
         ("shard_id", pa.string()),
         ("qc_flags", pa.list_(pa.string())),
+        ("brightness", pa.float32()),
+        ("contrast", pa.float32()),
+        ("sharpness", pa.float32()),
+        ("jpeg_quality", pa.float32()),
     ]
 )
 
@@ -159,12 +164,14 @@ class ShardTables:
         exif_orientation: int,
         outputs: list[tuple[str, str, str | None, Detections]],
         panoptic: tuple[str, dict[str, str], Detections] | None = None,
+        stats: ImageStats | None = None,
     ) -> int:
         """Record an image, its masks and its panoptic segments.
 
         Arguments:
           outputs: ``(stage, model, prompt_model, dets)`` per instance sink stage.
           panoptic: ``(stage, model identity by stage name, segments)`` of the panoptic sink, or None.
+          stats: the image's brightness, contrast, sharpness and JPEG quality (:mod:`segflow.tasks.image_stats`).
         """
         h, w = size_hw
         k = 0
@@ -206,7 +213,7 @@ class ShardTables:
             self._panoptic(image_id, uri, (h, w), panoptic, first_id)
         checked = [d for *_, d in outputs if "qc_image_flags" in d.meta]
         flags = [f for d in checked for f in d.meta["qc_image_flags"]] if checked else None
-        self._image(image_id, uri, key, h, w, "ok", None, exif_orientation, k, flags)
+        self._image(image_id, uri, key, h, w, "ok", None, exif_orientation, k, flags, stats)
         return k
 
     def _panoptic(
@@ -252,8 +259,10 @@ class ShardTables:
             if is_out:
                 self.images["qc_flags"][i] = (self.images["qc_flags"][i] or []) + ["label_count_outlier"]
 
-    def _image(self, image_id, uri, key, h, w, status, error, orientation, num_masks, qc_flags) -> None:
+    def _image(self, image_id, uri, key, h, w, status, error, orientation, num_masks, qc_flags, stats=None) -> None:
         i = self.images
+        for name in ("brightness", "contrast", "sharpness", "jpeg_quality"):
+            i[name].append(None if stats is None else getattr(stats, name))
         i["image_id"].append(image_id)
         i["image_uri"].append(uri)
         i["file_name"].append(key)

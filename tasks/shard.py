@@ -15,6 +15,7 @@ A file that cannot be read or decoded becomes an ``images`` row with
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -32,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 from segflow.tasks import progress
 from segflow.tasks.allocator import keep_freed_memory
 from segflow.tasks.commit import ShardConflict, commit_shard, read_commit, record_failure
+from segflow.tasks.drift import histograms
+from segflow.tasks.image_stats import image_stats
 from segflow.tasks.images import DecodedImage, ImageLoadError, decode_image
 from segflow.tasks.layout import OutputLayout
 from segflow.tasks.manifest import ShardTables
@@ -106,9 +109,10 @@ def _read_and_decode(row: dict, storage_options: dict, max_pixels: int) -> Decod
         again = f" after {tries[0]} tries" if is_transient(e) else ""
         return f"read error{again}: {type(e).__name__}: {e}"
     try:
-        return decode_image(data, max_pixels=max_pixels)
+        decoded = decode_image(data, max_pixels=max_pixels)
     except ImageLoadError as e:
         return str(e)
+    return dataclasses.replace(decoded, stats=image_stats(decoded.pixels, decoded.jpeg_quality))
 
 
 def _decoded_stream(rows: list[dict], job: JobConfig) -> Iterator[tuple[dict, DecodedImage | str]]:
@@ -247,7 +251,14 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
             outputs = [(*provenance[s], results[s][i]) for s in sinks]
             pan = (pan_sink, identities, results[pan_sink][i]) if pan_sink else None
             k = tables.add_image(
-                row["image_id"], row["uri"], row["key"], (img.height, img.width), img.exif_orientation, outputs, pan
+                row["image_id"],
+                row["uri"],
+                row["key"],
+                (img.height, img.width),
+                img.exif_orientation,
+                outputs,
+                pan,
+                stats=img.stats,
             )
             n_masks += k
             progress.advance(images=1, masks=k)
@@ -285,6 +296,7 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
         )
     masks, images = tables.tables()
     stats = {"images": len(rows), "ok": len(rows) - n_failed, "failed": n_failed, "masks": n_masks}
+    stats["histograms"] = histograms(images, masks)  # for the drift check at finalize (segflow.tasks.drift)
     files = {"masks": masks, "images": images}
     if pan_sink:
         files["panoptic"] = tables.panoptic_table()

@@ -650,6 +650,13 @@ class AcceptConfig(_Strict):
     )
     folds: int = Field(5, ge=2, description="k of the k-fold over gold images that estimates held-out precision.")
     min_gold: int = Field(10, ge=1, description="Gold instances a class needs for a threshold; fewer: review.")
+    on_drift: Literal["warn", "review", "fail"] = Field(
+        "warn",
+        description="When this run's images or masks do not look like the calibration's gold set (a drift check "
+        "of brightness, contrast, sharpness, JPEG quality, size, masks per image and per-class scores; "
+        "docs/gold-sets.md): `warn` (say so wherever the calibration's precision is shown), `review` (what would "
+        "be accepted goes to review, reason `drift`) or `fail` (nothing is exported).",
+    )
 
 
 class PublishConfig(_Strict):

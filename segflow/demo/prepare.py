@@ -67,14 +67,24 @@ def holdout_quality(output: str, holdout_file: str) -> dict:
     )
 
 
-def prepare_demo(folder: str | Path, seed: int = 0, num_images: int = 40, calibration: str | None = None) -> dict:
-    """Write the scene set and its ground truth; return the CLI overrides for the demo job."""
+def prepare_demo(
+    folder: str | Path,
+    seed: int = 0,
+    num_images: int = 40,
+    calibration: str | None = None,
+    shift: str | None = None,
+) -> dict:
+    """Write the scene set and its ground truth; return the CLI overrides for the demo job.
+
+    ``shift``: render the scenes darkened, blurred or as JPEG quality 25
+    (:data:`segflow.demo.synthetic.SHIFTS`), the ground truth unchanged.
+    """
     folder = Path(folder).resolve()
     for owned in ("images", "ground_truth", "out"):  # a new demo never reuses an earlier one's plan or commits
         if (folder / owned).exists():
             shutil.rmtree(folder / owned)
     gt = folder / "ground_truth"
-    write_scene_set(folder / "images", num_images, seed=seed, corrupt=True, gt_dir=gt)
+    write_scene_set(folder / "images", num_images, seed=seed, corrupt=True, gt_dir=gt, shift=shift)
     split_gold(gt / "instances.json", gt / "fit.json", gt / "holdout.json")
     return {
         "source": str(folder / "images"),

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from segflow.tasks import rle
 
@@ -294,6 +294,14 @@ def _palette() -> list[int]:
     return pal
 
 
+#: how a camera, a site or a codec can change the images (``segflow demo --shift``), ground truth unchanged
+SHIFTS = {
+    "dark": lambda im: Image.fromarray((np.asarray(im, np.float32) * 0.55).round().astype(np.uint8)),
+    "blur": lambda im: im.filter(ImageFilter.GaussianBlur(2)),
+    "jpeg": lambda im: im,  # saved as JPEG quality 25
+}
+
+
 def write_scene_set(
     folder: str | Path,
     num_images: int,
@@ -303,8 +311,12 @@ def write_scene_set(
     size_range: tuple[int, int] = (200, 1000),
     exif_fraction: float = 0.25,
     max_objects: int = 6,
+    shift: str | None = None,
 ) -> list[tuple[str, Scene]]:
     """Write ``num_images`` scenes into ``folder`` (JPEG and PNG; some JPEGs EXIF-rotated).
+
+    ``shift`` renders the same scenes as another camera would (:data:`SHIFTS`; the ground truth is unchanged):
+    ``dark`` (brightness x 0.55), ``blur`` (Gaussian, radius 2), ``jpeg`` (every image a JPEG of quality 25).
 
     With ``gt_dir`` the ground truth is written there (instances, panoptic,
     semantic; see the module docstring). With ``corrupt=True`` a truncated JPEG
@@ -315,20 +327,26 @@ def write_scene_set(
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     out: list[tuple[str, Scene]] = []
+    if shift is not None and shift not in SHIFTS:
+        raise ValueError(f"shift must be one of {', '.join(SHIFTS)}, got {shift!r}")
     for i in range(num_images):
         w, h = scene_size(rng, size_range, landscape=(i % 2 == 0))
         scene = make_scene(rng, w, h, max_objects=max_objects)
-        upright = Image.fromarray(scene.pixels)
-        if i % 3 == 2:
+        upright = SHIFTS[shift](Image.fromarray(scene.pixels)) if shift else Image.fromarray(scene.pixels)
+        quality = 25 if shift == "jpeg" else 92  # the same draws of rng whatever the shift: the same scenes
+        if i % 3 == 2 and shift != "jpeg":
             name = f"scene_{seed}_{i:04d}.png"
             upright.save(folder / name)
+        elif i % 3 == 2:
+            name = f"scene_{seed}_{i:04d}.jpg"
+            upright.save(folder / name, quality=quality)
         else:
             name = f"scene_{seed}_{i:04d}.jpg"
             if rng.random() < exif_fraction:
                 stored, exif = rotate_for_exif(upright, int(rng.choice([3, 6, 8])))
-                stored.save(folder / name, quality=92, exif=exif)
+                stored.save(folder / name, quality=quality, exif=exif)
             else:
-                upright.save(folder / name, quality=92)
+                upright.save(folder / name, quality=quality)
         out.append((name, scene))
     if corrupt:
         buf = io.BytesIO()

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from segflow.tasks.drift import DRIFT_ADVICE
 from segflow.tasks.layout import OutputLayout
 from segflow.tasks.report import plots
 from segflow.tasks.report.sampler import ReportSampler
@@ -234,6 +235,7 @@ def report_context(
         "stages": stages,
         "models": samples.get("models", []),
         "output": redact(output),
+        "drift_advice": DRIFT_ADVICE[0].upper() + DRIFT_ADVICE[1:],
     }
 
 
