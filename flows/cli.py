@@ -547,9 +547,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     t0 = time.time()
     overrides = prepare_demo(
-        args.output, seed=args.seed, num_images=args.images, calibration=args.calibration, shift=args.shift
+        args.output,
+        seed=args.seed,
+        num_images=args.images,
+        calibration=args.calibration,
+        shift=args.shift,
+        unknown=args.unknown,
     )
-    shifted = f", {args.shift}" if args.shift else ""
+    shifted = (f", {args.shift}" if args.shift else "") + (
+        f", {args.unknown} unknown shapes each" if args.unknown else ""
+    )
     print(
         f"segflow demo: {args.images} synthetic scenes (seed {args.seed}{shifted}) with ground "
         f"truth under {args.output} ({time.time() - t0:.1f}s)",
@@ -833,6 +840,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(with --calibration from an unshifted demo: the drift check, docs/gold-sets.md)",
     )
     d.add_argument("--on-drift", choices=["warn", "review", "fail"], help="accept.on_drift for this demo run")
+    d.add_argument(
+        "--unknown",
+        type=int,
+        default=0,
+        help="draw this many objects of shapes outside the ontology (stars, pentagons, rings) into each scene: "
+        "not in the ground truth, so every one exported is a false positive (docs/gold-sets.md, novelty)",
+    )
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--verbose", "-v", action="store_true")
     d.set_defaults(fn=cmd_demo)

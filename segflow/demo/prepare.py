@@ -73,18 +73,20 @@ def prepare_demo(
     num_images: int = 40,
     calibration: str | None = None,
     shift: str | None = None,
+    unknown: int = 0,
 ) -> dict:
     """Write the scene set and its ground truth; return the CLI overrides for the demo job.
 
     ``shift``: render the scenes darkened, blurred or as JPEG quality 25
-    (:data:`segflow.demo.synthetic.SHIFTS`), the ground truth unchanged.
+    (:data:`segflow.demo.synthetic.SHIFTS`), the ground truth unchanged. ``unknown``: objects of shapes outside
+    the ontology per image (stars, pentagons, rings; not in the ground truth).
     """
     folder = Path(folder).resolve()
     for owned in ("images", "ground_truth", "out"):  # a new demo never reuses an earlier one's plan or commits
         if (folder / owned).exists():
             shutil.rmtree(folder / owned)
     gt = folder / "ground_truth"
-    write_scene_set(folder / "images", num_images, seed=seed, corrupt=True, gt_dir=gt, shift=shift)
+    write_scene_set(folder / "images", num_images, seed=seed, corrupt=True, gt_dir=gt, shift=shift, unknown=unknown)
     split_gold(gt / "instances.json", gt / "fit.json", gt / "holdout.json")
     return {
         "source": str(folder / "images"),

@@ -37,6 +37,8 @@ __all__ = [
     "THING_CLASSES",
     "STUFF_CLASSES",
     "SHAPE_CLASSES",
+    "UNKNOWN_SHAPES",
+    "add_unknown_shapes",
     "CATEGORIES",
     "Scene",
     "make_scene",
@@ -70,6 +72,8 @@ class Scene:
       boxes: XYXY pixels, tight around each visible mask.
       masks: H x W bool per thing instance (visible part only).
       semantic: H x W uint8 category ids (0 = void).
+      unknown: H x W bool per object of a shape outside the ontology (:func:`add_unknown_shapes`); not in
+        the ground truth's instances (void in its semantic and panoptic maps).
     """
 
     pixels: np.ndarray
@@ -77,6 +81,7 @@ class Scene:
     boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
     semantic: np.ndarray | None = None
+    unknown: list[np.ndarray] = field(default_factory=list)
 
 
 # -- textures ----------------------------------------------------------------------------------
@@ -189,6 +194,59 @@ def _shape_layer(cls: str, cx: float, cy: float, size: float, angle: float, h: i
         ]
         d.polygon(pts, fill=255)
     return np.asarray(layer) > 0
+
+
+#: shapes no class of the demo's ontology names, drawn by :func:`add_unknown_shapes`
+UNKNOWN_SHAPES = ("star", "pentagon", "ring")
+
+
+def _unknown_layer(kind: str, cx: float, cy: float, size: float, angle: float, h: int, w: int) -> np.ndarray:
+    layer = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(layer)
+    r = size / 2
+    if kind == "ring":
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        d.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=0)
+    else:
+        n, inner = (5, 0.45) if kind == "star" else (5, None)
+        pts = []
+        for k in range(2 * n if inner else n):
+            rad = r * (inner if inner and k % 2 else 1.0)
+            a = angle + math.pi * k / n if inner else angle + 2 * math.pi * k / n
+            pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
+        d.polygon(pts, fill=255)
+    return np.asarray(layer) > 0
+
+
+def add_unknown_shapes(scene: Scene, rng: np.random.Generator, count: int) -> int:
+    """Draw up to ``count`` objects of :data:`UNKNOWN_SHAPES` into free space of ``scene`` (no overlap with its
+    things), textured as things are. They are not instances of the ground truth (the ontology does not name
+    them) and are void in its semantic map. Returns how many were drawn."""
+    h, w = scene.pixels.shape[:2]
+    taken = np.zeros((h, w), bool)
+    for m in scene.masks:
+        taken |= m
+    drawn = 0
+    for _ in range(count * 20):
+        if drawn == count:
+            break
+        kind = UNKNOWN_SHAPES[int(rng.integers(len(UNKNOWN_SHAPES)))]
+        size = min(h, w) * rng.uniform(0.15, 0.32)
+        cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
+        m = _unknown_layer(kind, cx, cy, size, rng.uniform(0, 2 * math.pi), h, w)
+        grown = np.asarray(Image.fromarray(m).filter(ImageFilter.MaxFilter(9))) > 0  # a gap around it
+        if m.sum() < 150 or (grown & taken).any():
+            continue
+        ys, xs = np.nonzero(m)
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        tex = _thing_texture(rng, int(y1 - y0), int(x1 - x0))
+        sub = m[y0:y1, x0:x1]
+        scene.pixels[y0:y1, x0:x1][sub] = tex[sub]
+        scene.semantic[m] = 0
+        scene.unknown.append(m)
+        taken |= grown
+        drawn += 1
+    return drawn
 
 
 def make_scene(
@@ -312,11 +370,14 @@ def write_scene_set(
     exif_fraction: float = 0.25,
     max_objects: int = 6,
     shift: str | None = None,
+    unknown: int = 0,
 ) -> list[tuple[str, Scene]]:
     """Write ``num_images`` scenes into ``folder`` (JPEG and PNG; some JPEGs EXIF-rotated).
 
     ``shift`` renders the same scenes as another camera would (:data:`SHIFTS`; the ground truth is unchanged):
     ``dark`` (brightness x 0.55), ``blur`` (Gaussian, radius 2), ``jpeg`` (every image a JPEG of quality 25).
+    ``unknown``: that many objects of shapes outside the ontology per image (:func:`add_unknown_shapes`, drawn
+    from a generator of their own: the known scene is the same as without them).
 
     With ``gt_dir`` the ground truth is written there (instances, panoptic,
     semantic; see the module docstring). With ``corrupt=True`` a truncated JPEG
@@ -332,6 +393,8 @@ def write_scene_set(
     for i in range(num_images):
         w, h = scene_size(rng, size_range, landscape=(i % 2 == 0))
         scene = make_scene(rng, w, h, max_objects=max_objects)
+        if unknown:
+            add_unknown_shapes(scene, np.random.default_rng([seed, i, 0x0BAD]), unknown)
         upright = SHIFTS[shift](Image.fromarray(scene.pixels)) if shift else Image.fromarray(scene.pixels)
         quality = 25 if shift == "jpeg" else 92  # the same draws of rng whatever the shift: the same scenes
         if i % 3 == 2 and shift != "jpeg":

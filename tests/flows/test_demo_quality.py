@@ -420,7 +420,7 @@ def test_calibrate_a_finished_run_without_touching_its_shards(demo_run, capsys):
     assert cli.main(["calibrate", str(out), "--gold", gold, "--precision", "0.9", "--score", "detector"]) == 0
     assert time.time() - t0 < 60
     printed = capsys.readouterr().out
-    assert "| circle |" in printed and "accepted: precision" in printed and "no model ran" in printed
+    assert "| circle |" in printed and "accepted (on the gold set): precision" in printed and "no model ran" in printed
     assert digests() == before
     rows_after, verdicts_after = manifest()
     assert rows_after.equals(rows_before) and verdicts_after != verdicts_before  # same labels, new operating point

@@ -50,7 +50,7 @@ def kind(request):
 def python(code: str, *args: str, wait: bool = True, env: dict | None = None):
     """A real second process (this interpreter), started from the checkout so it can import the test support."""
     cmd = [sys.executable, "-c", code, *args]
-    env = {**os.environ, **(env or {})}
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})}  # a native crash shows where it happened
     if wait:
         return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     return subprocess.Popen(
@@ -168,7 +168,7 @@ def test_two_review_imports_at_once_lose_nothing(kind, tmp_path, s3_server):
     for rc, _, err in results.values():
         if rc != 0:  # refused: one line naming the holder, nothing of it written
             lines = [x for x in err.splitlines() if x.startswith("error:")]
-            assert len(lines) == 1 and "is being written by `segflow import-review`" in lines[0], err[-2000:]
+            assert len(lines) == 1 and "is being written by `segflow import-review`" in lines[0], (rc, err[-3000:])
     assert ok, results
     fs, _ = open_fs(out)
     versions = sorted(p.rstrip("/").rsplit("/", 2)[-2] for p in fs.glob(f"{open_fs(out)[1]}/reviews/*/_DONE.json"))
@@ -291,3 +291,28 @@ def test_two_publishers_of_one_version_leave_one_whole_version(kind, tmp_path, s
     record = json.loads(fs.cat_file(f"{root}/_PUBLISHED.json"))
     src_fs, src_root = open_fs(outs[winners[0]])
     assert record["commits_digest"] == json.loads(src_fs.cat_file(f"{src_root}/summary.json"))["commits_digest"]
+
+
+def test_two_runs_of_one_output_at_once_leave_one_whole_run(prefect_harness, write_job, image_dir, tmp_path):
+    """`segflow run` twice at once (a double-clicked deployment): one labels, the other is refused naming it (or,
+    started after the first finished, finds everything committed); the output verifies either way."""
+    from prefect.settings import PREFECT_API_URL
+
+    out = tmp_path / "out"
+    job = write_job(image_dir, out)
+    env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "SEGFLOW_DEBUG": "0"}
+    code = "import sys; from segflow.flows import cli; sys.stdin.readline(); sys.exit(cli.main(sys.argv[1:]))"
+    procs = [python(code, "run", str(job), "--no-progress", wait=False, env=env) for _ in range(2)]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = [_finish(p) for p in procs]
+    assert [rc for rc, _, _ in results].count(0) >= 1, [r[2][-2000:] for r in results]
+    for rc, _, err in results:
+        if rc != 0:
+            lines = [x for x in err.splitlines() if x.startswith("error:")]
+            assert len(lines) == 1 and "is being written by `segflow run`" in lines[0], err[-2000:]
+    assert python(CLI, "verify", str(out)).returncode == 0
+    commits = list(out.glob("shards/*/_COMMIT*.json"))
+    assert len(commits) == len(json.loads((out / "plan" / "plan.json").read_text())["shard_ids"])  # one each
+    assert not (out / "_lease").exists()
