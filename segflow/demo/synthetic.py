@@ -477,6 +477,24 @@ def write_ground_truth(gt_dir: str | Path, scenes: list[tuple[str, Scene]]) -> N
         sem.putpalette(_palette())  # becomes "P" with the same indices
         sem.save(gt / "semantic" / f"{stem}.png")
     (gt / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": things}))
+    if any(s.unknown for _, s in scenes):  # where the shapes outside the ontology are: to count what became of them
+        unknown = []
+        for image_id, (_, s) in enumerate(scenes, 1):
+            h, w = s.pixels.shape[:2]
+            for m, c in zip(s.unknown, rle.encode_nhw(np.stack(s.unknown)) if s.unknown else []):
+                unknown.append(
+                    {
+                        "id": len(unknown) + 1,
+                        "image_id": image_id,
+                        "category_id": 99,
+                        "iscrowd": 0,
+                        "segmentation": {"size": [h, w], "counts": c},
+                        "area": int(m.sum()),
+                        "bbox": _bbox_xywh(m),
+                    }
+                )
+        cats = [{"id": 99, "name": "unknown", "supercategory": "shape"}]
+        (gt / "unknown.json").write_text(json.dumps({"images": images, "annotations": unknown, "categories": cats}))
     pan_cats = [
         {
             "id": c["id"],

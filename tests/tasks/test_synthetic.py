@@ -70,3 +70,23 @@ def test_flat_scenes_draw_each_shape_in_one_colour():
     n = len(flat.masks)
     assert colours[:n] == [1] * n, colours
     assert min(colours[n:]) > 10, colours
+
+
+def test_unknown_shapes_go_into_free_space_and_leave_the_known_scene_as_it_was(tmp_path):
+    """`segflow demo --unknown N`: stars, pentagons and rings no class names, away from the things; the ground truth's
+    instances are the same as without them, their places are listed in ground_truth/unknown.json."""
+    plain = write_scene_set(tmp_path / "a", 6, seed=9, gt_dir=tmp_path / "ga")
+    mixed = write_scene_set(tmp_path / "b", 6, seed=9, gt_dir=tmp_path / "gb", unknown=2)
+    assert [n for n, _ in plain] == [n for n, _ in mixed]
+    for (_, p), (_, m) in zip(plain, mixed, strict=True):
+        assert len(m.unknown) == 2 and p.class_names == m.class_names
+        assert all(np.array_equal(a, b) for a, b in zip(p.masks, m.masks, strict=True))
+        things = np.any(m.masks, axis=0) if m.masks else np.zeros(m.semantic.shape, bool)
+        for u in m.unknown:
+            assert not (u & things).any() and (m.semantic[u] == 0).all()
+            assert not np.array_equal(p.pixels[u], m.pixels[u])  # drawn
+    a = json.loads((tmp_path / "ga" / "instances.json").read_text())
+    b = json.loads((tmp_path / "gb" / "instances.json").read_text())
+    assert a["annotations"] == b["annotations"]  # not instances of the ontology
+    assert len(json.loads((tmp_path / "gb" / "unknown.json").read_text())["annotations"]) == 12
+    assert not (tmp_path / "ga" / "unknown.json").exists()
