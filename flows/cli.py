@@ -542,9 +542,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _quiet_prefect(args)
     config = DEMO_CONFIG.with_name("demo-semantic.yaml") if args.semantic else DEMO_CONFIG
+    if args.large:
+        config = DEMO_CONFIG.with_name("demo-large.yaml")
     if not config.exists():
         _eprint(f"error: {config} not found: this segflow installation lacks its package data (reinstall segflow)")
         return EXIT_CONFIG
+    if args.images is None:
+        args.images = 16 if args.large else 60
     t0 = time.time()
     overrides = prepare_demo(
         args.output,
@@ -553,6 +557,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         calibration=args.calibration,
         shift=args.shift,
         unknown=args.unknown,
+        large=args.large,
     )
     shifted = (f", {args.shift}" if args.shift else "") + (
         f", {args.unknown} unknown shapes each" if args.unknown else ""
@@ -824,7 +829,9 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="label a generated example set offline, end to end")
     d.add_argument("--output", required=True, help="folder for the example data and the results")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--images", type=int, default=60, help="scenes; the first half of them are the gold set fitted on")
+    d.add_argument(
+        "--images", type=int, help="scenes (default 60; 16 with --large); the first half of them are the gold set"
+    )
     d.add_argument(
         "--calibration", help="apply this saved calibration.json instead of fitting one (every image is held out)"
     )
@@ -840,6 +847,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(with --calibration from an unshifted demo: the drift check, docs/gold-sets.md)",
     )
     d.add_argument("--on-drift", choices=["warn", "review", "fail"], help="accept.on_drift for this demo run")
+    d.add_argument(
+        "--large",
+        action="store_true",
+        help="mosaics of about 3,000 px with dozens of small objects, labelled by configs/demo-large.yaml: the "
+        "detector over 640-px windows (tiles), SAM in a crop around each box (docs/tiles.md)",
+    )
     d.add_argument(
         "--unknown",
         type=int,

@@ -160,7 +160,7 @@ def run_stages(
         st = job.stages[name]
         inputs = {job.role(d): (d, results[d]) for d in st.needs}
         t = time.perf_counter()
-        results[name] = ADAPTERS[st.kind].run(models[name].adapter, images, inputs)
+        results[name] = ADAPTERS[st.kind].run(models[name].adapter, images, inputs, st)
         if seconds is not None:
             seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t
     return results

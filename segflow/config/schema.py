@@ -119,7 +119,45 @@ class _ModelStage(_StageBase):
         return None if v is None else v.lower()
 
 
-class YoloStage(_ModelStage):
+class TilesConfig(_Strict):
+    """Sliced inference for large images (docs/tiles.md): the model over overlapping windows at native resolution,
+    merged back."""
+
+    size: int = Field(640, ge=32, description="Window side in pixels of the image (native resolution).")
+    overlap: float = Field(0.2, ge=0.0, lt=0.9, description="Fraction of a window's side shared with its neighbour.")
+    whole_image: bool = Field(
+        True, description="Also run the model on the whole image at its input size (objects larger than a window)."
+    )
+    min_side: int | None = Field(
+        None, ge=1, description="Tile only images whose longer side exceeds this; default 1.5 x size."
+    )
+    merge: Literal["greedy", "nms"] = Field(
+        "greedy",
+        description="Across windows: `greedy` unites overlapping detections of a class (boxes and masks: an object "
+        "cut by a window edge comes back whole); `nms` keeps the best of them.",
+    )
+    match: Literal["ios", "iou"] = Field(
+        "ios", description="What overlapping means: intersection over the smaller box (`ios`) or IoU."
+    )
+    match_threshold: float = Field(0.5, gt=0.0, le=1.0, description="Overlap at which two detections are one.")
+
+
+class _Tiled(BaseModel):
+    """A stage that can run over windows of large images (detectors and instance labelers)."""
+
+    tiles: TilesConfig | Literal["auto"] | None = Field(
+        None,
+        description="Run over overlapping windows of large images at native resolution (`{size, overlap, "
+        "whole_image, ...}`), or `auto`: windows of twice the model's input size on images more than three times "
+        "as large as it. Default: the whole image at the model's input size.",
+    )
+
+    def input_size(self) -> int:
+        """The side the model sees an image at (what `tiles: auto` scales from)."""
+        return 640
+
+
+class YoloStage(_ModelStage, _Tiled):
     """Detector: ultralytics YOLO (detect or segment checkpoints; boxes are used)."""
 
     kind: Literal["yolo"]
@@ -133,8 +171,11 @@ class YoloStage(_ModelStage):
         "classes not in the ontology are dropped.",
     )
 
+    def input_size(self) -> int:
+        return self.imgsz
 
-class OwlStage(_ModelStage):
+
+class OwlStage(_ModelStage, _Tiled):
     """Open-vocabulary detector: OWLv2, OWL-ViT or Grounding DINO (transformers), queried with the ontology's text
     prompts."""
 
@@ -162,7 +203,7 @@ class YoloSegStage(YoloStage):
     kind: Literal["yolo_seg"]
 
 
-class MaskRcnnStage(_ModelStage):
+class MaskRcnnStage(_ModelStage, _Tiled):
     """Direct instance labeler: torchvision Mask R-CNN (torchvision COCO state dicts or segflow checkpoints)."""
 
     kind: Literal["maskrcnn"]
@@ -426,7 +467,7 @@ class Sam2Stage(_ModelStage):
     )
 
 
-class Sam3Stage(_ModelStage):
+class Sam3Stage(_ModelStage, _Tiled):
     """Instances labeler from text: SAM 3 finds every instance of each ontology class's text prompts (names and
     synonyms) -- detector and segmenter in one model."""
 

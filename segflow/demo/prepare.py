@@ -22,7 +22,7 @@ import shutil
 from importlib.resources import files
 from pathlib import Path
 
-from segflow.demo.synthetic import write_scene_set
+from segflow.demo.synthetic import write_large_scene_set, write_scene_set
 
 __all__ = ["DEMO_CONFIG", "holdout_quality", "prepare_demo", "split_gold"]
 
@@ -74,24 +74,31 @@ def prepare_demo(
     calibration: str | None = None,
     shift: str | None = None,
     unknown: int = 0,
+    large: bool = False,
 ) -> dict:
     """Write the scene set and its ground truth; return the CLI overrides for the demo job.
 
     ``shift``: render the scenes darkened, blurred or as JPEG quality 25
     (:data:`segflow.demo.synthetic.SHIFTS`), the ground truth unchanged. ``unknown``: objects of shapes outside
-    the ontology per image (stars, pentagons, rings; not in the ground truth).
+    the ontology per image (stars, pentagons, rings; not in the ground truth). ``large``: mosaics of about
+    3,000 px (:func:`segflow.demo.synthetic.write_large_scene_set`; instances ground truth only).
     """
     folder = Path(folder).resolve()
     for owned in ("images", "ground_truth", "out"):  # a new demo never reuses an earlier one's plan or commits
         if (folder / owned).exists():
             shutil.rmtree(folder / owned)
     gt = folder / "ground_truth"
-    write_scene_set(folder / "images", num_images, seed=seed, corrupt=True, gt_dir=gt, shift=shift, unknown=unknown)
+    if large:
+        write_large_scene_set(folder / "images", num_images, seed=seed, gt_dir=gt)
+    else:
+        write_scene_set(folder / "images", num_images, seed=seed, corrupt=True, gt_dir=gt, shift=shift, unknown=unknown)
     split_gold(gt / "instances.json", gt / "fit.json", gt / "holdout.json")
-    return {
-        "source": str(folder / "images"),
-        "output": str(folder / "out"),
-        "gold_set": str(gt / ("instances.json" if calibration else "fit.json")),
-        "gold_panoptic": str(gt / "panoptic.json"),
-        "gold_semantic": str(gt / "semantic"),
-    } | ({"calibration": str(Path(calibration).resolve())} if calibration else {})
+    return (
+        {
+            "source": str(folder / "images"),
+            "output": str(folder / "out"),
+            "gold_set": str(gt / ("instances.json" if calibration else "fit.json")),
+        }
+        | ({} if large else {"gold_panoptic": str(gt / "panoptic.json"), "gold_semantic": str(gt / "semantic")})
+        | ({"calibration": str(Path(calibration).resolve())} if calibration else {})
+    )

@@ -44,6 +44,7 @@ __all__ = [
     "make_scene",
     "scene_size",
     "write_scene_set",
+    "write_large_scene_set",
     "rotate_for_exif",
 ]
 
@@ -506,3 +507,66 @@ def write_ground_truth(gt_dir: str | Path, scenes: list[tuple[str, Scene]]) -> N
         for c in CATEGORIES
     ]
     (gt / "panoptic.json").write_text(json.dumps({"images": images, "annotations": pan_anns, "categories": pan_cats}))
+
+
+def write_large_scene_set(
+    folder: str | Path,
+    num_images: int,
+    seed: int = 0,
+    gt_dir: str | Path | None = None,
+    grid: int = 3,
+    size_range: tuple[int, int] = (850, 1000),
+) -> list[str]:
+    """Write ``num_images`` large scenes (``segflow demo --large``): each a ``grid`` x ``grid`` mosaic of the demo's
+    scenes at their usual pixel sizes (about 2,700-3,000 px a side, a few dozen objects), saved as JPEG.
+
+    With ``gt_dir``, ``instances.json`` (COCO, things only: every object, its mask in the mosaic's frame).
+    Memory: one mosaic and one mosaic-sized mask at a time. Returns the file names.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images, anns, names = [], [], []
+    for i in range(num_images):
+        sizes = [[scene_size(rng, size_range, landscape=None) for _ in range(grid)] for _ in range(grid)]
+        col_w = [max(sizes[r][c][0] for r in range(grid)) for c in range(grid)]
+        row_h = [max(sizes[r][c][1] for c in range(grid)) for r in range(grid)]
+        h, w = sum(row_h), sum(col_w)
+        canvas = np.zeros((h, w, 3), np.uint8)
+        y = 0
+        placed: list[tuple[int, int, Scene]] = []
+        for r in range(grid):
+            x = 0
+            for c in range(grid):
+                scene = make_scene(rng, col_w[c], row_h[r])  # a scene fills its cell: no gaps between cells
+                canvas[y : y + row_h[r], x : x + col_w[c]] = scene.pixels
+                placed.append((x, y, scene))
+                x += col_w[c]
+            y += row_h[r]
+        name = f"large_{seed}_{i:04d}.jpg"
+        Image.fromarray(canvas).save(folder / name, quality=92)
+        names.append(name)
+        images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
+        full = np.zeros((1, h, w), bool)
+        for x, y, scene in placed:
+            sh, sw = scene.pixels.shape[:2]
+            for cls, m in zip(scene.class_names, scene.masks):
+                full[:] = False
+                full[0, y : y + sh, x : x + sw] = m
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": _ID[cls],
+                        "iscrowd": 0,
+                        "segmentation": {"size": [h, w], "counts": rle.encode_nhw(full)[0]},
+                        "area": int(m.sum()),
+                        "bbox": [float(v) for v in np.r_[_bbox_xywh(m)[:2] + np.array([x, y]), _bbox_xywh(m)[2:]]],
+                    }
+                )
+    if gt_dir is not None:
+        gt = Path(gt_dir)
+        gt.mkdir(parents=True, exist_ok=True)
+        things = [{"id": c["id"], "name": c["name"], "supercategory": "shape"} for c in CATEGORIES if c["isthing"]]
+        (gt / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": things}))
+    return names

@@ -102,9 +102,21 @@ class AdapterSpec:
         if unknown:
             raise ValueError(f"AdapterSpec.context: expected 'isthing' and/or 'prompts', got {sorted(unknown)}")
 
-    def run(self, adapter: Any, images: Sequence[Any], inputs: Inputs) -> list[Any]:
-        """Call ``adapter`` as its role does, with the results of the stages it needs."""
-        return ROLES[self.role](adapter, images, inputs)
+    def run(self, adapter: Any, images: Sequence[Any], inputs: Inputs, stage: Any = None) -> list[Any]:
+        """Call ``adapter`` as its role does, with the results of the stages it needs; over windows of large
+        images when ``stage`` (its settings) sets ``tiles`` (:mod:`segflow.tasks.tiling`: detectors and instance
+        labelers only)."""
+        call = ROLES[self.role]
+        plan = None
+        if stage is not None and self.role in ("detector", "instances") and getattr(stage, "tiles", None):
+            from segflow.tasks.tiling import plan_tiles
+
+            plan = plan_tiles(stage.tiles, stage.input_size())
+        if plan is None:
+            return call(adapter, images, inputs)
+        from segflow.tasks.tiling import run_tiled
+
+        return run_tiled(lambda crops: call(adapter, crops, inputs), images, plan, batch=stage.batch_size)
 
 
 _S = "segflow.config.schema:"
