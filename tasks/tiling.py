@@ -29,7 +29,7 @@ import numpy as np
 from segflow.tasks import rle
 from segflow.tasks.record import Detections
 
-__all__ = ["TilePlan", "merge", "plan_tiles", "run_tiled", "windows"]
+__all__ = ["TilePlan", "merge", "plan_tiles", "run_tiled", "segment_in_crops", "windows"]
 
 
 def _starts(n: int, tile: int, overlap: float) -> list[int]:
@@ -300,3 +300,83 @@ def _union_mask(dets: Detections, group: list[int], wins: np.ndarray, size: tupl
         x0, y0, x1, y1 = (int(v) for v in wins[j])
         canvas[y0:y1, x0:x1] |= rle.decode(dets.rle_counts[j], y1 - y0, x1 - x0).astype(bool)
     return rle.encode_nhw(canvas[None])[0]
+
+
+def segment_in_crops(
+    segment: Callable[[list[np.ndarray], list[Detections]], list[Detections]],
+    images: Sequence[np.ndarray],
+    prompts: Sequence[Detections],
+    context: float,
+) -> list[Detections]:
+    """A box -> mask stage's ``segment`` with every small box segmented in a crop around it, at its own resolution.
+
+    A box whose square window (its longer side x ``1 + 2 context``, moved inside the image:
+    :func:`segflow.tasks.models.sam.zoom_windows_xyxy`) is smaller than the image goes to ``segment`` as that
+    crop with the box in the crop's frame; the other boxes go with the whole image. One call of ``segment``
+    for all of them (it batches as it does), then each crop's mask is pasted back into the image's frame, one
+    image-sized mask at a time. Rows keep their order; a row ``segment`` drops (too small a mask) stays dropped.
+
+    Arguments:
+      images: H x W x 3 uint8 RGB.
+      prompts: one Detections per image, boxes N x 4 XYXY pixels.
+    """
+    from segflow.tasks.models.sam import zoom_windows_xyxy
+
+    sub_images: list[np.ndarray] = []
+    sub_prompts: list[Detections] = []
+    back: list[tuple[int, np.ndarray | None]] = []  # (image, crop window or None) per request
+    for i, (im, p) in enumerate(zip(images, prompts, strict=True)):
+        if not len(p):
+            continue
+        tagged = p.with_fields(_row=np.arange(len(p)))
+        wins, zoom = zoom_windows_xyxy(p.boxes, im.shape[:2], context)
+        if (~zoom).any():
+            sub_images.append(im)
+            sub_prompts.append(tagged[~zoom])
+            back.append((i, None))
+        for r in np.flatnonzero(zoom):
+            x0, y0, x1, y1 = (int(v) for v in wins[r])
+            one = tagged[np.array([r])]
+            shift = np.array([x0, y0, x0, y0], np.float32)
+            sub_images.append(im[y0:y1, x0:x1])
+            sub_prompts.append(
+                Detections((y1 - y0, x1 - x0), one.boxes - shift, one.class_ids, one.scores, None, one.fields)
+            )
+            back.append((i, wins[r]))
+    results = segment(sub_images, sub_prompts) if sub_images else []
+    rows: list[list[tuple[int, Detections, np.ndarray | None]]] = [[] for _ in images]
+    for (i, win), d in zip(back, results, strict=True):
+        for k in range(len(d)):
+            rows[i].append((int(d.fields["_row"][k]), d[np.array([k])], win))
+    out = []
+    for i, (im, p) in enumerate(zip(images, prompts, strict=True)):
+        h, w = im.shape[:2]
+        got = sorted(rows[i], key=lambda t: t[0])
+        if not got:
+            out.append(Detections.empty(p.image_size, with_masks=True))
+            continue
+        counts = []
+        for _, d, win in got:
+            if win is None:
+                counts.append(d.rle_counts[0])
+                continue
+            x0, y0, x1, y1 = (int(v) for v in win)
+            canvas = np.zeros((1, h, w), bool)
+            canvas[0, y0:y1, x0:x1] = rle.decode(d.rle_counts[0], y1 - y0, x1 - x0).astype(bool)
+            counts.append(rle.encode_nhw(canvas)[0])
+        idx = np.array([r for r, _, _ in got])
+        keys = set.intersection(*(set(d.fields) for _, d, _ in got)) - {"_row"}
+        fields = {k: np.concatenate([d.fields[k] for _, d, _ in got]) for k in keys}
+        base = p[idx]
+        out.append(
+            Detections(
+                p.image_size,
+                base.boxes,
+                base.class_ids,
+                base.scores,
+                np.array(counts, dtype=object),
+                {**base.fields, **fields},
+                base.meta,
+            )
+        )
+    return out

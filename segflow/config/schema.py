@@ -465,6 +465,13 @@ class Sam2Stage(_ModelStage):
         "every side; pixels outside are background. Inside, the logits are the model's post-processing's own. "
         "null = every mask over the whole image.",
     )
+    zoom_context: float | None = Field(
+        None,
+        ge=0.0,
+        description="Segment each box whose square window -- its longer side x (1 + 2 x zoom_context), centred on "
+        "it and moved inside the image -- is smaller than the image in a crop of that window, at its own "
+        "resolution (one extra encoder pass per such box): for small objects in large images. Off by default.",
+    )
 
 
 class Sam3Stage(_ModelStage, _Tiled):

@@ -214,7 +214,18 @@ class TransformersBoxSegmenter:
         Returns:
           One Detections per image: the prompt rows whose mask has at least ``min_mask_area`` pixels, with
           ``rle_counts`` and the fields ``predicted_iou`` and ``stability_score`` (and ``multimask_ious``).
+
+        With ``zoom_context``, a small box of a large image is segmented in a crop around it
+        (:func:`segflow.tasks.tiling.segment_in_crops`), the others in the whole image.
         """
+        if self.stage.zoom_context is not None:
+            from segflow.tasks.tiling import segment_in_crops
+
+            return segment_in_crops(self._segment_frames, images, prompts, float(self.stage.zoom_context))
+        return self._segment_frames(images, prompts)
+
+    def _segment_frames(self, images: Sequence[np.ndarray], prompts: Sequence[Detections]) -> list[Detections]:
+        """:meth:`segment` of each image as it is given (a whole image or a crop)."""
         import torch
 
         if len(images) != len(prompts):

@@ -146,3 +146,31 @@ def test_loads_through_the_stage_cache_with_its_sha256(models):
         get_model(Sam2Stage(kind="sam2", weights=str(d), sha256="0" * 64, device="cpu"), {1: "circle"})
     with pytest.raises(WeightsError, match="not in the local Hugging Face cache"):
         get_model(Sam2Stage(kind="sam2", weights="hub:nobody/no-sam2", device="cpu"), {1: "circle"})
+
+
+def test_zoom_context_segments_small_boxes_in_a_crop_and_pastes_them_back(models):
+    """A small box of a large image: its mask is the one the crop around it gives (the box in the crop's frame),
+    pasted at the crop's place; a box as large as the image is segmented in the whole image, as without zoom."""
+    from segflow.tasks.models.sam import zoom_windows_xyxy
+
+    big = np.random.default_rng(1).integers(0, 255, (300, 500, 3), np.uint8)
+    boxes = np.array([[200, 100, 240, 130], [0, 0, 500, 300]], np.float32)
+    stage = Sam2Stage(kind="sam2", weights=str(models["sam2"]), device="cpu", zoom_context=0.5, min_mask_area=0)
+    seg = TransformersBoxSegmenter(stage, str(models["sam2"]))
+    dets = Detections((300, 500), boxes, [1, 2], [0.9, 0.8])
+    (zoomed,) = seg.segment([big], [dets])
+    plain = Sam2Stage(kind="sam2", weights=str(models["sam2"]), device="cpu", min_mask_area=0)
+    (whole,) = TransformersBoxSegmenter(plain, str(models["sam2"])).segment([big], [dets])
+    (win,), zoom = zoom_windows_xyxy(boxes[:1], (300, 500), 0.5)
+    assert zoom.tolist() == [True] and (win[2] - win[0]) < 500
+    x0, y0, x1, y1 = (int(v) for v in win)
+    crop = np.ascontiguousarray(big[y0:y1, x0:x1])
+    one = Detections(crop.shape[:2], boxes[:1] - np.array([x0, y0, x0, y0], np.float32), [1], [0.9])
+    (ref,) = TransformersBoxSegmenter(plain, str(models["sam2"])).segment([crop], [one])
+    expected = np.zeros((300, 500), bool)
+    expected[y0:y1, x0:x1] = rle.decode(ref.rle_counts[0], *crop.shape[:2]).astype(bool)
+    assert np.array_equal(rle.decode(zoomed.rle_counts[0], 300, 500).astype(bool), expected)
+    assert zoomed.rle_counts[1] == whole.rle_counts[1] and zoomed.boxes.tolist() == boxes.tolist()
+    assert zoomed.fields["predicted_iou"][0] == pytest.approx(ref.fields["predicted_iou"][0])
+    # negative control: the small box in the whole image gives another mask
+    assert zoomed.rle_counts[0] != whole.rle_counts[0]
