@@ -225,49 +225,62 @@ def merge(dets: Detections, how: str = "greedy", match: str = "ios", threshold: 
     tier = np.where(whole_image, 2, np.where(cut, 1, 0))  # 0: whole in a window, 1: cut part, 2: coarse
     order = np.lexsort((-dets.scores, tier))
     groups: list[list[int]] = []
-    rep: list[np.ndarray] = []  # each group's current box
-    cls_of: list[int] = []
+    rep = np.zeros((n, 4))  # each group's current box (the first len(groups) rows)
+    g_cls = np.zeros(n, np.int64)
+    g_tier = np.zeros(n, np.int64)
+    g_win = np.zeros((n, 4), np.int64)
 
     def absorbed(i: int) -> bool:
-        """Whether candidate ``i`` belongs to a group already (joining it when of its class)."""
-        for g, members in enumerate(groups):
-            if cls_of[g] == dets.class_ids[i] and _overlap(rep[g], boxes[i : i + 1], match)[0] >= threshold:
-                members.append(int(i))
-                if how == "greedy" and tier[members[0]] == 1 and tier[i] == 1:  # parts only: their union
-                    rep[g] = np.r_[np.minimum(rep[g][:2], boxes[i, :2]), np.maximum(rep[g][2:], boxes[i, 2:])]
-                return True
-        for g, members in enumerate(groups):
-            if tier[members[0]] != 0:
-                continue
-            if tier[i] == 1 and _overlap(rep[g], boxes[i : i + 1], match)[0] >= threshold:
-                return True  # a fragment inside an object a window saw whole, whatever its class: dropped
-            other_window = not np.array_equal(wins[members[0]], wins[i])
-            if tier[i] == 0 and other_window and _overlap(rep[g], boxes[i : i + 1], "iou")[0] >= _SAME_OBJECT:
+        """Whether candidate ``i`` belongs to a group already (joining it when of its class). Vectorised over the
+        groups so far: the merge stays linear in the detections of a region, whatever the image's size."""
+        m = len(groups)
+        if not m:
+            return False
+        near = _overlap(boxes[i], rep[:m], match)
+        same = np.flatnonzero((g_cls[:m] == dets.class_ids[i]) & (near >= threshold))
+        if len(same):
+            g = int(same[0])
+            groups[g].append(i)
+            if how == "greedy" and g_tier[g] == 1 and tier[i] == 1:  # parts only: their union
+                rep[g] = np.r_[np.minimum(rep[g, :2], boxes[i, :2]), np.maximum(rep[g, 2:], boxes[i, 2:])]
+            return True
+        whole = g_tier[:m] == 0
+        if tier[i] == 1 and (whole & (near >= threshold)).any():
+            return True  # a fragment inside an object a window saw whole, whatever its class: dropped
+        if tier[i] == 0:
+            other_window = (g_win[:m] != wins[i]).any(axis=1)
+            iou = near if match == "iou" else _overlap(boxes[i], rep[:m], "iou")
+            if (whole & other_window & (iou >= _SAME_OBJECT)).any():
                 return True  # the same object, another window's call of another class with a lower score: dropped
         return False
 
     for i in order:
-        if not absorbed(int(i)):
-            groups.append([int(i)])
-            rep.append(boxes[i].copy())
-            cls_of.append(int(dets.class_ids[i]))
+        i = int(i)
+        if not absorbed(i):
+            k = len(groups)
+            groups.append([i])
+            rep[k], g_cls[k], g_tier[k], g_win[k] = boxes[i], dets.class_ids[i], tier[i], wins[i]
+    rep = rep[: len(groups)]
     if how == "greedy":  # parts that met only through other parts (a large object cut into many): one object
+        parts = [k for k in range(len(groups)) if g_tier[k] == 1]
         merged = True
-        while merged:
+        while merged and len(parts) > 1:
             merged = False
-            for a in range(len(groups)):
-                for b in range(a + 1, len(groups)):
-                    if tier[groups[a][0]] != 1 or tier[groups[b][0]] != 1 or cls_of[a] != cls_of[b]:
-                        continue
-                    if _overlap(rep[a], rep[b][None], match)[0] >= threshold:
-                        groups[a] += groups.pop(b)
-                        ra, rb = rep[a], rep.pop(b)
-                        rep[a] = np.r_[np.minimum(ra[:2], rb[:2]), np.maximum(ra[2:], rb[2:])]
-                        cls_of.pop(b)
-                        merged = True
-                        break
-                if merged:
+            for a_pos, a in enumerate(parts):
+                others = np.array(parts[a_pos + 1 :])
+                if not len(others):
                     break
+                hit = others[(g_cls[others] == g_cls[a]) & (_overlap(rep[a], rep[others], match) >= threshold)]
+                if len(hit):
+                    b = int(hit[0])
+                    groups[a] += groups[b]
+                    groups[b] = []
+                    rep[a] = np.r_[np.minimum(rep[a, :2], rep[b, :2]), np.maximum(rep[a, 2:], rep[b, 2:])]
+                    parts.remove(b)
+                    merged = True
+                    break
+        alive = [k for k in range(len(groups)) if groups[k]]
+        groups, rep = [groups[k] for k in alive], rep[alive]
     first = np.array([g[0] for g in groups], np.int64)
     best = np.array([max(g, key=lambda j: dets.scores[j]) for g in groups], np.int64)
     fields = {k: v[first] for k, v in dets.fields.items() if k != "window"}
@@ -282,7 +295,7 @@ def merge(dets: Detections, how: str = "greedy", match: str = "ios", threshold: 
             ],
             dtype=object,
         )
-    out_boxes = np.array(rep, np.float32).reshape(-1, 4)
+    out_boxes = np.asarray(rep, np.float32).reshape(-1, 4)
     if counts is not None and len(counts):  # a mask's box is its own where it has pixels
         tight = rle.bbox_xywh(list(counts), h, w)
         has = tight[:, 2] > 0
