@@ -29,10 +29,10 @@ import numpy as np
 from segflow.tasks import rle
 from segflow.tasks.record import Detections
 
-__all__ = ["TilePlan", "merge", "plan_tiles", "run_tiled", "segment_in_crops", "windows"]
+__all__ = ["TilePlan", "merge", "plan_tiles", "run_tiled", "segment_in_crops", "window_starts", "windows"]
 
 
-def _starts(n: int, tile: int, overlap: float) -> list[int]:
+def window_starts(n: int, tile: int, overlap: float) -> list[int]:
     """Offsets along a side of ``n`` pixels: every ``tile * (1 - overlap)``, the last flush with the end."""
     if n <= tile:
         return [0]
@@ -43,7 +43,7 @@ def _starts(n: int, tile: int, overlap: float) -> list[int]:
 
 def windows(height: int, width: int, size: int, overlap: float) -> np.ndarray:
     """The windows covering an image: ``K x 4`` int XYXY (exclusive ends), row by row."""
-    ys, xs = _starts(height, size, overlap), _starts(width, size, overlap)
+    ys, xs = window_starts(height, size, overlap), window_starts(width, size, overlap)
     return np.array(
         [[x, y, min(x + size, width), min(y + size, height)] for y in ys for x in xs], dtype=np.int64
     ).reshape(-1, 4)

@@ -181,42 +181,30 @@ _FULL_AREA = {"circle": math.pi / 4, "square": 1.0, "triangle": 3 * math.sqrt(3)
 
 
 def _shape_layer(cls: str, cx: float, cy: float, size: float, angle: float, h: int, w: int) -> np.ndarray:
+    """An H x W bool mask of one shape: a class of the ontology or one of :data:`UNKNOWN_SHAPES`."""
     layer = Image.new("L", (w, h), 0)
     d = ImageDraw.Draw(layer)
     r = size / 2
-    if cls == "circle":
+    if cls in ("circle", "ring"):
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        if cls == "ring":
+            d.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=0)
+        return np.asarray(layer) > 0
+    if cls == "star":  # 5 points, inner radius 0.45
+        radii, n = [r if k % 2 == 0 else 0.45 * r for k in range(10)], 10
     else:
-        n = 4 if cls == "square" else 3
-        rad = r * (math.sqrt(2) if n == 4 else 1.15)
-        pts = [
-            (cx + rad * math.cos(angle + 2 * math.pi * k / n), cy + rad * math.sin(angle + 2 * math.pi * k / n))
-            for k in range(n)
-        ]
-        d.polygon(pts, fill=255)
+        n = {"square": 4, "triangle": 3, "pentagon": 5}[cls]
+        radii = [r * {4: math.sqrt(2), 3: 1.15, 5: 1.0}[n]] * n
+    pts = [
+        (cx + radii[k] * math.cos(angle + 2 * math.pi * k / n), cy + radii[k] * math.sin(angle + 2 * math.pi * k / n))
+        for k in range(n)
+    ]
+    d.polygon(pts, fill=255)
     return np.asarray(layer) > 0
 
 
 #: shapes no class of the demo's ontology names, drawn by :func:`add_unknown_shapes`
 UNKNOWN_SHAPES = ("star", "pentagon", "ring")
-
-
-def _unknown_layer(kind: str, cx: float, cy: float, size: float, angle: float, h: int, w: int) -> np.ndarray:
-    layer = Image.new("L", (w, h), 0)
-    d = ImageDraw.Draw(layer)
-    r = size / 2
-    if kind == "ring":
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
-        d.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=0)
-    else:
-        n, inner = (5, 0.45) if kind == "star" else (5, None)
-        pts = []
-        for k in range(2 * n if inner else n):
-            rad = r * (inner if inner and k % 2 else 1.0)
-            a = angle + math.pi * k / n if inner else angle + 2 * math.pi * k / n
-            pts.append((cx + rad * math.cos(a), cy + rad * math.sin(a)))
-        d.polygon(pts, fill=255)
-    return np.asarray(layer) > 0
 
 
 def add_unknown_shapes(scene: Scene, rng: np.random.Generator, count: int) -> int:
@@ -234,7 +222,7 @@ def add_unknown_shapes(scene: Scene, rng: np.random.Generator, count: int) -> in
         kind = UNKNOWN_SHAPES[int(rng.integers(len(UNKNOWN_SHAPES)))]
         size = min(h, w) * rng.uniform(0.15, 0.32)
         cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
-        m = _unknown_layer(kind, cx, cy, size, rng.uniform(0, 2 * math.pi), h, w)
+        m = _shape_layer(kind, cx, cy, size, rng.uniform(0, 2 * math.pi), h, w)
         grown = np.asarray(Image.fromarray(m).filter(ImageFilter.MaxFilter(9))) > 0  # a gap around it
         if m.sum() < 150 or (grown & taken).any():
             continue

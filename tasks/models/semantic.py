@@ -51,6 +51,7 @@ from segflow.tasks import rle
 from segflow.tasks.models.device import resolve_device
 from segflow.tasks.models.mask2former import HUB_PREFIX, label_table
 from segflow.tasks.record import Detections
+from segflow.tasks.tiling import window_starts
 from segflow.tasks.weights import WeightsError, build_to_fit, load_checkpoint
 
 if TYPE_CHECKING:
@@ -189,15 +190,6 @@ def load_semantic(weights: str, labels: Sequence[str] | None = None) -> _Smp | _
     except RuntimeError as e:
         raise WeightsError(f"{weights}: weights do not fit the model: {str(e).splitlines()[0]}") from None
     return _Smp(model.eval(), list(ckpt["labels"]), int(ckpt["tile"]), ckpt["mean"], ckpt["std"])
-
-
-def window_starts(n: int, tile: int, overlap: float) -> list[int]:
-    """Window offsets along a side of ``n`` pixels: every ``tile * (1 - overlap)``, the last flush with the end."""
-    if n <= tile:
-        return [0]
-    stride = max(1, int(tile * (1 - overlap)))
-    starts = list(range(0, n - tile + 1, stride))
-    return starts if starts[-1] == n - tile else [*starts, n - tile]
 
 
 class SemanticSegmenter:
