@@ -66,5 +66,14 @@ def export(output: str, fmt: str, dest: str, verdicts: str | None = None, **opti
     verdicts = verdicts or DEFAULT_VERDICTS.get(fmt, "accept")
     if verdicts not in VERDICTS:
         raise ExportError(f"verdicts must be one of {', '.join(VERDICTS)}, got {verdicts!r}")
-    result = resolve(EXPORTERS[fmt])(RunLabels(output), dest, verdicts, **options)
+    import contextlib
+
+    from segflow.tasks.lease import LeaseHeld, hold
+
+    inside = dest.rstrip("/").startswith(output.rstrip("/") + "/")  # writing into the output: one writer at a time
+    try:
+        with hold(output, "export") if inside else contextlib.nullcontext():
+            result = resolve(EXPORTERS[fmt])(RunLabels(output), dest, verdicts, **options)
+    except LeaseHeld as e:
+        raise ExportError(str(e)) from None
     return {"format": fmt, "verdicts": verdicts, "dest": dest, **result}

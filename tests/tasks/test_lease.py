@@ -316,3 +316,16 @@ def test_two_runs_of_one_output_at_once_leave_one_whole_run(prefect_harness, wri
     commits = list(out.glob("shards/*/_COMMIT*.json"))
     assert len(commits) == len(json.loads((out / "plan" / "plan.json").read_text())["shard_ids"])  # one each
     assert not (out / "_lease").exists()
+
+
+def test_an_export_into_the_output_takes_its_lease(tmp_path):
+    """An export whose destination is inside the output writes into it: it holds the lease like any writer."""
+    out = str(tmp_path / "out")
+    finished(tmp_path, out)
+    with hold(out, "import-review"):
+        r = python(CLI, "export", out, f"{out}/exports/coco", "--format", "coco")
+        assert r.returncode == 2 and "is being written by `segflow import-review`" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "out" / "exports").exists()
+    r = python(CLI, "export", out, f"{out}/exports/coco", "--format", "coco")
+    assert r.returncode == 0 and (tmp_path / "out" / "exports" / "coco" / "instances.json").exists(), r.stderr[-2000:]
+    assert not (tmp_path / "out" / "_lease").exists()  # released
