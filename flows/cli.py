@@ -113,6 +113,11 @@ def print_summary(summary: dict) -> None:
             if (v := summary.get("verdicts"))
             else ""
         )
+        + (
+            f" ({n} of the review band: shapes unlike the gold set's, reason novel)"
+            if (n := (summary.get("calibration") or {}).get("novel"))
+            else ""
+        )
         + f"\n  masks manifest  : {out['masks']}\n  images manifest : {out['images']}\n"
         f"  COCO instances  : {out['coco_instances']} (accepted)"
         + (f"\n  review band     : {out['review_instances']}" if summary.get("review_annotations") else "")

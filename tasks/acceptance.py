@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from segflow.tasks.novelty import novelty
 from segflow.tasks.storage import open_fs, read_bytes, redact
 
 __all__ = [
@@ -130,11 +131,14 @@ def load_calibration(url: str, ontology: dict[int, str]) -> dict[str, Any]:
     return cal
 
 
-def apply_acceptance(masks: pa.Table, cal: dict | None, drifted: bool = False) -> pa.Table:
-    """``masks`` with ``verdict``, ``verdict_reasons`` and ``calibrated_score`` (null without a calibration).
+def apply_acceptance(masks: pa.Table, cal: dict | None, drifted: bool = False, use_novelty: bool = True) -> pa.Table:
+    """``masks`` with ``verdict``, ``verdict_reasons``, ``calibrated_score`` and ``novelty`` (null without a
+    calibration, or for a class it has no shape reference for).
 
     ``drifted``: the calibration does not hold for this run (:mod:`segflow.tasks.drift`) and the job says
     ``accept.on_drift: review``: what would be accepted goes to review, reason ``drift``.
+    ``use_novelty``: a mask whose :func:`segflow.tasks.novelty.novelty` is above its class's limit is not
+    accepted: review, reason ``novel`` (off: the score is reported only).
     """
     n = masks.num_rows
     qc = pc.fill_null(masks["qc_verdict"], "pass").to_numpy(zero_copy_only=False).astype(object)
@@ -142,6 +146,7 @@ def apply_acceptance(masks: pa.Table, cal: dict | None, drifted: bool = False) -
     qc_reasons = masks["qc_reasons"].to_pylist()
     extra = np.full(n, "", dtype=object)
     calibrated = None
+    novel_score = np.full(n, np.nan)
     if cal is not None and n:
         calibrated = np.full(n, np.nan)
         entries = {e["category_id"]: e for e in cal["classes"].values()}
@@ -156,6 +161,11 @@ def apply_acceptance(masks: pa.Table, cal: dict | None, drifted: bool = False) -
                 continue
             s = predict(entry.get("model"), x[rows] if x is not None else None, score[rows])
             calibrated[rows] = s
+            look = entry.get("novelty")
+            if look and "shape" in masks.column_names:
+                shapes = masks["shape"].take(pa.array(rows)).to_pylist()
+                x_shape = np.array([v if v else [np.nan] * len(look["low"]) for v in shapes], np.float64)
+                novel_score[rows] = novelty(x_shape, look)
             t, tr = entry.get("threshold"), entry.get("review_threshold")
             low = s < tr if tr is not None else np.zeros(len(rows), bool)
             band = ~low & (s < t if t is not None else True)
@@ -163,6 +173,12 @@ def apply_acceptance(masks: pa.Table, cal: dict | None, drifted: bool = False) -
             extra[rows[low]] = "below_review"
         verdict = np.where((extra == "below_review") & (verdict != "reject"), "reject", verdict)
         verdict = np.where(np.isin(extra, ["below_accept", "uncalibrated"]) & (verdict == "accept"), "review", verdict)
+        if use_novelty:  # unlike the gold set's right masks of its class: people look before it is a label
+            limits = np.array([(entries.get(int(c)) or {}).get("novelty") or {} for c in cls], dtype=object)
+            limit = np.array([lk.get("limit", np.inf) for lk in limits], np.float64)
+            novel = (verdict == "accept") & (np.nan_to_num(novel_score, nan=0.0) > limit)
+            extra = np.where(novel, "novel", extra)
+            verdict = np.where(novel, "review", verdict)
         if drifted:
             extra = np.where(verdict == "accept", "drift", extra)
             verdict = np.where(verdict == "accept", "review", verdict)
@@ -174,6 +190,7 @@ def apply_acceptance(masks: pa.Table, cal: dict | None, drifted: bool = False) -
             "calibrated_score",
             pa.nulls(n, pa.float32()) if calibrated is None else pa.array(calibrated, pa.float32(), from_pandas=True),
         )
+        .append_column("novelty", pa.array(novel_score, pa.float32(), from_pandas=True))
     )
 
 

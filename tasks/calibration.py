@@ -38,6 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from segflow.tasks.novelty import FEATURES as SHAPE_FEATURES
+from segflow.tasks.novelty import fit_reference
+
 __all__ = [
     "best_threshold",
     "calibrate",
@@ -207,6 +210,12 @@ def calibrate(
         for r, v in zip(rows, s, strict=True):
             r["calibrated"] = float(v)
         curve = reliability(s, tp)
+        shapes = [(r.get("row") or {}).get("shape") for r in rows]
+        right = [i for i, (t, sh) in enumerate(zip(tp, shapes, strict=True)) if t and sh]
+        look = fit_reference(
+            np.array([shapes[i] for i in right], np.float64).reshape(-1, len(SHAPE_FEATURES)),
+            np.array([fold[i] for i in right], int),
+        )
         agree = np.array([r.get("box_agreement", np.nan) for r in rows], np.float64)
         right = agree[tp & np.isfinite(agree)]
         mask_check = {"box_agreement_min": round(float(np.quantile(right, 0.01)), 4)} if len(right) else None
@@ -223,6 +232,7 @@ def calibrate(
             "model": model,
             "reliability": curve,
             "mask_check": mask_check,
+            "novelty": look,
         }
         entry["heldout"] = _summary(*held.tolist())
         entry["heldout_with_review"] = _summary(*held_review.tolist())
@@ -386,6 +396,7 @@ def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[dict,
         load_gold(gold_url)  # a clear error before anything is written
         settings = job.accept.model_copy(update={**accept, "calibration": None})
         update = {"gold_set": gold_url, "accept": type(settings).model_validate(settings.model_dump())}
+        update["output"] = output  # this output, wherever job.json says it was written (a copy, a moved folder)
         job = job.model_copy(update=update)
         write_bytes(fs, job_path, json.dumps(scrub(job.model_dump(mode="json")), indent=1).encode())
         summary = finalize(job, force=True)

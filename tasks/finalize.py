@@ -131,7 +131,7 @@ class GoldMatch:
     ``features``: also keep each label's acceptance features (``x``), for fitting a combined score.
     """
 
-    _COLUMNS = ["annotation_id", "image_id", "category_id", "score", "rle_counts", "bbox", "prompt_box"]
+    _COLUMNS = ["annotation_id", "image_id", "category_id", "score", "rle_counts", "bbox", "prompt_box", "shape"]
 
     def __init__(self, job: JobConfig, features: bool = False):
         from pathlib import PurePosixPath
@@ -340,6 +340,7 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
     drift = _drift(job, calibration, commits)  # before any verdict: `accept.on_drift` may change them
     drift_review = drift is not None and not drift.holds and job.accept.on_drift == "review"
     estimate = np.zeros(2)  # the accepted masks: sum of their probabilities of being right, how many have one
+    novel = 0  # masks sent to review because their shape is unlike the gold set's of their class
 
     # 1. one pass over the committed shards: each committed file is read once and feeds every output
     counts = {"images": 0, "labelled_images": 0, "failed_images": 0, "masks": 0}
@@ -392,7 +393,8 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
         names = ("images", "masks", "panoptic") if has_panoptic else ("images", "masks")
         raw = {name: cache.pop((sid, name), None) or read_committed_bytes(output, c, name) for name in names}
         images, masks = (parse_committed(c, name, raw[name]) for name in ("images", "masks"))
-        masks = apply_acceptance(masks, calibration, drifted=drift_review)
+        masks = apply_acceptance(masks, calibration, drifted=drift_review, use_novelty=job.accept.novelty)
+        novel += sum(1 for r in masks["verdict_reasons"].to_pylist() if r and "novel" in r)
         if calibration is not None:
             p_right = correct_probability(masks.filter(pc.equal(masks["verdict"], "accept")), calibration)
             estimate += (np.nansum(p_right), np.isfinite(p_right).sum())
@@ -506,6 +508,7 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
             "heldout": calibration["heldout"],
             "review_classes": [n for n, e in calibration["classes"].items() if e["status"] == "review"],
             "holds": drift.holds if drift is not None else None,
+            "novel": novel,
         }
         summary["estimate"] = {
             "precision": round(float(estimate[0] / estimate[1]), 4) if estimate[1] else None,

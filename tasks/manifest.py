@@ -68,6 +68,7 @@ import numpy as np
 import pyarrow as pa
 
 from segflow.tasks.image_stats import ImageStats
+from segflow.tasks.novelty import shape_features
 from segflow.tasks.record import Detections
 
 __all__ = ["MASKS_SCHEMA", "IMAGES_SCHEMA", "PANOPTIC_SCHEMA", "MAX_MASKS_PER_IMAGE", "ShardTables"]
@@ -97,6 +98,7 @@ MASKS_SCHEMA = pa.schema(
         ("shard_id", pa.string()),
         ("qc_verdict", pa.string()),
         ("qc_reasons", pa.list_(pa.string())),
+        ("shape", pa.list_(pa.float32())),
     ]
 )
 
@@ -208,6 +210,7 @@ class ShardTables:
             m["qc_verdict"].extend([None] * n if verdicts is None else verdicts.tolist())
             reasons = dets.fields.get("qc_reasons")
             m["qc_reasons"].extend([None] * n if reasons is None else [r.split(",") if r else [] for r in reasons])
+            m["shape"].extend(shape_features(dets.rle_counts, h, w, dets.mask_bboxes_xywh()).tolist())
             k += n
         if panoptic is not None:
             self._panoptic(image_id, uri, (h, w), panoptic, first_id)

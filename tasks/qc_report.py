@@ -36,7 +36,7 @@ from segflow.tasks.storage import join, open_fs, write_bytes
 __all__ = ["QcAccumulator", "write_qc_report", "contact_sheet"]
 
 SHEETS = {"accept": "accepted", "review": "review", "reject": "rejected"}
-_COLOURS = {"accept": (40, 220, 90), "review": (255, 200, 0), "reject": (255, 50, 50)}
+_COLOURS = {"accept": (40, 220, 90), "review": (255, 200, 0), "reject": (255, 50, 50), "novel": (80, 180, 255)}
 #: The manifest columns a sampled mask keeps: what :func:`contact_sheet` draws and labels.
 SAMPLE_COLUMNS = [
     "annotation_id",
@@ -53,6 +53,7 @@ SAMPLE_COLUMNS = [
     "verdict",
     "verdict_reasons",
     "prompt_box",
+    "novelty",
 ]
 
 
@@ -216,6 +217,7 @@ def contact_sheet(
         sheet.paste(img, (x0, y0))
         piou = "-" if r["predicted_iou"] is None else f"{r['predicted_iou']:.2f}"
         cal = "" if r.get("calibrated_score") is None else f" c{r['calibrated_score']:.2f}"
+        cal += "" if r.get("novelty") is None or verdict != "novel" else f" n{r['novelty']:.1f}"
         draw.text(
             (x0 + 3, y0 + tile + 2), f"{r['category_name']} s{r['score']:.2f}{cal} iou{piou}", fill=(235, 235, 235)
         )

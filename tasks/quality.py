@@ -315,7 +315,7 @@ def _results(gt: COCO, preds: list[tuple[int, int, dict]], iou_type: str) -> COC
     return empty
 
 
-_ROW_KEYS = ("bbox", "verdict", "x", "prompt_box")
+_ROW_KEYS = ("bbox", "verdict", "x", "prompt_box", "shape")
 
 
 def _pair(

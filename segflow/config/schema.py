@@ -698,6 +698,12 @@ class AcceptConfig(_Strict):
     )
     folds: int = Field(5, ge=2, description="k of the k-fold over gold images that estimates held-out precision.")
     min_gold: int = Field(10, ge=1, description="Gold instances a class needs for a threshold; fewer: review.")
+    novelty: bool = Field(
+        True,
+        description="Send to review (reason `novel`) an otherwise accepted mask whose shape is unlike the gold "
+        "set's right masks of its class beyond the class's held-out limit (docs/gold-sets.md); false reports the "
+        "score (manifest column `novelty`) only.",
+    )
     on_drift: Literal["warn", "review", "fail"] = Field(
         "warn",
         description="When this run's images or masks do not look like the calibration's gold set (a drift check "

@@ -27,8 +27,18 @@ from segflow.tasks.storage import join, open_fs, read_bytes, redact, scrub, writ
 
 __all__ = ["ReportError", "write_report", "report_context", "render_html"]
 
-VERDICT_TITLES = {"accept": "accepted", "review": "review", "reject": "rejected"}
-WORST = {"accept": "lowest score first", "review": "lowest score first", "reject": "highest score first"}
+VERDICT_TITLES = {
+    "accept": "accepted",
+    "review": "review",
+    "novel": "review: shape unlike the gold set's (novel)",
+    "reject": "rejected",
+}
+WORST = {
+    "accept": "lowest score first",
+    "review": "lowest score first",
+    "novel": "most unusual first",
+    "reject": "highest score first",
+}
 
 
 class ReportError(Exception):
@@ -174,6 +184,7 @@ def report_context(
 
     classes: dict[str, list[dict]] = {}
     totals = {(r["class"], r["verdict"]): r["masks"] for r in samples["counts"]}
+    totals |= {(c, "novel"): n for c, n in (samples.get("novel") or {}).items()}
     for key, rows in samples["samples"].items():
         cls, verdict = key.split("\t")
         sheet = contact_sheet(rows, verdict, tile=150, columns=samples["per_cell"], cache=cache, fmt="JPEG")

@@ -6,7 +6,9 @@ Per class and verdict the sampler counts every mask and keeps the ``per_cell`` w
   labels most likely to be wrong;
 * ``review``: lowest score first, likewise;
 * ``reject``: highest score first: confident labels a rule or the threshold threw away, where a rule is most
-  likely to be wrong.
+  likely to be wrong;
+* ``novel`` (a cell of its own, inside the review band): the masks sent to review for a shape unlike the gold
+  set's (:mod:`segflow.tasks.novelty`), most unusual first.
 
 Ties go to the lower annotation id, so the pick is the same however the shards are ordered. It also keeps the
 first ``failures`` failed images with their reasons (and counts reasons by kind), and ``previews`` images with
@@ -49,6 +51,7 @@ class ReportSampler:
     def __init__(self, per_cell: int = 6, failures: int = 50, previews: int = 6):
         self.per_cell, self.max_failures, self.max_previews = per_cell, failures, previews
         self.counts: Counter = Counter()  # (class, verdict) -> masks
+        self.novel: Counter = Counter()  # class -> masks in review for their shape
         self.cells: dict[tuple[str, str], list[tuple[float, int, dict]]] = {}
         self.failures: list[dict] = []
         self.failure_kinds: Counter = Counter()
@@ -84,6 +87,20 @@ class ReportSampler:
             ]
             cell.sort(key=lambda t: (t[0], t[1]))
             self.cells[(c, v)] = cell[: self.per_cell]
+        if "novelty" in masks.column_names:
+            reasons = masks["verdict_reasons"].to_pylist()
+            novel = np.array([bool(r) and "novel" in r for r in reasons])
+            nov = pc.fill_null(masks["novelty"], 0.0).to_numpy(zero_copy_only=False).astype(np.float64)
+            for c in np.unique(cls[novel]).tolist():
+                rows = np.flatnonzero(novel & (cls == c))
+                self.novel[c] += len(rows)
+                best = rows[np.lexsort((ann[rows], -nov[rows]))[: self.per_cell]]
+                picked = masks.take(pa.array(best)).select(cols).to_pylist()
+                cell = self.cells.get((c, "novel"), []) + [
+                    (-float(nov[b]), int(ann[b]), r) for b, r in zip(best, picked, strict=True)
+                ]
+                cell.sort(key=lambda t: (t[0], t[1]))
+                self.cells[(c, "novel")] = cell[: self.per_cell]
 
     def _add_failures(self, images: pa.Table) -> None:
         failed = images.filter(pc.equal(images["status"], "failed"))
@@ -103,6 +120,7 @@ class ReportSampler:
             "version": 1,
             "per_cell": self.per_cell,
             "counts": [{"class": c, "verdict": v, "masks": n} for (c, v), n in sorted(self.counts.items())],
+            "novel": dict(sorted(self.novel.items())),
             "samples": {f"{c}\t{v}": [r for _, _, r in cell] for (c, v), cell in sorted(self.cells.items())},
             "failures": self.failures,
             "failure_kinds": dict(self.failure_kinds.most_common()),

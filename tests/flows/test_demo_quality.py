@@ -408,7 +408,7 @@ def test_calibrate_a_finished_run_without_touching_its_shards(demo_run, capsys):
 
     def manifest():
         t = ds.dataset(str(out / "manifest" / "masks.parquet")).to_table().sort_by("annotation_id")
-        return t.drop_columns(["verdict", "verdict_reasons", "calibrated_score"]), t["verdict"].to_pylist()
+        return t.drop_columns(["verdict", "verdict_reasons", "calibrated_score", "novelty"]), t["verdict"].to_pylist()
 
     def panoptic_things():
         t = ds.dataset(str(out / "manifest" / "panoptic.parquet")).to_table()

@@ -1,0 +1,91 @@
+"""The novelty score on its own: mask shape features, the reference fitted on a gold set's right masks with its
+held-out limit, and acceptance sending masks over the limit to review (with novelty off as the negative control).
+Through the demo with shapes outside the ontology: tests/flows/test_drift_flow.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from segflow.demo.synthetic import _shape_layer
+from segflow.tasks import rle
+from segflow.tasks.acceptance import apply_acceptance
+from segflow.tasks.novelty import FEATURES, MIN_LIMIT, fit_reference, novelty, shape_features
+
+H, W = 200, 200
+
+
+def features_of(kind, size=120.0, angle=0.3):
+    m = _shape_layer(kind, 100, 100, size, angle, H, W)
+    counts = rle.encode_nhw(m[None])
+    return shape_features(counts, H, W, rle.bbox_xywh(counts, H, W))[0]
+
+
+def test_shape_features_tell_the_demo_shapes_apart():
+    f = {k: dict(zip(FEATURES, features_of(k), strict=True)) for k in ("circle", "square", "ring", "star", "pentagon")}
+    assert f["ring"]["holes"] > 0.2 and f["circle"]["holes"] == 0
+    assert f["star"]["solidity"] < 0.7 < f["square"]["solidity"]
+    assert f["circle"]["circularity"] > 0.85 > f["square"]["circularity"]
+    assert round(np.exp(f["square"]["vertices"])) == 4 and round(np.exp(f["pentagon"]["vertices"])) == 5
+    empty = shape_features([rle.encode_nhw(np.zeros((1, H, W), bool))[0]], H, W, np.zeros((1, 4)))
+    assert np.isnan(empty).all()
+
+
+def _circles(rng, n):
+    return np.array([features_of("circle", rng.uniform(60, 160), rng.uniform(0, 6)) for _ in range(n)])
+
+
+def test_the_reference_keeps_held_out_right_masks_and_flags_other_shapes():
+    rng = np.random.default_rng(0)
+    x = _circles(rng, 60)
+    ref = fit_reference(x, np.arange(60) % 5)
+    assert ref["limit"] >= MIN_LIMIT and ref["heldout_kept"] >= 0.95 and ref["right_masks"] == 60
+    fresh = _circles(np.random.default_rng(1), 40)
+    assert (novelty(fresh, ref) <= ref["limit"]).mean() >= 0.95  # new circles: not novel
+    others = np.array([features_of(k, 120, a) for k in ("ring", "star") for a in (0.1, 0.9, 2.0)])
+    assert (novelty(others, ref) > ref["limit"]).all()
+    assert fit_reference(x[:5], np.zeros(5)) is None  # too few right masks: no limit
+
+
+def _masks(shapes):
+    rows = []
+    for k, kind in enumerate(shapes):
+        counts = rle.encode_nhw(_shape_layer(kind, 100, 100, 120, 0.3, H, W)[None])[0]
+        x, y, w, h = rle.bbox_xywh([counts], H, W)[0]
+        rows.append(
+            {
+                "annotation_id": k + 1,
+                "image_id": 1,
+                "category_id": 1,
+                "score": 0.95,
+                "predicted_iou": 0.95,
+                "stability_score": 0.95,
+                "bbox": [float(x), float(y), float(w), float(h)],
+                "area": int(_shape_layer(kind, 100, 100, 120, 0.3, H, W).sum()),
+                "width": W,
+                "height": H,
+                "rle_counts": counts,
+                "qc_verdict": None,
+                "qc_reasons": None,
+                "shape": features_of(kind).tolist(),
+            }
+        )
+    t = pa.Table.from_pylist(rows)
+    t = t.set_column(t.schema.get_field_index("qc_verdict"), "qc_verdict", pa.nulls(len(rows), pa.string()))
+    return t.set_column(
+        t.schema.get_field_index("qc_reasons"), "qc_reasons", pa.nulls(len(rows), pa.list_(pa.string()))
+    )
+
+
+@pytest.mark.parametrize("use_novelty", [True, False])
+def test_acceptance_sends_a_novel_mask_to_review(use_novelty):
+    ref = fit_reference(_circles(np.random.default_rng(0), 60), np.arange(60) % 5)
+    cal = {"score": "detector", "classes": {"circle": {"category_id": 1, "threshold": 0.5, "novelty": ref}}}
+    out = apply_acceptance(_masks(["circle", "ring"]), cal, use_novelty=use_novelty)
+    nov = out["novelty"].to_pylist()
+    assert nov[0] <= ref["limit"] < nov[1]  # the score is there either way
+    if use_novelty:
+        assert out["verdict"].to_pylist() == ["accept", "review"] and out["verdict_reasons"].to_pylist()[1] == ["novel"]
+    else:  # negative control: the ring is accepted as a circle
+        assert out["verdict"].to_pylist() == ["accept", "accept"]
