@@ -30,7 +30,11 @@ Verdict of a mask (:func:`apply_acceptance`; ``verdict_reasons`` says why):
   <= score < ``threshold`` -> ``review`` (``below_accept``); below ->
   ``reject`` (``below_review``); a class the calibration could not set a
   threshold for (too few gold instances, target not reachable) -> ``review``
-  (``uncalibrated``), or ``reject`` below its review threshold.
+  (``uncalibrated``), or ``reject`` below its review threshold;
+* an otherwise accepted mask whose shape is unlike the gold set's right masks of its class (its ``novelty``
+  above the class's limit, :mod:`segflow.tasks.novelty`) -> ``review`` (``novel``);
+* with ``accept.on_drift: review`` and a calibration that does not hold (:mod:`segflow.tasks.drift`), every
+  otherwise accepted mask -> ``review`` (``drift``).
 """
 
 from __future__ import annotations
