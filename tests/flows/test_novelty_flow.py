@@ -51,6 +51,10 @@ def test_unknown_shapes_go_to_review_as_novel_and_not_without_it(demo_run, demo_
     assert {r["annotation_id"] for r in novel} <= set(review["annotation_id"].to_pylist())
     assert "novelty" in review.column_names and min(r["novelty"] for r in novel) > 0
     with_novelty = _exported_unknowns(run)
+    report = (run / "out" / "report.html").read_text()
+    assert (
+        "review: shape unlike the gold set&#39;s (novel)" in report or "shape unlike the gold set's (novel)" in report
+    )
 
     job = json.loads((run / "out" / "job.json").read_text())  # negative control: the score only
     job["accept"]["novelty"] = False
