@@ -27,10 +27,12 @@ qc_verdict         string        ``pass`` | ``flag`` | ``reject`` (null without 
 qc_reasons         list<string>  QC rules that fired (null without a qc stage)
 =================  ============  ==========================================================
 
-Finalize adds three columns to the manifest's parts (the committed shard files
+Finalize adds four columns to the manifest's parts (the committed shard files
 stay as written; :mod:`segflow.tasks.acceptance`): ``verdict`` (``accept`` |
-``review`` | ``reject``), ``verdict_reasons`` (list<string>) and
-``calibrated_score`` (float32, null without a calibration).
+``review`` | ``reject``), ``verdict_reasons`` (list<string>),
+``calibrated_score`` (float32, null without a calibration) and ``novelty``
+(float32, :mod:`segflow.tasks.novelty`; null without a shape reference). The shard
+writes ``shape`` (list<float32>, the novelty features of the mask).
 
 ``panoptic`` (``OUTPUT/manifest/panoptic.parquet/``, only with a panoptic stage): one row
 per segment of the merged panoptic map (segments never overlap):

@@ -192,7 +192,7 @@ def test_finalize_merges_committed_shards_once(planned):
         assert open(part, "rb").read() == open(f"{out}/{c['files']['images']['path']}", "rb").read()
         masks = pq.read_table(f"{out}/manifest/masks.parquet/part-{c['shard_id']}.parquet")
         committed = pq.read_table(f"{out}/{c['files']['masks']['path']}")
-        assert masks.drop_columns(["verdict", "verdict_reasons", "calibrated_score"]).equals(committed)
+        assert masks.drop_columns(["verdict", "verdict_reasons", "calibrated_score", "novelty"]).equals(committed)
         assert set(masks["verdict"].to_pylist()) == {"accept"} and masks["calibrated_score"].null_count == len(masks)
     coco = COCO(f"{out}/coco/instances.json")
     assert len(coco.anns) == summary["masks"] and len(coco.imgs) == 5
