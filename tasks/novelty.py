@@ -50,14 +50,12 @@ def shape_features(counts: Sequence[str], height: int, width: int, boxes_xywh: n
     """
     import cv2
 
-    from segflow.tasks import rle
-
     out = np.full((len(counts), len(FEATURES)), np.nan, np.float32)
     for k, c in enumerate(counts):
         x, y, w, h = (int(v) for v in boxes_xywh[k])
         if w <= 0 or h <= 0:
             continue
-        m = np.ascontiguousarray(rle.decode(c, height, width)[y : y + h, x : x + w], dtype=np.uint8)
+        m = np.ascontiguousarray(_decode_box(c, height, width, x, y, w, h), dtype=np.uint8)
         m = np.pad(m, 1)  # outlines never touch the crop's border
         contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
         if not contours:
@@ -78,6 +76,24 @@ def shape_features(counts: Sequence[str], height: int, width: int, boxes_xywh: n
             np.log(len(cv2.approxPolyDP(main, 0.02 * perimeter, True))),
         )
     return out
+
+
+def _decode_box(counts: str, height: int, width: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """The ``h`` x ``w`` window at ``(x, y)`` of a COCO compressed RLE, decoding only the window's columns (the
+    runs are column-major: columns ``x .. x + w`` are one stretch of them). Cost: the window, not the image."""
+    from segflow.tasks.formats.untrusted import rle_runs
+
+    runs = np.asarray(rle_runs(counts, height * width) or [], np.int64)
+    ends = np.cumsum(runs)
+    lo, hi = x * height, (x + w) * height
+    starts = ends - runs
+    keep = (ends > lo) & (starts < hi)
+    values = (np.flatnonzero(keep) % 2).astype(bool)  # runs alternate 0, 1, 0, ...
+    lengths = np.minimum(ends[keep], hi) - np.maximum(starts[keep], lo)
+    flat = np.repeat(values, lengths)
+    if len(flat) != hi - lo:  # a malformed string: nothing to measure
+        return np.zeros((h, w), bool)
+    return flat.reshape(w, height).T[y : y + h]
 
 
 def _band(x: np.ndarray) -> dict[str, list[float]]:

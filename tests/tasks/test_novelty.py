@@ -89,3 +89,16 @@ def test_acceptance_sends_a_novel_mask_to_review(use_novelty):
         assert out["verdict"].to_pylist() == ["accept", "review"] and out["verdict_reasons"].to_pylist()[1] == ["novel"]
     else:  # negative control: the ring is accepted as a circle
         assert out["verdict"].to_pylist() == ["accept", "accept"]
+
+
+def test_a_mask_is_decoded_only_in_its_box_and_exactly():
+    from segflow.tasks.novelty import _decode_box
+
+    rng = np.random.default_rng(2)
+    for kind in ("circle", "ring", "star", "pentagon", "square"):
+        m = _shape_layer(kind, rng.uniform(40, 160), rng.uniform(40, 160), rng.uniform(30, 90), rng.uniform(0, 6), H, W)
+        (counts,) = rle.encode_nhw(m[None])
+        x, y, w, h = (int(v) for v in rle.bbox_xywh([counts], H, W)[0])
+        assert np.array_equal(_decode_box(counts, H, W, x, y, w, h), m[y : y + h, x : x + w]), kind
+        assert np.array_equal(_decode_box(counts, H, W, 0, 0, W, H), m)  # the whole frame too
+    assert not _decode_box('"broken', H, W, 0, 0, 10, 10).any()  # a malformed string measures nothing
