@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from segflow.tasks.novelty import FEATURES as SHAPE_FEATURES
+from segflow.tasks.novelty import COLUMNS as SHAPE_COLUMNS
 from segflow.tasks.novelty import fit_reference
 
 __all__ = [
@@ -211,9 +211,11 @@ def calibrate(
             r["calibrated"] = float(v)
         curve = reliability(s, tp)
         shapes = [(r.get("row") or {}).get("shape") for r in rows]
-        right = [i for i, (t, sh) in enumerate(zip(tp, shapes, strict=True)) if t and sh]
+        right = [
+            i for i, (t, sh) in enumerate(zip(tp, shapes, strict=True)) if t and sh and len(sh) == len(SHAPE_COLUMNS)
+        ]
         look = fit_reference(
-            np.array([shapes[i] for i in right], np.float64).reshape(-1, len(SHAPE_FEATURES)),
+            np.array([shapes[i] for i in right], np.float64).reshape(-1, len(SHAPE_COLUMNS)),
             np.array([fold[i] for i in right], int),
         )
         agree = np.array([r.get("box_agreement", np.nan) for r in rows], np.float64)

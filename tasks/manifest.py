@@ -32,7 +32,7 @@ stay as written; :mod:`segflow.tasks.acceptance`): ``verdict`` (``accept`` |
 ``review`` | ``reject``), ``verdict_reasons`` (list<string>),
 ``calibrated_score`` (float32, null without a calibration) and ``novelty``
 (float32, :mod:`segflow.tasks.novelty`; null without a shape reference). The shard
-writes ``shape`` (list<float32>, the novelty features of the mask).
+writes ``shape`` (list<float32>, the novelty features of the mask and its contact flag).
 
 ``panoptic`` (``OUTPUT/manifest/panoptic.parquet/``, only with a panoptic stage): one row
 per segment of the merged panoptic map (segments never overlap):

@@ -4,6 +4,8 @@ Through the demo with shapes outside the ontology: tests/flows/test_drift_flow.p
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from segflow.demo.synthetic import _shape_layer
 from segflow.tasks import rle
 from segflow.tasks.acceptance import apply_acceptance
-from segflow.tasks.novelty import FEATURES, MIN_LIMIT, fit_reference, novelty, shape_features
+from segflow.tasks.novelty import COLUMNS, FEATURES, KEEP, fit_reference, novelty, shape_features
 
 H, W = 200, 200
 
@@ -23,13 +25,28 @@ def features_of(kind, size=120.0, angle=0.3):
 
 
 def test_shape_features_tell_the_demo_shapes_apart():
-    f = {k: dict(zip(FEATURES, features_of(k), strict=True)) for k in ("circle", "square", "ring", "star", "pentagon")}
+    f = {k: dict(zip(COLUMNS, features_of(k), strict=True)) for k in ("circle", "square", "ring", "star", "pentagon")}
     assert f["ring"]["holes"] > 0.2 and f["circle"]["holes"] == 0
     assert f["star"]["solidity"] < 0.7 < f["square"]["solidity"]
     assert f["circle"]["circularity"] > 0.85 > f["square"]["circularity"]
     assert round(np.exp(f["square"]["vertices"])) == 4 and round(np.exp(f["pentagon"]["vertices"])) == 5
     empty = shape_features([rle.encode_nhw(np.zeros((1, H, W), bool))[0]], H, W, np.zeros((1, 4)))
-    assert np.isnan(empty).all()
+    assert np.isnan(empty[:, : len(FEATURES)]).all() and empty[0, -1] == 0
+    assert all(v["contact"] == 0 for v in f.values())  # alone in the frame, clear of its border
+
+
+def test_contact_means_touching_another_mask_or_the_border_not_a_duplicate():
+    def contact(*masks):
+        counts = rle.encode_nhw(np.stack(masks))
+        return shape_features(counts, H, W, rle.bbox_xywh(counts, H, W))[:, -1].tolist()
+
+    a = _shape_layer("square", 60, 100, 50, 0.0, H, W)
+    near = _shape_layer("circle", 60 + 25 + 22, 100, 40, 0.0, H, W)  # 2 px from the square's right side
+    far = _shape_layer("circle", 150, 100, 40, 0.0, H, W)
+    assert contact(a, far) == [0, 0]
+    assert contact(a, near) == [1, 1]
+    assert contact(a, a.copy()) == [0, 0]  # a duplicate of the same object does not cut it
+    assert contact(_shape_layer("circle", 15, 100, 40, 0.0, H, W))[0] == 1  # cut by the frame
 
 
 def _circles(rng, n):
@@ -40,12 +57,52 @@ def test_the_reference_keeps_held_out_right_masks_and_flags_other_shapes():
     rng = np.random.default_rng(0)
     x = _circles(rng, 60)
     ref = fit_reference(x, np.arange(60) % 5)
-    assert ref["limit"] >= MIN_LIMIT and ref["heldout_kept"] >= 0.95 and ref["right_masks"] == 60
+    assert ref["limit"] == 1.0 and ref["heldout_kept"] >= KEEP - 0.02 and ref["right_masks"] == 60
+    assert ref["groups"]["free"]["right_masks"] == 60 and ref["groups"]["contact"] is None  # none touch
     fresh = _circles(np.random.default_rng(1), 40)
-    assert (novelty(fresh, ref) <= ref["limit"]).mean() >= 0.95  # new circles: not novel
-    others = np.array([features_of(k, 120, a) for k in ("ring", "star") for a in (0.1, 0.9, 2.0)])
-    assert (novelty(others, ref) > ref["limit"]).all()
+    assert (novelty(fresh, ref) <= 1.0).mean() >= 0.95  # new circles: not novel
+    others = np.array([features_of(k, 120, a) for k in ("ring", "star", "pentagon") for a in (0.1, 0.9, 2.0)])
+    assert (novelty(others, ref) > 1.0).all()
     assert fit_reference(x[:5], np.zeros(5)) is None  # too few right masks: no limit
+    json.dumps(ref)  # stored in calibration.json as it is
+
+
+def test_the_limit_is_fitted_held_out():
+    """The limit comes from right masks scored against the other folds: with one dented circle in each fold, each
+    is measured against the other folds' dented ones, and the limit reaches them; a reference that never saw a
+    dent flags them all (negative control)."""
+    rng = np.random.default_rng(3)
+    x = _circles(rng, 50)
+    odd = np.array([features_of("circle", 60, 0.0) for _ in range(5)])
+    odd[:, 1] -= 0.05  # a dent: lower solidity
+    fold = np.r_[np.arange(50) % 5, np.arange(5)]
+    ref = fit_reference(np.r_[x, odd], fold)
+    held_out = novelty(odd, ref)
+    assert (held_out <= 1.0).sum() >= 4  # the dented ones were seen held out, so the limit reaches them
+    alone = fit_reference(x, np.arange(50) % 5)  # negative control: a reference that never saw a dent
+    assert (novelty(odd, alone) > 1.0).all()
+
+
+def test_touching_masks_are_measured_against_touching_examples():
+    """A square with a corner bitten off by a neighbour looks like a pentagon; among the gold set's touching
+    squares it is ordinary, while a free-standing pentagon is measured against free-standing squares only."""
+    rng = np.random.default_rng(4)
+    free = np.array([features_of("square", rng.uniform(60, 140), rng.uniform(0, 6)) for _ in range(40)])
+    bitten = []
+    while len(bitten) < 40:
+        sq = _shape_layer("square", 100, 100, rng.uniform(60, 120), rng.uniform(0, 6), H, W)
+        cut = _shape_layer("circle", 100 + rng.uniform(20, 50), 100 + rng.uniform(20, 50), 40, 0.0, H, W)
+        if (sq & cut).sum() < 100:  # the neighbour missed it
+            continue
+        counts = rle.encode_nhw(np.stack([sq & ~cut, cut]))
+        bitten.append(shape_features(counts, H, W, rle.bbox_xywh(counts, H, W))[0])
+    bitten = np.array(bitten)
+    assert (bitten[:, -1] == 1).all()
+    ref = fit_reference(np.r_[free, bitten], np.arange(80) % 5)
+    assert ref["groups"]["free"] and ref["groups"]["contact"]
+    pentagon = features_of("pentagon", 110, 0.4)
+    assert novelty(pentagon, ref)[0] > 1.0  # free-standing: unlike every free square
+    assert (novelty(bitten[:10], ref) <= 1.0).mean() >= 0.8  # touching squares among touching ones
 
 
 def _masks(shapes):
@@ -84,7 +141,7 @@ def test_acceptance_sends_a_novel_mask_to_review(use_novelty):
     cal = {"score": "detector", "classes": {"circle": {"category_id": 1, "threshold": 0.5, "novelty": ref}}}
     out = apply_acceptance(_masks(["circle", "ring"]), cal, use_novelty=use_novelty)
     nov = out["novelty"].to_pylist()
-    assert nov[0] <= ref["limit"] < nov[1]  # the score is there either way
+    assert nov[0] <= 1.0 < nov[1]  # the score is there either way
     if use_novelty:
         assert out["verdict"].to_pylist() == ["accept", "review"] and out["verdict_reasons"].to_pylist()[1] == ["novel"]
     else:  # negative control: the ring is accepted as a circle
