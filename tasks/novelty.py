@@ -79,11 +79,12 @@ def shape_features(counts: Sequence[str], height: int, width: int, boxes_xywh: n
     out = np.full((n, len(COLUMNS)), np.nan, np.float32)
     boxes = np.asarray(boxes_xywh, np.float64).reshape(-1, 4).astype(int)
     areas = np.zeros(n, np.int64)
-    for k, c in enumerate(counts):
+    runs = [_runs(c, height, width) for c in counts]  # each string parsed once
+    for k in range(n):
         x, y, w, h = boxes[k]
         if w <= 0 or h <= 0:
             continue
-        m = np.ascontiguousarray(_decode_box(c, height, width, x, y, w, h), dtype=np.uint8)
+        m = np.ascontiguousarray(_decode_box(runs[k], height, width, x, y, w, h), dtype=np.uint8)
         areas[k] = int(m.sum())
         m = np.pad(m, 1)  # outlines never touch the crop's border
         contours, hierarchy = cv2.findContours(m, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
@@ -103,14 +104,15 @@ def shape_features(counts: Sequence[str], height: int, width: int, boxes_xywh: n
             min(rw, rh) / max(rw, rh, 1.0),
             np.log(len(cv2.approxPolyDP(main, 0.02 * perimeter, True))),
         )
-    out[:, -1] = _contact(counts, height, width, boxes, areas)
+    out[:, -1] = _contact(runs, height, width, boxes, areas)
     return out
 
 
-def _contact(counts: Sequence[str], height: int, width: int, boxes: np.ndarray, areas: np.ndarray) -> np.ndarray:
-    """1.0 where a mask (N x 4 ``boxes`` XYWH, ``areas`` pixels) lies within :data:`_TOUCH_PX` of the image's border
-    or of another mask it overlaps by less than half the smaller one (a duplicate does not count); else 0.0. Each
-    pair is looked at only where their boxes come that close, in the window around the first one's box."""
+def _contact(runs: list[np.ndarray], height: int, width: int, boxes: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """1.0 where a mask (its :func:`_runs`, N x 4 ``boxes`` XYWH, ``areas`` pixels) lies within :data:`_TOUCH_PX`
+    of the image's border or of another mask it overlaps by less than half the smaller one (a duplicate does not
+    count); else 0.0. Each pair is looked at only where their boxes come that close, in the window around the
+    first one's box."""
     import cv2
 
     g = _TOUCH_PX
@@ -125,22 +127,28 @@ def _contact(counts: Sequence[str], height: int, width: int, boxes: np.ndarray, 
     for i in np.flatnonzero(near.any(axis=1) & (out == 0) & (areas > 0)):
         wx0, wy0 = max(int(x0[i]) - g, 0), max(int(y0[i]) - g, 0)
         wx1, wy1 = min(int(x1[i]) + g, width), min(int(y1[i]) + g, height)
-        mine = _decode_box(counts[i], height, width, wx0, wy0, wx1 - wx0, wy1 - wy0)
+        mine = _decode_box(runs[i], height, width, wx0, wy0, wx1 - wx0, wy1 - wy0)
         grown = cv2.dilate(mine.astype(np.uint8), kernel).astype(bool)
         for j in np.flatnonzero(near[i] & (areas > 0)):
-            theirs = _decode_box(counts[j], height, width, wx0, wy0, wx1 - wx0, wy1 - wy0)
+            theirs = _decode_box(runs[j], height, width, wx0, wy0, wx1 - wx0, wy1 - wy0)
             if (grown & theirs).any() and (mine & theirs).sum() < 0.5 * min(areas[i], areas[j]):
                 out[i] = 1.0
                 break
     return out
 
 
-def _decode_box(counts: str, height: int, width: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-    """The ``h`` x ``w`` window at ``(x, y)`` of a COCO compressed RLE, decoding only the window's columns (the
-    runs are column-major: columns ``x .. x + w`` are one stretch of them). Cost: the window, not the image."""
+def _runs(counts: str, height: int, width: int) -> np.ndarray:
+    """The run lengths of a COCO compressed RLE (parsed in Python, bounded by the image's pixels)."""
     from segflow.tasks.formats.untrusted import rle_runs
 
-    runs = np.asarray(rle_runs(counts, height * width) or [], np.int64)
+    return np.asarray(rle_runs(counts, height * width) or [], np.int64)
+
+
+def _decode_box(counts: str | np.ndarray, height: int, width: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """The ``h`` x ``w`` window at ``(x, y)`` of a COCO compressed RLE (or its :func:`_runs`), decoding only the
+    window's columns (the runs are column-major: columns ``x .. x + w`` are one stretch of them). Cost: the
+    window, not the image."""
+    runs = _runs(counts, height, width) if isinstance(counts, str) else counts
     ends = np.cumsum(runs)
     lo, hi = x * height, (x + w) * height
     starts = ends - runs
