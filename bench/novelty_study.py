@@ -7,7 +7,7 @@ and recall on the known classes (every image; novelty off too, for the recall it
 what became of the unknown objects: accepted (exported as a known class), sent to review, rejected or not
 labelled at all. Figures in docs/gold-sets.md come from
 
-    python -m bench.novelty_study --out bench/results/novelty --cal-seed 4242 --seeds 5001,5002
+    python -m bench.novelty_study --out bench/results/novelty --cal-seed 4242 --seeds 5001,5002,5003,5004
 
 (about 5 minutes a seed on 2 cores).
 """
