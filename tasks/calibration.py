@@ -40,7 +40,6 @@ import numpy as np
 
 from segflow.tasks.novelty import COLUMNS as SHAPE_COLUMNS
 from segflow.tasks.novelty import fit_reference
-from segflow.tasks.novelty import novelty as novelty_score
 
 __all__ = [
     "best_threshold",
@@ -147,29 +146,6 @@ def _scorer(kind: str, rows: list[dict], fit: np.ndarray) -> tuple[dict | None, 
     return model, predict(model, x, score)
 
 
-def _shapes(rows: list[dict]) -> np.ndarray:
-    """The labels' :data:`segflow.tasks.novelty.COLUMNS` (N x 7; NaN where a row has none)."""
-    width = len(SHAPE_COLUMNS)
-    out = np.full((len(rows), width), np.nan)
-    for i, r in enumerate(rows):
-        v = (r.get("row") or {}).get("shape")
-        if v is not None and len(v) == width:
-            out[i] = v
-    return out
-
-
-def _heldout_novel(shapes: np.ndarray, tp: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """Whether each label (N x 7 ``shapes``) is over its novelty limit, measured against a reference fitted on
-    the other folds' right masks (``tp``) only; False where a fold's rest has too few right masks."""
-    out = np.zeros(len(tp), bool)
-    for k in np.unique(fold):
-        ref = fit_reference(shapes[tp & (fold != k)], fold[tp & (fold != k)])
-        if ref is not None:
-            mine = fold == k
-            out[mine] = novelty_score(shapes[mine], ref) > ref["limit"]
-    return out
-
-
 def calibrate(
     labels: list[dict],
     gold: dict[tuple[int, int], int],
@@ -181,15 +157,8 @@ def calibrate(
     seed: int = 0,
     score: str = "detector",
     review_recall: float = 0.95,
-    novelty: bool = False,
 ) -> dict[str, Any]:
     """Per-class thresholds for ``target`` precision, with held-out estimates.
-
-    With ``novelty``, a label is exported only if it also passes its class's novelty limit
-    (:mod:`segflow.tasks.novelty`), so the thresholds are fitted on the labels that pass it: each label's novelty
-    is measured held out (against a reference fitted on the other folds' right masks), and the labels over the
-    limit -- which go to review whatever their score -- are left out of the precision a threshold must reach and
-    count as missed in the held-out recall.
 
     Arguments:
       labels: dicts with ``image_id``, ``category_id``, ``score``, ``tp`` (bool), one per label of the gold images,
@@ -229,26 +198,30 @@ def calibrate(
         for (img, c), n in gold.items():
             if c == cid:
                 gold_fold[fold_of[img]] += n
-        shapes = _shapes(rows)
-        look = fit_reference(shapes[tp], fold[tp])
-        ok = ~_heldout_novel(shapes, tp, fold) if novelty else np.ones(len(rows), bool)
         held, held_review = np.zeros(3, int), np.zeros(3, int)
         for k in sorted(set(fold_of.values())):
             _, s = _scorer(score, rows, fold != k)
-            fit = (fold != k) & ok
-            t = best_threshold(s[fit], tp[fit], target, min_kept)
-            held += _counts(s[(fold == k) & ok], tp[(fold == k) & ok], gold_fold[k], t)
+            t = best_threshold(s[fold != k], tp[fold != k], target, min_kept)
+            held += _counts(s[fold == k], tp[fold == k], gold_fold[k], t)
             tr = recall_threshold(s[fold != k], tp[fold != k], n_gold - gold_fold[k], review_recall)
             low = min(t, tr) if t is not None and tr is not None else (tr if t is None else None)
             held_review += _counts(s[fold == k], tp[fold == k], gold_fold[k], low if rows else None)
         model, s = _scorer(score, rows, np.ones(len(rows), bool))
         for r, v in zip(rows, s, strict=True):
             r["calibrated"] = float(v)
-        curve = reliability(s[ok], tp[ok])
+        curve = reliability(s, tp)
+        shapes = [(r.get("row") or {}).get("shape") for r in rows]
+        right = [
+            i for i, (t, sh) in enumerate(zip(tp, shapes, strict=True)) if t and sh and len(sh) == len(SHAPE_COLUMNS)
+        ]
+        look = fit_reference(
+            np.array([shapes[i] for i in right], np.float64).reshape(-1, len(SHAPE_COLUMNS)),
+            np.array([fold[i] for i in right], int),
+        )
         agree = np.array([r.get("box_agreement", np.nan) for r in rows], np.float64)
         right = agree[tp & np.isfinite(agree)]
         mask_check = {"box_agreement_min": round(float(np.quantile(right, 0.01)), 4)} if len(right) else None
-        threshold = best_threshold(s[ok], tp[ok], target, min_kept)
+        threshold = best_threshold(s, tp, target, min_kept)
         review_t = recall_threshold(s, tp, n_gold, review_recall)
         entry = {
             "category_id": cid,
@@ -396,7 +369,6 @@ def fit_calibration(job: Any, gold: dict, file_names: dict, sizes: dict, rows: I
         min_gold=acc.min_gold,
         score=acc.score,
         review_recall=acc.review_recall,
-        novelty=acc.novelty,
     )
     result["gold_set"] = job.gold_set
     pr_points(labels, counts, result)
