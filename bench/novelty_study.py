@@ -2,12 +2,12 @@
 
 Fits a calibration with `segflow demo --seed CAL` (its gold half), then runs `segflow demo --calibration` on fresh
 seeds without and with `--unknown 2` (two stars, pentagons or rings drawn into free space of each scene), novelty
-on and off (`accept.novelty: false`, the same run finalized again). Per run: the exported set's precision
-and recall on the known classes (every image; novelty off too, for the recall it costs without unknowns), and
-what became of the unknown objects: accepted (exported as a known class), sent to review, rejected or not
+on and off (the same run finalized again with `accept.novelty: false` and thresholds fitted that way on the
+same gold set). Per run: the exported set's precision and recall on the known classes (every image), and what
+became of the unknown objects: accepted (exported as a known class), sent to review, rejected or not
 labelled at all. Figures in docs/gold-sets.md come from
 
-    python -m bench.novelty_study --out bench/results/novelty --cal-seed 4242 --seeds 5001,5002,5003,5004
+    python -m bench.novelty_study --out bench/results/novelty --cal-seed 4242 --seeds 5001,5002,5003,5004,5005
 
 (about 5 minutes a seed on 2 cores).
 """
@@ -72,6 +72,21 @@ def _fate(run: Path) -> dict:
     return out | {"unknown": dict(fate), "unknown_objects": len(gt["annotations"])}
 
 
+def _without_novelty(root: Path) -> str:
+    """The same gold set fitted with ``accept.novelty: false`` (thresholds that do not count on the novelty limit),
+    in a copy of the calibration run: the negative control's calibration."""
+    import shutil
+
+    from segflow.tasks.calibration import recalibrate_output
+
+    copy = root / "cal-off"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(root / "cal" / "out", copy)
+    gold = json.loads((copy / "job.json").read_text())["gold_set"]
+    recalibrate_output(str(copy), gold, novelty=False)
+    return str(copy / "calibration.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/results/novelty")
@@ -82,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     _cli("demo", "--output", str(root / "cal"), "--seed", str(args.cal_seed))
     cal = str(root / "cal" / "out" / "calibration.json")
+    cal_off = _without_novelty(root)
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for unknown in (0, 2):
@@ -89,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             _cli("demo", "--output", str(run), "--seed", str(seed), "--calibration", cal, "--unknown", str(unknown))
             rows.append({"seed": seed, "unknown_per_image": unknown, "novelty": True, **_fate(run)})
             print(json.dumps(rows[-1]), flush=True)
-            # negative control: the same labels finalized again with the score reported only
+            # negative control: the same labels finalized again without novelty (the score reported only), at
+            # thresholds fitted without it
             job = json.loads((run / "out" / "job.json").read_text())
             job["accept"]["novelty"] = False
+            job["accept"]["calibration"] = cal_off
             (run / "out" / "job.json").write_text(json.dumps(job))
             _cli("rerun", str(run / "out"))
             from segflow.demo.prepare import holdout_quality
