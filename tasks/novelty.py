@@ -59,9 +59,9 @@ K = 5  # neighbours a score averages over
 KEEP = 0.98  # share of held-out right masks the limit keeps
 MIN_LIMIT = 0.25  # in standardised units
 MIN_REFERENCE = 20  # right masks a class needs for a reference
-MIN_GROUP = 10  # right masks a group (free / contact) needs for its own reference; else the pooled one
+MIN_GROUP = 7  # right masks a group (free / contact) needs for its own reference; else the pooled one
 MAX_POINTS = 400  # points kept a group
-_SCALE_FLOOR = 0.04  # a feature the class hardly varies on (holes) still has a unit: a stray hole is not novel
+_SCALE_FLOOR = 0.05  # a feature the class hardly varies on (holes) still has a unit: a stray hole is not novel
 _TOUCH_PX = 3  # outlines this close count as touching
 _GROUPS = ("free", "contact")
 
