@@ -553,7 +553,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _eprint(f"error: {config} not found: this segflow installation lacks its package data (reinstall segflow)")
         return EXIT_CONFIG
     if args.images is None:
-        args.images = 16 if args.large else 60
+        args.images = 24 if args.large else 60
     t0 = time.time()
     overrides = prepare_demo(
         args.output,
@@ -835,7 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", required=True, help="folder for the example data and the results")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument(
-        "--images", type=int, help="scenes (default 60; 16 with --large); the first half of them are the gold set"
+        "--images", type=int, help="scenes (default 60; 24 with --large); the first half of them are the gold set"
     )
     d.add_argument(
         "--calibration", help="apply this saved calibration.json instead of fitting one (every image is held out)"
