@@ -195,7 +195,7 @@ def _finish(p):
 
 
 FINALIZE_LOOP = """
-import json, sys, time
+import json, os, sys, time
 from segflow.config.schema import JobConfig
 from segflow.tasks.finalize import finalize
 from segflow.tasks.lease import LeaseHeld
@@ -215,18 +215,20 @@ for g in range(first, first + rounds):
     except LeaseHeld:
         refused += 1
     time.sleep(0.2)
-print(json.dumps({"done": done, "refused": refused}))
+print(json.dumps({"done": done, "refused": refused}), flush=True)
+os._exit(0)  # the work is judged above; pyarrow's thread pools can abort in interpreter teardown (seen 2 in ~10 CIs)
 """
 
 EXPORT_LOOP = """
-import json, sys, time
+import json, os, sys, time
 from segflow.flows import cli
 out, dest, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 seen = []
 for i in range(rounds):
     rc = cli.main(["export", out, f"{dest}/{i}", "--format", "coco"])
     seen.append(rc)
-print(json.dumps(seen))
+print(json.dumps(seen), flush=True)
+os._exit(0)  # as above: no teardown
 """
 
 
