@@ -4,6 +4,7 @@ a real browser (headless Chromium), with a broken copy as the negative control."
 import json
 import re
 import shutil
+from html import escape as html_escape
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +14,7 @@ from segflow.flows import cli
 from segflow.flows.label_flow import report_link
 from segflow.tasks.quality import class_confusion
 from segflow.tasks.report import ReportSampler
+from segflow.tasks.report.render import VERDICT_TITLES
 from tests.support.browser import check_page
 
 SECTIONS = ["summary", "quality", "samples", "previews", "timing", "job"]
@@ -52,10 +54,18 @@ def test_report_content_matches_the_run(demo_run):
     for key, rows in samples["samples"].items():
         cls, verdict = key.split("\t")
         assert 0 < len(rows) <= samples["per_cell"] and {r["category_name"] for r in rows} == {cls}
-        score = [r["calibrated_score"] if r["calibrated_score"] is not None else r["score"] for r in rows]
-        assert score == sorted(score, reverse=verdict == "reject")
-        title = {"accept": "accepted", "review": "review", "reject": "rejected"}[verdict]
-        assert f'alt="{cls} {title}"' in html
+        if verdict == "novel":  # masks in review for their shape, most unusual first
+            assert all(r["verdict"] == "review" and "novel" in r["verdict_reasons"] for r in rows)
+            novelty = [r["novelty"] for r in rows]
+            assert novelty == sorted(novelty, reverse=True)
+        else:
+            assert all(r["verdict"] == verdict for r in rows)
+            score = [r["calibrated_score"] if r["calibrated_score"] is not None else r["score"] for r in rows]
+            assert score == sorted(score, reverse=verdict == "reject")
+        assert f'alt="{cls} {html_escape(VERDICT_TITLES[verdict])}"' in html
+    # every masks sent to review for its shape has a cell of its own, counted in full
+    novel = {c: n for c, n in samples.get("novel", {}).items() if n}
+    assert {k.split("\t")[0] for k in samples["samples"] if k.endswith("\tnovel")} == set(novel)
     # failures with reasons, the quality numbers, the timings and the models' sha256
     assert sum(samples["failure_kinds"].values()) == summary["failed_images"] == 2
     q = json.loads((out / "quality.json").read_text())
