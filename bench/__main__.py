@@ -29,19 +29,28 @@ Measurements:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("DO_NOT_TRACK", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from bench.common import (
+    LATEST,
+    demo_job,
+    environment,
+    peak_tflops,
+    rss_mb,
+    save_results,
+    timed,
+    timed_interleaved,
+    timed_per_item,
+)
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
 
 #: 5M parameters: a small ViT encoder in front of the official SAM decoder (256-dim, 1024-px input).
 BENCH_SAM_ARCH = dict(
@@ -53,52 +62,6 @@ BENCH_SAM_ARCH = dict(
     encoder_global_attn_indexes=[1, 3],
     window_size=14,
 )
-
-
-def _timed(fn, repeat: int = 1) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def _timed_interleaved(fns: dict, repeat: int) -> dict:
-    """Best of ``repeat`` for each function, the rounds interleaved (a, b, c, a, b, c, ...).
-
-    This machine's speed drifts by 10-40% over minutes; timing each function's
-    repeats back to back let one slow stretch land on one side of a ratio.
-    """
-    best = {k: float("inf") for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            best[k] = min(best[k], time.perf_counter() - t)
-    return best
-
-
-def _timed_per_item(fns: dict, items: list, repeat: int, rounds: dict | None = None) -> dict:
-    """Seconds for each function over all ``items``: the sum over items of its best of ``repeat`` runs.
-
-    Interleaved at the finest grain: each round runs every function on item 1,
-    then every function on item 2, ... Slow stretches of this machine last
-    seconds; a contender timed over many seconds at once (the per-box loop)
-    always averages fast and slow stretches, while a short one's best run can
-    fall entirely in a fast one. Per item, both sides are timed at the same
-    moments. ``rounds``: filled with each round's total seconds per function.
-    """
-    times = {k: np.zeros((repeat, len(items))) for k in fns}
-    for r in range(repeat):
-        for i, item in enumerate(items):
-            for k, fn in fns.items():
-                t = time.perf_counter()
-                fn(*item)
-                times[k][r, i] = time.perf_counter() - t
-    if rounds is not None:
-        rounds.update({k: [round(float(x), 3) for x in v.sum(1)] for k, v in times.items()})
-    return {k: float(v.min(0).sum()) for k, v in times.items()}
 
 
 def _boxes(rng, h, w, n):
@@ -174,7 +137,7 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
         seg16.segment(images[:1], prompts[:1])
         fns["bf16"] = lambda im, p: seg16.segment([im], [p])
     rounds: dict = {}
-    t = _timed_per_item(fns, list(zip(images, prompts)), 5, rounds)
+    t = timed_per_item(fns, list(zip(images, prompts)), 5, rounds)
     t_ours, t_loop, t_batched, t_whole = t["ours"], t["loop"], t["batched"], t["whole"]
     params = sum(p.numel() for p in seg.model.parameters()) / 1e6
     extra = {}
@@ -280,7 +243,7 @@ def bench_sam2_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
             proc.post_process_masks(out.pred_masks, inp["original_sizes"])
 
     fns = {"ours": lambda im, p: seg.segment([im], [p]), "loop": loop, "batched": batched}
-    t = _timed_per_item(fns, list(zip(images, prompts)), 3)
+    t = timed_per_item(fns, list(zip(images, prompts)), 3)
     return {
         "sam2_box_to_mask_vs_loop": round(t["loop"] / t["ours"], 3),
         "sam2_box_to_mask_vs_batched": round(t["batched"] / t["ours"], 3),
@@ -323,7 +286,7 @@ def bench_sam3_prompts(work: Path, n_images: int) -> dict:
                     out, threshold=conf, mask_threshold=0.5, target_sizes=inp["original_sizes"].tolist()
                 )
 
-    t = _timed_per_item({"ours": lambda im: lab.label([im]), "per_prompt": per_prompt}, [(im,) for im in images], 3)
+    t = timed_per_item({"ours": lambda im: lab.label([im]), "per_prompt": per_prompt}, [(im,) for im in images], 3)
     return {
         "sam3_prompts_vs_per_prompt": round(t["per_prompt"] / t["ours"], 3),
         "sam3_prompts_detail": {
@@ -337,24 +300,6 @@ def bench_sam3_prompts(work: Path, n_images: int) -> dict:
     }
 
 
-def _demo_job(images: Path, out: Path, shard_size: int, **det):
-    from segflow.config import load_config
-
-    job = load_config(ROOT / "configs" / "demo.yaml", overrides={"source": str(images), "output": str(out)})
-    stages = {k: v for k, v in job.stages.items() if k in ("detector", "masks")}
-    if det:
-        stages["detector"] = stages["detector"].model_copy(update=det)
-    return job.model_copy(
-        update={
-            "stages": stages,
-            "shard_size": shard_size,
-            "gold_set": None,
-            "gold_panoptic": None,
-            "ontology": [c for c in job.ontology if c.isthing],
-        }
-    )
-
-
 def bench_e2e(work: Path, n_images: int) -> dict:
     from segflow.demo.synthetic import write_scene_set
     from segflow.tasks.images import decode_image
@@ -363,7 +308,7 @@ def bench_e2e(work: Path, n_images: int) -> dict:
     from segflow.tasks.shard import run_shard
 
     write_scene_set(work / "e2e", n_images, seed=123, exif_fraction=0.25)
-    job = _demo_job(work / "e2e", work / "e2e-out", shard_size=n_images)
+    job = demo_job(work / "e2e", work / "e2e-out", shard_size=n_images)
     det = get_model(job.stages["detector"], job.category_names()).adapter
     sam = get_model(job.stages["masks"], job.category_names()).adapter
     files = sorted((work / "e2e").iterdir())
@@ -384,7 +329,7 @@ def bench_e2e(work: Path, n_images: int) -> dict:
     # warm-up over every image: CPU kernels are prepared per input shape on first use, and
     # whichever side ran first would pay for it (steady state is what a long job sees)
     model_only()
-    t = _timed_interleaved(
+    t = timed_interleaved(
         {"e2e": lambda: run_shard(*next(shards)), "model": model_only}, 3
     )  # best of 3, rounds interleaved
     t_e2e, t_model = t["e2e"], t["model"]
@@ -411,7 +356,7 @@ def bench_auto_annotate(work: Path, n_images: int) -> dict:
 
     write_scene_set(work / "aa", n_images, seed=321, exif_fraction=0.0, size_range=(400, 700))
     # the same detector for both: the demo YOLO, also written in ultralytics' own (pickled) format
-    det_job = _demo_job(work / "aa", work / "aa-out", shard_size=n_images)
+    det_job = demo_job(work / "aa", work / "aa-out", shard_size=n_images)
     yolo = load_yolo(det_job.stages["detector"].weights)
     yolo.save(str(work / "det-ultra.pt"))
     # the same SAM weights for both: a ViT-B-architecture state dict (random weights), file name as ultralytics expects
@@ -422,7 +367,7 @@ def bench_auto_annotate(work: Path, n_images: int) -> dict:
     sd["mask_decoder.iou_prediction_head.layers.2.bias"] += 3.0
     torch.save(sd, work / "sam_b.pt")
     settings = dict(conf=0.25, iou=0.45, imgsz=640, max_det=300)  # auto_annotate's defaults
-    job = _demo_job(work / "aa", work / "aa-out", shard_size=n_images, **settings)
+    job = demo_job(work / "aa", work / "aa-out", shard_size=n_images, **settings)
     masks_stage = job.stages["masks"].model_copy(
         update={
             "weights": str(work / "sam_b.pt"),
@@ -435,8 +380,8 @@ def bench_auto_annotate(work: Path, n_images: int) -> dict:
     job = job.model_copy(update={"stages": {"detector": job.stages["detector"], "masks": masks_stage}})
     plan = make_plan(job)
 
-    t_ours = _timed(lambda: run_shard(job, plan.shard_ids[0]))
-    t_aa = _timed(
+    t_ours = timed(lambda: run_shard(job, plan.shard_ids[0]))
+    t_aa = timed(
         lambda: auto_annotate(
             str(work / "aa"),
             det_model=str(work / "det-ultra.pt"),
@@ -480,7 +425,7 @@ def bench_auto_annotate(work: Path, n_images: int) -> dict:
             }
         )
         plan16 = make_plan(job16)
-        t16 = _timed(lambda: run_shard(job16, plan16.shard_ids[0]))
+        t16 = timed(lambda: run_shard(job16, plan16.shard_ids[0]))
         per16 = _masks_per_image(work / "aa-out-bf16")
         result["vs_auto_annotate_bf16"] = round(t_aa / t16, 3)
         result["auto_annotate_bf16_detail"] = {
@@ -530,7 +475,7 @@ def bench_rle(n: int, h: int, w: int) -> dict:
     for m in masks:
         x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
         m[x0 : x0 + rng.integers(20, w // 2), y0 : y0 + rng.integers(20, h // 2)] = True
-    t = _timed(lambda: rle.encode_nwh(masks), 3)
+    t = timed(lambda: rle.encode_nwh(masks), 3)
     return {
         "rle_gpx_per_s": round(n * h * w / t / 1e9, 3),
         "rle_detail": {"masks": n, "size": [h, w], "seconds": round(t, 4)},
@@ -538,7 +483,6 @@ def bench_rle(n: int, h: int, w: int) -> dict:
 
 
 def bench_memory(work: Path, n_images: int, shard_size: int) -> dict:
-    from bench.bench_memory import rss_mb
     from segflow.config import JobConfig
     from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
     from segflow.tasks.plan import make_plan
@@ -595,8 +539,6 @@ def bench_memory(work: Path, n_images: int, shard_size: int) -> dict:
 
 def _gpu_peak_tflops(name: str | None = None) -> float | None:
     """Dense bf16 peak of the GPU called ``name`` (default: CUDA device 0), None when unknown or no GPU."""
-    from bench.gpu import peak_tflops
-
     if name is None:
         if not torch.cuda.is_available():
             return None
@@ -639,10 +581,7 @@ def _gpu_main(out: Path) -> None:
         return
     for k, v in res.items():
         print(f"{k:<36}{v}")
-    merged = json.loads(out.read_text()) if out.exists() else {}
-    merged.update(res)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(merged, indent=2))
+    save_results(out, res, environment())
     print(f"written: {out}")
 
 
@@ -650,7 +589,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench", description="segflow throughput suite (CPU or GPU)")
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, numbers are noisy)")
     ap.add_argument("--only", nargs="*", help="run only these measurements (names as in the table, prefix match)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    ap.add_argument(
+        "--out", default=str(LATEST), help="results file; this run's keys are merged into it, each with its date"
+    )
     ap.add_argument(
         "--peak-tflops",
         type=float,
@@ -725,8 +666,7 @@ def main() -> None:
     for k in sorted(k for k in results if k.endswith(("_detail", "_error"))):
         print(f"  {k}: {results[k]}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    save_results(out, results, environment())
     print(f"written: {out}")
 
 

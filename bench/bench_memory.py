@@ -4,7 +4,7 @@ Runs many small shards back to back with the tiny models (loaded once) and
 prints RSS after each, and the slope in MB per 1000 images (least squares over
 the second half, after warm-up). Asserts nothing.
 
-    python bench/bench_memory.py [--images 600] [--shard-size 20]
+    python -m bench.bench_memory [--images 600] [--shard-size 20]
 """
 
 from __future__ import annotations
@@ -12,17 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import sys
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def main() -> None:
@@ -33,6 +26,7 @@ def main() -> None:
 
     import numpy as np
 
+    from bench.common import rss_mb
     from segflow.config import JobConfig
     from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
     from segflow.tasks.plan import make_plan

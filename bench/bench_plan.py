@@ -12,7 +12,7 @@ synthetic key stream, shaped like an S3 listing (key, size, ETag):
 Optionally (``--s3 N``) also lists N real keys from moto's S3 server through
 s3fs with segflow's paged lister and reports keys/s.
 
-    python bench/bench_plan.py [--keys 1000000] [--shard-size 1000] [--s3 20000]
+    python -m bench.bench_plan [--keys 1000000] [--shard-size 1000] [--s3 20000]
 """
 
 from __future__ import annotations
@@ -25,9 +25,6 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def stream(n: int):

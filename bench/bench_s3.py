@@ -67,7 +67,7 @@ def _commit_latency(output: str, n: int = 10) -> float:
 def bench_e2e_s3(work: Path, n_images: int) -> dict:
     import s3fs
 
-    from bench.__main__ import _demo_job, _timed_interleaved
+    from bench.common import demo_job, timed_interleaved
     from segflow.demo.synthetic import write_scene_set
     from segflow.tasks.plan import make_plan
     from segflow.tasks.shard import run_shard
@@ -87,8 +87,8 @@ def bench_e2e_s3(work: Path, n_images: int) -> dict:
         write_scene_set(local, n_images, seed=99, exif_fraction=0.25)
         fs.put(str(local) + "/", "bench-src/images/", recursive=True)
         jobs = {
-            "local": [_demo_job(local, work / f"s3-local-out-{i}", shard_size=n_images) for i in range(3)],
-            "s3": [_demo_job(local, work / "unused", shard_size=n_images) for _ in range(3)],
+            "local": [demo_job(local, work / f"s3-local-out-{i}", shard_size=n_images) for i in range(3)],
+            "s3": [demo_job(local, work / "unused", shard_size=n_images) for _ in range(3)],
         }
         jobs["s3"] = [
             j.model_copy(
@@ -100,9 +100,9 @@ def bench_e2e_s3(work: Path, n_images: int) -> dict:
             for i, j in enumerate(jobs["s3"])
         ]
         shards = {k: iter([(j, make_plan(j).shard_ids[0]) for j in v]) for k, v in jobs.items()}
-        warm = _demo_job(local, work / "s3-warm-out", shard_size=n_images)
+        warm = demo_job(local, work / "s3-warm-out", shard_size=n_images)
         run_shard(warm, make_plan(warm).shard_ids[0])  # models loaded, kernels warmed, before any timing
-        t = _timed_interleaved({k: (lambda k=k: run_shard(*next(shards[k]))) for k in ("local", "s3")}, 3)
+        t = timed_interleaved({k: (lambda k=k: run_shard(*next(shards[k]))) for k in ("local", "s3")}, 3)
         s3_ms = _commit_latency("s3://bench-out/commits")
         local_ms = _commit_latency(str(work / "commits"))
     finally:

@@ -17,7 +17,7 @@ Each size is simulated, then each step runs in a fresh subprocess, so its peak R
   bounded, so its time should not grow with the rows; the simulated rows name no real image files, so the
   mosaics' tiles say "image unavailable": image reads are left out of this figure).
 
-    python bench/bench_scale.py [--shards 1000] [--images-per-shard 1000] [--rows 1000000 10000000]
+    python -m bench.bench_scale [--shards 1000] [--images-per-shard 1000] [--rows 1000000 10000000]
 
 Writes ``scale_*`` keys into bench/results/latest.json (``--out``) and prints them:
 ``scale_finalize_peak_rss_mb`` (at the largest size), ``scale_finalize_rss_growth`` and
@@ -37,8 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench.common import LATEST, environment, save_results
 
 H, W = 480, 640
 CLASSES = ["car", "person", "bicycle"]
@@ -192,7 +191,6 @@ def _step(name: str, out: Path) -> dict:
     """One measured step in a fresh process: seconds and peak RSS (MB)."""
     code = f"""
 import json, resource, sys, time
-sys.path.insert(0, {str(ROOT)!r})
 t = time.perf_counter()
 name, out = {name!r}, {str(out)!r}
 if name == "finalize":
@@ -226,7 +224,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=1000)
     ap.add_argument("--images-per-shard", type=int, default=1000)
     ap.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latest.json"))
+    ap.add_argument("--out", default=str(LATEST), help="results file the scale_* keys are merged into")
     ap.add_argument("--work", help="folder for the simulated outputs (default: a temporary one, removed)")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="segflow-scale-"))
@@ -260,11 +258,7 @@ def main() -> None:
         },
     }
     print(json.dumps(results, indent=1))
-    out = Path(args.out)
-    merged = json.loads(out.read_text()) if out.exists() else {}
-    merged.update(results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(merged, indent=1))
+    save_results(Path(args.out), results, environment())
 
 
 if __name__ == "__main__":

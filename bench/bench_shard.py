@@ -4,23 +4,21 @@ Both sides use the same weights, the same images and the same detector boxes,
 and run in this one process. Prints images/s of each and their ratio; asserts
 nothing (targets are read off the printed figures).
 
-    python bench/bench_shard.py [--images 24] [--boxes 16] [--sam tiny|small]
+    python -m bench.bench_shard [--images 24] [--boxes 16] [--sam tiny|small]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 SMALL_SAM_ARCH = dict(
     img_size=512,

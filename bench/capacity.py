@@ -1,6 +1,6 @@
 """Capacity model: FLOPs per image of the official models, and GPU-hours and wall-clock for N images.
 
-    python bench/capacity.py [--images 1000000 10000000] [--gpu H100] [--gpus 8] [--utilisation 0.35]
+    python -m bench.capacity [--images 1000000 10000000] [--gpu H100] [--gpus 8] [--utilisation 0.35]
                              [--boxes 10] [--pipeline yolo11x-seg,sam2.1-large] [--markdown]
 
 FLOPs are **counted here**, not quoted: each official architecture is built from its
@@ -21,11 +21,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.gpu import GPU_PEAK_BF16_TFLOPS  # noqa: E402 - published dense bf16 peaks, TFLOP/s
+from bench.common import GPU_PEAK_BF16_TFLOPS  # published dense bf16 peaks, TFLOP/s
 
 
 def _count(fn: Callable[[], object], device: str | None = "meta") -> float:

@@ -20,15 +20,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-#: published dense bf16 peaks, TFLOP/s (vendor datasheets; figures with sparsity are twice these)
-GPU_PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0}
+from bench.common import peak_tflops
+
 #: SAM ViT-H image encoder at 1024², counted by bench/capacity.py (FlopCounterMode, 2 FLOPs per multiply-add)
 SAM_VIT_H_GFLOPS = 5961.0
-
-
-def peak_tflops(name: str) -> float | None:
-    """Dense bf16 peak of a GPU by its device name, None when not in the table."""
-    return next((v for k, v in GPU_PEAK_BF16_TFLOPS.items() if k in name), None)
 
 
 def _encoder_images_per_s(dtype) -> float:
@@ -55,14 +50,14 @@ def _encoder_images_per_s(dtype) -> float:
 def _bf16_mask_iou(work: Path, n_images: int) -> float:
     import numpy as np
 
-    from bench.__main__ import _demo_job
+    from bench.common import demo_job
     from segflow.demo.synthetic import write_scene_set
     from segflow.tasks import rle
     from segflow.tasks.images import decode_image
     from segflow.tasks.models.cache import get_model
 
     write_scene_set(work / "gpu-iou", n_images, seed=55, exif_fraction=0.0)
-    job = _demo_job(work / "gpu-iou", work / "gpu-iou-out", shard_size=n_images)
+    job = demo_job(work / "gpu-iou", work / "gpu-iou-out", shard_size=n_images)
     images = [decode_image(f.read_bytes()).pixels for f in sorted((work / "gpu-iou").iterdir())]
     det = get_model(job.stages["detector"].model_copy(update={"device": "cuda"}), job.category_names()).adapter
     boxes = det.detect(images)
@@ -80,7 +75,7 @@ def _bf16_mask_iou(work: Path, n_images: int) -> float:
 
 
 def _e2e_images_per_s(work: Path, n_images: int) -> float:
-    from bench.__main__ import _demo_job
+    from bench.common import demo_job
     from segflow.demo.synthetic import write_scene_set
     from segflow.tasks.plan import make_plan
     from segflow.tasks.shard import run_shard
@@ -88,7 +83,7 @@ def _e2e_images_per_s(work: Path, n_images: int) -> float:
     write_scene_set(work / "gpu-e2e", n_images, seed=77, exif_fraction=0.25)
     best = float("inf")
     for i in range(3):  # the first round loads the models and warms the kernels
-        job = _demo_job(work / "gpu-e2e", work / f"gpu-e2e-out-{i}", shard_size=n_images)
+        job = demo_job(work / "gpu-e2e", work / f"gpu-e2e-out-{i}", shard_size=n_images)
         stages = {k: v.model_copy(update={"device": "cuda"}) for k, v in job.stages.items()}
         job = job.model_copy(update={"stages": stages})
         sid = make_plan(job).shard_ids[0]
@@ -105,7 +100,6 @@ def gpu_check(work: Path) -> dict:
 
     if not torch.cuda.is_available():
         return {"gpu": None, "gpu_note": "no CUDA device here: the GPU check measured nothing"}
-    import bench.capacity  # noqa: F401 - the FLOPs table the utilisation uses is documented there
 
     name = torch.cuda.get_device_name(0)
     t0 = time.time()

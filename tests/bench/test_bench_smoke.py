@@ -25,10 +25,31 @@ def test_bench_suite_writes_results(tmp_path):
     res = json.loads(out.read_text())
     assert res["rle_gpx_per_s"] > 0 and "rss_slope_mb_per_1k_images" in res and res["rss_detail"]["images"] == 80
     assert "rle_gpx_per_s" in r.stdout and "written:" in r.stdout
+    assert set(res["measured_at"]) >= {"rle_gpx_per_s", "rss_slope_mb_per_1k_images", "rss_detail"}
+
+
+def test_results_of_a_partial_run_are_merged_with_each_rows_date(tmp_path):
+    """`--only X` and the scale bench replace their own keys and keep every other row with the date it was
+    measured (a partial run used to overwrite the file with its rows alone)."""
+    from bench.common import save_results
+
+    out = tmp_path / "latest.json"
+    save_results(out, {"device": "cpu", "a_ratio": 2.0, "b_ratio": 3.0}, {"device": "cpu"})
+    first = json.loads(out.read_text())
+    first["measured_at"]["b_ratio"] = "2026-01-01T00:00:00Z"  # as measured by an older run
+    out.write_text(json.dumps(first))
+    merged = save_results(out, {"device": "cuda", "a_ratio": 4.0}, {"device": "cuda"})
+    assert merged == json.loads(out.read_text())
+    assert merged["a_ratio"] == 4.0 and merged["b_ratio"] == 3.0 and merged["device"] == "cuda"
+    assert merged["measured_at"]["b_ratio"] == "2026-01-01T00:00:00Z" != merged["measured_at"]["a_ratio"]
+    assert merged["environment"]["a_ratio"] == {"device": "cuda"} and merged["environment"]["b_ratio"] == {
+        "device": "cpu"
+    }
+    assert "device" not in merged["measured_at"]  # the run's own keys are not measurements
 
 
 def test_per_item_timing_interleaves_contenders_on_each_item_and_sums_their_best():
-    from bench.__main__ import _timed_per_item
+    from bench.common import timed_per_item
 
     calls = []
     slow_first_round = {"a": 0.03, "b": 0.0}
@@ -41,7 +62,7 @@ def test_per_item_timing_interleaves_contenders_on_each_item_and_sums_their_best
         return fn
 
     rounds = {}
-    t = _timed_per_item({"a": make("a"), "b": make("b")}, [(1,), (2,)], 3, rounds)
+    t = timed_per_item({"a": make("a"), "b": make("b")}, [(1,), (2,)], 3, rounds)
     # every contender on item 1, then every contender on item 2, round after round
     assert calls[:4] == [("a", 1), ("b", 1), ("a", 2), ("b", 2)] and len(calls) == 12
     # per item the best of 3 rounds: a's slow first round (2 x 30 ms) does not count
