@@ -52,10 +52,10 @@ def main() -> None:
     from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
     from segflow.tasks.images import decode_image
     from segflow.tasks.models.cache import get_model
-    from segflow.tasks.models.sam_checkpoint import TINY_SAM_ARCH, build_sam, load_sam, save_sam_checkpoint
+    from segflow.tasks.models.sam_checkpoint import build_sam, load_sam, save_sam_checkpoint
     from segflow.tasks.plan import make_plan
     from segflow.tasks.shard import run_shard
-    from tests.support.tiny import make_tiny_yolo
+    from tests.support.tiny import TINY_SAM_ARCH, make_tiny_yolo
 
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))
     write_scene_set(work / "images", args.images, seed=7, size_range=(200, 500))

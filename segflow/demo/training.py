@@ -620,11 +620,28 @@ def mean_box_prompt_iou(
 # -- Mask2Former --------------------------------------------------------------------------------
 
 
-def _m2f_arch() -> dict:
-    """The demo's panoptic model: :data:`segflow.tasks.models.mask2former.TINY_M2F_ARCH` (~1.7M parameters)."""
-    from segflow.tasks.models.mask2former import TINY_M2F_ARCH
+#: The demo's panoptic model, also the tests' tiny one (~1.7M parameters, Swin backbone, 256-px input).
+DEMO_M2F_ARCH = dict(
+    backbone=dict(
+        image_size=256, patch_size=4, embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=8
+    ),
+    feature_size=64,
+    mask_feature_size=64,
+    hidden_dim=64,
+    encoder_feedforward_dim=128,
+    encoder_layers=2,
+    decoder_layers=3,
+    num_attention_heads=4,
+    dim_feedforward=128,
+    num_queries=24,
+    train_num_points=1024,
+    input_size=256,
+)
 
-    return dict(TINY_M2F_ARCH)
+
+def _m2f_arch() -> dict:
+    """The demo's panoptic model: :data:`DEMO_M2F_ARCH` (~1.7M parameters)."""
+    return dict(DEMO_M2F_ARCH)
 
 
 def _panoptic_targets(s: Any, size: int) -> tuple[Any, Any]:

@@ -64,27 +64,8 @@ __all__ = [
     "build_mask2former",
     "save_mask2former_checkpoint",
     "load_mask2former",
-    "TINY_M2F_ARCH",
     "label_table",
 ]
-
-#: A small Mask2Former for tests and CPU demos (~1.7M parameters, Swin backbone, 256-px input).
-TINY_M2F_ARCH = dict(
-    backbone=dict(
-        image_size=256, patch_size=4, embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8], window_size=8
-    ),
-    feature_size=64,
-    mask_feature_size=64,
-    hidden_dim=64,
-    encoder_feedforward_dim=128,
-    encoder_layers=2,
-    decoder_layers=3,
-    num_attention_heads=4,
-    dim_feedforward=128,
-    num_queries=24,
-    train_num_points=1024,
-    input_size=256,
-)
 
 
 def build_mask2former(arch: dict[str, Any], labels: Sequence[str]) -> tuple[Any, Any]:

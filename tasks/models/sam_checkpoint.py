@@ -18,7 +18,7 @@ from typing import Any
 
 from segflow.tasks.weights import WeightsError, build_to_fit, load_checkpoint
 
-__all__ = ["FORMAT", "OFFICIAL_ARCHS", "TINY_SAM_ARCH", "build_sam", "save_sam_checkpoint", "load_sam"]
+__all__ = ["FORMAT", "OFFICIAL_ARCHS", "build_sam", "save_sam_checkpoint", "load_sam"]
 
 FORMAT = "segflow.sam/1"
 
@@ -34,23 +34,6 @@ OFFICIAL_ARCHS = {
         encoder_embed_dim=1280, encoder_depth=32, encoder_num_heads=16, encoder_global_attn_indexes=[7, 15, 23, 31]
     ),
 }
-
-#: A small SAM for tests and CPU demos (~0.6M parameters, 256-px input).
-TINY_SAM_ARCH = dict(
-    img_size=256,
-    patch_size=16,
-    encoder_embed_dim=96,
-    encoder_depth=4,
-    encoder_num_heads=4,
-    encoder_global_attn_indexes=[1, 3],
-    window_size=4,
-    prompt_embed_dim=64,
-    decoder_depth=2,
-    decoder_mlp_dim=256,
-    decoder_num_heads=4,
-    iou_head_hidden_dim=64,
-    mask_in_chans=16,
-)
 
 
 def build_sam(arch: dict[str, Any]) -> Any:

@@ -385,7 +385,8 @@ def train_sam_point_localizer(
     from segment_anything.utils.transforms import ResizeLongestSide
 
     from segflow.demo.training import _dice_loss
-    from segflow.tasks.models.sam_checkpoint import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
+    from segflow.tasks.models.sam_checkpoint import build_sam, save_sam_checkpoint
+    from tests.support.tiny import TINY_SAM_ARCH
 
     t0 = time.time()
     torch.manual_seed(seed)

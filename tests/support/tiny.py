@@ -40,11 +40,29 @@ def make_tiny_yolo(path: str | Path, class_names: Sequence[str], seed: int = 0, 
     return path
 
 
+#: A small SAM for tests and benchmarks (~0.6M parameters, 256-px input).
+TINY_SAM_ARCH = dict(
+    img_size=256,
+    patch_size=16,
+    encoder_embed_dim=96,
+    encoder_depth=4,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=[1, 3],
+    window_size=4,
+    prompt_embed_dim=64,
+    decoder_depth=2,
+    decoder_mlp_dim=256,
+    decoder_num_heads=4,
+    iou_head_hidden_dim=64,
+    mask_in_chans=16,
+)
+
+
 def make_tiny_sam(path: str | Path, seed: int = 0) -> Path:
     """A random ~0.8M-parameter SAM (256-px input), saved as a segflow SAM checkpoint."""
     import torch
 
-    from segflow.tasks.models.sam_checkpoint import TINY_SAM_ARCH, build_sam, save_sam_checkpoint
+    from segflow.tasks.models.sam_checkpoint import build_sam, save_sam_checkpoint
 
     torch.manual_seed(seed)
     path = Path(path)
@@ -60,10 +78,11 @@ def make_tiny_mask2former(
     segflow checkpoint; with ``pretrained_dir`` also in the ``save_pretrained`` layout there."""
     import torch
 
-    from segflow.tasks.models.mask2former import TINY_M2F_ARCH, build_mask2former, save_mask2former_checkpoint
+    from segflow.demo.training import DEMO_M2F_ARCH
+    from segflow.tasks.models.mask2former import build_mask2former, save_mask2former_checkpoint
 
     torch.manual_seed(seed)
-    model, processor = build_mask2former(TINY_M2F_ARCH, labels)
+    model, processor = build_mask2former(DEMO_M2F_ARCH, labels)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_mask2former_checkpoint(model, processor, path)

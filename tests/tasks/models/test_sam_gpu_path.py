@@ -121,7 +121,8 @@ def test_blocked_attention_equals_eager(kernel):
 
 def test_unknown_attention_kernel_is_refused():
     from segflow.tasks.models.sam_attention import use_fast_attention
-    from segflow.tasks.models.sam_checkpoint import TINY_SAM_ARCH, build_sam
+    from segflow.tasks.models.sam_checkpoint import build_sam
+    from tests.support.tiny import TINY_SAM_ARCH
 
     sam = build_sam(TINY_SAM_ARCH)
     with pytest.raises(ValueError, match="'flash'"):
