@@ -268,8 +268,8 @@ def _num(v: float | None) -> str:
 def print_calibration(cal: dict, drift: dict | None = None) -> None:
     """The per-class thresholds and held-out estimates of a calibration, as a Markdown table (``drift``: the
     run's drift check, when the figures are shown after a run: they are the gold set's, not the run's)."""
-    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    ci = lambda v: "-" if v is None else f"{v[0]:.2f}-{v[1]:.2f}"  # noqa: E731
+    f = lambda v: "-" if v is None else f"{v:.3f}"
+    ci = lambda v: "-" if v is None else f"{v[0]:.2f}-{v[1]:.2f}"
     print(
         f"calibration: precision {cal['target_precision']} on the {cal['score']} score "
         f"({cal['folds']}-fold over {cal['gold_images']} gold images; held-out figures)"

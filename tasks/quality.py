@@ -472,7 +472,7 @@ def _r(x: float | None) -> float | None:
 
 def format_quality(q: dict) -> str:
     """The quality figures and per-class tables (instances, panoptic), for terminals and Markdown."""
-    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    f = lambda v: "-" if v is None else f"{v:.3f}"
     lines: list[str] = []
     if "box_ap50" in q:
         lines += [

@@ -19,7 +19,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one compute thread each, no oversubscription
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set  # noqa: E402
+from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
 
 
 @pytest.fixture(scope="session", autouse=True)

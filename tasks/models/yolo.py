@@ -50,7 +50,7 @@ if "YOLO_CONFIG_DIR" not in os.environ:
     )
     Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
 
-import torch  # noqa: E402 - torch (and its OpenMP runtime) loads before ultralytics can set OMP_NUM_THREADS=1
+import torch  # loads (with its OpenMP runtime) before ultralytics can set OMP_NUM_THREADS=1
 
 _omp = os.environ.get("OMP_NUM_THREADS")
 import ultralytics  # noqa: E402,F401

@@ -44,7 +44,7 @@ def label_studio(tmp_path_factory):
     data = tmp_path_factory.mktemp("label-studio") / "data"
     shutil.copytree(template, data)
     port = _free_port()
-    log = open(data.parent / "server.log", "w")  # noqa: SIM115 - closed at teardown
+    log = open(data.parent / "server.log", "w")  # closed at teardown
     env = dict(
         os.environ, LABEL_STUDIO_BASE_DATA_DIR=str(data), DJANGO_DB="sqlite", SENTRY_DSN="", FRONTEND_SENTRY_DSN=""
     )

@@ -27,7 +27,7 @@ def make_tiny_yolo(path: str | Path, class_names: Sequence[str], seed: int = 0, 
     import torch
     from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 
-    import segflow.tasks.models.yolo  # noqa: F401 - sets offline ultralytics defaults
+    import segflow.tasks.models.yolo  # sets offline ultralytics defaults
 
     torch.manual_seed(seed)
     cls = SegmentationModel if "-seg" in cfg else DetectionModel

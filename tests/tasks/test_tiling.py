@@ -163,7 +163,7 @@ def test_the_demo_detector_finds_the_small_objects_of_a_large_mosaic_only_with_t
             None,
         )
         inter = ix * iy
-        area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+        area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
         iou = inter / (area(d.boxes)[:, None] + area(truth)[None] - inter)
         return (iou.max(axis=0) >= 0.5).mean() if len(d) else 0.0, len(d)
 
