@@ -26,7 +26,13 @@ each fold on that fold's fitting images only).
   below it: a threshold fitted on noise), gets no threshold (``status:
   review``) and a warning;
 * review band: per class, ``review_threshold`` is the highest threshold whose
-  recall on the gold set reaches ``review_recall`` (at most ``threshold``).
+  recall on the gold set reaches ``review_recall`` (at most ``threshold``);
+* novelty (``accept.novelty``, on by default): a label whose shape is unlike
+  the class's right masks (:mod:`segflow.tasks.novelty`) is never exported
+  whatever its score, so the threshold is fitted, and its precision and recall
+  estimated, on the labels that pass the novelty limit. Each label's novelty
+  is measured held out: against the reference of the right masks of the other
+  folds. ``novelty_in_thresholds`` in the result says which way it was fitted.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ from typing import Any
 import numpy as np
 
 from segflow.tasks.novelty import COLUMNS as SHAPE_COLUMNS
+from segflow.tasks.novelty import FEATURES as SHAPE_FEATURES
 from segflow.tasks.novelty import fit_reference
+from segflow.tasks.novelty import novelty as novelty_score
 
 __all__ = [
     "best_threshold",
@@ -83,6 +91,29 @@ def best_threshold(scores: np.ndarray, tp: np.ndarray, target: float, min_kept: 
     if not ok.any():
         return None
     return float(s[np.nonzero(ok)[0][-1]])
+
+
+def _shapes(rows: list[dict]) -> np.ndarray:
+    """The labels' :data:`segflow.tasks.novelty.COLUMNS` (N x 7; NaN rows where a label has none)."""
+    out = np.full((len(rows), len(SHAPE_COLUMNS)), np.nan)
+    for i, r in enumerate(rows):
+        sh = (r.get("row") or {}).get("shape")
+        if sh and len(sh) == len(SHAPE_COLUMNS):
+            out[i] = np.asarray(sh, np.float64)
+    return out
+
+
+def _heldout_novelty(shapes: np.ndarray, tp: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Each label's novelty (``shapes`` N x 7, ``tp`` and ``fold`` N) against the reference of the right masks of
+    the other folds; 0 where that fold's complement has too few right masks for a reference, or no shape."""
+    out = np.zeros(len(shapes))
+    right = tp & np.isfinite(shapes[:, : len(SHAPE_FEATURES)]).all(axis=1)
+    for k in np.unique(fold):
+        rest = right & (fold != k)
+        reference = fit_reference(shapes[rest], fold[rest])
+        if reference is not None:
+            out[fold == k] = novelty_score(shapes[fold == k], reference)
+    return out
 
 
 def _counts(scores: np.ndarray, tp: np.ndarray, n_gold: int, threshold: float | None) -> tuple[int, int, int]:
@@ -157,6 +188,7 @@ def calibrate(
     seed: int = 0,
     score: str = "detector",
     review_recall: float = 0.95,
+    novelty: bool = True,
 ) -> dict[str, Any]:
     """Per-class thresholds for ``target`` precision, with held-out estimates.
 
@@ -166,6 +198,8 @@ def calibrate(
         gets ``calibrated`` (its score under the final model).
       gold: ``(image_id, category_id)`` -> number of gold instances.
       classes: ontology id -> name; classes without gold instances and labels are left out.
+      novelty: fit each threshold on the labels that pass the class's novelty limit (held out), as
+        acceptance with ``accept.novelty`` exports them; False: on every label.
     """
     images = sorted({i for i, _ in gold} | {r["image_id"] for r in labels})
     rng = np.random.default_rng(seed)
@@ -183,6 +217,7 @@ def calibrate(
         "min_gold": min_gold,
         "min_kept": min_kept,
         "gold_images": len(images),
+        "novelty_in_thresholds": novelty,
         "classes": {},
     }
     totals, totals_review = np.zeros(3, int), np.zeros(3, int)
@@ -198,11 +233,14 @@ def calibrate(
         for (img, c), n in gold.items():
             if c == cid:
                 gold_fold[fold_of[img]] += n
+        shapes = _shapes(rows)
+        passing = _heldout_novelty(shapes, tp, fold) <= 1.0 if novelty else np.ones(len(rows), bool)
         held, held_review = np.zeros(3, int), np.zeros(3, int)
         for k in sorted(set(fold_of.values())):
             _, s = _scorer(score, rows, fold != k)
-            t = best_threshold(s[fold != k], tp[fold != k], target, min_kept)
-            held += _counts(s[fold == k], tp[fold == k], gold_fold[k], t)
+            fit_k, test_k = (fold != k) & passing, (fold == k) & passing
+            t = best_threshold(s[fit_k], tp[fit_k], target, min_kept)
+            held += _counts(s[test_k], tp[test_k], gold_fold[k], t)
             tr = recall_threshold(s[fold != k], tp[fold != k], n_gold - gold_fold[k], review_recall)
             low = min(t, tr) if t is not None and tr is not None else (tr if t is None else None)
             held_review += _counts(s[fold == k], tp[fold == k], gold_fold[k], low if rows else None)
@@ -210,18 +248,12 @@ def calibrate(
         for r, v in zip(rows, s, strict=True):
             r["calibrated"] = float(v)
         curve = reliability(s, tp)
-        shapes = [(r.get("row") or {}).get("shape") for r in rows]
-        right = [
-            i for i, (t, sh) in enumerate(zip(tp, shapes, strict=True)) if t and sh and len(sh) == len(SHAPE_COLUMNS)
-        ]
-        look = fit_reference(
-            np.array([shapes[i] for i in right], np.float64).reshape(-1, len(SHAPE_COLUMNS)),
-            np.array([fold[i] for i in right], int),
-        )
+        right = tp & np.isfinite(shapes[:, : len(SHAPE_FEATURES)]).all(axis=1)
+        look = fit_reference(shapes[right], fold[right])
         agree = np.array([r.get("box_agreement", np.nan) for r in rows], np.float64)
         right = agree[tp & np.isfinite(agree)]
         mask_check = {"box_agreement_min": round(float(np.quantile(right, 0.01)), 4)} if len(right) else None
-        threshold = best_threshold(s, tp, target, min_kept)
+        threshold = best_threshold(s[passing], tp[passing], target, min_kept)
         review_t = recall_threshold(s, tp, n_gold, review_recall)
         entry = {
             "category_id": cid,
@@ -369,6 +401,7 @@ def fit_calibration(job: Any, gold: dict, file_names: dict, sizes: dict, rows: I
         min_gold=acc.min_gold,
         score=acc.score,
         review_recall=acc.review_recall,
+        novelty=acc.novelty,
     )
     result["gold_set"] = job.gold_set
     pr_points(labels, counts, result)

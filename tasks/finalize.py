@@ -335,6 +335,14 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
     # 0. the operating point: a saved calibration, or one fitted on the gold set's images (read first)
     cache: dict[tuple[str, str], bytes] = {}
     calibration = _acceptance(job, commits, layout, fs, cache)
+    if calibration is not None and calibration.get("novelty_in_thresholds") and not job.accept.novelty:
+        warning = (
+            "the thresholds were fitted counting on the novelty check, which accept.novelty: false turns off: "
+            "look-alikes the check would send to review are exported and precision can fall below the target; "
+            "fit again with novelty off (`segflow calibrate`) or turn it on"
+        )
+        log.warning(warning)
+        calibration["warnings"] = [*calibration.get("warnings", []), warning]
     if calibration is not None:
         paths["calibration"] = layout.calibration
     drift = _drift(job, calibration, commits)  # before any verdict: `accept.on_drift` may change them
@@ -509,6 +517,7 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
             "review_classes": [n for n, e in calibration["classes"].items() if e["status"] == "review"],
             "holds": drift.holds if drift is not None else None,
             "novel": novel,
+            "warnings": list(calibration.get("warnings", [])),
         }
         summary["estimate"] = {
             "precision": round(float(estimate[0] / estimate[1]), 4) if estimate[1] else None,

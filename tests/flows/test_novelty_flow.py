@@ -47,6 +47,7 @@ def test_unknown_shapes_go_to_review_as_novel_and_not_without_it(demo_run, demo_
     masks = ds.dataset(str(run / "out" / "manifest" / "masks.parquet")).to_table()
     novel = [r for r in masks.to_pylist() if "novel" in (r["verdict_reasons"] or [])]
     assert novel and summary["calibration"]["novel"] == len(novel) and all(r["verdict"] == "review" for r in novel)
+    assert not any("novelty check" in w for w in summary["calibration"]["warnings"])
     review = ds.dataset(str(run / "out" / "review" / "masks.parquet")).to_table()
     assert {r["annotation_id"] for r in novel} <= set(review["annotation_id"].to_pylist())
     assert "novelty" in review.column_names and min(r["novelty"] for r in novel) > 0
@@ -60,6 +61,8 @@ def test_unknown_shapes_go_to_review_as_novel_and_not_without_it(demo_run, demo_
     job["accept"]["novelty"] = False
     (run / "out" / "job.json").write_text(json.dumps(job))
     assert cli.main(["rerun", str(run / "out"), "--no-progress"]) == 0
+    warnings = json.loads((run / "out" / "summary.json").read_text())["calibration"]["warnings"]
+    assert any("counting on the novelty check" in w for w in warnings)  # thresholds fitted with it, run without
     masks = ds.dataset(str(run / "out" / "manifest" / "masks.parquet")).to_table().to_pylist()
     assert not any("novel" in (r["verdict_reasons"] or []) for r in masks)
     assert any(r["novelty"] is not None for r in masks)  # still scored
