@@ -89,9 +89,9 @@ def bench_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
     from segment_anything import SamPredictor
 
     from segflow.config import SamStage
-    from segflow.tasks.models.device import cpu_has_native_bf16
-    from segflow.tasks.models.sam import SamBoxSegmenter
-    from segflow.tasks.models.sam_checkpoint import build_sam, load_sam, save_sam_checkpoint
+    from segflow.tasks.stages.device import cpu_has_native_bf16
+    from segflow.tasks.stages.sam import SamBoxSegmenter
+    from segflow.tasks.stages.sam_checkpoint import build_sam, load_sam, save_sam_checkpoint
 
     torch.manual_seed(0)
     save_sam_checkpoint(build_sam(BENCH_SAM_ARCH), BENCH_SAM_ARCH, work / "bench-sam.pt")
@@ -219,7 +219,7 @@ def bench_sam2_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
     from pycocotools import mask as mask_utils
 
     from segflow.config import Sam2Stage
-    from segflow.tasks.models.sam2 import TransformersBoxSegmenter
+    from segflow.tasks.stages.sam2 import TransformersBoxSegmenter
 
     d = work / "bench-sam2"
     _bench_sam2(d)
@@ -262,7 +262,7 @@ def bench_sam2_box_to_mask(work: Path, n_images: int, n_boxes: int) -> dict:
 def bench_sam3_prompts(work: Path, n_images: int) -> dict:
     """`kind: sam3` with 3 prompts vs transformers' documented use, which encodes the image again for each prompt."""
     from segflow.config import Sam3Stage
-    from segflow.tasks.models.sam3 import Sam3TextLabeler
+    from segflow.tasks.stages.sam3 import Sam3TextLabeler
     from tests.support.tiny import make_tiny_sam3
 
     d = work / "bench-sam3"  # a small random SAM 3: ViT at 336 px, two-layer transformers, 50 queries
@@ -302,10 +302,10 @@ def bench_sam3_prompts(work: Path, n_images: int) -> dict:
 
 def bench_e2e(work: Path, n_images: int) -> dict:
     from segflow.demo.synthetic import write_scene_set
-    from segflow.tasks.images import decode_image
-    from segflow.tasks.models.cache import get_model
-    from segflow.tasks.plan import make_plan
-    from segflow.tasks.shard import run_shard
+    from segflow.tasks.io.images import decode_image
+    from segflow.tasks.stages.cache import get_model
+    from segflow.tasks.plan.planner import make_plan
+    from segflow.tasks.shard.runner import run_shard
 
     write_scene_set(work / "e2e", n_images, seed=123, exif_fraction=0.25)
     job = demo_job(work / "e2e", work / "e2e-out", shard_size=n_images)
@@ -350,9 +350,9 @@ def bench_auto_annotate(work: Path, n_images: int) -> dict:
     from ultralytics.data.annotator import auto_annotate
 
     from segflow.demo.synthetic import write_scene_set
-    from segflow.tasks.models.yolo import load_yolo
-    from segflow.tasks.plan import make_plan
-    from segflow.tasks.shard import run_shard
+    from segflow.tasks.stages.yolo import load_yolo
+    from segflow.tasks.plan.planner import make_plan
+    from segflow.tasks.shard.runner import run_shard
 
     write_scene_set(work / "aa", n_images, seed=321, exif_fraction=0.0, size_range=(400, 700))
     # the same detector for both: the demo YOLO, also written in ultralytics' own (pickled) format
@@ -410,7 +410,7 @@ def bench_auto_annotate(work: Path, n_images: int) -> dict:
             "masks_auto_annotate": sum(theirs.values()),
         },
     }
-    from segflow.tasks.models.device import cpu_has_native_bf16
+    from segflow.tasks.stages.device import cpu_has_native_bf16
 
     if (
         torch.cuda.is_available() or cpu_has_native_bf16()
@@ -485,8 +485,8 @@ def bench_rle(n: int, h: int, w: int) -> dict:
 def bench_memory(work: Path, n_images: int, shard_size: int) -> dict:
     from segflow.config import JobConfig
     from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
-    from segflow.tasks.plan import make_plan
-    from segflow.tasks.shard import run_shard
+    from segflow.tasks.plan.planner import make_plan
+    from segflow.tasks.shard.runner import run_shard
     from tests.support.tiny import make_tiny_sam, make_tiny_yolo
 
     src = work / "mem"
@@ -612,7 +612,7 @@ def main() -> None:
     if args.gpu:
         return _gpu_main(Path(args.out))
     q = args.quick
-    from segflow.tasks.allocator import keep_freed_memory
+    from segflow.tasks.shard.allocator import keep_freed_memory
 
     tuned = (
         False if args.no_malloc_tuning else keep_freed_memory()

@@ -29,8 +29,8 @@ def main() -> None:
     from bench.common import rss_mb
     from segflow.config import JobConfig
     from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
-    from segflow.tasks.plan import make_plan
-    from segflow.tasks.shard import run_shard
+    from segflow.tasks.plan.planner import make_plan
+    from segflow.tasks.shard.runner import run_shard
     from tests.support.tiny import make_tiny_sam, make_tiny_yolo
 
     work = Path(tempfile.mkdtemp(prefix="segflow-mem-"))

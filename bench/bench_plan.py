@@ -3,7 +3,7 @@
 Runs each variant in a fresh subprocess (so peak RSS is its own) on the same
 synthetic key stream, shaped like an S3 listing (key, size, ETag):
 
-* ``segflow``: the streaming planner (``segflow.tasks.plan.write_plan_rows``), which
+* ``segflow``: the streaming planner (``segflow.tasks.plan.planner.write_plan_rows``), which
   holds one shard of rows at a time -- what ``segflow run`` does for object
   stores, which list page by page in key order;
 * ``materialised``: the usual way -- collect the whole listing as info dicts
@@ -34,7 +34,7 @@ def stream(n: int):
 
 
 def run_variant(variant: str, n: int, shard_size: int) -> dict:
-    from segflow.tasks.plan import write_plan_rows
+    from segflow.tasks.plan.planner import write_plan_rows
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
@@ -85,7 +85,7 @@ def s3_listing(n: int) -> dict:
     for i in range(n):
         client.put_object(Bucket="bench", Key=f"imgs/{i:08d}.jpg", Body=b"x")
     from segflow.config import SourceConfig
-    from segflow.tasks.plan import iter_source
+    from segflow.tasks.plan.planner import iter_source
 
     t = time.perf_counter()
     count = sum(1 for _ in iter_source(SourceConfig(url="s3://bench/imgs/")))

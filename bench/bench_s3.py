@@ -53,7 +53,7 @@ def _commit_latency(output: str, n: int = 10) -> float:
     import numpy as np
     import pyarrow as pa
 
-    from segflow.tasks.commit import commit_shard
+    from segflow.tasks.shard.commit import commit_shard
 
     table = pa.table({"a": np.arange(100), "b": [f"row-{i}" for i in range(100)]})
     times = []
@@ -69,8 +69,8 @@ def bench_e2e_s3(work: Path, n_images: int) -> dict:
 
     from bench.common import demo_job, timed_interleaved
     from segflow.demo.synthetic import write_scene_set
-    from segflow.tasks.plan import make_plan
-    from segflow.tasks.shard import run_shard
+    from segflow.tasks.plan.planner import make_plan
+    from segflow.tasks.shard.runner import run_shard
 
     port = _free_port()
     server = _moto(port)

@@ -81,9 +81,9 @@ def simulate(out: Path, shards: int, per_shard: int, rows: int) -> dict:
     import pyarrow as pa
 
     from segflow.config import JobConfig
-    from segflow.tasks.commit import commit_shard
-    from segflow.tasks.manifest import ANNOTATION_ID_STRIDE, IMAGES_SCHEMA, MASKS_SCHEMA
-    from segflow.tasks.plan import _fingerprint, plan_paths, write_plan_rows
+    from segflow.tasks.shard.commit import commit_shard
+    from segflow.tasks.outputs.manifest import ANNOTATION_ID_STRIDE, IMAGES_SCHEMA, MASKS_SCHEMA
+    from segflow.tasks.plan.planner import _fingerprint, plan_paths, write_plan_rows
 
     t0 = time.time()
     pool = _pool()
@@ -195,7 +195,7 @@ t = time.perf_counter()
 name, out = {name!r}, {str(out)!r}
 if name == "finalize":
     from segflow.config import JobConfig
-    from segflow.tasks.finalize import finalize
+    from segflow.tasks.finalize.finalizer import finalize
     job = JobConfig.model_validate(json.load(open(out + "/out/job.json")))
     finalize(job, force=True)
 elif name == "status":

@@ -28,8 +28,8 @@ import torch
 torch.set_grad_enabled(False)
 from segflow.config.schema import YoloStage
 from segflow.demo.synthetic import make_scene
-from segflow.tasks.models.registry import ADAPTERS
-from segflow.tasks.models.yolo import YoloDetector
+from segflow.tasks.stages.registry import ADAPTERS
+from segflow.tasks.stages.yolo import YoloDetector
 side, repeat, weights = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rng = np.random.default_rng(0)
 tile = make_scene(rng, 1024, 1024).pixels

@@ -165,7 +165,7 @@ def yolo11x_seg() -> dict:
     import torch
     from ultralytics import YOLO
 
-    import segflow.tasks.models.yolo  # noqa: F401 - ultralytics' offline settings first
+    import segflow.tasks.stages.yolo  # noqa: F401 - ultralytics' offline settings first
 
     model = YOLO("yolo11x-seg.yaml").model.eval().requires_grad_(False)
     g = _count(lambda: model(torch.zeros(1, 3, 640, 640)), device=None)

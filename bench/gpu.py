@@ -53,8 +53,8 @@ def _bf16_mask_iou(work: Path, n_images: int) -> float:
     from bench.common import demo_job
     from segflow.demo.synthetic import write_scene_set
     from segflow.tasks import rle
-    from segflow.tasks.images import decode_image
-    from segflow.tasks.models.cache import get_model
+    from segflow.tasks.io.images import decode_image
+    from segflow.tasks.stages.cache import get_model
 
     write_scene_set(work / "gpu-iou", n_images, seed=55, exif_fraction=0.0)
     job = demo_job(work / "gpu-iou", work / "gpu-iou-out", shard_size=n_images)
@@ -77,8 +77,8 @@ def _bf16_mask_iou(work: Path, n_images: int) -> float:
 def _e2e_images_per_s(work: Path, n_images: int) -> float:
     from bench.common import demo_job
     from segflow.demo.synthetic import write_scene_set
-    from segflow.tasks.plan import make_plan
-    from segflow.tasks.shard import run_shard
+    from segflow.tasks.plan.planner import make_plan
+    from segflow.tasks.shard.runner import run_shard
 
     write_scene_set(work / "gpu-e2e", n_images, seed=77, exif_fraction=0.25)
     best = float("inf")

@@ -34,8 +34,8 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 def _eprint(*a: object) -> None:
     """A line for the user on stderr: every error line goes through here, credentials removed
-    (:func:`segflow.tasks.storage.redact`)."""
-    from segflow.tasks.storage import redact
+    (:func:`segflow.tasks.io.storage.redact`)."""
+    from segflow.tasks.io.storage import redact
 
     print(redact(" ".join(str(x) for x in a)), file=sys.stderr, flush=True)
 
@@ -142,7 +142,7 @@ def print_summary(summary: dict) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from segflow.config import ConfigError
-    from segflow.tasks.lease import hold
+    from segflow.tasks.io.lease import hold
 
     _quiet_prefect(args)
     from segflow.flows.label_flow import check_job
@@ -153,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         _eprint(f"error: {e}")
         return EXIT_CONFIG
-    with hold(job.output, "run"):  # one writer at a time (segflow.tasks.lease); refused: one line, exit 1
+    with hold(job.output, "run"):  # one writer at a time (segflow.tasks.io.lease); refused: one line, exit 1
         try:
             plan = prepare(job, args.config, checked=True)
         except ConfigError as e:
@@ -166,10 +166,10 @@ def run_prepared(
     job, plan, progress_bar: bool = True, debug: bool = False, redo: list[str] | None = None, refinalize: bool = False
 ) -> int:
     from segflow.flows.label_flow import run_job
-    from segflow.tasks import progress
-    from segflow.tasks.commit import ShardConflict
-    from segflow.tasks.finalize import IncompleteRunError
-    from segflow.tasks.storage import redact
+    from segflow.tasks.shard import progress
+    from segflow.tasks.shard.commit import ShardConflict
+    from segflow.tasks.finalize.finalizer import IncompleteRunError
+    from segflow.tasks.io.storage import redact
 
     reuse = ""
     if plan.reused:
@@ -209,15 +209,15 @@ def run_prepared(
     bar.close()
     print_summary(summary)
     if "calibration" in summary:
-        from segflow.tasks.layout import OutputLayout
-        from segflow.tasks.storage import open_fs, read_json
+        from segflow.tasks.io.layout import OutputLayout
+        from segflow.tasks.io.storage import open_fs, read_json
 
         print()
         print_calibration(
             read_json(open_fs(job.output)[0], OutputLayout(job.output).calibration), drift=summary.get("drift")
         )
     if "quality" in summary:
-        from segflow.tasks.quality import format_quality, load_quality
+        from segflow.tasks.evaluate.quality import format_quality, load_quality
 
         print("\n" + format_quality(load_quality(job.output)), flush=True)
     return EXIT_OK
@@ -230,7 +230,7 @@ def _f3(v: float | None) -> str:
 def drift_lines(summary: dict) -> list[str]:
     """The summary's unmissable lines about the calibration in force: does it hold here (the drift check), the
     gold set's precision beside this run's unlabeled estimate."""
-    from segflow.tasks.drift import DRIFT_ADVICE
+    from segflow.tasks.evaluate.drift import DRIFT_ADVICE
 
     cal, drift, est = summary.get("calibration"), summary.get("drift"), summary.get("estimate") or {}
     if cal is None:
@@ -295,10 +295,10 @@ def print_calibration(cal: dict, drift: dict | None = None) -> None:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from segflow.tasks.calibration import recalibrate_output
-    from segflow.tasks.finalize import IncompleteRunError
-    from segflow.tasks.plan import PlanError
-    from segflow.tasks.quality import GoldSetError, format_quality, load_quality
+    from segflow.tasks.evaluate.calibration import recalibrate_output
+    from segflow.tasks.finalize.finalizer import IncompleteRunError
+    from segflow.tasks.plan.planner import PlanError
+    from segflow.tasks.evaluate.quality import GoldSetError, format_quality, load_quality
 
     output = _cli_path(args.output)
     t0 = time.time()
@@ -326,9 +326,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from segflow.tasks.plan import PlanError, load_plan
-    from segflow.tasks.storage import redact
-    from segflow.tasks.verify import verify
+    from segflow.tasks.plan.planner import PlanError, load_plan
+    from segflow.tasks.io.storage import redact
+    from segflow.tasks.ops.verify import verify
 
     output = _cli_path(args.output)
     try:
@@ -349,9 +349,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from segflow.tasks.plan import PlanError
-    from segflow.tasks.status import shard_states, summarize_states
-    from segflow.tasks.storage import redact
+    from segflow.tasks.plan.planner import PlanError
+    from segflow.tasks.ops.status import shard_states, summarize_states
+    from segflow.tasks.io.storage import redact
 
     output = _cli_path(args.output)
     try:
@@ -383,8 +383,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     from segflow.config import ConfigError, JobConfig
-    from segflow.tasks.layout import OutputLayout
-    from segflow.tasks.storage import open_fs, read_bytes
+    from segflow.tasks.io.layout import OutputLayout
+    from segflow.tasks.io.storage import open_fs, read_bytes
 
     _quiet_prefect(args)
     output = _cli_path(args.output)
@@ -396,7 +396,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     job = job.model_copy(update={"output": output})
     from segflow.flows.label_flow import check_job
-    from segflow.tasks.lease import hold
+    from segflow.tasks.io.lease import hold
 
     try:
         check_job(job, f"{args.output}/job.json")  # writes nothing
@@ -416,8 +416,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         refinalize = bool(redo)
         if args.corrupt:
-            from segflow.tasks.storage import redact
-            from segflow.tasks.verify import set_aside, verify
+            from segflow.tasks.io.storage import redact
+            from segflow.tasks.ops.verify import set_aside, verify
 
             problems = list(verify(output))
             damaged = sorted(
@@ -441,7 +441,7 @@ def _cli_path(p: str) -> str:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from segflow.tasks.publish import PublishError, publish
+    from segflow.tasks.ops.publish import PublishError, publish
 
     try:
         result = publish(_cli_path(args.output), _cli_path(args.dest), args.version)
@@ -456,7 +456,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from segflow.tasks.finalize import IncompleteRunError
+    from segflow.tasks.finalize.finalizer import IncompleteRunError
     from segflow.tasks.report import ReportError, write_report
 
     t0 = time.time()
@@ -491,7 +491,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import_review(args: argparse.Namespace) -> int:
     from segflow.tasks.formats import ExportError
-    from segflow.tasks.review import import_review
+    from segflow.tasks.ops.review import import_review
 
     try:
         changes = import_review(_cli_path(args.output), _cli_path(args.file), args.format)
@@ -521,7 +521,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     stages = ", ".join(f"{n} ({s.kind})" for n, s in job.stages.items())
     checked = " (static: files, weights and credentials not checked)" if args.static else ""
-    from segflow.tasks.storage import redact
+    from segflow.tasks.io.storage import redact
 
     print(f"{args.config}: ok{checked} -- {len(job.ontology)} classes, stages: {stages}, output {redact(job.output)}")
     return EXIT_OK
@@ -611,7 +611,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from segflow.demo.training import train_demo_models
-    from segflow.tasks.weights import sha256_file
+    from segflow.tasks.io.weights import sha256_file
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -710,10 +710,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.kind != "yolo":
         _eprint(f"error: convert-weights supports: yolo (got {args.kind!r})")
         return EXIT_CONFIG
-    from segflow.tasks.models.yolo import convert_ultralytics_checkpoint
+    from segflow.tasks.stages.yolo import convert_ultralytics_checkpoint
 
     convert_ultralytics_checkpoint(args.src, args.dst)
-    from segflow.tasks.weights import sha256_file
+    from segflow.tasks.io.weights import sha256_file
 
     print(f"wrote {args.dst} (sha256 {sha256_file(args.dst)})")
     return EXIT_OK
@@ -930,9 +930,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _known_failure(e: BaseException) -> str | None:
     """The one line for a failure segflow knows (storage, weights, plans, integrity), or None for a bug."""
-    from segflow.tasks.lease import LeaseHeld, LeaseLost
-    from segflow.tasks.storage import redact
-    from segflow.tasks.weights import WeightsError
+    from segflow.tasks.io.lease import LeaseHeld, LeaseLost
+    from segflow.tasks.io.storage import redact
+    from segflow.tasks.io.weights import WeightsError
 
     if isinstance(e, (LeaseHeld, LeaseLost)):
         return str(e)

@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from segflow.config import ConfigError, load_config
 from segflow.flows.label_flow import label_flow, prepare_job
 from segflow.flows.runners import make_task_runner
-from segflow.tasks.storage import redact
+from segflow.tasks.io.storage import redact
 
 __all__ = ["label_job"]
 

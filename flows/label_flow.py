@@ -25,26 +25,26 @@ from prefect.futures import as_completed, wait
 from segflow.config import JobConfig
 from segflow.config.schema import ExportConfig
 from segflow.flows.runners import make_task_runner, shard_submit_options
-from segflow.tasks.finalize import IncompleteRunError, finalize
-from segflow.tasks.plan import Plan, PlanError, load_plan, make_plan
-from segflow.tasks.publish import publish
-from segflow.tasks.quality import format_quality, load_quality
-from segflow.tasks.shard import run_shard
-from segflow.tasks.storage import load_credentials_block, redact, use_s3_credentials
+from segflow.tasks.finalize.finalizer import IncompleteRunError, finalize
+from segflow.tasks.plan.planner import Plan, PlanError, load_plan, make_plan
+from segflow.tasks.ops.publish import publish
+from segflow.tasks.evaluate.quality import format_quality, load_quality
+from segflow.tasks.shard.runner import run_shard
+from segflow.tasks.io.storage import load_credentials_block, redact, use_s3_credentials
 
 __all__ = ["apply_credentials", "check_job", "label_flow", "prepare_job", "run_job"]
 
 
 def prepare_job(job: JobConfig, config_file: str, checked: bool = False) -> Plan:
     """Checks that need I/O, before any flow starts: credentials, weights (fetch + sha256), a saved calibration's
-    ontology (:func:`check_job`), then the plan, under the output's lease (:mod:`segflow.tasks.lease`).
+    ontology (:func:`check_job`), then the plan, under the output's lease (:mod:`segflow.tasks.io.lease`).
 
     ``checked``: :func:`check_job` already ran (the CLI runs it before it takes the lease).
 
     Raises :class:`~segflow.config.ConfigError` naming ``config_file`` and the key.
     """
     from segflow.config import ConfigError
-    from segflow.tasks.lease import hold
+    from segflow.tasks.io.lease import hold
 
     if not checked:
         check_job(job, config_file)
@@ -62,8 +62,8 @@ def check_job(job: JobConfig, config_file: str) -> None:
     Raises :class:`~segflow.config.ConfigError` naming ``config_file`` and the key.
     """
     from segflow.config import ConfigError
-    from segflow.tasks.models.cache import check_stage_weights
-    from segflow.tasks.weights import WeightsError
+    from segflow.tasks.stages.cache import check_stage_weights
+    from segflow.tasks.io.weights import WeightsError
 
     if job.credentials_block:
         try:
@@ -77,7 +77,7 @@ def check_job(job: JobConfig, config_file: str) -> None:
         except WeightsError as e:
             issues.append((f"stages.{name}.weights", str(e)))
     if job.accept.calibration:
-        from segflow.tasks.acceptance import CalibrationError, load_calibration
+        from segflow.tasks.evaluate.acceptance import CalibrationError, load_calibration
 
         try:
             load_calibration(job.accept.calibration, job.category_names())
@@ -146,7 +146,7 @@ def finalize_task(job: JobConfig, started_at: float, force: bool = False) -> dic
             key=f"{artifact_key}-report", markdown=report_link(summary["outputs"]["report"]), description="run report"
         )
     if "qc" in summary:
-        from segflow.tasks.storage import open_fs, read_bytes
+        from segflow.tasks.io.storage import open_fs, read_bytes
 
         fs, path = open_fs(summary["outputs"]["qc_report"])
         create_markdown_artifact(
@@ -224,7 +224,7 @@ def label_flow(job: JobConfig, redo: list[str] | None = None, refinalize: bool =
     Shards that fail do not stop the others; the flow fails at the end,
     naming them, and a new run of the same job on the same output redoes only those.
     """
-    from segflow.tasks.lease import hold
+    from segflow.tasks.io.lease import hold
 
     with hold(job.output, "run"):  # re-entrant: `segflow run` already holds it; a deployment's run takes it here
         return _label(job, redo, refinalize)

@@ -13,7 +13,7 @@
 Workers report to the same Prefect API as the flow: the flow's
 ``PREFECT_API_URL`` is exported to local clusters' worker processes (Ray:
 through ``runtime_env``); workers of an existing cluster need it in their own
-environment. Models load once per worker process (:mod:`segflow.tasks.models.cache`);
+environment. Models load once per worker process (:mod:`segflow.tasks.stages.cache`);
 Dask and Ray reuse their worker processes across tasks.
 """
 
@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from segflow.tasks.models.registry import MissingDependencyError
+from segflow.tasks.stages.registry import MissingDependencyError
 
 __all__ = ["make_task_runner", "shard_submit_options"]
 

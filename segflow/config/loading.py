@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from segflow.config.schema import JobConfig
 from segflow.config.validation import ConfigError, _is_url, _pydantic_issues, _semantic_issues
-from segflow.tasks.models.registry import ADAPTERS
+from segflow.tasks.stages.registry import ADAPTERS
 
 
 def _resolve(path: str, base: Path | str) -> str:
@@ -131,7 +131,7 @@ def load_config(path: str | Path, overrides: dict[str, str] | None = None, check
     remote = isinstance(path, str) and _is_url(path)
     try:
         if remote:
-            from segflow.tasks.storage import open_fs, read_bytes
+            from segflow.tasks.io.storage import open_fs, read_bytes
 
             fs, fpath = open_fs(path)
             text = read_bytes(fs, fpath).decode("utf-8")

@@ -102,7 +102,7 @@ def _stage_kinds() -> list[type[BaseModel]]:
 
 def config_reference() -> str:
     """The markdown of ``docs/config.md``."""
-    from segflow.tasks.models.registry import ADAPTERS
+    from segflow.tasks.stages.registry import ADAPTERS
 
     out = [_INTRO, "\n## The job\n\n", _table(_rows(JobConfig, skip=("stages",)))]
     for name, field in JobConfig.model_fields.items():

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from segflow.tasks.images import DEFAULT_MAX_PIXELS
-from segflow.tasks.models.registry import ADAPTERS
+from segflow.tasks.io.images import DEFAULT_MAX_PIXELS
+from segflow.tasks.stages.registry import ADAPTERS
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
@@ -347,7 +347,7 @@ class Mask2FormerStage(_ModelStage):
 
 class SemanticStage(_ModelStage):
     """Semantic model: a class for every pixel (U-Net family via segmentation-models-pytorch, or transformers
-    SegFormer / UperNet); sliding windows over large images; see tasks/models/semantic.py."""
+    SegFormer / UperNet); sliding windows over large images; see tasks/stages/semantic.py."""
 
     kind: Literal["semantic"]
     weights: str = Field(
@@ -387,7 +387,7 @@ class SemanticStage(_ModelStage):
 
 
 class PanopticMergeStage(_StageBase):
-    """One panoptic map per image from a panoptic stage and (optionally) an instance stage; see tasks/panoptic.py."""
+    """One panoptic map per image from a panoptic stage and (optionally) an instance stage; see tasks/stages/panoptic.py."""
 
     def issues(self, name: str, names: set[str], needs_roles: list[str]) -> list[tuple[str, str]]:
         if self.things == "instances" and not any(r in ("segmenter", "qc", "instances") for r in needs_roles):
@@ -576,7 +576,7 @@ class _CountOutlier(_Strict):
 
 
 class QcStage(_StageBase):
-    """Quality checks on the masks of the segmenter stage it needs (see tasks/qc.py for each rule)."""
+    """Quality checks on the masks of the segmenter stage it needs (see tasks/stages/qc.py for each rule)."""
 
     kind: Literal["qc"]
     predicted_iou: _MinRule = Field(
@@ -618,7 +618,7 @@ ModelStageSettings = _ModelStage
 
 def _stage_union() -> Any:
     """The discriminated union of every registered kind's settings model (by ``kind``)."""
-    from segflow.tasks.models.registry import config_class
+    from segflow.tasks.stages.registry import config_class
 
     classes = list(dict.fromkeys(config_class(k) for k in ADAPTERS))
     return Annotated[functools.reduce(operator.or_, classes), Field(discriminator="kind")]
@@ -657,7 +657,7 @@ class RuntimeConfig(_Strict):
     malloc_tuning: bool = Field(
         True,
         description="Worker processes keep freed memory for the next tensor (glibc malloc thresholds, "
-        "see tasks/allocator.py): CPU inference otherwise page-faults on every "
+        "see tasks/shard/allocator.py): CPU inference otherwise page-faults on every "
         "large allocation. No effect off glibc.",
     )
     max_failed_fraction: float = Field(

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from segflow.config.schema import _STAGE_NAME, JobConfig
-from segflow.tasks.models.registry import ADAPTERS
+from segflow.tasks.stages.registry import ADAPTERS
 
 
 class ConfigError(Exception):
@@ -91,7 +91,7 @@ _WHERE_CREDENTIALS_GO = (
 
 
 def _url_issues(job: JobConfig) -> list[tuple[str, str]]:
-    from segflow.tasks.storage import url_credential
+    from segflow.tasks.io.storage import url_credential
 
     keys = {"source.url": job.source.url, "source.list": job.source.list, "output": job.output}
     keys |= {"gold_set": job.gold_set, "gold_panoptic": job.gold_panoptic, "accept.calibration": job.accept.calibration}
@@ -253,14 +253,14 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
                 )
 
     # storage options never carry credentials, at any depth (client_kwargs, headers, config_kwargs, ...)
-    from segflow.tasks.storage import secret_keys
+    from segflow.tasks.io.storage import secret_keys
 
     for key in secret_keys(job.source.storage_options, "source.storage_options"):
         issues.append((key, _WHERE_CREDENTIALS_GO))
 
     # files that must exist
     if check_files:
-        from segflow.tasks.weights import weights_location_issue
+        from segflow.tasks.io.weights import weights_location_issue
 
         for name, st in job.stages.items():
             if not hasattr(st, "weights"):

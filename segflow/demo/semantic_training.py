@@ -11,7 +11,7 @@ demo's textures. Trained on textured shapes from the start, the U-Net separates 
 hundred steps but tells circle, square and triangle apart no better than chance for as long as a CPU budget lasts
 (the textures' own edges and corners drown the outline); with flat shapes first it learns the outlines, and
 keeps them when the textures come. The log reports the share of thing pixels classed right on the training
-batches. The result is a segflow semantic checkpoint (:mod:`segflow.tasks.models.semantic`).
+batches. The result is a segflow semantic checkpoint (:mod:`segflow.tasks.stages.semantic`).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def train_unet(
     import torch
     import torch.nn.functional as F
 
-    from segflow.tasks.models.semantic import build_smp, save_semantic_checkpoint
+    from segflow.tasks.stages.semantic import build_smp, save_semantic_checkpoint
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(10_000 + seed)  # scene seeds >= 10000: the demo's and the tests' seeds stay unseen

@@ -123,7 +123,7 @@ def train_detector(
     import yaml
     from ultralytics import YOLO
 
-    import segflow.tasks.models.yolo as yolo_adapter  # offline ultralytics settings first
+    import segflow.tasks.stages.yolo as yolo_adapter  # offline ultralytics settings first
 
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="segflow-yolo-train-") as tmp:
@@ -292,7 +292,7 @@ def train_sam(
     import torch
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from segflow.tasks.models.sam_checkpoint import build_sam
+    from segflow.tasks.stages.sam_checkpoint import build_sam
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -381,7 +381,7 @@ def _save_trained_sam(
     sam: Any, out_path: str | Path, steps: int, ema: float | None, t0: float, log: Any, name: str
 ) -> dict:
     """Save the trained model as a half-precision segflow checkpoint; the run's summary."""
-    from segflow.tasks.models.sam_checkpoint import save_sam_checkpoint
+    from segflow.tasks.stages.sam_checkpoint import save_sam_checkpoint
 
     sam.eval()
     save_sam_checkpoint(sam, DEMO_SAM_ARCH, out_path, half=True)
@@ -409,7 +409,7 @@ def _zoom_crop_sample(
     target at the low-res mask size L x L, or at the input size when
     ``full_res_target``).
     """
-    from segflow.tasks.models.sam import zoom_windows_xyxy
+    from segflow.tasks.stages.sam import zoom_windows_xyxy
 
     h, w = scene.pixels.shape[:2]
     box = np.asarray(scene.boxes[k], np.float64)
@@ -454,7 +454,7 @@ def finetune_sam_zoom(
     import torch.nn.functional as F
     from segment_anything.utils.transforms import ResizeLongestSide
 
-    from segflow.tasks.models.sam_checkpoint import load_sam
+    from segflow.tasks.stages.sam_checkpoint import load_sam
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -590,7 +590,7 @@ def mean_box_prompt_iou(
     """
     from segflow.config import SamStage
     from segflow.tasks import rle
-    from segflow.tasks.models.sam import SamBoxSegmenter
+    from segflow.tasks.stages.sam import SamBoxSegmenter
     from segflow.tasks.record import Detections
 
     stage = stage or SamStage(kind="sam", weights=str(sam_weights), device="cpu")
@@ -690,7 +690,7 @@ def train_mask2former(
     import torch
 
     from segflow.demo.synthetic import CATEGORIES
-    from segflow.tasks.models.mask2former import build_mask2former, save_mask2former_checkpoint
+    from segflow.tasks.stages.mask2former import build_mask2former, save_mask2former_checkpoint
 
     t0 = time.time()
     torch.manual_seed(seed)

@@ -68,7 +68,7 @@ def export(output: str, fmt: str, dest: str, verdicts: str | None = None, **opti
         raise ExportError(f"verdicts must be one of {', '.join(VERDICTS)}, got {verdicts!r}")
     import contextlib
 
-    from segflow.tasks.lease import LeaseHeld, hold
+    from segflow.tasks.io.lease import LeaseHeld, hold
 
     inside = dest.rstrip("/").startswith(output.rstrip("/") + "/")  # writing into the output: one writer at a time
     try:

@@ -31,12 +31,12 @@ import numpy as np
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
-from segflow.tasks.coco import InstancesWriter
+from segflow.tasks.outputs.coco import InstancesWriter
 from segflow.tasks.formats.labels import VERDICTS, ExportError, RunLabels, dumps
 from segflow.tasks.formats.polygons import polygons_to_rle, rle_to_polygons
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
 from segflow.tasks.formats.untrusted import check_polygon, check_rle, read_zip_member
-from segflow.tasks.storage import join, open_fs, write_bytes
+from segflow.tasks.io.storage import join, open_fs, write_bytes
 
 __all__ = ["export_coco", "export_cvat", "read_coco_review"]
 
@@ -96,7 +96,7 @@ def export_coco(run: RunLabels, dest: str, verdicts: str) -> dict[str, int]:
 
 
 def _empty_masks() -> Any:
-    from segflow.tasks.manifest import MASKS_SCHEMA
+    from segflow.tasks.outputs.manifest import MASKS_SCHEMA
 
     return MASKS_SCHEMA.empty_table().append_column("verdict", pa.array([], pa.string()))
 

@@ -43,7 +43,7 @@ from segflow.tasks.formats.labels import VERDICTS, ExportError, RunLabels, dumps
 from segflow.tasks.formats.polygons import polygons_to_rle, rle_to_polygons
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
 from segflow.tasks.formats.untrusted import check_polygon
-from segflow.tasks.storage import join, open_fs, write_bytes
+from segflow.tasks.io.storage import join, open_fs, write_bytes
 
 __all__ = ["export_label_studio", "labeling_config", "read_label_studio_review"]
 

@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from segflow.tasks.layout import OutputLayout
-from segflow.tasks.lease import LeaseHeld, require_no_writer
-from segflow.tasks.storage import open_fs, read_json, redact
+from segflow.tasks.io.layout import OutputLayout
+from segflow.tasks.io.lease import LeaseHeld, require_no_writer
+from segflow.tasks.io.storage import open_fs, read_json, redact
 
 __all__ = ["VERDICTS", "ImageLabels", "RunLabels", "ExportError"]
 
@@ -69,13 +69,13 @@ class RunLabels:
         self.job = read_json(fs, self.layout.job_json) or {}
         self.categories = {int(c["id"]): c["name"] for c in self.job.get("ontology", []) if c.get("isthing", True)}
         self.parts = read_json(fs, self.layout.manifest_parts) or {}
-        self.shards = sorted(self.parts.get("manifest/images.parquet", {}))
+        self.shards = sorted(self.parts.get(self.layout.manifest_key("images"), {}))
 
     def _part(self, name: str, shard_id: str, columns: list[str] | None = None) -> pa.Table | None:
         """One manifest part, checked against the pointer finalize wrote last (``manifest/_parts.json``): a part
         being rewritten by a finalize that started after this reader is refused, never read half-replaced."""
-        folder = f"manifest/{name}.parquet"
-        _, path = open_fs(self.layout.url(f"{folder}/part-{shard_id}.parquet"))
+        folder = self.layout.manifest_key(name)
+        _, path = open_fs(self.layout.manifest_part(name, shard_id))
         want = self.parts.get(folder, {}).get(shard_id, {}).get("sha256")
         try:
             data = self.fs.cat_file(path)
@@ -85,7 +85,7 @@ class RunLabels:
             data = b""
         if want is not None and hashlib.sha256(data).hexdigest() != want:
             raise ExportError(
-                f"{redact(self.output)}: {folder}/part-{shard_id}.parquet does not match the manifest's pointer: "
+                f"{redact(self.output)}: {self.layout.part_key(folder, shard_id)} does not match the manifest's pointer: "
                 "the output is being finalized again (try again when it finishes) or was damaged (`segflow verify`)"
             )
         return pq.read_table(pa.BufferReader(data), columns=columns)

@@ -2,7 +2,7 @@
 
 A reader of a review file (:mod:`segflow.tasks.formats.label_studio`,
 :mod:`segflow.tasks.formats.cvat`) returns a list of :class:`ReviewedImage`;
-:mod:`segflow.tasks.review` compares them with the run and writes the new version.
+:mod:`segflow.tasks.ops.review` compares them with the run and writes the new version.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import numpy as np
 
 from segflow.tasks.formats.labels import ExportError, RunLabels
 from segflow.tasks.formats.polygons import rle_to_polygons
-from segflow.tasks.storage import is_local, join, open_fs, read_bytes, safe_join, write_bytes
+from segflow.tasks.io.storage import is_local, join, open_fs, read_bytes, safe_join, write_bytes
 
 __all__ = ["export_yolo_seg", "split_of"]
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from segflow.tasks.drift import DRIFT_ADVICE
-from segflow.tasks.layout import OutputLayout
+from segflow.tasks.evaluate.drift import DRIFT_ADVICE
+from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.report import plots
 from segflow.tasks.report.sampler import ReportSampler
-from segflow.tasks.storage import join, open_fs, read_bytes, redact, scrub, write_bytes
+from segflow.tasks.io.storage import join, open_fs, read_bytes, redact, scrub, write_bytes
 
 __all__ = ["ReportError", "write_report", "report_context", "render_html"]
 
@@ -58,7 +58,7 @@ def _uri(data: bytes | None, mime: str = "image/png") -> str | None:
 
 
 def _read_image(uri: str) -> np.ndarray | None:
-    from segflow.tasks.images import decode_image
+    from segflow.tasks.io.images import decode_image
 
     try:
         fs, path = open_fs(uri)
@@ -82,8 +82,8 @@ def _previews(layout: OutputLayout, rows: list[dict], cache: dict[str, np.ndarra
     palette's class colours), both blended over the image."""
     from PIL import Image
 
-    from segflow.tasks.panoptic import borders
-    from segflow.tasks.panoptic_export import png_name
+    from segflow.tasks.stages.panoptic import borders
+    from segflow.tasks.outputs.panoptic_export import png_name
 
     out = []
     for r in rows:
@@ -147,7 +147,7 @@ def _rescan(output: str, commits: list[dict]) -> dict:
     for c in commits:
         tables = {}
         for name in ("images", "masks", "panoptic"):
-            fs, path = open_fs(join(layout.manifest(name), f"part-{c['shard_id']}.parquet"))
+            fs, path = open_fs(layout.manifest_part(name, c["shard_id"]))
             try:
                 tables[name] = pq.read_table(io.BytesIO(read_bytes(fs, path)))
             except FileNotFoundError:
@@ -162,7 +162,7 @@ def report_context(
     output: str, summary: dict | None = None, samples: dict | None = None, commits: list[dict] | None = None
 ) -> dict[str, Any]:
     """Everything the template shows, figures and images encoded."""
-    from segflow.tasks.finalize import _collect_commits
+    from segflow.tasks.finalize.finalizer import _collect_commits
 
     layout = OutputLayout(output)
     summary = summary or _json(layout.summary)
@@ -180,7 +180,7 @@ def report_context(
     with ThreadPoolExecutor(max_workers=8) as pool:  # on an object store each image is a round trip
         cache = dict(zip(order, pool.map(_read_image, order), strict=True))
 
-    from segflow.tasks.qc_report import contact_sheet
+    from segflow.tasks.outputs.qc_report import contact_sheet
 
     classes: dict[str, list[dict]] = {}
     totals = {(r["class"], r["verdict"]): r["masks"] for r in samples["counts"]}
@@ -274,7 +274,7 @@ def write_report(
     output: str, summary: dict | None = None, samples: dict | None = None, commits: list[dict] | None = None
 ) -> str:
     """Render ``OUTPUT/report.html`` (and save ``samples`` when given). Returns the report's URL."""
-    from segflow.tasks.lease import hold
+    from segflow.tasks.io.lease import hold
 
     layout = OutputLayout(output)
     fs, _ = open_fs(output)

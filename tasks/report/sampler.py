@@ -8,7 +8,7 @@ Per class and verdict the sampler counts every mask and keeps the ``per_cell`` w
 * ``reject``: highest score first: confident labels a rule or the threshold threw away, where a rule is most
   likely to be wrong;
 * ``novel`` (a cell of its own, inside the review band): the masks sent to review for a shape unlike the gold
-  set's (:mod:`segflow.tasks.novelty`), most unusual first.
+  set's (:mod:`segflow.tasks.evaluate.novelty`), most unusual first.
 
 Ties go to the lower annotation id, so the pick is the same however the shards are ordered. It also keeps the
 first ``failures`` failed images with their reasons (and counts reasons by kind), and ``previews`` images with
@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from segflow.tasks.qc_report import SAMPLE_COLUMNS
+from segflow.tasks.outputs.qc_report import SAMPLE_COLUMNS
 
 __all__ = ["ReportSampler", "failure_kind"]
 

@@ -140,7 +140,7 @@ def test_example_configs_validate_statically_and_cover_every_stage_kind(capsys, 
     from pathlib import Path
 
     from segflow.flows import cli
-    from segflow.tasks.models.registry import ADAPTERS
+    from segflow.tasks.stages.registry import ADAPTERS
 
     root = Path(__file__).resolve().parents[2]
     files = sorted((root / "configs").glob("*.yaml"))

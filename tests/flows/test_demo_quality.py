@@ -23,9 +23,9 @@ from segflow.config import load_config
 from segflow.demo.synthetic import rotate_for_exif, write_scene_set
 from segflow.demo.training import mean_box_prompt_iou
 from segflow.flows import cli
-from segflow.tasks.manifest import ANNOTATION_ID_STRIDE
-from segflow.tasks.panoptic import read_panoptic_png
-from segflow.tasks.quality import evaluate
+from segflow.tasks.outputs.manifest import ANNOTATION_ID_STRIDE
+from segflow.tasks.stages.panoptic import read_panoptic_png
+from segflow.tasks.evaluate.quality import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -99,7 +99,7 @@ def test_sam_alone_with_ground_truth_boxes(tmp_path):
 
 def test_negative_control_shifted_boxes_halve_mask_ap(tmp_path):
     """Boxes moved by half their size must wreck the masks; if not, the quality test measures nothing."""
-    from segflow.tasks.models.sam import SamBoxSegmenter
+    from segflow.tasks.stages.sam import SamBoxSegmenter
     from segflow.tasks.record import Detections
 
     write_scene_set(tmp_path / "images", 15, seed=6, gt_dir=tmp_path / "gt", exif_fraction=0.0)
@@ -201,7 +201,7 @@ def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
 
     from segflow.config import QcStage
     from segflow.tasks import rle
-    from segflow.tasks.qc import check_masks
+    from segflow.tasks.stages.qc import check_masks
     from segflow.tasks.record import Detections
 
     masks = ds.dataset(str(demo_run / "out" / "manifest" / "masks.parquet")).to_table().to_pylist()
@@ -306,7 +306,7 @@ PQ_FLOOR = 0.6
 
 def _shifted_copy(src: Path, dst: Path, frac: float) -> None:
     """The exported panoptic files with every map rolled sideways by ``frac`` of its width."""
-    from segflow.tasks.panoptic import panoptic_png, read_panoptic_png
+    from segflow.tasks.stages.panoptic import panoptic_png, read_panoptic_png
 
     dst.mkdir(parents=True)
     for png in src.glob("*.png"):
@@ -315,7 +315,7 @@ def _shifted_copy(src: Path, dst: Path, frac: float) -> None:
 
 
 def test_panoptic_quality_floor_and_negative_control(demo_run, tmp_path):
-    from segflow.tasks.panoptic_export import evaluate_panoptic_files
+    from segflow.tasks.outputs.panoptic_export import evaluate_panoptic_files
 
     q = json.loads((demo_run / "quality.json").read_text())
     assert {"pq", "sq", "rq", "miou"} <= set(q)
@@ -339,11 +339,11 @@ def test_exported_pq_equals_in_memory_pq(demo_run):
     """PQ of the exported PNG + JSON files equals PQ computed on the stages' in-memory output
     (the stages run on the same chunks of images as the shards did, since batching can move scores), with the
     things whose masks the calibration did not accept left out (their pixels void), as the export leaves them."""
-    from segflow.tasks.images import ImageLoadError, decode_image
-    from segflow.tasks.models.cache import get_model
-    from segflow.tasks.panoptic import detections_to_map, evaluate_in_memory, read_panoptic_png
-    from segflow.tasks.plan import load_plan, read_shard_rows
-    from segflow.tasks.shard import run_stages
+    from segflow.tasks.io.images import ImageLoadError, decode_image
+    from segflow.tasks.stages.cache import get_model
+    from segflow.tasks.stages.panoptic import detections_to_map, evaluate_in_memory, read_panoptic_png
+    from segflow.tasks.plan.planner import load_plan, read_shard_rows
+    from segflow.tasks.shard.runner import run_stages
 
     out = demo_run / "out"
     job = load_config(DEMO, overrides={"source": str(demo_run / "images"), "output": str(out)})
@@ -456,7 +456,7 @@ def test_saved_calibration_labels_fresh_scenes_as_estimated(demo_run, tmp_path):
     """Measure on one demo's gold images, label another seed's scenes with that calibration (`--calibration`): the
     fresh set's directly counted precision lies within the held-out estimate's interval (both 95%). A calibration of
     another ontology is refused before any flow starts."""
-    from segflow.tasks.calibration import wilson
+    from segflow.tasks.evaluate.calibration import wilson
 
     cal_file = demo_run / "out" / "calibration.json"
     cal = json.loads(cal_file.read_text())

@@ -109,9 +109,9 @@ def test_yolo_seg_dataset_reads_back_and_trains_one_epoch(demo_copy, tmp_path):
     # one epoch of ultralytics training on it: finite loss, and the weights load in the yolo_seg stage
     from ultralytics import YOLO
 
-    import segflow.tasks.models.yolo as yolo_adapter
+    import segflow.tasks.stages.yolo as yolo_adapter
     from segflow.config import YoloSegStage
-    from segflow.tasks.models.cache import get_model
+    from segflow.tasks.stages.cache import get_model
 
     with yolo_adapter.keep_torch_threads():
         model = YOLO("yolo11n-seg.yaml")

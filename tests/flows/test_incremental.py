@@ -10,7 +10,7 @@ from pycocotools.coco import COCO
 from segflow.config import load_config
 from segflow.demo.synthetic import write_scene_set
 from segflow.flows import cli
-from segflow.tasks.plan import iter_plan, load_plan, make_plan
+from segflow.tasks.plan.planner import iter_plan, load_plan, make_plan
 
 
 def test_growing_prefix_labels_only_new_images_and_publishes_versions(prefect_harness, write_job, tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 
 from segflow.flows import cli
 from segflow.tasks import rle
-from segflow.tasks.panoptic import read_panoptic_png
+from segflow.tasks.stages.panoptic import read_panoptic_png
 
 
 def panoptic_job(tiny_models):
@@ -105,7 +105,7 @@ def test_missing_pngs_are_rendered_again_on_rerun(panoptic_run, capsys):
 
 
 def test_publish_includes_the_panoptic_files(panoptic_run, tmp_path):
-    from segflow.tasks.publish import publish
+    from segflow.tasks.ops.publish import publish
 
     job, out = panoptic_run
     assert publish(str(out), str(tmp_path / "datasets"), "v1")["created"]

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from segflow.flows import cli
-from segflow.tasks.publish import PublishError, publish
+from segflow.tasks.ops.publish import PublishError, publish
 
 
 @pytest.fixture()

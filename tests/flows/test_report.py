@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 
 from segflow.flows import cli
 from segflow.flows.label_flow import report_link
-from segflow.tasks.quality import class_confusion
+from segflow.tasks.evaluate.quality import class_confusion
 from segflow.tasks.report import ReportSampler
 from segflow.tasks.report.render import VERDICT_TITLES
 from tests.support.browser import check_page

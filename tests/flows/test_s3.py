@@ -7,7 +7,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from segflow.flows import cli
-from segflow.tasks.weights import sha256_file
+from segflow.tasks.io.weights import sha256_file
 
 
 def test_job_on_s3_source_weights_and_output(prefect_harness, s3, write_job, image_dir, tiny_models, tmp_path, capsys):

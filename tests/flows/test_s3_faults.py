@@ -11,8 +11,8 @@ import pyarrow.dataset as ds
 
 from segflow.config import load_config
 from segflow.flows import cli
-from segflow.tasks.plan import make_plan
-from segflow.tasks.shard import run_shard
+from segflow.tasks.plan.planner import make_plan
+from segflow.tasks.shard.runner import run_shard
 
 FAIL_FAST = {
     "config_kwargs": {"retries": {"max_attempts": 1}}

@@ -8,8 +8,8 @@ import numpy as np
 
 from segflow.config import SamStage
 from segflow.flows import cli
-from segflow.tasks.models.sam import SamBoxSegmenter
-from segflow.tasks.weights import sha256_file
+from segflow.tasks.stages.sam import SamBoxSegmenter
+from segflow.tasks.io.weights import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,7 +69,7 @@ def test_train_demo_models_runs_the_zoom_cycles_and_updates_the_job_files(tmp_pa
 
 def test_train_demo_models_only_semantic_trains_the_unet_and_updates_its_job(tmp_path, capsys):
     from segflow.config import SemanticStage
-    from segflow.tasks.models.semantic import SemanticSegmenter
+    from segflow.tasks.stages.semantic import SemanticSegmenter
 
     job = tmp_path / "demo-semantic.yaml"
     shutil.copyfile(ROOT / "configs" / "demo-semantic.yaml", job)

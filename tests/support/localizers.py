@@ -99,7 +99,7 @@ def train_yolo_seg_localizer(
     from PIL import Image
     from ultralytics import YOLO
 
-    import segflow.tasks.models.yolo as yolo_adapter  # offline ultralytics settings first
+    import segflow.tasks.stages.yolo as yolo_adapter  # offline ultralytics settings first
     from segflow.demo.training import _polygon
 
     t0 = time.time()
@@ -158,7 +158,7 @@ def train_maskrcnn_localizer(
     """A small Mask R-CNN (ResNet-18 FPN) for ``target``, trained with torchvision's losses; a segflow checkpoint."""
     import torch
 
-    from segflow.tasks.models.instances import build_maskrcnn, save_maskrcnn_checkpoint
+    from segflow.tasks.stages.instances import build_maskrcnn, save_maskrcnn_checkpoint
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -385,7 +385,7 @@ def train_sam_point_localizer(
     from segment_anything.utils.transforms import ResizeLongestSide
 
     from segflow.demo.training import _dice_loss
-    from segflow.tasks.models.sam_checkpoint import build_sam, save_sam_checkpoint
+    from segflow.tasks.stages.sam_checkpoint import build_sam, save_sam_checkpoint
     from tests.support.tiny import TINY_SAM_ARCH
 
     t0 = time.time()

@@ -7,9 +7,9 @@ from PIL import Image
 
 from segflow.config import parse_config
 from segflow.tasks import rle
-from segflow.tasks.commit import commit_shard
-from segflow.tasks.manifest import ShardTables
-from segflow.tasks.plan import read_shard_rows
+from segflow.tasks.shard.commit import commit_shard
+from segflow.tasks.outputs.manifest import ShardTables
+from segflow.tasks.plan.planner import read_shard_rows
 from segflow.tasks.record import Detections
 
 NAMES = {1: "circle", 2: "square"}
@@ -84,7 +84,7 @@ def point_at_missing_attempt(fs, output: str, shard_id: str, name: str = "images
     """Make the shard's commit record name a file of an attempt that is not there; returns that path."""
     import json
 
-    from segflow.tasks.storage import open_fs
+    from segflow.tasks.io.storage import open_fs
 
     _, rec = open_fs(f"{output}/shards/{shard_id}/_COMMIT.json")
     record = json.loads(fs.cat_file(rec))
@@ -95,7 +95,7 @@ def point_at_missing_attempt(fs, output: str, shard_id: str, name: str = "images
 
 def add_unplanned_shard(fs, output: str, shard_id: str = "shard-09999", record: bytes = b"{}") -> None:
     """A shard folder the plan does not name, with a commit record."""
-    from segflow.tasks.storage import open_fs
+    from segflow.tasks.io.storage import open_fs
 
     _, path = open_fs(f"{output}/shards/{shard_id}/_COMMIT.json")
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)  # no-op on S3

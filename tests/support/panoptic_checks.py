@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segflow.tasks.panoptic import read_panoptic_png
+from segflow.tasks.stages.panoptic import read_panoptic_png
 
 
 def check_coco_panoptic(out: Path) -> tuple[dict, int, int]:

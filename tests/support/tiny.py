@@ -27,7 +27,7 @@ def make_tiny_yolo(path: str | Path, class_names: Sequence[str], seed: int = 0, 
     import torch
     from ultralytics.nn.tasks import DetectionModel, SegmentationModel
 
-    import segflow.tasks.models.yolo  # sets offline ultralytics defaults
+    import segflow.tasks.stages.yolo  # sets offline ultralytics defaults
 
     torch.manual_seed(seed)
     cls = SegmentationModel if "-seg" in cfg else DetectionModel
@@ -36,7 +36,7 @@ def make_tiny_yolo(path: str | Path, class_names: Sequence[str], seed: int = 0, 
     model.task = "segment" if cls is SegmentationModel else "detect"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    segflow.tasks.models.yolo.save_yolo_checkpoint(model, path)
+    segflow.tasks.stages.yolo.save_yolo_checkpoint(model, path)
     return path
 
 
@@ -62,7 +62,7 @@ def make_tiny_sam(path: str | Path, seed: int = 0) -> Path:
     """A random ~0.8M-parameter SAM (256-px input), saved as a segflow SAM checkpoint."""
     import torch
 
-    from segflow.tasks.models.sam_checkpoint import build_sam, save_sam_checkpoint
+    from segflow.tasks.stages.sam_checkpoint import build_sam, save_sam_checkpoint
 
     torch.manual_seed(seed)
     path = Path(path)
@@ -79,7 +79,7 @@ def make_tiny_mask2former(
     import torch
 
     from segflow.demo.training import DEMO_M2F_ARCH
-    from segflow.tasks.models.mask2former import build_mask2former, save_mask2former_checkpoint
+    from segflow.tasks.stages.mask2former import build_mask2former, save_mask2former_checkpoint
 
     torch.manual_seed(seed)
     model, processor = build_mask2former(DEMO_M2F_ARCH, labels)
@@ -96,7 +96,7 @@ def make_tiny_maskrcnn(path: str | Path, class_names: Sequence[str], seed: int =
     """A random small torchvision Mask R-CNN (ResNet-18 FPN, 128-256 px inputs), saved as a segflow checkpoint."""
     import torch
 
-    from segflow.tasks.models.instances import build_maskrcnn, save_maskrcnn_checkpoint
+    from segflow.tasks.stages.instances import build_maskrcnn, save_maskrcnn_checkpoint
 
     torch.manual_seed(seed)
     names = {0: "__background__", **{i + 1: n for i, n in enumerate(class_names)}}
@@ -460,7 +460,7 @@ def make_tiny_semantic(path: str | Path, labels: Sequence[str], seed: int = 0) -
     """A random smp U-Net (ResNet-10-T encoder, depth 3) saved as a segflow semantic checkpoint, 64-px windows."""
     import torch
 
-    from segflow.tasks.models.semantic import build_smp, save_semantic_checkpoint
+    from segflow.tasks.stages.semantic import build_smp, save_semantic_checkpoint
 
     torch.manual_seed(seed)
     arch = {"encoder_name": "tu-resnet10t", "encoder_depth": 3, "decoder_channels": [16, 8, 8]}

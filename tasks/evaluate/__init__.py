@@ -1,0 +1,2 @@
+"""How right the labels are: quality against a gold set, calibration, acceptance (verdicts), novelty, drift
+and the semantic audit."""

@@ -1,0 +1,439 @@
+"""Calibrated acceptance: per-class score thresholds that reach a target precision on a gold set.
+
+Inputs: every label of the gold set's images (class, score, and whether it
+matches a gold instance: one to one per image and class, greedy by score, mask
+IoU >= 0.5, :func:`segflow.tasks.evaluate.quality.match_set`) and the number of gold
+instances per image and class. A threshold ``t`` for class ``c`` keeps the
+labels of ``c`` with score >= ``t``. Matching is greedy by descending detector
+score (COCOeval's), so a label's match never depends on lower-scored labels:
+one matching serves every threshold (for the ``combined`` score, whose order
+differs a little, the matching is that of the detector score).
+
+The score (``accept.score``): ``detector``, or ``combined``: per class, an
+L2-regularised logistic model (:func:`fit_logistic`) of the features of
+:func:`segflow.tasks.evaluate.acceptance.features`, fitted on the gold matches (inside
+each fold on that fold's fitting images only).
+
+* fit: per class, the lowest threshold whose precision on the fitting images
+  is at least the target over at least ``min_kept`` labels, i.e. the highest
+  recall at that precision;
+* estimate: k-fold over images (each image's labels in one fold): fit on the
+  other folds, count TP / FP / FN of the held-out fold at that threshold; the
+  counts summed over folds give precision and recall on images not used to
+  fit, with Wilson 95% intervals;
+* a class with fewer than ``min_gold`` gold instances, or whose target is not
+  reachable (no threshold reaches it, or the held-out precision's interval lies
+  below it: a threshold fitted on noise), gets no threshold (``status:
+  review``) and a warning;
+* review band: per class, ``review_threshold`` is the highest threshold whose
+  recall on the gold set reaches ``review_recall`` (at most ``threshold``);
+* novelty (``accept.novelty``, on by default): a label whose shape is unlike
+  the class's right masks (:mod:`segflow.tasks.novelty`) is never exported
+  whatever its score, so the threshold is fitted, and its precision and recall
+  estimated, on the labels that pass the novelty limit. Each label's novelty
+  is measured held out: against the reference of the right masks of the other
+  folds. ``novelty_in_thresholds`` in the result says which way it was fitted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from segflow.tasks.evaluate.novelty import COLUMNS as SHAPE_COLUMNS
+from segflow.tasks.evaluate.novelty import FEATURES as SHAPE_FEATURES
+from segflow.tasks.evaluate.novelty import fit_reference
+from segflow.tasks.evaluate.novelty import novelty as novelty_score
+
+__all__ = [
+    "best_threshold",
+    "calibrate",
+    "fit_calibration",
+    "fit_logistic",
+    "recalibrate_output",
+    "recall_threshold",
+    "reliability",
+    "wilson",
+]
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion ``k / n`` (None when ``n == 0``)."""
+    if n == 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def best_threshold(scores: np.ndarray, tp: np.ndarray, target: float, min_kept: int = 1) -> float | None:
+    """The lowest score threshold whose kept labels (score >= it, at least ``min_kept``) have precision >= ``target``.
+
+    None when no threshold has. ``min_kept`` stops a handful of top-scored labels that happen to be right from
+    passing for a precise class (uninformative scores reach any precision on their first label or two).
+
+    Arguments:
+      scores: N floats, one per label.
+      tp: N bools, whether the label matches a gold instance.
+    """
+    if len(scores) == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    s, hits = scores[order], np.cumsum(tp[order])
+    kept = np.arange(1, len(s) + 1)
+    cut = np.r_[s[1:] != s[:-1], True]  # a threshold keeps every label of equal score
+    ok = (hits / kept >= target) & cut & (kept >= min_kept)
+    if not ok.any():
+        return None
+    return float(s[np.nonzero(ok)[0][-1]])
+
+
+def _shapes(rows: list[dict]) -> np.ndarray:
+    """The labels' :data:`segflow.tasks.novelty.COLUMNS` (N x 7; NaN rows where a label has none)."""
+    out = np.full((len(rows), len(SHAPE_COLUMNS)), np.nan)
+    for i, r in enumerate(rows):
+        sh = (r.get("row") or {}).get("shape")
+        if sh and len(sh) == len(SHAPE_COLUMNS):
+            out[i] = np.asarray(sh, np.float64)
+    return out
+
+
+def _heldout_novelty(shapes: np.ndarray, tp: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Each label's novelty (``shapes`` N x 7, ``tp`` and ``fold`` N) against the reference of the right masks of
+    the other folds; 0 where that fold's complement has too few right masks for a reference, or no shape."""
+    out = np.zeros(len(shapes))
+    right = tp & np.isfinite(shapes[:, : len(SHAPE_FEATURES)]).all(axis=1)
+    for k in np.unique(fold):
+        rest = right & (fold != k)
+        reference = fit_reference(shapes[rest], fold[rest])
+        if reference is not None:
+            out[fold == k] = novelty_score(shapes[fold == k], reference)
+    return out
+
+
+def _counts(scores: np.ndarray, tp: np.ndarray, n_gold: int, threshold: float | None) -> tuple[int, int, int]:
+    keep = scores >= threshold if threshold is not None else np.zeros(len(scores), bool)
+    t = int(tp[keep].sum())
+    return t, int(keep.sum()) - t, n_gold - t
+
+
+def _summary(tp: int, fp: int, fn: int) -> dict[str, Any]:
+    p, r = wilson(tp, tp + fp), wilson(tp, tp + fn)
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+        "precision_ci95": [round(v, 4) for v in p] if p else None,
+        "recall": round(tp / (tp + fn), 4) if tp + fn else None,
+        "recall_ci95": [round(v, 4) for v in r] if r else None,
+    }
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 25) -> dict | None:
+    """L2-regularised logistic regression by Newton steps on standardised features (N x F, N labels).
+
+    None when ``y`` is all one value (nothing to separate): the detector score is used as it is.
+    """
+    if len(y) == 0 or y.all() or not y.any():
+        return None
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    z = np.c_[np.ones(len(x)), (x - mean) / scale]
+    w, reg = np.zeros(z.shape[1]), l2 * np.r_[0.0, np.ones(z.shape[1] - 1)]
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -30, 30)))
+        step = np.linalg.solve((z * (p * (1 - p))[:, None]).T @ z + np.diag(reg), z.T @ (p - y) + reg * w)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return {"mean": mean.tolist(), "scale": scale.tolist(), "coef": w[1:].tolist(), "intercept": float(w[0])}
+
+
+def recall_threshold(scores: np.ndarray, tp: np.ndarray, n_gold: int, target: float) -> float | None:
+    """The highest threshold whose kept labels find ``target`` of ``n_gold`` (the lowest score when none does)."""
+    if len(scores) == 0 or n_gold == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    s, recall = scores[order], np.cumsum(tp[order]) / n_gold
+    reached = np.flatnonzero((recall >= target) & np.r_[s[1:] != s[:-1], True])
+    return float(s[reached[0]]) if len(reached) else float(s[-1])
+
+
+def _scorer(kind: str, rows: list[dict], fit: np.ndarray) -> tuple[dict | None, np.ndarray]:
+    """The fitted score model of the rows in ``fit`` (a mask) and every row's calibrated score."""
+    from segflow.tasks.evaluate.acceptance import predict
+
+    score = np.array([r["score"] for r in rows], float)
+    if kind != "combined" or not rows:
+        return None, score
+    x = np.array([r["x"] for r in rows], float)
+    tp = np.array([bool(r["tp"]) for r in rows])
+    model = fit_logistic(x[fit], tp[fit].astype(float))
+    return model, predict(model, x, score)
+
+
+def calibrate(
+    labels: list[dict],
+    gold: dict[tuple[int, int], int],
+    classes: dict[int, str],
+    target: float = 0.95,
+    folds: int = 5,
+    min_gold: int = 10,
+    min_kept: int = 10,
+    seed: int = 0,
+    score: str = "detector",
+    review_recall: float = 0.95,
+    novelty: bool = True,
+) -> dict[str, Any]:
+    """Per-class thresholds for ``target`` precision, with held-out estimates.
+
+    Arguments:
+      labels: dicts with ``image_id``, ``category_id``, ``score``, ``tp`` (bool), one per label of the gold images,
+        and ``x`` (the features of :func:`segflow.tasks.evaluate.acceptance.features`) when ``score == "combined"``. Each
+        gets ``calibrated`` (its score under the final model).
+      gold: ``(image_id, category_id)`` -> number of gold instances.
+      classes: ontology id -> name; classes without gold instances and labels are left out.
+      novelty: fit each threshold on the labels that pass the class's novelty limit (held out), as
+        acceptance with ``accept.novelty`` exports them; False: on every label.
+    """
+    images = sorted({i for i, _ in gold} | {r["image_id"] for r in labels})
+    rng = np.random.default_rng(seed)
+    fold_of = dict(zip(images, rng.permutation(len(images)) % max(1, min(folds, len(images))), strict=True))
+    by_class: dict[int, list[dict]] = defaultdict(list)
+    for r in labels:
+        by_class[r["category_id"]].append(r)
+    out: dict[str, Any] = {
+        "version": 1,
+        "ontology": {str(k): v for k, v in sorted(classes.items())},
+        "score": score,
+        "target_precision": target,
+        "review_recall": review_recall,
+        "folds": folds,
+        "min_gold": min_gold,
+        "min_kept": min_kept,
+        "gold_images": len(images),
+        "novelty_in_thresholds": novelty,
+        "classes": {},
+    }
+    totals, totals_review = np.zeros(3, int), np.zeros(3, int)
+    warnings = []
+    for cid, name in sorted(classes.items()):
+        rows = by_class.get(cid, [])
+        n_gold = sum(n for (_, c), n in gold.items() if c == cid)
+        if not rows and not n_gold:
+            continue
+        tp = np.array([bool(r["tp"]) for r in rows])
+        fold = np.array([fold_of[r["image_id"]] for r in rows], int)
+        gold_fold = defaultdict(int)
+        for (img, c), n in gold.items():
+            if c == cid:
+                gold_fold[fold_of[img]] += n
+        shapes = _shapes(rows)
+        passing = _heldout_novelty(shapes, tp, fold) <= 1.0 if novelty else np.ones(len(rows), bool)
+        held, held_review = np.zeros(3, int), np.zeros(3, int)
+        for k in sorted(set(fold_of.values())):
+            _, s = _scorer(score, rows, fold != k)
+            fit_k, test_k = (fold != k) & passing, (fold == k) & passing
+            t = best_threshold(s[fit_k], tp[fit_k], target, min_kept)
+            held += _counts(s[test_k], tp[test_k], gold_fold[k], t)
+            tr = recall_threshold(s[fold != k], tp[fold != k], n_gold - gold_fold[k], review_recall)
+            low = min(t, tr) if t is not None and tr is not None else (tr if t is None else None)
+            held_review += _counts(s[fold == k], tp[fold == k], gold_fold[k], low if rows else None)
+        model, s = _scorer(score, rows, np.ones(len(rows), bool))
+        for r, v in zip(rows, s, strict=True):
+            r["calibrated"] = float(v)
+        curve = reliability(s, tp)
+        right = tp & np.isfinite(shapes[:, : len(SHAPE_FEATURES)]).all(axis=1)
+        look = fit_reference(shapes[right], fold[right])
+        agree = np.array([r.get("box_agreement", np.nan) for r in rows], np.float64)
+        right = agree[tp & np.isfinite(agree)]
+        mask_check = {"box_agreement_min": round(float(np.quantile(right, 0.01)), 4)} if len(right) else None
+        threshold = best_threshold(s[passing], tp[passing], target, min_kept)
+        review_t = recall_threshold(s, tp, n_gold, review_recall)
+        entry = {
+            "category_id": cid,
+            "gold_instances": n_gold,
+            "labels": len(rows),
+            "threshold": threshold,
+            "review_threshold": min(review_t, threshold)
+            if review_t is not None and threshold is not None
+            else review_t,
+            "model": model,
+            "reliability": curve,
+            "mask_check": mask_check,
+            "novelty": look,
+        }
+        entry["heldout"] = _summary(*held.tolist())
+        entry["heldout_with_review"] = _summary(*held_review.tolist())
+        if n_gold < min_gold:
+            entry.update(status="review", reason=f"{n_gold} gold instances (< {min_gold}): too few to set a threshold")
+        elif threshold is None:
+            entry.update(status="review", reason=f"no threshold reaches precision {target} on the gold set")
+        elif entry["heldout"]["precision_ci95"] is None or entry["heldout"]["precision_ci95"][1] < target:
+            ci = entry["heldout"]["precision_ci95"]
+            seen = f"{entry['heldout']['precision']} (95% CI {ci[0]}-{ci[1]})" if ci else "undefined (nothing kept)"
+            entry.update(
+                status="review", reason=f"held-out precision {seen} cannot reach {target}: the scores do not separate"
+            )
+        else:
+            entry.update(status="calibrated")
+            totals += held
+        if entry["status"] == "review":  # nothing of the class is accepted: its gold instances are missed
+            entry["threshold"] = None
+            totals += (0, 0, n_gold)
+            warnings.append(f"{name}: {entry['reason']}; its labels go to review")
+        totals_review += held_review
+        out["classes"][name] = entry
+    out["heldout"] = _summary(*totals.tolist())
+    out["heldout_with_review"] = _summary(*totals_review.tolist())
+    out["warnings"] = warnings
+    return out
+
+
+def reliability(scores: np.ndarray, tp: np.ndarray, points: int = 64) -> dict[str, list[float]]:
+    """The probability that a label is right as a non-decreasing function of its score (isotonic regression of
+    ``tp`` on ``scores``, pool-adjacent-violators), as at most ``points`` breakpoints ``x`` (score) and ``y``
+    (probability) for ``np.interp``. Empty lists without labels.
+
+    Arguments:
+      scores: N floats (the calibrated score).
+      tp: N bools, whether each label matches a gold instance.
+    """
+    from scipy.optimize import isotonic_regression
+
+    if len(scores) == 0:
+        return {"x": [], "y": []}
+    order = np.argsort(scores, kind="stable")
+    x = np.asarray(scores, np.float64)[order]
+    y = isotonic_regression(np.asarray(tp, np.float64)[order], increasing=True).x
+    starts = np.r_[0, np.flatnonzero(np.diff(y)) + 1]  # each constant piece: its first and last label
+    keep = np.unique(np.r_[starts, starts[1:] - 1, len(y) - 1])
+    if len(keep) > points:
+        keep = keep[np.unique(np.linspace(0, len(keep) - 1, points).round().astype(int))]
+    return {"x": [round(float(v), 5) for v in x[keep]], "y": [round(float(v), 4) for v in y[keep]]}
+
+
+def pr_points(labels: list[dict], gold: dict[tuple[int, int], int], result: dict[str, Any], points: int = 200) -> None:
+    """Store each class's precision-recall curve in ``result["classes"][name]["curve"]``: ``recall``,
+    ``precision`` and ``score`` lists (labels of the gold images by descending calibrated score, at most
+    ``points`` of them, evenly spaced, the last kept) and ``operating`` (recall and precision at the threshold)."""
+    for entry in result["classes"].values():
+        cid = entry["category_id"]
+        rows = sorted((r for r in labels if r["category_id"] == cid), key=lambda r: -r.get("calibrated", r["score"]))
+        n_gold = sum(n for (_, c), n in gold.items() if c == cid)
+        if not rows or not n_gold:
+            continue
+        scores = np.array([r.get("calibrated", r["score"]) for r in rows])
+        hits = np.cumsum([r["tp"] for r in rows])
+        precision, recall = hits / np.arange(1, len(rows) + 1), hits / n_gold
+        keep = np.unique(np.linspace(0, len(rows) - 1, min(points, len(rows))).round().astype(int))
+        curve = {k: [round(float(v), 4) for v in a[keep]] for k, a in (("recall", recall), ("precision", precision))}
+        curve["score"] = [round(float(v), 4) for v in scores[keep]]
+        if entry["threshold"] is not None and (scores >= entry["threshold"]).any():
+            k = int(np.flatnonzero(scores >= entry["threshold"]).max())
+            curve["operating"] = {"recall": round(float(recall[k]), 4), "precision": round(float(precision[k]), 4)}
+        entry["curve"] = curve
+
+
+def pr_curves_png(result: dict[str, Any]) -> bytes:
+    """Per-class precision-recall curves (as :func:`pr_points` stored them), the chosen threshold marked."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for name, entry in result["classes"].items():
+        curve = entry.get("curve")
+        if not curve:
+            continue
+        (line,) = ax.plot(curve["recall"], curve["precision"], label=f"{name} ({entry['status']})")
+        if "operating" in curve:
+            op = curve["operating"]
+            ax.plot(op["recall"], op["precision"], "o", color=line.get_color(), markersize=8)
+    ax.axhline(result["target_precision"], color="grey", linestyle="--", linewidth=1, label="target precision")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.set_title("labels of the gold images, by score (dot: chosen threshold)")
+    ax.legend(loc="lower left", fontsize=8)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def fit_calibration(job: Any, gold: dict, file_names: dict, sizes: dict, rows: Iterable[dict]) -> tuple[dict, bytes]:
+    """Fit ``job.accept`` on a gold set: the calibration dict and its precision-recall curves (PNG).
+
+    Arguments:
+      gold: the COCO gold set; file_names, sizes: as :func:`segflow.tasks.evaluate.quality.evaluate`'s.
+      rows: manifest rows of the gold images (QC rejects left out), with ``x`` (features) for a combined score.
+    """
+    from segflow.tasks.evaluate.quality import label_matches
+
+    acc = job.accept
+    import pyarrow as pa
+
+    from segflow.tasks.evaluate.acceptance import box_agreement
+
+    labels, counts = label_matches(gold, job.category_names(), file_names, rows, sizes)
+    boxes = [r["row"] for r in labels]
+    if boxes and all("prompt_box" in b and "bbox" in b for b in boxes):
+        table = pa.table({"prompt_box": [b["prompt_box"] for b in boxes], "bbox": [b["bbox"] for b in boxes]})
+        for r, a in zip(labels, box_agreement(table), strict=True):
+            r["box_agreement"] = float(a)
+    for r in labels:
+        if "x" in r["row"]:
+            r["x"] = r["row"]["x"]
+    result = calibrate(
+        labels,
+        counts,
+        job.category_names(),
+        target=acc.precision,
+        folds=acc.folds,
+        min_gold=acc.min_gold,
+        score=acc.score,
+        review_recall=acc.review_recall,
+        novelty=acc.novelty,
+    )
+    result["gold_set"] = job.gold_set
+    pr_points(labels, counts, result)
+    return result, pr_curves_png(result)
+
+
+def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[dict, dict]:
+    """Fit the acceptance of a finished run on a gold set and export again at that operating point.
+
+    No model runs and committed shards are not touched: ``job.json`` gets the gold set and the ``accept``
+    settings (``precision``, ``folds``, ``score``, ...; a saved ``calibration`` is dropped), then the run is
+    finalized again from its commits. Returns ``(summary, calibration)``.
+    """
+    import json
+
+    from segflow.config.schema import JobConfig
+    from segflow.tasks.finalize.finalizer import finalize
+    from segflow.tasks.io.layout import OutputLayout
+    from segflow.tasks.io.lease import hold
+    from segflow.tasks.evaluate.quality import load_gold
+    from segflow.tasks.io.storage import open_fs, read_bytes, scrub, write_bytes
+
+    layout = OutputLayout(output)
+    fs, job_path = open_fs(layout.job_json)
+    with hold(output, "calibrate"):
+        job = JobConfig.model_validate(json.loads(read_bytes(fs, job_path)))
+        load_gold(gold_url)  # a clear error before anything is written
+        settings = job.accept.model_copy(update={**accept, "calibration": None})
+        update = {"gold_set": gold_url, "accept": type(settings).model_validate(settings.model_dump())}
+        update["output"] = output  # this output, wherever job.json says it was written (a copy, a moved folder)
+        job = job.model_copy(update=update)
+        write_bytes(fs, job_path, json.dumps(scrub(job.model_dump(mode="json")), indent=1).encode())
+        summary = finalize(job, force=True)
+        _, cal_path = open_fs(layout.calibration)
+        return summary, json.loads(read_bytes(fs, cal_path))

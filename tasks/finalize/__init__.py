@@ -1,0 +1,2 @@
+"""Finalize: merge the committed shards into the manifests and exports, and write the summary
+(:mod:`.finalizer`)."""

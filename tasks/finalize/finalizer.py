@@ -1,0 +1,569 @@
+"""Finalize: merge committed shards into the manifests, export COCO, write the summary.
+
+Reads only files named by commit records, each once (one pass over the
+shards feeds the manifests, COCO, panoptic JSON, QC report and gold-set
+match), and refuses to produce anything
+when a planned shard is not committed (naming the missing shards and their
+last errors), so a dataset is never partial.
+
+Outputs (see docs/outputs.md)::
+
+    manifest/masks.parquet/part-<shard_id>.parquet   one file per shard
+    manifest/images.parquet/part-<shard_id>.parquet
+    manifest/panoptic.parquet/part-<shard_id>.parquet  (with a panoptic stage)
+    manifest/_parts.json                             sha256 and size of each part
+    coco/instances.json                              the accepted masks
+    review/instances.json, review/masks.parquet/     the review band (images with a review mask)
+    calibration.json, qc/pr_curves.png               (with a gold set or a saved calibration)
+    coco/panoptic.json, coco/panoptic/<image_id>.png, semantic/<image_id>.png  (with a panoptic stage; things
+        drawn only while their mask's verdict is exported: panoptic_export.at_operating_point)
+    quality.json  (with a gold set)
+    summary.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from segflow.tasks.outputs.coco import InstancesWriter
+from segflow.tasks.shard.commit import parse_committed, read_commit, read_committed_bytes, read_error
+from segflow.tasks.io.layout import OutputLayout
+from segflow.tasks.outputs.manifest import ANNOTATION_ID_STRIDE
+from segflow.tasks.outputs.panoptic_export import (
+    PanopticJsonWriter,
+    at_operating_point,
+    evaluate_panoptic_files,
+    panoptic_categories,
+    png_name,
+    render_shard,
+    rendered_marker,
+)
+from segflow.tasks.plan.planner import iter_plan_batches, load_plan
+from segflow.tasks.outputs.qc_report import QcAccumulator, write_qc_report
+from segflow.tasks.report import ReportSampler, write_report
+from segflow.tasks.evaluate.semantic_audit import SemanticAudit, class_areas
+from segflow.tasks.io.storage import open_fs, redact, write_bytes
+
+if TYPE_CHECKING:
+    from segflow.config.schema import JobConfig
+
+
+__all__ = ["IncompleteRunError", "finalize", "output_paths"]
+
+log = logging.getLogger("segflow.finalize")
+
+
+class IncompleteRunError(Exception):
+    """Some planned shards have no commit record."""
+
+    def __init__(self, missing: list[str], errors: dict[str, str]):
+        self.missing = missing
+        self.errors = errors
+        shown = ", ".join(missing[:20]) + (f" (+{len(missing) - 20} more)" if len(missing) > 20 else "")
+        detail = "".join(f"\n  {s}: {e}" for s, e in list(errors.items())[:10])
+        super().__init__(
+            f"{len(missing)} shard(s) not committed: {shown}{detail}\nrerun them with "
+            f"`segflow run` on the same config and output"
+        )
+
+
+def output_paths(layout: OutputLayout) -> dict[str, str]:
+    return {
+        "masks": layout.manifest("masks"),
+        "images": layout.manifest("images"),
+        "coco_instances": layout.coco_instances,
+        "summary": layout.summary,
+    }
+
+
+def _collect_commits(output: str) -> tuple[dict, list[dict]]:
+    plan = load_plan(output)
+    commits, missing, errors = [], [], {}
+    for sid in plan["shard_ids"]:
+        c = read_commit(output, sid)
+        if c is None:
+            missing.append(sid)
+            err = read_error(output, sid)
+            if err:
+                errors[sid] = err["error"]
+        else:
+            commits.append(c)
+    if missing:
+        raise IncompleteRunError(missing, errors)
+    return plan, commits
+
+
+def commits_digest(commits: list[dict], job: dict) -> str:
+    """What a finalized output was built from: its shards' committed attempts, the gold sets and the acceptance
+    settings of ``job`` (its JSON form, as ``job.json`` holds it)."""
+    inputs = [job.get("gold_set"), job.get("gold_panoptic"), job.get("accept")]
+    inputs += [job["gold_semantic"]] if job.get("gold_semantic") else []  # digests of jobs without it unchanged
+    return hashlib.sha256(json.dumps([[c["shard_id"], c["attempt"]] for c in commits] + inputs).encode()).hexdigest()
+
+
+def _previous_summary(fs: Any, url: str) -> dict | None:
+    _, path = open_fs(url)
+    try:
+        return json.loads(fs.cat_file(path))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _replace_dir(fs: Any, path: str) -> None:
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+class GoldMatch:
+    """The labels of the gold set's images (QC rejects left out), gathered shard by shard, then evaluated or fitted.
+
+    ``features``: also keep each label's acceptance features (``x``), for fitting a combined score.
+    """
+
+    _COLUMNS = ["annotation_id", "image_id", "category_id", "score", "rle_counts", "bbox", "prompt_box", "shape"]
+
+    def __init__(self, job: JobConfig, features: bool = False):
+        from pathlib import PurePosixPath
+
+        from segflow.tasks.evaluate.quality import load_gold
+
+        self.job, self.features = job, features
+        self.gold = load_gold(job.gold_set)
+        names = [im["file_name"] for im in self.gold["images"]]
+        self.wanted = set(names) | {PurePosixPath(n).name for n in names}
+        self.file_names: dict[str, int] = {}
+        self.sizes: dict[int, tuple[int, int]] = {}
+        self.parts: list[pa.Table] = []  # the gold images' labels, shard by shard, in Arrow until evaluated
+        self.histograms: dict | None = None  # what the gold images and their masks look like (segflow.tasks.evaluate.drift)
+
+    def rows(self) -> Iterator[dict]:
+        """The gathered labels as dicts (``x``: the acceptance features, when kept), one shard's at a time."""
+        for t in self.parts:
+            yield from t.to_pylist()
+
+    def named(self, keys: Any) -> Any:
+        """Bool mask over an Arrow array of keys: the gold set names the key or its base name (vectorised)."""
+        wanted = pa.array(sorted(self.wanted), pa.string())
+        base = pc.replace_substring_regex(keys, pattern=r"^.*/", replacement="")
+        return pc.or_(pc.is_in(keys, value_set=wanted), pc.is_in(base, value_set=wanted))
+
+    def image_ids(self, images: pa.Table) -> list[int]:
+        """The gold images among a shard's decoded images (recording their names and sizes)."""
+        ok = images.filter(pc.equal(images["status"], "ok"))
+        ids = []
+        for r in ok.filter(self.named(ok["file_name"])).to_pylist():
+            self.file_names[r["file_name"]] = r["image_id"]
+            self.sizes[r["image_id"]] = (r["height"], r["width"])
+            ids.append(r["image_id"])
+        return ids
+
+    def add(self, images: pa.Table, masks: pa.Table) -> None:
+        from segflow.tasks.evaluate.acceptance import features
+        from segflow.tasks.evaluate.drift import histograms, merge
+
+        ids = self.image_ids(images)
+        if not ids:
+            return
+        ids_array = pa.array(ids, pa.int64())
+        self.histograms = merge(
+            self.histograms,
+            histograms(images.filter(pc.is_in(images["image_id"], value_set=ids_array)), masks),
+        )
+        kept = pc.fill_null(pc.not_equal(masks["qc_verdict"], "reject"), True)
+        t = masks.filter(pc.and_(kept, pc.is_in(masks["image_id"], value_set=pa.array(ids, pa.int64()))))
+        labels = t.select(self._COLUMNS + (["verdict"] if "verdict" in t.column_names else []))
+        if self.features:
+            labels = labels.append_column("x", pa.array(features(t).tolist(), pa.list_(pa.float64())))
+        self.parts.append(labels)
+
+    def evaluate(self) -> dict:
+        from segflow.tasks.evaluate.quality import evaluate
+
+        return evaluate(self.gold, self.job.category_names(), self.file_names, self.rows(), self.sizes)
+
+
+def _acceptance(
+    job: JobConfig, commits: list[dict], layout: OutputLayout, fs: Any, cache: dict[tuple[str, str], bytes]
+) -> dict | None:
+    """The calibration in force: ``accept.calibration`` as saved, or fitted now on the gold set; written to
+    ``calibration.json`` (with the curves when fitted). None without either (QC verdicts alone decide).
+
+    Fitting reads the shards the plan puts gold images in (their committed bytes are left in ``cache`` for the
+    main pass, so each committed file is still read once).
+    """
+
+    from segflow.tasks.evaluate.acceptance import load_calibration
+    from segflow.tasks.evaluate.calibration import fit_calibration
+
+    accept = getattr(job, "accept", None)
+    if accept is not None and accept.calibration:
+        cal = load_calibration(accept.calibration, job.category_names()) | {"applied_from": redact(accept.calibration)}
+    elif accept is not None and getattr(job, "gold_set", None):
+        gm = GoldMatch(job, features=accept.score == "combined")
+        shards = set()  # one pass over the plan: keys as the gold set names them, or their base names
+        for b in iter_plan_batches(layout.root, ["shard_id", "key"]):
+            shards.update(b.column("shard_id").filter(gm.named(b.column("key"))).to_pylist())
+        for c in commits:
+            if c["shard_id"] in shards:
+                for name in ("images", "masks"):
+                    cache[(c["shard_id"], name)] = read_committed_bytes(layout.root, c, name)
+                gm.add(*(parse_committed(c, name, cache[(c["shard_id"], name)]) for name in ("images", "masks")))
+        cal, png = fit_calibration(job, gm.gold, gm.file_names, gm.sizes, gm.rows())
+        if gm.histograms is not None:
+            from segflow.tasks.evaluate.drift import reference
+
+            cal["reference"] = reference(gm.histograms)  # what the calibration saw: later runs are checked against it
+        _, path = open_fs(layout.pr_curves)
+        write_bytes(fs, path, png)
+    else:
+        return None
+    _, path = open_fs(layout.calibration)
+    write_bytes(fs, path, json.dumps(cal, indent=2).encode())
+    return cal
+
+
+def _drift(job: JobConfig, calibration: dict | None, commits: list[dict]) -> Any:
+    """The drift check of this run against the calibration's reference (:mod:`segflow.tasks.evaluate.drift`), from the
+    histograms each shard kept in its commit record; None without a reference (a calibration fitted before
+    segflow kept one) or with commits that have no histograms.
+
+    Raises:
+      DriftError: drifted, and the job says ``accept.on_drift: fail``.
+    """
+    from segflow.tasks.evaluate.drift import DRIFT_ADVICE, DriftError, compare, merge
+
+    if calibration is None or not calibration.get("reference"):
+        return None
+    run = None
+    for c in commits:
+        h = (c.get("stats") or {}).get("histograms")
+        if h is None:
+            log.warning("%s: its commit has no drift histograms (an older segflow): no drift check", c["shard_id"])
+            return None
+        run = merge(run, h)
+    if run is None:
+        return None
+    drift = compare(calibration["reference"], run, job.category_names())
+    if not drift.holds and job.accept.on_drift == "fail":
+        raise DriftError(
+            f"the calibration does not hold for this run's images ({drift.verdict}); accept.on_drift is 'fail', "
+            f"so nothing was exported: {DRIFT_ADVICE}"
+        )
+    return drift
+
+
+def _count(into: dict[str, int], table: pa.Table, column: str) -> None:
+    """Add the rows of ``table`` per ``category_name`` to ``into``."""
+    if table.num_rows:
+        for row in table.group_by("category_name").aggregate([(column, "count")]).to_pylist():
+            into[row["category_name"]] = into.get(row["category_name"], 0) + row[f"{column}_count"]
+
+
+def _all_rendered(output: str, commits: list[dict]) -> bool:
+    """Every panoptic shard's PNGs drawn from its committed attempt (a shard's own rendering may not have finished)."""
+    for c in commits:
+        if "panoptic" in c["files"]:
+            marker = rendered_marker(output, c["shard_id"])
+            if marker is None or marker.get("attempt") != c["attempt"]:
+                return False
+    return True
+
+
+def _render(output: str, c: dict, images: pa.Table, panoptic: pa.Table, left_out: list[int]) -> int:
+    """Draw what the shard's PNGs lack at this operating point: all of them when its own rendering did not finish
+    (marker missing or of another attempt), else only the images whose left-out things changed. Returns images drawn.
+    """
+    marker = rendered_marker(output, c["shard_id"])
+    if marker is None or marker.get("attempt") != c["attempt"]:
+        return render_shard(output, c["shard_id"], c["attempt"], images, panoptic, left_out=left_out)
+    changed = set(marker.get("left_out", [])) ^ set(left_out)
+    if not changed:
+        return 0
+    only = {a // ANNOTATION_ID_STRIDE for a in changed}
+    return render_shard(output, c["shard_id"], c["attempt"], images, panoptic, left_out=left_out, only=only)
+
+
+def _parquet(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def finalize(job: JobConfig, started_at: float | None = None, force: bool = False) -> dict:
+    """Merge, export and summarise a fully committed run. Returns the summary dict.
+
+    An output already finalized from exactly these commits (and gold sets and acceptance settings) is left as it
+    is, unless ``force``. Holds the output's lease (:mod:`segflow.tasks.io.lease`; re-entrant, so a run that holds
+    it finalizes under its own): a second writer is refused, and a lease lost midway stops before the manifest
+    pointer and the summary are written.
+    """
+    from segflow.tasks.io.lease import hold
+
+    with hold(job.output, "finalize") as lease:
+        return _finalize(job, started_at, force, lease)
+
+
+def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any) -> dict:
+    from segflow.tasks.evaluate.acceptance import VERDICTS, apply_acceptance, correct_probability
+
+    output = job.output
+    plan, commits = _collect_commits(output)
+    layout = OutputLayout(output)
+    paths = output_paths(layout)
+    fs, _ = open_fs(output)
+    digest = commits_digest(commits, job.model_dump(mode="json"))
+    previous = _previous_summary(fs, paths["summary"])
+    if (
+        not force
+        and previous is not None
+        and previous.get("commits_digest") == digest
+        and _all_rendered(output, commits)
+    ):
+        return previous  # already finalized from exactly these commits: write nothing
+
+    # 0. the operating point: a saved calibration, or one fitted on the gold set's images (read first)
+    cache: dict[tuple[str, str], bytes] = {}
+    calibration = _acceptance(job, commits, layout, fs, cache)
+    if calibration is not None and calibration.get("novelty_in_thresholds") and not job.accept.novelty:
+        warning = (
+            "the thresholds were fitted counting on the novelty check, which accept.novelty: false turns off: "
+            "look-alikes the check would send to review are exported and precision can fall below the target; "
+            "fit again with novelty off (`segflow calibrate`) or turn it on"
+        )
+        log.warning(warning)
+        calibration["warnings"] = [*calibration.get("warnings", []), warning]
+    if calibration is not None:
+        paths["calibration"] = layout.calibration
+    drift = _drift(job, calibration, commits)  # before any verdict: `accept.on_drift` may change them
+    drift_review = drift is not None and not drift.holds and job.accept.on_drift == "review"
+    estimate = np.zeros(2)  # the accepted masks: sum of their probabilities of being right, how many have one
+    novel = 0  # masks sent to review because their shape is unlike the gold set's of their class
+
+    # 1. one pass over the committed shards: each committed file is read once and feeds every output
+    counts = {"images": 0, "labelled_images": 0, "failed_images": 0, "masks": 0}
+    verdicts = dict.fromkeys(VERDICTS, 0)
+    per_category: dict[str, int] = {}
+    segments_per_category: dict[str, int] = {}
+    qc = job.qc_stage() if hasattr(job, "qc_stage") else None
+    keep = ("accept", "review") if qc is not None and qc.export_review else ("accept",)
+    paths.update(review_instances=layout.review_instances, review_masks=layout.review_masks)
+    acc = None
+    if qc is not None or calibration is not None:
+        paths["quarantine"] = layout.quarantine
+        acc = QcAccumulator(qc.review_samples if qc is not None else 24)
+    has_panoptic = all("panoptic" in c["files"] for c in commits) and bool(commits)
+    merge = job.stages.get(job.panoptic_sink() or "") if has_panoptic else None
+    pan_keep = keep + (("review",) if getattr(merge, "include_flagged", False) and "review" not in keep else ())
+    rendered = 0
+    if has_panoptic:
+        paths.update(
+            {
+                "panoptic": layout.manifest("panoptic"),
+                "coco_panoptic": layout.coco_panoptic,
+                "coco_panoptic_pngs": layout.coco_panoptic_pngs,
+                "semantic_pngs": layout.semantic_pngs,
+                "semantic": layout.manifest("semantic"),
+            }
+        )
+    elif any("panoptic" in c["files"] for c in commits):  # pragma: no cover - fingerprints keep a run's shards alike
+        raise RuntimeError("some shards have panoptic segments and others not; rerun into a fresh output")
+    lease.check()
+    for name in ("masks", "images", "quarantine", "panoptic", "semantic", "review_masks"):
+        if name in paths:
+            _replace_dir(fs, open_fs(paths[name])[1])
+    coco = InstancesWriter(paths["coco_instances"], job.category_names(), description=job.name, keep_verdicts=keep)
+    review = InstancesWriter(
+        paths["review_instances"], job.category_names(), job.name, ("review",), labelled_images_only=True
+    )
+    pan_json = (
+        PanopticJsonWriter(paths["coco_panoptic"], panoptic_categories(job.ontology), description=job.name)
+        if has_panoptic
+        else None
+    )
+    gold = GoldMatch(job) if getattr(job, "gold_set", None) else None
+    gold_sem = getattr(job, "gold_semantic", None)
+    audit = SemanticAudit(gold_sem, job.category_names()) if gold_sem and has_panoptic else None
+    parts: dict[str, dict[str, dict]] = {}
+    sampler = ReportSampler()
+    for c in commits:
+        sid = c["shard_id"]
+        names = ("images", "masks", "panoptic") if has_panoptic else ("images", "masks")
+        raw = {name: cache.pop((sid, name), None) or read_committed_bytes(output, c, name) for name in names}
+        images, masks = (parse_committed(c, name, raw[name]) for name in ("images", "masks"))
+        masks = apply_acceptance(masks, calibration, drifted=drift_review, use_novelty=job.accept.novelty)
+        novel += sum(1 for r in masks["verdict_reasons"].to_pylist() if r and "novel" in r)
+        if calibration is not None:
+            p_right = correct_probability(masks.filter(pc.equal(masks["verdict"], "accept")), calibration)
+            estimate += (np.nansum(p_right), np.isfinite(p_right).sum())
+        raw["masks"] = _parquet(masks)  # the committed columns, then verdict, verdict_reasons, calibrated_score
+        coco.add(images, masks)
+        review.add(images, masks)
+        if gold is not None:
+            gold.add(images, masks)
+        if pan_json is not None:
+            pan, left_out = at_operating_point(parse_committed(c, "panoptic", raw["panoptic"]), masks, pan_keep)
+            if left_out:
+                raw["panoptic"] = _parquet(pan)
+            rendered += _render(output, c, images, pan, left_out)
+            sampler.add(images, masks, pan)
+            pan_json.add(images, pan)
+            _count(segments_per_category, pan, "segment_id")
+            raw["semantic"] = _parquet(class_areas(images, pan, job.category_names()))
+            if audit is not None:
+                audit.add(images)
+        else:
+            sampler.add(images, masks)
+        outputs = {layout.manifest_key(name): data for name, data in raw.items()}
+        manifests = set(outputs)
+        in_review = masks.filter(pc.equal(masks["verdict"], "review"))
+        if in_review.num_rows:
+            outputs[layout.REVIEW_MASKS_KEY] = _parquet(in_review)
+        if acc is not None:
+            acc.add(sid, masks, images)
+            outputs[layout.QUARANTINE_KEY] = _parquet(masks.filter(pc.equal(masks["verdict"], "reject")))
+        for folder, data in outputs.items():
+            _, part = open_fs(layout.url(layout.part_key(folder, sid)))
+            write_bytes(fs, part, data)
+            if folder in manifests:
+                parts.setdefault(folder, {})[sid] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        counts["images"] += images.num_rows
+        counts["failed_images"] += int(pc.sum(pc.equal(images["status"], "failed")).as_py() or 0)
+        counts["labelled_images"] += int(pc.sum(pc.greater(images["num_masks"], 0)).as_py() or 0)
+        counts["masks"] += masks.num_rows
+        for v, n in zip(*np.unique(masks["verdict"].to_numpy(zero_copy_only=False), return_counts=True), strict=True):
+            verdicts[str(v)] += int(n)
+        _count(per_category, masks, "annotation_id")
+    if not verdicts["review"]:
+        paths.pop("review_masks")  # no part written (review/instances.json stays: a valid, empty COCO file)
+    _, parts_path = open_fs(layout.manifest_parts)
+    lease.check()
+    write_bytes(fs, parts_path, json.dumps(parts, indent=0, sort_keys=True).encode())
+
+    # 2. close the exports: COCO instances (accepted, review) and panoptic JSON, the QC report
+    coco_counts = coco.close()
+    review_counts = review.close()
+    pan_counts = pan_json.close() if pan_json is not None else None
+    qc_summary = None
+    if acc is not None:
+        qc_summary = write_qc_report(output, acc, job.name)
+        paths["qc_report"] = qc_summary["report"]
+    if coco_counts["annotations"] != sum(verdicts[v] for v in keep):  # pragma: no cover - consistency guard
+        raise RuntimeError(f"COCO export wrote {coco_counts['annotations']} annotations, expected {verdicts}")
+
+    # 3. quality against the gold set(s), when the job names them
+    quality = gold.evaluate() if gold is not None else None
+    if getattr(job, "gold_panoptic", None) and has_panoptic:
+        pan_q = evaluate_panoptic_files(job.gold_panoptic, paths["coco_panoptic"])
+        things = {c.name for c in job.ontology if c.isthing}
+        pan_q["things"].update(
+            {k: sum(v[k] for n, v in pan_q["per_class"].items() if n in things) for k in ("tp", "fp", "fn")}
+        )
+        quality = (quality or {}) | {
+            "panoptic": pan_q,
+            "pq": pan_q["pq"],
+            "sq": pan_q["sq"],
+            "rq": pan_q["rq"],
+            "miou": pan_q["miou"],
+        }
+    if audit is not None:
+        sem_q, heat_map = audit.evaluate(layout.semantic_pngs, png_name)
+        if heat_map is not None:
+            paths["semantic_confusion"] = layout.semantic_confusion
+            write_bytes(fs, open_fs(layout.semantic_confusion)[1], heat_map)
+        quality = (quality or {}) | {"semantic": sem_q, "semantic_miou": sem_q.get("miou")}
+    if quality is not None:
+        if drift is not None:
+            quality["drift"] = drift.to_dict() | {"action": job.accept.on_drift}
+        if calibration is not None:
+            quality["estimate"] = {"precision": round(float(estimate[0] / estimate[1]), 4) if estimate[1] else None}
+        paths["quality"] = layout.quality
+        _, qpath = open_fs(paths["quality"])
+        write_bytes(fs, qpath, json.dumps(quality, indent=2).encode())
+
+    # 4. summary, written last
+    summary = {
+        "job": job.name,
+        "images": counts["images"],
+        "labelled_images": counts["labelled_images"],
+        "failed_images": counts["failed_images"],
+        "images_without_masks": counts["images"] - counts["labelled_images"] - counts["failed_images"],
+        "masks": counts["masks"],
+        "masks_per_category": dict(sorted(per_category.items())),
+        "verdicts": verdicts,
+        "shards": len(commits),
+        "outputs": {k: redact(v) for k, v in paths.items()},
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commits_digest": digest,
+    }
+    summary["coco_annotations"] = coco_counts["annotations"]
+    summary["review_annotations"] = review_counts["annotations"]
+    if calibration is not None:
+        summary["calibration"] = {
+            "source": calibration.get("applied_from") or "fitted on the gold set",
+            "target_precision": calibration["target_precision"],
+            "score": calibration["score"],
+            "heldout": calibration["heldout"],
+            "review_classes": [n for n, e in calibration["classes"].items() if e["status"] == "review"],
+            "holds": drift.holds if drift is not None else None,
+            "novel": novel,
+            "warnings": list(calibration.get("warnings", [])),
+        }
+        summary["estimate"] = {
+            "precision": round(float(estimate[0] / estimate[1]), 4) if estimate[1] else None,
+            "masks": int(estimate[1]),
+            "method": "mean probability of being right of the accepted masks: each class's reliability curve "
+            "(the gold set's labels, isotonic in the score) at the mask's score; no labels of this run used",
+        }
+    if drift is not None:
+        summary["drift"] = drift.to_dict() | {"action": job.accept.on_drift}
+    if qc_summary is not None:
+        summary["qc"] = {k: qc_summary[k] for k in ("verdicts", "rules", "image_flags")}
+    if pan_counts is not None:
+        summary["panoptic"] = {
+            "images": pan_counts["images"],
+            "segments": pan_counts["segments"],
+            "segments_per_category": dict(sorted(segments_per_category.items())),
+            "images_rendered_by_finalize": rendered,
+        }
+    if quality is not None:
+        summary["quality"] = {
+            k: quality[k]
+            for k in (
+                "images",
+                "gold_instances",
+                "box_ap50",
+                "mask_ap50",
+                "mask_ap",
+                "mean_mask_iou",
+                "set",
+                "set_with_review",
+                "pq",
+                "sq",
+                "rq",
+                "miou",
+                "semantic_miou",
+            )
+            if k in quality
+        }
+    if started_at is not None:
+        summary["seconds"] = round(time.time() - started_at, 2)
+    try:  # the report is drawn from the finished outputs; a failure to draw it loses no labels
+        summary["outputs"]["report"] = redact(write_report(output, summary, sampler.to_json(), commits))
+    except Exception as e:  # noqa: BLE001 - said in the summary and the log; `segflow report OUTPUT` draws it again
+        log.warning("report.html not written: %s: %s", type(e).__name__, e)
+        summary["report_error"] = f"{type(e).__name__}: {e}"
+    _, summary_path = open_fs(paths["summary"])
+    lease.check()
+    write_bytes(fs, summary_path, json.dumps(summary, indent=2).encode())
+    return summary

@@ -1,1 +1,0 @@
-"""Model adapters (one module per library) and the process-wide model cache."""

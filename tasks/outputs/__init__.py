@@ -1,0 +1,1 @@
+"""What a run writes: the Parquet manifests, the COCO instances and panoptic exports, the QC outputs."""
