@@ -28,7 +28,7 @@ each fold on that fold's fitting images only).
 * review band: per class, ``review_threshold`` is the highest threshold whose
   recall on the gold set reaches ``review_recall`` (at most ``threshold``);
 * novelty (``accept.novelty``, on by default): a label whose shape is unlike
-  the class's right masks (:mod:`segflow.tasks.novelty`) is never exported
+  the class's right masks (:mod:`segflow.tasks.evaluate.novelty`) is never exported
   whatever its score, so the threshold is fitted, and its precision and recall
   estimated, on the labels that pass the novelty limit. Each label's novelty
   is measured held out: against the reference of the right masks of the other
@@ -94,7 +94,7 @@ def best_threshold(scores: np.ndarray, tp: np.ndarray, target: float, min_kept: 
 
 
 def _shapes(rows: list[dict]) -> np.ndarray:
-    """The labels' :data:`segflow.tasks.novelty.COLUMNS` (N x 7; NaN rows where a label has none)."""
+    """The labels' :data:`segflow.tasks.evaluate.novelty.COLUMNS` (N x 7; NaN rows where a label has none)."""
     out = np.full((len(rows), len(SHAPE_COLUMNS)), np.nan)
     for i, r in enumerate(rows):
         sh = (r.get("row") or {}).get("shape")

@@ -194,7 +194,7 @@ def test_thresholds_are_fitted_on_the_labels_that_pass_the_novelty_limit():
     what is exported: fitted on the labels under the limit (held out) it keeps more right labels at the target,
     and its held-out estimate agrees with a fresh draw. Negative control: fitted without novelty, the look-alikes
     force the threshold up; and thresholds fitted with novelty but exported without it let the look-alikes in."""
-    from segflow.tasks.calibration import calibrate
+    from segflow.tasks.evaluate.calibration import calibrate
 
     labels, gold, _ = _look_alike_labels(seed=5)
     on = calibrate(labels, gold, {1: "circle"}, target=0.9, novelty=True)
