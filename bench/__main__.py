@@ -303,9 +303,9 @@ def bench_sam3_prompts(work: Path, n_images: int) -> dict:
 def bench_e2e(work: Path, n_images: int) -> dict:
     from segflow.demo.synthetic import write_scene_set
     from segflow.tasks.io.images import decode_image
-    from segflow.tasks.stages.cache import get_model
     from segflow.tasks.plan.planner import make_plan
     from segflow.tasks.shard.runner import run_shard
+    from segflow.tasks.stages.cache import get_model
 
     write_scene_set(work / "e2e", n_images, seed=123, exif_fraction=0.25)
     job = demo_job(work / "e2e", work / "e2e-out", shard_size=n_images)
@@ -350,9 +350,9 @@ def bench_auto_annotate(work: Path, n_images: int) -> dict:
     from ultralytics.data.annotator import auto_annotate
 
     from segflow.demo.synthetic import write_scene_set
-    from segflow.tasks.stages.yolo import load_yolo
     from segflow.tasks.plan.planner import make_plan
     from segflow.tasks.shard.runner import run_shard
+    from segflow.tasks.stages.yolo import load_yolo
 
     write_scene_set(work / "aa", n_images, seed=321, exif_fraction=0.0, size_range=(400, 700))
     # the same detector for both: the demo YOLO, also written in ultralytics' own (pickled) format

@@ -81,9 +81,9 @@ def simulate(out: Path, shards: int, per_shard: int, rows: int) -> dict:
     import pyarrow as pa
 
     from segflow.config import JobConfig
-    from segflow.tasks.shard.commit import commit_shard
     from segflow.tasks.outputs.manifest import ANNOTATION_ID_STRIDE, IMAGES_SCHEMA, MASKS_SCHEMA
     from segflow.tasks.plan.planner import _fingerprint, plan_paths, write_plan_rows
+    from segflow.tasks.shard.commit import commit_shard
 
     t0 = time.time()
     pool = _pool()

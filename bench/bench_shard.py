@@ -51,10 +51,10 @@ def main() -> None:
     from segflow.config import JobConfig
     from segflow.demo.synthetic import SHAPE_CLASSES, write_scene_set
     from segflow.tasks.io.images import decode_image
-    from segflow.tasks.stages.cache import get_model
-    from segflow.tasks.stages.sam_checkpoint import build_sam, load_sam, save_sam_checkpoint
     from segflow.tasks.plan.planner import make_plan
     from segflow.tasks.shard.runner import run_shard
+    from segflow.tasks.stages.cache import get_model
+    from segflow.tasks.stages.sam_checkpoint import build_sam, load_sam, save_sam_checkpoint
     from tests.support.tiny import TINY_SAM_ARCH, make_tiny_yolo
 
     work = Path(tempfile.mkdtemp(prefix="segflow-bench-"))

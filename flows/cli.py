@@ -166,10 +166,10 @@ def run_prepared(
     job, plan, progress_bar: bool = True, debug: bool = False, redo: list[str] | None = None, refinalize: bool = False
 ) -> int:
     from segflow.flows.label_flow import run_job
-    from segflow.tasks.shard import progress
-    from segflow.tasks.shard.commit import ShardConflict
     from segflow.tasks.finalize.finalizer import IncompleteRunError
     from segflow.tasks.io.storage import redact
+    from segflow.tasks.shard import progress
+    from segflow.tasks.shard.commit import ShardConflict
 
     reuse = ""
     if plan.reused:
@@ -296,9 +296,9 @@ def print_calibration(cal: dict, drift: dict | None = None) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from segflow.tasks.evaluate.calibration import recalibrate_output
+    from segflow.tasks.evaluate.quality import GoldSetError, format_quality, load_quality
     from segflow.tasks.finalize.finalizer import IncompleteRunError
     from segflow.tasks.plan.planner import PlanError
-    from segflow.tasks.evaluate.quality import GoldSetError, format_quality, load_quality
 
     output = _cli_path(args.output)
     t0 = time.time()
@@ -326,9 +326,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from segflow.tasks.plan.planner import PlanError, load_plan
     from segflow.tasks.io.storage import redact
     from segflow.tasks.ops.verify import verify
+    from segflow.tasks.plan.planner import PlanError, load_plan
 
     output = _cli_path(args.output)
     try:
@@ -349,9 +349,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from segflow.tasks.plan.planner import PlanError
-    from segflow.tasks.ops.status import shard_states, summarize_states
     from segflow.tasks.io.storage import redact
+    from segflow.tasks.ops.status import shard_states, summarize_states
+    from segflow.tasks.plan.planner import PlanError
 
     output = _cli_path(args.output)
     try:

@@ -25,12 +25,12 @@ from prefect.futures import as_completed, wait
 from segflow.config import JobConfig
 from segflow.config.schema import ExportConfig
 from segflow.flows.runners import make_task_runner, shard_submit_options
-from segflow.tasks.finalize.finalizer import IncompleteRunError, finalize
-from segflow.tasks.plan.planner import Plan, PlanError, load_plan, make_plan
-from segflow.tasks.ops.publish import publish
 from segflow.tasks.evaluate.quality import format_quality, load_quality
-from segflow.tasks.shard.runner import run_shard
+from segflow.tasks.finalize.finalizer import IncompleteRunError, finalize
 from segflow.tasks.io.storage import load_credentials_block, redact, use_s3_credentials
+from segflow.tasks.ops.publish import publish
+from segflow.tasks.plan.planner import Plan, PlanError, load_plan, make_plan
+from segflow.tasks.shard.runner import run_shard
 
 __all__ = ["apply_credentials", "check_job", "label_flow", "prepare_job", "run_job"]
 
@@ -62,8 +62,8 @@ def check_job(job: JobConfig, config_file: str) -> None:
     Raises :class:`~segflow.config.ConfigError` naming ``config_file`` and the key.
     """
     from segflow.config import ConfigError
-    from segflow.tasks.stages.cache import check_stage_weights
     from segflow.tasks.io.weights import WeightsError
+    from segflow.tasks.stages.cache import check_stage_weights
 
     if job.credentials_block:
         try:

@@ -387,7 +387,7 @@ class SemanticStage(_ModelStage):
 
 
 class PanopticMergeStage(_StageBase):
-    """One panoptic map per image from a panoptic stage and (optionally) an instance stage; see tasks/stages/panoptic.py."""
+    """One panoptic map per image from a panoptic stage and (optionally) an instance stage (stages/panoptic.py)."""
 
     def issues(self, name: str, names: set[str], needs_roles: list[str]) -> list[tuple[str, str]]:
         if self.things == "instances" and not any(r in ("segmenter", "qc", "instances") for r in needs_roles):

@@ -48,8 +48,8 @@ def holdout_quality(output: str, holdout_file: str) -> dict:
     import pyarrow.dataset as ds
 
     from segflow.config.schema import JobConfig
-    from segflow.tasks.io.layout import OutputLayout
     from segflow.tasks.evaluate.quality import evaluate, load_gold
+    from segflow.tasks.io.layout import OutputLayout
 
     layout = OutputLayout(output)
     job = JobConfig.model_validate(json.loads(Path(layout.job_json).read_text()))

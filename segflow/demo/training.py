@@ -590,8 +590,8 @@ def mean_box_prompt_iou(
     """
     from segflow.config import SamStage
     from segflow.tasks import rle
-    from segflow.tasks.stages.sam import SamBoxSegmenter
     from segflow.tasks.record import Detections
+    from segflow.tasks.stages.sam import SamBoxSegmenter
 
     stage = stage or SamStage(kind="sam", weights=str(sam_weights), device="cpu")
     seg = SamBoxSegmenter(stage, str(sam_weights))

@@ -194,8 +194,8 @@ def calibrate(
 
     Arguments:
       labels: dicts with ``image_id``, ``category_id``, ``score``, ``tp`` (bool), one per label of the gold images,
-        and ``x`` (the features of :func:`segflow.tasks.evaluate.acceptance.features`) when ``score == "combined"``. Each
-        gets ``calibrated`` (its score under the final model).
+        and ``x`` (the features of :func:`segflow.tasks.evaluate.acceptance.features`) when ``score ==
+        "combined"``. Each gets ``calibrated`` (its score under the final model).
       gold: ``(image_id, category_id)`` -> number of gold instances.
       classes: ontology id -> name; classes without gold instances and labels are left out.
       novelty: fit each threshold on the labels that pass the class's novelty limit (held out), as
@@ -418,10 +418,10 @@ def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[dict,
     import json
 
     from segflow.config.schema import JobConfig
+    from segflow.tasks.evaluate.quality import load_gold
     from segflow.tasks.finalize.finalizer import finalize
     from segflow.tasks.io.layout import OutputLayout
     from segflow.tasks.io.lease import hold
-    from segflow.tasks.evaluate.quality import load_gold
     from segflow.tasks.io.storage import open_fs, read_bytes, scrub, write_bytes
 
     layout = OutputLayout(output)

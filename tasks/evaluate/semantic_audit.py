@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from segflow.tasks.stages.panoptic import SemanticQuality
 from segflow.tasks.io.storage import join, open_fs, read_bytes, redact
+from segflow.tasks.stages.panoptic import SemanticQuality
 
 SEMANTIC_SCHEMA = pa.schema(
     [

@@ -36,9 +36,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from segflow.tasks.outputs.coco import InstancesWriter
-from segflow.tasks.shard.commit import parse_committed, read_commit, read_committed_bytes, read_error
+from segflow.tasks.evaluate.semantic_audit import SemanticAudit, class_areas
 from segflow.tasks.io.layout import OutputLayout
+from segflow.tasks.io.storage import open_fs, redact, write_bytes
+from segflow.tasks.outputs.coco import InstancesWriter
 from segflow.tasks.outputs.manifest import ANNOTATION_ID_STRIDE
 from segflow.tasks.outputs.panoptic_export import (
     PanopticJsonWriter,
@@ -49,11 +50,10 @@ from segflow.tasks.outputs.panoptic_export import (
     render_shard,
     rendered_marker,
 )
-from segflow.tasks.plan.planner import iter_plan_batches, load_plan
 from segflow.tasks.outputs.qc_report import QcAccumulator, write_qc_report
+from segflow.tasks.plan.planner import iter_plan_batches, load_plan
 from segflow.tasks.report import ReportSampler, write_report
-from segflow.tasks.evaluate.semantic_audit import SemanticAudit, class_areas
-from segflow.tasks.io.storage import open_fs, redact, write_bytes
+from segflow.tasks.shard.commit import parse_committed, read_commit, read_committed_bytes, read_error
 
 if TYPE_CHECKING:
     from segflow.config.schema import JobConfig
@@ -145,7 +145,7 @@ class GoldMatch:
         self.file_names: dict[str, int] = {}
         self.sizes: dict[int, tuple[int, int]] = {}
         self.parts: list[pa.Table] = []  # the gold images' labels, shard by shard, in Arrow until evaluated
-        self.histograms: dict | None = None  # what the gold images and their masks look like (segflow.tasks.evaluate.drift)
+        self.histograms: dict | None = None  # what the gold images and their masks look like (evaluate.drift)
 
     def rows(self) -> Iterator[dict]:
         """The gathered labels as dicts (``x``: the acceptance features, when kept), one shard's at a time."""

@@ -31,12 +31,12 @@ import numpy as np
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
-from segflow.tasks.outputs.coco import InstancesWriter
 from segflow.tasks.formats.labels import VERDICTS, ExportError, RunLabels, dumps
 from segflow.tasks.formats.polygons import polygons_to_rle, rle_to_polygons
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
 from segflow.tasks.formats.untrusted import check_polygon, check_rle, read_zip_member
 from segflow.tasks.io.storage import join, open_fs, write_bytes
+from segflow.tasks.outputs.coco import InstancesWriter
 
 __all__ = ["export_coco", "export_cvat", "read_coco_review"]
 

@@ -85,7 +85,8 @@ class RunLabels:
             data = b""
         if want is not None and hashlib.sha256(data).hexdigest() != want:
             raise ExportError(
-                f"{redact(self.output)}: {self.layout.part_key(folder, shard_id)} does not match the manifest's pointer: "
+                f"{redact(self.output)}: {self.layout.part_key(folder, shard_id)} does not match the manifest's "
+                "pointer: "
                 "the output is being finalized again (try again when it finishes) or was damaged (`segflow verify`)"
             )
         return pq.read_table(pa.BufferReader(data), columns=columns)

@@ -42,13 +42,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
-from segflow.tasks.outputs.coco import InstancesWriter
 from segflow.tasks.formats.labels import ExportError, RunLabels
 from segflow.tasks.formats.polygons import polygons_to_rle, rle_to_polygons
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
 from segflow.tasks.formats.untrusted import read_capped
+from segflow.tasks.io.storage import create_exclusive, open_fs, read_json, redact, write_bytes
+from segflow.tasks.outputs.coco import InstancesWriter
 from segflow.tasks.outputs.manifest import MASKS_SCHEMA
-from segflow.tasks.io.storage import create_exclusive, join, open_fs, read_json, redact, write_bytes
 
 __all__ = ["ACTIONS", "import_review", "latest_review"]
 
@@ -225,7 +225,9 @@ def _import_review(output: str, review_file: str, fmt: str, lease: Any) -> dict:
         run.fs.rm(target_path, recursive=True)
     try:
         coco = InstancesWriter(
-            run.layout.review_version(version, "coco", "instances.json"), run.categories, f"{run.job.get('name')} {version}"
+            run.layout.review_version(version, "coco", "instances.json"),
+            run.categories,
+            f"{run.job.get('name')} {version}",
         )
         totals = Counter()
         for sid in run.shards:
@@ -262,9 +264,7 @@ def _import_review(output: str, review_file: str, fmt: str, lease: Any) -> dict:
             totals["checked"] += sum(1 for c in table["checked"].to_pylist() if c)
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink)
-            write_bytes(
-                run.fs, open_fs(run.layout.review_part(version, sid))[1], sink.getvalue().to_pybytes()
-            )
+            write_bytes(run.fs, open_fs(run.layout.review_part(version, sid))[1], sink.getvalue().to_pybytes())
             shard_ok = pa.Table.from_pylist([images[i] for i in shard_images]) if shard_images else None
             if shard_ok is not None:
                 coco.add(shard_ok, table)
@@ -285,9 +285,15 @@ def _import_review(output: str, review_file: str, fmt: str, lease: Any) -> dict:
         }
         lease.check()
         write_bytes(run.fs, open_fs(run.layout.review_version(version, "review.json"))[1], raw)
-        write_bytes(run.fs, open_fs(run.layout.review_version(version, "changes.json"))[1], json.dumps(changes, indent=1).encode())
+        write_bytes(
+            run.fs,
+            open_fs(run.layout.review_version(version, "changes.json"))[1],
+            json.dumps(changes, indent=1).encode(),
+        )
         if not create_exclusive(
-            run.fs, open_fs(run.layout.review_version(version, "_DONE.json"))[1], json.dumps({"version": version}).encode()
+            run.fs,
+            open_fs(run.layout.review_version(version, "_DONE.json"))[1],
+            json.dumps({"version": version}).encode(),
         ):
             raise ExportError(f"review version {version} was written concurrently by another import; import again")
     except BaseException:

@@ -11,8 +11,8 @@ import re
 from typing import Any
 
 from segflow.tasks.io.layout import OutputLayout
-from segflow.tasks.plan.planner import load_plan
 from segflow.tasks.io.storage import open_fs
+from segflow.tasks.plan.planner import load_plan
 
 __all__ = ["shard_states", "summarize_states"]
 

@@ -69,8 +69,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from segflow.tasks.io.image_stats import ImageStats
 from segflow.tasks.evaluate.novelty import shape_features
+from segflow.tasks.io.image_stats import ImageStats
 from segflow.tasks.record import Detections
 
 __all__ = ["MASKS_SCHEMA", "IMAGES_SCHEMA", "PANOPTIC_SCHEMA", "MAX_MASKS_PER_IMAGE", "ShardTables"]

@@ -30,8 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from segflow.tasks.outputs.coco import StreamedCocoJson
 from segflow.tasks.io.layout import OutputLayout
+from segflow.tasks.io.storage import join, open_fs, read_bytes, redact, write_bytes
+from segflow.tasks.outputs.coco import StreamedCocoJson
 from segflow.tasks.stages.panoptic import (
     PanopticQuality,
     SemanticQuality,
@@ -42,7 +43,6 @@ from segflow.tasks.stages.panoptic import (
     semantic_from_segments,
     semantic_png,
 )
-from segflow.tasks.io.storage import join, open_fs, read_bytes, redact, write_bytes
 
 __all__ = [
     "panoptic_categories",

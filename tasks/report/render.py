@@ -21,9 +21,9 @@ import numpy as np
 
 from segflow.tasks.evaluate.drift import DRIFT_ADVICE
 from segflow.tasks.io.layout import OutputLayout
+from segflow.tasks.io.storage import join, open_fs, read_bytes, redact, scrub, write_bytes
 from segflow.tasks.report import plots
 from segflow.tasks.report.sampler import ReportSampler
-from segflow.tasks.io.storage import join, open_fs, read_bytes, redact, scrub, write_bytes
 
 __all__ = ["ReportError", "write_report", "report_context", "render_html"]
 
@@ -82,8 +82,8 @@ def _previews(layout: OutputLayout, rows: list[dict], cache: dict[str, np.ndarra
     palette's class colours), both blended over the image."""
     from PIL import Image
 
-    from segflow.tasks.stages.panoptic import borders
     from segflow.tasks.outputs.panoptic_export import png_name
+    from segflow.tasks.stages.panoptic import borders
 
     out = []
     for r in rows:

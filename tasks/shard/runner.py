@@ -30,22 +30,22 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from segflow.tasks.shard import progress
-from segflow.tasks.shard.allocator import keep_freed_memory
-from segflow.tasks.shard.commit import ShardConflict, commit_shard, read_commit, record_failure
 from segflow.tasks.evaluate.drift import histograms
 from segflow.tasks.io.image_stats import image_stats
 from segflow.tasks.io.images import DecodedImage, ImageLoadError, decode_image
 from segflow.tasks.io.layout import OutputLayout
+from segflow.tasks.io.retry import RetryPolicy, is_transient, retry_call
+from segflow.tasks.io.storage import join, open_fs, redact, write_bytes
 from segflow.tasks.outputs.manifest import ShardTables
-from segflow.tasks.stages.cache import get_model
-from segflow.tasks.stages.registry import ADAPTERS
-from segflow.tasks.stages.panoptic import detections_to_map, palette, semantic_from_segments, semantic_preview
 from segflow.tasks.outputs.panoptic_export import render_shard
 from segflow.tasks.plan.planner import read_shard_rows
 from segflow.tasks.record import Detections
-from segflow.tasks.io.retry import RetryPolicy, is_transient, retry_call
-from segflow.tasks.io.storage import join, open_fs, redact, write_bytes
+from segflow.tasks.shard import progress
+from segflow.tasks.shard.allocator import keep_freed_memory
+from segflow.tasks.shard.commit import ShardConflict, commit_shard, read_commit, record_failure
+from segflow.tasks.stages.cache import get_model
+from segflow.tasks.stages.panoptic import detections_to_map, palette, semantic_from_segments, semantic_preview
+from segflow.tasks.stages.registry import ADAPTERS
 
 if TYPE_CHECKING:
     import numpy as np

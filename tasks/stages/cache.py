@@ -13,8 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from segflow.tasks.stages.registry import ADAPTERS, adapter_class
 from segflow.tasks.io.weights import HUB_PREFIX, is_builtin_yaml, resolve_model_dir, resolve_weights, sha256_file
+from segflow.tasks.stages.registry import ADAPTERS, adapter_class
 
 if TYPE_CHECKING:
     from segflow.config.schema import StageSettings

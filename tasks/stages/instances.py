@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segflow.tasks import rle
+from segflow.tasks.io.weights import WeightsError, build_to_fit, load_checkpoint
+from segflow.tasks.record import Detections
 from segflow.tasks.stages.device import resolve_device
 from segflow.tasks.stages.yolo import YoloDetector
-from segflow.tasks.record import Detections
-from segflow.tasks.io.weights import WeightsError, build_to_fit, load_checkpoint
 
 if TYPE_CHECKING:
     from segflow.config.schema import MaskRcnnStage, YoloSegStage

@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segflow.tasks.stages.device import resolve_device
-from segflow.tasks.record import Detections
 from segflow.tasks.io.weights import WeightsError
+from segflow.tasks.record import Detections
+from segflow.tasks.stages.device import resolve_device
 
 if TYPE_CHECKING:
     from segflow.config.schema import OwlStage

@@ -41,13 +41,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segflow.tasks import rle
+from segflow.tasks.record import Detections
 from segflow.tasks.shard.allocator import is_applied as allocator_tuned
 from segflow.tasks.stages.device import resolve_device
 from segflow.tasks.stages.sam_attention import use_fast_attention
 from segflow.tasks.stages.sam_checkpoint import load_sam
 from segflow.tasks.stages.sam_decoder import SharedImage, decode_tokens, upscale_grid, upscale_windows
 from segflow.tasks.stages.upsample import bilinear_matrix
-from segflow.tasks.record import Detections
 
 if TYPE_CHECKING:
     from segflow.config.schema import SamStage

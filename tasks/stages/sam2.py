@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segflow.tasks import rle
+from segflow.tasks.io.weights import WeightsError
+from segflow.tasks.record import Detections
 from segflow.tasks.stages.device import resolve_device
 from segflow.tasks.stages.sam import remove_small_islands
 from segflow.tasks.stages.upsample import bilinear_matrix, grown_windows, window_logits
-from segflow.tasks.record import Detections
-from segflow.tasks.io.weights import WeightsError
 
 if TYPE_CHECKING:
     from segflow.config.schema import Sam2Stage

@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segflow.tasks import rle
+from segflow.tasks.io.weights import WeightsError
+from segflow.tasks.record import Detections
 from segflow.tasks.stages.device import resolve_device
 from segflow.tasks.stages.owl import prompt_table
-from segflow.tasks.record import Detections
-from segflow.tasks.io.weights import WeightsError
 
 if TYPE_CHECKING:
     from segflow.config.schema import Sam3Stage

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from segflow.tasks.record import Detections
 from segflow.tasks.stages.device import resolve_device
 from segflow.tasks.stages.sam_checkpoint import load_sam
-from segflow.tasks.record import Detections
 
 if TYPE_CHECKING:
     from segflow.config.schema import SamAutoStage

@@ -48,11 +48,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segflow.tasks import rle
+from segflow.tasks.io.weights import WeightsError, build_to_fit, load_checkpoint
+from segflow.tasks.record import Detections
 from segflow.tasks.stages.device import resolve_device
 from segflow.tasks.stages.mask2former import HUB_PREFIX, label_table
-from segflow.tasks.record import Detections
 from segflow.tasks.stages.tiling import window_starts
-from segflow.tasks.io.weights import WeightsError, build_to_fit, load_checkpoint
 
 if TYPE_CHECKING:
     from segflow.config.schema import SemanticStage

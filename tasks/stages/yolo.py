@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segflow.tasks.stages.device import resolve_device
-from segflow.tasks.record import Detections
 from segflow.tasks.io.weights import WeightsError, load_checkpoint
+from segflow.tasks.record import Detections
+from segflow.tasks.stages.device import resolve_device
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")  # library code never installs packages

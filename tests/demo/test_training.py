@@ -7,9 +7,9 @@ import numpy as np
 from segflow.config import SamStage, YoloStage
 from segflow.demo.synthetic import make_scene
 from segflow.demo.training import DEMO_SAM_ARCH, _zoom_crop_sample, finetune_sam_zoom, train_detector, train_sam
+from segflow.tasks.record import Detections
 from segflow.tasks.stages.sam import SamBoxSegmenter
 from segflow.tasks.stages.yolo import YoloDetector
-from segflow.tasks.record import Detections
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -23,9 +23,9 @@ from segflow.config import load_config
 from segflow.demo.synthetic import rotate_for_exif, write_scene_set
 from segflow.demo.training import mean_box_prompt_iou
 from segflow.flows import cli
+from segflow.tasks.evaluate.quality import evaluate
 from segflow.tasks.outputs.manifest import ANNOTATION_ID_STRIDE
 from segflow.tasks.stages.panoptic import read_panoptic_png
-from segflow.tasks.evaluate.quality import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -99,8 +99,8 @@ def test_sam_alone_with_ground_truth_boxes(tmp_path):
 
 def test_negative_control_shifted_boxes_halve_mask_ap(tmp_path):
     """Boxes moved by half their size must wreck the masks; if not, the quality test measures nothing."""
-    from segflow.tasks.stages.sam import SamBoxSegmenter
     from segflow.tasks.record import Detections
+    from segflow.tasks.stages.sam import SamBoxSegmenter
 
     write_scene_set(tmp_path / "images", 15, seed=6, gt_dir=tmp_path / "gt", exif_fraction=0.0)
     gold = json.loads((tmp_path / "gt" / "instances.json").read_text())
@@ -201,8 +201,8 @@ def test_qc_gates_catch_corrupted_masks_and_keep_good_ones(demo_run):
 
     from segflow.config import QcStage
     from segflow.tasks import rle
-    from segflow.tasks.stages.qc import check_masks
     from segflow.tasks.record import Detections
+    from segflow.tasks.stages.qc import check_masks
 
     masks = ds.dataset(str(demo_run / "out" / "manifest" / "masks.parquet")).to_table().to_pylist()
     images = {
@@ -340,10 +340,10 @@ def test_exported_pq_equals_in_memory_pq(demo_run):
     (the stages run on the same chunks of images as the shards did, since batching can move scores), with the
     things whose masks the calibration did not accept left out (their pixels void), as the export leaves them."""
     from segflow.tasks.io.images import ImageLoadError, decode_image
-    from segflow.tasks.stages.cache import get_model
-    from segflow.tasks.stages.panoptic import detections_to_map, evaluate_in_memory, read_panoptic_png
     from segflow.tasks.plan.planner import load_plan, read_shard_rows
     from segflow.tasks.shard.runner import run_stages
+    from segflow.tasks.stages.cache import get_model
+    from segflow.tasks.stages.panoptic import detections_to_map, evaluate_in_memory, read_panoptic_png
 
     out = demo_run / "out"
     job = load_config(DEMO, overrides={"source": str(demo_run / "images"), "output": str(out)})

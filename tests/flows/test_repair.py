@@ -7,10 +7,10 @@ import pyarrow.dataset as ds
 import pytest
 
 from segflow.flows import cli
-from segflow.tasks.shard.commit import read_commit
-from segflow.tasks.plan.planner import load_plan
 from segflow.tasks.io.storage import open_fs
 from segflow.tasks.ops.verify import verify
+from segflow.tasks.plan.planner import load_plan
+from segflow.tasks.shard.commit import read_commit
 from tests.support.outputs import add_unplanned_shard, damage, point_at_missing_attempt
 
 COLUMNS = {

@@ -44,8 +44,8 @@ def test_a_transposed_map_fails_the_audit(semantic_demo, tmp_path):
     """Negative control: the same run scored against each gold map transposed. Non-square scenes are refused by
     name; square crops of them score far below the real maps."""
     from segflow.config import load_config
-    from segflow.tasks.outputs.panoptic_export import png_name
     from segflow.tasks.evaluate.semantic_audit import SemanticAudit
+    from segflow.tasks.outputs.panoptic_export import png_name
 
     out = semantic_demo / "out"
     job = load_config(out / "job.json")
@@ -132,8 +132,8 @@ def test_previews_blend_the_unet_map_over_each_image(semantic_demo):
     U-Net's; negative control: the same blend with the stuff classes swapped round is far off."""
     from scipy.ndimage import binary_erosion
 
-    from segflow.tasks.stages.panoptic import palette
     from segflow.tasks.outputs.panoptic_export import png_name
+    from segflow.tasks.stages.panoptic import palette
 
     out = semantic_demo / "out"
     pal = np.asarray(palette([]), np.float64).reshape(-1, 3)

@@ -8,8 +8,8 @@ import numpy as np
 
 from segflow.config import SamStage
 from segflow.flows import cli
-from segflow.tasks.stages.sam import SamBoxSegmenter
 from segflow.tasks.io.weights import sha256_file
+from segflow.tasks.stages.sam import SamBoxSegmenter
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,10 +7,10 @@ from PIL import Image
 
 from segflow.config import parse_config
 from segflow.tasks import rle
-from segflow.tasks.shard.commit import commit_shard
 from segflow.tasks.outputs.manifest import ShardTables
 from segflow.tasks.plan.planner import read_shard_rows
 from segflow.tasks.record import Detections
+from segflow.tasks.shard.commit import commit_shard
 
 NAMES = {1: "circle", 2: "square"}
 H, W = 40, 60

@@ -18,8 +18,8 @@ import pytest
 
 from segflow.tasks.finalize.finalizer import finalize
 from segflow.tasks.io.lease import Lease, LeaseHeld, LeaseLost, current_holder, hold
-from segflow.tasks.plan.planner import make_plan
 from segflow.tasks.io.storage import open_fs
+from segflow.tasks.plan.planner import make_plan
 from tests.support.outputs import commit_planned, make_job
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,10 +17,10 @@ from segflow.flows import cli
 from segflow.tasks.finalize.finalizer import finalize
 from segflow.tasks.formats.labels import ExportError
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
-from segflow.tasks.plan.planner import make_plan
 from segflow.tasks.ops.publish import publish
 from segflow.tasks.ops.review import apply_review
 from segflow.tasks.ops.verify import set_aside
+from segflow.tasks.plan.planner import make_plan
 from tests.support.outputs import H, W, commit_planned, make_job
 
 

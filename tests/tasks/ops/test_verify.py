@@ -9,9 +9,9 @@ import json
 
 from segflow.flows import cli
 from segflow.tasks.finalize.finalizer import finalize
-from segflow.tasks.plan.planner import iter_plan, make_plan
 from segflow.tasks.io.storage import open_fs
 from segflow.tasks.ops.verify import verify
+from segflow.tasks.plan.planner import iter_plan, make_plan
 from tests.support.outputs import add_unplanned_shard, commit_planned, damage, make_job, point_at_missing_attempt
 
 
@@ -93,8 +93,8 @@ def test_a_pending_shard_is_reported_missing(tmp_path):
 
 def check_redo_generations(job, commits):
     """A redo commits the next generation create-if-absent: one winner of two, the old commit valid until then."""
-    from segflow.tasks.shard.commit import read_commit
     from segflow.tasks.ops.status import shard_states
+    from segflow.tasks.shard.commit import read_commit
 
     sid = sorted(commits)[0]
     fs, _ = open_fs(job.output)

@@ -21,7 +21,12 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from segflow.tasks.evaluate.acceptance import apply_acceptance
+from segflow.tasks.finalize.finalizer import IncompleteRunError, finalize
+from segflow.tasks.ops.status import shard_states, summarize_states
 from segflow.tasks.outputs.coco import write_instances
+from segflow.tasks.outputs.manifest import ANNOTATION_ID_STRIDE, ShardTables
+from segflow.tasks.outputs.qc_report import QcAccumulator, write_qc_report
+from segflow.tasks.plan.planner import make_plan
 from segflow.tasks.shard.commit import (
     ShardConflict,
     clear_error,
@@ -31,11 +36,6 @@ from segflow.tasks.shard.commit import (
     read_error,
     record_failure,
 )
-from segflow.tasks.finalize.finalizer import IncompleteRunError, finalize
-from segflow.tasks.outputs.manifest import ANNOTATION_ID_STRIDE, ShardTables
-from segflow.tasks.plan.planner import make_plan
-from segflow.tasks.outputs.qc_report import QcAccumulator, write_qc_report
-from segflow.tasks.ops.status import shard_states, summarize_states
 from tests.support.outputs import NAMES, H, W, commit_planned, make_job, rect_dets
 
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from segflow.flows import cli
-from segflow.tasks.stages.yolo import load_yolo
 from segflow.tasks.io.weights import WeightsError
+from segflow.tasks.stages.yolo import load_yolo
 
 
 def _payload(marker) -> str:

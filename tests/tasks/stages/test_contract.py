@@ -18,9 +18,9 @@ from segflow.config import (
     YoloStage,
 )
 from segflow.tasks import rle
+from segflow.tasks.record import Detections
 from segflow.tasks.stages.cache import get_model
 from segflow.tasks.stages.registry import ADAPTERS, MissingDependencyError, adapter_class
-from segflow.tasks.record import Detections
 
 ONTOLOGY = {1: "square", 2: "circle", 3: "triangle"}
 

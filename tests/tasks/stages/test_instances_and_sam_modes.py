@@ -6,11 +6,11 @@ from segment_anything import SamPredictor
 
 from segflow.config import MaskRcnnStage, SamAutoStage, SamStage, YoloSegStage, load_config
 from segflow.demo.synthetic import make_scene
+from segflow.tasks.record import Detections
 from segflow.tasks.stages.cache import get_model
+from segflow.tasks.stages.qc import box_iou_xyxy
 from segflow.tasks.stages.sam import SamBoxSegmenter
 from segflow.tasks.stages.sam_checkpoint import load_sam
-from segflow.tasks.stages.qc import box_iou_xyxy
-from segflow.tasks.record import Detections
 
 ONTOLOGY = {1: "circle", 2: "square", 3: "triangle"}
 

@@ -15,8 +15,8 @@ import pytest
 
 from segflow.config import MaskRcnnStage, OwlStage, Sam2Stage, Sam3Stage, SamAutoStage, YoloSegStage
 from segflow.tasks import rle
-from segflow.tasks.stages.cache import get_model
 from segflow.tasks.record import Detections
+from segflow.tasks.stages.cache import get_model
 from tests.support.localizers import TARGET, box_iou_xyxy, target_scene, train_sam_point_localizer
 from tests.support.promptable import scene_with_objects, train_sam2_box_localizer, train_sam3_localizer
 from tests.support.trained import trained_model

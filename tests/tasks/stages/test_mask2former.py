@@ -9,9 +9,9 @@ import torch
 
 from segflow.config import Mask2FormerStage
 from segflow.tasks import rle
+from segflow.tasks.io.weights import WeightsError, resolve_model_dir, sha256_file, weights_location_issue
 from segflow.tasks.stages.cache import get_model
 from segflow.tasks.stages.mask2former import Mask2FormerPanoptic, label_table
-from segflow.tasks.io.weights import WeightsError, resolve_model_dir, sha256_file, weights_location_issue
 
 ONTOLOGY = {1: "circle", 2: "square", 3: "triangle", 4: "ground"}
 ISTHING = {1: True, 2: True, 3: True, 4: False}

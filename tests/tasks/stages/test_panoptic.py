@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from segflow.tasks import rle
+from segflow.tasks.record import Detections
 from segflow.tasks.stages.panoptic import (
     MergePolicy,
     PanopticQuality,
@@ -16,7 +17,6 @@ from segflow.tasks.stages.panoptic import (
     semantic_png,
     semantic_preview,
 )
-from segflow.tasks.record import Detections
 
 
 def rec(masks, classes, scores, isthing=None, **fields):

@@ -4,8 +4,8 @@ import numpy as np
 
 from segflow.config import QcStage
 from segflow.tasks import rle
-from segflow.tasks.stages.qc import QcChecker, check_masks, count_outliers
 from segflow.tasks.record import Detections
+from segflow.tasks.stages.qc import QcChecker, check_masks, count_outliers
 
 H, W = 100, 120
 

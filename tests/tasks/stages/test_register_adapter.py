@@ -15,8 +15,8 @@ from pydantic import Field
 from segflow.config import ConfigError, load_config
 from segflow.config.schema import StageSettings
 from segflow.flows import cli
-from segflow.tasks.stages.registry import ADAPTERS, AdapterSpec, register_adapter, unregister_adapter
 from segflow.tasks.record import Detections
+from segflow.tasks.stages.registry import ADAPTERS, AdapterSpec, register_adapter, unregister_adapter
 
 
 class CentreBoxStage(StageSettings):

@@ -7,10 +7,10 @@ from segment_anything import SamPredictor
 
 from segflow.config import SamStage
 from segflow.tasks import rle
+from segflow.tasks.io.weights import WeightsError
+from segflow.tasks.record import Detections
 from segflow.tasks.stages.sam import SamBoxSegmenter
 from segflow.tasks.stages.sam_checkpoint import build_sam, load_sam
-from segflow.tasks.record import Detections
-from segflow.tasks.io.weights import WeightsError
 
 
 def stage(**kw):

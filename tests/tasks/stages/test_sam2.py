@@ -9,11 +9,11 @@ import transformers as T
 
 from segflow.config.schema import Sam2Stage
 from segflow.tasks import rle
+from segflow.tasks.io.weights import WeightsError, sha256_file
+from segflow.tasks.record import Detections
 from segflow.tasks.stages.cache import get_model
 from segflow.tasks.stages.sam2 import FAMILIES, TransformersBoxSegmenter, stability_scores
 from segflow.tasks.stages.upsample import grown_windows
-from segflow.tasks.record import Detections
-from segflow.tasks.io.weights import WeightsError, sha256_file
 from tests.support.tiny import make_tiny_promptable
 
 H, W = 90, 150  # not square: a swapped axis shows

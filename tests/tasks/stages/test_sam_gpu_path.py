@@ -8,8 +8,8 @@ import pytest
 from segflow.config import SamStage, load_config
 from segflow.demo.synthetic import make_scene
 from segflow.tasks import rle
-from segflow.tasks.stages.sam import SamBoxSegmenter
 from segflow.tasks.record import Detections
+from segflow.tasks.stages.sam import SamBoxSegmenter
 
 
 def demo_sam():

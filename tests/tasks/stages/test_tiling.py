@@ -1,5 +1,5 @@
-"""Sliced inference (segflow.tasks.stages.tiling): windows, the merge on its own, and a whole run over a large image with
-objects placed across the seams, by a detector and an instance labeler that find bright squares (real, simple
+"""Sliced inference (segflow.tasks.stages.tiling): windows, the merge on its own, and a whole run over a large image
+with objects placed across the seams, by a detector and an instance labeler that find bright squares (real, simple
 models: a threshold and connected components, so every part a window sees is found, cut or not)."""
 
 from __future__ import annotations

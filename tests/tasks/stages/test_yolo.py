@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from segflow.config import YoloStage
-from segflow.tasks.stages.yolo import YoloDetector, load_yolo
 from segflow.tasks.io.weights import WeightsError
+from segflow.tasks.stages.yolo import YoloDetector, load_yolo
 
 
 def stage(**kw):
