@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -207,6 +208,7 @@ def calibrate(
     by_class: dict[int, list[dict]] = defaultdict(list)
     for r in labels:
         by_class[r["category_id"]].append(r)
+    fit = _Fit(target, min_gold, min_kept, score, review_recall, novelty)
     out: dict[str, Any] = {
         "version": 1,
         "ontology": {str(k): v for k, v in sorted(classes.items())},
@@ -224,68 +226,18 @@ def calibrate(
     warnings = []
     for cid, name in sorted(classes.items()):
         rows = by_class.get(cid, [])
-        n_gold = sum(n for (_, c), n in gold.items() if c == cid)
-        if not rows and not n_gold:
-            continue
-        tp = np.array([bool(r["tp"]) for r in rows])
-        fold = np.array([fold_of[r["image_id"]] for r in rows], int)
-        gold_fold = defaultdict(int)
+        gold_fold: dict[int, int] = defaultdict(int)
         for (img, c), n in gold.items():
             if c == cid:
                 gold_fold[fold_of[img]] += n
-        shapes = _shapes(rows)
-        passing = _heldout_novelty(shapes, tp, fold) <= 1.0 if novelty else np.ones(len(rows), bool)
-        held, held_review = np.zeros(3, int), np.zeros(3, int)
-        for k in sorted(set(fold_of.values())):
-            _, s = _scorer(score, rows, fold != k)
-            fit_k, test_k = (fold != k) & passing, (fold == k) & passing
-            t = best_threshold(s[fit_k], tp[fit_k], target, min_kept)
-            held += _counts(s[test_k], tp[test_k], gold_fold[k], t)
-            tr = recall_threshold(s[fold != k], tp[fold != k], n_gold - gold_fold[k], review_recall)
-            low = min(t, tr) if t is not None and tr is not None else (tr if t is None else None)
-            held_review += _counts(s[fold == k], tp[fold == k], gold_fold[k], low if rows else None)
-        model, s = _scorer(score, rows, np.ones(len(rows), bool))
-        for r, v in zip(rows, s, strict=True):
-            r["calibrated"] = float(v)
-        curve = reliability(s, tp)
-        right = tp & np.isfinite(shapes[:, : len(SHAPE_FEATURES)]).all(axis=1)
-        look = fit_reference(shapes[right], fold[right])
-        agree = np.array([r.get("box_agreement", np.nan) for r in rows], np.float64)
-        right = agree[tp & np.isfinite(agree)]
-        mask_check = {"box_agreement_min": round(float(np.quantile(right, 0.01)), 4)} if len(right) else None
-        threshold = best_threshold(s[passing], tp[passing], target, min_kept)
-        review_t = recall_threshold(s, tp, n_gold, review_recall)
-        entry = {
-            "category_id": cid,
-            "gold_instances": n_gold,
-            "labels": len(rows),
-            "threshold": threshold,
-            "review_threshold": min(review_t, threshold)
-            if review_t is not None and threshold is not None
-            else review_t,
-            "model": model,
-            "reliability": curve,
-            "mask_check": mask_check,
-            "novelty": look,
-        }
-        entry["heldout"] = _summary(*held.tolist())
-        entry["heldout_with_review"] = _summary(*held_review.tolist())
-        if n_gold < min_gold:
-            entry.update(status="review", reason=f"{n_gold} gold instances (< {min_gold}): too few to set a threshold")
-        elif threshold is None:
-            entry.update(status="review", reason=f"no threshold reaches precision {target} on the gold set")
-        elif entry["heldout"]["precision_ci95"] is None or entry["heldout"]["precision_ci95"][1] < target:
-            ci = entry["heldout"]["precision_ci95"]
-            seen = f"{entry['heldout']['precision']} (95% CI {ci[0]}-{ci[1]})" if ci else "undefined (nothing kept)"
-            entry.update(
-                status="review", reason=f"held-out precision {seen} cannot reach {target}: the scores do not separate"
-            )
-        else:
-            entry.update(status="calibrated")
+        if not rows and not sum(gold_fold.values()):
+            continue
+        fold = np.array([fold_of[r["image_id"]] for r in rows], int)
+        entry, held, held_review = _calibrate_class(cid, rows, fold, gold_fold, sorted(set(fold_of.values())), fit)
+        if entry["status"] == "calibrated":
             totals += held
-        if entry["status"] == "review":  # nothing of the class is accepted: its gold instances are missed
-            entry["threshold"] = None
-            totals += (0, 0, n_gold)
+        else:  # nothing of the class is accepted: its gold instances are missed
+            totals += (0, 0, entry["gold_instances"])
             warnings.append(f"{name}: {entry['reason']}; its labels go to review")
         totals_review += held_review
         out["classes"][name] = entry
@@ -293,6 +245,80 @@ def calibrate(
     out["heldout_with_review"] = _summary(*totals_review.tolist())
     out["warnings"] = warnings
     return out
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """How :func:`calibrate` fits each class (its arguments of the same names)."""
+
+    target: float
+    min_gold: int
+    min_kept: int
+    score: str
+    review_recall: float
+    novelty: bool
+
+
+def _calibrate_class(
+    cid: int, rows: list[dict], fold: np.ndarray, gold_fold: dict[int, int], folds: list[int], fit: _Fit
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """One class's entry of the calibration, and its held-out TP / FP / FN counts at the threshold and at the
+    review threshold. ``rows``: the class's labels, ``fold`` their folds (N ints); ``gold_fold``: fold -> gold
+    instances; each row gets ``calibrated``."""
+    n_gold = sum(gold_fold.values())
+    tp = np.array([bool(r["tp"]) for r in rows])
+    shapes = _shapes(rows)
+    passing = _heldout_novelty(shapes, tp, fold) <= 1.0 if fit.novelty else np.ones(len(rows), bool)
+    held, held_review = np.zeros(3, int), np.zeros(3, int)
+    for k in folds:
+        _, s = _scorer(fit.score, rows, fold != k)
+        fit_k, test_k = (fold != k) & passing, (fold == k) & passing
+        t = best_threshold(s[fit_k], tp[fit_k], fit.target, fit.min_kept)
+        held += _counts(s[test_k], tp[test_k], gold_fold[k], t)
+        tr = recall_threshold(s[fold != k], tp[fold != k], n_gold - gold_fold[k], fit.review_recall)
+        low = min(t, tr) if t is not None and tr is not None else (tr if t is None else None)
+        held_review += _counts(s[fold == k], tp[fold == k], gold_fold[k], low if rows else None)
+    model, s = _scorer(fit.score, rows, np.ones(len(rows), bool))
+    for r, v in zip(rows, s, strict=True):
+        r["calibrated"] = float(v)
+    right = tp & np.isfinite(shapes[:, : len(SHAPE_FEATURES)]).all(axis=1)
+    agree = np.array([r.get("box_agreement", np.nan) for r in rows], np.float64)
+    agree = agree[tp & np.isfinite(agree)]
+    threshold = best_threshold(s[passing], tp[passing], fit.target, fit.min_kept)
+    review_t = recall_threshold(s, tp, n_gold, fit.review_recall)
+    entry = {
+        "category_id": cid,
+        "gold_instances": n_gold,
+        "labels": len(rows),
+        "threshold": threshold,
+        "review_threshold": min(review_t, threshold) if review_t is not None and threshold is not None else review_t,
+        "model": model,
+        "reliability": reliability(s, tp),
+        "mask_check": {"box_agreement_min": round(float(np.quantile(agree, 0.01)), 4)} if len(agree) else None,
+        "novelty": fit_reference(shapes[right], fold[right]),
+        "heldout": _summary(*held.tolist()),
+        "heldout_with_review": _summary(*held_review.tolist()),
+    }
+    entry.update(_status(entry, fit))
+    if entry["status"] == "review":
+        entry["threshold"] = None
+    return entry, held, held_review
+
+
+def _status(entry: dict[str, Any], fit: _Fit) -> dict[str, str]:
+    """``status`` (``calibrated`` or ``review``) of a class's entry, with the ``reason`` for review."""
+    n_gold, target, ci = entry["gold_instances"], fit.target, entry["heldout"]["precision_ci95"]
+    if n_gold < fit.min_gold:
+        return {"status": "review", "reason": f"{n_gold} gold instances (< {fit.min_gold}): too few to set a threshold"}
+    if entry["threshold"] is None:
+        return {"status": "review", "reason": f"no threshold reaches precision {target} on the gold set"}
+    if ci is None or ci[1] < target:
+        seen = f"{entry['heldout']['precision']} (95% CI {ci[0]}-{ci[1]})" if ci else "undefined (nothing kept)"
+        return {
+            "status": "review",
+            "reason": f"held-out precision {seen} cannot reach {target}: the scores do not separate",
+        }
+    return {"status": "calibrated"}
 
 
 def reliability(scores: np.ndarray, tp: np.ndarray, points: int = 64) -> dict[str, list[float]]:

@@ -94,16 +94,7 @@ def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[
             yield Problem(sid, layout.commit_key(sid), f"the record is {commit.get('shard_id')!r}'s")
         else:
             commits.append({"shard_id": sid, "attempt": commit["attempt"]})
-            for name, entry in commit["files"].items():
-                yield from _check_file(fs, layout, sid, entry["path"], entry)
-                if summary is not None and name in ("masks", "images", "panoptic"):
-                    folder = layout.manifest_key(name)
-                    recorded = parts.get(folder, {}).get(sid)
-                    if recorded is None:
-                        yield Problem(sid, folder, f"no manifest part recorded in {layout.MANIFEST_PARTS_KEY}")
-                    else:
-                        part = layout.part_key(folder, sid)
-                        yield from _check_file(fs, layout, sid, part, recorded, layout.MANIFEST_PARTS_KEY)
+            yield from _check_commit(fs, layout, sid, commit, parts if summary is not None else None)
         if on_shard is not None:
             on_shard()
     _, shards_root = open_fs(layout.shards)
@@ -113,18 +104,40 @@ def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[
     for name in sorted(set(names) - seen - {"_errors"}):
         yield Problem(name, layout.shard_key(name), "extra: a shard folder the plan does not name")
     if summary is not None:
-        job = read_json(fs, layout.job_json) or {}
-        digest = commits_digest(commits, job)
-        if summary.get("commits_digest") != digest:
-            yield Problem(None, "summary.json", "the exports were built from other commits: run `segflow rerun`")
-        for name in ("masks", "images", "panoptic"):
-            _, folder = open_fs(layout.manifest(name))
-            if fs.exists(folder):
-                for p in sorted(fs.ls(folder, detail=False)):
-                    part = p.rstrip("/").rsplit("/", 1)[-1]
-                    sid = layout.part_shard(part)
-                    if sid not in seen:
-                        yield Problem(sid, f"{layout.manifest_key(name)}/{part}", "extra: a part of no planned shard")
+        yield from _check_exports(fs, layout, summary, commits, seen)
+
+
+def _check_commit(fs: Any, layout: OutputLayout, sid: str, commit: dict, parts: dict | None) -> Iterator[Problem]:
+    """A committed shard's files against its record, and (``parts``: ``manifest/_parts.json``, None before a
+    finalize) its manifest parts against what finalize recorded."""
+    for name, entry in commit["files"].items():
+        yield from _check_file(fs, layout, sid, entry["path"], entry)
+        if parts is not None and name in ("masks", "images", "panoptic"):
+            folder = layout.manifest_key(name)
+            recorded = parts.get(folder, {}).get(sid)
+            if recorded is None:
+                yield Problem(sid, folder, f"no manifest part recorded in {layout.MANIFEST_PARTS_KEY}")
+            else:
+                yield from _check_file(
+                    fs, layout, sid, layout.part_key(folder, sid), recorded, layout.MANIFEST_PARTS_KEY
+                )
+
+
+def _check_exports(
+    fs: Any, layout: OutputLayout, summary: dict, commits: list[dict], seen: set[str]
+) -> Iterator[Problem]:
+    """The exports against the commits they were built from, and manifest parts of no planned shard."""
+    job = read_json(fs, layout.job_json) or {}
+    if summary.get("commits_digest") != commits_digest(commits, job):
+        yield Problem(None, "summary.json", "the exports were built from other commits: run `segflow rerun`")
+    for name in ("masks", "images", "panoptic"):
+        _, folder = open_fs(layout.manifest(name))
+        if fs.exists(folder):
+            for p in sorted(fs.ls(folder, detail=False)):
+                part = p.rstrip("/").rsplit("/", 1)[-1]
+                sid = layout.part_shard(part)
+                if sid not in seen:
+                    yield Problem(sid, f"{layout.manifest_key(name)}/{part}", "extra: a part of no planned shard")
 
 
 def set_aside(output: str, shard_ids: list[str]) -> list[str]:

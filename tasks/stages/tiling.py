@@ -215,92 +215,115 @@ def merge(dets: Detections, how: str = "greedy", match: str = "ios", threshold: 
     Returns the merged detections, masks in the image's frame, ``window`` dropped.
     """
     h, w = dets.image_size
-    n = len(dets)
     wins = dets.fields.get("window")
     if wins is None:
-        wins = np.repeat(np.array([[0, 0, w, h]], np.int64), n, 0)
+        wins = np.repeat(np.array([[0, 0, w, h]], np.int64), len(dets), 0)
     boxes = dets.boxes.astype(np.float64)
     whole_image = (wins[:, 0] == 0) & (wins[:, 1] == 0) & (wins[:, 2] == w) & (wins[:, 3] == h)
     cut = _cut(boxes, wins, (h, w)) & ~whole_image
     tier = np.where(whole_image, 2, np.where(cut, 1, 0))  # 0: whole in a window, 1: cut part, 2: coarse
-    order = np.lexsort((-dets.scores, tier))
-    groups: list[list[int]] = []
-    rep = np.zeros((n, 4))  # each group's current box (the first len(groups) rows)
-    g_cls = np.zeros(n, np.int64)
-    g_tier = np.zeros(n, np.int64)
-    g_win = np.zeros((n, 4), np.int64)
-
-    def absorbed(i: int) -> bool:
-        """Whether candidate ``i`` belongs to a group already (joining it when of its class). Vectorised over the
-        groups so far: the merge stays linear in the detections of a region, whatever the image's size."""
-        m = len(groups)
-        if not m:
-            return False
-        near = _overlap(boxes[i], rep[:m], match)
-        same = np.flatnonzero((g_cls[:m] == dets.class_ids[i]) & (near >= threshold))
-        if len(same):
-            g = int(same[0])
-            groups[g].append(i)
-            if how == "greedy" and g_tier[g] == 1 and tier[i] == 1:  # parts only: their union
-                rep[g] = np.r_[np.minimum(rep[g, :2], boxes[i, :2]), np.maximum(rep[g, 2:], boxes[i, 2:])]
-            return True
-        whole = g_tier[:m] == 0
-        if tier[i] == 1 and (whole & (near >= threshold)).any():
-            return True  # a fragment inside an object a window saw whole, whatever its class: dropped
-        if tier[i] == 0:
-            other_window = (g_win[:m] != wins[i]).any(axis=1)
-            iou = near if match == "iou" else _overlap(boxes[i], rep[:m], "iou")
-            if (whole & other_window & (iou >= _SAME_OBJECT)).any():
-                return True  # the same object, another window's call of another class with a lower score: dropped
-        return False
-
-    for i in order:
-        i = int(i)
-        if not absorbed(i):
-            k = len(groups)
-            groups.append([i])
-            rep[k], g_cls[k], g_tier[k], g_win[k] = boxes[i], dets.class_ids[i], tier[i], wins[i]
-    rep = rep[: len(groups)]
-    if how == "greedy":  # parts that met only through other parts (a large object cut into many): one object
-        parts = [k for k in range(len(groups)) if g_tier[k] == 1]
-        merged = True
-        while merged and len(parts) > 1:
-            merged = False
-            for a_pos, a in enumerate(parts):
-                others = np.array(parts[a_pos + 1 :])
-                if not len(others):
-                    break
-                hit = others[(g_cls[others] == g_cls[a]) & (_overlap(rep[a], rep[others], match) >= threshold)]
-                if len(hit):
-                    b = int(hit[0])
-                    groups[a] += groups[b]
-                    groups[b] = []
-                    rep[a] = np.r_[np.minimum(rep[a, :2], rep[b, :2]), np.maximum(rep[a, 2:], rep[b, 2:])]
-                    parts.remove(b)
-                    merged = True
-                    break
-        alive = [k for k in range(len(groups)) if groups[k]]
-        groups, rep = [groups[k] for k in alive], rep[alive]
+    grouping = _Grouping(boxes, dets.class_ids, tier, wins, how, match, threshold)
+    for i in np.lexsort((-dets.scores, tier)):
+        grouping.add(int(i))
+    groups, rep = grouping.result()
     first = np.array([g[0] for g in groups], np.int64)
     best = np.array([max(g, key=lambda j: dets.scores[j]) for g in groups], np.int64)
     fields = {k: v[first] for k, v in dets.fields.items() if k != "window"}
     counts = None
     if dets.rle_counts is not None:
-        counts = np.array(
-            [
-                _union_mask(
-                    dets, [j for j in g if tier[j] == 1] if how == "greedy" and tier[g[0]] == 1 else g[:1], wins, (h, w)
-                )
-                for g in groups
-            ],
-            dtype=object,
-        )
+        members = [[j for j in g if tier[j] == 1] if how == "greedy" and tier[g[0]] == 1 else g[:1] for g in groups]
+        counts = np.array([_union_mask(dets, m, wins, (h, w)) for m in members], dtype=object)
     out_boxes = np.asarray(rep, np.float32).reshape(-1, 4)
     if counts is not None and len(counts):  # a mask's box is its own where it has pixels
         tight = rle.bbox_xywh(list(counts), h, w)
         has = tight[:, 2] > 0
         out_boxes[has] = np.c_[tight[has, :2], tight[has, :2] + tight[has, 2:]]
     return Detections((h, w), out_boxes, dets.class_ids[first], dets.scores[best], counts, fields, dets.meta)
+
+
+class _Grouping:
+    """The groups of :func:`merge`, built candidate by candidate (in order of trust).
+
+    Arguments:
+      boxes: N x 4 XYXY in the image's frame; class_ids, tier (0 whole in a window, 1 cut part, 2 coarse): N;
+        wins: N x 4 XYXY, each detection's window.
+    """
+
+    def __init__(self, boxes, class_ids, tier, wins, how: str, match: str, threshold: float):
+        n = len(boxes)
+        self.boxes, self.class_ids, self.tier, self.wins = boxes, class_ids, tier, wins
+        self.how, self.match, self.threshold = how, match, threshold
+        self.groups: list[list[int]] = []
+        self.rep = np.zeros((n, 4))  # each group's current box (the first len(groups) rows)
+        self.g_cls = np.zeros(n, np.int64)
+        self.g_tier = np.zeros(n, np.int64)
+        self.g_win = np.zeros((n, 4), np.int64)
+
+    def add(self, i: int) -> None:
+        """Candidate ``i`` joins a group, is dropped, or starts a group."""
+        if not self._absorbed(i):
+            k = len(self.groups)
+            self.groups.append([i])
+            self.rep[k], self.g_cls[k], self.g_tier[k], self.g_win[k] = (
+                self.boxes[i],
+                self.class_ids[i],
+                self.tier[i],
+                self.wins[i],
+            )
+
+    def _absorbed(self, i: int) -> bool:
+        """Whether candidate ``i`` belongs to a group already (joining it when of its class). Vectorised over the
+        groups so far: the merge stays linear in the detections of a region, whatever the image's size."""
+        m = len(self.groups)
+        if not m:
+            return False
+        boxes, rep, tier = self.boxes, self.rep, self.tier
+        near = _overlap(boxes[i], rep[:m], self.match)
+        same = np.flatnonzero((self.g_cls[:m] == self.class_ids[i]) & (near >= self.threshold))
+        if len(same):
+            g = int(same[0])
+            self.groups[g].append(i)
+            if self.how == "greedy" and self.g_tier[g] == 1 and tier[i] == 1:  # parts only: their union
+                rep[g] = np.r_[np.minimum(rep[g, :2], boxes[i, :2]), np.maximum(rep[g, 2:], boxes[i, 2:])]
+            return True
+        whole = self.g_tier[:m] == 0
+        if tier[i] == 1 and (whole & (near >= self.threshold)).any():
+            return True  # a fragment inside an object a window saw whole, whatever its class: dropped
+        if tier[i] == 0:
+            other_window = (self.g_win[:m] != self.wins[i]).any(axis=1)
+            iou = near if self.match == "iou" else _overlap(boxes[i], rep[:m], "iou")
+            if (whole & other_window & (iou >= _SAME_OBJECT)).any():
+                return True  # the same object, another window's call of another class with a lower score: dropped
+        return False
+
+    def result(self) -> tuple[list[list[int]], np.ndarray]:
+        """The groups (detection indices, first the one that started it) and their boxes (G x 4 XYXY)."""
+        groups, rep = self.groups, self.rep[: len(self.groups)]
+        if self.how != "greedy":
+            return groups, rep
+        # parts that met only through other parts (a large object cut into many): one object
+        parts = [k for k in range(len(groups)) if self.g_tier[k] == 1]
+        while len(parts) > 1 and self._join_two(parts, groups, rep):
+            pass
+        alive = [k for k in range(len(groups)) if groups[k]]
+        return [groups[k] for k in alive], rep[alive]
+
+    def _join_two(self, parts: list[int], groups: list[list[int]], rep: np.ndarray) -> bool:
+        """Join the first two part groups (of one class) that overlap; False when none do."""
+        g_cls = self.g_cls
+        for a_pos, a in enumerate(parts):
+            others = np.array(parts[a_pos + 1 :])
+            if not len(others):
+                return False
+            hit = others[(g_cls[others] == g_cls[a]) & (_overlap(rep[a], rep[others], self.match) >= self.threshold)]
+            if len(hit):
+                b = int(hit[0])
+                groups[a] += groups[b]
+                groups[b] = []
+                rep[a] = np.r_[np.minimum(rep[a, :2], rep[b, :2]), np.maximum(rep[a, 2:], rep[b, 2:])]
+                parts.remove(b)
+                return True
+        return False
 
 
 def _union_mask(dets: Detections, group: list[int], wins: np.ndarray, size: tuple[int, int]) -> str:

@@ -32,6 +32,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -143,81 +144,98 @@ def check_yolo_yaml(cfg: Any, source: str) -> None:
     """
     from ultralytics.nn import tasks as ul_tasks
 
-    def bad(key: str, why: str) -> WeightsError:
-        return WeightsError(f"{source}: refusing the checkpoint's model description: yaml.{key}: {why}")
-
+    check = _YamlCheck(source)
     if not isinstance(cfg, dict):
-        raise bad("", "not a mapping")
+        raise check.bad("", "not a mapping")
     for k in cfg:
         if k not in _YAML_KEYS:
-            raise bad(str(k)[:40], "not a key segflow lets through to ultralytics")
-
-    def number(key: str, v: Any, lo: float = -_MAX_INT, hi: float = _MAX_INT) -> None:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi) or v != v:
-            raise bad(key, f"expected a number in [{lo}, {hi}]")
-
-    def arg(key: str, v: Any, depth: int = 0) -> None:
-        if v is None or isinstance(v, bool):
-            return
-        if isinstance(v, (int, float)):
-            return number(key, v)
-        if isinstance(v, str):
-            if not (_ARG_WORD.match(v) or _ARG_NUMBER.match(v)):
-                raise bad(key, "a string argument must be a short name or a number")
-            return
-        if isinstance(v, list) and depth < 2 and len(v) <= 64:
-            for j, x in enumerate(v):
-                arg(f"{key}[{j}]", x, depth + 1)
-            return
-        raise bad(key, f"unsupported argument of type {type(v).__name__}")
-
-    for k in ("nc", "depth_multiple", "width_multiple", "reg_max", "channels", "ch"):
-        if k in cfg:
-            number(k, cfg[k], 0, _MAX_INT)
-    if "end2end" in cfg and not isinstance(cfg["end2end"], (bool, type(None))):
-        raise bad("end2end", "expected true or false")
-    if "kpt_shape" in cfg:
-        arg("kpt_shape", cfg["kpt_shape"])
-    for k in ("scale", "yaml_file"):
-        if k in cfg and (not isinstance(cfg[k], str) or len(cfg[k]) > 512):
-            raise bad(k, "expected a short string")
-    if "activation" in cfg and cfg["activation"] is not None:
-        act = cfg["activation"]
-        if not isinstance(act, str) or not _ACTIVATION.match(act):
-            raise bad("activation", "not one of the activations segflow allows (e.g. 'nn.SiLU()')")
-    scales = cfg.get("scales")
-    if scales is not None:
-        if not isinstance(scales, dict) or len(scales) > 16:
-            raise bad("scales", "expected a small mapping of scale -> [depth, width, max_channels]")
-        for name, v in scales.items():
-            if not isinstance(name, str) or not _ARG_WORD.match(name) or not isinstance(v, list) or len(v) != 3:
-                raise bad(f"scales.{str(name)[:20]}", "expected [depth, width, max_channels]")
-            for j, x in enumerate(v):
-                number(f"scales.{name}[{j}]", x, 0, _MAX_INT)
+            raise check.bad(str(k)[:40], "not a key segflow lets through to ultralytics")
+    check.scalars(cfg)
+    check.scales(cfg.get("scales"))
     layers = 0
     for part in ("backbone", "head"):
         rows = cfg.get(part)
         if not isinstance(rows, list):
-            raise bad(part, "expected a list of [from, repeats, module, args]")
+            raise check.bad(part, "expected a list of [from, repeats, module, args]")
         layers += len(rows)
         if layers > _MAX_LAYERS:
-            raise bad(part, f"more than {_MAX_LAYERS} layers")
+            raise check.bad(part, f"more than {_MAX_LAYERS} layers")
         for i, row in enumerate(rows):
-            key = f"{part}[{i}]"
-            if not isinstance(row, list) or len(row) != 4:
-                raise bad(key, "expected [from, repeats, module, args]")
-            f, n, m, args = row
-            for j, x in enumerate(f if isinstance(f, list) else [f]):
-                if isinstance(x, bool) or not isinstance(x, int) or not -_MAX_LAYERS <= x < _MAX_LAYERS:
-                    raise bad(f"{key}.from[{j}]", "expected a layer index")
-            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
-                raise bad(f"{key}.repeats", "expected an integer in [1, 64]")
-            if not isinstance(m, str) or not _is_layer_name(m, ul_tasks):
-                raise bad(f"{key}.module", "not a torch.nn or ultralytics layer class")
-            if not isinstance(args, list) or len(args) > 16:
-                raise bad(f"{key}.args", "expected a list of at most 16 arguments")
-            for j, x in enumerate(args):
-                arg(f"{key}.args[{j}]", x)
+            check.layer(f"{part}[{i}]", row, ul_tasks)
+
+
+@dataclass(frozen=True)
+class _YamlCheck:
+    """The checks of :func:`check_yolo_yaml`, each raising a :class:`WeightsError` that names the key."""
+
+    source: str
+
+    def bad(self, key: str, why: str) -> WeightsError:
+        return WeightsError(f"{self.source}: refusing the checkpoint's model description: yaml.{key}: {why}")
+
+    def number(self, key: str, v: Any, lo: float = -_MAX_INT, hi: float = _MAX_INT) -> None:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (lo <= v <= hi) or v != v:
+            raise self.bad(key, f"expected a number in [{lo}, {hi}]")
+
+    def arg(self, key: str, v: Any, depth: int = 0) -> None:
+        """A layer argument: a number, boolean, None, short name, or a (nested, bounded) list of those."""
+        if v is None or isinstance(v, bool):
+            return
+        if isinstance(v, (int, float)):
+            return self.number(key, v)
+        if isinstance(v, str):
+            if not (_ARG_WORD.match(v) or _ARG_NUMBER.match(v)):
+                raise self.bad(key, "a string argument must be a short name or a number")
+            return
+        if isinstance(v, list) and depth < 2 and len(v) <= 64:
+            for j, x in enumerate(v):
+                self.arg(f"{key}[{j}]", x, depth + 1)
+            return
+        raise self.bad(key, f"unsupported argument of type {type(v).__name__}")
+
+    def scalars(self, cfg: dict) -> None:
+        """The top-level numbers, flags and strings (``activation`` only from the allowed set)."""
+        for k in ("nc", "depth_multiple", "width_multiple", "reg_max", "channels", "ch"):
+            if k in cfg:
+                self.number(k, cfg[k], 0, _MAX_INT)
+        if "end2end" in cfg and not isinstance(cfg["end2end"], (bool, type(None))):
+            raise self.bad("end2end", "expected true or false")
+        if "kpt_shape" in cfg:
+            self.arg("kpt_shape", cfg["kpt_shape"])
+        for k in ("scale", "yaml_file"):
+            if k in cfg and (not isinstance(cfg[k], str) or len(cfg[k]) > 512):
+                raise self.bad(k, "expected a short string")
+        act = cfg.get("activation")
+        if act is not None and (not isinstance(act, str) or not _ACTIVATION.match(act)):
+            raise self.bad("activation", "not one of the activations segflow allows (e.g. 'nn.SiLU()')")
+
+    def scales(self, scales: Any) -> None:
+        if scales is None:
+            return
+        if not isinstance(scales, dict) or len(scales) > 16:
+            raise self.bad("scales", "expected a small mapping of scale -> [depth, width, max_channels]")
+        for name, v in scales.items():
+            if not isinstance(name, str) or not _ARG_WORD.match(name) or not isinstance(v, list) or len(v) != 3:
+                raise self.bad(f"scales.{str(name)[:20]}", "expected [depth, width, max_channels]")
+            for j, x in enumerate(v):
+                self.number(f"scales.{name}[{j}]", x, 0, _MAX_INT)
+
+    def layer(self, key: str, row: Any, ul_tasks: Any) -> None:
+        """One ``[from, repeats, module, args]`` row of ``backbone`` or ``head``."""
+        if not isinstance(row, list) or len(row) != 4:
+            raise self.bad(key, "expected [from, repeats, module, args]")
+        f, n, m, args = row
+        for j, x in enumerate(f if isinstance(f, list) else [f]):
+            if isinstance(x, bool) or not isinstance(x, int) or not -_MAX_LAYERS <= x < _MAX_LAYERS:
+                raise self.bad(f"{key}.from[{j}]", "expected a layer index")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
+            raise self.bad(f"{key}.repeats", "expected an integer in [1, 64]")
+        if not isinstance(m, str) or not _is_layer_name(m, ul_tasks):
+            raise self.bad(f"{key}.module", "not a torch.nn or ultralytics layer class")
+        if not isinstance(args, list) or len(args) > 16:
+            raise self.bad(f"{key}.args", "expected a list of at most 16 arguments")
+        for j, x in enumerate(args):
+            self.arg(f"{key}.args[{j}]", x)
 
 
 def _is_layer_name(name: str, ul_tasks: Any) -> bool:
