@@ -217,72 +217,14 @@ def run_shard(job: JobConfig, shard_id: str, redo: bool = False) -> ShardResult:
 
 def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float, generation: int = 0) -> ShardResult:
     timing: dict[str, Any] = {"started_at": round(time.time(), 3), "worker": worker_name()}
-    seconds: dict[str, float] = {"read": 0.0}
     rows = read_shard_rows(job.output, shard_id)
     if not rows:
         raise ValueError(f"{shard_id} is not in the plan of {redact(job.output)}")
-    ontology = job.category_names()
-    isthing = {c.id: c.isthing for c in job.ontology}
-    load_stats: dict[str, int] = {}
-    if (
-        job.runtime.malloc_tuning
-    ):  # once per worker process: large tensors reuse freed memory instead of faulting in new pages
+    if job.runtime.malloc_tuning:  # once per worker: large tensors reuse freed memory instead of faulting in pages
         keep_freed_memory()
-    prompts = {c.id: c.text_prompts() for c in job.ontology}
-    models = {name: get_model(job.stages[name], ontology, isthing, load_stats, prompts) for name in job.stage_order()}
-    sinks = job.instance_sinks()
-    # what each sink's rows came from: (mask stage name, mask model, prompt model)
-    provenance = {name: _provenance(job, name, models) for name in sinks}
-    pan_sink = job.panoptic_sink()
-    preview = next((n for n, st in job.stages.items() if getattr(st, "preview", False)), None)
-    identities = {name: m.identity for name, m in models.items()}
-    tables = ShardTables(shard_id, ontology)
-    chunk: list[tuple[dict, DecodedImage]] = []
-    n_failed = n_masks = 0
-
-    def flush() -> None:
-        nonlocal n_masks
-        if not chunk:
-            return
-        results = run_stages(job, [img.pixels for _, img in chunk], models, seconds)
-        if preview:
-            write_previews(job.output, [(row["image_id"], img.pixels) for row, img in chunk], results[preview])
-        for i, (row, img) in enumerate(chunk):
-            outputs = [(*provenance[s], results[s][i]) for s in sinks]
-            pan = (pan_sink, identities, results[pan_sink][i]) if pan_sink else None
-            k = tables.add_image(
-                row["image_id"],
-                row["uri"],
-                row["key"],
-                (img.height, img.width),
-                img.exif_orientation,
-                outputs,
-                pan,
-                stats=img.stats,
-            )
-            n_masks += k
-            progress.advance(images=1, masks=k)
-        chunk.clear()
-
-    size = job.chunk_size()
-    stream = _decoded_stream(rows, job)
-    while True:
-        t = time.perf_counter()
-        item = next(stream, None)
-        seconds["read"] += time.perf_counter() - t  # waiting for images: what reads ahead did not hide
-        if item is None:
-            break
-        row, result = item
-        if isinstance(result, str):
-            tables.add_failed_image(row["image_id"], row["uri"], row["key"], result)
-            n_failed += 1
-            progress.advance(images=1, failed=1)
-            continue
-        chunk.append((row, result))
-        if len(chunk) >= size:
-            flush()
-    flush()
-
+    labeler = _ShardLabeler(job, shard_id)
+    labeler.label(rows)
+    tables, n_failed = labeler.tables, labeler.n_failed
     qc = job.qc_stage()
     if qc is not None and qc.count_outlier.action != "off":
         tables.flag_count_outliers(qc.count_outlier.mads, qc.count_outlier.min)
@@ -295,13 +237,14 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
             f"first errors: {'; '.join(errors)}"
         )
     masks, images = tables.tables()
-    stats = {"images": len(rows), "ok": len(rows) - n_failed, "failed": n_failed, "masks": n_masks}
+    stats = {"images": len(rows), "ok": len(rows) - n_failed, "failed": n_failed, "masks": labeler.n_masks}
     stats["histograms"] = histograms(images, masks)  # for the drift check at finalize (segflow.tasks.evaluate.drift)
     files = {"masks": masks, "images": images}
+    pan_sink = job.panoptic_sink()
     if pan_sink:
         files["panoptic"] = tables.panoptic_table()
         stats["segments"] = files["panoptic"].num_rows
-    timing["seconds"] = seconds
+    timing["seconds"] = labeler.seconds
     commit, won = commit_shard(job.output, shard_id, files, fingerprint, stats, generation, timing)
     if won and pan_sink:
         try:  # finalize renders whatever is missing, so a failure here loses nothing
@@ -321,5 +264,70 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
         time.perf_counter() - t0,
         skipped=not won,
         worker_pid=os.getpid(),
-        model_loads=load_stats.get("loads", 0),
+        model_loads=labeler.load_stats.get("loads", 0),
     )
+
+
+class _ShardLabeler:
+    """A shard's images through the stages into its tables: decoded ahead (:func:`_decoded_stream`), labelled in
+    chunks of ``job.chunk_size()``; ``seconds`` per step, ``n_failed`` and ``n_masks`` as they go."""
+
+    def __init__(self, job: JobConfig, shard_id: str):
+        self.job = job
+        ontology = job.category_names()
+        isthing = {c.id: c.isthing for c in job.ontology}
+        prompts = {c.id: c.text_prompts() for c in job.ontology}
+        self.load_stats: dict[str, int] = {}
+        self.models = {
+            name: get_model(job.stages[name], ontology, isthing, self.load_stats, prompts) for name in job.stage_order()
+        }
+        self.sinks = job.instance_sinks()
+        # what each sink's rows came from: (mask stage name, mask model, prompt model)
+        self.provenance = {name: _provenance(job, name, self.models) for name in self.sinks}
+        self.pan_sink = job.panoptic_sink()
+        self.preview = next((n for n, st in job.stages.items() if getattr(st, "preview", False)), None)
+        self.identities = {name: m.identity for name, m in self.models.items()}
+        self.tables = ShardTables(shard_id, ontology)
+        self.seconds: dict[str, float] = {"read": 0.0}
+        self.chunk: list[tuple[dict, DecodedImage]] = []
+        self.n_failed = self.n_masks = 0
+
+    def label(self, rows: list[dict]) -> None:
+        """Every image of ``rows`` (the shard's plan rows) into the tables; a failed image as its error."""
+        size = self.job.chunk_size()
+        stream = _decoded_stream(rows, self.job)
+        while True:
+            t = time.perf_counter()
+            item = next(stream, None)
+            self.seconds["read"] += time.perf_counter() - t  # waiting for images: what reads ahead did not hide
+            if item is None:
+                break
+            row, result = item
+            if isinstance(result, str):
+                self.tables.add_failed_image(row["image_id"], row["uri"], row["key"], result)
+                self.n_failed += 1
+                progress.advance(images=1, failed=1)
+                continue
+            self.chunk.append((row, result))
+            if len(self.chunk) >= size:
+                self._flush()
+        self._flush()
+
+    def _flush(self) -> None:
+        chunk = self.chunk
+        if not chunk:
+            return
+        results = run_stages(self.job, [img.pixels for _, img in chunk], self.models, self.seconds)
+        if self.preview:
+            pixels = [(row["image_id"], img.pixels) for row, img in chunk]
+            write_previews(self.job.output, pixels, results[self.preview])
+        for i, (row, img) in enumerate(chunk):
+            outputs = [(*self.provenance[s], results[s][i]) for s in self.sinks]
+            pan = (self.pan_sink, self.identities, results[self.pan_sink][i]) if self.pan_sink else None
+            size = (img.height, img.width)
+            k = self.tables.add_image(
+                row["image_id"], row["uri"], row["key"], size, img.exif_orientation, outputs, pan, stats=img.stats
+            )
+            self.n_masks += k
+            progress.advance(images=1, masks=k)
+        chunk.clear()
