@@ -186,41 +186,16 @@ def import_review(output: str, review_file: str, fmt: str = "label-studio") -> d
 
 def _import_review(output: str, review_file: str, fmt: str, lease: Any) -> dict:
     run = RunLabels(output)
-    rfs, rpath = open_fs(review_file)
-    if not rfs.exists(rpath):
-        raise ExportError(f"{redact(review_file)}: no such review file")
-    raw = read_capped(rfs, rpath, redact(review_file))
-    try:
-        reviewed = _reader(fmt)(raw, redact(review_file), run)
-    except (KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:  # a shape no check above named
-        raise ExportError(f"{redact(review_file)}: malformed {fmt} review file ({type(e).__name__}: {e})") from None
+    raw, reviewed, images = _read_and_check(run, review_file, fmt)
     classes = {name: cid for cid, name in run.categories.items()}
-
-    # check everything before writing anything
-    images: dict[int, dict] = {}
-    for sid in run.shards:
-        for r in _read_part(run.fs, run.layout.manifest_part("images", sid)):
-            if r["status"] == "ok":
-                images[r["image_id"]] = r
-    unknown = sorted({im.image_id for im in reviewed} - set(images))
-    if unknown:
-        raise ExportError(f"{redact(review_file)}: names images the run does not have: {unknown[:5]}")
-    bad = sorted({lab.category for im in reviewed for lab in im.labels} - set(classes))
-    if bad:
-        raise ExportError(f"{redact(review_file)}: names classes the ontology does not have: {bad}")
-    dup = [k for k, n in Counter(im.image_id for im in reviewed).items() if n > 1]
-    if dup:
-        raise ExportError(f"{redact(review_file)}: reviews image(s) {dup[:5]} more than once")
-
     versions = _versions(run)
     version = f"v{len(versions) + 1:04d}"
     prev = versions[-1] if versions else None
-    target = run.layout.review_version(version)
     sha = hashlib.sha256(raw).hexdigest()
     stamp = {"review_sha256": sha, "reviewed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     by_image = {im.image_id: im for im in reviewed}
     actions: dict[str, list[int]] = {a: [] for a in ACTIONS}
-    _, target_path = open_fs(target)
+    _, target_path = open_fs(run.layout.review_version(version))
     if run.fs.exists(target_path):  # a version an import left unfinished (no _DONE.json): ours to replace
         run.fs.rm(target_path, recursive=True)
     try:
@@ -229,45 +204,19 @@ def _import_review(output: str, review_file: str, fmt: str, lease: Any) -> dict:
             run.categories,
             f"{run.job.get('name')} {version}",
         )
-        totals = Counter()
+        totals: Counter = Counter()
         for sid in run.shards:
-            auto = _read_part(run.fs, run.layout.manifest_part("masks", sid))
-            if prev is not None:
-                base = _read_part(run.fs, run.layout.review_part(prev, sid))
-            else:
-                base = [_from_auto(r) for r in auto if r["verdict"] == "accept"]
-            auto_by_image: dict[int, dict[int, dict]] = {}
-            for r in auto:
-                auto_by_image.setdefault(r["image_id"], {})[r["annotation_id"]] = r
-            base_by_image: dict[int, list[dict]] = {}
-            for r in base:
-                base_by_image.setdefault(r["image_id"], []).append(r)
-            rows: list[dict] = []
             shard_images = sorted(i for i, r in images.items() if r["shard_id"] == sid)
-            for image_id in shard_images:
-                if image_id in by_image:
-                    new, acts = apply_review(
-                        by_image[image_id],
-                        images[image_id],
-                        base_by_image.get(image_id, []),
-                        auto_by_image.get(image_id, {}),
-                        classes,
-                        stamp,
-                    )
-                    rows += new
-                    for a, ids in acts.items():
-                        actions[a] += ids
-                else:
-                    rows += base_by_image.get(image_id, [])
+            reviewed_here = {i: by_image[i] for i in shard_images if i in by_image}
+            rows = _review_shard(run, sid, prev, shard_images, reviewed_here, images, classes, stamp, actions)
             table = pa.Table.from_pylist(rows, schema=SCHEMA)
             totals.update(table["source"].to_pylist())
             totals["checked"] += sum(1 for c in table["checked"].to_pylist() if c)
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink)
             write_bytes(run.fs, open_fs(run.layout.review_part(version, sid))[1], sink.getvalue().to_pybytes())
-            shard_ok = pa.Table.from_pylist([images[i] for i in shard_images]) if shard_images else None
-            if shard_ok is not None:
-                coco.add(shard_ok, table)
+            if shard_images:
+                coco.add(pa.Table.from_pylist([images[i] for i in shard_images]), table)
         counts = coco.close()
         changes = {
             "version": version,
@@ -284,21 +233,90 @@ def _import_review(output: str, review_file: str, fmt: str, lease: Any) -> dict:
             "annotation_ids": {a: sorted(ids) for a, ids in actions.items()},
         }
         lease.check()
-        write_bytes(run.fs, open_fs(run.layout.review_version(version, "review.json"))[1], raw)
-        write_bytes(
-            run.fs,
-            open_fs(run.layout.review_version(version, "changes.json"))[1],
-            json.dumps(changes, indent=1).encode(),
-        )
-        if not create_exclusive(
-            run.fs,
-            open_fs(run.layout.review_version(version, "_DONE.json"))[1],
-            json.dumps({"version": version}).encode(),
-        ):
-            raise ExportError(f"review version {version} was written concurrently by another import; import again")
+        _finish_version(run, version, raw, changes)
     except BaseException:
         # refused or failed midway: nothing of this import stays (a version another import marked done is theirs)
         if run.fs.exists(target_path) and not run.fs.exists(f"{target_path.rstrip('/')}/_DONE.json"):
             run.fs.rm(target_path, recursive=True)
         raise
     return changes
+
+
+def _read_and_check(run: RunLabels, review_file: str, fmt: str) -> tuple[bytes, list, dict[int, dict]]:
+    """The review file's bytes, its reviewed images, and the run's images that decoded (image id -> manifest row);
+    everything checked before anything is written: images and classes the run has, no image twice."""
+    rfs, rpath = open_fs(review_file)
+    if not rfs.exists(rpath):
+        raise ExportError(f"{redact(review_file)}: no such review file")
+    raw = read_capped(rfs, rpath, redact(review_file))
+    try:
+        reviewed = _reader(fmt)(raw, redact(review_file), run)
+    except (KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:  # a shape no check above named
+        raise ExportError(f"{redact(review_file)}: malformed {fmt} review file ({type(e).__name__}: {e})") from None
+    images: dict[int, dict] = {}
+    for sid in run.shards:
+        for r in _read_part(run.fs, run.layout.manifest_part("images", sid)):
+            if r["status"] == "ok":
+                images[r["image_id"]] = r
+    unknown = sorted({im.image_id for im in reviewed} - set(images))
+    if unknown:
+        raise ExportError(f"{redact(review_file)}: names images the run does not have: {unknown[:5]}")
+    bad = sorted({lab.category for im in reviewed for lab in im.labels} - set(run.categories.values()))
+    if bad:
+        raise ExportError(f"{redact(review_file)}: names classes the ontology does not have: {bad}")
+    dup = [k for k, n in Counter(im.image_id for im in reviewed).items() if n > 1]
+    if dup:
+        raise ExportError(f"{redact(review_file)}: reviews image(s) {dup[:5]} more than once")
+    return raw, reviewed, images
+
+
+def _review_shard(
+    run: RunLabels,
+    sid: str,
+    prev: str | None,
+    shard_images: list[int],
+    reviewed: dict[int, Any],
+    images: dict[int, dict],
+    classes: dict[str, int],
+    stamp: dict,
+    actions: dict[str, list[int]],
+) -> list[dict]:
+    """One shard's reviewed label set: the previous version's rows (or the accepted auto labels), with the
+    reviewed images' rows replaced by :func:`apply_review`; ``actions`` gets what changed."""
+    auto = _read_part(run.fs, run.layout.manifest_part("masks", sid))
+    if prev is not None:
+        base = _read_part(run.fs, run.layout.review_part(prev, sid))
+    else:
+        base = [_from_auto(r) for r in auto if r["verdict"] == "accept"]
+    auto_by_image: dict[int, dict[int, dict]] = {}
+    for r in auto:
+        auto_by_image.setdefault(r["image_id"], {})[r["annotation_id"]] = r
+    base_by_image: dict[int, list[dict]] = {}
+    for r in base:
+        base_by_image.setdefault(r["image_id"], []).append(r)
+    rows: list[dict] = []
+    for image_id in shard_images:
+        if image_id not in reviewed:
+            rows += base_by_image.get(image_id, [])
+            continue
+        new, acts = apply_review(
+            reviewed[image_id],
+            images[image_id],
+            base_by_image.get(image_id, []),
+            auto_by_image.get(image_id, {}),
+            classes,
+            stamp,
+        )
+        rows += new
+        for a, ids in acts.items():
+            actions[a] += ids
+    return rows
+
+
+def _finish_version(run: RunLabels, version: str, raw: bytes, changes: dict) -> None:
+    """The review file and ``changes.json``, then ``_DONE.json`` (create-if-absent): the version exists."""
+    file = lambda name: open_fs(run.layout.review_version(version, name))[1]
+    write_bytes(run.fs, file("review.json"), raw)
+    write_bytes(run.fs, file("changes.json"), json.dumps(changes, indent=1).encode())
+    if not create_exclusive(run.fs, file("_DONE.json"), json.dumps({"version": version}).encode()):
+        raise ExportError(f"review version {version} was written concurrently by another import; import again")
