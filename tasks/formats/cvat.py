@@ -146,13 +146,25 @@ def read_coco_review(raw: bytes, source: str, run: RunLabels) -> list[ReviewedIm
     unknown = sorted({str(i.get("file_name")) for i in doc["images"]} - set(by_name))
     if unknown:
         raise ExportError(f"{source}: names images the run does not have: {unknown[:5]}")
+    checked = _checked_masks(doc, by_name, cats, source)
+    out = []
+    for i in doc["images"]:
+        im = by_name[i["file_name"]]
+        labels, shown = _trace_labels(im, checked.get(i.get("id"), []), cats)
+        out.append(ReviewedImage(im.image_id, labels, set(shown)))
+    return out
+
+
+def _checked_masks(doc: dict, by_name: dict, cats: dict, source: str) -> dict[Any, list[tuple[dict, str]]]:
+    """Every annotation of the file with its mask as RLE (file image id -> [(annotation, counts)]), each checked
+    (its image, category and shape against the run's image size) before any is compared."""
     doc_images = {i.get("id"): i for i in doc["images"]}
     anns: dict[int, list[dict]] = {}
     for a in doc["annotations"]:
         if a.get("image_id") not in doc_images:
             raise ExportError(f"{source}: annotation {str(a.get('id'))[:40]}: image_id is not an image of the file")
         anns.setdefault(a["image_id"], []).append(a)
-    checked: dict[int, list[tuple[dict, str]]] = {}  # every mask checked before any is compared
+    checked: dict[Any, list[tuple[dict, str]]] = {}
     for i in doc["images"]:
         im = by_name[i["file_name"]]
         h, w = im.height, im.width
@@ -164,41 +176,44 @@ def read_coco_review(raw: bytes, source: str, run: RunLabels) -> list[ReviewedIm
             if a.get("category_id") not in cats:
                 raise ExportError(f"{where}: unknown category_id {str(a.get('category_id'))[:40]}")
             checked.setdefault(i.get("id"), []).append((a, _rle(a.get("segmentation"), h, w, where)))
-    out = []
-    for i in doc["images"]:
-        im = by_name[i["file_name"]]
-        h, w = im.height, im.width
-        shown = {r["annotation_id"]: r for r in im.masks if r["verdict"] in ("accept", "review")}
-        exported: dict[str, list[int]] = {}  # shape -> the labels exported with it (duplicates share one)
-        for x, r in shown.items():
-            for key in {_rle_polys(r, h, w), r["rle_counts"]}:  # as polygons, or as the RLE itself
-                exported.setdefault(key, []).append(x)
-        labels, claimed = [], set()
-        todo = []
-        for a, counts in checked.get(i.get("id"), []):
-            name = cats[a["category_id"]]
-            free = [x for x in exported.get(counts, []) if x not in claimed]
-            if free:  # that shape, exported: of the same class if one was
-                origin = next((x for x in free if shown[x]["category_name"] == name), free[0])
+    return checked
+
+
+def _trace_labels(im: Any, anns: list[tuple[dict, str]], cats: dict) -> tuple[list[ReviewedLabel], dict[int, dict]]:
+    """One image's reviewed labels, each traced to the exported label it came from: the same shape (of the same
+    class if one was), else the unclaimed label it overlaps most (IoU >= 0.5), else a new label. Also the
+    labels the reviewer was shown (annotation id -> manifest row)."""
+    h, w = im.height, im.width
+    shown = {r["annotation_id"]: r for r in im.masks if r["verdict"] in ("accept", "review")}
+    exported: dict[str, list[int]] = {}  # shape -> the labels exported with it (duplicates share one)
+    for x, r in shown.items():
+        for key in {_rle_polys(r, h, w), r["rle_counts"]}:  # as polygons, or as the RLE itself
+            exported.setdefault(key, []).append(x)
+    labels, claimed = [], set()
+    todo = []
+    for a, counts in anns:
+        name = cats[a["category_id"]]
+        free = [x for x in exported.get(counts, []) if x not in claimed]
+        if free:  # that shape, exported: of the same class if one was
+            origin = next((x for x in free if shown[x]["category_name"] == name), free[0])
+            claimed.add(origin)
+            labels.append(ReviewedLabel(origin, name, counts, (h, w)))
+        else:
+            todo.append((a, counts))
+    for a, counts in todo:  # edited shapes: the unclaimed label they overlap most
+        free = [x for x in shown if x not in claimed]
+        origin = None
+        if free:
+            ious = mask_utils.iou(
+                [{"size": [h, w], "counts": counts}],
+                [{"size": [h, w], "counts": shown[x]["rle_counts"]} for x in free],
+                [0] * len(free),
+            )[0]
+            if ious.max() >= 0.5:
+                origin = free[int(np.argmax(ious))]
                 claimed.add(origin)
-                labels.append(ReviewedLabel(origin, name, counts, (h, w)))
-            else:
-                todo.append((a, counts))
-        for a, counts in todo:  # edited shapes: the unclaimed label they overlap most
-            free = [x for x in shown if x not in claimed]
-            origin = None
-            if free:
-                ious = mask_utils.iou(
-                    [{"size": [h, w], "counts": counts}],
-                    [{"size": [h, w], "counts": shown[x]["rle_counts"]} for x in free],
-                    [0] * len(free),
-                )[0]
-                if ious.max() >= 0.5:
-                    origin = free[int(np.argmax(ious))]
-                    claimed.add(origin)
-            labels.append(ReviewedLabel(origin, cats[a["category_id"]], counts, (h, w)))
-        out.append(ReviewedImage(im.image_id, labels, set(shown)))
-    return out
+        labels.append(ReviewedLabel(origin, cats[a["category_id"]], counts, (h, w)))
+    return labels, shown
 
 
 def _rle_polys(row: dict, h: int, w: int) -> str:
