@@ -315,8 +315,6 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
 
 
 def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any) -> dict:
-    from segflow.tasks.evaluate.acceptance import VERDICTS, apply_acceptance, correct_probability
-
     output = job.output
     plan, commits = _collect_commits(output)
     layout = OutputLayout(output)
@@ -335,7 +333,46 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
     # 0. the operating point: a saved calibration, or one fitted on the gold set's images (read first)
     cache: dict[tuple[str, str], bytes] = {}
     calibration = _acceptance(job, commits, layout, fs, cache)
-    if calibration is not None and calibration.get("novelty_in_thresholds") and not job.accept.novelty:
+    if calibration is not None:
+        _warn_novelty_off(job, calibration)
+        paths["calibration"] = layout.calibration
+    drift = _drift(job, calibration, commits)  # before any verdict: `accept.on_drift` may change them
+
+    # 1. one pass over the committed shards: each committed file is read once and feeds every output
+    merged = _ShardPass(job, layout, fs, paths, commits, calibration, drift, cache)
+    lease.check()
+    merged.open()
+    for c in commits:
+        merged.add(c)
+    _, parts_path = open_fs(layout.manifest_parts)
+    lease.check()
+    write_bytes(fs, parts_path, json.dumps(merged.parts, indent=0, sort_keys=True).encode())
+
+    # 2. close the exports: COCO instances (accepted, review) and panoptic JSON, the QC report
+    exports = merged.close()
+
+    # 3. quality against the gold set(s), when the job names them
+    quality = _quality(job, layout, fs, paths, merged)
+
+    # 4. summary, written last
+    summary = _summary(job, merged, exports, paths, digest, quality)
+    if started_at is not None:
+        summary["seconds"] = round(time.time() - started_at, 2)
+    try:  # the report is drawn from the finished outputs; a failure to draw it loses no labels
+        summary["outputs"]["report"] = redact(write_report(output, summary, merged.sampler.to_json(), commits))
+    except Exception as e:  # noqa: BLE001 - said in the summary and the log; `segflow report OUTPUT` draws it again
+        log.warning("report.html not written: %s: %s", type(e).__name__, e)
+        summary["report_error"] = f"{type(e).__name__}: {e}"
+    _, summary_path = open_fs(paths["summary"])
+    lease.check()
+    write_bytes(fs, summary_path, json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def _warn_novelty_off(job: JobConfig, calibration: dict) -> None:
+    """Say so (log and the calibration's warnings) when thresholds fitted counting on the novelty check run
+    without it."""
+    if calibration.get("novelty_in_thresholds") and not job.accept.novelty:
         warning = (
             "the thresholds were fitted counting on the novelty check, which accept.novelty: false turns off: "
             "look-alikes the check would send to review are exported and precision can fall below the target; "
@@ -343,127 +380,169 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
         )
         log.warning(warning)
         calibration["warnings"] = [*calibration.get("warnings", []), warning]
-    if calibration is not None:
-        paths["calibration"] = layout.calibration
-    drift = _drift(job, calibration, commits)  # before any verdict: `accept.on_drift` may change them
-    drift_review = drift is not None and not drift.holds and job.accept.on_drift == "review"
-    estimate = np.zeros(2)  # the accepted masks: sum of their probabilities of being right, how many have one
-    novel = 0  # masks sent to review because their shape is unlike the gold set's of their class
 
-    # 1. one pass over the committed shards: each committed file is read once and feeds every output
-    counts = {"images": 0, "labelled_images": 0, "failed_images": 0, "masks": 0}
-    verdicts = dict.fromkeys(VERDICTS, 0)
-    per_category: dict[str, int] = {}
-    segments_per_category: dict[str, int] = {}
-    qc = job.qc_stage() if hasattr(job, "qc_stage") else None
-    keep = ("accept", "review") if qc is not None and qc.export_review else ("accept",)
-    paths.update(review_instances=layout.review_instances, review_masks=layout.review_masks)
-    acc = None
-    if qc is not None or calibration is not None:
-        paths["quarantine"] = layout.quarantine
-        acc = QcAccumulator(qc.review_samples if qc is not None else 24)
-    has_panoptic = all("panoptic" in c["files"] for c in commits) and bool(commits)
-    merge = job.stages.get(job.panoptic_sink() or "") if has_panoptic else None
-    pan_keep = keep + (("review",) if getattr(merge, "include_flagged", False) and "review" not in keep else ())
-    rendered = 0
-    if has_panoptic:
-        paths.update(
-            {
-                "panoptic": layout.manifest("panoptic"),
-                "coco_panoptic": layout.coco_panoptic,
-                "coco_panoptic_pngs": layout.coco_panoptic_pngs,
-                "semantic_pngs": layout.semantic_pngs,
-                "semantic": layout.manifest("semantic"),
-            }
+
+class _ShardPass:
+    """Finalize's one pass over the committed shards: each shard's verdicts, its manifest parts (and their
+    sha256 in ``parts``), and what every export, the QC report, the gold-set match and the report sampler take
+    from it. ``paths`` (output name -> URL) gets the outputs this run has."""
+
+    def __init__(
+        self,
+        job: JobConfig,
+        layout: OutputLayout,
+        fs: Any,
+        paths: dict[str, str],
+        commits: list[dict],
+        calibration: dict | None,
+        drift: Any,
+        cache: dict[tuple[str, str], bytes],
+    ):
+        from segflow.tasks.evaluate.acceptance import VERDICTS
+
+        self.job, self.layout, self.fs, self.paths, self.commits = job, layout, fs, paths, commits
+        self.calibration, self.drift, self.cache = calibration, drift, cache
+        self.drift_review = drift is not None and not drift.holds and job.accept.on_drift == "review"
+        self.estimate = np.zeros(2)  # the accepted masks: sum of their probabilities of being right, how many have one
+        self.novel = 0  # masks sent to review because their shape is unlike the gold set's of their class
+        self.counts = {"images": 0, "labelled_images": 0, "failed_images": 0, "masks": 0}
+        self.verdicts = dict.fromkeys(VERDICTS, 0)
+        self.per_category: dict[str, int] = {}
+        self.segments_per_category: dict[str, int] = {}
+        self.qc = job.qc_stage() if hasattr(job, "qc_stage") else None
+        self.keep = ("accept", "review") if self.qc is not None and self.qc.export_review else ("accept",)
+        paths.update(review_instances=layout.review_instances, review_masks=layout.review_masks)
+        self.acc = None
+        if self.qc is not None or calibration is not None:
+            paths["quarantine"] = layout.quarantine
+            self.acc = QcAccumulator(self.qc.review_samples if self.qc is not None else 24)
+        self.has_panoptic = all("panoptic" in c["files"] for c in commits) and bool(commits)
+        merge = job.stages.get(job.panoptic_sink() or "") if self.has_panoptic else None
+        extra = ("review",) if getattr(merge, "include_flagged", False) and "review" not in self.keep else ()
+        self.pan_keep = self.keep + extra
+        self.rendered = 0
+        if self.has_panoptic:
+            paths.update(
+                {
+                    "panoptic": layout.manifest("panoptic"),
+                    "coco_panoptic": layout.coco_panoptic,
+                    "coco_panoptic_pngs": layout.coco_panoptic_pngs,
+                    "semantic_pngs": layout.semantic_pngs,
+                    "semantic": layout.manifest("semantic"),
+                }
+            )
+        elif any("panoptic" in c["files"] for c in commits):  # pragma: no cover - fingerprints keep shards alike
+            raise RuntimeError("some shards have panoptic segments and others not; rerun into a fresh output")
+        self.gold = GoldMatch(job) if getattr(job, "gold_set", None) else None
+        gold_sem = getattr(job, "gold_semantic", None)
+        self.audit = SemanticAudit(gold_sem, job.category_names()) if gold_sem and self.has_panoptic else None
+        self.parts: dict[str, dict[str, dict]] = {}
+        self.sampler = ReportSampler()
+
+    def open(self) -> None:
+        """Empty the merged folders and open the export writers (under the lease: the first writes)."""
+        job, paths = self.job, self.paths
+        for name in ("masks", "images", "quarantine", "panoptic", "semantic", "review_masks"):
+            if name in paths:
+                _replace_dir(self.fs, open_fs(paths[name])[1])
+        names = job.category_names()
+        self.coco = InstancesWriter(paths["coco_instances"], names, description=job.name, keep_verdicts=self.keep)
+        self.review = InstancesWriter(
+            paths["review_instances"], names, job.name, ("review",), labelled_images_only=True
         )
-    elif any("panoptic" in c["files"] for c in commits):  # pragma: no cover - fingerprints keep a run's shards alike
-        raise RuntimeError("some shards have panoptic segments and others not; rerun into a fresh output")
-    lease.check()
-    for name in ("masks", "images", "quarantine", "panoptic", "semantic", "review_masks"):
-        if name in paths:
-            _replace_dir(fs, open_fs(paths[name])[1])
-    coco = InstancesWriter(paths["coco_instances"], job.category_names(), description=job.name, keep_verdicts=keep)
-    review = InstancesWriter(
-        paths["review_instances"], job.category_names(), job.name, ("review",), labelled_images_only=True
-    )
-    pan_json = (
-        PanopticJsonWriter(paths["coco_panoptic"], panoptic_categories(job.ontology), description=job.name)
-        if has_panoptic
-        else None
-    )
-    gold = GoldMatch(job) if getattr(job, "gold_set", None) else None
-    gold_sem = getattr(job, "gold_semantic", None)
-    audit = SemanticAudit(gold_sem, job.category_names()) if gold_sem and has_panoptic else None
-    parts: dict[str, dict[str, dict]] = {}
-    sampler = ReportSampler()
-    for c in commits:
-        sid = c["shard_id"]
-        names = ("images", "masks", "panoptic") if has_panoptic else ("images", "masks")
-        raw = {name: cache.pop((sid, name), None) or read_committed_bytes(output, c, name) for name in names}
+        self.pan_json = (
+            PanopticJsonWriter(paths["coco_panoptic"], panoptic_categories(job.ontology), description=job.name)
+            if self.has_panoptic
+            else None
+        )
+
+    def add(self, c: dict) -> None:
+        """One committed shard: verdicts, exports, manifest parts, counts."""
+        from segflow.tasks.evaluate.acceptance import apply_acceptance, correct_probability
+
+        sid, job = c["shard_id"], self.job
+        names = ("images", "masks", "panoptic") if self.has_panoptic else ("images", "masks")
+        raw = {name: self.cache.pop((sid, name), None) or read_committed_bytes(job.output, c, name) for name in names}
         images, masks = (parse_committed(c, name, raw[name]) for name in ("images", "masks"))
-        masks = apply_acceptance(masks, calibration, drifted=drift_review, use_novelty=job.accept.novelty)
-        novel += sum(1 for r in masks["verdict_reasons"].to_pylist() if r and "novel" in r)
-        if calibration is not None:
-            p_right = correct_probability(masks.filter(pc.equal(masks["verdict"], "accept")), calibration)
-            estimate += (np.nansum(p_right), np.isfinite(p_right).sum())
+        masks = apply_acceptance(masks, self.calibration, drifted=self.drift_review, use_novelty=job.accept.novelty)
+        self.novel += sum(1 for r in masks["verdict_reasons"].to_pylist() if r and "novel" in r)
+        if self.calibration is not None:
+            p_right = correct_probability(masks.filter(pc.equal(masks["verdict"], "accept")), self.calibration)
+            self.estimate += (np.nansum(p_right), np.isfinite(p_right).sum())
         raw["masks"] = _parquet(masks)  # the committed columns, then verdict, verdict_reasons, calibrated_score
-        coco.add(images, masks)
-        review.add(images, masks)
-        if gold is not None:
-            gold.add(images, masks)
-        if pan_json is not None:
-            pan, left_out = at_operating_point(parse_committed(c, "panoptic", raw["panoptic"]), masks, pan_keep)
-            if left_out:
-                raw["panoptic"] = _parquet(pan)
-            rendered += _render(output, c, images, pan, left_out)
-            sampler.add(images, masks, pan)
-            pan_json.add(images, pan)
-            _count(segments_per_category, pan, "segment_id")
-            raw["semantic"] = _parquet(class_areas(images, pan, job.category_names()))
-            if audit is not None:
-                audit.add(images)
+        self.coco.add(images, masks)
+        self.review.add(images, masks)
+        if self.gold is not None:
+            self.gold.add(images, masks)
+        if self.pan_json is not None:
+            self._add_panoptic(c, images, masks, raw)
         else:
-            sampler.add(images, masks)
+            self.sampler.add(images, masks)
+        self._write_parts(sid, images, masks, raw)
+        self._count(images, masks)
+
+    def _add_panoptic(self, c: dict, images: pa.Table, masks: pa.Table, raw: dict[str, bytes]) -> None:
+        pan, left_out = at_operating_point(parse_committed(c, "panoptic", raw["panoptic"]), masks, self.pan_keep)
+        if left_out:
+            raw["panoptic"] = _parquet(pan)
+        self.rendered += _render(self.job.output, c, images, pan, left_out)
+        self.sampler.add(images, masks, pan)
+        self.pan_json.add(images, pan)
+        _count(self.segments_per_category, pan, "segment_id")
+        raw["semantic"] = _parquet(class_areas(images, pan, self.job.category_names()))
+        if self.audit is not None:
+            self.audit.add(images)
+
+    def _write_parts(self, sid: str, images: pa.Table, masks: pa.Table, raw: dict[str, bytes]) -> None:
+        layout = self.layout
         outputs = {layout.manifest_key(name): data for name, data in raw.items()}
         manifests = set(outputs)
         in_review = masks.filter(pc.equal(masks["verdict"], "review"))
         if in_review.num_rows:
             outputs[layout.REVIEW_MASKS_KEY] = _parquet(in_review)
-        if acc is not None:
-            acc.add(sid, masks, images)
+        if self.acc is not None:
+            self.acc.add(sid, masks, images)
             outputs[layout.QUARANTINE_KEY] = _parquet(masks.filter(pc.equal(masks["verdict"], "reject")))
         for folder, data in outputs.items():
             _, part = open_fs(layout.url(layout.part_key(folder, sid)))
-            write_bytes(fs, part, data)
+            write_bytes(self.fs, part, data)
             if folder in manifests:
-                parts.setdefault(folder, {})[sid] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                digest = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                self.parts.setdefault(folder, {})[sid] = digest
+
+    def _count(self, images: pa.Table, masks: pa.Table) -> None:
+        counts = self.counts
         counts["images"] += images.num_rows
         counts["failed_images"] += int(pc.sum(pc.equal(images["status"], "failed")).as_py() or 0)
         counts["labelled_images"] += int(pc.sum(pc.greater(images["num_masks"], 0)).as_py() or 0)
         counts["masks"] += masks.num_rows
         for v, n in zip(*np.unique(masks["verdict"].to_numpy(zero_copy_only=False), return_counts=True), strict=True):
-            verdicts[str(v)] += int(n)
-        _count(per_category, masks, "annotation_id")
-    if not verdicts["review"]:
-        paths.pop("review_masks")  # no part written (review/instances.json stays: a valid, empty COCO file)
-    _, parts_path = open_fs(layout.manifest_parts)
-    lease.check()
-    write_bytes(fs, parts_path, json.dumps(parts, indent=0, sort_keys=True).encode())
+            self.verdicts[str(v)] += int(n)
+        _count(self.per_category, masks, "annotation_id")
 
-    # 2. close the exports: COCO instances (accepted, review) and panoptic JSON, the QC report
-    coco_counts = coco.close()
-    review_counts = review.close()
-    pan_counts = pan_json.close() if pan_json is not None else None
-    qc_summary = None
-    if acc is not None:
-        qc_summary = write_qc_report(output, acc, job.name)
-        paths["qc_report"] = qc_summary["report"]
-    if coco_counts["annotations"] != sum(verdicts[v] for v in keep):  # pragma: no cover - consistency guard
-        raise RuntimeError(f"COCO export wrote {coco_counts['annotations']} annotations, expected {verdicts}")
+    def close(self) -> dict[str, Any]:
+        """Close the exports and write the QC report: their counts (``coco``, ``review``, ``panoptic``, ``qc``)."""
+        if not self.verdicts["review"]:
+            self.paths.pop("review_masks")  # no part written (review/instances.json stays: a valid, empty COCO file)
+        out: dict[str, Any] = {"coco": self.coco.close(), "review": self.review.close()}
+        out["panoptic"] = self.pan_json.close() if self.pan_json is not None else None
+        out["qc"] = None
+        if self.acc is not None:
+            out["qc"] = write_qc_report(self.job.output, self.acc, self.job.name)
+            self.paths["qc_report"] = out["qc"]["report"]
+        if out["coco"]["annotations"] != sum(self.verdicts[v] for v in self.keep):  # pragma: no cover - a guard
+            raise RuntimeError(f"COCO export wrote {out['coco']['annotations']} annotations, expected {self.verdicts}")
+        return out
 
-    # 3. quality against the gold set(s), when the job names them
-    quality = gold.evaluate() if gold is not None else None
-    if getattr(job, "gold_panoptic", None) and has_panoptic:
+    def estimated_precision(self) -> float | None:
+        return round(float(self.estimate[0] / self.estimate[1]), 4) if self.estimate[1] else None
+
+
+def _quality(job: JobConfig, layout: OutputLayout, fs: Any, paths: dict[str, str], merged: _ShardPass) -> dict | None:
+    """Quality against the job's gold sets (instances, panoptic, semantic), written to ``quality.json``; None
+    without a gold set."""
+    quality = merged.gold.evaluate() if merged.gold is not None else None
+    if getattr(job, "gold_panoptic", None) and merged.has_panoptic:
         pan_q = evaluate_panoptic_files(job.gold_panoptic, paths["coco_panoptic"])
         things = {c.name for c in job.ontology if c.isthing}
         pan_q["things"].update(
@@ -476,22 +555,50 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
             "rq": pan_q["rq"],
             "miou": pan_q["miou"],
         }
-    if audit is not None:
-        sem_q, heat_map = audit.evaluate(layout.semantic_pngs, png_name)
+    if merged.audit is not None:
+        sem_q, heat_map = merged.audit.evaluate(layout.semantic_pngs, png_name)
         if heat_map is not None:
             paths["semantic_confusion"] = layout.semantic_confusion
             write_bytes(fs, open_fs(layout.semantic_confusion)[1], heat_map)
         quality = (quality or {}) | {"semantic": sem_q, "semantic_miou": sem_q.get("miou")}
     if quality is not None:
-        if drift is not None:
-            quality["drift"] = drift.to_dict() | {"action": job.accept.on_drift}
-        if calibration is not None:
-            quality["estimate"] = {"precision": round(float(estimate[0] / estimate[1]), 4) if estimate[1] else None}
+        if merged.drift is not None:
+            quality["drift"] = merged.drift.to_dict() | {"action": job.accept.on_drift}
+        if merged.calibration is not None:
+            quality["estimate"] = {"precision": merged.estimated_precision()}
         paths["quality"] = layout.quality
         _, qpath = open_fs(paths["quality"])
         write_bytes(fs, qpath, json.dumps(quality, indent=2).encode())
+    return quality
 
-    # 4. summary, written last
+
+_SUMMARY_QUALITY = (
+    "images",
+    "gold_instances",
+    "box_ap50",
+    "mask_ap50",
+    "mask_ap",
+    "mean_mask_iou",
+    "set",
+    "set_with_review",
+    "pq",
+    "sq",
+    "rq",
+    "miou",
+    "semantic_miou",
+)
+
+
+def _summary(
+    job: JobConfig,
+    merged: _ShardPass,
+    exports: dict[str, Any],
+    paths: dict[str, str],
+    digest: str,
+    quality: dict | None,
+) -> dict[str, Any]:
+    """``summary.json``'s content (docs/outputs.md), but for ``seconds`` and the report."""
+    counts, calibration, drift = merged.counts, merged.calibration, merged.drift
     summary = {
         "job": job.name,
         "images": counts["images"],
@@ -499,15 +606,15 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
         "failed_images": counts["failed_images"],
         "images_without_masks": counts["images"] - counts["labelled_images"] - counts["failed_images"],
         "masks": counts["masks"],
-        "masks_per_category": dict(sorted(per_category.items())),
-        "verdicts": verdicts,
-        "shards": len(commits),
+        "masks_per_category": dict(sorted(merged.per_category.items())),
+        "verdicts": merged.verdicts,
+        "shards": len(merged.commits),
         "outputs": {k: redact(v) for k, v in paths.items()},
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "commits_digest": digest,
     }
-    summary["coco_annotations"] = coco_counts["annotations"]
-    summary["review_annotations"] = review_counts["annotations"]
+    summary["coco_annotations"] = exports["coco"]["annotations"]
+    summary["review_annotations"] = exports["review"]["annotations"]
     if calibration is not None:
         summary["calibration"] = {
             "source": calibration.get("applied_from") or "fitted on the gold set",
@@ -516,54 +623,26 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
             "heldout": calibration["heldout"],
             "review_classes": [n for n, e in calibration["classes"].items() if e["status"] == "review"],
             "holds": drift.holds if drift is not None else None,
-            "novel": novel,
+            "novel": merged.novel,
             "warnings": list(calibration.get("warnings", [])),
         }
         summary["estimate"] = {
-            "precision": round(float(estimate[0] / estimate[1]), 4) if estimate[1] else None,
-            "masks": int(estimate[1]),
+            "precision": merged.estimated_precision(),
+            "masks": int(merged.estimate[1]),
             "method": "mean probability of being right of the accepted masks: each class's reliability curve "
             "(the gold set's labels, isotonic in the score) at the mask's score; no labels of this run used",
         }
     if drift is not None:
         summary["drift"] = drift.to_dict() | {"action": job.accept.on_drift}
-    if qc_summary is not None:
-        summary["qc"] = {k: qc_summary[k] for k in ("verdicts", "rules", "image_flags")}
-    if pan_counts is not None:
+    if exports["qc"] is not None:
+        summary["qc"] = {k: exports["qc"][k] for k in ("verdicts", "rules", "image_flags")}
+    if exports["panoptic"] is not None:
         summary["panoptic"] = {
-            "images": pan_counts["images"],
-            "segments": pan_counts["segments"],
-            "segments_per_category": dict(sorted(segments_per_category.items())),
-            "images_rendered_by_finalize": rendered,
+            "images": exports["panoptic"]["images"],
+            "segments": exports["panoptic"]["segments"],
+            "segments_per_category": dict(sorted(merged.segments_per_category.items())),
+            "images_rendered_by_finalize": merged.rendered,
         }
     if quality is not None:
-        summary["quality"] = {
-            k: quality[k]
-            for k in (
-                "images",
-                "gold_instances",
-                "box_ap50",
-                "mask_ap50",
-                "mask_ap",
-                "mean_mask_iou",
-                "set",
-                "set_with_review",
-                "pq",
-                "sq",
-                "rq",
-                "miou",
-                "semantic_miou",
-            )
-            if k in quality
-        }
-    if started_at is not None:
-        summary["seconds"] = round(time.time() - started_at, 2)
-    try:  # the report is drawn from the finished outputs; a failure to draw it loses no labels
-        summary["outputs"]["report"] = redact(write_report(output, summary, sampler.to_json(), commits))
-    except Exception as e:  # noqa: BLE001 - said in the summary and the log; `segflow report OUTPUT` draws it again
-        log.warning("report.html not written: %s: %s", type(e).__name__, e)
-        summary["report_error"] = f"{type(e).__name__}: {e}"
-    _, summary_path = open_fs(paths["summary"])
-    lease.check()
-    write_bytes(fs, summary_path, json.dumps(summary, indent=2).encode())
+        summary["quality"] = {k: quality[k] for k in _SUMMARY_QUALITY if k in quality}
     return summary
