@@ -111,9 +111,33 @@ def _url_issues(job: JobConfig) -> list[tuple[str, str]]:
 
 
 def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]:
-    issues: list[tuple[str, str]] = _url_issues(job)
+    issues: list[tuple[str, str]] = _url_issues(job) + _ontology_issues(job) + _stage_name_issues(job)
+    if any(p.endswith("]") and "needs" in p for p, _ in issues):
+        return issues  # cycle and role checks need valid references
+    cycle = _cycle(job)
+    if cycle:
+        return [*issues, (f"stages.{cycle[0]}.needs", "cycle: " + " -> ".join(cycle))]
+    issues += _role_issues(job)
+    issues += _output_stage_issues(job)
+    issues += _prompt_issues(job)
+    issues += _stage_class_issues(job)
+    # storage options never carry credentials, at any depth (client_kwargs, headers, config_kwargs, ...)
+    from segflow.tasks.io.storage import secret_keys
 
-    # ontology
+    issues += [
+        (key, _WHERE_CREDENTIALS_GO) for key in secret_keys(job.source.storage_options, "source.storage_options")
+    ]
+    if check_files:
+        issues += _file_issues(job)
+    if job.gold_panoptic and not job.panoptic_sink():
+        issues.append(("gold_panoptic", "the job has no panoptic stage (kind: mask2former) to evaluate"))
+    if job.gold_semantic and not job.panoptic_sink():
+        issues.append(("gold_semantic", "the job has no stage that makes semantic maps (semantic or mask2former)"))
+    return issues
+
+
+def _ontology_issues(job: JobConfig) -> list[tuple[str, str]]:
+    issues = []
     if not job.ontology:
         issues.append(("ontology", "the ontology is empty; declare at least one class"))
     seen_ids: dict[int, int] = {}
@@ -125,8 +149,12 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
         if c.name in seen_names:
             issues.append((f"ontology[{i}].name", f"duplicate name {c.name!r} (also ontology[{seen_names[c.name]}])"))
         seen_names.setdefault(c.name, i)
+    return issues
 
-    # stages: names, needs, roles, cycles
+
+def _stage_name_issues(job: JobConfig) -> list[tuple[str, str]]:
+    """Stage names, and ``needs`` that name stages that exist (not themselves)."""
+    issues = []
     if not job.stages:
         issues.append(("stages", "no stages declared"))
     for name, st in job.stages.items():
@@ -137,9 +165,11 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
                 issues.append((f"stages.{name}.needs[{i}]", f"no stage named {dep!r}"))
             elif dep == name:
                 issues.append((f"stages.{name}.needs[{i}]", "a stage cannot need itself"))
-    if any(p.endswith("]") and "needs" in p for p, _ in issues):
-        return issues  # cycle and role checks need valid references
+    return issues
 
+
+def _cycle(job: JobConfig) -> list[str] | None:
+    """The first cycle of ``needs`` (stage names, the first repeated last), None without one."""
     state: dict[str, int] = {}
 
     def find_cycle(n: str, path: list[str]) -> list[str] | None:
@@ -158,12 +188,18 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
         if state.get(n) is None:
             cyc = find_cycle(n, [n])
             if cyc:
-                issues.append((f"stages.{cyc[0]}.needs", "cycle: " + " -> ".join(cyc)))
-                return issues
+                return cyc
+    return None
 
-    def kinds_of(roles: tuple[str, ...]) -> str:
-        return ", ".join(k for k, a in ADAPTERS.items() if a.role in roles)
 
+def _kinds_of(roles: tuple[str, ...]) -> str:
+    return ", ".join(k for k, a in ADAPTERS.items() if a.role in roles)
+
+
+def _role_issues(job: JobConfig) -> list[tuple[str, str]]:
+    """Each stage's ``needs`` against the roles its kind consumes (exactly one of each needed role, at most one
+    of each optional group, nothing else)."""
+    issues = []
     for name, st in job.stages.items():
         spec = ADAPTERS[st.kind]
         dep_roles = [ADAPTERS[job.stages[d].kind].role for d in st.needs]
@@ -175,7 +211,7 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
                     (
                         f"stages.{name}.needs",
                         f"a {st.kind!r} stage needs exactly one {' or '.join(alternatives)} stage "
-                        f"({kinds_of(alternatives)}); found {len(matching)}",
+                        f"({_kinds_of(alternatives)}); found {len(matching)}",
                     )
                 )
         for group in spec.optional_roles:
@@ -184,7 +220,7 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
                 issues.append(
                     (
                         f"stages.{name}.needs",
-                        f"a {st.kind!r} stage takes at most one {' or '.join(group)} stage ({kinds_of(group)}); "
+                        f"a {st.kind!r} stage takes at most one {' or '.join(group)} stage ({_kinds_of(group)}); "
                         f"found {len(matching)}: {', '.join(matching)}",
                     )
                 )
@@ -193,6 +229,12 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
             if r not in allowed:
                 what = f"takes only {', '.join(sorted(allowed))} stages" if allowed else "takes no input stages"
                 issues.append((f"stages.{name}.needs", f"a {st.kind!r} stage {what}; {d!r} is a {r} stage"))
+    return issues
+
+
+def _output_stage_issues(job: JobConfig) -> list[tuple[str, str]]:
+    """Every sink makes masks; one stage writes previews; one panoptic output."""
+    issues = []
     for sink in job.sink_stages() if job.stages else []:
         if not ADAPTERS[job.stages[sink].kind].produces_masks:
             issues.append(
@@ -222,6 +264,12 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
                 f"stage that says which makes the panoptic output",
             )
         )
+    return issues
+
+
+def _prompt_issues(job: JobConfig) -> list[tuple[str, str]]:
+    """Text prompts are not empty and each names one class."""
+    issues = []
     prompt_owner: dict[str, str] = {}
     for i, c in enumerate(job.ontology):
         for p in c.text_prompts():
@@ -236,63 +284,58 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
                     )
                 )
             prompt_owner.setdefault(key, c.name)
+    return issues
+
+
+def _stage_class_issues(job: JobConfig) -> list[tuple[str, str]]:
+    """Per-class thresholds and class maps name classes of the ontology; each kind's own checks."""
+    names = {c.name for c in job.ontology}
+    issues = []
     for name, st in job.stages.items():
         for cls_name in getattr(st, "thresholds", {}) or {}:
-            if cls_name not in seen_names:
+            if cls_name not in names:
                 issues.append((f"stages.{name}.thresholds.{cls_name}", f"{cls_name!r} is not a class of the ontology"))
         if hasattr(st, "issues"):  # the kind's own checks (its settings model)
             roles = [ADAPTERS[job.stages[d].kind].role for d in st.needs if d in job.stages]
-            issues += st.issues(name, set(seen_names), roles)
-
-    # class maps point into the ontology
+            issues += st.issues(name, set(names), roles)
     for name, st in job.stages.items():
         for model_name, onto_name in getattr(st, "class_map", {}).items():
-            if onto_name not in seen_names:
+            if onto_name not in names:
                 issues.append(
                     (f"stages.{name}.class_map.{model_name}", f"{onto_name!r} is not a class of the ontology")
                 )
+    return issues
 
-    # storage options never carry credentials, at any depth (client_kwargs, headers, config_kwargs, ...)
-    from segflow.tasks.io.storage import secret_keys
 
-    for key in secret_keys(job.source.storage_options, "source.storage_options"):
-        issues.append((key, _WHERE_CREDENTIALS_GO))
+def _file_issues(job: JobConfig) -> list[tuple[str, str]]:
+    """Local files the job names exist: weights, the source, gold sets, the source list."""
+    from segflow.tasks.io.weights import weights_location_issue
 
-    # files that must exist
-    if check_files:
-        from segflow.tasks.io.weights import weights_location_issue
-
-        for name, st in job.stages.items():
-            if not hasattr(st, "weights"):
-                continue
-            problem = weights_location_issue(
-                st.weights,
-                builtin_yaml_ok=ADAPTERS[st.kind].weights == "file_or_builtin",
-                dir_ok=ADAPTERS[st.kind].weights == "file_or_dir",
-            )
-            if problem:
-                issues.append((f"stages.{name}.weights", problem))
-        if job.source.url and not _is_url(job.source.url) and not os.path.exists(job.source.url):
-            issues.append(("source.url", f"not found: {job.source.url}"))
-        if job.gold_set and not _is_url(job.gold_set) and not os.path.isfile(job.gold_set):
-            issues.append(("gold_set", f"file not found: {job.gold_set}"))
-        if job.gold_panoptic and not _is_url(job.gold_panoptic):
-            if not os.path.isfile(job.gold_panoptic):
-                issues.append(("gold_panoptic", f"file not found: {job.gold_panoptic}"))
-            elif not os.path.isdir(job.gold_panoptic.removesuffix(".json")):
-                issues.append(
-                    (
-                        "gold_panoptic",
-                        f"PNG folder not found: {job.gold_panoptic.removesuffix('.json')} (COCO "
-                        f"convention: the JSON's name without .json)",
-                    )
-                )
-        if job.gold_semantic and not _is_url(job.gold_semantic) and not os.path.isdir(job.gold_semantic):
-            issues.append(("gold_semantic", f"folder not found: {job.gold_semantic}"))
-        if job.source.list and not _is_url(job.source.list) and not os.path.isfile(job.source.list):
-            issues.append(("source.list", f"file not found: {job.source.list}"))
-    if job.gold_panoptic and not job.panoptic_sink():
-        issues.append(("gold_panoptic", "the job has no panoptic stage (kind: mask2former) to evaluate"))
-    if job.gold_semantic and not job.panoptic_sink():
-        issues.append(("gold_semantic", "the job has no stage that makes semantic maps (semantic or mask2former)"))
+    issues = []
+    for name, st in job.stages.items():
+        if not hasattr(st, "weights"):
+            continue
+        problem = weights_location_issue(
+            st.weights,
+            builtin_yaml_ok=ADAPTERS[st.kind].weights == "file_or_builtin",
+            dir_ok=ADAPTERS[st.kind].weights == "file_or_dir",
+        )
+        if problem:
+            issues.append((f"stages.{name}.weights", problem))
+    local = lambda url: bool(url) and not _is_url(url)
+    if local(job.source.url) and not os.path.exists(job.source.url):
+        issues.append(("source.url", f"not found: {job.source.url}"))
+    if local(job.gold_set) and not os.path.isfile(job.gold_set):
+        issues.append(("gold_set", f"file not found: {job.gold_set}"))
+    if local(job.gold_panoptic):
+        pngs = job.gold_panoptic.removesuffix(".json")
+        if not os.path.isfile(job.gold_panoptic):
+            issues.append(("gold_panoptic", f"file not found: {job.gold_panoptic}"))
+        elif not os.path.isdir(pngs):
+            message = f"PNG folder not found: {pngs} (COCO convention: the JSON's name without .json)"
+            issues.append(("gold_panoptic", message))
+    if local(job.gold_semantic) and not os.path.isdir(job.gold_semantic):
+        issues.append(("gold_semantic", f"folder not found: {job.gold_semantic}"))
+    if local(job.source.list) and not os.path.isfile(job.source.list):
+        issues.append(("source.list", f"file not found: {job.source.list}"))
     return issues
