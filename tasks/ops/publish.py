@@ -92,6 +92,8 @@ def _md(text: object) -> str:
 
 
 def _card(summary: dict, job: dict, version: str, checksums: dict[str, str], review: dict | None = None) -> str:
+    import yaml
+
     job = scrub(job)
     models = []
     for name, st in job.get("stages", {}).items():
@@ -101,71 +103,11 @@ def _card(summary: dict, job: dict, version: str, checksums: dict[str, str], rev
                 f"| {_md(st.get('sha256') or '-')} |"
             )
     per_class = "\n".join(f"| {_md(k)} | {v} |" for k, v in summary.get("masks_per_category", {}).items())
-    quality = summary.get("quality") or {}
-    qtext = (
-        (
-            f"\nLabel quality against the gold set ({quality['images']} images): box AP50 {quality['box_ap50']}, "
-            f"mask AP50 {quality['mask_ap50']}, mask AP {quality['mask_ap']}, mean mask "
-            f"IoU {quality['mean_mask_iou']} (see quality.json).\n"
-        )
-        if "box_ap50" in quality
-        else ""
-    )
-    if "set" in quality:
-        st = quality["set"]
-        qtext += (
-            f"\nThe published labels (verdict `accept`) as a set, matched one to one at mask IoU >= 0.5 on the gold "
-            f"images: precision {st['precision']}, recall {st['recall']} "
-            f"(TP {st['tp']}, FP {st['fp']}, FN {st['fn']}).\n"
-        )
-    cal = summary.get("calibration")
-    if cal:
-        h = cal["heldout"]
-        qtext += (
-            f"\nOperating point: per-class thresholds for precision {cal['target_precision']} on the "
-            f"{cal['score']} score ({cal['source']}); held-out estimate precision {h['precision']} "
-            f"(95% CI {h['precision_ci95']}), recall {h['recall']} (95% CI {h['recall_ci95']}); see calibration.json."
-            + (
-                f" Classes without a threshold (all sent to review): {', '.join(cal['review_classes'])}."
-                if cal["review_classes"]
-                else ""
-            )
-            + "\n"
-        )
-    verdicts = summary.get("verdicts")
-    if verdicts:
-        qtext += (
-            f"\nVerdicts: {verdicts['accept']} accepted (in coco/instances.json), {verdicts['review']} review, "
-            f"{verdicts['reject']} rejected; every mask is in manifest/masks.parquet with `verdict`.\n"
-        )
-    if "pq" in quality:
-        qtext += (
-            f"\nPanoptic quality against the gold set: PQ {quality['pq']}, SQ {quality['sq']}, "
-            f"RQ {quality['rq']}, mIoU {quality['miou']}.\n"
-        )
-    pan = summary.get("panoptic")
-    if pan:
-        rows = "\n".join(f"| {_md(k)} | {v} |" for k, v in pan["segments_per_category"].items())
-        qtext += (
-            f"\n## Panoptic segments per class\n\n{pan['segments']} segments on {pan['images']} images.\n\n"
-            f"| class | segments |\n|---|---:|\n{rows}\n"
-        )
-    import yaml
-
+    qtext = _quality_text(summary)
     counts = (
         f"| {summary['images']} | {summary['labelled_images']} | {summary['failed_images']} | {summary['masks']} "
         f"| {summary.get('coco_annotations', summary['masks'])} |"
     )
-    panoptic_files = (
-        ", `manifest/panoptic.parquet`, `coco/panoptic.json` + `coco/panoptic/*.png` (COCO panoptic), "
-        "`semantic/*.png` (class-id maps)"
-        if "coco/panoptic.json" in checksums
-        else ""
-    )
-    if any(k.startswith("semantic/preview/") for k in checksums):
-        panoptic_files += ", `semantic/preview/*.jpg` (class maps blended over the images, for eyes only)"
-    report_file = ", `report.html` (the run report)" if "report.html" in checksums else ""
-    qc_files = ", `qc/` (QC report, quarantine)" if any(k.startswith("qc/") for k in checksums) else ""
     job_yaml = "\n".join("    " + line for line in yaml.safe_dump(job, sort_keys=False).strip().splitlines())
     return f"""# {_md(summary["job"])} -- dataset {_md(version)}
 
@@ -190,12 +132,78 @@ Auto-labelled by segflow. Created {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmti
 ## Files
 
 `manifest/masks.parquet` (one row per mask, COCO RLE), `manifest/images.parquet`,
-`coco/instances.json`{panoptic_files}{qc_files}{report_file}; `SHA256SUMS` lists the sha256 of every file.
+`coco/instances.json`{_optional_files(checksums)}; `SHA256SUMS` lists the sha256 of every file.
 
 ## Job
 
 {job_yaml}
 """
+
+
+def _quality_text(summary: dict) -> str:
+    """The card's paragraphs on label quality, the operating point, verdicts and panoptic segments."""
+    quality = summary.get("quality") or {}
+    text = ""
+    if "box_ap50" in quality:
+        text += (
+            f"\nLabel quality against the gold set ({quality['images']} images): box AP50 {quality['box_ap50']}, "
+            f"mask AP50 {quality['mask_ap50']}, mask AP {quality['mask_ap']}, mean mask "
+            f"IoU {quality['mean_mask_iou']} (see quality.json).\n"
+        )
+    if "set" in quality:
+        st = quality["set"]
+        text += (
+            f"\nThe published labels (verdict `accept`) as a set, matched one to one at mask IoU >= 0.5 on the gold "
+            f"images: precision {st['precision']}, recall {st['recall']} "
+            f"(TP {st['tp']}, FP {st['fp']}, FN {st['fn']}).\n"
+        )
+    cal = summary.get("calibration")
+    if cal:
+        h = cal["heldout"]
+        without = (
+            f" Classes without a threshold (all sent to review): {', '.join(cal['review_classes'])}."
+            if cal["review_classes"]
+            else ""
+        )
+        text += (
+            f"\nOperating point: per-class thresholds for precision {cal['target_precision']} on the "
+            f"{cal['score']} score ({cal['source']}); held-out estimate precision {h['precision']} "
+            f"(95% CI {h['precision_ci95']}), recall {h['recall']} (95% CI {h['recall_ci95']}); see calibration.json."
+            f"{without}\n"
+        )
+    verdicts = summary.get("verdicts")
+    if verdicts:
+        text += (
+            f"\nVerdicts: {verdicts['accept']} accepted (in coco/instances.json), {verdicts['review']} review, "
+            f"{verdicts['reject']} rejected; every mask is in manifest/masks.parquet with `verdict`.\n"
+        )
+    if "pq" in quality:
+        text += (
+            f"\nPanoptic quality against the gold set: PQ {quality['pq']}, SQ {quality['sq']}, "
+            f"RQ {quality['rq']}, mIoU {quality['miou']}.\n"
+        )
+    pan = summary.get("panoptic")
+    if pan:
+        rows = "\n".join(f"| {_md(k)} | {v} |" for k, v in pan["segments_per_category"].items())
+        text += (
+            f"\n## Panoptic segments per class\n\n{pan['segments']} segments on {pan['images']} images.\n\n"
+            f"| class | segments |\n|---|---:|\n{rows}\n"
+        )
+    return text
+
+
+def _optional_files(checksums: dict[str, str]) -> str:
+    """The card's list of the files only some runs have (panoptic, previews, QC, report)."""
+    text = (
+        ", `manifest/panoptic.parquet`, `coco/panoptic.json` + `coco/panoptic/*.png` (COCO panoptic), "
+        "`semantic/*.png` (class-id maps)"
+        if "coco/panoptic.json" in checksums
+        else ""
+    )
+    if any(k.startswith("semantic/preview/") for k in checksums):
+        text += ", `semantic/preview/*.jpg` (class maps blended over the images, for eyes only)"
+    text += ", `qc/` (QC report, quarantine)" if any(k.startswith("qc/") for k in checksums) else ""
+    return text + (", `report.html` (the run report)" if "report.html" in checksums else "")
 
 
 def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any]:
@@ -219,24 +227,7 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
 
 def _publish(output: str, dest: str, version: str | None, write: bool) -> dict[str, Any] | None:
     """Publish (see :func:`publish`); with ``write`` False, only the existing version of this run, or None."""
-    fs_out, _ = open_fs(output)
-    summary = read_json(fs_out, join(output, "summary.json"))
-    try:
-        _, commits = _collect_commits(output)
-    except IncompleteRunError as e:
-        raise PublishError(f"refusing to publish an incomplete run: {e}") from None
-    if summary is None:
-        raise PublishError(
-            f"refusing to publish {redact(output)}: it was not finalized (no summary.json); "
-            f"run `segflow rerun {redact(output)}`"
-        )
-    digest = summary.get("commits_digest")
-    job = read_json(fs_out, join(output, "job.json")) or {}
-    if digest != commits_digest(commits, job):
-        raise PublishError(
-            f"refusing to publish {redact(output)}: its summary does not match its committed "
-            f"shards; run `segflow rerun {redact(output)}` first"
-        )
+    summary, job, digest = _finished_run(output)
     if version is not None and not _VERSION.match(version):
         raise PublishError(f"invalid version name {version!r}: letters, digits, '.', '_' and '-'")
 
@@ -244,22 +235,10 @@ def _publish(output: str, dest: str, version: str | None, write: bool) -> dict[s
 
     review = latest_review(output)
     review_version = review["version"] if review else None
-    fs_dest, _ = open_fs(dest)
-    # idempotent: the same run (and review) already published under some version?
-    _, dest_root = open_fs(dest)
-    existing = fs_dest.glob(f"{dest_root.rstrip('/')}/*/_PUBLISHED.json") if fs_dest.exists(dest_root) else []
-    for marker in sorted(existing):
-        rec = json.loads(fs_dest.cat_file(marker))
-        same = rec.get("commits_digest") == digest and rec.get("review_version") == review_version
-        if same and (version is None or rec["version"] == version):
-            return {
-                "version": rec["version"],
-                "url": redact(join(dest, rec["version"])),
-                "created": False,
-                "files": len(rec["files"]),
-            }
-    if not write:
-        return None
+    fs_dest, dest_root = open_fs(dest)
+    existing = _published(fs_dest, dest, dest_root, digest, review_version, version)
+    if existing is not None or not write:
+        return existing
     version = version or f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{(digest or '0' * 8)[:8]}"
     target = join(dest, version)
     _, marker_path = open_fs(join(target, "_PUBLISHED.json"))
@@ -268,22 +247,7 @@ def _publish(output: str, dest: str, version: str | None, write: bool) -> dict[s
             f"version {version!r} already exists at {redact(dest)} with other content; "
             f"published versions are never overwritten"
         )
-
-    checksums: dict[str, str] = {}
-    pointer = read_json(fs_out, OutputLayout(output).manifest_parts) or {}
-    for rel in _run_files(output, review_version):
-        _, src = open_fs(join(output, rel))
-        data = read_bytes(fs_out, src)
-        checksums[rel] = hashlib.sha256(data).hexdigest()
-        folder, _, part = rel.rpartition("/")
-        shard = OutputLayout.part_shard(part) if part.startswith("part-") else None
-        want = pointer.get(folder, {}).get(shard, {}).get("sha256") if shard else None
-        if want is not None and want != checksums[rel]:
-            raise PublishError(
-                f"{redact(output)}: {rel} changed while it was being published (a finalize started); publish again"
-            )
-        _, dst = open_fs(join(target, rel))
-        write_bytes(fs_dest, dst, data)
+    checksums = _copy_run_files(output, fs_dest, target, review_version)
     card = _card(summary, job, version, checksums, review).encode()
     checksums["README.md"] = hashlib.sha256(card).hexdigest()
     _, p = open_fs(join(target, "README.md"))
@@ -304,3 +268,69 @@ def _publish(output: str, dest: str, version: str | None, write: bool) -> dict[s
     _, latest = open_fs(join(dest, "LATEST"))
     write_bytes(fs_dest, latest, (version + "\n").encode())  # last: readers following LATEST see complete versions only
     return {"version": version, "url": redact(target), "created": True, "files": len(checksums)}
+
+
+def _finished_run(output: str) -> tuple[dict, dict, str | None]:
+    """The run's summary, job and commits digest; refuses a run that is incomplete, not finalized, or whose
+    summary was built from other commits."""
+    layout = OutputLayout(output)
+    fs_out, _ = open_fs(output)
+    summary = read_json(fs_out, layout.summary)
+    try:
+        _, commits = _collect_commits(output)
+    except IncompleteRunError as e:
+        raise PublishError(f"refusing to publish an incomplete run: {e}") from None
+    if summary is None:
+        raise PublishError(
+            f"refusing to publish {redact(output)}: it was not finalized (no summary.json); "
+            f"run `segflow rerun {redact(output)}`"
+        )
+    digest = summary.get("commits_digest")
+    job = read_json(fs_out, layout.job_json) or {}
+    if digest != commits_digest(commits, job):
+        raise PublishError(
+            f"refusing to publish {redact(output)}: its summary does not match its committed "
+            f"shards; run `segflow rerun {redact(output)}` first"
+        )
+    return summary, job, digest
+
+
+def _published(
+    fs_dest: Any, dest: str, dest_root: str, digest: str | None, review_version: str | None, version: str | None
+) -> dict[str, Any] | None:
+    """The version this run (and review) was already published as (under ``version`` if given), or None:
+    publishing is idempotent."""
+    existing = fs_dest.glob(f"{dest_root.rstrip('/')}/*/_PUBLISHED.json") if fs_dest.exists(dest_root) else []
+    for marker in sorted(existing):
+        rec = json.loads(fs_dest.cat_file(marker))
+        same = rec.get("commits_digest") == digest and rec.get("review_version") == review_version
+        if same and (version is None or rec["version"] == version):
+            return {
+                "version": rec["version"],
+                "url": redact(join(dest, rec["version"])),
+                "created": False,
+                "files": len(rec["files"]),
+            }
+    return None
+
+
+def _copy_run_files(output: str, fs_dest: Any, target: str, review_version: str | None) -> dict[str, str]:
+    """Copy the run's published files under ``target``: relative path -> sha256. A manifest part that no longer
+    matches the pointer finalize wrote (a finalize started meanwhile) stops the publication."""
+    fs_out, _ = open_fs(output)
+    checksums: dict[str, str] = {}
+    pointer = read_json(fs_out, OutputLayout(output).manifest_parts) or {}
+    for rel in _run_files(output, review_version):
+        _, src = open_fs(join(output, rel))
+        data = read_bytes(fs_out, src)
+        checksums[rel] = hashlib.sha256(data).hexdigest()
+        folder, _, part = rel.rpartition("/")
+        shard = OutputLayout.part_shard(part) if part.startswith("part-") else None
+        want = pointer.get(folder, {}).get(shard, {}).get("sha256") if shard else None
+        if want is not None and want != checksums[rel]:
+            raise PublishError(
+                f"{redact(output)}: {rel} changed while it was being published (a finalize started); publish again"
+            )
+        _, dst = open_fs(join(target, rel))
+        write_bytes(fs_dest, dst, data)
+    return checksums
