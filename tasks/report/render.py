@@ -179,7 +179,34 @@ def report_context(
     order = sorted(uris)
     with ThreadPoolExecutor(max_workers=8) as pool:  # on an object store each image is a round trip
         cache = dict(zip(order, pool.map(_read_image, order), strict=True))
+    stages = []
+    for name, st in (job.get("stages") or {}).items():
+        stages.append(
+            {"name": name, "kind": st.get("kind"), "weights": redact(str(st.get("weights") or st.get("model") or "-"))}
+            | {"sha256": st.get("sha256") or "not pinned"}
+        )
+    return {
+        "summary": summary,
+        "failures": samples["failures"],
+        "failure_kinds": samples["failure_kinds"],
+        "counts": samples["counts"],
+        "quality": quality,
+        "calibration": calibration,
+        "figures": _figures(samples, quality, calibration),
+        "classes": _sample_cells(samples, cache),
+        "previews": _previews(layout, samples["previews"], cache),
+        "timing": _timing(commits, summary.get("images", 0)),
+        "job": job,
+        "job_text": json.dumps(job, indent=2),
+        "stages": stages,
+        "models": samples.get("models", []),
+        "output": redact(output),
+        "drift_advice": DRIFT_ADVICE[0].upper() + DRIFT_ADVICE[1:],
+    }
 
+
+def _sample_cells(samples: dict, cache: dict) -> dict[str, list[dict]]:
+    """Per class, its sample mosaics (one per verdict, and ``novel``), in :data:`VERDICT_TITLES` order."""
     from segflow.tasks.outputs.qc_report import contact_sheet
 
     classes: dict[str, list[dict]] = {}
@@ -201,7 +228,11 @@ def report_context(
     order = list(VERDICT_TITLES)
     for cells in classes.values():
         cells.sort(key=lambda c: order.index(c["verdict"]) if c["verdict"] in order else 9)
+    return dict(sorted(classes.items()))
 
+
+def _figures(samples: dict, quality: dict, calibration: dict | None) -> dict[str, str | None]:
+    """The report's plots as data URIs (None where the run has nothing to plot)."""
     figures = dict.fromkeys(["confusion", "panoptic", "miou", "semantic_confusion"])
     figures.update(verdicts=_uri(plots.verdict_bars(samples["counts"])), pr=_uri(plots.pr_grid(calibration)))
     conf = quality.get("confusion")
@@ -223,31 +254,7 @@ def report_context(
         )
     elif iou:
         figures["miou"] = _uri(plots.class_bars({n: {"IoU": v} for n, v in iou.items()}, ["IoU"], "mIoU per class"))
-
-    stages = []
-    for name, st in (job.get("stages") or {}).items():
-        stages.append(
-            {"name": name, "kind": st.get("kind"), "weights": redact(str(st.get("weights") or st.get("model") or "-"))}
-            | {"sha256": st.get("sha256") or "not pinned"}
-        )
-    return {
-        "summary": summary,
-        "failures": samples["failures"],
-        "failure_kinds": samples["failure_kinds"],
-        "counts": samples["counts"],
-        "quality": quality,
-        "calibration": calibration,
-        "figures": figures,
-        "classes": dict(sorted(classes.items())),
-        "previews": _previews(layout, samples["previews"], cache),
-        "timing": _timing(commits, summary.get("images", 0)),
-        "job": job,
-        "job_text": json.dumps(job, indent=2),
-        "stages": stages,
-        "models": samples.get("models", []),
-        "output": redact(output),
-        "drift_advice": DRIFT_ADVICE[0].upper() + DRIFT_ADVICE[1:],
-    }
+    return figures
 
 
 def _num(v: Any, digits: int = 3) -> str:
