@@ -260,31 +260,16 @@ class SamBoxSegmenter:
         """
         import torch
 
-        boxes = torch.as_tensor(
-            self.transform.apply_boxes(boxes_xyxy.astype(np.float64), original_size),
-            dtype=torch.float32,
-            device=self.device,
-        )
-        centres = torch.as_tensor(
-            self.transform.apply_coords((boxes_xyxy[:, :2] + boxes_xyxy[:, 2:]).astype(np.float64) / 2, original_size),
-            dtype=torch.float32,
-            device=self.device,
-        )[:, None, :]  # N x 1 x 2, resized frame
-        points = (
-            (centres, torch.ones(centres.shape[:2], device=self.device))
-            if self.prompt in ("point", "box+point")
-            else None
-        )
-        sparse, dense = self.model.prompt_encoder(
-            points=points, boxes=boxes if self.prompt != "point" else None, masks=None
-        )
+        boxes, sparse, dense = self._prompts(boxes_xyxy, original_size)
         # without mask prompts the dense embedding is the same for every box: the image side is shared
-        # (tasks.models.sam_decoder)
+        # (tasks.stages.sam_decoder)
         shared = SharedImage(self.model.mask_decoder, embedding, self.model.prompt_encoder.get_dense_pe(), dense[:1])
         n, windows = len(boxes), (self._token_windows(boxes) if self.mask_margin is not None else None)
         if windows is not None:
-            ry, fy, ly = self._resize_matrix(input_size[0], original_size[0])
-            rx, fx, lx = self._resize_matrix(input_size[1], original_size[1])
+            resize = (
+                *self._resize_matrix(input_size[1], original_size[1]),
+                *self._resize_matrix(input_size[0], original_size[0]),
+            )
             logits = torch.full((n, original_size[1], original_size[0]), -20.0, device=self.device)
         else:
             parts = []
@@ -308,18 +293,35 @@ class SamBoxSegmenter:
                 parts.append(self._upsample_nwh(low_res.float(), input_size, original_size))  # float32 from here on
                 continue
             crops = upscale_windows(self.model.mask_decoder, keys, shared.hw, hyper, windows[s : s + len(best)])
-            for k, (crop, (x0, y0, x1, y1)) in enumerate(zip(crops, 4 * windows[s : s + len(best)])):
-                c0, c1 = (
-                    int(np.searchsorted(fx, x0)),
-                    int(np.searchsorted(lx, x1)),
-                )  # output columns set by low-res x0..x1
-                r0, r1 = int(np.searchsorted(fy, y0)), int(np.searchsorted(ly, y1))
-                bounds[s + k] = c0, max(c0, c1), r0, max(r0, r1)
-                if c1 > c0 and r1 > r0:  # N x W x H layout: columns first
-                    logits[s + k, c0:c1, r0:r1] = rx[c0:c1, x0:x1] @ crop.float().T @ ry[r0:r1, y0:y1].T
+            _paste_crops(logits, bounds, s, crops, windows[s : s + len(best)], resize)
         if windows is None:
             logits = torch.cat(parts)
         return logits, torch.cat(ious), (torch.cat(all_ious).float() if all_ious else None), bounds
+
+    def _prompts(self, boxes_xyxy: np.ndarray, original_size: tuple[int, int]) -> tuple[Any, Any, Any]:
+        """The boxes in the encoder's frame (N x 4 XYXY tensor) and the prompt encoder's sparse and dense
+        embeddings of the stage's ``prompt`` (box, box centre as a foreground point, or both)."""
+        import torch
+
+        boxes = torch.as_tensor(
+            self.transform.apply_boxes(boxes_xyxy.astype(np.float64), original_size),
+            dtype=torch.float32,
+            device=self.device,
+        )
+        centres = torch.as_tensor(
+            self.transform.apply_coords((boxes_xyxy[:, :2] + boxes_xyxy[:, 2:]).astype(np.float64) / 2, original_size),
+            dtype=torch.float32,
+            device=self.device,
+        )[:, None, :]  # N x 1 x 2, resized frame
+        points = (
+            (centres, torch.ones(centres.shape[:2], device=self.device))
+            if self.prompt in ("point", "box+point")
+            else None
+        )
+        sparse, dense = self.model.prompt_encoder(
+            points=points, boxes=boxes if self.prompt != "point" else None, masks=None
+        )
+        return boxes, sparse, dense
 
     def _token_windows(self, boxes_in: Any) -> np.ndarray:
         """Windows of the embedding's token grid around boxes: N x 4 int XYXY (exclusive ends).
@@ -524,3 +526,17 @@ class SamBoxSegmenter:
                 image, emb, np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), sizes[0], image.shape[:2]
             )
         return logits.transpose(-1, -2).cpu().numpy(), iou.cpu().numpy()
+
+
+def _paste_crops(logits: Any, bounds: np.ndarray, start: int, crops: Any, windows: np.ndarray, resize: tuple) -> None:
+    """Upsample each window's low-res logits (``crops``) to the original frame and paste them into ``logits``
+    (N x W x H, from row ``start``); ``bounds`` (N x 4 int x0, x1, y0, y1) gets each mask's output window.
+    ``resize``: (rx, fx, lx, ry, fy, ly) of :meth:`SamBoxSegmenter._resize_matrix` for x and y; ``windows``: the
+    token windows (XYXY) of these rows."""
+    rx, fx, lx, ry, fy, ly = resize
+    for k, (crop, (x0, y0, x1, y1)) in enumerate(zip(crops, 4 * windows)):
+        c0, c1 = int(np.searchsorted(fx, x0)), int(np.searchsorted(lx, x1))  # output columns set by low-res x0..x1
+        r0, r1 = int(np.searchsorted(fy, y0)), int(np.searchsorted(ly, y1))
+        bounds[start + k] = c0, max(c0, c1), r0, max(r0, r1)
+        if c1 > c0 and r1 > r0:  # N x W x H layout: columns first
+            logits[start + k, c0:c1, r0:r1] = rx[c0:c1, x0:x1] @ crop.float().T @ ry[r0:r1, y0:y1].T
