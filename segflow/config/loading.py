@@ -54,70 +54,65 @@ def parse_config(
         if base_dir is not None
         else Path.cwd()
     )
-    data = dict(data)
     try:
-        job = JobConfig.model_validate(data)
+        job = JobConfig.model_validate(dict(data))
     except ValidationError as e:
         raise ConfigError(file, _pydantic_issues(e)) from None
+    job = _resolve_paths(job, base, overrides or {})
+    issues = _semantic_issues(job, check_files)
+    if issues:
+        raise ConfigError(file, issues)
+    return job
 
-    # resolve relative paths, apply CLI overrides (relative to cwd)
+
+def _resolve_paths(job: JobConfig, base: Path | str, overrides: dict[str, str]) -> JobConfig:
+    """``job`` with its relative paths resolved against ``base`` (the job file's folder) and the CLI's
+    ``overrides`` applied (relative to the working directory)."""
     cwd = Path.cwd()
     src = job.source
-    if overrides and overrides.get("source"):
+    if overrides.get("source"):
         src = src.model_copy(update={"url": _resolve(overrides["source"], cwd), "list": None, "pattern": None})
     elif src.url:
         src = src.model_copy(update={"url": _resolve(src.url, base)})
     else:
         src = src.model_copy(update={"list": _resolve(src.list, base)})
-    output = _resolve(overrides["output"], cwd) if overrides and overrides.get("output") else _resolve(job.output, base)
-    if overrides and overrides.get("gold_set"):
-        gold = _resolve(overrides["gold_set"], cwd)
-    else:
-        gold = _resolve(job.gold_set, base) if job.gold_set else None
-    if overrides and overrides.get("gold_panoptic"):
-        gold_pan = _resolve(overrides["gold_panoptic"], cwd)
-    else:
-        gold_pan = _resolve(job.gold_panoptic, base) if job.gold_panoptic else None
-    if overrides and overrides.get("gold_semantic"):
-        gold_sem = _resolve(overrides["gold_semantic"], cwd)
-    else:
-        gold_sem = _resolve(job.gold_semantic, base) if job.gold_semantic else None
-    calibration = (overrides or {}).get("calibration")
-    calibration = _resolve(calibration, cwd) if calibration else job.accept.calibration
-    if calibration and not (overrides or {}).get("calibration"):
-        calibration = _resolve(calibration, base)
-    accept = job.accept.model_copy(update={"calibration": calibration})
-    stages = {}
-    for name, st in job.stages.items():
-        if not hasattr(st, "weights"):
-            stages[name] = st
-            continue
-        w = st.weights
-        keep = (
-            ADAPTERS[st.kind].weights == "file_or_builtin"
-            and w.endswith((".yaml", ".yml"))
-            and "/" not in w
-            and not (isinstance(base, Path) and (base / w).exists())
-        ) or w.startswith("hub:")
-        stages[name] = st.model_copy(update={"weights": w if keep else _resolve(w, base)})
+
+    def path(key: str, value: str | None) -> str | None:
+        """A CLI override (relative to cwd) or the job's value (relative to the job file)."""
+        if overrides.get(key):
+            return _resolve(overrides[key], cwd)
+        return _resolve(value, base) if value else value
+
+    calibration = path("calibration", job.accept.calibration)
+    stages = {name: _resolve_weights(st, base) for name, st in job.stages.items()}
     publish = job.publish.model_copy(update={"dest": _resolve(job.publish.dest, base)}) if job.publish else None
-    job = job.model_copy(
+    return job.model_copy(
         update={
             "source": src,
-            "output": output,
+            "output": _resolve(overrides["output"], cwd) if overrides.get("output") else _resolve(job.output, base),
             "stages": stages,
-            "gold_set": gold,
-            "gold_panoptic": gold_pan,
-            "gold_semantic": gold_sem,
-            "accept": accept,
+            "gold_set": path("gold_set", job.gold_set),
+            "gold_panoptic": path("gold_panoptic", job.gold_panoptic),
+            "gold_semantic": path("gold_semantic", job.gold_semantic),
+            "accept": job.accept.model_copy(update={"calibration": calibration}),
             "publish": publish,
         }
     )
 
-    issues = _semantic_issues(job, check_files)
-    if issues:
-        raise ConfigError(file, issues)
-    return job
+
+def _resolve_weights(st: Any, base: Path | str) -> Any:
+    """A stage with its ``weights`` resolved against ``base``; a built-in model name (``yolov8n-seg.yaml``, no
+    such file beside the job) and ``hub:`` references stay as they are."""
+    if not hasattr(st, "weights"):
+        return st
+    w = st.weights
+    keep = (
+        ADAPTERS[st.kind].weights == "file_or_builtin"
+        and w.endswith((".yaml", ".yml"))
+        and "/" not in w
+        and not (isinstance(base, Path) and (base / w).exists())
+    ) or w.startswith("hub:")
+    return st.model_copy(update={"weights": w if keep else _resolve(w, base)})
 
 
 def load_config(path: str | Path, overrides: dict[str, str] | None = None, check_files: bool = True) -> JobConfig:
