@@ -416,72 +416,17 @@ def write_ground_truth(gt_dir: str | Path, scenes: list[tuple[str, Scene]]) -> N
     (gt / "semantic").mkdir(parents=True, exist_ok=True)
     things = [{"id": c["id"], "name": c["name"], "supercategory": "shape"} for c in CATEGORIES if c["isthing"]]
     images, anns, pan_anns = [], [], []
-    ann_id = 0
     for image_id, (name, s) in enumerate(scenes, 1):
         h, w = s.pixels.shape[:2]
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})
-        counts = rle.encode_nhw(np.stack(s.masks)) if s.masks else []
-        for cls, m, c in zip(s.class_names, s.masks, counts):
-            ann_id += 1
-            anns.append(
-                {
-                    "id": ann_id,
-                    "image_id": image_id,
-                    "category_id": _ID[cls],
-                    "iscrowd": 0,
-                    "segmentation": {"size": [h, w], "counts": c},
-                    "area": int(m.sum()),
-                    "bbox": _bbox_xywh(m),
-                }
-            )
-        # panoptic: stuff segments first (ids 1..), then things
-        seg_map = np.zeros((h, w), np.int64)
-        infos = []
-        sid = 0
-        for stuff in STUFF_CLASSES:
-            sel = s.semantic == _ID[stuff]
-            if sel.any():
-                sid += 1
-                seg_map[sel] = sid
-                infos.append(
-                    {
-                        "id": sid,
-                        "category_id": _ID[stuff],
-                        "iscrowd": 0,
-                        "area": int(sel.sum()),
-                        "bbox": _bbox_xywh(sel),
-                    }
-                )
-        for cls, m in zip(s.class_names, s.masks):
-            sid += 1
-            seg_map[m] = sid
-            infos.append(
-                {"id": sid, "category_id": _ID[cls], "iscrowd": 0, "area": int(m.sum()), "bbox": _bbox_xywh(m)}
-            )
-        stem = Path(name).stem
-        rgb = np.stack([seg_map % 256, seg_map // 256 % 256, seg_map // 65536], -1).astype(np.uint8)
-        Image.fromarray(rgb).save(gt / "panoptic" / f"{stem}.png")
-        pan_anns.append({"image_id": image_id, "file_name": f"{stem}.png", "segments_info": infos})
-        sem = Image.fromarray(s.semantic.astype(np.uint8))  # "L": the bytes are category ids
-        sem.putpalette(_palette())  # becomes "P" with the same indices
-        sem.save(gt / "semantic" / f"{stem}.png")
+        anns += _instances(image_id, s.masks, [_ID[c] for c in s.class_names], h, w, first_id=len(anns) + 1)
+        pan_anns.append(_write_panoptic_and_semantic(gt, image_id, name, s))
     (gt / "instances.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": things}))
     if any(s.unknown for _, s in scenes):  # where the shapes outside the ontology are: to count what became of them
-        unknown = []
+        unknown: list[dict] = []
         for image_id, (_, s) in enumerate(scenes, 1):
             h, w = s.pixels.shape[:2]
-            for m, c in zip(s.unknown, rle.encode_nhw(np.stack(s.unknown)) if s.unknown else []):
-                unknown.append(
-                    {
-                        "id": len(unknown) + 1,
-                        "image_id": image_id,
-                        "category_id": 99,
-                        "iscrowd": 0,
-                        "segmentation": {"size": [h, w], "counts": c},
-                        "area": int(m.sum()),
-                        "bbox": _bbox_xywh(m),
-                    }
-                )
+            unknown += _instances(image_id, s.unknown, [99] * len(s.unknown), h, w, first_id=len(unknown) + 1)
         cats = [{"id": 99, "name": "unknown", "supercategory": "shape"}]
         (gt / "unknown.json").write_text(json.dumps({"images": images, "annotations": unknown, "categories": cats}))
     pan_cats = [
@@ -495,6 +440,44 @@ def write_ground_truth(gt_dir: str | Path, scenes: list[tuple[str, Scene]]) -> N
         for c in CATEGORIES
     ]
     (gt / "panoptic.json").write_text(json.dumps({"images": images, "annotations": pan_anns, "categories": pan_cats}))
+
+
+def _instances(image_id: int, masks: list, category_ids: list[int], h: int, w: int, first_id: int) -> list[dict]:
+    """COCO instance annotations of one image's masks (H x W bools), ids from ``first_id``."""
+    counts = rle.encode_nhw(np.stack(masks)) if masks else []
+    return [
+        {
+            "id": first_id + k,
+            "image_id": image_id,
+            "category_id": cid,
+            "iscrowd": 0,
+            "segmentation": {"size": [h, w], "counts": c},
+            "area": int(m.sum()),
+            "bbox": _bbox_xywh(m),
+        }
+        for k, (cid, m, c) in enumerate(zip(category_ids, masks, counts))
+    ]
+
+
+def _write_panoptic_and_semantic(gt: Path, image_id: int, name: str, s: Scene) -> dict:
+    """One scene's panoptic PNG (stuff segments first, ids 1.., then things) and semantic PNG; its panoptic
+    annotation."""
+    h, w = s.pixels.shape[:2]
+    seg_map = np.zeros((h, w), np.int64)
+    infos = []
+    regions = [(_ID[stuff], s.semantic == _ID[stuff]) for stuff in STUFF_CLASSES]
+    regions = [(cid, sel) for cid, sel in regions if sel.any()]
+    regions += [(_ID[cls], m) for cls, m in zip(s.class_names, s.masks)]
+    for sid, (cid, sel) in enumerate(regions, 1):
+        seg_map[sel] = sid
+        infos.append({"id": sid, "category_id": cid, "iscrowd": 0, "area": int(sel.sum()), "bbox": _bbox_xywh(sel)})
+    stem = Path(name).stem
+    rgb = np.stack([seg_map % 256, seg_map // 256 % 256, seg_map // 65536], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(gt / "panoptic" / f"{stem}.png")
+    sem = Image.fromarray(s.semantic.astype(np.uint8))  # "L": the bytes are category ids
+    sem.putpalette(_palette())  # becomes "P" with the same indices
+    sem.save(gt / "semantic" / f"{stem}.png")
+    return {"image_id": image_id, "file_name": f"{stem}.png", "segments_info": infos}
 
 
 def write_large_scene_set(
