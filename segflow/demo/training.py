@@ -99,6 +99,47 @@ def _yolo_split(root: Path, split: str, n: int, seed: int, size_range: tuple[int
         (root / "labels" / split / (Path(name).stem + ".txt")).write_text("\n".join(lines) + "\n")
 
 
+#: ultralytics train() settings of the demo detector (besides data, epochs, size, seed and the schedule)
+_YOLO_TRAIN = dict(
+    batch=8,
+    device="cpu",
+    plots=False,
+    deterministic=True,
+    amp=False,
+    name="det",
+    exist_ok=True,
+    verbose=False,
+    val=False,
+    cache="ram",
+    mosaic=0.0,
+    close_mosaic=0,
+    scale=0.25,
+    workers=1,
+    optimizer="AdamW",
+    patience=0,
+)
+
+
+def _yolo_dataset(root: Path, images: int, seed: int, size_range: tuple[int, int], segment: bool) -> Path:
+    """Training and validation scenes in ultralytics' layout under ``root``; its ``data.yaml``."""
+    import yaml
+
+    _yolo_split(root, "train", images, TRAIN_SEED + seed, size_range, segment)
+    _yolo_split(root, "val", max(20, images // 10), VAL_SEED + seed, size_range, segment)
+    data = root / "data.yaml"
+    data.write_text(
+        yaml.safe_dump(
+            {
+                "path": str(root),
+                "train": "images/train",
+                "val": "images/val",
+                "names": dict(enumerate(THING_CLASSES)),
+            }
+        )
+    )
+    return data
+
+
 def train_detector(
     out_path: str | Path,
     images: int = 400,
@@ -120,27 +161,13 @@ def train_detector(
     objects at this input size), mild scale jitter, small batches for more
     steps, AdamW, one warmup epoch, images cached in RAM, validation at the end.
     """
-    import yaml
     from ultralytics import YOLO
 
     import segflow.tasks.stages.yolo as yolo_adapter  # offline ultralytics settings first
 
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="segflow-yolo-train-") as tmp:
-        root = Path(tmp) / "data"
-        _yolo_split(root, "train", images, TRAIN_SEED + seed, size_range, segment)
-        _yolo_split(root, "val", max(20, images // 10), VAL_SEED + seed, size_range, segment)
-        data = root / "data.yaml"
-        data.write_text(
-            yaml.safe_dump(
-                {
-                    "path": str(root),
-                    "train": "images/train",
-                    "val": "images/val",
-                    "names": dict(enumerate(THING_CLASSES)),
-                }
-            )
-        )
+        data = _yolo_dataset(Path(tmp) / "data", images, seed, size_range, segment)
         _log(
             f"detector: {images} training scenes written ({time.time() - t0:.0f}s); "
             f"training {epochs} epochs at {imgsz}px",
@@ -156,27 +183,12 @@ def train_detector(
                 data=str(data),
                 epochs=epochs,
                 imgsz=imgsz,
-                batch=8,
-                device="cpu",
-                plots=False,
                 seed=seed,
-                deterministic=True,
-                amp=False,
                 project=str(Path(tmp) / "runs"),
-                name="det",
-                exist_ok=True,
-                verbose=False,
-                val=False,
-                cache="ram",
-                mosaic=0.0,
-                close_mosaic=0,
-                scale=0.25,
-                workers=1,
-                optimizer="AdamW",
                 lr0=lr0,
                 warmup_epochs=0 if init is not None else 1,
                 cos_lr=init is not None,
-                patience=0,
+                **_YOLO_TRAIN,
             )
             trained = YOLO(str(Path(tmp) / "runs" / "det" / "weights" / "last.pt"))  # our own fresh file: trusted
             yolo_adapter.save_yolo_checkpoint(trained, out_path)  # before val(), which fuses Conv+BN in place
@@ -427,6 +439,17 @@ def _zoom_crop_sample(
     return img, b, target
 
 
+def _scene_pool(rng: np.random.Generator, scenes: int, size_range: tuple[int, int]) -> list:
+    """``scenes`` synthetic scenes with at least one object each (masks as uint8)."""
+    pool = []
+    while len(pool) < scenes:
+        s = make_scene(rng, *scene_size(rng, size_range))
+        if s.masks:
+            s.masks = [np.asarray(m, np.uint8) for m in s.masks]
+            pool.append(s)
+    return pool
+
+
 def finetune_sam_zoom(
     init_path: str | Path,
     out_path: str | Path,
@@ -464,12 +487,7 @@ def finetune_sam_zoom(
     size = sam.image_encoder.img_size
     transform = ResizeLongestSide(size)
     low_res = 4 * sam.prompt_encoder.image_embedding_size[0]
-    pool = []
-    while len(pool) < scenes:
-        s = make_scene(rng, *scene_size(rng, size_range))
-        if s.masks:
-            s.masks = [np.asarray(m, np.uint8) for m in s.masks]
-            pool.append(s)
+    pool = _scene_pool(rng, scenes, size_range)
     _log(f"sam zoom fine-tune: {len(pool)} scenes rendered ({time.time() - t0:.0f}s)", log)
     opt = torch.optim.AdamW(sam.parameters(), lr=lr, weight_decay=0.01)
     budget = minutes * 60 - (time.time() - t0)
@@ -483,12 +501,10 @@ def finetune_sam_zoom(
         frac = elapsed / budget
         for g in opt.param_groups:  # short warmup, then cosine to 5%
             g["lr"] = lr * min(1.0, (step + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        imgs, boxes, targets = [], [], []
-        for _ in range(crops_per_step):
-            s = pool[int(rng.integers(len(pool)))]
-            img, b, t = _zoom_crop_sample(
+        crops = [
+            _zoom_crop_sample(
                 rng,
-                s,
+                s := pool[int(rng.integers(len(pool)))],
                 int(rng.integers(len(s.masks))),
                 float(rng.uniform(*context_range)),
                 transform,
@@ -497,16 +513,15 @@ def finetune_sam_zoom(
                 box_noise,
                 upsampled_loss,
             )
-            imgs.append(sam.preprocess(torch.as_tensor(img).permute(2, 0, 1).float()[None])[0])
-            boxes.append(b)
-            targets.append(t)
+            for _ in range(crops_per_step)
+        ]
+        imgs = [sam.preprocess(torch.as_tensor(img).permute(2, 0, 1).float()[None])[0] for img, _, _ in crops]
+        boxes, targets = [b for _, b, _ in crops], [t for _, _, t in crops]
         emb = sam.image_encoder(torch.stack(imgs))
         sparse, dense = sam.prompt_encoder(points=None, boxes=torch.as_tensor(np.stack(boxes)), masks=None)
         low, iou_pred = _decode_all_prompts(sam.mask_decoder, emb, pe, sparse, dense)
         logits, tgt = low[:, 0], torch.stack(targets)
-        if (
-            upsampled_loss
-        ):  # as the stage upsamples them (bilinear, to the input size): the boundary is learnt where it is scored
+        if upsampled_loss:  # as the stage upsamples them (bilinear, to the input size): learnt where it is scored
             logits = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[:, 0]
         loss = _sam_step(sam, opt, logits, tgt, iou_pred, hard_bce=True)
         step += 1
