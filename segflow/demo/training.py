@@ -22,9 +22,11 @@ evaluation is always on scenes never seen in training.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -759,3 +761,123 @@ def train_mask2former(
     result = {"steps": step, "final_loss": round(float(ema or 0), 4), "seconds": round(time.time() - t0, 1)}
     _log(f"mask2former: done {result}", log)
     return result
+
+
+# -- the demo set: `segflow train-demo-models` -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoTraining:
+    """What ``segflow train-demo-models`` trains, and for how long (its flags of the same names)."""
+
+    seed: int = 0
+    det_images: int = 400
+    det_epochs: int = 34
+    det_imgsz: int = 288
+    det_finetune_epochs: tuple[int, ...] = (25, 15)
+    det_finetune_images: int = 800
+    det_finetune_imgsz: int = 320
+    sam_minutes: float = 13.5
+    sam_scenes: int = 600
+    sam_zoom_minutes: tuple[float, ...] = (45.0, 30.0)
+    zoom_scenes: int = 400
+    m2f_minutes: float = 14.0
+    unet_minutes: float = 35.0
+
+
+def train_demo_set(
+    out: Path, s: DemoTraining, only: str | None = None, log: Callable[[str], None] = print
+) -> dict[str, str]:
+    """Train the demo models into ``out`` (``only``: ``instances``, ``panoptic`` or ``semantic``; default all):
+    file name -> sha256."""
+    import torch
+
+    from segflow.tasks.io.weights import sha256_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    if only in (None, "instances"):
+        t0 = time.time()
+        det, sam = train_demo_models(
+            out,
+            seed=s.seed,
+            det_images=s.det_images,
+            det_epochs=s.det_epochs,
+            det_imgsz=s.det_imgsz,
+            sam_minutes=s.sam_minutes,
+            sam_scenes=s.sam_scenes,
+        )
+        log(f"instances trained in {time.time() - t0:.0f}s: detector {det}, sam {sam}")
+        _finetune_detector(out, s, log)
+        _finetune_sam(out, s, log)
+        names += ["demo-yolo.pt", "demo-sam.pt"]
+    if only in (None, "panoptic"):
+        t1 = time.time()
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        m2f = train_mask2former(out / "demo-m2f.pt", minutes=s.m2f_minutes, seed=s.seed)
+        log(f"panoptic model trained in {time.time() - t1:.0f}s: {m2f}")
+        names.append("demo-m2f.pt")
+    if only in (None, "semantic"):
+        from segflow.demo.semantic_training import train_unet
+
+        t1 = time.time()
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        unet = train_unet(out / "demo-unet.pt", minutes=s.unet_minutes, seed=s.seed, log=log)
+        log(f"semantic U-Net trained in {time.time() - t1:.0f}s: {unet}")
+        names.append("demo-unet.pt")
+    return {name: sha256_file(out / name) for name in names}
+
+
+def _finetune_detector(out: Path, s: DemoTraining, log: Callable[[str], None]) -> None:
+    """Continue the detector on fresh scenes at the inference size: one cosine cycle per value of
+    ``det_finetune_epochs``, each at half the previous peak learning rate."""
+    import torch
+
+    cycles = [e for e in s.det_finetune_epochs if e > 0]
+    if cycles:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    for k, epochs in enumerate(cycles):
+        t1 = time.time()
+        tmp = out / "demo-yolo.finetune.pt"
+        ft = train_detector(
+            tmp,
+            images=s.det_finetune_images,
+            epochs=epochs,
+            imgsz=s.det_finetune_imgsz,
+            seed=s.seed + 1 + k,
+            init=out / "demo-yolo.pt",
+            lr0=1e-3 / 2**k,
+        )
+        os.replace(tmp, out / "demo-yolo.pt")
+        log(f"detector fine-tuned (cycle {k + 1} of {len(cycles)}) in {time.time() - t1:.0f}s: {ft}")
+
+
+def _finetune_sam(out: Path, s: DemoTraining, log: Callable[[str], None]) -> None:
+    """Fine-tune the SAM on zoom crops: cosine cycles, each from the last one's weights at half its peak
+    learning rate."""
+    import torch
+
+    cycles = [m for m in s.sam_zoom_minutes if m > 0]
+    if cycles:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    for k, minutes in enumerate(cycles):
+        t1 = time.time()
+        tmp = out / "demo-sam.zoom.pt"
+        zoom = finetune_sam_zoom(
+            out / "demo-sam.pt", tmp, minutes=minutes, seed=s.seed, lr=3e-4 / 2**k, scenes=s.zoom_scenes
+        )
+        os.replace(tmp, out / "demo-sam.pt")
+        log(f"sam fine-tuned on zoom crops (cycle {k + 1} of {len(cycles)}) in {time.time() - t1:.0f}s: {zoom}")
+
+
+def update_config_sha256(cfg: Path, shas: dict[str, str]) -> None:
+    """Write new sha256 values into a job file: the ``sha256:`` line after each ``weights: models/<name>``.
+    Raises ValueError (naming the file) when a model has no such pair of lines."""
+    import re
+
+    text = cfg.read_text()
+    for name, sha in shas.items():
+        text, n = re.subn(rf"(weights: models/{re.escape(name)}\n\s*sha256: )[0-9a-fA-F]{{64}}", rf"\g<1>{sha}", text)
+        if n != 1:
+            raise ValueError(f"{cfg}: no 'weights: models/{name}' followed by a sha256 line")
+    cfg.write_text(text)

@@ -140,6 +140,16 @@ def _check_exports(
                     yield Problem(sid, f"{layout.manifest_key(name)}/{part}", "extra: a part of no planned shard")
 
 
+def damaged_shards(problems: list[Problem], planned: list[str]) -> tuple[list[str], list[str]]:
+    """The shards whose own files are damaged (a problem under ``shards/<shard>/``): those the plan names, to
+    label again, and those it does not, to set aside (:func:`set_aside`). Both sorted."""
+    damaged = sorted(
+        {p.shard_id for p in problems if p.file and f"{p.file}/".startswith(OutputLayout.shard_key(p.shard_id) + "/")}
+    )
+    planned_set = set(planned)
+    return [s for s in damaged if s in planned_set], [s for s in damaged if s not in planned_set]
+
+
 def set_aside(output: str, shard_ids: list[str]) -> list[str]:
     """Move the folders of unplanned shards to ``set_aside/shards/<id>`` (see :class:`OutputLayout`): exports never
     read them, and nothing is deleted. Returns the new locations. A shard of the plan is refused."""

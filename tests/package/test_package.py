@@ -44,7 +44,7 @@ def test_wheel_has_one_top_level_name_and_the_demo_data(wheel):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top == {"segflow"}, top
     for needed in (
-        "segflow/flows/cli.py",
+        "segflow/flows/cli/__init__.py",
         "segflow/tasks/shard/runner.py",
         "segflow/tasks/stages/sam.py",
         "segflow/demo/synthetic.py",

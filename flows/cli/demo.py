@@ -1,0 +1,224 @@
+"""``segflow demo``, ``train-demo-models`` and ``convert-weights``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from segflow.flows.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, _debug, _eprint, _quiet_prefect, prepare
+from segflow.flows.cli.run import run_prepared
+from segflow.flows.cli.show import _f3
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+
+    from segflow.config import ConfigError, load_config
+    from segflow.demo.prepare import DEMO_CONFIG, holdout_quality, prepare_demo
+
+    _quiet_prefect(args)
+    config = DEMO_CONFIG.with_name("demo-semantic.yaml") if args.semantic else DEMO_CONFIG
+    if args.large:
+        config = DEMO_CONFIG.with_name("demo-large.yaml")
+    if not config.exists():
+        _eprint(f"error: {config} not found: this segflow installation lacks its package data (reinstall segflow)")
+        return EXIT_CONFIG
+    if args.images is None:
+        args.images = 24 if args.large else 60
+    t0 = time.time()
+    overrides = prepare_demo(
+        args.output,
+        seed=args.seed,
+        num_images=args.images,
+        calibration=args.calibration,
+        shift=args.shift,
+        unknown=args.unknown,
+        large=args.large,
+    )
+    shifted = (f", {args.shift}" if args.shift else "") + (
+        f", {args.unknown} unknown shapes each" if args.unknown else ""
+    )
+    print(
+        f"segflow demo: {args.images} synthetic scenes (seed {args.seed}{shifted}) with ground "
+        f"truth under {args.output} ({time.time() - t0:.1f}s)",
+        flush=True,
+    )
+    try:
+        job = load_config(config, overrides=overrides)
+        if args.on_drift:
+            job = job.model_copy(update={"accept": job.accept.model_copy(update={"on_drift": args.on_drift})})
+        plan = prepare(job, str(config))
+    except ConfigError as e:
+        _eprint(f"error: {e}")
+        if "demo-" in str(e) and "weights" in str(e):
+            _eprint(
+                "the demo models are built by `segflow train-demo-models --output configs/models "
+                "--update-config configs/demo.yaml configs/demo-qc.yaml`"
+            )
+        return EXIT_CONFIG
+    rc = run_prepared(job, plan, progress_bar=not args.no_progress, debug=_debug(args))
+    if rc == EXIT_OK:
+        quality = os.path.join(overrides["output"], "quality.json")
+        shutil.copyfile(quality, os.path.join(args.output, "quality.json"))
+        holdout = os.path.join(args.output, "ground_truth", "instances.json" if args.calibration else "holdout.json")
+        q = holdout_quality(overrides["output"], holdout)
+        with open(os.path.join(args.output, "holdout_quality.json"), "w") as f:
+            json.dump(q, f, indent=2)
+        st, what = q["set"], "every image (the calibration was fitted elsewhere)"
+        if not args.calibration:
+            what = f"the {q['images']} images not used to fit (ground_truth/holdout.json)"
+        print(
+            f"\nexported set on {what}:\n  precision {_f3(st['precision'])}   recall {_f3(st['recall'])}   "
+            f"(TP {st['tp']}, FP {st['fp']}, FN {st['fn']})\n"
+            f"  quality         : {os.path.join(args.output, 'quality.json')}\n"
+            f"  held-out quality: {os.path.join(args.output, 'holdout_quality.json')}\n  ground "
+            f"truth    : {os.path.join(args.output, 'ground_truth')}"
+        )
+    return rc
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from segflow.demo.training import DemoTraining, train_demo_set, update_config_sha256
+
+    out = Path(args.output)
+    settings = DemoTraining(
+        seed=args.seed,
+        det_images=args.det_images,
+        det_epochs=args.det_epochs,
+        det_imgsz=args.det_imgsz,
+        det_finetune_epochs=tuple(args.det_finetune_epochs),
+        det_finetune_images=args.det_finetune_images,
+        det_finetune_imgsz=args.det_finetune_imgsz,
+        sam_minutes=args.sam_minutes,
+        sam_scenes=args.sam_scenes,
+        sam_zoom_minutes=tuple(args.sam_zoom_minutes),
+        zoom_scenes=args.zoom_scenes,
+        m2f_minutes=args.m2f_minutes,
+        unet_minutes=args.unet_minutes,
+    )
+    shas = train_demo_set(out, settings, only=args.only, log=print)
+    for name, sha in shas.items():
+        print(f"  {out / name}: sha256 {sha} ({(out / name).stat().st_size / 1e6:.1f} MB)")
+    for cfg in map(Path, args.update_config or []):
+        try:
+            update_config_sha256(cfg, shas)
+        except ValueError as e:
+            _eprint(f"error: {e}")
+            return EXIT_FAILED
+        print(f"updated sha256 values in {cfg}")
+    return EXIT_OK
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    if args.kind != "yolo":
+        _eprint(f"error: convert-weights supports: yolo (got {args.kind!r})")
+        return EXIT_CONFIG
+    from segflow.tasks.stages.yolo import convert_ultralytics_checkpoint
+
+    convert_ultralytics_checkpoint(args.src, args.dst)
+    from segflow.tasks.io.weights import sha256_file
+
+    print(f"wrote {args.dst} (sha256 {sha256_file(args.dst)})")
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    d = sub.add_parser("demo", help="label a generated example set offline, end to end")
+    d.add_argument("--output", required=True, help="folder for the example data and the results")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument(
+        "--images", type=int, help="scenes (default 60; 24 with --large); the first half of them are the gold set"
+    )
+    d.add_argument(
+        "--calibration", help="apply this saved calibration.json instead of fitting one (every image is held out)"
+    )
+    d.add_argument(
+        "--semantic",
+        action="store_true",
+        help="run configs/demo-semantic.yaml: stuff from the demo U-Net (semantic stage) instead of the Mask2Former",
+    )
+    d.add_argument(
+        "--shift",
+        choices=["dark", "blur", "jpeg"],
+        help="render the scenes as another camera would: darkened (x 0.55), blurred (radius 2) or JPEG quality 25 "
+        "(with --calibration from an unshifted demo: the drift check, docs/gold-sets.md)",
+    )
+    d.add_argument("--on-drift", choices=["warn", "review", "fail"], help="accept.on_drift for this demo run")
+    d.add_argument(
+        "--large",
+        action="store_true",
+        help="mosaics of about 3,000 px with dozens of small objects, labelled by configs/demo-large.yaml: the "
+        "detector over 640-px windows (tiles), SAM in a crop around each box (docs/tiles.md)",
+    )
+    d.add_argument(
+        "--unknown",
+        type=int,
+        default=0,
+        help="draw this many objects of shapes outside the ontology (stars, pentagons, rings) into each scene: "
+        "not in the ground truth, so every one exported is a false positive (docs/gold-sets.md, novelty)",
+    )
+    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--verbose", "-v", action="store_true")
+    d.set_defaults(fn=cmd_demo)
+
+    t = sub.add_parser(
+        "train-demo-models",
+        help="train the demo detector + SAM (side by side, ~14 min), fine-tune the SAM "
+        "on zoom crops (~75 min) and train the demo Mask2Former (~14 min) on synthetic "
+        "scenes, CPU",
+    )
+    t.add_argument("--output", default="configs/models")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--det-images", type=int, default=400)
+    t.add_argument("--det-epochs", type=int, default=34)
+    t.add_argument("--det-imgsz", type=int, default=288)
+    t.add_argument(
+        "--det-finetune-epochs",
+        type=int,
+        nargs="*",
+        default=[25, 15],
+        help="then continue the detector on fresh scenes at the inference size: one cosine cycle per value, "
+        "epochs each, each at half the previous peak learning rate (default: 25 15; 0 or none: skip)",
+    )
+    t.add_argument("--det-finetune-images", type=int, default=800)
+    t.add_argument("--det-finetune-imgsz", type=int, default=320)
+    t.add_argument("--sam-minutes", type=float, default=13.5)
+    t.add_argument("--sam-scenes", type=int, default=600, help="scenes rendered for the SAM's box->mask training")
+    t.add_argument("--zoom-scenes", type=int, default=400, help="scenes rendered for each zoom fine-tune cycle")
+    t.add_argument(
+        "--sam-zoom-minutes",
+        type=float,
+        nargs="*",
+        default=[45.0, 30.0],
+        help="then fine-tune the SAM on zoom-window crops (the framing the demo jobs' "
+        "zoom_context gives it): one cosine cycle per value, minutes each, each "
+        "at half the previous peak learning rate (default: 45 30; 0 or none: skip)",
+    )
+    t.add_argument("--m2f-minutes", type=float, default=14.0, help="wall-clock budget of the Mask2Former training")
+    t.add_argument("--unet-minutes", type=float, default=35.0, help="wall-clock budget of the demo U-Net's training")
+    t.add_argument(
+        "--only",
+        choices=["instances", "panoptic", "semantic"],
+        help="train only the detector + SAM (~1.5 h with the zoom fine-tune), only "
+        "the Mask2Former (~14 min) or only the semantic U-Net (~16 min); default: all, one after the other",
+    )
+    t.add_argument(
+        "--update-config",
+        nargs="*",
+        help="write the new sha256 values into these job files (e.g. configs/demo.yaml configs/demo-qc.yaml)",
+    )
+    t.set_defaults(fn=cmd_train)
+
+    c = sub.add_parser(
+        "convert-weights",
+        help="convert a pickled ultralytics .pt into a weights-only segflow checkpoint (trusted files only)",
+    )
+    c.add_argument("kind", choices=["yolo"])
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.set_defaults(fn=cmd_convert)

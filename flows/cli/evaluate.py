@@ -1,0 +1,58 @@
+"""``segflow calibrate``: fit the operating point of a finished run on a gold set."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from segflow.flows.cli.common import EXIT_CONFIG, EXIT_OK, _cli_path, _eprint
+from segflow.flows.cli.show import print_calibration
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from segflow.tasks.evaluate.calibration import recalibrate_output
+    from segflow.tasks.evaluate.quality import GoldSetError, format_quality, load_quality
+    from segflow.tasks.finalize.finalizer import IncompleteRunError
+    from segflow.tasks.plan.planner import PlanError
+
+    output = _cli_path(args.output)
+    t0 = time.time()
+    try:
+        summary, cal = recalibrate_output(
+            output, _cli_path(args.gold), precision=args.precision, folds=args.folds, score=args.score
+        )
+    except (FileNotFoundError, GoldSetError, IncompleteRunError, PlanError, ValueError) as e:
+        _eprint(f"error: {e}")
+        return EXIT_CONFIG
+    if args.json:
+        print(json.dumps({"calibration": cal, "summary": summary}, indent=2))
+        return EXIT_OK
+    print_calibration(cal)
+    print(format_quality(load_quality(output)))
+    print(
+        f"  verdicts        : {summary['verdicts']} (exported again in {time.time() - t0:.1f}s; no model ran)\n"
+        f"  calibration     : {os.path.join(output, 'calibration.json')}\n"
+        f"  PR curves       : {os.path.join(output, 'qc', 'pr_curves.png')}\n"
+        f"  review band     : {os.path.join(output, 'review', 'instances.json')}"
+    )
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    ca = sub.add_parser(
+        "calibrate",
+        help="fit per-class acceptance thresholds for a target precision on a finished run's labels and export "
+        "it again at that operating point (no model runs)",
+    )
+    ca.add_argument("output", help="a finished run's output folder or URL")
+    ca.add_argument("--gold", required=True, help="COCO instances file with human labels for some of its images")
+    ca.add_argument("--precision", type=float, default=0.95, help="target precision of the accepted labels")
+    ca.add_argument("--folds", type=int, default=5, help="folds over the gold images for the held-out estimate")
+    ca.add_argument(
+        "--score", choices=["detector", "combined"], default="detector", help="the score thresholded (see docs)"
+    )
+    ca.add_argument("--json", action="store_true", help="machine-readable output")
+    ca.set_defaults(fn=cmd_calibrate)
