@@ -128,6 +128,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
+    _register_demo(sub)
+    _register_train(sub)
+    c = sub.add_parser(
+        "convert-weights",
+        help="convert a pickled ultralytics .pt into a weights-only segflow checkpoint (trusted files only)",
+    )
+    c.add_argument("kind", choices=["yolo"])
+    c.add_argument("src")
+    c.add_argument("dst")
+    c.set_defaults(fn=cmd_convert)
+
+
+def _register_demo(sub: Any) -> None:
     d = sub.add_parser("demo", help="label a generated example set offline, end to end")
     d.add_argument("--output", required=True, help="folder for the example data and the results")
     d.add_argument("--seed", type=int, default=0)
@@ -166,6 +179,8 @@ def register(sub: Any) -> None:
     d.add_argument("--verbose", "-v", action="store_true")
     d.set_defaults(fn=cmd_demo)
 
+
+def _register_train(sub: Any) -> None:
     t = sub.add_parser(
         "train-demo-models",
         help="train the demo detector + SAM (side by side, ~14 min), fine-tune the SAM "
@@ -213,12 +228,3 @@ def register(sub: Any) -> None:
         help="write the new sha256 values into these job files (e.g. configs/demo.yaml configs/demo-qc.yaml)",
     )
     t.set_defaults(fn=cmd_train)
-
-    c = sub.add_parser(
-        "convert-weights",
-        help="convert a pickled ultralytics .pt into a weights-only segflow checkpoint (trusted files only)",
-    )
-    c.add_argument("kind", choices=["yolo"])
-    c.add_argument("src")
-    c.add_argument("dst")
-    c.set_defaults(fn=cmd_convert)
