@@ -22,7 +22,7 @@ from segflow.tasks.io.storage import open_fs
 from segflow.tasks.plan.planner import make_plan
 from tests.support.outputs import commit_planned, make_job
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def finished(tmp_path, output, name="unit"):

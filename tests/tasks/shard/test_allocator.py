@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 #: decode 4-box chunks on the official decoder's shape (256 x 64 x 64 image side), report the page
 #: faults of the third pass (the first two warm up) and whether the settings were applied

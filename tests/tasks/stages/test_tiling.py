@@ -146,7 +146,7 @@ def test_the_demo_detector_finds_the_small_objects_of_a_large_mosaic_only_with_t
         ]
     )
     pixels = np.asarray(Image.open(tmp_path / "images" / name).convert("RGB"))
-    weights = str(Path(__file__).resolve().parents[2] / "configs" / "models" / "demo-yolo.pt")
+    weights = str(Path(__file__).resolve().parents[3] / "configs" / "models" / "demo-yolo.pt")
     ontology = {1: "circle", 2: "square", 3: "triangle"}
 
     def found(**tiles):
