@@ -4,10 +4,10 @@ a real browser (headless Chromium), with a broken copy as the negative control."
 import json
 import re
 import shutil
-from html import escape as html_escape
 
 import numpy as np
 import pyarrow as pa
+from markupsafe import escape as html_escape  # what the template escapes with (jinja2)
 from pycocotools import mask as mask_utils
 
 from segflow.flows import cli
