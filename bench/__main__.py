@@ -612,7 +612,7 @@ def main() -> None:
     if args.gpu:
         return _gpu_main(Path(args.out))
     q = args.quick
-    from segflow.tasks.shard.allocator import keep_freed_memory
+    from segflow.tasks.stages.allocator import keep_freed_memory
 
     tuned = (
         False if args.no_malloc_tuning else keep_freed_memory()

@@ -77,7 +77,7 @@ def _without_novelty(root: Path) -> str:
     in a copy of the calibration run: the negative control's calibration."""
     import shutil
 
-    from segflow.tasks.evaluate.calibration import recalibrate_output
+    from segflow.tasks.ops.calibrate import recalibrate_output
 
     copy = root / "cal-off"
     shutil.rmtree(copy, ignore_errors=True)

@@ -26,10 +26,11 @@ from segflow.config import JobConfig
 from segflow.config.schema import ExportConfig
 from segflow.flows.runners import make_task_runner, shard_submit_options
 from segflow.tasks.evaluate.quality import format_quality, load_quality
-from segflow.tasks.finalize.finalizer import IncompleteRunError, finalize
+from segflow.tasks.finalize.finalizer import finalize
 from segflow.tasks.io.storage import load_credentials_block, redact, use_s3_credentials
 from segflow.tasks.ops.publish import publish
 from segflow.tasks.plan.planner import Plan, PlanError, load_plan, make_plan
+from segflow.tasks.shard.commit import IncompleteRunError
 from segflow.tasks.shard.runner import run_shard
 
 __all__ = ["apply_credentials", "check_job", "label_flow", "prepare_job", "run_job"]

@@ -13,10 +13,10 @@ from segflow.flows.cli.show import print_calibration
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from segflow.tasks.evaluate.calibration import recalibrate_output
     from segflow.tasks.evaluate.quality import GoldSetError, format_quality, load_quality
-    from segflow.tasks.finalize.finalizer import IncompleteRunError
+    from segflow.tasks.ops.calibrate import recalibrate_output
     from segflow.tasks.plan.planner import PlanError
+    from segflow.tasks.shard.commit import IncompleteRunError
 
     output = _cli_path(args.output)
     t0 = time.time()

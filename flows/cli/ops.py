@@ -85,8 +85,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from segflow.tasks.finalize.finalizer import IncompleteRunError
     from segflow.tasks.report import ReportError, write_report
+    from segflow.tasks.shard.commit import IncompleteRunError
 
     t0 = time.time()
     try:

@@ -47,10 +47,9 @@ def run_prepared(
     job, plan, progress_bar: bool = True, debug: bool = False, redo: list[str] | None = None, refinalize: bool = False
 ) -> int:
     from segflow.flows.label_flow import run_job
-    from segflow.tasks.finalize.finalizer import IncompleteRunError
     from segflow.tasks.io.storage import redact
     from segflow.tasks.shard import progress
-    from segflow.tasks.shard.commit import ShardConflict
+    from segflow.tasks.shard.commit import IncompleteRunError, ShardConflict
 
     reuse = ""
     if plan.reused:

@@ -657,7 +657,7 @@ class RuntimeConfig(_Strict):
     malloc_tuning: bool = Field(
         True,
         description="Worker processes keep freed memory for the next tensor (glibc malloc thresholds, "
-        "see tasks/shard/allocator.py): CPU inference otherwise page-faults on every "
+        "see tasks/stages/allocator.py): CPU inference otherwise page-faults on every "
         "large allocation. No effect off glibc.",
     )
     max_failed_fraction: float = Field(

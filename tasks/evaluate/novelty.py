@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from segflow.tasks.rle import rle_runs
+
 __all__ = [
     "COLUMNS",
     "FEATURES",
@@ -139,7 +141,6 @@ def _contact(runs: list[np.ndarray], height: int, width: int, boxes: np.ndarray,
 
 def _runs(counts: str, height: int, width: int) -> np.ndarray:
     """The run lengths of a COCO compressed RLE (parsed in Python, bounded by the image's pixels)."""
-    from segflow.tasks.formats.untrusted import rle_runs
 
     return np.asarray(rle_runs(counts, height * width) or [], np.int64)
 

@@ -51,31 +51,23 @@ from segflow.tasks.outputs.panoptic_export import (
     rendered_marker,
 )
 from segflow.tasks.outputs.qc_report import QcAccumulator, write_qc_report
-from segflow.tasks.plan.planner import iter_plan_batches, load_plan
+from segflow.tasks.plan.planner import iter_plan_batches
 from segflow.tasks.report import ReportSampler, write_report
-from segflow.tasks.shard.commit import parse_committed, read_commit, read_committed_bytes, read_error
+from segflow.tasks.shard.commit import (
+    IncompleteRunError,
+    collect_commits,
+    commits_digest,
+    parse_committed,
+    read_committed_bytes,
+)
 
 if TYPE_CHECKING:
     from segflow.config.schema import JobConfig
 
 
-__all__ = ["IncompleteRunError", "finalize", "output_paths"]
+__all__ = ["IncompleteRunError", "finalize", "output_paths"]  # IncompleteRunError: from shard.commit
 
 log = logging.getLogger("segflow.finalize")
-
-
-class IncompleteRunError(Exception):
-    """Some planned shards have no commit record."""
-
-    def __init__(self, missing: list[str], errors: dict[str, str]):
-        self.missing = missing
-        self.errors = errors
-        shown = ", ".join(missing[:20]) + (f" (+{len(missing) - 20} more)" if len(missing) > 20 else "")
-        detail = "".join(f"\n  {s}: {e}" for s, e in list(errors.items())[:10])
-        super().__init__(
-            f"{len(missing)} shard(s) not committed: {shown}{detail}\nrerun them with "
-            f"`segflow run` on the same config and output"
-        )
 
 
 def output_paths(layout: OutputLayout) -> dict[str, str]:
@@ -85,31 +77,6 @@ def output_paths(layout: OutputLayout) -> dict[str, str]:
         "coco_instances": layout.coco_instances,
         "summary": layout.summary,
     }
-
-
-def _collect_commits(output: str) -> tuple[dict, list[dict]]:
-    plan = load_plan(output)
-    commits, missing, errors = [], [], {}
-    for sid in plan["shard_ids"]:
-        c = read_commit(output, sid)
-        if c is None:
-            missing.append(sid)
-            err = read_error(output, sid)
-            if err:
-                errors[sid] = err["error"]
-        else:
-            commits.append(c)
-    if missing:
-        raise IncompleteRunError(missing, errors)
-    return plan, commits
-
-
-def commits_digest(commits: list[dict], job: dict) -> str:
-    """What a finalized output was built from: its shards' committed attempts, the gold sets and the acceptance
-    settings of ``job`` (its JSON form, as ``job.json`` holds it)."""
-    inputs = [job.get("gold_set"), job.get("gold_panoptic"), job.get("accept")]
-    inputs += [job["gold_semantic"]] if job.get("gold_semantic") else []  # digests of jobs without it unchanged
-    return hashlib.sha256(json.dumps([[c["shard_id"], c["attempt"]] for c in commits] + inputs).encode()).hexdigest()
 
 
 def _previous_summary(fs: Any, url: str) -> dict | None:
@@ -316,7 +283,7 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
 
 def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any) -> dict:
     output = job.output
-    plan, commits = _collect_commits(output)
+    plan, commits = collect_commits(output)
     layout = OutputLayout(output)
     paths = output_paths(layout)
     fs, _ = open_fs(output)

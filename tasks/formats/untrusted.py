@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from segflow.tasks.formats.labels import ExportError
+from segflow.tasks.rle import rle_runs
 
 __all__ = ["MAX_BYTES", "MAX_POINTS", "check_polygon", "check_rle", "read_capped", "read_zip_member", "rle_runs"]
 
@@ -81,42 +82,6 @@ def read_zip_member(raw: bytes, source: str, pick: Any, cap: int = MAX_BYTES) ->
     if len(data) > cap:
         raise ExportError(f"{source}: {names[0]} expands past {cap} bytes")
     return data
-
-
-def rle_runs(counts: str, limit: int) -> list[int] | None:
-    """The runs of a COCO compressed RLE string, or None when it is malformed or its runs pass ``limit`` pixels.
-
-    The decoding is pycocotools' ``rleFrString``: 5 bits a character (offset 48), a continuation bit,
-    a sign bit on the last character, and each run after the second stored as a difference to the run
-    two before it.
-    """
-    runs: list[int] = []
-    total, p, n = 0, 0, len(counts)
-    while p < n:
-        x, k, more = 0, 0, True
-        while more:
-            if p >= n:
-                return None
-            c = ord(counts[p]) - 48
-            if not 0 <= c < 64:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if k > 13:  # more than 64 bits
-                return None
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        if x < 0:
-            return None
-        total += x
-        if total > limit:
-            return None
-        runs.append(x)
-    return runs
 
 
 def check_rle(counts: Any, h: int, w: int, where: str) -> dict:

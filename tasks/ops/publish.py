@@ -29,9 +29,9 @@ import re
 import time
 from typing import Any
 
-from segflow.tasks.finalize.finalizer import IncompleteRunError, _collect_commits, commits_digest
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import create_exclusive, join, open_fs, read_bytes, read_json, redact, scrub, write_bytes
+from segflow.tasks.shard.commit import IncompleteRunError, collect_commits, commits_digest
 
 __all__ = ["PublishError", "publish"]
 
@@ -277,7 +277,7 @@ def _finished_run(output: str) -> tuple[dict, dict, str | None]:
     fs_out, _ = open_fs(output)
     summary = read_json(fs_out, layout.summary)
     try:
-        _, commits = _collect_commits(output)
+        _, commits = collect_commits(output)
     except IncompleteRunError as e:
         raise PublishError(f"refusing to publish an incomplete run: {e}") from None
     if summary is None:

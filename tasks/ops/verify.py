@@ -23,11 +23,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from segflow.tasks.finalize.finalizer import commits_digest
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import is_local, open_fs, read_json
 from segflow.tasks.plan.planner import load_plan
-from segflow.tasks.shard.commit import read_commit
+from segflow.tasks.shard.commit import commits_digest, read_commit
 
 __all__ = ["Problem", "verify", "set_aside"]
 

@@ -162,14 +162,14 @@ def report_context(
     output: str, summary: dict | None = None, samples: dict | None = None, commits: list[dict] | None = None
 ) -> dict[str, Any]:
     """Everything the template shows, figures and images encoded."""
-    from segflow.tasks.finalize.finalizer import _collect_commits
+    from segflow.tasks.shard.commit import collect_commits
 
     layout = OutputLayout(output)
     summary = summary or _json(layout.summary)
     if summary is None:
         raise ReportError(f"no summary.json in {redact(output)}: the run has not been finalized")
     if commits is None:
-        commits = _collect_commits(output)[1]
+        commits = collect_commits(output)[1]
     samples = samples or _json(layout.report_samples) or _rescan(output, commits)
     quality, calibration = _json(layout.quality) or {}, _json(layout.calibration)
     job = scrub(_json(layout.job_json) or {})  # an output others can write to: nothing secret is shown

@@ -1,2 +1,2 @@
-"""One shard, start to commit: the runner (read -> decode -> stages -> rows -> commit), the commit protocol,
-progress reporting and the worker's allocator settings."""
+"""One shard, start to commit: the runner (read -> decode -> stages -> rows -> commit), the commit protocol
+(and the set of a plan's commits), progress reporting."""

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.retry import retry_call
 from segflow.tasks.io.storage import create_exclusive, open_fs, read_bytes, write_bytes
+from segflow.tasks.plan.planner import load_plan
 
 __all__ = [
     "ShardConflict",
@@ -39,6 +40,9 @@ __all__ = [
     "commit_shard",
     "record_failure",
     "read_error",
+    "IncompleteRunError",
+    "collect_commits",
+    "commits_digest",
     "clear_error",
     "read_committed_table",
     "read_committed_bytes",
@@ -192,3 +196,44 @@ def parse_committed(commit: dict, name: str, data: bytes) -> pa.Table:
 def read_committed_table(output: str, commit: dict, name: str) -> pa.Table:
     """Read one data file named by a commit record, checking its sha256 and row count."""
     return parse_committed(commit, name, read_committed_bytes(output, commit, name))
+
+
+class IncompleteRunError(Exception):
+    """Some planned shards have no commit record."""
+
+    def __init__(self, missing: list[str], errors: dict[str, str]):
+        self.missing = missing
+        self.errors = errors
+        shown = ", ".join(missing[:20]) + (f" (+{len(missing) - 20} more)" if len(missing) > 20 else "")
+        detail = "".join(f"\n  {s}: {e}" for s, e in list(errors.items())[:10])
+        super().__init__(
+            f"{len(missing)} shard(s) not committed: {shown}{detail}\nrerun them with "
+            f"`segflow run` on the same config and output"
+        )
+
+
+def collect_commits(output: str) -> tuple[dict, list[dict]]:
+    """The plan and the commit record of every planned shard; :class:`IncompleteRunError` (naming the shards and
+    their last errors) when some have none."""
+    plan = load_plan(output)
+    commits, missing, errors = [], [], {}
+    for sid in plan["shard_ids"]:
+        c = read_commit(output, sid)
+        if c is None:
+            missing.append(sid)
+            err = read_error(output, sid)
+            if err:
+                errors[sid] = err["error"]
+        else:
+            commits.append(c)
+    if missing:
+        raise IncompleteRunError(missing, errors)
+    return plan, commits
+
+
+def commits_digest(commits: list[dict], job: dict) -> str:
+    """What a finalized output was built from: its shards' committed attempts, the gold sets and the acceptance
+    settings of ``job`` (its JSON form, as ``job.json`` holds it)."""
+    inputs = [job.get("gold_set"), job.get("gold_panoptic"), job.get("accept")]
+    inputs += [job["gold_semantic"]] if job.get("gold_semantic") else []  # digests of jobs without it unchanged
+    return hashlib.sha256(json.dumps([[c["shard_id"], c["attempt"]] for c in commits] + inputs).encode()).hexdigest()

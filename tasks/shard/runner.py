@@ -41,8 +41,8 @@ from segflow.tasks.outputs.panoptic_export import render_shard
 from segflow.tasks.plan.planner import read_shard_rows
 from segflow.tasks.record import Detections
 from segflow.tasks.shard import progress
-from segflow.tasks.shard.allocator import keep_freed_memory
 from segflow.tasks.shard.commit import ShardConflict, commit_shard, read_commit, record_failure
+from segflow.tasks.stages.allocator import keep_freed_memory
 from segflow.tasks.stages.cache import get_model
 from segflow.tasks.stages.panoptic import detections_to_map, palette, semantic_from_segments, semantic_preview
 from segflow.tasks.stages.registry import ADAPTERS

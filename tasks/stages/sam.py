@@ -42,7 +42,7 @@ import numpy as np
 
 from segflow.tasks import rle
 from segflow.tasks.record import Detections
-from segflow.tasks.shard.allocator import is_applied as allocator_tuned
+from segflow.tasks.stages.allocator import is_applied as allocator_tuned
 from segflow.tasks.stages.device import resolve_device
 from segflow.tasks.stages.sam_attention import use_fast_attention
 from segflow.tasks.stages.sam_checkpoint import load_sam
@@ -167,7 +167,7 @@ class SamBoxSegmenter:
 
     def _boxes_per_call(self, setting: int | str) -> int:
         """``auto``: 64 on GPU; on CPU keep the decoder's per-box image tokens within ~16 MB
-        (~8 MB where glibc hands out fresh pages, see :mod:`segflow.tasks.shard.allocator`).
+        (~8 MB where glibc hands out fresh pages, see :mod:`segflow.tasks.stages.allocator`).
 
         The decoder's work is per box, and large chunks only add memory traffic on a CPU; the
         budgets are the fastest measured (bench/README.md, "Design measurements").

@@ -32,7 +32,7 @@ to float rounding) with less work per prompt:
 4. **No B x N x C temporaries.** The image -> token output is added into the
    image side in place (``baddbmm``, the output projection's bias folded into
    the values), and keys + pe reuse one buffer: on CPU every fresh multi-MB
-   tensor costs page faults (see :mod:`segflow.tasks.shard.allocator`) and memory traffic.
+   tensor costs page faults (see :mod:`segflow.tasks.stages.allocator`) and memory traffic.
 
 The output upscaling and the hypernetwork dot products are the decoder's own
 modules, run on every prompt's image tokens as in the library.

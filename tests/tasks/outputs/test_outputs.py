@@ -21,13 +21,14 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from segflow.tasks.evaluate.acceptance import apply_acceptance
-from segflow.tasks.finalize.finalizer import IncompleteRunError, finalize
+from segflow.tasks.finalize.finalizer import finalize
 from segflow.tasks.ops.status import shard_states, summarize_states
 from segflow.tasks.outputs.coco import write_instances
 from segflow.tasks.outputs.manifest import ANNOTATION_ID_STRIDE, ShardTables
 from segflow.tasks.outputs.qc_report import QcAccumulator, write_qc_report
 from segflow.tasks.plan.planner import make_plan
 from segflow.tasks.shard.commit import (
+    IncompleteRunError,
     ShardConflict,
     clear_error,
     commit_shard,

@@ -17,7 +17,7 @@ SCRIPT = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
 torch.set_num_threads(1)
-from segflow.tasks.shard.allocator import keep_freed_memory
+from segflow.tasks.stages.allocator import keep_freed_memory
 applied = keep_freed_memory() if {tune} else None
 from segflow.tasks.stages.sam_checkpoint import build_sam
 from segflow.tasks.stages.sam_decoder import SharedImage, decode_tokens
@@ -66,7 +66,7 @@ def test_fixed_thresholds_stop_the_decoders_page_faults():
 
 
 def test_the_setting_is_applied_once_and_reports_the_same():
-    from segflow.tasks.shard import allocator
+    from segflow.tasks.stages import allocator
 
     first = allocator.keep_freed_memory()
     assert allocator.keep_freed_memory() is first
