@@ -17,7 +17,7 @@ from segflow.tasks.io.weights import HUB_PREFIX, is_builtin_yaml, resolve_model_
 from segflow.tasks.stages.registry import ADAPTERS, adapter_class
 
 if TYPE_CHECKING:
-    from segflow.config.schema import StageSettings
+    from segflow.tasks.stages.settings import StageSettings
 
 
 __all__ = ["LoadedModel", "check_stage_weights", "clear", "get_model", "resolve_stage_weights"]

@@ -31,7 +31,7 @@ from segflow.tasks.stages.device import resolve_device
 from segflow.tasks.stages.owl import prompt_table, select_detections
 
 if TYPE_CHECKING:
-    from segflow.config.schema import OwlStage
+    from segflow.tasks.stages.settings.owl import OwlStage
 
 
 __all__ = ["GroundingDinoDetector", "caption_spans", "query_classes"]

@@ -31,7 +31,7 @@ from segflow.tasks.stages.device import resolve_device
 from segflow.tasks.stages.yolo import YoloDetector
 
 if TYPE_CHECKING:
-    from segflow.config.schema import MaskRcnnStage, YoloSegStage
+    from segflow.tasks.stages.settings.instances import MaskRcnnStage, YoloSegStage
 
 
 __all__ = ["YoloSegLabeler", "MaskRcnnLabeler", "build_maskrcnn", "save_maskrcnn_checkpoint", "MASKRCNN_FORMAT"]

@@ -53,7 +53,7 @@ from segflow.tasks.record import Detections
 from segflow.tasks.stages.device import resolve_device
 
 if TYPE_CHECKING:
-    from segflow.config.schema import Mask2FormerStage
+    from segflow.tasks.stages.settings.mask2former import Mask2FormerStage
 
 
 FORMAT = "segflow.mask2former/1"

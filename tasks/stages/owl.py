@@ -36,7 +36,7 @@ from segflow.tasks.record import Detections
 from segflow.tasks.stages.device import resolve_device
 
 if TYPE_CHECKING:
-    from segflow.config.schema import OwlStage
+    from segflow.tasks.stages.settings.owl import OwlStage
 
 
 __all__ = ["OwlDetector", "prompt_table", "boxes_to_pixels", "select_detections"]

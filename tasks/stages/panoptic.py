@@ -58,7 +58,7 @@ from segflow.tasks import rle
 from segflow.tasks.record import Detections
 
 if TYPE_CHECKING:
-    from segflow.config.schema import PanopticMergeStage
+    from segflow.tasks.stages.settings.panoptic import PanopticMergeStage
 
 
 __all__ = [

@@ -43,7 +43,7 @@ from segflow.tasks import rle
 from segflow.tasks.record import Detections
 
 if TYPE_CHECKING:
-    from segflow.config.schema import QcStage
+    from segflow.tasks.stages.settings.qc import QcStage
 
 
 __all__ = ["QcChecker", "RULES", "VERDICTS", "check_masks", "count_outliers", "box_iou_xyxy"]

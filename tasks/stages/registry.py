@@ -42,6 +42,7 @@ __all__ = [
     "MissingDependencyError",
     "adapter_class",
     "config_class",
+    "on_registry_change",
     "register_adapter",
     "unregister_adapter",
 ]
@@ -119,12 +120,12 @@ class AdapterSpec:
         return run_tiled(lambda crops: call(adapter, crops, inputs), images, plan, batch=stage.batch_size)
 
 
-_S = "segflow.config.schema:"
+_S = "segflow.tasks.stages.settings."
 _M = "segflow.tasks.stages."
 ADAPTERS: dict[str, AdapterSpec] = {
     "yolo": AdapterSpec(
         _M + "yolo:YoloDetector",
-        _S + "YoloStage",
+        _S + "yolo:YoloStage",
         "detector",
         "ultralytics",
         "ultralytics",
@@ -132,14 +133,26 @@ ADAPTERS: dict[str, AdapterSpec] = {
         check=_M + "yolo:check_yolo_weights",
     ),
     "owlv2": AdapterSpec(
-        _M + "owl:OwlDetector", _S + "OwlStage", "detector", "transformers", "transformers", "file_or_dir", ("prompts",)
+        _M + "owl:OwlDetector",
+        _S + "owl:OwlStage",
+        "detector",
+        "transformers",
+        "transformers",
+        "file_or_dir",
+        ("prompts",),
     ),
     "owlvit": AdapterSpec(
-        _M + "owl:OwlDetector", _S + "OwlStage", "detector", "transformers", "transformers", "file_or_dir", ("prompts",)
+        _M + "owl:OwlDetector",
+        _S + "owl:OwlStage",
+        "detector",
+        "transformers",
+        "transformers",
+        "file_or_dir",
+        ("prompts",),
     ),
     "grounding_dino": AdapterSpec(
         _M + "gdino:GroundingDinoDetector",
-        _S + "OwlStage",
+        _S + "owl:OwlStage",
         "detector",
         "transformers",
         "transformers",
@@ -148,7 +161,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
     ),
     "sam": AdapterSpec(
         _M + "sam:SamBoxSegmenter",
-        _S + "SamStage",
+        _S + "sam:SamStage",
         "segmenter",
         "segment_anything",
         "segment-anything",
@@ -157,7 +170,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
     ),
     "sam2": AdapterSpec(
         _M + "sam2:TransformersBoxSegmenter",
-        _S + "Sam2Stage",
+        _S + "sam2:Sam2Stage",
         "segmenter",
         "transformers",
         "transformers",
@@ -167,7 +180,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
     ),
     "sam3": AdapterSpec(
         _M + "sam3:Sam3TextLabeler",
-        _S + "Sam3Stage",
+        _S + "sam3:Sam3Stage",
         "instances",
         "transformers",
         "transformers",
@@ -177,7 +190,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
     ),
     "sam_auto": AdapterSpec(
         _M + "sam_auto:SamAutoLabeler",
-        _S + "SamAutoStage",
+        _S + "sam_auto:SamAutoStage",
         "instances",
         "segment_anything",
         "segment-anything",
@@ -185,7 +198,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
     ),
     "yolo_seg": AdapterSpec(
         _M + "instances:YoloSegLabeler",
-        _S + "YoloSegStage",
+        _S + "instances:YoloSegStage",
         "instances",
         "ultralytics",
         "ultralytics",
@@ -194,7 +207,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
     ),
     "maskrcnn": AdapterSpec(
         _M + "instances:MaskRcnnLabeler",
-        _S + "MaskRcnnStage",
+        _S + "instances:MaskRcnnStage",
         "instances",
         "torchvision",
         "torchvision",
@@ -202,7 +215,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
     ),
     "qc": AdapterSpec(
         "segflow.tasks.stages.qc:QcChecker",
-        _S + "QcStage",
+        _S + "qc:QcStage",
         "qc",
         "scipy",
         "scipy",
@@ -214,7 +227,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
     # transformers' Mask2Former matcher needs scipy even for inference
     "mask2former": AdapterSpec(
         _M + "mask2former:Mask2FormerPanoptic",
-        _S + "Mask2FormerStage",
+        _S + "mask2former:Mask2FormerStage",
         "panoptic",
         "transformers scipy",
         "transformers scipy",
@@ -225,7 +238,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
     # a class map per image, handed on as one segment per class (the panoptic role's format)
     "semantic": AdapterSpec(
         _M + "semantic:SemanticSegmenter",
-        _S + "SemanticStage",
+        _S + "semantic:SemanticStage",
         "panoptic",
         "torch",
         "segmentation-models-pytorch transformers",
@@ -235,7 +248,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
     ),
     "panoptic_merge": AdapterSpec(
         "segflow.tasks.stages.panoptic:PanopticMerger",
-        _S + "PanopticMergeStage",
+        _S + "panoptic:PanopticMergeStage",
         "merge",
         "numpy",
         "numpy",
@@ -285,7 +298,8 @@ def register_adapter(kind: str, spec: AdapterSpec, clobber: bool = False) -> Non
     """Add a stage kind (in the process that validates and runs the job: workers import the same package).
 
     ``spec.config`` must be a pydantic model with ``kind: Literal[kind]``, ``needs``
-    and ``device`` (subclass :class:`segflow.config.schema.StageSettings`).
+    and ``device`` (subclass :class:`segflow.tasks.stages.settings.StageSettings`). The job model learns of the
+    kind through :func:`on_registry_change` (the registry imports no config module).
     """
     if kind in ADAPTERS and not clobber:
         raise ValueError(f"stage kind {kind!r} is already registered (pass clobber=True to replace it)")
@@ -294,14 +308,23 @@ def register_adapter(kind: str, spec: AdapterSpec, clobber: bool = False) -> Non
     if kind not in getattr(declared, "__args__", ()):
         raise ValueError(f"register_adapter({kind!r}): {cfg.__name__}.kind must be Literal[{kind!r}]")
     ADAPTERS[kind] = spec
-    from segflow.config.schema import rebuild_stage_union
-
-    rebuild_stage_union()
+    _changed()
 
 
 def unregister_adapter(kind: str) -> None:
     """Remove a kind added by :func:`register_adapter`."""
     ADAPTERS.pop(kind, None)
-    from segflow.config.schema import rebuild_stage_union
+    _changed()
 
-    rebuild_stage_union()
+
+_LISTENERS: list[Callable[[], None]] = []
+
+
+def on_registry_change(listener: Callable[[], None]) -> None:
+    """Call ``listener`` whenever a kind is registered or removed (the job schema rebuilds its stage union)."""
+    _LISTENERS.append(listener)
+
+
+def _changed() -> None:
+    for listener in _LISTENERS:
+        listener()

@@ -50,7 +50,7 @@ from segflow.tasks.stages.sam_decoder import SharedImage, decode_tokens, upscale
 from segflow.tasks.stages.upsample import bilinear_matrix
 
 if TYPE_CHECKING:
-    from segflow.config.schema import SamStage
+    from segflow.tasks.stages.settings.sam import SamStage
 
 
 __all__ = ["SamBoxSegmenter", "remove_small_islands", "zoom_windows_xyxy"]

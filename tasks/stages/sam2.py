@@ -55,7 +55,7 @@ from segflow.tasks.stages.sam import remove_small_islands
 from segflow.tasks.stages.upsample import bilinear_matrix, grown_windows, window_logits
 
 if TYPE_CHECKING:
-    from segflow.config.schema import Sam2Stage
+    from segflow.tasks.stages.settings.sam2 import Sam2Stage
 
 #: Bytes of full-size float32 logits held at once per image (the prompts are decoded in parts that fit).
 LOGITS_BYTES = 256 << 20

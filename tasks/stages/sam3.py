@@ -40,7 +40,7 @@ from segflow.tasks.stages.device import resolve_device
 from segflow.tasks.stages.owl import prompt_table
 
 if TYPE_CHECKING:
-    from segflow.config.schema import Sam3Stage
+    from segflow.tasks.stages.settings.sam3 import Sam3Stage
 
 __all__ = ["Sam3TextLabeler", "expand_vision", "resolve_overlaps"]
 

@@ -13,7 +13,7 @@ from segflow.tasks.stages.device import resolve_device
 from segflow.tasks.stages.sam_checkpoint import load_sam
 
 if TYPE_CHECKING:
-    from segflow.config.schema import SamAutoStage
+    from segflow.tasks.stages.settings.sam_auto import SamAutoStage
 
 
 __all__ = ["SamAutoLabeler"]

@@ -55,7 +55,7 @@ from segflow.tasks.stages.mask2former import HUB_PREFIX, label_table
 from segflow.tasks.stages.tiling import window_starts
 
 if TYPE_CHECKING:
-    from segflow.config.schema import SemanticStage
+    from segflow.tasks.stages.settings.semantic import SemanticStage
 
 FORMAT = "segflow.semantic/1"
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

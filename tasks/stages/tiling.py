@@ -1,8 +1,8 @@
 """Sliced inference: a detector or instance labeler run over overlapping windows of large images, merged back.
 
 A model sees an image at its input size (``imgsz`` 640, say): on a 3000-px image every object shrinks about five
-times and the small ones vanish. With ``tiles`` set on the stage (:class:`segflow.config.schema.TilesConfig`), the
-model runs over windows of ``size`` x ``size`` pixels at native resolution, ``overlap`` of a window shared with its
+times and the small ones vanish. With ``tiles`` set on the stage (:class:`~segflow.tasks.stages.settings.TilesConfig`),
+the model runs over windows of ``size`` x ``size`` pixels at native resolution, ``overlap`` of a window shared with its
 neighbour, plus -- with ``whole_image`` -- the whole image at the model's input size, for objects larger than a
 window. Windows of many images go through the model together, ``batch`` at a time; a window is a view of the
 decoded image (no copy), so memory stays at one batch of windows whatever the image's size.

@@ -57,7 +57,7 @@ _omp = os.environ.get("OMP_NUM_THREADS")
 import ultralytics  # noqa: E402,F401
 
 if TYPE_CHECKING:
-    from segflow.config.schema import YoloStage
+    from segflow.tasks.stages.settings.yolo import YoloStage
 
 
 if _omp is None:  # don't hand OMP_NUM_THREADS=1 on to subprocesses and later-loaded libraries
