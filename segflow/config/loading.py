@@ -74,7 +74,7 @@ def _resolve_paths(job: JobConfig, base: Path | str, overrides: dict[str, str]) 
         src = src.model_copy(update={"url": _resolve(overrides["source"], cwd), "list": None, "pattern": None})
     elif src.url:
         src = src.model_copy(update={"url": _resolve(src.url, base)})
-    else:
+    elif src.list:  # one of url and list is set (SourceConfig checks it)
         src = src.model_copy(update={"list": _resolve(src.list, base)})
 
     def path(key: str, value: str | None) -> str | None:
@@ -125,7 +125,7 @@ def load_config(path: str | Path, overrides: dict[str, str] | None = None, check
     name = str(path)
     remote = isinstance(path, str) and _is_url(path)
     try:
-        if remote:
+        if isinstance(path, str) and remote:
             from segflow.tasks.io.storage import open_fs, read_bytes
 
             fs, fpath = open_fs(path)

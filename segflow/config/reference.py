@@ -71,13 +71,13 @@ def _rows(model: type[BaseModel], prefix: str = "", skip: tuple[str, ...] = ()) 
         if name in skip:
             continue
         key, sub = f"{prefix}{name}", _model_of(field.annotation)
-        expand = sub is not None and not sub.__doc__
+        expand = sub if sub is not None and not sub.__doc__ else None
         # an expanded sub-model whose keys all have defaults: its rows below say them
-        default = "see below" if expand and all(not f.is_required() for f in sub.model_fields.values()) else None
+        default = "see below" if expand and all(not f.is_required() for f in expand.model_fields.values()) else None
         text = _cell(field.description or "")
         rows.append(f"| `{key}` | {_type(field.annotation)} | {default or _default(field)} | {text} |")
-        if expand:
-            rows += _rows(sub, prefix=f"{key}[]." if typing.get_origin(field.annotation) is list else f"{key}.")
+        if expand is not None:
+            rows += _rows(expand, prefix=f"{key}[]." if typing.get_origin(field.annotation) is list else f"{key}.")
     return rows
 
 

@@ -13,7 +13,7 @@ import builtins
 import functools
 import operator
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -107,7 +107,10 @@ def _stage_union() -> Any:
     return Annotated[functools.reduce(operator.or_, classes), Field(discriminator="kind")]
 
 
-Stage = _stage_union()
+if TYPE_CHECKING:  # what type checkers see: any kind's settings (the union is built at run time, from the registry)
+    Stage = StageSettings
+else:
+    Stage = _stage_union()
 
 
 class RuntimeConfig(Strict):
@@ -289,7 +292,7 @@ class JobConfig(Strict):
         return max([b for s in self.stages.values() if isinstance(b := getattr(s, "batch_size", None), int)] or [1])
 
     def qc_stage(self) -> QcStage | None:
-        return next((s for n, s in self.stages.items() if self.role(n) == "qc"), None)
+        return next((s for n, s in self.stages.items() if self.role(n) == "qc" and isinstance(s, QcStage)), None)
 
     def sink_stages(self) -> list[str]:
         """Stages no other stage needs."""

@@ -322,20 +322,24 @@ def _file_issues(job: JobConfig) -> list[tuple[str, str]]:
         )
         if problem:
             issues.append((f"stages.{name}.weights", problem))
-    local = lambda url: bool(url) and not _is_url(url)
-    if local(job.source.url) and not os.path.exists(job.source.url):
-        issues.append(("source.url", f"not found: {job.source.url}"))
-    if local(job.gold_set) and not os.path.isfile(job.gold_set):
-        issues.append(("gold_set", f"file not found: {job.gold_set}"))
-    if local(job.gold_panoptic):
-        pngs = job.gold_panoptic.removesuffix(".json")
-        if not os.path.isfile(job.gold_panoptic):
-            issues.append(("gold_panoptic", f"file not found: {job.gold_panoptic}"))
+
+    def local(url: str | None) -> str | None:
+        """The path, when it is one on this machine (not a URL)."""
+        return url if url and not _is_url(url) else None
+
+    if (p := local(job.source.url)) and not os.path.exists(p):
+        issues.append(("source.url", f"not found: {p}"))
+    if (p := local(job.gold_set)) and not os.path.isfile(p):
+        issues.append(("gold_set", f"file not found: {p}"))
+    if p := local(job.gold_panoptic):
+        pngs = p.removesuffix(".json")
+        if not os.path.isfile(p):
+            issues.append(("gold_panoptic", f"file not found: {p}"))
         elif not os.path.isdir(pngs):
             message = f"PNG folder not found: {pngs} (COCO convention: the JSON's name without .json)"
             issues.append(("gold_panoptic", message))
-    if local(job.gold_semantic) and not os.path.isdir(job.gold_semantic):
-        issues.append(("gold_semantic", f"folder not found: {job.gold_semantic}"))
-    if local(job.source.list) and not os.path.isfile(job.source.list):
-        issues.append(("source.list", f"file not found: {job.source.list}"))
+    if (p := local(job.gold_semantic)) and not os.path.isdir(p):
+        issues.append(("gold_semantic", f"folder not found: {p}"))
+    if (p := local(job.source.list)) and not os.path.isfile(p):
+        issues.append(("source.list", f"file not found: {p}"))
     return issues

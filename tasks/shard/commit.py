@@ -111,7 +111,7 @@ def commit_shard(
 
     with ThreadPoolExecutor(max_workers=max(1, len(encoded))) as pool:  # independent objects: one round trip
         list(pool.map(put, encoded))
-    record = {
+    record: dict[str, Any] = {
         "shard_id": shard_id,
         "attempt": attempt,
         "fingerprint": fingerprint,

@@ -237,7 +237,12 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
             f"first errors: {'; '.join(errors)}"
         )
     masks, images = tables.tables()
-    stats = {"images": len(rows), "ok": len(rows) - n_failed, "failed": n_failed, "masks": labeler.n_masks}
+    stats: dict[str, Any] = {
+        "images": len(rows),
+        "ok": len(rows) - n_failed,
+        "failed": n_failed,
+        "masks": labeler.n_masks,
+    }
     stats["histograms"] = histograms(images, masks)  # for the drift check at finalize (segflow.tasks.evaluate.drift)
     files = {"masks": masks, "images": images}
     pan_sink = job.panoptic_sink()

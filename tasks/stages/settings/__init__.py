@@ -4,7 +4,7 @@ heavy). A kind's own model lives beside its adapter's module: ``settings/<adapte
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -20,6 +20,9 @@ class Strict(BaseModel):
 class StageSettings(Strict):
     """Settings every stage has. A stage kind's model may add ``issues(name, ontology_names, needs_roles)``:
     checks against the ontology and its input stages, as ``(key.path, message)`` pairs."""
+
+    if TYPE_CHECKING:  # every kind's model declares it, as Literal[<kind>] (a field here would reorder theirs)
+        kind: str
 
     needs: list[str] = Field(default_factory=list, description="Names of the stages this stage consumes.")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:N', 'mps'.")

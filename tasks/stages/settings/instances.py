@@ -16,7 +16,7 @@ class YoloSegStage(YoloStage):
     """Direct instance labeler: ultralytics YOLO segmentation checkpoint (boxes and masks in one model); settings as
     ``yolo``."""
 
-    kind: Literal["yolo_seg"]
+    kind: Literal["yolo_seg"]  # type: ignore[assignment]  # its own kind: the union is discriminated by it
 
 
 class MaskRcnnStage(ModelStageSettings, Tiled):

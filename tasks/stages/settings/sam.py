@@ -18,7 +18,7 @@ class SamStage(ModelStageSettings):
     model_type: Literal["auto", "vit_b", "vit_l", "vit_h"] = Field(
         "auto", description="Architecture of a plain SAM state dict; 'auto' infers it."
     )
-    batch_size: int | Literal["auto"] = Field(
+    batch_size: int | Literal["auto"] = Field(  # type: ignore[assignment]  # widened: "auto" picks per device
         "auto",
         description="Images per image-encoder call; 'auto' = 1 on CPU (batching a ViT there is slower), 8 on GPU.",
     )

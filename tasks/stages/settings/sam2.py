@@ -25,7 +25,7 @@ class Sam2Stage(ModelStageSettings):
     family: Literal["auto", "sam2", "edgetam", "sam3_tracker", "sam_hq"] = Field(
         "auto", description="Model family; 'auto' reads model_type from the directory's config.json."
     )
-    batch_size: int | Literal["auto"] = Field(
+    batch_size: int | Literal["auto"] = Field(  # type: ignore[assignment]  # widened: "auto" picks per device
         "auto", description="Images per image-encoder call; 'auto' = 1 on CPU, 8 on GPU."
     )
     boxes_per_call: int = Field(

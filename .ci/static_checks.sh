@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Static checks that need the package laid out as installed: the import layers (import-linter; contracts in
+# pyproject.toml, [tool.importlinter]) and types (mypy; [tool.mypy]). The checkout maps flows/ and tasks/ into the
+# segflow package (pyproject.toml, package-dir), which neither tool follows, so both read a copy of the sources
+# laid out as the wheel is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+config="$PWD/pyproject.toml"
+tree=$(mktemp -d)
+trap 'rm -rf "$tree"' EXIT
+mkdir -p "$tree/segflow"
+cp -r segflow/. "$tree/segflow/"
+cp -r flows "$tree/segflow/flows"
+cp -r tasks "$tree/segflow/tasks"
+find "$tree" -name __pycache__ -prune -exec rm -rf {} +
+cd "$tree"  # not the checkout: its segflow/ folder lacks flows/ and tasks/
+PYTHONPATH="$tree" lint-imports "$config"
+# types: the job config, the shard and its commit, the stage settings; the records strictly
+PYTHONPATH="$tree" mypy --config-file "$config" segflow/config segflow/tasks/shard/commit.py \
+  segflow/tasks/shard/runner.py segflow/tasks/stages/settings
+PYTHONPATH="$tree" mypy --config-file "$config" --strict segflow/tasks/record.py
