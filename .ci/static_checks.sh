@@ -18,4 +18,4 @@ PYTHONPATH="$tree" lint-imports "$config"
 # types: the job config, the shard and its commit, the stage settings; the records strictly
 PYTHONPATH="$tree" mypy --config-file "$config" segflow/config segflow/tasks/shard/commit.py \
   segflow/tasks/shard/runner.py segflow/tasks/stages/settings
-PYTHONPATH="$tree" mypy --config-file "$config" --strict segflow/tasks/record.py
+PYTHONPATH="$tree" mypy --config-file "$config" --strict segflow/tasks/record.py segflow/tasks/records.py

@@ -30,6 +30,7 @@ from segflow.tasks.finalize.finalizer import finalize
 from segflow.tasks.io.storage import load_credentials_block, redact, use_s3_credentials
 from segflow.tasks.ops.publish import publish
 from segflow.tasks.plan.planner import Plan, PlanError, load_plan, make_plan
+from segflow.tasks.records import RunSummary
 from segflow.tasks.shard.commit import IncompleteRunError
 from segflow.tasks.shard.runner import run_shard
 
@@ -129,50 +130,54 @@ def shard_task(job: JobConfig, shard_id: str, redo: bool = False) -> dict:
 
 
 @task(name="finalize")
-def finalize_task(job: JobConfig, started_at: float, force: bool = False) -> dict:
+def finalize_task(job: JobConfig, started_at: float, force: bool = False) -> RunSummary:
     apply_credentials(job)
     summary = finalize(job, started_at=started_at, force=force)
-    artifact_key = re.sub(r"[^a-z0-9-]", "-", f"segflow-{summary['job']}".lower())
+    artifact_key = re.sub(r"[^a-z0-9-]", "-", f"segflow-{summary.job}".lower())
     create_markdown_artifact(
         key=f"{artifact_key}-summary",
         markdown=(
-            f"# {summary['job']}\n\n| images | labelled | failed | masks |\n|---:|---:|---:|---:|\n"
-            f"| {summary['images']} | {summary['labelled_images']} | {summary['failed_images']} "
-            f"| {summary['masks']} |\n\n" + "\n".join(f"- {k}: `{redact(v)}`" for k, v in summary["outputs"].items())
+            f"# {summary.job}\n\n| images | labelled | failed | masks |\n|---:|---:|---:|---:|\n"
+            f"| {summary.images} | {summary.labelled_images} | {summary.failed_images} "
+            f"| {summary.masks} |\n\n" + "\n".join(f"- {k}: `{redact(v)}`" for k, v in summary.outputs.items())
         ),
         description="segflow run summary",
     )
-    if "report" in summary["outputs"]:
+    if "report" in summary.outputs:
         create_markdown_artifact(
-            key=f"{artifact_key}-report", markdown=report_link(summary["outputs"]["report"]), description="run report"
+            key=f"{artifact_key}-report", markdown=report_link(summary.outputs["report"]), description="run report"
         )
-    if "qc" in summary:
+    if summary.qc is not None:
         from segflow.tasks.io.storage import open_fs, read_bytes
 
-        fs, path = open_fs(summary["outputs"]["qc_report"])
+        fs, path = open_fs(summary.outputs["qc_report"])
         create_markdown_artifact(
             key=f"{artifact_key}-qc-report", markdown=read_bytes(fs, path).decode(), description="segflow QC report"
         )
-        rows = [{"rule": k, "masks": v} for k, v in summary["qc"]["rules"].items()] + [
-            {"rule": f"verdict: {k}", "masks": v} for k, v in summary["qc"]["verdicts"].items()
+        rows = [{"rule": k, "masks": v} for k, v in summary.qc["rules"].items()] + [
+            {"rule": f"verdict: {k}", "masks": v} for k, v in summary.qc["verdicts"].items()
         ]
         create_table_artifact(key=f"{artifact_key}-qc", table=rows, description="QC rules and verdicts")
-    if "quality" in summary:
-        quality = load_quality(job.output)
-        if "per_class" in quality:
-            create_table_artifact(
-                key=f"{artifact_key}-quality",
-                table=quality["per_class"],
-                description=format_quality(quality).splitlines()[1].strip(),
-            )
-        if "panoptic" in quality:
-            rows = [{"class": k, **v} for k, v in quality["panoptic"]["per_class"].items()]
-            create_table_artifact(
-                key=f"{artifact_key}-panoptic-quality",
-                table=rows,
-                description=f"PQ {quality['pq']}, SQ {quality['sq']}, RQ {quality['rq']}, mIoU {quality['miou']}",
-            )
+    if summary.quality is not None:
+        _quality_artifacts(job, artifact_key)
     return summary
+
+
+def _quality_artifacts(job: JobConfig, artifact_key: str) -> None:
+    quality = load_quality(job.output)
+    if "per_class" in quality:
+        create_table_artifact(
+            key=f"{artifact_key}-quality",
+            table=quality["per_class"],
+            description=format_quality(quality).splitlines()[1].strip(),
+        )
+    if "panoptic" in quality:
+        rows = [{"class": k, **v} for k, v in quality["panoptic"]["per_class"].items()]
+        create_table_artifact(
+            key=f"{artifact_key}-panoptic-quality",
+            table=rows,
+            description=f"PQ {quality['pq']}, SQ {quality['sq']}, RQ {quality['rq']}, mIoU {quality['miou']}",
+        )
 
 
 def report_link(url: str) -> str:
@@ -215,7 +220,7 @@ def publish_task(job: JobConfig) -> dict:
 
 
 @flow(name="segflow-label", log_prints=False)
-def label_flow(job: JobConfig, redo: list[str] | None = None, refinalize: bool = False) -> dict:
+def label_flow(job: JobConfig, redo: list[str] | None = None, refinalize: bool = False) -> RunSummary:
     """Label every planned image of the job's source and write the manifests, COCO and summary.
 
     The job was planned by :func:`prepare_job` (``segflow run``, ``run_job`` and the deployment do it first).
@@ -231,7 +236,7 @@ def label_flow(job: JobConfig, redo: list[str] | None = None, refinalize: bool =
         return _label(job, redo, refinalize)
 
 
-def _label(job: JobConfig, redo: list[str] | None, refinalize: bool) -> dict:
+def _label(job: JobConfig, redo: list[str] | None, refinalize: bool) -> RunSummary:
     started = time.time()
     shard_ids = plan_task(job)
     runner = shard_task.with_options(retries=job.runtime.retries, retry_delay_seconds=job.runtime.retry_delay_s)
@@ -255,16 +260,13 @@ def _label(job: JobConfig, redo: list[str] | None, refinalize: bool) -> dict:
     shard_runs = [f.result() for f in futures]
     summary = finalize_task(job, started, force=refinalize)
     # which worker process ran each shard and how many models it had to load (not part of summary.json)
-    summary = dict(
-        summary,
-        shard_runs=[
-            {k: r[k] for k in ("shard_id", "worker_pid", "model_loads", "skipped", "seconds")} for r in shard_runs
-        ],
-    )
+    summary.shard_runs = [
+        {k: r[k] for k in ("shard_id", "worker_pid", "model_loads", "skipped", "seconds")} for r in shard_runs
+    ]
     if job.exports:
-        summary = dict(summary, exported=[export_task(job, spec) for spec in job.exports])
+        summary.exported = [export_task(job, spec) for spec in job.exports]
     if job.publish is not None:
-        summary = dict(summary, published=publish_task(job))
+        summary.published = publish_task(job)
     return summary
 
 
@@ -274,7 +276,7 @@ def run_job(
     config_file: str = "<job>",
     redo: list[str] | None = None,
     refinalize: bool = False,
-) -> dict:
+) -> RunSummary:
     """Run ``label_flow`` for a validated job on its configured task runner (see :mod:`segflow.flows.runners`).
 
     ``plan``: what :func:`prepare_job` returned; prepared here when not given.

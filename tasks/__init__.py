@@ -14,6 +14,7 @@ formats     exports to review and training tools, and review files read back
 ops         status, verify, publish, import-review
 ==========  ==========================================================================================
 
-Two modules every phase uses sit here: :mod:`.record` (``Detections``, the one record between stages) and
-:mod:`.rle` (the one mask format).
+Three modules every phase uses sit here: :mod:`.record` (``Detections``, the one record between stages),
+:mod:`.records` (the typed records across modules: ``RunSummary``, ``Verdict``, ``Role``) and :mod:`.rle` (the one
+mask format).
 """

@@ -28,12 +28,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         _eprint(f"error: {e}")
         return EXIT_CONFIG
     if args.json:
-        print(json.dumps({"calibration": cal, "summary": summary}, indent=2))
+        print(json.dumps({"calibration": cal, "summary": summary.to_dict()}, indent=2))
         return EXIT_OK
     print_calibration(cal)
     print(format_quality(load_quality(output)))
     print(
-        f"  verdicts        : {summary['verdicts']} (exported again in {time.time() - t0:.1f}s; no model ran)\n"
+        f"  verdicts        : {summary.verdicts} (exported again in {time.time() - t0:.1f}s; no model ran)\n"
         f"  calibration     : {os.path.join(output, 'calibration.json')}\n"
         f"  PR curves       : {os.path.join(output, 'qc', 'pr_curves.png')}\n"
         f"  review band     : {os.path.join(output, 'review', 'instances.json')}"

@@ -88,15 +88,13 @@ def run_prepared(
         progress.set_reporter(None)
     bar.close()
     print_summary(summary)
-    if "calibration" in summary:
+    if summary.calibration is not None:
         from segflow.tasks.io.layout import OutputLayout
         from segflow.tasks.io.storage import open_fs, read_json
 
         print()
-        print_calibration(
-            read_json(open_fs(job.output)[0], OutputLayout(job.output).calibration), drift=summary.get("drift")
-        )
-    if "quality" in summary:
+        print_calibration(read_json(open_fs(job.output)[0], OutputLayout(job.output).calibration), drift=summary.drift)
+    if summary.quality is not None:
         from segflow.tasks.evaluate.quality import format_quality, load_quality
 
         print("\n" + format_quality(load_quality(job.output)), flush=True)

@@ -2,41 +2,36 @@
 
 from __future__ import annotations
 
+from segflow.tasks.records import RunSummary
 
-def print_summary(summary: dict) -> None:
-    out = summary["outputs"]
+
+def print_summary(summary: RunSummary) -> None:
+    out = summary.outputs
+    v, pan = summary.verdicts, summary.panoptic
+    novel = (summary.calibration or {}).get("novel")
     print(
-        f"\nsegflow: {summary['job']} done in {summary.get('seconds', 0):.1f}s\n"
-        f"  images labelled : {summary['labelled_images']} of {summary['images']}"
-        f" ({summary['images_without_masks']} without masks, {summary['failed_images']} failed)\n"
-        f"  masks           : {summary['masks']}"
-        + "".join(f"\n    {k:<14}: {v}" for k, v in summary.get("masks_per_category", {}).items())
-        + (
-            f"\n  verdicts        : {v['accept']} accepted, {v['review']} review, {v['reject']} rejected"
-            if (v := summary.get("verdicts"))
-            else ""
-        )
-        + (
-            f" ({n} of the review band: shapes unlike the gold set's, reason novel)"
-            if (n := (summary.get("calibration") or {}).get("novel"))
-            else ""
-        )
+        f"\nsegflow: {summary.job} done in {summary.seconds or 0:.1f}s\n"
+        f"  images labelled : {summary.labelled_images} of {summary.images}"
+        f" ({summary.images_without_masks} without masks, {summary.failed_images} failed)\n"
+        f"  masks           : {summary.masks}"
+        + "".join(f"\n    {k:<14}: {n}" for k, n in summary.masks_per_category.items())
+        + (f"\n  verdicts        : {v['accept']} accepted, {v['review']} review, {v['reject']} rejected" if v else "")
+        + (f" ({novel} of the review band: shapes unlike the gold set's, reason novel)" if novel else "")
         + f"\n  masks manifest  : {out['masks']}\n  images manifest : {out['images']}\n"
         f"  COCO instances  : {out['coco_instances']} (accepted)"
-        + (f"\n  review band     : {out['review_instances']}" if summary.get("review_annotations") else "")
+        + (f"\n  review band     : {out['review_instances']}" if summary.review_annotations else "")
         + (f"\n  calibration     : {out['calibration']}" if "calibration" in out else "")
         + (
-            f"\n  panoptic        : {summary['panoptic']['segments']} segments on {summary['panoptic']['images']} "
-            f"images"
+            f"\n  panoptic        : {pan['segments']} segments on {pan['images']} images"
             f"\n  panoptic manif. : {out['panoptic']}\n  COCO panoptic   : {out['coco_panoptic']} "
             f"(+ PNGs in {out['coco_panoptic_pngs']})"
             f"\n  semantic maps   : {out['semantic_pngs']}"
-            if "panoptic" in summary
+            if pan is not None
             else ""
         )
         + f"\n  summary         : {out['summary']}"
         + (f"\n  quality         : {out['quality']}" if "quality" in out else "")
-        + (f"\n  report not written: {summary['report_error']}" if "report_error" in summary else "")
+        + (f"\n  report not written: {summary.report_error}" if summary.report_error is not None else "")
         + (f"\n  report          : {out['report']}" if "report" in out else "")
         + "".join(f"\n{line}" for line in drift_lines(summary)),
         flush=True,
@@ -47,12 +42,12 @@ def _f3(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def drift_lines(summary: dict) -> list[str]:
+def drift_lines(summary: RunSummary) -> list[str]:
     """The summary's unmissable lines about the calibration in force: does it hold here (the drift check), the
     gold set's precision beside this run's unlabeled estimate."""
     from segflow.tasks.evaluate.drift import DRIFT_ADVICE
 
-    cal, drift, est = summary.get("calibration"), summary.get("drift"), summary.get("estimate") or {}
+    cal, drift, est = summary.calibration, summary.drift, summary.estimate or {}
     if cal is None:
         return []
     gold = cal["heldout"].get("precision")

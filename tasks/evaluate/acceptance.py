@@ -49,6 +49,7 @@ import pyarrow.compute as pc
 from segflow.tasks.evaluate.novelty import COLUMNS as SHAPE_COLUMNS
 from segflow.tasks.evaluate.novelty import novelty
 from segflow.tasks.io.storage import open_fs, read_bytes, redact
+from segflow.tasks.records import Verdict
 
 __all__ = [
     "CalibrationError",
@@ -61,7 +62,7 @@ __all__ = [
     "predict",
 ]
 
-VERDICTS = ("accept", "review", "reject")
+VERDICTS = tuple(v.value for v in Verdict)  # accept, review, reject
 FEATURES = ("logit_score", "predicted_iou", "stability_score", "log_area_frac", "rival_score", "score_share")
 
 

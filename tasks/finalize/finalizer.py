@@ -52,6 +52,7 @@ from segflow.tasks.outputs.panoptic_export import (
 )
 from segflow.tasks.outputs.qc_report import QcAccumulator, write_qc_report
 from segflow.tasks.plan.planner import iter_plan_batches
+from segflow.tasks.records import RunSummary
 from segflow.tasks.report import ReportSampler, write_report
 from segflow.tasks.shard.commit import (
     IncompleteRunError,
@@ -267,8 +268,9 @@ def _parquet(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def finalize(job: JobConfig, started_at: float | None = None, force: bool = False) -> dict:
-    """Merge, export and summarise a fully committed run. Returns the summary dict.
+def finalize(job: JobConfig, started_at: float | None = None, force: bool = False) -> RunSummary:
+    """Merge, export and summarise a fully committed run. Returns the run summary
+    (:class:`~segflow.tasks.records.RunSummary`, as written to summary.json).
 
     An output already finalized from exactly these commits (and gold sets and acceptance settings) is left as it
     is, unless ``force``. Holds the output's lease (:mod:`segflow.tasks.io.lease`; re-entrant, so a run that holds
@@ -281,7 +283,7 @@ def finalize(job: JobConfig, started_at: float | None = None, force: bool = Fals
         return _finalize(job, started_at, force, lease)
 
 
-def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any) -> dict:
+def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any) -> RunSummary:
     output = job.output
     plan, commits = collect_commits(output)
     layout = OutputLayout(output)
@@ -295,7 +297,7 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
         and previous.get("commits_digest") == digest
         and _all_rendered(output, commits)
     ):
-        return previous  # already finalized from exactly these commits: write nothing
+        return RunSummary.from_dict(previous)  # already finalized from exactly these commits: write nothing
 
     # 0. the operating point: a saved calibration, or one fitted on the gold set's images (read first)
     cache: dict[tuple[str, str], bytes] = {}
@@ -333,7 +335,7 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
     _, summary_path = open_fs(paths["summary"])
     lease.check()
     write_bytes(fs, summary_path, json.dumps(summary, indent=2).encode())
-    return summary
+    return RunSummary.from_dict(summary)
 
 
 def _warn_novelty_off(job: JobConfig, calibration: dict) -> None:

@@ -28,13 +28,14 @@ import pyarrow.parquet as pq
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.lease import LeaseHeld, require_no_writer
 from segflow.tasks.io.storage import open_fs, read_json, redact
+from segflow.tasks.records import Verdict
 
 __all__ = ["VERDICTS", "ImageLabels", "RunLabels", "ExportError"]
 
 VERDICTS: dict[str, tuple[str, ...]] = {
-    "review": ("review",),
-    "accept": ("accept",),
-    "all": ("accept", "review", "reject"),
+    "review": (Verdict.REVIEW.value,),
+    "accept": (Verdict.ACCEPT.value,),
+    "all": tuple(v.value for v in Verdict),
 }
 
 

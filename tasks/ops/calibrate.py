@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from segflow.tasks.records import RunSummary
+
 __all__ = ["recalibrate_output"]
 
 
-def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[dict, dict]:
+def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[RunSummary, dict]:
     """Fit the acceptance of a finished run on a gold set and export again at that operating point.
 
     No model runs and committed shards are not touched: ``job.json`` gets the gold set and the ``accept``

@@ -31,6 +31,7 @@ from typing import Any
 
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import create_exclusive, join, open_fs, read_bytes, read_json, redact, scrub, write_bytes
+from segflow.tasks.records import RunSummary
 from segflow.tasks.shard.commit import IncompleteRunError, collect_commits, commits_digest
 
 __all__ = ["PublishError", "publish"]
@@ -91,7 +92,7 @@ def _md(text: object) -> str:
     return s.lstrip("#=-+ ")
 
 
-def _card(summary: dict, job: dict, version: str, checksums: dict[str, str], review: dict | None = None) -> str:
+def _card(summary: RunSummary, job: dict, version: str, checksums: dict[str, str], review: dict | None = None) -> str:
     import yaml
 
     job = scrub(job)
@@ -102,14 +103,14 @@ def _card(summary: dict, job: dict, version: str, checksums: dict[str, str], rev
                 f"| {_md(name)} | {_md(st['kind'])} | {_md(st['weights'].rsplit('/', 1)[-1])} "
                 f"| {_md(st.get('sha256') or '-')} |"
             )
-    per_class = "\n".join(f"| {_md(k)} | {v} |" for k, v in summary.get("masks_per_category", {}).items())
+    per_class = "\n".join(f"| {_md(k)} | {v} |" for k, v in summary.masks_per_category.items())
     qtext = _quality_text(summary)
     counts = (
-        f"| {summary['images']} | {summary['labelled_images']} | {summary['failed_images']} | {summary['masks']} "
-        f"| {summary.get('coco_annotations', summary['masks'])} |"
+        f"| {summary.images} | {summary.labelled_images} | {summary.failed_images} | {summary.masks} "
+        f"| {summary.coco_annotations} |"
     )
     job_yaml = "\n".join("    " + line for line in yaml.safe_dump(job, sort_keys=False).strip().splitlines())
-    return f"""# {_md(summary["job"])} -- dataset {_md(version)}
+    return f"""# {_md(summary.job)} -- dataset {_md(version)}
 
 Auto-labelled by segflow. Created {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}.
 
@@ -140,9 +141,9 @@ Auto-labelled by segflow. Created {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmti
 """
 
 
-def _quality_text(summary: dict) -> str:
+def _quality_text(summary: RunSummary) -> str:
     """The card's paragraphs on label quality, the operating point, verdicts and panoptic segments."""
-    quality = summary.get("quality") or {}
+    quality = summary.quality or {}
     text = ""
     if "box_ap50" in quality:
         text += (
@@ -157,7 +158,7 @@ def _quality_text(summary: dict) -> str:
             f"images: precision {st['precision']}, recall {st['recall']} "
             f"(TP {st['tp']}, FP {st['fp']}, FN {st['fn']}).\n"
         )
-    cal = summary.get("calibration")
+    cal = summary.calibration
     if cal:
         h = cal["heldout"]
         without = (
@@ -171,7 +172,7 @@ def _quality_text(summary: dict) -> str:
             f"(95% CI {h['precision_ci95']}), recall {h['recall']} (95% CI {h['recall_ci95']}); see calibration.json."
             f"{without}\n"
         )
-    verdicts = summary.get("verdicts")
+    verdicts = summary.verdicts
     if verdicts:
         text += (
             f"\nVerdicts: {verdicts['accept']} accepted (in coco/instances.json), {verdicts['review']} review, "
@@ -182,7 +183,7 @@ def _quality_text(summary: dict) -> str:
             f"\nPanoptic quality against the gold set: PQ {quality['pq']}, SQ {quality['sq']}, "
             f"RQ {quality['rq']}, mIoU {quality['miou']}.\n"
         )
-    pan = summary.get("panoptic")
+    pan = summary.panoptic
     if pan:
         rows = "\n".join(f"| {_md(k)} | {v} |" for k, v in pan["segments_per_category"].items())
         text += (
@@ -270,7 +271,7 @@ def _publish(output: str, dest: str, version: str | None, write: bool) -> dict[s
     return {"version": version, "url": redact(target), "created": True, "files": len(checksums)}
 
 
-def _finished_run(output: str) -> tuple[dict, dict, str | None]:
+def _finished_run(output: str) -> tuple[RunSummary, dict, str | None]:
     """The run's summary, job and commits digest; refuses a run that is incomplete, not finalized, or whose
     summary was built from other commits."""
     layout = OutputLayout(output)
@@ -285,14 +286,15 @@ def _finished_run(output: str) -> tuple[dict, dict, str | None]:
             f"refusing to publish {redact(output)}: it was not finalized (no summary.json); "
             f"run `segflow rerun {redact(output)}`"
         )
-    digest = summary.get("commits_digest")
+    run = RunSummary.from_dict(summary)
+    digest = run.commits_digest
     job = read_json(fs_out, layout.job_json) or {}
     if digest != commits_digest(commits, job):
         raise PublishError(
             f"refusing to publish {redact(output)}: its summary does not match its committed "
             f"shards; run `segflow rerun {redact(output)}` first"
         )
-    return summary, job, digest
+    return run, job, digest
 
 
 def _published(

@@ -32,11 +32,12 @@ from segflow.tasks import rle
 from segflow.tasks.io.images import decode_image
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import join, open_fs, write_bytes
+from segflow.tasks.records import VERDICT_COLOURS, rgb
 
 __all__ = ["QcAccumulator", "write_qc_report", "contact_sheet"]
 
 SHEETS = {"accept": "accepted", "review": "review", "reject": "rejected"}
-_COLOURS = {"accept": (40, 220, 90), "review": (255, 200, 0), "reject": (255, 50, 50), "novel": (80, 180, 255)}
+_COLOURS = {k: rgb(v) for k, v in VERDICT_COLOURS.items()}  # the plots' colours (accept, review, reject, novel)
 #: The manifest columns a sampled mask keeps: what :func:`contact_sheet` draws and labels.
 SAMPLE_COLUMNS = [
     "annotation_id",

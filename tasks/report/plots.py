@@ -11,9 +11,12 @@ from typing import Any
 
 import numpy as np
 
+from segflow.tasks.records import VERDICT_COLOURS as VERDICT_HEX
+from segflow.tasks.records import Verdict
+
 __all__ = ["verdict_bars", "pr_grid", "confusion", "class_bars", "stage_seconds", "timeline"]
 
-VERDICT_COLOURS = {"accept": "#2bbd5a", "review": "#f2b705", "reject": "#e5413a"}
+VERDICT_COLOURS = {v.value: VERDICT_HEX[v] for v in Verdict}  # accept, review, reject
 
 
 def _plt() -> Any:

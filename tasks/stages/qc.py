@@ -41,6 +41,7 @@ from pycocotools import mask as mask_utils
 
 from segflow.tasks import rle
 from segflow.tasks.record import Detections
+from segflow.tasks.records import QcVerdict
 
 if TYPE_CHECKING:
     from segflow.tasks.stages.settings.qc import QcStage
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["QcChecker", "RULES", "VERDICTS", "check_masks", "count_outliers", "box_iou_xyxy"]
 
-VERDICTS = ("pass", "flag", "reject")
+VERDICTS = tuple(v.value for v in QcVerdict)  # pass, flag, reject
 RULES = (
     "predicted_iou",
     "stability",

@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from segflow.tasks.records import Role
+
 __all__ = [
     "ADAPTERS",
     "ROLES",
@@ -55,15 +57,15 @@ def _first(inputs: Inputs, *roles: str) -> tuple[str | None, list[Any] | None]:
     return next((inputs[r] for r in roles if r in inputs), (None, None))
 
 
-ROLES: dict[str, Callable[[Any, Sequence[Any], Inputs], list[Any]]] = {
-    "detector": lambda a, images, inputs: a.detect(images),
-    "segmenter": lambda a, images, inputs: a.segment(images, inputs["detector"][1]),
-    "instances": lambda a, images, inputs: a.label(images),
-    "qc": lambda a, images, inputs: a.check(
+ROLES: dict[str, Callable[[Any, Sequence[Any], Inputs], list[Any]]] = {  # by Role (segflow.tasks.records)
+    Role.DETECTOR: lambda a, images, inputs: a.detect(images),
+    Role.SEGMENTER: lambda a, images, inputs: a.segment(images, inputs["detector"][1]),
+    Role.INSTANCES: lambda a, images, inputs: a.label(images),
+    Role.QC: lambda a, images, inputs: a.check(
         images, _first(inputs, "segmenter", "instances")[1], _first(inputs, "panoptic")[1]
     ),
-    "panoptic": lambda a, images, inputs: a.panoptic(images),
-    "merge": lambda a, images, inputs: a.merge(
+    Role.PANOPTIC: lambda a, images, inputs: a.panoptic(images),
+    Role.MERGE: lambda a, images, inputs: a.merge(
         images,
         _first(inputs, "segmenter", "qc", "instances")[1],
         inputs["panoptic"][1],

@@ -24,7 +24,7 @@ def reference(prefect_harness, write_job, image_dir, tmp_path):
 
 
 def check_workers(summary, n_shards, n_models):
-    runs = summary["shard_runs"]
+    runs = summary.shard_runs
     assert len(runs) == n_shards and not any(r["skipped"] for r in runs)
     by_pid = defaultdict(list)
     for r in runs:

@@ -187,7 +187,7 @@ def test_finalize_merges_committed_shards_once(planned):
     commits.append(commit_planned(job, "shard-00002"))
     summary = finalize(job)
     out = job.output
-    assert summary["images"] == 5 and summary["masks"] == 2 * 1 + 2 * 2 + 1
+    assert summary.images == 5 and summary.masks == 2 * 1 + 2 * 2 + 1
     for c in commits:  # images parts are the committed bytes; masks parts the committed rows + their verdicts
         part = f"{out}/manifest/images.parquet/part-{c['shard_id']}.parquet"
         assert open(part, "rb").read() == open(f"{out}/{c['files']['images']['path']}", "rb").read()
@@ -196,9 +196,11 @@ def test_finalize_merges_committed_shards_once(planned):
         assert masks.drop_columns(["verdict", "verdict_reasons", "calibrated_score", "novelty"]).equals(committed)
         assert set(masks["verdict"].to_pylist()) == {"accept"} and masks["calibrated_score"].null_count == len(masks)
     coco = COCO(f"{out}/coco/instances.json")
-    assert len(coco.anns) == summary["masks"] and len(coco.imgs) == 5
+    assert len(coco.anns) == summary.masks and len(coco.imgs) == 5
     stamp = open(f"{out}/summary.json").read()
-    assert finalize(job) == json.loads(stamp) and open(f"{out}/summary.json").read() == stamp  # nothing rewritten
+    assert (
+        finalize(job).to_dict() == json.loads(stamp) and open(f"{out}/summary.json").read() == stamp
+    )  # nothing rewritten
 
 
 class CountingMemoryFS(MemoryFileSystem):
@@ -241,4 +243,4 @@ def test_finalize_reads_each_committed_file_once_and_measures_gold(tmp_path):
     summary = finalize(job)
     data_files = [f"{job.output}/{e['path']}" for c in commits for e in c["files"].values()]
     assert len(data_files) == 6 and all(CountingMemoryFS.reads[f] == 1 for f in data_files), CountingMemoryFS.reads
-    assert summary["quality"]["mask_ap50"] == 1.0 and summary["quality"]["gold_instances"] == 5
+    assert summary.quality["mask_ap50"] == 1.0 and summary.quality["gold_instances"] == 5
