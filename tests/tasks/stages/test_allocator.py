@@ -62,7 +62,8 @@ def test_fixed_thresholds_stop_the_decoders_page_faults():
     # the negative control: glibc's adaptive thresholds keep handing the decoder fresh pages (4 MB a tensor,
     # 1,024 faults each); with the thresholds fixed, freed memory is reused
     assert default > 4 * 1024, default
-    assert tuned < default / 20, (tuned, default)
+    # tuned: 0-1 faults here; one CI run of ~10 saw 3,200 (against 58,000), the other test process busy beside it
+    assert tuned < default / 10, (tuned, default)
 
 
 def test_the_setting_is_applied_once_and_reports_the_same():
