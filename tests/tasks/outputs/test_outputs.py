@@ -27,6 +27,7 @@ from segflow.tasks.outputs.coco import write_instances
 from segflow.tasks.outputs.manifest import ANNOTATION_ID_STRIDE, ShardTables
 from segflow.tasks.outputs.qc_report import QcAccumulator, write_qc_report
 from segflow.tasks.plan.planner import make_plan
+from segflow.tasks.records import VERDICT_COLOURS, rgb
 from segflow.tasks.shard.commit import (
     IncompleteRunError,
     ShardConflict,
@@ -152,7 +153,7 @@ def test_qc_report_counts_verdicts_and_draws_outlined_sheets(tmp_path):
     assert out["verdicts"] == {"accept": 1, "review": 1, "reject": 1} and out["rules"]["stability"] == 2
     qc = tmp_path / "out" / "qc"
     assert sorted(p.name for p in (qc / "sheets").iterdir()) == ["accepted.png", "rejected.png", "review.png"]
-    for name, colour in (("accepted", (40, 220, 90)), ("rejected", (255, 50, 50))):
+    for name, colour in (("accepted", rgb(VERDICT_COLOURS["accept"])), ("rejected", rgb(VERDICT_COLOURS["reject"]))):
         tile = np.asarray(Image.open(qc / "sheets" / f"{name}.png").convert("RGB"))[:200, :200]
         outline = (tile == colour).all(-1)
         assert outline.sum() > 100, name  # the mask's edge is drawn in the verdict's colour
