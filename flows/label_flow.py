@@ -30,7 +30,7 @@ from segflow.tasks.finalize.finalizer import finalize
 from segflow.tasks.io.storage import load_credentials_block, redact, use_s3_credentials
 from segflow.tasks.ops.publish import publish
 from segflow.tasks.plan.planner import Plan, PlanError, load_plan, make_plan
-from segflow.tasks.records import RunSummary
+from segflow.tasks.records import RunSummary, ShardResult
 from segflow.tasks.shard.commit import IncompleteRunError
 from segflow.tasks.shard.runner import run_shard
 
@@ -114,7 +114,7 @@ def plan_task(job: JobConfig) -> list[str]:
 
 
 @task(name="label-shard", task_run_name="{shard_id}")
-def shard_task(job: JobConfig, shard_id: str, redo: bool = False) -> dict:
+def shard_task(job: JobConfig, shard_id: str, redo: bool = False) -> ShardResult:
     apply_credentials(job)  # once per worker process (a no-op after the first)
     result = run_shard(job, shard_id, redo=redo)
     get_run_logger().info(
@@ -126,7 +126,7 @@ def shard_task(job: JobConfig, shard_id: str, redo: bool = False) -> dict:
         result.seconds,
         " (already committed)" if result.skipped else "",
     )
-    return result.to_dict()
+    return result
 
 
 @task(name="finalize")
@@ -260,9 +260,7 @@ def _label(job: JobConfig, redo: list[str] | None, refinalize: bool) -> RunSumma
     shard_runs = [f.result() for f in futures]
     summary = finalize_task(job, started, force=refinalize)
     # which worker process ran each shard and how many models it had to load (not part of summary.json)
-    summary.shard_runs = [
-        {k: r[k] for k in ("shard_id", "worker_pid", "model_loads", "skipped", "seconds")} for r in shard_runs
-    ]
+    summary.shard_runs = shard_runs
     if job.exports:
         summary.exported = [export_task(job, spec) for spec in job.exports]
     if job.publish is not None:

@@ -6,6 +6,7 @@
 * :class:`Role` -- what a stage kind consumes and makes (:mod:`segflow.tasks.stages.registry`).
 * :data:`VERDICT_COLOURS` -- one colour per verdict (and ``novel``, the review band's shapes unlike the gold set),
   for every plot and contact sheet.
+* :class:`ShardResult` -- one shard's run, as its task returns it to the flow.
 * :class:`RunSummary` -- a finished run, as ``OUTPUT/summary.json`` holds it (docs/outputs.md): what
   :func:`segflow.tasks.finalize.finalizer.finalize` returns and the CLI, the flow, the report and publish read.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["QcVerdict", "Role", "RunSummary", "VERDICT_COLOURS", "Verdict", "rgb"]
+__all__ = ["QcVerdict", "Role", "RunSummary", "ShardResult", "VERDICT_COLOURS", "Verdict", "rgb"]
 
 
 class Verdict(StrEnum):
@@ -51,6 +52,24 @@ def rgb(colour: str) -> tuple[int, int, int]:
 
 
 @dataclass
+class ShardResult:
+    """One shard's run (:func:`segflow.tasks.shard.runner.run_shard`): counts, seconds, and which worker ran it."""
+
+    shard_id: str
+    images: int
+    ok: int
+    failed: int
+    masks: int
+    seconds: float
+    skipped: bool  # already committed before this run
+    worker_pid: int = 0  # process that ran the shard
+    model_loads: int = 0  # models this shard had to load (0 when the worker process had them already)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
 class RunSummary:
     """``summary.json`` (docs/outputs.md). Optional sections are None where the run has none (and absent from
     the file); keys a newer segflow wrote are kept in ``extra`` and written back as they were."""
@@ -80,7 +99,7 @@ class RunSummary:
     extra: dict[str, Any] = field(default_factory=dict)
     # what the flow adds for its caller (not in summary.json): per shard, the worker that ran it and the models
     # it loaded; the exports and the publication the job asked for
-    shard_runs: list[dict[str, Any]] | None = field(default=None, metadata={"file": False})
+    shard_runs: list[ShardResult] | None = field(default=None, metadata={"file": False})
     exported: list[dict[str, Any]] | None = field(default=None, metadata={"file": False})
     published: dict[str, Any] | None = field(default=None, metadata={"file": False})
 

@@ -27,7 +27,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from segflow.tasks.evaluate.drift import histograms
@@ -40,6 +39,7 @@ from segflow.tasks.outputs.manifest import ShardTables
 from segflow.tasks.outputs.panoptic_export import render_shard
 from segflow.tasks.plan.planner import read_shard_rows
 from segflow.tasks.record import Detections
+from segflow.tasks.records import ShardResult
 from segflow.tasks.shard import progress
 from segflow.tasks.shard.commit import ShardConflict, commit_shard, read_commit, record_failure
 from segflow.tasks.stages.allocator import keep_freed_memory
@@ -54,22 +54,6 @@ if TYPE_CHECKING:
 
 
 __all__ = ["ShardFailed", "ShardResult", "run_shard", "job_fingerprint"]
-
-
-@dataclass
-class ShardResult:
-    shard_id: str
-    images: int
-    ok: int
-    failed: int
-    masks: int
-    seconds: float
-    skipped: bool  # already committed before this run
-    worker_pid: int = 0  # process that ran the shard
-    model_loads: int = 0  # models this shard had to load (0 when the worker process had them already)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def job_fingerprint(job: JobConfig) -> str:

@@ -25,10 +25,10 @@ def reference(prefect_harness, write_job, image_dir, tmp_path):
 
 def check_workers(summary, n_shards, n_models):
     runs = summary.shard_runs
-    assert len(runs) == n_shards and not any(r["skipped"] for r in runs)
+    assert len(runs) == n_shards and not any(r.skipped for r in runs)
     by_pid = defaultdict(list)
     for r in runs:
-        by_pid[r["worker_pid"]].append(r["model_loads"])
+        by_pid[r.worker_pid].append(r.model_loads)
     import os
 
     assert os.getpid() not in by_pid  # the shards ran in worker processes, not in the flow's

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from segflow.tasks.records import VERDICT_COLOURS, QcVerdict, Role, RunSummary, Verdict, rgb
+from segflow.tasks.records import VERDICT_COLOURS, QcVerdict, Role, RunSummary, ShardResult, Verdict, rgb
 
 OLD = Path(__file__).resolve().parents[1] / "data" / "outputs" / "summary-before-records.json"
 
@@ -31,7 +31,7 @@ def test_unknown_keys_are_kept_and_missing_ones_named():
         RunSummary.from_dict(data)
     # what the flow adds for its caller never goes into the file
     run = RunSummary.from_dict(json.loads(OLD.read_text()))
-    run.shard_runs = [{"shard_id": "shard-00000"}]
+    run.shard_runs = [ShardResult("shard-00000", 4, 4, 0, 7, 1.5, skipped=False)]
     assert "shard_runs" not in run.to_dict()
 
 
