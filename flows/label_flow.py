@@ -30,7 +30,7 @@ from segflow.tasks.finalize.finalizer import finalize
 from segflow.tasks.io.storage import load_credentials_block, redact, use_s3_credentials
 from segflow.tasks.ops.publish import publish
 from segflow.tasks.plan.planner import Plan, PlanError, load_plan, make_plan
-from segflow.tasks.records import RunSummary, ShardResult
+from segflow.tasks.records import Publication, RunSummary, ShardResult
 from segflow.tasks.shard.commit import IncompleteRunError
 from segflow.tasks.shard.runner import run_shard
 
@@ -207,14 +207,14 @@ def export_task(job: JobConfig, spec: ExportConfig) -> dict:
 
 
 @task(name="publish")
-def publish_task(job: JobConfig) -> dict:
+def publish_task(job: JobConfig) -> Publication:
     apply_credentials(job)
     result = publish(job.output, job.publish.dest, job.publish.version)
     get_run_logger().info(
         "%s version %s at %s",
-        "published" if result["created"] else "already published as",
-        result["version"],
-        result["url"],
+        "published" if result.created else "already published as",
+        result.version,
+        result.url,
     )
     return result
 

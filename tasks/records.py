@@ -7,6 +7,7 @@
 * :data:`VERDICT_COLOURS` -- one colour per verdict (and ``novel``, the review band's shapes unlike the gold set),
   for every plot and contact sheet.
 * :class:`ShardResult` -- one shard's run, as its task returns it to the flow.
+* :class:`Publication` -- a run published as a dataset version (:func:`segflow.tasks.ops.publish.publish`).
 * :class:`RunSummary` -- a finished run, as ``OUTPUT/summary.json`` holds it (docs/outputs.md): what
   :func:`segflow.tasks.finalize.finalizer.finalize` returns and the CLI, the flow, the report and publish read.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["QcVerdict", "Role", "RunSummary", "ShardResult", "VERDICT_COLOURS", "Verdict", "rgb"]
+__all__ = ["Publication", "QcVerdict", "Role", "RunSummary", "ShardResult", "VERDICT_COLOURS", "Verdict", "rgb"]
 
 
 class Verdict(StrEnum):
@@ -101,7 +102,7 @@ class RunSummary:
     # it loaded; the exports and the publication the job asked for
     shard_runs: list[ShardResult] | None = field(default=None, metadata={"file": False})
     exported: list[dict[str, Any]] | None = field(default=None, metadata={"file": False})
-    published: dict[str, Any] | None = field(default=None, metadata={"file": False})
+    published: Publication | None = field(default=None, metadata={"file": False})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSummary:
@@ -126,3 +127,14 @@ class RunSummary:
             if f.name != "extra" and f.metadata.get("file", True)
         }
         return {k: v for k, v in out.items() if v is not None} | self.extra
+
+
+@dataclass(frozen=True)
+class Publication:
+    """A published dataset version: its name, its URL (credentials removed), whether this call created it (False:
+    the same run was published already) and how many files it holds."""
+
+    version: str
+    url: str
+    created: bool
+    files: int

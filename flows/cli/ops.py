@@ -77,10 +77,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except PublishError as e:
         _eprint(f"error: {e}")
         return EXIT_FAILED
-    if result["created"]:
-        print(f"published version {result['version']} ({result['files']} files) at {result['url']}")
+    if result.created:
+        print(f"published version {result.version} ({result.files} files) at {result.url}")
     else:
-        print(f"already published as version {result['version']} at {result['url']}: nothing to do")
+        print(f"already published as version {result.version} at {result.url}: nothing to do")
     return EXIT_OK
 
 

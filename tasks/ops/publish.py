@@ -31,7 +31,7 @@ from typing import Any
 
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import create_exclusive, join, open_fs, read_bytes, read_json, redact, scrub, write_bytes
-from segflow.tasks.records import RunSummary
+from segflow.tasks.records import Publication, RunSummary
 from segflow.tasks.shard.commit import IncompleteRunError, collect_commits, commits_digest
 
 __all__ = ["PublishError", "publish"]
@@ -207,8 +207,8 @@ def _optional_files(checksums: dict[str, str]) -> str:
     return text + (", `report.html` (the run report)" if "report.html" in checksums else "")
 
 
-def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any]:
-    """Publish the finished run in ``output`` under ``dest``. Returns ``{"version", "url", "created", "files"}``.
+def publish(output: str, dest: str, version: str | None = None) -> Publication:
+    """Publish the finished run in ``output`` under ``dest``: the version published (or published already).
 
     Holds ``dest``'s lease (:mod:`segflow.tasks.io.lease`), so two publishers never write one version, and refuses
     while another command writes ``output``; every manifest part copied is checked against the output's pointer.
@@ -226,7 +226,7 @@ def publish(output: str, dest: str, version: str | None = None) -> dict[str, Any
         raise PublishError(str(e)) from None
 
 
-def _publish(output: str, dest: str, version: str | None, write: bool) -> dict[str, Any] | None:
+def _publish(output: str, dest: str, version: str | None, write: bool) -> Publication | None:
     """Publish (see :func:`publish`); with ``write`` False, only the existing version of this run, or None."""
     summary, job, digest = _finished_run(output)
     if version is not None and not _VERSION.match(version):
@@ -268,7 +268,7 @@ def _publish(output: str, dest: str, version: str | None, write: bool) -> dict[s
         raise PublishError(f"version {version!r} was published concurrently by someone else")
     _, latest = open_fs(join(dest, "LATEST"))
     write_bytes(fs_dest, latest, (version + "\n").encode())  # last: readers following LATEST see complete versions only
-    return {"version": version, "url": redact(target), "created": True, "files": len(checksums)}
+    return Publication(version, redact(target), True, len(checksums))
 
 
 def _finished_run(output: str) -> tuple[RunSummary, dict, str | None]:
@@ -299,7 +299,7 @@ def _finished_run(output: str) -> tuple[RunSummary, dict, str | None]:
 
 def _published(
     fs_dest: Any, dest: str, dest_root: str, digest: str | None, review_version: str | None, version: str | None
-) -> dict[str, Any] | None:
+) -> Publication | None:
     """The version this run (and review) was already published as (under ``version`` if given), or None:
     publishing is idempotent."""
     existing = fs_dest.glob(f"{dest_root.rstrip('/')}/*/_PUBLISHED.json") if fs_dest.exists(dest_root) else []
@@ -307,12 +307,7 @@ def _published(
         rec = json.loads(fs_dest.cat_file(marker))
         same = rec.get("commits_digest") == digest and rec.get("review_version") == review_version
         if same and (version is None or rec["version"] == version):
-            return {
-                "version": rec["version"],
-                "url": redact(join(dest, rec["version"])),
-                "created": False,
-                "files": len(rec["files"]),
-            }
+            return Publication(rec["version"], redact(join(dest, rec["version"])), False, len(rec["files"]))
     return None
 
 

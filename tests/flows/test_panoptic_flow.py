@@ -108,7 +108,7 @@ def test_publish_includes_the_panoptic_files(panoptic_run, tmp_path):
     from segflow.tasks.ops.publish import publish
 
     job, out = panoptic_run
-    assert publish(str(out), str(tmp_path / "datasets"), "v1")["created"]
+    assert publish(str(out), str(tmp_path / "datasets"), "v1").created
     root = tmp_path / "datasets" / "v1"
     files = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
     assert {"coco/panoptic.json", "coco/panoptic/3.png", "semantic/3.png"} <= files

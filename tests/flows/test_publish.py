@@ -70,7 +70,7 @@ def test_publish_versions_checksums_card_and_latest(finished, s3_faults, s3, cap
 
     # idempotent: publishing the same run again writes nothing
     n = len(s3_faults.requests)
-    assert publish(str(finished), "s3://segflow-out/datasets/shapes")["created"] is False
+    assert publish(str(finished), "s3://segflow-out/datasets/shapes").created is False
     assert not any(m == "PUT" for m, _, _ in s3_faults.requests[n:])
 
 
