@@ -30,7 +30,7 @@ from segflow.tasks.finalize.finalizer import finalize
 from segflow.tasks.io.storage import load_credentials_block, redact, use_s3_credentials
 from segflow.tasks.ops.publish import publish
 from segflow.tasks.plan.planner import Plan, PlanError, load_plan, make_plan
-from segflow.tasks.records import Publication, RunSummary, ShardResult
+from segflow.tasks.records import ExportResult, Publication, RunSummary, ShardResult
 from segflow.tasks.shard.commit import IncompleteRunError
 from segflow.tasks.shard.runner import run_shard
 
@@ -197,12 +197,12 @@ def report_link(url: str) -> str:
 
 
 @task(name="export")
-def export_task(job: JobConfig, spec: ExportConfig) -> dict:
+def export_task(job: JobConfig, spec: ExportConfig) -> ExportResult:
     from segflow.tasks.formats import export
 
     apply_credentials(job)
     result = export(job.output, spec.format, spec.dest, spec.verdicts)
-    get_run_logger().info("%s: %s images, %s masks -> %s", spec.format, result["images"], result["masks"], spec.dest)
+    get_run_logger().info("%s: %s images, %s masks -> %s", spec.format, result.images, result.masks, spec.dest)
     return result
 
 

@@ -7,6 +7,7 @@
 * :data:`VERDICT_COLOURS` -- one colour per verdict (and ``novel``, the review band's shapes unlike the gold set),
   for every plot and contact sheet.
 * :class:`ShardResult` -- one shard's run, as its task returns it to the flow.
+* :class:`ExportResult` -- what an export wrote (:func:`segflow.tasks.formats.export`).
 * :class:`Publication` -- a run published as a dataset version (:func:`segflow.tasks.ops.publish.publish`).
 * :class:`RunSummary` -- a finished run, as ``OUTPUT/summary.json`` holds it (docs/outputs.md): what
   :func:`segflow.tasks.finalize.finalizer.finalize` returns and the CLI, the flow, the report and publish read.
@@ -19,7 +20,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["Publication", "QcVerdict", "Role", "RunSummary", "ShardResult", "VERDICT_COLOURS", "Verdict", "rgb"]
+__all__ = [
+    "ExportResult",
+    "Publication",
+    "QcVerdict",
+    "Role",
+    "RunSummary",
+    "ShardResult",
+    "VERDICT_COLOURS",
+    "Verdict",
+    "rgb",
+]
 
 
 class Verdict(StrEnum):
@@ -101,7 +112,7 @@ class RunSummary:
     # what the flow adds for its caller (not in summary.json): per shard, the worker that ran it and the models
     # it loaded; the exports and the publication the job asked for
     shard_runs: list[ShardResult] | None = field(default=None, metadata={"file": False})
-    exported: list[dict[str, Any]] | None = field(default=None, metadata={"file": False})
+    exported: list[ExportResult] | None = field(default=None, metadata={"file": False})
     published: Publication | None = field(default=None, metadata={"file": False})
 
     @classmethod
@@ -138,3 +149,21 @@ class Publication:
     url: str
     created: bool
     files: int
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """An export: its format, the verdicts it took, where it went (``file``: the one file written, when the format
+    writes one), how many images and masks; ``details``: what the format counts besides (e.g. train / val)."""
+
+    format: str
+    verdicts: str
+    dest: str
+    images: int
+    masks: int
+    file: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def written_to(self) -> str:
+        return self.file or self.dest

@@ -113,8 +113,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (ExportError, TypeError) as e:
         _eprint(f"error: {e}")
         return EXIT_CONFIG
-    where = result.get("file") or result["dest"]
-    print(f"{args.format}: {result['images']} images, {result['masks']} masks ({result['verdicts']}) -> {where}")
+    print(f"{args.format}: {result.images} images, {result.masks} masks ({result.verdicts}) -> {result.written_to}")
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from segflow.tasks.formats.labels import VERDICTS, ExportError, RunLabels
+from segflow.tasks.records import ExportResult
 
 __all__ = [
     "DEFAULT_VERDICTS",
@@ -59,8 +60,9 @@ def resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), fn)
 
 
-def export(output: str, fmt: str, dest: str, verdicts: str | None = None, **options: Any) -> dict:
-    """Export the finished run in ``output`` to ``dest`` in format ``fmt``; returns counts."""
+def export(output: str, fmt: str, dest: str, verdicts: str | None = None, **options: Any) -> ExportResult:
+    """Export the finished run in ``output`` to ``dest`` in format ``fmt``: what was written (the exporter's
+    counts: ``images``, ``masks``, ``file`` where it wrote one, anything else in ``details``)."""
     if fmt not in EXPORTERS:
         raise ExportError(f"unknown export format {fmt!r}; known: {', '.join(EXPORTERS)}")
     verdicts = verdicts or DEFAULT_VERDICTS.get(fmt, "accept")
@@ -76,4 +78,6 @@ def export(output: str, fmt: str, dest: str, verdicts: str | None = None, **opti
             result = resolve(EXPORTERS[fmt])(RunLabels(output), dest, verdicts, **options)
     except LeaseHeld as e:
         raise ExportError(str(e)) from None
-    return {"format": fmt, "verdicts": verdicts, "dest": dest, **result}
+    counts = dict(result)
+    images, masks, file = counts.pop("images", 0), counts.pop("masks", 0), counts.pop("file", None)
+    return ExportResult(fmt, verdicts, dest, int(images), int(masks), file, counts)
