@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from typing import Any
@@ -14,10 +13,8 @@ from segflow.flows.cli.show import _f3
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import shutil
-
     from segflow.config import ConfigError, load_config
-    from segflow.demo.prepare import DEMO_CONFIG, holdout_quality, prepare_demo
+    from segflow.demo.prepare import DEMO_CONFIG, finish_demo, prepare_demo
 
     _quiet_prefect(args)
     config = DEMO_CONFIG.with_name("demo-semantic.yaml") if args.semantic else DEMO_CONFIG
@@ -61,12 +58,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     rc = run_prepared(job, plan, progress_bar=not args.no_progress, debug=_debug(args))
     if rc == EXIT_OK:
-        quality = os.path.join(overrides["output"], "quality.json")
-        shutil.copyfile(quality, os.path.join(args.output, "quality.json"))
-        holdout = os.path.join(args.output, "ground_truth", "instances.json" if args.calibration else "holdout.json")
-        q = holdout_quality(overrides["output"], holdout)
-        with open(os.path.join(args.output, "holdout_quality.json"), "w") as f:
-            json.dump(q, f, indent=2)
+        q = finish_demo(args.output, overrides["output"], fitted_here=not args.calibration)
         st, what = q["set"], "every image (the calibration was fitted elsewhere)"
         if not args.calibration:
             what = f"the {q['images']} images not used to fit (ground_truth/holdout.json)"

@@ -102,3 +102,15 @@ def prepare_demo(
         | ({} if large else {"gold_panoptic": str(gt / "panoptic.json"), "gold_semantic": str(gt / "semantic")})
         | ({"calibration": str(Path(calibration).resolve())} if calibration else {})
     )
+
+
+def finish_demo(folder: str | Path, output: str, fitted_here: bool = True) -> dict:
+    """After the demo's run: its ``quality.json`` copied beside the scenes, and the exported set measured on the
+    images the calibration did not see (``holdout_quality.json``: the gold set's other half when it was
+    ``fitted_here``, else every image). Returns that measurement."""
+    folder = Path(folder)
+    shutil.copyfile(Path(output) / "quality.json", folder / "quality.json")
+    holdout = folder / "ground_truth" / ("holdout.json" if fitted_here else "instances.json")
+    q = holdout_quality(output, str(holdout))
+    (folder / "holdout_quality.json").write_text(json.dumps(q, indent=2))
+    return q
