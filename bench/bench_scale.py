@@ -44,9 +44,11 @@ CLASSES = ["car", "person", "bicycle"]
 
 
 def _pool(n: int = 256):
-    """Real masks: (rle_counts, bbox xywh, area) of random ellipses."""
+    """Real masks: (rle_counts, bbox xywh, area, shape values) of random ellipses."""
     import numpy as np
     from pycocotools import mask as mask_utils
+
+    from segflow.tasks.evaluate.novelty import shape_features
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:H, :W]
@@ -55,7 +57,9 @@ def _pool(n: int = 256):
         cy, cx, ry, rx = rng.uniform(40, H - 40), rng.uniform(40, W - 40), rng.uniform(5, 40), rng.uniform(5, 60)
         m = np.asfortranarray((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1).astype(np.uint8))
         r = mask_utils.encode(m)
-        out.append((r["counts"].decode(), [float(v) for v in mask_utils.toBbox(r)], int(mask_utils.area(r))))
+        counts, box = r["counts"].decode(), [float(v) for v in mask_utils.toBbox(r)]
+        shape = shape_features([counts], H, W, np.array([box]))[0].tolist()  # the manifest's shape column
+        out.append((counts, box, int(mask_utils.area(r)), shape))
     return out
 
 
@@ -146,6 +150,7 @@ def simulate(out: Path, shards: int, per_shard: int, rows: int) -> dict:
                 "shard_id": [sid] * n,
                 "qc_verdict": qv,
                 "qc_reasons": [[] if v == "pass" else ["low_stability"] for v in qv],
+                "shape": [pool[p][3] for p in pick],
             },
             schema=MASKS_SCHEMA,
         )
@@ -162,6 +167,10 @@ def simulate(out: Path, shards: int, per_shard: int, rows: int) -> dict:
                 "num_masks": np.full(len(ids), per_image, np.int32),
                 "shard_id": [sid] * len(ids),
                 "qc_flags": [None] * len(ids),
+                "brightness": rng.uniform(0.3, 0.7, len(ids)).astype(np.float32),
+                "contrast": rng.uniform(0.1, 0.3, len(ids)).astype(np.float32),
+                "sharpness": rng.uniform(0.01, 0.05, len(ids)).astype(np.float32),
+                "jpeg_quality": np.full(len(ids), 90, np.float32),
             },
             schema=IMAGES_SCHEMA,
         )
@@ -169,7 +178,7 @@ def simulate(out: Path, shards: int, per_shard: int, rows: int) -> dict:
     # the gold set: 1,000 images, each with its first mask as a human label (so the match is not trivially empty)
     gold_images, gold_anns = [], []
     for i in range(1, 1001):
-        counts, bbox, area = pool[i % len(pool)]
+        counts, bbox, area, _ = pool[i % len(pool)]
         gold_images.append({"id": i, "file_name": f"{i - 1:08d}.jpg", "width": W, "height": H})
         gold_anns.append(
             {

@@ -111,3 +111,17 @@ def test_capacity_model_counts_flops_on_meta_tensors_and_scales_them_to_gpu_hour
     # 1.1 TFLOP an image at 494.5 TFLOP/s: 2.224 ms an image, 3600 images = 8.01 s = 0.00222 GPU-hours
     assert p["tflops_per_image"] == pytest.approx(1.1)
     assert p["gpu_hours"] == pytest.approx(3600 * 1.1 / 494.5 / 3600) and p["wall_hours"] == p["gpu_hours"] / 2
+
+
+def test_scale_bench_runs_on_a_small_simulated_output(tmp_path):
+    """bench/bench_scale.py writes manifests by hand: a column the manifests gained (shape, image statistics)
+    broke it unnoticed twice. A small run keeps it in step (figures not asserted)."""
+    out = tmp_path / "latest.json"
+    argv = ["--shards", "4", "--images-per-shard", "10", "--rows", "80", "400", "--out", str(out)]
+    r = subprocess.run(
+        [sys.executable, "-m", "bench.bench_scale", *argv], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["scale_detail"]["images"] == 40 and set(res["scale_detail"]["by_rows"]) == {"80", "400"}
+    assert "scale_finalize_peak_rss_mb" in res["measured_at"]
