@@ -46,8 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from segflow.tasks.evaluate.novelty import COLUMNS as SHAPE_COLUMNS
-from segflow.tasks.evaluate.novelty import novelty
+from segflow.tasks.evaluate.novelty import novelty, shape_matrix
 from segflow.tasks.io.storage import open_fs, read_bytes, redact
 from segflow.tasks.records import Verdict
 
@@ -170,9 +169,7 @@ def apply_acceptance(masks: pa.Table, cal: dict | None, drifted: bool = False, u
             look = entry.get("novelty")
             if look and "shape" in masks.column_names:
                 shapes = masks["shape"].take(pa.array(rows)).to_pylist()
-                width = max((len(v) for v in shapes if v), default=len(SHAPE_COLUMNS))
-                x_shape = np.array([v if v and len(v) == width else [np.nan] * width for v in shapes], np.float64)
-                novel_score[rows] = novelty(x_shape, look)
+                novel_score[rows] = novelty(shape_matrix(shapes), look)
             t, tr = entry.get("threshold"), entry.get("review_threshold")
             low = s < tr if tr is not None else np.zeros(len(rows), bool)
             band = ~low & (s < t if t is not None else True)

@@ -47,7 +47,7 @@ import numpy as np
 
 from segflow.tasks.evaluate.novelty import COLUMNS as SHAPE_COLUMNS
 from segflow.tasks.evaluate.novelty import FEATURES as SHAPE_FEATURES
-from segflow.tasks.evaluate.novelty import fit_reference
+from segflow.tasks.evaluate.novelty import fit_reference, shape_matrix
 from segflow.tasks.evaluate.novelty import novelty as novelty_score
 
 __all__ = [
@@ -95,12 +95,7 @@ def best_threshold(scores: np.ndarray, tp: np.ndarray, target: float, min_kept: 
 
 def _shapes(rows: list[dict]) -> np.ndarray:
     """The labels' :data:`segflow.tasks.evaluate.novelty.COLUMNS` (N x 7; NaN rows where a label has none)."""
-    out = np.full((len(rows), len(SHAPE_COLUMNS)), np.nan)
-    for i, r in enumerate(rows):
-        sh = (r.get("row") or {}).get("shape")
-        if sh and len(sh) == len(SHAPE_COLUMNS):
-            out[i] = np.asarray(sh, np.float64)
-    return out
+    return shape_matrix([(r.get("row") or {}).get("shape") for r in rows], len(SHAPE_COLUMNS))
 
 
 def _heldout_novelty(shapes: np.ndarray, tp: np.ndarray, fold: np.ndarray) -> np.ndarray:

@@ -53,6 +53,7 @@ __all__ = [
     "fit_reference",
     "novelty",
     "shape_features",
+    "shape_matrix",
 ]
 
 FEATURES = ("extent", "solidity", "circularity", "holes", "aspect", "vertices")
@@ -107,6 +108,18 @@ def shape_features(counts: Sequence[str], height: int, width: int, boxes_xywh: n
             np.log(len(cv2.approxPolyDP(main, 0.02 * perimeter, True))),
         )
     out[:, -1] = _contact(runs, height, width, boxes, areas)
+    return out
+
+
+def shape_matrix(values: Sequence[Sequence[float] | None], width: int | None = None) -> np.ndarray:
+    """The ``shape`` column's values as an N x ``width`` float64 array, NaN rows where a value is missing or of
+    another width. ``width`` defaults to the widest value present (6 in manifests written before ``contact``)."""
+    if width is None:
+        width = max((len(v) for v in values if v), default=len(COLUMNS))
+    out = np.full((len(values), width), np.nan)
+    for i, v in enumerate(values):
+        if v and len(v) == width:
+            out[i] = v
     return out
 
 
