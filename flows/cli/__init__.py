@@ -29,10 +29,10 @@ os.environ.setdefault("PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY", "false")
 
 from segflow.flows.cli import demo, evaluate, ops, run
 from segflow.flows.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, _debug, _eprint
-from segflow.flows.cli.run import run_prepared
+from segflow.flows.cli.run import run_command
 from segflow.flows.cli.show import drift_lines, print_calibration, print_summary
 
-__all__ = ["main", "build_parser", "run_prepared", "print_summary", "print_calibration", "drift_lines"]
+__all__ = ["main", "build_parser", "run_command", "print_summary", "print_calibration", "drift_lines"]
 __all__ += ["EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG"]
 
 #: the command groups, in the order `segflow --help` lists their commands

@@ -4,61 +4,40 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 from typing import Any
 
-from segflow.flows.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, _debug, _eprint, _quiet_prefect, prepare
-from segflow.flows.cli.run import run_prepared
+from segflow.flows.cli.common import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, _eprint, _quiet_prefect
+from segflow.flows.cli.run import run_command
 from segflow.flows.cli.show import _f3
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from segflow.config import ConfigError, load_config
-    from segflow.demo.prepare import DEMO_CONFIG, finish_demo, prepare_demo
+    from segflow.flows.commands import DemoRun, run_demo
 
     _quiet_prefect(args)
-    config = DEMO_CONFIG.with_name("demo-semantic.yaml") if args.semantic else DEMO_CONFIG
-    if args.large:
-        config = DEMO_CONFIG.with_name("demo-large.yaml")
-    if not config.exists():
-        _eprint(f"error: {config} not found: this segflow installation lacks its package data (reinstall segflow)")
-        return EXIT_CONFIG
-    if args.images is None:
-        args.images = 24 if args.large else 60
-    t0 = time.time()
-    overrides = prepare_demo(
-        args.output,
-        seed=args.seed,
-        num_images=args.images,
-        calibration=args.calibration,
-        shift=args.shift,
-        unknown=args.unknown,
-        large=args.large,
-    )
+    fields = ("seed", "images", "calibration", "semantic", "shift", "on_drift", "large", "unknown")
+    demo = DemoRun(args.output, **{k: getattr(args, k) for k in fields})
     shifted = (f", {args.shift}" if args.shift else "") + (
         f", {args.unknown} unknown shapes each" if args.unknown else ""
     )
-    print(
-        f"segflow demo: {args.images} synthetic scenes (seed {args.seed}{shifted}) with ground "
-        f"truth under {args.output} ({time.time() - t0:.1f}s)",
-        flush=True,
-    )
-    try:
-        job = load_config(config, overrides=overrides)
-        if args.on_drift:
-            job = job.model_copy(update={"accept": job.accept.model_copy(update={"on_drift": args.on_drift})})
-        plan = prepare(job, str(config))
-    except ConfigError as e:
-        _eprint(f"error: {e}")
-        if "demo-" in str(e) and "weights" in str(e):
-            _eprint(
-                "the demo models are built by `segflow train-demo-models --output configs/models "
-                "--update-config configs/demo.yaml configs/demo-qc.yaml`"
-            )
-        return EXIT_CONFIG
-    rc = run_prepared(job, plan, progress_bar=not args.no_progress, debug=_debug(args))
+
+    def on_scenes(images: int, seconds: float) -> None:
+        print(
+            f"segflow demo: {images} synthetic scenes (seed {args.seed}{shifted}) with ground "
+            f"truth under {args.output} ({seconds:.1f}s)",
+            flush=True,
+        )
+
+    held_out = []
+
+    def call(on_plan: Any) -> Any:
+        summary, quality = run_demo(demo, on_scenes, on_plan)
+        held_out.append(quality)
+        return summary
+
+    rc = run_command(call, args, hint=_weights_hint)
     if rc == EXIT_OK:
-        q = finish_demo(args.output, overrides["output"], fitted_here=not args.calibration)
+        q = held_out[0]
         st, what = q["set"], "every image (the calibration was fitted elsewhere)"
         if not args.calibration:
             what = f"the {q['images']} images not used to fit (ground_truth/holdout.json)"
@@ -70,6 +49,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"truth    : {os.path.join(args.output, 'ground_truth')}"
         )
     return rc
+
+
+def _weights_hint(error: str) -> str | None:
+    if "demo-" in error and "weights" in error:
+        return (
+            "the demo models are built by `segflow train-demo-models --output configs/models "
+            "--update-config configs/demo.yaml configs/demo-qc.yaml`"
+        )
+    return None
 
 
 def cmd_train(args: argparse.Namespace) -> int:

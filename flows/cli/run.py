@@ -16,140 +16,134 @@ from segflow.flows.cli.common import (
     _load,
     _Progress,
     _quiet_prefect,
-    prepare,
 )
 from segflow.flows.cli.show import print_calibration, print_summary
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from segflow.config import ConfigError
-    from segflow.tasks.io.lease import hold
+    from segflow.flows.commands import run_file_job
 
     _quiet_prefect(args)
-    from segflow.flows.label_flow import check_job
-
     try:
         job = _load(args)
-        check_job(job, args.config)  # writes nothing: a bad job never takes the output's lease
     except ConfigError as e:
         _eprint(f"error: {e}")
         return EXIT_CONFIG
-    with hold(job.output, "run"):  # one writer at a time (segflow.tasks.io.lease); refused: one line, exit 1
-        try:
-            plan = prepare(job, args.config, checked=True)
-        except ConfigError as e:
-            _eprint(f"error: {e}")
-            return EXIT_CONFIG
-        return run_prepared(job, plan, progress_bar=not args.no_progress, debug=_debug(args))
+    return run_command(lambda on_plan: run_file_job(job, args.config, on_plan=on_plan), args)
 
 
-def run_prepared(
-    job, plan, progress_bar: bool = True, debug: bool = False, redo: list[str] | None = None, refinalize: bool = False
-) -> int:
-    from segflow.flows.label_flow import run_job
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from segflow.flows.commands import rerun_output
+
+    _quiet_prefect(args)
+    shards = [s for s in (args.shards or "").split(",") if s]
+    return run_command(
+        lambda on_plan: rerun_output(_cli_path(args.output), shards, args.corrupt, on_plan, _print_repair), args
+    )
+
+
+def _print_repair(repair: Any) -> None:
     from segflow.tasks.io.storage import redact
-    from segflow.tasks.shard import progress
+
+    for p in repair.problems:
+        print(f"  {p}")
+    print(
+        f"segflow rerun: {len(repair.problems)} problem(s); labelling again: {', '.join(repair.damaged) or 'no shard'}"
+    )
+    for sid, dst in repair.set_aside:
+        print(f"segflow rerun: {sid} is not a shard of the plan: moved to {redact(dst)}")
+
+
+class _Shown:
+    """What the terminal shows while a job runs: the plan's size, then a progress bar fed by the shards."""
+
+    def __init__(self, progress_bar: bool):
+        self.progress_bar = progress_bar
+        self.bar: _Progress | None = None
+        self.job: Any = None
+
+    def on_plan(self, job: Any, plan: Any) -> None:
+        from segflow.tasks.io.storage import redact
+        from segflow.tasks.shard import progress
+
+        reuse = ""
+        if plan.reused:
+            reuse = f" (plan reused; {plan.new_images} new images planned)" if job.incremental else " (plan reused)"
+        print(
+            f"segflow: {job.name}: {plan.num_images} images in {len(plan.shard_ids)} shards{reuse} -> "
+            f"{redact(job.output)}",
+            flush=True,
+        )
+        self.job, self.bar = job, _Progress(plan.num_images, len(plan.shard_ids), enabled=self.progress_bar)
+        progress.set_reporter(self.bar)
+
+    def close(self) -> None:
+        from segflow.tasks.shard import progress
+
+        progress.set_reporter(None)
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_command(call: Any, args: argparse.Namespace, hint: Any = None) -> int:
+    """Run ``call(on_plan)`` (a :mod:`segflow.flows.commands` function), showing its progress, and print the
+    summary; failures as one line with the exit code (the traceback with --verbose / SEGFLOW_DEBUG=1).
+    ``hint(error)``: a second line for a config error, or None."""
+    from segflow.config import ConfigError
+    from segflow.tasks.io.storage import redact
     from segflow.tasks.shard.commit import IncompleteRunError, ShardConflict
 
-    reuse = ""
-    if plan.reused:
-        reuse = (
-            f" (plan reused; {plan.new_images} new images planned)"
-            if getattr(job, "incremental", False)
-            else " (plan reused)"
-        )
-    print(
-        f"segflow: {job.name}: {plan.num_images} images in {len(plan.shard_ids)} shards{reuse} -> {redact(job.output)}",
-        flush=True,
-    )
-    bar = _Progress(plan.num_images, len(plan.shard_ids), enabled=progress_bar)
-    progress.set_reporter(bar)
+    shown = _Shown(progress_bar=not args.no_progress)
     try:
-        summary = run_job(job, plan, redo=redo, refinalize=refinalize)  # prepared: the flow reads the plan
+        summary = call(shown.on_plan)
+    except ConfigError as e:
+        shown.close()
+        _eprint(f"error: {e}")
+        if hint is not None and (line := hint(str(e))):
+            _eprint(line)
+        return EXIT_CONFIG
     except IncompleteRunError as e:
-        bar.close()
+        shown.close()
         _eprint(f"error: run incomplete: {e}")
-        if debug:
-            import traceback
-
-            traceback.print_exc()
+        _traceback(args)
         return EXIT_FAILED
-    except Exception as e:  # noqa: BLE001 - reported as one line; --verbose / SEGFLOW_DEBUG=1 show the traceback
-        bar.close()
+    except Exception as e:
+        shown.close()
+        if shown.job is None:
+            raise  # before the run: main() says it in one line when it is a failure segflow knows
         _eprint(f"error: run failed: {type(e).__name__}: {e}")
         if isinstance(e, ShardConflict):
-            _eprint(f"  `segflow verify {redact(job.output)}` lists every file that does not match its commit record")
-        if debug:
-            import traceback
-
-            traceback.print_exc()
+            _eprint(
+                f"  `segflow verify {redact(shown.job.output)}` lists every file that does not match its commit record"
+            )
+        _traceback(args)
         return EXIT_FAILED
-    finally:
-        progress.set_reporter(None)
-    bar.close()
+    shown.close()
+    print_results(summary, shown.job.output)
+    return EXIT_OK
+
+
+def _traceback(args: argparse.Namespace) -> None:
+    if _debug(args):
+        import traceback
+
+        traceback.print_exc()
+
+
+def print_results(summary: Any, output: str) -> None:
+    """The run's summary, its calibration (with the drift check) and its quality against the gold set."""
     print_summary(summary)
     if summary.calibration is not None:
         from segflow.tasks.io.layout import OutputLayout
         from segflow.tasks.io.storage import open_fs, read_json
 
         print()
-        print_calibration(read_json(open_fs(job.output)[0], OutputLayout(job.output).calibration), drift=summary.drift)
+        print_calibration(read_json(open_fs(output)[0], OutputLayout(output).calibration), drift=summary.drift)
     if summary.quality is not None:
         from segflow.tasks.evaluate.quality import format_quality, load_quality
 
-        print("\n" + format_quality(load_quality(job.output)), flush=True)
-    return EXIT_OK
-
-
-def cmd_rerun(args: argparse.Namespace) -> int:
-    from segflow.config import ConfigError, JobConfig
-    from segflow.tasks.io.layout import OutputLayout
-    from segflow.tasks.io.storage import open_fs, read_bytes
-
-    _quiet_prefect(args)
-    output = _cli_path(args.output)
-    fs, path = open_fs(OutputLayout(output).job_json)
-    try:
-        job = JobConfig.model_validate(json.loads(read_bytes(fs, path)))
-    except FileNotFoundError:
-        _eprint(f"error: {args.output} has no job.json: it was not written by `segflow run`")
-        return EXIT_CONFIG
-    job = job.model_copy(update={"output": output})
-    from segflow.flows.label_flow import check_job
-    from segflow.tasks.io.lease import hold
-
-    try:
-        check_job(job, f"{args.output}/job.json")  # writes nothing
-    except ConfigError as e:
-        _eprint(f"error: {e}")
-        return EXIT_CONFIG
-    with hold(output, "rerun"):
-        try:
-            plan = prepare(job, f"{args.output}/job.json", checked=True)
-        except ConfigError as e:
-            _eprint(f"error: {e}")
-            return EXIT_CONFIG
-        redo = [s for s in (args.shards or "").split(",") if s]
-        unknown = sorted(set(redo) - set(plan.shard_ids))
-        if unknown:
-            _eprint(f"error: --shards: not shards of the plan of {args.output}: {', '.join(unknown)}")
-            return EXIT_CONFIG
-        refinalize = bool(redo)
-        if args.corrupt:
-            from segflow.tasks.io.storage import redact
-            from segflow.tasks.ops.verify import damaged_shards, set_aside, verify
-
-            problems = list(verify(output))
-            damaged, extra = damaged_shards(problems, plan.shard_ids)
-            for p in problems:
-                print(f"  {p}")
-            print(f"segflow rerun: {len(problems)} problem(s); labelling again: {', '.join(damaged) or 'no shard'}")
-            for sid, dst in zip(extra, set_aside(output, extra), strict=True):
-                print(f"segflow rerun: {sid} is not a shard of the plan: moved to {redact(dst)}")
-            redo, refinalize = sorted(set(redo) | set(damaged)), refinalize or bool(problems)
-        return run_prepared(
-            job, plan, progress_bar=not args.no_progress, debug=_debug(args), redo=redo, refinalize=refinalize
-        )
+        print("\n" + format_quality(load_quality(output)), flush=True)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
