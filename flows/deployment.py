@@ -15,12 +15,13 @@ from segflow.config import ConfigError, load_config
 from segflow.flows.label_flow import label_flow, prepare_job
 from segflow.flows.runners import make_task_runner
 from segflow.tasks.io.storage import redact
+from segflow.tasks.records import RunSummary
 
 __all__ = ["label_job"]
 
 
 @flow(name="segflow-job", log_prints=False)
-def label_job(config: str, source: str | None = None, output: str | None = None) -> dict:
+def label_job(config: str, source: str | None = None, output: str | None = None) -> RunSummary:
     """Run the labeling job described by ``config`` (a job YAML path or URL).
 
     ``source`` / ``output`` override the file's values (e.g. one output per

@@ -168,7 +168,7 @@ def _quality_artifacts(job: JobConfig, artifact_key: str) -> None:
     if "per_class" in quality:
         create_table_artifact(
             key=f"{artifact_key}-quality",
-            table=quality["per_class"],
+            table=[dict(row) for row in quality["per_class"]],
             description=format_quality(quality).splitlines()[1].strip(),
         )
     if "panoptic" in quality:
@@ -209,6 +209,8 @@ def export_task(job: JobConfig, spec: ExportConfig) -> ExportResult:
 @task(name="publish")
 def publish_task(job: JobConfig) -> Publication:
     apply_credentials(job)
+    if job.publish is None:
+        raise ValueError(f"{job.name}: the job has no publish section")
     result = publish(job.output, job.publish.dest, job.publish.version)
     get_run_logger().info(
         "%s version %s at %s",
@@ -245,7 +247,7 @@ def _label(job: JobConfig, redo: list[str] | None, refinalize: bool) -> RunSumma
         futures = [runner.submit(job, sid, sid in again) for sid in shard_ids]
     progress_id = create_progress_artifact(progress=0.0, description=f"{job.name}: shards committed")
     for done, _ in enumerate(as_completed(futures), 1):
-        update_progress_artifact(progress_id, progress=100.0 * done / max(len(futures), 1))
+        update_progress_artifact(progress_id, progress=100.0 * done / max(len(futures), 1))  # type: ignore[arg-type]
     wait(futures)
     failed = {}
     for sid, fut in zip(shard_ids, futures):

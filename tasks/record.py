@@ -140,12 +140,12 @@ class Detections:
 
     # -- derived geometry (from the RLE, never from the detector box) ------------------
     def mask_areas(self) -> np.ndarray:
-        return rle.area(list(self._require_masks("mask_areas")), *self.image_size)
+        return rle.area(list(self.masks_or_raise("mask_areas")), *self.image_size)
 
     def mask_bboxes_xywh(self) -> np.ndarray:
-        return rle.bbox_xywh(list(self._require_masks("mask_bboxes_xywh")), *self.image_size)
+        return rle.bbox_xywh(list(self.masks_or_raise("mask_bboxes_xywh")), *self.image_size)
 
-    def _require_masks(self, what: str) -> np.ndarray:
+    def masks_or_raise(self, what: str) -> np.ndarray:
         """The RLE strings; a clear error when there are none yet."""
         if self.rle_counts is None:
             raise ValueError(f"Detections.{what}: this record has no masks yet (run a mask stage first)")

@@ -33,6 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from segflow.tasks.documents import CompressedRle
+
 __all__ = [
     "encode_nwh",
     "encode_nhw",
@@ -111,7 +113,7 @@ def bbox_xywh(counts: Sequence[str], height: int, width: int) -> np.ndarray:
     return np.asarray(mask_utils.toBbox(_rle_objects(counts, height, width)), dtype=np.float64).reshape(-1, 4)
 
 
-def to_coco_segmentation(counts: str, height: int, width: int) -> dict:
+def to_coco_segmentation(counts: str, height: int, width: int) -> CompressedRle:
     """The COCO ``segmentation`` value of one mask (compressed RLE, JSON-ready)."""
     return {"size": [int(height), int(width)], "counts": counts}
 

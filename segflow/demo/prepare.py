@@ -23,6 +23,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from segflow.demo.synthetic import write_large_scene_set, write_scene_set
+from segflow.tasks.documents import Quality
 
 __all__ = ["DEMO_CONFIG", "holdout_quality", "prepare_demo", "split_gold"]
 
@@ -42,7 +43,7 @@ def split_gold(gold_file: Path, fit_file: Path, holdout_file: Path) -> tuple[int
     return len(halves[0]), len(halves[1])
 
 
-def holdout_quality(output: str, holdout_file: str) -> dict:
+def holdout_quality(output: str, holdout_file: str) -> Quality:
     """The quality (AP, exported set's precision / recall) of a finished run on the images of ``holdout_file``."""
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
@@ -75,7 +76,7 @@ def prepare_demo(
     shift: str | None = None,
     unknown: int = 0,
     large: bool = False,
-) -> dict:
+) -> dict[str, str]:
     """Write the scene set and its ground truth; return the CLI overrides for the demo job.
 
     ``shift``: render the scenes darkened, blurred or as JPEG quality 25
@@ -104,7 +105,7 @@ def prepare_demo(
     )
 
 
-def finish_demo(folder: str | Path, output: str, fitted_here: bool = True) -> dict:
+def finish_demo(folder: str | Path, output: str, fitted_here: bool = True) -> Quality:
     """After the demo's run: its ``quality.json`` copied beside the scenes, and the exported set measured on the
     images the calibration did not see (``holdout_quality.json``: the gold set's other half when it was
     ``fitted_here``, else every image). Returns that measurement."""

@@ -40,12 +40,12 @@ Verdict of a mask (:func:`apply_acceptance`; ``verdict_reasons`` says why):
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from segflow.tasks.documents import Calibration, ClassCalibration, ScoreModel
 from segflow.tasks.evaluate.novelty import novelty, shape_matrix
 from segflow.tasks.io.storage import open_fs, read_bytes, redact
 from segflow.tasks.records import Verdict
@@ -107,19 +107,27 @@ def features(masks: pa.Table) -> np.ndarray:
     return out
 
 
-def predict(model: dict | None, x: np.ndarray, score: np.ndarray) -> np.ndarray:
+def predict(model: ScoreModel | None, x: np.ndarray | None, score: np.ndarray) -> np.ndarray:
     """The calibrated score of N rows: the logistic ``model`` on features ``x`` (N x 6), or ``score`` when None."""
     if model is None:
         return score.astype(np.float64)
+    if x is None:
+        raise ValueError("a combined-score calibration needs the masks' features")
     z = (x - np.asarray(model["mean"])) / np.asarray(model["scale"])
     return 1.0 / (1.0 + np.exp(-(z @ np.asarray(model["coef"]) + model["intercept"])))
 
 
-def load_calibration(url: str, ontology: dict[int, str]) -> dict[str, Any]:
+def _novelty_limit(entry: ClassCalibration | None) -> float:
+    """The novelty above which a mask of the class goes to review (inf: the class has no shape reference)."""
+    reference = entry.get("novelty") if entry is not None else None
+    return reference["limit"] if reference else np.inf
+
+
+def load_calibration(url: str, ontology: dict[int, str]) -> Calibration:
     """A saved ``calibration.json``, refused unless it was fitted for exactly this ontology (ids and names)."""
     fs, path = open_fs(url)
     try:
-        cal = json.loads(read_bytes(fs, path))
+        cal: Calibration = json.loads(read_bytes(fs, path))
     except FileNotFoundError:
         raise CalibrationError(f"calibration not found: {redact(url)}") from None
     except ValueError as e:
@@ -136,7 +144,9 @@ def load_calibration(url: str, ontology: dict[int, str]) -> dict[str, Any]:
     return cal
 
 
-def apply_acceptance(masks: pa.Table, cal: dict | None, drifted: bool = False, use_novelty: bool = True) -> pa.Table:
+def apply_acceptance(
+    masks: pa.Table, cal: Calibration | None, drifted: bool = False, use_novelty: bool = True
+) -> pa.Table:
     """``masks`` with ``verdict``, ``verdict_reasons``, ``calibrated_score`` and ``novelty`` (null without a
     calibration, or for a class it has no shape reference for).
 
@@ -178,8 +188,7 @@ def apply_acceptance(masks: pa.Table, cal: dict | None, drifted: bool = False, u
         verdict = np.where((extra == "below_review") & (verdict != "reject"), "reject", verdict)
         verdict = np.where(np.isin(extra, ["below_accept", "uncalibrated"]) & (verdict == "accept"), "review", verdict)
         if use_novelty:  # unlike the gold set's right masks of its class: people look before it is a label
-            limits = np.array([(entries.get(int(c)) or {}).get("novelty") or {} for c in cls], dtype=object)
-            limit = np.array([lk.get("limit", np.inf) for lk in limits], np.float64)
+            limit = np.array([_novelty_limit(entries.get(int(c))) for c in cls], np.float64)
             novel = (verdict == "accept") & (np.nan_to_num(novel_score, nan=0.0) > limit)
             extra = np.where(novel, "novel", extra)
             verdict = np.where(novel, "review", verdict)
@@ -220,7 +229,7 @@ def box_agreement(masks: pa.Table) -> np.ndarray:
     return inter / np.maximum(union, 1e-9)
 
 
-def correct_probability(masks: pa.Table, cal: dict) -> np.ndarray:
+def correct_probability(masks: pa.Table, cal: Calibration) -> np.ndarray:
     """Per mask, the probability it is right (matches a gold instance), without any label of this run.
 
     Two failures, told apart (``masks`` is :func:`apply_acceptance`'s output):
@@ -241,9 +250,9 @@ def correct_probability(masks: pa.Table, cal: dict) -> np.ndarray:
     s = pc.fill_null(masks["calibrated_score"].cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
     agree = box_agreement(masks)
     for cid in np.unique(cls):
-        entry = entries.get(int(cid)) or {}
-        curve = entry.get("reliability")
-        if curve and curve.get("x"):
+        entry = entries.get(int(cid))
+        curve = entry.get("reliability") if entry is not None else None
+        if entry is not None and curve and curve.get("x"):
             rows = cls == cid
             out[rows] = np.interp(s[rows], curve["x"], curve["y"])
             floor = (entry.get("mask_check") or {}).get("box_agreement_min")

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from segflow.tasks.documents import Calibration, ClassCalibration, CocoDataset, HeldOut, Reliability, ScoreModel
 from segflow.tasks.evaluate.novelty import COLUMNS as SHAPE_COLUMNS
 from segflow.tasks.evaluate.novelty import FEATURES as SHAPE_FEATURES
 from segflow.tasks.evaluate.novelty import fit_reference, shape_matrix
@@ -117,7 +118,7 @@ def _counts(scores: np.ndarray, tp: np.ndarray, n_gold: int, threshold: float | 
     return t, int(keep.sum()) - t, n_gold - t
 
 
-def _summary(tp: int, fp: int, fn: int) -> dict[str, Any]:
+def _summary(tp: int, fp: int, fn: int) -> HeldOut:
     p, r = wilson(tp, tp + fp), wilson(tp, tp + fn)
     return {
         "tp": tp,
@@ -130,7 +131,7 @@ def _summary(tp: int, fp: int, fn: int) -> dict[str, Any]:
     }
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 25) -> dict | None:
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 25) -> ScoreModel | None:
     """L2-regularised logistic regression by Newton steps on standardised features (N x F, N labels).
 
     None when ``y`` is all one value (nothing to separate): the detector score is used as it is.
@@ -159,7 +160,7 @@ def recall_threshold(scores: np.ndarray, tp: np.ndarray, n_gold: int, target: fl
     return float(s[reached[0]]) if len(reached) else float(s[-1])
 
 
-def _scorer(kind: str, rows: list[dict], fit: np.ndarray) -> tuple[dict | None, np.ndarray]:
+def _scorer(kind: str, rows: list[dict], fit: np.ndarray) -> tuple[ScoreModel | None, np.ndarray]:
     """The fitted score model of the rows in ``fit`` (a mask) and every row's calibrated score."""
     from segflow.tasks.evaluate.acceptance import predict
 
@@ -184,7 +185,7 @@ def calibrate(
     score: str = "detector",
     review_recall: float = 0.95,
     novelty: bool = True,
-) -> dict[str, Any]:
+) -> Calibration:
     """Per-class thresholds for ``target`` precision, with held-out estimates.
 
     Arguments:
@@ -203,7 +204,7 @@ def calibrate(
     for r in labels:
         by_class[r["category_id"]].append(r)
     fit = _Fit(target, min_gold, min_kept, score, review_recall, novelty)
-    out: dict[str, Any] = {
+    out: Calibration = {
         "version": 1,
         "ontology": {str(k): v for k, v in sorted(classes.items())},
         "score": score,
@@ -215,6 +216,9 @@ def calibrate(
         "gold_images": len(images),
         "novelty_in_thresholds": novelty,
         "classes": {},
+        "heldout": _summary(0, 0, 0),
+        "heldout_with_review": _summary(0, 0, 0),
+        "warnings": [],
     }
     totals, totals_review = np.zeros(3, int), np.zeros(3, int)
     warnings = []
@@ -255,7 +259,7 @@ class _Fit:
 
 def _calibrate_class(
     cid: int, rows: list[dict], fold: np.ndarray, gold_fold: dict[int, int], folds: list[int], fit: _Fit
-) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+) -> tuple[ClassCalibration, np.ndarray, np.ndarray]:
     """One class's entry of the calibration, and its held-out TP / FP / FN counts at the threshold and at the
     review threshold. ``rows``: the class's labels, ``fold`` their folds (N ints); ``gold_fold``: fold -> gold
     instances; each row gets ``calibrated``."""
@@ -280,7 +284,7 @@ def _calibrate_class(
     agree = agree[tp & np.isfinite(agree)]
     threshold = best_threshold(s[passing], tp[passing], fit.target, fit.min_kept)
     review_t = recall_threshold(s, tp, n_gold, fit.review_recall)
-    entry = {
+    entry: ClassCalibration = {
         "category_id": cid,
         "gold_instances": n_gold,
         "labels": len(rows),
@@ -292,30 +296,31 @@ def _calibrate_class(
         "novelty": fit_reference(shapes[right], fold[right]),
         "heldout": _summary(*held.tolist()),
         "heldout_with_review": _summary(*held_review.tolist()),
+        "status": "calibrated",
     }
-    entry.update(_status(entry, fit))
+    status, reason = _status(entry, fit)
+    entry["status"] = status
+    if reason is not None:
+        entry["reason"] = reason
     if entry["status"] == "review":
         entry["threshold"] = None
     return entry, held, held_review
 
 
-def _status(entry: dict[str, Any], fit: _Fit) -> dict[str, str]:
+def _status(entry: ClassCalibration, fit: _Fit) -> tuple[str, str | None]:
     """``status`` (``calibrated`` or ``review``) of a class's entry, with the ``reason`` for review."""
     n_gold, target, ci = entry["gold_instances"], fit.target, entry["heldout"]["precision_ci95"]
     if n_gold < fit.min_gold:
-        return {"status": "review", "reason": f"{n_gold} gold instances (< {fit.min_gold}): too few to set a threshold"}
+        return "review", f"{n_gold} gold instances (< {fit.min_gold}): too few to set a threshold"
     if entry["threshold"] is None:
-        return {"status": "review", "reason": f"no threshold reaches precision {target} on the gold set"}
+        return "review", f"no threshold reaches precision {target} on the gold set"
     if ci is None or ci[1] < target:
         seen = f"{entry['heldout']['precision']} (95% CI {ci[0]}-{ci[1]})" if ci else "undefined (nothing kept)"
-        return {
-            "status": "review",
-            "reason": f"held-out precision {seen} cannot reach {target}: the scores do not separate",
-        }
-    return {"status": "calibrated"}
+        return "review", f"held-out precision {seen} cannot reach {target}: the scores do not separate"
+    return "calibrated", None
 
 
-def reliability(scores: np.ndarray, tp: np.ndarray, points: int = 64) -> dict[str, list[float]]:
+def reliability(scores: np.ndarray, tp: np.ndarray, points: int = 64) -> Reliability:
     """The probability that a label is right as a non-decreasing function of its score (isotonic regression of
     ``tp`` on ``scores``, pool-adjacent-violators), as at most ``points`` breakpoints ``x`` (score) and ``y``
     (probability) for ``np.interp``. Empty lists without labels.
@@ -338,7 +343,7 @@ def reliability(scores: np.ndarray, tp: np.ndarray, points: int = 64) -> dict[st
     return {"x": [round(float(v), 5) for v in x[keep]], "y": [round(float(v), 4) for v in y[keep]]}
 
 
-def pr_points(labels: list[dict], gold: dict[tuple[int, int], int], result: dict[str, Any], points: int = 200) -> None:
+def pr_points(labels: list[dict], gold: dict[tuple[int, int], int], result: Calibration, points: int = 200) -> None:
     """Store each class's precision-recall curve in ``result["classes"][name]["curve"]``: ``recall``,
     ``precision`` and ``score`` lists (labels of the gold images by descending calibrated score, at most
     ``points`` of them, evenly spaced, the last kept) and ``operating`` (recall and precision at the threshold)."""
@@ -352,7 +357,9 @@ def pr_points(labels: list[dict], gold: dict[tuple[int, int], int], result: dict
         hits = np.cumsum([r["tp"] for r in rows])
         precision, recall = hits / np.arange(1, len(rows) + 1), hits / n_gold
         keep = np.unique(np.linspace(0, len(rows) - 1, min(points, len(rows))).round().astype(int))
-        curve = {k: [round(float(v), 4) for v in a[keep]] for k, a in (("recall", recall), ("precision", precision))}
+        curve: dict[str, Any] = {
+            k: [round(float(v), 4) for v in a[keep]] for k, a in (("recall", recall), ("precision", precision))
+        }
         curve["score"] = [round(float(v), 4) for v in scores[keep]]
         if entry["threshold"] is not None and (scores >= entry["threshold"]).any():
             k = int(np.flatnonzero(scores >= entry["threshold"]).max())
@@ -360,7 +367,7 @@ def pr_points(labels: list[dict], gold: dict[tuple[int, int], int], result: dict
         entry["curve"] = curve
 
 
-def pr_curves_png(result: dict[str, Any]) -> bytes:
+def pr_curves_png(result: Calibration) -> bytes:
     """Per-class precision-recall curves (as :func:`pr_points` stored them), the chosen threshold marked."""
     import io
 
@@ -389,7 +396,9 @@ def pr_curves_png(result: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def fit_calibration(job: Any, gold: dict, file_names: dict, sizes: dict, rows: Iterable[dict]) -> tuple[dict, bytes]:
+def fit_calibration(
+    job: Any, gold: CocoDataset, file_names: dict, sizes: dict, rows: Iterable[dict]
+) -> tuple[Calibration, bytes]:
     """Fit ``job.accept`` on a gold set: the calibration dict and its precision-recall curves (PNG).
 
     Arguments:

@@ -31,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from segflow.tasks.documents import DriftHistograms
+
 __all__ = [
     "ALPHA",
     "DRIFT_ADVICE",
@@ -103,7 +105,7 @@ def _col(table: pa.Table, name: str) -> np.ndarray:
     return pc.fill_null(table[name].cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
 
 
-def histograms(images: pa.Table, masks: pa.Table) -> dict[str, Any]:
+def histograms(images: pa.Table, masks: pa.Table) -> DriftHistograms:
     """The histograms of one shard (or of any set of images and their masks).
 
     Arguments:
@@ -116,7 +118,7 @@ def histograms(images: pa.Table, masks: pa.Table) -> dict[str, Any]:
     values = {name: _col(ok, name) for name in ("brightness", "contrast", "sharpness", "jpeg_quality")}
     values["megapixels"] = w * h / 1e6
     values["masks_per_image"] = _col(ok, "num_masks")
-    out: dict[str, Any] = {
+    out: DriftHistograms = {
         "images": ok.num_rows,
         "features": {name: IMAGE_FEATURES[name].counts(v) for name, v in values.items()},
         "classes": {},
@@ -136,7 +138,7 @@ def histograms(images: pa.Table, masks: pa.Table) -> dict[str, Any]:
     return out
 
 
-def merge(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
+def merge(a: DriftHistograms | None, b: DriftHistograms) -> DriftHistograms:
     """The histograms of both (the sum of their counts)."""
     if a is None:
         return {"images": b["images"], "features": dict(b["features"]), "classes": dict(b["classes"])}
@@ -144,7 +146,7 @@ def merge(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
     def add(x: list[int] | None, y: list[int]) -> list[int]:
         return list(y) if x is None else [i + j for i, j in zip(x, y, strict=True)]
 
-    out = {
+    out: DriftHistograms = {
         "images": a["images"] + b["images"],
         "features": {k: add(a["features"].get(k), v) for k, v in b["features"].items()},
         "classes": dict(a["classes"]),
@@ -157,7 +159,7 @@ def merge(a: dict[str, Any] | None, b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def reference(hist: dict[str, Any]) -> dict[str, Any]:
+def reference(hist: DriftHistograms) -> DriftHistograms:
     """What ``calibration.json`` keeps of the gold images' histograms (all of it: a few KB), with the bins."""
     bins = {name: asdict(b) for name, b in {**IMAGE_FEATURES, **MASK_FEATURES}.items()}
     return {"bins": bins, **hist}
@@ -240,8 +242,8 @@ def _test(name: str, ref: list[int], run: list[int], b: _Bins, alpha: float, d_m
 
 
 def compare(
-    ref: dict[str, Any],
-    run: dict[str, Any],
+    ref: DriftHistograms,
+    run: DriftHistograms,
     class_names: dict[int, str],
     alpha: float = ALPHA,
     d_min: float = D_MIN,
@@ -256,15 +258,15 @@ def compare(
             continue
         features.append(_test(name, a, x, b, alpha, d_min))
     for cid, cname in sorted(class_names.items()):
-        a, x = ref["classes"].get(str(cid)), run["classes"].get(str(cid))
-        if not a and not x:  # no masks of it on either side (a stuff class, say): nothing to compare
+        ca, cx = ref["classes"].get(str(cid)), run["classes"].get(str(cid))
+        if not ca and not cx:  # no masks of it on either side (a stuff class, say): nothing to compare
             continue
-        if not a or not x or a["masks"] < min_masks or x["masks"] < min_masks:
+        if not ca or not cx or ca["masks"] < min_masks or cx["masks"] < min_masks:
             untested.append(f"masks of {cname} (fewer than {min_masks} on a side)")
             continue
         for name, b in MASK_FEATURES.items():
-            if sum(a[name][:-1]) == 0 or sum(x[name][:-1]) == 0:  # the stage has no such score
+            if sum(ca[name][:-1]) == 0 or sum(cx[name][:-1]) == 0:  # the stage has no such score
                 continue
-            features.append(_test(f"{name}[{cname}]", a[name], x[name], b, alpha, d_min))
+            features.append(_test(f"{name}[{cname}]", ca[name], cx[name], b, alpha, d_min))
     drifted = [f.name for f in features if f.drifted]
     return Drift("drifted: " + ", ".join(drifted) if drifted else "holds", features, untested, alpha, d_min)

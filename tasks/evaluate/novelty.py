@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from segflow.tasks.documents import NoveltyReference
 from segflow.tasks.rle import rle_runs
 
 __all__ = [
@@ -213,7 +214,7 @@ def _score(x: np.ndarray, group: dict[str, Any]) -> np.ndarray:
     return _knn(np.asarray(group["points"], np.float64), z, K) / group["limit"]
 
 
-def novelty(x: np.ndarray, reference: dict[str, Any]) -> np.ndarray:
+def novelty(x: np.ndarray, reference: NoveltyReference) -> np.ndarray:
     """The score of each row of ``x`` (N x 7 :func:`shape_features`; N x 6 without ``contact`` is measured
     against the pooled reference) against a class's reference: the mean distance to its :data:`K` nearest
     right masks of its group, over the group's limit (above 1.0: novel). Rows with a NaN feature score 0."""
@@ -236,7 +237,7 @@ def novelty(x: np.ndarray, reference: dict[str, Any]) -> np.ndarray:
     return out
 
 
-def fit_reference(x: np.ndarray, fold: np.ndarray) -> dict[str, Any] | None:
+def fit_reference(x: np.ndarray, fold: np.ndarray) -> NoveltyReference | None:
     """A class's reference from its gold right masks' :data:`COLUMNS` (``x`` N x 7) and their folds (N ints): the
     pooled group and the free-standing and touching ones (those with at least :data:`MIN_GROUP` right masks),
     each with its held-out limit, and the share of right masks kept held out. None with fewer than

@@ -37,13 +37,13 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from segflow.tasks.documents import ClassQuality, CocoDataset, Quality, SetCounts
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import open_fs, read_bytes, redact
 
@@ -63,7 +63,7 @@ class GoldSetError(Exception):
     """The gold set cannot be read or shares no images or classes with the job."""
 
 
-def load_gold(url: str) -> dict:
+def load_gold(url: str) -> CocoDataset:
     fs, path = open_fs(url)
     try:
         data = json.loads(read_bytes(fs, path))
@@ -74,10 +74,10 @@ def load_gold(url: str) -> dict:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise GoldSetError(f"gold set {redact(url)}: missing COCO key {key!r}")
-    return data
+    return data  # type: ignore[no-any-return]
 
 
-def match_images(gold: dict, file_names: dict[str, int]) -> dict[int, int]:
+def match_images(gold: CocoDataset, file_names: dict[str, int]) -> dict[int, int]:
     """Gold image id -> job image id, by exact file name, else by unique base name."""
     by_base: dict[str, list[int]] = defaultdict(list)
     for name, image_id in file_names.items():
@@ -158,7 +158,7 @@ def _match_all(
 
 
 def label_matches(
-    gold: dict,
+    gold: CocoDataset,
     ontology: dict[int, str],
     file_names: dict[str, int],
     predictions: Iterable[dict],
@@ -236,7 +236,7 @@ def class_confusion(
     return matrix.tolist()
 
 
-def set_counts(tp: int, fp: int, fn: int) -> dict[str, Any]:
+def set_counts(tp: int, fp: int, fn: int) -> SetCounts:
     """TP/FP/FN with precision, recall and F1 (None where undefined)."""
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / (tp + fn) if tp + fn else None
@@ -283,7 +283,7 @@ def _run_eval(
     return [max(0.0, float(s)) for s in ev.stats], _per_class_ap(ev, cat_ids)
 
 
-def _compact(e: dict | None) -> dict | None:
+def _compact(e: dict | None) -> dict[str, np.ndarray] | None:
     """What ``COCOeval.accumulate`` reads of a per-image table, in its smallest exact form (it only asks whether
     a detection matched and whether it is ignored)."""
     if e is None:
@@ -319,7 +319,7 @@ _ROW_KEYS = ("bbox", "verdict", "x", "prompt_box", "shape")
 
 
 def _pair(
-    gold: dict,
+    gold: CocoDataset,
     ontology: dict[int, str],
     file_names: dict[str, int],
     predictions: Iterable[dict],
@@ -378,12 +378,12 @@ def _pair(
 
 
 def evaluate(
-    gold: dict,
+    gold: CocoDataset,
     ontology: dict[int, str],
     file_names: dict[str, int],
     predictions: Iterable[dict],
     sizes: dict[int, tuple[int, int]],
-) -> dict[str, Any]:
+) -> Quality:
     """Evaluate predictions (manifest rows as dicts) against a gold set.
 
     Arguments:
@@ -418,7 +418,7 @@ def evaluate(
     n_pred_cat: dict[int, int] = defaultdict(int)
     for (_, cid), ps in pred_by_img_cat.items():
         n_pred_cat[cid] += len(ps)
-    per_class = []
+    per_class: list[ClassQuality] = []
     for cid, name in sorted(ontology.items()):
         n_gold = len(ious_by_cat.get(cid, []))
         per_class.append(
@@ -457,7 +457,7 @@ def evaluate(
     }
 
 
-def load_quality(output: str) -> dict:
+def load_quality(output: str) -> Quality:
     """``OUTPUT/quality.json`` of a finished run."""
 
     fs, path = open_fs(OutputLayout(output).quality)
@@ -470,7 +470,7 @@ def _r(x: float | None) -> float | None:
     return round(float(x), 4)
 
 
-def format_quality(q: dict) -> str:
+def format_quality(q: Quality) -> str:
     """The quality figures and per-class tables (instances, panoptic), for terminals and Markdown."""
     f = lambda v: "-" if v is None else f"{v:.3f}"
     lines: list[str] = []
@@ -481,9 +481,8 @@ def format_quality(q: dict) -> str:
             f"  box AP50 {q['box_ap50']:.3f}   mask AP50 {q['mask_ap50']:.3f}   mask "
             f"AP {q['mask_ap']:.3f}   mean mask IoU {q['mean_mask_iou']:.3f}",
         ]
-        for key, what in (("set", "accepted (exported)"), ("set_with_review", "accepted + review  ")):
-            if key in q:
-                st = q[key]
+        for st, what in ((q.get("set"), "accepted (exported)"), (q.get("set_with_review"), "accepted + review  ")):
+            if st is not None:
                 lines.append(
                     f"  {what}: precision {f(st['precision'])}   recall {f(st['recall'])}   F1 {f(st['f1'])}   "
                     f"(TP {st['tp']}, FP {st['fp']}, FN {st['fn']}; mask IoU >= 0.5, one to one)"
@@ -517,9 +516,9 @@ def format_quality(q: dict) -> str:
             "  | class | PQ | SQ | RQ | TP | FP | FN | IoU |",
             "  |---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for name, c in p["per_class"].items():
+        for name, row in p["per_class"].items():
             lines.append(
-                f"  | {name} | {f(c['pq'])} | {f(c['sq'])} | {f(c['rq'])} | {c['tp']} | "
-                f"{c['fp']} | {c['fn']} | {f(p['per_class_iou'].get(name))} |"
+                f"  | {name} | {f(row['pq'])} | {f(row['sq'])} | {f(row['rq'])} | {row['tp']} | "
+                f"{row['fp']} | {row['fn']} | {f(p.get('per_class_iou', {}).get(name))} |"
             )
     return "\n".join(lines)

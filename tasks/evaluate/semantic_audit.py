@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from segflow.tasks.documents import SemanticScores
 from segflow.tasks.io.storage import join, open_fs, read_bytes, redact
 from segflow.tasks.stages.panoptic import SemanticQuality
 
@@ -101,7 +102,7 @@ class SemanticAudit:
             if name in self.gold:
                 self.pairs.append((r["image_id"], name))
 
-    def evaluate(self, semantic_dir: str, png_name: Any) -> tuple[dict, bytes | None]:
+    def evaluate(self, semantic_dir: str, png_name: Any) -> tuple[SemanticScores, bytes | None]:
         """``(quality.json's "semantic" entry, heat map PNG or None)``; ``png_name(image_id)`` names a run's map."""
         if not self.pairs:
             return {"images": 0, "gold": redact(self.gold_dir)}, None
@@ -115,11 +116,11 @@ class SemanticAudit:
             if gold.shape != pred.shape:
                 raise ValueError(f"{redact(g_url)}: gold map is {gold.shape}, the run's map of that image {pred.shape}")
             sem.add(gold, pred)
-        out = {"images": len(self.pairs), **sem.summary(self.names), "gold": redact(self.gold_dir)}
+        out: SemanticScores = {"images": len(self.pairs), **sem.summary(self.names), "gold": redact(self.gold_dir)}
         return out, confusion_png(out["confusion"])
 
 
-def confusion_png(confusion: dict) -> bytes:
+def confusion_png(confusion: dict[str, Any]) -> bytes:
     """The confusion matrix, each gold row divided by its sum, as a heat map (PNG)."""
     import matplotlib
 

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from segflow.tasks.documents import Calibration, CommitRecord, DriftHistograms, ExportCounts, Quality
 from segflow.tasks.evaluate.semantic_audit import SemanticAudit, class_areas
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import open_fs, redact, write_bytes
@@ -80,11 +81,12 @@ def output_paths(layout: OutputLayout) -> dict[str, str]:
     }
 
 
-def _previous_summary(fs: Any, url: str) -> dict | None:
+def _previous_summary(fs: Any, url: str) -> RunSummary | None:
+    """The summary an earlier finalize wrote; None where there is none, or none this segflow can read."""
     _, path = open_fs(url)
     try:
-        return json.loads(fs.cat_file(path))
-    except (FileNotFoundError, ValueError):
+        return RunSummary.from_dict(json.loads(fs.cat_file(path)))
+    except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):  # not a summary: finalize again
         return None
 
 
@@ -107,13 +109,15 @@ class GoldMatch:
         from segflow.tasks.evaluate.quality import load_gold
 
         self.job, self.features = job, features
+        if job.gold_set is None:
+            raise ValueError("GoldMatch needs a job with a gold_set")
         self.gold = load_gold(job.gold_set)
         names = [im["file_name"] for im in self.gold["images"]]
         self.wanted = set(names) | {PurePosixPath(n).name for n in names}
         self.file_names: dict[str, int] = {}
         self.sizes: dict[int, tuple[int, int]] = {}
         self.parts: list[pa.Table] = []  # the gold images' labels, shard by shard, in Arrow until evaluated
-        self.histograms: dict | None = None  # what the gold images and their masks look like (evaluate.drift)
+        self.histograms: DriftHistograms | None = None  # what the gold images and their masks look like (drift)
 
     def rows(self) -> Iterator[dict]:
         """The gathered labels as dicts (``x``: the acceptance features, when kept), one shard's at a time."""
@@ -155,15 +159,15 @@ class GoldMatch:
             labels = labels.append_column("x", pa.array(features(t).tolist(), pa.list_(pa.float64())))
         self.parts.append(labels)
 
-    def evaluate(self) -> dict:
+    def evaluate(self) -> Quality:
         from segflow.tasks.evaluate.quality import evaluate
 
         return evaluate(self.gold, self.job.category_names(), self.file_names, self.rows(), self.sizes)
 
 
 def _acceptance(
-    job: JobConfig, commits: list[dict], layout: OutputLayout, fs: Any, cache: dict[tuple[str, str], bytes]
-) -> dict | None:
+    job: JobConfig, commits: list[CommitRecord], layout: OutputLayout, fs: Any, cache: dict[tuple[str, str], bytes]
+) -> Calibration | None:
     """The calibration in force: ``accept.calibration`` as saved, or fitted now on the gold set; written to
     ``calibration.json`` (with the curves when fitted). None without either (QC verdicts alone decide).
 
@@ -201,7 +205,7 @@ def _acceptance(
     return cal
 
 
-def _drift(job: JobConfig, calibration: dict | None, commits: list[dict]) -> Any:
+def _drift(job: JobConfig, calibration: Calibration | None, commits: list[CommitRecord]) -> Any:
     """The drift check of this run against the calibration's reference (:mod:`segflow.tasks.evaluate.drift`), from the
     histograms each shard kept in its commit record; None without a reference (a calibration fitted before
     segflow kept one) or with commits that have no histograms.
@@ -238,7 +242,7 @@ def _count(into: dict[str, int], table: pa.Table, column: str) -> None:
             into[row["category_name"]] = into.get(row["category_name"], 0) + row[f"{column}_count"]
 
 
-def _all_rendered(output: str, commits: list[dict]) -> bool:
+def _all_rendered(output: str, commits: list[CommitRecord]) -> bool:
     """Every panoptic shard's PNGs drawn from its committed attempt (a shard's own rendering may not have finished)."""
     for c in commits:
         if "panoptic" in c["files"]:
@@ -248,7 +252,7 @@ def _all_rendered(output: str, commits: list[dict]) -> bool:
     return True
 
 
-def _render(output: str, c: dict, images: pa.Table, panoptic: pa.Table, left_out: list[int]) -> int:
+def _render(output: str, c: CommitRecord, images: pa.Table, panoptic: pa.Table, left_out: list[int]) -> int:
     """Draw what the shard's PNGs lack at this operating point: all of them when its own rendering did not finish
     (marker missing or of another attempt), else only the images whose left-out things changed. Returns images drawn.
     """
@@ -291,13 +295,8 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
     fs, _ = open_fs(output)
     digest = commits_digest(commits, job.model_dump(mode="json"))
     previous = _previous_summary(fs, paths["summary"])
-    if (
-        not force
-        and previous is not None
-        and previous.get("commits_digest") == digest
-        and _all_rendered(output, commits)
-    ):
-        return RunSummary.from_dict(previous)  # already finalized from exactly these commits: write nothing
+    if not force and previous is not None and previous.commits_digest == digest and _all_rendered(output, commits):
+        return previous  # already finalized from exactly these commits: write nothing
 
     # 0. the operating point: a saved calibration, or one fitted on the gold set's images (read first)
     cache: dict[tuple[str, str], bytes] = {}
@@ -326,19 +325,19 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
     # 4. summary, written last
     summary = _summary(job, merged, exports, paths, digest, quality)
     if started_at is not None:
-        summary["seconds"] = round(time.time() - started_at, 2)
+        summary.seconds = round(time.time() - started_at, 2)
     try:  # the report is drawn from the finished outputs; a failure to draw it loses no labels
-        summary["outputs"]["report"] = redact(write_report(output, summary, merged.sampler.to_json(), commits))
+        summary.outputs["report"] = redact(write_report(output, summary, merged.sampler.to_json(), commits))
     except Exception as e:  # noqa: BLE001 - said in the summary and the log; `segflow report OUTPUT` draws it again
         log.warning("report.html not written: %s: %s", type(e).__name__, e)
-        summary["report_error"] = f"{type(e).__name__}: {e}"
+        summary.report_error = f"{type(e).__name__}: {e}"
     _, summary_path = open_fs(paths["summary"])
     lease.check()
-    write_bytes(fs, summary_path, json.dumps(summary, indent=2).encode())
-    return RunSummary.from_dict(summary)
+    write_bytes(fs, summary_path, json.dumps(summary.to_dict(), indent=2).encode())
+    return summary
 
 
-def _warn_novelty_off(job: JobConfig, calibration: dict) -> None:
+def _warn_novelty_off(job: JobConfig, calibration: Calibration) -> None:
     """Say so (log and the calibration's warnings) when thresholds fitted counting on the novelty check run
     without it."""
     if calibration.get("novelty_in_thresholds") and not job.accept.novelty:
@@ -362,8 +361,8 @@ class _ShardPass:
         layout: OutputLayout,
         fs: Any,
         paths: dict[str, str],
-        commits: list[dict],
-        calibration: dict | None,
+        commits: list[CommitRecord],
+        calibration: Calibration | None,
         drift: Any,
         cache: dict[tuple[str, str], bytes],
     ):
@@ -425,13 +424,13 @@ class _ShardPass:
             else None
         )
 
-    def add(self, c: dict) -> None:
+    def add(self, c: CommitRecord) -> None:
         """One committed shard: verdicts, exports, manifest parts, counts."""
         from segflow.tasks.evaluate.acceptance import apply_acceptance, correct_probability
 
         sid, job = c["shard_id"], self.job
         names = ("images", "masks", "panoptic") if self.has_panoptic else ("images", "masks")
-        raw = {name: self.cache.pop((sid, name), None) or read_committed_bytes(job.output, c, name) for name in names}
+        raw = {name: self.cache.pop((sid, name), b"") or read_committed_bytes(job.output, c, name) for name in names}
         images, masks = (parse_committed(c, name, raw[name]) for name in ("images", "masks"))
         masks = apply_acceptance(masks, self.calibration, drifted=self.drift_review, use_novelty=job.accept.novelty)
         self.novel += sum(1 for r in masks["verdict_reasons"].to_pylist() if r and "novel" in r)
@@ -450,13 +449,14 @@ class _ShardPass:
         self._write_parts(sid, images, masks, raw)
         self._count(images, masks)
 
-    def _add_panoptic(self, c: dict, images: pa.Table, masks: pa.Table, raw: dict[str, bytes]) -> None:
+    def _add_panoptic(self, c: CommitRecord, images: pa.Table, masks: pa.Table, raw: dict[str, bytes]) -> None:
         pan, left_out = at_operating_point(parse_committed(c, "panoptic", raw["panoptic"]), masks, self.pan_keep)
         if left_out:
             raw["panoptic"] = _parquet(pan)
         self.rendered += _render(self.job.output, c, images, pan, left_out)
         self.sampler.add(images, masks, pan)
-        self.pan_json.add(images, pan)
+        if self.pan_json is not None:
+            self.pan_json.add(images, pan)
         _count(self.segments_per_category, pan, "segment_id")
         raw["semantic"] = _parquet(class_areas(images, pan, self.job.category_names()))
         if self.audit is not None:
@@ -489,16 +489,16 @@ class _ShardPass:
             self.verdicts[str(v)] += int(n)
         _count(self.per_category, masks, "annotation_id")
 
-    def close(self) -> dict[str, Any]:
+    def close(self) -> ExportCounts:
         """Close the exports and write the QC report: their counts (``coco``, ``review``, ``panoptic``, ``qc``)."""
         if not self.verdicts["review"]:
             self.paths.pop("review_masks")  # no part written (review/instances.json stays: a valid, empty COCO file)
-        out: dict[str, Any] = {"coco": self.coco.close(), "review": self.review.close()}
-        out["panoptic"] = self.pan_json.close() if self.pan_json is not None else None
-        out["qc"] = None
+        out: ExportCounts = {"coco": self.coco.close(), "review": self.review.close(), "panoptic": None, "qc": None}
+        if self.pan_json is not None:
+            out["panoptic"] = self.pan_json.close()
         if self.acc is not None:
-            out["qc"] = write_qc_report(self.job.output, self.acc, self.job.name)
-            self.paths["qc_report"] = out["qc"]["report"]
+            qc = out["qc"] = write_qc_report(self.job.output, self.acc, self.job.name)
+            self.paths["qc_report"] = qc["report"]
         if out["coco"]["annotations"] != sum(self.verdicts[v] for v in self.keep):  # pragma: no cover - a guard
             raise RuntimeError(f"COCO export wrote {out['coco']['annotations']} annotations, expected {self.verdicts}")
         return out
@@ -507,11 +507,13 @@ class _ShardPass:
         return round(float(self.estimate[0] / self.estimate[1]), 4) if self.estimate[1] else None
 
 
-def _quality(job: JobConfig, layout: OutputLayout, fs: Any, paths: dict[str, str], merged: _ShardPass) -> dict | None:
+def _quality(
+    job: JobConfig, layout: OutputLayout, fs: Any, paths: dict[str, str], merged: _ShardPass
+) -> Quality | None:
     """Quality against the job's gold sets (instances, panoptic, semantic), written to ``quality.json``; None
     without a gold set."""
     quality = merged.gold.evaluate() if merged.gold is not None else None
-    if getattr(job, "gold_panoptic", None) and merged.has_panoptic:
+    if job.gold_panoptic is not None and merged.has_panoptic:
         pan_q = evaluate_panoptic_files(job.gold_panoptic, paths["coco_panoptic"])
         things = {c.name for c in job.ontology if c.isthing}
         pan_q["things"].update(
@@ -529,7 +531,8 @@ def _quality(job: JobConfig, layout: OutputLayout, fs: Any, paths: dict[str, str
         if heat_map is not None:
             paths["semantic_confusion"] = layout.semantic_confusion
             write_bytes(fs, open_fs(layout.semantic_confusion)[1], heat_map)
-        quality = (quality or {}) | {"semantic": sem_q, "semantic_miou": sem_q.get("miou")}
+        quality = quality or {}
+        quality["semantic"], quality["semantic_miou"] = sem_q, sem_q.get("miou")
     if quality is not None:
         if merged.drift is not None:
             quality["drift"] = merged.drift.to_dict() | {"action": job.accept.on_drift}
@@ -561,14 +564,14 @@ _SUMMARY_QUALITY = (
 def _summary(
     job: JobConfig,
     merged: _ShardPass,
-    exports: dict[str, Any],
+    exports: ExportCounts,
     paths: dict[str, str],
     digest: str,
-    quality: dict | None,
-) -> dict[str, Any]:
+    quality: Quality | None,
+) -> RunSummary:
     """``summary.json``'s content (docs/outputs.md), but for ``seconds`` and the report."""
     counts, calibration, drift = merged.counts, merged.calibration, merged.drift
-    summary = {
+    summary: dict[str, Any] = {
         "job": job.name,
         "images": counts["images"],
         "labelled_images": counts["labelled_images"],
@@ -613,5 +616,6 @@ def _summary(
             "images_rendered_by_finalize": merged.rendered,
         }
     if quality is not None:
-        summary["quality"] = {k: quality[k] for k in _SUMMARY_QUALITY if k in quality}
-    return summary
+        measured: dict[str, Any] = dict(quality)
+        summary["quality"] = {k: measured[k] for k in _SUMMARY_QUALITY if k in measured}
+    return RunSummary.from_dict(summary)

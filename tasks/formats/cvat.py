@@ -31,6 +31,7 @@ import numpy as np
 import pyarrow as pa
 from pycocotools import mask as mask_utils
 
+from segflow.tasks.documents import CocoDataset
 from segflow.tasks.formats.labels import VERDICTS, ExportError, RunLabels, dumps
 from segflow.tasks.formats.polygons import polygons_to_rle, rle_to_polygons
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
@@ -43,7 +44,7 @@ __all__ = ["export_coco", "export_cvat", "read_coco_review"]
 ANNOTATIONS = "annotations/instances_default.json"
 
 
-def _coco_images_and_annotations(run: RunLabels, verdicts: str, tolerance: float) -> dict[str, Any]:
+def _coco_images_and_annotations(run: RunLabels, verdicts: str, tolerance: float) -> CocoDataset:
     shown = VERDICTS["all"] if verdicts == "all" else ("accept", "review")
     images, anns = [], []
     for im in run.images(verdicts, rows=shown):
@@ -67,7 +68,7 @@ def _coco_images_and_annotations(run: RunLabels, verdicts: str, tolerance: float
     return {"images": images, "annotations": anns}
 
 
-def export_cvat(run: RunLabels, dest: str, verdicts: str, tolerance: float = 0.0) -> dict[str, int]:
+def export_cvat(run: RunLabels, dest: str, verdicts: str, tolerance: float = 0.0) -> dict[str, int | str]:
     """Write the COCO 1.0 archive; returns counts."""
     body = _coco_images_and_annotations(run, verdicts, tolerance)
     doc = {
@@ -85,7 +86,7 @@ def export_cvat(run: RunLabels, dest: str, verdicts: str, tolerance: float = 0.0
     return {"images": len(body["images"]), "masks": len(body["annotations"]), "file": target}
 
 
-def export_coco(run: RunLabels, dest: str, verdicts: str) -> dict[str, int]:
+def export_coco(run: RunLabels, dest: str, verdicts: str) -> dict[str, int | str]:
     """COCO instances (compressed RLE) of the masks of ``verdicts``, written shard by shard; returns counts."""
     target = dest if dest.endswith(".json") else join(dest, "instances.json")
     writer = InstancesWriter(target, run.categories, str(run.job.get("name", "")), VERDICTS[verdicts])
@@ -101,7 +102,7 @@ def _empty_masks() -> Any:
     return MASKS_SCHEMA.empty_table().append_column("verdict", pa.array([], pa.string()))
 
 
-def _load(raw: bytes, source: str) -> dict:
+def _load(raw: bytes, source: str) -> CocoDataset:
     if raw[:2] == b"PK":
         raw = read_zip_member(raw, source, lambda n: n.startswith("annotations/") and n.endswith(".json"))
     try:
@@ -112,7 +113,9 @@ def _load(raw: bytes, source: str) -> dict:
         raise ExportError(f"{source}: not a COCO instances file (needs images, annotations, categories)")
     if not all(isinstance(doc[k], list) and all(isinstance(x, dict) for x in doc[k]) for k in doc.keys() & _LISTS):
         raise ExportError(f"{source}: images, annotations and categories must be lists of objects")
-    return doc
+    checked: CocoDataset = {"images": doc["images"], "annotations": doc["annotations"]}
+    checked["categories"] = doc["categories"]
+    return checked
 
 
 _LISTS = {"images", "annotations", "categories"}
@@ -128,8 +131,7 @@ def _rle(seg: Any, h: int, w: int, where: str) -> str:
         raise ExportError(f"{where}: segmentation must be polygons or an RLE with counts")
     if "size" in seg and seg["size"] != [h, w]:
         raise ExportError(f"{where}: RLE size {str(seg['size'])[:40]}, the image is {w}x{h}")
-    counts = check_rle(seg["counts"], h, w, where)["counts"]
-    return counts.decode() if isinstance(counts, bytes) else counts
+    return check_rle(seg["counts"], h, w, where)["counts"]
 
 
 def read_coco_review(raw: bytes, source: str, run: RunLabels) -> list[ReviewedImage]:
@@ -155,7 +157,7 @@ def read_coco_review(raw: bytes, source: str, run: RunLabels) -> list[ReviewedIm
     return out
 
 
-def _checked_masks(doc: dict, by_name: dict, cats: dict, source: str) -> dict[Any, list[tuple[dict, str]]]:
+def _checked_masks(doc: CocoDataset, by_name: dict, cats: dict, source: str) -> dict[Any, list[tuple[dict, str]]]:
     """Every annotation of the file with its mask as RLE (file image id -> [(annotation, counts)]), each checked
     (its image, category and shape against the run's image size) before any is compared."""
     doc_images = {i.get("id"): i for i in doc["images"]}
@@ -171,7 +173,7 @@ def _checked_masks(doc: dict, by_name: dict, cats: dict, source: str) -> dict[An
         for key, want in (("width", w), ("height", h)):
             if key in i and i[key] != want:
                 raise ExportError(f"{source}: image {i['file_name']}: {key} {str(i[key])[:20]}, the image is {w}x{h}")
-        for a in anns.get(i.get("id"), []):
+        for a in anns.get(i["id"], []) if "id" in i else []:
             where = f"{source}: annotation {str(a.get('id'))[:40]}"
             if a.get("category_id") not in cats:
                 raise ExportError(f"{where}: unknown category_id {str(a.get('category_id'))[:40]}")
@@ -202,7 +204,7 @@ def _trace_labels(im: Any, anns: list[tuple[dict, str]], cats: dict) -> tuple[li
             todo.append((a, counts))
     for a, counts in todo:  # edited shapes: the unclaimed label they overlap most
         free = [x for x in shown if x not in claimed]
-        origin = None
+        overlapped: int | None = None
         if free:
             ious = mask_utils.iou(
                 [{"size": [h, w], "counts": counts}],
@@ -210,9 +212,9 @@ def _trace_labels(im: Any, anns: list[tuple[dict, str]], cats: dict) -> tuple[li
                 [0] * len(free),
             )[0]
             if ious.max() >= 0.5:
-                origin = free[int(np.argmax(ious))]
-                claimed.add(origin)
-        labels.append(ReviewedLabel(origin, cats[a["category_id"]], counts, (h, w)))
+                overlapped = free[int(np.argmax(ious))]
+                claimed.add(overlapped)
+        labels.append(ReviewedLabel(overlapped, cats[a["category_id"]], counts, (h, w)))
     return labels, shown
 
 

@@ -111,7 +111,7 @@ def export_label_studio(
     return {"images": len(tasks), "masks": masks}
 
 
-def _latest_annotation(task: dict) -> dict | None:
+def _latest_annotation(task: dict) -> dict[str, object] | None:
     anns = task.get("annotations") or []
     done = [a for a in anns if isinstance(a, dict) and not a.get("was_cancelled")] if isinstance(anns, list) else []
     if not done:
@@ -184,8 +184,8 @@ def read_label_studio_review(raw: bytes, source: str, run: RunLabels) -> list[Re
         labels = []
         for key, regions in groups.items():
             where = f"{name}: region {str(regions[0].get('id'))[:40]}"
-            values = [r.get("value") for r in regions]
-            if not all(isinstance(v, dict) for v in values):
+            values = [v for r in regions if isinstance(v := r.get("value"), dict)]
+            if len(values) != len(regions):
                 raise ExportError(f"{where}: no value")
             names = [n for v in values for n in v.get("polygonlabels") or [] if isinstance(n, str)]
             if not names:

@@ -28,7 +28,7 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[np.ndarra
     m = np.asarray(mask, bool)
     if not m.any():
         return []
-    up = np.kron(m.astype(np.uint8), np.ones((2, 2), np.uint8))
+    up = np.kron(m.astype(np.uint8), np.ones((2, 2), np.uint8)).astype(np.uint8)
     contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     out = []
     for c in sorted(contours, key=cv2.contourArea, reverse=True):

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from segflow.tasks.documents import CompressedRle
 from segflow.tasks.formats.labels import ExportError
 from segflow.tasks.rle import rle_runs
 
@@ -84,10 +85,10 @@ def read_zip_member(raw: bytes, source: str, pick: Any, cap: int = MAX_BYTES) ->
     return data
 
 
-def check_rle(counts: Any, h: int, w: int, where: str) -> dict:
+def check_rle(counts: Any, h: int, w: int, where: str) -> CompressedRle:
     """A COCO RLE (compressed string, or uncompressed list of runs) for an ``h`` x ``w`` image, checked.
 
-    Returns the RLE as pycocotools takes it (``{"size": [h, w], "counts": ...}``).
+    Returns the RLE compressed (``{"size": [h, w], "counts": str}``), as the manifests hold it.
 
     Raises:
       ExportError: ``where: <reason>``.
@@ -112,7 +113,8 @@ def check_rle(counts: Any, h: int, w: int, where: str) -> dict:
             raise ExportError(f"{where}: RLE runs must be >= 0 and sum to the {w}x{h} image's {pixels} pixels")
         from pycocotools import mask as mask_utils
 
-        return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
+        compressed = mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)["counts"]
+        return {"size": [h, w], "counts": compressed.decode("ascii")}
     raise ExportError(f"{where}: RLE counts must be a string or a list of integers")
 
 

@@ -61,7 +61,7 @@ def export_yolo_seg(
     for im in run.images(verdicts, labelled_only=False):
         split = split_of(im.file_name, val_percent)
         rel = PurePosixPath(im.file_name)
-        lines = [
+        drawn = [
             _line(
                 index[r["category_id"]],
                 rle_to_polygons(r["rle_counts"], im.height, im.width, tolerance),
@@ -71,7 +71,7 @@ def export_yolo_seg(
             for r in im.masks
             if r["category_id"] in index
         ]
-        lines = [x for x in lines if x]
+        lines = [x for x in drawn if x]
         try:  # file names come from the output (others may write it): never outside DEST
             label = safe_join(join(dest, "labels", split), str(rel.with_suffix(".txt")))
             target = open_fs(safe_join(join(dest, "images", split), str(rel)))[1]

@@ -43,7 +43,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from segflow.tasks.io.storage import create_exclusive, is_local, join, open_fs, redact, write_bytes
 
@@ -71,7 +71,7 @@ def _key(output: str) -> str:
     return output.rstrip("/")
 
 
-def _describe(record: dict, output: str) -> str:
+def _describe(record: LeaseRecord, output: str) -> str:
     owner = record.get("owner") or {}
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(record.get("acquired_at") or 0)))
     left = float(record.get("expires_at") or 0) - time.time()
@@ -96,15 +96,18 @@ def _generations(fs: Any, root: str) -> list[int]:
     return sorted(out)
 
 
-def _read(fs: Any, path: str) -> dict | None:
+def _read(fs: Any, path: str) -> LeaseRecord | None:
     try:
         data = json.loads(fs.cat_file(path))
     except (FileNotFoundError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    record: LeaseRecord = data  # type: ignore[assignment]  # keys checked where read (LeaseRecord)
+    return record
 
 
-def _live(record: dict | None) -> bool:
+def _live(record: LeaseRecord | None) -> bool:
     """Held: not released, not expired, and -- when its owner ran on this host -- its process still exists."""
     if not record or record.get("released") or float(record.get("expires_at") or 0) <= time.time():
         return False
@@ -120,7 +123,7 @@ def _live(record: dict | None) -> bool:
     return True
 
 
-def current_holder(output: str) -> dict | None:
+def current_holder(output: str) -> LeaseRecord | None:
     """The live lease record of ``output`` (not released, not expired), or None."""
     fs, root = open_fs(join(output, _DIR))
     gens = _generations(fs, root)
@@ -128,6 +131,17 @@ def current_holder(output: str) -> dict | None:
         return None
     record = _read(fs, f"{root}/{gens[-1]:010d}.json")
     return record if _live(record) else None
+
+
+class LeaseRecord(TypedDict, total=False):
+    """A lease generation's file (``OUTPUT/_lease/<generation>.json``). Read from an output others can write:
+    every key may be missing or of another type, so readers use ``.get`` and check."""
+
+    token: str
+    owner: dict[str, Any]  # command, host, pid, user
+    acquired_at: float
+    expires_at: float
+    released: bool
 
 
 @dataclass
@@ -145,20 +159,19 @@ class Lease:
 
     def _record(self, released: bool = False) -> bytes:
         now = time.time()
-        return json.dumps(
-            {
-                "token": self.token,
-                "owner": {
-                    "command": self.command,
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "user": _user(),
-                },
-                "acquired_at": self._acquired,
-                "expires_at": now + _ttl(),
-                "released": released,
-            }
-        ).encode()
+        record: LeaseRecord = {
+            "token": self.token,
+            "owner": {
+                "command": self.command,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "user": _user(),
+            },
+            "acquired_at": self._acquired,
+            "expires_at": now + _ttl(),
+            "released": released,
+        }
+        return json.dumps(record).encode()
 
     def _path(self) -> tuple[Any, str]:
         fs, root = open_fs(join(self.output, _DIR))
@@ -172,7 +185,7 @@ class Lease:
             top = gens[-1] if gens else 0
             if gens:
                 record = _read(fs, f"{root}/{top:010d}.json")
-                if _live(record):
+                if record is not None and _live(record):
                     raise LeaseHeld(_describe(record, self.output))
             self.generation = top + 1
             if create_exclusive(fs, f"{root}/{self.generation:010d}.json", self._record()):
@@ -183,7 +196,7 @@ class Lease:
                 self._thread.start()
                 return
             winner = _read(fs, f"{root}/{self.generation:010d}.json")
-            if _live(winner):
+            if winner is not None and _live(winner):
                 raise LeaseHeld(_describe(winner, self.output))
         raise LeaseHeld(f"{redact(self.output)}: the lease changed hands three times while taking it; try again")
 

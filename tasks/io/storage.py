@@ -75,7 +75,7 @@ def load_credentials_block(name: str) -> dict[str, Any]:
     from prefect.blocks.system import Secret
 
     try:
-        value = Secret.load(name).get()
+        value = Secret.load(name).get()  # type: ignore[union-attr]  # sync context: a Secret, not a coroutine
     except ValueError as e:
         raise ValueError(f"credentials_block: no Prefect Secret block named {name!r} ({e})") from None
     data = json.loads(value) if isinstance(value, str) else dict(value)

@@ -29,6 +29,7 @@ import re
 import time
 from typing import Any
 
+from segflow.tasks.documents import ReviewImport
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import create_exclusive, join, open_fs, read_bytes, read_json, redact, scrub, write_bytes
 from segflow.tasks.records import Publication, RunSummary
@@ -60,7 +61,7 @@ def _run_files(output: str, review: str | None = None) -> list[str]:
     return sorted(r for r in rels if ".tmp-" not in r)
 
 
-def _review_text(review: dict | None) -> str:
+def _review_text(review: ReviewImport | None) -> str:
     if not review:
         return ""
     c, v = review["counts"], review["version"]
@@ -92,7 +93,9 @@ def _md(text: object) -> str:
     return s.lstrip("#=-+ ")
 
 
-def _card(summary: RunSummary, job: dict, version: str, checksums: dict[str, str], review: dict | None = None) -> str:
+def _card(
+    summary: RunSummary, job: dict, version: str, checksums: dict[str, str], review: ReviewImport | None = None
+) -> str:
     import yaml
 
     job = scrub(job)
@@ -221,9 +224,12 @@ def publish(output: str, dest: str, version: str | None = None) -> Publication:
         if done is not None:
             return done
         with hold(dest, "publish"):
-            return _publish(output, dest, version, write=True)
+            written = _publish(output, dest, version, write=True)
     except LeaseHeld as e:
         raise PublishError(str(e)) from None
+    if written is None:  # pragma: no cover - with write=True a version is always written
+        raise PublishError(f"{redact(output)}: nothing was published")
+    return written
 
 
 def _publish(output: str, dest: str, version: str | None, write: bool) -> Publication | None:

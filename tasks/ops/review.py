@@ -36,12 +36,13 @@ import hashlib
 import json
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
+from segflow.tasks.documents import ReviewImport
 from segflow.tasks.formats.labels import ExportError, RunLabels
 from segflow.tasks.formats.polygons import polygons_to_rle, rle_to_polygons
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
@@ -64,7 +65,7 @@ def _versions(run: RunLabels) -> list[str]:
     return sorted(done)
 
 
-def latest_review(output: str) -> dict | None:
+def latest_review(output: str) -> ReviewImport | None:
     """``changes.json`` of the run's latest review version (with ``version``), or None."""
     run = RunLabels(output)
     versions = _versions(run)
@@ -82,8 +83,8 @@ def _reader(fmt: str) -> Any:
 
 
 #: the manifest's columns a label keeps (types as the manifest has them), then the review's own
-_KEPT = ("annotation_id", "image_id", "image_uri", "width", "height", "category_id", "category_name", "score")
-_KEPT += ("predicted_iou", "bbox", "area", "rle_counts")
+_KEPT: tuple[str, ...] = ("annotation_id", "image_id", "image_uri", "width", "height", "category_id")
+_KEPT += ("category_name", "score", "predicted_iou", "bbox", "area", "rle_counts")
 SCHEMA = pa.schema(
     [MASKS_SCHEMA.field(n) for n in _KEPT]
     + [(n, pa.bool_() if n == "checked" else pa.string()) for n in ("source", "checked", "review_action")]
@@ -99,7 +100,15 @@ def _from_auto(r: dict, **changes: Any) -> dict:
     return {**row, **changes}
 
 
-def _geometry(counts: str, h: int, w: int) -> dict:
+class _Geometry(TypedDict):
+    """A mask's manifest geometry: ``rle_counts`` (COCO compressed), ``area`` (pixels), ``bbox`` (XYWH, pixels)."""
+
+    rle_counts: str
+    area: int
+    bbox: list[float]
+
+
+def _geometry(counts: str, h: int, w: int) -> _Geometry:
     rle = {"size": [h, w], "counts": counts}
     return {"rle_counts": counts, "area": int(mask_utils.area(rle)), "bbox": [float(v) for v in mask_utils.toBbox(rle)]}
 
@@ -139,7 +148,7 @@ def apply_review(
             )
         cls = {"category_name": lab.category, "category_id": classes[lab.category]}
         orig = auto.get(lab.origin) if lab.origin is not None else None
-        if orig is not None and lab.origin not in seen:
+        if orig is not None and lab.origin is not None and lab.origin not in seen:
             seen.add(lab.origin)
             if _same_shape(lab, orig):
                 action = "kept" if lab.category == orig["category_name"] else "relabelled"
@@ -154,7 +163,7 @@ def apply_review(
             raise ExportError(f"image {image.image_id}: more than {_MAX_PER_IMAGE - 1} labels on one image")
         ann = image.image_id * _MAX_PER_IMAGE + next_k
         next_k += 1
-        new = {k: None for k in SCHEMA.names}
+        new: dict[str, Any] = dict.fromkeys(SCHEMA.names)
         new.update(annotation_id=ann, image_id=image.image_id, image_uri=info["image_uri"], width=w, height=h)
         new.update(**cls, **_geometry(lab.rle_counts, h, w), **stamp)
         new.update(source="human", checked=True, review_action="added", verdict="accept")
@@ -172,7 +181,7 @@ def _read_part(fs: Any, url: str) -> list[dict]:
         return pq.read_table(f).to_pylist()
 
 
-def import_review(output: str, review_file: str, fmt: str = "label-studio") -> dict:
+def import_review(output: str, review_file: str, fmt: str = "label-studio") -> ReviewImport:
     """Apply a review file to the run in ``output`` as a new version; returns ``changes.json``'s content.
 
     Holds the output's lease (:mod:`segflow.tasks.io.lease`): a second import (or any other writer) is refused
@@ -184,7 +193,7 @@ def import_review(output: str, review_file: str, fmt: str = "label-studio") -> d
         return _import_review(output, review_file, fmt, lease)
 
 
-def _import_review(output: str, review_file: str, fmt: str, lease: Any) -> dict:
+def _import_review(output: str, review_file: str, fmt: str, lease: Any) -> ReviewImport:
     run = RunLabels(output)
     raw, reviewed, images = _read_and_check(run, review_file, fmt)
     classes = {name: cid for cid, name in run.categories.items()}
@@ -218,7 +227,7 @@ def _import_review(output: str, review_file: str, fmt: str, lease: Any) -> dict:
             if shard_images:
                 coco.add(pa.Table.from_pylist([images[i] for i in shard_images]), table)
         counts = coco.close()
-        changes = {
+        changes: ReviewImport = {
             "version": version,
             "base": versions[-1] if versions else "auto",
             "review_file": redact(review_file),
@@ -313,7 +322,7 @@ def _review_shard(
     return rows
 
 
-def _finish_version(run: RunLabels, version: str, raw: bytes, changes: dict) -> None:
+def _finish_version(run: RunLabels, version: str, raw: bytes, changes: ReviewImport) -> None:
     """The review file and ``changes.json``, then ``_DONE.json`` (create-if-absent): the version exists."""
     file = lambda name: open_fs(run.layout.review_version(version, name))[1]
     write_bytes(run.fs, file("review.json"), raw)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from segflow.tasks.documents import CommitRecord, CommittedFile
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import is_local, open_fs, read_json
 from segflow.tasks.plan.planner import load_plan
@@ -57,7 +58,7 @@ def _sha256_and_size(fs: Any, path: str) -> tuple[str, int]:
 
 
 def _check_file(
-    fs: Any, layout: OutputLayout, sid: str, rel: str, entry: dict, record: str = "the commit record"
+    fs: Any, layout: OutputLayout, sid: str, rel: str, entry: CommittedFile | dict, record: str = "the commit record"
 ) -> Iterator[Problem]:
     _, path = open_fs(layout.url(rel))
     try:
@@ -84,7 +85,7 @@ def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[
         seen.add(sid)
     summary = read_json(fs, layout.summary)
     parts = (read_json(fs, layout.manifest_parts) or {}) if summary is not None else {}
-    commits = []
+    commits: list[CommitRecord] = []
     for sid in dict.fromkeys(planned):
         commit = read_commit(output, sid)
         if commit is None:
@@ -92,7 +93,7 @@ def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[
         elif commit.get("shard_id") != sid:
             yield Problem(sid, layout.commit_key(sid), f"the record is {commit.get('shard_id')!r}'s")
         else:
-            commits.append({"shard_id": sid, "attempt": commit["attempt"]})
+            commits.append(commit)
             yield from _check_commit(fs, layout, sid, commit, parts if summary is not None else None)
         if on_shard is not None:
             on_shard()
@@ -106,7 +107,9 @@ def verify(output: str, on_shard: Callable[[], None] | None = None) -> Iterator[
         yield from _check_exports(fs, layout, summary, commits, seen)
 
 
-def _check_commit(fs: Any, layout: OutputLayout, sid: str, commit: dict, parts: dict | None) -> Iterator[Problem]:
+def _check_commit(
+    fs: Any, layout: OutputLayout, sid: str, commit: CommitRecord, parts: dict | None
+) -> Iterator[Problem]:
     """A committed shard's files against its record, and (``parts``: ``manifest/_parts.json``, None before a
     finalize) its manifest parts against what finalize recorded."""
     for name, entry in commit["files"].items():
@@ -123,7 +126,7 @@ def _check_commit(fs: Any, layout: OutputLayout, sid: str, commit: dict, parts: 
 
 
 def _check_exports(
-    fs: Any, layout: OutputLayout, summary: dict, commits: list[dict], seen: set[str]
+    fs: Any, layout: OutputLayout, summary: dict, commits: list[CommitRecord], seen: set[str]
 ) -> Iterator[Problem]:
     """The exports against the commits they were built from, and manifest parts of no planned shard."""
     job = read_json(fs, layout.job_json) or {}
@@ -143,7 +146,11 @@ def damaged_shards(problems: list[Problem], planned: list[str]) -> tuple[list[st
     """The shards whose own files are damaged (a problem under ``shards/<shard>/``): those the plan names, to
     label again, and those it does not, to set aside (:func:`set_aside`). Both sorted."""
     damaged = sorted(
-        {p.shard_id for p in problems if p.file and f"{p.file}/".startswith(OutputLayout.shard_key(p.shard_id) + "/")}
+        {
+            p.shard_id
+            for p in problems
+            if p.shard_id and p.file and f"{p.file}/".startswith(OutputLayout.shard_key(p.shard_id) + "/")
+        }
     )
     planned_set = set(planned)
     return [s for s in damaged if s in planned_set], [s for s in damaged if s not in planned_set]

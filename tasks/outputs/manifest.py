@@ -202,7 +202,7 @@ class ShardTables:
             m["stability_score"].extend(_field(dets, "stability_score"))
             m["bbox"].extend(dets.mask_bboxes_xywh().tolist())
             m["area"].extend(dets.mask_areas().tolist())
-            m["rle_counts"].extend(dets.rle_counts.tolist())
+            m["rle_counts"].extend(dets.masks_or_raise("rle_counts").tolist())
             m["prompt_box"].extend(dets.boxes.tolist())
             m["stage"].extend([stage] * n)
             m["model"].extend([model] * n)
@@ -212,7 +212,9 @@ class ShardTables:
             m["qc_verdict"].extend([None] * n if verdicts is None else verdicts.tolist())
             reasons = dets.fields.get("qc_reasons")
             m["qc_reasons"].extend([None] * n if reasons is None else [r.split(",") if r else [] for r in reasons])
-            m["shape"].extend(shape_features(dets.rle_counts, h, w, dets.mask_bboxes_xywh()).tolist())
+            m["shape"].extend(
+                shape_features(list(dets.masks_or_raise("rle_counts")), h, w, dets.mask_bboxes_xywh()).tolist()
+            )
             k += n
         if panoptic is not None:
             self._panoptic(image_id, uri, (h, w), panoptic, first_id)
@@ -248,7 +250,7 @@ class ShardTables:
         p["score"].extend(segs.scores.tolist())
         p["bbox"].extend(segs.mask_bboxes_xywh().tolist())
         p["area"].extend(segs.mask_areas().tolist())
-        p["rle_counts"].extend(segs.rle_counts.tolist())
+        p["rle_counts"].extend(segs.masks_or_raise("rle_counts").tolist())
         p["source_stage"].extend(sources)
         p["model"].extend(models.get(s) for s in sources)
         p["annotation_id"].extend(first_id[s] + i if s in first_id else None for s, i in zip(sources, index))

@@ -24,12 +24,13 @@ import time
 from collections.abc import Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from segflow.tasks.documents import CocoDataset, PanopticScores
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import join, open_fs, read_bytes, redact, write_bytes
 from segflow.tasks.outputs.coco import StreamedCocoJson
@@ -80,7 +81,15 @@ def _marker(output: str, shard_id: str) -> str:
     return OutputLayout(output).rendered_record(shard_id)
 
 
-def rendered_marker(output: str, shard_id: str) -> dict | None:
+class RenderedMarker(TypedDict):
+    """A shard's ``_RENDERED.json``: the ``attempt`` whose panoptic PNGs finalize drew, and the annotation ids of
+    the things it ``left_out`` (not accepted at the operating point)."""
+
+    attempt: str
+    left_out: list[int]
+
+
+def rendered_marker(output: str, shard_id: str) -> RenderedMarker | None:
     """The shard's ``_RENDERED.json``: ``attempt`` rendered and ``left_out`` (annotation ids of things not drawn)."""
     fs, path = open_fs(_marker(output, shard_id))
     try:
@@ -154,7 +163,7 @@ def render_shard(
     def one(r: dict) -> None:
         h, w = r["height"], r["width"]
         s = segs.get(r["image_id"], {"segment_id": [], "category_id": [], "rle_counts": []})
-        order = np.argsort(s["segment_id"]) if s["segment_id"] else []
+        order = np.argsort(s["segment_id"]) if s["segment_id"] else np.zeros(0, np.int64)
         counts = [s["rle_counts"][i] for i in order]
         if [s["segment_id"][i] for i in order] != list(range(1, len(counts) + 1)):
             raise ValueError(f"{shard_id}: image {r['image_id']}: segment ids are not 1..n")
@@ -216,7 +225,7 @@ class PanopticJsonWriter:
         return {"images": counts["images"], "segments": self.segments}
 
 
-def _load_json(url: str) -> dict:
+def _load_json(url: str) -> CocoDataset:
     fs, path = open_fs(url)
     return json.loads(read_bytes(fs, path))
 
@@ -231,7 +240,7 @@ def evaluate_panoptic_files(
     pred_json: str,
     gold_png_dir: str | None = None,
     pred_png_dir: str | None = None,
-) -> dict:
+) -> PanopticScores:
     """PQ/SQ/RQ (all, things, stuff, per class) and mIoU of a predicted COCO panoptic export against a gold one.
 
     Images are matched by ``file_name`` of their ``images`` entry (exact, or a
@@ -276,7 +285,13 @@ def evaluate_panoptic_files(
         n += 1
     out = pq.summary(pred_cat_name)
     s = sem.summary(pred_cat_name)
-    return {"images": n, **out, "miou": s["miou"], "per_class_iou": s["per_class_iou"], "gold": redact(gold_json)}
+    return {
+        "images": n,
+        **out,
+        "miou": s.get("miou"),
+        "per_class_iou": s.get("per_class_iou", {}),
+        "gold": redact(gold_json),
+    }
 
 
 def _check_segments(ids: np.ndarray, cats: dict[int, int], where: str, file_name: str) -> None:

@@ -22,13 +22,13 @@ from __future__ import annotations
 import html
 import io
 from collections import Counter
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from segflow.tasks import rle
+from segflow.tasks.documents import QcReportCounts
 from segflow.tasks.io.images import decode_image
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import join, open_fs, write_bytes
@@ -94,10 +94,10 @@ class QcAccumulator:
                 sel = verdicts == v
                 if not sel.any():
                     continue
-                for k in ("score", "predicted_iou", "stability_score"):
-                    vals = masks[k].to_numpy(zero_copy_only=False)[sel].astype(np.float64)
+                for metric in ("score", "predicted_iou", "stability_score"):
+                    vals = masks[metric].to_numpy(zero_copy_only=False)[sel].astype(np.float64)
                     vals = vals[~np.isnan(vals)]
-                    self.hist[v][k] += np.histogram(np.clip(vals, 0.0, 1.0), self._BINS)[0]
+                    self.hist[v][metric] += np.histogram(np.clip(vals, 0.0, 1.0), self._BINS)[0]
                 rows_v = np.flatnonzero(sel)
                 best = rows_v[np.argsort(keys[rows_v], kind="stable")[: max(self.samples_per_verdict, 1)]]
                 picked = masks.take(pa.array(best)).select(SAMPLE_COLUMNS).to_pylist()
@@ -204,10 +204,10 @@ def contact_sheet(
         img = Image.fromarray(crop.clip(0, 255).astype(np.uint8))
         scale = tile / max(img.width, img.height)
         size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
-        img = np.asarray(img.resize(size)).copy()
-        big = np.asarray(Image.fromarray(mc.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
-        img[_outline(big, 2)] = _COLOURS[verdict]  # the edge drawn at tile scale: visible on any background
-        img = Image.fromarray(img)
+        pixels = np.asarray(img.resize(size)).copy()
+        big = np.asarray(Image.fromarray(mc.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 0
+        pixels[_outline(big, 2)] = _COLOURS[verdict]  # the edge drawn at tile scale: visible on any background
+        img = Image.fromarray(pixels)
         d = ImageDraw.Draw(img)
         if r.get("prompt_box"):
             px0, py0, px1, py1 = r["prompt_box"]
@@ -235,7 +235,7 @@ def _outline(mask: np.ndarray, width: int) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)
 
 
-def write_qc_report(output: str, acc: QcAccumulator, job_name: str) -> dict[str, Any]:
+def write_qc_report(output: str, acc: QcAccumulator, job_name: str) -> QcReportCounts:
     """Write summary tables, the Markdown/HTML report and the contact sheets; return headline counts."""
     import pyarrow.parquet as pq
 

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from segflow.tasks.documents import PlanMeta
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import is_local, join, open_fs, read_bytes, redact, scrub, url_credential, write_bytes
 
@@ -132,6 +133,8 @@ def iter_source(source: SourceConfig) -> Iterator[tuple[str, str, int, str | Non
         yield from ((u, k, s, None) for u, k, s in _list_from_file(source.list, source.storage_options))
         return
     url = source.url
+    if url is None:  # the config allows a source without url only with a list
+        raise PlanError("source: needs url or list")
     fs, root = open_fs(url, source.storage_options)
     regex = glob_to_regex(source.pattern) if source.pattern else None
     prefix = root.rstrip("/") + "/"
@@ -389,7 +392,7 @@ def _append_generation(job: JobConfig, fs: Any, meta: dict, meta_path: str) -> P
     return Plan(job.output, list(meta["shard_ids"]), int(meta["num_images"]), reused=True, new_images=n)
 
 
-def load_plan(output: str) -> dict:
+def load_plan(output: str) -> PlanMeta:
     fs, meta_path = open_fs(plan_paths(output)[1])
     try:
         return json.loads(read_bytes(fs, meta_path))

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from segflow.tasks.documents import Calibration
 from segflow.tasks.records import VERDICT_COLOURS as VERDICT_HEX
 from segflow.tasks.records import Verdict
 
@@ -54,12 +55,15 @@ def verdict_bars(counts: list[dict]) -> bytes | None:
     return _png(fig)
 
 
-def pr_grid(calibration: dict | None) -> bytes | None:
+def pr_grid(calibration: Calibration | None) -> bytes | None:
     """One precision-recall panel per class (the labels of the gold images by calibrated score), the target
     precision dashed and the operating point (the class's threshold) as a dot."""
-    entries = [(n, e) for n, e in ((calibration or {}).get("classes") or {}).items() if e.get("curve")]
+    if calibration is None:
+        return None
+    entries = [(n, e) for n, e in calibration["classes"].items() if e.get("curve")]
     if not entries:
         return None
+    target = calibration["target_precision"]
     cols = min(4, len(entries))
     rows = (len(entries) + cols - 1) // cols
     plt = _plt()
@@ -69,7 +73,7 @@ def pr_grid(calibration: dict | None) -> bytes | None:
     for ax, (name, e) in zip(axes.flat, entries):
         c = e["curve"]
         ax.plot(c["recall"], c["precision"], color="#3366cc")
-        ax.axhline(calibration["target_precision"], color="grey", linestyle="--", linewidth=1)
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1)
         if "operating" in c:
             ax.plot(c["operating"]["recall"], c["operating"]["precision"], "o", color="#e5413a", markersize=7)
         t = e.get("threshold")

@@ -15,13 +15,15 @@ import base64
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
+from segflow.tasks.documents import Calibration, CommitRecord, Quality, ReportSamples
 from segflow.tasks.evaluate.drift import DRIFT_ADVICE
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import join, open_fs, read_bytes, redact, scrub, write_bytes
+from segflow.tasks.records import RunSummary
 from segflow.tasks.report import plots
 from segflow.tasks.report.sampler import ReportSampler
 
@@ -43,6 +45,39 @@ WORST = {
 
 class ReportError(Exception):
     """The output cannot be reported on (not finished, or not a segflow output)."""
+
+
+class RunTiming(TypedDict, total=False):
+    """Where the shards' time went (empty when no commit kept its timing)."""
+
+    shards: int
+    workers: int
+    wall: float
+    images_per_s: float | None
+    seconds: dict[str, float]
+    stage_png: str | None
+    timeline_png: str | None
+
+
+class ReportContext(TypedDict):
+    """What ``templates/report.html.j2`` is rendered with."""
+
+    summary: RunSummary
+    failures: list[dict[str, Any]]
+    failure_kinds: dict[str, int]
+    counts: list[dict[str, Any]]
+    quality: Quality
+    calibration: Calibration | None
+    figures: dict[str, str | None]
+    classes: dict[str, list[dict[str, Any]]]
+    previews: list[dict[str, Any]]
+    timing: RunTiming
+    job: dict[str, Any]
+    job_text: str
+    stages: list[dict[str, Any]]
+    models: list[str]
+    output: str
+    drift_advice: str
 
 
 def _json(url: str) -> Any:
@@ -115,8 +150,9 @@ def _previews(layout: OutputLayout, rows: list[dict], cache: dict[str, np.ndarra
     return out
 
 
-def _timing(commits: list[dict], images: int) -> dict[str, Any]:
-    spans, seconds = [], {}
+def _timing(commits: list[CommitRecord], images: int) -> RunTiming:
+    spans: list[dict[str, Any]] = []
+    seconds: dict[str, float] = {}
     for c in commits:
         t = c.get("timing")
         if not t:
@@ -138,7 +174,7 @@ def _timing(commits: list[dict], images: int) -> dict[str, Any]:
     }
 
 
-def _rescan(output: str, commits: list[dict]) -> dict:
+def _rescan(output: str, commits: list[CommitRecord]) -> ReportSamples:
     """Samples of an output finalized before reports existed: one pass over its merged manifests."""
     import pyarrow.parquet as pq
 
@@ -159,19 +195,26 @@ def _rescan(output: str, commits: list[dict]) -> dict:
 
 
 def report_context(
-    output: str, summary: dict | None = None, samples: dict | None = None, commits: list[dict] | None = None
-) -> dict[str, Any]:
+    output: str,
+    summary: RunSummary | None = None,
+    samples: ReportSamples | None = None,
+    commits: list[CommitRecord] | None = None,
+) -> ReportContext:
     """Everything the template shows, figures and images encoded."""
     from segflow.tasks.shard.commit import collect_commits
 
     layout = OutputLayout(output)
-    summary = summary or _json(layout.summary)
     if summary is None:
-        raise ReportError(f"no summary.json in {redact(output)}: the run has not been finalized")
+        written = _json(layout.summary)
+        if written is None:
+            raise ReportError(f"no summary.json in {redact(output)}: the run has not been finalized")
+        summary = RunSummary.from_dict(written)
     if commits is None:
         commits = collect_commits(output)[1]
-    samples = samples or _json(layout.report_samples) or _rescan(output, commits)
-    quality, calibration = _json(layout.quality) or {}, _json(layout.calibration)
+    if samples is None:
+        samples = _json(layout.report_samples) or _rescan(output, commits)
+    quality: Quality = _json(layout.quality) or Quality()
+    calibration: Calibration | None = _json(layout.calibration)
     job = scrub(_json(layout.job_json) or {})  # an output others can write to: nothing secret is shown
 
     uris = {r["image_uri"] for cell in samples["samples"].values() for r in cell}
@@ -195,7 +238,7 @@ def report_context(
         "figures": _figures(samples, quality, calibration),
         "classes": _sample_cells(samples, cache),
         "previews": _previews(layout, samples["previews"], cache),
-        "timing": _timing(commits, summary.get("images", 0)),
+        "timing": _timing(commits, summary.images),
         "job": job,
         "job_text": json.dumps(job, indent=2),
         "stages": stages,
@@ -205,7 +248,7 @@ def report_context(
     }
 
 
-def _sample_cells(samples: dict, cache: dict) -> dict[str, list[dict]]:
+def _sample_cells(samples: ReportSamples, cache: dict) -> dict[str, list[dict]]:
     """Per class, its sample mosaics (one per verdict, and ``novel``), in :data:`VERDICT_TITLES` order."""
     from segflow.tasks.outputs.qc_report import contact_sheet
 
@@ -231,7 +274,7 @@ def _sample_cells(samples: dict, cache: dict) -> dict[str, list[dict]]:
     return dict(sorted(classes.items()))
 
 
-def _figures(samples: dict, quality: dict, calibration: dict | None) -> dict[str, str | None]:
+def _figures(samples: ReportSamples, quality: Quality, calibration: Calibration | None) -> dict[str, str | None]:
     """The report's plots as data URIs (None where the run has nothing to plot)."""
     figures = dict.fromkeys(["confusion", "panoptic", "miou", "semantic_confusion"])
     figures.update(verdicts=_uri(plots.verdict_bars(samples["counts"])), pr=_uri(plots.pr_grid(calibration)))
@@ -246,7 +289,7 @@ def _figures(samples: dict, quality: dict, calibration: dict | None) -> dict[str
     iou = dict(pan.get("per_class_iou") or {}) if pan else {}
     sem = quality.get("semantic")
     if sem:
-        ious = {n: {"IoU": v} for n, v in sem["per_class_iou"].items()}
+        ious: dict[str, dict[str, float | None]] = {n: {"IoU": v} for n, v in sem["per_class_iou"].items()}
         figures["miou"] = _uri(plots.class_bars(ious, ["IoU"], "semantic IoU per class (against the gold maps)"))
         c = sem["confusion"]  # rows: gold classes; columns: void, then the same classes (void left out here)
         figures["semantic_confusion"] = _uri(
@@ -264,7 +307,7 @@ def _num(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
-def render_html(context: dict[str, Any]) -> str:
+def render_html(context: ReportContext) -> str:
     """The page, from ``templates/report.html.j2`` (autoescaped)."""
     import jinja2
 
@@ -278,7 +321,10 @@ def render_html(context: dict[str, Any]) -> str:
 
 
 def write_report(
-    output: str, summary: dict | None = None, samples: dict | None = None, commits: list[dict] | None = None
+    output: str,
+    summary: RunSummary | None = None,
+    samples: ReportSamples | None = None,
+    commits: list[CommitRecord] | None = None,
 ) -> str:
     """Render ``OUTPUT/report.html`` (and save ``samples`` when given). Returns the report's URL."""
     from segflow.tasks.io.lease import hold

@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from segflow.tasks.documents import ReportSamples
 from segflow.tasks.outputs.qc_report import SAMPLE_COLUMNS
 
 __all__ = ["ReportSampler", "failure_kind"]
@@ -115,7 +115,7 @@ class ReportSampler:
         cand = self.previews + [(_hash_key(r["image_id"]), r) for r in ok.to_pylist() if r["image_id"] in ids]
         self.previews = sorted(cand, key=lambda t: t[0])[: self.max_previews]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ReportSamples:
         return {
             "version": 1,
             "per_cell": self.per_cell,

@@ -29,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from segflow.tasks.documents import CommitRecord, CommittedFile, ErrorRecord, PlanMeta
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.retry import retry_call
 from segflow.tasks.io.storage import create_exclusive, open_fs, read_bytes, write_bytes
@@ -54,7 +55,7 @@ class ShardConflict(Exception):
     """The output holds a commit of this shard made by a job with different settings."""
 
 
-def read_commit(output: str, shard_id: str) -> dict | None:
+def read_commit(output: str, shard_id: str) -> CommitRecord | None:
     """The shard's latest commit record (a redo's supersedes the one before it), or None."""
     layout = OutputLayout(output)
     record, generation = None, 0
@@ -81,7 +82,7 @@ def commit_shard(
     stats: dict[str, Any],
     generation: int = 0,
     timing: dict[str, Any] | None = None,
-) -> tuple[dict, bool]:
+) -> tuple[CommitRecord, bool]:
     """Write an attempt's files and try to commit them as ``generation``. Returns ``(commit_record, won)``.
 
     Generation 0 is a shard's first commit; a redo commits ``latest + 1``, superseding the record before it
@@ -95,7 +96,7 @@ def commit_shard(
     rel_dir = layout.attempt_dir(shard_id, attempt)
     fs, _ = open_fs(output)
     encoded = {name: _parquet_bytes(table) for name, table in tables.items()}
-    files = {
+    files: dict[str, CommittedFile] = {
         name: {
             "path": f"{rel_dir}/{name}.parquet",
             "rows": tables[name].num_rows,
@@ -111,7 +112,7 @@ def commit_shard(
 
     with ThreadPoolExecutor(max_workers=max(1, len(encoded))) as pool:  # independent objects: one round trip
         list(pool.map(put, encoded))
-    record: dict[str, Any] = {
+    record: CommitRecord = {
         "shard_id": shard_id,
         "attempt": attempt,
         "fingerprint": fingerprint,
@@ -152,7 +153,7 @@ def record_failure(output: str, shard_id: str, error: str) -> None:
     )
 
 
-def read_error(output: str, shard_id: str) -> dict | None:
+def read_error(output: str, shard_id: str) -> ErrorRecord | None:
     fs, path = open_fs(OutputLayout(output).error_record(shard_id))
     try:
         return json.loads(read_bytes(fs, path))
@@ -168,7 +169,7 @@ def clear_error(output: str, shard_id: str) -> None:
         pass
 
 
-def read_committed_bytes(output: str, commit: dict, name: str) -> bytes:
+def read_committed_bytes(output: str, commit: CommitRecord, name: str) -> bytes:
     """The bytes of one data file named by a commit record, checked against its sha256."""
     entry = commit["files"][name]
     fs, path = open_fs(OutputLayout(output).url(entry["path"]))
@@ -182,7 +183,7 @@ def read_committed_bytes(output: str, commit: dict, name: str) -> bytes:
     return data
 
 
-def parse_committed(commit: dict, name: str, data: bytes) -> pa.Table:
+def parse_committed(commit: CommitRecord, name: str, data: bytes) -> pa.Table:
     """Parse verified bytes (:func:`read_committed_bytes`), checking the row count."""
     entry = commit["files"][name]
     table = pq.read_table(io.BytesIO(data), use_threads=False)
@@ -193,7 +194,7 @@ def parse_committed(commit: dict, name: str, data: bytes) -> pa.Table:
     return table
 
 
-def read_committed_table(output: str, commit: dict, name: str) -> pa.Table:
+def read_committed_table(output: str, commit: CommitRecord, name: str) -> pa.Table:
     """Read one data file named by a commit record, checking its sha256 and row count."""
     return parse_committed(commit, name, read_committed_bytes(output, commit, name))
 
@@ -212,7 +213,7 @@ class IncompleteRunError(Exception):
         )
 
 
-def collect_commits(output: str) -> tuple[dict, list[dict]]:
+def collect_commits(output: str) -> tuple[PlanMeta, list[CommitRecord]]:
     """The plan and the commit record of every planned shard; :class:`IncompleteRunError` (naming the shards and
     their last errors) when some have none."""
     plan = load_plan(output)
@@ -231,7 +232,7 @@ def collect_commits(output: str) -> tuple[dict, list[dict]]:
     return plan, commits
 
 
-def commits_digest(commits: list[dict], job: dict) -> str:
+def commits_digest(commits: list[CommitRecord], job: dict[str, Any]) -> str:
     """What a finalized output was built from: its shards' committed attempts, the gold sets and the acceptance
     settings of ``job`` (its JSON form, as ``job.json`` holds it)."""
     inputs = [job.get("gold_set"), job.get("gold_panoptic"), job.get("accept")]

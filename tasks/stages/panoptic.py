@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from segflow.tasks import rle
+from segflow.tasks.documents import PanopticScores, SemanticScores
 from segflow.tasks.record import Detections
 
 if TYPE_CHECKING:
@@ -305,7 +306,7 @@ class PanopticQuality:
                 continue  # mostly on void: ignored
             self.fp[c] = self.fp.get(c, 0) + 1
 
-    def summary(self, names: dict[int, str] | None = None) -> dict:
+    def summary(self, names: dict[int, str] | None = None) -> PanopticScores:
         """``pq``, ``sq``, ``rq`` (all, things, stuff) and ``per_class``."""
         per: dict[int, dict] = {}
         for c in sorted(set(self.tp) | set(self.fp) | set(self.fn)):
@@ -315,7 +316,7 @@ class PanopticQuality:
             rq = tp / denom if denom else 0.0
             per[c] = {"pq": sq * rq, "sq": sq, "rq": rq, "tp": tp, "fp": fp, "fn": fn}
 
-        def avg(cs: list[int]) -> dict:
+        def avg(cs: list[int]) -> dict[str, float | int | None]:
             if not cs:
                 return {"pq": None, "sq": None, "rq": None, "n": 0}
             return {k: round(float(np.mean([per[c][k] for c in cs])), 4) for k in ("pq", "sq", "rq")} | {"n": len(cs)}
@@ -351,7 +352,7 @@ class SemanticQuality:
             self.num, self.num
         )
 
-    def summary(self, names: dict[int, str] | None = None) -> dict:
+    def summary(self, names: dict[int, str] | None = None) -> SemanticScores:
         c = self.confusion
         present = [i for i in range(1, self.num) if c[i].sum() > 0 or c[1:, i].sum() > 0]
         per = {}
@@ -385,7 +386,7 @@ def evaluate_in_memory(
     pairs: Iterable[tuple[np.ndarray, dict[int, int], np.ndarray, dict[int, int]]],
     categories: dict[int, bool],
     names: dict[int, str] | None = None,
-) -> dict:
+) -> PanopticScores:
     """PQ and mIoU over ``(gt_ids, gt_cats, pred_ids, pred_cats)`` per image."""
     pq, sem = PanopticQuality(categories), SemanticQuality()
     for gt_ids, gt_cats, pred_ids, pred_cats in pairs:

@@ -1,9 +1,11 @@
 """House habits the linters do not check: no production function over 80 lines, at most 6 modules directly in
-tasks/ (the rest grouped by phase), and tests that mirror the package. Each check names what breaks it."""
+tasks/ (the rest grouped by phase), tests that mirror the package, and typed records rather than bare dicts
+across modules. Each check names what breaks it."""
 
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +31,39 @@ def long_functions(folders=PRODUCTION, limit=MAX_LINES) -> list[str]:
 def test_no_production_function_is_over_80_lines():
     assert long_functions() == []
     assert long_functions(("bench",), limit=80), "negative control: bench has long functions, the check sees them"
+
+
+#: a return annotation that says nothing of the keys
+BARE_DICT = re.compile(r"^(dict|Dict|dict\[str, Any\]|Dict\[str, Any\]|Mapping\[str, Any\])( \| None)?$")
+#: the runtime package; segflow/demo (the demo's scene writer and training loops) is tooling, not the labelling path
+RUNTIME = ("tasks", "flows", "segflow/config", "segflow/__init__.py", "segflow/__main__.py")
+#: bare dicts by nature: serialisers' output, a JSON Schema, keyword arguments handed to fsspec, boto and a model,
+#: a torch checkpoint's contents, and a manifest row (a pyarrow row as ``to_pylist`` gives it)
+ALLOWED_BARE = {"to_dict", "to_json", "job_json_schema", "storage_options_for", "load_credentials_block", "_inputs"}
+ALLOWED_BARE |= {"check_yolo_weights", "_from_auto"}
+
+
+def bare_dict_returns(paths=RUNTIME) -> list[str]:
+    out = []
+    for name in paths:
+        target = ROOT / name
+        for path in sorted(target.rglob("*.py") if target.is_dir() else [target] if target.exists() else []):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns is not None:
+                    if BARE_DICT.match(ast.unparse(node.returns)):
+                        out.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    return out
+
+
+def test_at_most_10_runtime_functions_return_a_bare_dict():
+    """A bare ``dict`` (or ``dict[str, Any]``) return says nothing of its keys: the JSON documents are typed in
+    segflow.tasks.documents, the records in segflow.tasks.records. The few left are listed in ALLOWED_BARE."""
+    found = bare_dict_returns()
+    assert len(found) <= 10, found
+    assert all(f.rsplit(" ", 1)[1] in ALLOWED_BARE for f in found), [
+        f for f in found if f.rsplit(" ", 1)[1] not in ALLOWED_BARE
+    ]
+    assert len(bare_dict_returns(("segflow/demo",))) >= 3, "negative control: the demo's training results are bare"
 
 
 def test_tasks_is_grouped_by_phase():
