@@ -16,7 +16,8 @@ by earlier versions keep reading. Records made and read in memory are dataclasse
 * :class:`ReportSamples` -- ``report/samples.json`` (:mod:`segflow.tasks.report.sampler`).
 * :class:`CompressedRle` -- a compressed COCO RLE (``{"size": [h, w], "counts": str}``); :class:`CocoDataset`
   -- a COCO file as read.
-* :class:`ReviewImport` -- a review import's ``changes.json`` (:mod:`segflow.tasks.ops.review`).
+* :class:`ReviewImport` -- a review import's ``changes.json``; :class:`ReviewEstimate` -- its ``estimate.json``
+  (:mod:`segflow.tasks.ops.review`).
 * :class:`ExportCounts` -- what the finalize-time exports wrote (``coco``, ``review``, ``panoptic``, ``qc``).
 """
 
@@ -43,6 +44,7 @@ __all__ = [
     "QcReportCounts",
     "Reliability",
     "ReportSamples",
+    "ReviewEstimate",
     "ReviewImport",
     "ScoreModel",
     "SemanticScores",
@@ -310,6 +312,23 @@ class ExportCounts(TypedDict):
     qc: QcReportCounts | None
 
 
+class ReviewEstimate(TypedDict):
+    """``reviews/<version>/estimate.json``: the exported set's precision and recall estimated from a review
+    batch's audit, with 95% intervals (:mod:`segflow.tasks.ops.review_batch`)."""
+
+    batch: str
+    precision: float | None
+    precision_low: float | None
+    precision_high: float | None
+    recall: float | None
+    recall_low: float | None
+    recall_high: float | None
+    audited_masks: int
+    audited_images: int
+    exported: int
+    per_class: dict[str, dict[str, float | int | None]]
+
+
 class ReviewImport(TypedDict):
     """What importing a review file did: ``OUTPUT/reviews/<version>/changes.json`` (docs/review.md)."""
 
@@ -320,8 +339,10 @@ class ReviewImport(TypedDict):
     review_sha256: str
     imported_at: str
     images_reviewed: int
+    image_ids: NotRequired[list[int]]  # the images reviewed (imports before the review loop did not say)
     counts: dict[str, int]
     labels: int
     labels_by_source: dict[str, int]
     labels_checked: int
     annotation_ids: dict[str, list[int]]
+    estimate: NotRequired[ReviewEstimate]

@@ -14,17 +14,23 @@ from segflow.flows.cli.show import print_calibration
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from segflow.tasks.evaluate.quality import GoldSetError, format_quality, load_quality
-    from segflow.tasks.ops.calibrate import recalibrate_output
+    from segflow.tasks.formats import ExportError
+    from segflow.tasks.ops.calibrate import recalibrate_output, reviews_gold
     from segflow.tasks.plan.planner import PlanError
     from segflow.tasks.shard.commit import IncompleteRunError
 
     output = _cli_path(args.output)
     t0 = time.time()
+    if (args.gold is None) == (not args.from_reviews):
+        _eprint("error: calibrate needs --gold FILE or --from-reviews (one of them)")
+        return EXIT_CONFIG
     try:
-        summary, cal = recalibrate_output(
-            output, _cli_path(args.gold), precision=args.precision, folds=args.folds, score=args.score
-        )
-    except (FileNotFoundError, GoldSetError, IncompleteRunError, PlanError, ValueError) as e:
+        gold = _cli_path(args.gold) if args.gold else ""
+        if args.from_reviews:
+            gold, n = reviews_gold(output)
+            print(f"gold set from reviews: {n} images (reviewed audit images, and the job's gold set) -> {gold}")
+        summary, cal = recalibrate_output(output, gold, precision=args.precision, folds=args.folds, score=args.score)
+    except (FileNotFoundError, GoldSetError, IncompleteRunError, PlanError, ValueError, ExportError) as e:
         _eprint(f"error: {e}")
         return EXIT_CONFIG
     if args.json:
@@ -48,7 +54,13 @@ def register(sub: Any) -> None:
         "it again at that operating point (no model runs)",
     )
     ca.add_argument("output", help="a finished run's output folder or URL")
-    ca.add_argument("--gold", required=True, help="COCO instances file with human labels for some of its images")
+    ca.add_argument("--gold", help="COCO instances file with human labels for some of its images")
+    ca.add_argument(
+        "--from-reviews",
+        action="store_true",
+        help="the gold set is what people reviewed: the audited images of the run's review batches (and the job's "
+        "gold set, if any); docs/gold-sets.md",
+    )
     ca.add_argument("--precision", type=float, default=0.95, help="target precision of the accepted labels")
     ca.add_argument("--folds", type=int, default=5, help="folds over the gold images for the held-out estimate")
     ca.add_argument(

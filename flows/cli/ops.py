@@ -1,4 +1,5 @@
-"""Commands on a finished output: ``status``, ``verify``, ``publish``, ``report``, ``export``, ``import-review``."""
+"""Commands on a finished output: ``status``, ``verify``, ``publish``, ``report``, ``export``, ``review-batch``,
+``import-review``."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def cmd_import_review(args: argparse.Namespace) -> int:
     from segflow.tasks.ops.review import import_review
 
     try:
-        changes = import_review(_cli_path(args.output), _cli_path(args.file), args.format)
+        changes = import_review(_cli_path(args.output), _cli_path(args.file), args.format, args.batch)
     except ExportError as e:
         _eprint(f"error: {e}")
         return EXIT_CONFIG
@@ -135,6 +136,50 @@ def cmd_import_review(args: argparse.Namespace) -> int:
         f"kept {c['kept']}, relabelled {c['relabelled']}, reshaped {c['reshaped']}, deleted {c['deleted']}, "
         f"added {c['added']}; the set now has {changes['labels']} labels, {changes['labels_checked']} checked by "
         "people"
+    )
+    if "estimate" in changes:
+        print(estimate_lines(changes["estimate"]))
+    return EXIT_OK
+
+
+def estimate_lines(e: Any) -> str:
+    """A review batch's estimate of the exported set, as the terminal shows it."""
+    f = lambda v: "-" if v is None else f"{v:.3f}"
+    lines = [
+        f"exported set ({e['exported']} masks), estimated from the audit of {e['batch']} "
+        f"({e['audited_masks']} masks, {e['audited_images']} images; 95% intervals):",
+        f"  precision {f(e['precision'])} ({f(e['precision_low'])}-{f(e['precision_high'])})   "
+        f"recall {f(e['recall'])} ({f(e['recall_low'])}-{f(e['recall_high'])})",
+    ]
+    for name, c in e.get("per_class", {}).items():
+        lines.append(
+            f"  {name}: precision {f(c['precision'])} ({f(c['precision_low'])}-{f(c['precision_high'])}), "
+            f"{c['audited']} audited"
+        )
+    return "\n".join(lines)
+
+
+def cmd_review_batch(args: argparse.Namespace) -> int:
+    from segflow.tasks.formats import ExportError
+    from segflow.tasks.ops.review_batch import write_batch
+
+    try:
+        batch, result = write_batch(
+            _cli_path(args.output), _cli_path(args.dest), args.budget, args.audit_share, args.format, args.seed
+        )
+    except ExportError as e:
+        _eprint(f"error: {e}")
+        return EXIT_CONFIG
+    parts: dict[str, int] = {}
+    for it in batch.items:
+        parts[it.part] = parts.get(it.part, 0) + 1
+    said = ", ".join(f"{n} {p}" for p, n in sorted(parts.items()))
+    print(
+        f"review batch {batch.batch}: {len(batch.items)} items ({said}) on {result.images} images, "
+        f"{result.masks} labels shown -> {result.written_to}\n"
+        f"  import the review with `segflow import-review {args.output} FILE --format "
+        f"{'label-studio' if args.format == 'label-studio' else 'coco'}`: it reports the exported set's precision "
+        "and recall from the audit"
     )
     return EXIT_OK
 
@@ -185,4 +230,18 @@ def register(sub: Any) -> None:
     ir.add_argument("file", help="Label Studio JSON export, or COCO instances / CVAT COCO 1.0 zip")
     ir.add_argument("--format", choices=list(REVIEW_READERS), default="label-studio")
     ir.add_argument("--json", action="store_true", help="machine-readable output")
+    ir.add_argument("--batch", help="the review batch it answers (default: the latest, when it covers its images)")
     ir.set_defaults(fn=cmd_import_review)
+
+    rb = sub.add_parser(
+        "review-batch",
+        help="write a batch for people to check: an audit sample that measures the exported set, and the labels "
+        "most likely wrong",
+    )
+    rb.add_argument("output", help="the run's output folder or URL")
+    rb.add_argument("dest", help="where to write the batch's review file (as `export`)")
+    rb.add_argument("--budget", type=int, required=True, help="items to review (masks, and images to search)")
+    rb.add_argument("--audit-share", type=float, default=0.5, help="share of the budget for the audit (default 0.5)")
+    rb.add_argument("--format", choices=list(EXPORTERS), default="label-studio", help="review file format")
+    rb.add_argument("--seed", type=int, default=0, help="seed of the audit's draw")
+    rb.set_defaults(fn=cmd_review_batch)

@@ -60,9 +60,20 @@ def resolve(target: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), fn)
 
 
-def export(output: str, fmt: str, dest: str, verdicts: str | None = None, **options: Any) -> ExportResult:
+def export(
+    output: str,
+    fmt: str,
+    dest: str,
+    verdicts: str | None = None,
+    images: set[int] | None = None,
+    marked: set[int] | None = None,
+    **options: Any,
+) -> ExportResult:
     """Export the finished run in ``output`` to ``dest`` in format ``fmt``: what was written (the exporter's
-    counts: ``images``, ``masks``, ``file`` where it wrote one, anything else in ``details``)."""
+    counts: ``images``, ``masks``, ``file`` where it wrote one, anything else in ``details``).
+
+    ``images``: only these images, each with its accepted and review labels (a review batch,
+    :mod:`segflow.tasks.ops.review_batch`); ``marked``: the annotation ids it asks people to check."""
     if fmt not in EXPORTERS:
         raise ExportError(f"unknown export format {fmt!r}; known: {', '.join(EXPORTERS)}")
     verdicts = verdicts or DEFAULT_VERDICTS.get(fmt, "accept")
@@ -75,9 +86,12 @@ def export(output: str, fmt: str, dest: str, verdicts: str | None = None, **opti
     inside = dest.rstrip("/").startswith(output.rstrip("/") + "/")  # writing into the output: one writer at a time
     try:
         with hold(output, "export") if inside else contextlib.nullcontext():
-            result = resolve(EXPORTERS[fmt])(RunLabels(output), dest, verdicts, **options)
+            run = RunLabels(output)
+            if images is not None:
+                run.restrict(images, marked or set())
+            result = resolve(EXPORTERS[fmt])(run, dest, verdicts, **options)
     except LeaseHeld as e:
         raise ExportError(str(e)) from None
     counts = dict(result)
-    images, masks, file = counts.pop("images", 0), counts.pop("masks", 0), counts.pop("file", None)
-    return ExportResult(fmt, verdicts, dest, int(images), int(masks), file, counts)
+    n_images, n_masks, file = counts.pop("images", 0), counts.pop("masks", 0), counts.pop("file", None)
+    return ExportResult(fmt, verdicts, dest, int(n_images), int(n_masks), file, counts)

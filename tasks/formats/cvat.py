@@ -62,7 +62,8 @@ def _coco_images_and_annotations(run: RunLabels, verdicts: str, tolerance: float
                     "area": int(r["area"]),
                     "bbox": [round(float(v), 2) for v in r["bbox"]],
                     "iscrowd": 0,
-                    "attributes": {"occluded": False, "segflow_verdict": r["verdict"]},
+                    "attributes": {"occluded": False, "segflow_verdict": r["verdict"]}
+                    | ({"segflow_check": r["annotation_id"] in run.marked} if run.marked else {}),
                 }
             )
     return {"images": images, "annotations": anns}

@@ -94,7 +94,12 @@ def export_label_studio(
         url = im.uri if image_url_prefix is None else image_url_prefix + im.file_name
         tasks.append(
             {
-                "data": {"image": url, "segflow_image_id": im.image_id, "segflow_file": im.file_name},
+                "data": {"image": url, "segflow_image_id": im.image_id, "segflow_file": im.file_name}
+                | (
+                    {"segflow_check": [r["annotation_id"] for r in rows if r["annotation_id"] in run.marked]}
+                    if run.marked
+                    else {}
+                ),
                 "predictions": [
                     {
                         "model_version": f"segflow:{run.job.get('name', 'job')}",

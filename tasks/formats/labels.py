@@ -71,6 +71,16 @@ class RunLabels:
         self.categories = {int(c["id"]): c["name"] for c in self.job.get("ontology", []) if c.get("isthing", True)}
         self.parts = read_json(fs, self.layout.manifest_parts) or {}
         self.shards = sorted(self.parts.get(self.layout.manifest_key("images"), {}))
+        #: a review batch's view (:meth:`restrict`): only these images, each with its accepted and review labels
+        self.only: set[int] | None = None
+        #: annotation ids a review batch asks people to check (exporters that can mark them do)
+        self.marked: set[int] = set()
+
+    def restrict(self, image_ids: set[int], marked: set[int]) -> RunLabels:
+        """This run seen as a review batch: exactly ``image_ids`` (labelled or not), each with all of its accepted
+        and review labels (whatever verdicts an exporter is asked for), ``marked`` the ones to check."""
+        self.only, self.marked = set(image_ids), set(marked)
+        return self
 
     def _part(self, name: str, shard_id: str, columns: list[str] | None = None) -> pa.Table | None:
         """One manifest part, checked against the pointer finalize wrote last (``manifest/_parts.json``): a part
@@ -98,7 +108,14 @@ class RunLabels:
             images = self._part("images", sid)
             if images is None:
                 raise ExportError(f"{redact(self.output)}: manifest part of {sid} is missing; run `segflow verify`")
-            yield images, self._part("masks", sid)
+            masks = self._part("masks", sid)
+            if self.only is not None:
+                keep = pa.array(sorted(self.only), pa.int64())
+                images = images.filter(pc.is_in(images["image_id"], value_set=keep))
+                if masks is not None:
+                    shown = pc.is_in(masks["verdict"], pa.array([Verdict.ACCEPT.value, Verdict.REVIEW.value]))
+                    masks = masks.filter(pc.and_(pc.is_in(masks["image_id"], value_set=keep), shown))
+            yield images, masks
 
     def images(
         self, select: str = "accept", rows: tuple[str, ...] | None = None, labelled_only: bool = True
@@ -111,6 +128,8 @@ class RunLabels:
         if select not in VERDICTS:
             raise ExportError(f"verdicts must be one of {', '.join(VERDICTS)}, got {select!r}")
         chosen, carried = pa.array(VERDICTS[select]), pa.array(rows or VERDICTS[select])
+        if self.only is not None:  # a review batch: its images, each with what the run shows people
+            carried, labelled_only = pa.array([Verdict.ACCEPT.value, Verdict.REVIEW.value]), False
         for sid in self.shards:
             images = self._part("images", sid)
             if images is None:
@@ -126,6 +145,8 @@ class RunLabels:
             ids = masks["image_id"].to_numpy() if masks is not None else np.zeros(0, np.int64)
             for row in images.to_pylist():
                 if labelled_only and row["image_id"] not in picked:
+                    continue
+                if self.only is not None and row["image_id"] not in self.only:
                     continue
                 lo, hi = np.searchsorted(ids, row["image_id"]), np.searchsorted(ids, row["image_id"], side="right")
                 yield ImageLabels(

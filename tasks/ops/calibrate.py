@@ -1,16 +1,21 @@
 """``segflow calibrate``: fit the operating point of a finished run on a gold set and export it again there.
 
 No model runs and committed shards are not touched (:func:`recalibrate_output`); the fit is
-:mod:`segflow.tasks.evaluate.calibration`'s.
+:mod:`segflow.tasks.evaluate.calibration`'s. With ``--from-reviews`` (:func:`reviews_gold`) the gold set is what
+people reviewed: every image of a review batch's audit (:mod:`segflow.tasks.ops.review_batch`) that a review
+import covered, with its labels as the latest review left them, plus the job's own gold set. The images only the
+fix part brought are left out: they were chosen for their errors, and fitting on them would set the thresholds for
+the worst images rather than for the run. Each round's audit adds its images: rounds accumulate.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from segflow.tasks.documents import CocoDataset
 from segflow.tasks.records import RunSummary
 
-__all__ = ["recalibrate_output"]
+__all__ = ["recalibrate_output", "reviews_gold"]
 
 
 def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[RunSummary, dict]:
@@ -42,3 +47,110 @@ def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[RunSu
         summary = finalize(job, force=True)
         _, cal_path = open_fs(layout.calibration)
         return summary, json.loads(read_bytes(fs, cal_path))
+
+
+def reviews_gold(output: str) -> tuple[str, int]:
+    """Write ``OUTPUT/reviews/gold.json`` (COCO instances) from the reviewed audit images and the job's gold set;
+    returns its URL and how many images it holds.
+
+    Raises:
+      ValueError: no review batch's audited image has been reviewed yet.
+    """
+    import json
+
+    from segflow.tasks.evaluate.quality import load_gold
+    from segflow.tasks.formats.labels import RunLabels
+    from segflow.tasks.io.storage import join, open_fs, read_json, write_bytes
+    from segflow.tasks.ops.review import _versions
+    from segflow.tasks.ops.review_batch import audited_images
+
+    run = RunLabels(output)
+    versions = _versions(run)
+    reviewed: set[int] = set()
+    for v in versions:
+        changes = read_json(run.fs, run.layout.review_version(v, "changes.json")) or {}
+        reviewed.update(int(i) for i in changes.get("image_ids", []))
+    chosen = reviewed & audited_images(output)
+    if not chosen:
+        raise ValueError(
+            f"{output}: no audited image of a review batch is reviewed yet: `segflow review-batch`, then "
+            "`segflow import-review`"
+        )
+    doc = _reviewed_coco(run, versions[-1], chosen)
+    gold_url = run.job.get("gold_set")
+    if gold_url:  # people's own gold set counts too; where both have an image, it wins
+        gold = load_gold(gold_url)
+        doc = _merge_coco(gold, doc)
+    url = join(output, "reviews", "gold.json")
+    write_bytes(run.fs, open_fs(url)[1], json.dumps(doc).encode())
+    return url, len(doc["images"])
+
+
+def _reviewed_coco(run: Any, version: str, chosen: set[int]) -> CocoDataset:
+    """COCO instances of the ``chosen`` images as review ``version`` left their labels."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from segflow.tasks.io.storage import open_fs
+
+    keep = pa.array(sorted(chosen), pa.int64())
+    images, annotations = [], []
+    for sid in run.shards:
+        part = run._part("images", sid)
+        if part is None:
+            continue
+        part = part.filter(pc.is_in(part["image_id"], value_set=keep))
+        if not part.num_rows:
+            continue
+        images += [
+            {"id": r["image_id"], "file_name": r["file_name"], "width": r["width"], "height": r["height"]}
+            for r in part.to_pylist()
+        ]
+        fs, path = open_fs(run.layout.review_part(version, sid))
+        if not fs.exists(path):
+            continue
+        import pyarrow.parquet as pq
+
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        rows = table.filter(pc.is_in(table["image_id"], value_set=keep))
+        for r in rows.to_pylist():
+            annotations.append(
+                {
+                    "id": r["annotation_id"],
+                    "image_id": r["image_id"],
+                    "category_id": r["category_id"],
+                    "segmentation": {"size": [r["height"], r["width"]], "counts": r["rle_counts"]},
+                    "area": r["area"],
+                    "bbox": r["bbox"],
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": k, "name": v} for k, v in sorted(run.categories.items())]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def _merge_coco(gold: CocoDataset, reviewed: CocoDataset) -> CocoDataset:
+    """``gold`` plus the ``reviewed`` images it does not have (matched by file name; ids renumbered after gold's)."""
+    have = {im["file_name"] for im in gold["images"]}
+    image_base = 1 + max([im["id"] for im in gold["images"]] + [0])
+    ann_base = 1 + max([a["id"] for a in gold["annotations"]] + [0])
+    names = {c["name"]: c["id"] for c in gold["categories"]}
+    theirs = {c["id"]: c["name"] for c in reviewed["categories"]}
+    new_id: dict[int, int] = {}
+    images, annotations = list(gold["images"]), list(gold["annotations"])
+    for im in reviewed["images"]:
+        if im["file_name"] not in have:
+            new_id[im["id"]] = image_base + len(new_id)
+            images.append(im | {"id": new_id[im["id"]]})
+    for a in reviewed["annotations"]:
+        if a["image_id"] in new_id and theirs[a["category_id"]] in names:
+            annotations.append(
+                a
+                | {
+                    "id": ann_base + len(annotations),
+                    "image_id": new_id[a["image_id"]],
+                    "category_id": names[theirs[a["category_id"]]],
+                }
+            )
+    return {"images": images, "annotations": annotations, "categories": gold["categories"]}

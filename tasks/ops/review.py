@@ -6,6 +6,7 @@ Layout (nothing under ``manifest/`` changes: the auto labels' rows stay there, t
     OUTPUT/reviews/v0001/coco/instances.json                  COCO instances of that set
     OUTPUT/reviews/v0001/changes.json                         what changed (below), the review file's sha256, time
     OUTPUT/reviews/v0001/review.json                          the review file as imported
+    OUTPUT/reviews/v0001/estimate.json                        precision and recall from a review batch's audit
     OUTPUT/reviews/v0001/_DONE.json                           written last, create-if-absent: the version exists
 
 Each import builds on the latest version (the first on the accepted auto labels).
@@ -181,7 +182,7 @@ def _read_part(fs: Any, url: str) -> list[dict]:
         return pq.read_table(f).to_pylist()
 
 
-def import_review(output: str, review_file: str, fmt: str = "label-studio") -> ReviewImport:
+def import_review(output: str, review_file: str, fmt: str = "label-studio", batch: str | None = None) -> ReviewImport:
     """Apply a review file to the run in ``output`` as a new version; returns ``changes.json``'s content.
 
     Holds the output's lease (:mod:`segflow.tasks.io.lease`): a second import (or any other writer) is refused
@@ -190,10 +191,10 @@ def import_review(output: str, review_file: str, fmt: str = "label-studio") -> R
     from segflow.tasks.io.lease import hold
 
     with hold(output, "import-review") as lease:
-        return _import_review(output, review_file, fmt, lease)
+        return _import_review(output, review_file, fmt, lease, batch)
 
 
-def _import_review(output: str, review_file: str, fmt: str, lease: Any) -> ReviewImport:
+def _import_review(output: str, review_file: str, fmt: str, lease: Any, batch: str | None) -> ReviewImport:
     run = RunLabels(output)
     raw, reviewed, images = _read_and_check(run, review_file, fmt)
     classes = {name: cid for cid, name in run.categories.items()}
@@ -235,12 +236,23 @@ def _import_review(output: str, review_file: str, fmt: str, lease: Any) -> Revie
             "review_sha256": sha,
             "imported_at": stamp["reviewed_at"],
             "images_reviewed": len(reviewed),
+            "image_ids": sorted(by_image),
             "counts": {a: len(ids) for a, ids in actions.items()},
             "labels": counts["annotations"],
             "labels_by_source": {"auto": totals["auto"], "human": totals["human"]},
             "labels_checked": totals["checked"],
             "annotation_ids": {a: sorted(ids) for a, ids in actions.items()},
         }
+        from segflow.tasks.ops.review_batch import estimate_from_review
+
+        measured = estimate_from_review(run, sorted(by_image), actions, batch)
+        if measured is not None:
+            changes["estimate"] = measured.to_dict()
+            write_bytes(
+                run.fs,
+                open_fs(run.layout.review_version(version, "estimate.json"))[1],
+                json.dumps(measured.to_dict(), indent=1).encode(),
+            )
         lease.check()
         _finish_version(run, version, raw, changes)
     except BaseException:

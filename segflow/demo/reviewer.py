@@ -1,0 +1,107 @@
+"""A simulated reviewer for the demo: answers a review file from the demo's ground truth, as a careful person would,
+through the same files a person uses (a COCO review file in, a COCO review file out).
+
+On each image of the file it matches the labels shown to the ground truth's objects one to one, at mask IoU >= 0.5
+(the rule segflow's quality figures use), highest IoU first, the exported labels (``segflow_verdict`` ``accept``)
+before the others: a review label that duplicates an exported one is the one deleted.
+
+* a label matched to an object of its class is **kept** as it is;
+* a label matched to an object of another class is **relabelled**;
+* a label matched to nothing is **deleted**;
+* an object no label matched is **added**, with its ground-truth mask.
+
+Used by the tests, by ``bench/review_study.py`` and by ``segflow demo --review-round``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+__all__ = ["review_coco"]
+
+
+def _rle(seg: Any, h: int, w: int) -> dict:
+    if isinstance(seg, str):  # the demo's ground truth keeps RLEs as their repr
+        import ast
+
+        seg = ast.literal_eval(seg)
+    if isinstance(seg, list):
+        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    if isinstance(seg.get("counts"), list):
+        return mask_utils.frPyObjects(seg, h, w)
+    return {"size": seg["size"], "counts": seg["counts"]}
+
+
+def _answer(shown: list[dict], objects: list[dict], h: int, w: int) -> tuple[list[tuple[dict, str | None]], list]:
+    """``(label, class name it should have or None to delete)`` for each label shown, and the objects missed."""
+    rles = [_rle(a["segmentation"], h, w) for a in shown]
+    truth = [_rle(o["segmentation"], h, w) for o in objects]
+    iou = mask_utils.iou(rles, truth, [0] * len(truth)) if rles and truth else np.zeros((len(rles), len(truth)))
+    iou = np.asarray(iou, np.float64).reshape(len(rles), len(truth))
+    answer: list[tuple[dict, str | None]] = [(a, None) for a in shown]
+    found: set[int] = set()
+    exported = np.array([(a.get("attributes") or {}).get("segflow_verdict") == "accept" for a in shown], bool)
+    for first in (True, False):
+        for flat in np.argsort(-np.where(exported[:, None] == first, iou, -1.0), axis=None, kind="stable"):
+            i, j = divmod(int(flat), max(1, len(truth)))
+            if iou[i, j] < 0.5 or exported[i] != first:
+                break
+            if answer[i][1] is None and j not in found:
+                answer[i] = (shown[i], objects[j]["name"])
+                found.add(j)
+    return answer, [(objects[j], truth[j]) for j in range(len(objects)) if j not in found]
+
+
+def review_coco(review_file: str | Path, ground_truth: str | Path, out: str | Path) -> Path:
+    """Answer ``review_file`` (COCO instances, or a CVAT COCO 1.0 archive, as ``segflow review-batch`` writes
+    them) from ``ground_truth`` (the demo's ``ground_truth/instances.json``); write the reviewed file to
+    ``out`` and return its path."""
+    raw = Path(review_file).read_bytes()
+    if raw[:2] == b"PK":  # a CVAT COCO 1.0 archive
+        import io
+        import zipfile
+
+        with zipfile.ZipFile(io.BytesIO(raw)) as z:
+            raw = z.read("annotations/instances_default.json")
+    doc = json.loads(raw)
+    gold = json.loads(Path(ground_truth).read_text())
+    gold_names = {c["id"]: c["name"] for c in gold["categories"]}
+    ids = {c["name"]: c["id"] for c in doc["categories"]}
+    names = {c["id"]: c["name"] for c in doc["categories"]}
+    gold_image = {im["file_name"]: im["id"] for im in gold["images"]}
+    objects: dict[int, list[dict]] = {}
+    for a in gold["annotations"]:
+        if not a.get("iscrowd") and gold_names[a["category_id"]] in ids:
+            objects.setdefault(a["image_id"], []).append(a | {"name": gold_names[a["category_id"]]})
+    by_image: dict[int, list[dict]] = {}
+    for a in doc["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    kept, next_id = [], 1 + max([a["id"] for a in doc["annotations"]] + [0])
+    for im in doc["images"]:
+        truth = objects.get(gold_image.get(im["file_name"], -1), [])
+        answer, missed = _answer(by_image.get(im["id"], []), truth, im["height"], im["width"])
+        for a, name in answer:
+            if name is not None:
+                kept.append(a if names[a["category_id"]] == name else a | {"category_id": ids[name]})
+        for obj, rle in missed:
+            counts = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
+            kept.append(
+                {
+                    "id": next_id,
+                    "image_id": im["id"],
+                    "category_id": ids[obj["name"]],
+                    "segmentation": {"size": [im["height"], im["width"]], "counts": counts},
+                    "area": int(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": 0,
+                }
+            )
+            next_id += 1
+    target = Path(out)
+    target.write_text(json.dumps(doc | {"annotations": kept}))
+    return target
