@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from segflow.config import ConfigError, JobConfig
 from segflow.flows.label_flow import check_job, prepare_job, run_job
@@ -114,6 +115,7 @@ class DemoRun:
     on_drift: str | None = None
     large: bool = False
     unknown: int = 0
+    review_round: int = 0  # a review round of this budget after the run (segflow.demo.reviewer.review_round)
 
     @property
     def config(self) -> Path:
@@ -128,9 +130,10 @@ def run_demo(
     demo: DemoRun,
     on_scenes: Callable[[int, float], None] | None = None,
     on_plan: Callable[[JobConfig, Plan], None] | None = None,
-) -> tuple[RunSummary, Quality]:
+) -> tuple[RunSummary, Quality, dict[str, Any] | None]:
     """Write the demo's scenes and ground truth under ``demo.folder``, run its job, and measure the exported set on
-    the images the calibration did not see. ``on_scenes(images, seconds)`` once the scenes are written."""
+    the images the calibration did not see; then, with ``demo.review_round``, one round of the review loop with
+    the simulated reviewer (its figures, else None). ``on_scenes(images, seconds)`` once the scenes are written."""
     from segflow.config import load_config
     from segflow.demo.prepare import finish_demo, prepare_demo
 
@@ -153,4 +156,9 @@ def run_demo(
     if on_plan is not None:
         on_plan(job, plan)
     summary = run_job(job, plan)
-    return summary, finish_demo(demo.folder, overrides["output"], fitted_here=not demo.calibration)
+    quality = finish_demo(demo.folder, overrides["output"], fitted_here=not demo.calibration)
+    if not demo.review_round:
+        return summary, quality, None
+    from segflow.demo.reviewer import review_round
+
+    return summary, quality, review_round(demo.folder, demo.review_round, seed=demo.seed)

@@ -15,7 +15,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from segflow.flows.commands import DemoRun, run_demo
 
     _quiet_prefect(args)
-    fields = ("seed", "images", "calibration", "semantic", "shift", "on_drift", "large", "unknown")
+    fields = ("seed", "images", "calibration", "semantic", "shift", "on_drift", "large", "unknown", "review_round")
     demo = DemoRun(args.output, **{k: getattr(args, k) for k in fields})
     shifted = (f", {args.shift}" if args.shift else "") + (
         f", {args.unknown} unknown shapes each" if args.unknown else ""
@@ -28,11 +28,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    held_out = []
+    held_out, rounds = [], []
 
     def call(on_plan: Any) -> Any:
-        summary, quality = run_demo(demo, on_scenes, on_plan)
+        summary, quality, round_figures = run_demo(demo, on_scenes, on_plan)
         held_out.append(quality)
+        rounds.append(round_figures)
         return summary
 
     rc = run_command(call, args, hint=_weights_hint)
@@ -48,7 +49,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"  held-out quality: {os.path.join(args.output, 'holdout_quality.json')}\n  ground "
             f"truth    : {os.path.join(args.output, 'ground_truth')}"
         )
+        if rounds[0] is not None:
+            print("\n" + _round_lines(rounds[0]))
     return rc
+
+
+def _round_lines(r: dict) -> str:
+    e, t, b, a = r["estimate"] or {}, r["truth"], r["before"], r["after"]
+    c = r["counts"]
+    return (
+        f"review round ({r['batch']}, budget {r['budget']}, the simulated reviewer): kept {c['kept']}, relabelled "
+        f"{c['relabelled']}, reshaped {c['reshaped']}, deleted {c['deleted']}, added {c['added']}\n"
+        f"  estimated from the audit: precision {_f3(e.get('precision'))} ({_f3(e.get('precision_low'))}-"
+        f"{_f3(e.get('precision_high'))}), recall {_f3(e.get('recall'))} ({_f3(e.get('recall_low'))}-"
+        f"{_f3(e.get('recall_high'))}); true: precision {_f3(t['precision'])}, recall {_f3(t['recall'])}\n"
+        f"  re-fitted on {r['gold_images_after']} reviewed and gold images; "
+        + (
+            f"on the {r['untouched_images']} images no review touched: precision {_f3(b['precision'])} -> "
+            f"{_f3(a['precision'])}, recall {_f3(b['recall'])} -> {_f3(a['recall'])}"
+            if b is not None
+            else "the round touched every image (more --images, or a smaller budget, leaves some to measure on)"
+        )
+    )
 
 
 def _weights_hint(error: str) -> str | None:
@@ -142,6 +164,17 @@ def _register_demo(sub: Any) -> None:
         "(with --calibration from an unshifted demo: the drift check, docs/gold-sets.md)",
     )
     d.add_argument("--on-drift", choices=["warn", "review", "fail"], help="accept.on_drift for this demo run")
+    d.add_argument(
+        "--review-round",
+        type=int,
+        nargs="?",
+        const=200,
+        default=0,
+        metavar="BUDGET",
+        help="after the run, one round of the review loop (default budget 200) with a simulated reviewer that "
+        "answers from the ground truth: the audit's estimate against the truth, and the exported set before and "
+        "after `calibrate --from-reviews` (docs/gold-sets.md)",
+    )
     d.add_argument(
         "--large",
         action="store_true",

@@ -27,7 +27,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     try:
         gold = _cli_path(args.gold) if args.gold else ""
         if args.from_reviews:
-            gold, n = reviews_gold(output)
+            gold, n = reviews_gold(output, with_gold_set=not args.without_gold_set)
             print(f"gold set from reviews: {n} images (reviewed audit images, and the job's gold set) -> {gold}")
         summary, cal = recalibrate_output(output, gold, precision=args.precision, folds=args.folds, score=args.score)
     except (FileNotFoundError, GoldSetError, IncompleteRunError, PlanError, ValueError, ExportError) as e:
@@ -60,6 +60,11 @@ def register(sub: Any) -> None:
         action="store_true",
         help="the gold set is what people reviewed: the audited images of the run's review batches (and the job's "
         "gold set, if any); docs/gold-sets.md",
+    )
+    ca.add_argument(
+        "--without-gold-set",
+        action="store_true",
+        help="with --from-reviews: leave the job's gold set out (when it only measures the run)",
     )
     ca.add_argument("--precision", type=float, default=0.95, help="target precision of the accepted labels")
     ca.add_argument("--folds", type=int, default=5, help="folds over the gold images for the held-out estimate")

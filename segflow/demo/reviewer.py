@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
-__all__ = ["review_coco"]
+__all__ = ["review_coco", "review_round"]
 
 
 def _rle(seg: Any, h: int, w: int) -> dict:
@@ -105,3 +105,73 @@ def review_coco(review_file: str | Path, ground_truth: str | Path, out: str | Pa
     target = Path(out)
     target.write_text(json.dumps(doc | {"annotations": kept}))
     return target
+
+
+def _subset(ground_truth: Path, keep: set[str], target: Path) -> Path:
+    """The ground truth of the images named in ``keep``, written to ``target``."""
+    gold = json.loads(ground_truth.read_text())
+    images = [im for im in gold["images"] if im["file_name"] in keep]
+    ids = {im["id"] for im in images}
+    target.write_text(
+        json.dumps(gold | {"images": images, "annotations": [a for a in gold["annotations"] if a["image_id"] in ids]})
+    )
+    return target
+
+
+def review_round(folder: str | Path, budget: int = 200, seed: int = 0, audit_share: float = 0.5) -> dict[str, Any]:
+    """One round of the review loop on a finished demo under ``folder``: a review batch of ``budget``, answered by
+    the simulated reviewer, imported (the audit's estimate), then thresholds fitted again from the reviews.
+
+    Returns the figures: the estimate against the truth on every image (before the re-fit), and the exported set's
+    precision and recall before and after the re-fit on the images neither the round nor the job's gold set
+    touched.
+    """
+    from segflow.demo.prepare import holdout_quality
+    from segflow.tasks.ops.calibrate import recalibrate_output, reviews_gold
+    from segflow.tasks.ops.review import import_review
+    from segflow.tasks.ops.review_batch import write_batch
+
+    folder = Path(folder)
+    out, truth = folder / "out", folder / "ground_truth" / "instances.json"
+    job = json.loads((out / "job.json").read_text())
+    batch, _ = write_batch(str(out), str(folder / "review" / f"batch-{seed}"), budget, audit_share, "cvat", seed)
+    names = {r["image_id"]: r["file_name"] for r in _image_rows(out)}
+    touched = {names[i] for i in batch.image_ids}
+    accept = job.get("accept") or {}
+    fitted_on_gold = bool(job.get("gold_set")) and not accept.get("calibration")  # else it only measures the run
+    if fitted_on_gold:
+        touched |= {im["file_name"] for im in json.loads(Path(job["gold_set"]).read_text())["images"]}
+    left = set(names.values()) - touched
+    untouched = _subset(truth, left, folder / "review" / f"untouched-{seed}.json")
+    measure = lambda: _pr(holdout_quality(str(out), str(untouched))["set"]) if left else None
+    before_all = holdout_quality(str(out), str(truth))["set"]
+    before = measure()
+    answered = review_coco(
+        folder / "review" / f"batch-{seed}" / "cvat-coco.zip", truth, folder / "review" / f"reviewed-{seed}.json"
+    )
+    changes = import_review(str(out), str(answered), "coco", batch.batch)
+    gold, n_gold = reviews_gold(str(out), with_gold_set=fitted_on_gold)
+    recalibrate_output(str(out), gold, precision=accept.get("precision", 0.95))
+    after = measure()
+    return {
+        "batch": batch.batch,
+        "budget": budget,
+        "estimate": changes.get("estimate"),
+        "truth": {"precision": before_all["precision"], "recall": before_all["recall"]},
+        "counts": changes["counts"],
+        "gold_images_after": n_gold,
+        "untouched_images": len(set(names.values()) - touched),
+        "before": before,  # None when the round touched every image
+        "after": after,
+    }
+
+
+def _pr(counts: dict) -> dict[str, Any]:
+    return {"precision": counts["precision"], "recall": counts["recall"]}
+
+
+def _image_rows(out: Path) -> list[dict]:
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(str(out / "manifest" / "images.parquet")).to_table(columns=["image_id", "file_name", "status"])
+    return [r for r in table.to_pylist() if r["status"] == "ok"]

@@ -25,12 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from segflow.tasks.documents import ReviewImport
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.lease import LeaseHeld, require_no_writer
 from segflow.tasks.io.storage import open_fs, read_json, redact
 from segflow.tasks.records import Verdict
 
-__all__ = ["VERDICTS", "ImageLabels", "RunLabels", "ExportError"]
+__all__ = ["VERDICTS", "ImageLabels", "RunLabels", "ExportError", "latest_review", "review_versions"]
 
 VERDICTS: dict[str, tuple[str, ...]] = {
     "review": (Verdict.REVIEW.value,),
@@ -180,3 +181,22 @@ class RunLabels:
 def dumps(obj: object) -> bytes:
     """Compact, stable JSON bytes."""
     return json.dumps(obj, separators=(",", ":"), sort_keys=False).encode()
+
+
+def review_versions(output: str) -> list[str]:
+    """The finished review versions of the run in ``output`` (``v0001``, ...: those with ``_DONE.json``), in order."""
+    layout = OutputLayout(output)
+    fs, root = open_fs(layout.reviews)
+    if not fs.exists(root):
+        return []
+    return sorted(p.rstrip("/").rsplit("/", 2)[-2] for p in fs.glob(f"{root.rstrip('/')}/v*/_DONE.json"))
+
+
+def latest_review(output: str) -> ReviewImport | None:
+    """``changes.json`` of the run's latest review version (with ``version``), or None."""
+    versions = review_versions(output)
+    if not versions:
+        return None
+    fs, _ = open_fs(output)
+    changes = read_json(fs, OutputLayout(output).review_version(versions[-1], "changes.json"))
+    return changes if isinstance(changes, dict) else None  # type: ignore[return-value]

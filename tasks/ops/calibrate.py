@@ -49,9 +49,9 @@ def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[RunSu
         return summary, json.loads(read_bytes(fs, cal_path))
 
 
-def reviews_gold(output: str) -> tuple[str, int]:
-    """Write ``OUTPUT/reviews/gold.json`` (COCO instances) from the reviewed audit images and the job's gold set;
-    returns its URL and how many images it holds.
+def reviews_gold(output: str, with_gold_set: bool = True) -> tuple[str, int]:
+    """Write ``OUTPUT/reviews/gold.json`` (COCO instances) from the reviewed audit images and (``with_gold_set``)
+    the job's gold set; returns its URL and how many images it holds.
 
     Raises:
       ValueError: no review batch's audited image has been reviewed yet.
@@ -77,7 +77,7 @@ def reviews_gold(output: str) -> tuple[str, int]:
             "`segflow import-review`"
         )
     doc = _reviewed_coco(run, versions[-1], chosen)
-    gold_url = run.job.get("gold_set")
+    gold_url = run.job.get("gold_set") if with_gold_set else None
     if gold_url:  # people's own gold set counts too; where both have an image, it wins
         gold = load_gold(gold_url)
         doc = _merge_coco(gold, doc)

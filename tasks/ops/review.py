@@ -44,11 +44,11 @@ import pyarrow.parquet as pq
 from pycocotools import mask as mask_utils
 
 from segflow.tasks.documents import ReviewImport
-from segflow.tasks.formats.labels import ExportError, RunLabels
+from segflow.tasks.formats.labels import ExportError, RunLabels, latest_review, review_versions
 from segflow.tasks.formats.polygons import polygons_to_rle, rle_to_polygons
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
 from segflow.tasks.formats.untrusted import read_capped
-from segflow.tasks.io.storage import create_exclusive, open_fs, read_json, redact, write_bytes
+from segflow.tasks.io.storage import create_exclusive, open_fs, redact, write_bytes
 from segflow.tasks.outputs.coco import InstancesWriter
 from segflow.tasks.outputs.manifest import MASKS_SCHEMA
 
@@ -59,20 +59,7 @@ _MAX_PER_IMAGE = 100000
 
 
 def _versions(run: RunLabels) -> list[str]:
-    fs, root = open_fs(run.layout.reviews)
-    if not fs.exists(root):
-        return []
-    done = [p.rstrip("/").rsplit("/", 2)[-2] for p in fs.glob(f"{root.rstrip('/')}/v*/_DONE.json")]
-    return sorted(done)
-
-
-def latest_review(output: str) -> ReviewImport | None:
-    """``changes.json`` of the run's latest review version (with ``version``), or None."""
-    run = RunLabels(output)
-    versions = _versions(run)
-    if not versions:
-        return None
-    return read_json(run.fs, run.layout.review_version(versions[-1], "changes.json"))
+    return review_versions(run.output)
 
 
 def _reader(fmt: str) -> Any:

@@ -7,10 +7,10 @@ A batch of ``budget`` items (``OUTPUT/review_batches/bNNNN.json``) has two parts
   to ``N_h`` (at least one each where the budget allows), drawn without replacement; each audited mask's inclusion
   probability is ``n_h / N_h``. A tenth of the audit is a simple random sample of the images with no exported
   mask, whose objects are all misses.
-* **fix** -- the items expected to hold the most errors: accepted and review masks by their chance of being wrong
-  (one minus the calibration's reliability curve at the mask's score; the calibrated score without one), and
-  images by the objects they are expected to miss (the summed chance of being right of their rejected masks:
-  low-scored detections that left no label).
+* **fix** -- the items a reviewer is expected to find the most errors on: accepted and review masks by their
+  chance of being wrong (one minus the calibration's reliability curve at the mask's score; the calibrated score
+  without one), and whole images by their expected misses (the chance of being right of their rejected masks
+  that no label covers: low-scored detections that left no label) plus the expected wrong among their labels.
 
 Every task shows its image's labels whole (accepted and review); reviewers correct what they see and add what is
 missing. When the review is imported (:mod:`segflow.tasks.ops.review`), the audit's answers give (:func:`estimate`):
@@ -109,7 +109,7 @@ class ReviewBatch:
 
 def _masks(run: RunLabels) -> pa.Table:
     cols = ["annotation_id", "image_id", "category_id", "category_name", "score", "verdict", "calibrated_score"]
-    cols += ["prompt_box", "bbox"]
+    cols += ["prompt_box", "bbox", "rle_counts", "height", "width"]
     parts = []
     for _, masks in run.shard_tables():
         if masks is not None and masks.num_rows:
@@ -217,23 +217,64 @@ def _audit(
     return items, {h: {"N": sizes[h], "n": alloc[h]} for h in sorted(sizes)}, inclusion
 
 
+def _expected_misses(masks: pa.Table, p_right: np.ndarray) -> dict[int, float]:
+    """Per image, the objects it is expected to miss: the summed chance of being right of its rejected masks that
+    no accepted or review mask covers (mask IoU >= 0.5), duplicates among them counted once (the likelier kept)."""
+    from pycocotools import mask as mask_utils
+
+    verdict = np.asarray(masks["verdict"].to_pylist(), object)
+    images = masks["image_id"].to_numpy(zero_copy_only=False)
+    rejected = np.flatnonzero(verdict == "reject")
+    if not len(rejected):
+        return {}
+    counts, h, w = (masks[c].to_pylist() for c in ("rle_counts", "height", "width"))
+    rle = lambda r: {"size": [h[r], w[r]], "counts": counts[r]}
+    out: dict[int, float] = {}
+    for i in np.unique(images[rejected]).tolist():
+        mine = np.flatnonzero(images == i)
+        shown = [rle(r) for r in mine if verdict[r] in ("accept", "review")]
+        candidates = sorted((r for r in mine if verdict[r] == "reject"), key=lambda r: -p_right[r])
+        kept: list[dict] = []
+        for r in candidates:
+            others = shown + kept
+            if others and float(np.max(mask_utils.iou([rle(r)], others, [0] * len(others)))) >= 0.5:
+                continue
+            kept.append(rle(r))
+            out[i] = out.get(i, 0.0) + float(p_right[r])
+    return out
+
+
 def _fix(masks: pa.Table, p_right: np.ndarray, taken: set[int], n: int) -> list[BatchItem]:
-    """The ``n`` items expected to hold the most errors (see the module docstring)."""
+    """The ``n`` items a reviewer is expected to find the most errors on (see the module docstring): a mask is
+    worth its chance of being wrong; an image (all of its labels checked, what is missing added) its expected
+    misses plus the expected wrong among its labels. Taken greedily; a mask whose image is taken is not taken
+    again, nor is an image whose every wrong-looking label is already an item."""
     verdict = np.asarray(masks["verdict"].to_pylist(), object)
     ids, images = (masks[c].to_numpy(zero_copy_only=False) for c in ("annotation_id", "image_id"))
     names = masks["category_name"].to_pylist()
-    ranked: list[tuple[float, int, BatchItem]] = []
-    for r in np.flatnonzero(np.isin(verdict, ["accept", "review"])).tolist():
+    shown = np.flatnonzero(np.isin(verdict, ["accept", "review"]))
+    wrong: dict[int, float] = {}
+    for r in shown.tolist():
         if int(ids[r]) not in taken:
-            item = BatchItem(int(ids[r]), int(images[r]), names[r], "fix", None, None, round(float(p_right[r]), 4))
-            ranked.append((1.0 - float(p_right[r]), int(ids[r]), item))
-    misses: dict[int, float] = {}
-    for r in np.flatnonzero(verdict == "reject").tolist():
-        misses[int(images[r])] = misses.get(int(images[r]), 0.0) + float(p_right[r])
-    for i, m in misses.items():
-        ranked.append((m, -i, BatchItem(None, i, None, "fix-image", None, None, round(m, 4))))
-    ranked.sort(key=lambda t: (-t[0], t[1]))
-    return [it for _, _, it in ranked[: max(0, n)]]
+            wrong[int(images[r])] = wrong.get(int(images[r]), 0.0) + 1.0 - float(p_right[r])
+    misses = _expected_misses(masks, p_right)
+    ranked: list[tuple[float, int, int]] = [
+        (1.0 - float(p_right[r]), 0, int(r)) for r in shown if int(ids[r]) not in taken
+    ]
+    ranked += [(misses.get(i, 0.0) + wrong.get(i, 0.0), 1, i) for i in set(misses) | set(wrong)]
+    ranked.sort(key=lambda t: (-t[0], t[1], t[2]))
+    items: list[BatchItem] = []
+    whole: set[int] = set()
+    for value, kind, key in ranked:
+        if len(items) >= n:
+            break
+        if kind == 0 and int(images[key]) not in whole:
+            p = round(float(p_right[key]), 4)
+            items.append(BatchItem(int(ids[key]), int(images[key]), names[key], "fix", None, None, p))
+        elif kind == 1 and key not in whole:
+            whole.add(key)
+            items.append(BatchItem(None, int(key), None, "fix-image", None, None, round(value, 4)))
+    return items
 
 
 def make_batch(output: str, budget: int, audit_share: float = 0.5, seed: int = 0) -> ReviewBatch:

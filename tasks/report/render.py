@@ -78,6 +78,7 @@ class ReportContext(TypedDict):
     models: list[str]
     output: str
     drift_advice: str
+    review_estimate: dict[str, Any] | None
 
 
 def _json(url: str) -> Any:
@@ -245,7 +246,18 @@ def report_context(
         "models": samples.get("models", []),
         "output": redact(output),
         "drift_advice": DRIFT_ADVICE[0].upper() + DRIFT_ADVICE[1:],
+        "review_estimate": _review_estimate(output),
     }
+
+
+def _review_estimate(output: str) -> dict[str, Any] | None:
+    """The latest review import's estimate of the exported set (with its version), or None."""
+    from segflow.tasks.formats.labels import latest_review
+
+    changes = latest_review(output)
+    if not changes or not isinstance(changes.get("estimate"), dict):
+        return None
+    return dict(changes["estimate"]) | {"version": changes.get("version")}
 
 
 def _sample_cells(samples: ReportSamples, cache: dict) -> dict[str, list[dict]]:

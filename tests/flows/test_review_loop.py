@@ -96,3 +96,24 @@ def _file_names(out) -> dict[int, str]:
 
     rows = ds.dataset(str(out / "manifest" / "images.parquet")).to_table(columns=["image_id", "file_name"])
     return dict(zip(rows["image_id"].to_pylist(), rows["file_name"].to_pylist(), strict=True))
+
+
+def test_a_demo_round_and_the_report_show_the_estimate(demo_run, demo_copy, capsys):
+    """`segflow demo --review-round`'s round on the demo's run; the report drawn again shows the estimate, and a
+    report without a review shows none (negative control)."""
+    import shutil
+
+    from segflow.demo.reviewer import review_round
+
+    assert cli.main(["report", str(demo_copy)]) == 0
+    assert 'id="review-estimate"' not in (demo_copy / "report.html").read_text()
+    folder = demo_copy.parent
+    shutil.copytree(demo_run / "ground_truth", folder / "ground_truth")
+    r = review_round(folder, budget=20, seed=5)
+    e = r["estimate"]
+    assert e["precision_low"] <= r["truth"]["precision"] <= e["precision_high"]
+    assert r["untouched_images"] > 0 and set(r["before"]) == set(r["after"]) == {"precision", "recall"}
+    assert cli.main(["report", str(demo_copy)]) == 0
+    capsys.readouterr()
+    html = (demo_copy / "report.html").read_text()
+    assert 'id="review-estimate"' in html and f"{e['precision']:.3f}" in html and e["batch"] in html
