@@ -72,7 +72,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def best_threshold(scores: np.ndarray, tp: np.ndarray, target: float, min_kept: int = 1) -> float | None:
+def best_threshold(
+    scores: np.ndarray, tp: np.ndarray, target: float, min_kept: int = 1, weights: np.ndarray | None = None
+) -> float | None:
     """The lowest score threshold whose kept labels (score >= it, at least ``min_kept``) have precision >= ``target``.
 
     None when no threshold has. ``min_kept`` stops a handful of top-scored labels that happen to be right from
@@ -81,14 +83,17 @@ def best_threshold(scores: np.ndarray, tp: np.ndarray, target: float, min_kept: 
     Arguments:
       scores: N floats, one per label.
       tp: N bools, whether the label matches a gold instance.
+      weights: N floats, each label's weight in the precision (its image's, one over its chance of being
+        sampled: :mod:`segflow.tasks.ops.review_batch`); None: 1 each. ``min_kept`` counts labels.
     """
     if len(scores) == 0:
         return None
+    w = np.ones(len(scores)) if weights is None else np.asarray(weights, np.float64)
     order = np.argsort(-scores, kind="stable")
-    s, hits = scores[order], np.cumsum(tp[order])
+    s, hits, mass = scores[order], np.cumsum(tp[order] * w[order]), np.cumsum(w[order])
     kept = np.arange(1, len(s) + 1)
     cut = np.r_[s[1:] != s[:-1], True]  # a threshold keeps every label of equal score
-    ok = (hits / kept >= target) & cut & (kept >= min_kept)
+    ok = (hits / mass >= target) & cut & (kept >= min_kept)
     if not ok.any():
         return None
     return float(s[np.nonzero(ok)[0][-1]])
@@ -150,12 +155,16 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 25)
     return {"mean": mean.tolist(), "scale": scale.tolist(), "coef": w[1:].tolist(), "intercept": float(w[0])}
 
 
-def recall_threshold(scores: np.ndarray, tp: np.ndarray, n_gold: int, target: float) -> float | None:
-    """The highest threshold whose kept labels find ``target`` of ``n_gold`` (the lowest score when none does)."""
+def recall_threshold(
+    scores: np.ndarray, tp: np.ndarray, n_gold: float, target: float, weights: np.ndarray | None = None
+) -> float | None:
+    """The highest threshold whose kept labels find ``target`` of ``n_gold`` (the lowest score when none does);
+    with ``weights`` (as :func:`best_threshold`'s), ``n_gold`` is the gold instances' weighted count."""
     if len(scores) == 0 or n_gold == 0:
         return None
+    w = np.ones(len(scores)) if weights is None else np.asarray(weights, np.float64)
     order = np.argsort(-scores, kind="stable")
-    s, recall = scores[order], np.cumsum(tp[order]) / n_gold
+    s, recall = scores[order], np.cumsum(tp[order] * w[order]) / n_gold
     reached = np.flatnonzero((recall >= target) & np.r_[s[1:] != s[:-1], True])
     return float(s[reached[0]]) if len(reached) else float(s[-1])
 
@@ -185,6 +194,7 @@ def calibrate(
     score: str = "detector",
     review_recall: float = 0.95,
     novelty: bool = True,
+    image_weight: dict[int, float] | None = None,
 ) -> Calibration:
     """Per-class thresholds for ``target`` precision, with held-out estimates.
 
@@ -196,6 +206,9 @@ def calibrate(
       classes: ontology id -> name; classes without gold instances and labels are left out.
       novelty: fit each threshold on the labels that pass the class's novelty limit (held out), as
         acceptance with ``accept.novelty`` exports them; False: on every label.
+      image_weight: image id -> its weight in the thresholds' precision and recall (a gold set drawn with
+        unequal probabilities: one over each image's; ``segflow_weight`` in the gold file); None: 1 each. The
+        held-out figures stay counts of the gold images' labels.
     """
     images = sorted({i for i, _ in gold} | {r["image_id"] for r in labels})
     rng = np.random.default_rng(seed)
@@ -225,13 +238,19 @@ def calibrate(
     for cid, name in sorted(classes.items()):
         rows = by_class.get(cid, [])
         gold_fold: dict[int, int] = defaultdict(int)
+        gold_fold_w: dict[int, float] = defaultdict(float)
         for (img, c), n in gold.items():
             if c == cid:
                 gold_fold[fold_of[img]] += n
+                gold_fold_w[fold_of[img]] += n * (image_weight or {}).get(img, 1.0)
+        for r in rows:
+            r["weight"] = (image_weight or {}).get(r["image_id"], 1.0)
         if not rows and not sum(gold_fold.values()):
             continue
         fold = np.array([fold_of[r["image_id"]] for r in rows], int)
-        entry, held, held_review = _calibrate_class(cid, rows, fold, gold_fold, sorted(set(fold_of.values())), fit)
+        entry, held, held_review = _calibrate_class(
+            cid, rows, fold, (gold_fold, gold_fold_w), sorted(set(fold_of.values())), fit
+        )
         if entry["status"] == "calibrated":
             totals += held
         else:  # nothing of the class is accepted: its gold instances are missed
@@ -258,22 +277,30 @@ class _Fit:
 
 
 def _calibrate_class(
-    cid: int, rows: list[dict], fold: np.ndarray, gold_fold: dict[int, int], folds: list[int], fit: _Fit
+    cid: int,
+    rows: list[dict],
+    fold: np.ndarray,
+    gold_folds: tuple[dict[int, int], dict[int, float]],
+    folds: list[int],
+    fit: _Fit,
 ) -> tuple[ClassCalibration, np.ndarray, np.ndarray]:
     """One class's entry of the calibration, and its held-out TP / FP / FN counts at the threshold and at the
-    review threshold. ``rows``: the class's labels, ``fold`` their folds (N ints); ``gold_fold``: fold -> gold
-    instances; each row gets ``calibrated``."""
-    n_gold = sum(gold_fold.values())
+    review threshold. ``rows``: the class's labels (with ``weight``), ``fold`` their folds (N ints);
+    ``gold_folds``: fold -> gold instances, and their weighted count; each row gets ``calibrated``."""
+    gold_fold, gold_fold_w = gold_folds
+    n_gold, n_gold_w = sum(gold_fold.values()), sum(gold_fold_w.values())
     tp = np.array([bool(r["tp"]) for r in rows])
+    w = np.array([float(r.get("weight", 1.0)) for r in rows], np.float64)
     shapes = _shapes(rows)
     passing = _heldout_novelty(shapes, tp, fold) <= 1.0 if fit.novelty else np.ones(len(rows), bool)
     held, held_review = np.zeros(3, int), np.zeros(3, int)
     for k in folds:
         _, s = _scorer(fit.score, rows, fold != k)
         fit_k, test_k = (fold != k) & passing, (fold == k) & passing
-        t = best_threshold(s[fit_k], tp[fit_k], fit.target, fit.min_kept)
+        t = best_threshold(s[fit_k], tp[fit_k], fit.target, fit.min_kept, w[fit_k])
         held += _counts(s[test_k], tp[test_k], gold_fold[k], t)
-        tr = recall_threshold(s[fold != k], tp[fold != k], n_gold - gold_fold[k], fit.review_recall)
+        rest = fold != k
+        tr = recall_threshold(s[rest], tp[rest], n_gold_w - gold_fold_w[k], fit.review_recall, w[rest])
         low = min(t, tr) if t is not None and tr is not None else (tr if t is None else None)
         held_review += _counts(s[fold == k], tp[fold == k], gold_fold[k], low if rows else None)
     model, s = _scorer(fit.score, rows, np.ones(len(rows), bool))
@@ -282,8 +309,8 @@ def _calibrate_class(
     right = tp & np.isfinite(shapes[:, : len(SHAPE_FEATURES)]).all(axis=1)
     agree = np.array([r.get("box_agreement", np.nan) for r in rows], np.float64)
     agree = agree[tp & np.isfinite(agree)]
-    threshold = best_threshold(s[passing], tp[passing], fit.target, fit.min_kept)
-    review_t = recall_threshold(s, tp, n_gold, fit.review_recall)
+    threshold = best_threshold(s[passing], tp[passing], fit.target, fit.min_kept, w[passing])
+    review_t = recall_threshold(s, tp, n_gold_w, fit.review_recall, w)
     entry: ClassCalibration = {
         "category_id": cid,
         "gold_instances": n_gold,
@@ -396,6 +423,18 @@ def pr_curves_png(result: Calibration) -> bytes:
     return buf.getvalue()
 
 
+def _image_weights(gold: CocoDataset, file_names: dict[str, int]) -> dict[int, float] | None:
+    """Job image id -> the ``segflow_weight`` its gold image carries (matched by file name, else base name), or
+    None when no gold image carries one."""
+    from pathlib import PurePosixPath
+
+    weights = {im["file_name"]: float(im["segflow_weight"]) for im in gold["images"] if "segflow_weight" in im}
+    if not weights:
+        return None
+    by_base = {PurePosixPath(k).name: v for k, v in weights.items()}
+    return {i: weights.get(n, by_base.get(PurePosixPath(n).name, 1.0)) for n, i in file_names.items()}
+
+
 def fit_calibration(
     job: Any, gold: CocoDataset, file_names: dict, sizes: dict, rows: Iterable[dict]
 ) -> tuple[Calibration, bytes]:
@@ -425,6 +464,7 @@ def fit_calibration(
         labels,
         counts,
         job.category_names(),
+        image_weight=_image_weights(gold, file_names),
         target=acc.precision,
         folds=acc.folds,
         min_gold=acc.min_gold,

@@ -3,7 +3,9 @@
 No model runs and committed shards are not touched (:func:`recalibrate_output`); the fit is
 :mod:`segflow.tasks.evaluate.calibration`'s. With ``--from-reviews`` (:func:`reviews_gold`) the gold set is what
 people reviewed: every image of a review batch's audit (:mod:`segflow.tasks.ops.review_batch`) that a review
-import covered, with its labels as the latest review left them, plus the job's own gold set. The images only the
+import covered, with its labels as the latest review left them and its ``segflow_weight`` (one over its chance of
+being audited, scaled to a mean of 1: the thresholds are fitted for the run, not for the images audits favour),
+plus the job's own gold set (weight 1). The images only the
 fix part brought are left out: they were chosen for their errors, and fitting on them would set the thresholds for
 the worst images rather than for the run. Each round's audit adds its images: rounds accumulate.
 """
@@ -70,17 +72,23 @@ def reviews_gold(output: str, with_gold_set: bool = True) -> tuple[str, int]:
     for v in versions:
         changes = read_json(run.fs, run.layout.review_version(v, "changes.json")) or {}
         reviewed.update(int(i) for i in changes.get("image_ids", []))
-    chosen = reviewed & audited_images(output)
+    audited = audited_images(output)
+    chosen = reviewed & set(audited)
     if not chosen:
         raise ValueError(
             f"{output}: no audited image of a review batch is reviewed yet: `segflow review-batch`, then "
             "`segflow import-review`"
         )
     doc = _reviewed_coco(run, versions[-1], chosen)
+    for im in doc["images"]:  # one over the chance of being audited
+        im["segflow_weight"] = 1.0 / max(audited[im["id"]], 1e-6)
     gold_url = run.job.get("gold_set") if with_gold_set else None
-    if gold_url:  # people's own gold set counts too; where both have an image, it wins
-        gold = load_gold(gold_url)
-        doc = _merge_coco(gold, doc)
+    if gold_url:  # people's own gold set counts too (weight 1); where both have an image, it wins
+        doc = _merge_coco(load_gold(gold_url), doc)
+    weighted = [im for im in doc["images"] if "segflow_weight" in im]
+    scale = len(weighted) / sum(im["segflow_weight"] for im in weighted) if weighted else 1.0  # mean 1
+    for im in weighted:
+        im["segflow_weight"] = round(im["segflow_weight"] * scale, 6)
     url = join(output, "reviews", "gold.json")
     write_bytes(run.fs, open_fs(url)[1], json.dumps(doc).encode())
     return url, len(doc["images"])

@@ -469,14 +469,17 @@ def estimate_from_review(
     return estimate(batch, accepted, set(actions.get("kept", [])), objects)
 
 
-def audited_images(output: str) -> set[int]:
-    """Every image an audit of any of the run's review batches drew."""
+def audited_images(output: str) -> dict[int, float]:
+    """Every image an audit of any of the run's review batches drew -> its chance of being drawn by at least one
+    of them (the batches are independent draws: one minus the product of the chances it was not)."""
     fs, root = open_fs(join(output, "review_batches"))
-    out: set[int] = set()
+    missed: dict[int, float] = {}
     if not fs.exists(root):
-        return out
+        return {}
     for path in fs.glob(f"{root.rstrip('/')}/b*.json"):
         data = read_json(fs, join(output, "review_batches", path.rstrip("/").rsplit("/", 1)[-1])) or {}
-        if isinstance(data, dict) and isinstance(data.get("image_inclusion"), dict):
-            out.update(int(i) for i in data["image_inclusion"] if str(i).isdigit())
-    return out
+        inclusion = data.get("image_inclusion") if isinstance(data, dict) else None
+        for i, p in (inclusion or {}).items():
+            if str(i).isdigit() and isinstance(p, (int, float)) and 0 < p <= 1:
+                missed[int(i)] = missed.get(int(i), 1.0) * (1.0 - float(p))
+    return {i: 1.0 - m for i, m in missed.items()}

@@ -82,6 +82,10 @@ def test_thresholds_refit_from_reviews_use_the_audit_and_accumulate(demo_run, de
     fit_only = names - {im["file_name"] for im in job_gold["images"]}
     manifest_names = _file_names(out)
     assert {manifest_names[i] for i in fix_only} & fit_only == set()  # images chosen for their errors stay out
+    weights = [im["segflow_weight"] for im in gold["images"] if "segflow_weight" in im]
+    assert len(weights) == len(fit_only) and abs(sum(weights) / len(weights) - 1) < 1e-3  # 1 / chance, mean 1
+    assert len(set(weights)) > 1  # images with more exported masks were likelier to be audited: they weigh less
+    assert all("segflow_weight" not in im for im in gold["images"] if im["file_name"] not in fit_only)
     n_first = len(gold["images"])
 
     _batch(out, tmp_path / "b2", 60, capsys, "--seed", "1")

@@ -122,3 +122,22 @@ def test_review_band_reaches_its_recall_below_the_acceptance_threshold():
     held, with_review = cal["heldout"], cal["heldout_with_review"]
     assert with_review["recall"] > held["recall"] and with_review["precision"] < held["precision"]
     assert recall_threshold(np.array([0.9, 0.5]), np.array([True, False]), 4, 0.9) == 0.5  # unreachable: keep all
+
+
+def test_weighted_thresholds_equal_thresholds_on_the_labels_repeated_by_their_weight():
+    """A label of weight k counts as k labels (an image audited with chance 1/k stands for k images): the
+    weighted thresholds equal the unweighted ones on the labels repeated k times; unweighted, they differ
+    (negative control)."""
+    rng = np.random.default_rng(4)
+    scores = rng.random(400)
+    tp = rng.random(400) < scores  # right more often at higher scores
+    k = np.where(scores < 0.5, 4, 1)  # the low-score labels' images were under-sampled: they count four times
+    rep_s, rep_tp = np.repeat(scores, k), np.repeat(tp, k)
+    weighted = best_threshold(scores, tp, 0.9, min_kept=1, weights=k.astype(float))
+    assert weighted == best_threshold(rep_s, rep_tp, 0.9, min_kept=1)
+    assert best_threshold(scores, tp, 0.7, min_kept=1) != best_threshold(scores, tp, 0.7, 1, k.astype(float))
+    n_gold = 1.2 * rep_tp.sum()
+    assert recall_threshold(scores, tp, n_gold, 0.6, k.astype(float)) == recall_threshold(rep_s, rep_tp, n_gold, 0.6)
+    assert recall_threshold(scores, tp, tp.sum() * 1.2, 0.6) != recall_threshold(
+        scores, tp, n_gold, 0.6, k.astype(float)
+    )
