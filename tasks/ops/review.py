@@ -234,11 +234,11 @@ def _import_review(output: str, review_file: str, fmt: str, lease: Any, batch: s
 
         measured = estimate_from_review(run, sorted(by_image), actions, batch)
         if measured is not None:
-            changes["estimate"] = measured.to_dict()
+            changes["estimate"] = measured
             write_bytes(
                 run.fs,
                 open_fs(run.layout.review_version(version, "estimate.json"))[1],
-                json.dumps(measured.to_dict(), indent=1).encode(),
+                json.dumps(measured, indent=1).encode(),
             )
         lease.check()
         _finish_version(run, version, raw, changes)

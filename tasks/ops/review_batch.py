@@ -49,7 +49,6 @@ from segflow.tasks.records import ExportResult
 __all__ = [
     "audited_images",
     "BatchItem",
-    "Estimate",
     "ReviewBatch",
     "estimate",
     "estimate_from_review",
@@ -332,27 +331,6 @@ def read_batch(output: str, batch: str | None = None) -> ReviewBatch | None:
         raise ExportError(f"review_batches/{name}.json is not a review batch ({type(e).__name__}: {e})") from None
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """The exported set's precision and recall estimated from a batch's audit, with 95% intervals."""
-
-    batch: str
-    precision: float | None
-    precision_low: float | None
-    precision_high: float | None
-    recall: float | None
-    recall_low: float | None
-    recall_high: float | None
-    audited_masks: int
-    audited_images: int
-    exported: int
-    per_class: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
-
-    def to_dict(self) -> ReviewEstimate:
-        doc: ReviewEstimate = asdict(self)  # type: ignore[assignment]  # the same fields, in order
-        return doc
-
-
 def _wilson(p: float, n_eff: float) -> tuple[float, float]:
     if n_eff <= 0:
         return 0.0, 1.0
@@ -398,7 +376,7 @@ def _ratio(tp: np.ndarray, objects: np.ndarray, pi: np.ndarray) -> tuple[float, 
     return (r, *_interval(r, var, n))
 
 
-def estimate(batch: ReviewBatch, accepted: set[int], kept: set[int], objects: dict[int, int]) -> Estimate:
+def estimate(batch: ReviewBatch, accepted: set[int], kept: set[int], objects: dict[int, int]) -> ReviewEstimate:
     """The exported set's precision and recall from the batch's audit, once reviewed.
 
     Arguments:
@@ -429,9 +407,19 @@ def estimate(batch: ReviewBatch, accepted: set[int], kept: set[int], objects: di
     obj = np.array([objects[i] for i in images], np.float64)
     pi = np.array([batch.image_inclusion[str(i)] for i in images], np.float64)
     r, r_lo, r_hi = _ratio(tp, obj, pi) if len(images) else (math.nan,) * 3
-    return Estimate(
-        batch.batch, _r(p), _r(p_lo), _r(p_hi), _r(r), _r(r_lo), _r(r_hi), n, len(images), batch.exported, per_class
-    )
+    return {
+        "batch": batch.batch,
+        "precision": _r(p),
+        "precision_low": _r(p_lo),
+        "precision_high": _r(p_hi),
+        "recall": _r(r),
+        "recall_low": _r(r_lo),
+        "recall_high": _r(r_hi),
+        "audited_masks": n,
+        "audited_images": len(images),
+        "exported": batch.exported,
+        "per_class": per_class,
+    }
 
 
 def _r(x: float | None) -> float | None:
@@ -440,7 +428,7 @@ def _r(x: float | None) -> float | None:
 
 def estimate_from_review(
     run: RunLabels, reviewed: list[int], actions: dict[str, list[int]], batch_name: str | None = None
-) -> Estimate | None:
+) -> ReviewEstimate | None:
     """The estimate of a review import (:func:`segflow.tasks.ops.review.import_review`): from the batch named
     ``batch_name``, or the latest one when the review covers any of its audited images; None without one.
 

@@ -19,7 +19,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from segflow.tasks.documents import Calibration, CommitRecord, Quality, ReportSamples
+from segflow.tasks.documents import Calibration, CommitRecord, Quality, ReportSamples, ReviewEstimate
 from segflow.tasks.evaluate.drift import DRIFT_ADVICE
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import join, open_fs, read_bytes, redact, scrub, write_bytes
@@ -78,7 +78,8 @@ class ReportContext(TypedDict):
     models: list[str]
     output: str
     drift_advice: str
-    review_estimate: dict[str, Any] | None
+    review_version: str | None
+    review_estimate: ReviewEstimate | None
 
 
 def _json(url: str) -> Any:
@@ -229,7 +230,7 @@ def report_context(
             {"name": name, "kind": st.get("kind"), "weights": redact(str(st.get("weights") or st.get("model") or "-"))}
             | {"sha256": st.get("sha256") or "not pinned"}
         )
-    return {
+    context: ReportContext = {
         "summary": summary,
         "failures": samples["failures"],
         "failure_kinds": samples["failure_kinds"],
@@ -246,18 +247,21 @@ def report_context(
         "models": samples.get("models", []),
         "output": redact(output),
         "drift_advice": DRIFT_ADVICE[0].upper() + DRIFT_ADVICE[1:],
-        "review_estimate": _review_estimate(output),
+        "review_version": None,
+        "review_estimate": None,
     }
+    context["review_version"], context["review_estimate"] = _review_estimate(output)
+    return context
 
 
-def _review_estimate(output: str) -> dict[str, Any] | None:
-    """The latest review import's estimate of the exported set (with its version), or None."""
+def _review_estimate(output: str) -> tuple[str | None, ReviewEstimate | None]:
+    """The latest review import's version and its estimate of the exported set (None without one)."""
     from segflow.tasks.formats.labels import latest_review
 
     changes = latest_review(output)
     if not changes or not isinstance(changes.get("estimate"), dict):
-        return None
-    return dict(changes["estimate"]) | {"version": changes.get("version")}
+        return None, None
+    return changes.get("version"), changes["estimate"]
 
 
 def _sample_cells(samples: ReportSamples, cache: dict) -> dict[str, list[dict]]:

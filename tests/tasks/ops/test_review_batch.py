@@ -83,8 +83,8 @@ def test_the_precision_interval_covers_the_truth_and_the_fix_part_does_not_bias_
         kept = {it.annotation_id for it in batch.items if right[it.annotation_id]}
         objects = {it.image_id: 1 for it in batch.items}
         e = estimate(batch, set(range(len(right))), kept, objects)
-        covered += e.precision_low <= truth <= e.precision_high
-        widths.append((e.precision_high - e.precision_low) / 2)
+        covered += e["precision_low"] <= truth <= e["precision_high"]
+        widths.append((e["precision_high"] - e["precision_low"]) / 2)
         everything = [right[it.annotation_id] for it in batch.items]
         biased += abs(np.mean(everything) - truth) > 0.03
     assert covered >= 180, covered
@@ -120,5 +120,5 @@ def test_an_audit_without_variance_still_gets_an_honest_interval(answers):
     batch = _batch(rng, strata, 60)
     kept = {it.annotation_id for it in batch.items} if answers == "all right" else set()
     e = estimate(batch, set(range(1000)), kept, {it.image_id: 1 for it in batch.items})
-    assert e.precision == (1.0 if answers == "all right" else 0.0)
-    assert 0.0 < e.precision_high - e.precision_low < 0.1  # Wilson's interval at n = 60, not a zero width
+    assert e["precision"] == (1.0 if answers == "all right" else 0.0)
+    assert 0.0 < e["precision_high"] - e["precision_low"] < 0.1  # Wilson's interval at n = 60, not a zero width
