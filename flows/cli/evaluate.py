@@ -15,7 +15,7 @@ from segflow.flows.cli.show import print_calibration
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from segflow.tasks.evaluate.quality import GoldSetError, format_quality, load_quality
     from segflow.tasks.formats import ExportError
-    from segflow.tasks.ops.calibrate import recalibrate_output, reviews_gold
+    from segflow.tasks.ops.calibrate import recalibrate_from_reviews, recalibrate_output
     from segflow.tasks.plan.planner import PlanError
     from segflow.tasks.shard.commit import IncompleteRunError
 
@@ -24,12 +24,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if (args.gold is None) == (not args.from_reviews):
         _eprint("error: calibrate needs --gold FILE or --from-reviews (one of them)")
         return EXIT_CONFIG
+    accept = {"precision": args.precision, "folds": args.folds, "score": args.score}
     try:
-        gold = _cli_path(args.gold) if args.gold else ""
         if args.from_reviews:
-            gold, n = reviews_gold(output, with_gold_set=not args.without_gold_set)
+            summary, cal, gold, n = recalibrate_from_reviews(output, not args.without_gold_set, **accept)
             print(f"gold set from reviews: {n} images (reviewed audit images, and the job's gold set) -> {gold}")
-        summary, cal = recalibrate_output(output, gold, precision=args.precision, folds=args.folds, score=args.score)
+        else:
+            summary, cal = recalibrate_output(output, _cli_path(args.gold), **accept)
     except (FileNotFoundError, GoldSetError, IncompleteRunError, PlanError, ValueError, ExportError) as e:
         _eprint(f"error: {e}")
         return EXIT_CONFIG

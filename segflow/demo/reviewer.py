@@ -127,7 +127,7 @@ def review_round(folder: str | Path, budget: int = 200, seed: int = 0, audit_sha
     touched.
     """
     from segflow.demo.prepare import holdout_quality
-    from segflow.tasks.ops.calibrate import recalibrate_output, reviews_gold
+    from segflow.tasks.ops.calibrate import recalibrate_from_reviews
     from segflow.tasks.ops.review import import_review
     from segflow.tasks.ops.review_batch import write_batch
 
@@ -150,8 +150,7 @@ def review_round(folder: str | Path, budget: int = 200, seed: int = 0, audit_sha
         folder / "review" / f"batch-{seed}" / "cvat-coco.zip", truth, folder / "review" / f"reviewed-{seed}.json"
     )
     changes = import_review(str(out), str(answered), "coco", batch.batch)
-    gold, n_gold = reviews_gold(str(out), with_gold_set=fitted_on_gold)
-    recalibrate_output(str(out), gold, precision=accept.get("precision", 0.95))
+    _, _, _, n_gold = recalibrate_from_reviews(str(out), fitted_on_gold, precision=accept.get("precision", 0.95))
     after = measure()
     return {
         "batch": batch.batch,

@@ -17,7 +17,7 @@ from typing import Any
 from segflow.tasks.documents import CocoDataset
 from segflow.tasks.records import RunSummary
 
-__all__ = ["recalibrate_output", "reviews_gold"]
+__all__ = ["recalibrate_from_reviews", "recalibrate_output", "reviews_gold"]
 
 
 def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[RunSummary, dict]:
@@ -49,6 +49,16 @@ def recalibrate_output(output: str, gold_url: str, **accept: Any) -> tuple[RunSu
         summary = finalize(job, force=True)
         _, cal_path = open_fs(layout.calibration)
         return summary, json.loads(read_bytes(fs, cal_path))
+
+
+def recalibrate_from_reviews(
+    output: str, with_gold_set: bool = True, **accept: Any
+) -> tuple[RunSummary, dict, str, int]:
+    """:func:`reviews_gold`, then :func:`recalibrate_output` on it: ``(summary, calibration, gold set URL, its
+    images)``."""
+    gold, images = reviews_gold(output, with_gold_set)
+    summary, calibration = recalibrate_output(output, gold, **accept)
+    return summary, calibration, gold, images
 
 
 def reviews_gold(output: str, with_gold_set: bool = True) -> tuple[str, int]:
