@@ -246,8 +246,9 @@ def _expected_misses(masks: pa.Table, p_right: np.ndarray) -> dict[int, float]:
 def _fix(masks: pa.Table, p_right: np.ndarray, taken: set[int], n: int) -> list[BatchItem]:
     """The ``n`` items a reviewer is expected to find the most errors on (see the module docstring): a mask is
     worth its chance of being wrong; an image (all of its labels checked, what is missing added) its expected
-    misses plus the expected wrong among its labels. Taken greedily; a mask whose image is taken is not taken
-    again, nor is an image whose every wrong-looking label is already an item."""
+    misses plus the expected wrong among its labels. Taken greedily, best first; an image taken replaces the
+    mask items already taken on it (its labels are all checked with it), and a mask whose image is taken is not
+    taken again."""
     verdict = np.asarray(masks["verdict"].to_pylist(), object)
     ids, images = (masks[c].to_numpy(zero_copy_only=False) for c in ("annotation_id", "image_id"))
     names = masks["category_name"].to_pylist()
@@ -272,6 +273,7 @@ def _fix(masks: pa.Table, p_right: np.ndarray, taken: set[int], n: int) -> list[
             items.append(BatchItem(int(ids[key]), int(images[key]), names[key], "fix", None, None, p))
         elif kind == 1 and key not in whole:
             whole.add(key)
+            items = [it for it in items if it.image_id != key]
             items.append(BatchItem(None, int(key), None, "fix-image", None, None, round(value, 4)))
     return items
 
