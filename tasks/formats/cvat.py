@@ -90,7 +90,8 @@ def export_cvat(run: RunLabels, dest: str, verdicts: str, tolerance: float = 0.0
 def export_coco(run: RunLabels, dest: str, verdicts: str) -> dict[str, int | str]:
     """COCO instances (compressed RLE) of the masks of ``verdicts``, written shard by shard; returns counts."""
     target = dest if dest.endswith(".json") else join(dest, "instances.json")
-    writer = InstancesWriter(target, run.categories, str(run.job.get("name", "")), VERDICTS[verdicts])
+    marked = run.marked if run.only is not None else None  # a review batch: each label's verdict, and what to check
+    writer = InstancesWriter(target, run.categories, str(run.job.get("name", "")), VERDICTS[verdicts], marked=marked)
     for images, masks in run.shard_tables():
         writer.add(images, masks if masks is not None else _empty_masks())
     counts = writer.close()

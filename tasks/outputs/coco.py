@@ -152,11 +152,15 @@ class InstancesWriter:
         description: str = "",
         keep_verdicts: tuple[str, ...] = ("accept",),
         labelled_images_only: bool = False,
+        marked: set[int] | None = None,
     ):
+        """``marked``: a review batch's annotation ids; with it each annotation carries ``attributes``
+        (``segflow_verdict``, and ``segflow_check`` true for the marked ones), as the CVAT export does."""
         cats = [{"id": int(i), "name": n, "supercategory": "object"} for i, n in sorted(categories.items())]
         self.out = StreamedCocoJson(url, description, cats, ("images", "annotations"))
         self.keep_verdicts = keep_verdicts
         self.labelled_images_only = labelled_images_only
+        self.marked = marked
 
     def add(self, images: pa.Table, masks: pa.Table) -> None:
         """One shard: its images (``ok`` ones) and its masks with a ``verdict`` column."""
@@ -171,8 +175,18 @@ class InstancesWriter:
                     f'{{"id": {i}, "file_name": {_json_str(name)}, "width": {w}, "height": {h}, '
                     f'"segflow_uri": {_json_str(uri)}}}',
                 )
-        for cols in _pydicts(kept.select(_MASK_COLUMNS)):
-            for ann, img, cat, counts, w, h, area, bbox, score, piou in zip(*(cols[c] for c in _MASK_COLUMNS)):
+        names = _MASK_COLUMNS + (["verdict"] if self.marked is not None else [])
+        for cols in _pydicts(kept.select(names)):
+            tail = [""] * len(cols["annotation_id"])
+            if self.marked is not None:
+                tail = [
+                    f', "attributes": {{"segflow_verdict": {_json_str(v)}, '
+                    f'"segflow_check": {"true" if a in self.marked else "false"}}}'
+                    for a, v in zip(cols["annotation_id"], cols["verdict"], strict=True)
+                ]
+            for ann, img, cat, counts, w, h, area, bbox, score, piou, more in zip(
+                *(cols[c] for c in _MASK_COLUMNS), tail, strict=True
+            ):
                 # formatted directly (the same text json.dumps gives): the export's hot loop at millions of rows;
                 # RLE counts are ASCII 48-111, so a backslash is the only character JSON escapes
                 self.out.add_text(
@@ -180,7 +194,7 @@ class InstancesWriter:
                     f'{{"id": {ann}, "image_id": {img}, "category_id": {cat}, "segmentation": {{"size": [{h}, {w}], '
                     f'"counts": "{counts.replace(chr(92), chr(92) * 2)}"}}, "area": {int(area)}, '
                     f'"bbox": [{", ".join(repr(round(v, 2)) for v in bbox)}], "iscrowd": 0, '
-                    f'"score": {_json_number(score)}, "predicted_iou": {_json_number(piou)}}}',
+                    f'"score": {_json_number(score)}, "predicted_iou": {_json_number(piou)}{more}}}',
                 )
 
     def close(self) -> dict[str, int]:

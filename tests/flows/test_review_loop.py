@@ -13,8 +13,8 @@ from segflow.demo.reviewer import review_coco
 from segflow.flows import cli
 
 
-def _batch(out, dest, budget, capsys, *extra):
-    assert cli.main(["review-batch", str(out), str(dest), "--budget", str(budget), "--format", "cvat", *extra]) == 0
+def _batch(out, dest, budget, capsys, *extra, fmt="cvat"):
+    assert cli.main(["review-batch", str(out), str(dest), "--budget", str(budget), "--format", fmt, *extra]) == 0
     capsys.readouterr()
     name = sorted(p.stem for p in (out / "review_batches").glob("b*.json"))[-1]
     return json.loads((out / "review_batches" / f"{name}.json").read_text())
@@ -36,6 +36,10 @@ def test_a_review_batch_measures_the_exported_set_and_marks_what_to_check(demo_r
             assert it["inclusion_probability"] == s["n"] / s["N"]
             assert str(it["image_id"]) in batch["image_inclusion"]
     assert sum(s["n"] for s in batch["strata"].values()) == sum(it["part"] == "audit" for it in batch["items"])
+    whole = {it["image_id"] for it in batch["items"] if it["part"] == "fix-image"}
+    assert not [it for it in batch["items"] if it["part"] == "fix" and it["image_id"] in whole]  # nothing asked twice
+    fix = [it for it in batch["items"] if it["part"] == "fix"]
+    assert [it["p_right"] for it in fix] == sorted(it["p_right"] for it in fix)  # likeliest wrong first
 
     with zipfile.ZipFile(tmp_path / "batch" / "cvat-coco.zip") as z:
         doc = json.loads(z.read("annotations/instances_default.json"))
@@ -56,9 +60,10 @@ def test_a_review_batch_measures_the_exported_set_and_marks_what_to_check(demo_r
 def test_a_reviewer_who_deletes_everything_gets_an_estimate_that_says_so(demo_run, demo_copy, tmp_path, capsys):
     """Negative control: the estimate follows the answers, not the run's own scores."""
     out = demo_copy
-    _batch(out, tmp_path / "batch", 40, capsys)
-    with zipfile.ZipFile(tmp_path / "batch" / "cvat-coco.zip") as z:
-        doc = json.loads(z.read("annotations/instances_default.json"))
+    batch = _batch(out, tmp_path / "batch", 40, capsys, fmt="coco")
+    doc = json.loads((tmp_path / "batch" / "instances.json").read_text())  # COCO: RLE, the batch's masks marked
+    marked = {a["id"] for a in doc["annotations"] if a["attributes"]["segflow_check"]}
+    assert marked == {it["annotation_id"] for it in batch["items"] if it["annotation_id"] is not None}
     (tmp_path / "none.json").write_text(json.dumps(doc | {"annotations": []}))
     e = _import(out, tmp_path / "none.json", capsys)["estimate"]
     true = holdout_quality(str(out), str(demo_run / "ground_truth" / "instances.json"))["set"]
