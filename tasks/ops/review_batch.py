@@ -102,8 +102,33 @@ class ReviewBatch:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ReviewBatch:
+        """From the file's content, checked (it sits in an output others can write): ValueError names what is
+        wrong; TypeError or KeyError for a shape that is not a batch's."""
         items = [BatchItem(**it) for it in data.pop("items")]
-        return cls(**data, items=items)
+        batch = cls(**data, items=items)
+        _check(batch)
+        return batch
+
+
+_PARTS = {"audit", "audit-image", "fix", "fix-image"}
+
+
+def _probability(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+
+
+def _check(batch: ReviewBatch) -> None:
+    for h, s in batch.strata.items():
+        big, small = s.get("N"), s.get("n")
+        if not (isinstance(big, int) and isinstance(small, int) and 0 <= small <= big and big > 0):
+            raise ValueError(f"stratum {str(h)[:40]!r}: N and n must be integers with 0 <= n <= N")
+    for it in batch.items:
+        if it.part not in _PARTS or not isinstance(it.image_id, int):
+            raise ValueError(f"item {str(it)[:80]}: unknown part or image id")
+        if it.part == "audit" and (it.stratum not in batch.strata or not isinstance(it.annotation_id, int)):
+            raise ValueError(f"audit item {it.annotation_id!r}: no annotation id or unknown stratum")
+    if not all(str(k).isdigit() and _probability(v) for k, v in batch.image_inclusion.items()):
+        raise ValueError("image_inclusion: image ids to probabilities in (0, 1]")
 
 
 def _masks(run: RunLabels) -> pa.Table:
@@ -326,10 +351,12 @@ def read_batch(output: str, batch: str | None = None) -> ReviewBatch | None:
     name = batch or names[-1]
     if name not in names:
         raise ExportError(f"no review batch {name!r} (the run has {', '.join(names)})")
-    data = read_json(fs, join(output, "review_batches", f"{name}.json"))
-    try:
-        return ReviewBatch.from_json(data)
-    except (TypeError, KeyError, AttributeError) as e:  # a file others may have written
+    from segflow.tasks.formats.untrusted import read_capped
+
+    url = join(output, "review_batches", f"{name}.json")
+    try:  # a file in an output others can write: its size capped before it is read, its content checked
+        return ReviewBatch.from_json(json.loads(read_capped(fs, open_fs(url)[1], f"review_batches/{name}.json")))
+    except (TypeError, KeyError, AttributeError, ValueError, RecursionError) as e:
         raise ExportError(f"review_batches/{name}.json is not a review batch ({type(e).__name__}: {e})") from None
 
 
@@ -463,13 +490,11 @@ def audited_images(output: str) -> dict[int, float]:
     """Every image an audit of any of the run's review batches drew -> its chance of being drawn by at least one
     of them (the batches are independent draws: one minus the product of the chances it was not)."""
     fs, root = open_fs(join(output, "review_batches"))
-    missed: dict[int, float] = {}
     if not fs.exists(root):
         return {}
+    missed: dict[int, float] = {}
     for path in fs.glob(f"{root.rstrip('/')}/b*.json"):
-        data = read_json(fs, join(output, "review_batches", path.rstrip("/").rsplit("/", 1)[-1])) or {}
-        inclusion = data.get("image_inclusion") if isinstance(data, dict) else None
-        for i, p in (inclusion or {}).items():
-            if str(i).isdigit() and isinstance(p, (int, float)) and 0 < p <= 1:
-                missed[int(i)] = missed.get(int(i), 1.0) * (1.0 - float(p))
+        batch = read_batch(output, path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".json"))
+        for i, p in (batch.image_inclusion if batch is not None else {}).items():
+            missed[int(i)] = missed.get(int(i), 1.0) * (1.0 - float(p))
     return {i: 1.0 - m for i, m in missed.items()}

@@ -122,3 +122,35 @@ def test_an_audit_without_variance_still_gets_an_honest_interval(answers):
     e = estimate(batch, set(range(1000)), kept, {it.image_id: 1 for it in batch.items})
     assert e["precision"] == (1.0 if answers == "all right" else 0.0)
     assert 0.0 < e["precision_high"] - e["precision_low"] < 0.1  # Wilson's interval at n = 60, not a zero width
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d["strata"]["circle|0"].update(N="many"),
+        lambda d: d["strata"]["circle|0"].update(n=10**9),
+        lambda d: d["items"][0].update(part="exec"),
+        lambda d: d["items"][0].update(stratum="nowhere"),
+        lambda d: d["image_inclusion"].update({"1": 7.0}),
+        lambda d: d["items"][0].update(surprise=1),
+    ],
+)
+def test_a_tampered_batch_file_is_refused_in_one_line(tmp_path, change):
+    """Batch files sit in an output others can write: each field is checked before it is used."""
+    import json
+
+    from segflow.tasks.formats.labels import ExportError
+    from segflow.tasks.ops.review_batch import audited_images, read_batch
+
+    rng = np.random.default_rng(0)
+    batch = _batch(rng, np.array(["circle|0"] * 50, object), 10)
+    batch.image_inclusion = {str(it.image_id): 0.2 for it in batch.items}
+    (tmp_path / "review_batches").mkdir()
+    path = tmp_path / "review_batches" / "b0001.json"
+    path.write_bytes(batch.to_json())
+    assert len(read_batch(str(tmp_path)).items) == 10 and len(audited_images(str(tmp_path))) == 10
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ExportError, match="b0001.json is not a review batch"):
+        read_batch(str(tmp_path))
