@@ -122,6 +122,25 @@ def _fix_efficiency(batch: dict, right: dict, missed: dict, image_of: dict, scor
     }
 
 
+def run_round(folder: Path, seed: int, images: int, calibration: str, shift: str | None, budget: int) -> dict:
+    """Only part 3, one round on the run itself: the exported set before and after on the images no round touched
+    (runs of a few hundred scenes, so that enough images are left untouched to measure on)."""
+    from segflow.demo.prepare import holdout_quality
+    from segflow.demo.reviewer import review_round
+
+    t0 = time.time()
+    _demo(folder, seed, images, calibration, shift)
+    true = holdout_quality(str(folder / "out"), str(folder / "ground_truth" / "instances.json"))["set"]
+    one_round = review_round(folder, budget, seed=seed)
+    return {
+        "seed": seed,
+        "true_precision": true["precision"],
+        "true_recall": true["recall"],
+        "round": {k: one_round[k] for k in ("before", "after", "untouched_images", "gold_images_after", "estimate")},
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
 def run_seed(folder: Path, seed: int, images: int, calibration: str, shift: str | None = None) -> dict:
     from segflow.demo.prepare import holdout_quality
     from segflow.demo.reviewer import review_coco, review_round
@@ -164,6 +183,7 @@ def main() -> None:
     p.add_argument("--seeds", default="6001-6020")
     p.add_argument("--images", type=int, default=150)
     p.add_argument("--shift", choices=["dark", "blur", "jpeg"], help="render the seeds' scenes shifted (drift)")
+    p.add_argument("--round-only", type=int, metavar="BUDGET", help="only one round of BUDGET on each seed")
     p.add_argument("--results", default=str(Path(__file__).parent / "results" / "review_study.json"))
     args = p.parse_args()
     root = Path(args.out)
@@ -172,10 +192,27 @@ def main() -> None:
         _demo(cal, args.cal_seed, 60, None)
     rows = []
     for seed in _seeds(args.seeds):
-        row = run_seed(root / f"seed-{seed}", seed, args.images, str(cal / "out" / "calibration.json"), args.shift)
+        calibration = str(cal / "out" / "calibration.json")
+        if args.round_only:
+            row = run_round(root / f"seed-{seed}", seed, args.images, calibration, args.shift, args.round_only)
+        else:
+            row = run_seed(root / f"seed-{seed}", seed, args.images, calibration, args.shift)
         rows.append(row)
         print(json.dumps(row), flush=True)
         shutil.rmtree(root / f"seed-{seed}", ignore_errors=True)
+    setup = {"cal_seed": args.cal_seed, "images": args.images, "shift": args.shift, "seeds": args.seeds}
+    if args.round_only:
+        mean = lambda part, k: round(float(np.mean([r["round"][part][k] for r in rows])), 4)
+        summary = {
+            "seeds": len(rows),
+            "budget": args.round_only,
+            **{part: {k: mean(part, k) for k in ("precision", "recall")} for part in ("before", "after")},
+            "precision_rose": sum(r["round"]["after"]["precision"] > r["round"]["before"]["precision"] for r in rows),
+            "recall_rose": sum(r["round"]["after"]["recall"] > r["round"]["before"]["recall"] for r in rows),
+        }
+        Path(args.results).write_text(json.dumps({"setup": setup, "summary": summary, "runs": rows}, indent=1))
+        print(json.dumps(summary, indent=1))
+        return
     summary = {
         "seeds": len(rows),
         "precision_covered": sum(r["precision_covered"] for r in rows),
@@ -198,7 +235,6 @@ def main() -> None:
             k: round(float(np.mean([r["round"]["after"][k] for r in rows])), 4) for k in ("precision", "recall")
         },
     }
-    setup = {"cal_seed": args.cal_seed, "images": args.images, "shift": args.shift, "seeds": args.seeds}
     Path(args.results).write_text(json.dumps({"setup": setup, "summary": summary, "runs": rows}, indent=1))
     print(json.dumps(summary, indent=1))
 

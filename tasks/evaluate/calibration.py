@@ -62,8 +62,9 @@ __all__ = [
 ]
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """Wilson score interval of a proportion ``k / n`` (None when ``n == 0``)."""
+def wilson(k: float, n: float, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion ``k / n`` (None when ``n == 0``; ``n`` may be an effective sample
+    size, ``k`` then the proportion times it)."""
     if n == 0:
         return None
     p = k / n
@@ -117,22 +118,45 @@ def _heldout_novelty(shapes: np.ndarray, tp: np.ndarray, fold: np.ndarray) -> np
     return out
 
 
-def _counts(scores: np.ndarray, tp: np.ndarray, n_gold: int, threshold: float | None) -> tuple[int, int, int]:
+def _counts(
+    scores: np.ndarray, tp: np.ndarray, w: np.ndarray, gold: tuple[int, float, float], threshold: float | None
+) -> np.ndarray:
+    """A held-out tally (3 x 3: rows counts, weighted sums and sums of squared weights; columns TP, FP, FN) of the
+    labels kept at ``threshold`` (``scores``, ``tp``, ``w``: N each) against ``gold`` (instances, their weighted
+    count, their sum of squared weights). A matched label's weight is its gold instance's (both its image's)."""
     keep = scores >= threshold if threshold is not None else np.zeros(len(scores), bool)
-    t = int(tp[keep].sum())
-    return t, int(keep.sum()) - t, n_gold - t
+    hit, miss = keep & tp, keep & ~tp
+    out = np.zeros((3, 3))
+    for row, v in enumerate((np.ones(len(w)), w, w * w)):
+        t, f = float(v[hit].sum()), float(v[miss].sum())
+        out[row] = (t, f, gold[row] - t)
+    return out
 
 
-def _summary(tp: int, fp: int, fn: int) -> HeldOut:
-    p, r = wilson(tp, tp + fp), wilson(tp, tp + fn)
+def _summary(tally: np.ndarray | None = None) -> HeldOut:
+    """Held-out figures of a :func:`_counts` tally: counts of labels, and precision and recall weighted by the
+    images' weights (equal to the counts' where every image weighs 1) with Wilson intervals at the effective
+    sample size (Kish: (sum w)^2 / sum w^2)."""
+    t = np.zeros((3, 3)) if tally is None else tally
+    (tp, fp, fn), (wtp, wfp, wfn), (qtp, qfp, qfn) = t.tolist()
+
+    def share(k: float, n: float, q: float) -> tuple[float | None, list[float] | None]:
+        if n <= 1e-12:
+            return None, None
+        n_eff = n * n / q if q > 0 else 0.0
+        ci = wilson(k / n * n_eff, n_eff) if n_eff > 0 else None
+        return round(k / n, 4), [round(v, 4) for v in ci] if ci else None
+
+    precision, precision_ci = share(wtp, wtp + wfp, qtp + qfp)
+    recall, recall_ci = share(wtp, wtp + wfn, qtp + qfn)
     return {
-        "tp": tp,
-        "fp": fp,
-        "fn": fn,
-        "precision": round(tp / (tp + fp), 4) if tp + fp else None,
-        "precision_ci95": [round(v, 4) for v in p] if p else None,
-        "recall": round(tp / (tp + fn), 4) if tp + fn else None,
-        "recall_ci95": [round(v, 4) for v in r] if r else None,
+        "tp": round(tp),
+        "fp": round(fp),
+        "fn": round(fn),
+        "precision": precision,
+        "precision_ci95": precision_ci,
+        "recall": recall,
+        "recall_ci95": recall_ci,
     }
 
 
@@ -208,7 +232,7 @@ def calibrate(
         acceptance with ``accept.novelty`` exports them; False: on every label.
       image_weight: image id -> its weight in the thresholds' precision and recall (a gold set drawn with
         unequal probabilities: one over each image's; ``segflow_weight`` in the gold file); None: 1 each. The
-        held-out figures stay counts of the gold images' labels.
+        held-out precision and recall are weighted the same way (``tp``/``fp``/``fn`` stay counts of labels).
     """
     images = sorted({i for i, _ in gold} | {r["image_id"] for r in labels})
     rng = np.random.default_rng(seed)
@@ -229,37 +253,34 @@ def calibrate(
         "gold_images": len(images),
         "novelty_in_thresholds": novelty,
         "classes": {},
-        "heldout": _summary(0, 0, 0),
-        "heldout_with_review": _summary(0, 0, 0),
+        "heldout": _summary(),
+        "heldout_with_review": _summary(),
         "warnings": [],
     }
-    totals, totals_review = np.zeros(3, int), np.zeros(3, int)
+    totals, totals_review = np.zeros((3, 3)), np.zeros((3, 3))
     warnings = []
     for cid, name in sorted(classes.items()):
         rows = by_class.get(cid, [])
-        gold_fold: dict[int, int] = defaultdict(int)
-        gold_fold_w: dict[int, float] = defaultdict(float)
+        gold_fold: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(3))  # instances, weighted, squared
         for (img, c), n in gold.items():
             if c == cid:
-                gold_fold[fold_of[img]] += n
-                gold_fold_w[fold_of[img]] += n * (image_weight or {}).get(img, 1.0)
+                wi = (image_weight or {}).get(img, 1.0)
+                gold_fold[fold_of[img]] += (n, n * wi, n * wi * wi)
         for r in rows:
             r["weight"] = (image_weight or {}).get(r["image_id"], 1.0)
-        if not rows and not sum(gold_fold.values()):
+        if not rows and not sum(g[0] for g in gold_fold.values()):
             continue
         fold = np.array([fold_of[r["image_id"]] for r in rows], int)
-        entry, held, held_review = _calibrate_class(
-            cid, rows, fold, (gold_fold, gold_fold_w), sorted(set(fold_of.values())), fit
-        )
+        entry, held, held_review = _calibrate_class(cid, rows, fold, gold_fold, sorted(set(fold_of.values())), fit)
         if entry["status"] == "calibrated":
             totals += held
         else:  # nothing of the class is accepted: its gold instances are missed
-            totals += (0, 0, entry["gold_instances"])
+            totals[:, 2] += sum(gold_fold.values(), np.zeros(3))
             warnings.append(f"{name}: {entry['reason']}; its labels go to review")
         totals_review += held_review
         out["classes"][name] = entry
-    out["heldout"] = _summary(*totals.tolist())
-    out["heldout_with_review"] = _summary(*totals_review.tolist())
+    out["heldout"] = _summary(totals)
+    out["heldout_with_review"] = _summary(totals_review)
     out["warnings"] = warnings
     return out
 
@@ -280,29 +301,32 @@ def _calibrate_class(
     cid: int,
     rows: list[dict],
     fold: np.ndarray,
-    gold_folds: tuple[dict[int, int], dict[int, float]],
+    gold_fold: dict[int, np.ndarray],
     folds: list[int],
     fit: _Fit,
 ) -> tuple[ClassCalibration, np.ndarray, np.ndarray]:
-    """One class's entry of the calibration, and its held-out TP / FP / FN counts at the threshold and at the
-    review threshold. ``rows``: the class's labels (with ``weight``), ``fold`` their folds (N ints);
-    ``gold_folds``: fold -> gold instances, and their weighted count; each row gets ``calibrated``."""
-    gold_fold, gold_fold_w = gold_folds
-    n_gold, n_gold_w = sum(gold_fold.values()), sum(gold_fold_w.values())
+    """One class's entry of the calibration, and its held-out tallies (:func:`_counts`) at the threshold and at
+    the review threshold. ``rows``: the class's labels (with ``weight``), ``fold`` their folds (N ints);
+    ``gold_fold``: fold -> its gold instances, their weighted count and sum of squared weights; each row gets
+    ``calibrated``."""
+    zero = np.zeros(3)
+    g_total = sum(gold_fold.values(), zero)
+    n_gold, n_gold_w = int(round(g_total[0])), float(g_total[1])
     tp = np.array([bool(r["tp"]) for r in rows])
     w = np.array([float(r.get("weight", 1.0)) for r in rows], np.float64)
     shapes = _shapes(rows)
     passing = _heldout_novelty(shapes, tp, fold) <= 1.0 if fit.novelty else np.ones(len(rows), bool)
-    held, held_review = np.zeros(3, int), np.zeros(3, int)
+    held, held_review = np.zeros((3, 3)), np.zeros((3, 3))
     for k in folds:
         _, s = _scorer(fit.score, rows, fold != k)
         fit_k, test_k = (fold != k) & passing, (fold == k) & passing
         t = best_threshold(s[fit_k], tp[fit_k], fit.target, fit.min_kept, w[fit_k])
-        held += _counts(s[test_k], tp[test_k], gold_fold[k], t)
+        g = tuple(gold_fold.get(k, zero).tolist())
+        held += _counts(s[test_k], tp[test_k], w[test_k], g, t)
         rest = fold != k
-        tr = recall_threshold(s[rest], tp[rest], n_gold_w - gold_fold_w[k], fit.review_recall, w[rest])
+        tr = recall_threshold(s[rest], tp[rest], n_gold_w - float(gold_fold.get(k, zero)[1]), fit.review_recall, w[rest])
         low = min(t, tr) if t is not None and tr is not None else (tr if t is None else None)
-        held_review += _counts(s[fold == k], tp[fold == k], gold_fold[k], low if rows else None)
+        held_review += _counts(s[fold == k], tp[fold == k], w[fold == k], g, low if rows else None)
     model, s = _scorer(fit.score, rows, np.ones(len(rows), bool))
     for r, v in zip(rows, s, strict=True):
         r["calibrated"] = float(v)
@@ -321,8 +345,8 @@ def _calibrate_class(
         "reliability": reliability(s, tp),
         "mask_check": {"box_agreement_min": round(float(np.quantile(agree, 0.01)), 4)} if len(agree) else None,
         "novelty": fit_reference(shapes[right], fold[right]),
-        "heldout": _summary(*held.tolist()),
-        "heldout_with_review": _summary(*held_review.tolist()),
+        "heldout": _summary(held),
+        "heldout_with_review": _summary(held_review),
         "status": "calibrated",
     }
     status, reason = _status(entry, fit)

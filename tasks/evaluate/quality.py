@@ -59,6 +59,10 @@ __all__ = [
 ]
 
 
+MAX_IMAGE_WEIGHT = 1e6
+"""The largest ``segflow_weight`` a gold image may carry (one over its chance of being audited)."""
+
+
 class GoldSetError(Exception):
     """The gold set cannot be read or shares no images or classes with the job."""
 
@@ -74,6 +78,13 @@ def load_gold(url: str) -> CocoDataset:
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise GoldSetError(f"gold set {redact(url)}: missing COCO key {key!r}")
+    for k, im in enumerate(data["images"]):  # a review's gold set weighs images (1 / chance of being audited)
+        w = im.get("segflow_weight", 1.0) if isinstance(im, dict) else 1.0
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w <= MAX_IMAGE_WEIGHT:
+            raise GoldSetError(
+                f"gold set {redact(url)}: images[{k}].segflow_weight: must be a number in (0, {MAX_IMAGE_WEIGHT:g}], "
+                f"got {w!r}"[:300]
+            )
     return data  # type: ignore[no-any-return]
 
 

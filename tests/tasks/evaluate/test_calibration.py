@@ -141,3 +141,29 @@ def test_weighted_thresholds_equal_thresholds_on_the_labels_repeated_by_their_we
     assert recall_threshold(scores, tp, tp.sum() * 1.2, 0.6) != recall_threshold(
         scores, tp, n_gold, 0.6, k.astype(float)
     )
+
+
+def test_heldout_figures_are_weighted_like_the_thresholds():
+    """Held-out precision and recall weigh each label by its image (``image_weight``): equal weights change nothing;
+    unequal ones give the precision of the labels repeated by their weight, with a wider interval than those
+    repeats would (the effective sample is smaller); unweighted, the figure differs (negative control)."""
+    from segflow.tasks.evaluate.calibration import _counts, _summary
+
+    labels, gold = draw(12, images=80)
+    plain = calibrate([dict(r) for r in labels], gold, CLASSES, target=0.9)
+    images = {r["image_id"] for r in labels}
+    same = calibrate([dict(r) for r in labels], gold, CLASSES, target=0.9, image_weight=dict.fromkeys(images, 3.0))
+    assert same["heldout"] == plain["heldout"] and same["classes"] == plain["classes"]
+    rng = np.random.default_rng(5)
+    scores = rng.random(300)
+    tp = rng.random(300) < scores
+    k = np.where(scores < 0.6, 5.0, 1.0)  # lower-score labels' images weigh five
+    n_gold = 1.25 * tp.sum()
+    gold_w = (float(n_gold), float(n_gold * 2.0), float(n_gold * 2.0 * 2.0))  # gold instances on images of weight 2
+    weighted = _summary(_counts(scores, tp, k, gold_w, 0.5))
+    rep_s, rep_tp = np.repeat(scores, k.astype(int)), np.repeat(tp, k.astype(int))
+    repeated = _summary(_counts(rep_s, rep_tp, np.ones(len(rep_s)), (2 * n_gold, 2 * n_gold, 2 * n_gold), 0.5))
+    assert weighted["precision"] == repeated["precision"] and weighted["tp"] == int((tp & (scores >= 0.5)).sum())
+    lo, hi = weighted["precision_ci95"]
+    assert lo < repeated["precision_ci95"][0] and hi > repeated["precision_ci95"][1]
+    assert _summary(_counts(scores, tp, np.ones(300), gold_w, 0.5))["precision"] != weighted["precision"]

@@ -183,3 +183,21 @@ def test_chunked_evaluation_equals_one_cocoeval_over_all_images(gold_set, iou_ty
         assert per_class.keys() == whole[1].keys()
         for cid, aps in whole[1].items():  # approx() takes flat sequences only (pytest >= 9.2)
             assert list(per_class[cid]) == pytest.approx(list(aps), nan_ok=True), cid
+
+
+@pytest.mark.parametrize("weight", ["2", None, float("nan"), float("inf"), 0, -1.0, True, 1e9])
+def test_a_gold_images_weight_must_be_a_positive_number(tmp_path, weight):
+    """``segflow_weight`` (a review gold set's one over the chance of being audited) comes from a file anyone with
+    the output can edit: one error line naming the file and the image, never a traceback or a silent weight."""
+    import json
+
+    from segflow.tasks.evaluate.quality import load_gold
+
+    images = [{"id": 1, "file_name": "a.png", "width": 4, "height": 4, "segflow_weight": 2.5}]
+    doc = {"images": images, "annotations": [], "categories": []}
+    (tmp_path / "ok.json").write_text(json.dumps(doc))
+    assert load_gold(str(tmp_path / "ok.json"))["images"][0]["segflow_weight"] == 2.5  # a valid weight reads
+    bad = images + [{"id": 2, "file_name": "b.png", "width": 4, "height": 4, "segflow_weight": weight}]
+    (tmp_path / "bad.json").write_text(json.dumps(doc | {"images": bad}))
+    with pytest.raises(GoldSetError, match=r"bad\.json: images\[1\]\.segflow_weight: must be a number"):
+        load_gold(str(tmp_path / "bad.json"))
