@@ -149,8 +149,11 @@ def _reviewed_coco(run: Any, version: str, chosen: set[int]) -> CocoDataset:
 
 
 def _merge_coco(gold: CocoDataset, reviewed: CocoDataset) -> CocoDataset:
-    """``gold`` plus the ``reviewed`` images it does not have (matched by file name; ids renumbered after gold's)."""
-    have = {im["file_name"] for im in gold["images"]}
+    """``gold`` plus the ``reviewed`` images it does not have (matched as a gold set is matched to a run: by file
+    name, else by unique base name; ids renumbered after gold's)."""
+    from segflow.tasks.evaluate.quality import match_images
+
+    have = set(match_images(gold, {im["file_name"]: im["id"] for im in reviewed["images"]}).values())
     image_base = 1 + max([im["id"] for im in gold["images"]] + [0])
     ann_base = 1 + max([a["id"] for a in gold["annotations"]] + [0])
     names = {c["name"]: c["id"] for c in gold["categories"]}
@@ -158,7 +161,7 @@ def _merge_coco(gold: CocoDataset, reviewed: CocoDataset) -> CocoDataset:
     new_id: dict[int, int] = {}
     images, annotations = list(gold["images"]), list(gold["annotations"])
     for im in reviewed["images"]:
-        if im["file_name"] not in have:
+        if im["id"] not in have:
             new_id[im["id"]] = image_base + len(new_id)
             images.append(im | {"id": new_id[im["id"]]})
     for a in reviewed["annotations"]:
