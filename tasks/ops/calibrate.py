@@ -71,13 +71,12 @@ def reviews_gold(output: str, with_gold_set: bool = True) -> tuple[str, int]:
     import json
 
     from segflow.tasks.evaluate.quality import load_gold
-    from segflow.tasks.formats.labels import RunLabels
+    from segflow.tasks.formats.labels import RunLabels, review_versions
     from segflow.tasks.io.storage import join, open_fs, read_json, write_bytes
-    from segflow.tasks.ops.review import _versions
     from segflow.tasks.ops.review_batch import audited_images
 
     run = RunLabels(output)
-    versions = _versions(run)
+    versions = review_versions(output)
     reviewed: set[int] = set()
     for v in versions:
         changes = read_json(run.fs, run.layout.review_version(v, "changes.json")) or {}

@@ -58,10 +58,6 @@ ACTIONS = ("kept", "relabelled", "reshaped", "deleted", "added")
 _MAX_PER_IMAGE = 100000
 
 
-def _versions(run: RunLabels) -> list[str]:
-    return review_versions(run.output)
-
-
 def _reader(fmt: str) -> Any:
     from segflow.tasks.formats import REVIEW_READERS, resolve
 
@@ -185,7 +181,7 @@ def _import_review(output: str, review_file: str, fmt: str, lease: Any, batch: s
     run = RunLabels(output)
     raw, reviewed, images = _read_and_check(run, review_file, fmt)
     classes = {name: cid for cid, name in run.categories.items()}
-    versions = _versions(run)
+    versions = review_versions(run.output)
     version = f"v{len(versions) + 1:04d}"
     prev = versions[-1] if versions else None
     sha = hashlib.sha256(raw).hexdigest()

@@ -131,16 +131,18 @@ def _check(batch: ReviewBatch) -> None:
         raise ValueError("image_inclusion: image ids to probabilities in (0, 1]")
 
 
-def _masks(run: RunLabels) -> pa.Table:
+def _masks(run: RunLabels) -> tuple[pa.Table, np.ndarray]:
+    """The run's masks (the columns a batch needs) and its decoded images' ids, in one pass over the parts."""
     cols = ["annotation_id", "image_id", "category_id", "category_name", "score", "verdict", "calibrated_score"]
     cols += ["prompt_box", "bbox", "rle_counts", "height", "width"]
-    parts = []
-    for _, masks in run.shard_tables():
+    parts, ok = [], []
+    for images, masks in run.shard_tables():
+        ok += images.filter(pc.equal(images["status"], "ok"))["image_id"].to_pylist()
         if masks is not None and masks.num_rows:
             parts.append(masks.select([c for c in cols if c in masks.column_names]))
     if not parts:
         raise ExportError(f"{run.output}: the run has no masks to review")
-    return pa.concat_tables(parts, promote_options="default")
+    return pa.concat_tables(parts, promote_options="default"), np.asarray(ok, np.int64)
 
 
 def _p_right(run: RunLabels, masks: pa.Table) -> np.ndarray:
@@ -209,21 +211,15 @@ def _image_inclusion(
     return out
 
 
-def _ok_images(run: RunLabels) -> np.ndarray:
-    ids: list[int] = []
-    for images, _ in run.shard_tables():
-        ids += images.filter(pc.equal(images["status"], "ok"))["image_id"].to_pylist()
-    return np.asarray(ids, np.int64)
-
-
 def _audit(
-    masks: pa.Table, run: RunLabels, n: int, rng: np.random.Generator
+    masks: pa.Table, ok_images: np.ndarray, n: int, rng: np.random.Generator
 ) -> tuple[list[BatchItem], dict[str, dict[str, int]], dict[str, float]]:
-    """The audit's items, its strata (``N``, ``n``) and each audited image's inclusion probability."""
+    """The audit's items, its strata (``N``, ``n``) and each audited image's inclusion probability
+    (``ok_images``: the ids of the run's decoded images)."""
     accepted = np.flatnonzero(np.asarray(masks["verdict"].to_pylist(), object) == "accept")
     acc = masks.take(pa.array(accepted, pa.int64()))
     ids, images = (acc[c].to_numpy(zero_copy_only=False) for c in ("annotation_id", "image_id"))
-    empty = np.setdiff1d(_ok_images(run), images)
+    empty = np.setdiff1d(ok_images, images)
     n_empty = min(len(empty), max(1, round(EMPTY_SHARE * n))) if len(empty) and n > 1 else 0
     strata = _strata(acc)
     sizes = {str(h): int((strata == h).sum()) for h in np.unique(strata)} if len(acc) else {}
@@ -311,8 +307,8 @@ def make_batch(output: str, budget: int, audit_share: float = 0.5, seed: int = 0
     if not 0.0 <= audit_share <= 1.0:
         raise ExportError(f"--audit-share must be between 0 and 1, got {audit_share}")
     run = RunLabels(output)
-    masks = _masks(run)
-    audit, strata, inclusion = _audit(masks, run, round(budget * audit_share), np.random.default_rng(seed))
+    masks, ok_images = _masks(run)
+    audit, strata, inclusion = _audit(masks, ok_images, round(budget * audit_share), np.random.default_rng(seed))
     taken = {it.annotation_id for it in audit if it.annotation_id is not None}
     fix = _fix(masks, _p_right(run, masks), taken, budget - len(audit))
     fs, root = open_fs(join(output, "review_batches"))
