@@ -130,13 +130,17 @@ def run_round(folder: Path, seed: int, images: int, calibration: str, shift: str
 
     t0 = time.time()
     _demo(folder, seed, images, calibration, shift)
-    true = holdout_quality(str(folder / "out"), str(folder / "ground_truth" / "instances.json"))["set"]
+    truth = folder / "ground_truth" / "instances.json"
+    true = holdout_quality(str(folder / "out"), str(truth))["set"]
+    right, missed, score, image_of = _truth_per_item(folder / "out", truth)  # before the re-fit changes verdicts
     one_round = review_round(folder, budget, seed=seed)
+    batch_doc = json.loads((folder / "out" / "review_batches" / f"{one_round['batch']}.json").read_text())
     return {
         "seed": seed,
         "true_precision": true["precision"],
         "true_recall": true["recall"],
         "round": {k: one_round[k] for k in ("before", "after", "untouched_images", "gold_images_after", "estimate")},
+        "fix": _fix_efficiency(batch_doc, right, missed, image_of, score, np.random.default_rng(seed)),
         "seconds": round(time.time() - t0, 1),
     }
 
@@ -176,6 +180,16 @@ def run_seed(folder: Path, seed: int, images: int, calibration: str, shift: str 
     }
 
 
+def _fix_ratios(rows: list[dict]) -> dict[str, float]:
+    """The fix part's errors per item over each baseline's, two ways (:func:`_fix_efficiency`), means over seeds."""
+    mean = lambda way, key: float(np.mean([r["fix"][way][key] for r in rows]))
+    return {
+        f"{way}_fix_vs_{base}": round(mean(way, "fix_part") / max(1e-9, mean(way, base)), 2)
+        for way in ("per_item", "whole_images")
+        for base in ("lowest_score_first", "random")
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -183,6 +197,7 @@ def main() -> None:
     p.add_argument("--seeds", default="6001-6020")
     p.add_argument("--images", type=int, default=150)
     p.add_argument("--shift", choices=["dark", "blur", "jpeg"], help="render the seeds' scenes shifted (drift)")
+    p.add_argument("--keep", action="store_true", help="keep each seed's folder (images, run, batches)")
     p.add_argument("--round-only", type=int, metavar="BUDGET", help="only one round of BUDGET on each seed")
     p.add_argument("--results", default=str(Path(__file__).parent / "results" / "review_study.json"))
     args = p.parse_args()
@@ -199,7 +214,8 @@ def main() -> None:
             row = run_seed(root / f"seed-{seed}", seed, args.images, calibration, args.shift)
         rows.append(row)
         print(json.dumps(row), flush=True)
-        shutil.rmtree(root / f"seed-{seed}", ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(root / f"seed-{seed}", ignore_errors=True)
     setup = {"cal_seed": args.cal_seed, "images": args.images, "shift": args.shift, "seeds": args.seeds}
     if args.round_only:
         mean = lambda part, k: round(float(np.mean([r["round"][part][k] for r in rows])), 4)
@@ -209,6 +225,7 @@ def main() -> None:
             **{part: {k: mean(part, k) for k in ("precision", "recall")} for part in ("before", "after")},
             "precision_rose": sum(r["round"]["after"]["precision"] > r["round"]["before"]["precision"] for r in rows),
             "recall_rose": sum(r["round"]["after"]["recall"] > r["round"]["before"]["recall"] for r in rows),
+            **_fix_ratios(rows),
         }
         Path(args.results).write_text(json.dumps({"setup": setup, "summary": summary, "runs": rows}, indent=1))
         print(json.dumps(summary, indent=1))
@@ -219,15 +236,7 @@ def main() -> None:
         "recall_covered": sum(r["recall_covered"] for r in rows),
         "mean_precision_half_width": round(float(np.mean([r["precision_half_width"] for r in rows])), 4),
         "max_precision_half_width": max(r["precision_half_width"] for r in rows),
-        **{
-            f"{way}_fix_vs_{base}": round(
-                float(np.mean([r["fix"][way]["fix_part"] for r in rows]))
-                / max(1e-9, float(np.mean([r["fix"][way][base] for r in rows]))),
-                2,
-            )
-            for way in ("per_item", "whole_images")
-            for base in ("lowest_score_first", "random")
-        },
+        **_fix_ratios(rows),
         "round_before": {
             k: round(float(np.mean([r["round"]["before"][k] for r in rows])), 4) for k in ("precision", "recall")
         },
