@@ -41,9 +41,11 @@ def _seeds(text: str) -> list[int]:
 
 
 def _demo(folder: Path, seed: int, images: int, calibration: str | None, shift: str | None = None) -> None:
+    """The demo on ``images`` scenes: with ``calibration`` applied, or (None) with no gold set and no calibration."""
     from segflow.flows.commands import DemoRun, run_demo
 
-    run_demo(DemoRun(str(folder), seed=seed, images=images, calibration=calibration, shift=shift))
+    demo = DemoRun(str(folder), seed=seed, images=images, calibration=calibration, shift=shift, gold=bool(calibration))
+    run_demo(demo)
 
 
 def _truth_per_item(out: Path, truth: Path) -> tuple[dict, dict, dict, dict]:
@@ -122,7 +124,7 @@ def _fix_efficiency(batch: dict, right: dict, missed: dict, image_of: dict, scor
     }
 
 
-def run_round(folder: Path, seed: int, images: int, calibration: str, shift: str | None, budget: int) -> dict:
+def run_round(folder: Path, seed: int, images: int, calibration: str | None, shift: str | None, budget: int) -> dict:
     """Only part 3, one round on the run itself: the exported set before and after on the images no round touched
     (runs of a few hundred scenes, so that enough images are left untouched to measure on)."""
     from segflow.demo.prepare import holdout_quality
@@ -197,17 +199,22 @@ def main() -> None:
     p.add_argument("--seeds", default="6001-6020")
     p.add_argument("--images", type=int, default=150)
     p.add_argument("--shift", choices=["dark", "blur", "jpeg"], help="render the seeds' scenes shifted (drift)")
+    p.add_argument(
+        "--no-gold", action="store_true", help="with --round-only: runs with no gold set and no calibration at all"
+    )
     p.add_argument("--keep", action="store_true", help="keep each seed's folder (images, run, batches)")
     p.add_argument("--round-only", type=int, metavar="BUDGET", help="only one round of BUDGET on each seed")
     p.add_argument("--results", default=str(Path(__file__).parent / "results" / "review_study.json"))
     args = p.parse_args()
     root = Path(args.out)
     cal = root / f"cal-{args.cal_seed}"
-    if not (cal / "out" / "calibration.json").exists():
-        _demo(cal, args.cal_seed, 60, None)
+    if not args.no_gold and not (cal / "out" / "calibration.json").exists():
+        from segflow.flows.commands import DemoRun, run_demo
+
+        run_demo(DemoRun(str(cal), seed=args.cal_seed, images=60))
     rows = []
     for seed in _seeds(args.seeds):
-        calibration = str(cal / "out" / "calibration.json")
+        calibration = None if args.no_gold else str(cal / "out" / "calibration.json")
         if args.round_only:
             row = run_round(root / f"seed-{seed}", seed, args.images, calibration, args.shift, args.round_only)
         else:
@@ -217,6 +224,7 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(root / f"seed-{seed}", ignore_errors=True)
     setup = {"cal_seed": args.cal_seed, "images": args.images, "shift": args.shift, "seeds": args.seeds}
+    setup |= {"no_gold": args.no_gold, "round_budget": args.round_only}
     if args.round_only:
         mean = lambda part, k: round(float(np.mean([r["round"][part][k] for r in rows])), 4)
         summary = {

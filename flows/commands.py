@@ -116,6 +116,7 @@ class DemoRun:
     large: bool = False
     unknown: int = 0
     review_round: int = 0  # a review round of this budget after the run (segflow.demo.reviewer.review_round)
+    gold: bool = True  # False: no gold set, no calibration (every label passing QC exported; the review loop's start)
 
     @property
     def config(self) -> Path:
@@ -145,7 +146,14 @@ def run_demo(
     images = demo.images if demo.images is not None else (24 if demo.large else 60)
     t0 = time.time()
     overrides = prepare_demo(
-        demo.folder, demo.seed, images, demo.calibration, shift=demo.shift, unknown=demo.unknown, large=demo.large
+        demo.folder,
+        demo.seed,
+        images,
+        demo.calibration,
+        shift=demo.shift,
+        unknown=demo.unknown,
+        large=demo.large,
+        gold=demo.gold,
     )
     if on_scenes is not None:
         on_scenes(images, time.time() - t0)
@@ -156,7 +164,8 @@ def run_demo(
     if on_plan is not None:
         on_plan(job, plan)
     summary = run_job(job, plan)
-    quality = finish_demo(demo.folder, overrides["output"], fitted_here=not demo.calibration)
+    fitted_here = "gold_set" in overrides and not demo.calibration  # else every image is held out
+    quality = finish_demo(demo.folder, overrides["output"], fitted_here=fitted_here)
     if not demo.review_round:
         return summary, quality, None
     from segflow.demo.reviewer import review_round

@@ -16,7 +16,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _quiet_prefect(args)
     fields = ("seed", "images", "calibration", "semantic", "shift", "on_drift", "large", "unknown", "review_round")
-    demo = DemoRun(args.output, **{k: getattr(args, k) for k in fields})
+    demo = DemoRun(args.output, **{k: getattr(args, k) for k in fields}, gold=not args.no_gold)
     shifted = (f", {args.shift}" if args.shift else "") + (
         f", {args.unknown} unknown shapes each" if args.unknown else ""
     )
@@ -40,15 +40,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if rc == EXIT_OK:
         q = held_out[0]
         st, what = q["set"], "every image (the calibration was fitted elsewhere)"
-        if not args.calibration:
+        if args.no_gold and not args.calibration:
+            what = "every image (no gold set, no calibration: every label that passes QC)"
+        elif not args.calibration:
             what = f"the {q['images']} images not used to fit (ground_truth/holdout.json)"
-        print(
-            f"\nexported set on {what}:\n  precision {_f3(st['precision'])}   recall {_f3(st['recall'])}   "
-            f"(TP {st['tp']}, FP {st['fp']}, FN {st['fn']})\n"
-            f"  quality         : {os.path.join(args.output, 'quality.json')}\n"
-            f"  held-out quality: {os.path.join(args.output, 'holdout_quality.json')}\n  ground "
-            f"truth    : {os.path.join(args.output, 'ground_truth')}"
-        )
+        lines = [
+            f"\nexported set on {what}:",
+            f"  precision {_f3(st['precision'])}   recall {_f3(st['recall'])}   "
+            f"(TP {st['tp']}, FP {st['fp']}, FN {st['fn']})",
+        ]
+        if os.path.exists(os.path.join(args.output, "quality.json")):  # not without a gold set
+            lines.append(f"  quality         : {os.path.join(args.output, 'quality.json')}")
+        lines.append(f"  held-out quality: {os.path.join(args.output, 'holdout_quality.json')}")
+        lines.append(f"  ground truth    : {os.path.join(args.output, 'ground_truth')}")
+        print("\n".join(lines))
         if rounds[0] is not None:
             print("\n" + _round_lines(rounds[0]))
     return rc
@@ -164,6 +169,12 @@ def _register_demo(sub: Any) -> None:
         "(with --calibration from an unshifted demo: the drift check, docs/gold-sets.md)",
     )
     d.add_argument("--on-drift", choices=["warn", "review", "fail"], help="accept.on_drift for this demo run")
+    d.add_argument(
+        "--no-gold",
+        action="store_true",
+        help="run with no gold set and no calibration, as a new ontology starts: every label that passes QC is "
+        "exported; with --review-round, the round's re-fit is the first calibration (docs/gold-sets.md)",
+    )
     d.add_argument(
         "--review-round",
         type=int,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from segflow.tasks.io.images import DEFAULT_MAX_PIXELS
+from segflow.tasks.io.video import VIDEO_SUFFIXES
 from segflow.tasks.stages.registry import ADAPTERS, config_class, on_registry_change
 from segflow.tasks.stages.settings import ModelStageSettings, StageSettings, Strict, TilesConfig
 from segflow.tasks.stages.settings.instances import MaskRcnnStage, YoloSegStage
@@ -52,6 +53,7 @@ __all__ = [
     "Sam3Stage",
     "SamStage",
     "SourceConfig",
+    "VideoSourceConfig",
     "YoloSegStage",
     "YoloStage",
     "job_json_schema",
@@ -61,8 +63,39 @@ DEFAULT_EXTENSIONS = [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp",
 _STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
+class VideoSourceConfig(Strict):
+    """Videos: video files (mp4, mov, mkv, webm) and frame folders, labelled frame by frame in clips."""
+
+    every: int | None = Field(None, ge=1, description="Label every N-th frame (default: every frame, unless `fps`).")
+    fps: float | None = Field(
+        None, gt=0, description="Label about this many frames a second: the frame nearest each tick (not with `every`)."
+    )
+    max_side: int | None = Field(
+        None, ge=16, description="Frames larger than this on their long side are scaled down to it first."
+    )
+    clip_frames: int = Field(64, ge=1, description="Labelled frames per clip; a clip is a shard (one video each).")
+    extensions: builtins.list[str] = Field(
+        default_factory=lambda: [*VIDEO_SUFFIXES], description="Video file extensions (case-insensitive)."
+    )
+    frame_folders: bool = Field(
+        True,
+        description="A folder of image files is one video, its frames in name order (every image of the source "
+        "is then a frame of its folder's video).",
+    )
+    folder_fps: float | None = Field(
+        None, gt=0, description="Frame rate of frame folders: their frames' timestamps and `fps` sampling."
+    )
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> VideoSourceConfig:
+        if self.every is not None and self.fps is not None:
+            raise ValueError("give 'every' or 'fps', not both")
+        return self
+
+
 class SourceConfig(Strict):
-    """Where the images are: a URL/path with an optional glob, or a text file listing URIs."""
+    """Where the images are: a URL/path with an optional glob, or a text file listing URIs; with `video`, where
+    the videos are."""
 
     url: str | None = Field(None, description="Folder or prefix (any fsspec URL or local path).")
     pattern: str | None = Field(
@@ -77,6 +110,9 @@ class SourceConfig(Strict):
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options (e.g. endpoint_url). Never credentials."
+    )
+    video: VideoSourceConfig | None = Field(
+        None, description="Label videos: the source's video files and frame folders, frame by frame, in clips."
     )
 
     @model_validator(mode="after")
@@ -150,7 +186,8 @@ class RuntimeConfig(Strict):
         0.5,
         ge=0.0,
         le=1.0,
-        description="A shard fails (and is not committed) when a larger share of its images cannot be read or decoded.",
+        description="A shard fails (and is not committed) when a larger share of its images cannot be read or decoded "
+        "(not a clip of a video file: a video that cannot be read is recorded as failed, with its reason).",
     )
 
 

@@ -76,8 +76,12 @@ def prepare_demo(
     shift: str | None = None,
     unknown: int = 0,
     large: bool = False,
+    gold: bool = True,
 ) -> dict[str, str]:
     """Write the scene set and its ground truth; return the CLI overrides for the demo job.
+
+    ``gold=False`` (and no ``calibration``): the job runs with no gold set and no calibration, as a user starting
+    a new ontology does: every label that passes QC is exported (the review loop's starting point).
 
     ``shift``: render the scenes darkened, blurred or as JPEG quality 25
     (:data:`segflow.demo.synthetic.SHIFTS`), the ground truth unchanged. ``unknown``: objects of shapes outside
@@ -88,12 +92,16 @@ def prepare_demo(
     for owned in ("images", "ground_truth", "out"):  # a new demo never reuses an earlier one's plan or commits
         if (folder / owned).exists():
             shutil.rmtree(folder / owned)
+    for owned in ("quality.json", "holdout_quality.json"):  # nor shows an earlier one's figures
+        (folder / owned).unlink(missing_ok=True)
     gt = folder / "ground_truth"
     if large:
         write_large_scene_set(folder / "images", num_images, seed=seed, gt_dir=gt)
     else:
         write_scene_set(folder / "images", num_images, seed=seed, corrupt=True, gt_dir=gt, shift=shift, unknown=unknown)
     split_gold(gt / "instances.json", gt / "fit.json", gt / "holdout.json")
+    if not gold and not calibration:
+        return {"source": str(folder / "images"), "output": str(folder / "out")}
     return (
         {
             "source": str(folder / "images"),
@@ -110,7 +118,8 @@ def finish_demo(folder: str | Path, output: str, fitted_here: bool = True) -> Qu
     images the calibration did not see (``holdout_quality.json``: the gold set's other half when it was
     ``fitted_here``, else every image). Returns that measurement."""
     folder = Path(folder)
-    shutil.copyfile(Path(output) / "quality.json", folder / "quality.json")
+    if (Path(output) / "quality.json").exists():  # not without a gold set
+        shutil.copyfile(Path(output) / "quality.json", folder / "quality.json")
     holdout = folder / "ground_truth" / ("holdout.json" if fitted_here else "instances.json")
     q = holdout_quality(output, str(holdout))
     (folder / "holdout_quality.json").write_text(json.dumps(q, indent=2))

@@ -324,7 +324,8 @@ def _calibrate_class(
         g = tuple(gold_fold.get(k, zero).tolist())
         held += _counts(s[test_k], tp[test_k], w[test_k], g, t)
         rest = fold != k
-        tr = recall_threshold(s[rest], tp[rest], n_gold_w - float(gold_fold.get(k, zero)[1]), fit.review_recall, w[rest])
+        rest_gold = n_gold_w - float(gold_fold.get(k, zero)[1])
+        tr = recall_threshold(s[rest], tp[rest], rest_gold, fit.review_recall, w[rest])
         low = min(t, tr) if t is not None and tr is not None else (tr if t is None else None)
         held_review += _counts(s[fold == k], tp[fold == k], w[fold == k], g, low if rows else None)
     model, s = _scorer(fit.score, rows, np.ones(len(rows), bool))

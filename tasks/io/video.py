@@ -35,6 +35,7 @@ __all__ = [
     "VideoLoadError",
     "VideoInfo",
     "DecodedFrame",
+    "FrameRef",
     "Clip",
     "probe_video",
     "probe_frame_folder",
@@ -99,6 +100,23 @@ class DecodedFrame:
     pixels: np.ndarray
 
 
+@dataclass(frozen=True)
+class FrameRef:
+    """Where a labelled frame sits: its ``video`` (the video file's or frame folder's key), ``index`` (frame number;
+    None for a video that could not be read) and ``timestamp_s``."""
+
+    video: str
+    index: int | None
+    timestamp_s: float | None
+
+    @classmethod
+    def of_row(cls, row: dict[str, Any]) -> FrameRef | None:
+        """The frame a plan row is (None: a still image, or a plan written before videos)."""
+        if row.get("video") is None:
+            return None
+        return cls(str(row["video"]), row.get("frame_index"), row.get("timestamp_s"))
+
+
 @dataclass(frozen=True, order=True)
 class Clip:
     """A shard of a video: its sampled frames ``first`` .. ``last`` (inclusive; frame numbers as
@@ -132,6 +150,8 @@ def _open(source: Any) -> Any:
     """``av.open`` on a path or a binary file object, its failures as :class:`VideoLoadError`."""
     import av
 
+    if hasattr(source, "seek"):  # a file object another container read before
+        source.seek(0)
     try:
         container = av.open(source, mode="r", metadata_errors="ignore")
     except av.error.FFmpegError as e:

@@ -58,7 +58,10 @@ shard_id           string        shard that produced the row
 ``file_name`` (key relative to the source root), ``width``/``height`` (null
 when the image failed), ``status`` (``ok`` | ``failed``), ``error`` (the
 reason, null when ok), ``exif_orientation``, ``num_masks``, ``shard_id``, ``qc_flags`` (image QC flags:
-``no_labels``, ``label_count_outlier``; null without a qc stage).
+``no_labels``, ``label_count_outlier``; null without a qc stage), the image statistics of the drift check
+(``brightness``, ``contrast``, ``sharpness``, ``jpeg_quality``), and for a video's frame ``video`` (the video
+file's or frame folder's key), ``frame_index`` (0-based, before sampling) and ``timestamp_s`` (null for still
+images).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ import pyarrow as pa
 
 from segflow.tasks.evaluate.novelty import shape_features
 from segflow.tasks.io.image_stats import ImageStats
+from segflow.tasks.io.video import FrameRef
 from segflow.tasks.record import Detections
 
 __all__ = ["MASKS_SCHEMA", "IMAGES_SCHEMA", "PANOPTIC_SCHEMA", "MAX_MASKS_PER_IMAGE", "ShardTables"]
@@ -142,6 +146,9 @@ IMAGES_SCHEMA = pa.schema(
         ("contrast", pa.float32()),
         ("sharpness", pa.float32()),
         ("jpeg_quality", pa.float32()),
+        ("video", pa.string()),
+        ("frame_index", pa.int64()),
+        ("timestamp_s", pa.float64()),
     ]
 )
 
@@ -156,8 +163,8 @@ class ShardTables:
     images: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in IMAGES_SCHEMA})
     panoptic: dict[str, list] = field(default_factory=lambda: {f.name: [] for f in PANOPTIC_SCHEMA})
 
-    def add_failed_image(self, image_id: int, uri: str, key: str, error: str) -> None:
-        self._image(image_id, uri, key, None, None, "failed", error, None, 0, None)
+    def add_failed_image(self, image_id: int, uri: str, key: str, error: str, frame: FrameRef | None = None) -> None:
+        self._image(image_id, uri, key, None, None, "failed", error, None, 0, None, frame=frame)
 
     def add_image(
         self,
@@ -169,8 +176,9 @@ class ShardTables:
         outputs: list[tuple[str, str, str | None, Detections]],
         panoptic: tuple[str, dict[str, str], Detections] | None = None,
         stats: ImageStats | None = None,
+        frame: FrameRef | None = None,
     ) -> int:
-        """Record an image, its masks and its panoptic segments.
+        """Record an image (or a video's frame: ``frame``), its masks and its panoptic segments.
 
         Arguments:
           outputs: ``(stage, model, prompt_model, dets)`` per instance sink stage.
@@ -220,7 +228,7 @@ class ShardTables:
             self._panoptic(image_id, uri, (h, w), panoptic, first_id)
         checked = [d for *_, d in outputs if "qc_image_flags" in d.meta]
         flags = [f for d in checked for f in d.meta["qc_image_flags"]] if checked else None
-        self._image(image_id, uri, key, h, w, "ok", None, exif_orientation, k, flags, stats)
+        self._image(image_id, uri, key, h, w, "ok", None, exif_orientation, k, flags, stats, frame)
         return k
 
     def _panoptic(
@@ -266,10 +274,15 @@ class ShardTables:
             if is_out:
                 self.images["qc_flags"][i] = (self.images["qc_flags"][i] or []) + ["label_count_outlier"]
 
-    def _image(self, image_id, uri, key, h, w, status, error, orientation, num_masks, qc_flags, stats=None) -> None:
+    def _image(
+        self, image_id, uri, key, h, w, status, error, orientation, num_masks, qc_flags, stats=None, frame=None
+    ) -> None:
         i = self.images
         for name in ("brightness", "contrast", "sharpness", "jpeg_quality"):
             i[name].append(None if stats is None else getattr(stats, name))
+        i["video"].append(None if frame is None else frame.video)
+        i["frame_index"].append(None if frame is None else frame.index)
+        i["timestamp_s"].append(None if frame is None else frame.timestamp_s)
         i["image_id"].append(image_id)
         i["image_uri"].append(uri)
         i["file_name"].append(key)

@@ -9,6 +9,9 @@ on that output, so shards never reshuffle and image ids never change:
   to the source root; the COCO ``file_name``), ``size`` (bytes, -1 unknown),
   ``etag`` (object stores' ETag, null elsewhere).
   One Parquet row group per shard, so a shard reads only its own rows.
+  Video frames (``source.video``; :mod:`segflow.tasks.plan.videos`) add ``video`` (the video's key),
+  ``frame_index``, ``timestamp_s`` and ``frame_source`` (``file``: decoded from the video at ``uri``;
+  ``image``: ``uri`` is the frame's own image, in a frame folder); a shard is then a clip of one video.
 * ``OUTPUT/plan/plan.json`` -- the source spec, shard size, counts and the
   fingerprint that decides whether an existing plan can be reused.
 
@@ -54,8 +57,15 @@ PLAN_SCHEMA = pa.schema(
         ("key", pa.string()),
         ("size", pa.int64()),
         ("etag", pa.string()),
+        ("video", pa.string()),
+        ("frame_index", pa.int64()),
+        ("timestamp_s", pa.float64()),
+        ("frame_source", pa.string()),
     ]
 )
+
+#: The columns a video frame's row adds (null for still images, and absent from plans written before them).
+VIDEO_COLUMNS = ("video", "frame_index", "timestamp_s", "frame_source")
 
 
 class PlanError(Exception):
@@ -267,6 +277,7 @@ def write_plan_rows(
                         "key": [b[1] for b in batch],
                         "size": pa.array([b[2] for b in batch], pa.int64()),
                         "etag": [b[3] for b in batch],
+                        **{c: pa.nulls(len(batch), PLAN_SCHEMA.field(c).type) for c in VIDEO_COLUMNS},
                     },
                     schema=PLAN_SCHEMA,
                 )
@@ -306,7 +317,14 @@ def make_plan(job: JobConfig) -> Plan:
         return Plan(job.output, list(meta["shard_ids"]), int(meta["num_images"]), reused=True)
 
     buf = io.BytesIO()
-    shard_ids, n = write_plan_rows(iter_source(job.source), job.shard_size, buf)
+    if job.source.video is not None:
+        if getattr(job, "incremental", False):
+            raise PlanError("incremental: true is not supported for video sources yet")
+        from segflow.tasks.plan.videos import iter_video_shards, write_video_plan_rows
+
+        shard_ids, n = write_video_plan_rows(iter_video_shards(job.source), buf)
+    else:
+        shard_ids, n = write_plan_rows(iter_source(job.source), job.shard_size, buf)
     _, parquet_path = open_fs(parquet_url)
     write_bytes(fs, parquet_path, buf.getvalue())
     unique = shard_ids

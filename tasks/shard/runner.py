@@ -35,6 +35,7 @@ from segflow.tasks.io.images import DecodedImage, ImageLoadError, decode_image
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.retry import RetryPolicy, is_transient, retry_call
 from segflow.tasks.io.storage import join, open_fs, redact, write_bytes
+from segflow.tasks.io.video import FrameRef
 from segflow.tasks.outputs.manifest import ShardTables
 from segflow.tasks.outputs.panoptic_export import render_shard
 from segflow.tasks.plan.planner import read_shard_rows
@@ -75,7 +76,10 @@ log = logging.getLogger("segflow.shard")
 READ_RETRIES = RetryPolicy(tries=5, base=0.2, cap=5.0)
 
 
-def _read_and_decode(row: dict, storage_options: dict, max_pixels: int) -> DecodedImage | str:
+def _read_and_decode(
+    row: dict, storage_options: dict, max_pixels: int, max_side: int | None = None
+) -> DecodedImage | str:
+    """An image (or a frame folder's frame, scaled to ``max_side``) decoded, or the reason it failed."""
     tries = [0]
 
     def read() -> bytes:
@@ -96,22 +100,64 @@ def _read_and_decode(row: dict, storage_options: dict, max_pixels: int) -> Decod
         decoded = decode_image(data, max_pixels=max_pixels)
     except ImageLoadError as e:
         return str(e)
+    if max_side and row.get("frame_source") == "image":
+        from segflow.tasks.io.video import resize_max_side
+
+        decoded = dataclasses.replace(decoded, pixels=resize_max_side(decoded.pixels, max_side))
     return dataclasses.replace(decoded, stats=image_stats(decoded.pixels, decoded.jpeg_quality))
 
 
+def _video_stream(rows: list[dict], job: JobConfig) -> Iterator[tuple[dict, DecodedImage | str]]:
+    """Yield ``(row, frame or error)`` for a clip's rows (frames of one video file, ascending), decoding the file
+    once, frame by frame (:func:`segflow.tasks.io.video.iter_video_frames`); the rows after a failure get its
+    reason."""
+    from segflow.tasks.io.video import VideoLoadError, iter_video_frames, probe_video
+
+    video = job.source.video
+    max_side = video.max_side if video is not None else None
+    done = 0
+    try:
+        fs, path = open_fs(rows[0]["uri"], job.source.storage_options)
+        with fs.open(path, "rb") as f:
+            info = probe_video(f)
+            if any(r.get("frame_index") is None for r in rows):
+                raise VideoLoadError(f"{info.frames} frames at an unknown frame rate: sample it with `every`")
+            by_index = {int(r["frame_index"]): r for r in rows}
+            for frame in iter_video_frames(f, sorted(by_index), max_side, info):
+                row = by_index[frame.index]
+                stats = image_stats(frame.pixels, None)
+                yield row, DecodedImage(pixels=frame.pixels, exif_orientation=1, stats=stats)
+                done += 1
+    except VideoLoadError as e:
+        reason = str(e)
+    except FileNotFoundError:
+        reason = "file not found"
+    except Exception as e:  # noqa: BLE001 - any read failure is this clip's failure
+        reason = f"read error: {type(e).__name__}: {e}"
+    else:
+        return
+    for row in rows[done:]:
+        yield row, reason
+
+
 def _decoded_stream(rows: list[dict], job: JobConfig) -> Iterator[tuple[dict, DecodedImage | str]]:
-    """Yield ``(row, image or error)`` in plan order, ``prefetch`` threads reading and decoding.
+    """Yield ``(row, image or error)`` in plan order, ``prefetch`` threads reading and decoding (a clip of a video
+    file: :func:`_video_stream`).
 
     Up to one batch (``job.chunk_size()``) plus ``prefetch`` images are in flight or waiting, so while the
     models work on one batch the next one is read: on an object store each read is a round trip, and a
     window of ``prefetch`` alone would leave the batch to be fetched after the models finish.
     """
+    if rows and rows[0].get("frame_source") == "file":
+        yield from _video_stream(rows, job)
+        return
     threads = job.runtime.prefetch
     ahead = threads + job.chunk_size()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="segflow-read") as pool:
+        max_side = job.source.video.max_side if job.source.video is not None else None
 
         def submit(row: dict) -> tuple[dict, Future]:
-            return row, pool.submit(_read_and_decode, row, job.source.storage_options, job.source.max_pixels)
+            return row, pool.submit(_read_and_decode, row, job.source.storage_options, job.source.max_pixels, max_side)
 
         it = iter(rows)
         pending: deque[tuple[dict, Future]] = deque(submit(r) for r in itertools.islice(it, ahead))
@@ -213,7 +259,8 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
     if qc is not None and qc.count_outlier.action != "off":
         tables.flag_count_outliers(qc.count_outlier.mads, qc.count_outlier.min)
     limit = job.runtime.max_failed_fraction
-    if rows and n_failed / len(rows) > limit:
+    one_file = rows[0].get("frame_source") == "file"  # a clip of one video file: its failure is the file's, recorded
+    if rows and not one_file and n_failed / len(rows) > limit:
         errors = [f"{redact(u)}: {e}" for u, e in zip(tables.images["image_uri"], tables.images["error"]) if e][:3]
         raise ShardFailed(
             f"{shard_id}: {n_failed} of {len(rows)} images failed ({n_failed / len(rows):.0%} "
@@ -293,7 +340,7 @@ class _ShardLabeler:
                 break
             row, result = item
             if isinstance(result, str):
-                self.tables.add_failed_image(row["image_id"], row["uri"], row["key"], result)
+                self.tables.add_failed_image(row["image_id"], row["uri"], row["key"], result, FrameRef.of_row(row))
                 self.n_failed += 1
                 progress.advance(images=1, failed=1)
                 continue
@@ -314,8 +361,9 @@ class _ShardLabeler:
             outputs = [(*self.provenance[s], results[s][i]) for s in self.sinks]
             pan = (self.pan_sink, self.identities, results[self.pan_sink][i]) if self.pan_sink else None
             size = (img.height, img.width)
+            frame = FrameRef.of_row(row)
             k = self.tables.add_image(
-                row["image_id"], row["uri"], row["key"], size, img.exif_orientation, outputs, pan, stats=img.stats
+                row["image_id"], row["uri"], row["key"], size, img.exif_orientation, outputs, pan, img.stats, frame
             )
             self.n_masks += k
             progress.advance(images=1, masks=k)

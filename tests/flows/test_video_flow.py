@@ -1,0 +1,122 @@
+"""A job over videos (`source.video`): video files and a frame folder labelled frame by frame in clips, through the
+demo's detector and SAM; a broken video recorded with its reason while the others finish."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+import yaml
+from PIL import Image
+
+from segflow.flows import cli
+from segflow.tasks.io.video import iter_video_frames
+
+pytest.importorskip("av")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _scene_frames(seed: int, n: int, size=(144, 192)) -> list[np.ndarray]:
+    """``n`` frames of one demo scene, panning 3 px a frame (H x W x 3 uint8)."""
+    from segflow.demo.synthetic import make_scene
+
+    h, w = size
+    scene = make_scene(np.random.default_rng(seed), w + 3 * n, h, max_objects=5, min_objects=3)
+    return [np.ascontiguousarray(scene.pixels[:, 3 * i : 3 * i + w]) for i in range(n)]
+
+
+def _write(path: Path, frames: list[np.ndarray], codec: str, fps: int = 10) -> Path:
+    import av
+
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        s = out.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
+def _job(tmp_path: Path, source: Path, output: Path, video: dict | None) -> Path:
+    demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    stages = {k: demo["stages"][k] for k in ("detector", "masks")}
+    for st in stages.values():
+        st["weights"] = str(ROOT / "configs" / st["weights"])
+    job = {
+        "name": "video",
+        "source": {"url": str(source), **({"video": video} if video else {})},
+        "output": str(output),
+        "ontology": [c for c in demo["ontology"] if c.get("isthing", True)],
+        "stages": stages,
+    }
+    path = tmp_path / f"{output.name}.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def _rows(output: Path, name: str) -> list[dict]:
+    return ds.dataset(str(output / "manifest" / f"{name}.parquet")).to_table().to_pylist()
+
+
+def test_videos_and_a_frame_folder_are_labelled_frame_by_frame_in_clips(prefect_harness, tmp_path):
+    src = tmp_path / "videos"
+    (src / "park").mkdir(parents=True)
+    _write(src / "walk.mp4", _scene_frames(1, 12), "libx264")
+    _write(src / "road.mkv", _scene_frames(2, 7), "libx264")
+    for i, f in enumerate(_scene_frames(3, 5)):
+        Image.fromarray(f).save(src / "park" / f"{i:04d}.png")
+    broken = (src / "walk.mp4").read_bytes()
+    (src / "cut.mp4").write_bytes(broken[: len(broken) // 2])
+    (src / "junk.webm").write_bytes(b"\x1a\x45\xdf\xa3 not really matroska" * 10)
+    out = tmp_path / "out"
+    video = {"every": 2, "clip_frames": 4, "max_side": 160, "folder_fps": 5}
+    assert cli.main(["run", str(_job(tmp_path, src, out, video)), "--no-progress"]) == 0
+
+    plan = json.loads((out / "plan" / "plan.json").read_text())
+    images = {(r["video"], r["frame_index"]): r for r in _rows(out, "images")}
+    walk = sorted(i for v, i in images if v == "walk.mp4")
+    assert walk == [0, 2, 4, 6, 8, 10]
+    assert sorted(i for v, i in images if v == "park") == [0, 2, 4]
+    assert sorted(i for v, i in images if v == "road.mkv") == [0, 2, 4, 6]
+    # clips are shards: walk (6 frames) 4 + 2, road 4, park 3, cut, junk
+    assert len({r["shard_id"] for r in images.values() if r["video"] == "walk.mp4"}) == 2
+    assert plan["num_shards"] == 2 + 1 + 1 + 1 + 1
+    w0 = images[("walk.mp4", 4)]
+    assert (w0["status"], w0["file_name"], w0["width"], w0["height"]) == ("ok", "walk/000004", 160, 120)
+    assert w0["timestamp_s"] == pytest.approx(0.4)
+    p2 = images[("park", 2)]
+    assert (p2["file_name"], p2["timestamp_s"], p2["width"]) == ("park/0002.png", pytest.approx(0.4), 160)
+    junk = [r for (v, _), r in images.items() if v == "junk.webm"]
+    assert len(junk) == 1 and junk[0]["status"] == "failed" and "not a readable video" in junk[0]["error"]
+    cut = [r for (v, _), r in images.items() if v == "cut.mp4"]  # an mp4 cut short loses its index (at the end)
+    assert len(cut) == 1 and cut[0]["status"] == "failed" and cut[0]["frame_index"] is None
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed_images"] == 2
+    ok = [r for r in images.values() if r["status"] == "ok"]
+    masks = _rows(out, "masks")
+    assert len(masks) >= 2 * len(ok)  # the demo's 3-5 shapes a frame are found in frames as in images
+    assert {m["image_id"] for m in masks} <= {r["image_id"] for r in ok}
+
+    # the same frames, decoded and saved as still images, labelled by an image job: the same masks
+    stills = tmp_path / "stills"
+    (stills / "walk").mkdir(parents=True)
+    for f in iter_video_frames(str(src / "walk.mp4"), walk, max_side=160):
+        Image.fromarray(f.pixels).save(stills / "walk" / f"{f.index:06d}.png")
+    out2 = tmp_path / "out-stills"
+    assert cli.main(["run", str(_job(tmp_path, stills, out2, None)), "--no-progress"]) == 0
+    still_ids = {r["file_name"].removesuffix(".png"): r["image_id"] for r in _rows(out2, "images")}
+    frame_ids = {r["file_name"]: r["image_id"] for r in images.values() if r["video"] == "walk.mp4"}
+
+    def by_frame(rows, ids):
+        inv = {v: k for k, v in ids.items()}
+        return sorted((inv[m["image_id"]], m["category_id"], m["rle_counts"]) for m in rows if m["image_id"] in inv)
+
+    from_video = by_frame(masks, frame_ids)
+    assert from_video and from_video == by_frame(_rows(out2, "masks"), still_ids)
