@@ -64,7 +64,8 @@ _STAGE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 class VideoSourceConfig(Strict):
-    """Videos: video files (mp4, mov, mkv, webm) and frame folders, labelled frame by frame in clips."""
+    # videos: video files (mp4, mov, mkv, webm) and frame folders, labelled frame by frame in clips (docs/video.md);
+    # no docstring, so docs/config.md lists its keys under `source.video.` (segflow.config.reference)
 
     every: int | None = Field(None, ge=1, description="Label every N-th frame (default: every frame, unless `fps`).")
     fps: float | None = Field(
