@@ -44,6 +44,8 @@ __all__ = [
     "iter_video_frames",
     "iter_folder_frames",
     "resize_max_side",
+    "labelled_pixels",
+    "pixels_key",
 ]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm")
@@ -352,3 +354,37 @@ def iter_folder_frames(
         except (ImageLoadError, OSError) as e:
             raise VideoLoadError(f"frame {i} ({files[i].rsplit('/', 1)[-1]}): {e}") from None
         yield DecodedFrame(i, i / fps if fps else None, resize_max_side(pixels, max_side))
+
+
+def pixels_key(row: dict[str, Any]) -> tuple[str, int | None]:
+    """What identifies a manifest row's pixels: its URI, and its frame number for a video's frame."""
+    return str(row["image_uri"]), row.get("frame_index")
+
+
+def labelled_pixels(uri: str, frame_index: int | None = None, size_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """The pixels the stages saw for a manifest row (H x W x 3, uint8): the image at ``uri`` (EXIF orientation
+    applied), or frame ``frame_index`` of the video at ``uri`` (rotation applied), scaled to ``size_hw`` (the row's
+    height and width) when it was labelled smaller (``source.video.max_side``). Reads one image, or streams the
+    video up to that frame.
+
+    Raises:
+      VideoLoadError, ImageLoadError, OSError: the pixels cannot be read.
+    """
+    from segflow.tasks.io.images import decode_image
+    from segflow.tasks.io.storage import open_fs
+
+    fs, path = open_fs(uri)
+    pixels = None
+    if frame_index is not None and uri.lower().endswith(VIDEO_SUFFIXES):
+        with fs.open(path, "rb") as f:
+            pixels = next(iter_video_frames(f, [frame_index]), DecodedFrame(0, None, np.zeros((0, 0, 3)))).pixels
+        if pixels.size == 0:
+            raise VideoLoadError(f"frame {frame_index} not found")
+    else:
+        pixels = decode_image(fs.cat_file(path)).pixels
+    if size_hw is not None and pixels.shape[:2] != tuple(size_hw):
+        from PIL import Image
+
+        h, w = size_hw
+        pixels = np.asarray(Image.fromarray(pixels).resize((w, h), Image.Resampling.BOX), np.uint8)
+    return pixels

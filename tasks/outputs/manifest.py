@@ -25,6 +25,9 @@ prompt_model       string        same for the detector (null when none)
 shard_id           string        shard that produced the row
 qc_verdict         string        ``pass`` | ``flag`` | ``reject`` (null without a qc stage)
 qc_reasons         list<string>  QC rules that fired (null without a qc stage)
+video              string        a video's frame: the video's key (null for still images)
+frame_index        int64         its frame number, 0-based, before sampling (null for still images)
+timestamp_s        float64       seconds from the video's start (null for still images)
 =================  ============  ==========================================================
 
 Finalize adds four columns to the manifest's parts (the committed shard files
@@ -105,6 +108,9 @@ MASKS_SCHEMA = pa.schema(
         ("qc_verdict", pa.string()),
         ("qc_reasons", pa.list_(pa.string())),
         ("shape", pa.list_(pa.float32())),
+        ("video", pa.string()),
+        ("frame_index", pa.int64()),
+        ("timestamp_s", pa.float64()),
     ]
 )
 
@@ -223,6 +229,9 @@ class ShardTables:
             m["shape"].extend(
                 shape_features(list(dets.masks_or_raise("rle_counts")), h, w, dets.mask_bboxes_xywh()).tolist()
             )
+            m["video"].extend([None if frame is None else frame.video] * n)
+            m["frame_index"].extend([None if frame is None else frame.index] * n)
+            m["timestamp_s"].extend([None if frame is None else frame.timestamp_s] * n)
             k += n
         if panoptic is not None:
             self._panoptic(image_id, uri, (h, w), panoptic, first_id)

@@ -29,9 +29,9 @@ import pyarrow.compute as pc
 
 from segflow.tasks import rle
 from segflow.tasks.documents import QcReportCounts
-from segflow.tasks.io.images import decode_image
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import join, open_fs, write_bytes
+from segflow.tasks.io.video import labelled_pixels, pixels_key
 from segflow.tasks.records import VERDICT_COLOURS, rgb
 
 __all__ = ["QcAccumulator", "write_qc_report", "contact_sheet"]
@@ -55,6 +55,7 @@ SAMPLE_COLUMNS = [
     "verdict_reasons",
     "prompt_box",
     "novelty",
+    "frame_index",
 ]
 
 
@@ -100,7 +101,8 @@ class QcAccumulator:
                     self.hist[v][metric] += np.histogram(np.clip(vals, 0.0, 1.0), self._BINS)[0]
                 rows_v = np.flatnonzero(sel)
                 best = rows_v[np.argsort(keys[rows_v], kind="stable")[: max(self.samples_per_verdict, 1)]]
-                picked = masks.take(pa.array(best)).select(SAMPLE_COLUMNS).to_pylist()
+                cols = [c for c in SAMPLE_COLUMNS if c in masks.column_names]  # older commits lack the newest
+                picked = masks.take(pa.array(best)).select(cols).to_pylist()
                 cand = self.candidates[v] + list(zip(keys[best].tolist(), picked))
                 cand.sort(key=lambda t: t[0])
                 self.candidates[v] = cand[: max(self.samples_per_verdict, 1)]
@@ -164,12 +166,13 @@ def contact_sheet(
     verdict: str,
     tile: int = 200,
     columns: int = 6,
-    cache: dict[str, np.ndarray | None] | None = None,
+    cache: dict[tuple[str, int | None], np.ndarray | None] | None = None,
     fmt: str = "PNG",
 ) -> bytes:
     """A grid image (``fmt``: a PIL format): each tile is the mask's neighbourhood, the mask outlined (2 px, verdict
     colour) and lightly tinted, the prompt box in white, with class, detector / calibrated score, predicted IoU and
-    reasons. ``cache``: image URI -> H x W x 3 pixels (None: unreadable), filled with what is read here."""
+    reasons. ``cache``: :func:`segflow.tasks.io.video.pixels_key` -> H x W x 3 pixels (None: unreadable), filled
+    with what is read here."""
     from PIL import Image, ImageDraw
 
     rows = max(1, (len(samples) + columns - 1) // columns)
@@ -177,14 +180,13 @@ def contact_sheet(
     draw = ImageDraw.Draw(sheet)
     cache = {} if cache is None else cache
     for i, r in enumerate(samples):
-        uri = r["image_uri"]
-        if uri not in cache:
+        key = pixels_key(r)
+        if key not in cache:
             try:
-                fs, path = open_fs(uri)
-                cache[uri] = decode_image(fs.cat_file(path)).pixels
+                cache[key] = labelled_pixels(key[0], key[1], (r["height"], r["width"]))
             except Exception:  # noqa: BLE001 - a sheet tile is best effort
-                cache[uri] = None
-        pixels = cache[uri]
+                cache[key] = None
+        pixels = cache[key]
         x0, y0 = (i % columns) * tile, (i // columns) * (tile + 30)
         if pixels is None:
             draw.text((x0 + 4, y0 + 4), "image unavailable", fill=(200, 200, 200))

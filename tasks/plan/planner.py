@@ -42,30 +42,13 @@ import pyarrow.parquet as pq
 from segflow.tasks.documents import PlanMeta
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import is_local, join, open_fs, read_bytes, redact, scrub, url_credential, write_bytes
+from segflow.tasks.plan.rows import PLAN_SCHEMA, VIDEO_COLUMNS, shard_name
 
 if TYPE_CHECKING:
     from segflow.config.schema import JobConfig, SourceConfig
 
 
 __all__ = ["PlanError", "Plan", "list_source", "make_plan", "load_plan", "read_shard_rows", "plan_paths"]
-
-PLAN_SCHEMA = pa.schema(
-    [
-        ("shard_id", pa.string()),
-        ("image_id", pa.int64()),
-        ("uri", pa.string()),
-        ("key", pa.string()),
-        ("size", pa.int64()),
-        ("etag", pa.string()),
-        ("video", pa.string()),
-        ("frame_index", pa.int64()),
-        ("timestamp_s", pa.float64()),
-        ("frame_source", pa.string()),
-    ]
-)
-
-#: The columns a video frame's row adds (null for still images, and absent from plans written before them).
-VIDEO_COLUMNS = ("video", "frame_index", "timestamp_s", "frame_source")
 
 
 class PlanError(Exception):
@@ -84,10 +67,6 @@ class Plan:
 def plan_paths(output: str) -> tuple[str, str]:
     layout = OutputLayout(output)
     return layout.plan_parquet(), layout.plan_json
-
-
-def shard_name(index: int, generation: int = 0) -> str:
-    return f"shard-{index:05d}" if generation == 0 else f"shard-g{generation:04d}-{index:05d}"
 
 
 def _generation_of(shard_id: str) -> int:
@@ -320,9 +299,10 @@ def make_plan(job: JobConfig) -> Plan:
     if job.source.video is not None:
         if getattr(job, "incremental", False):
             raise PlanError("incremental: true is not supported for video sources yet")
-        from segflow.tasks.plan.videos import iter_video_shards, write_video_plan_rows
+        from segflow.tasks.plan.videos import iter_video_shards, listing_source, write_video_plan_rows
 
-        shard_ids, n = write_video_plan_rows(iter_video_shards(job.source), buf)
+        listing = iter_source(listing_source(job.source))
+        shard_ids, n = write_video_plan_rows(iter_video_shards(job.source, listing), buf)
     else:
         shard_ids, n = write_plan_rows(iter_source(job.source), job.shard_size, buf)
     _, parquet_path = open_fs(parquet_url)

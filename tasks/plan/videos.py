@@ -31,11 +31,12 @@ import pyarrow.parquet as pq
 
 from segflow.tasks.io.storage import open_fs, redact
 from segflow.tasks.io.video import VideoInfo, VideoLoadError, plan_clips, probe_video, sample_indices
+from segflow.tasks.plan.rows import PLAN_SCHEMA, shard_name
 
 if TYPE_CHECKING:
     from segflow.config.schema import SourceConfig
 
-__all__ = ["PlanFrame", "iter_video_shards", "write_video_plan_rows", "frame_key"]
+__all__ = ["PlanFrame", "listing_source", "iter_video_shards", "write_video_plan_rows", "frame_key"]
 
 Listed = tuple[str, str, int, "str | None"]  # (uri, key, size, etag) as the source lists them
 PROBE_THREADS = 8  # videos probed at once (on object stores each probe is a few round trips)
@@ -74,18 +75,25 @@ def _probe(uri: str, storage_options: dict[str, Any]) -> VideoInfo | str:
         return f"cannot read: {type(e).__name__}: {e}"
 
 
-def iter_video_shards(source: SourceConfig) -> Iterator[list[PlanFrame]]:
-    """The plan rows of a video source, one list per shard (a clip of one video), in key order."""
-    from segflow.tasks.plan.planner import iter_source
+def listing_source(source: SourceConfig) -> SourceConfig:
+    """``source`` as the planner lists it for videos: video files, and images for frame folders."""
+    video = source.video
+    if video is None:
+        raise ValueError("source.video is not set")
+    exts = [*video.extensions, *(source.extensions if video.frame_folders else [])]
+    return source.model_copy(update={"extensions": exts})
 
+
+def iter_video_shards(source: SourceConfig, listing: Iterable[Listed]) -> Iterator[list[PlanFrame]]:
+    """The plan rows of a video source, one list per shard (a clip of one video), in key order. ``listing``: the
+    source's files as :func:`segflow.tasks.plan.planner.iter_source` lists :func:`listing_source`."""
     video = source.video
     if video is None:
         raise ValueError("source.video is not set")
     vexts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in video.extensions)
-    exts = [*vexts, *(source.extensions if video.frame_folders else [])]
     files: list[Listed] = []
     folders: dict[str, list[Listed]] = {}
-    for item in iter_source(source.model_copy(update={"extensions": exts})):
+    for item in listing:
         if item[1].lower().endswith(vexts):
             files.append(item)
         elif video.frame_folders:
@@ -139,8 +147,6 @@ def write_video_plan_rows(
     """Write a video source's plan rows to a Parquet ``sink``, one row group per shard (clip).
 
     Returns the shard ids and the number of rows (frames, and videos that could not be probed)."""
-    from segflow.tasks.plan.planner import PLAN_SCHEMA, shard_name
-
     shard_ids: list[str] = []
     n = 0
     with pq.ParquetWriter(sink, PLAN_SCHEMA, compression="zstd") as writer:

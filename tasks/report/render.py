@@ -23,6 +23,7 @@ from segflow.tasks.documents import Calibration, CommitRecord, Quality, ReportSa
 from segflow.tasks.evaluate.drift import DRIFT_ADVICE
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.storage import join, open_fs, read_bytes, redact, scrub, write_bytes
+from segflow.tasks.io.video import pixels_key
 from segflow.tasks.records import RunSummary
 from segflow.tasks.report import plots
 from segflow.tasks.report.sampler import ReportSampler
@@ -94,12 +95,13 @@ def _uri(data: bytes | None, mime: str = "image/png") -> str | None:
     return None if data is None else f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def _read_image(uri: str) -> np.ndarray | None:
-    from segflow.tasks.io.images import decode_image
+def _read_image(row: dict) -> np.ndarray | None:
+    """The pixels a sampled row's masks were drawn on (an image, or a video's frame), None when unreadable."""
+    from segflow.tasks.io.video import labelled_pixels
 
     try:
-        fs, path = open_fs(uri)
-        return decode_image(fs.cat_file(path)).pixels
+        size = (row["height"], row["width"]) if row.get("height") and row.get("width") else None
+        return labelled_pixels(row["image_uri"], row.get("frame_index"), size)
     except Exception:  # noqa: BLE001 - a sample the report cannot read is shown as unavailable
         return None
 
@@ -114,7 +116,9 @@ def _jpeg(pixels: np.ndarray, side: int = 320) -> bytes:
     return buf.getvalue()
 
 
-def _previews(layout: OutputLayout, rows: list[dict], cache: dict[str, np.ndarray | None]) -> list[dict]:
+def _previews(
+    layout: OutputLayout, rows: list[dict], cache: dict[tuple[str, int | None], np.ndarray | None]
+) -> list[dict]:
     """Each preview image beside its panoptic map (segments in distinct colours, outlined) and semantic map (the
     palette's class colours), both blended over the image."""
     from PIL import Image
@@ -124,8 +128,9 @@ def _previews(layout: OutputLayout, rows: list[dict], cache: dict[str, np.ndarra
 
     out = []
     for r in rows:
-        pixels = cache.get(r["image_uri"])
-        entry: dict[str, Any] = {"name": redact(r["image_uri"]), "image": None, "panoptic": None, "semantic": None}
+        pixels = cache.get(pixels_key(r))
+        name = redact(r["image_uri"]) + (f" (frame {r['frame_index']})" if r.get("frame_index") is not None else "")
+        entry: dict[str, Any] = {"name": name, "image": None, "panoptic": None, "semantic": None}
         if pixels is not None:
             entry["image"] = _uri(_jpeg(pixels), "image/jpeg")
             for kind, folder in (("panoptic", layout.coco_panoptic_pngs), ("semantic", layout.semantic_pngs)):
@@ -219,11 +224,11 @@ def report_context(
     calibration: Calibration | None = _json(layout.calibration)
     job = scrub(_json(layout.job_json) or {})  # an output others can write to: nothing secret is shown
 
-    uris = {r["image_uri"] for cell in samples["samples"].values() for r in cell}
-    uris |= {r["image_uri"] for r in samples["previews"]}
-    order = sorted(uris)
+    rows = {pixels_key(r): r for cell in samples["samples"].values() for r in cell}
+    rows |= {pixels_key(r): r for r in samples["previews"]}
+    order = sorted(rows, key=lambda k: (k[0], -1 if k[1] is None else k[1]))
     with ThreadPoolExecutor(max_workers=8) as pool:  # on an object store each image is a round trip
-        cache = dict(zip(order, pool.map(_read_image, order), strict=True))
+        cache = dict(zip(order, pool.map(lambda k: _read_image(rows[k]), order), strict=True))
     stages = []
     for name, st in (job.get("stages") or {}).items():
         stages.append(

@@ -111,7 +111,8 @@ class ReportSampler:
 
     def _add_previews(self, images: pa.Table, panoptic: pa.Table) -> None:
         ids = set(panoptic["image_id"].to_pylist())
-        ok = images.filter(pc.equal(images["status"], "ok")).select(["image_id", "image_uri", "width", "height"])
+        cols = [c for c in ("image_id", "image_uri", "width", "height", "frame_index") if c in images.column_names]
+        ok = images.filter(pc.equal(images["status"], "ok")).select(cols)
         cand = self.previews + [(_hash_key(r["image_id"]), r) for r in ok.to_pylist() if r["image_id"] in ids]
         self.previews = sorted(cand, key=lambda t: t[0])[: self.max_previews]
 

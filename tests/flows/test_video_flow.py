@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from segflow.flows import cli
-from segflow.tasks.io.video import iter_video_frames
+from segflow.tasks.io.video import iter_video_frames, labelled_pixels
 
 pytest.importorskip("av")
 
@@ -120,3 +120,11 @@ def test_videos_and_a_frame_folder_are_labelled_frame_by_frame_in_clips(prefect_
 
     from_video = by_frame(masks, frame_ids)
     assert from_video and from_video == by_frame(_rows(out2, "masks"), still_ids)
+
+    # a mask row says which frame it is on, and what the report and contact sheets draw it over is that frame
+    m = next(m for m in masks if m["video"] == "walk.mp4" and m["frame_index"] == 6)
+    assert m["image_id"] == images[("walk.mp4", 6)]["image_id"] and m["timestamp_s"] == pytest.approx(0.6)
+    shown = labelled_pixels(m["image_uri"], m["frame_index"], (m["height"], m["width"]))
+    assert np.array_equal(shown, np.asarray(Image.open(stills / "walk" / "000006.png")))
+    other = labelled_pixels(m["image_uri"], 8, (m["height"], m["width"]))
+    assert not np.array_equal(shown, other)  # negative control: the next sampled frame differs
