@@ -38,7 +38,8 @@ def _rle(seg: Any, h: int, w: int) -> dict:
 
 
 def _answer(shown: list[dict], objects: list[dict], h: int, w: int) -> tuple[list[tuple[dict, str | None]], list]:
-    """``(label, class name it should have or None to delete)`` for each label shown, and the objects missed."""
+    """``(label, class name it should have or None to delete)`` for each label shown (dicts with ``name``, its
+    class, and ``segmentation``), and the objects missed."""
     rles = [_rle(a["segmentation"], h, w) for a in shown]
     truth = [_rle(o["segmentation"], h, w) for o in objects]
     iou = mask_utils.iou(rles, truth, [0] * len(truth)) if rles and truth else np.zeros((len(rles), len(truth)))
@@ -46,14 +47,19 @@ def _answer(shown: list[dict], objects: list[dict], h: int, w: int) -> tuple[lis
     answer: list[tuple[dict, str | None]] = [(a, None) for a in shown]
     found: set[int] = set()
     exported = np.array([(a.get("attributes") or {}).get("segflow_verdict") == "accept" for a in shown], bool)
-    for first in (True, False):
-        for flat in np.argsort(-np.where(exported[:, None] == first, iou, -1.0), axis=None, kind="stable"):
-            i, j = divmod(int(flat), max(1, len(truth)))
-            if iou[i, j] < 0.5 or exported[i] != first:
-                break
-            if answer[i][1] is None and j not in found:
-                answer[i] = (shown[i], objects[j]["name"])
-                found.add(j)
+    same = np.array([[a["name"] == o["name"] for o in objects] for a in shown], bool).reshape(iou.shape)
+    # a careful person keeps a label of the right class on an object before relabelling another one there (a
+    # circle labelled both circle and square: the circle label stays, the square one goes), exported labels first
+    for right_class in (True, False):
+        for first in (True, False):
+            eligible = (exported[:, None] == first) & (same if right_class else np.ones_like(same))
+            for flat in np.argsort(-np.where(eligible, iou, -1.0), axis=None, kind="stable"):
+                i, j = divmod(int(flat), max(1, len(truth)))
+                if iou[i, j] < 0.5 or not eligible[i, j]:
+                    break
+                if answer[i][1] is None and j not in found:
+                    answer[i] = (shown[i], objects[j]["name"])
+                    found.add(j)
     return answer, [(objects[j], truth[j]) for j in range(len(objects)) if j not in found]
 
 
@@ -84,9 +90,11 @@ def review_coco(review_file: str | Path, ground_truth: str | Path, out: str | Pa
     kept, next_id = [], 1 + max([a["id"] for a in doc["annotations"]] + [0])
     for im in doc["images"]:
         truth = objects.get(gold_image.get(im["file_name"], -1), [])
-        answer, missed = _answer(by_image.get(im["id"], []), truth, im["height"], im["width"])
+        shown = [a | {"name": names[a["category_id"]]} for a in by_image.get(im["id"], [])]
+        answer, missed = _answer(shown, truth, im["height"], im["width"])
         for a, name in answer:
             if name is not None:
+                a = {k: v for k, v in a.items() if k != "name"}
                 kept.append(a if names[a["category_id"]] == name else a | {"category_id": ids[name]})
         for obj, rle in missed:
             counts = rle["counts"].decode() if isinstance(rle["counts"], bytes) else rle["counts"]
