@@ -21,6 +21,8 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "INSTANCE_ROLES",
+    "PASS_THROUGH_ROLES",
     "ExportResult",
     "Publication",
     "QcVerdict",
@@ -49,9 +51,16 @@ class Role(StrEnum):
     DETECTOR = "detector"
     SEGMENTER = "segmenter"
     QC = "qc"
+    TRACKER = "tracker"
     INSTANCES = "instances"
     PANOPTIC = "panoptic"
     MERGE = "merge"
+
+
+#: Roles whose stages produce instance masks, the order an input is looked for among a stage's needs.
+INSTANCE_ROLES: tuple[str, ...] = (Role.SEGMENTER, Role.QC, Role.TRACKER, Role.INSTANCES)
+#: Instance roles that pass the rows of the stage they need through, adding fields (a verdict, a track id).
+PASS_THROUGH_ROLES: tuple[str, ...] = (Role.QC, Role.TRACKER)
 
 
 #: hex colours of the verdicts (and of ``novel``), for plots and contact sheets alike

@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from segflow.tasks.io.images import DEFAULT_MAX_PIXELS
 from segflow.tasks.io.video import VIDEO_SUFFIXES
+from segflow.tasks.records import INSTANCE_ROLES
 from segflow.tasks.stages.registry import ADAPTERS, config_class, on_registry_change
 from segflow.tasks.stages.settings import ModelStageSettings, StageSettings, Strict, TilesConfig
 from segflow.tasks.stages.settings.instances import MaskRcnnStage, YoloSegStage
@@ -31,6 +32,7 @@ from segflow.tasks.stages.settings.sam2 import Sam2Stage
 from segflow.tasks.stages.settings.sam3 import Sam3Stage
 from segflow.tasks.stages.settings.sam_auto import SamAutoStage
 from segflow.tasks.stages.settings.semantic import SemanticStage
+from segflow.tasks.stages.settings.track import TrackStage
 from segflow.tasks.stages.settings.yolo import YoloStage
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "RuntimeConfig",
     "SamAutoStage",
     "SemanticStage",
+    "TrackStage",
     "Sam2Stage",
     "Sam3Stage",
     "SamStage",
@@ -344,7 +347,7 @@ class JobConfig(Strict):
     def instance_sinks(self) -> list[str]:
         """Instance-mask stages (segmenter, qc, instance labelers) whose rows no other instance stage refines: the
         ``masks`` manifest."""
-        inst = ("segmenter", "qc", "instances")
+        inst = INSTANCE_ROLES
         refined = {d for n, s in self.stages.items() if self.role(n) in inst for d in s.needs}
         return [n for n in self.stage_order() if self.role(n) in inst and n not in refined]
 

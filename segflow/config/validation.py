@@ -119,6 +119,11 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
         return [*issues, (f"stages.{cycle[0]}.needs", "cycle: " + " -> ".join(cycle))]
     issues += _role_issues(job)
     issues += _output_stage_issues(job)
+    issues += [
+        (f"stages.{n}", f"a {s.kind!r} stage links a video's frames: set source.video (docs/video.md)")
+        for n, s in job.stages.items()
+        if ADAPTERS[s.kind].role == "tracker" and job.source.video is None
+    ]
     issues += _prompt_issues(job)
     issues += _stage_class_issues(job)
     # storage options never carry credentials, at any depth (client_kwargs, headers, config_kwargs, ...)

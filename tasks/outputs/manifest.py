@@ -28,6 +28,7 @@ qc_reasons         list<string>  QC rules that fired (null without a qc stage)
 video              string        a video's frame: the video's key (null for still images)
 frame_index        int64         its frame number, 0-based, before sampling (null for still images)
 timestamp_s        float64       seconds from the video's start (null for still images)
+track_id           int64         with a ``track`` stage: the mask's track, unique within its clip (else null)
 =================  ============  ==========================================================
 
 Finalize adds four columns to the manifest's parts (the committed shard files
@@ -111,6 +112,7 @@ MASKS_SCHEMA = pa.schema(
         ("video", pa.string()),
         ("frame_index", pa.int64()),
         ("timestamp_s", pa.float64()),
+        ("track_id", pa.int64()),
     ]
 )
 
@@ -232,6 +234,8 @@ class ShardTables:
             m["video"].extend([None if frame is None else frame.video] * n)
             m["frame_index"].extend([None if frame is None else frame.index] * n)
             m["timestamp_s"].extend([None if frame is None else frame.timestamp_s] * n)
+            tracks = dets.fields.get("track_id")
+            m["track_id"].extend([None] * n if tracks is None else [int(t) if t >= 0 else None for t in tracks])
             k += n
         if panoptic is not None:
             self._panoptic(image_id, uri, (h, w), panoptic, first_id)

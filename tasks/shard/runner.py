@@ -40,11 +40,11 @@ from segflow.tasks.outputs.manifest import ShardTables
 from segflow.tasks.outputs.panoptic_export import render_shard
 from segflow.tasks.plan.planner import read_shard_rows
 from segflow.tasks.record import Detections
-from segflow.tasks.records import ShardResult
+from segflow.tasks.records import INSTANCE_ROLES, PASS_THROUGH_ROLES, ShardResult
 from segflow.tasks.shard import progress
 from segflow.tasks.shard.commit import ShardConflict, commit_shard, read_commit, record_failure
 from segflow.tasks.stages.allocator import keep_freed_memory
-from segflow.tasks.stages.cache import get_model
+from segflow.tasks.stages.cache import LoadedModel, get_model
 from segflow.tasks.stages.panoptic import detections_to_map, palette, semantic_from_segments, semantic_preview
 from segflow.tasks.stages.registry import ADAPTERS
 
@@ -174,8 +174,8 @@ def _provenance(job: JobConfig, sink: str, models: dict[str, Any]) -> tuple[str,
     """``(mask stage, mask model identity, prompt model identity)`` behind an instance sink's rows."""
     role = job.role
     mask_stage = sink
-    while role(mask_stage) == "qc":  # QC passes rows through: credit the stage that made the masks
-        mask_stage = next(d for d in job.stages[mask_stage].needs if role(d) in ("segmenter", "qc", "instances"))
+    while role(mask_stage) in PASS_THROUGH_ROLES:  # QC and trackers pass rows through: credit the mask stage
+        mask_stage = next(d for d in job.stages[mask_stage].needs if role(d) in INSTANCE_ROLES)
     prompt = next((d for d in job.stages[mask_stage].needs if role(d) == "detector"), None)
     return mask_stage, models[mask_stage].identity, (models[prompt].identity if prompt else None)
 
@@ -304,6 +304,13 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
     )
 
 
+def _for_this_shard(model: LoadedModel) -> LoadedModel:
+    """A model as one shard uses it: an adapter that keeps state across a clip's frames (a tracker) is shared by
+    the worker's shards, so it gives each shard its own ``session()``; any other adapter is used as it is."""
+    session = getattr(model.adapter, "session", None)
+    return LoadedModel(session(), model.identity) if callable(session) else model
+
+
 class _ShardLabeler:
     """A shard's images through the stages into its tables: decoded ahead (:func:`_decoded_stream`), labelled in
     chunks of ``job.chunk_size()``; ``seconds`` per step, ``n_failed`` and ``n_masks`` as they go."""
@@ -315,7 +322,8 @@ class _ShardLabeler:
         prompts = {c.id: c.text_prompts() for c in job.ontology}
         self.load_stats: dict[str, int] = {}
         self.models = {
-            name: get_model(job.stages[name], ontology, isthing, self.load_stats, prompts) for name in job.stage_order()
+            name: _for_this_shard(get_model(job.stages[name], ontology, isthing, self.load_stats, prompts))
+            for name in job.stage_order()
         }
         self.sinks = job.instance_sinks()
         # what each sink's rows came from: (mask stage name, mask model, prompt model)

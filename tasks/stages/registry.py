@@ -23,6 +23,8 @@ Roles (what an adapter of the role is called with; images are H x W x 3 RGB uint
 * ``detector``  -- ``detect(images)`` -> :class:`~segflow.tasks.record.Detections` with boxes, classes, scores.
 * ``segmenter`` -- ``segment(images, detections)`` -> the same rows with masks (RLE).
 * ``qc``        -- ``check(images, detections, panoptic_segments_or_None)`` -> the rows with a verdict.
+* ``tracker``   -- ``track(images, detections)`` -> the rows with ``track_id``; called on a clip's frames in order,
+  on the adapter's per-shard ``session()`` (an adapter with a ``session`` method keeps state per shard).
 * ``instances`` -- ``label(images)`` -> boxes, classes, scores and masks in one model.
 * ``panoptic``  -- ``panoptic(images)`` -> non-overlapping segments (things and stuff) per image.
 * ``merge``     -- ``merge(images, instances_or_None, panoptic, instance_stage_or_None, panoptic_stage)``.
@@ -35,7 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from segflow.tasks.records import Role
+from segflow.tasks.records import INSTANCE_ROLES, Role
 
 __all__ = [
     "ADAPTERS",
@@ -64,12 +66,13 @@ ROLES: dict[str, Callable[[Any, Sequence[Any], Inputs], list[Any]]] = {  # by Ro
     Role.QC: lambda a, images, inputs: a.check(
         images, _first(inputs, "segmenter", "instances")[1], _first(inputs, "panoptic")[1]
     ),
+    Role.TRACKER: lambda a, images, inputs: a.track(images, _first(inputs, *INSTANCE_ROLES)[1]),
     Role.PANOPTIC: lambda a, images, inputs: a.panoptic(images),
     Role.MERGE: lambda a, images, inputs: a.merge(
         images,
-        _first(inputs, "segmenter", "qc", "instances")[1],
+        _first(inputs, *INSTANCE_ROLES)[1],
         inputs["panoptic"][1],
-        _first(inputs, "segmenter", "qc", "instances")[0],
+        _first(inputs, *INSTANCE_ROLES)[0],
         inputs["panoptic"][0],
     ),
 }
@@ -226,6 +229,16 @@ ADAPTERS: dict[str, AdapterSpec] = {
         optional_roles=(("panoptic",),),
         produces_masks=True,
     ),
+    "track": AdapterSpec(
+        _M + "track:Tracker",
+        _S + "track:TrackStage",
+        "tracker",
+        "trackers supervision",
+        "trackers",
+        "none",
+        needs_roles=("segmenter|qc|instances",),
+        produces_masks=True,
+    ),
     # transformers' Mask2Former matcher needs scipy even for inference
     "mask2former": AdapterSpec(
         _M + "mask2former:Mask2FormerPanoptic",
@@ -256,7 +269,7 @@ ADAPTERS: dict[str, AdapterSpec] = {
         "numpy",
         "none",
         needs_roles=("panoptic",),
-        optional_roles=(("segmenter", "qc", "instances"),),
+        optional_roles=(INSTANCE_ROLES,),
         produces_masks=True,
     ),
 }

@@ -280,3 +280,23 @@ def test_config_reference_is_generated_from_the_schema():
         assert key in text
     description = SamStage.model_fields["mask_margin"].description
     assert " ".join(description.split()) in text  # each key's contract comes from its field
+
+
+def test_a_track_stage_needs_video_and_a_video_source_checks_its_keys(capsys, tmp_path):
+    """`kind: track` links a video's frames: on still images it is a config error naming the stage; `every` and
+    `fps` exclude each other. Negative control: the example video job validates."""
+    from pathlib import Path
+
+    from segflow.flows import cli
+
+    job = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "video.yaml").read_text())
+    (tmp_path / "ok.yaml").write_text(yaml.safe_dump(job))
+    assert cli.main(["validate", "--static", str(tmp_path / "ok.yaml")]) == 0
+    still = job | {"source": {"url": job["source"]["url"]}}
+    (tmp_path / "still.yaml").write_text(yaml.safe_dump(still))
+    assert cli.main(["validate", "--static", str(tmp_path / "still.yaml")]) == 2
+    assert "stages.tracks: a 'track' stage links a video's frames: set source.video" in capsys.readouterr().err
+    both = job | {"source": job["source"] | {"video": {"every": 2, "fps": 5}}}
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(both))
+    assert cli.main(["validate", "--static", str(tmp_path / "both.yaml")]) == 2
+    assert "source.video: give 'every' or 'fps', not both" in capsys.readouterr().err

@@ -49,6 +49,8 @@ def _job(tmp_path: Path, source: Path, output: Path, video: dict | None) -> Path
     stages = {k: demo["stages"][k] for k in ("detector", "masks")}
     for st in stages.values():
         st["weights"] = str(ROOT / "configs" / st["weights"])
+    if video:  # tracking by detection: the masks linked across each clip's frames
+        stages["tracks"] = {"kind": "track", "needs": ["masks"]}
     job = {
         "name": "video",
         "source": {"url": str(source), **({"video": video} if video else {})},
@@ -120,6 +122,17 @@ def test_videos_and_a_frame_folder_are_labelled_frame_by_frame_in_clips(prefect_
 
     from_video = by_frame(masks, frame_ids)
     assert from_video and from_video == by_frame(_rows(out2, "masks"), still_ids)
+
+    # tracks: the walk's objects, panning a few pixels a frame, keep one id over its first clip's frames (a
+    # track's first frame has none: the tracker confirms a track on its second); ids are per clip
+    first_clip = {r["image_id"] for r in images.values() if r["video"] == "walk.mp4" and r["frame_index"] <= 6}
+    lengths: dict[int, set[int]] = {}
+    for m in masks:
+        if m["image_id"] in first_clip and m["track_id"] is not None:
+            lengths.setdefault(m["track_id"], set()).add(m["frame_index"])
+    assert lengths and max(len(v) for v in lengths.values()) == 3  # frames 2, 4 and 6
+    assert {m["stage"] for m in masks} == {"masks"}  # the masks' provenance stays the mask stage's
+    assert all(m["track_id"] is None for m in _rows(out2, "masks"))  # still images: no tracks
 
     # a mask row says which frame it is on, and what the report and contact sheets draw it over is that frame
     m = next(m for m in masks if m["video"] == "walk.mp4" and m["frame_index"] == 6)

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from segflow.tasks.records import INSTANCE_ROLES
 from segflow.tasks.stages.settings import StageSettings
 
 __all__ = ["PanopticMergeStage"]
@@ -15,7 +16,7 @@ class PanopticMergeStage(StageSettings):
     """One panoptic map per image from a panoptic stage and (optionally) an instance stage (stages/panoptic.py)."""
 
     def issues(self, name: str, names: set[str], needs_roles: list[str]) -> list[tuple[str, str]]:
-        if self.things == "instances" and not any(r in ("segmenter", "qc", "instances") for r in needs_roles):
+        if self.things == "instances" and not any(r in INSTANCE_ROLES for r in needs_roles):
             return [
                 (
                     f"stages.{name}.needs",

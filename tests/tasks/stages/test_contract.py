@@ -47,6 +47,10 @@ def stage_for(kind, tiny_models):
         return Sam3Stage(kind="sam3", weights=str(tiny_models["sam3"]), device="cpu", conf=0.0, batch_size=2)
     if kind == "qc":
         return QcStage(kind="qc", needs=["masks"])
+    if kind == "track":
+        from segflow.tasks.stages.settings.track import TrackStage
+
+        return TrackStage(kind="track", needs=["masks"])
     if kind in ("owlv2", "owlvit", "grounding_dino"):  # random weights: scores near 0.5, so a low threshold keeps boxes
         return OwlStage(kind=kind, weights=str(tiny_models[kind]), device="cpu", conf=0.0, max_det=5, batch_size=2)
     if kind == "sam_auto":  # random weights: no score filters, a coarse grid
@@ -138,6 +142,8 @@ def run(adapter, role, imgs):
         return adapter.detect(imgs)
     if role == "qc":
         return adapter.check(imgs, [with_box_masks(d) for d in prompts_for(imgs)])
+    if role == "tracker":  # state per clip: each run is a fresh clip of these frames
+        return adapter.session().track(imgs, [with_box_masks(d) for d in prompts_for(imgs)])
     if role == "panoptic":
         return adapter.panoptic(imgs)
     if role == "instances":

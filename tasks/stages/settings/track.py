@@ -1,0 +1,36 @@
+"""Settings of the ``track`` stage (:mod:`segflow.tasks.stages.track`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from segflow.tasks.stages.settings import StageSettings
+
+__all__ = ["TrackStage"]
+
+
+class TrackStage(StageSettings):
+    """Tracking by detection on a video's frames: the instance stage it needs labels each frame, a tracker from the
+    `trackers` library links its masks from frame to frame by their boxes, one tracker per class (a track never
+    changes class). Each mask gets `track_id`, unique within its clip; masks no track took keep none, and so does a
+    track's first frame (a track is confirmed on its second). Needs `source.video`."""
+
+    kind: Literal["track"]
+    tracker: Literal["bytetrack", "sort", "ocsort"] = Field(
+        "bytetrack", description="The tracker (`trackers`: ByteTrackTracker, SORTTracker, OCSORTTracker)."
+    )
+    lost_track_buffer: int = Field(
+        30, ge=0, description="Labelled frames a track survives unseen (an occlusion) before it ends."
+    )
+    track_activation_threshold: float = Field(0.3, ge=0.0, le=1.0, description="Score a mask needs to start a track.")
+    high_conf_det_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="ByteTrack: masks at or above this score are matched first."
+    )
+    minimum_iou_threshold: float = Field(
+        0.1, ge=0.0, le=1.0, description="Box IoU a mask needs with a track's predicted box to continue it."
+    )
+    minimum_consecutive_frames: int = Field(
+        1, ge=1, description="Frames a new track must be seen in a row before it gets an id."
+    )
