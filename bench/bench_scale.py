@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import LATEST, environment, save_results
 
@@ -77,6 +78,13 @@ def job_dict(source: str, output: str, gold: str, shard_size: int) -> dict:
         },
         "gold_set": gold,
     }
+
+
+def _nulls(schema: Any, names: tuple[str, ...], n: int) -> dict[str, Any]:
+    """Null columns ``names`` of ``schema`` (the video columns: the simulated images are still images)."""
+    import pyarrow as pa
+
+    return {c: pa.nulls(n, schema.field(c).type) for c in names}
 
 
 def simulate(out: Path, shards: int, per_shard: int, rows: int) -> dict:
@@ -151,6 +159,7 @@ def simulate(out: Path, shards: int, per_shard: int, rows: int) -> dict:
                 "qc_verdict": qv,
                 "qc_reasons": [[] if v == "pass" else ["low_stability"] for v in qv],
                 "shape": [pool[p][3] for p in pick],
+                **_nulls(MASKS_SCHEMA, ("video", "frame_index", "timestamp_s", "track_id"), n),  # still images
             },
             schema=MASKS_SCHEMA,
         )
@@ -171,6 +180,7 @@ def simulate(out: Path, shards: int, per_shard: int, rows: int) -> dict:
                 "contrast": rng.uniform(0.1, 0.3, len(ids)).astype(np.float32),
                 "sharpness": rng.uniform(0.01, 0.05, len(ids)).astype(np.float32),
                 "jpeg_quality": np.full(len(ids), 90, np.float32),
+                **_nulls(IMAGES_SCHEMA, ("video", "frame_index", "timestamp_s"), len(ids)),
             },
             schema=IMAGES_SCHEMA,
         )

@@ -92,7 +92,8 @@ def _truth_per_item(out: Path, truth: Path) -> tuple[dict, dict, dict, dict]:
 def _fix_efficiency(batch: dict, right: dict, missed: dict, image_of: dict, score: dict, rng) -> dict:
     """Errors found per reviewed item, two ways. ``per_item``: a mask item counts 1 when wrong; an image item its
     wrong labels and missed objects. ``whole_images``: every strategy's items shown on their whole images, the
-    errors on those images (wrong labels and missed objects, each image once) per item."""
+    errors on those images (wrong labels and missed objects, each image once) per item; ``oracle`` there is the
+    most any choice of as many whole images could find."""
     errors_on = {}
     for a, ok in right.items():
         errors_on[image_of[a]] = errors_on.get(image_of[a], 0) + (not ok)
@@ -120,6 +121,8 @@ def _fix_efficiency(batch: dict, right: dict, missed: dict, image_of: dict, scor
             "fix_part": round(whole([it["image_id"] for it in fix]), 4),
             "lowest_score_first": round(whole([image_of[a] for a in lowest]), 4),
             "random": round(whole([image_of[a] for a in chosen]), 4),
+            # the ceiling of any choice of k whole images: the k with the most errors, known from the truth
+            "oracle": round(whole(sorted(errors_on, key=lambda i: (-errors_on[i], i))[:k]), 4),
         },
     }
 

@@ -87,6 +87,12 @@ def export(
     try:
         with hold(output, "export") if inside else contextlib.nullcontext():
             run = RunLabels(output)
+            if (run.job.get("source") or {}).get("video"):
+                raise ExportError(
+                    f"{fmt}: the frames of a video run cannot be exported for review or training tools yet (they "
+                    "need each frame as an image file; docs/video.md): the manifests and coco/instances.json carry "
+                    "its labels"
+                )
             if images is not None:
                 run.restrict(images, marked or set())
             result = resolve(EXPORTERS[fmt])(run, dest, verdicts, **options)

@@ -123,6 +123,10 @@ def test_videos_and_a_frame_folder_are_labelled_frame_by_frame_in_clips(prefect_
     from_video = by_frame(masks, frame_ids)
     assert from_video and from_video == by_frame(_rows(out2, "masks"), still_ids)
 
+    # review and training tools need frames as image files: refused with one line, nothing written
+    assert cli.main(["export", str(out), str(tmp_path / "ls"), "--format", "label-studio"]) == 2
+    assert not (tmp_path / "ls").exists()
+
     # tracks: the walk's objects, panning a few pixels a frame, keep one id over its first clip's frames (a
     # track's first frame has none: the tracker confirms a track on its second); ids are per clip
     first_clip = {r["image_id"] for r in images.values() if r["video"] == "walk.mp4" and r["frame_index"] <= 6}
