@@ -366,8 +366,10 @@ def _wilson(p: float, n_eff: float) -> tuple[float, float]:
 
 
 def _interval(p: float, var: float, n: int) -> tuple[float, float]:
-    """Wilson's interval at the effective sample size; with no variance seen (all right, or all wrong) at ``n``."""
-    n_eff = p * (1 - p) / var if var > 0 else float(n)
+    """Wilson's interval at the effective sample size (the proportion's binomial variance over the design's, taken
+    at (p n + 1/2) / (n + 1) so that an estimate of 0 or 1 keeps a size); with no variance at all, at ``n``."""
+    q = (p * n + 0.5) / (n + 1)
+    n_eff = q * (1 - q) / var if var > 0 else float(n)
     return _wilson(p, n_eff)
 
 
@@ -377,13 +379,15 @@ def _stratified(strata: dict[str, dict[str, int]], answers: dict[str, list[bool]
     total = sum(strata[h]["N"] for h in seen)
     if not total:
         return math.nan, math.nan, math.nan, 0
-    est = var = 0.0
+    est = sum(strata[h]["N"] / total * sum(a) / len(a) for h, a in seen.items())
+    var = 0.0
     for h, a in seen.items():
         big_n, small_n, w = strata[h]["N"], len(a), strata[h]["N"] / total
-        p = sum(a) / small_n
-        est += w * p
-        if small_n > 1:
-            var += w * w * (1 - small_n / big_n) * p * (1 - p) / (small_n - 1)
+        # each stratum's variance with one more answer, at the overall estimate: a stratum whose few audited masks
+        # all came out right (the top score bands, often) is not taken for one that cannot hold an error while the
+        # set as a whole has them (that made the intervals too narrow); an audit with no error anywhere stays at 0
+        q = (sum(a) + est) / (small_n + 1)
+        var += w * w * (1 - small_n / big_n) * q * (1 - q) / max(small_n - 1, 1)
     n = sum(len(a) for a in seen.values())
     return (est, *_interval(est, var, n), n)
 
