@@ -84,7 +84,7 @@ def ls_region(**over):
 
 def _check_refused(r, output, *needles):
     lines = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (r.returncode, r.stderr[-3000:])
     assert all(n in lines[0] for n in needles), lines[0]
     assert not (output / "reviews").exists()
 
