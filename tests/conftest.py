@@ -135,8 +135,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on 127.0.0.1 (as s3fs's own tests run it); credentials only in the environment."""
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    # the server's request log is written from its own threads, to whatever stderr a test captures at the time:
+    # torn down mid-write it printed "--- Logging error --- Traceback" into tests that assert there is none
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
