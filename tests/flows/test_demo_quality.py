@@ -390,14 +390,15 @@ def test_exported_pq_equals_in_memory_pq(demo_run):
     assert mem["per_class"] == exported["panoptic"]["per_class"]
 
 
-def test_calibrate_a_finished_run_without_touching_its_shards(demo_run, capsys):
+def test_calibrate_a_finished_run_without_touching_its_shards(demo_run, demo_copy, tmp_path, capsys):
     """`segflow calibrate` fits per-class thresholds on the committed labels (no model runs), exports again at that
-    operating point in seconds and writes the curves; committed shards and model outputs stay as they were."""
+    operating point in seconds and writes the curves; committed shards and model outputs stay as they were. On a
+    copy: the session's demo run is shared, and its job's gold set must stay the fitted half for other tests."""
     import hashlib
 
     import pyarrow.dataset as ds
 
-    out = demo_run / "out"
+    out = demo_copy
 
     def digests():
         return {
@@ -446,10 +447,10 @@ def test_calibrate_a_finished_run_without_touching_its_shards(demo_run, capsys):
     assert Image.open(out / "qc" / "pr_curves.png").size[0] > 100
     assert cli.main(["calibrate", str(out), "--gold", str(demo_run / "missing.json")]) == 2
     # the published version carries the operating point: the card says it, calibration.json travels with it
-    assert cli.main(["publish", str(out), str(demo_run / "published"), "--version", "v1"]) == 0
-    card = (demo_run / "published" / "v1" / "README.md").read_text()
+    assert cli.main(["publish", str(out), str(tmp_path / "published"), "--version", "v1"]) == 0
+    card = (tmp_path / "published" / "v1" / "README.md").read_text()
     assert "Operating point: per-class thresholds for precision 0.9" in card and "accepted (in coco" in card
-    assert json.loads((demo_run / "published" / "v1" / "calibration.json").read_text()) == cal
+    assert json.loads((tmp_path / "published" / "v1" / "calibration.json").read_text()) == cal
 
 
 def test_saved_calibration_labels_fresh_scenes_as_estimated(demo_run, tmp_path):
