@@ -119,11 +119,12 @@ def _video_stream(rows: list[dict], job: JobConfig) -> Iterator[tuple[dict, Deco
     try:
         fs, path = open_fs(rows[0]["uri"], job.source.storage_options)
         with fs.open(path, "rb") as f:
-            info = probe_video(f)
-            if any(r.get("frame_index") is None for r in rows):
+            if any(r.get("frame_index") is None for r in rows):  # the plan could not probe or sample it: why
+                info = probe_video(f)
                 raise VideoLoadError(f"{info.frames} frames at an unknown frame rate: sample it with `every`")
             by_index = {int(r["frame_index"]): r for r in rows}
-            for frame in iter_video_frames(f, sorted(by_index), max_side, info):
+            # the plan probed the video already: decode straight away (the stream's rate places frames after a seek)
+            for frame in iter_video_frames(f, sorted(by_index), max_side):
                 row = by_index[frame.index]
                 stats = image_stats(frame.pixels, None)
                 yield row, DecodedImage(pixels=frame.pixels, exif_orientation=1, stats=stats)
