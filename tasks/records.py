@@ -115,6 +115,7 @@ class RunSummary:
     qc: dict[str, Any] | None = None
     panoptic: dict[str, Any] | None = None
     quality: dict[str, Any] | None = None
+    tracks: dict[str, Any] | None = None
     seconds: float | None = None
     report_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -44,6 +44,7 @@ __all__ = [
     "bbox_xywh",
     "to_coco_segmentation",
     "rle_runs",
+    "iou",
 ]
 
 
@@ -111,6 +112,14 @@ def bbox_xywh(counts: Sequence[str], height: int, width: int) -> np.ndarray:
     if len(counts) == 0:
         return np.zeros((0, 4), dtype=np.float64)
     return np.asarray(mask_utils.toBbox(_rle_objects(counts, height, width)), dtype=np.float64).reshape(-1, 4)
+
+
+def iou(a: Sequence[str], b: Sequence[str], height: int, width: int) -> np.ndarray:
+    """Mask IoU of every pair: ``len(a) x len(b)`` float64 (masks of one image size, from their RLE strings)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=np.float64)
+    ra, rb = _rle_objects(a, height, width), _rle_objects(b, height, width)
+    return np.asarray(mask_utils.iou(ra, rb, [0] * len(rb)), dtype=np.float64).reshape(len(a), len(b))
 
 
 def to_coco_segmentation(counts: str, height: int, width: int) -> CompressedRle:

@@ -78,6 +78,13 @@ class VideoSourceConfig(Strict):
         None, ge=16, description="Frames larger than this on their long side are scaled down to it first."
     )
     clip_frames: int = Field(64, ge=1, description="Labelled frames per clip; a clip is a shard (one video each).")
+    clip_overlap: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="Labelled frames of the clip before that a clip labels again first, not for the manifests: "
+        "its trackers start warm, and finalize joins the clips' tracks on them (track ids global per video).",
+    )
     extensions: builtins.list[str] = Field(
         default_factory=lambda: [*VIDEO_SUFFIXES], description="Video file extensions (case-insensitive)."
     )
@@ -343,6 +350,10 @@ class JobConfig(Strict):
     def role(self, name: str) -> str:
 
         return ADAPTERS[self.stages[name].kind].role
+
+    def tracks(self) -> bool:
+        """Whether a stage links masks into tracks (a video job's ``track`` stage)."""
+        return any(self.role(n) == "tracker" for n in self.stages)
 
     def instance_sinks(self) -> list[str]:
         """Instance-mask stages (segmenter, qc, instance labelers) whose rows no other instance stage refines: the

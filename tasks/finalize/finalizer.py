@@ -52,6 +52,8 @@ from segflow.tasks.outputs.panoptic_export import (
     rendered_marker,
 )
 from segflow.tasks.outputs.qc_report import QcAccumulator, write_qc_report
+from segflow.tasks.outputs.tracks import TrackStitcher
+from segflow.tasks.outputs.video_exports import VideoExports
 from segflow.tasks.plan.planner import iter_plan_batches
 from segflow.tasks.records import RunSummary
 from segflow.tasks.report import ReportSampler, write_report
@@ -309,6 +311,7 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
     # 1. one pass over the committed shards: each committed file is read once and feeds every output
     merged = _ShardPass(job, layout, fs, paths, commits, calibration, drift, cache)
     lease.check()
+    merged.stitch_tracks()
     merged.open()
     for c in commits:
         merged.add(c)
@@ -406,6 +409,28 @@ class _ShardPass:
         self.audit = SemanticAudit(gold_sem, job.category_names()) if gold_sem and self.has_panoptic else None
         self.parts: dict[str, dict[str, dict]] = {}
         self.sampler = ReportSampler()
+        self.stitcher: TrackStitcher | None = None
+        self.tracks: dict[str, int] = {}
+        self.video_exports: VideoExports | None = None
+        if job.tracks():
+            paths.update(tracks=layout.tracks, vis=layout.vis_instances, mots=layout.mots)
+
+    def stitch_tracks(self) -> None:
+        """Track ids global per video (:mod:`segflow.tasks.outputs.tracks`): each clip's masks and context read
+        once before the pass, in plan order."""
+        if not self.job.tracks():
+            return
+        self.stitcher = TrackStitcher()
+        columns = ["video", "frame_index", "track_id", "category_id", "rle_counts", "width", "height"]
+        for c in self.commits:
+            masks = parse_committed(c, "masks", read_committed_bytes(self.job.output, c, "masks")).select(columns)
+            if masks.num_rows == 0 or masks["video"][0].as_py() is None:
+                continue
+            context = None
+            if "context" in c["files"]:
+                raw = read_committed_bytes(self.job.output, c, "context")
+                context = parse_committed(c, "context", raw).select(columns)
+            self.stitcher.add_clip(c["shard_id"], str(masks["video"][0].as_py()), masks, context)
 
     def open(self) -> None:
         """Empty the merged folders and open the export writers (under the lease: the first writes)."""
@@ -423,6 +448,9 @@ class _ShardPass:
             if self.has_panoptic
             else None
         )
+        if "tracks" in paths:
+            cats = [{"id": int(i), "name": n, "supercategory": "object"} for i, n in sorted(names.items())]
+            self.video_exports = VideoExports(paths["tracks"], paths["vis"], paths["mots"], cats, self.keep)
 
     def add(self, c: CommitRecord) -> None:
         """One committed shard: verdicts, exports, manifest parts, counts."""
@@ -432,6 +460,8 @@ class _ShardPass:
         names = ("images", "masks", "panoptic") if self.has_panoptic else ("images", "masks")
         raw = {name: self.cache.pop((sid, name), b"") or read_committed_bytes(job.output, c, name) for name in names}
         images, masks = (parse_committed(c, name, raw[name]) for name in ("images", "masks"))
+        if self.stitcher is not None:
+            masks = self.stitcher.apply(sid, masks)
         masks = apply_acceptance(masks, self.calibration, drifted=self.drift_review, use_novelty=job.accept.novelty)
         self.novel += sum(1 for r in masks["verdict_reasons"].to_pylist() if r and "novel" in r)
         if self.calibration is not None:
@@ -446,6 +476,8 @@ class _ShardPass:
             self._add_panoptic(c, images, masks, raw)
         else:
             self.sampler.add(images, masks)
+        if self.video_exports is not None:
+            self.video_exports.add(images, masks)
         self._write_parts(sid, images, masks, raw)
         self._count(images, masks)
 
@@ -494,6 +526,8 @@ class _ShardPass:
         if not self.verdicts["review"]:
             self.paths.pop("review_masks")  # no part written (review/instances.json stays: a valid, empty COCO file)
         out: ExportCounts = {"coco": self.coco.close(), "review": self.review.close(), "panoptic": None, "qc": None}
+        if self.video_exports is not None:
+            self.tracks = self.video_exports.close()
         if self.pan_json is not None:
             out["panoptic"] = self.pan_json.close()
         if self.acc is not None:
@@ -615,6 +649,8 @@ def _summary(
             "segments_per_category": dict(sorted(merged.segments_per_category.items())),
             "images_rendered_by_finalize": merged.rendered,
         }
+    if merged.video_exports is not None:
+        summary["tracks"] = merged.tracks
     if quality is not None:
         measured: dict[str, Any] = dict(quality)
         summary["quality"] = {k: measured[k] for k in _SUMMARY_QUALITY if k in measured}

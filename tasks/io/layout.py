@@ -11,6 +11,7 @@
       shards/_errors/<shard>.json                 last failure of an uncommitted shard
       set_aside/shards/<shard>/                   shard folders the plan does not name, moved by `rerun --corrupt`
       manifest/{masks,images,panoptic}.parquet/   one part per shard
+      manifest/tracks.parquet, vis/instances.json, mots/<video>.txt   a video run's tracks (outputs.tracks)
       coco/instances.json, coco/panoptic.json, coco/panoptic/<image_id>.png
       semantic/<image_id>.png, semantic/preview/<image_id>.jpg (a semantic stage's `preview: true`)
       qc/                                         QC report, quarantine.parquet, sheets
@@ -152,6 +153,18 @@ class OutputLayout:
     @property
     def coco_instances(self) -> str:
         return join(self.root, "coco", "instances.json")
+
+    @property
+    def tracks(self) -> str:
+        return join(self.root, "manifest", "tracks.parquet")
+
+    @property
+    def vis_instances(self) -> str:
+        return join(self.root, "vis", "instances.json")
+
+    @property
+    def mots(self) -> str:
+        return join(self.root, "mots")
 
     @property
     def coco_panoptic(self) -> str:

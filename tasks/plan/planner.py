@@ -406,6 +406,24 @@ def read_shard_rows(output: str, shard_id: str) -> list[dict]:
     return table.to_pylist()
 
 
+def clip_context(output: str, shard_id: str, rows: list[dict], n: int) -> list[dict]:
+    """A clip's context (docs/video.md): the last ``n`` plan rows of the clip before ``shard_id`` when that is a clip
+    of the same video (``rows``: the shard's own rows), else none."""
+    if n <= 0 or not rows or rows[0].get("video") is None or rows[0].get("frame_index") is None:
+        return []
+    m = re.match(r"^(shard-(?:g\d{4}-)?)(\d{5})$", shard_id)
+    if not m or int(m.group(2)) == 0:
+        return []
+    previous = f"{m.group(1)}{int(m.group(2)) - 1:05d}"
+    video, first = rows[0]["video"], int(rows[0]["frame_index"])
+    before = [
+        r
+        for r in read_shard_rows(output, previous)
+        if r.get("video") == video and r.get("frame_index") is not None and int(r["frame_index"]) < first
+    ]
+    return before[-n:]
+
+
 def iter_plan_batches(output: str, columns: list[str] | None = None) -> Iterable[pa.RecordBatch]:
     """Every plan row as Arrow record batches, generation by generation (vectorised readers)."""
     meta = load_plan(output)

@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from segflow.tasks.evaluate.drift import histograms
 from segflow.tasks.io.image_stats import image_stats
 from segflow.tasks.io.images import DecodedImage, ImageLoadError, decode_image
@@ -38,7 +40,8 @@ from segflow.tasks.io.storage import join, open_fs, redact, write_bytes
 from segflow.tasks.io.video import FrameRef
 from segflow.tasks.outputs.manifest import ShardTables
 from segflow.tasks.outputs.panoptic_export import render_shard
-from segflow.tasks.plan.planner import read_shard_rows
+from segflow.tasks.outputs.tracks import fill_track_starts
+from segflow.tasks.plan.planner import clip_context, read_shard_rows
 from segflow.tasks.record import Detections
 from segflow.tasks.records import INSTANCE_ROLES, PASS_THROUGH_ROLES, ShardResult
 from segflow.tasks.shard import progress
@@ -254,7 +257,8 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
     if job.runtime.malloc_tuning:  # once per worker: large tensors reuse freed memory instead of faulting in pages
         keep_freed_memory()
     labeler = _ShardLabeler(job, shard_id)
-    labeler.label(rows)
+    overlap = job.source.video.clip_overlap if job.source.video is not None else 0
+    labeler.label(rows, clip_context(job.output, shard_id, rows, overlap))
     tables, n_failed = labeler.tables, labeler.n_failed
     qc = job.qc_stage()
     if qc is not None and qc.count_outlier.action != "off":
@@ -269,6 +273,11 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
             f"first errors: {'; '.join(errors)}"
         )
     masks, images = tables.tables()
+    context = labeler.context.tables()[0] if labeler.n_context else None
+    if "track_id" in masks.column_names and masks["track_id"].null_count < masks.num_rows:
+        both = fill_track_starts(pa.concat_tables([context, masks]) if context is not None else masks)
+        skip = 0 if context is None else context.num_rows
+        context, masks = (both.slice(0, skip) if context is not None else None), both.slice(skip)
     stats: dict[str, Any] = {
         "images": len(rows),
         "ok": len(rows) - n_failed,
@@ -277,6 +286,8 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
     }
     stats["histograms"] = histograms(images, masks)  # for the drift check at finalize (segflow.tasks.evaluate.drift)
     files = {"masks": masks, "images": images}
+    if context is not None:
+        files["context"] = context  # the context frames' masks: finalize joins the clips' tracks on them
     pan_sink = job.panoptic_sink()
     if pan_sink:
         files["panoptic"] = tables.panoptic_table()
@@ -333,14 +344,17 @@ class _ShardLabeler:
         self.preview = next((n for n, st in job.stages.items() if getattr(st, "preview", False)), None)
         self.identities = {name: m.identity for name, m in self.models.items()}
         self.tables = ShardTables(shard_id, ontology)
+        self.context = ShardTables(shard_id, ontology)  # a clip's context frames (labelled again, not its own)
+        self.n_context = 0
         self.seconds: dict[str, float] = {"read": 0.0}
         self.chunk: list[tuple[dict, DecodedImage]] = []
         self.n_failed = self.n_masks = 0
 
-    def label(self, rows: list[dict]) -> None:
-        """Every image of ``rows`` (the shard's plan rows) into the tables; a failed image as its error."""
+    def label(self, rows: list[dict], context: list[dict] | None = None) -> None:
+        """Every image of ``rows`` (the shard's plan rows) into the tables; a failed image as its error.
+        ``context``: plan rows of the clip before, labelled first into :attr:`context` (a failed one is skipped)."""
         size = self.job.chunk_size()
-        stream = _decoded_stream(rows, self.job)
+        stream = _decoded_stream([{**r, "context": True} for r in context or []] + rows, self.job)
         while True:
             t = time.perf_counter()
             item = next(stream, None)
@@ -348,6 +362,8 @@ class _ShardLabeler:
             if item is None:
                 break
             row, result = item
+            if isinstance(result, str) and row.get("context"):
+                continue
             if isinstance(result, str):
                 self.tables.add_failed_image(row["image_id"], row["uri"], row["key"], result, FrameRef.of_row(row))
                 self.n_failed += 1
@@ -364,16 +380,21 @@ class _ShardLabeler:
             return
         results = run_stages(self.job, [img.pixels for _, img in chunk], self.models, self.seconds)
         if self.preview:
-            pixels = [(row["image_id"], img.pixels) for row, img in chunk]
-            write_previews(self.job.output, pixels, results[self.preview])
+            own = [k for k, (row, _) in enumerate(chunk) if not row.get("context")]
+            pixels = [(chunk[k][0]["image_id"], chunk[k][1].pixels) for k in own]
+            write_previews(self.job.output, pixels, [results[self.preview][k] for k in own])
         for i, (row, img) in enumerate(chunk):
             outputs = [(*self.provenance[s], results[s][i]) for s in self.sinks]
             pan = (self.pan_sink, self.identities, results[self.pan_sink][i]) if self.pan_sink else None
             size = (img.height, img.width)
             frame = FrameRef.of_row(row)
-            k = self.tables.add_image(
+            tables = self.context if row.get("context") else self.tables
+            k = tables.add_image(
                 row["image_id"], row["uri"], row["key"], size, img.exif_orientation, outputs, pan, img.stats, frame
             )
+            if row.get("context"):
+                self.n_context += 1
+                continue
             self.n_masks += k
             progress.advance(images=1, masks=k)
         chunk.clear()

@@ -127,16 +127,50 @@ def test_videos_and_a_frame_folder_are_labelled_frame_by_frame_in_clips(prefect_
     assert cli.main(["export", str(out), str(tmp_path / "ls"), "--format", "label-studio"]) == 2
     assert not (tmp_path / "ls").exists()
 
-    # tracks: the walk's objects, panning a few pixels a frame, keep one id over its first clip's frames (a
-    # track's first frame has none: the tracker confirms a track on its second); ids are per clip
-    first_clip = {r["image_id"] for r in images.values() if r["video"] == "walk.mp4" and r["frame_index"] <= 6}
-    lengths: dict[int, set[int]] = {}
+    # tracks: the walk's objects, panning a few pixels a frame, keep one id over all its frames, across its two
+    # clips (the second clip labels the first's last frames again and is joined to it there), first frame included
+    walk_tracks: dict[int, set[int]] = {}
     for m in masks:
-        if m["image_id"] in first_clip and m["track_id"] is not None:
-            lengths.setdefault(m["track_id"], set()).add(m["frame_index"])
-    assert lengths and max(len(v) for v in lengths.values()) == 3  # frames 2, 4 and 6
+        if m["video"] == "walk.mp4" and m["track_id"] is not None:
+            walk_tracks.setdefault(m["track_id"], set()).add(m["frame_index"])
+    assert walk_tracks and max(len(v) for v in walk_tracks.values()) == 6  # frames 0 .. 10, two clips
+    assert sorted(walk_tracks) == list(range(1, len(walk_tracks) + 1))  # numbered per video
     assert {m["stage"] for m in masks} == {"masks"}  # the masks' provenance stays the mask stage's
     assert all(m["track_id"] is None for m in _rows(out2, "masks"))  # still images: no tracks
+    # no context frame reaches the manifests: one row per (frame, mask), each frame in its own clip
+    assert len({m["annotation_id"] for m in masks}) == len(masks)
+    assert all(m["shard_id"] == images[(m["video"], m["frame_index"])]["shard_id"] for m in masks)
+
+    tracks = ds.dataset(str(out / "manifest" / "tracks.parquet")).to_table().to_pylist()
+    by_key = {(t["video"], t["track_id"]): t for t in tracks}
+    assert set(by_key) == {(m["video"], m["track_id"]) for m in masks if m["track_id"] is not None}
+    longest = max((t for t in tracks if t["video"] == "walk.mp4"), key=lambda t: t["frames"])
+    assert (longest["first_frame"], longest["last_frame"], longest["frames"]) == (0, 10, 6)
+    assert summary["tracks"]["tracks"] == len(tracks)
+
+    # YouTube-VIS: a video per source video that has frames, one annotation per exported track, a mask per frame
+    vis = json.loads((out / "vis" / "instances.json").read_text())
+    names = {v["name"]: v for v in vis["videos"]}
+    assert set(names) == {"walk", "road", "park"}
+    assert names["walk"]["file_names"] == [f"walk/{i:06d}" for i in walk]
+    walk_anns = [a for a in vis["annotations"] if a["video_id"] == names["walk"]["id"]]
+    exported = {t["track_id"] for t in tracks if t["video"] == "walk.mp4" and t["verdict"] == "accept"}
+    assert {a["segflow_track_id"] for a in walk_anns} == exported
+    a = next(a for a in walk_anns if a["segflow_track_id"] == longest["track_id"])
+    assert all(s is not None for s in a["segmentations"]) and len(a["segmentations"]) == 6
+    m0 = next(m for m in masks if m["video"] == "walk.mp4" and m["track_id"] == a["segflow_track_id"])
+    assert a["segmentations"][walk.index(m0["frame_index"])]["counts"] == m0["rle_counts"]
+    # MOTS: a line per mask of an exported track, masks of a frame never overlap
+    lines = [line.split() for line in (out / "mots" / "walk.txt").read_text().splitlines()]
+    assert len(lines) == sum(1 for m in masks if m["video"] == "walk.mp4" and m["track_id"] in exported)
+    assert {int(x[1]) for x in lines} == {
+        m["category_id"] * 1000 + m["track_id"] for m in masks if m["video"] == "walk.mp4" and m["track_id"] in exported
+    }
+    from pycocotools import mask as mask_utils
+
+    for f in {x[0] for x in lines}:
+        rles = [{"size": [int(x[3]), int(x[4])], "counts": x[5].encode()} for x in lines if x[0] == f]
+        assert mask_utils.area(mask_utils.merge(rles)) == sum(mask_utils.area(rles))  # disjoint
 
     # a mask row says which frame it is on, and what the report and contact sheets draw it over is that frame
     m = next(m for m in masks if m["video"] == "walk.mp4" and m["frame_index"] == 6)
@@ -145,3 +179,33 @@ def test_videos_and_a_frame_folder_are_labelled_frame_by_frame_in_clips(prefect_
     assert np.array_equal(shown, np.asarray(Image.open(stills / "walk" / "000006.png")))
     other = labelled_pixels(m["image_uri"], 8, (m["height"], m["width"]))
     assert not np.array_equal(shown, other)  # negative control: the next sampled frame differs
+
+
+def test_clips_joined_on_their_overlap_equal_one_clip_and_a_clip_relabelled_keeps_its_ids(prefect_harness, tmp_path):
+    src = tmp_path / "videos"
+    src.mkdir()
+    _write(src / "pan.mp4", _scene_frames(4, 9, size=(96, 128)), "libx264")
+
+    def run(name: str, video: dict) -> Path:
+        out = tmp_path / name
+        assert cli.main(["run", str(_job(tmp_path, src, out, video)), "--no-progress"]) == 0
+        return out
+
+    def tracks(out: Path) -> list[tuple]:
+        return sorted((m["frame_index"], m["rle_counts"], m["track_id"]) for m in _rows(out, "masks"))
+
+    three = run("three", {"clip_frames": 3, "clip_overlap": 2})
+    one = run("one", {"clip_frames": 9})
+    assert len(json.loads((three / "plan" / "plan.json").read_text())["shard_ids"]) == 3
+    joined = tracks(three)
+    assert joined == tracks(one)  # the same masks under the same ids, three clips or one
+    assert max(sum(1 for r in joined if r[2] == t) for t in {r[2] for r in joined}) == 9  # a track over all 9
+    # negative control: clips that label no frame of the clip before cannot be joined: new ids in every clip
+    apart = tracks(run("apart", {"clip_frames": 3, "clip_overlap": 0}))
+    assert [r[:2] for r in apart] == [r[:2] for r in joined]
+    assert len({r[2] for r in apart}) > len({r[2] for r in joined})
+
+    # the middle clip labelled again alone (a new commit supersedes its first): the same ids after finalize
+    assert cli.main(["rerun", str(three), "--shards", "shard-00001", "--no-progress"]) == 0
+    assert (three / "shards" / "shard-00001" / "_COMMIT-r1.json").exists()
+    assert tracks(three) == joined

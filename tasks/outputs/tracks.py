@@ -1,0 +1,270 @@
+"""Tracks across a video: a track's first frames filled in, clips joined into ids global per video, one row per track.
+
+How a mask gets its ``track_id`` (the masks manifest's column):
+
+1. **In the clip** (the shard). The ``track`` stage numbers the clip's tracks 1, 2, ... in the order they start. A
+   tracker confirms a track only once it has seen it again, so a track's first frame has no id:
+   :func:`fill_track_starts` gives it the id when that frame has a mask of the same class, no track, and mask IoU
+   >= ``min_iou`` with the track's first mask (and again further back, frame by frame).
+2. **Across clips** (finalize). A clip first labels again the last ``source.video.clip_overlap`` frames of the clip
+   before it (its *context*: committed beside its masks, never in the manifests), so its trackers start warm and
+   its tracks can be matched to the previous clip's: :class:`TrackStitcher` pairs a context track with a previous
+   clip's track of the same class by their masks' IoU on the shared frames (summed, over the frames either is on),
+   greedily, best first, at >= ``min_iou``. A paired track keeps the previous clip's id; any other track gets the
+   video's next id, in the order the clip numbered them. Ids are therefore global per video, and they depend only on
+   committed shards: a clip labelled again (a rerun, a repair) gives the same ids as long as it labels the same.
+3. **Per track** (finalize): :class:`TrackSummary` gathers one row per track for ``manifest/tracks.parquet`` and
+   its verdict (:func:`track_verdict`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from segflow.tasks import rle
+
+__all__ = [
+    "TRACKS_SCHEMA",
+    "fill_track_starts",
+    "TrackStitcher",
+    "TrackSummary",
+    "TrackRow",
+    "track_verdict",
+    "MIN_TRACK_IOU",
+]
+
+#: Mask IoU at which a mask continues a track (a first frame filled in, two clips' tracks joined).
+MIN_TRACK_IOU = 0.5
+
+TRACKS_SCHEMA = pa.schema(
+    [
+        ("video", pa.string()),
+        ("track_id", pa.int64()),
+        ("category_id", pa.int32()),
+        ("category_name", pa.string()),
+        ("first_frame", pa.int64()),
+        ("last_frame", pa.int64()),
+        ("frames", pa.int64()),
+        ("mean_score", pa.float32()),
+        ("min_score", pa.float32()),
+        ("mean_predicted_iou", pa.float32()),
+        ("mean_step_iou", pa.float32()),
+        ("accepted", pa.int64()),
+        ("verdict", pa.string()),
+    ]
+)
+
+
+def fill_track_starts(masks: pa.Table, min_iou: float = MIN_TRACK_IOU) -> pa.Table:
+    """``masks`` (one clip's mask rows: ``frame_index``, ``track_id``, ``category_id``, ``rle_counts``, ``width``,
+    ``height``) with each track's first frames filled in (module docs, step 1). Rows keep their order."""
+    if masks.num_rows == 0 or masks["track_id"].null_count == masks.num_rows:
+        return masks
+    frames = masks["frame_index"].to_numpy(zero_copy_only=False)
+    tracks = np.array([-1 if t is None else t for t in masks["track_id"].to_pylist()], np.int64)
+    classes = masks["category_id"].to_numpy(zero_copy_only=False)
+    counts = masks["rle_counts"].to_pylist()
+    h, w = int(masks["height"][0].as_py()), int(masks["width"][0].as_py())
+    order = np.unique(frames)
+    position = {int(f): k for k, f in enumerate(order)}
+    for tid in np.unique(tracks[tracks >= 0]):
+        while True:
+            rows = np.flatnonzero(tracks == tid)
+            first = rows[np.argmin(frames[rows])]
+            k = position[int(frames[first])]
+            if k == 0:
+                break
+            cand = np.flatnonzero((frames == order[k - 1]) & (tracks < 0) & (classes == classes[first]))
+            if len(cand) == 0:
+                break
+            ious = rle.iou([counts[first]], [counts[c] for c in cand], h, w)[0]
+            best = int(np.argmax(ious))
+            if ious[best] < min_iou:
+                break
+            tracks[cand[best]] = tid
+    column = pa.array([None if t < 0 else int(t) for t in tracks], pa.int64())
+    return masks.set_column(masks.schema.get_field_index("track_id"), "track_id", column)
+
+
+def _by_track_frame(masks: pa.Table) -> dict[int, dict[int, tuple[int, str]]]:
+    """track id -> frame -> (category, rle counts), for the rows that have a track."""
+    out: dict[int, dict[int, tuple[int, str]]] = {}
+    cols = (masks[c].to_pylist() for c in ("track_id", "frame_index", "category_id", "rle_counts"))
+    for t, f, c, r in zip(*cols, strict=True):
+        if t is not None:
+            out.setdefault(int(t), {})[int(f)] = (int(c), r)
+    return out
+
+
+@dataclass
+class TrackStitcher:
+    """Clip-local track ids to ids global per video (module docs, step 2). Call :meth:`add_clip` for every clip of a
+    video in frame order (a video's clips one after the other), then :meth:`apply` to a clip's mask rows."""
+
+    min_iou: float = MIN_TRACK_IOU
+    _ids: dict[tuple[str, int], int] = field(default_factory=dict)  # (shard, local id) -> global id
+    _video: str | None = None
+    _next: int = 1
+    _previous: tuple[str, dict[int, dict[int, tuple[int, str]]], tuple[int, int]] | None = None
+
+    def add_clip(self, shard_id: str, video: str, masks: pa.Table, context: pa.Table | None) -> None:
+        """One clip: ``masks`` its mask rows, ``context`` those of its context frames (None: it has none)."""
+        if video != self._video:
+            self._video, self._next, self._previous = video, 1, None
+        own = _by_track_frame(masks)
+        matched: dict[int, int] = {}
+        if context is not None and context.num_rows and self._previous is not None:
+            matched = self._match(_by_track_frame(context), int(pc.min(context["frame_index"]).as_py()))
+        for local in sorted(own):
+            if local in matched:
+                self._ids[(shard_id, local)] = matched[local]
+            else:
+                self._ids[(shard_id, local)] = self._next
+                self._next += 1
+        size = (int(masks["height"][0].as_py()), int(masks["width"][0].as_py())) if masks.num_rows else (0, 0)
+        by_global = {self._ids[(shard_id, t)]: frames for t, frames in own.items()}
+        self._previous = (shard_id, by_global, size)
+
+    def _match(self, context: dict[int, dict[int, tuple[int, str]]], first: int) -> dict[int, int]:
+        """context local id -> the previous clip's global id it continues (``first``: the first context frame)."""
+        assert self._previous is not None
+        _, previous, (h, w) = self._previous
+        pairs = []
+        for c, cframes in context.items():
+            cat = next(iter(cframes.values()))[0]
+            for p, pframes in previous.items():
+                shared = sorted(set(cframes) & set(pframes))
+                if not shared or next(iter(pframes.values()))[0] != cat:
+                    continue
+                either = set(cframes) | {f for f in pframes if f >= first}
+                total = sum(float(rle.iou([cframes[f][1]], [pframes[f][1]], h, w)[0, 0]) for f in shared)
+                pairs.append((total / len(either), c, p))
+        out: dict[int, int] = {}
+        used: set[int] = set()
+        for score, c, p in sorted(pairs, key=lambda x: (-x[0], x[1], x[2])):
+            if score < self.min_iou or c in out or p in used:
+                continue
+            out[c] = p
+            used.add(p)
+        return out
+
+    def global_id(self, shard_id: str, local: int) -> int:
+        return self._ids[(shard_id, int(local))]
+
+    def apply(self, shard_id: str, masks: pa.Table) -> pa.Table:
+        """``masks`` (one committed clip's rows) with ``track_id`` global per video."""
+        if "track_id" not in masks.column_names or masks["track_id"].null_count == masks.num_rows:
+            return masks
+        ids = [None if t is None else self._ids[(shard_id, int(t))] for t in masks["track_id"].to_pylist()]
+        i = masks.schema.get_field_index("track_id")
+        return masks.set_column(i, "track_id", pa.array(ids, pa.int64()))
+
+
+def track_verdict(frames: int, accepted: int, rejected: int) -> str:
+    """A track's verdict from its masks' verdicts: ``reject`` when every mask is rejected; ``accept`` when it has
+    at least two frames and at least half of its masks are accepted; ``review`` otherwise."""
+    if rejected == frames:
+        return "reject"
+    if frames >= 2 and 2 * accepted >= frames:
+        return "accept"
+    return "review"
+
+
+@dataclass
+class TrackRow:
+    """One track as :class:`TrackSummary` gathers it (``TRACKS_SCHEMA`` documents the fields)."""
+
+    video: str
+    track_id: int
+    category_id: int
+    category_name: str
+    first_frame: int
+    last_frame: int
+    frames: int = 0
+    score_sum: float = 0.0
+    min_score: float = float("inf")
+    piou_sum: float = 0.0
+    piou_n: int = 0
+    step_iou_sum: float = 0.0
+    steps: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    last_rle: str | None = None
+    size: tuple[int, int] = (0, 0)
+
+    @property
+    def verdict(self) -> str:
+        return track_verdict(self.frames, self.accepted, self.rejected)
+
+    def as_row(self) -> dict:
+        return {
+            "video": self.video,
+            "track_id": self.track_id,
+            "category_id": self.category_id,
+            "category_name": self.category_name,
+            "first_frame": self.first_frame,
+            "last_frame": self.last_frame,
+            "frames": self.frames,
+            "mean_score": self.score_sum / self.frames if self.frames else None,
+            "min_score": self.min_score if self.frames else None,
+            "mean_predicted_iou": self.piou_sum / self.piou_n if self.piou_n else None,
+            "mean_step_iou": self.step_iou_sum / self.steps if self.steps else None,
+            "accepted": self.accepted,
+            "verdict": self.verdict,
+        }
+
+
+class TrackSummary:
+    """The tracks of a run, one :class:`TrackRow` each, from its mask rows (final verdicts and global ids), fed a
+    clip at a time in frame order. :meth:`finish_video` returns a video's tracks once its last clip is in."""
+
+    def __init__(self) -> None:
+        self.live: dict[tuple[str, int], TrackRow] = {}
+
+    def add(self, masks: pa.Table) -> None:
+        if "track_id" not in masks.column_names:
+            return
+        rows = masks.filter(pc.is_valid(masks["track_id"]))
+        if rows.num_rows == 0:
+            return
+        rows = rows.sort_by([("frame_index", "ascending"), ("annotation_id", "ascending")])
+        names = ("video", "track_id", "category_id", "category_name", "frame_index", "score", "predicted_iou")
+        cols = [rows[n].to_pylist() for n in names]
+        extra = [rows[n].to_pylist() for n in ("verdict", "rle_counts", "height", "width")]
+        for (video, tid, cid, cname, frame, score, piou), (verdict, counts, h, w) in zip(
+            zip(*cols, strict=True), zip(*extra, strict=True), strict=True
+        ):
+            t = self.live.get((video, tid))
+            if t is None:
+                t = self.live[(video, tid)] = TrackRow(video, int(tid), int(cid), cname, int(frame), int(frame))
+            t.last_frame = max(t.last_frame, int(frame))
+            t.frames += 1
+            s = float(score) if score is not None else 0.0
+            t.score_sum += s
+            t.min_score = min(t.min_score, s)
+            if piou is not None:
+                t.piou_sum += float(piou)
+                t.piou_n += 1
+            t.accepted += verdict == "accept"
+            t.rejected += verdict == "reject"
+            if t.last_rle is not None and t.size == (h, w):
+                t.step_iou_sum += float(rle.iou([t.last_rle], [counts], h, w)[0, 0])
+                t.steps += 1
+            t.last_rle, t.size = counts, (int(h), int(w))
+
+    def finish_video(self, video: str) -> list[TrackRow]:
+        """The video's tracks (by id), no longer held."""
+        done = sorted((k for k in self.live if k[0] == video), key=lambda k: k[1])
+        return [self.live.pop(k) for k in done]
+
+    def videos(self) -> Iterable[str]:
+        return sorted({k[0] for k in self.live})
+
+
+def tracks_table(rows: list[TrackRow]) -> pa.Table:
+    return pa.Table.from_pylist([r.as_row() for r in rows], schema=TRACKS_SCHEMA)

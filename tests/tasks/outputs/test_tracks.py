@@ -1,0 +1,110 @@
+"""Tracks across frames and clips (segflow.tasks.outputs.tracks): first frames filled in, clips joined on their
+shared frames by mask IoU, one row per track."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from segflow.tasks import rle
+from segflow.tasks.outputs.tracks import TrackStitcher, TrackSummary, fill_track_starts, track_verdict
+from segflow.tasks.outputs.video_exports import mots_multiplier, video_name
+
+H, W = 60, 80
+
+
+def _square(x: int, y: int, side: int = 12) -> str:
+    m = np.zeros((H, W), bool)
+    m[y : y + side, x : x + side] = True
+    return rle.encode_nhw(m)[0]
+
+
+def _masks(rows: list[tuple[int, int | None, int, str]], video: str = "v.mp4") -> pa.Table:
+    """rows: (frame, track id or None, class, rle)."""
+    n = len(rows)
+    return pa.table(
+        {
+            "annotation_id": pa.array(range(1, n + 1), pa.int64()),
+            "video": [video] * n,
+            "frame_index": pa.array([r[0] for r in rows], pa.int64()),
+            "track_id": pa.array([r[1] for r in rows], pa.int64()),
+            "category_id": pa.array([r[2] for r in rows], pa.int32()),
+            "category_name": [f"c{r[2]}" for r in rows],
+            "rle_counts": [r[3] for r in rows],
+            "width": pa.array([W] * n, pa.int32()),
+            "height": pa.array([H] * n, pa.int32()),
+            "score": pa.array([0.9] * n, pa.float32()),
+            "predicted_iou": pa.array([0.8] * n, pa.float32()),
+            "verdict": ["accept"] * n,
+        }
+    )
+
+
+def test_a_tracks_first_frames_get_its_id_when_the_mask_continues_it():
+    rows = [
+        (0, None, 1, _square(10, 10)),  # the track's unconfirmed first frames
+        (1, None, 1, _square(12, 10)),
+        (2, 7, 1, _square(14, 10)),
+        (3, 7, 1, _square(16, 10)),
+        (1, None, 2, _square(13, 11)),  # another class at the same place: not the track's
+        (1, None, 1, _square(50, 40)),  # the same class elsewhere: not the track's
+    ]
+    out = fill_track_starts(_masks(rows))["track_id"].to_pylist()
+    assert out == [7, 7, 7, 7, None, None]
+    # negative control: a mask that does not overlap enough stays without a track
+    far = [(0, None, 1, _square(30, 30)), (1, 7, 1, _square(10, 10))]
+    assert fill_track_starts(_masks(far))["track_id"].to_pylist() == [None, 7]
+
+
+def _clip(frames: range, objects: dict[int, tuple[int, int]], dx: int = 2) -> list[tuple]:
+    """objects: local id -> (class, start x): squares moving ``dx`` px a frame."""
+    return [(f, t, c, _square(x0 + dx * f, 20)) for f in frames for t, (c, x0) in objects.items()]
+
+
+def test_clips_are_joined_on_their_shared_frames_and_new_tracks_numbered_after():
+    s = TrackStitcher()
+    s.add_clip("s0", "v.mp4", _masks(_clip(range(0, 6), {1: (1, 0), 2: (2, 40)})), None)
+    # the next clip numbers its tracks again; its context (frames 4, 5) shows its 2 is s0's 1 and its 1 is s0's 2
+    context = _masks(_clip(range(4, 6), {2: (1, 0), 1: (2, 40)}))
+    own = _masks(_clip(range(6, 10), {2: (1, 0), 1: (2, 40), 3: (1, 0)}, dx=2)[:8] + [(6, 3, 1, _square(60, 45))])
+    s.add_clip("s1", "v.mp4", own, context)
+    assert (s.global_id("s1", 2), s.global_id("s1", 1), s.global_id("s1", 3)) == (1, 2, 3)
+    assert s.apply("s1", own)["track_id"].to_pylist()[:2] == [1, 2]
+    # another video starts again at 1
+    s.add_clip("s2", "w.mp4", _masks(_clip(range(0, 2), {5: (1, 0)}), "w.mp4"), None)
+    assert s.global_id("s2", 5) == 1
+
+
+@pytest.mark.parametrize(
+    "context_rows",
+    [
+        _clip(range(4, 6), {2: (1, 30)}),  # elsewhere in the frame: IoU 0
+        [(f, 2, 2, r) for f, _, _, r in _clip(range(4, 6), {2: (1, 0)})],  # same place, another class
+    ],
+)
+def test_tracks_that_do_not_overlap_or_differ_in_class_are_not_joined(context_rows):
+    s = TrackStitcher()
+    s.add_clip("s0", "v.mp4", _masks(_clip(range(0, 6), {1: (1, 0)})), None)
+    s.add_clip("s1", "v.mp4", _masks([(6, 2, 1, _square(12, 20))]), _masks(context_rows))
+    assert s.global_id("s1", 2) == 2
+
+
+def test_track_rows_and_verdicts():
+    summary = TrackSummary()
+    rows = _clip(range(0, 4), {1: (1, 0)}) + [(2, 2, 2, _square(50, 40))]
+    t = _masks(rows)
+    verdicts = ["accept", "accept", "review", "accept", "accept"]
+    t = t.set_column(t.schema.get_field_index("verdict"), "verdict", pa.array(verdicts))
+    summary.add(t)
+    one, two = summary.finish_video("v.mp4")
+    assert (one.first_frame, one.last_frame, one.frames, one.accepted, one.verdict) == (0, 3, 4, 3, "accept")
+    assert one.as_row()["mean_step_iou"] == pytest.approx(120 / 168)  # 12x12 squares 2 px apart
+    assert (two.frames, two.verdict) == (1, "review")  # one frame: not a track to export alone
+    assert summary.finish_video("v.mp4") == []
+    assert track_verdict(3, 0, 3) == "reject" and track_verdict(4, 1, 0) == "review"
+
+
+def test_mots_ids_and_names():
+    assert mots_multiplier(999) == 1000 and mots_multiplier(1000) == 10000
+    assert video_name("dash/day1.mp4") == "dash/day1" and video_name("park") == "park"
