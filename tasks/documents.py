@@ -312,6 +312,19 @@ class ExportCounts(TypedDict):
     qc: QcReportCounts | None
 
 
+class TrackExports(TypedDict):
+    """What finalize's video exports wrote (``summary.json``'s ``tracks``): videos, tracks and exported tracks, the
+    tracks' score threshold, its fit on the gold videos (``fit``) and the exported tracks' quality on them (``gold``;
+    optimistic: the threshold was fitted there)."""
+
+    videos: int
+    tracks: int
+    exported: int
+    threshold: float | None
+    fit: dict[str, float | int | None] | None
+    gold: dict[str, float | int | None] | None
+
+
 class ReviewEstimate(TypedDict):
     """``reviews/<version>/estimate.json``: the exported set's precision and recall estimated from a review
     batch's audit, with 95% intervals (:mod:`segflow.tasks.ops.review_batch`)."""

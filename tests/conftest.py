@@ -39,6 +39,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         make_tiny_sam,
         make_tiny_sam3,
         make_tiny_semantic,
+        make_tiny_video_model,
         make_tiny_yolo,
     )
 
@@ -59,6 +60,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         ),
         "sam2": make_tiny_promptable(d / "sam2-tiny", "sam2"),
         "sam3": make_tiny_sam3(d / "sam3-tiny"),
+        "sam2_video": make_tiny_video_model(d / "sam2-video-tiny", "sam2_video"),
         "semantic": make_tiny_semantic(d / "semantic-tiny.pt", ["void", *SHAPE_CLASSES], seed=0),
     }
 

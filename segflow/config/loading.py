@@ -44,7 +44,7 @@ def parse_config(
     check_files: bool = True,
 ) -> JobConfig:
     """Validate an already-loaded mapping. ``overrides`` (``source``, ``output``, ``gold_set``, ``gold_panoptic``,
-    ``gold_semantic``, ``calibration``) are CLI values, relative to cwd."""
+    ``gold_semantic``, ``gold_video``, ``calibration``) are CLI values, relative to cwd."""
     if data is None:
         raise ConfigError(file, [("", "the file is empty")])
     if not isinstance(data, dict):
@@ -94,6 +94,7 @@ def _resolve_paths(job: JobConfig, base: Path | str, overrides: dict[str, str]) 
             "gold_set": path("gold_set", job.gold_set),
             "gold_panoptic": path("gold_panoptic", job.gold_panoptic),
             "gold_semantic": path("gold_semantic", job.gold_semantic),
+            "gold_video": path("gold_video", job.gold_video),
             "accept": job.accept.model_copy(update={"calibration": calibration}),
             "publish": publish,
         }

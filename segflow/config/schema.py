@@ -307,6 +307,12 @@ class JobConfig(Strict):
         "folder of the same name without .json (COCO convention): the run reports "
         "PQ, SQ, RQ and mIoU of the panoptic output against it.",
     )
+    gold_video: str | None = Field(
+        None,
+        description="YouTube-VIS JSON with human-labelled tracks for some videos (matched by name: the video's key "
+        "without extension): the run fits the tracks' score threshold for `accept.precision` on them and reports "
+        "the tracks' precision and recall (docs/video.md).",
+    )
     gold_semantic: str | None = Field(
         None,
         description="Folder of label PNGs (one byte per pixel: the ontology id, 0 = void), named like the images "
@@ -353,7 +359,7 @@ class JobConfig(Strict):
 
     def tracks(self) -> bool:
         """Whether a stage links masks into tracks (a video job's ``track`` stage)."""
-        return any(self.role(n) == "tracker" for n in self.stages)
+        return any(ADAPTERS[s.kind].makes_tracks for s in self.stages.values())
 
     def instance_sinks(self) -> list[str]:
         """Instance-mask stages (segmenter, qc, instance labelers) whose rows no other instance stage refines: the

@@ -95,7 +95,7 @@ def _url_issues(job: JobConfig) -> list[tuple[str, str]]:
 
     keys = {"source.url": job.source.url, "source.list": job.source.list, "output": job.output}
     keys |= {"gold_set": job.gold_set, "gold_panoptic": job.gold_panoptic, "accept.calibration": job.accept.calibration}
-    keys |= {"gold_semantic": job.gold_semantic}
+    keys |= {"gold_semantic": job.gold_semantic, "gold_video": job.gold_video}
     keys |= {f"stages.{n}.weights": getattr(st, "weights", None) for n, st in job.stages.items()}
     keys |= {f"exports[{i}].dest": e.dest for i, e in enumerate(job.exports or [])}
     keys |= {"publish.dest": job.publish.dest if job.publish is not None else None}
@@ -122,7 +122,7 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
     issues += [
         (f"stages.{n}", f"a {s.kind!r} stage links a video's frames: set source.video (docs/video.md)")
         for n, s in job.stages.items()
-        if ADAPTERS[s.kind].role == "tracker" and job.source.video is None
+        if ADAPTERS[s.kind].makes_tracks and job.source.video is None
     ]
     issues += _prompt_issues(job)
     issues += _stage_class_issues(job)
@@ -136,6 +136,8 @@ def _semantic_issues(job: JobConfig, check_files: bool) -> list[tuple[str, str]]
         issues += _file_issues(job)
     if job.gold_panoptic and not job.panoptic_sink():
         issues.append(("gold_panoptic", "the job has no panoptic stage (kind: mask2former) to evaluate"))
+    if job.gold_video and not job.tracks():
+        issues.append(("gold_video", "the job has no stage that makes tracks (kind: track or sam2_video)"))
     if job.gold_semantic and not job.panoptic_sink():
         issues.append(("gold_semantic", "the job has no stage that makes semantic maps (semantic or mask2former)"))
     return issues
@@ -336,6 +338,8 @@ def _file_issues(job: JobConfig) -> list[tuple[str, str]]:
         issues.append(("source.url", f"not found: {p}"))
     if (p := local(job.gold_set)) and not os.path.isfile(p):
         issues.append(("gold_set", f"file not found: {p}"))
+    if (p := local(job.gold_video)) and not os.path.isfile(p):
+        issues.append(("gold_video", f"file not found: {p}"))
     if p := local(job.gold_panoptic):
         pngs = p.removesuffix(".json")
         if not os.path.isfile(p):

@@ -36,10 +36,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from segflow.tasks.documents import Calibration, CommitRecord, DriftHistograms, ExportCounts, Quality
+from segflow.tasks.documents import (
+    Calibration,
+    CommitRecord,
+    DriftHistograms,
+    ExportCounts,
+    Quality,
+    TrackExports,
+)
 from segflow.tasks.evaluate.semantic_audit import SemanticAudit, class_areas
 from segflow.tasks.io.layout import OutputLayout
-from segflow.tasks.io.storage import open_fs, redact, write_bytes
+from segflow.tasks.io.storage import open_fs, read_json, redact, write_bytes
 from segflow.tasks.outputs.coco import InstancesWriter
 from segflow.tasks.outputs.manifest import ANNOTATION_ID_STRIDE
 from segflow.tasks.outputs.panoptic_export import (
@@ -52,7 +59,7 @@ from segflow.tasks.outputs.panoptic_export import (
     rendered_marker,
 )
 from segflow.tasks.outputs.qc_report import QcAccumulator, write_qc_report
-from segflow.tasks.outputs.tracks import TrackStitcher
+from segflow.tasks.outputs.tracks import TrackRule, TrackStitcher
 from segflow.tasks.outputs.video_exports import VideoExports
 from segflow.tasks.plan.planner import iter_plan_batches
 from segflow.tasks.records import RunSummary
@@ -64,6 +71,7 @@ from segflow.tasks.shard.commit import (
     parse_committed,
     read_committed_bytes,
 )
+from segflow.tasks.stages.registry import ADAPTERS
 
 if TYPE_CHECKING:
     from segflow.config.schema import JobConfig
@@ -410,7 +418,7 @@ class _ShardPass:
         self.parts: dict[str, dict[str, dict]] = {}
         self.sampler = ReportSampler()
         self.stitcher: TrackStitcher | None = None
-        self.tracks: dict[str, int] = {}
+        self.tracks: TrackExports | None = None
         self.video_exports: VideoExports | None = None
         if job.tracks():
             paths.update(tracks=layout.tracks, vis=layout.vis_instances, mots=layout.mots)
@@ -450,7 +458,16 @@ class _ShardPass:
         )
         if "tracks" in paths:
             cats = [{"id": int(i), "name": n, "supercategory": "object"} for i, n in sorted(names.items())]
-            self.video_exports = VideoExports(paths["tracks"], paths["vis"], paths["mots"], cats, self.keep)
+            st = next(s for s in job.stages.values() if ADAPTERS[s.kind].makes_tracks)
+            rule = TrackRule(int(getattr(st, "min_frames", 3)), float(getattr(st, "min_mean_score", 0.5)))
+            gold, gold_url = None, getattr(job, "gold_video", None)
+            if gold_url:
+                gold = read_json(open_fs(gold_url)[0], gold_url)
+                if gold is None:
+                    raise FileNotFoundError(f"gold_video: file not found: {redact(gold_url)}")
+            self.video_exports = VideoExports(
+                paths["tracks"], paths["vis"], paths["mots"], cats, self.keep, rule, gold, job.accept.precision
+            )
 
     def add(self, c: CommitRecord) -> None:
         """One committed shard: verdicts, exports, manifest parts, counts."""

@@ -28,7 +28,7 @@ qc_reasons         list<string>  QC rules that fired (null without a qc stage)
 video              string        a video's frame: the video's key (null for still images)
 frame_index        int64         its frame number, 0-based, before sampling (null for still images)
 timestamp_s        float64       seconds from the video's start (null for still images)
-track_id           int64         with a ``track`` stage: the mask's track, unique within its clip (else null)
+track_id           int64         with a ``track`` stage: the mask's track, global per video (else null)
 =================  ============  ==========================================================
 
 Finalize adds four columns to the manifest's parts (the committed shard files

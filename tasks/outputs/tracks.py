@@ -34,7 +34,9 @@ __all__ = [
     "TrackStitcher",
     "TrackSummary",
     "TrackRow",
+    "TrackRule",
     "track_verdict",
+    "class_conflicts",
     "MIN_TRACK_IOU",
 ]
 
@@ -55,7 +57,9 @@ TRACKS_SCHEMA = pa.schema(
         ("mean_predicted_iou", pa.float32()),
         ("mean_step_iou", pa.float32()),
         ("accepted", pa.int64()),
+        ("conflict_with", pa.int64()),
         ("verdict", pa.string()),
+        ("verdict_reasons", pa.list_(pa.string())),
     ]
 )
 
@@ -165,14 +169,69 @@ class TrackStitcher:
         return masks.set_column(i, "track_id", pa.array(ids, pa.int64()))
 
 
-def track_verdict(frames: int, accepted: int, rejected: int) -> str:
-    """A track's verdict from its masks' verdicts: ``reject`` when every mask is rejected; ``accept`` when it has
-    at least two frames and at least half of its masks are accepted; ``review`` otherwise."""
+@dataclass(frozen=True)
+class TrackRule:
+    """What a track needs to be accepted (the ``track`` stage's ``min_frames`` and ``min_mean_score``)."""
+
+    min_frames: int = 3
+    min_mean_score: float = 0.5
+
+
+def track_verdict(
+    frames: int,
+    accepted: int,
+    rejected: int,
+    mean_score: float,
+    rule: TrackRule = TrackRule(),
+    conflict: bool = False,
+) -> tuple[str, list[str]]:
+    """A track's verdict and its reasons: ``reject`` (``rejected``) when every mask of it is rejected; ``accept``
+    when it has ``rule.min_frames`` frames or more (else ``short``), a mean mask score of ``rule.min_mean_score``
+    or more (else ``low_score``), at least half of its masks accepted (else ``masks_not_accepted``) and no
+    stronger track of another class on the same object (``conflict``: else ``class_conflict``); ``review``
+    otherwise."""
     if rejected == frames:
-        return "reject"
-    if frames >= 2 and 2 * accepted >= frames:
-        return "accept"
-    return "review"
+        return "reject", ["rejected"]
+    reasons = [
+        r
+        for r, fired in (
+            ("short", frames < rule.min_frames),
+            ("low_score", mean_score < rule.min_mean_score),
+            ("masks_not_accepted", 2 * accepted < frames),
+            ("class_conflict", conflict),
+        )
+        if fired
+    ]
+    return ("review" if reasons else "accept"), reasons
+
+
+def class_conflicts(tracks: list[TrackRow], masks: pa.Table, min_iou: float = MIN_TRACK_IOU) -> None:
+    """Mark the weaker of two tracks of different classes on one object (``masks``: the video's tracked rows; the
+    same object when their masks overlap at IoU >= ``min_iou`` in at least half of the shorter track's frames):
+    the one whose masks score less on average, over its whole track, gets ``conflict_with`` the other's id. A
+    detector that calls one object a square and a triangle at once makes two tracks, one per class: one is wrong.
+    """
+    by = _by_track_frame(masks)
+    if len(by) < 2:
+        return
+    rows = {t.track_id: t for t in tracks}
+    h, w = int(masks["height"][0].as_py()), int(masks["width"][0].as_py())
+    ids = sorted(by)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1 :]:
+            ta, tb = rows.get(a), rows.get(b)
+            if ta is None or tb is None or ta.category_id == tb.category_id:
+                continue
+            shared = sorted(set(by[a]) & set(by[b]))
+            if not shared or 2 * len(shared) < min(ta.frames, tb.frames):
+                continue
+            same = [f for f in shared if float(rle.iou([by[a][f][1]], [by[b][f][1]], h, w)[0, 0]) >= min_iou]
+            if 2 * len(same) < min(ta.frames, tb.frames):
+                continue
+            sa, sb = ta.score_sum / ta.frames, tb.score_sum / tb.frames
+            weak, strong = (ta, tb) if (sa, -a) < (sb, -b) else (tb, ta)
+            if weak.conflict_with is None:
+                weak.conflict_with = strong.track_id
 
 
 @dataclass
@@ -196,34 +255,41 @@ class TrackRow:
     rejected: int = 0
     last_rle: str | None = None
     size: tuple[int, int] = (0, 0)
+    rule: TrackRule = TrackRule()
+    conflict_with: int | None = None  # a stronger track of another class on the same object (class_conflicts)
+
+    def _verdict(self) -> tuple[str, list[str]]:
+        mean = self.score_sum / max(1, self.frames)
+        return track_verdict(self.frames, self.accepted, self.rejected, mean, self.rule, self.conflict_with is not None)
 
     @property
     def verdict(self) -> str:
-        return track_verdict(self.frames, self.accepted, self.rejected)
+        return self._verdict()[0]
 
-    def as_row(self) -> dict:
-        return {
-            "video": self.video,
-            "track_id": self.track_id,
-            "category_id": self.category_id,
-            "category_name": self.category_name,
-            "first_frame": self.first_frame,
-            "last_frame": self.last_frame,
-            "frames": self.frames,
-            "mean_score": self.score_sum / self.frames if self.frames else None,
-            "min_score": self.min_score if self.frames else None,
-            "mean_predicted_iou": self.piou_sum / self.piou_n if self.piou_n else None,
-            "mean_step_iou": self.step_iou_sum / self.steps if self.steps else None,
-            "accepted": self.accepted,
-            "verdict": self.verdict,
-        }
+    @property
+    def verdict_reasons(self) -> list[str]:
+        return self._verdict()[1]
+
+    @property
+    def mean_score(self) -> float | None:
+        return self.score_sum / self.frames if self.frames else None
+
+    @property
+    def mean_predicted_iou(self) -> float | None:
+        return self.piou_sum / self.piou_n if self.piou_n else None
+
+    @property
+    def mean_step_iou(self) -> float | None:
+        """Mean mask IoU between the track's consecutive labelled frames (None: one frame)."""
+        return self.step_iou_sum / self.steps if self.steps else None
 
 
 class TrackSummary:
     """The tracks of a run, one :class:`TrackRow` each, from its mask rows (final verdicts and global ids), fed a
     clip at a time in frame order. :meth:`finish_video` returns a video's tracks once its last clip is in."""
 
-    def __init__(self) -> None:
+    def __init__(self, rule: TrackRule = TrackRule()) -> None:
+        self.rule = rule
         self.live: dict[tuple[str, int], TrackRow] = {}
 
     def add(self, masks: pa.Table) -> None:
@@ -241,7 +307,8 @@ class TrackSummary:
         ):
             t = self.live.get((video, tid))
             if t is None:
-                t = self.live[(video, tid)] = TrackRow(video, int(tid), int(cid), cname, int(frame), int(frame))
+                t = TrackRow(video, int(tid), int(cid), cname, int(frame), int(frame), rule=self.rule)
+                self.live[(video, tid)] = t
             t.last_frame = max(t.last_frame, int(frame))
             t.frames += 1
             s = float(score) if score is not None else 0.0
@@ -267,4 +334,7 @@ class TrackSummary:
 
 
 def tracks_table(rows: list[TrackRow]) -> pa.Table:
-    return pa.Table.from_pylist([r.as_row() for r in rows], schema=TRACKS_SCHEMA)
+    """``rows`` as ``manifest/tracks.parquet``'s table (:data:`TRACKS_SCHEMA`)."""
+    columns = {name: [getattr(r, name) for r in rows] for name in TRACKS_SCHEMA.names if name not in ("min_score",)}
+    columns["min_score"] = [r.min_score if r.frames else None for r in rows]
+    return pa.table({n: pa.array(columns[n], TRACKS_SCHEMA.field(n).type) for n in TRACKS_SCHEMA.names})

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -33,8 +34,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from segflow.tasks import rle
+from segflow.tasks.documents import TrackExports
+from segflow.tasks.evaluate.video_quality import GoldTracks, TrackFit, fit_track_threshold, gold_track_quality
 from segflow.tasks.io.storage import local_tempfile, open_fs, publish_file, safe_join, write_bytes
-from segflow.tasks.outputs.tracks import TRACKS_SCHEMA, TrackRow, TrackSummary, tracks_table
+from segflow.tasks.outputs.tracks import (
+    TRACKS_SCHEMA,
+    TrackRow,
+    TrackRule,
+    TrackSummary,
+    class_conflicts,
+    tracks_table,
+)
 
 __all__ = ["VideoExports", "video_name", "mots_multiplier"]
 
@@ -61,18 +71,37 @@ class _Video:
 
 class VideoExports:
     """Finalize's video outputs. :meth:`add` each clip's images and masks (final verdicts, global track ids) in
-    order, then :meth:`close`."""
+    order, then :meth:`close`.
 
-    def __init__(self, tracks_url: str, vis_url: str, mots_url: str, categories: list[dict], keep: Sequence[str]):
+    Each video's tracks are written, when its last clip has passed, to temporary files as candidates (every track
+    not rejected); :meth:`close` decides which are exported -- with a gold set of video labels (``gold``, YouTube-VIS)
+    the tracks' score threshold is fitted first on the gold videos' tracks (:func:`fit_track_threshold`) -- and
+    writes the exports from the candidates it keeps."""
+
+    def __init__(
+        self,
+        tracks_url: str,
+        vis_url: str,
+        mots_url: str,
+        categories: list[dict],
+        keep: Sequence[str],
+        rule: TrackRule | None = None,
+        gold: Mapping[str, Any] | None = None,
+        target_precision: float = 0.95,
+    ):
         self.tracks_url, self.vis_url, self.mots_url = tracks_url, vis_url, mots_url
         self.categories, self.keep = categories, tuple(keep)
-        self.summary = TrackSummary()
+        self.rule = rule or TrackRule()
+        self.summary = TrackSummary(self.rule)
         self.current: str | None = None
         self.video = _Video()
         self.rows: list[TrackRow] = []
         self.videos: list[dict[str, Any]] = []
-        self.n_annotations = 0
-        self._tmp = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8")
+        self.gold = GoldTracks(gold) if gold is not None else None
+        self.target = target_precision
+        self.right: dict[tuple[str, int], bool] = {}  # the gold videos' tracks: whether each matches a gold track
+        self._vis = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8")
+        self._mots = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8")
         fs, path = open_fs(mots_url)
         if fs.exists(path):
             fs.rm(path, recursive=True)
@@ -100,36 +129,47 @@ class VideoExports:
         if video is None or not state.frames:
             return
         tracks = self.summary.finish_video(video)
+        masks = pa.concat_tables(state.masks) if state.masks else None
+        if masks is not None:
+            class_conflicts(tracks, masks)
         self.rows.extend(tracks)
         order = sorted(state.frames)
         position = {f: k for k, f in enumerate(order)}
         h, w = state.frames[order[0]][1:]
-        video_id = len(self.videos) + 1
+        name = video_name(video)
         self.videos.append(
             {
-                "id": video_id,
-                "name": video_name(video),
+                "id": len(self.videos) + 1,
+                "name": name,
                 "width": w,
                 "height": h,
                 "length": len(order),
                 "file_names": [state.frames[f][0] for f in order],
             }
         )
-        exported = {t.track_id: t for t in tracks if t.verdict in self.keep}
-        masks = pa.concat_tables(state.masks) if state.masks else None
-        if masks is None or not exported:
+        candidates = {t.track_id: t for t in tracks if t.verdict != "reject"}
+        if masks is None or not candidates:
             return
-        masks = masks.filter(pc.is_in(masks["track_id"], pa.array(sorted(exported), pa.int64())))
-        self._write_vis(video_id, exported, masks, position, (h, w))
-        self._write_mots(video, exported, masks)
+        masks = masks.filter(pc.is_in(masks["track_id"], pa.array(sorted(candidates), pa.int64())))
+        if self.gold is not None and name in self.gold.videos:
+            for tid, right in self.gold.judge(name, masks, {f: state.frames[f][0] for f in order}).items():
+                self.right[(video, tid)] = right
+        self._candidates_vis(video, len(self.videos), candidates, masks, position, (h, w))
+        self._candidates_mots(video, candidates, masks)
 
-    def _write_vis(
-        self, video_id: int, exported: dict[int, TrackRow], masks: pa.Table, position: dict[int, int], size: tuple
+    def _candidates_vis(
+        self,
+        video: str,
+        video_id: int,
+        tracks: dict[int, TrackRow],
+        masks: pa.Table,
+        position: dict[int, int],
+        size: tuple[int, int],
     ) -> None:
         n = len(position)
-        per: dict[int, list[Any]] = {t: [None] * n for t in exported}
-        areas: dict[int, list[Any]] = {t: [None] * n for t in exported}
-        boxes: dict[int, list[Any]] = {t: [None] * n for t in exported}
+        per: dict[int, list[Any]] = {t: [None] * n for t in tracks}
+        areas: dict[int, list[Any]] = {t: [None] * n for t in tracks}
+        boxes: dict[int, list[Any]] = {t: [None] * n for t in tracks}
         cols = ("track_id", "frame_index", "rle_counts", "area", "bbox")
         for t, f, counts, area, bbox in zip(*(masks[c].to_pylist() for c in cols), strict=True):
             k = position.get(int(f))
@@ -137,12 +177,10 @@ class VideoExports:
                 continue
             per[t][k] = rle.to_coco_segmentation(counts, *size)
             areas[t][k], boxes[t][k] = int(area), [float(v) for v in bbox]
-        for t in sorted(exported):
-            self.n_annotations += 1
+        for t in sorted(tracks):
             ann = {
-                "id": self.n_annotations,
                 "video_id": video_id,
-                "category_id": exported[t].category_id,
+                "category_id": tracks[t].category_id,
                 "segmentations": per[t],
                 "areas": areas[t],
                 "bboxes": boxes[t],
@@ -152,50 +190,112 @@ class VideoExports:
                 "width": size[1],
                 "segflow_track_id": t,
             }
-            self._tmp.write(("," if self.n_annotations > 1 else "") + json.dumps(ann) + "\n")
+            self._vis.write(json.dumps([video, t, ann]) + "\n")
 
-    def _write_mots(self, video: str, exported: dict[int, TrackRow], masks: pa.Table) -> None:
-        m = mots_multiplier(max(exported))
-        lines = []
+    def _candidates_mots(self, video: str, tracks: dict[int, TrackRow], masks: pa.Table) -> None:
+        """The video's MOTS lines for every candidate track; a pixel two masks claim goes to the higher score, among
+        the masks that are exported (resolved again at :meth:`close` when a track drops out)."""
         masks = masks.sort_by([("frame_index", "ascending"), ("score", "descending"), ("annotation_id", "ascending")])
-        frames = masks["frame_index"].to_numpy(zero_copy_only=False)
-        for f in np.unique(frames):
-            rows = masks.filter(pc.equal(masks["frame_index"], int(f)))
-            h, w = int(rows["height"][0].as_py()), int(rows["width"][0].as_py())
-            stack = rle.decode_many(rows["rle_counts"].to_pylist(), h, w)
-            taken = np.zeros((h, w), bool)
-            for k in range(len(stack)):  # by score: a pixel two masks claim goes to the higher score
-                stack[k] &= ~taken
-                taken |= stack[k]
-            counts = rle.encode_nhw(stack)
-            for t, c, r in zip(rows["track_id"].to_pylist(), rows["category_id"].to_pylist(), counts, strict=True):
-                lines.append(f"{int(f)} {int(c) * m + int(t)} {int(c)} {h} {w} {r}")
-        _, path = open_fs(safe_join(self.mots_url, video_name(video) + ".txt"))
-        write_bytes(self.mots_fs, path, ("\n".join(lines) + "\n").encode())
+        cols = ("frame_index", "track_id", "category_id", "height", "width", "rle_counts")
+        for f, t, c, h, w, r in zip(*(masks[k].to_pylist() for k in cols), strict=True):
+            self._mots.write(json.dumps([video, int(f), int(t), int(c), int(h), int(w), r]) + "\n")
 
-    def close(self) -> dict[str, int]:
-        """Write ``tracks.parquet`` and ``vis/instances.json``: counts (``videos``, ``tracks``, ``exported``)."""
+    def close(self) -> TrackExports:
+        """Fit the threshold (with a gold set), write ``tracks.parquet``, ``vis/instances.json`` and the MOTS files."""
         self._finish()
         for video in list(self.summary.videos()):  # tracks of videos whose frames all failed (none: a guard)
             self.rows.extend(self.summary.finish_video(video))
+        fitted: TrackFit | None = None
+        if self.gold is not None:
+            open_rule = replace(self.rule, min_mean_score=0.0)  # every rule but the score's
+            judged = [r for r in self.rows if (r.video, r.track_id) in self.right]
+            candidates = [
+                (r.score_sum / max(1, r.frames), self.right[(r.video, r.track_id)])
+                for r in judged
+                if replace(r, rule=open_rule).verdict == "accept"
+            ]
+            n_right = sum(self.right[(r.video, r.track_id)] for r in judged)
+            fitted = fit_track_threshold(candidates, len(judged), n_right, self.target)
+            if fitted.threshold is not None:
+                self.rule = replace(self.rule, min_mean_score=fitted.threshold)
+            else:  # the target cannot be reached at any threshold: every track goes to review
+                self.rule = replace(self.rule, min_mean_score=float("inf"))
+            for r in self.rows:
+                r.rule = self.rule
+        exported = {(r.video, r.track_id) for r in self.rows if r.verdict in self.keep}
         table = tracks_table(self.rows) if self.rows else TRACKS_SCHEMA.empty_table()
         fs, path = open_fs(self.tracks_url)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         write_bytes(fs, path, sink.getvalue().to_pybytes())
-        self._tmp.close()
+        self._vis.close()
+        self._mots.close()
+        try:
+            n = self._write_vis(exported)
+            self._write_mots(exported)
+        finally:
+            os.unlink(self._vis.name)
+            os.unlink(self._mots.name)
+        quality = None
+        if self.gold is not None:
+            quality = gold_track_quality(self.rows, self.right, self.gold.n_tracks, self.keep)
+        return {
+            "videos": len(self.videos),
+            "tracks": len(self.rows),
+            "exported": n,
+            "threshold": self.rule.min_mean_score if self.rule.min_mean_score != float("inf") else None,
+            "fit": None if fitted is None else fitted.to_dict(),
+            "gold": quality,
+        }
+
+    def _write_vis(self, exported: set[tuple[str, int]]) -> int:
         head = json.dumps({"videos": self.videos, "categories": self.categories})[:-1]
         fs, path = open_fs(self.vis_url)
         local = local_tempfile(fs, path, ".json")
+        n = 0
         try:
-            with open(self._tmp.name, encoding="utf-8") as body, open(local, "w", encoding="utf-8") as out:
+            with open(self._vis.name, encoding="utf-8") as body, open(local, "w", encoding="utf-8") as out:
                 out.write(head + ', "annotations": [\n')
                 for line in body:
-                    out.write(line)
+                    video, t, ann = json.loads(line)
+                    if (video, t) not in exported:
+                        continue
+                    n += 1
+                    out.write(("," if n > 1 else "") + json.dumps({"id": n, **ann}) + "\n")
                 out.write("]}\n")
             publish_file(fs, local, path)
         finally:
-            os.unlink(self._tmp.name)
             if os.path.exists(local):
                 os.unlink(local)
-        return {"videos": len(self.videos), "tracks": len(self.rows), "exported": self.n_annotations}
+        return n
+
+    def _write_mots(self, exported: set[tuple[str, int]]) -> None:
+        video: str | None = None
+        lines: list[list[Any]] = []  # the candidates' file is in video, frame, score order
+        with open(self._mots.name, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                if row[0] != video:
+                    self._flush_mots(video, lines)
+                    video, lines = row[0], []
+                if (row[0], row[2]) in exported:
+                    lines.append(row)
+        self._flush_mots(video, lines)
+
+    def _flush_mots(self, video: str | None, rows: list[list[Any]]) -> None:
+        if video is None or not rows:
+            return
+        m = mots_multiplier(max(int(r[2]) for r in rows))
+        out = []
+        for frame in sorted({int(r[1]) for r in rows}):
+            here = [r for r in rows if int(r[1]) == frame]  # in score order
+            h, w = int(here[0][4]), int(here[0][5])
+            stack = rle.decode_many([r[6] for r in here], h, w)
+            taken = np.zeros((h, w), bool)
+            for k in range(len(stack)):  # a pixel two masks claim goes to the higher score
+                stack[k] &= ~taken
+                taken |= stack[k]
+            for r, counts in zip(here, rle.encode_nhw(stack), strict=True):
+                out.append(f"{frame} {int(r[3]) * m + int(r[2])} {int(r[3])} {h} {w} {counts}")
+        _, path = open_fs(safe_join(self.mots_url, video_name(video) + ".txt"))
+        write_bytes(self.mots_fs, path, ("\n".join(out) + "\n").encode())

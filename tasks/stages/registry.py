@@ -95,6 +95,8 @@ class AdapterSpec:
     needs_roles: tuple[str, ...] = ()  # exactly one input stage of each of these roles ("a|b": either)
     optional_roles: tuple[tuple[str, ...], ...] = ()  # at most one input stage from each group
     produces_masks: bool = False
+    #: it links a video's frames into tracks (masks get ``track_id``): needs ``source.video``; finalize joins clips
+    makes_tracks: bool = False
     #: "module:function" called with the resolved weights before any flow starts; raises WeightsError for a file
     #: that must not be loaded (e.g. a model description that could run code). Loads no model.
     check: str = ""
@@ -238,6 +240,18 @@ ADAPTERS: dict[str, AdapterSpec] = {
         "none",
         needs_roles=("segmenter|qc|instances",),
         produces_masks=True,
+        makes_tracks=True,
+    ),
+    "sam2_video": AdapterSpec(
+        _M + "sam2_video:VideoPropagator",
+        _S + "sam2_video:Sam2VideoStage",
+        "segmenter",
+        "transformers",
+        "transformers",
+        "file_or_dir",
+        needs_roles=("detector",),
+        produces_masks=True,
+        makes_tracks=True,
     ),
     # transformers' Mask2Former matcher needs scipy even for inference
     "mask2former": AdapterSpec(

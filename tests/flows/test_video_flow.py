@@ -209,3 +209,33 @@ def test_clips_joined_on_their_overlap_equal_one_clip_and_a_clip_relabelled_keep
     assert cli.main(["rerun", str(three), "--shards", "shard-00001", "--no-progress"]) == 0
     assert (three / "shards" / "shard-00001" / "_COMMIT-r1.json").exists()
     assert tracks(three) == joined
+
+
+def test_a_video_job_with_sam2_video_propagation(prefect_harness, tmp_path, tiny_models):
+    """detector -> `kind: sam2_video` in a flow (a tiny random-weight SAM 2.1 video model): masks with track ids
+    global per video, in the manifests and tracks.parquet."""
+    src = tmp_path / "videos"
+    src.mkdir()
+    _write(src / "pan.mp4", _scene_frames(5, 8, size=(96, 128)), "libx264")
+    out = tmp_path / "out"
+    path = _job(tmp_path, src, out, {"clip_frames": 4, "clip_overlap": 2})
+    job = yaml.safe_load(path.read_text())
+    job["stages"] = {
+        "detector": job["stages"]["detector"],
+        "masks": {
+            "kind": "sam2_video",
+            "needs": ["detector"],
+            "weights": str(tiny_models["sam2_video"]),
+            "keyframe_every": 2,
+            "prompt_score": 0.3,
+            "end_after": 100,
+        },
+    }
+    path.write_text(yaml.safe_dump(job))
+    assert cli.main(["run", str(path), "--no-progress"]) == 0
+    masks = _rows(out, "masks")
+    assert masks and all(m["track_id"] is not None and m["stage"] == "masks" for m in masks)
+    assert {m["prompt_model"].split(":")[0] for m in masks} == {"yolo"}
+    tracks = ds.dataset(str(out / "manifest" / "tracks.parquet")).to_table().to_pylist()
+    assert {(t["video"], t["track_id"]) for t in tracks} == {(m["video"], m["track_id"]) for m in masks}
+    assert min(t["track_id"] for t in tracks) == 1

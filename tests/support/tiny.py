@@ -467,3 +467,132 @@ def make_tiny_semantic(path: str | Path, labels: Sequence[str], seed: int = 0) -
     model = build_smp("Unet", arch, len(labels)).eval()
     save_semantic_checkpoint(model, "Unet", arch, labels, path, tile=64)
     return Path(path)
+
+
+#: the memory-side settings of a tiny video model: the memory encoder's 64 channels are fixed by the
+#: transformers implementation (its cross-attention keys are 64 wide), and the image features must be a multiple of
+#: them wider (a 64-wide model stacks its object pointers one dimension too deep)
+_TINY_VIDEO_MEMORY = dict(
+    memory_attention_hidden_size=128,
+    memory_attention_num_layers=1,
+    memory_encoder_hidden_size=128,
+    memory_encoder_output_channels=64,
+    mask_downsampler_embed_dim=128,
+    memory_fuser_embed_dim=128,
+    memory_fuser_intermediate_dim=64,
+    memory_fuser_num_layers=1,
+)
+
+
+def make_tiny_video_model(directory: str | Path, family: str, seed: int = 0) -> Path:
+    """A random tiny video model of ``family`` (sam2_video, edgetam_video, sam3_tracker_video) with its processor,
+    in the ``save_pretrained`` layout: what `kind: sam2_video` loads."""
+    import torch
+    import transformers as T
+
+    torch.manual_seed(seed)
+    wide = {"hidden_size": 128}
+    if family in ("sam2_video", "edgetam_video"):
+        parts = _tiny_sam2_parts()
+        vision = parts["vision_config"]
+        vision.fpn_hidden_size = 128
+        prompt = {**parts["prompt_encoder_config"].to_dict(), **wide}
+        decoder = {**parts["mask_decoder_config"].to_dict(), **wide}
+        if family == "edgetam_video":
+            backbone = T.TimmWrapperConfig(
+                architecture="repvit_m1",
+                model_args={
+                    "in_chans": 3,
+                    "features_only": True,
+                    "out_indices": (0, 1, 2, 3),
+                    "embed_dim": (16, 32, 48, 64),
+                    "depth": (1, 1, 1, 1),
+                },
+            )
+            vision = T.EdgeTamVisionConfig(
+                backbone_config=backbone,
+                backbone_channel_list=[64, 48, 32, 16],
+                backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
+                fpn_hidden_size=128,
+            )
+            memory = {k: v for k, v in _TINY_VIDEO_MEMORY.items() if k != "memory_attention_feed_forward_hidden_size"}
+            model = T.EdgeTamVideoModel(
+                T.EdgeTamVideoConfig(
+                    vision_config=vision,
+                    prompt_encoder_config=prompt,
+                    mask_decoder_config=decoder,
+                    image_size=128,
+                    memory_attention_mlp_hidden_size=64,
+                    memory_attention_rope_feat_sizes=[8, 8],
+                    perceiver_resampler_num_latents=16,
+                    perceiver_resampler_num_latents_2d=16,
+                    memory_attention_rope_k_sizes=[4, 4],
+                    perceiver_resampler_num_layers=1,
+                    **memory,
+                )
+            )
+        else:
+            model = T.Sam2VideoModel(
+                T.Sam2VideoConfig(
+                    vision_config=vision.to_dict(),
+                    prompt_encoder_config=prompt,
+                    mask_decoder_config=decoder,
+                    image_size=128,
+                    memory_attention_feed_forward_hidden_size=64,
+                    memory_attention_rope_feat_sizes=[8, 8],
+                    **_TINY_VIDEO_MEMORY,
+                )
+            )
+        size = {"height": 128, "width": 128}
+        proc = T.Sam2VideoProcessor(
+            image_processor=T.Sam2ImageProcessor(size=size), video_processor=T.Sam2VideoVideoProcessor(size=size)
+        )
+    elif family == "sam3_tracker_video":
+        from transformers.models.sam3.configuration_sam3 import Sam3VisionConfig, Sam3ViTConfig
+
+        vit = Sam3ViTConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=112,
+            patch_size=14,
+            window_size=4,
+            global_attn_indexes=[1],
+            pretrain_image_size=112,
+        )
+        vision = Sam3VisionConfig(
+            backbone_config=vit, fpn_hidden_size=128, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]
+        )
+        model = T.Sam3TrackerVideoModel(
+            T.Sam3TrackerVideoConfig(
+                vision_config=vision,
+                prompt_encoder_config={
+                    "hidden_size": 128,
+                    "image_size": 112,
+                    "patch_size": 14,
+                    "mask_input_channels": 8,
+                },
+                mask_decoder_config={
+                    "hidden_size": 128,
+                    "mlp_dim": 64,
+                    "num_attention_heads": 4,
+                    "iou_head_hidden_dim": 32,
+                },
+                image_size=112,
+                memory_attention_feed_forward_hidden_size=64,
+                memory_attention_rope_feat_sizes=[8, 8],
+                **_TINY_VIDEO_MEMORY,
+            )
+        )
+        size = {"height": 112, "width": 112}
+        proc = T.Sam3TrackerVideoProcessor(
+            image_processor=T.Sam3ImageProcessor(size=size),
+            video_processor=T.Sam2VideoVideoProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        )
+    else:
+        raise ValueError(f"unknown video family {family!r}")
+    out = Path(directory)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out

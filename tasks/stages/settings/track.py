@@ -14,8 +14,9 @@ __all__ = ["TrackStage"]
 class TrackStage(StageSettings):
     """Tracking by detection on a video's frames: the instance stage it needs labels each frame, a tracker from the
     `trackers` library links its masks from frame to frame by their boxes, one tracker per class (a track never
-    changes class). Each mask gets `track_id`, unique within its clip; masks no track took keep none, and so does a
-    track's first frame (a track is confirmed on its second). Needs `source.video`."""
+    changes class). Each mask gets `track_id`, global per video (clips are joined on the frames they share); masks no
+    track took keep none. Each track gets a verdict (`manifest/tracks.parquet`): only accepted tracks are exported
+    as tracks (YouTube-VIS, MOTS). Needs `source.video`."""
 
     kind: Literal["track"]
     tracker: Literal["bytetrack", "sort", "ocsort"] = Field(
@@ -33,4 +34,14 @@ class TrackStage(StageSettings):
     )
     minimum_consecutive_frames: int = Field(
         1, ge=1, description="Frames a new track must be seen in a row before it gets an id."
+    )
+    min_frames: int = Field(
+        3, ge=1, description="Labelled frames a track needs to be exported (shorter ones go to review)."
+    )
+    min_mean_score: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Mean mask score a track needs to be exported (lower ones go to review): a track of "
+        "low-scored masks is mostly a false detection followed from frame to frame.",
     )

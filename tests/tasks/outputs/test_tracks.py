@@ -8,7 +8,14 @@ import pyarrow as pa
 import pytest
 
 from segflow.tasks import rle
-from segflow.tasks.outputs.tracks import TrackStitcher, TrackSummary, fill_track_starts, track_verdict
+from segflow.tasks.outputs.tracks import (
+    TrackRule,
+    TrackStitcher,
+    TrackSummary,
+    class_conflicts,
+    fill_track_starts,
+    track_verdict,
+)
 from segflow.tasks.outputs.video_exports import mots_multiplier, video_name
 
 H, W = 60, 80
@@ -99,10 +106,31 @@ def test_track_rows_and_verdicts():
     summary.add(t)
     one, two = summary.finish_video("v.mp4")
     assert (one.first_frame, one.last_frame, one.frames, one.accepted, one.verdict) == (0, 3, 4, 3, "accept")
-    assert one.as_row()["mean_step_iou"] == pytest.approx(120 / 168)  # 12x12 squares 2 px apart
+    assert one.mean_step_iou == pytest.approx(120 / 168)  # 12x12 squares 2 px apart
     assert (two.frames, two.verdict) == (1, "review")  # one frame: not a track to export alone
     assert summary.finish_video("v.mp4") == []
-    assert track_verdict(3, 0, 3) == "reject" and track_verdict(4, 1, 0) == "review"
+    assert track_verdict(3, 0, 3, 0.9) == ("reject", ["rejected"])
+    assert track_verdict(4, 1, 0, 0.9) == ("review", ["masks_not_accepted"])
+    assert track_verdict(4, 4, 0, 0.6) == ("accept", [])
+    assert track_verdict(4, 4, 0, 0.3) == ("review", ["low_score"])  # low-scored masks followed frame to frame
+    assert track_verdict(2, 2, 0, 0.9) == ("review", ["short"])  # min_frames 3
+    assert track_verdict(2, 2, 0, 0.3, TrackRule(min_frames=2, min_mean_score=0.2)) == ("accept", [])
+    assert track_verdict(4, 4, 0, 0.9, conflict=True) == ("review", ["class_conflict"])
+
+
+def test_two_tracks_of_different_classes_on_one_object_keep_the_stronger():
+    square = _clip(range(0, 6), {1: (2, 0)})
+    triangle = [(f, 2, 3, r) for f, _, _, r in _clip(range(1, 4), {2: (2, 1)})]  # the same object, 3 frames
+    apart = [(f, 3, 1, _square(60, 40)) for f in range(0, 6)]  # a circle elsewhere
+    t = _masks(square + triangle + apart)
+    summary = TrackSummary()
+    summary.add(t)
+    rows = summary.finish_video("v.mp4")
+    class_conflicts(rows, t)
+    by = {r.track_id: r for r in rows}
+    assert by[2].conflict_with == 1 and by[2].verdict_reasons == ["class_conflict"] and by[2].verdict == "review"
+    assert by[1].conflict_with is None and by[1].verdict == "accept"
+    assert by[3].conflict_with is None  # negative control: no overlap, no conflict
 
 
 def test_mots_ids_and_names():

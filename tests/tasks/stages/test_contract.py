@@ -51,6 +51,17 @@ def stage_for(kind, tiny_models):
         from segflow.tasks.stages.settings.track import TrackStage
 
         return TrackStage(kind="track", needs=["masks"])
+    if kind == "sam2_video":  # a clip of these frames; random weights: every box prompts, tracks never end
+        from segflow.tasks.stages.settings.sam2_video import Sam2VideoStage
+
+        return Sam2VideoStage(
+            kind="sam2_video",
+            weights=str(tiny_models["sam2_video"]),
+            device="cpu",
+            needs=["detector"],
+            prompt_score=0.0,
+            end_after=100,
+        )
     if kind in ("owlv2", "owlvit", "grounding_dino"):  # random weights: scores near 0.5, so a low threshold keeps boxes
         return OwlStage(kind=kind, weights=str(tiny_models[kind]), device="cpu", conf=0.0, max_det=5, batch_size=2)
     if kind == "sam_auto":  # random weights: no score filters, a coarse grid
@@ -138,12 +149,15 @@ def stuff_segments(imgs):
 
 
 def run(adapter, role, imgs):
+    session = getattr(adapter, "session", None)
+    if callable(session):  # state per clip (trackers, video propagation): each run is a fresh clip of these frames
+        adapter = session()
     if role == "detector":
         return adapter.detect(imgs)
     if role == "qc":
         return adapter.check(imgs, [with_box_masks(d) for d in prompts_for(imgs)])
-    if role == "tracker":  # state per clip: each run is a fresh clip of these frames
-        return adapter.session().track(imgs, [with_box_masks(d) for d in prompts_for(imgs)])
+    if role == "tracker":
+        return adapter.track(imgs, [with_box_masks(d) for d in prompts_for(imgs)])
     if role == "panoptic":
         return adapter.panoptic(imgs)
     if role == "instances":
@@ -173,7 +187,7 @@ def test_adapter_contract(kind, tiny_models, rng):
             assert (dets.boxes[:, [0, 2]] >= 0).all() and (dets.boxes[:, [0, 2]] <= w).all()
             assert (dets.boxes[:, [1, 3]] >= 0).all() and (dets.boxes[:, [1, 3]] <= h).all()
         assert dets.has_masks == spec.produces_masks
-        if dets.has_masks:
+        if dets.has_masks and len(dets):
             decoded = rle.decode_many(list(dets.rle_counts), h, w)
             assert decoded.shape == (len(dets), h, w) and decoded.reshape(len(dets), -1).any(1).all()
         if spec.role in ("panoptic", "merge"):  # segments of one map: never overlapping, thing/stuff known
