@@ -90,6 +90,13 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MB (Linux: ``ru_maxrss`` is in KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def demo_job(images: Path, out: Path, shard_size: int, **det):
     """configs/demo.yaml on ``images`` into ``out``: detector and SAM only (no gold set, things only);
     ``det`` overrides detector settings."""

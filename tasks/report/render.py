@@ -81,6 +81,7 @@ class ReportContext(TypedDict):
     drift_advice: str
     review_version: str | None
     review_estimate: ReviewEstimate | None
+    video: dict[str, Any] | None
 
 
 def _json(url: str) -> Any:
@@ -155,6 +156,78 @@ def _previews(
                 entry[kind] = _uri(_jpeg(blend), "image/jpeg")
         out.append(entry)
     return out
+
+
+#: tracks the report draws a strip of frames for, and frames in each strip
+VIDEO_TRACKS, STRIP_FRAMES = 6, 5
+
+
+def _video(layout: OutputLayout) -> dict[str, Any] | None:
+    """A video run's tracks (``manifest/tracks.parquet``): verdict counts, track lengths, and for the longest
+    exported tracks (up to :data:`VIDEO_TRACKS`) a strip of frames with the track's mask drawn on them."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    fs, path = open_fs(layout.tracks)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        tracks = pq.read_table(f).to_pylist()
+    lengths = np.array([t["frames"] for t in tracks]) if tracks else np.zeros(0)
+    verdicts: dict[str, int] = {}
+    for t in tracks:
+        verdicts[t["verdict"]] = verdicts.get(t["verdict"], 0) + 1
+    shown = sorted(
+        (t for t in tracks if t["verdict"] == "accept"), key=lambda t: (-t["frames"], t["video"], t["track_id"])
+    )
+    masks_fs, masks_path = open_fs(layout.manifest("masks"))
+    data = ds.dataset(masks_path, filesystem=masks_fs, format="parquet")
+    cols = ["video", "track_id", "frame_index", "rle_counts", "height", "width", "image_uri"]
+    strips = []
+    for t in shown[:VIDEO_TRACKS]:
+        flt = (pc.field("video") == t["video"]) & (pc.field("track_id") == t["track_id"])
+        rows = data.to_table(columns=cols, filter=flt).sort_by("frame_index").to_pylist()
+        picks = [rows[int(k)] for k in np.unique(np.linspace(0, len(rows) - 1, STRIP_FRAMES).round())] if rows else []
+        tiles = []
+        for r in picks:
+            pixels = _read_image(r)
+            if pixels is None:
+                continue
+            from segflow.tasks import rle
+
+            m = rle.decode(r["rle_counts"], r["height"], r["width"])
+            drawn = pixels.copy()
+            drawn[m] = (0.45 * drawn[m] + 0.55 * np.array([255, 64, 32])).astype(np.uint8)
+            from PIL import Image
+
+            img = Image.fromarray(drawn)
+            img.thumbnail((160, 160))
+            tiles.append(np.asarray(img))
+        strip = np.concatenate([np.pad(x, ((0, 0), (0, 4), (0, 0))) for x in tiles], axis=1) if tiles else None
+        strips.append(
+            {
+                "video": redact(t["video"]),
+                "track_id": t["track_id"],
+                "category": t["category_name"],
+                "frames": t["frames"],
+                "first": t["first_frame"],
+                "last": t["last_frame"],
+                "mean_score": t["mean_score"],
+                "shown": [r["frame_index"] for r in picks],
+                "strip": _uri(_jpeg(strip, side=900), "image/jpeg") if strip is not None else None,
+            }
+        )
+    quantiles = np.percentile(lengths, [10, 50, 90]).round(1).tolist() if len(lengths) else [None] * 3
+    return {
+        "tracks": len(tracks),
+        "videos": len({t["video"] for t in tracks}),
+        "verdicts": verdicts,
+        "length_p10": quantiles[0],
+        "length_median": quantiles[1],
+        "length_p90": quantiles[2],
+        "strips": strips,
+    }
 
 
 def _timing(commits: list[CommitRecord], images: int) -> RunTiming:
@@ -254,6 +327,7 @@ def report_context(
         "drift_advice": DRIFT_ADVICE[0].upper() + DRIFT_ADVICE[1:],
         "review_version": None,
         "review_estimate": None,
+        "video": _video(layout),
     }
     context["review_version"], context["review_estimate"] = _review_estimate(output)
     return context

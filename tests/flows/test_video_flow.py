@@ -148,6 +148,11 @@ def test_videos_and_a_frame_folder_are_labelled_frame_by_frame_in_clips(prefect_
     assert (longest["first_frame"], longest["last_frame"], longest["frames"]) == (0, 10, 6)
     assert summary["tracks"]["tracks"] == len(tracks)
 
+    # the report's video section: track lengths, and a strip of frames for the longest exported tracks
+    html = (out / "report.html").read_text()
+    assert 'id="video"' in html and f'alt="track {longest["track_id"]} of walk.mp4"' in html
+    assert 'id="video"' not in (out2 / "report.html").read_text()  # still images: none
+
     # YouTube-VIS: a video per source video that has frames, one annotation per exported track, a mask per frame
     vis = json.loads((out / "vis" / "instances.json").read_text())
     names = {v["name"]: v for v in vis["videos"]}

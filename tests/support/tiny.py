@@ -484,16 +484,19 @@ _TINY_VIDEO_MEMORY = dict(
 )
 
 
-def make_tiny_video_model(directory: str | Path, family: str, seed: int = 0) -> Path:
+def make_tiny_video_model(directory: str | Path, family: str, seed: int = 0, image_size: int = 128) -> Path:
     """A random tiny video model of ``family`` (sam2_video, edgetam_video, sam3_tracker_video) with its processor,
-    in the ``save_pretrained`` layout: what `kind: sam2_video` loads."""
+    in the ``save_pretrained`` layout: what `kind: sam2_video` loads (``image_size``: sam2_video only, a multiple
+    of 64; the bench uses larger inputs, whose per-frame state weighs as a real model's does)."""
     import torch
     import transformers as T
 
     torch.manual_seed(seed)
     wide = {"hidden_size": 128}
     if family in ("sam2_video", "edgetam_video"):
-        parts = _tiny_sam2_parts()
+        if family == "edgetam_video":
+            image_size = 128
+        parts = _tiny_sam2_parts(image_size)
         vision = parts["vision_config"]
         vision.fpn_hidden_size = 128
         prompt = {**parts["prompt_encoder_config"].to_dict(), **wide}
@@ -537,13 +540,13 @@ def make_tiny_video_model(directory: str | Path, family: str, seed: int = 0) -> 
                     vision_config=vision.to_dict(),
                     prompt_encoder_config=prompt,
                     mask_decoder_config=decoder,
-                    image_size=128,
+                    image_size=image_size,
                     memory_attention_feed_forward_hidden_size=64,
-                    memory_attention_rope_feat_sizes=[8, 8],
+                    memory_attention_rope_feat_sizes=[image_size // 16] * 2,
                     **_TINY_VIDEO_MEMORY,
                 )
             )
-        size = {"height": 128, "width": 128}
+        size = {"height": image_size, "width": image_size}
         proc = T.Sam2VideoProcessor(
             image_processor=T.Sam2ImageProcessor(size=size), video_processor=T.Sam2VideoVideoProcessor(size=size)
         )
