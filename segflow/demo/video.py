@@ -34,7 +34,7 @@ from segflow.demo.synthetic import (
     _thing_texture,
 )
 
-__all__ = ["VideoTruth", "make_video", "write_video_set", "MIN_VISIBLE", "MIN_PIXELS"]
+__all__ = ["VideoTruth", "make_video", "write_video", "write_video_set", "MIN_VISIBLE", "MIN_PIXELS"]
 
 #: Share of a thing's full shape that must show for the frame to label it (else the frame is a gap in its track).
 MIN_VISIBLE = 0.4
@@ -144,18 +144,21 @@ def _full_area(cls: str, size: float) -> float:
     return _FULL_AREA[cls] * size * size
 
 
-def _write_mp4(path: Path, frames: list[np.ndarray], fps: int = 10) -> None:
+def write_video(path: Path, frames: list[np.ndarray], codec: str = "libx264", fps: int = 10) -> Path:
+    """``frames`` (H x W x 3 RGB uint8) as a video file (H.264 near-lossless by default; mkv or mp4 by the name)."""
     import av
 
     h, w = frames[0].shape[:2]
+    options = {"crf": "12", "preset": "fast"} if codec == "libx264" else {}
     with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=fps, options={"crf": "12", "preset": "fast"})
+        s = out.add_stream(codec, rate=fps, options=options)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         for f in frames:
             for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 out.mux(p)
         for p in s.encode():
             out.mux(p)
+    return path
 
 
 def write_video_set(folder: str | Path, videos: int, frames: int, seed: int) -> Path:
@@ -175,7 +178,7 @@ def write_video_set(folder: str | Path, videos: int, frames: int, seed: int) -> 
     for v in range(videos):
         name = f"video-{v:03d}"
         truth = make_video(rng, frames, things=int(rng.integers(4, 7)))
-        _write_mp4(vdir / f"{name}.mp4", truth.frames)
+        write_video(vdir / f"{name}.mp4", truth.frames)
         h, w = truth.frames[0].shape[:2]
         doc["videos"].append(
             {

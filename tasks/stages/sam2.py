@@ -72,21 +72,25 @@ FAMILIES: dict[str, tuple[str, str]] = {
 _MODEL_TYPES = {"sam2": "sam2", "edgetam": "edgetam", "sam3_tracker": "sam3_tracker", "sam_hq": "sam_hq"}
 
 
-def family_of(model_dir: str, setting: str = "auto") -> str:
-    """The family of a ``save_pretrained`` directory: ``setting`` unless ``auto``, else its ``model_type``."""
+def family_of(
+    model_dir: str, setting: str = "auto", model_types: dict[str, str] | None = None, what: str = "box-promptable"
+) -> str:
+    """The family of a ``save_pretrained`` directory: ``setting`` unless ``auto``, else its ``model_type`` looked up
+    in ``model_types`` (config ``model_type`` -> family; default: the box-promptable families)."""
     if setting != "auto":
         return setting
+    types = _MODEL_TYPES if model_types is None else model_types
     try:
         with open(os.path.join(model_dir, "config.json")) as f:
             model_type = json.load(f).get("model_type", "")
     except (OSError, ValueError) as e:
         raise WeightsError(f"{model_dir}: no readable config.json ({type(e).__name__})") from None
-    if model_type not in _MODEL_TYPES:
+    if model_type not in types:
         raise WeightsError(
-            f"{model_dir}: model_type {model_type!r} is not a box-promptable family "
-            f"(expected one of {', '.join(_MODEL_TYPES)}); set the stage's family"
+            f"{model_dir}: model_type {model_type!r} is not a {what} family "
+            f"(expected one of {', '.join(types)}); set the stage's family"
         )
-    return _MODEL_TYPES[model_type]
+    return types[model_type]
 
 
 def stability_scores(logits: np.ndarray, threshold: float, offset: float = 1.0) -> np.ndarray:
@@ -108,26 +112,37 @@ def _rows(emb: Any, j: int) -> Any:
     return emb[j : j + 1]
 
 
+def load_pretrained(
+    weights_path: str, family: str, names: tuple[str, str], device_setting: str
+) -> tuple[Any, Any, Any]:
+    """``(model, processor, device)`` of a ``save_pretrained`` directory: transformers' classes ``names`` (model,
+    processor), the model in eval mode on the resolved device. A directory that does not load is a WeightsError."""
+    import torch
+    import transformers
+
+    model_cls, proc_cls = (getattr(transformers, n) for n in names)
+    device = torch.device(resolve_device(device_setting))
+    try:
+        model = model_cls.from_pretrained(weights_path, local_files_only=True).eval().to(device)
+        processor = proc_cls.from_pretrained(weights_path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise WeightsError(
+            f"{weights_path}: cannot load a {family} model and processor: {str(e).splitlines()[0]}"
+        ) from None
+    return model, processor, device
+
+
 class TransformersBoxSegmenter:
     """Images + box prompts -> the same rows with masks (RLE), ``predicted_iou`` and ``stability_score``."""
 
     role = "segmenter"
 
     def __init__(self, stage: Sam2Stage, weights_path: str, ontology: dict[int, str] | None = None):
-        import torch
-        import transformers
-
         self.stage = stage
         self.family = family_of(weights_path, stage.family)
-        model_cls, proc_cls = (getattr(transformers, n) for n in FAMILIES[self.family])
-        self.device = torch.device(resolve_device(stage.device))
-        try:
-            self.model = model_cls.from_pretrained(weights_path, local_files_only=True).eval().to(self.device)
-            self.processor = proc_cls.from_pretrained(weights_path, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise WeightsError(
-                f"{weights_path}: cannot load a {self.family} model and processor: {str(e).splitlines()[0]}"
-            ) from None
+        self.model, self.processor, self.device = load_pretrained(
+            weights_path, self.family, FAMILIES[self.family], stage.device
+        )
         bs = stage.batch_size
         self.batch_size = int(bs) if bs != "auto" else (1 if self.device.type == "cpu" else 8)
         self.threshold = float(stage.mask_threshold)

@@ -28,8 +28,6 @@ With prompts on the first frame only and no track ending, the masks equal transf
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,9 +35,7 @@ from typing import Any
 import numpy as np
 
 from segflow.tasks import rle
-from segflow.tasks.io.weights import WeightsError
 from segflow.tasks.record import Detections
-from segflow.tasks.stages.device import resolve_device
 from segflow.tasks.stages.settings.sam2_video import Sam2VideoStage
 
 __all__ = ["FAMILIES", "VideoPropagator", "ClipPropagation", "video_family_of"]
@@ -54,19 +50,9 @@ FAMILIES: dict[str, tuple[str, str]] = {
 
 def video_family_of(model_dir: str, setting: str = "auto") -> str:
     """The family of a ``save_pretrained`` directory: ``setting`` unless ``auto``, else its ``model_type``."""
-    if setting != "auto":
-        return setting
-    try:
-        with open(os.path.join(model_dir, "config.json")) as f:
-            model_type = json.load(f).get("model_type", "")
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{model_dir}: no readable config.json ({type(e).__name__})") from None
-    if model_type not in FAMILIES:
-        raise WeightsError(
-            f"{model_dir}: model_type {model_type!r} is not a video model family "
-            f"(expected one of {', '.join(FAMILIES)}); set the stage's family"
-        )
-    return str(model_type)
+    from segflow.tasks.stages.sam2 import family_of
+
+    return family_of(model_dir, setting, {f: f for f in FAMILIES}, "video model")
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -88,20 +74,13 @@ class VideoPropagator:
     role = "segmenter"
 
     def __init__(self, stage: Sam2VideoStage, weights_path: str, ontology: dict[int, str] | None = None):
-        import torch
-        import transformers
+        from segflow.tasks.stages.sam2 import load_pretrained
 
         self.stage = stage
         self.family = video_family_of(weights_path, stage.family)
-        model_cls, proc_cls = (getattr(transformers, n) for n in FAMILIES[self.family])
-        self.device = torch.device(resolve_device(stage.device))
-        try:
-            self.model = model_cls.from_pretrained(weights_path, local_files_only=True).eval().to(self.device)
-            self.processor = proc_cls.from_pretrained(weights_path, local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise WeightsError(
-                f"{weights_path}: cannot load a {self.family} model and processor: {str(e).splitlines()[0]}"
-            ) from None
+        self.model, self.processor, self.device = load_pretrained(
+            weights_path, self.family, FAMILIES[self.family], stage.device
+        )
         cfg = self.model.config
         self.keep_frames = max(int(cfg.num_maskmem), int(getattr(cfg, "max_object_pointers_in_encoder", 16)))
 

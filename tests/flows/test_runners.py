@@ -16,11 +16,20 @@ def rows(out):
     return t.select(["annotation_id", "category_id", "rle_counts"]).to_pylist()
 
 
-@pytest.fixture()
-def reference(prefect_harness, write_job, image_dir, tmp_path):
-    out = tmp_path / "threads"
-    run_job(load_config(write_job(image_dir, out, name="threads.yaml", shard_size=4)))
-    return rows(out)
+@pytest.fixture(scope="module")
+def reference(prefect_harness, tiny_models, tmp_path_factory):
+    """The thread pool's masks for the images of ``image_dir`` (the same scenes: seed 1), once for both runners."""
+    import yaml
+
+    from segflow.demo.synthetic import write_scene_set
+    from tests.conftest import job_dict
+
+    d = tmp_path_factory.mktemp("threads")
+    write_scene_set(d / "images", 20, seed=1, corrupt=True, size_range=(160, 400))
+    job = job_dict(d / "images", d / "out", tiny_models["yolo"], tiny_models["sam"], shard_size=4)
+    (d / "threads.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
+    run_job(load_config(d / "threads.yaml"))
+    return rows(d / "out")
 
 
 def check_workers(summary, n_shards, n_models):

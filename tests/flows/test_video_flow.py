@@ -30,18 +30,9 @@ def _scene_frames(seed: int, n: int, size=(144, 192)) -> list[np.ndarray]:
 
 
 def _write(path: Path, frames: list[np.ndarray], codec: str, fps: int = 10) -> Path:
-    import av
+    from segflow.demo.video import write_video
 
-    h, w = frames[0].shape[:2]
-    with av.open(str(path), "w") as out:
-        s = out.add_stream(codec, rate=fps)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    return path
+    return write_video(path, frames, codec, fps)
 
 
 def _job(tmp_path: Path, source: Path, output: Path, video: dict | None) -> Path:

@@ -276,6 +276,42 @@ def _tiny_sam2_parts(image_size: int = 128) -> dict:
     )
 
 
+def _tiny_repvit():
+    """EdgeTAM's RepViT backbone through timm, built from its config (no download), 4 tiny stages."""
+    import transformers as T
+
+    return T.TimmWrapperConfig(
+        architecture="repvit_m1",
+        model_args={
+            "in_chans": 3,
+            "features_only": True,
+            "out_indices": (0, 1, 2, 3),
+            "embed_dim": (16, 32, 48, 64),
+            "depth": (1, 1, 1, 1),
+        },
+    )
+
+
+def _tiny_sam3_vision(fpn_hidden_size: int):
+    """The SAM 3 tracker's vision config: a 2-layer ViT of 14-px patches on a 112-px input, 3 feature levels."""
+    from transformers.models.sam3.configuration_sam3 import Sam3VisionConfig, Sam3ViTConfig
+
+    vit = Sam3ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=112,
+        patch_size=14,
+        window_size=4,
+        global_attn_indexes=[1],
+        pretrain_image_size=112,
+    )
+    return Sam3VisionConfig(
+        backbone_config=vit, fpn_hidden_size=fpn_hidden_size, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]
+    )
+
+
 def make_tiny_promptable(directory: str | Path, family: str, seed: int = 0) -> Path:
     """A random tiny box-promptable model of ``family`` (sam2, edgetam, sam3_tracker, sam_hq) with its processor, in
     the ``save_pretrained`` layout: what `kind: sam2` loads."""
@@ -287,16 +323,7 @@ def make_tiny_promptable(directory: str | Path, family: str, seed: int = 0) -> P
         model = T.Sam2Model(T.Sam2Config(**_tiny_sam2_parts()))
         proc = T.Sam2Processor(image_processor=T.Sam2ImageProcessor(size={"height": 128, "width": 128}))
     elif family == "edgetam":  # a RepViT backbone through timm, built from its config (no download)
-        backbone = T.TimmWrapperConfig(
-            architecture="repvit_m1",
-            model_args={
-                "in_chans": 3,
-                "features_only": True,
-                "out_indices": (0, 1, 2, 3),
-                "embed_dim": (16, 32, 48, 64),
-                "depth": (1, 1, 1, 1),
-            },
-        )
+        backbone = _tiny_repvit()
         parts = _tiny_sam2_parts()
         vision = T.EdgeTamVisionConfig(
             backbone_config=backbone,
@@ -313,22 +340,7 @@ def make_tiny_promptable(directory: str | Path, family: str, seed: int = 0) -> P
         )
         proc = T.Sam2Processor(image_processor=T.Sam2ImageProcessor(size={"height": 128, "width": 128}))
     elif family == "sam3_tracker":  # ViT with 14-px patches: the input side must be a multiple of 14
-        from transformers.models.sam3.configuration_sam3 import Sam3VisionConfig, Sam3ViTConfig
-
-        vit = Sam3ViTConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=112,
-            patch_size=14,
-            window_size=4,
-            global_attn_indexes=[1],
-            pretrain_image_size=112,
-        )
-        vision = Sam3VisionConfig(
-            backbone_config=vit, fpn_hidden_size=32, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]
-        )
+        vision = _tiny_sam3_vision(32)
         model = T.Sam3TrackerModel(
             T.Sam3TrackerConfig(
                 vision_config=vision,
@@ -502,16 +514,7 @@ def make_tiny_video_model(directory: str | Path, family: str, seed: int = 0, ima
         prompt = {**parts["prompt_encoder_config"].to_dict(), **wide}
         decoder = {**parts["mask_decoder_config"].to_dict(), **wide}
         if family == "edgetam_video":
-            backbone = T.TimmWrapperConfig(
-                architecture="repvit_m1",
-                model_args={
-                    "in_chans": 3,
-                    "features_only": True,
-                    "out_indices": (0, 1, 2, 3),
-                    "embed_dim": (16, 32, 48, 64),
-                    "depth": (1, 1, 1, 1),
-                },
-            )
+            backbone = _tiny_repvit()
             vision = T.EdgeTamVisionConfig(
                 backbone_config=backbone,
                 backbone_channel_list=[64, 48, 32, 16],
@@ -551,22 +554,7 @@ def make_tiny_video_model(directory: str | Path, family: str, seed: int = 0, ima
             image_processor=T.Sam2ImageProcessor(size=size), video_processor=T.Sam2VideoVideoProcessor(size=size)
         )
     elif family == "sam3_tracker_video":
-        from transformers.models.sam3.configuration_sam3 import Sam3VisionConfig, Sam3ViTConfig
-
-        vit = Sam3ViTConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=112,
-            patch_size=14,
-            window_size=4,
-            global_attn_indexes=[1],
-            pretrain_image_size=112,
-        )
-        vision = Sam3VisionConfig(
-            backbone_config=vit, fpn_hidden_size=128, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]
-        )
+        vision = _tiny_sam3_vision(128)
         model = T.Sam3TrackerVideoModel(
             T.Sam3TrackerVideoConfig(
                 vision_config=vision,

@@ -13,7 +13,7 @@ from segflow.tasks.stages.sam2_video import FAMILIES, VideoPropagator
 from segflow.tasks.stages.settings.sam2_video import Sam2VideoStage
 from tests.support.tiny import make_tiny_video_model
 
-H, W, N = 72, 100, 40  # non-square, and longer than the memory bank (16 frames) so frames are released
+H, W, N = 72, 100, 24  # non-square, and longer than the memory bank (16 frames) so frames are released
 BOXES = np.array([[10, 10, 40, 50], [50, 20, 90, 60]], np.float32)
 
 
