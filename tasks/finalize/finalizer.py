@@ -484,6 +484,9 @@ class _ShardPass:
         if self.calibration is not None:
             p_right = correct_probability(masks.filter(pc.equal(masks["verdict"], "accept")), self.calibration)
             self.estimate += (np.nansum(p_right), np.isfinite(p_right).sum())
+        if self.video_exports is not None:
+            self.video_exports.add(images, masks)
+            masks = self.video_exports.with_video_id(masks)
         raw["masks"] = _parquet(masks)  # the committed columns, then verdict, verdict_reasons, calibrated_score
         self.coco.add(images, masks)
         self.review.add(images, masks)
@@ -493,8 +496,6 @@ class _ShardPass:
             self._add_panoptic(c, images, masks, raw)
         else:
             self.sampler.add(images, masks)
-        if self.video_exports is not None:
-            self.video_exports.add(images, masks)
         self._write_parts(sid, images, masks, raw)
         self._count(images, masks)
 

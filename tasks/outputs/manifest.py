@@ -31,7 +31,8 @@ timestamp_s        float64       seconds from the video's start (null for still 
 track_id           int64         with a ``track`` stage: the mask's track, global per video (else null)
 =================  ============  ==========================================================
 
-Finalize adds four columns to the manifest's parts (the committed shard files
+Finalize adds four columns to the manifest's parts (five with a ``track`` or ``sam2_video`` stage: ``video_id``, the
+video's id in ``vis/instances.json``) (the committed shard files
 stay as written; :mod:`segflow.tasks.evaluate.acceptance`): ``verdict`` (``accept`` |
 ``review`` | ``reject``), ``verdict_reasons`` (list<string>),
 ``calibrated_score`` (float32, null without a calibration) and ``novelty``

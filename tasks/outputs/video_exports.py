@@ -100,6 +100,7 @@ class VideoExports:
         self.gold = GoldTracks(gold) if gold is not None else None
         self.target = target_precision
         self.right: dict[tuple[str, int], bool] = {}  # the gold videos' tracks: whether each matches a gold track
+        self.ids: dict[str, int] = {}  # video -> its YouTube-VIS id (1, 2, ... as videos with labelled frames come)
         self._vis = tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False, encoding="utf-8")
         self._mots = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8")
         fs, path = open_fs(mots_url)
@@ -117,11 +118,18 @@ class VideoExports:
             if video != self.current:
                 self._finish()
                 self.current = video
+                self.ids.setdefault(video, len(self.ids) + 1)
             self.video.frames[int(frame)] = (name, int(h), int(w))
         tracked = masks.filter(pc.is_valid(masks["track_id"])) if "track_id" in masks.column_names else masks[:0]
         if tracked.num_rows:
             self.video.masks.append(tracked)
             self.summary.add(tracked)
+
+    def with_video_id(self, masks: pa.Table) -> pa.Table:
+        """``masks`` (a clip's rows, after :meth:`add` saw its images) with ``video_id``: its video's YouTube-VIS id
+        (null for a row of no video)."""
+        ids = [None if v is None else self.ids.get(v) for v in masks["video"].to_pylist()]
+        return masks.append_column("video_id", pa.array(ids, pa.int64()))
 
     def _finish(self) -> None:
         video, state = self.current, self.video
@@ -139,7 +147,7 @@ class VideoExports:
         name = video_name(video)
         self.videos.append(
             {
-                "id": len(self.videos) + 1,
+                "id": self.ids[video],
                 "name": name,
                 "width": w,
                 "height": h,
@@ -154,7 +162,7 @@ class VideoExports:
         if self.gold is not None and name in self.gold.videos:
             for tid, right in self.gold.judge(name, masks, {f: state.frames[f][0] for f in order}).items():
                 self.right[(video, tid)] = right
-        self._candidates_vis(video, len(self.videos), candidates, masks, position, (h, w))
+        self._candidates_vis(video, self.ids[video], candidates, masks, position, (h, w))
         self._candidates_mots(video, candidates, masks)
 
     def _candidates_vis(

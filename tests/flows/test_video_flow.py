@@ -150,6 +150,7 @@ def test_videos_and_a_frame_folder_are_labelled_frame_by_frame_in_clips(prefect_
     assert set(names) == {"walk", "road", "park"}
     assert names["walk"]["file_names"] == [f"walk/{i:06d}" for i in walk]
     walk_anns = [a for a in vis["annotations"] if a["video_id"] == names["walk"]["id"]]
+    assert {m["video_id"] for m in masks if m["video"] == "walk.mp4"} == {names["walk"]["id"]}  # the manifest's
     exported = {t["track_id"] for t in tracks if t["video"] == "walk.mp4" and t["verdict"] == "accept"}
     assert {a["segflow_track_id"] for a in walk_anns} == exported
     a = next(a for a in walk_anns if a["segflow_track_id"] == longest["track_id"])
