@@ -83,7 +83,8 @@ class VideoSourceConfig(Strict):
         ge=0,
         le=64,
         description="Labelled frames of the clip before that a clip labels again first, not for the manifests: "
-        "its trackers start warm, and finalize joins the clips' tracks on them (track ids global per video).",
+        "its trackers start warm, and finalize joins the clips' tracks on them (track ids global per video). "
+        "Only with a stage that makes tracks.",
     )
     extensions: builtins.list[str] = Field(
         default_factory=lambda: [*VIDEO_SUFFIXES], description="Video file extensions (case-insensitive)."

@@ -257,7 +257,8 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
     if job.runtime.malloc_tuning:  # once per worker: large tensors reuse freed memory instead of faulting in pages
         keep_freed_memory()
     labeler = _ShardLabeler(job, shard_id)
-    overlap = job.source.video.clip_overlap if job.source.video is not None else 0
+    # a clip labels the last frames of the clip before again only to join tracks: without a stage making tracks, none
+    overlap = job.source.video.clip_overlap if job.source.video is not None and job.tracks() else 0
     labeler.label(rows, clip_context(job.output, shard_id, rows, overlap))
     tables, n_failed = labeler.tables, labeler.n_failed
     qc = job.qc_stage()
