@@ -81,7 +81,7 @@ class ReportContext(TypedDict):
     drift_advice: str
     review_version: str | None
     review_estimate: ReviewEstimate | None
-    video: dict[str, Any] | None
+    video: VideoSection | None
 
 
 def _json(url: str) -> Any:
@@ -162,7 +162,19 @@ def _previews(
 VIDEO_TRACKS, STRIP_FRAMES = 6, 5
 
 
-def _video(layout: OutputLayout) -> dict[str, Any] | None:
+class VideoSection(TypedDict):
+    """The report's Tracks section: counts, track lengths, and strips of frames of the longest exported tracks."""
+
+    tracks: int
+    videos: int
+    verdicts: dict[str, int]
+    length_p10: float | None
+    length_median: float | None
+    length_p90: float | None
+    strips: list[dict[str, Any]]
+
+
+def _video(layout: OutputLayout) -> VideoSection | None:
     """A video run's tracks (``manifest/tracks.parquet``): verdict counts, track lengths, and for the longest
     exported tracks (up to :data:`VIDEO_TRACKS`) a strip of frames with the track's mask drawn on them."""
     import pyarrow.compute as pc
