@@ -54,6 +54,20 @@ def _rle(seg: Any) -> _Rle:
     return {"size": seg["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
+def _match_tracks(hits: Mapping[tuple[int, int], int], frames: Mapping[int, int]) -> dict[int, int]:
+    """Predicted track -> the gold track it matches, one to one: ``hits`` (predicted, gold) -> frames they agree on
+    (class included, mask IoU at the threshold), most first; a pair counts when it agrees in at least half of the
+    predicted track's ``frames``."""
+    out: dict[int, int] = {}
+    used: set[int] = set()
+    for (p, g), n in sorted(hits.items(), key=lambda kv: (-kv[1], kv[0])):
+        if p in out or g in used or 2 * n < frames.get(p, 0):
+            continue
+        out[p] = g
+        used.add(g)
+    return out
+
+
 def evaluate_vis(gold: Mapping[str, Any], pred: Mapping[str, Any], iou: float = 0.5) -> TrackingQuality:
     """Score ``pred`` against ``gold`` (both YouTube-VIS documents; module docs)."""
     from trackers.eval import compute_hota_metrics, compute_identity_metrics
@@ -103,13 +117,7 @@ def evaluate_vis(gold: Mapping[str, Any], pred: Mapping[str, Any], iou: float = 
     hota = compute_hota_metrics(gt_ids, tr_ids, sims)
     ident = compute_identity_metrics(gt_ids, tr_ids, sims, threshold=iou)
     # tracks: one to one, most matched frames first, each needing half of the predicted track's frames
-    matched_p: set[int] = set()
-    matched_g: set[int] = set()
-    for (p_id, g_id), n in sorted(hits.items(), key=lambda kv: (-kv[1], kv[0])):
-        if p_id in matched_p or g_id in matched_g or 2 * n < pred_frames.get(p_id, 0):
-            continue
-        matched_p.add(p_id)
-        matched_g.add(g_id)
+    matched = _match_tracks(hits, pred_frames)
     n_gold = sum(len(x) for x in gold_anns.values())
     return TrackingQuality(
         hota=float(hota["HOTA"]),
@@ -118,11 +126,11 @@ def evaluate_vis(gold: Mapping[str, Any], pred: Mapping[str, Any], iou: float = 
         idf1=float(ident["IDF1"]),
         idp=float(ident["IDP"]),
         idr=float(ident["IDR"]),
-        track_precision=len(matched_p) / n_pred if n_pred else None,
-        track_recall=len(matched_g) / n_gold if n_gold else None,
+        track_precision=len(matched) / n_pred if n_pred else None,
+        track_recall=len(matched) / n_gold if n_gold else None,
         tracks=n_pred,
         gold_tracks=n_gold,
-        matched=len(matched_p),
+        matched=len(matched),
         frames=len(gt_ids),
     )
 
@@ -168,14 +176,8 @@ class GoldTracks:
                 mine = {"size": [int(h), int(w)], "counts": r.encode("ascii")}
                 if mask_utils.iou([mine], [_rle(seg)], [0])[0][0] >= self.iou:
                     hits[(int(t), int(g["id"]))] = hits.get((int(t), int(g["id"])), 0) + 1
-        right = dict.fromkeys(length, False)
-        used: set[int] = set()
-        for (tid, gid), n in sorted(hits.items(), key=lambda kv: (-kv[1], kv[0])):
-            if right[tid] or gid in used or 2 * n < length[tid]:
-                continue
-            right[tid] = True
-            used.add(gid)
-        return right
+        matched = _match_tracks(hits, length)
+        return {t: t in matched for t in length}
 
 
 @dataclass(frozen=True)

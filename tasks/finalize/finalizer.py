@@ -319,7 +319,6 @@ def _finalize(job: JobConfig, started_at: float | None, force: bool, lease: Any)
     # 1. one pass over the committed shards: each committed file is read once and feeds every output
     merged = _ShardPass(job, layout, fs, paths, commits, calibration, drift, cache)
     lease.check()
-    merged.stitch_tracks()
     merged.open()
     for c in commits:
         merged.add(c)
@@ -417,28 +416,22 @@ class _ShardPass:
         self.audit = SemanticAudit(gold_sem, job.category_names()) if gold_sem and self.has_panoptic else None
         self.parts: dict[str, dict[str, dict]] = {}
         self.sampler = ReportSampler()
-        self.stitcher: TrackStitcher | None = None
+        self.stitcher = TrackStitcher() if job.tracks() else None
         self.tracks: TrackExports | None = None
         self.video_exports: VideoExports | None = None
         if job.tracks():
             paths.update(tracks=layout.tracks, vis=layout.vis_instances, mots=layout.mots)
 
-    def stitch_tracks(self) -> None:
-        """Track ids global per video (:mod:`segflow.tasks.outputs.tracks`): each clip's masks and context read
-        once before the pass, in plan order."""
-        if not self.job.tracks():
-            return
-        self.stitcher = TrackStitcher()
-        columns = ["video", "frame_index", "track_id", "category_id", "rle_counts", "width", "height"]
-        for c in self.commits:
-            masks = parse_committed(c, "masks", read_committed_bytes(self.job.output, c, "masks")).select(columns)
-            if masks.num_rows == 0 or masks["video"][0].as_py() is None:
-                continue
-            context = None
-            if "context" in c["files"]:
-                raw = read_committed_bytes(self.job.output, c, "context")
-                context = parse_committed(c, "context", raw).select(columns)
-            self.stitcher.add_clip(c["shard_id"], str(masks["video"][0].as_py()), masks, context)
+    def _stitch(self, c: CommitRecord, masks: pa.Table) -> pa.Table:
+        """``masks`` (a committed clip's rows, clips passed in plan order) with track ids global per video
+        (:mod:`segflow.tasks.outputs.tracks`): joined to the clip before on the clip's context, read only here."""
+        if self.stitcher is None or masks.num_rows == 0 or masks["video"][0].as_py() is None:
+            return masks
+        context = None
+        if "context" in c["files"]:
+            context = parse_committed(c, "context", read_committed_bytes(self.job.output, c, "context"))
+        self.stitcher.add_clip(c["shard_id"], str(masks["video"][0].as_py()), masks, context)
+        return self.stitcher.apply(c["shard_id"], masks)
 
     def open(self) -> None:
         """Empty the merged folders and open the export writers (under the lease: the first writes)."""
@@ -477,8 +470,7 @@ class _ShardPass:
         names = ("images", "masks", "panoptic") if self.has_panoptic else ("images", "masks")
         raw = {name: self.cache.pop((sid, name), b"") or read_committed_bytes(job.output, c, name) for name in names}
         images, masks = (parse_committed(c, name, raw[name]) for name in ("images", "masks"))
-        if self.stitcher is not None:
-            masks = self.stitcher.apply(sid, masks)
+        masks = self._stitch(c, masks)
         masks = apply_acceptance(masks, self.calibration, drifted=self.drift_review, use_novelty=job.accept.novelty)
         self.novel += sum(1 for r in masks["verdict_reasons"].to_pylist() if r and "novel" in r)
         if self.calibration is not None:

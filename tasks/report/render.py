@@ -180,6 +180,9 @@ def _video(layout: OutputLayout) -> VideoSection | None:
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
+    from PIL import Image
+
+    from segflow.tasks import rle
 
     fs, path = open_fs(layout.tracks)
     if not fs.exists(path):
@@ -206,13 +209,9 @@ def _video(layout: OutputLayout) -> VideoSection | None:
             pixels = _read_image(r)
             if pixels is None:
                 continue
-            from segflow.tasks import rle
-
             m = rle.decode(r["rle_counts"], r["height"], r["width"])
             drawn = pixels.copy()
             drawn[m] = (0.45 * drawn[m] + 0.55 * np.array([255, 64, 32])).astype(np.uint8)
-            from PIL import Image
-
             img = Image.fromarray(drawn)
             img.thumbnail((160, 160))
             tiles.append(np.asarray(img))
