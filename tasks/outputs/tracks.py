@@ -3,9 +3,10 @@
 How a mask gets its ``track_id`` (the masks manifest's column):
 
 1. **In the clip** (the shard). The ``track`` stage numbers the clip's tracks 1, 2, ... in the order they start. A
-   tracker confirms a track only once it has seen it again, so a track's first frame has no id:
-   :func:`fill_track_starts` gives it the id when that frame has a mask of the same class, no track, and mask IoU
-   >= ``min_iou`` with the track's first mask (and again further back, frame by frame).
+   tracker confirms a track only once it has seen it again, so a track's first frame has no id: ``fill_track_starts``
+   gives it the id when that frame has a mask of the same class, no track, and mask IoU >= ``min_iou`` with the
+   track's first mask (and again further back, frame by frame); with ``classes: vote`` the track's masks then take
+   the class its frames vote for (both in :mod:`segflow.tasks.stages.clip_tracks`, run in the shard).
 2. **Across clips** (finalize). A clip first labels again the last ``source.video.clip_overlap`` frames of the clip
    before it (its *context*: committed beside its masks, never in the manifests), so its trackers start warm and
    its tracks can be matched to the previous clip's: :class:`TrackStitcher` pairs a context track with a previous
@@ -22,15 +23,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from segflow.tasks import rle
+from segflow.tasks.stages.clip_tracks import MIN_TRACK_IOU
 
 __all__ = [
     "TRACKS_SCHEMA",
-    "fill_track_starts",
     "TrackStitcher",
     "TrackSummary",
     "TrackRow",
@@ -40,8 +40,6 @@ __all__ = [
     "MIN_TRACK_IOU",
 ]
 
-#: Mask IoU at which a mask continues a track (a first frame filled in, two clips' tracks joined).
-MIN_TRACK_IOU = 0.5
 
 TRACKS_SCHEMA = pa.schema(
     [
@@ -62,37 +60,6 @@ TRACKS_SCHEMA = pa.schema(
         ("verdict_reasons", pa.list_(pa.string())),
     ]
 )
-
-
-def fill_track_starts(masks: pa.Table, min_iou: float = MIN_TRACK_IOU) -> pa.Table:
-    """``masks`` (one clip's mask rows: ``frame_index``, ``track_id``, ``category_id``, ``rle_counts``, ``width``,
-    ``height``) with each track's first frames filled in (module docs, step 1). Rows keep their order."""
-    if masks.num_rows == 0 or masks["track_id"].null_count == masks.num_rows:
-        return masks
-    frames = masks["frame_index"].to_numpy(zero_copy_only=False)
-    tracks = np.array([-1 if t is None else t for t in masks["track_id"].to_pylist()], np.int64)
-    classes = masks["category_id"].to_numpy(zero_copy_only=False)
-    counts = masks["rle_counts"].to_pylist()
-    h, w = int(masks["height"][0].as_py()), int(masks["width"][0].as_py())
-    order = np.unique(frames)
-    position = {int(f): k for k, f in enumerate(order)}
-    for tid in np.unique(tracks[tracks >= 0]):
-        while True:
-            rows = np.flatnonzero(tracks == tid)
-            first = rows[np.argmin(frames[rows])]
-            k = position[int(frames[first])]
-            if k == 0:
-                break
-            cand = np.flatnonzero((frames == order[k - 1]) & (tracks < 0) & (classes == classes[first]))
-            if len(cand) == 0:
-                break
-            ious = rle.iou([counts[first]], [counts[c] for c in cand], h, w)[0]
-            best = int(np.argmax(ious))
-            if ious[best] < min_iou:
-                break
-            tracks[cand[best]] = tid
-    column = pa.array([None if t < 0 else int(t) for t in tracks], pa.int64())
-    return masks.set_column(masks.schema.get_field_index("track_id"), "track_id", column)
 
 
 def _by_track_frame(masks: pa.Table) -> dict[int, dict[int, tuple[int, str]]]:

@@ -40,7 +40,6 @@ from segflow.tasks.io.storage import join, open_fs, redact, write_bytes
 from segflow.tasks.io.video import FrameRef
 from segflow.tasks.outputs.manifest import ShardTables
 from segflow.tasks.outputs.panoptic_export import render_shard
-from segflow.tasks.outputs.tracks import fill_track_starts
 from segflow.tasks.plan.planner import clip_context, read_shard_rows
 from segflow.tasks.record import Detections
 from segflow.tasks.records import INSTANCE_ROLES, PASS_THROUGH_ROLES, ShardResult
@@ -275,8 +274,11 @@ def _label_and_commit(job: JobConfig, shard_id: str, fingerprint: str, t0: float
         )
     masks, images = tables.tables()
     context = labeler.context.tables()[0] if labeler.n_context else None
-    if "track_id" in masks.column_names and masks["track_id"].null_count < masks.num_rows:
-        both = fill_track_starts(pa.concat_tables([context, masks]) if context is not None else masks)
+    finishers = [f for m in labeler.models.values() if callable(f := getattr(m.adapter, "finish_clip", None))]
+    if finishers and "track_id" in masks.column_names and masks["track_id"].null_count < masks.num_rows:
+        both = pa.concat_tables([context, masks]) if context is not None else masks
+        for finish in finishers:  # a tracker's last word on the clip: first frames filled in, classes voted
+            both = finish(both)
         skip = 0 if context is None else context.num_rows
         context, masks = (both.slice(0, skip) if context is not None else None), both.slice(skip)
     stats: dict[str, Any] = {

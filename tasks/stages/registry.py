@@ -24,7 +24,9 @@ Roles (what an adapter of the role is called with; images are H x W x 3 RGB uint
 * ``segmenter`` -- ``segment(images, detections)`` -> the same rows with masks (RLE).
 * ``qc``        -- ``check(images, detections, panoptic_segments_or_None)`` -> the rows with a verdict.
 * ``tracker``   -- ``track(images, detections)`` -> the rows with ``track_id``; called on a clip's frames in order,
-  on the adapter's per-shard ``session()`` (an adapter with a ``session`` method keeps state per shard).
+  on the adapter's per-shard ``session()`` (an adapter with a ``session`` method keeps state per shard); once the
+  shard is labelled, the session's ``finish_clip(masks)`` gets the clip's mask rows (context frames first) and
+  returns them as they are to be committed (first frames filled in, classes voted).
 * ``instances`` -- ``label(images)`` -> boxes, classes, scores and masks in one model.
 * ``panoptic``  -- ``panoptic(images)`` -> non-overlapping segments (things and stuff) per image.
 * ``merge``     -- ``merge(images, instances_or_None, panoptic, instance_stage_or_None, panoptic_stage)``.

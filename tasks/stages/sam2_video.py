@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from segflow.tasks import rle
 from segflow.tasks.record import Detections
@@ -117,6 +118,11 @@ class ClipPropagation:
     def segment(self, images: Sequence[np.ndarray], detections: list[Detections]) -> list[Detections]:
         """``detections`` (one per frame, the detector's; boxes N x 4, XYXY, pixels) -> each frame's tracked masks."""
         return [self._frame(np.asarray(img), dets) for img, dets in zip(images, detections, strict=True)]
+
+    def finish_clip(self, masks: pa.Table) -> pa.Table:
+        """The clip's mask rows (context frames first, frame order) once all are labelled: a track starts on the
+        frame it is prompted, with its mask, so there is nothing to fill in; the rows as they are."""
+        return masks
 
     def _frame(self, image: np.ndarray, dets: Detections) -> Detections:
         import torch

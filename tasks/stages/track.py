@@ -1,8 +1,11 @@
 """Tracking by detection (``kind: track``): any instance stage's masks linked across a clip's frames.
 
 The tracker comes from Roboflow's ``trackers`` library (ByteTrack, SORT, OC-SORT over boxes, with a Kalman filter
-per track). One tracker runs per class, so a track keeps its class; the clip's ids are numbered 1, 2, ... in the
-order tracks start, across classes.
+per track). With ``classes: vote`` (the default) one tracker follows every class: of a frame's masks that are one
+object (mask IoU >= ``duplicate_iou``), only the best-scored is tracked, and once the clip is labelled
+:meth:`ClipTracker.finish_clip` gives each track's masks the class its frames vote for
+(:func:`~segflow.tasks.stages.clip_tracks.vote_track_classes`). With ``classes: per_class`` one tracker runs per class
+and a track keeps its class. Either way the clip's ids are numbered 1, 2, ... in the order tracks start.
 
 State belongs to a clip, not to the adapter: the adapter is shared by every shard a worker runs (several at once
 with threads), so the runner asks it for a fresh :meth:`Tracker.session` per shard (a clip of one video, frames
@@ -15,8 +18,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from segflow.tasks import rle
 from segflow.tasks.record import Detections
+from segflow.tasks.stages.clip_tracks import fill_track_starts, vote_track_classes
 from segflow.tasks.stages.settings.track import TrackStage
 
 __all__ = ["Tracker", "ClipTracker"]
@@ -42,11 +48,38 @@ def _make(stage: TrackStage) -> Any:
     )
 
 
-class ClipTracker:
-    """The trackers of one clip: :meth:`track` is called with its frames in order."""
+def _duplicates(dets: Detections, iou: float) -> np.ndarray:
+    """N bool: the rows that overlap a higher-scored row at IoU >= ``iou`` (greedy NMS across classes): mask IoU
+    when the rows have masks (two boxes of one object often differ more than the masks SAM draws in them), else
+    box IoU (boxes N x 4, XYXY)."""
+    n = len(dets)
+    if dets.rle_counts is not None and n:
+        h, w = dets.image_size
+        ious = rle.iou(list(dets.rle_counts), list(dets.rle_counts), h, w)
+    else:
+        b = np.asarray(dets.boxes, np.float64).reshape(-1, 4)
+        wh = np.clip(np.minimum(b[:, None, 2:], b[None, :, 2:]) - np.maximum(b[:, None, :2], b[None, :, :2]), 0, None)
+        inter = wh[..., 0] * wh[..., 1]
+        area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+        union = area[:, None] + area[None, :] - inter
+        ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    order = np.argsort(-np.asarray(dets.scores, np.float64), kind="stable")
+    out = np.zeros(n, bool)
+    kept: list[int] = []
+    for i in order:
+        if kept and bool(np.any(ious[i, kept] >= iou)):
+            out[i] = True
+        else:
+            kept.append(int(i))
+    return out
 
-    def __init__(self, stage: TrackStage):
+
+class ClipTracker:
+    """The trackers of one clip: :meth:`track` is called with its frames in order, :meth:`finish_clip` on its rows."""
+
+    def __init__(self, stage: TrackStage, names: dict[int, str] | None = None):
         self.stage = stage
+        self.names = names or {}
         self._trackers: dict[int, Any] = {}
         self._ids: dict[tuple[int, int], int] = {}  # (class, the class tracker's id) -> the clip's track id
 
@@ -59,8 +92,11 @@ class ClipTracker:
         for dets in detections:
             ids = np.full(len(dets), -1, np.int64)
             classes = np.asarray(dets.class_ids, np.int64)
-            for c in sorted(set(classes.tolist()) | set(self._trackers)):
-                rows = np.flatnonzero(classes == c)
+            groups = np.zeros(len(dets), np.int64) if self.stage.classes == "vote" else classes
+            if self.stage.classes == "vote" and len(dets):  # duplicates of one object: only the best is tracked
+                groups = np.where(_duplicates(dets, self.stage.duplicate_iou), -1, 0)
+            for c in sorted((set(groups.tolist()) - {-1}) | set(self._trackers)):
+                rows = np.flatnonzero(groups == c)
                 tracker = self._trackers.setdefault(c, _make(self.stage))
                 found = sv.Detections(
                     xyxy=np.asarray(dets.boxes, np.float32)[rows].reshape(-1, 4),
@@ -77,16 +113,25 @@ class ClipTracker:
             out.append(dets.with_fields(track_id=ids))
         return out
 
+    def finish_clip(self, masks: pa.Table) -> pa.Table:
+        """The clip's mask rows (its context frames first, frame order) once all are labelled: each track's first
+        frames filled in (:func:`~segflow.tasks.stages.clip_tracks.fill_track_starts`), and with ``classes: vote`` its
+        masks under the class its frames vote for."""
+        if self.stage.classes == "per_class":
+            return fill_track_starts(masks)
+        return vote_track_classes(fill_track_starts(masks, same_class=False), self.names)
+
 
 class Tracker:
     """The ``track`` stage's adapter: settings only; each shard tracks in its own :meth:`session`."""
 
     def __init__(self, stage: TrackStage, weights_path: str | None = None, ontology: dict[int, str] | None = None):
         self.stage = stage
+        self.names = dict(ontology or {})
 
     def session(self) -> ClipTracker:
         """A fresh tracker for one clip."""
-        return ClipTracker(self.stage)
+        return ClipTracker(self.stage, self.names)
 
     def track(self, images: Sequence[np.ndarray], detections: list[Detections]) -> list[Detections]:
         raise RuntimeError("track stage: call session() per clip (the runner does)")

@@ -109,10 +109,13 @@ def test_videos_and_a_frame_folder_are_labelled_frame_by_frame_in_clips(prefect_
 
     def by_frame(rows, ids):
         inv = {v: k for k, v in ids.items()}
-        return sorted((inv[m["image_id"]], m["category_id"], m["rle_counts"]) for m in rows if m["image_id"] in inv)
+        return {(inv[m["image_id"]], m["rle_counts"]): m for m in rows if m["image_id"] in inv}
 
-    from_video = by_frame(masks, frame_ids)
-    assert from_video and from_video == by_frame(_rows(out2, "masks"), still_ids)
+    from_video, from_stills = by_frame(masks, frame_ids), by_frame(_rows(out2, "masks"), still_ids)
+    assert from_video and from_video.keys() == from_stills.keys()
+    # a class differs only where the track's vote (classes: vote) overruled the detector on that frame
+    for key, m in from_video.items():
+        assert m["category_id"] == from_stills[key]["category_id"] or m["track_id"] is not None, key
 
     # review and training tools need frames as image files: refused with one line, nothing written
     assert cli.main(["export", str(out), str(tmp_path / "ls"), "--format", "label-studio"]) == 2

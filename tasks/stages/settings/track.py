@@ -13,14 +13,30 @@ __all__ = ["TrackStage"]
 
 class TrackStage(StageSettings):
     """Tracking by detection on a video's frames: the instance stage it needs labels each frame, a tracker from the
-    `trackers` library links its masks from frame to frame by their boxes, one tracker per class (a track never
-    changes class). Each mask gets `track_id`, global per video (clips are joined on the frames they share); masks no
-    track took keep none. Each track gets a verdict (`manifest/tracks.parquet`): only accepted tracks are exported
-    as tracks (YouTube-VIS, MOTS). Needs `source.video`."""
+    `trackers` library links its masks from frame to frame by their boxes, across classes (`classes: vote`, the
+    track's class is its frames' vote) or one tracker per class. Each mask gets `track_id`, global per video (clips
+    are joined on the frames they share); masks no track took keep none. Each track gets a verdict
+    (`manifest/tracks.parquet`): only accepted tracks are exported as tracks (YouTube-VIS, MOTS). Needs
+    `source.video`."""
 
     kind: Literal["track"]
     tracker: Literal["bytetrack", "sort", "ocsort"] = Field(
         "bytetrack", description="The tracker (`trackers`: ByteTrackTracker, SORTTracker, OCSORTTracker)."
+    )
+    classes: Literal["vote", "per_class"] = Field(
+        "vote",
+        description="`vote`: one tracker for every class (of two masks of one object, mask IoU >= `duplicate_iou`, "
+        "only the higher-scored is tracked); in each clip a track's masks take the class its frames vote for (each "
+        "mask of the object votes its score), their score times the winner's share of the votes. A detector that "
+        "calls a half-hidden object by another class for a few frames then makes one track, not several. "
+        "`per_class`: one tracker per class, masks keep the detector's class.",
+    )
+    duplicate_iou: float = Field(
+        0.7,
+        gt=0.0,
+        le=1.0,
+        description="`classes: vote`: mask IoU (box IoU for rows without masks) at which two rows of a frame are "
+        "one object.",
     )
     lost_track_buffer: int = Field(
         30, ge=0, description="Labelled frames a track survives unseen (an occlusion) before it ends."

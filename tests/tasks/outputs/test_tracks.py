@@ -1,67 +1,21 @@
-"""Tracks across frames and clips (segflow.tasks.outputs.tracks): first frames filled in, clips joined on their
-shared frames by mask IoU, one row per track."""
+"""Tracks across clips (segflow.tasks.outputs.tracks): clips joined on their shared frames by mask IoU, one row per
+track, verdicts and class conflicts."""
 
 from __future__ import annotations
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
-from segflow.tasks import rle
 from segflow.tasks.outputs.tracks import (
     TrackRule,
     TrackStitcher,
     TrackSummary,
     class_conflicts,
-    fill_track_starts,
     track_verdict,
 )
 from segflow.tasks.outputs.video_exports import mots_multiplier, video_name
-
-H, W = 60, 80
-
-
-def _square(x: int, y: int, side: int = 12) -> str:
-    m = np.zeros((H, W), bool)
-    m[y : y + side, x : x + side] = True
-    return rle.encode_nhw(m)[0]
-
-
-def _masks(rows: list[tuple[int, int | None, int, str]], video: str = "v.mp4") -> pa.Table:
-    """rows: (frame, track id or None, class, rle)."""
-    n = len(rows)
-    return pa.table(
-        {
-            "annotation_id": pa.array(range(1, n + 1), pa.int64()),
-            "video": [video] * n,
-            "frame_index": pa.array([r[0] for r in rows], pa.int64()),
-            "track_id": pa.array([r[1] for r in rows], pa.int64()),
-            "category_id": pa.array([r[2] for r in rows], pa.int32()),
-            "category_name": [f"c{r[2]}" for r in rows],
-            "rle_counts": [r[3] for r in rows],
-            "width": pa.array([W] * n, pa.int32()),
-            "height": pa.array([H] * n, pa.int32()),
-            "score": pa.array([0.9] * n, pa.float32()),
-            "predicted_iou": pa.array([0.8] * n, pa.float32()),
-            "verdict": ["accept"] * n,
-        }
-    )
-
-
-def test_a_tracks_first_frames_get_its_id_when_the_mask_continues_it():
-    rows = [
-        (0, None, 1, _square(10, 10)),  # the track's unconfirmed first frames
-        (1, None, 1, _square(12, 10)),
-        (2, 7, 1, _square(14, 10)),
-        (3, 7, 1, _square(16, 10)),
-        (1, None, 2, _square(13, 11)),  # another class at the same place: not the track's
-        (1, None, 1, _square(50, 40)),  # the same class elsewhere: not the track's
-    ]
-    out = fill_track_starts(_masks(rows))["track_id"].to_pylist()
-    assert out == [7, 7, 7, 7, None, None]
-    # negative control: a mask that does not overlap enough stays without a track
-    far = [(0, None, 1, _square(30, 30)), (1, 7, 1, _square(10, 10))]
-    assert fill_track_starts(_masks(far))["track_id"].to_pylist() == [None, 7]
+from tests.support.track_rows import masks as _masks
+from tests.support.track_rows import square as _square
 
 
 def _clip(frames: range, objects: dict[int, tuple[int, int]], dx: int = 2) -> list[tuple]:

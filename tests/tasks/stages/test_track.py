@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from segflow.tasks import rle
 from segflow.tasks.record import Detections
 from segflow.tasks.stages.settings.track import TrackStage
-from segflow.tasks.stages.track import Tracker
+from segflow.tasks.stages.track import Tracker, _duplicates
 
 pytest.importorskip("trackers")
 
@@ -59,13 +60,13 @@ def test_a_track_lost_longer_than_its_buffer_comes_back_as_a_new_one():
     assert len(set(before)) == len(set(after)) == 1 and before[0] != after[0] and circle[6] == -1
 
 
-def test_each_class_has_its_own_tracks_and_each_session_its_own_state():
-    """A square at the circle's place in the next frame does not continue the circle's track; a second session
-    (another clip) starts again from id 1 and is not disturbed by the first."""
+def test_per_class_each_class_has_its_own_tracks_and_each_session_its_own_state():
+    """``classes: per_class``: a square at the circle's place in the next frame does not continue the circle's
+    track; a second session (another clip) starts again from id 1 and is not disturbed by the first."""
     circle, square = (10, 10, 40, 40), (11, 10, 41, 40)
     frames = [_frame([circle], [1], [0.9]), _frame([circle, square], [1, 2], [0.9, 0.9])]
     frames += [_frame([square], [2], [0.9]), _frame([square], [2], [0.9])]
-    tracker = Tracker(TrackStage(kind="track", lost_track_buffer=0))
+    tracker = Tracker(TrackStage(kind="track", lost_track_buffer=0, classes="per_class"))
     one, two = tracker.session(), tracker.session()
     a = [d.fields["track_id"].tolist() for d in one.track([None] * 4, frames)]
     assert a == [[-1], [1, -1], [2], [2]]  # the square never continues the circle's track
@@ -78,3 +79,40 @@ def test_a_mask_too_unsure_to_start_a_track_has_none():
     frames = [_frame([(10, 10, 40, 40), (100, 10, 130, 40)], [1, 1], [0.9, 0.2]) for _ in range(3)]
     ids = [d.fields["track_id"].tolist() for d in Tracker(stage).session().track([None] * 3, frames)]
     assert ids == [[-1, -1], [1, -1], [1, -1]]
+
+
+def test_vote_tracks_an_object_through_class_flicker_and_tracks_one_of_its_duplicates():
+    """``classes: vote`` (the default): a circle the detector calls a square on some frames, and on one frame both
+    (a duplicate, box IoU >= duplicate_iou), is one track; only the better-scored duplicate is tracked. Negative
+    control: per class, the same frames make two tracks."""
+    frames = []
+    for t in range(8):
+        box = (10 + 3 * t, 40, 40 + 3 * t, 70)
+        if t == 4:
+            frames.append(_frame([box, box], [1, 2], [0.5, 0.8]))
+        else:
+            frames.append(_frame([box], [2 if t in (3, 5) else 1], [0.9]))
+    voted = [
+        d.fields["track_id"].tolist() for d in Tracker(TrackStage(kind="track")).session().track([None] * 8, frames)
+    ]
+    assert voted == [[-1], [1], [1], [1], [-1, 1], [1], [1], [1]]
+    split = Tracker(TrackStage(kind="track", classes="per_class")).session().track([None] * 8, frames)
+    ids = {int(i) for d in split for i in d.fields["track_id"] if i >= 0}
+    assert len(ids) >= 2
+
+
+def test_two_boxes_of_one_mask_are_duplicates_and_two_masks_are_not():
+    """Duplicates are judged on masks when the rows have them: a loose box and a tight one around one mask are one
+    object (only the better-scored is tracked); two masks side by side in one box are two."""
+    m = np.zeros((120, 200), bool)
+    m[40:70, 10:40] = True
+    other = np.zeros_like(m)
+    other[40:70, 41:70] = True
+    one = rle.encode_nhw(np.stack([m, m]))
+    dets = _frame([(10, 40, 40, 70), (0, 20, 60, 100)], [1, 2], [0.6, 0.9]).with_masks(one)
+    assert _duplicates(dets, 0.7).tolist() == [True, False]  # box IoU 0.375: boxes alone would keep both
+    two = _frame([(10, 40, 70, 70), (10, 40, 70, 70)], [1, 2], [0.6, 0.9]).with_masks(
+        rle.encode_nhw(np.stack([m, other]))
+    )
+    assert _duplicates(two, 0.7).tolist() == [False, False]  # same box, different masks
+    assert _duplicates(_frame([(10, 40, 70, 70), (10, 40, 70, 70)], [1, 2], [0.6, 0.9]), 0.7).tolist() == [True, False]
