@@ -147,6 +147,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         zoom_scenes=args.zoom_scenes,
         m2f_minutes=args.m2f_minutes,
         unet_minutes=args.unet_minutes,
+        video_det_epochs=args.video_det_epochs,
+        video_det_frames=args.video_det_frames,
     )
     shas = train_demo_set(out, settings, only=args.only, log=print)
     for name, sha in shas.items():
@@ -292,13 +294,21 @@ def _register_train(sub: Any) -> None:
         "zoom_context gives it): one cosine cycle per value, minutes each, each "
         "at half the previous peak learning rate (default: 45 30; 0 or none: skip)",
     )
+    t.add_argument(
+        "--video-det-epochs",
+        type=int,
+        default=12,
+        help="epochs of the video detector's fine-tune (demo-video-yolo.pt, from demo-yolo.pt) on video frames",
+    )
+    t.add_argument("--video-det-frames", type=int, default=600, help="video frames rendered for that fine-tune")
     t.add_argument("--m2f-minutes", type=float, default=14.0, help="wall-clock budget of the Mask2Former training")
     t.add_argument("--unet-minutes", type=float, default=35.0, help="wall-clock budget of the demo U-Net's training")
     t.add_argument(
         "--only",
-        choices=["instances", "panoptic", "semantic"],
-        help="train only the detector + SAM (~1.5 h with the zoom fine-tune), only "
-        "the Mask2Former (~14 min) or only the semantic U-Net (~16 min); default: all, one after the other",
+        choices=["instances", "video", "panoptic", "semantic"],
+        help="train only the detector + SAM (~1.5 h with the zoom fine-tune), only the video detector "
+        "(fine-tuned from demo-yolo.pt), only the Mask2Former (~14 min) or only the semantic U-Net (~16 min); "
+        "default: all, one after the other",
     )
     t.add_argument(
         "--update-config",

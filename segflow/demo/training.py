@@ -101,6 +101,39 @@ def _yolo_split(root: Path, split: str, n: int, seed: int, size_range: tuple[int
         (root / "labels" / split / (Path(name).stem + ".txt")).write_text("\n".join(lines) + "\n")
 
 
+def _yolo_video_split(root: Path, split: str, n: int, seed: int, every: int = 6, frames: int = 48) -> None:
+    """``n`` frames of the video demo's videos (:func:`segflow.demo.video.make_video`, one frame in ``every``) in
+    ultralytics' layout: a box per labelled object, around its visible part (what the video demo's ground truth
+    labels: objects hidden more than :data:`~segflow.demo.video.MIN_VISIBLE` are not labelled)."""
+    import cv2
+
+    from segflow.demo.video import make_video
+
+    rng = np.random.default_rng(seed)
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    written = 0
+    while written < n:
+        truth = make_video(rng, frames, things=int(rng.integers(4, 7)))
+        start = int(rng.integers(every))
+        for t in range(start, frames, every):
+            if written == n:
+                break
+            h, w = truth.frames[t].shape[:2]
+            lines = []
+            for k, m in truth.masks[t].items():
+                ys, xs = np.nonzero(m)
+                x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+                lines.append(
+                    f"{THING_CLASSES.index(truth.classes[k - 1])} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
+                    f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}"
+                )
+            name = f"frame-{written:05d}"
+            cv2.imwrite(str(root / "images" / split / f"{name}.png"), truth.frames[t][:, :, ::-1])
+            (root / "labels" / split / f"{name}.txt").write_text("\n".join(lines) + "\n")
+            written += 1
+
+
 #: ultralytics train() settings of the demo detector (besides data, epochs, size, seed and the schedule)
 _YOLO_TRAIN = dict(
     batch=8,
@@ -122,12 +155,19 @@ _YOLO_TRAIN = dict(
 )
 
 
-def _yolo_dataset(root: Path, images: int, seed: int, size_range: tuple[int, int], segment: bool) -> Path:
-    """Training and validation scenes in ultralytics' layout under ``root``; its ``data.yaml``."""
+def _yolo_dataset(
+    root: Path, images: int, seed: int, size_range: tuple[int, int], segment: bool, video: bool = False
+) -> Path:
+    """Training and validation scenes (``video``: frames of the video demo's videos) in ultralytics' layout under
+    ``root``; its ``data.yaml``."""
     import yaml
 
-    _yolo_split(root, "train", images, TRAIN_SEED + seed, size_range, segment)
-    _yolo_split(root, "val", max(20, images // 10), VAL_SEED + seed, size_range, segment)
+    if video:
+        _yolo_video_split(root, "train", images, TRAIN_SEED + seed)
+        _yolo_video_split(root, "val", max(20, images // 10), VAL_SEED + seed)
+    else:
+        _yolo_split(root, "train", images, TRAIN_SEED + seed, size_range, segment)
+        _yolo_split(root, "val", max(20, images // 10), VAL_SEED + seed, size_range, segment)
     data = root / "data.yaml"
     data.write_text(
         yaml.safe_dump(
@@ -153,8 +193,10 @@ def train_detector(
     segment: bool = False,
     init: str | Path | None = None,
     lr0: float = 0.002,
+    video: bool = False,
 ) -> dict:
-    """Train a YOLO detector (``segment``: a YOLO-seg instance labeler) on synthetic scenes; save a segflow checkpoint.
+    """Train a YOLO detector (``segment``: a YOLO-seg instance labeler) on synthetic scenes (``video``: frames of the
+    video demo's videos); save a segflow checkpoint.
 
     ``init``: continue from this segflow checkpoint (a fine-tune on fresh scenes, with a cosine learning rate from
     ``lr0`` and no warmup) instead of starting from scratch. Returns validation metrics.
@@ -169,7 +211,7 @@ def train_detector(
 
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="segflow-yolo-train-") as tmp:
-        data = _yolo_dataset(Path(tmp) / "data", images, seed, size_range, segment)
+        data = _yolo_dataset(Path(tmp) / "data", images, seed, size_range, segment, video)
         _log(
             f"detector: {images} training scenes written ({time.time() - t0:.0f}s); "
             f"training {epochs} epochs at {imgsz}px",
@@ -783,6 +825,8 @@ class DemoTraining:
     zoom_scenes: int = 400
     m2f_minutes: float = 14.0
     unet_minutes: float = 35.0
+    video_det_epochs: int = 12
+    video_det_frames: int = 600
 
 
 def train_demo_set(
@@ -811,6 +855,9 @@ def train_demo_set(
         _finetune_detector(out, s, log)
         _finetune_sam(out, s, log)
         names += ["demo-yolo.pt", "demo-sam.pt"]
+    if only in (None, "video"):  # after the detector it starts from
+        _finetune_video_detector(out, s, log)
+        names.append("demo-video-yolo.pt")
     if only in (None, "panoptic"):
         t1 = time.time()
         torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -850,6 +897,29 @@ def _finetune_detector(out: Path, s: DemoTraining, log: Callable[[str], None]) -
         )
         os.replace(tmp, out / "demo-yolo.pt")
         log(f"detector fine-tuned (cycle {k + 1} of {len(cycles)}) in {time.time() - t1:.0f}s: {ft}")
+
+
+def _finetune_video_detector(out: Path, s: DemoTraining, log: Callable[[str], None]) -> None:
+    """``demo-video-yolo.pt``: the demo detector fine-tuned on frames of the video demo's videos (one cosine cycle
+    of ``video_det_epochs`` on ``video_det_frames`` frames at the inference size), where objects pass behind each
+    other and enter the frame: half-hidden shapes, which the scene-trained detector often calls by another class."""
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    t1 = time.time()
+    tmp = out / "demo-video-yolo.finetune.pt"
+    ft = train_detector(
+        tmp,
+        images=s.video_det_frames,
+        epochs=s.video_det_epochs,
+        imgsz=s.det_finetune_imgsz,
+        seed=s.seed + 7,
+        init=out / "demo-yolo.pt",
+        lr0=5e-4,
+        video=True,
+    )
+    os.replace(tmp, out / "demo-video-yolo.pt")
+    log(f"video detector fine-tuned in {time.time() - t1:.0f}s: {ft}")
 
 
 def _finetune_sam(out: Path, s: DemoTraining, log: Callable[[str], None]) -> None:

@@ -148,3 +148,31 @@ def test_yolo_seg_training_writes_a_loadable_instance_labeler(tmp_path):
     )
     (dets,) = lab.label([np.zeros((80, 100, 3), np.uint8)])
     assert isinstance(dets, Detections) and dets.image_size == (80, 100) and dets.has_masks
+
+
+def test_video_detector_labels_are_the_boxes_of_the_visible_objects(tmp_path):
+    """The video detector's training frames: one label line per object the video demo's truth labels in that frame,
+    its box the visible part's extent (what the demo scores against); objects hidden past MIN_VISIBLE have none."""
+    from PIL import Image
+
+    from segflow.demo.synthetic import THING_CLASSES
+    from segflow.demo.training import _yolo_video_split
+    from segflow.demo.video import make_video
+
+    _yolo_video_split(tmp_path, "train", 3, seed=5, every=6, frames=12)
+    rng = np.random.default_rng(5)  # the same draws as the writer: the video, then the first frame taken
+    truth = make_video(rng, 12, things=int(rng.integers(4, 7)))
+    start = int(rng.integers(6))
+    for k, t in enumerate(range(start, 12, 6)):
+        img = np.asarray(Image.open(tmp_path / "images" / "train" / f"frame-{k:05d}.png"))
+        assert np.abs(img.astype(int) - truth.frames[t]).max() == 0  # lossless, RGB
+        lines = (tmp_path / "labels" / "train" / f"frame-{k:05d}.txt").read_text().split()
+        got = sorted(tuple(round(float(v), 4) for v in lines[i : i + 5]) for i in range(0, len(lines), 5))
+        want = []
+        for tid, m in truth.masks[t].items():
+            ys, xs = np.nonzero(m)
+            x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+            cls = THING_CLASSES.index(truth.classes[tid - 1])
+            want.append((cls, (x0 + x1) / 2 / 320, (y0 + y1) / 2 / 240, (x1 - x0) / 320, (y1 - y0) / 240))
+        assert got == sorted(tuple(round(float(v), 4) for v in w) for w in want)
+    assert len(list((tmp_path / "images" / "train").iterdir())) == 3

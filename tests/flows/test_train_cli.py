@@ -85,3 +85,23 @@ def test_train_demo_models_only_semantic_trains_the_unet_and_updates_its_job(tmp
     )
     dets = seg.panoptic([np.zeros((150, 400, 3), np.uint8)])[0]
     assert dets.image_size == (150, 400)
+
+
+def test_train_demo_models_only_video_fine_tunes_the_video_detector_and_updates_its_job(tmp_path, capsys):
+    """`--only video` starts from the demo detector in the output folder and writes demo-video-yolo.pt, the model
+    configs/demo-video.yaml names; the job file gets its new sha256."""
+    job = tmp_path / "demo-video.yaml"
+    shutil.copyfile(ROOT / "configs" / "demo-video.yaml", job)
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copyfile(ROOT / "configs" / "models" / "demo-yolo.pt", models / "demo-yolo.pt")
+    args = ["train-demo-models", "--output", str(models), "--only", "video", "--video-det-epochs", "1"]
+    args += ["--video-det-frames", "8", "--det-finetune-imgsz", "64", "--update-config", str(job)]
+    assert cli.main(args) == 0
+    assert "video detector fine-tuned" in capsys.readouterr().out
+    assert sorted(p.name for p in models.iterdir()) == ["demo-video-yolo.pt", "demo-yolo.pt"]
+    assert (
+        f"weights: models/demo-video-yolo.pt\n    sha256: {sha256_file(models / 'demo-video-yolo.pt')}"
+        in job.read_text()
+    )
+    assert sha256_file(models / "demo-video-yolo.pt") != sha256_file(models / "demo-yolo.pt")

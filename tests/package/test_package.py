@@ -50,6 +50,7 @@ def test_wheel_has_one_top_level_name_and_the_demo_data(wheel):
         "segflow/demo/synthetic.py",
         "segflow/configs/demo.yaml",
         "segflow/configs/models/demo-yolo.pt",
+        "segflow/configs/models/demo-video-yolo.pt",
         "segflow/configs/models/demo-sam.pt",
         "segflow/configs/models/demo-m2f.pt",
         "segflow/configs/models/demo-unet.pt",
