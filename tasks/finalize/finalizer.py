@@ -416,7 +416,11 @@ class _ShardPass:
         self.audit = SemanticAudit(gold_sem, job.category_names()) if gold_sem and self.has_panoptic else None
         self.parts: dict[str, dict[str, dict]] = {}
         self.sampler = ReportSampler()
-        self.stitcher = TrackStitcher() if job.tracks() else None
+        self.stitcher = None
+        if job.tracks():
+            st = next(s for s in job.stages.values() if ADAPTERS[s.kind].makes_tracks)
+            gap, distance = int(getattr(st, "rejoin_gap", 0)), float(getattr(st, "rejoin_distance", 1.5))
+            self.stitcher = TrackStitcher(rejoin_gap=gap, rejoin_distance=distance)
         self.tracks: TrackExports | None = None
         self.video_exports: VideoExports | None = None
         if job.tracks():

@@ -11,9 +11,16 @@ How a mask gets its ``track_id`` (the masks manifest's column):
    before it (its *context*: committed beside its masks, never in the manifests), so its trackers start warm and
    its tracks can be matched to the previous clip's: :class:`TrackStitcher` pairs a context track with a previous
    clip's track of the same class by their masks' IoU on the shared frames (summed, over the frames either is on),
-   greedily, best first, at >= ``min_iou``. A paired track keeps the previous clip's id; any other track gets the
-   video's next id, in the order the clip numbered them. Ids are therefore global per video, and they depend only on
-   committed shards: a clip labelled again (a rerun, a repair) gives the same ids as long as it labels the same.
+   greedily, best first, at >= ``min_iou``. A paired track keeps the previous clip's id; any other track (unless it
+   rejoins, 2b) gets the video's next id, in the order the clip's tracks start. Ids are therefore global per video,
+   and they depend only on committed shards: a clip labelled again (a rerun, a repair) gives the same ids as long
+   as it labels the same.
+2b. **After a gap** (finalize, ``rejoin_gap`` > 0). An object hidden longer than the tracker waits, or hidden across
+   a clip boundary, comes back as a new track. A track that continues nothing on its clip's context rejoins the
+   video's track of its class last seen 1 to ``rejoin_gap`` frames before it starts, when its first box centre is
+   within ``rejoin_distance`` x the larger box's size (square root of its area) of where that track's last box
+   centre was heading (its velocity over its last 5 frames, carried over the gap); the nearest such wins. A track
+   continued on the context cannot be rejoined by another.
 3. **Per track** (finalize): :class:`TrackSummary` gathers one row per track for ``manifest/tracks.parquet`` and
    its verdict (:func:`track_verdict`).
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -72,34 +80,87 @@ def _by_track_frame(masks: pa.Table) -> dict[int, dict[int, tuple[int, str]]]:
     return out
 
 
+@dataclass(frozen=True)
+class _Sighting:
+    """A track at one end: its class, the frame, its box centre there (x, y pixels), its velocity over its first or
+    last few frames (pixels a frame) and its size there (the square root of its box's area)."""
+
+    category_id: int
+    frame: int
+    centre: np.ndarray
+    velocity: np.ndarray
+    size: float
+
+
+def _sightings(frames: dict[int, tuple[int, str]], h: int, w: int, k: int = 5) -> tuple[_Sighting, _Sighting]:
+    """A track's first and last sighting (``frames``: frame -> (category, rle)), velocities over ``k`` frames."""
+    order = sorted(frames)
+
+    def one(fs: list[int], at: int) -> _Sighting:
+        boxes = rle.bbox_xywh([frames[f][1] for f in fs], h, w)
+        centres = boxes[:, :2] + boxes[:, 2:] / 2
+        velocity = (centres[-1] - centres[0]) / max(1, fs[-1] - fs[0])
+        return _Sighting(frames[fs[at]][0], fs[at], centres[at], velocity, float(np.sqrt(boxes[at, 2] * boxes[at, 3])))
+
+    return one(order[:k], 0), one(order[-k:], -1)
+
+
 @dataclass
 class TrackStitcher:
     """Clip-local track ids to ids global per video (module docs, step 2). Call :meth:`add_clip` for every clip of a
-    video in frame order (a video's clips one after the other), then :meth:`apply` to a clip's mask rows."""
+    video in frame order (a video's clips one after the other), then :meth:`apply` to a clip's mask rows.
+
+    ``rejoin_gap`` > 0: a track that neither continues a track of the clip before (on the context frames) nor is
+    the first of its object may *rejoin* an ended track of the video (module docs, step 2b)."""
 
     min_iou: float = MIN_TRACK_IOU
+    rejoin_gap: int = 0
+    rejoin_distance: float = 1.5
     _ids: dict[tuple[str, int], int] = field(default_factory=dict)  # (shard, local id) -> global id
     _video: str | None = None
     _next: int = 1
     _previous: tuple[str, dict[int, dict[int, tuple[int, str]]], tuple[int, int]] | None = None
+    _last: dict[int, _Sighting] = field(default_factory=dict)  # global id -> the video's track's last sighting
 
     def add_clip(self, shard_id: str, video: str, masks: pa.Table, context: pa.Table | None) -> None:
         """One clip: ``masks`` its mask rows, ``context`` those of its context frames (None: it has none)."""
         if video != self._video:
-            self._video, self._next, self._previous = video, 1, None
+            self._video, self._next, self._previous, self._last = video, 1, None, {}
         own = _by_track_frame(masks)
         matched: dict[int, int] = {}
         if context is not None and context.num_rows and self._previous is not None:
             matched = self._match(_by_track_frame(context), int(pc.min(context["frame_index"]).as_py()))
-        for local in sorted(own):
-            if local in matched:
-                self._ids[(shard_id, local)] = matched[local]
-            else:
-                self._ids[(shard_id, local)] = self._next
-                self._next += 1
         size = (int(masks["height"][0].as_py()), int(masks["width"][0].as_py())) if masks.num_rows else (0, 0)
+        for local in sorted(own, key=lambda t: (min(own[t]), t)):  # in the order they start: an earlier may rejoin
+            first, last = _sightings(own[local], *size)
+            gid = matched.get(local)
+            if gid is None:
+                gid = self._rejoin(first, taken=set(matched.values()))
+            if gid is None:
+                gid, self._next = self._next, self._next + 1
+            self._ids[(shard_id, local)] = gid
+            if gid not in self._last or self._last[gid].frame < last.frame:
+                self._last[gid] = last
         by_global = {self._ids[(shard_id, t)]: frames for t, frames in own.items()}
         self._previous = (shard_id, by_global, size)
+        if masks.num_rows:  # a track last seen longer ago than the gap can no longer be rejoined
+            horizon = int(pc.max(masks["frame_index"]).as_py()) - self.rejoin_gap
+            self._last = {g: e for g, e in self._last.items() if e.frame >= horizon}
+
+    def _rejoin(self, start: _Sighting, taken: set[int]) -> int | None:
+        """The global id of the ended track a new track continues (module docs, step 2b), or None (``taken``: ids
+        continued in this clip through its context)."""
+        best: tuple[float, int] | None = None
+        for gid, end in self._last.items():
+            gap = start.frame - end.frame
+            if gid in taken or end.category_id != start.category_id or not 0 < gap <= self.rejoin_gap:
+                continue
+            miss = float(np.linalg.norm(end.centre + end.velocity * gap - start.centre)) / max(
+                end.size, start.size, 1.0
+            )
+            if miss <= self.rejoin_distance and (best is None or (miss, gid) < best):
+                best = (miss, gid)
+        return None if best is None else best[1]
 
     def _match(self, context: dict[int, dict[int, tuple[int, str]]], first: int) -> dict[int, int]:
         """context local id -> the previous clip's global id it continues (``first``: the first context frame)."""

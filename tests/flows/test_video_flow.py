@@ -35,13 +35,13 @@ def _write(path: Path, frames: list[np.ndarray], codec: str, fps: int = 10) -> P
     return write_video(path, frames, codec, fps)
 
 
-def _job(tmp_path: Path, source: Path, output: Path, video: dict | None) -> Path:
+def _job(tmp_path: Path, source: Path, output: Path, video: dict | None, track: dict | None = None) -> Path:
     demo = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     stages = {k: demo["stages"][k] for k in ("detector", "masks")}
     for st in stages.values():
         st["weights"] = str(ROOT / "configs" / st["weights"])
     if video:  # tracking by detection: the masks linked across each clip's frames
-        stages["tracks"] = {"kind": "track", "needs": ["masks"]}
+        stages["tracks"] = {"kind": "track", "needs": ["masks"], **(track or {})}
     job = {
         "name": "video",
         "source": {"url": str(source), **({"video": video} if video else {})},
@@ -186,9 +186,9 @@ def test_clips_joined_on_their_overlap_equal_one_clip_and_a_clip_relabelled_keep
     src.mkdir()
     _write(src / "pan.mp4", _scene_frames(4, 9, size=(96, 128)), "libx264")
 
-    def run(name: str, video: dict) -> Path:
+    def run(name: str, video: dict, track: dict | None = None) -> Path:
         out = tmp_path / name
-        assert cli.main(["run", str(_job(tmp_path, src, out, video)), "--no-progress"]) == 0
+        assert cli.main(["run", str(_job(tmp_path, src, out, video, track)), "--no-progress"]) == 0
         return out
 
     def tracks(out: Path) -> list[tuple]:
@@ -200,10 +200,18 @@ def test_clips_joined_on_their_overlap_equal_one_clip_and_a_clip_relabelled_keep
     joined = tracks(three)
     assert joined == tracks(one)  # the same masks under the same ids, three clips or one
     assert max(sum(1 for r in joined if r[2] == t) for t in {r[2] for r in joined}) == 9  # a track over all 9
-    # negative control: clips that label no frame of the clip before cannot be joined: new ids in every clip
-    apart = tracks(run("apart", {"clip_frames": 3, "clip_overlap": 0}))
+    # negative control: clips that label no frame of the clip before cannot be joined on it: with rejoining off,
+    # new ids in every clip; with it on (the default), each clip's tracks continue the tracks heading their way
+    apart = tracks(run("apart", {"clip_frames": 3, "clip_overlap": 0}, {"rejoin_gap": 0}))
     assert [r[:2] for r in apart] == [r[:2] for r in joined]
     assert len({r[2] for r in apart}) > len({r[2] for r in joined})
+    rejoined = tracks(run("rejoined", {"clip_frames": 3, "clip_overlap": 0}))
+    assert [r[:2] for r in rejoined] == [r[:2] for r in joined]
+    # the ids of each frame are among those joined on the overlap gives it (a clip's first frame may have fewer:
+    # a track is confirmed on its second frame)
+    for f in range(9):
+        assert {r[2] for r in rejoined if r[0] == f} - {None} <= {r[2] for r in joined if r[0] == f}, f
+    assert {r[2] for r in rejoined} == {r[2] for r in joined}
 
     # the middle clip labelled again alone (a new commit supersedes its first): the same ids after finalize
     assert cli.main(["rerun", str(three), "--shards", "shard-00001", "--no-progress"]) == 0

@@ -7,11 +7,12 @@ from typing import Literal
 from pydantic import Field
 
 from segflow.tasks.stages.settings import ModelStageSettings
+from segflow.tasks.stages.settings.track import TrackJoin
 
 __all__ = ["Sam2VideoStage"]
 
 
-class Sam2VideoStage(ModelStageSettings):
+class Sam2VideoStage(ModelStageSettings, TrackJoin):
     """Masks propagated through a video's frames by a SAM 2-style video model through transformers -- SAM 2.1, EdgeTAM
     or the SAM 3 tracker -- prompted with the boxes of the detector it needs on keyframes (the clip's first frame and
     every `keyframe_every` frames): a box no live track covers starts a track; a track whose object score stays

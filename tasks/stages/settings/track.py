@@ -4,14 +4,32 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from segflow.tasks.stages.settings import StageSettings
 
-__all__ = ["TrackStage"]
+__all__ = ["TrackStage", "TrackJoin"]
 
 
-class TrackStage(StageSettings):
+class TrackJoin(BaseModel):
+    """How finalize joins a stage's tracks across a gap (segflow.tasks.outputs.tracks, step 2b)."""
+
+    rejoin_gap: int = Field(
+        15,
+        ge=0,
+        description="A new track continues the video's track of its class last seen up to this many labelled "
+        "frames before it (an object hidden longer than the tracker waits, or across a clip boundary) when it "
+        "starts where that track was heading (`rejoin_distance`). 0: never.",
+    )
+    rejoin_distance: float = Field(
+        1.5,
+        gt=0.0,
+        description="How far (in the larger box's sizes, the square root of its area) the new track's first box "
+        "centre may be from the ended track's last centre carried on at its velocity over the gap.",
+    )
+
+
+class TrackStage(StageSettings, TrackJoin):
     """Tracking by detection on a video's frames: the instance stage it needs labels each frame, a tracker from the
     `trackers` library links its masks from frame to frame by their boxes, across classes (`classes: vote`, the
     track's class is its frames' vote) or one tracker per class. Each mask gets `track_id`, global per video (clips

@@ -51,6 +51,40 @@ def test_tracks_that_do_not_overlap_or_differ_in_class_are_not_joined(context_ro
     assert s.global_id("s1", 2) == 2
 
 
+def _gap_clips(shift: int = 0, cls: int = 1) -> tuple[pa.Table, pa.Table]:
+    """A square moving 2 px a frame: track 1 on frames 0-5, hidden on 6-8, back on 9-11 as the clip's track 2 (at
+    ``shift`` px from where it was heading, as class ``cls``); a new clip's track 5 on frames 14-16 continues it."""
+    first = _clip(range(0, 6), {1: (1, 0)}) + [(f, 2, cls, _square(2 * f + shift, 20)) for f in range(9, 12)]
+    return _masks(first), _masks([(f, 5, cls, _square(2 * f + shift, 20)) for f in range(14, 17)])
+
+
+def test_a_track_back_after_a_gap_rejoins_the_track_it_continues():
+    """In the clip (hidden longer than the tracker waited) and across clips (no context shows it): the new track
+    starts where the old one was heading, so it gets its id."""
+    s = TrackStitcher(rejoin_gap=5)
+    a, b = _gap_clips()
+    s.add_clip("s0", "v.mp4", a, None)
+    s.add_clip("s1", "v.mp4", b, None)
+    assert (s.global_id("s0", 1), s.global_id("s0", 2), s.global_id("s1", 5)) == (1, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "shift, cls, gap, expect",
+    [
+        (0, 1, 0, (2, 3)),  # rejoining off
+        (30, 1, 5, (2, 2)),  # elsewhere: 30 px from where it was heading (> 1.5 x its 12 px); the next clip follows it
+        (0, 2, 5, (2, 2)),  # another class
+        (0, 1, 2, (2, 3)),  # gaps of 4 and 3 frames (> rejoin_gap 2)
+    ],
+)
+def test_a_track_elsewhere_or_of_another_class_or_after_a_longer_gap_is_new(shift, cls, gap, expect):
+    s = TrackStitcher(rejoin_gap=gap)
+    a, b = _gap_clips(shift, cls)
+    s.add_clip("s0", "v.mp4", a, None)
+    s.add_clip("s1", "v.mp4", b, None)
+    assert s.global_id("s0", 1) == 1 and (s.global_id("s0", 2), s.global_id("s1", 5)) == expect
+
+
 def test_track_rows_and_verdicts():
     summary = TrackSummary()
     rows = _clip(range(0, 4), {1: (1, 0)}) + [(2, 2, 2, _square(50, 40))]
