@@ -198,9 +198,10 @@ class TrackFit:
 
 def fit_track_threshold(candidates: list[tuple[float, bool]], judged: int, right: int, target: float) -> TrackFit:
     """The lowest score threshold at which the ``candidates`` -- (mean mask score, right) of the gold videos'
-    tracks that pass every other rule -- are right at ``target`` precision or more (``judged``, ``right``: all the
-    gold videos' tracks, and how many are right). Thresholds are the tracks' own scores, tried from the highest
-    down; ties are kept or dropped together; the lowest that holds the target wins."""
+    tracks that pass every rule, ``min_mean_score`` included -- are right at ``target`` precision or more
+    (``judged``, ``right``: all the gold videos' tracks, and how many are right). Thresholds are the tracks' own
+    scores, tried from the highest down; ties are kept or dropped together; the lowest that holds the target
+    wins."""
     scored = sorted(candidates, key=lambda x: -x[0])
     best: tuple[float, int, int] | None = None
     tp = 0

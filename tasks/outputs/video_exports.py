@@ -46,7 +46,7 @@ from segflow.tasks.outputs.tracks import (
     tracks_table,
 )
 
-__all__ = ["VideoExports", "video_name", "mots_multiplier"]
+__all__ = ["VideoExports", "fitted_rule", "video_name", "mots_multiplier"]
 
 
 def video_name(video: str) -> str:
@@ -67,6 +67,24 @@ class _Video:
     def __init__(self) -> None:
         self.frames: dict[int, tuple[str, int, int]] = {}  # frame index -> (file_name, height, width)
         self.masks: list[pa.Table] = []
+
+
+def fitted_rule(
+    rows: list[TrackRow], right: Mapping[tuple[str, int], bool], rule: TrackRule, target: float
+) -> tuple[TrackRule, TrackFit]:
+    """``rule`` with its ``min_mean_score`` raised to the threshold fitted for ``target`` precision on the gold
+    videos' tracks (``right``: (video, track id) -> whether it is right, for the tracks of the gold videos): the
+    candidates are the tracks ``rule`` accepts, so the fit may raise the floor, never lower it. No threshold reaches
+    the target: ``min_mean_score`` is infinite (every track goes to review)."""
+    judged = [r for r in rows if (r.video, r.track_id) in right]
+    candidates = [
+        (r.score_sum / max(1, r.frames), right[(r.video, r.track_id)])
+        for r in judged
+        if replace(r, rule=rule).verdict == "accept"
+    ]
+    fitted = fit_track_threshold(candidates, len(judged), sum(right[(r.video, r.track_id)] for r in judged), target)
+    score = fitted.threshold if fitted.threshold is not None else float("inf")
+    return replace(rule, min_mean_score=score), fitted
 
 
 class VideoExports:
@@ -215,19 +233,7 @@ class VideoExports:
             self.rows.extend(self.summary.finish_video(video))
         fitted: TrackFit | None = None
         if self.gold is not None:
-            open_rule = replace(self.rule, min_mean_score=0.0)  # every rule but the score's
-            judged = [r for r in self.rows if (r.video, r.track_id) in self.right]
-            candidates = [
-                (r.score_sum / max(1, r.frames), self.right[(r.video, r.track_id)])
-                for r in judged
-                if replace(r, rule=open_rule).verdict == "accept"
-            ]
-            n_right = sum(self.right[(r.video, r.track_id)] for r in judged)
-            fitted = fit_track_threshold(candidates, len(judged), n_right, self.target)
-            if fitted.threshold is not None:
-                self.rule = replace(self.rule, min_mean_score=fitted.threshold)
-            else:  # the target cannot be reached at any threshold: every track goes to review
-                self.rule = replace(self.rule, min_mean_score=float("inf"))
+            self.rule, fitted = fitted_rule(self.rows, self.right, self.rule, self.target)
             for r in self.rows:
                 r.rule = self.rule
         exported = {(r.video, r.track_id) for r in self.rows if r.verdict in self.keep}

@@ -54,5 +54,9 @@ class Sam2VideoStage(ModelStageSettings, TrackJoin):
     mask_threshold: float = Field(0.0, description="Logit threshold of a mask pixel (the models' own: 0).")
     min_frames: int = Field(3, ge=1, description="Labelled frames a track needs to be exported (else review).")
     min_mean_score: float = Field(
-        0.5, ge=0.0, le=1.0, description="Mean mask score a track needs to be exported (else review)."
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="Mean mask score a track needs to be exported (else review); with `gold_video` the fitted "
+        "threshold may raise it, never lower it.",
     )

@@ -77,5 +77,6 @@ class TrackStage(StageSettings, TrackJoin):
         ge=0.0,
         le=1.0,
         description="Mean mask score a track needs to be exported (lower ones go to review): a track of "
-        "low-scored masks is mostly a false detection followed from frame to frame.",
+        "low-scored masks is mostly a false detection followed from frame to frame. With `gold_video` the fitted "
+        "threshold may raise it, never lower it (0: leave it to the gold set).",
     )

@@ -7,13 +7,14 @@ import pyarrow as pa
 import pytest
 
 from segflow.tasks.outputs.tracks import (
+    TrackRow,
     TrackRule,
     TrackStitcher,
     TrackSummary,
     class_conflicts,
     track_verdict,
 )
-from segflow.tasks.outputs.video_exports import mots_multiplier, video_name
+from segflow.tasks.outputs.video_exports import fitted_rule, mots_multiplier, video_name
 from tests.support.track_rows import masks as _masks
 from tests.support.track_rows import square as _square
 
@@ -124,3 +125,25 @@ def test_two_tracks_of_different_classes_on_one_object_keep_the_stronger():
 def test_mots_ids_and_names():
     assert mots_multiplier(999) == 1000 and mots_multiplier(1000) == 10000
     assert video_name("dash/day1.mp4") == "dash/day1" and video_name("park") == "park"
+
+
+def _row(tid: int, mean: float, frames: int = 10) -> TrackRow:
+    return TrackRow("v.mp4", tid, 1, "c1", 0, frames - 1, frames=frames, score_sum=mean * frames, accepted=frames)
+
+
+def test_the_fitted_score_threshold_raises_min_mean_score_and_never_lowers_it():
+    """Fitted for precision 0.95 on the gold videos' tracks (right or not): the lowest of their scores where the
+    tracks the rule accepts are right at the target. The rule's min_mean_score is a floor: tracks under it are not
+    candidates, so a fit on right tracks scoring 0.3 and 0.4 stays at the floor's first candidate."""
+    rows = [_row(1, 0.9), _row(2, 0.8), _row(3, 0.7), _row(4, 0.6), _row(5, 0.4), _row(6, 0.3)]
+    right = {("v.mp4", t): t != 3 for t in range(1, 7)}  # track 3 (0.7) is wrong
+    rule, fit = fitted_rule(rows, right, TrackRule(min_mean_score=0.5), 0.95)
+    assert rule.min_mean_score == pytest.approx(0.8) and fit.kept == 2  # under 0.8, track 3 takes precision to 0.67
+    right[("v.mp4", 3)] = True
+    rule, fit = fitted_rule(rows, right, TrackRule(min_mean_score=0.5), 0.95)
+    assert rule.min_mean_score == pytest.approx(0.6) and fit.kept == 4  # the floor keeps 0.4 and 0.3 out
+    rule, _ = fitted_rule(rows, right, TrackRule(min_mean_score=0.0), 0.95)
+    assert rule.min_mean_score == pytest.approx(0.3)  # negative control: without the floor the fit goes lower
+    right = {("v.mp4", t): False for t in range(1, 7)}
+    rule, fit = fitted_rule(rows, right, TrackRule(min_mean_score=0.5), 0.95)
+    assert rule.min_mean_score == float("inf") and fit.threshold is None  # nothing reaches the target: all review
