@@ -133,7 +133,7 @@ class DemoRun:
 def run_video_demo(
     folder: str,
     seed: int = 0,
-    videos: int = 6,
+    videos: int = 10,
     frames: int = 48,
     on_videos: Callable[[int, float], None] | None = None,
     on_plan: Callable[[JobConfig, Plan], None] | None = None,
