@@ -60,9 +60,9 @@ def vote_track_classes(masks: pa.Table, names: dict[int, str], min_iou: float = 
     across classes, it is one track, and its class is the vote of its frames: each of its masks votes its score for
     its class, and so does every untracked mask of its frame that is the same object (mask IoU >= ``min_iou`` with
     its mask; the detector's second guess, left out of tracking as a duplicate). The track's masks take the winning
-    class (``category_id``, ``category_name`` from ``names``), and their ``score`` is multiplied by the winner's
-    share of the votes, so that a track of disputed class scores lower. Rows keep their order; untracked rows are
-    unchanged."""
+    class (``category_id``; ``category_name`` from ``names``, else from the clip's rows of that class), and their
+    ``score`` is multiplied by the winner's share of the votes, so that a track of disputed class scores lower. Rows
+    keep their order; untracked rows are unchanged."""
     if masks.num_rows == 0 or masks["track_id"].null_count == masks.num_rows:
         return masks
     frames = masks["frame_index"].to_numpy(zero_copy_only=False)
@@ -86,6 +86,7 @@ def vote_track_classes(masks: pa.Table, names: dict[int, str], min_iou: float = 
             if ious[i, best] >= min_iou:
                 v = votes[int(tracks[held[best]])]
                 v[int(classes[r])] = v.get(int(classes[r]), 0.0) + float(scores[r])
+    named = dict(zip(classes.tolist(), masks["category_name"].to_pylist(), strict=True)) | names
     new_class, new_score = classes.copy(), scores.copy()
     for tid, v in votes.items():
         winner = min(v, key=lambda c: (-v[c], c))
@@ -101,7 +102,7 @@ def vote_track_classes(masks: pa.Table, names: dict[int, str], min_iou: float = 
             "category_name",
             pa.array(
                 [
-                    names.get(int(c), n) if t >= 0 else n
+                    named.get(int(c), n) if t >= 0 else n
                     for c, t, n in zip(new_class, tracks, masks["category_name"].to_pylist(), strict=True)
                 ],
                 pa.string(),

@@ -72,3 +72,12 @@ def test_a_clip_without_tracks_is_left_as_it_is():
     table = masks([(0, None, 1, square(10, 10))])
     assert vote_track_classes(table, NAMES).equals(table)
     assert isinstance(table, pa.Table)
+
+
+def test_a_class_missing_from_the_names_keeps_the_name_its_rows_have():
+    rows = [(0, 1, 2, square(10, 10), 0.9), (1, 1, 3, square(12, 10), 0.5), (2, 1, 2, square(14, 10), 0.8)]
+    table = masks(rows)
+    table = table.set_column(
+        table.schema.get_field_index("category_name"), "category_name", pa.array(["sq", "tri", "sq"])
+    )
+    assert vote_track_classes(table, {})["category_name"].to_pylist() == ["sq", "sq", "sq"]
