@@ -131,15 +131,16 @@ class TrackStitcher:
         if context is not None and context.num_rows and self._previous is not None:
             matched = self._match(_by_track_frame(context), int(pc.min(context["frame_index"]).as_py()))
         size = (int(masks["height"][0].as_py()), int(masks["width"][0].as_py())) if masks.num_rows else (0, 0)
+        taken = set(matched.values())
         for local in sorted(own, key=lambda t: (min(own[t]), t)):  # in the order they start: an earlier may rejoin
-            first, last = _sightings(own[local], *size)
             gid = matched.get(local)
-            if gid is None:
-                gid = self._rejoin(first, taken=set(matched.values()))
+            first, last = _sightings(own[local], *size) if self.rejoin_gap > 0 else (None, None)
+            if gid is None and first is not None:
+                gid = self._rejoin(first, taken)
             if gid is None:
                 gid, self._next = self._next, self._next + 1
             self._ids[(shard_id, local)] = gid
-            if gid not in self._last or self._last[gid].frame < last.frame:
+            if last is not None and (gid not in self._last or self._last[gid].frame < last.frame):
                 self._last[gid] = last
         by_global = {self._ids[(shard_id, t)]: frames for t, frames in own.items()}
         self._previous = (shard_id, by_global, size)

@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from segflow.tasks import rle
 from segflow.tasks.record import Detections
+from segflow.tasks.stages.qc import box_iou_pairs
 from segflow.tasks.stages.settings.sam2_video import Sam2VideoStage
 
 __all__ = ["FAMILIES", "VideoPropagator", "ClipPropagation", "video_family_of"]
@@ -54,18 +55,6 @@ def video_family_of(model_dir: str, setting: str = "auto") -> str:
     from segflow.tasks.stages.sam2 import family_of
 
     return family_of(model_dir, setting, {f: f for f in FAMILIES}, "video model")
-
-
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every pair of XYXY boxes: ``len(a) x len(b)``."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
 class VideoPropagator:
@@ -187,7 +176,7 @@ class ClipPropagation:
         new_ids, new_boxes = [], []
         for i in keep:
             box = np.asarray(dets.boxes[i], np.float32)
-            if len(covered) and _box_iou(box[None], covered).max() >= st.cover_iou:
+            if len(covered) and box_iou_pairs(box[None], covered).max() >= st.cover_iou:
                 continue
             obj_id = len(self.tracks) + 1
             self.tracks[obj_id] = _Track(obj_id, int(dets.class_ids[i]), float(dets.scores[i]), box=box)

@@ -23,6 +23,7 @@ import pyarrow as pa
 from segflow.tasks import rle
 from segflow.tasks.record import Detections
 from segflow.tasks.stages.clip_tracks import fill_track_starts, vote_track_classes
+from segflow.tasks.stages.qc import box_iou_pairs
 from segflow.tasks.stages.settings.track import TrackStage
 
 __all__ = ["Tracker", "ClipTracker"]
@@ -58,11 +59,7 @@ def _duplicates(dets: Detections, iou: float) -> np.ndarray:
         ious = rle.iou(list(dets.rle_counts), list(dets.rle_counts), h, w)
     else:
         b = np.asarray(dets.boxes, np.float64).reshape(-1, 4)
-        wh = np.clip(np.minimum(b[:, None, 2:], b[None, :, 2:]) - np.maximum(b[:, None, :2], b[None, :, :2]), 0, None)
-        inter = wh[..., 0] * wh[..., 1]
-        area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
-        union = area[:, None] + area[None, :] - inter
-        ious = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        ious = box_iou_pairs(b, b)
     order = np.argsort(-np.asarray(dets.scores, np.float64), kind="stable")
     out = np.zeros(n, bool)
     kept: list[int] = []
