@@ -197,23 +197,27 @@ class TrackFit:
 
 
 def fit_track_threshold(candidates: list[tuple[float, bool]], judged: int, right: int, target: float) -> TrackFit:
-    """The lowest score threshold at which the ``candidates`` -- (mean mask score, right) of the gold videos'
-    tracks that pass every rule, ``min_mean_score`` included -- are right at ``target`` precision or more
-    (``judged``, ``right``: all the gold videos' tracks, and how many are right). Thresholds are the tracks' own
-    scores, tried from the highest down; ties are kept or dropped together; the lowest that holds the target
-    wins."""
+    """The score threshold at which the ``candidates`` -- (track score, right) of the gold videos' tracks that pass
+    every rule, ``min_mean_score`` included -- are right at ``target`` precision or more (``judged``, ``right``: all
+    the gold videos' tracks, and how many are right). The tracks kept are the most that hold the target, from the
+    highest score down (ties kept or dropped together); the threshold lies halfway between the lowest kept and the
+    highest dropped (any value between keeps the same gold tracks: halfway leaves the held-out tracks near either
+    the same margin), or is the lowest kept when none is dropped."""
     scored = sorted(candidates, key=lambda x: -x[0])
-    best: tuple[float, int, int] | None = None
+    best: tuple[int, int] | None = None  # (kept, right among them)
     tp = 0
     for k, (m, y) in enumerate(scored, 1):
         tp += y
         if k < len(scored) and scored[k][0] == m:
             continue  # ties: a threshold keeps all of them or none
         if tp / k >= target:
-            best = (m, k, tp)
+            best = (k, tp)
     if best is None:
         return TrackFit(None, target, judged, right, None, 0)
-    return TrackFit(best[0], target, judged, right, best[2] / best[1], best[1])
+    kept, tp = best
+    low = scored[kept - 1][0]
+    threshold = (low + scored[kept][0]) / 2 if kept < len(scored) else low
+    return TrackFit(threshold, target, judged, right, tp / kept, kept)
 
 
 def gold_track_quality(

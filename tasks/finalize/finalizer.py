@@ -456,7 +456,12 @@ class _ShardPass:
         if "tracks" in paths:
             cats = [{"id": int(i), "name": n, "supercategory": "object"} for i, n in sorted(names.items())]
             st = next(s for s in job.stages.values() if ADAPTERS[s.kind].makes_tracks)
-            rule = TrackRule(int(getattr(st, "min_frames", 3)), float(getattr(st, "min_mean_score", 0.5)))
+            d = TrackRule()
+            rule = TrackRule(
+                int(getattr(st, "min_frames", d.min_frames)),
+                float(getattr(st, "min_mean_score", d.min_mean_score)),
+                int(getattr(st, "score_prior_frames", d.prior_frames)),
+            )
             gold, gold_url = None, getattr(job, "gold_video", None)
             if gold_url:
                 gold = read_json(open_fs(gold_url)[0], gold_url)

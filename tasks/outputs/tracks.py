@@ -59,6 +59,7 @@ TRACKS_SCHEMA = pa.schema(
         ("last_frame", pa.int64()),
         ("frames", pa.int64()),
         ("mean_score", pa.float32()),
+        ("score", pa.float32()),
         ("min_score", pa.float32()),
         ("mean_predicted_iou", pa.float32()),
         ("mean_step_iou", pa.float32()),
@@ -200,23 +201,33 @@ class TrackStitcher:
 
 @dataclass(frozen=True)
 class TrackRule:
-    """What a track needs to be accepted (the ``track`` stage's ``min_frames`` and ``min_mean_score``)."""
+    """What a track needs to be accepted (the tracks stage's ``min_frames``, ``min_mean_score`` and
+    ``score_prior_frames``): ``min_mean_score`` is compared with the track's :meth:`score`."""
 
     min_frames: int = 3
-    min_mean_score: float = 0.5
+    min_mean_score: float = 0.4
+    prior_frames: int = 5
+
+    def score(self, score_sum: float, frames: int) -> float:
+        """A track's score: the mean of its masks' scores (``score_sum`` over ``frames``) counting ``prior_frames``
+        more frames at 0, so that a short track must score higher: its mean rests on fewer frames, and short tracks
+        are mostly pieces of another (an identity switch, a class the detector gave a few frames, an object's
+        edge)."""
+        return score_sum / max(1, frames + self.prior_frames)
 
 
 def track_verdict(
     frames: int,
     accepted: int,
     rejected: int,
-    mean_score: float,
+    score: float,
     rule: TrackRule = TrackRule(),
     conflict: bool = False,
 ) -> tuple[str, list[str]]:
     """A track's verdict and its reasons: ``reject`` (``rejected``) when every mask of it is rejected; ``accept``
-    when it has ``rule.min_frames`` frames or more (else ``short``), a mean mask score of ``rule.min_mean_score``
-    or more (else ``low_score``), at least half of its masks accepted (else ``masks_not_accepted``) and no
+    when it has ``rule.min_frames`` frames or more (else ``short``), a ``score`` (:meth:`TrackRule.score`) of
+    ``rule.min_mean_score`` or more (else ``low_score``), at least half of its masks accepted (else
+    ``masks_not_accepted``) and no
     stronger track of another class on the same object (``conflict``: else ``class_conflict``); ``review``
     otherwise."""
     if rejected == frames:
@@ -225,7 +236,7 @@ def track_verdict(
         r
         for r, fired in (
             ("short", frames < rule.min_frames),
-            ("low_score", mean_score < rule.min_mean_score),
+            ("low_score", score < rule.min_mean_score),
             ("masks_not_accepted", 2 * accepted < frames),
             ("class_conflict", conflict),
         )
@@ -288,8 +299,14 @@ class TrackRow:
     conflict_with: int | None = None  # a stronger track of another class on the same object (class_conflicts)
 
     def _verdict(self) -> tuple[str, list[str]]:
-        mean = self.score_sum / max(1, self.frames)
-        return track_verdict(self.frames, self.accepted, self.rejected, mean, self.rule, self.conflict_with is not None)
+        return track_verdict(
+            self.frames, self.accepted, self.rejected, self.score, self.rule, self.conflict_with is not None
+        )
+
+    @property
+    def score(self) -> float:
+        """What ``min_mean_score`` is compared with (:meth:`TrackRule.score`)."""
+        return self.rule.score(self.score_sum, self.frames)
 
     @property
     def verdict(self) -> str:

@@ -78,7 +78,7 @@ def fitted_rule(
     the target: ``min_mean_score`` is infinite (every track goes to review)."""
     judged = [r for r in rows if (r.video, r.track_id) in right]
     candidates = [
-        (r.score_sum / max(1, r.frames), right[(r.video, r.track_id)])
+        (rule.score(r.score_sum, r.frames), right[(r.video, r.track_id)])
         for r in judged
         if replace(r, rule=rule).verdict == "accept"
     ]

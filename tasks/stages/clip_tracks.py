@@ -60,9 +60,11 @@ def vote_track_classes(masks: pa.Table, names: dict[int, str], min_iou: float = 
     across classes, it is one track, and its class is the vote of its frames: each of its masks votes its score for
     its class, and so does every untracked mask of its frame that is the same object (mask IoU >= ``min_iou`` with
     its mask; the detector's second guess, left out of tracking as a duplicate). The track's masks take the winning
-    class (``category_id``; ``category_name`` from ``names``, else from the clip's rows of that class), and their
-    ``score`` is multiplied by the winner's share of the votes, so that a track of disputed class scores lower. Rows
-    keep their order; untracked rows are unchanged."""
+    class (``category_id``; ``category_name`` from ``names``, else from the clip's rows of that class). A mask's
+    ``score`` becomes its frame's belief in the object (its score plus those of the untracked masks that voted with
+    it, at most 1: the detector's scores for one object's classes are shares of one belief) times the winner's share
+    of the track's votes: a track of disputed class scores lower, and the track's mean score is about the votes
+    for its class per frame. Rows keep their order; untracked rows are unchanged."""
     if masks.num_rows == 0 or masks["track_id"].null_count == masks.num_rows:
         return masks
     frames = masks["frame_index"].to_numpy(zero_copy_only=False)
@@ -72,6 +74,7 @@ def vote_track_classes(masks: pa.Table, names: dict[int, str], min_iou: float = 
     counts = masks["rle_counts"].to_pylist()
     h, w = int(masks["height"][0].as_py()), int(masks["width"][0].as_py())
     votes: dict[int, dict[int, float]] = {}
+    belief = np.where(tracks >= 0, scores, 0.0)  # a tracked mask's score as an object: its own and its duplicates'
     for r in np.flatnonzero(tracks >= 0):
         v = votes.setdefault(int(tracks[r]), {})
         v[int(classes[r])] = v.get(int(classes[r]), 0.0) + float(scores[r])
@@ -86,6 +89,7 @@ def vote_track_classes(masks: pa.Table, names: dict[int, str], min_iou: float = 
             if ious[i, best] >= min_iou:
                 v = votes[int(tracks[held[best]])]
                 v[int(classes[r])] = v.get(int(classes[r]), 0.0) + float(scores[r])
+                belief[held[best]] += scores[r]
     named = dict(zip(classes.tolist(), masks["category_name"].to_pylist(), strict=True)) | names
     new_class, new_score = classes.copy(), scores.copy()
     for tid, v in votes.items():
@@ -94,7 +98,7 @@ def vote_track_classes(masks: pa.Table, names: dict[int, str], min_iou: float = 
         share = v[winner] / total if total > 0 else 1.0
         rows = tracks == tid
         new_class[rows] = winner
-        new_score[rows] = scores[rows] * share
+        new_score[rows] = np.minimum(1.0, belief[rows]) * share
     out = masks
     for name, column in (
         ("category_id", pa.array(new_class, masks.schema.field("category_id").type)),

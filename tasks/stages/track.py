@@ -2,7 +2,8 @@
 
 The tracker comes from Roboflow's ``trackers`` library (ByteTrack, SORT, OC-SORT over boxes, with a Kalman filter
 per track). With ``classes: vote`` (the default) one tracker follows every class: of a frame's masks that are one
-object (mask IoU >= ``duplicate_iou``), only the best-scored is tracked, and once the clip is labelled
+object (mask IoU >= ``duplicate_iou``), only the best-scored is tracked, with the object's score (the sum of
+the masks' scores, at most 1: :func:`object_scores`) as its confidence, and once the clip is labelled
 :meth:`ClipTracker.finish_clip` gives each track's masks the class its frames vote for
 (:func:`~segflow.tasks.stages.clip_tracks.vote_track_classes`). With ``classes: per_class`` one tracker runs per class
 and a track keeps its class. Either way the clip's ids are numbered 1, 2, ... in the order tracks start.
@@ -26,7 +27,7 @@ from segflow.tasks.stages.clip_tracks import fill_track_starts, vote_track_class
 from segflow.tasks.stages.qc import box_iou_pairs
 from segflow.tasks.stages.settings.track import TrackStage
 
-__all__ = ["Tracker", "ClipTracker"]
+__all__ = ["Tracker", "ClipTracker", "object_scores"]
 
 
 def _make(stage: TrackStage) -> Any:
@@ -50,9 +51,10 @@ def _make(stage: TrackStage) -> Any:
 
 
 def _duplicates(dets: Detections, iou: float) -> np.ndarray:
-    """N bool: the rows that overlap a higher-scored row at IoU >= ``iou`` (greedy NMS across classes): mask IoU
-    when the rows have masks (two boxes of one object often differ more than the masks SAM draws in them), else
-    box IoU (boxes N x 4, XYXY)."""
+    """N int: the row each row is a duplicate of -- a higher-scored row of the frame it overlaps at IoU >= ``iou``
+    (greedy NMS across classes; the kept row it overlaps most) -- or the row itself when it is kept. Mask IoU when
+    the rows have masks (two boxes of one object often differ more than the masks SAM draws in them), else box IoU
+    (boxes N x 4, XYXY)."""
     n = len(dets)
     if dets.rle_counts is not None and n:
         h, w = dets.image_size
@@ -61,14 +63,24 @@ def _duplicates(dets: Detections, iou: float) -> np.ndarray:
         b = np.asarray(dets.boxes, np.float64).reshape(-1, 4)
         ious = box_iou_pairs(b, b)
     order = np.argsort(-np.asarray(dets.scores, np.float64), kind="stable")
-    out = np.zeros(n, bool)
+    out = np.arange(n, dtype=np.int64)
     kept: list[int] = []
     for i in order:
-        if kept and bool(np.any(ious[i, kept] >= iou)):
-            out[i] = True
+        best = int(np.argmax(ious[i, kept])) if kept else -1
+        if best >= 0 and ious[i, kept[best]] >= iou:
+            out[i] = kept[best]
         else:
             kept.append(int(i))
     return out
+
+
+def object_scores(scores: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """N: each kept row's score as an object, whatever its class -- the sum of its own and its duplicates' scores
+    (``owner``, :func:`_duplicates`), at most 1 (a detector's scores for the classes of one object are shares of
+    one belief: a square at 0.4 and a triangle at 0.4 are an object at 0.8); a duplicate row keeps its own."""
+    s = np.asarray(scores, np.float64)
+    total = np.bincount(owner, weights=s, minlength=len(s))
+    return np.where(owner == np.arange(len(s)), np.minimum(1.0, total), s)
 
 
 class ClipTracker:
@@ -90,14 +102,17 @@ class ClipTracker:
             ids = np.full(len(dets), -1, np.int64)
             classes = np.asarray(dets.class_ids, np.int64)
             groups = np.zeros(len(dets), np.int64) if self.stage.classes == "vote" else classes
+            confidence = np.asarray(dets.scores, np.float64)
             if self.stage.classes == "vote" and len(dets):  # duplicates of one object: only the best is tracked
-                groups = np.where(_duplicates(dets, self.stage.duplicate_iou), -1, 0)
+                owner = _duplicates(dets, self.stage.duplicate_iou)
+                groups = np.where(owner == np.arange(len(dets)), 0, -1)
+                confidence = object_scores(confidence, owner)  # the tracker sees the object's score
             for c in sorted((set(groups.tolist()) - {-1}) | set(self._trackers)):
                 rows = np.flatnonzero(groups == c)
                 tracker = self._trackers.setdefault(c, _make(self.stage))
                 found = sv.Detections(
                     xyxy=np.asarray(dets.boxes, np.float32)[rows].reshape(-1, 4),
-                    confidence=np.asarray(dets.scores, np.float32)[rows],
+                    confidence=confidence[rows].astype(np.float32),
                     class_id=np.full(len(rows), c, np.int64),
                     data={"row": rows},
                 )

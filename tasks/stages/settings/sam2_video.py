@@ -7,12 +7,12 @@ from typing import Literal
 from pydantic import Field
 
 from segflow.tasks.stages.settings import ModelStageSettings
-from segflow.tasks.stages.settings.track import TrackJoin
+from segflow.tasks.stages.settings.track import TrackAcceptance, TrackJoin
 
 __all__ = ["Sam2VideoStage"]
 
 
-class Sam2VideoStage(ModelStageSettings, TrackJoin):
+class Sam2VideoStage(ModelStageSettings, TrackJoin, TrackAcceptance):
     """Masks propagated through a video's frames by a SAM 2-style video model through transformers -- SAM 2.1, EdgeTAM
     or the SAM 3 tracker -- prompted with the boxes of the detector it needs on keyframes (the clip's first frame and
     every `keyframe_every` frames): a box no live track covers starts a track; a track whose object score stays
@@ -52,11 +52,3 @@ class Sam2VideoStage(ModelStageSettings, TrackJoin):
         "its object, and all of them are read at every frame.",
     )
     mask_threshold: float = Field(0.0, description="Logit threshold of a mask pixel (the models' own: 0).")
-    min_frames: int = Field(3, ge=1, description="Labelled frames a track needs to be exported (else review).")
-    min_mean_score: float = Field(
-        0.5,
-        ge=0.0,
-        le=1.0,
-        description="Mean mask score a track needs to be exported (else review); with `gold_video` the fitted "
-        "threshold may raise it, never lower it.",
-    )

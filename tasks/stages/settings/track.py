@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 from segflow.tasks.stages.settings import StageSettings
 
-__all__ = ["TrackStage", "TrackJoin"]
+__all__ = ["TrackStage", "TrackJoin", "TrackAcceptance"]
 
 
 class TrackJoin(BaseModel):
@@ -29,7 +29,31 @@ class TrackJoin(BaseModel):
     )
 
 
-class TrackStage(StageSettings, TrackJoin):
+class TrackAcceptance(BaseModel):
+    """What a stage's track needs to be exported (segflow.tasks.outputs.tracks.TrackRule)."""
+
+    min_frames: int = Field(
+        3, ge=1, description="Labelled frames a track needs to be exported (shorter ones go to review)."
+    )
+    min_mean_score: float = Field(
+        0.4,
+        ge=0.0,
+        le=1.0,
+        description="Score a track needs to be exported (lower ones go to review): its masks' mean score, counting "
+        "`score_prior_frames` more frames at 0. A track of low-scored masks is mostly a false detection followed "
+        "from frame to frame. With `gold_video` the fitted threshold may raise it, never lower it (0: leave it to "
+        "the gold set).",
+    )
+    score_prior_frames: int = Field(
+        5,
+        ge=0,
+        description="Frames at score 0 a track's score counts besides its own, so that a short track needs a "
+        "higher mean: its mean rests on few frames, and short tracks are mostly pieces of another (an identity "
+        "switch, a class given for a few frames, an object's edge). 0: the plain mean.",
+    )
+
+
+class TrackStage(StageSettings, TrackJoin, TrackAcceptance):
     """Tracking by detection on a video's frames: the instance stage it needs labels each frame, a tracker from the
     `trackers` library links its masks from frame to frame by their boxes, across classes (`classes: vote`, the
     track's class is its frames' vote) or one tracker per class. Each mask gets `track_id`, global per video (clips
@@ -45,8 +69,9 @@ class TrackStage(StageSettings, TrackJoin):
         "vote",
         description="`vote`: one tracker for every class (of two masks of one object, mask IoU >= `duplicate_iou`, "
         "only the higher-scored is tracked); in each clip a track's masks take the class its frames vote for (each "
-        "mask of the object votes its score), their score times the winner's share of the votes. A detector that "
-        "calls a half-hidden object by another class for a few frames then makes one track, not several. "
+        "mask of the object votes its score), their score the object's (its masks' scores in the frame summed, at "
+        "most 1) times the winner's share of the votes; the tracker, too, sees the object's score. A detector "
+        "that calls a half-hidden object by another class for a few frames then makes one track, not several. "
         "`per_class`: one tracker per class, masks keep the detector's class.",
     )
     duplicate_iou: float = Field(
@@ -68,15 +93,4 @@ class TrackStage(StageSettings, TrackJoin):
     )
     minimum_consecutive_frames: int = Field(
         1, ge=1, description="Frames a new track must be seen in a row before it gets an id."
-    )
-    min_frames: int = Field(
-        3, ge=1, description="Labelled frames a track needs to be exported (shorter ones go to review)."
-    )
-    min_mean_score: float = Field(
-        0.5,
-        ge=0.0,
-        le=1.0,
-        description="Mean mask score a track needs to be exported (lower ones go to review): a track of "
-        "low-scored masks is mostly a false detection followed from frame to frame. With `gold_video` the fitted "
-        "threshold may raise it, never lower it (0: leave it to the gold set).",
     )

@@ -59,15 +59,17 @@ def test_a_track_is_right_when_it_follows_one_gold_track_of_its_class_in_half_it
     assert GoldTracks(_gold()).judge("v", _masks(half), names) == {5: False}
 
 
-def test_the_threshold_is_the_lowest_score_that_holds_the_target():
+def test_the_threshold_keeps_the_most_tracks_that_hold_the_target_halfway_to_the_next():
     cands = [(0.9, True), (0.8, True), (0.7, False), (0.6, True), (0.5, False)]
-    assert fit_track_threshold(cands, 5, 3, 0.75).threshold == 0.6  # 3 of 4 above it
-    assert fit_track_threshold(cands, 5, 3, 0.9).threshold == 0.8
+    # 3 of the top 4 are right: halfway between the lowest kept (0.6) and the first dropped (0.5)
+    assert fit_track_threshold(cands, 5, 3, 0.75).threshold == pytest.approx(0.55)
+    assert fit_track_threshold(cands, 5, 3, 0.9).threshold == pytest.approx(0.75)  # negative control: top 2 only
     fit = fit_track_threshold(cands, 7, 3, 0.9)
     assert (fit.kept, fit.precision, fit.tracks) == (2, 1.0, 7)
     assert fit_track_threshold([(0.5, False)], 1, 0, 0.5).threshold is None  # no threshold reaches it
-    # ties go together: 0.8 keeps both of its tracks (1 of 2 right), so 0.9 is the threshold for 0.75
-    assert fit_track_threshold([(0.9, True), (0.8, True), (0.8, False)], 3, 2, 0.75).threshold == 0.9
+    assert fit_track_threshold([(0.9, True), (0.6, True)], 2, 2, 0.9).threshold == 0.6  # none dropped: the lowest
+    # ties go together: 0.8 keeps both of its tracks (1 of 2 right), so 0.85 is the threshold for 0.75
+    assert fit_track_threshold([(0.9, True), (0.8, True), (0.8, False)], 3, 2, 0.75).threshold == pytest.approx(0.85)
 
 
 def test_evaluate_vis_is_one_for_the_truth_and_lower_for_swapped_identities():

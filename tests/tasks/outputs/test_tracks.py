@@ -3,6 +3,8 @@ track, verdicts and class conflicts."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pyarrow as pa
 import pytest
 
@@ -13,6 +15,7 @@ from segflow.tasks.outputs.tracks import (
     TrackSummary,
     class_conflicts,
     track_verdict,
+    tracks_table,
 )
 from segflow.tasks.outputs.video_exports import fitted_rule, mots_multiplier, video_name
 from tests.support.track_rows import masks as _masks
@@ -87,7 +90,7 @@ def test_a_track_elsewhere_or_of_another_class_or_after_a_longer_gap_is_new(shif
 
 
 def test_track_rows_and_verdicts():
-    summary = TrackSummary()
+    summary = TrackSummary(TrackRule(prior_frames=0))  # scores are the means (prior frames: their own test)
     rows = _clip(range(0, 4), {1: (1, 0)}) + [(2, 2, 2, _square(50, 40))]
     t = _masks(rows)
     verdicts = ["accept", "accept", "review", "accept", "accept"]
@@ -112,7 +115,7 @@ def test_two_tracks_of_different_classes_on_one_object_keep_the_stronger():
     triangle = [(f, 2, 3, r) for f, _, _, r in _clip(range(1, 4), {2: (2, 1)})]  # the same object, 3 frames
     apart = [(f, 3, 1, _square(60, 40)) for f in range(0, 6)]  # a circle elsewhere
     t = _masks(square + triangle + apart)
-    summary = TrackSummary()
+    summary = TrackSummary(TrackRule(prior_frames=0))
     summary.add(t)
     rows = summary.finish_video("v.mp4")
     class_conflicts(rows, t)
@@ -132,18 +135,34 @@ def _row(tid: int, mean: float, frames: int = 10) -> TrackRow:
 
 
 def test_the_fitted_score_threshold_raises_min_mean_score_and_never_lowers_it():
-    """Fitted for precision 0.95 on the gold videos' tracks (right or not): the lowest of their scores where the
-    tracks the rule accepts are right at the target. The rule's min_mean_score is a floor: tracks under it are not
-    candidates, so a fit on right tracks scoring 0.3 and 0.4 stays at the floor's first candidate."""
+    """Fitted for precision 0.95 on the gold videos' tracks (right or not): halfway between the lowest score where
+    the tracks the rule accepts are right at the target and the next. The rule's min_mean_score is a floor: tracks
+    under it are not candidates, so a fit on right tracks scoring 0.3 and 0.4 stays at the floor's first
+    candidate. (Prior frames 0: scores are the means.)"""
     rows = [_row(1, 0.9), _row(2, 0.8), _row(3, 0.7), _row(4, 0.6), _row(5, 0.4), _row(6, 0.3)]
     right = {("v.mp4", t): t != 3 for t in range(1, 7)}  # track 3 (0.7) is wrong
-    rule, fit = fitted_rule(rows, right, TrackRule(min_mean_score=0.5), 0.95)
-    assert rule.min_mean_score == pytest.approx(0.8) and fit.kept == 2  # under 0.8, track 3 takes precision to 0.67
+    floor = TrackRule(min_mean_score=0.5, prior_frames=0)
+    rule, fit = fitted_rule(rows, right, floor, 0.95)
+    assert rule.min_mean_score == pytest.approx(0.75) and fit.kept == 2  # with track 3, precision 0.67
     right[("v.mp4", 3)] = True
-    rule, fit = fitted_rule(rows, right, TrackRule(min_mean_score=0.5), 0.95)
+    rule, fit = fitted_rule(rows, right, floor, 0.95)
     assert rule.min_mean_score == pytest.approx(0.6) and fit.kept == 4  # the floor keeps 0.4 and 0.3 out
-    rule, _ = fitted_rule(rows, right, TrackRule(min_mean_score=0.0), 0.95)
+    rule, _ = fitted_rule(rows, right, replace(floor, min_mean_score=0.0), 0.95)
     assert rule.min_mean_score == pytest.approx(0.3)  # negative control: without the floor the fit goes lower
     right = {("v.mp4", t): False for t in range(1, 7)}
-    rule, fit = fitted_rule(rows, right, TrackRule(min_mean_score=0.5), 0.95)
+    rule, fit = fitted_rule(rows, right, floor, 0.95)
     assert rule.min_mean_score == float("inf") and fit.threshold is None  # nothing reaches the target: all review
+
+
+def test_a_tracks_score_counts_prior_frames_at_zero():
+    """A short track needs a higher mean to pass: with 5 prior frames, 4 frames at 0.8 score 0.36 (review at 0.4)
+    and 40 frames at 0.5 score 0.44 (accept). Negative control: with none, both pass on their means."""
+    short, long = _row(1, 0.8, frames=4), _row(2, 0.5, frames=40)
+    for r in (short, long):
+        r.rule = TrackRule(min_mean_score=0.4, prior_frames=5)
+    assert short.score == pytest.approx(3.2 / 9) and short.verdict_reasons == ["low_score"]
+    assert long.score == pytest.approx(20 / 45) and long.verdict == "accept"
+    for r in (short, long):
+        r.rule = TrackRule(min_mean_score=0.4, prior_frames=0)
+    assert short.verdict == long.verdict == "accept"
+    assert tracks_table([short, long])["score"].to_pylist() == pytest.approx([0.8, 0.5])

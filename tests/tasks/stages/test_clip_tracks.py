@@ -62,7 +62,8 @@ def test_an_untracked_duplicate_of_a_tracks_mask_votes_with_it():
     away = [(f, None, 2, square(40, 40), 0.7) for f in range(2)]
     voted = vote_track_classes(masks(track + same), NAMES)
     assert voted["category_id"].to_pylist() == [2, 2, 2, 2]
-    assert voted["score"].to_pylist()[:2] == pytest.approx([0.5 * 1.4 / 2.4] * 2, rel=1e-5)
+    # each tracked mask: the object's belief in its frame (0.5 + 0.7, at most 1) times the squares' share
+    assert voted["score"].to_pylist()[:2] == pytest.approx([1.0 * 1.4 / 2.4] * 2, rel=1e-5)
     control = vote_track_classes(masks(track + away), NAMES)
     assert control["category_id"].to_pylist() == [3, 3, 2, 2]
     assert control["score"].to_pylist() == pytest.approx([0.5, 0.5, 0.7, 0.7], rel=1e-5)

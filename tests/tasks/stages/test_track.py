@@ -8,7 +8,7 @@ import pytest
 from segflow.tasks import rle
 from segflow.tasks.record import Detections
 from segflow.tasks.stages.settings.track import TrackStage
-from segflow.tasks.stages.track import Tracker, _duplicates
+from segflow.tasks.stages.track import Tracker, _duplicates, object_scores
 
 pytest.importorskip("trackers")
 
@@ -110,9 +110,31 @@ def test_two_boxes_of_one_mask_are_duplicates_and_two_masks_are_not():
     other[40:70, 41:70] = True
     one = rle.encode_nhw(np.stack([m, m]))
     dets = _frame([(10, 40, 40, 70), (0, 20, 60, 100)], [1, 2], [0.6, 0.9]).with_masks(one)
-    assert _duplicates(dets, 0.7).tolist() == [True, False]  # box IoU 0.375: boxes alone would keep both
+    assert _duplicates(dets, 0.7).tolist() == [1, 1]  # row 0 duplicates row 1 (box IoU 0.375: boxes would keep both)
     two = _frame([(10, 40, 70, 70), (10, 40, 70, 70)], [1, 2], [0.6, 0.9]).with_masks(
         rle.encode_nhw(np.stack([m, other]))
     )
-    assert _duplicates(two, 0.7).tolist() == [False, False]  # same box, different masks
-    assert _duplicates(_frame([(10, 40, 70, 70), (10, 40, 70, 70)], [1, 2], [0.6, 0.9]), 0.7).tolist() == [True, False]
+    assert _duplicates(two, 0.7).tolist() == [0, 1]  # same box, different masks: both kept
+    assert _duplicates(_frame([(10, 40, 70, 70), (10, 40, 70, 70)], [1, 2], [0.6, 0.9]), 0.7).tolist() == [1, 1]
+
+
+def test_an_object_the_detector_splits_between_classes_starts_a_track_on_its_summed_score():
+    """The detector calls one object a square at 0.35 and a triangle at 0.3 in every frame: neither alone reaches
+    the activation threshold 0.5, the object (0.65) does, and is tracked. Negative controls: per class no track
+    starts, nor does an object whose guesses sum below the threshold."""
+    box = (10, 40, 40, 70)
+    frames = [_frame([box, box], [2, 3], [0.35, 0.3]) for _ in range(4)]
+    stage = {"kind": "track", "track_activation_threshold": 0.5, "high_conf_det_threshold": 0.6}
+    voted = [d.fields["track_id"].tolist() for d in Tracker(TrackStage(**stage)).session().track([None] * 4, frames)]
+    assert voted[1:] == [[1, -1]] * 3
+    split = Tracker(TrackStage(**stage, classes="per_class")).session().track([None] * 4, frames)
+    assert all((d.fields["track_id"] < 0).all() for d in split)
+    weak = [_frame([box, box], [2, 3], [0.25, 0.2]) for _ in range(4)]
+    assert all((d.fields["track_id"] < 0).all() for d in Tracker(TrackStage(**stage)).session().track([None] * 4, weak))
+
+
+def test_object_scores_sum_an_objects_guesses_up_to_one():
+    owner = np.array([1, 1, 2, 1, 4])  # rows 0 and 3 duplicate row 1; rows 2 and 4 are alone
+    out = object_scores(np.array([0.3, 0.4, 0.2, 0.5, 0.6]), owner)
+    assert out.tolist() == pytest.approx([0.3, 1.0, 0.2, 0.5, 0.6])
+    assert object_scores(np.array([0.3, 0.4]), np.array([1, 1])).tolist() == pytest.approx([0.3, 0.7])
