@@ -227,9 +227,8 @@ def track_verdict(
     """A track's verdict and its reasons: ``reject`` (``rejected``) when every mask of it is rejected; ``accept``
     when it has ``rule.min_frames`` frames or more (else ``short``), a ``score`` (:meth:`TrackRule.score`) of
     ``rule.min_mean_score`` or more (else ``low_score``), at least half of its masks accepted (else
-    ``masks_not_accepted``) and no
-    stronger track of another class on the same object (``conflict``: else ``class_conflict``); ``review``
-    otherwise."""
+    ``masks_not_accepted``) and no stronger track of another class on the same object (``conflict``: else
+    ``class_conflict``); ``review`` otherwise."""
     if rejected == frames:
         return "reject", ["rejected"]
     reasons = [
