@@ -75,7 +75,7 @@ def _xyxy(bbox: np.ndarray) -> np.ndarray:
 
 def features(masks: pa.Table) -> np.ndarray:
     """The features above for every row of a masks table (rows of one image contiguous or not). Shape N x 6."""
-    from segflow.tasks.stages.qc import box_iou_xyxy
+    from segflow.tasks.stages.qc import box_iou_pairs
 
     n = masks.num_rows
     out = np.zeros((n, len(FEATURES)), np.float64)
@@ -99,8 +99,7 @@ def features(masks: pa.Table) -> np.ndarray:
         idx = order[a:b]
         if len(idx) < 2:
             continue
-        m = len(idx)
-        iou = box_iou_xyxy(np.repeat(boxes[idx], m, 0), np.tile(boxes[idx], (m, 1))).reshape(m, m)
+        iou = box_iou_pairs(boxes[idx], boxes[idx])
         rival = (iou > 0.5) & (cls[idx][:, None] != cls[idx][None, :])
         out[idx, 4] = np.where(rival, score[idx][None, :], 0.0).max(1)
     out[:, 5] = score / (score + out[:, 4])

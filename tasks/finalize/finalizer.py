@@ -72,6 +72,7 @@ from segflow.tasks.shard.commit import (
     read_committed_bytes,
 )
 from segflow.tasks.stages.registry import ADAPTERS
+from segflow.tasks.stages.settings.track import TrackAcceptance, TrackJoin
 
 if TYPE_CHECKING:
     from segflow.config.schema import JobConfig
@@ -417,10 +418,13 @@ class _ShardPass:
         self.parts: dict[str, dict[str, dict]] = {}
         self.sampler = ReportSampler()
         self.stitcher = None
-        if job.tracks():
-            st = next(s for s in job.stages.values() if ADAPTERS[s.kind].makes_tracks)
-            gap, distance = int(getattr(st, "rejoin_gap", 0)), float(getattr(st, "rejoin_distance", 1.5))
-            self.stitcher = TrackStitcher(rejoin_gap=gap, rejoin_distance=distance)
+        # the stage that makes tracks: its joining and acceptance settings (both kinds have them)
+        st = next((s for s in job.stages.values() if ADAPTERS[s.kind].makes_tracks), None)
+        self.track_join = st if isinstance(st, TrackJoin) else TrackJoin()
+        self.track_acceptance = st if isinstance(st, TrackAcceptance) else TrackAcceptance()
+        if st is not None:
+            j = self.track_join
+            self.stitcher = TrackStitcher(rejoin_gap=j.rejoin_gap, rejoin_distance=j.rejoin_distance)
         self.tracks: TrackExports | None = None
         self.video_exports: VideoExports | None = None
         if job.tracks():
@@ -455,13 +459,8 @@ class _ShardPass:
         )
         if "tracks" in paths:
             cats = [{"id": int(i), "name": n, "supercategory": "object"} for i, n in sorted(names.items())]
-            st = next(s for s in job.stages.values() if ADAPTERS[s.kind].makes_tracks)
-            d = TrackRule()
-            rule = TrackRule(
-                int(getattr(st, "min_frames", d.min_frames)),
-                float(getattr(st, "min_mean_score", d.min_mean_score)),
-                int(getattr(st, "score_prior_frames", d.prior_frames)),
-            )
+            a = self.track_acceptance
+            rule = TrackRule(a.min_frames, a.min_mean_score, a.score_prior_frames)
             gold, gold_url = None, getattr(job, "gold_video", None)
             if gold_url:
                 gold = read_json(open_fs(gold_url)[0], gold_url)

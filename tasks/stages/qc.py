@@ -75,15 +75,10 @@ def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def box_iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every pair of XYXY boxes (``a`` N x 4, ``b`` M x 4): N x M."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    """IoU of every pair of XYXY boxes (``a`` N x 4, ``b`` M x 4): N x M, as :func:`box_iou_xyxy` of each pair."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    n, m = len(a), len(b)
+    return box_iou_xyxy(np.repeat(a, m, 0), np.tile(b, (n, 1))).reshape(n, m)
 
 
 def _components(counts: str, h: int, w: int) -> int:
