@@ -6,6 +6,7 @@ same loaders users use. Nothing is downloaded.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -333,19 +334,51 @@ def _one_thread_per_worker():
             torch.set_num_threads(1)
 
 
-#: Files whose tests share the session's demo run (``demo_run``): one xdist worker runs them all, so it is built once.
-_DEMO_FIXTURES = {"demo_run", "demo_copy"}
+#: Fixtures of the session's demo run: the test files that use them form one xdist work unit, so it is built once.
+_DEMO_FIXTURES = frozenset({"demo_run", "demo_copy"})
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into groups
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist with ``--dist loadgroup``: each test file is one group (its module fixtures are built on one
-    worker), and the files that use the demo run are one group together."""
-    by_file: dict[str, list] = {}
-    for item in items:
-        by_file.setdefault(item.nodeid.split("::")[0], []).append(item)
-    for path, file_items in by_file.items():
-        demo = any(_DEMO_FIXTURES & set(getattr(i, "fixturenames", ())) for i in file_items)
-        group = "demo-run" if demo else path
-        for i in file_items:
-            i.add_marker(pytest.mark.xdist_group(group))
+def _uses_demo_run(path: Path) -> bool:
+    """Whether a test file's functions (tests or its own fixtures) take a demo-run fixture."""
+    import ast
+
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError):
+        return False
+    return any(
+        a.arg in _DEMO_FIXTURES
+        for f in ast.walk(tree)
+        if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+        for a in (*f.args.posonlyargs, *f.args.args, *f.args.kwonlyargs)
+    )
+
+
+@functools.cache
+def _file_unit(root: Path, path: str) -> str:
+    return "demo-run" if _uses_demo_run(root / path) else path
+
+
+def work_unit(root: Path, nodeid: str) -> str:
+    """The xdist work unit of a test (``nodeid`` relative to ``root``): its file, or ``demo-run``."""
+    return _file_unit(root, nodeid.split("::", 1)[0])
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``: one work unit per test file (its module fixtures are built on one worker), the files that
+    use the demo run being one unit together.
+
+    Done here, not with ``xdist_group`` marks: pytest-xdist 3.8 groups by suffixing each item's node id with its group
+    on the worker, which pytest 9.2's structured node ids ignore, so the marks silently do nothing and the suite ran
+    as ``--dist load`` (the demo run built on both workers; pytest-dev/pytest-xdist#1386)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    root = Path(str(config.rootpath))
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(root, nodeid)
+
+    return FileScheduling(config, log)
