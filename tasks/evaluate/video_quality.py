@@ -196,13 +196,16 @@ class TrackFit:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def fit_track_threshold(candidates: list[tuple[float, bool]], judged: int, right: int, target: float) -> TrackFit:
+def fit_track_threshold(
+    candidates: list[tuple[float, bool]], judged: int, right: int, target: float, floor: float = 0.0
+) -> TrackFit:
     """The score threshold at which the ``candidates`` -- (track score, right) of the gold videos' tracks that pass
     every rule, ``min_mean_score`` included -- are right at ``target`` precision or more (``judged``, ``right``: all
     the gold videos' tracks, and how many are right). The tracks kept are the most that hold the target, from the
     highest score down (ties kept or dropped together); the threshold lies halfway between the lowest kept and the
     highest dropped (any value between keeps the same gold tracks: halfway leaves the held-out tracks near either
-    the same margin), or is the lowest kept when none is dropped."""
+    the same margin) or, when none is dropped, halfway between the lowest kept and ``floor`` (the rule's
+    ``min_mean_score``: every candidate is at or above it, so any value down to it keeps them all)."""
     scored = sorted(candidates, key=lambda x: -x[0])
     best: tuple[int, int] | None = None  # (kept, right among them)
     tp = 0
@@ -216,7 +219,7 @@ def fit_track_threshold(candidates: list[tuple[float, bool]], judged: int, right
         return TrackFit(None, target, judged, right, None, 0)
     kept, tp = best
     low = scored[kept - 1][0]
-    threshold = (low + scored[kept][0]) / 2 if kept < len(scored) else low
+    threshold = (low + (scored[kept][0] if kept < len(scored) else min(floor, low))) / 2
     return TrackFit(threshold, target, judged, right, tp / kept, kept)
 
 

@@ -205,7 +205,7 @@ class TrackRule:
     ``score_prior_frames``): ``min_mean_score`` is compared with the track's :meth:`score`."""
 
     min_frames: int = 3
-    min_mean_score: float = 0.4
+    min_mean_score: float = 0.3
     prior_frames: int = 5
 
     def score(self, score_sum: float, frames: int) -> float:

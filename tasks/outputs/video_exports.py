@@ -82,7 +82,8 @@ def fitted_rule(
         for r in judged
         if replace(r, rule=rule).verdict == "accept"
     ]
-    fitted = fit_track_threshold(candidates, len(judged), sum(right[(r.video, r.track_id)] for r in judged), target)
+    n_right = sum(right[(r.video, r.track_id)] for r in judged)
+    fitted = fit_track_threshold(candidates, len(judged), n_right, target, floor=rule.min_mean_score)
     score = fitted.threshold if fitted.threshold is not None else float("inf")
     return replace(rule, min_mean_score=score), fitted
 

@@ -36,7 +36,7 @@ class TrackAcceptance(BaseModel):
         3, ge=1, description="Labelled frames a track needs to be exported (shorter ones go to review)."
     )
     min_mean_score: float = Field(
-        0.4,
+        0.3,
         ge=0.0,
         le=1.0,
         description="Score a track needs to be exported (lower ones go to review): its masks' mean score, counting "

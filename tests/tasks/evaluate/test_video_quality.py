@@ -67,7 +67,11 @@ def test_the_threshold_keeps_the_most_tracks_that_hold_the_target_halfway_to_the
     fit = fit_track_threshold(cands, 7, 3, 0.9)
     assert (fit.kept, fit.precision, fit.tracks) == (2, 1.0, 7)
     assert fit_track_threshold([(0.5, False)], 1, 0, 0.5).threshold is None  # no threshold reaches it
-    assert fit_track_threshold([(0.9, True), (0.6, True)], 2, 2, 0.9).threshold == 0.6  # none dropped: the lowest
+    # none dropped: halfway between the lowest kept and the floor the candidates passed (0 by default)
+    assert fit_track_threshold([(0.9, True), (0.6, True)], 2, 2, 0.9, floor=0.4).threshold == pytest.approx(0.5)
+    assert fit_track_threshold([(0.9, True), (0.6, True)], 2, 2, 0.9).threshold == pytest.approx(0.3)
+    # a dropped candidate, not the floor, bounds it when there is one
+    assert fit_track_threshold(cands, 5, 3, 0.75, floor=0.45).threshold == pytest.approx(0.55)
     # ties go together: 0.8 keeps both of its tracks (1 of 2 right), so 0.85 is the threshold for 0.75
     assert fit_track_threshold([(0.9, True), (0.8, True), (0.8, False)], 3, 2, 0.75).threshold == pytest.approx(0.85)
 

@@ -104,7 +104,7 @@ def test_track_rows_and_verdicts():
     assert track_verdict(3, 0, 3, 0.9) == ("reject", ["rejected"])
     assert track_verdict(4, 1, 0, 0.9) == ("review", ["masks_not_accepted"])
     assert track_verdict(4, 4, 0, 0.6) == ("accept", [])
-    assert track_verdict(4, 4, 0, 0.3) == ("review", ["low_score"])  # low-scored masks followed frame to frame
+    assert track_verdict(4, 4, 0, 0.25) == ("review", ["low_score"])  # low-scored masks followed frame to frame
     assert track_verdict(2, 2, 0, 0.9) == ("review", ["short"])  # min_frames 3
     assert track_verdict(2, 2, 0, 0.3, TrackRule(min_frames=2, min_mean_score=0.2)) == ("accept", [])
     assert track_verdict(4, 4, 0, 0.9, conflict=True) == ("review", ["class_conflict"])
@@ -136,9 +136,9 @@ def _row(tid: int, mean: float, frames: int = 10) -> TrackRow:
 
 def test_the_fitted_score_threshold_raises_min_mean_score_and_never_lowers_it():
     """Fitted for precision 0.95 on the gold videos' tracks (right or not): halfway between the lowest score where
-    the tracks the rule accepts are right at the target and the next. The rule's min_mean_score is a floor: tracks
-    under it are not candidates, so a fit on right tracks scoring 0.3 and 0.4 stays at the floor's first
-    candidate. (Prior frames 0: scores are the means.)"""
+    the tracks the rule accepts are right at the target and the next, or the floor when none is dropped. The rule's
+    min_mean_score is a floor: tracks under it are not candidates, so a fit on right tracks scoring 0.3 and 0.4
+    stays above it. (Prior frames 0: scores are the means.)"""
     rows = [_row(1, 0.9), _row(2, 0.8), _row(3, 0.7), _row(4, 0.6), _row(5, 0.4), _row(6, 0.3)]
     right = {("v.mp4", t): t != 3 for t in range(1, 7)}  # track 3 (0.7) is wrong
     floor = TrackRule(min_mean_score=0.5, prior_frames=0)
@@ -146,23 +146,25 @@ def test_the_fitted_score_threshold_raises_min_mean_score_and_never_lowers_it():
     assert rule.min_mean_score == pytest.approx(0.75) and fit.kept == 2  # with track 3, precision 0.67
     right[("v.mp4", 3)] = True
     rule, fit = fitted_rule(rows, right, floor, 0.95)
-    assert rule.min_mean_score == pytest.approx(0.6) and fit.kept == 4  # the floor keeps 0.4 and 0.3 out
-    rule, _ = fitted_rule(rows, right, replace(floor, min_mean_score=0.0), 0.95)
-    assert rule.min_mean_score == pytest.approx(0.3)  # negative control: without the floor the fit goes lower
+    # the floor keeps 0.4 and 0.3 out: halfway between the lowest kept (0.6) and the floor (0.5)
+    assert rule.min_mean_score == pytest.approx(0.55) and fit.kept == 4
+    rule, fit = fitted_rule(rows, right, replace(floor, min_mean_score=0.0), 0.95)
+    assert rule.min_mean_score == pytest.approx(0.15) and fit.kept == 6  # negative control: without it, lower
     right = {("v.mp4", t): False for t in range(1, 7)}
     rule, fit = fitted_rule(rows, right, floor, 0.95)
     assert rule.min_mean_score == float("inf") and fit.threshold is None  # nothing reaches the target: all review
 
 
 def test_a_tracks_score_counts_prior_frames_at_zero():
-    """A short track needs a higher mean to pass: with 5 prior frames, 4 frames at 0.8 score 0.36 (review at 0.4)
-    and 40 frames at 0.5 score 0.44 (accept). Negative control: with none, both pass on their means."""
-    short, long = _row(1, 0.8, frames=4), _row(2, 0.5, frames=40)
+    """A short track needs a higher mean to pass: with the defaults (5 prior frames, floor 0.3), 4 frames at 0.6
+    score 0.27 (review) and 40 frames at 0.4 score 0.36 (accept). Negative control: with none, both pass on their
+    means."""
+    short, long = _row(1, 0.6, frames=4), _row(2, 0.4, frames=40)
     for r in (short, long):
-        r.rule = TrackRule(min_mean_score=0.4, prior_frames=5)
-    assert short.score == pytest.approx(3.2 / 9) and short.verdict_reasons == ["low_score"]
-    assert long.score == pytest.approx(20 / 45) and long.verdict == "accept"
+        r.rule = TrackRule()
+    assert short.score == pytest.approx(2.4 / 9) and short.verdict_reasons == ["low_score"]
+    assert long.score == pytest.approx(16 / 45) and long.verdict == "accept"
     for r in (short, long):
-        r.rule = TrackRule(min_mean_score=0.4, prior_frames=0)
+        r.rule = TrackRule(prior_frames=0)
     assert short.verdict == long.verdict == "accept"
-    assert tracks_table([short, long])["score"].to_pylist() == pytest.approx([0.8, 0.5])
+    assert tracks_table([short, long])["score"].to_pylist() == pytest.approx([0.6, 0.4])
