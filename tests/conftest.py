@@ -364,6 +364,7 @@ def work_unit(root: Path, nodeid: str) -> str:
     return _file_unit(root, nodeid.split("::", 1)[0])
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: no error where it is not loaded (-p no:xdist)
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadgroup``: one work unit per test file (its module fixtures are built on one worker), the files that
     use the demo run being one unit together.
