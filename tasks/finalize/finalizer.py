@@ -459,8 +459,7 @@ class _ShardPass:
         )
         if "tracks" in paths:
             cats = [{"id": int(i), "name": n, "supercategory": "object"} for i, n in sorted(names.items())]
-            a = self.track_acceptance
-            rule = TrackRule(a.min_frames, a.min_mean_score, a.score_prior_frames)
+            rule = TrackRule.of(self.track_acceptance)
             gold, gold_url = None, getattr(job, "gold_video", None)
             if gold_url:
                 gold = read_json(open_fs(gold_url)[0], gold_url)

@@ -36,6 +36,7 @@ import pyarrow.compute as pc
 
 from segflow.tasks import rle
 from segflow.tasks.stages.clip_tracks import MIN_TRACK_IOU
+from segflow.tasks.stages.settings.track import TrackAcceptance
 
 __all__ = [
     "TRACKS_SCHEMA",
@@ -204,9 +205,14 @@ class TrackRule:
     """What a track needs to be accepted (the tracks stage's ``min_frames``, ``min_mean_score`` and
     ``score_prior_frames``): ``min_mean_score`` is compared with the track's :meth:`score`."""
 
-    min_frames: int = 3
-    min_mean_score: float = 0.3
-    prior_frames: int = 5
+    min_frames: int = TrackAcceptance.model_fields["min_frames"].default
+    min_mean_score: float = TrackAcceptance.model_fields["min_mean_score"].default
+    prior_frames: int = TrackAcceptance.model_fields["score_prior_frames"].default
+
+    @classmethod
+    def of(cls, settings: TrackAcceptance) -> TrackRule:
+        """The rule of a tracks stage's acceptance settings (its defaults are theirs)."""
+        return cls(settings.min_frames, settings.min_mean_score, settings.score_prior_frames)
 
     def score(self, score_sum: float, frames: int) -> float:
         """A track's score: the mean of its masks' scores (``score_sum`` over ``frames``) counting ``prior_frames``
