@@ -437,11 +437,11 @@ def bench_auto_annotate(work: Path, n_images: int) -> dict:
 
 
 def _masks_per_image(out: Path) -> dict[str, int]:
-    import pyarrow.dataset as ds
+    from segflow.tasks.io.parquet import read_parquet
 
     counts: dict[str, int] = {}
     for f in (out / "shards").rglob("masks.parquet"):
-        for r in ds.dataset(str(f)).to_table(columns=["image_uri"]).to_pylist():
+        for r in read_parquet(str(f), ["image_uri"]).to_pylist():
             stem = Path(r["image_uri"]).stem
             counts[stem] = counts.get(stem, 0) + 1
     return counts
@@ -449,11 +449,12 @@ def _masks_per_image(out: Path) -> dict[str, int]:
 
 def _matched_mask_iou(a: Path, b: Path) -> float:
     """Mean IoU of the masks of two runs on the same images, matched by image and prompt box."""
-    import pyarrow.dataset as ds
     from pycocotools import mask as mask_utils
 
+    from segflow.tasks.io.parquet import read_parquet
+
     def rows(out: Path) -> dict:
-        t = [r for f in (out / "shards").rglob("masks.parquet") for r in ds.dataset(str(f)).to_table().to_pylist()]
+        t = [r for f in (out / "shards").rglob("masks.parquet") for r in read_parquet(str(f)).to_pylist()]
         return {
             (r["image_uri"], tuple(np.round(r["prompt_box"], 2))): {
                 "size": [r["height"], r["width"]],

@@ -37,8 +37,9 @@ def _cli(*args: str) -> None:
 
 def _fate(run: Path) -> dict:
     """The known classes' exported precision and recall, and the verdict of the best mask on each unknown object."""
-    import pyarrow.dataset as ds
     from pycocotools import mask as mask_utils
+
+    from segflow.tasks.io.parquet import read_folder
 
     held = json.loads((run / "holdout_quality.json").read_text())["set"]
     out = {"precision": held["precision"], "recall": held["recall"]}
@@ -46,10 +47,8 @@ def _fate(run: Path) -> dict:
     if not unknown_file.exists():
         return out
     gt = json.loads(unknown_file.read_text())
-    images = {
-        r["file_name"]: r for r in ds.dataset(str(run / "out" / "manifest" / "images.parquet")).to_table().to_pylist()
-    }
-    masks = ds.dataset(str(run / "out" / "manifest" / "masks.parquet")).to_table().to_pylist()
+    images = {r["file_name"]: r for r in read_folder(str(run / "out" / "manifest" / "images.parquet")).to_pylist()}
+    masks = read_folder(str(run / "out" / "manifest" / "masks.parquet")).to_pylist()
     fate: Counter = Counter()
     rank = {"accept": 0, "review": 1, "reject": 2}
     for im in gt["images"]:

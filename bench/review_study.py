@@ -51,9 +51,8 @@ def _demo(folder: Path, seed: int, images: int, calibration: str | None, shift: 
 def _truth_per_item(out: Path, truth: Path) -> tuple[dict, dict, dict, dict]:
     """From the ground truth, as the simulated reviewer answers: each accepted or review mask right or wrong, each
     image's objects no such mask found, and each mask's score."""
-    import pyarrow.dataset as ds
-
     from segflow.demo.reviewer import _answer
+    from segflow.tasks.io.parquet import read_folder
 
     gold = json.loads(truth.read_text())
     names = {c["id"]: c["name"] for c in gold["categories"]}
@@ -61,8 +60,8 @@ def _truth_per_item(out: Path, truth: Path) -> tuple[dict, dict, dict, dict]:
     objects: dict[int, list[dict]] = {}
     for a in gold["annotations"]:
         objects.setdefault(a["image_id"], []).append(a | {"name": names[a["category_id"]]})
-    images = ds.dataset(str(out / "manifest" / "images.parquet")).to_table().to_pylist()
-    masks = ds.dataset(str(out / "manifest" / "masks.parquet")).to_table().to_pylist()
+    images = read_folder(str(out / "manifest" / "images.parquet")).to_pylist()
+    masks = read_folder(str(out / "manifest" / "masks.parquet")).to_pylist()
     shown: dict[int, list[dict]] = {}
     for m in masks:
         if m["verdict"] in ("accept", "review"):

@@ -46,17 +46,17 @@ def split_gold(gold_file: Path, fit_file: Path, holdout_file: Path) -> tuple[int
 def holdout_quality(output: str, holdout_file: str) -> Quality:
     """The quality (AP, exported set's precision / recall) of a finished run on the images of ``holdout_file``."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
 
     from segflow.config.schema import JobConfig
     from segflow.tasks.evaluate.quality import evaluate, load_gold
     from segflow.tasks.io.layout import OutputLayout
+    from segflow.tasks.io.parquet import read_folder
 
     layout = OutputLayout(output)
     job = JobConfig.model_validate(json.loads(Path(layout.job_json).read_text()))
-    images = ds.dataset(layout.manifest("images"), format="parquet").to_table()
+    images = read_folder(layout.manifest("images"))
     images = images.filter(pc.equal(images["status"], "ok")).to_pylist()
-    masks = ds.dataset(layout.manifest("masks"), format="parquet").to_table()
+    masks = read_folder(layout.manifest("masks"))
     masks = masks.filter(pc.fill_null(pc.not_equal(masks["qc_verdict"], "reject"), True))
     cols = ["image_id", "category_id", "score", "rle_counts", "bbox", "verdict"]
     return evaluate(

@@ -178,7 +178,7 @@ def _pr(counts: dict) -> dict[str, Any]:
 
 
 def _image_rows(out: Path) -> list[dict]:
-    import pyarrow.dataset as ds
+    from segflow.tasks.io.parquet import read_folder
 
-    table = ds.dataset(str(out / "manifest" / "images.parquet")).to_table(columns=["image_id", "file_name", "status"])
+    table = read_folder(str(out / "manifest" / "images.parquet"), ["image_id", "file_name", "status"])
     return [r for r in table.to_pylist() if r["status"] == "ok"]

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from segflow.tasks.documents import ReviewImport
 from segflow.tasks.io.layout import OutputLayout
 from segflow.tasks.io.lease import LeaseHeld, require_no_writer
+from segflow.tasks.io.parquet import read_parquet
 from segflow.tasks.io.storage import open_fs, read_json, redact
 from segflow.tasks.records import Verdict
 
@@ -101,7 +101,7 @@ class RunLabels:
                 "pointer: "
                 "the output is being finalized again (try again when it finishes) or was damaged (`segflow verify`)"
             )
-        return pq.read_table(pa.BufferReader(data), columns=columns)
+        return read_parquet(data, columns)
 
     def shard_tables(self) -> Iterator[tuple[pa.Table, pa.Table | None]]:
         """Per shard: its images table and its masks table (None without masks), as finalize wrote them."""

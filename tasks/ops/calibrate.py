@@ -108,6 +108,7 @@ def _reviewed_coco(run: Any, version: str, chosen: set[int]) -> CocoDataset:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    from segflow.tasks.io.parquet import read_parquet
     from segflow.tasks.io.storage import open_fs
 
     keep = pa.array(sorted(chosen), pa.int64())
@@ -126,10 +127,8 @@ def _reviewed_coco(run: Any, version: str, chosen: set[int]) -> CocoDataset:
         fs, path = open_fs(run.layout.review_part(version, sid))
         if not fs.exists(path):
             continue
-        import pyarrow.parquet as pq
-
         with fs.open(path, "rb") as f:
-            table = pq.read_table(f)
+            table = read_parquet(f)
         rows = table.filter(pc.is_in(table["image_id"], value_set=keep))
         for r in rows.to_pylist():
             annotations.append(

@@ -48,6 +48,7 @@ from segflow.tasks.formats.labels import ExportError, RunLabels, latest_review, 
 from segflow.tasks.formats.polygons import polygons_to_rle, rle_to_polygons
 from segflow.tasks.formats.review_model import ReviewedImage, ReviewedLabel
 from segflow.tasks.formats.untrusted import read_capped
+from segflow.tasks.io.parquet import read_parquet
 from segflow.tasks.io.storage import create_exclusive, open_fs, redact, write_bytes
 from segflow.tasks.outputs.coco import InstancesWriter
 from segflow.tasks.outputs.manifest import MASKS_SCHEMA
@@ -162,7 +163,7 @@ def _read_part(fs: Any, url: str) -> list[dict]:
     if not fs.exists(path):
         return []
     with fs.open(path, "rb") as f:
-        return pq.read_table(f).to_pylist()
+        return read_parquet(f).to_pylist()
 
 
 def import_review(output: str, review_file: str, fmt: str = "label-studio", batch: str | None = None) -> ReviewImport:

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 
 from segflow.tasks.documents import PlanMeta
 from segflow.tasks.io.layout import OutputLayout
+from segflow.tasks.io.parquet import read_where
 from segflow.tasks.io.storage import is_local, join, open_fs, read_bytes, redact, scrub, url_credential, write_bytes
 from segflow.tasks.plan.rows import PLAN_SCHEMA, VIDEO_COLUMNS, shard_name
 
@@ -402,7 +403,7 @@ def read_shard_rows(output: str, shard_id: str) -> list[dict]:
     """The plan rows of one shard (reads only that shard's row group)."""
     fs, path = open_fs(_generation_file(output, _generation_of(shard_id)))
     with fs.open(path, "rb") as f:
-        table = pq.read_table(f, filters=[("shard_id", "=", shard_id)])
+        table = read_where(f, "shard_id", shard_id)
     return table.to_pylist()
 
 

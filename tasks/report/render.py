@@ -177,18 +177,18 @@ class VideoSection(TypedDict):
 def _video(layout: OutputLayout) -> VideoSection | None:
     """A video run's tracks (``manifest/tracks.parquet``): verdict counts, track lengths, and for the longest
     exported tracks (up to :data:`VIDEO_TRACKS`) a strip of frames with the track's mask drawn on them."""
+    import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-    import pyarrow.parquet as pq
     from PIL import Image
 
     from segflow.tasks import rle
+    from segflow.tasks.io.parquet import iter_folder_batches, read_parquet
 
     fs, path = open_fs(layout.tracks)
     if not fs.exists(path):
         return None
     with fs.open(path, "rb") as f:
-        tracks = pq.read_table(f).to_pylist()
+        tracks = read_parquet(f).to_pylist()
     lengths = np.array([t["frames"] for t in tracks]) if tracks else np.zeros(0)
     verdicts: dict[str, int] = {}
     for t in tracks:
@@ -196,13 +196,20 @@ def _video(layout: OutputLayout) -> VideoSection | None:
     shown = sorted(
         (t for t in tracks if t["verdict"] == "accept"), key=lambda t: (-t["frames"], t["video"], t["track_id"])
     )
-    masks_fs, masks_path = open_fs(layout.manifest("masks"))
-    data = ds.dataset(masks_path, filesystem=masks_fs, format="parquet")
     cols = ["video", "track_id", "frame_index", "rle_counts", "height", "width", "image_uri"]
+    shown = shown[:VIDEO_TRACKS]
+    # one pass over the masks manifest keeps the shown tracks' rows (a video's ``track_id`` is unique in it)
+    wanted = {(t["video"], t["track_id"]) for t in shown}
+    found: dict[tuple[str, int], list[dict]] = {k: [] for k in wanted}
+    videos = sorted({v for v, _ in wanted})
+    for batch in iter_folder_batches(layout.manifest("masks"), cols):
+        keep = pc.is_in(batch["video"], value_set=pa.array(videos, batch.schema.field("video").type))
+        for r in batch.filter(keep).to_pylist():
+            if (r["video"], r["track_id"]) in found:
+                found[(r["video"], r["track_id"])].append(r)
     strips = []
-    for t in shown[:VIDEO_TRACKS]:
-        flt = (pc.field("video") == t["video"]) & (pc.field("track_id") == t["track_id"])
-        rows = data.to_table(columns=cols, filter=flt).sort_by("frame_index").to_pylist()
+    for t in shown:
+        rows = sorted(found[(t["video"], t["track_id"])], key=lambda r: r["frame_index"])
         picks = [rows[int(k)] for k in np.unique(np.linspace(0, len(rows) - 1, STRIP_FRAMES).round())] if rows else []
         tiles = []
         for r in picks:
@@ -267,7 +274,7 @@ def _timing(commits: list[CommitRecord], images: int) -> RunTiming:
 
 def _rescan(output: str, commits: list[CommitRecord]) -> ReportSamples:
     """Samples of an output finalized before reports existed: one pass over its merged manifests."""
-    import pyarrow.parquet as pq
+    from segflow.tasks.io.parquet import read_parquet
 
     layout = OutputLayout(output)
     sampler = ReportSampler()
@@ -276,7 +283,7 @@ def _rescan(output: str, commits: list[CommitRecord]) -> ReportSamples:
         for name in ("images", "masks", "panoptic"):
             fs, path = open_fs(layout.manifest_part(name, c["shard_id"]))
             try:
-                tables[name] = pq.read_table(io.BytesIO(read_bytes(fs, path)))
+                tables[name] = read_parquet(read_bytes(fs, path))
             except FileNotFoundError:
                 tables[name] = None
         if tables["images"] is None or tables["masks"] is None:

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from segflow.tasks.documents import CommitRecord, CommittedFile, ErrorRecord, PlanMeta
 from segflow.tasks.io.layout import OutputLayout
+from segflow.tasks.io.parquet import read_parquet
 from segflow.tasks.io.retry import retry_call
 from segflow.tasks.io.storage import create_exclusive, open_fs, read_bytes, write_bytes
 from segflow.tasks.plan.planner import load_plan
@@ -186,7 +187,7 @@ def read_committed_bytes(output: str, commit: CommitRecord, name: str) -> bytes:
 def parse_committed(commit: CommitRecord, name: str, data: bytes) -> pa.Table:
     """Parse verified bytes (:func:`read_committed_bytes`), checking the row count."""
     entry = commit["files"][name]
-    table = pq.read_table(io.BytesIO(data), use_threads=False)
+    table = read_parquet(data)
     if table.num_rows != entry["rows"]:
         raise ShardConflict(
             f"{commit['shard_id']}: {entry['path']} has {table.num_rows} rows, commit says {entry['rows']}"
