@@ -26,15 +26,20 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.0) -> list[np.ndarra
     import cv2
 
     m = np.asarray(mask, bool)
-    if not m.any():
+    rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+    if not len(rows):
         return []
-    up = np.kron(m.astype(np.uint8), np.ones((2, 2), np.uint8)).astype(np.uint8)
+    # traced on the mask's box and a pixel of margin (the image's edge where the mask touches it): the same
+    # contours as on the whole image, moved by the box's corner, at the cost of the box
+    y0, x0 = max(int(rows[0]) - 1, 0), max(int(cols[0]) - 1, 0)
+    y1, x1 = min(int(rows[-1]) + 2, m.shape[0]), min(int(cols[-1]) + 2, m.shape[1])
+    up = m[y0:y1, x0:x1].astype(np.uint8).repeat(2, axis=0).repeat(2, axis=1)
     contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     out = []
     for c in sorted(contours, key=cv2.contourArea, reverse=True):
         if tolerance > 0:
             c = cv2.approxPolyDP(c, 2 * tolerance, True)
-        pts = (c.reshape(-1, 2).astype(np.float64) + 0.5) / 2
+        pts = (c.reshape(-1, 2).astype(np.float64) + 0.5) / 2 + (x0, y0)
         if len(pts) >= 3:
             out.append(pts)
     return out

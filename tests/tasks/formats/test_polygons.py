@@ -63,3 +63,26 @@ def test_tolerance_trades_points_for_exactness():
 def test_empty_masks():
     assert mask_to_polygons(np.zeros((5, 5), bool)) == []
     assert not rle.decode(polygons_to_rle([], 5, 5), 5, 5).any()
+
+
+def _whole_image_polygons(m):
+    """The tracing on the whole image, 2x (before masks were traced on their box): the reference."""
+    import cv2
+
+    up = np.kron(m.astype(np.uint8), np.ones((2, 2), np.uint8))
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [(c.reshape(-1, 2) + 0.5) / 2 for c in sorted(contours, key=cv2.contourArea, reverse=True) if len(c) >= 3]
+
+
+def test_tracing_on_the_box_gives_the_whole_images_polygons_at_every_edge():
+    rng = np.random.default_rng(5)
+    masks = list(shapes(rng, 40))
+    for m in masks[:10]:  # touching each edge and corner of the image
+        m[0, 3:9] = m[-1, -7:-1] = m[2:5, 0] = m[-6:-2, -1] = True
+    masks.append(np.pad(np.ones((3, 3), bool), ((0, 67), (107, 0))))  # in the top-right corner
+    for m in masks:
+        got, want = mask_to_polygons(m), _whole_image_polygons(m)
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    # negative control: without moving the points by the box's corner they are not the same polygons
+    m = masks[-1]
+    assert not np.array_equal(mask_to_polygons(m[:, 100:])[0], _whole_image_polygons(m)[0])
