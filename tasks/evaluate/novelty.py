@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from segflow.tasks.documents import NoveltyReference
-from segflow.tasks.rle import rle_runs
+from segflow.tasks.rle import rle_runs_array
 
 __all__ = [
     "COLUMNS",
@@ -154,9 +154,9 @@ def _contact(runs: list[np.ndarray], height: int, width: int, boxes: np.ndarray,
 
 
 def _runs(counts: str, height: int, width: int) -> np.ndarray:
-    """The run lengths of a COCO compressed RLE (parsed in Python, bounded by the image's pixels)."""
-
-    return np.asarray(rle_runs(counts, height * width) or [], np.int64)
+    """The run lengths of a COCO compressed RLE (bounded by the image's pixels; none when malformed)."""
+    runs = rle_runs_array(counts, height * width)
+    return np.zeros(0, np.int64) if runs is None else runs
 
 
 def _decode_box(counts: str | np.ndarray, height: int, width: int, x: int, y: int, w: int, h: int) -> np.ndarray:

@@ -54,3 +54,59 @@ def test_bad_shapes_raise():
     with pytest.raises(ValueError, match="N x W x H"):
         rle.encode_nwh(np.zeros((3, 3), bool))
     assert rle.encode_nhw(np.zeros((0, 4, 4), bool)) == []
+
+
+def _runs_reference(counts: str, limit: int):
+    """pycocotools' rleFrString, one character at a time (the decoder rle_runs replaced), None when malformed."""
+    runs, total, p = [], 0, 0
+    while p < len(counts):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(counts) or not 0 <= ord(counts[p]) - 48 < 64 or k >= 13:
+                return None
+            c = ord(counts[p]) - 48
+            x |= (c & 0x1F) << (5 * k)
+            more, p, k = bool(c & 0x20), p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        x += runs[-2] if len(runs) > 2 else 0
+        total += x
+        if x < 0 or total > limit:
+            return None
+        runs.append(x)
+    return runs
+
+
+def _mask_runs(m):
+    """Run lengths of a mask in COCO's order (column-major, zeros first), from the pixels."""
+    flat = m.T.reshape(-1).astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+    return np.diff(np.concatenate([[0], edges])).tolist()[: len(edges)] if len(flat) else []
+
+
+def test_rle_runs_are_the_masks_runs_and_match_the_reference_on_damaged_strings(rng):
+    for _ in range(60):
+        h, w = (int(v) for v in rng.integers(1, 80, 2))
+        m = rng.random((h, w)) < rng.random()
+        counts = rle.encode_nhw(m[None])[0]
+        runs = rle.rle_runs(counts, h * w)
+        assert runs == _runs_reference(counts, h * w) and sum(runs) == h * w
+        assert [r for r in runs if r] == [r for r in _mask_runs(m) if r]
+        assert rle.rle_runs(counts, h * w - 1) is None  # more pixels than the limit
+    # damaged strings: the numpy decoder refuses exactly what the reference refuses, and agrees where it reads
+    alphabet = [chr(48 + i) for i in range(64)] + ["/", "~", "\u00e9"]
+    masks = [rle.encode_nhw((rng.random((30, 30)) < 0.5)[None])[0] for _ in range(30)]
+    cases = ["", "0", "`", "o", "P", "1" * 13, "h" * 12 + "1", "h" * 13 + "1", "h" * 14 + "1", "nnnnnnnnnnnn7"]
+    for counts in masks:
+        for _ in range(20):
+            s = list(counts)
+            for _ in range(int(rng.integers(1, 4))):
+                s[int(rng.integers(len(s)))] = alphabet[int(rng.integers(len(alphabet)))]
+            cases.append("".join(s))
+        cases += [counts[:-1], counts + "0", counts[: len(counts) // 2]]
+    refused = 0
+    for counts in cases:
+        want = _runs_reference(counts, 900)
+        assert rle.rle_runs(counts, 900) == want, counts
+        refused += want is None
+    assert 0 < refused < len(cases)  # both kinds were tried
