@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -74,10 +75,19 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture()
-def image_dir(tmp_path) -> Path:
-    d = tmp_path / "images"
+@pytest.fixture(scope="session")
+def _scenes_seed1(tmp_path_factory) -> Path:
+    """The 20 scenes of seed 1 (two of them corrupt), drawn once per worker: :func:`image_dir` copies them."""
+    d = tmp_path_factory.mktemp("scenes-seed1") / "images"
     write_scene_set(d, 20, seed=1, corrupt=True, size_range=(160, 400))
+    return d
+
+
+@pytest.fixture()
+def image_dir(tmp_path, _scenes_seed1) -> Path:
+    """A test's own copy of the seed-1 scenes (tests add, remove and damage files in it)."""
+    d = tmp_path / "images"
+    shutil.copytree(_scenes_seed1, d)
     return d
 
 

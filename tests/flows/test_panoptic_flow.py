@@ -32,19 +32,19 @@ def panoptic_job(tiny_models):
 
 
 @pytest.fixture(scope="module")
-def panoptic_run(prefect_harness, tiny_models, tmp_path_factory):
+def panoptic_run(prefect_harness, tiny_models, tmp_path_factory, _scenes_seed1):
     """One run shared by the tests of this module (the PNG test deletes files and reruns, restoring them)."""
     import io
+    import shutil
     from contextlib import redirect_stdout
 
     import yaml
 
-    from segflow.demo.synthetic import write_scene_set
     from tests.conftest import job_dict
 
     root = tmp_path_factory.mktemp("panoptic")
     images, out = root / "images", root / "out"
-    write_scene_set(images, 20, seed=1, corrupt=True, size_range=(160, 400))
+    shutil.copytree(_scenes_seed1, images)
     j = job_dict(images, out, tiny_models["yolo"], tiny_models["sam"])
     panoptic_job(tiny_models)(j)
     job = root / "job.yaml"

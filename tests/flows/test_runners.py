@@ -17,15 +17,16 @@ def rows(out):
 
 
 @pytest.fixture(scope="module")
-def reference(prefect_harness, tiny_models, tmp_path_factory):
+def reference(prefect_harness, tiny_models, tmp_path_factory, _scenes_seed1):
     """The thread pool's masks for the images of ``image_dir`` (the same scenes: seed 1), once for both runners."""
+    import shutil
+
     import yaml
 
-    from segflow.demo.synthetic import write_scene_set
     from tests.conftest import job_dict
 
     d = tmp_path_factory.mktemp("threads")
-    write_scene_set(d / "images", 20, seed=1, corrupt=True, size_range=(160, 400))
+    shutil.copytree(_scenes_seed1, d / "images")
     job = job_dict(d / "images", d / "out", tiny_models["yolo"], tiny_models["sam"], shard_size=4)
     (d / "threads.yaml").write_text(yaml.safe_dump(job, sort_keys=False))
     run_job(load_config(d / "threads.yaml"))
