@@ -72,8 +72,8 @@ def test_qc_stage_verdicts_reports_and_export(prefect_harness, write_job, image_
     assert (out / "qc" / "report.html").read_text().count("<table") >= 3
     for v, name in (("accept", "accepted"), ("review", "review"), ("reject", "rejected")):
         if verdicts.get(v):
-            sheet = Image.open(out / "qc" / "sheets" / f"{name}.png")
-            assert sheet.width >= 600 and f"sheets/{name}.png" in report
+            sheet = Image.open(out / "qc" / "sheets" / f"{name}.jpg")
+            assert sheet.format == "JPEG" and sheet.width >= 600 and f"sheets/{name}.jpg" in report
 
     # COCO holds the accepted masks only, unless review ones are switched on
     assert (

@@ -152,11 +152,13 @@ def test_qc_report_counts_verdicts_and_draws_outlined_sheets(tmp_path):
     out = write_qc_report(str(tmp_path / "out"), acc, "job")
     assert out["verdicts"] == {"accept": 1, "review": 1, "reject": 1} and out["rules"]["stability"] == 2
     qc = tmp_path / "out" / "qc"
-    assert sorted(p.name for p in (qc / "sheets").iterdir()) == ["accepted.png", "rejected.png", "review.png"]
-    for name, colour in (("accepted", rgb(VERDICT_COLOURS["accept"])), ("rejected", rgb(VERDICT_COLOURS["reject"]))):
-        tile = np.asarray(Image.open(qc / "sheets" / f"{name}.png").convert("RGB"))[:200, :200]
-        outline = (tile == colour).all(-1)
+    assert sorted(p.name for p in (qc / "sheets").iterdir()) == ["accepted.jpg", "rejected.jpg", "review.jpg"]
+    accept, reject = rgb(VERDICT_COLOURS["accept"]), rgb(VERDICT_COLOURS["reject"])
+    for name, colour, other in (("accepted", accept, reject), ("rejected", reject, accept)):
+        tile = np.asarray(Image.open(qc / "sheets" / f"{name}.jpg").convert("RGB"))[:200, :200].astype(int)
+        outline = np.abs(tile - colour).max(-1) <= 40  # JPEG (quality 85) moves a colour a little
         assert outline.sum() > 100, name  # the mask's edge is drawn in the verdict's colour
+        assert (np.abs(tile - other).max(-1) <= 40).sum() < outline.sum() / 10, name  # not in the other's
         assert not outline[tile.shape[0] // 2 - 5 : tile.shape[0] // 2 + 5, 95:105].all()  # the inside is not
     summary = pq.read_table(qc / "summary.parquet").to_pylist()
     assert sum(r["count"] for r in summary) == 3 and "| stability | 2 |" in (qc / "report.md").read_text()
