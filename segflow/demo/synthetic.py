@@ -223,17 +223,21 @@ def add_unknown_shapes(scene: Scene, rng: np.random.Generator, count: int) -> in
         size = min(h, w) * rng.uniform(0.15, 0.32)
         cx, cy = rng.uniform(size / 2, w - size / 2), rng.uniform(size / 2, h - size / 2)
         m = _shape_layer(kind, cx, cy, size, rng.uniform(0, 2 * math.pi), h, w)
-        grown = np.asarray(Image.fromarray(m).filter(ImageFilter.MaxFilter(9))) > 0  # a gap around it
-        if m.sum() < 150 or (grown & taken).any():
+        if m.sum() < 150:
             continue
         ys, xs = np.nonzero(m)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        # a gap around it: the 9 x 9 max filter's reach (4 px) around the shape's box is all it can change
+        wy0, wy1, wx0, wx1 = max(y0 - 4, 0), min(y1 + 4, h), max(x0 - 4, 0), min(x1 + 4, w)
+        grown = np.asarray(Image.fromarray(m[wy0:wy1, wx0:wx1]).filter(ImageFilter.MaxFilter(9))) > 0
+        if (grown & taken[wy0:wy1, wx0:wx1]).any():
+            continue
         tex = _thing_texture(rng, int(y1 - y0), int(x1 - x0))
         sub = m[y0:y1, x0:x1]
         scene.pixels[y0:y1, x0:x1][sub] = tex[sub]
         scene.semantic[m] = 0
         scene.unknown.append(m)
-        taken |= grown
+        taken[wy0:wy1, wx0:wx1] |= grown
         drawn += 1
     return drawn
 
