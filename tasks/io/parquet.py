@@ -5,8 +5,8 @@ bans both outside it: ``[tool.ruff.lint.flake8-tidy-imports.banned-api]``). Both
 scan, whose background read-ahead tasks can still be alive when a short process exits; Arrow then tears its thread
 pool down under them and the process dies with ``terminate called without an active exception`` (SIGABRT, exit
 code 134) *after* its work is done (apache/arrow#39862, #34314). We saw it in CI: `segflow export` of a small run
-aborted at exit in 3 of 72 runs with six at once on two cores; reading through ``pq.ParquetFile`` (a synchronous
-reader, no scan), 0 of 120 (docs/development.md, "Aborts at exit").
+aborted at exit in 8 of 222 runs with six at once on two cores; reading through ``pq.ParquetFile`` (a synchronous
+reader, no scan), 0 of 270 (docs/development.md, "Aborts at exit").
 
 ``ParquetFile.read`` decodes columns on Arrow's CPU pool but waits for them before it returns, so nothing is left
 running. Filters are applied here: by row-group statistics first (what the scanner would skip), then row by row.
@@ -32,10 +32,10 @@ def _file(source: Source) -> pq.ParquetFile:
     return pq.ParquetFile(pa.BufferReader(source) if isinstance(source, bytes) else source)
 
 
-def read_parquet(source: Source, columns: list[str] | None = None) -> pa.Table:
+def read_parquet(source: Source, columns: list[str] | None = None, use_threads: bool = True) -> pa.Table:
     """One Parquet file as a table: ``source`` is its bytes, an open binary file or a local path; ``columns``
-    (default all) in the order given."""
-    return _file(source).read(columns=columns)
+    (default all) in the order given; ``use_threads``: decode columns on Arrow's CPU pool."""
+    return _file(source).read(columns=columns, use_threads=use_threads)
 
 
 def read_where(source: Source, column: str, value: Any, columns: list[str] | None = None) -> pa.Table:

@@ -201,12 +201,12 @@ def _video(layout: OutputLayout) -> VideoSection | None:
     # one pass over the masks manifest keeps the shown tracks' rows (a video's ``track_id`` is unique in it)
     wanted = {(t["video"], t["track_id"]) for t in shown}
     found: dict[tuple[str, int], list[dict]] = {k: [] for k in wanted}
-    videos = sorted({v for v, _ in wanted})
     for batch in iter_folder_batches(layout.manifest("masks"), cols):
-        keep = pc.is_in(batch["video"], value_set=pa.array(videos, batch.schema.field("video").type))
+        keep = pa.array(np.zeros(batch.num_rows, bool))
+        for video, track_id in wanted:
+            keep = pc.or_(keep, pc.and_(pc.equal(batch["video"], video), pc.equal(batch["track_id"], track_id)))
         for r in batch.filter(keep).to_pylist():
-            if (r["video"], r["track_id"]) in found:
-                found[(r["video"], r["track_id"])].append(r)
+            found[(r["video"], r["track_id"])].append(r)
     strips = []
     for t in shown:
         rows = sorted(found[(t["video"], t["track_id"])], key=lambda r: r["frame_index"])

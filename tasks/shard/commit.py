@@ -187,7 +187,7 @@ def read_committed_bytes(output: str, commit: CommitRecord, name: str) -> bytes:
 def parse_committed(commit: CommitRecord, name: str, data: bytes) -> pa.Table:
     """Parse verified bytes (:func:`read_committed_bytes`), checking the row count."""
     entry = commit["files"][name]
-    table = read_parquet(data)
+    table = read_parquet(data, use_threads=False)
     if table.num_rows != entry["rows"]:
         raise ShardConflict(
             f"{commit['shard_id']}: {entry['path']} has {table.num_rows} rows, commit says {entry['rows']}"
