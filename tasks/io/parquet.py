@@ -54,9 +54,7 @@ def read_where(source: Source, column: str, value: Any, columns: list[str] | Non
             continue
         groups.append(g)
     wanted = None if columns is None else list(dict.fromkeys([*columns, column]))
-    table = f.read_row_groups(groups, columns=wanted) if groups else f.schema_arrow.empty_table()
-    if wanted is not None and not groups:
-        table = table.select(wanted)
+    table = f.read_row_groups(groups, columns=wanted)  # no groups: an empty table of these columns
     table = table.filter(pc.equal(table[column], pa.scalar(value, table.schema.field(column).type)))
     return table if columns is None else table.select(columns)
 

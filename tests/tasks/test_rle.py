@@ -80,8 +80,8 @@ def _runs_reference(counts: str, limit: int):
 def _mask_runs(m):
     """Run lengths of a mask in COCO's order (column-major, zeros first), from the pixels."""
     flat = m.T.reshape(-1).astype(np.int8)
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
-    return np.diff(np.concatenate([[0], edges])).tolist()[: len(edges)] if len(flat) else []
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))  # where each run ends
+    return np.diff(edges, prepend=0).tolist()
 
 
 def test_rle_runs_are_the_masks_runs_and_match_the_reference_on_damaged_strings(rng):
