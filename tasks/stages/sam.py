@@ -33,7 +33,7 @@ Weights:
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -203,13 +203,16 @@ class SamBoxSegmenter:
     def embed(
         self, images: Sequence[np.ndarray], resized: Sequence[np.ndarray] | None = None
     ) -> tuple[Any, list[tuple[int, int]]]:
-        """Image embeddings ``B x C x h x w`` (encoded in batches of ``batch_size``) and each resized (h, w).
+        """Image embeddings ``B x C x h x w`` (encoded in batches of ``batch_size``) and each resized (h, w);
+        (None, []) for no images.
 
         ``resized``: the images already through :meth:`_resize` (the stage resizes the next batch ahead).
         """
         import torch
 
         resized = self._resize(images) if resized is None else resized
+        if not len(resized):
+            return None, []
         embs = []
         for s in range(0, len(resized), self.batch_size):
             embs.append(
@@ -398,15 +401,31 @@ class SamBoxSegmenter:
                 current = resized.result()
                 if b_idx + 1 < len(batches):
                     resized = ahead.submit(self._resize, [images[i] for i in batches[b_idx + 1]])
-                embs, sizes = self.embed([images[i] for i in idx], current)
+                boxes = [prompts[i].boxes for i in idx]
+                zoom = [self._zoomed(b, prompts[i].image_size) for i, b in zip(idx, boxes)]
+                # the whole image is encoded only where a box is not segmented in its own crop
+                whole = [j for j, z in enumerate(zoom) if not z.all()]
+                embs, sizes = self.embed([images[idx[j]] for j in whole], [current[j] for j in whole])
+                where = {j: k for k, j in enumerate(whole)}
+                # every crop of the batch, in the order they are decoded: encoded batch_size at a time across images
+                crops = _CropEncoder(
+                    self,
+                    [
+                        (images[i], window)
+                        for i, b, z in zip(idx, boxes, zoom)
+                        for window in self._windows(b, prompts[i].image_size)[z]
+                    ],
+                )
                 for j, i in enumerate(idx):
                     dets = prompts[i]
                     h, w = dets.image_size
                     per_part = max(1, self.logits_bytes // (4 * h * w))  # boxes whose full-frame logits fit the budget
                     counts, iou, stability, candidates, area = [], [], [], [], []
+                    k = where.get(j)
+                    emb, size = (None, None) if k is None else (embs[k : k + 1], sizes[k])
                     for b in range(0, len(dets), per_part):
                         lg, io, cand, bounds = self._image_logits(
-                            images[i], embs[j : j + 1], dets.boxes[b : b + per_part], sizes[j], dets.image_size
+                            images[i], emb, dets.boxes[b : b + per_part], size, dets.image_size, crops
                         )
                         st, masks_nwh = self._threshold(lg, bounds, threshold)
                         stability.append(st)
@@ -450,27 +469,43 @@ class SamBoxSegmenter:
                 stability[k] = np.nan  # as calculate_stability_score of all-background logits (0 / 0)
         return stability, masks
 
+    def _windows(self, boxes_xyxy: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+        """The :func:`zoom_windows_xyxy` window of each box (N x 4 int XYXY); needs ``zoom_context``."""
+        return zoom_windows_xyxy(boxes_xyxy, image_hw, float(self.zoom_context or 0.0))[0]
+
+    def _zoomed(self, boxes_xyxy: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+        """N bool: the boxes that ``zoom_context`` segments in their own crop (none without it)."""
+        if self.zoom_context is None or not len(boxes_xyxy):
+            return np.zeros(len(boxes_xyxy), bool)
+        return zoom_windows_xyxy(boxes_xyxy, image_hw, self.zoom_context)[1]
+
     def _image_logits(
         self,
         image: np.ndarray,
         embedding: Any,
         boxes_xyxy: np.ndarray,
-        input_size: tuple[int, int],
+        input_size: tuple[int, int] | None,
         original_size: tuple[int, int],
+        crops: _CropEncoder | None = None,
     ) -> tuple[Any, Any, Any, np.ndarray]:
         """:meth:`decode_boxes` for one image, with the boxes that ``zoom_context`` selects decoded in crops.
 
         A zoomed box gets its own crop (its :func:`zoom_windows_xyxy` window),
         encoded at the model's input size; its logits are pasted into the full
-        frame at the window, and are -20 (background) outside it.
+        frame at the window, and are -20 (background) outside it. ``crops``
+        gives the zoomed boxes' crop embeddings in order (the caller encodes
+        them across images); without it, this image's are encoded here.
+        ``embedding`` and ``input_size`` (the whole image's) may be None when
+        every box is zoomed.
         """
         import torch
 
-        if self.zoom_context is None or not len(boxes_xyxy):
-            return self.decode_boxes(embedding, boxes_xyxy, input_size, original_size)
-        windows, zoom = zoom_windows_xyxy(boxes_xyxy, original_size, self.zoom_context)
+        zoom = self._zoomed(boxes_xyxy, original_size)
         if not zoom.any():
-            return self.decode_boxes(embedding, boxes_xyxy, input_size, original_size)
+            return self.decode_boxes(embedding, boxes_xyxy, input_size, original_size)  # type: ignore[arg-type]
+        windows = self._windows(boxes_xyxy, original_size)
+        if crops is None:
+            crops = _CropEncoder(self, [(image, win) for win in windows[zoom]])
         n = len(boxes_xyxy)
         logits = torch.full((n, original_size[1], original_size[0]), -20.0, device=self.device)
         iou = torch.zeros(n, device=self.device)
@@ -491,20 +526,12 @@ class SamBoxSegmenter:
 
         rest = np.flatnonzero(~zoom)
         if len(rest):
-            put(rest, *self.decode_boxes(embedding, boxes_xyxy[rest], input_size, original_size))
-        small = np.flatnonzero(zoom)
-        for s in range(0, len(small), self.batch_size):
-            rows = small[s : s + self.batch_size]
-            crops = [np.ascontiguousarray(image[y0:y1, x0:x1]) for x0, y0, x1, y1 in windows[rows]]
-            embs, sizes = self.embed(crops)
-            for j, r in enumerate(rows):
-                x0, y0 = windows[r, :2]
-                box = (boxes_xyxy[r] - np.array([x0, y0, x0, y0], np.float32))[None]
-                put(
-                    np.array([r]),
-                    *self.decode_boxes(embs[j : j + 1], box, sizes[j], crops[j].shape[:2]),
-                    win=windows[r],
-                )
+            put(rest, *self.decode_boxes(embedding, boxes_xyxy[rest], input_size, original_size))  # type: ignore[arg-type]
+        for r in np.flatnonzero(zoom):
+            emb, size, crop_hw = crops.take()
+            x0, y0 = windows[r, :2]
+            box = (boxes_xyxy[r] - np.array([x0, y0, x0, y0], np.float32))[None]
+            put(np.array([r]), *self.decode_boxes(emb, box, size, crop_hw), win=windows[r])
         return logits, iou, candidates, bounds
 
     def _autocast(self) -> Any:
@@ -526,6 +553,32 @@ class SamBoxSegmenter:
                 image, emb, np.asarray(boxes_xyxy, dtype=np.float32).reshape(-1, 4), sizes[0], image.shape[:2]
             )
         return logits.transpose(-1, -2).cpu().numpy(), iou.cpu().numpy()
+
+
+class _CropEncoder:
+    """Embeddings of zoom crops, encoded ``batch_size`` at a time in the order they are taken.
+
+    ``jobs``: (H x W x 3 uint8 RGB image, window: 4 int XYXY, exclusive ends) per crop, in the order
+    :meth:`take` is called. A batch of images' crops go through the encoder together, so a frame with
+    fewer boxes than ``batch_size`` does not encode them one small batch at a time; at most
+    ``batch_size`` crops and their embeddings are held at once.
+    """
+
+    def __init__(self, segmenter: SamBoxSegmenter, jobs: list[tuple[np.ndarray, np.ndarray]]):
+        self._segmenter, self._jobs, self._next = segmenter, jobs, 0
+        self._ready: deque[tuple[Any, tuple[int, int], tuple[int, int]]] = deque()
+
+    def take(self) -> tuple[Any, tuple[int, int], tuple[int, int]]:
+        """The next crop's (1 x C x h x w embedding, resized (h, w) fed to the encoder, crop's (H, W))."""
+        if not self._ready:
+            if self._next >= len(self._jobs):
+                raise IndexError("zoom crops: more taken than planned")
+            chunk = self._jobs[self._next : self._next + self._segmenter.batch_size]
+            self._next += len(chunk)
+            crops = [np.ascontiguousarray(im[y0:y1, x0:x1]) for im, (x0, y0, x1, y1) in chunk]
+            embs, sizes = self._segmenter.embed(crops)
+            self._ready.extend((embs[k : k + 1], sizes[k], crops[k].shape[:2]) for k in range(len(crops)))
+        return self._ready.popleft()
 
 
 def _paste_crops(logits: Any, bounds: np.ndarray, start: int, crops: Any, windows: np.ndarray, resize: tuple) -> None:
