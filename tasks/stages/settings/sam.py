@@ -20,7 +20,8 @@ class SamStage(ModelStageSettings):
     )
     batch_size: int | Literal["auto"] = Field(  # type: ignore[assignment]  # widened: "auto" picks per device
         "auto",
-        description="Images per image-encoder call; 'auto' = 1 on CPU (batching a ViT there is slower), 8 on GPU.",
+        description="Images per image-encoder call, and zoomed boxes' crops per call (`zoom_context`; taken across "
+        "the batch's images); 'auto' = 1 on CPU (batching a ViT there is slower), 8 on GPU.",
     )
     boxes_per_call: int | Literal["auto"] = Field(
         "auto",
