@@ -5,7 +5,8 @@ mask-decoder calls (chunks of ``boxes_per_call`` to bound memory) -- never a
 loop over boxes. The decoder is :mod:`segflow.tasks.stages.sam_decoder`: the library's
 ``MaskDecoder`` function, with the image side computed once per image instead
 of once per box (about half the decoder's work per box). Images are encoded in
-batches of ``batch_size``.
+batches of ``batch_size``; with ``zoom_context``, so are the boxes' crops, across
+the images of a batch, and an image whose boxes are all zoomed is not encoded whole.
 
 Numerics follow ``SamPredictor`` exactly: the image is resized with
 ``ResizeLongestSide.apply_image`` (the numpy/PIL path -- PyPI 1.0's
@@ -401,20 +402,15 @@ class SamBoxSegmenter:
                 current = resized.result()
                 if b_idx + 1 < len(batches):
                     resized = ahead.submit(self._resize, [images[i] for i in batches[b_idx + 1]])
-                boxes = [prompts[i].boxes for i in idx]
-                zoom = [self._zoomed(b, prompts[i].image_size) for i, b in zip(idx, boxes)]
+                plans = [self._zoom_plan(prompts[i].boxes, prompts[i].image_size) for i in idx]
                 # the whole image is encoded only where a box is not segmented in its own crop
-                whole = [j for j, z in enumerate(zoom) if not z.all()]
+                whole = [j for j, (_, zoom) in enumerate(plans) if not zoom.all()]
                 embs, sizes = self.embed([images[idx[j]] for j in whole], [current[j] for j in whole])
                 where = {j: k for k, j in enumerate(whole)}
                 # every crop of the batch, in the order they are decoded: encoded batch_size at a time across images
                 crops = _CropEncoder(
                     self,
-                    [
-                        (images[i], window)
-                        for i, b, z in zip(idx, boxes, zoom)
-                        for window in self._windows(b, prompts[i].image_size)[z]
-                    ],
+                    [(images[i], window) for i, (windows, zoom) in zip(idx, plans) for window in windows[zoom]],
                 )
                 for j, i in enumerate(idx):
                     dets = prompts[i]
@@ -469,15 +465,12 @@ class SamBoxSegmenter:
                 stability[k] = np.nan  # as calculate_stability_score of all-background logits (0 / 0)
         return stability, masks
 
-    def _windows(self, boxes_xyxy: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-        """The :func:`zoom_windows_xyxy` window of each box (N x 4 int XYXY); needs ``zoom_context``."""
-        return zoom_windows_xyxy(boxes_xyxy, image_hw, float(self.zoom_context or 0.0))[0]
-
-    def _zoomed(self, boxes_xyxy: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
-        """N bool: the boxes that ``zoom_context`` segments in their own crop (none without it)."""
+    def _zoom_plan(self, boxes_xyxy: np.ndarray, image_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`zoom_windows_xyxy` of the boxes (N x 4 int XYXY windows, N bool zoomed); none zoomed without
+        ``zoom_context``."""
         if self.zoom_context is None or not len(boxes_xyxy):
-            return np.zeros(len(boxes_xyxy), bool)
-        return zoom_windows_xyxy(boxes_xyxy, image_hw, self.zoom_context)[1]
+            return np.zeros((len(boxes_xyxy), 4), np.int64), np.zeros(len(boxes_xyxy), bool)
+        return zoom_windows_xyxy(boxes_xyxy, image_hw, self.zoom_context)
 
     def _image_logits(
         self,
@@ -500,10 +493,9 @@ class SamBoxSegmenter:
         """
         import torch
 
-        zoom = self._zoomed(boxes_xyxy, original_size)
+        windows, zoom = self._zoom_plan(boxes_xyxy, original_size)
         if not zoom.any():
             return self.decode_boxes(embedding, boxes_xyxy, input_size, original_size)  # type: ignore[arg-type]
-        windows = self._windows(boxes_xyxy, original_size)
         if crops is None:
             crops = _CropEncoder(self, [(image, win) for win in windows[zoom]])
         n = len(boxes_xyxy)
