@@ -419,9 +419,11 @@ class SamBoxSegmenter:
                     counts, iou, stability, candidates, area = [], [], [], [], []
                     k = where.get(j)
                     emb, size = (None, None) if k is None else (embs[k : k + 1], sizes[k])
+                    windows, zoom = plans[j]
                     for b in range(0, len(dets), per_part):
+                        part = slice(b, b + per_part)
                         lg, io, cand, bounds = self._image_logits(
-                            images[i], emb, dets.boxes[b : b + per_part], size, dets.image_size, crops
+                            images[i], emb, dets.boxes[part], size, dets.image_size, crops, (windows[part], zoom[part])
                         )
                         st, masks_nwh = self._threshold(lg, bounds, threshold)
                         stability.append(st)
@@ -480,6 +482,7 @@ class SamBoxSegmenter:
         input_size: tuple[int, int] | None,
         original_size: tuple[int, int],
         crops: _CropEncoder | None = None,
+        plan: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[Any, Any, Any, np.ndarray]:
         """:meth:`decode_boxes` for one image, with the boxes that ``zoom_context`` selects decoded in crops.
 
@@ -488,12 +491,13 @@ class SamBoxSegmenter:
         frame at the window, and are -20 (background) outside it. ``crops``
         gives the zoomed boxes' crop embeddings in order (the caller encodes
         them across images); without it, this image's are encoded here.
+        ``plan``: these boxes' :meth:`_zoom_plan`, where the caller has it.
         ``embedding`` and ``input_size`` (the whole image's) may be None when
         every box is zoomed.
         """
         import torch
 
-        windows, zoom = self._zoom_plan(boxes_xyxy, original_size)
+        windows, zoom = plan if plan is not None else self._zoom_plan(boxes_xyxy, original_size)
         if not zoom.any():
             return self.decode_boxes(embedding, boxes_xyxy, input_size, original_size)  # type: ignore[arg-type]
         if crops is None:
